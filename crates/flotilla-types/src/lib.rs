@@ -1,0 +1,14 @@
+//! Flotilla's vocabulary: the values every other crate talks in.
+//!
+//! Nothing here does IO, reads a clock or spawns a thread; it is shared by the sans-IO core,
+//! the node runtime, the simulator and the client.
+
+mod chain;
+mod ids;
+mod position;
+mod record;
+
+pub use chain::{Chain, ContentDigest};
+pub use ids::{ClusterId, IdError, NodeId};
+pub use position::{Epoch, Lsn, Position, PositionParseError};
+pub use record::{LogKind, LogKindParseError, LogRecord, Page, PagePayload};

@@ -1,0 +1,16 @@
+//! Versioned, checksummed binary encodings: log records (on disk and on the wire), replication
+//! messages and the snapshot stream. Every decoder returns [`DecodeError`] on bad input and never
+//! panics; no allocation is sized by a length field before the bytes are known to be there.
+//! The byte layouts are documented in `docs/physical-log.md`.
+
+mod cursor;
+mod error;
+mod message;
+mod record;
+mod snapshot;
+
+pub use cursor::{Cursor, Out};
+pub use error::DecodeError;
+pub use message::{FollowerMessage, LeaderMessage, RefusalCode, PROTOCOL_VERSION};
+pub use record::{decode_record, encode_record, encoded_record_len, RECORD_FORMAT_VERSION};
+pub use snapshot::{SnapshotHeader, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};

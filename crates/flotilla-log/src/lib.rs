@@ -1,1 +1,21 @@
+//! Flotilla's replication log: an append-only sequence of encoded [`flotilla_types::LogRecord`]s,
+//! one per committed transaction, in segment files of bounded size.
+//!
+//! Layout of a segment file `<first lsn, 20 digits>.log`:
+//!
+//! ```text
+//! header: "FLOTLOG\0"  u8 version (1)  u64 first lsn  u32 crc32 of the preceding 17 bytes
+//! frames: u32 length, then `length` bytes of an encoded record (which ends in its own CRC32)
+//! ```
+//!
+//! Recovery scans every segment; a torn or corrupt tail of the *last* segment (a crash during an
+//! append) is cut off, damage anywhere else stops the node with an error naming the file and offset.
+//! A record is durable once [`Log::sync`] returned after its append; only durable records are
+//! handed to readers.
 
+mod error;
+mod log;
+mod segment;
+
+pub use error::LogError;
+pub use log::{FsyncPolicy, Log, LogConfig, LogStats};

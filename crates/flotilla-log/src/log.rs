@@ -1,0 +1,437 @@
+use crate::segment::{parse_segment_name, record_lsn, Segment, MAX_RECORD_LEN};
+use crate::LogError;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// When appended records are flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// `fdatasync` on every [`Log::sync`]: a record is durable before it is acknowledged.
+    #[default]
+    Always,
+    /// Leave flushing to the operating system: a power loss can lose acknowledged records
+    /// (a process crash cannot). For benchmarks and throw-away clusters.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A segment is closed and a new one started once it holds this many bytes.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 64 << 20,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// Oldest retained LSN (`last + 1` when the log holds nothing).
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    pub durable_lsn: u64,
+    pub bytes: u64,
+    pub segments: usize,
+}
+
+struct State {
+    /// Ordered by `first_lsn`; never empty; LSNs are contiguous across segments.
+    segments: Vec<Segment>,
+    durable_lsn: u64,
+    poisoned: Option<String>,
+}
+
+impl State {
+    fn last_lsn(&self) -> u64 {
+        let seg = self.segments.last().expect("never empty");
+        seg.last_lsn().unwrap_or(seg.first_lsn - 1)
+    }
+
+    fn first_lsn(&self) -> u64 {
+        self.segments[0].first_lsn
+    }
+}
+
+/// The replication log. One writer appends (the leader's commit path); any number of readers
+/// (shipping tasks) read concurrently.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    state: Mutex<State>,
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if needed. An empty log starts after `start_after`
+    /// (the position of the database it belongs to).
+    pub fn open(dir: &Path, config: LogConfig, start_after: u64) -> Result<Log, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let mut firsts: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(|e| LogError::io(dir, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| parse_segment_name(e.file_name().to_str()?))
+            .collect();
+        firsts.sort_unstable();
+        let mut segments: Vec<Segment> = Vec::with_capacity(firsts.len());
+        for (i, first) in firsts.iter().enumerate() {
+            let path = crate::segment::segment_path(dir, *first);
+            let seg = Segment::open(path.clone(), *first, i + 1 == firsts.len())?;
+            if let Some(prev) = segments.last() {
+                let expected = prev.last_lsn().map_or(prev.first_lsn, |l| l + 1);
+                if seg.first_lsn != expected {
+                    return Err(LogError::Corrupt {
+                        path,
+                        offset: 0,
+                        detail: format!(
+                            "segment starts at lsn {} but the previous one ends before {expected}",
+                            seg.first_lsn
+                        ),
+                    });
+                }
+            }
+            segments.push(seg);
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(dir, start_after + 1)?);
+        }
+        let mut state = State {
+            segments,
+            durable_lsn: 0,
+            poisoned: None,
+        };
+        // Everything that survived recovery is on disk; make sure it is durable before we say so.
+        state
+            .segments
+            .last()
+            .expect("never empty")
+            .file
+            .sync_data()
+            .map_err(|e| LogError::io(dir, e))?;
+        state.durable_lsn = state.last_lsn();
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            config,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent state (every mutation is the last
+        // step of its method), so a poisoned mutex is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one encoded record. It becomes durable (and visible to readers) at the next
+    /// [`Log::sync`].
+    pub fn append(&self, encoded: &[u8]) -> Result<(), LogError> {
+        let lsn = record_lsn(encoded);
+        let mut st = self.lock();
+        if let Some(p) = &st.poisoned {
+            return Err(LogError::Poisoned(p.clone()));
+        }
+        let last = st.last_lsn();
+        if lsn != last + 1 {
+            return Err(LogError::OutOfOrder { got: lsn, last });
+        }
+        if encoded.len() as u64 > MAX_RECORD_LEN as u64 {
+            return Err(LogError::Poisoned(format!(
+                "record of {} bytes exceeds the 1 GiB limit",
+                encoded.len()
+            )));
+        }
+        let needs_roll = {
+            let active = st.segments.last().expect("never empty");
+            active.end >= self.config.segment_bytes && !active.offsets.is_empty()
+        };
+        if needs_roll {
+            // Seal the full segment before starting the next one so that recovery only ever
+            // finds a torn tail in the last segment.
+            let res = st.segments.last().expect("never empty").file.sync_data();
+            if let Err(e) = res {
+                return Err(self.poison(&mut st, e));
+            }
+            st.durable_lsn = last;
+            match Segment::create(&self.dir, lsn) {
+                Ok(seg) => st.segments.push(seg),
+                Err(e) => {
+                    st.poisoned = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+        let active = st.segments.last_mut().expect("never empty");
+        let mut frame = Vec::with_capacity(4 + encoded.len());
+        frame.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        frame.extend_from_slice(encoded);
+        if let Err(e) = active.file.write_all_at(&frame, active.end) {
+            return Err(self.poison(&mut st, e));
+        }
+        active.offsets.push(active.end);
+        active.end += frame.len() as u64;
+        Ok(())
+    }
+
+    fn poison(&self, st: &mut State, e: std::io::Error) -> LogError {
+        let err = LogError::io(&self.dir, e);
+        st.poisoned = Some(err.to_string());
+        err
+    }
+
+    /// Makes every appended record durable (per the fsync policy) and returns the last LSN.
+    pub fn sync(&self) -> Result<u64, LogError> {
+        let (file, last) = {
+            let st = self.lock();
+            if let Some(p) = &st.poisoned {
+                return Err(LogError::Poisoned(p.clone()));
+            }
+            if st.durable_lsn == st.last_lsn() {
+                return Ok(st.durable_lsn);
+            }
+            (
+                st.segments.last().expect("never empty").file.clone(),
+                st.last_lsn(),
+            )
+        };
+        if self.config.fsync == FsyncPolicy::Always {
+            if let Err(e) = file.sync_data() {
+                let mut st = self.lock();
+                return Err(self.poison(&mut st, e));
+            }
+        }
+        let mut st = self.lock();
+        st.durable_lsn = st.durable_lsn.max(last);
+        Ok(st.durable_lsn)
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let st = self.lock();
+        LogStats {
+            first_lsn: st.first_lsn(),
+            last_lsn: st.last_lsn(),
+            durable_lsn: st.durable_lsn,
+            bytes: st.segments.iter().map(|s| s.end).sum(),
+            segments: st.segments.len(),
+        }
+    }
+
+    /// Reads durable records from `from` on: at most `max_records`, and stops after the record
+    /// that reaches `max_bytes` (at least one record is returned if one is there).
+    pub fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, LogError> {
+        // Collect (file, offset) pairs under the lock; read outside it.
+        let plan: Vec<(Arc<std::fs::File>, u64, PathBuf)> = {
+            let st = self.lock();
+            let first = st.first_lsn();
+            if from < first {
+                return Err(LogError::Trimmed {
+                    requested: from,
+                    first,
+                });
+            }
+            let mut plan = Vec::new();
+            let mut lsn = from;
+            while lsn <= st.durable_lsn && plan.len() < max_records {
+                let idx = st.segments.partition_point(|s| s.first_lsn <= lsn) - 1;
+                let seg = &st.segments[idx];
+                let Some(&offset) = seg.offsets.get((lsn - seg.first_lsn) as usize) else {
+                    break;
+                };
+                plan.push((seg.file.clone(), offset, seg.path.clone()));
+                lsn += 1;
+            }
+            plan
+        };
+        let mut out = Vec::with_capacity(plan.len());
+        let mut bytes = 0usize;
+        for (file, offset, path) in plan {
+            let rec = Segment::read_frame(&file, offset).map_err(|e| LogError::io(&path, e))?;
+            bytes += rec.len();
+            out.push(rec);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every segment whose records all precede `keep_from`. The active segment is never
+    /// deleted. Returns the number of segments removed.
+    pub fn remove_before(&self, keep_from: u64) -> Result<usize, LogError> {
+        let victims: Vec<PathBuf> = {
+            let mut st = self.lock();
+            let n = st
+                .segments
+                .iter()
+                .take(st.segments.len() - 1)
+                .take_while(|s| s.last_lsn().is_some_and(|l| l < keep_from))
+                .count();
+            st.segments.drain(..n).map(|s| s.path).collect()
+        };
+        for path in &victims {
+            std::fs::remove_file(path).map_err(|e| LogError::io(path, e))?;
+        }
+        Ok(victims.len())
+    }
+
+    /// Empties the log so that it continues after `start_after` (a replica that was rebuilt
+    /// from a snapshot starts a new history there).
+    pub fn reset(&self, start_after: u64) -> Result<(), LogError> {
+        let mut st = self.lock();
+        let new = Segment::create(&self.dir, start_after + 1).or_else(|e| {
+            // The segment for that LSN may already exist from an earlier reset.
+            let path = crate::segment::segment_path(&self.dir, start_after + 1);
+            if path.exists() && st.segments.iter().any(|s| s.path == path) {
+                std::fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+                st.segments.retain(|s| s.path != path);
+                Segment::create(&self.dir, start_after + 1)
+            } else {
+                Err(e)
+            }
+        })?;
+        for seg in st.segments.drain(..) {
+            std::fs::remove_file(&seg.path).map_err(|e| LogError::io(&seg.path, e))?;
+        }
+        st.segments.push(new);
+        st.durable_lsn = start_after;
+        st.poisoned = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_types::*;
+    use flotilla_wire::encode_record;
+
+    fn rec(lsn: u64, fill: u8) -> Vec<u8> {
+        encode_record(&LogRecord {
+            epoch: Epoch(1),
+            lsn: Lsn(lsn),
+            chain: Chain(lsn),
+            digest: ContentDigest(0),
+            commit_time_ms: 0,
+            origin: NodeId::new("n").unwrap(),
+            pages: PagePayload {
+                page_size: 512,
+                db_size_pages: 1,
+                pages: vec![Page {
+                    pgno: 1,
+                    data: vec![fill; 512],
+                }],
+            },
+        })
+    }
+
+    fn small() -> LogConfig {
+        LogConfig {
+            segment_bytes: 2000,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+
+    #[test]
+    fn appends_reads_and_reopens_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small(), 0).unwrap();
+        for lsn in 1..=20 {
+            log.append(&rec(lsn, lsn as u8)).unwrap();
+        }
+        // Only sealed segments are durable before the sync.
+        assert!(log.read(1, 100, usize::MAX).unwrap().len() < 20, "not yet durable");
+        assert_eq!(log.sync().unwrap(), 20);
+        let all = log.read(1, 100, usize::MAX).unwrap();
+        assert_eq!(all.len(), 20);
+        assert_eq!(all[4], rec(5, 5));
+        assert!(log.stats().segments > 3);
+        drop(log);
+        let log = Log::open(dir.path(), small(), 0).unwrap();
+        assert_eq!(log.stats().last_lsn, 20);
+        assert_eq!(log.read(17, 2, usize::MAX).unwrap(), vec![rec(17, 17), rec(18, 18)]);
+        log.append(&rec(21, 0)).unwrap();
+        assert!(matches!(log.append(&rec(23, 0)), Err(LogError::OutOfOrder { .. })));
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+        for lsn in 1..=3 {
+            log.append(&rec(lsn, 1)).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        let path = crate::segment::segment_path(dir.path(), 1);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 100).unwrap();
+        let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+        assert_eq!(log.stats().last_lsn, 2);
+        log.append(&rec(3, 9)).unwrap();
+        log.sync().unwrap();
+        assert_eq!(log.read(3, 1, usize::MAX).unwrap(), vec![rec(3, 9)]);
+    }
+
+    #[test]
+    fn corruption_in_a_sealed_segment_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small(), 0).unwrap();
+        for lsn in 1..=10 {
+            log.append(&rec(lsn, 1)).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        let path = crate::segment::segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        match Log::open(dir.path(), small(), 0) {
+            Err(LogError::Corrupt { path: p, .. }) => assert_eq!(p, path),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("corrupt segment accepted"),
+        }
+    }
+
+    #[test]
+    fn retention_removes_whole_old_segments_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small(), 0).unwrap();
+        for lsn in 1..=20 {
+            log.append(&rec(lsn, 1)).unwrap();
+        }
+        log.sync().unwrap();
+        let removed = log.remove_before(10).unwrap();
+        assert!(removed > 0);
+        let first = log.stats().first_lsn;
+        assert!(first <= 10 && first > 1, "first retained {first}");
+        assert!(matches!(log.read(1, 1, usize::MAX), Err(LogError::Trimmed { .. })));
+        assert_eq!(log.read(10, 1, usize::MAX).unwrap(), vec![rec(10, 1)]);
+        // Never removes the active segment.
+        log.remove_before(1000).unwrap();
+        assert_eq!(log.stats().last_lsn, 20);
+    }
+
+    #[test]
+    fn reset_starts_a_new_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small(), 0).unwrap();
+        log.append(&rec(1, 1)).unwrap();
+        log.reset(100).unwrap();
+        assert_eq!(log.stats().first_lsn, 101);
+        log.append(&rec(101, 1)).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), small(), 0).unwrap();
+        assert_eq!(log.stats().last_lsn, 101);
+    }
+}

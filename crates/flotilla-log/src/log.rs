@@ -348,7 +348,10 @@ mod tests {
             log.append(&rec(lsn, lsn as u8)).unwrap();
         }
         // Only sealed segments are durable before the sync.
-        assert!(log.read(1, 100, usize::MAX).unwrap().len() < 20, "not yet durable");
+        assert!(
+            log.read(1, 100, usize::MAX).unwrap().len() < 20,
+            "not yet durable"
+        );
         assert_eq!(log.sync().unwrap(), 20);
         let all = log.read(1, 100, usize::MAX).unwrap();
         assert_eq!(all.len(), 20);
@@ -357,9 +360,15 @@ mod tests {
         drop(log);
         let log = Log::open(dir.path(), small(), 0).unwrap();
         assert_eq!(log.stats().last_lsn, 20);
-        assert_eq!(log.read(17, 2, usize::MAX).unwrap(), vec![rec(17, 17), rec(18, 18)]);
+        assert_eq!(
+            log.read(17, 2, usize::MAX).unwrap(),
+            vec![rec(17, 17), rec(18, 18)]
+        );
         log.append(&rec(21, 0)).unwrap();
-        assert!(matches!(log.append(&rec(23, 0)), Err(LogError::OutOfOrder { .. })));
+        assert!(matches!(
+            log.append(&rec(23, 0)),
+            Err(LogError::OutOfOrder { .. })
+        ));
     }
 
     #[test]
@@ -414,7 +423,10 @@ mod tests {
         assert!(removed > 0);
         let first = log.stats().first_lsn;
         assert!(first <= 10 && first > 1, "first retained {first}");
-        assert!(matches!(log.read(1, 1, usize::MAX), Err(LogError::Trimmed { .. })));
+        assert!(matches!(
+            log.read(1, 1, usize::MAX),
+            Err(LogError::Trimmed { .. })
+        ));
         assert_eq!(log.read(10, 1, usize::MAX).unwrap(), vec![rec(10, 1)]);
         // Never removes the active segment.
         log.remove_before(1000).unwrap();

@@ -85,7 +85,10 @@ impl Segment {
         };
         let mut header = [0u8; HEADER_LEN as usize];
         if len < HEADER_LEN {
-            return Err(corrupt(0, format!("file of {len} bytes has no complete header")));
+            return Err(corrupt(
+                0,
+                format!("file of {len} bytes has no complete header"),
+            ));
         }
         file.read_exact_at(&mut header, 0)
             .map_err(|e| LogError::io(&path, e))?;
@@ -96,7 +99,10 @@ impl Segment {
         if header[8] != VERSION {
             return Err(corrupt(
                 8,
-                format!("segment format version {} (this build reads {VERSION})", header[8]),
+                format!(
+                    "segment format version {} (this build reads {VERSION})",
+                    header[8]
+                ),
             ));
         }
         let first_lsn = u64::from_le_bytes(header[9..17].try_into().expect("8 bytes"));

@@ -1,1 +1,56 @@
+//! Everything in Flotilla that touches SQLite.
+//!
+//! - [`LeaderDb`]: the leader's one writer connection. Runs client transactions, stamps each
+//!   commit with its position in `_flotilla_meta`, and captures the page images the commit wrote
+//!   from the WAL ([`WalTail`]).
+//! - [`FollowerDb`]: a physical follower's writer. Applies page images through SQLite's
+//!   `sqlite_dbpage` virtual table inside ordinary transactions, so readers keep their snapshots.
+//! - [`snapshot`]: a consistent copy of the database streamed page by page, and its installation.
+//! - [`StatementRules`]: which client statements are refused, and why.
 
+mod error;
+mod follower_db;
+mod leader_db;
+mod meta;
+mod open;
+mod rules;
+pub mod snapshot;
+mod wal_tail;
+
+pub use error::StoreError;
+pub use follower_db::FollowerDb;
+pub use leader_db::{CommitOutcome, LeaderDb, RequestOutcome, StatementResult, TxnRequest};
+pub use meta::{read_meta, Meta, META_TABLE};
+pub use open::{open_reader, DbSettings, Synchronous};
+pub use rules::{StatementRules, INTERNAL_PREFIX};
+pub use wal_tail::WalTail;
+
+/// A digest of every page of the database as one connection sees it (its snapshot): equal
+/// digests mean identical databases. Returns (page count, digest).
+///
+/// Page 1's file change counter (bytes 24..28) and its copy (bytes 92..96) are left out: SQLite's
+/// pager rewrites them in each file from that file's own history on every commit that writes
+/// page 1, so they differ between any two copies of a database that were written separately.
+/// Every other byte of every page is compared.
+pub fn page_digest(conn: &rusqlite::Connection) -> Result<(u32, u64), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let mut stmt = tx.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
+    let mut rows = stmt.query([])?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut count = 0u32;
+    let mut total = 0u64;
+    while let Some(row) = rows.next()? {
+        let pgno: u32 = row.get(0)?;
+        let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        if pgno == 1 && data.len() >= 100 {
+            hasher.update(&data[..24]);
+            hasher.update(&data[28..92]);
+            hasher.update(&data[96..]);
+        } else {
+            hasher.update(data);
+        }
+        total += data.len() as u64;
+        count += 1;
+    }
+    Ok((count, (u64::from(hasher.finalize()) << 32) ^ total))
+}

@@ -50,9 +50,21 @@ mod tests {
     fn chain_depends_on_every_input() {
         let base = Chain::GENESIS.next(Epoch(1), Lsn(1), ContentDigest(7));
         assert_ne!(base, Chain(1).next(Epoch(1), Lsn(1), ContentDigest(7)));
-        assert_ne!(base, Chain::GENESIS.next(Epoch(2), Lsn(1), ContentDigest(7)));
-        assert_ne!(base, Chain::GENESIS.next(Epoch(1), Lsn(2), ContentDigest(7)));
-        assert_ne!(base, Chain::GENESIS.next(Epoch(1), Lsn(1), ContentDigest(8)));
-        assert_eq!(base, Chain::GENESIS.next(Epoch(1), Lsn(1), ContentDigest(7)));
+        assert_ne!(
+            base,
+            Chain::GENESIS.next(Epoch(2), Lsn(1), ContentDigest(7))
+        );
+        assert_ne!(
+            base,
+            Chain::GENESIS.next(Epoch(1), Lsn(2), ContentDigest(7))
+        );
+        assert_ne!(
+            base,
+            Chain::GENESIS.next(Epoch(1), Lsn(1), ContentDigest(8))
+        );
+        assert_eq!(
+            base,
+            Chain::GENESIS.next(Epoch(1), Lsn(1), ContentDigest(7))
+        );
     }
 }

@@ -16,7 +16,8 @@ impl NodeId {
     pub fn new(s: &str) -> Result<NodeId, IdError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             Ok(NodeId(s.to_string()))
         } else {

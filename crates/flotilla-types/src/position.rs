@@ -59,7 +59,9 @@ impl fmt::Display for Position {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid position {input:?}: expected \"EPOCH/LSN\", two decimal integers such as \"1/42\"")]
+#[error(
+    "invalid position {input:?}: expected \"EPOCH/LSN\", two decimal integers such as \"1/42\""
+)]
 pub struct PositionParseError {
     pub input: String,
 }
@@ -109,7 +111,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "1", "1/", "/2", "a/1", "1/2/3", "-1/2", "1/ 2", "+1/2", "99999999999999999999/1"] {
+        for bad in [
+            "",
+            "1",
+            "1/",
+            "/2",
+            "a/1",
+            "1/2/3",
+            "-1/2",
+            "1/ 2",
+            "+1/2",
+            "99999999999999999999/1",
+        ] {
             assert!(bad.parse::<Position>().is_err(), "{bad:?} parsed");
         }
     }

@@ -97,8 +97,14 @@ pub enum LeaderMessage {
     },
     Records(Vec<LogRecord>),
     /// Sent when idle so the follower knows the leader's head (for lag) and that it is alive.
-    Heartbeat { head: Position, now_ms: u64 },
-    Refuse { code: RefusalCode, message: String },
+    Heartbeat {
+        head: Position,
+        now_ms: u64,
+    },
+    Refuse {
+        code: RefusalCode,
+        message: String,
+    },
 }
 
 const T_HELLO: u8 = 1;
@@ -379,7 +385,10 @@ mod tests {
         let crc = crc32fast::hash(&bytes[..body_len]);
         bytes[body_len..].copy_from_slice(&crc.to_le_bytes());
         let err = FollowerMessage::decode(&bytes).unwrap_err();
-        assert!(err.to_string().contains("replication protocol version 9"), "{err}");
+        assert!(
+            err.to_string().contains("replication protocol version 9"),
+            "{err}"
+        );
     }
 
     #[test]

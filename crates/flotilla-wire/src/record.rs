@@ -60,14 +60,18 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
     }
     let kind = c.u8()?;
     if kind != PAYLOAD_PAGES {
-        return Err(DecodeError::invalid(WHAT, format!("unknown payload kind {kind}")));
+        return Err(DecodeError::invalid(
+            WHAT,
+            format!("unknown payload kind {kind}"),
+        ));
     }
     let epoch = Epoch(c.u64()?);
     let lsn = Lsn(c.u64()?);
     let chain = Chain(c.u64()?);
     let digest = ContentDigest(c.u64()?);
     let commit_time_ms = c.u64()?;
-    let origin = NodeId::new(c.str16(64)?).map_err(|e| DecodeError::invalid(WHAT, e.to_string()))?;
+    let origin =
+        NodeId::new(c.str16(64)?).map_err(|e| DecodeError::invalid(WHAT, e.to_string()))?;
     let page_size = c.u32()?;
     if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
         return Err(DecodeError::invalid(WHAT, format!("page size {page_size}")));
@@ -91,7 +95,9 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
         if pgno <= last || pgno > db_size_pages {
             return Err(DecodeError::invalid(
                 WHAT,
-                format!("page number {pgno} out of order or beyond the database size {db_size_pages}"),
+                format!(
+                    "page number {pgno} out of order or beyond the database size {db_size_pages}"
+                ),
             ));
         }
         last = pgno;

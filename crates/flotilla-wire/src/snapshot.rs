@@ -47,7 +47,10 @@ impl SnapshotHeader {
             return Ok(None);
         }
         if &bytes[..8] != SNAPSHOT_MAGIC {
-            return Err(DecodeError::invalid(WHAT, "not a Flotilla snapshot (bad magic)"));
+            return Err(DecodeError::invalid(
+                WHAT,
+                "not a Flotilla snapshot (bad magic)",
+            ));
         }
         if bytes[8] != SNAPSHOT_FORMAT_VERSION {
             return Err(DecodeError::Version {

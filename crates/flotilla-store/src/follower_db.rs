@@ -1,0 +1,111 @@
+use crate::open::configure;
+use crate::{read_meta, DbSettings, Meta, StoreError};
+use flotilla_types::LogRecord;
+use rusqlite::Connection;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A physical follower's writer connection. Applies page images with `sqlite_dbpage` in
+/// ordinary write transactions: readers on other connections keep their WAL snapshots and
+/// never see part of a batch, and a crash mid-apply leaves the previous state.
+pub struct FollowerDb {
+    conn: Connection,
+    meta: Meta,
+}
+
+impl FollowerDb {
+    /// Opens a follower database; `None` if the file holds no Flotilla database (it needs a
+    /// snapshot first).
+    pub fn open(path: &Path, settings: &DbSettings) -> Result<Option<FollowerDb>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open(path)?;
+        configure(&conn, settings, true)?;
+        match read_meta(&conn)? {
+            Some(meta) => Ok(Some(FollowerDb { conn, meta })),
+            None => Ok(None),
+        }
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Applies `records` (contiguous, following this database's position and chain) in one
+    /// transaction, each page written once: the last image of a page in the batch wins, and
+    /// pages beyond the final database size are dropped.
+    pub fn apply(&mut self, records: &[LogRecord]) -> Result<&Meta, StoreError> {
+        let Some(last) = records.last() else {
+            return Ok(&self.meta);
+        };
+        let mut prev = (self.meta.position.lsn, self.meta.chain);
+        for r in records {
+            if r.lsn != prev.0.next() {
+                return Err(StoreError::Apply(format!(
+                    "record {} does not follow lsn {}",
+                    r.position(),
+                    prev.0
+                )));
+            }
+            if !r.links_to(prev.1) {
+                return Err(StoreError::Apply(format!(
+                    "record {} does not continue this replica's history (checksum chain {} \
+                     does not link to {})",
+                    r.position(),
+                    r.chain,
+                    prev.1
+                )));
+            }
+            prev = (r.lsn, r.chain);
+        }
+        let page_size: u32 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let mut pages: BTreeMap<u32, &[u8]> = BTreeMap::new();
+        for r in records {
+            if r.pages.page_size != page_size {
+                return Err(StoreError::Apply(format!(
+                    "record {} has pages of {} bytes, this database {page_size}",
+                    r.position(),
+                    r.pages.page_size
+                )));
+            }
+            for p in &r.pages.pages {
+                pages.insert(p.pgno, &p.data);
+            }
+        }
+        let db_size = last.pages.db_size_pages;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let current: u32 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let mut put =
+                tx.prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
+            for (pgno, data) in pages.range(..=db_size) {
+                put.execute(rusqlite::params![pgno, data])?;
+            }
+            if db_size < current {
+                // A NULL page truncates the database to the pages before it.
+                put.execute(rusqlite::params![db_size + 1, rusqlite::types::Null])?;
+            }
+        }
+        let meta = read_meta(&tx)?
+            .ok_or_else(|| StoreError::Apply("the applied pages hold no _flotilla_meta".into()))?;
+        if meta.position != last.position() || meta.chain != last.chain {
+            // Roll back: the pages do not hold the state the record claims.
+            return Err(StoreError::Apply(format!(
+                "after applying {} the database says {} (chain {}): refusing the batch",
+                last.position(),
+                meta.position,
+                meta.chain
+            )));
+        }
+        tx.commit()?;
+        self.meta = meta;
+        Ok(&self.meta)
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}

@@ -1,0 +1,375 @@
+use crate::meta::CREATE_META;
+use crate::open::configure;
+use crate::{read_meta, DbSettings, Meta, StatementRules, StoreError, WalTail};
+use flotilla_types::{Chain, ContentDigest, Epoch, LogRecord, Lsn, NodeId, Position};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+
+/// Idempotency keys are remembered for this many transactions.
+pub const IDEMPOTENCY_WINDOW: u64 = 100_000;
+/// A passive checkpoint runs once the WAL holds this many bytes.
+const CHECKPOINT_WAL_BYTES: u64 = 32 << 20;
+
+/// One client transaction: statements run in order, all or nothing.
+#[derive(Debug, Clone)]
+pub struct TxnRequest {
+    pub statements: Vec<(String, Vec<Value>)>,
+    pub idempotency_key: Option<String>,
+    /// A digest of the request as the client sent it (feeds the checksum chain).
+    pub digest: ContentDigest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatementResult {
+    pub rows_affected: u64,
+    pub last_insert_rowid: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestOutcome {
+    /// Committed at the batch's position.
+    Committed(Vec<StatementResult>),
+    /// The idempotency key was seen before: the first answer, not applied again.
+    Duplicate {
+        position: Position,
+        results: Vec<StatementResult>,
+    },
+    /// Rolled back; nothing of the request remains.
+    Failed {
+        statement: usize,
+        message: String,
+        /// Refused by Flotilla's statement rules (rather than an SQLite error).
+        refused: bool,
+    },
+}
+
+#[derive(Debug)]
+pub struct CommitOutcome {
+    pub outcomes: Vec<RequestOutcome>,
+    /// The commit's log record; `None` when nothing was committed (every request failed or was
+    /// a duplicate).
+    pub record: Option<LogRecord>,
+}
+
+/// The leader's single writer connection.
+pub struct LeaderDb {
+    conn: Connection,
+    rules: StatementRules,
+    wal: WalTail,
+    meta: Meta,
+    path: PathBuf,
+}
+
+impl LeaderDb {
+    /// Opens (or creates, with a new cluster id from `new_cluster_id`) the leader's database.
+    /// Returns the database and the commits found in the WAL beyond `log_last` (committed in
+    /// SQLite but not yet in the log when the node stopped), which the caller appends to the log
+    /// before taking writes.
+    pub fn open(
+        path: &Path,
+        settings: &DbSettings,
+        new_cluster_id: impl FnOnce() -> String,
+        origin: &NodeId,
+        log_last: Lsn,
+    ) -> Result<(LeaderDb, Vec<LogRecord>, bool), StoreError> {
+        let mut conn = Connection::open(path)?;
+        configure(&conn, settings, false)?;
+        // Must precede any hook setup: setting it replaces a WAL hook (see the notes). Flotilla
+        // checkpoints itself so that it never checkpoints a commit the log does not hold yet.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
+        let created = if read_meta(&conn)?.is_none() {
+            let user_tables: i64 = conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )?;
+            if user_tables > 0 {
+                return Err(StoreError::Mismatch(format!(
+                    "{} holds tables but was not created by Flotilla; start from an empty data directory",
+                    path.display()
+                )));
+            }
+            let tx = conn.transaction()?;
+            tx.execute_batch(CREATE_META)?;
+            tx.execute(
+                "INSERT INTO _flotilla_meta VALUES (1, ?1, 1, 0, 0, 0, 0)",
+                [new_cluster_id()],
+            )?;
+            tx.commit()?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            true
+        } else {
+            false
+        };
+        let meta = read_meta(&conn)?.expect("meta exists");
+        let mut wal = WalTail::new(path);
+        let in_wal = wal.capture_all()?;
+        let missing = meta.position.lsn.0.saturating_sub(log_last.0) as usize;
+        let mut recaptured = Vec::new();
+        if missing > 0 {
+            if missing > in_wal.len() {
+                return Err(StoreError::Mismatch(format!(
+                    "the database is at lsn {} but the log ends at {}, and the WAL no longer holds \
+                     the {missing} missing commits",
+                    meta.position.lsn, log_last
+                )));
+            }
+            // With one writer, commit -> log append -> sync happen in order before the next
+            // commit, so at most the newest commit can be missing from the log. The meta row it
+            // wrote holds its chain and digest: the record is re-created exactly.
+            if missing > 1 {
+                return Err(StoreError::Mismatch(format!(
+                    "{missing} commits are missing from the log (at most 1 can be, with one writer)"
+                )));
+            }
+            recaptured.push(LogRecord {
+                epoch: meta.position.epoch,
+                lsn: meta.position.lsn,
+                chain: meta.chain,
+                digest: meta.digest,
+                commit_time_ms: meta.commit_time_ms,
+                origin: origin.clone(),
+                pages: in_wal[in_wal.len() - 1].clone(),
+            });
+        }
+        let rules = StatementRules::install(&mut conn)?;
+        Ok((
+            LeaderDb {
+                conn,
+                rules,
+                wal,
+                meta,
+                path: path.to_path_buf(),
+            },
+            recaptured,
+            created,
+        ))
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a batch of client transactions as one SQLite transaction (group commit): each request
+    /// in its own savepoint, so a failing request rolls back alone. One LSN for the batch.
+    pub fn commit_batch(
+        &mut self,
+        requests: &[TxnRequest],
+        epoch: Epoch,
+        origin: &NodeId,
+        now_ms: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        let lsn = self.meta.position.lsn.next();
+        let rules = self.rules.clone();
+        rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut digests = Vec::with_capacity(requests.len() * 8);
+        for req in requests {
+            match self.run_request(req, epoch, lsn) {
+                Ok(outcome) => {
+                    if matches!(outcome, RequestOutcome::Committed(_)) {
+                        digests.extend_from_slice(&req.digest.0.to_le_bytes());
+                    }
+                    outcomes.push(outcome);
+                }
+                Err(e) => {
+                    let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
+                    return Err(e);
+                }
+            }
+        }
+        if digests.is_empty() {
+            rules.internal(|| self.conn.execute_batch("ROLLBACK"))?;
+            return Ok(CommitOutcome {
+                outcomes,
+                record: None,
+            });
+        }
+        let digest = ContentDigest::of(&digests);
+        let chain = self.meta.chain.next(epoch, lsn, digest);
+        let stamped = rules.internal(|| -> Result<(), StoreError> {
+            if lsn.0 % 1024 == 0 && lsn.0 > IDEMPOTENCY_WINDOW {
+                self.conn.execute(
+                    "DELETE FROM _flotilla_idempotency WHERE lsn < ?1",
+                    [(lsn.0 - IDEMPOTENCY_WINDOW) as i64],
+                )?;
+            }
+            self.conn.execute(
+                "UPDATE _flotilla_meta SET epoch = ?1, lsn = ?2, chain = ?3, digest = ?4, commit_time_ms = ?5 WHERE id = 1",
+                [epoch.0 as i64, lsn.0 as i64, chain.0 as i64, digest.0 as i64, now_ms as i64],
+            )?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(())
+        });
+        if let Err(e) = stamped {
+            let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
+            return Err(e);
+        }
+        let pages = self.wal.capture()?.ok_or_else(|| {
+            StoreError::Capture(format!(
+                "commit of lsn {lsn} left no commit frame in the WAL"
+            ))
+        })?;
+        self.meta.position = Position { epoch, lsn };
+        self.meta.chain = chain;
+        self.meta.digest = digest;
+        self.meta.commit_time_ms = now_ms;
+        Ok(CommitOutcome {
+            outcomes,
+            record: Some(LogRecord {
+                epoch,
+                lsn,
+                chain,
+                digest,
+                commit_time_ms: now_ms,
+                origin: origin.clone(),
+                pages,
+            }),
+        })
+    }
+
+    fn run_request(
+        &mut self,
+        req: &TxnRequest,
+        epoch: Epoch,
+        lsn: Lsn,
+    ) -> Result<RequestOutcome, StoreError> {
+        let rules = self.rules.clone();
+        if let Some(key) = &req.idempotency_key {
+            let found: Option<(i64, i64, String)> = rules.internal(|| {
+                use rusqlite::OptionalExtension;
+                self.conn
+                    .query_row(
+                        "SELECT epoch, lsn, results FROM _flotilla_idempotency WHERE key = ?1",
+                        [key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+            })?;
+            if let Some((e, l, results)) = found {
+                let results = serde_json::from_str(&results).map_err(|e| {
+                    StoreError::Mismatch(format!("stored idempotency answer is unreadable: {e}"))
+                })?;
+                return Ok(RequestOutcome::Duplicate {
+                    position: Position::new(e as u64, l as u64),
+                    results,
+                });
+            }
+        }
+        rules.internal(|| self.conn.execute_batch("SAVEPOINT request"))?;
+        let mut results = Vec::with_capacity(req.statements.len());
+        for (i, (sql, params)) in req.statements.iter().enumerate() {
+            match self.run_statement(sql, params) {
+                Ok(r) => results.push(r),
+                Err((message, refused)) => {
+                    rules.internal(|| {
+                        self.conn
+                            .execute_batch("ROLLBACK TO request; RELEASE request")
+                    })?;
+                    return Ok(RequestOutcome::Failed {
+                        statement: i,
+                        message,
+                        refused,
+                    });
+                }
+            }
+        }
+        rules.internal(|| -> Result<(), StoreError> {
+            if let Some(key) = &req.idempotency_key {
+                let json = serde_json::to_string(&results).expect("plain data serialises");
+                self.conn.execute(
+                    "INSERT INTO _flotilla_idempotency (key, lsn, epoch, results) VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![key, lsn.0 as i64, epoch.0 as i64, json],
+                )?;
+            }
+            self.conn.execute_batch("RELEASE request")?;
+            Ok(())
+        })?;
+        Ok(RequestOutcome::Committed(results))
+    }
+
+    /// Runs one client statement. Errors are the client's: (message, refused by the rules).
+    fn run_statement(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<StatementResult, (String, bool)> {
+        let mut stmt = match self.conn.prepare(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(match self.rules.take_reason() {
+                    Some(why) => (why, true),
+                    None => (sql_error_message(&e), false),
+                })
+            }
+        };
+        let expected = stmt.parameter_count();
+        if expected != params.len() {
+            return Err((
+                format!(
+                    "the statement has {expected} parameters but {} values were given",
+                    params.len()
+                ),
+                false,
+            ));
+        }
+        for (i, v) in params.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 1, v)
+                .map_err(|e| (sql_error_message(&e), false))?;
+        }
+        let readonly = stmt.readonly();
+        let before = self.conn.total_changes();
+        {
+            let mut rows = stmt.raw_query();
+            loop {
+                match rows.next() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return Err((sql_error_message(&e), false)),
+                }
+            }
+        }
+        drop(stmt);
+        let changed = !readonly && self.conn.total_changes() != before;
+        Ok(StatementResult {
+            rows_affected: if changed { self.conn.changes() } else { 0 },
+            last_insert_rowid: self.conn.last_insert_rowid(),
+        })
+    }
+
+    /// Checkpoints (passively: never waits for readers) once the WAL is large. Only called
+    /// between commits, after the log holds everything committed, so the WAL never loses a
+    /// commit the log lacks.
+    pub fn maybe_checkpoint(&mut self) -> Result<bool, StoreError> {
+        if self.wal.offset() < CHECKPOINT_WAL_BYTES {
+            return Ok(false);
+        }
+        self.rules.internal(|| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        })?;
+        Ok(true)
+    }
+
+    /// The chain recorded in the database (for the log's first record after a restart).
+    pub fn chain(&self) -> Chain {
+        self.meta.chain
+    }
+}
+
+/// SQLite's own message, without rusqlite's wrapping.
+pub fn sql_error_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        rusqlite::Error::MultipleStatement => {
+            "one statement per entry: split multiple statements into separate entries of \"statements\""
+                .into()
+        }
+        other => other.to_string(),
+    }
+}

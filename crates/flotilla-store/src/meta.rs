@@ -1,0 +1,64 @@
+use crate::StoreError;
+use flotilla_types::{Chain, ContentDigest, Position};
+use rusqlite::{Connection, OptionalExtension};
+
+pub const META_TABLE: &str = "_flotilla_meta";
+
+/// What a database knows about its own place in the cluster's history. The leader updates it
+/// inside every transaction, so the position a replica reads from its own database is exactly the
+/// state that database holds — atomically, also after a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub cluster_id: String,
+    pub position: Position,
+    pub chain: Chain,
+    /// The digest that linked the previous chain to `chain` (re-creates a lost log record).
+    pub digest: ContentDigest,
+    pub commit_time_ms: u64,
+}
+
+pub(crate) const CREATE_META: &str = "
+CREATE TABLE IF NOT EXISTS _flotilla_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    cluster_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    lsn INTEGER NOT NULL,
+    chain INTEGER NOT NULL,
+    digest INTEGER NOT NULL,
+    commit_time_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _flotilla_idempotency (
+    key TEXT PRIMARY KEY,
+    lsn INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    results TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS _flotilla_idempotency_lsn ON _flotilla_idempotency(lsn);
+";
+
+/// Reads the meta row; `None` for a database that Flotilla has not initialised.
+pub fn read_meta(conn: &Connection) -> Result<Option<Meta>, StoreError> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '_flotilla_meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT cluster_id, epoch, lsn, chain, digest, commit_time_ms FROM _flotilla_meta WHERE id = 1",
+            [],
+            |r| {
+                Ok(Meta {
+                    cluster_id: r.get(0)?,
+                    position: Position::new(r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
+                    chain: Chain(r.get::<_, i64>(3)? as u64),
+                    digest: ContentDigest(r.get::<_, i64>(4)? as u64),
+                    commit_time_ms: r.get::<_, i64>(5)? as u64,
+                })
+            },
+        )
+        .optional()?)
+}

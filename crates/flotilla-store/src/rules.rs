@@ -1,0 +1,226 @@
+//! Which client statements Flotilla refuses, decided by SQLite's authorizer (so the rules see
+//! what the parser saw, not a guess from the text).
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Tables whose name starts with this are Flotilla's own.
+pub const INTERNAL_PREFIX: &str = "_flotilla_";
+
+/// Pragmas that change journaling, durability, the file format or safety checks: a client
+/// changing them would make the leader's database diverge from what replication promises.
+const REFUSED_PRAGMAS: &[&str] = &[
+    "journal_mode",
+    "synchronous",
+    "wal_autocheckpoint",
+    "wal_checkpoint",
+    "locking_mode",
+    "writable_schema",
+    "page_size",
+    "auto_vacuum",
+    "incremental_vacuum",
+    "query_only",
+    "schema_version",
+    "journal_size_limit",
+    "mmap_size",
+    "trusted_schema",
+    "cell_size_check",
+    "ignore_check_constraints",
+    "foreign_keys",
+    "defer_foreign_keys",
+    "recursive_triggers",
+    "temp_store",
+    "temp_store_directory",
+    "data_store_directory",
+    "busy_timeout",
+    "cache_spill",
+    "secure_delete",
+    "hard_heap_limit",
+    "soft_heap_limit",
+    "threads",
+    "shrink_memory",
+    "optimize",
+];
+
+/// Pragmas that take an argument but only read.
+const INFORMATIONAL_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_info",
+    "index_xinfo",
+    "index_list",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+    "function_list",
+    "pragma_list",
+    "collation_list",
+    "database_list",
+];
+
+/// Installs the authorizer on a connection and reports why a statement was refused.
+#[derive(Clone)]
+pub struct StatementRules {
+    /// Set while Flotilla runs its own statements (which may touch internal tables).
+    internal: Arc<AtomicBool>,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl StatementRules {
+    pub fn install(conn: &mut Connection) -> rusqlite::Result<StatementRules> {
+        let rules = StatementRules {
+            internal: Arc::new(AtomicBool::new(false)),
+            reason: Arc::new(Mutex::new(None)),
+        };
+        let (internal, reason) = (rules.internal.clone(), rules.reason.clone());
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            if internal.load(Ordering::Relaxed) {
+                return Authorization::Allow;
+            }
+            match refusal(&ctx) {
+                Some(why) => {
+                    *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    Authorization::Deny
+                }
+                None => Authorization::Allow,
+            }
+        }))?;
+        Ok(rules)
+    }
+
+    /// Runs `f` with the rules off: for Flotilla's own statements only.
+    pub fn internal<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.internal.store(true, Ordering::Relaxed);
+        let out = f();
+        self.internal.store(false, Ordering::Relaxed);
+        out
+    }
+
+    /// The reason of the last refusal, cleared by reading it.
+    pub fn take_reason(&self) -> Option<String> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
+    let internal_table = |t: &str| t.to_ascii_lowercase().starts_with(INTERNAL_PREFIX);
+    match ctx.action {
+        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Some(
+            "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) is not allowed: \
+             each request already runs as one transaction"
+                .into(),
+        ),
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Some(
+            "ATTACH and DETACH are not allowed: an attached database would not be replicated"
+                .into(),
+        ),
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
+            Some("loading extensions is not allowed: followers would not have them".into())
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let name = pragma_name.to_ascii_lowercase();
+            if REFUSED_PRAGMAS.contains(&name.as_str()) {
+                Some(format!(
+                    "PRAGMA {name} is not allowed: it changes journaling, durability or safety \
+                     settings that replication depends on"
+                ))
+            } else if pragma_value.is_some()
+                && name != "user_version"
+                && name != "application_id"
+                && !INFORMATIONAL_PRAGMAS.contains(&name.as_str())
+            {
+                Some(format!(
+                    "setting PRAGMA {name} is not allowed: connection settings are shared by all clients"
+                ))
+            } else {
+                None
+            }
+        }
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::CreateTable { table_name }
+        | AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. }
+            if internal_table(table_name) =>
+        {
+            Some(format!(
+                "table {table_name} is internal to Flotilla and cannot be changed by clients"
+            ))
+        }
+        AuthAction::CreateVtable { module_name, .. }
+        | AuthAction::DropVtable { module_name, .. }
+            if module_name.eq_ignore_ascii_case("sqlite_dbpage") =>
+        {
+            Some("sqlite_dbpage is not allowed: it writes raw pages".into())
+        }
+        AuthAction::Update { table_name, .. } | AuthAction::Insert { table_name }
+            if table_name.eq_ignore_ascii_case("sqlite_dbpage") =>
+        {
+            Some("writing sqlite_dbpage is not allowed: it writes raw pages".into())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(sql: &str) -> Option<String> {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(a); CREATE TABLE _flotilla_meta(x);")
+            .unwrap();
+        let rules = StatementRules::install(&mut conn).unwrap();
+        let prepared = conn.prepare(sql).map(|_| ());
+        match prepared {
+            Ok(()) => None,
+            Err(_) => Some(rules.take_reason().unwrap_or_else(|| "sql error".into())),
+        }
+    }
+
+    #[test]
+    fn refuses_what_escapes_replication() {
+        for (sql, needle) in [
+            ("BEGIN", "transaction control"),
+            ("COMMIT", "transaction control"),
+            ("SAVEPOINT a", "transaction control"),
+            ("ATTACH 'x.db' AS x", "ATTACH"),
+            ("PRAGMA journal_mode=DELETE", "journal_mode"),
+            ("PRAGMA synchronous=OFF", "synchronous"),
+            ("PRAGMA cache_size=10", "setting PRAGMA cache_size"),
+            ("INSERT INTO _flotilla_meta VALUES (1)", "internal"),
+            ("DROP TABLE _flotilla_meta", "internal"),
+        ] {
+            let why = refused(sql).unwrap_or_else(|| panic!("{sql} was allowed"));
+            assert!(why.contains(needle), "{sql}: {why}");
+        }
+    }
+
+    #[test]
+    fn allows_ordinary_sql() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "SELECT * FROM t",
+            "CREATE TABLE u(x)",
+            "PRAGMA table_info(t)",
+            "PRAGMA user_version = 3",
+            "SELECT * FROM _flotilla_meta",
+        ] {
+            assert_eq!(refused(sql), None, "{sql}");
+        }
+    }
+}

@@ -1,1 +1,22 @@
+//! Flotilla's replication state machines, sans IO: each takes events (with the time passed in)
+//! and returns commands for its host to perform. The tokio node and the simulator both drive
+//! them; nothing here owns a socket, a file, a clock or a thread.
+//!
+//! - [`handshake`]: the leader's decision when a follower opens a session.
+//! - [`FollowerSession`]: a follower's side of replication (connect, handshake, buffer, apply,
+//!   acknowledge, bootstrap, retry).
+//! - [`FollowerTracker`]: the leader's view of its followers (progress, lag, what the log must
+//!   retain for them).
+//! - [`retention`]: which log segments may be deleted.
 
+mod backoff;
+mod follower_session;
+mod follower_tracker;
+pub mod handshake;
+pub mod retention;
+
+pub use backoff::Backoff;
+pub use follower_session::{
+    FollowerCommand, FollowerConfig, FollowerEvent, FollowerPhase, FollowerSession,
+};
+pub use follower_tracker::{FollowerProgress, FollowerTracker, SessionState};

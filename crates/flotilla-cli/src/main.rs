@@ -1,1 +1,66 @@
-fn main() {}
+//! `flotilla`: run a node, talk to one, or see a cluster work (`flotilla demo`).
+
+mod client;
+mod demo;
+mod serve;
+mod sql;
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A replicated SQL database built on SQLite"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: a leader, or with --follow a follower of a leader.
+    Serve(serve::ServeArgs),
+    /// Run SQL on a node: writes go to /v1/execute, reads to /v1/query.
+    Sql(sql::SqlArgs),
+    /// Show a node and, on a leader, its followers with their lag.
+    Status(status::StatusArgs),
+    /// Manage a leader's followers.
+    #[command(subcommand)]
+    Follower(status::FollowerCommand),
+    /// Start a leader and followers on this machine, replicate, and check they are identical.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(a) => serve::run(a).await,
+            Command::Sql(a) => sql::run(a).await,
+            Command::Status(a) => status::run(a).await,
+            Command::Follower(c) => status::follower(c).await,
+            Command::Demo(a) => demo::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -18,4 +18,4 @@ mod log;
 mod segment;
 
 pub use error::LogError;
-pub use log::{FsyncPolicy, Log, LogConfig, LogStats};
+pub use log::{FsyncPolicy, Log, LogConfig, LogStats, SegmentSummary};

@@ -31,6 +31,14 @@ impl Default for LogConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    pub bytes: u64,
+    pub path: PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogStats {
     /// Oldest retained LSN (`last + 1` when the log holds nothing).
@@ -218,6 +226,20 @@ impl Log {
             bytes: st.segments.iter().map(|s| s.end).sum(),
             segments: st.segments.len(),
         }
+    }
+
+    /// One summary per segment, oldest first.
+    pub fn segments(&self) -> Vec<SegmentSummary> {
+        let st = self.lock();
+        st.segments
+            .iter()
+            .map(|s| SegmentSummary {
+                first_lsn: s.first_lsn,
+                last_lsn: s.last_lsn().unwrap_or(s.first_lsn.saturating_sub(1)),
+                bytes: s.end,
+                path: s.path.clone(),
+            })
+            .collect()
     }
 
     /// Reads durable records from `from` on: at most `max_records`, and stops after the record

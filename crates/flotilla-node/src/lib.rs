@@ -1,1 +1,20 @@
+//! The Flotilla node: the tokio runtime around the sans-IO core and the SQLite store.
+//!
+//! - [`config`]: settings from TOML and flags, validated.
+//! - [`identity`]: what a node keeps about itself in its data directory.
+//! - [`api`]: the HTTP/JSON client API (`docs/api.md`).
+//! - [`leader`]: the single writer (group commit, capture, log) and shipping to followers.
+//! - [`follower`]: drives [`flotilla_core::FollowerSession`]: transport, apply, bootstrap.
 
+pub mod api;
+pub mod config;
+pub mod follower;
+pub mod identity;
+pub mod leader;
+mod metrics;
+mod node;
+mod readers;
+mod time;
+
+pub use config::{ConfigError, NodeConfig};
+pub use node::{run, Node, Role};

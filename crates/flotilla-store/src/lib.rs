@@ -19,7 +19,9 @@ mod wal_tail;
 
 pub use error::StoreError;
 pub use follower_db::FollowerDb;
-pub use leader_db::{CommitOutcome, LeaderDb, RequestOutcome, StatementResult, TxnRequest};
+pub use leader_db::{
+    sql_error_message, CommitOutcome, LeaderDb, RequestOutcome, StatementResult, TxnRequest,
+};
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use open::{open_reader, DbSettings, Synchronous};
 pub use rules::{StatementRules, INTERNAL_PREFIX};

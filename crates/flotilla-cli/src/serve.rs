@@ -1,0 +1,47 @@
+use clap::Args;
+use flotilla_node::config::ConfigFile;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Read settings from this TOML file (see config.example.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's name (1-64 of A-Z a-z 0-9 - _).
+    #[arg(long)]
+    id: Option<String>,
+    /// Data directory: database, replication log, identity.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// HTTP address to listen on [default: 127.0.0.1:4790; port 0 picks a free one].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Follow this leader (http://HOST:PORT); without it the node is a leader.
+    #[arg(long)]
+    follow: Option<String>,
+    /// The URL other nodes and clients use for this node [default: http://<listen>].
+    #[arg(long)]
+    advertise_url: Option<String>,
+    /// SQLite synchronous setting: full (default), normal or off.
+    #[arg(long)]
+    synchronous: Option<String>,
+    /// Replication log fsync policy: always (default) or never.
+    #[arg(long)]
+    log_fsync: Option<String>,
+}
+
+pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let mut file = match &a.config {
+        Some(p) => ConfigFile::load(p)?,
+        None => ConfigFile::default(),
+    };
+    macro_rules! over {
+        ($($field:ident),*) => { $( if a.$field.is_some() { file.$field = a.$field.clone(); } )* };
+    }
+    over!(id, data, listen, follow, advertise_url, synchronous);
+    if a.log_fsync.is_some() {
+        file.log.fsync = a.log_fsync.clone();
+    }
+    let config = file.validate()?;
+    flotilla_node::run(config, None).await
+}

@@ -1,0 +1,120 @@
+use crate::client::Client;
+use crate::sql::table;
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The node's URL.
+    #[arg(long, default_value = "http://127.0.0.1:4790")]
+    node: String,
+    /// Print the node's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum FollowerCommand {
+    /// Forget a follower that is gone for good: it no longer holds the leader's log back.
+    Remove {
+        /// The leader's URL.
+        #[arg(long, default_value = "http://127.0.0.1:4790")]
+        node: String,
+        /// The follower's id.
+        id: String,
+    },
+}
+
+pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
+    let s = Client::new(&a.node).get("/v1/status").await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let text = |k: &str| {
+        s[k].as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| s[k].to_string())
+    };
+    println!(
+        "node {} ({}, {}) at position {}  cluster {}  epoch {}",
+        text("id"),
+        text("role"),
+        text("state"),
+        text("position"),
+        text("cluster_id"),
+        text("epoch")
+    );
+    if s["role"] == "follower" {
+        println!(
+            "leader {}  leader position {}  behind by {} transactions",
+            text("leader"),
+            text("leader_position"),
+            s["lag_transactions"]
+        );
+        if let Some(b) = s.get("bootstrap") {
+            println!(
+                "bootstrapping: {:.1}%",
+                b["percent"].as_f64().unwrap_or(0.0)
+            );
+        }
+        if let Some(e) = s["error"].as_str() {
+            println!("last error: {e}");
+        }
+    }
+    if let Some(followers) = s["followers"].as_array() {
+        let headers: Vec<String> = [
+            "follower",
+            "url",
+            "log",
+            "state",
+            "applied",
+            "lag txns",
+            "lag bytes",
+            "lag ms",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+        let rows: Vec<Vec<String>> = followers
+            .iter()
+            .map(|f| {
+                [
+                    "id",
+                    "url",
+                    "log",
+                    "state",
+                    "applied_position",
+                    "lag_transactions",
+                    "lag_bytes",
+                    "lag_ms",
+                ]
+                .iter()
+                .map(|k| {
+                    f[*k]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| f[*k].to_string())
+                })
+                .collect()
+            })
+            .collect();
+        if rows.is_empty() {
+            println!("no followers");
+        } else {
+            print!("{}", table(&headers, &rows));
+        }
+    }
+    Ok(())
+}
+
+pub async fn follower(c: FollowerCommand) -> anyhow::Result<()> {
+    match c {
+        FollowerCommand::Remove { node, id } => {
+            Client::new(&node)
+                .delete(&format!("/v1/followers/{id}"))
+                .await?;
+            println!("follower {id} removed: it no longer holds the log back");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `POST /v1/execute`: one transaction on the leader.
+
+use super::body::json_body;
+use super::values::from_json;
+use super::ApiError;
+use crate::leader::{WriteError, WriteJob};
+use crate::metrics::Counters;
+use crate::node::Node;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use flotilla_store::{RequestOutcome, TxnRequest};
+use flotilla_types::ContentDigest;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteRequest {
+    statements: Vec<Statement>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Statement {
+    sql: String,
+    #[serde(default)]
+    params: Vec<Value>,
+}
+
+pub fn not_leader(node: &Node) -> ApiError {
+    let leader = node.leader_url().unwrap_or_default().to_string();
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "not_leader",
+        format!(
+            "this node is a follower and does not take writes; send them to the leader at {leader}"
+        ),
+    )
+    .with("leader", leader)
+}
+
+pub async fn execute(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    Counters::add(&node.counters.execute_requests, 1);
+    let Some(leader) = node.leader.as_ref() else {
+        return Err(not_leader(&node));
+    };
+    let (req, raw): (ExecuteRequest, _) =
+        json_body(&headers, body, node.config.max_body_bytes).await?;
+    if req.statements.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "\"statements\" is empty: give at least one statement",
+        ));
+    }
+    if let Some(k) = &req.idempotency_key {
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                "\"idempotency_key\" must be 1 to 256 characters",
+            ));
+        }
+    }
+    let mut statements = Vec::with_capacity(req.statements.len());
+    for (i, s) in req.statements.into_iter().enumerate() {
+        let params = s
+            .params
+            .iter()
+            .enumerate()
+            .map(|(j, v)| from_json(j, v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                ApiError::bad_request("bad_request", format!("statement {i}: {e}"))
+                    .with("statement", i)
+            })?;
+        statements.push((s.sql, params));
+    }
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    let job = WriteJob {
+        request: TxnRequest {
+            statements,
+            idempotency_key: req.idempotency_key,
+            digest: ContentDigest::of(&raw),
+        },
+        reply: reply_tx,
+    };
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the leader is stopping; retry with the same idempotency key",
+        )
+    };
+    leader.writer.send(job).await.map_err(|_| unavailable())?;
+    let reply = reply_rx.await.map_err(|_| unavailable())?;
+    match reply {
+        Ok((RequestOutcome::Committed(results), position))
+        | Ok((RequestOutcome::Duplicate { results, position }, _)) => Ok(Json(json!({
+            "position": position.to_string(),
+            "results": results,
+        }))),
+        Ok((
+            RequestOutcome::Failed {
+                statement,
+                message,
+                refused,
+            },
+            _,
+        )) => Err(ApiError::bad_request(
+            if refused {
+                "statement_refused"
+            } else {
+                "sql_error"
+            },
+            format!("statement {statement}: {message}; the transaction was rolled back"),
+        )
+        .with("statement", statement)),
+        Err(e @ WriteError::Indeterminate(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outcome_unknown",
+            e.to_string(),
+        )),
+        Err(e @ WriteError::Failed(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "write_failed",
+            e.to_string(),
+        )),
+    }
+}

@@ -1,0 +1,52 @@
+//! The HTTP/JSON client API (documented in `docs/api.md`).
+
+mod body;
+mod error;
+mod execute;
+mod followers;
+mod metrics;
+mod query;
+mod snapshot;
+mod status;
+pub mod values;
+
+pub use error::ApiError;
+
+use crate::node::Node;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use std::sync::Arc;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/execute", post(execute::execute))
+        .route("/v1/query", post(query::query))
+        .route("/v1/status", get(status::status))
+        .route("/v1/snapshot", get(snapshot::snapshot))
+        .route("/v1/followers/{id}", delete(followers::remove))
+        .route("/v1/replication", get(replication))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see docs/api.md",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not accept that method; see docs/api.md",
+            )
+        })
+        .with_state(node)
+}
+
+async fn replication(State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> impl IntoResponse {
+    ws.max_message_size(crate::leader::shipping::MAX_MESSAGE_BYTES)
+        .max_frame_size(crate::leader::shipping::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| crate::leader::shipping::serve_session(node, socket))
+}

@@ -1,0 +1,181 @@
+//! `POST /v1/query`: a read on a snapshot, optionally after a position (read-your-writes).
+
+use super::body::json_body;
+use super::values::{from_json, to_json};
+use super::ApiError;
+use crate::metrics::Counters;
+use crate::node::Node;
+use crate::readers::ReaderError;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use flotilla_store::read_meta;
+use flotilla_types::Position;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Rows one query may return.
+const MAX_ROWS: usize = 1_000_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    sql: String,
+    #[serde(default)]
+    params: Vec<Value>,
+    #[serde(default)]
+    min_position: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+pub async fn query(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    Counters::add(&node.counters.query_requests, 1);
+    let (req, _): (QueryRequest, _) = json_body(&headers, body, node.config.max_body_bytes).await?;
+    let params = req
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, v)| from_json(i, v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request("bad_request", e))?;
+    let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(5_000).min(600_000));
+    let deadline = tokio::time::Instant::now() + timeout;
+    if let Some(min) = &req.min_position {
+        let min: Position = min
+            .parse()
+            .map_err(|e: flotilla_types::PositionParseError| {
+                ApiError::bad_request("bad_request", format!("min_position: {e}"))
+            })?;
+        let mut rx = node.position.subscribe();
+        let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= min)).await;
+        if !matches!(reached, Ok(Ok(_))) {
+            let at = *node.position.borrow();
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "position_not_reached",
+                format!(
+                    "this node has applied up to {at} and did not reach {min} within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+            .with("position", at.to_string()));
+        }
+    }
+    let mut lease = match tokio::time::timeout_at(deadline, node.readers.lease()).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(ReaderError::Unavailable)) => return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bootstrapping",
+            "this node has no database yet (it is bootstrapping from a snapshot); retry shortly",
+        )),
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "busy",
+                "no reader connection became free in time",
+            ))
+        }
+    };
+    let result = tokio::task::spawn_blocking(move || run(lease.reader(), &req.sql, &params))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    result.map(Json)
+}
+
+fn run(
+    reader: &mut crate::readers::Reader,
+    sql: &str,
+    params: &[rusqlite::types::Value],
+) -> Result<Value, ApiError> {
+    // One read transaction: the position and the rows come from the same snapshot. BEGIN and
+    // ROLLBACK are Flotilla's own statements (the client rules refuse them), and the
+    // transaction always ends here, whatever the query did.
+    let rules = reader.rules.clone();
+    rules
+        .internal(|| reader.conn.execute_batch("BEGIN"))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let result = run_in_snapshot(reader, sql, params);
+    if let Err(e) = rules.internal(|| reader.conn.execute_batch("ROLLBACK")) {
+        tracing::warn!("ending a read transaction failed: {e}");
+    }
+    result
+}
+
+fn run_in_snapshot(
+    reader: &mut crate::readers::Reader,
+    sql: &str,
+    params: &[rusqlite::types::Value],
+) -> Result<Value, ApiError> {
+    let sql_err =
+        |e: rusqlite::Error| ApiError::bad_request("sql_error", flotilla_store_message(&e));
+    let conn = &reader.conn;
+    let position = read_meta(conn)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map(|m| m.position)
+        .unwrap_or_default();
+    let mut stmt = match conn.prepare(sql) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(match reader.rules.take_reason() {
+                Some(why) => ApiError::bad_request("statement_refused", why),
+                None => sql_err(e),
+            })
+        }
+    };
+    if !stmt.readonly() {
+        return Err(ApiError::bad_request(
+            "not_read_only",
+            "POST /v1/query runs read-only statements; send writes to POST /v1/execute",
+        ));
+    }
+    if stmt.parameter_count() != params.len() {
+        return Err(ApiError::bad_request(
+            "sql_error",
+            format!(
+                "the statement has {} parameters but {} values were given",
+                stmt.parameter_count(),
+                params.len()
+            ),
+        ));
+    }
+    for (i, v) in params.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, v).map_err(sql_err)?;
+    }
+    let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+    let ncols = columns.len();
+    let mut rows_out = Vec::new();
+    let mut rows = stmt.raw_query();
+    while let Some(row) = rows.next().map_err(sql_err)? {
+        if rows_out.len() >= MAX_ROWS {
+            return Err(ApiError::bad_request(
+                "result_too_large",
+                format!("the result has more than {MAX_ROWS} rows: add a LIMIT"),
+            ));
+        }
+        let mut out = Vec::with_capacity(ncols);
+        for i in 0..ncols {
+            out.push(to_json(row.get_ref(i).map_err(sql_err)?));
+        }
+        rows_out.push(Value::Array(out));
+    }
+    Ok(json!({ "columns": columns, "rows": rows_out, "position": position.to_string() }))
+}
+
+fn flotilla_store_message(e: &rusqlite::Error) -> String {
+    flotilla_store::sql_error_message(e)
+}

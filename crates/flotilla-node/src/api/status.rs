@@ -1,0 +1,108 @@
+//! `GET /v1/status`: the node, and on a leader its followers with their lag.
+
+use crate::node::{Node, Role};
+use crate::time::wall_ms;
+use axum::extract::State;
+use axum::Json;
+use flotilla_core::{FollowerProgress, FollowerTracker};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// One follower's lag as the leader sees it.
+pub struct Lag {
+    pub transactions: u64,
+    pub bytes: u64,
+    pub ms: u64,
+}
+
+pub fn follower_lag(node: &Node, f: &FollowerProgress) -> Lag {
+    let leader = node.leader.as_ref().expect("leader");
+    let head = leader.head.borrow().position;
+    let transactions = FollowerTracker::lag_transactions(f, head.lsn);
+    if transactions == 0 {
+        return Lag {
+            transactions,
+            bytes: 0,
+            ms: 0,
+        };
+    }
+    // How long the oldest commit the follower has not applied has been waiting.
+    let first_missing = f.applied.lsn.0 + 1;
+    let ms = leader
+        .recent
+        .commit_time(first_missing)
+        .map_or(0, |t| wall_ms().saturating_sub(t));
+    Lag {
+        transactions,
+        bytes: leader.recent.bytes_after(f.applied.lsn.0),
+        ms,
+    }
+}
+
+pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
+    let position = *node.position.borrow();
+    let identity = node
+        .identity
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut out = json!({
+        "id": node.config.id.as_str(),
+        "url": node.url,
+        "cluster_id": identity.cluster_id,
+        "epoch": identity.epoch.max(position.epoch.0),
+        "position": position.to_string(),
+        "leader": node.leader_url(),
+    });
+    match &node.role {
+        Role::Leader => {
+            let leader = node.leader.as_ref().expect("leader");
+            let followers: Vec<Value> = leader
+                .tracker()
+                .all()
+                .cloned()
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|f| {
+                    let lag = follower_lag(&node, f);
+                    json!({
+                        "id": f.id,
+                        "url": f.url,
+                        "log": f.log_kind.as_str(),
+                        "applied_position": f.applied.to_string(),
+                        "lag_transactions": lag.transactions,
+                        "lag_bytes": lag.bytes,
+                        "lag_ms": lag.ms,
+                        "state": f.state.as_str(),
+                    })
+                })
+                .collect();
+            let stats = leader.log.stats();
+            out["role"] = json!("leader");
+            out["state"] = json!("leading");
+            out["followers"] = json!(followers);
+            out["log"] = json!({
+                "first_lsn": stats.first_lsn,
+                "last_lsn": stats.last_lsn,
+                "bytes": stats.bytes,
+                "segments": stats.segments,
+            });
+        }
+        Role::Follower { .. } => {
+            let s = node.follower.as_ref().expect("follower").status();
+            out["role"] = json!("follower");
+            out["state"] = json!(s.phase);
+            out["leader_position"] = json!(s.leader_head.max(position).to_string());
+            out["lag_transactions"] = json!(s.leader_head.lsn.0.saturating_sub(position.lsn.0));
+            out["error"] = json!(s.last_error);
+            if let Some((done, total)) = s.bootstrap_progress {
+                out["bootstrap"] = json!({
+                    "bytes_received": done,
+                    "bytes_total": total,
+                    "percent": if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 },
+                });
+            }
+        }
+    }
+    Json(out)
+}

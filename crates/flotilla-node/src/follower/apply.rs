@@ -1,0 +1,60 @@
+//! The apply thread: owns the follower's write connection (SQLite work is blocking).
+
+use flotilla_store::{DbSettings, FollowerDb, StoreError};
+use flotilla_types::{Chain, LogRecord, Position};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+pub enum ApplyJob {
+    Apply(
+        Vec<LogRecord>,
+        oneshot::Sender<Result<(Position, Chain), StoreError>>,
+    ),
+    /// Close the database (before a snapshot replaces it).
+    Close(oneshot::Sender<()>),
+    /// (Re)open the database; answers with its position, chain and cluster id.
+    Open(oneshot::Sender<Result<Option<(Position, Chain, String)>, StoreError>>),
+}
+
+pub fn spawn(
+    path: PathBuf,
+    settings: DbSettings,
+    mut db: Option<FollowerDb>,
+) -> mpsc::Sender<ApplyJob> {
+    let (tx, rx) = mpsc::channel::<ApplyJob>();
+    std::thread::Builder::new()
+        .name("flotilla-apply".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                match job {
+                    ApplyJob::Apply(records, reply) => {
+                        let res = match db.as_mut() {
+                            Some(d) => d.apply(&records).map(|m| (m.position, m.chain)),
+                            None => Err(StoreError::Apply("no database is open".into())),
+                        };
+                        let _ = reply.send(res);
+                    }
+                    ApplyJob::Close(reply) => {
+                        db = None;
+                        let _ = reply.send(());
+                    }
+                    ApplyJob::Open(reply) => {
+                        let res = FollowerDb::open(&path, &settings);
+                        let answer = match res {
+                            Ok(Some(d)) => {
+                                let m = d.meta().clone();
+                                db = Some(d);
+                                Ok(Some((m.position, m.chain, m.cluster_id)))
+                            }
+                            Ok(None) => Ok(None),
+                            Err(e) => Err(e),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+        })
+        .expect("spawn apply thread");
+    tx
+}

@@ -1,0 +1,152 @@
+//! Performs the commands of a [`FollowerSession`] and feeds it events.
+
+use super::apply::{self, ApplyJob};
+use super::bootstrap::bootstrap;
+use super::transport::{self, Connection, Tagged};
+use crate::metrics::Counters;
+use crate::node::{Node, Role};
+use crate::time::mono_ms;
+use flotilla_core::{FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession};
+use flotilla_store::DbSettings;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Events of the apply thread and bootstrap carry generation 0: they are never stale.
+const LOCAL: u64 = 0;
+
+pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
+    let shared = node.follower.clone().expect("follower");
+    let Role::Follower { leader_url } = node.role.clone() else {
+        return;
+    };
+    let initial = shared
+        .initial_db
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let local = initial
+        .as_ref()
+        .map(|d| (d.meta().position, d.meta().chain));
+    let apply_tx = apply::spawn(
+        node.db_path.clone(),
+        DbSettings {
+            synchronous: node.config.synchronous,
+        },
+        initial,
+    );
+    let config = FollowerConfig::new(node.config.id.as_str(), &node.url);
+    let mut session = FollowerSession::new(config, local, node.cluster_id());
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Tagged>();
+    let mut conn: Option<Connection> = None;
+    let mut generation = 0u64;
+    let mut applying: Option<usize> = None;
+    let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        while let Some(cmd) = cmds.pop_front() {
+            match cmd {
+                FollowerCommand::Connect => {
+                    generation += 1;
+                    conn = Some(transport::connect(&leader_url, generation, ev_tx.clone()));
+                }
+                FollowerCommand::Send(msg) => {
+                    if let Some(c) = &conn {
+                        let _ = c.outgoing.send(msg.encode());
+                    }
+                }
+                FollowerCommand::Disconnect => {
+                    // Dropping the sender closes the socket; the task's later events are stale.
+                    conn = None;
+                }
+                FollowerCommand::Apply(records) => {
+                    applying = Some(records.len());
+                    let (tx, rx) = oneshot::channel();
+                    if apply_tx.send(ApplyJob::Apply(records, tx)).is_err() {
+                        let _ = fatal.send("the apply thread stopped".into());
+                        return;
+                    }
+                    let events = ev_tx.clone();
+                    tokio::spawn(async move {
+                        let ev = match rx.await {
+                            Ok(Ok((position, chain))) => FollowerEvent::Applied { position, chain },
+                            Ok(Err(e)) => FollowerEvent::ApplyFailed {
+                                disk_full: e.is_disk_full(),
+                                reason: e.to_string(),
+                            },
+                            Err(_) => FollowerEvent::ApplyFailed {
+                                reason: "the apply thread stopped".into(),
+                                disk_full: false,
+                            },
+                        };
+                        let _ = events.send((LOCAL, ev));
+                    });
+                }
+                FollowerCommand::Bootstrap => {
+                    conn = None;
+                    shared.update(|s| s.phase = "bootstrapping");
+                    let (n, url, a, events) = (
+                        node.clone(),
+                        leader_url.clone(),
+                        apply_tx.clone(),
+                        ev_tx.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let ev = match bootstrap(n, url, a).await {
+                            Ok((position, chain, cluster_id)) => FollowerEvent::BootstrapFinished {
+                                position,
+                                chain,
+                                cluster_id,
+                            },
+                            Err(reason) => {
+                                tracing::warn!("bootstrap failed: {reason}");
+                                FollowerEvent::BootstrapFailed { reason }
+                            }
+                        };
+                        let _ = events.send((LOCAL, ev));
+                    });
+                }
+            }
+        }
+        shared.update(|s| {
+            s.phase = session.phase().as_str();
+            s.last_error = session.last_error().map(str::to_string);
+            s.leader_head = session.leader_head();
+            s.received = session.received();
+        });
+        let event = tokio::select! {
+            Some((g, ev)) = ev_rx.recv() => {
+                if g != LOCAL && conn.as_ref().map(|c| c.generation) != Some(g) {
+                    continue;
+                }
+                ev
+            }
+            _ = tick.tick() => FollowerEvent::Tick,
+            _ = node.shutdown.cancelled() => return,
+        };
+        match &event {
+            FollowerEvent::Applied { position, .. } => {
+                let n = applying.take().unwrap_or(0);
+                session.batch_done(n);
+                Counters::add(&node.counters.applied_transactions, n as u64);
+                Counters::add(&node.counters.apply_batches, 1);
+                node.position.send_replace(*position);
+            }
+            FollowerEvent::ApplyFailed { reason, .. } => {
+                applying = None;
+                tracing::warn!("apply failed: {reason}");
+            }
+            FollowerEvent::BootstrapFinished { position, .. } => {
+                node.position.send_replace(*position);
+            }
+            FollowerEvent::ConnectionLost { reason } => {
+                tracing::info!("replication session lost: {reason}");
+                conn = None;
+            }
+            _ => {}
+        }
+        let jitter: u16 = rand::random_range(0..=1000);
+        cmds.extend(session.handle(mono_ms(), jitter, event));
+    }
+}

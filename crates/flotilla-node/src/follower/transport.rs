@@ -1,0 +1,104 @@
+//! The follower's end of a replication session: a WebSocket to `<leader>/v1/replication`.
+//! Incoming messages are decoded here and handed to the driver as events, tagged with the
+//! connection's generation so that events of an old connection are ignored.
+
+use flotilla_core::FollowerEvent;
+use flotilla_wire::LeaderMessage;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Tagged = (u64, FollowerEvent);
+
+pub struct Connection {
+    pub generation: u64,
+    pub outgoing: mpsc::UnboundedSender<Vec<u8>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // A session that is dropped is over: its events are stale from now on anyway.
+        self.task.abort();
+    }
+}
+
+pub fn connect(
+    leader_url: &str,
+    generation: u64,
+    events: mpsc::UnboundedSender<Tagged>,
+) -> Connection {
+    let ws_url = format!(
+        "ws://{}/v1/replication",
+        leader_url.trim_start_matches("http://")
+    );
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let task = tokio::spawn(async move {
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(crate::leader::shipping::MAX_MESSAGE_BYTES);
+        config.max_frame_size = Some(crate::leader::shipping::MAX_MESSAGE_BYTES);
+        let lost = |reason: String| (generation, FollowerEvent::ConnectionLost { reason });
+        let connected = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio_tungstenite::connect_async_with_config(&ws_url, Some(config), true),
+        )
+        .await;
+        let ws = match connected {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => {
+                let _ = events.send(lost(format!("cannot reach the leader at {ws_url}: {e}")));
+                return;
+            }
+            Err(_) => {
+                let _ = events.send(lost(format!("connecting to {ws_url} timed out")));
+                return;
+            }
+        };
+        let _ = events.send((generation, FollowerEvent::Connected));
+        let (mut sink, mut stream) = ws.split();
+        loop {
+            tokio::select! {
+                out = out_rx.recv() => match out {
+                    Some(bytes) => {
+                        if let Err(e) = sink.send(Message::Binary(bytes.into())).await {
+                            let _ = events.send(lost(format!("send failed: {e}")));
+                            return;
+                        }
+                    }
+                    None => {
+                        let _ = sink.close().await;
+                        return;
+                    }
+                },
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Binary(b))) => match LeaderMessage::decode(&b) {
+                        Ok(m) => {
+                            if events.send((generation, FollowerEvent::Received(m))).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = events.send(lost(format!("bad message from the leader: {e}")));
+                            return;
+                        }
+                    },
+                    Some(Ok(Message::Close(_))) | None => {
+                        let _ = events.send(lost("the leader closed the session".into()));
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        let _ = events.send(lost(format!("connection error: {e}")));
+                        return;
+                    }
+                },
+            }
+        }
+    });
+    Connection {
+        generation,
+        outgoing: out_tx,
+        task,
+    }
+}

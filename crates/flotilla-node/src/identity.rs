@@ -1,0 +1,130 @@
+//! `node.toml` in the data directory: what a node keeps about itself across restarts.
+//! Written atomically (temp file, fsync, rename, directory fsync).
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const IDENTITY_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Identity {
+    pub format_version: u32,
+    pub id: String,
+    /// Adopted from the leader (follower) or created (leader); absent until known.
+    pub cluster_id: Option<String>,
+    /// The highest epoch this node has seen.
+    pub epoch: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged or not a Flotilla identity file: {message}")]
+    Damaged { path: PathBuf, message: String },
+    #[error(
+        "the data directory {dir} belongs to node {stored:?}, not {given:?}: use --id {stored} or another directory"
+    )]
+    OtherNode {
+        dir: PathBuf,
+        stored: String,
+        given: String,
+    },
+    #[error(
+        "{path} has format version {found}; this build reads version {IDENTITY_FORMAT_VERSION}"
+    )]
+    Version { path: PathBuf, found: u32 },
+}
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("node.toml")
+}
+
+/// Loads the identity, or creates it for a new node.
+pub fn load_or_create(dir: &Path, id: &str) -> Result<Identity, IdentityError> {
+    let p = path(dir);
+    let io = |source| IdentityError::Io {
+        path: p.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&p) {
+        Ok(text) => {
+            let ident: Identity = toml::from_str(&text).map_err(|e| IdentityError::Damaged {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
+            if ident.format_version != IDENTITY_FORMAT_VERSION {
+                return Err(IdentityError::Version {
+                    path: p,
+                    found: ident.format_version,
+                });
+            }
+            if ident.id != id {
+                return Err(IdentityError::OtherNode {
+                    dir: dir.to_path_buf(),
+                    stored: ident.id,
+                    given: id.to_string(),
+                });
+            }
+            Ok(ident)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let ident = Identity {
+                format_version: IDENTITY_FORMAT_VERSION,
+                id: id.to_string(),
+                cluster_id: None,
+                epoch: 0,
+            };
+            save(dir, &ident)?;
+            Ok(ident)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+pub fn save(dir: &Path, ident: &Identity) -> Result<(), IdentityError> {
+    write_atomically(
+        &path(dir),
+        toml::to_string(ident).expect("serialisable").as_bytes(),
+    )
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old content or the new, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    use std::io::Write;
+    let io = |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_then_reloaded_and_other_ids_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ident = load_or_create(dir.path(), "a").unwrap();
+        ident.cluster_id = Some("c".into());
+        save(dir.path(), &ident).unwrap();
+        assert_eq!(load_or_create(dir.path(), "a").unwrap(), ident);
+        let err = load_or_create(dir.path(), "b").unwrap_err().to_string();
+        assert!(err.contains("belongs to node \"a\""), "{err}");
+    }
+}

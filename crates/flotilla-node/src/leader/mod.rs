@@ -1,0 +1,137 @@
+//! A leader: one writer thread (group commit, capture, log append and fsync) and a shipping
+//! task per connected follower.
+
+mod recent;
+pub mod shipping;
+mod writer;
+
+pub use recent::RecentRecords;
+pub use writer::{spawn_writer, WriteError, WriteJob, WriteReply, WriterParts};
+
+use flotilla_core::FollowerTracker;
+use flotilla_log::Log;
+use flotilla_types::{Chain, Epoch, Position};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+
+/// The newest durable commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Head {
+    pub position: Position,
+    pub chain: Chain,
+    pub commit_time_ms: u64,
+}
+
+pub struct LeaderState {
+    pub writer: mpsc::Sender<WriteJob>,
+    pub log: Arc<Log>,
+    pub head: watch::Sender<Head>,
+    pub recent: Arc<RecentRecords>,
+    pub tracker: Mutex<FollowerTracker>,
+    pub cluster_id: String,
+    pub epoch: Epoch,
+    /// Where known followers are remembered across restarts.
+    pub followers_file: PathBuf,
+}
+
+impl LeaderState {
+    pub fn tracker(&self) -> std::sync::MutexGuard<'_, FollowerTracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves the known followers (id, url, durable position): a follower that is down still
+    /// holds the log back after a leader restart.
+    pub fn save_followers(&self) {
+        let list: Vec<serde_json::Value> = self
+            .tracker()
+            .all()
+            .map(|f| {
+                serde_json::json!({
+                    "id": f.id, "url": f.url, "log": f.log_kind.as_str(),
+                    "durable_position": f.durable.to_string(),
+                })
+            })
+            .collect();
+        let bytes = serde_json::to_vec_pretty(&serde_json::json!({
+            "format_version": 1, "followers": list
+        }))
+        .expect("serialisable");
+        if let Err(e) = crate::identity::write_atomically(&self.followers_file, &bytes) {
+            tracing::warn!("could not save the follower list: {e}");
+        }
+    }
+}
+
+/// Reads the follower list saved by [`LeaderState::save_followers`].
+pub fn load_followers(path: &std::path::Path) -> Vec<flotilla_core::FollowerProgress> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        tracing::warn!("ignoring damaged follower list {}", path.display());
+        return Vec::new();
+    };
+    v["followers"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|f| {
+                    let pos: Position = f["durable_position"].as_str()?.parse().ok()?;
+                    Some(flotilla_core::FollowerProgress {
+                        id: f["id"].as_str()?.to_string(),
+                        url: f["url"].as_str()?.to_string(),
+                        log_kind: f["log"].as_str()?.parse().ok()?,
+                        state: flotilla_core::SessionState::Disconnected,
+                        received: pos,
+                        durable: pos,
+                        applied: pos,
+                        last_ack_ms: 0,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deletes log segments no known follower needs, within the size and age caps.
+pub async fn retention_loop(node: Arc<crate::node::Node>) {
+    use flotilla_core::retention::{keep_from, RetentionPolicy, SegmentInfo};
+    let leader = node.leader.as_ref().expect("leader");
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        let segments: Vec<SegmentInfo> = leader
+            .log
+            .segments()
+            .into_iter()
+            .map(|s| SegmentInfo {
+                first_lsn: s.first_lsn,
+                last_lsn: s.last_lsn,
+                bytes: s.bytes,
+                modified_ms: std::fs::metadata(&s.path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(u64::MAX, |d| d.as_millis() as u64),
+            })
+            .collect();
+        let policy = RetentionPolicy {
+            max_bytes: node.config.retention_max_bytes,
+            max_age_ms: node.config.retention_max_age_ms,
+        };
+        let needed = leader.tracker().needed_from();
+        let keep = keep_from(&segments, needed, policy, crate::time::wall_ms());
+        let log = leader.log.clone();
+        match tokio::task::spawn_blocking(move || log.remove_before(keep)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!("log retention removed {n} segments before lsn {keep}")
+            }
+            Ok(Err(e)) => tracing::warn!("log retention failed: {e}"),
+            _ => {}
+        }
+    }
+}

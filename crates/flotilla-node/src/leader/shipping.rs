@@ -1,0 +1,265 @@
+//! One replication session per follower, on a WebSocket at `GET /v1/replication`.
+//!
+//! The follower speaks first (`Hello`: who it is, what it holds); the leader decides
+//! ([`flotilla_core::handshake`]) and either refuses with a reason or welcomes it and streams
+//! every durable record after the follower's position, then heartbeats while idle. Acks are read
+//! by a separate task so that progress is visible during a long catch-up.
+
+use crate::node::Node;
+use crate::time::{mono_ms, wall_ms};
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
+use flotilla_log::LogError;
+use flotilla_types::{Lsn, Position};
+use flotilla_wire::{FollowerMessage, LeaderMessage, RefusalCode};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Records per message stop growing past this size.
+const BATCH_BYTES: usize = 4 << 20;
+const HEARTBEAT: Duration = Duration::from_millis(1000);
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+async fn refuse(socket: &mut WebSocket, code: RefusalCode, message: String) {
+    tracing::info!(
+        "refusing a replication session: {}: {message}",
+        code.as_str()
+    );
+    let msg = LeaderMessage::Refuse { code, message }.encode();
+    let _ = socket.send(Message::Binary(Bytes::from(msg))).await;
+    let _ = socket.close().await;
+}
+
+pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
+    let first = tokio::time::timeout(Duration::from_secs(10), socket.recv()).await;
+    let hello = match first {
+        Ok(Some(Ok(Message::Binary(b)))) => FollowerMessage::decode(&b),
+        Ok(Some(Ok(other))) => {
+            return refuse(
+                &mut socket,
+                RefusalCode::Protocol,
+                format!("expected a binary Hello message, got {other:?}"),
+            )
+            .await
+        }
+        _ => return,
+    };
+    let Some(leader) = node.leader.as_ref() else {
+        let message = match node.leader_url() {
+            Some(url) => format!("this node is a follower; its leader is {url}"),
+            None => "this node is not a leader".into(),
+        };
+        return refuse(&mut socket, RefusalCode::NotLeader, message).await;
+    };
+    let (cluster_id, follower_id, follower_url, log_kind, position, chain) = match hello {
+        Ok(FollowerMessage::Hello {
+            cluster_id,
+            follower_id,
+            follower_url,
+            log_kind,
+            position,
+            chain,
+        }) => (
+            cluster_id,
+            follower_id,
+            follower_url,
+            log_kind,
+            position,
+            chain,
+        ),
+        Ok(other) => {
+            return refuse(
+                &mut socket,
+                RefusalCode::Protocol,
+                format!("expected Hello, got {other:?}"),
+            )
+            .await
+        }
+        Err(e) => return refuse(&mut socket, RefusalCode::Protocol, e.to_string()).await,
+    };
+    if flotilla_types::NodeId::new(&follower_id).is_err() {
+        return refuse(
+            &mut socket,
+            RefusalCode::Protocol,
+            format!("invalid follower id {follower_id:?}"),
+        )
+        .await;
+    }
+    let head = *leader.head.borrow();
+    let stats = leader.log.stats();
+    let view = LeaderView {
+        cluster_id: leader.cluster_id.clone(),
+        epoch: leader.epoch,
+        head: head.position,
+        head_chain: head.chain,
+        first_retained: Lsn(stats.first_lsn),
+    };
+    let claim = FollowerClaim {
+        cluster_id,
+        position,
+        chain,
+    };
+    let mut decision = decide(&view, &claim);
+    if let Decision::CheckLink { lsn } = decision {
+        let log = leader.log.clone();
+        let read = tokio::task::spawn_blocking(move || log.read(lsn.0, 1, 1)).await;
+        decision = match read {
+            Ok(Ok(recs)) if !recs.is_empty() => match flotilla_wire::decode_record(&recs[0]) {
+                Ok(r) => check_link(&claim, r.epoch, r.chain, r.links_to(claim.chain)),
+                Err(e) => Decision::Refuse {
+                    code: RefusalCode::NeedSnapshot,
+                    message: format!("the leader's log record {lsn} is unreadable: {e}"),
+                },
+            },
+            _ => Decision::Refuse {
+                code: RefusalCode::NeedSnapshot,
+                message: format!("record {lsn} is no longer in the leader's log"),
+            },
+        };
+    }
+    let start_after = match decision {
+        Decision::Accept { start_after } => start_after,
+        Decision::Refuse { code, message } => return refuse(&mut socket, code, message).await,
+        Decision::CheckLink { .. } => unreachable!("resolved above"),
+    };
+    let welcome = LeaderMessage::Welcome {
+        cluster_id: leader.cluster_id.clone(),
+        leader_id: node.config.id.to_string(),
+        epoch: leader.epoch,
+        start_after,
+        head: head.position,
+    };
+    if socket
+        .send(Message::Binary(Bytes::from(welcome.encode())))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::info!(follower = %follower_id, position = %position, "follower session opened");
+    leader
+        .tracker()
+        .session_opened(&follower_id, &follower_url, log_kind, position, mono_ms());
+    leader.save_followers();
+
+    let (mut sink, mut stream) = socket.split();
+    // Acks: read by their own task so that progress moves during a long catch-up.
+    let acks = {
+        let node = node.clone();
+        let follower_id = follower_id.clone();
+        tokio::spawn(async move {
+            let leader = node.leader.as_ref().expect("leader");
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Binary(b) = msg else {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                    continue;
+                };
+                match FollowerMessage::decode(&b) {
+                    Ok(FollowerMessage::Ack {
+                        received,
+                        durable,
+                        applied,
+                        ..
+                    }) => {
+                        leader
+                            .tracker()
+                            .acked(&follower_id, received, durable, applied, mono_ms())
+                    }
+                    Ok(other) => {
+                        tracing::warn!(follower = %follower_id, "unexpected message {other:?}");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(follower = %follower_id, "undecodable message: {e}");
+                        break;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut head_rx = leader.head.subscribe();
+    let mut next = start_after.next();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let outcome: Result<(), String> = async {
+        loop {
+            let head = head_rx.borrow_and_update().position;
+            while next <= head.lsn {
+                let batch = match fetch(&node, next.0).await {
+                    Ok(b) => b,
+                    Err(LogError::Trimmed { first, .. }) => {
+                        let msg = LeaderMessage::Refuse {
+                            code: RefusalCode::NeedSnapshot,
+                            message: format!(
+                                "record {next} is no longer in the log (oldest: {first})"
+                            ),
+                        };
+                        let _ = sink.send(Message::Binary(Bytes::from(msg.encode()))).await;
+                        return Err("follower fell behind the retained log".into());
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                next = Lsn(next.0 + batch.len() as u64);
+                let raw: Vec<&[u8]> = batch.iter().map(|r| r.as_slice()).collect();
+                let msg = LeaderMessage::encode_records(&raw);
+                crate::metrics::Counters::add(&node.counters.shipped_bytes, msg.len() as u64);
+                sink.send(Message::Binary(Bytes::from(msg)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            tokio::select! {
+                changed = head_rx.changed() => {
+                    if changed.is_err() {
+                        return Err("the leader is stopping".into());
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let msg = LeaderMessage::Heartbeat {
+                        head: head_rx.borrow().position,
+                        now_ms: wall_ms(),
+                    };
+                    sink.send(Message::Binary(Bytes::from(msg.encode())))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                _ = node.shutdown.cancelled() => {
+                    let _ = sink.close().await;
+                    return Ok(());
+                }
+            }
+            if acks.is_finished() {
+                return Err("the follower closed the session".into());
+            }
+        }
+    }
+    .await;
+    acks.abort();
+    if let Err(reason) = outcome {
+        tracing::info!(follower = %follower_id, "follower session closed: {reason}");
+    }
+    leader.tracker().session_closed(&follower_id);
+    leader.save_followers();
+    let _: Position = position;
+}
+
+/// The durable records from `from` on: from memory when recent, otherwise from the log files.
+async fn fetch(node: &Arc<Node>, from: u64) -> Result<Vec<Arc<Vec<u8>>>, LogError> {
+    let leader = node.leader.as_ref().expect("leader");
+    if let Some(recs) = leader.recent.from(from, BATCH_BYTES) {
+        if !recs.is_empty() {
+            return Ok(recs);
+        }
+    }
+    let log = leader.log.clone();
+    tokio::task::spawn_blocking(move || log.read(from, 10_000, BATCH_BYTES))
+        .await
+        .expect("log read task")
+        .map(|v| v.into_iter().map(Arc::new).collect())
+}

@@ -1,0 +1,293 @@
+//! A running node: shared state, start-up (leader or follower), the HTTP server, shutdown.
+
+use crate::config::NodeConfig;
+use crate::follower::FollowerShared;
+use crate::identity::{self, Identity};
+use crate::leader::{self, Head, LeaderState, RecentRecords, WriteJob};
+use crate::metrics::Counters;
+use crate::readers::ReaderPool;
+use anyhow::Context;
+use flotilla_core::FollowerTracker;
+use flotilla_log::{Log, LogConfig};
+use flotilla_store::{read_meta, DbSettings, FollowerDb, LeaderDb};
+use flotilla_types::{Lsn, Position};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower { leader_url: String },
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub role: Role,
+    /// How clients and other nodes reach this node.
+    pub url: String,
+    pub db_path: PathBuf,
+    pub identity: Mutex<Identity>,
+    pub readers: Arc<ReaderPool>,
+    /// The newest position visible to readers (committed on a leader, applied on a follower).
+    pub position: watch::Sender<Position>,
+    pub counters: Arc<Counters>,
+    pub leader: Option<LeaderState>,
+    pub follower: Option<Arc<FollowerShared>>,
+    pub shutdown: CancellationToken,
+    pub started_ms: u64,
+}
+
+impl Node {
+    pub fn leader_url(&self) -> Option<&str> {
+        match &self.role {
+            Role::Leader => Some(&self.url),
+            Role::Follower { leader_url } => Some(leader_url),
+        }
+    }
+
+    pub fn cluster_id(&self) -> Option<String> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cluster_id
+            .clone()
+    }
+
+    /// Records the cluster id adopted from a leader; refuses another one.
+    pub fn adopt_cluster(&self, cluster_id: &str) -> anyhow::Result<()> {
+        let mut ident = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        match &ident.cluster_id {
+            Some(c) if c == cluster_id => Ok(()),
+            Some(c) => anyhow::bail!(
+                "the leader belongs to cluster {cluster_id}, but this node belongs to cluster {c}"
+            ),
+            None => {
+                ident.cluster_id = Some(cluster_id.to_string());
+                identity::save(&self.config.data_dir, &ident)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn random_cluster_id() -> String {
+    flotilla_types::ClusterId::from_random(rand::random()).to_string()
+}
+
+/// Runs a node until Ctrl-C / SIGTERM or a fatal error. `ready` receives the bound URL.
+pub async fn run(
+    config: NodeConfig,
+    ready: Option<tokio::sync::oneshot::Sender<String>>,
+) -> anyhow::Result<()> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let mut ident = identity::load_or_create(&dir, config.id.as_str())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let db_path = dir.join("db.sqlite");
+    let settings = DbSettings {
+        synchronous: config.synchronous,
+    };
+    let counters = Arc::new(Counters::default());
+    let shutdown = CancellationToken::new();
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+
+    let mut writer_thread = None;
+    let (role, leader_state, follower_shared, position) = match &config.follow {
+        None => {
+            // The database knows its own position; an empty log continues from there.
+            let db_lsn = if db_path.exists() {
+                let conn = rusqlite::Connection::open(&db_path)?;
+                read_meta(&conn)?.map(|m| m.position.lsn.0).unwrap_or(0)
+            } else {
+                0
+            };
+            let log = Arc::new(Log::open(
+                &dir.join("log"),
+                LogConfig {
+                    segment_bytes: config.segment_bytes,
+                    fsync: config.log_fsync,
+                },
+                db_lsn,
+            )?);
+            let log_last = log.stats().last_lsn;
+            let (db, recaptured, created) = LeaderDb::open(
+                &db_path,
+                &settings,
+                random_cluster_id,
+                &config.id,
+                Lsn(log_last),
+            )
+            .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+            let meta = db.meta().clone();
+            if meta.position.lsn.0 < log_last {
+                anyhow::bail!(
+                    "the replication log holds transactions up to lsn {log_last} but the database \
+                     only up to {}: the database file was replaced or lost commits",
+                    meta.position.lsn
+                );
+            }
+            for r in &recaptured {
+                tracing::warn!(position = %r.position(), "recovering a commit missing from the log");
+                log.append(&flotilla_wire::encode_record(r))?;
+            }
+            log.sync()?;
+            match &ident.cluster_id {
+                Some(c) if *c != meta.cluster_id => anyhow::bail!(
+                    "the database belongs to cluster {} but this node to cluster {c}",
+                    meta.cluster_id
+                ),
+                _ => {}
+            }
+            ident.cluster_id = Some(meta.cluster_id.clone());
+            ident.epoch = ident.epoch.max(meta.position.epoch.0);
+            identity::save(&dir, &ident)?;
+            if created {
+                tracing::info!(cluster_id = %meta.cluster_id, "created a new cluster");
+            }
+            let head = Head {
+                position: meta.position,
+                chain: meta.chain,
+                commit_time_ms: meta.commit_time_ms,
+            };
+            let (head_tx, _) = watch::channel(head);
+            let (jobs_tx, jobs_rx) = mpsc::channel::<WriteJob>(4096);
+            let recent = Arc::new(RecentRecords::default());
+            let followers_file = dir.join("followers.json");
+            let state = LeaderState {
+                writer: jobs_tx,
+                log: log.clone(),
+                head: head_tx.clone(),
+                recent: recent.clone(),
+                tracker: Mutex::new(FollowerTracker::new(leader::load_followers(
+                    &followers_file,
+                ))),
+                cluster_id: meta.cluster_id.clone(),
+                epoch: meta.position.epoch,
+                followers_file,
+            };
+            writer_thread = Some(leader::spawn_writer(
+                leader::WriterParts {
+                    db,
+                    log,
+                    head: head_tx,
+                    recent,
+                    epoch: meta.position.epoch,
+                    origin: config.id.clone(),
+                    counters: counters.clone(),
+                    fatal: fatal_tx.clone(),
+                },
+                jobs_rx,
+            ));
+            (Role::Leader, Some(state), None, meta.position)
+        }
+        Some(leader_url) => {
+            let db = FollowerDb::open(&db_path, &settings)?;
+            let position = db.as_ref().map(|d| d.meta().position).unwrap_or_default();
+            if let (Some(d), Some(c)) = (&db, &ident.cluster_id) {
+                if d.meta().cluster_id != *c {
+                    anyhow::bail!(
+                        "the database belongs to cluster {} but this node to cluster {c}",
+                        d.meta().cluster_id
+                    );
+                }
+            }
+            let shared = Arc::new(FollowerShared::new(db));
+            (
+                Role::Follower {
+                    leader_url: leader_url.clone(),
+                },
+                None,
+                Some(shared),
+                position,
+            )
+        }
+    };
+    let have_db = db_path.exists() && (role == Role::Leader || position != Position::ZERO);
+    let readers = ReaderPool::new(db_path.clone(), config.readers, have_db);
+    let (position_tx, _) = watch::channel(position);
+    let node = Arc::new(Node {
+        config: config.clone(),
+        role,
+        url: url.clone(),
+        db_path,
+        identity: Mutex::new(ident),
+        readers,
+        position: position_tx,
+        counters,
+        leader: leader_state,
+        follower: follower_shared,
+        shutdown: shutdown.clone(),
+        started_ms: crate::time::wall_ms(),
+    });
+    if let Some(leader) = &node.leader {
+        // Committed positions become visible to readers as the head moves.
+        let mut head_rx = leader.head.subscribe();
+        let n = node.clone();
+        tokio::spawn(async move {
+            while head_rx.changed().await.is_ok() {
+                let p = head_rx.borrow_and_update().position;
+                n.position.send_replace(p);
+            }
+        });
+        tokio::spawn(crate::leader::retention_loop(node.clone()));
+    }
+    let follower_task = node
+        .follower
+        .as_ref()
+        .map(|_| tokio::spawn(crate::follower::drive(node.clone(), fatal_tx.clone())));
+
+    let app = crate::api::router(node.clone());
+    std::fs::write(dir.join("http.addr"), &url).ok();
+    tracing::info!(id = %config.id, role = ?node.role, %url, "node started");
+    println!("flotilla: node {} listening on {url}", config.id);
+    if let Some(tx) = ready {
+        let _ = tx.send(url.clone());
+    }
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+            .await
+    });
+    let result = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        reason = fatal_rx.recv() => Err(anyhow::anyhow!(
+            "fatal error, the node stopped: {}", reason.unwrap_or_default()
+        )),
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    shutdown.cancel();
+    if let Some(t) = follower_task {
+        t.abort();
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    // The writer thread is not joined: a group in flight either reaches the log or is
+    // recaptured from the WAL at the next start (see LeaderDb::open).
+    drop(writer_thread);
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -193,7 +193,7 @@ impl LeaderDb {
         let digest = ContentDigest::of(&digests);
         let chain = self.meta.chain.next(epoch, lsn, digest);
         let stamped = rules.internal(|| -> Result<(), StoreError> {
-            if lsn.0 % 1024 == 0 && lsn.0 > IDEMPOTENCY_WINDOW {
+            if lsn.0.is_multiple_of(1024) && lsn.0 > IDEMPOTENCY_WINDOW {
                 self.conn.execute(
                     "DELETE FROM _flotilla_idempotency WHERE lsn < ?1",
                     [(lsn.0 - IDEMPOTENCY_WINDOW) as i64],

@@ -32,7 +32,7 @@ impl Chain {
         buf[8..16].copy_from_slice(&epoch.0.to_le_bytes());
         buf[16..24].copy_from_slice(&lsn.0.to_le_bytes());
         buf[24..32].copy_from_slice(&digest.0.to_le_bytes());
-        Chain(xxh3_64_with_seed(&buf, 0x6368_6169_6e))
+        Chain(xxh3_64_with_seed(&buf, 0x0063_6861_696e))
     }
 }
 

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
+/// What an opened database holds: position, chain, cluster id (`None`: no database).
+pub type Opened = Result<Option<(Position, Chain, String)>, StoreError>;
+
 pub enum ApplyJob {
     Apply(
         Vec<LogRecord>,
@@ -14,7 +17,7 @@ pub enum ApplyJob {
     /// Close the database (before a snapshot replaces it).
     Close(oneshot::Sender<()>),
     /// (Re)open the database; answers with its position, chain and cluster id.
-    Open(oneshot::Sender<Result<Option<(Position, Chain, String)>, StoreError>>),
+    Open(oneshot::Sender<Opened>),
 }
 
 pub fn spawn(

@@ -1,0 +1,114 @@
+//! Local clusters of real `flotilla serve` processes, for the demo and the benchmarks: each node
+//! is a child process on a free loopback port in a temporary directory, killed when dropped
+//! (also when the command is interrupted).
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+pub struct LocalNode {
+    pub id: String,
+    pub dir: PathBuf,
+    pub url: String,
+    follow: Option<String>,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    /// Starts a node and waits until it listens.
+    pub async fn start(
+        root: &Path,
+        id: &str,
+        follow: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<LocalNode> {
+        let mut node = LocalNode {
+            id: id.to_string(),
+            dir: root.join(id),
+            url: String::new(),
+            follow: follow.map(str::to_string),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        node.spawn("127.0.0.1:0").await?;
+        Ok(node)
+    }
+
+    async fn spawn(&mut self, listen: &str) -> anyhow::Result<()> {
+        let addr_file = self.dir.join("http.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let exe = std::env::current_exe().context("cannot find the flotilla executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg("--id")
+            .arg(&self.id)
+            .arg("--data")
+            .arg(&self.dir)
+            .arg("--listen")
+            .arg(listen)
+            .args(&self.extra)
+            .env("FLOTILLA_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(f) = &self.follow {
+            cmd.arg("--follow").arg(f);
+        }
+        let mut child = cmd.spawn().context("cannot start a node process")?;
+        let started = Instant::now();
+        loop {
+            if let Ok(url) = std::fs::read_to_string(&addr_file) {
+                if !url.is_empty() {
+                    self.url = url;
+                    break;
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("node {} exited during start-up ({status})", self.id);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("node {} did not start within 30 s", self.id);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no clean shutdown.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Restarts on the same port (its URL stays valid for clients and followers).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        let listen = self.url.trim_start_matches("http://").to_string();
+        // The port was just released; retry briefly if another process grabbed it meanwhile.
+        for attempt in 0..50 {
+            match self.spawn(&listen).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 49 => {
+                    tracing::debug!("restart attempt failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("db.sqlite")
+    }
+}
+
+/// (page count, digest) of a node's database as a read-only connection sees it now.
+pub fn page_digest(db: &Path) -> anyhow::Result<(u32, u64)> {
+    let conn = flotilla_store::open_reader(db)?;
+    Ok(flotilla_store::page_digest(&conn)?)
+}

@@ -3,11 +3,17 @@
 //! (also when the command is interrupted).
 
 use anyhow::{bail, Context};
+
+/// The running `flotilla` executable (the demo and benchmarks start copies of themselves).
+pub fn this_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the flotilla executable")
+}
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 pub struct LocalNode {
+    exe: PathBuf,
     pub id: String,
     pub dir: PathBuf,
     pub url: String,
@@ -19,12 +25,14 @@ pub struct LocalNode {
 impl LocalNode {
     /// Starts a node and waits until it listens.
     pub async fn start(
+        exe: &Path,
         root: &Path,
         id: &str,
         follow: Option<&str>,
         extra: &[&str],
     ) -> anyhow::Result<LocalNode> {
         let mut node = LocalNode {
+            exe: exe.to_path_buf(),
             id: id.to_string(),
             dir: root.join(id),
             url: String::new(),
@@ -39,8 +47,7 @@ impl LocalNode {
     async fn spawn(&mut self, listen: &str) -> anyhow::Result<()> {
         let addr_file = self.dir.join("http.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let exe = std::env::current_exe().context("cannot find the flotilla executable")?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(&self.exe);
         cmd.arg("serve")
             .arg("--id")
             .arg(&self.id)
@@ -49,9 +56,14 @@ impl LocalNode {
             .arg("--listen")
             .arg(listen)
             .args(&self.extra)
-            .env("FLOTILLA_LOG", "warn")
+            .env("FLOTILLA_LOG", "info")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(
+                match std::fs::File::create(self.dir.with_extension("log")) {
+                    Ok(f) => std::process::Stdio::from(f),
+                    Err(_) => std::process::Stdio::null(),
+                },
+            )
             .kill_on_drop(true);
         if let Some(f) = &self.follow {
             cmd.arg("--follow").arg(f);

@@ -2,10 +2,10 @@
 //! follower killed and caught up, a follower added by snapshot, and a check that every database
 //! is identical to the leader's.
 
-use crate::client::Client;
-use crate::cluster::{page_digest, LocalNode};
 use anyhow::{bail, Context};
 use clap::Args;
+use flotilla_cli::client::Client;
+use flotilla_cli::cluster::{page_digest, LocalNode};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -149,18 +149,19 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         .prefix("flotilla-demo-")
         .tempdir()?;
     let root = tmp.path().to_path_buf();
+    let exe = flotilla_cli::cluster::this_exe()?;
     println!("Flotilla demo in {}", root.display());
 
     println!("\n1. Starting a leader and two followers (physical WAL shipping) on loopback ports");
-    let leader = LocalNode::start(&root, "leader", None, &[]).await?;
+    let leader = LocalNode::start(&exe, &root, "leader", None, &[]).await?;
     let lc = Client::new(&leader.url);
     lc.post(
         "/v1/execute",
         &json!({ "statements": [{ "sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)" }, { "sql": "CREATE INDEX t_k ON t(k)" }] }),
     )
     .await?;
-    let f1 = LocalNode::start(&root, "follower1", Some(&leader.url), &[]).await?;
-    let mut f2 = LocalNode::start(&root, "follower2", Some(&leader.url), &[]).await?;
+    let f1 = LocalNode::start(&exe, &root, "follower1", Some(&leader.url), &[]).await?;
+    let mut f2 = LocalNode::start(&exe, &root, "follower2", Some(&leader.url), &[]).await?;
     println!(
         "   leader {}  follower1 {}  follower2 {}",
         leader.url, f1.url, f2.url
@@ -186,7 +187,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
 
     println!("\n4. Adding follower3 from a snapshot while writes continue");
     let added = Instant::now();
-    let f3 = LocalNode::start(&root, "follower3", Some(&leader.url), &[]).await?;
+    let f3 = LocalNode::start(&exe, &root, "follower3", Some(&leader.url), &[]).await?;
     let f3c = Client::new(&f3.url);
     let target = position_of(&lc).await?;
     wait_for(&f3c, &target, Duration::from_secs(60)).await?;

@@ -1,7 +1,5 @@
 //! `flotilla`: run a node, talk to one, or see a cluster work (`flotilla demo`).
 
-mod client;
-mod cluster;
 mod demo;
 mod serve;
 mod sql;

@@ -1,5 +1,5 @@
-use crate::client::Client;
 use clap::Args;
+use flotilla_cli::client::Client;
 use serde_json::{json, Value};
 
 #[derive(Args)]

@@ -1,6 +1,6 @@
-use crate::client::Client;
 use crate::sql::table;
 use clap::{Args, Subcommand};
+use flotilla_cli::client::Client;
 
 #[derive(Args)]
 pub struct StatusArgs {

@@ -9,7 +9,7 @@ use crate::readers::ReaderPool;
 use anyhow::Context;
 use flotilla_core::FollowerTracker;
 use flotilla_log::{Log, LogConfig};
-use flotilla_store::{read_meta, DbSettings, FollowerDb, LeaderDb};
+use flotilla_store::{DbSettings, FollowerDb, LeaderDb};
 use flotilla_types::{Lsn, Position};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -105,30 +105,16 @@ pub async fn run(
     let (role, leader_state, follower_shared, position) = match &config.follow {
         None => {
             // The database knows its own position; an empty log continues from there.
-            let db_lsn = if db_path.exists() {
-                let conn = rusqlite::Connection::open(&db_path)?;
-                read_meta(&conn)?.map(|m| m.position.lsn.0).unwrap_or(0)
-            } else {
-                0
-            };
-            let log = Arc::new(Log::open(
-                &dir.join("log"),
-                LogConfig {
-                    segment_bytes: config.segment_bytes,
-                    fsync: config.log_fsync,
-                },
-                db_lsn,
-            )?);
-            let log_last = log.stats().last_lsn;
-            let (db, recaptured, created) = LeaderDb::open(
-                &db_path,
-                &settings,
-                random_cluster_id,
-                &config.id,
-                Lsn(log_last),
-            )
-            .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+            let (mut db, created) = LeaderDb::open(&db_path, &settings, random_cluster_id)
+                .with_context(|| format!("cannot open the database {}", db_path.display()))?;
             let meta = db.meta().clone();
+            let log_dir = dir.join("log");
+            let log_config = LogConfig {
+                segment_bytes: config.segment_bytes,
+                fsync: config.log_fsync,
+            };
+            let log = Arc::new(Log::open(&log_dir, log_config, meta.position.lsn.0)?);
+            let log_last = log.stats().last_lsn;
             if meta.position.lsn.0 < log_last {
                 anyhow::bail!(
                     "the replication log holds transactions up to lsn {log_last} but the database \
@@ -136,9 +122,22 @@ pub async fn run(
                     meta.position.lsn
                 );
             }
-            for r in &recaptured {
-                tracing::warn!(position = %r.position(), "recovering a commit missing from the log");
-                log.append(&flotilla_wire::encode_record(r))?;
+            match db.uncaptured(Lsn(log_last), &config.id) {
+                Ok(recaptured) => {
+                    for r in &recaptured {
+                        tracing::warn!(position = %r.position(), "recovering a commit missing from the log");
+                        log.append(&flotilla_wire::encode_record(r))?;
+                    }
+                }
+                Err(e) => {
+                    // The log cannot be completed: start it afresh after the database's position.
+                    // Followers behind that point bootstrap from a snapshot.
+                    tracing::warn!(
+                        "{e}; restarting the replication log after lsn {}",
+                        meta.position.lsn
+                    );
+                    log.reset(meta.position.lsn.0)?;
+                }
             }
             log.sync()?;
             match &ident.cluster_id {

@@ -63,16 +63,16 @@ pub struct LeaderDb {
 
 impl LeaderDb {
     /// Opens (or creates, with a new cluster id from `new_cluster_id`) the leader's database.
-    /// Returns the database and the commits found in the WAL beyond `log_last` (committed in
-    /// SQLite but not yet in the log when the node stopped), which the caller appends to the log
-    /// before taking writes.
+    /// Returns it and whether it was created. Call [`LeaderDb::uncaptured`] next, before taking
+    /// writes.
+    ///
+    /// Nothing here may open and close a second connection first: closing the last connection
+    /// checkpoints and deletes the WAL, and with it a commit the log may still need.
     pub fn open(
         path: &Path,
         settings: &DbSettings,
         new_cluster_id: impl FnOnce() -> String,
-        origin: &NodeId,
-        log_last: Lsn,
-    ) -> Result<(LeaderDb, Vec<LogRecord>, bool), StoreError> {
+    ) -> Result<(LeaderDb, bool), StoreError> {
         let mut conn = Connection::open(path)?;
         configure(&conn, settings, false)?;
         // Must precede any hook setup: setting it replaces a WAL hook (see the notes). Flotilla
@@ -103,48 +103,54 @@ impl LeaderDb {
             false
         };
         let meta = read_meta(&conn)?.expect("meta exists");
-        let mut wal = WalTail::new(path);
-        let in_wal = wal.capture_all()?;
-        let missing = meta.position.lsn.0.saturating_sub(log_last.0) as usize;
-        let mut recaptured = Vec::new();
-        if missing > 0 {
-            if missing > in_wal.len() {
-                return Err(StoreError::Mismatch(format!(
-                    "the database is at lsn {} but the log ends at {}, and the WAL no longer holds \
-                     the {missing} missing commits",
-                    meta.position.lsn, log_last
-                )));
-            }
-            // With one writer, commit -> log append -> sync happen in order before the next
-            // commit, so at most the newest commit can be missing from the log. The meta row it
-            // wrote holds its chain and digest: the record is re-created exactly.
-            if missing > 1 {
-                return Err(StoreError::Mismatch(format!(
-                    "{missing} commits are missing from the log (at most 1 can be, with one writer)"
-                )));
-            }
-            recaptured.push(LogRecord {
-                epoch: meta.position.epoch,
-                lsn: meta.position.lsn,
-                chain: meta.chain,
-                digest: meta.digest,
-                commit_time_ms: meta.commit_time_ms,
-                origin: origin.clone(),
-                pages: in_wal[in_wal.len() - 1].clone(),
-            });
-        }
         let rules = StatementRules::install(&mut conn)?;
         Ok((
             LeaderDb {
                 conn,
                 rules,
-                wal,
+                wal: WalTail::new(path),
                 meta,
                 path: path.to_path_buf(),
             },
-            recaptured,
             created,
         ))
+    }
+
+    /// The commits in the database beyond `log_last` (committed in SQLite but not yet in the
+    /// log when the node stopped), re-created from the WAL for the caller to append to the log.
+    /// Also positions the WAL tail after the last commit. `Err(Mismatch)` if the WAL no longer
+    /// holds them (another program checkpointed it): the caller then restarts the log after the
+    /// database's position.
+    pub fn uncaptured(
+        &mut self,
+        log_last: Lsn,
+        origin: &NodeId,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let in_wal = self.wal.capture_all()?;
+        let meta = &self.meta;
+        let missing = meta.position.lsn.0.saturating_sub(log_last.0) as usize;
+        if missing == 0 {
+            return Ok(Vec::new());
+        }
+        // With one writer, commit -> log append -> sync happen in order before the next
+        // commit, so at most the newest commit can be missing from the log. The meta row it
+        // wrote holds its chain and digest: the record is re-created exactly.
+        if missing > 1 || in_wal.is_empty() {
+            return Err(StoreError::Mismatch(format!(
+                "the database is at lsn {} but the log ends at {log_last}, and the WAL does not \
+                 hold the {missing} missing commits",
+                meta.position.lsn
+            )));
+        }
+        Ok(vec![LogRecord {
+            epoch: meta.position.epoch,
+            lsn: meta.position.lsn,
+            chain: meta.chain,
+            digest: meta.digest,
+            commit_time_ms: meta.commit_time_ms,
+            origin: origin.clone(),
+            pages: in_wal[in_wal.len() - 1].clone(),
+        }])
     }
 
     pub fn meta(&self) -> &Meta {

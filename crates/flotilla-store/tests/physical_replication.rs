@@ -31,15 +31,11 @@ fn req(stmts: &[(&str, Vec<Value>)]) -> TxnRequest {
 }
 
 fn open_leader(path: &Path) -> LeaderDb {
-    let (db, recaptured, _) = LeaderDb::open(
-        path,
-        &DbSettings::default(),
-        || "ab".repeat(16),
-        &NodeId::new("l").unwrap(),
-        Lsn(0),
-    )
-    .unwrap();
-    assert!(recaptured.is_empty());
+    let (mut db, _) = LeaderDb::open(path, &DbSettings::default(), || "ab".repeat(16)).unwrap();
+    assert!(db
+        .uncaptured(Lsn(0), &NodeId::new("l").unwrap())
+        .unwrap()
+        .is_empty());
     db
 }
 
@@ -296,17 +292,15 @@ fn a_commit_missing_from_the_log_is_recaptured_on_restart() {
     let (_, r2) = commit(&mut leader, req(&[("INSERT INTO t VALUES (1)", vec![])]));
     // Simulates a crash after the SQLite commit of lsn 2, before its log append.
     std::mem::forget(leader);
-    let (leader, recaptured, created) = LeaderDb::open(
-        &lp,
-        &DbSettings::default(),
-        || unreachable!(),
-        &origin,
-        Lsn(1),
-    )
-    .unwrap();
+    let (mut leader, created) =
+        LeaderDb::open(&lp, &DbSettings::default(), || unreachable!()).unwrap();
+    let recaptured = leader.uncaptured(Lsn(1), &origin).unwrap();
     assert!(!created);
     assert_eq!(recaptured.len(), 1);
     assert_eq!(recaptured[0], r2.unwrap());
     assert!(recaptured[0].links_to(r1.unwrap().chain));
     assert_eq!(leader.meta().position.lsn, Lsn(2));
+    // Capture continues after the recovered commit.
+    let (_, r3) = commit(&mut leader, req(&[("INSERT INTO t VALUES (2)", vec![])]));
+    assert!(r3.unwrap().links_to(recaptured[0].chain));
 }

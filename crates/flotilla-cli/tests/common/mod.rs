@@ -1,0 +1,131 @@
+//! Test harness: real `flotilla serve` processes on OS-chosen loopback ports.
+#![allow(dead_code)]
+
+use flotilla_cli::client::Client;
+use flotilla_cli::cluster::{page_digest, LocalNode};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+pub async fn start(root: &Path, id: &str, follow: Option<&str>) -> LocalNode {
+    LocalNode::start(&exe(), root, id, follow, &[])
+        .await
+        .unwrap_or_else(|e| panic!("starting {id}: {e:#}"))
+}
+
+pub async fn exec(c: &Client, statements: Value) -> Value {
+    c.post("/v1/execute", &json!({ "statements": statements }))
+        .await
+        .unwrap_or_else(|e| panic!("execute failed: {e:#}"))
+}
+
+pub async fn status(c: &Client) -> Value {
+    c.get("/v1/status").await.expect("status")
+}
+
+pub async fn position(c: &Client) -> String {
+    status(c).await["position"].as_str().unwrap().to_string()
+}
+
+/// Waits (bounded) until the node has applied `pos`.
+pub async fn wait_for(c: &Client, pos: &str) {
+    let body = json!({ "sql": "SELECT 1", "min_position": pos, "timeout_ms": 30_000 });
+    c.post("/v1/query", &body)
+        .await
+        .unwrap_or_else(|e| panic!("did not reach {pos}: {e:#}"));
+}
+
+/// Polls `/v1/status` (bounded) until `pred` holds; returns the last status.
+pub async fn wait_status(c: &Client, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        if let Ok(s) = c.get("/v1/status").await {
+            if pred(&s) {
+                return s;
+            }
+            last = s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}; last status: {last}");
+}
+
+pub async fn rows(c: &Client, sql: &str) -> Value {
+    c.post("/v1/query", &json!({ "sql": sql }))
+        .await
+        .unwrap_or_else(|e| panic!("query failed: {e:#}"))["rows"]
+        .clone()
+}
+
+/// Follower and leader hold the same data, page for page.
+pub async fn assert_identical(leader: &LocalNode, follower: &LocalNode) {
+    let lc = Client::new(&leader.url);
+    let fc = Client::new(&follower.url);
+    let pos = position(&lc).await;
+    wait_for(&fc, &pos).await;
+    let check = "SELECT name, sql FROM sqlite_schema ORDER BY name";
+    assert_eq!(rows(&lc, check).await, rows(&fc, check).await);
+    assert_eq!(
+        page_digest(&leader.db_path()).unwrap(),
+        page_digest(&follower.db_path()).unwrap(),
+        "{} differs from the leader at {pos}",
+        follower.id
+    );
+}
+
+/// A raw request, for bad-input tests: (status, JSON body).
+pub async fn raw(
+    url: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .request(method.parse().unwrap(), format!("{url}{path}"))
+        .body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, v)
+}
+
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Prints the node's log (for failures).
+pub fn dump_log(node: &LocalNode) {
+    if let Ok(text) = std::fs::read_to_string(node.dir.with_extension("log")) {
+        eprintln!(
+            "--- log of {} ---\n{}",
+            node.id,
+            text.lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

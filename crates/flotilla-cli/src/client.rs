@@ -19,6 +19,10 @@ impl Client {
         }
     }
 
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
     async fn answer(
         &self,
         what: &str,

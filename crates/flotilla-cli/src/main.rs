@@ -1,5 +1,6 @@
 //! `flotilla`: run a node, talk to one, or see a cluster work (`flotilla demo`).
 
+mod bench;
 mod demo;
 mod serve;
 mod sql;
@@ -32,6 +33,8 @@ enum Command {
     Follower(status::FollowerCommand),
     /// Start a leader and followers on this machine, replicate, and check they are identical.
     Demo(demo::DemoArgs),
+    /// Measure replication: commit throughput, follower lag, catch-up, bootstrap.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,
             Command::Demo(a) => demo::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     });
     match result {

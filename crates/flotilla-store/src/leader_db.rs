@@ -336,7 +336,13 @@ impl LeaderDb {
                 match rows.next() {
                     Ok(Some(_)) => {}
                     Ok(None) => break,
-                    Err(e) => return Err((sql_error_message(&e), false)),
+                    // A nested statement (a pragma function, a trigger) can be refused at step time.
+                    Err(e) => {
+                        return Err(match self.rules.take_reason() {
+                            Some(why) => (why, true),
+                            None => (sql_error_message(&e), false),
+                        })
+                    }
                 }
             }
         }

@@ -9,18 +9,25 @@ use std::sync::{Arc, Mutex};
 /// Tables whose name starts with this are Flotilla's own.
 pub const INTERNAL_PREFIX: &str = "_flotilla_";
 
-/// Pragmas that change journaling, durability, the file format or safety checks: a client
-/// changing them would make the leader's database diverge from what replication promises.
+/// Pragmas that act (checkpoint, vacuum, free memory) rather than read: refused outright.
+const ACTION_PRAGMAS: &[&str] = &[
+    "wal_checkpoint",
+    "incremental_vacuum",
+    "shrink_memory",
+    "optimize",
+];
+
+/// Pragmas that change journaling, durability, the file format or safety checks when set: a
+/// client changing them would make the database diverge from what replication promises.
+/// Reading them is fine.
 const REFUSED_PRAGMAS: &[&str] = &[
     "journal_mode",
     "synchronous",
     "wal_autocheckpoint",
-    "wal_checkpoint",
     "locking_mode",
     "writable_schema",
     "page_size",
     "auto_vacuum",
-    "incremental_vacuum",
     "query_only",
     "schema_version",
     "journal_size_limit",
@@ -40,8 +47,6 @@ const REFUSED_PRAGMAS: &[&str] = &[
     "hard_heap_limit",
     "soft_heap_limit",
     "threads",
-    "shrink_memory",
-    "optimize",
 ];
 
 /// Pragmas that take an argument but only read.
@@ -128,7 +133,11 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
             pragma_value,
         } => {
             let name = pragma_name.to_ascii_lowercase();
-            if REFUSED_PRAGMAS.contains(&name.as_str()) {
+            if ACTION_PRAGMAS.contains(&name.as_str()) {
+                Some(format!(
+                    "PRAGMA {name} is not allowed: Flotilla manages checkpoints and maintenance"
+                ))
+            } else if pragma_value.is_some() && REFUSED_PRAGMAS.contains(&name.as_str()) {
                 Some(format!(
                     "PRAGMA {name} is not allowed: it changes journaling, durability or safety \
                      settings that replication depends on"
@@ -201,6 +210,7 @@ mod tests {
             ("ATTACH 'x.db' AS x", "ATTACH"),
             ("PRAGMA journal_mode=DELETE", "journal_mode"),
             ("PRAGMA synchronous=OFF", "synchronous"),
+            ("PRAGMA wal_checkpoint", "checkpoints"),
             ("PRAGMA cache_size=10", "setting PRAGMA cache_size"),
             ("INSERT INTO _flotilla_meta VALUES (1)", "internal"),
             ("DROP TABLE _flotilla_meta", "internal"),
@@ -218,7 +228,11 @@ mod tests {
             "CREATE TABLE u(x)",
             "PRAGMA table_info(t)",
             "PRAGMA user_version = 3",
+            "PRAGMA journal_mode",
+            "PRAGMA page_size",
             "SELECT * FROM _flotilla_meta",
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            "SELECT * FROM pragma_table_info('t')",
         ] {
             assert_eq!(refused(sql), None, "{sql}");
         }

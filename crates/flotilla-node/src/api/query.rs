@@ -160,7 +160,11 @@ fn run_in_snapshot(
     let ncols = columns.len();
     let mut rows_out = Vec::new();
     let mut rows = stmt.raw_query();
-    while let Some(row) = rows.next().map_err(sql_err)? {
+    let step_err = |e: rusqlite::Error| match reader.rules.take_reason() {
+        Some(why) => ApiError::bad_request("statement_refused", why),
+        None => sql_err(e),
+    };
+    while let Some(row) = rows.next().map_err(step_err)? {
         if rows_out.len() >= MAX_ROWS {
             return Err(ApiError::bad_request(
                 "result_too_large",

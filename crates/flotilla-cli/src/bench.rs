@@ -1,0 +1,465 @@
+//! `flotilla bench`: replication benchmarks on real node processes, with the machine's floors
+//! (fsync latency, bare SQLite commit rate) measured in the same run. Figures are medians over
+//! repeated runs with [min..max]; compare ratios, not absolute numbers (shared machines are noisy).
+
+use anyhow::Context;
+use clap::Args;
+use flotilla_cli::client::Client;
+use flotilla_cli::cluster::{this_exe, LocalNode};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Small sizes and one short run each (seconds, not minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Runs per figure (median, min and max are reported).
+    #[arg(long)]
+    runs: Option<usize>,
+}
+
+struct Sizes {
+    runs: usize,
+    secs: f64,
+    big_txns: u64,
+    big_rows: u64,
+    small_txns: u64,
+    snapshot_mib: u64,
+}
+
+/// A figure over repeated runs.
+#[derive(Clone)]
+struct Figure {
+    name: String,
+    unit: &'static str,
+    values: Vec<f64>,
+}
+
+impl Figure {
+    fn median(&self) -> f64 {
+        let mut v = self.values.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    }
+    fn min(&self) -> f64 {
+        self.values.iter().cloned().fold(f64::INFINITY, f64::min)
+    }
+    fn max(&self) -> f64 {
+        self.values
+            .iter()
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+    fn json(&self) -> Value {
+        json!({ "name": self.name, "unit": self.unit, "median": self.median(),
+                "min": self.min(), "max": self.max(), "runs": self.values })
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// 4 KiB overwrite + fdatasync, p50 in microseconds: which disk regime this run saw.
+fn fsync_probe_us(dir: &Path) -> anyhow::Result<f64> {
+    use std::io::{Seek, Write};
+    let path = dir.join("fsync.probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
+    let block = vec![7u8; 4096];
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        f.seek(std::io::SeekFrom::Start(0))?;
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let _ = std::fs::remove_file(&path);
+    Ok(percentile(&samples, 0.5))
+}
+
+/// Plain SQLite, WAL, synchronous=FULL, one 100-byte row per transaction, one thread.
+fn bare_sqlite_tps(dir: &Path, secs: f64) -> anyhow::Result<f64> {
+    let path = dir.join("bare.sqlite");
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT);",
+    )?;
+    let v = "v".repeat(100);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        conn.execute(
+            "INSERT INTO t(k, v) VALUES (?1, ?2)",
+            rusqlite::params![n as i64, v],
+        )?;
+        n += 1;
+    }
+    let tps = n as f64 / start.elapsed().as_secs_f64();
+    drop(conn);
+    for s in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{s}", path.display()));
+    }
+    Ok(tps)
+}
+
+const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)";
+
+fn insert_one(k: i64) -> Value {
+    json!({ "statements": [{ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [k, "v".repeat(100)] }] })
+}
+
+/// `clients` tasks inserting one row per transaction for `secs`; returns transactions/s.
+async fn throughput(url: &str, clients: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (stop, done, client) = (stop.clone(), done.clone(), Client::new(url));
+            tokio::spawn(async move {
+                let mut k = (c as i64) << 40;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    if client.post("/v1/execute", &insert_one(k)).await.is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    n as f64 / elapsed
+}
+
+/// Commit-to-visible lag on `follower` while `rate` transactions/s go to the leader: a probe
+/// commits, then asks the follower for that position; the time until the follower answers
+/// (minus one already-satisfied query's round trip) is the lag. Returns sorted samples in ms.
+async fn lag_samples(leader: &str, follower: &str, rate: f64, secs: f64) -> Vec<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    // Background load: 3 paced clients.
+    let per_client = Duration::from_secs_f64(3.0 / rate.max(1.0));
+    let load: Vec<_> = (0..3)
+        .map(|c| {
+            let (stop, client) = (stop.clone(), Client::new(leader));
+            tokio::spawn(async move {
+                let mut k = ((c + 10) as i64) << 40;
+                let mut tick = tokio::time::interval(per_client);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    k += 1;
+                    let _ = client.post("/v1/execute", &insert_one(k)).await;
+                }
+            })
+        })
+        .collect();
+    let (lc, fc) = (Client::new(leader), Client::new(follower));
+    let rtt = {
+        let mut v = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let _ = fc.post("/v1/query", &json!({ "sql": "SELECT 1" })).await;
+            v.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        percentile(&v, 0.5)
+    };
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let mut k = 99i64 << 40;
+    while start.elapsed().as_secs_f64() < secs {
+        k += 1;
+        let Ok(ans) = lc.post("/v1/execute", &insert_one(k)).await else {
+            continue;
+        };
+        let t = Instant::now();
+        let q = json!({ "sql": "SELECT 1", "min_position": ans["position"], "timeout_ms": 10_000 });
+        if fc.post("/v1/query", &q).await.is_ok() {
+            samples.push((t.elapsed().as_secs_f64() * 1e3 - rtt).max(0.0));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        let _ = t.await;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples
+}
+
+async fn position(c: &Client) -> anyhow::Result<String> {
+    Ok(c.get("/v1/status").await?["position"]
+        .as_str()
+        .unwrap_or("")
+        .to_string())
+}
+
+async fn wait_for(c: &Client, pos: &str) -> anyhow::Result<()> {
+    let q = json!({ "sql": "SELECT 1", "min_position": pos, "timeout_ms": 600_000 });
+    c.post("/v1/query", &q).await.map(|_| ())
+}
+
+/// Fills the leader with `txns` transactions of `rows` rows (100-byte values) each.
+async fn fill(c: &Client, txns: u64, rows: u64, clients: u64) -> anyhow::Result<()> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|w| {
+            let c = Client::new(c_url(c));
+            tokio::spawn(async move {
+                let mut i = w;
+                while i < txns {
+                    let body = if rows == 1 {
+                        insert_one(i as i64)
+                    } else {
+                        json!({ "statements": [{ "sql": format!(
+                            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {rows}) \
+                             INSERT INTO t(k, v) SELECT ?1 * {rows} + i, hex(randomblob(50)) FROM s"),
+                            "params": [i as i64] }] })
+                    };
+                    c.post("/v1/execute", &body).await?;
+                    i += clients;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+fn c_url(c: &Client) -> &str {
+    c.url()
+}
+
+/// A follower stopped while the leader commits `txns` × `rows`, then restarted: catch-up rate.
+async fn catchup(exe: &Path, root: &Path, txns: u64, rows: u64) -> anyhow::Result<(f64, f64)> {
+    let leader = LocalNode::start(exe, root, "leader", None, &[]).await?;
+    let lc = Client::new(&leader.url);
+    lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
+        .await?;
+    let mut f = LocalNode::start(exe, root, "follower", Some(&leader.url), &[]).await?;
+    wait_for(&Client::new(&f.url), &position(&lc).await?).await?;
+    f.kill().await;
+    fill(&lc, txns, rows, 4).await?;
+    let head = position(&lc).await?;
+    let t = Instant::now();
+    f.restart().await?;
+    wait_for(&Client::new(&f.url), &head).await?;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(((txns * rows) as f64 / secs, txns as f64 / secs))
+}
+
+/// A new follower of a database of about `mib` MiB: bootstrap rate in MiB/s (process start
+/// included).
+async fn bootstrap(exe: &Path, root: &Path, mib: u64) -> anyhow::Result<f64> {
+    let leader = LocalNode::start(exe, root, "leader", None, &[]).await?;
+    let lc = Client::new(&leader.url);
+    lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
+        .await?;
+    // About 1 MiB per transaction of 10,000 100-byte rows.
+    fill(&lc, mib, 10_000, 2).await?;
+    let bytes = std::fs::metadata(leader.db_path())?.len()
+        + std::fs::metadata(leader.dir.join("db.sqlite-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    let head = position(&lc).await?;
+    let size: Value = lc
+        .post("/v1/query", &json!({ "sql": "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()" }))
+        .await?;
+    let db_bytes = size["rows"][0][0].as_f64().unwrap_or(bytes as f64);
+    let t = Instant::now();
+    let f = LocalNode::start(exe, root, "new", Some(&leader.url), &[]).await?;
+    wait_for(&Client::new(&f.url), &head).await?;
+    Ok(db_bytes / (1 << 20) as f64 / t.elapsed().as_secs_f64())
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let s = if a.quick {
+        Sizes {
+            runs: a.runs.unwrap_or(1),
+            secs: 1.0,
+            big_txns: 50,
+            big_rows: 1000,
+            small_txns: 2_000,
+            snapshot_mib: 16,
+        }
+    } else {
+        Sizes {
+            runs: a.runs.unwrap_or(3),
+            secs: 5.0,
+            big_txns: 1000,
+            big_rows: 1000,
+            small_txns: 100_000,
+            snapshot_mib: 256,
+        }
+    };
+    let exe = this_exe()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()?;
+    let progress = |msg: &str| {
+        if !a.json {
+            eprintln!("  … {msg}");
+        }
+    };
+    let mut figures: Vec<Figure> = Vec::new();
+    let mut fig = |name: &str, unit: &'static str| -> usize {
+        figures.push(Figure {
+            name: name.into(),
+            unit,
+            values: Vec::new(),
+        });
+        figures.len() - 1
+    };
+    let (
+        f_fsync,
+        f_bare,
+        f_tp0,
+        f_tp2,
+        f_ratio,
+        f_p50,
+        f_p99,
+        f_max,
+        f_cu_rows,
+        f_cu_small,
+        f_boot,
+    ) = (
+        fig("fsync 4 KiB p50 (disk regime)", "µs"),
+        fig(
+            "bare SQLite commits, WAL, synchronous=FULL, 1 thread",
+            "txn/s",
+        ),
+        fig("leader commits, 4 clients, 0 followers", "txn/s"),
+        fig("leader commits, 4 clients, 2 followers", "txn/s"),
+        fig("throughput with 2 followers / without", "ratio"),
+        fig("commit-to-visible lag at half load, p50", "ms"),
+        fig("commit-to-visible lag at half load, p99", "ms"),
+        fig("commit-to-visible lag at half load, max", "ms"),
+        fig(
+            &format!("catch-up {} txns × {} rows", s.big_txns, s.big_rows),
+            "rows/s",
+        ),
+        fig(
+            &format!("catch-up {} single-row txns", s.small_txns),
+            "txn/s",
+        ),
+        fig(
+            &format!("snapshot bootstrap, {} MiB", s.snapshot_mib),
+            "MiB/s",
+        ),
+    );
+    for run in 0..s.runs {
+        let dir = tmp.path().join(format!("run{run}"));
+        std::fs::create_dir_all(&dir)?;
+        progress(&format!("run {}/{}: floors", run + 1, s.runs));
+        figures[f_fsync].values.push(fsync_probe_us(&dir)?);
+        figures[f_bare].values.push(bare_sqlite_tps(&dir, s.secs)?);
+
+        progress("commit throughput without followers");
+        let leader = LocalNode::start(&exe, &dir, "solo", None, &[]).await?;
+        Client::new(&leader.url)
+            .post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
+            .await?;
+        let tp0 = throughput(&leader.url, 4, s.secs).await;
+        drop(leader);
+
+        progress("commit throughput with 2 followers");
+        let leader = LocalNode::start(&exe, &dir, "leader", None, &[]).await?;
+        let lc = Client::new(&leader.url);
+        lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
+            .await?;
+        let f1 = LocalNode::start(&exe, &dir, "f1", Some(&leader.url), &[]).await?;
+        let f2 = LocalNode::start(&exe, &dir, "f2", Some(&leader.url), &[]).await?;
+        wait_for(&Client::new(&f2.url), &position(&lc).await?).await?;
+        let tp2 = throughput(&leader.url, 4, s.secs).await;
+        figures[f_tp0].values.push(tp0);
+        figures[f_tp2].values.push(tp2);
+        figures[f_ratio].values.push(tp2 / tp0);
+
+        progress("commit-to-visible lag at half load");
+        let samples = lag_samples(&leader.url, &f1.url, tp2 / 2.0, s.secs).await;
+        anyhow::ensure!(!samples.is_empty(), "no lag samples");
+        figures[f_p50].values.push(percentile(&samples, 0.5));
+        figures[f_p99].values.push(percentile(&samples, 0.99));
+        figures[f_max].values.push(percentile(&samples, 1.0));
+        drop((leader, f1, f2));
+
+        progress("catch-up, large transactions");
+        let d = dir.join("catchup-big");
+        let (rows_s, _) = catchup(&exe, &d, s.big_txns, s.big_rows)
+            .await
+            .context("catch-up (large)")?;
+        figures[f_cu_rows].values.push(rows_s);
+        progress("catch-up, single-row transactions");
+        let d = dir.join("catchup-small");
+        let (_, txn_s) = catchup(&exe, &d, s.small_txns, 1)
+            .await
+            .context("catch-up (small)")?;
+        figures[f_cu_small].values.push(txn_s);
+
+        progress("snapshot bootstrap");
+        let d = dir.join("bootstrap");
+        figures[f_boot].values.push(
+            bootstrap(&exe, &d, s.snapshot_mib)
+                .await
+                .context("bootstrap")?,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "figures": figures.iter().map(Figure::json).collect::<Vec<_>>() })
+            )?
+        );
+        return Ok(());
+    }
+    println!(
+        "\nFlotilla physical replication, {} run(s) each (median [min..max])\n",
+        s.runs
+    );
+    let w = figures.iter().map(|f| f.name.len()).max().unwrap_or(10);
+    for f in &figures {
+        println!(
+            "{:<w$}  {:>12.2} {:<6} [{:.2}..{:.2}]",
+            f.name,
+            f.median(),
+            f.unit,
+            f.min(),
+            f.max()
+        );
+    }
+    let regime = if figures[f_fsync].median() > 1000.0 {
+        "slow (throttled)"
+    } else {
+        "fast"
+    };
+    println!("\nDisk regime: {regime}. Ratios to compare: leader/bare SQLite = {:.2}, 2 followers/0 = {:.2}.",
+        figures[f_tp0].median() / figures[f_bare].median(), figures[f_ratio].median());
+    Ok(())
+}

@@ -205,3 +205,50 @@ async fn removed_follower_no_longer_listed() {
         .to_string();
     assert!(err.contains("unknown_follower"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_beyond_the_retained_log_bootstraps_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tight.toml");
+    std::fs::write(&cfg, "[log]\nsegment-mib = 1\nretention-max-mib = 1\n").unwrap();
+    let leader = flotilla_cli::cluster::LocalNode::start(
+        &exe(),
+        dir.path(),
+        "leader",
+        None,
+        &["--config", cfg.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let lc = Client::new(&leader.url);
+    exec(&lc, json!([{ "sql": SCHEMA }])).await;
+    let mut f = start(dir.path(), "f", Some(&leader.url)).await;
+    wait_for(&Client::new(&f.url), &position(&lc).await).await;
+    f.kill().await;
+    // About 4 MiB of log while the follower is away: more than the 1 MiB cap.
+    for i in 0..40 {
+        let stmts: Vec<Value> = (0..50)
+            .map(|j| json!({ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [i * 100 + j, "r".repeat(2000)] }))
+            .collect();
+        exec(&lc, Value::Array(stmts)).await;
+    }
+    // Retention runs every few seconds and drops the segments the follower would need.
+    wait_status(&lc, "log trimmed", |s| {
+        s["log"]["first_lsn"].as_u64().unwrap_or(0) > 2
+    })
+    .await;
+    f.restart().await.unwrap();
+    let fc = Client::new(&f.url);
+    wait_for(&fc, &position(&lc).await).await;
+    let metrics = reqwest::get(format!("{}/metrics", f.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flotilla_bootstraps_total 1"),
+        "the restarted follower bootstrapped from a snapshot:\n{metrics}"
+    );
+    assert_identical(&leader, &f).await;
+}

@@ -104,6 +104,7 @@ impl LeaderDb {
         };
         let meta = read_meta(&conn)?.expect("meta exists");
         let rules = StatementRules::install(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(128);
         Ok((
             LeaderDb {
                 conn,
@@ -305,7 +306,9 @@ impl LeaderDb {
         sql: &str,
         params: &[Value],
     ) -> Result<StatementResult, (String, bool)> {
-        let mut stmt = match self.conn.prepare(sql) {
+        // Cached: clients repeat the same statements. Authorization happens when a statement
+        // is (re)prepared, so a cached statement was allowed by the same rules.
+        let mut stmt = match self.conn.prepare_cached(sql) {
             Ok(s) => s,
             Err(e) => {
                 return Err(match self.rules.take_reason() {

@@ -124,43 +124,46 @@ impl WalTail {
             .metadata()
             .map_err(|e| StoreError::io(&self.path, e))?
             .len();
-        if len <= self.next_offset {
-            return Ok(None);
-        }
-        let mut buf = vec![0u8; (len - self.next_offset) as usize];
-        file.read_exact_at(&mut buf, self.next_offset)
-            .map_err(|e| StoreError::io(&self.path, e))?;
         let frame_len = FRAME_HEADER + self.page_size as usize;
         let salts = self.salts.expect("header read");
-        let mut pages: BTreeMap<u32, &[u8]> = BTreeMap::new();
+        // Read in chunks: after a WAL restart the file keeps its old length, and the frames
+        // beyond this commit (stale, from the previous generation) must not be read every time.
+        let chunk_frames = (256 << 10) / frame_len + 1;
+        let mut pages: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let mut sum = self.checksum;
-        for (i, frame) in buf.chunks_exact(frame_len).enumerate() {
-            if (be32(frame, 8), be32(frame, 12)) != salts {
-                break;
-            }
-            sum = wal_checksum(self.big_endian_checksums, &frame[..8], sum);
-            sum = wal_checksum(self.big_endian_checksums, &frame[FRAME_HEADER..], sum);
-            if sum != (be32(frame, 16), be32(frame, 20)) {
-                break;
-            }
-            // A page written twice in one transaction (cache spill): the later image wins.
-            pages.insert(be32(frame, 0), &frame[FRAME_HEADER..]);
-            let db_size = be32(frame, 4);
-            if db_size != 0 {
-                self.next_offset += ((i + 1) * frame_len) as u64;
-                self.checksum = sum;
-                return Ok(Some(PagePayload {
-                    page_size: self.page_size,
-                    db_size_pages: db_size,
-                    pages: pages
-                        .into_iter()
-                        .filter(|(pgno, _)| *pgno <= db_size)
-                        .map(|(pgno, data)| Page {
-                            pgno,
-                            data: data.to_vec(),
-                        })
-                        .collect(),
-                }));
+        let mut offset = self.next_offset;
+        let mut buf = Vec::new();
+        while offset + frame_len as u64 <= len {
+            let frames = (((len - offset) / frame_len as u64) as usize).min(chunk_frames);
+            buf.resize(frames * frame_len, 0);
+            file.read_exact_at(&mut buf, offset)
+                .map_err(|e| StoreError::io(&self.path, e))?;
+            for frame in buf.chunks_exact(frame_len) {
+                if (be32(frame, 8), be32(frame, 12)) != salts {
+                    return Ok(None);
+                }
+                sum = wal_checksum(self.big_endian_checksums, &frame[..8], sum);
+                sum = wal_checksum(self.big_endian_checksums, &frame[FRAME_HEADER..], sum);
+                if sum != (be32(frame, 16), be32(frame, 20)) {
+                    return Ok(None);
+                }
+                offset += frame_len as u64;
+                // A page written twice in one transaction (cache spill): the later image wins.
+                pages.insert(be32(frame, 0), frame[FRAME_HEADER..].to_vec());
+                let db_size = be32(frame, 4);
+                if db_size != 0 {
+                    self.next_offset = offset;
+                    self.checksum = sum;
+                    return Ok(Some(PagePayload {
+                        page_size: self.page_size,
+                        db_size_pages: db_size,
+                        pages: pages
+                            .into_iter()
+                            .filter(|(pgno, _)| *pgno <= db_size)
+                            .map(|(pgno, data)| Page { pgno, data })
+                            .collect(),
+                    }));
+                }
             }
         }
         Ok(None)

@@ -177,6 +177,47 @@ fn capture_survives_checkpoints_and_wal_restarts() {
 }
 
 #[test]
+fn capture_ignores_stale_frames_after_a_wal_restart_without_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let lp = dir.path().join("leader.db");
+    let mut leader = open_leader(&lp);
+    commit(
+        &mut leader,
+        req(&[("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)", vec![])]),
+    );
+    let mut follower = bootstrap(&lp, &dir.path().join("f.db"));
+    let other = rusqlite::Connection::open(&lp).unwrap();
+    for round in 0..4u8 {
+        // A long WAL of many pages, then a passive checkpoint: the next commit restarts the
+        // WAL from the start and the old frames stay in the file behind it.
+        for i in 0..30u8 {
+            let blob = vec![round.wrapping_mul(31).wrapping_add(i); 20_000];
+            let (_, rec) = commit(
+                &mut leader,
+                req(&[("INSERT INTO t(v) VALUES (?1)", vec![Value::Blob(blob)])]),
+            );
+            follower.apply(&[rec.unwrap()]).unwrap();
+        }
+        other
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .unwrap();
+        let (_, rec) = commit(
+            &mut leader,
+            req(&[(
+                "UPDATE t SET v = x'00' WHERE id = ?1",
+                vec![Value::Integer(round as i64 + 1)],
+            )]),
+        );
+        follower.apply(&[rec.unwrap()]).unwrap();
+    }
+    let reader = open_reader(&lp).unwrap();
+    assert_eq!(
+        page_digest(&reader).unwrap(),
+        page_digest(follower.connection()).unwrap()
+    );
+}
+
+#[test]
 fn a_record_that_does_not_follow_is_refused_and_nothing_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let lp = dir.path().join("leader.db");

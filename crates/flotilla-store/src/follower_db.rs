@@ -11,6 +11,7 @@ use std::path::Path;
 pub struct FollowerDb {
     conn: Connection,
     meta: Meta,
+    page_size: u32,
 }
 
 impl FollowerDb {
@@ -22,8 +23,13 @@ impl FollowerDb {
         }
         let conn = Connection::open(path)?;
         configure(&conn, settings, true)?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         match read_meta(&conn)? {
-            Some(meta) => Ok(Some(FollowerDb { conn, meta })),
+            Some(meta) => Ok(Some(FollowerDb {
+                conn,
+                meta,
+                page_size,
+            })),
             None => Ok(None),
         }
     }
@@ -59,7 +65,8 @@ impl FollowerDb {
             }
             prev = (r.lsn, r.chain);
         }
-        let page_size: u32 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        // A physical replica never changes its page size (the leader's is fixed at creation).
+        let page_size = self.page_size;
         let mut pages: BTreeMap<u32, &[u8]> = BTreeMap::new();
         for r in records {
             if r.pages.page_size != page_size {
@@ -89,7 +96,7 @@ impl FollowerDb {
                 put.execute(rusqlite::params![db_size + 1, rusqlite::types::Null])?;
             }
         }
-        let meta = read_meta(&tx)?
+        let meta = crate::meta::read_meta_row(&tx)?
             .ok_or_else(|| StoreError::Apply("the applied pages hold no _flotilla_meta".into()))?;
         if meta.position != last.position() || meta.chain != last.chain {
             // Roll back: the pages do not hold the state the record claims.

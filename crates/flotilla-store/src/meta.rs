@@ -46,11 +46,16 @@ pub fn read_meta(conn: &Connection) -> Result<Option<Meta>, StoreError> {
     if !exists {
         return Ok(None);
     }
+    read_meta_row(conn)
+}
+
+/// Reads the meta row of a database known to have the table (the hot path of apply).
+pub(crate) fn read_meta_row(conn: &Connection) -> Result<Option<Meta>, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT cluster_id, epoch, lsn, chain, digest, commit_time_ms FROM _flotilla_meta WHERE id = 1",
-            [],
-            |r| {
+        )?
+        .query_row([], |r| {
                 Ok(Meta {
                     cluster_id: r.get(0)?,
                     position: Position::new(r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
@@ -58,7 +63,6 @@ pub fn read_meta(conn: &Connection) -> Result<Option<Meta>, StoreError> {
                     digest: ContentDigest(r.get::<_, i64>(4)? as u64),
                     commit_time_ms: r.get::<_, i64>(5)? as u64,
                 })
-            },
-        )
+        })
         .optional()?)
 }

@@ -9,11 +9,11 @@ use tokio::sync::oneshot;
 /// What an opened database holds: position, chain, cluster id (`None`: no database).
 pub type Opened = Result<Option<(Position, Chain, String)>, StoreError>;
 
+/// Called on the apply thread with the outcome of a batch.
+pub type ApplyDone = Box<dyn FnOnce(Result<(Position, Chain), StoreError>) + Send>;
+
 pub enum ApplyJob {
-    Apply(
-        Vec<LogRecord>,
-        oneshot::Sender<Result<(Position, Chain), StoreError>>,
-    ),
+    Apply(Vec<LogRecord>, ApplyDone),
     /// Close the database (before a snapshot replaces it).
     Close(oneshot::Sender<()>),
     /// (Re)open the database; answers with its position, chain and cluster id.
@@ -36,7 +36,7 @@ pub fn spawn(
                             Some(d) => d.apply(&records).map(|m| (m.position, m.chain)),
                             None => Err(StoreError::Apply("no database is open".into())),
                         };
-                        let _ = reply.send(res);
+                        reply(res);
                     }
                     ApplyJob::Close(reply) => {
                         db = None;

@@ -11,7 +11,7 @@ use flotilla_store::DbSettings;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Events of the apply thread and bootstrap carry generation 0: they are never stale.
 const LOCAL: u64 = 0;
@@ -62,26 +62,21 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                 }
                 FollowerCommand::Apply(records) => {
                     applying = Some(records.len());
-                    let (tx, rx) = oneshot::channel();
-                    if apply_tx.send(ApplyJob::Apply(records, tx)).is_err() {
-                        let _ = fatal.send("the apply thread stopped".into());
-                        return;
-                    }
                     let events = ev_tx.clone();
-                    tokio::spawn(async move {
-                        let ev = match rx.await {
-                            Ok(Ok((position, chain))) => FollowerEvent::Applied { position, chain },
-                            Ok(Err(e)) => FollowerEvent::ApplyFailed {
+                    let done: apply::ApplyDone = Box::new(move |res| {
+                        let ev = match res {
+                            Ok((position, chain)) => FollowerEvent::Applied { position, chain },
+                            Err(e) => FollowerEvent::ApplyFailed {
                                 disk_full: e.is_disk_full(),
                                 reason: e.to_string(),
-                            },
-                            Err(_) => FollowerEvent::ApplyFailed {
-                                reason: "the apply thread stopped".into(),
-                                disk_full: false,
                             },
                         };
                         let _ = events.send((LOCAL, ev));
                     });
+                    if apply_tx.send(ApplyJob::Apply(records, done)).is_err() {
+                        let _ = fatal.send("the apply thread stopped".into());
+                        return;
+                    }
                 }
                 FollowerCommand::Bootstrap => {
                     conn = None;

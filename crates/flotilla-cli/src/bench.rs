@@ -154,14 +154,43 @@ async fn throughput(url: &str, clients: usize, secs: f64) -> f64 {
     n as f64 / elapsed
 }
 
-/// Commit-to-visible lag on `follower` while `rate` transactions/s go to the leader: a probe
-/// commits, then asks the follower for that position; the time until the follower answers
-/// (minus one already-satisfied query's round trip) is the lag. Returns sorted samples in ms.
-async fn lag_samples(leader: &str, follower: &str, rate: f64, secs: f64) -> Vec<f64> {
+/// The follower's `flotilla_apply_lag_seconds` histogram: (upper bound in ms, cumulative count).
+async fn lag_histogram(follower: &str) -> anyhow::Result<Vec<(f64, u64)>> {
+    let text = reqwest::get(format!("{follower}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("flotilla_apply_lag_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let (le, count) = rest.split_once("\"} ").context("histogram line")?;
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse::<f64>()? * 1e3
+        };
+        out.push((bound, count.trim().parse()?));
+    }
+    anyhow::ensure!(!out.is_empty(), "the follower exports no lag histogram");
+    Ok(out)
+}
+
+/// Commit-to-visible lag on `follower` while about `rate` transactions/s go to the leader, as
+/// the follower measures it (leader commit time in the record → its own apply commit; both on
+/// this machine's clock). Returns (p50, p99, max) in ms — bucket upper bounds, ±12%.
+async fn lag(
+    leader: &str,
+    follower: &str,
+    rate: f64,
+    secs: f64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let before = lag_histogram(follower).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    // Background load: 3 paced clients.
-    let per_client = Duration::from_secs_f64(3.0 / rate.max(1.0));
-    let load: Vec<_> = (0..3)
+    let clients = 4usize;
+    let per_client = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
+    let load: Vec<_> = (0..clients)
         .map(|c| {
             let (stop, client) = (stop.clone(), Client::new(leader));
             tokio::spawn(async move {
@@ -176,38 +205,41 @@ async fn lag_samples(leader: &str, follower: &str, rate: f64, secs: f64) -> Vec<
             })
         })
         .collect();
-    let (lc, fc) = (Client::new(leader), Client::new(follower));
-    let rtt = {
-        let mut v = Vec::new();
-        for _ in 0..20 {
-            let t = Instant::now();
-            let _ = fc.post("/v1/query", &json!({ "sql": "SELECT 1" })).await;
-            v.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        v.sort_by(|a, b| a.total_cmp(b));
-        percentile(&v, 0.5)
-    };
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    let mut k = 99i64 << 40;
-    while start.elapsed().as_secs_f64() < secs {
-        k += 1;
-        let Ok(ans) = lc.post("/v1/execute", &insert_one(k)).await else {
-            continue;
-        };
-        let t = Instant::now();
-        let q = json!({ "sql": "SELECT 1", "min_position": ans["position"], "timeout_ms": 10_000 });
-        if fc.post("/v1/query", &q).await.is_ok() {
-            samples.push((t.elapsed().as_secs_f64() * 1e3 - rtt).max(0.0));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, Ordering::Relaxed);
     for t in load {
         let _ = t.await;
     }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    samples
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = lag_histogram(follower).await?;
+    // Per-bucket counts of this window.
+    let counts: Vec<(f64, u64)> = after
+        .iter()
+        .zip(&before)
+        .scan(0u64, |prev, ((b, a), (_, c))| {
+            let cum = a - c;
+            let n = cum - *prev;
+            *prev = cum;
+            Some((*b, n))
+        })
+        .collect();
+    let total: u64 = counts.iter().map(|c| c.1).sum();
+    anyhow::ensure!(
+        total > 0,
+        "no transactions were applied during the lag measurement"
+    );
+    let quantile = |q: f64| {
+        let target = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (b, n) in &counts {
+            seen += n;
+            if seen >= target.max(1) {
+                return *b;
+            }
+        }
+        f64::INFINITY
+    };
+    Ok((quantile(0.5), quantile(0.99), quantile(1.0)))
 }
 
 async fn position(c: &Client) -> anyhow::Result<String> {
@@ -401,11 +433,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         figures[f_ratio].values.push(tp2 / tp0);
 
         progress("commit-to-visible lag at half load");
-        let samples = lag_samples(&leader.url, &f1.url, tp2 / 2.0, s.secs).await;
-        anyhow::ensure!(!samples.is_empty(), "no lag samples");
-        figures[f_p50].values.push(percentile(&samples, 0.5));
-        figures[f_p99].values.push(percentile(&samples, 0.99));
-        figures[f_max].values.push(percentile(&samples, 1.0));
+        let (p50, p99, max) = lag(&leader.url, &f1.url, tp2 / 2.0, s.secs).await?;
+        figures[f_p50].values.push(p50);
+        figures[f_p99].values.push(p99);
+        figures[f_max].values.push(max);
         drop((leader, f1, f2));
 
         progress("catch-up, large transactions");

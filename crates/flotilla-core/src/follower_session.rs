@@ -472,7 +472,7 @@ mod tests {
             lsn: Lsn(lsn),
             chain,
             digest: ContentDigest(lsn),
-            commit_time_ms: 0,
+            commit_time_us: 0,
             origin: NodeId::new("l").unwrap(),
             pages: PagePayload {
                 page_size: 512,

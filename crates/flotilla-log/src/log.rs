@@ -342,7 +342,7 @@ mod tests {
             lsn: Lsn(lsn),
             chain: Chain(lsn),
             digest: ContentDigest(0),
-            commit_time_ms: 0,
+            commit_time_us: 0,
             origin: NodeId::new("n").unwrap(),
             pages: PagePayload {
                 page_size: 512,

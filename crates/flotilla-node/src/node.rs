@@ -156,7 +156,7 @@ pub async fn run(
             let head = Head {
                 position: meta.position,
                 chain: meta.chain,
-                commit_time_ms: meta.commit_time_ms,
+                commit_time_us: meta.commit_time_us,
             };
             let (head_tx, _) = watch::channel(head);
             let (jobs_tx, jobs_rx) = mpsc::channel::<WriteJob>(4096);

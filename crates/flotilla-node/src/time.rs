@@ -11,6 +11,15 @@ pub fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock microseconds since the Unix epoch (commit times: replicas on one machine share the
+/// clock, so commit-to-visible lag can be measured across processes).
+pub fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Monotonic milliseconds since the process started (timeouts, backoff).
 pub fn mono_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();

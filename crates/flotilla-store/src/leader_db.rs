@@ -148,7 +148,7 @@ impl LeaderDb {
             lsn: meta.position.lsn,
             chain: meta.chain,
             digest: meta.digest,
-            commit_time_ms: meta.commit_time_ms,
+            commit_time_us: meta.commit_time_us,
             origin: origin.clone(),
             pages: in_wal[in_wal.len() - 1].clone(),
         }])
@@ -169,7 +169,7 @@ impl LeaderDb {
         requests: &[TxnRequest],
         epoch: Epoch,
         origin: &NodeId,
-        now_ms: u64,
+        now_us: u64,
     ) -> Result<CommitOutcome, StoreError> {
         let lsn = self.meta.position.lsn.next();
         let rules = self.rules.clone();
@@ -207,8 +207,8 @@ impl LeaderDb {
                 )?;
             }
             self.conn.execute(
-                "UPDATE _flotilla_meta SET epoch = ?1, lsn = ?2, chain = ?3, digest = ?4, commit_time_ms = ?5 WHERE id = 1",
-                [epoch.0 as i64, lsn.0 as i64, chain.0 as i64, digest.0 as i64, now_ms as i64],
+                "UPDATE _flotilla_meta SET epoch = ?1, lsn = ?2, chain = ?3, digest = ?4, commit_time_us = ?5 WHERE id = 1",
+                [epoch.0 as i64, lsn.0 as i64, chain.0 as i64, digest.0 as i64, now_us as i64],
             )?;
             self.conn.execute_batch("COMMIT")?;
             Ok(())
@@ -225,7 +225,7 @@ impl LeaderDb {
         self.meta.position = Position { epoch, lsn };
         self.meta.chain = chain;
         self.meta.digest = digest;
-        self.meta.commit_time_ms = now_ms;
+        self.meta.commit_time_us = now_us;
         Ok(CommitOutcome {
             outcomes,
             record: Some(LogRecord {
@@ -233,7 +233,7 @@ impl LeaderDb {
                 lsn,
                 chain,
                 digest,
-                commit_time_ms: now_ms,
+                commit_time_us: now_us,
                 origin: origin.clone(),
                 pages,
             }),

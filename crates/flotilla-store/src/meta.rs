@@ -14,7 +14,7 @@ pub struct Meta {
     pub chain: Chain,
     /// The digest that linked the previous chain to `chain` (re-creates a lost log record).
     pub digest: ContentDigest,
-    pub commit_time_ms: u64,
+    pub commit_time_us: u64,
 }
 
 pub(crate) const CREATE_META: &str = "
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS _flotilla_meta (
     lsn INTEGER NOT NULL,
     chain INTEGER NOT NULL,
     digest INTEGER NOT NULL,
-    commit_time_ms INTEGER NOT NULL
+    commit_time_us INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS _flotilla_idempotency (
     key TEXT PRIMARY KEY,
@@ -53,7 +53,7 @@ pub fn read_meta(conn: &Connection) -> Result<Option<Meta>, StoreError> {
 pub(crate) fn read_meta_row(conn: &Connection) -> Result<Option<Meta>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT cluster_id, epoch, lsn, chain, digest, commit_time_ms FROM _flotilla_meta WHERE id = 1",
+            "SELECT cluster_id, epoch, lsn, chain, digest, commit_time_us FROM _flotilla_meta WHERE id = 1",
         )?
         .query_row([], |r| {
                 Ok(Meta {
@@ -61,7 +61,7 @@ pub(crate) fn read_meta_row(conn: &Connection) -> Result<Option<Meta>, StoreErro
                     position: Position::new(r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
                     chain: Chain(r.get::<_, i64>(3)? as u64),
                     digest: ContentDigest(r.get::<_, i64>(4)? as u64),
-                    commit_time_ms: r.get::<_, i64>(5)? as u64,
+                    commit_time_us: r.get::<_, i64>(5)? as u64,
                 })
         })
         .optional()?)

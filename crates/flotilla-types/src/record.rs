@@ -28,7 +28,7 @@ pub struct LogRecord {
     pub chain: Chain,
     /// The input that links `chain(lsn - 1)` to `chain(lsn)`.
     pub digest: ContentDigest,
-    pub commit_time_ms: u64,
+    pub commit_time_us: u64,
     /// The node where the transaction was first committed.
     pub origin: NodeId,
     pub pages: PagePayload,

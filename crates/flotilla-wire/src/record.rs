@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! u8  format version (1)     u8  payload kind (1 = pages)
-//! u64 epoch  u64 lsn  u64 chain  u64 content digest  u64 commit_time_ms
+//! u64 epoch  u64 lsn  u64 chain  u64 content digest  u64 commit_time_us
 //! u16 origin length, origin (UTF-8 node id)
 //! u32 page_size  u32 db_size_pages  u32 page count
 //! page count × (u32 pgno, page_size bytes)
@@ -35,7 +35,7 @@ pub fn encode_record(r: &LogRecord) -> Vec<u8> {
         .u64(r.lsn.0)
         .u64(r.chain.0)
         .u64(r.digest.0)
-        .u64(r.commit_time_ms)
+        .u64(r.commit_time_us)
         .str16(r.origin.as_str())
         .u32(r.pages.page_size)
         .u32(r.pages.db_size_pages)
@@ -69,7 +69,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
     let lsn = Lsn(c.u64()?);
     let chain = Chain(c.u64()?);
     let digest = ContentDigest(c.u64()?);
-    let commit_time_ms = c.u64()?;
+    let commit_time_us = c.u64()?;
     let origin =
         NodeId::new(c.str16(64)?).map_err(|e| DecodeError::invalid(WHAT, e.to_string()))?;
     let page_size = c.u32()?;
@@ -112,7 +112,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
         lsn,
         chain,
         digest,
-        commit_time_ms,
+        commit_time_us,
         origin,
         pages: PagePayload {
             page_size,
@@ -133,7 +133,7 @@ pub(crate) mod tests {
             lsn: Lsn(lsn),
             chain: Chain(0xdead_beef),
             digest: ContentDigest(42),
-            commit_time_ms: 1_700_000_000_000,
+            commit_time_us: 1_700_000_000_000,
             origin: NodeId::new("n1").unwrap(),
             pages: PagePayload {
                 page_size: 512,

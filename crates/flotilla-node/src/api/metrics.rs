@@ -182,5 +182,8 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             );
         }
     }
+    if node.follower.is_some() {
+        c.apply_lag.render(&mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -1,7 +1,7 @@
 //! `GET /v1/status`: the node, and on a leader its followers with their lag.
 
 use crate::node::{Node, Role};
-use crate::time::wall_ms;
+use crate::time::wall_us;
 use axum::extract::State;
 use axum::Json;
 use flotilla_core::{FollowerProgress, FollowerTracker};
@@ -31,7 +31,7 @@ pub fn follower_lag(node: &Node, f: &FollowerProgress) -> Lag {
     let ms = leader
         .recent
         .commit_time(first_missing)
-        .map_or(0, |t| wall_ms().saturating_sub(t));
+        .map_or(0, |t| (wall_us().saturating_sub(t)) / 1000);
     Lag {
         transactions,
         bytes: leader.recent.bytes_after(f.applied.lsn.0),

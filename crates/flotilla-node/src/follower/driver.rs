@@ -63,7 +63,15 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                 FollowerCommand::Apply(records) => {
                     applying = Some(records.len());
                     let events = ev_tx.clone();
+                    let commit_times: Vec<u64> = records.iter().map(|r| r.commit_time_us).collect();
+                    let counters = node.counters.clone();
                     let done: apply::ApplyDone = Box::new(move |res| {
+                        if res.is_ok() {
+                            let now = crate::time::wall_us();
+                            for t in commit_times {
+                                counters.apply_lag.record(now.saturating_sub(t));
+                            }
+                        }
                         let ev = match res {
                             Ok((position, chain)) => FollowerEvent::Applied { position, chain },
                             Err(e) => FollowerEvent::ApplyFailed {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 pub struct Head {
     pub position: Position,
     pub chain: Chain,
-    pub commit_time_ms: u64,
+    pub commit_time_us: u64,
 }
 
 pub struct LeaderState {

@@ -26,7 +26,7 @@ impl RecentRecords {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, lsn: u64, commit_time_ms: u64, encoded: Arc<Vec<u8>>) {
+    pub fn push(&self, lsn: u64, commit_time_us: u64, encoded: Arc<Vec<u8>>) {
         let mut st = self.lock();
         st.bytes += encoded.len();
         let before = st.total_bytes;
@@ -36,7 +36,7 @@ impl RecentRecords {
             let (_, old) = st.records.pop_front().expect("non-empty");
             st.bytes -= old.len();
         }
-        st.times.push_back((lsn, commit_time_ms, before));
+        st.times.push_back((lsn, commit_time_us, before));
         if st.times.len() > MAX_TIMES {
             st.times.pop_front();
         }

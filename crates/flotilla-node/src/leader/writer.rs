@@ -5,7 +5,7 @@
 
 use super::{Head, RecentRecords};
 use crate::metrics::Counters;
-use crate::time::wall_ms;
+use crate::time::wall_us;
 use flotilla_log::Log;
 use flotilla_store::{LeaderDb, RequestOutcome, TxnRequest};
 use flotilla_types::{Epoch, NodeId, Position};
@@ -71,7 +71,7 @@ pub fn spawn_writer(
                     }
                 }
                 let requests: Vec<TxnRequest> = group.iter().map(|j| j.request.clone()).collect();
-                let now = wall_ms();
+                let now = wall_us();
                 let outcome = match db.commit_batch(&requests, epoch, &origin, now) {
                     Ok(o) => o,
                     Err(e) if matches!(e, flotilla_store::StoreError::Capture(_)) => {
@@ -94,12 +94,12 @@ pub fn spawn_writer(
                             // at restart the commit is recaptured from the WAL.
                             return stop(group, &fatal, format!("replication log: {e}"));
                         }
-                        recent.push(record.lsn.0, record.commit_time_ms, encoded.clone());
+                        recent.push(record.lsn.0, record.commit_time_us, encoded.clone());
                         Counters::add(&counters.commits, 1);
                         head.send_replace(Head {
                             position: record.position(),
                             chain: record.chain,
-                            commit_time_ms: record.commit_time_ms,
+                            commit_time_us: record.commit_time_us,
                         });
                         record.position()
                     }

@@ -258,7 +258,7 @@ async fn wait_for(c: &Client, pos: &str) -> anyhow::Result<()> {
 async fn fill(c: &Client, txns: u64, rows: u64, clients: u64) -> anyhow::Result<()> {
     let tasks: Vec<_> = (0..clients)
         .map(|w| {
-            let c = Client::new(c_url(c));
+            let c = Client::new(c.url());
             tokio::spawn(async move {
                 let mut i = w;
                 while i < txns {
@@ -281,10 +281,6 @@ async fn fill(c: &Client, txns: u64, rows: u64, clients: u64) -> anyhow::Result<
         t.await??;
     }
     Ok(())
-}
-
-fn c_url(c: &Client) -> &str {
-    c.url()
 }
 
 /// A follower stopped while the leader commits `txns` × `rows`, then restarted: catch-up rate.

@@ -125,12 +125,8 @@ async fn wait_for(c: &Client, position: &str, timeout: Duration) -> anyhow::Resu
     let body = json!({ "sql": "SELECT 1", "min_position": position, "timeout_ms": timeout.as_millis() as u64 });
     c.post("/v1/query", &body)
         .await
-        .with_context(|| format!("{} did not reach {position}", c_name(c)))?;
+        .with_context(|| format!("{} did not reach {position}", c.url()))?;
     Ok(start.elapsed())
-}
-
-fn c_name(_: &Client) -> &'static str {
-    "a follower"
 }
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {

@@ -212,7 +212,7 @@ impl FollowerSession {
             FollowerEvent::ConnectionLost { reason } => {
                 if self.connected || self.phase == FollowerPhase::Connecting {
                     self.connected = false;
-                    self.lose_session(reason, &mut out, false);
+                    self.lose_session(reason, false);
                 }
             }
             FollowerEvent::Received(msg) => {
@@ -252,7 +252,7 @@ impl FollowerSession {
                         out.push(FollowerCommand::Disconnect);
                         self.connected = false;
                     }
-                    self.lose_session(reason, &mut out, true);
+                    self.lose_session(reason, true);
                 }
             }
             FollowerEvent::BootstrapFinished {
@@ -304,7 +304,6 @@ impl FollowerSession {
                         "no message from the leader for {} ms",
                         self.config.leader_timeout_ms
                     ),
-                    out,
                     false,
                 );
             }
@@ -365,7 +364,7 @@ impl FollowerSession {
                         self.phase = FollowerPhase::Bootstrapping;
                         out.push(FollowerCommand::Bootstrap);
                     }
-                    _ => self.lose_session(format!("{}: {message}", code.as_str()), out, true),
+                    _ => self.lose_session(format!("{}: {message}", code.as_str()), true),
                 }
             }
         }
@@ -375,11 +374,10 @@ impl FollowerSession {
         out.push(FollowerCommand::Disconnect);
         self.connected = false;
         self.pending.clear();
-        self.lose_session(format!("protocol error: {what}"), out, true);
+        self.lose_session(format!("protocol error: {what}"), true);
     }
 
-    fn lose_session(&mut self, reason: String, out: &mut Vec<FollowerCommand>, keep_error: bool) {
-        let _ = out;
+    fn lose_session(&mut self, reason: String, keep_error: bool) {
         if !keep_error || self.last_error.is_none() {
             self.last_error = Some(reason);
         }

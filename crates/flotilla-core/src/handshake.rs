@@ -92,13 +92,7 @@ pub fn decide(view: &LeaderView, claim: &FollowerClaim) -> Decision {
 }
 
 /// Completes [`Decision::CheckLink`] given the header of record `lsn + 1`.
-pub fn check_link(
-    claim: &FollowerClaim,
-    next_epoch: Epoch,
-    next_chain: Chain,
-    links: bool,
-) -> Decision {
-    let _ = next_epoch;
+pub fn check_link(claim: &FollowerClaim, next_chain: Chain, links: bool) -> Decision {
     if links {
         Decision::Accept {
             start_after: claim.position.lsn,
@@ -178,15 +172,12 @@ mod tests {
         );
         let c = claim(Some("c1"), 60, 1);
         assert_eq!(
-            check_link(&c, Epoch(1), Chain(2), true),
+            check_link(&c, Chain(2), true),
             Decision::Accept {
                 start_after: Lsn(60)
             }
         );
-        assert_eq!(
-            code(check_link(&c, Epoch(1), Chain(2), false)),
-            RefusalCode::Diverged
-        );
+        assert_eq!(code(check_link(&c, Chain(2), false)), RefusalCode::Diverged);
     }
 
     #[test]

@@ -36,7 +36,6 @@ pub struct Node {
     pub leader: Option<LeaderState>,
     pub follower: Option<Arc<FollowerShared>>,
     pub shutdown: CancellationToken,
-    pub started_ms: u64,
 }
 
 impl Node {
@@ -226,7 +225,6 @@ pub async fn run(
         leader: leader_state,
         follower: follower_shared,
         shutdown: shutdown.clone(),
-        started_ms: crate::time::wall_ms(),
     });
     if let Some(leader) = &node.leader {
         // Committed positions become visible to readers as the head moves.

@@ -11,7 +11,7 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
 use flotilla_log::LogError;
-use flotilla_types::{Lsn, Position};
+use flotilla_types::Lsn;
 use flotilla_wire::{FollowerMessage, LeaderMessage, RefusalCode};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -107,7 +107,7 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
         let read = tokio::task::spawn_blocking(move || log.read(lsn.0, 1, 1)).await;
         decision = match read {
             Ok(Ok(recs)) if !recs.is_empty() => match flotilla_wire::decode_record(&recs[0]) {
-                Ok(r) => check_link(&claim, r.epoch, r.chain, r.links_to(claim.chain)),
+                Ok(r) => check_link(&claim, r.chain, r.links_to(claim.chain)),
                 Err(e) => Decision::Refuse {
                     code: RefusalCode::NeedSnapshot,
                     message: format!("the leader's log record {lsn} is unreadable: {e}"),
@@ -246,7 +246,6 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
     }
     leader.tracker().session_closed(&follower_id);
     leader.save_followers();
-    let _: Position = position;
 }
 
 /// The durable records from `from` on: from memory when recent, otherwise from the log files.

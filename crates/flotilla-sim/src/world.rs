@@ -1,0 +1,770 @@
+use crate::network::{Dir, Faults, Network};
+use anyhow::{bail, ensure, Context};
+use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
+use flotilla_core::{
+    FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession, FollowerTracker,
+};
+use flotilla_log::{Log, LogConfig};
+use flotilla_store::snapshot::{stream, SnapshotReceiver};
+use flotilla_store::{open_reader, page_digest, DbSettings, FollowerDb, LeaderDb, TxnRequest};
+use flotilla_types::{ContentDigest, Epoch, LogKind, Lsn, NodeId};
+use flotilla_wire::{FollowerMessage, LeaderMessage, RefusalCode};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rusqlite::types::Value;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+
+const FOLLOWERS: usize = 2;
+const MAX_OPS: usize = 120;
+const MAX_SIM_MS: u64 = 60_000;
+const HEARTBEAT_MS: u64 = 1_000;
+
+/// What one seed did.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub commits: u64,
+    pub sim_ms: u64,
+    pub messages: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub flipped: u64,
+    pub follower_crashes: u64,
+    pub leader_crashes: u64,
+    pub bootstraps: u64,
+    pub applies: u64,
+}
+
+struct Leader {
+    path: PathBuf,
+    log_dir: PathBuf,
+    db: LeaderDb,
+    log: Log,
+    tracker: FollowerTracker,
+    /// Page digest of the leader's database after each LSN (the oracle).
+    history: HashMap<u64, (u32, u64)>,
+    /// Highest LSN acknowledged to a client (appended and synced).
+    acked: u64,
+}
+
+struct LeaderConn {
+    follower: usize,
+    /// LSN of the next record to ship; `None` until the follower is welcomed.
+    next: Option<u64>,
+    last_sent_ms: u64,
+    /// Set after a refusal: the connection closes at this time.
+    closing_at: Option<u64>,
+}
+
+struct Follower {
+    id: String,
+    path: PathBuf,
+    session: FollowerSession,
+    db: Option<FollowerDb>,
+    conn: Option<u64>,
+    partitioned_until: u64,
+}
+
+struct World {
+    rng: ChaCha8Rng,
+    trace: bool,
+    now: u64,
+    net: Network,
+    faults: Faults,
+    leader: Leader,
+    conns: BTreeMap<u64, LeaderConn>,
+    next_conn: u64,
+    followers: Vec<Follower>,
+    events: VecDeque<(usize, FollowerEvent)>,
+    report: Report,
+    _dir: tempfile::TempDir,
+}
+
+fn origin() -> NodeId {
+    NodeId::new("leader").expect("valid")
+}
+
+fn digest_of(path: &std::path::Path) -> anyhow::Result<(u32, u64)> {
+    Ok(page_digest(&open_reader(path)?)?)
+}
+
+fn follower_config(id: &str) -> FollowerConfig {
+    FollowerConfig::new(id, &format!("sim://{id}"))
+}
+
+impl World {
+    fn log(&self, msg: impl FnOnce() -> String) {
+        if self.trace {
+            println!("{:>6} ms  {}", self.now, msg());
+        }
+    }
+
+    fn open_leader(
+        path: &std::path::Path,
+        log_dir: &std::path::Path,
+    ) -> anyhow::Result<(LeaderDb, Log)> {
+        let (mut db, _) = LeaderDb::open(path, &DbSettings::default(), || "5eed".repeat(8))?;
+        let log = Log::open(
+            log_dir,
+            LogConfig {
+                segment_bytes: 256 << 10,
+                ..Default::default()
+            },
+            db.meta().position.lsn.0,
+        )?;
+        let last = log.stats().last_lsn;
+        for r in db.uncaptured(Lsn(last), &origin())? {
+            log.append(&flotilla_wire::encode_record(&r))?;
+        }
+        log.sync()?;
+        Ok((db, log))
+    }
+
+    fn random_request(&mut self, i: u64) -> TxnRequest {
+        let r = self.rng.random_range(0..10);
+        let statements: Vec<(String, Vec<Value>)> = match r {
+            0 => vec![(
+                "INSERT INTO big(b) VALUES (?1)".into(),
+                vec![Value::Blob(vec![
+                    (i % 251) as u8;
+                    self.rng.random_range(3000..30_000)
+                ])],
+            )],
+            1 => vec![(
+                "DELETE FROM t WHERE k % 7 = ?1".into(),
+                vec![Value::Integer((i % 7) as i64)],
+            )],
+            2 => vec![(
+                "UPDATE t SET v = v || 'x' WHERE k % 5 = ?1".into(),
+                vec![Value::Integer((i % 5) as i64)],
+            )],
+            3 => vec![(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS extra{} (a INTEGER PRIMARY KEY)",
+                    i % 3
+                ),
+                vec![],
+            )],
+            4 => vec![(
+                "DELETE FROM big WHERE id % 2 = ?1".into(),
+                vec![Value::Integer((i % 2) as i64)],
+            )],
+            _ => (0..self.rng.random_range(1..6))
+                .map(|j| {
+                    (
+                        "INSERT INTO t(k, v) VALUES (?1, ?2)".to_string(),
+                        vec![
+                            Value::Integer((i * 10 + j) as i64),
+                            Value::Text("v".repeat(self.rng.random_range(0..300))),
+                        ],
+                    )
+                })
+                .collect(),
+        };
+        TxnRequest {
+            digest: ContentDigest::of(format!("{statements:?}").as_bytes()),
+            statements,
+            idempotency_key: None,
+        }
+    }
+
+    /// One client transaction on the leader; sometimes the leader crashes right after the
+    /// SQLite commit, before the log append (the request is then not acknowledged).
+    fn client_op(&mut self, i: u64) -> anyhow::Result<()> {
+        let req = self.random_request(i);
+        let out = self
+            .leader
+            .db
+            .commit_batch(&[req], Epoch(1), &origin(), self.now * 1000)?;
+        let Some(rec) = out.record else { return Ok(()) };
+        self.leader
+            .history
+            .insert(rec.lsn.0, digest_of(&self.leader.path)?);
+        self.report.commits += 1;
+        if self.rng.random_bool(0.01) {
+            self.log(|| {
+                format!(
+                    "leader crashes after committing {} in SQLite, before the log append",
+                    rec.position()
+                )
+            });
+            return self.crash_leader();
+        }
+        self.leader
+            .log
+            .append(&flotilla_wire::encode_record(&rec))?;
+        self.leader.log.sync()?;
+        self.leader.acked = rec.lsn.0;
+        Ok(())
+    }
+
+    fn crash_leader(&mut self) -> anyhow::Result<()> {
+        self.report.leader_crashes += 1;
+        // Abandon the connections without closing them, as a killed process would.
+        let (db, log) = Self::open_leader(&self.leader.path, &self.leader.log_dir)?;
+        let old_db = std::mem::replace(&mut self.leader.db, db);
+        let old_log = std::mem::replace(&mut self.leader.log, log);
+        std::mem::forget(old_db);
+        drop(old_log);
+        let head = self.leader.db.meta().position.lsn.0;
+        ensure!(
+            head >= self.leader.acked,
+            "acknowledged lsn {} lost: the leader restarted at {head}",
+            self.leader.acked
+        );
+        ensure!(
+            self.leader.log.stats().last_lsn == head,
+            "log and database disagree after recovery"
+        );
+        ensure!(
+            digest_of(&self.leader.path)? == self.leader.history[&head],
+            "the recovered leader's database differs from its history at lsn {head}"
+        );
+        self.leader.acked = head;
+        for conn in self.conns.keys().copied().collect::<Vec<_>>() {
+            self.close_conn(conn, "the leader crashed");
+        }
+        Ok(())
+    }
+
+    fn close_conn(&mut self, conn: u64, reason: &str) {
+        if let Some(c) = self.conns.remove(&conn) {
+            self.net.close(conn);
+            let f = c.follower;
+            self.leader.tracker.session_closed(&self.followers[f].id);
+            if self.followers[f].conn == Some(conn) {
+                self.followers[f].conn = None;
+                self.events.push_back((
+                    f,
+                    FollowerEvent::ConnectionLost {
+                        reason: reason.to_string(),
+                    },
+                ));
+            }
+        }
+    }
+
+    fn send_to_follower(&mut self, conn: u64, msg: Vec<u8>) {
+        let faults = self.faults;
+        self.net
+            .send(&mut self.rng, faults, self.now, conn, Dir::ToFollower, msg);
+    }
+
+    fn leader_receive(&mut self, conn: u64, bytes: &[u8]) -> anyhow::Result<()> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let f = c.follower;
+        let welcomed = c.next.is_some();
+        let msg = match FollowerMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.log(|| format!("leader drops conn {conn}: {e}"));
+                self.close_conn(conn, "bad message");
+                return Ok(());
+            }
+        };
+        match msg {
+            FollowerMessage::Hello {
+                cluster_id,
+                position,
+                chain,
+                ..
+            } if !welcomed => {
+                let meta = self.leader.db.meta().clone();
+                let view = LeaderView {
+                    cluster_id: meta.cluster_id.clone(),
+                    epoch: meta.position.epoch,
+                    head: meta.position,
+                    head_chain: meta.chain,
+                    first_retained: Lsn(self.leader.log.stats().first_lsn),
+                };
+                let claim = FollowerClaim {
+                    cluster_id,
+                    position,
+                    chain,
+                };
+                let mut decision = decide(&view, &claim);
+                if let Decision::CheckLink { lsn } = decision {
+                    let recs = self.leader.log.read(lsn.0, 1, 1)?;
+                    let r = flotilla_wire::decode_record(&recs[0])?;
+                    decision = check_link(&claim, r.chain, r.links_to(claim.chain));
+                }
+                match decision {
+                    Decision::Accept { start_after } => {
+                        self.log(|| {
+                            format!(
+                                "leader welcomes {} after {start_after}",
+                                self.followers[f].id
+                            )
+                        });
+                        let w = LeaderMessage::Welcome {
+                            cluster_id: meta.cluster_id,
+                            leader_id: "leader".into(),
+                            epoch: meta.position.epoch,
+                            start_after,
+                            head: meta.position,
+                        };
+                        self.send_to_follower(conn, w.encode());
+                        let c = self.conns.get_mut(&conn).expect("open");
+                        c.next = Some(start_after.0 + 1);
+                        c.last_sent_ms = self.now;
+                        let id = self.followers[f].id.clone();
+                        self.leader.tracker.session_opened(
+                            &id,
+                            "sim",
+                            LogKind::Physical,
+                            position,
+                            self.now,
+                        );
+                    }
+                    Decision::Refuse { code, message } => {
+                        self.log(|| {
+                            format!("leader refuses {}: {}", self.followers[f].id, code.as_str())
+                        });
+                        self.send_to_follower(
+                            conn,
+                            LeaderMessage::Refuse { code, message }.encode(),
+                        );
+                        let at = self.now + self.faults.max_delay_ms + 2;
+                        self.conns.get_mut(&conn).expect("open").closing_at = Some(at);
+                    }
+                    Decision::CheckLink { .. } => unreachable!("resolved"),
+                }
+            }
+            FollowerMessage::Ack {
+                received,
+                durable,
+                applied,
+                ..
+            } if welcomed => {
+                let id = self.followers[f].id.clone();
+                self.leader
+                    .tracker
+                    .acked(&id, received, durable, applied, self.now);
+            }
+            other => {
+                self.log(|| format!("leader: unexpected {other:?} on conn {conn}"));
+                self.close_conn(conn, "protocol error");
+            }
+        }
+        Ok(())
+    }
+
+    /// The shipping loop: durable records to every welcomed follower, heartbeats when idle.
+    fn ship(&mut self) -> anyhow::Result<()> {
+        let head = self.leader.log.stats().durable_lsn;
+        let head_pos = self.leader.db.meta().position;
+        for conn in self.conns.keys().copied().collect::<Vec<_>>() {
+            let c = self.conns.get(&conn).expect("open");
+            if c.closing_at.is_some_and(|t| t <= self.now) {
+                self.close_conn(conn, "the leader closed the session");
+                continue;
+            }
+            let Some(next) = c.next else { continue };
+            if next <= head {
+                let recs = match self.leader.log.read(next, 4, 1 << 20) {
+                    Ok(r) => r,
+                    Err(flotilla_log::LogError::Trimmed { .. }) => {
+                        let m = LeaderMessage::Refuse {
+                            code: RefusalCode::NeedSnapshot,
+                            message: "trimmed".into(),
+                        };
+                        self.send_to_follower(conn, m.encode());
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let n = recs.len() as u64;
+                let msg = LeaderMessage::encode_records(&recs);
+                self.send_to_follower(conn, msg);
+                let c = self.conns.get_mut(&conn).expect("open");
+                c.next = Some(next + n);
+                c.last_sent_ms = self.now;
+            } else if self.now - c.last_sent_ms >= HEARTBEAT_MS {
+                let m = LeaderMessage::Heartbeat {
+                    head: head_pos,
+                    now_ms: self.now,
+                };
+                self.send_to_follower(conn, m.encode());
+                self.conns.get_mut(&conn).expect("open").last_sent_ms = self.now;
+            }
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, f: usize, cmd: FollowerCommand) -> anyhow::Result<()> {
+        match cmd {
+            FollowerCommand::Connect => {
+                if self.now < self.followers[f].partitioned_until {
+                    self.events.push_back((
+                        f,
+                        FollowerEvent::ConnectionLost {
+                            reason: "partitioned".into(),
+                        },
+                    ));
+                    return Ok(());
+                }
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.conns.insert(
+                    conn,
+                    LeaderConn {
+                        follower: f,
+                        next: None,
+                        last_sent_ms: self.now,
+                        closing_at: None,
+                    },
+                );
+                self.followers[f].conn = Some(conn);
+                self.events.push_back((f, FollowerEvent::Connected));
+            }
+            FollowerCommand::Send(msg) => {
+                if let Some(conn) = self.followers[f].conn {
+                    let faults = self.faults;
+                    self.net.send(
+                        &mut self.rng,
+                        faults,
+                        self.now,
+                        conn,
+                        Dir::ToLeader,
+                        msg.encode(),
+                    );
+                }
+            }
+            FollowerCommand::Disconnect => {
+                if let Some(conn) = self.followers[f].conn.take() {
+                    self.close_conn(conn, "follower disconnected");
+                }
+            }
+            FollowerCommand::Apply(records) => {
+                let n = records.len();
+                let fl = &mut self.followers[f];
+                let db = fl.db.as_mut().context("apply without a database")?;
+                match db.apply(&records) {
+                    Ok(meta) => {
+                        let (position, chain) = (meta.position, meta.chain);
+                        self.report.applies += 1;
+                        let got = digest_of(&fl.path)?;
+                        let want = self.leader.history.get(&position.lsn.0).copied();
+                        ensure!(
+                            Some(got) == want,
+                            "{} at {position} differs from the leader's state at that lsn",
+                            fl.id
+                        );
+                        fl.session.batch_done(n);
+                        self.events
+                            .push_back((f, FollowerEvent::Applied { position, chain }));
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        self.events.push_back((
+                            f,
+                            FollowerEvent::ApplyFailed {
+                                reason,
+                                disk_full: false,
+                            },
+                        ));
+                    }
+                }
+            }
+            FollowerCommand::Bootstrap => {
+                if self.now < self.followers[f].partitioned_until {
+                    self.events.push_back((
+                        f,
+                        FollowerEvent::BootstrapFailed {
+                            reason: "partitioned".into(),
+                        },
+                    ));
+                    return Ok(());
+                }
+                self.report.bootstraps += 1;
+                let fl = &mut self.followers[f];
+                fl.db = None;
+                let reader = open_reader(&self.leader.path)?;
+                let mut rx = SnapshotReceiver::new(&fl.path)?;
+                stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))??;
+                let h = rx.install()?;
+                let db =
+                    FollowerDb::open(&fl.path, &DbSettings::default())?.context("installed")?;
+                ensure!(
+                    Some(digest_of(&fl.path)?)
+                        == self.leader.history.get(&h.position.lsn.0).copied(),
+                    "snapshot at {} differs from the leader's history",
+                    h.position
+                );
+                fl.db = Some(db);
+                self.events.push_back((
+                    f,
+                    FollowerEvent::BootstrapFinished {
+                        position: h.position,
+                        chain: h.chain,
+                        cluster_id: h.cluster_id,
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn crash_follower(&mut self, f: usize) -> anyhow::Result<()> {
+        self.report.follower_crashes += 1;
+        if let Some(conn) = self.followers[f].conn.take() {
+            self.conns.remove(&conn);
+            self.net.close(conn);
+        }
+        self.events.retain(|(g, _)| *g != f);
+        let fl = &mut self.followers[f];
+        if let Some(db) = fl.db.take() {
+            std::mem::forget(db);
+        }
+        let db = FollowerDb::open(&fl.path, &DbSettings::default())?;
+        let local = db.as_ref().map(|d| (d.meta().position, d.meta().chain));
+        let cluster = db.as_ref().map(|d| d.meta().cluster_id.clone());
+        fl.db = db;
+        fl.session = FollowerSession::new(follower_config(&fl.id), local, cluster);
+        let cmds = fl.session.start(self.now);
+        for c in cmds {
+            self.execute(f, c)?;
+        }
+        Ok(())
+    }
+
+    fn drain_events(&mut self) -> anyhow::Result<()> {
+        let mut budget = 100_000;
+        while let Some((f, ev)) = self.events.pop_front() {
+            budget -= 1;
+            ensure!(budget > 0, "event storm");
+            if self.trace && !matches!(ev, FollowerEvent::Tick) {
+                let id = self.followers[f].id.clone();
+                self.log(|| format!("{id} <- {}", short(&ev)));
+            }
+            let jitter = self.rng.random_range(0..=1000);
+            let cmds = self.followers[f].session.handle(self.now, jitter, ev);
+            for c in cmds {
+                self.execute(f, c)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self) -> anyhow::Result<()> {
+        for m in self.net.due(self.now) {
+            match m.dir {
+                Dir::ToLeader => {
+                    if self.conns.contains_key(&m.conn) {
+                        self.leader_receive(m.conn, &m.bytes)?;
+                    }
+                }
+                Dir::ToFollower => {
+                    let Some(c) = self.conns.get(&m.conn) else {
+                        continue;
+                    };
+                    let f = c.follower;
+                    if self.followers[f].conn != Some(m.conn) {
+                        continue;
+                    }
+                    match LeaderMessage::decode(&m.bytes) {
+                        Ok(msg) => self.events.push_back((f, FollowerEvent::Received(msg))),
+                        Err(e) => {
+                            self.log(|| {
+                                format!("{} drops conn {}: {e}", self.followers[f].id, m.conn)
+                            });
+                            self.close_conn(m.conn, &format!("bad message: {e}"));
+                        }
+                    }
+                }
+            }
+            self.drain_events()?;
+        }
+        Ok(())
+    }
+
+    fn converged(&self) -> bool {
+        let head = self.leader.db.meta().position;
+        self.followers
+            .iter()
+            .all(|f| f.session.applied() == Some(head))
+    }
+}
+
+fn short(ev: &FollowerEvent) -> String {
+    match ev {
+        FollowerEvent::Received(LeaderMessage::Records(r)) => format!(
+            "records {}..={}",
+            r.first().map_or(0, |r| r.lsn.0),
+            r.last().map_or(0, |r| r.lsn.0)
+        ),
+        other => {
+            let s = format!("{other:?}");
+            s.chars().take(120).collect()
+        }
+    }
+}
+
+/// Runs one seed; `Err` describes the violated invariant.
+pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dir = tempfile::Builder::new().prefix("flotilla-sim-").tempdir()?;
+    let path = dir.path().join("leader.sqlite");
+    let log_dir = dir.path().join("leader-log");
+    let (mut db, log) = World::open_leader(&path, &log_dir)?;
+    let setup = TxnRequest {
+        statements: vec![
+            (
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)".into(),
+                vec![],
+            ),
+            (
+                "CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB)".into(),
+                vec![],
+            ),
+        ],
+        idempotency_key: None,
+        digest: ContentDigest(1),
+    };
+    let mut history = HashMap::new();
+    history.insert(0, digest_of(&path)?);
+    let rec = db
+        .commit_batch(&[setup], Epoch(1), &origin(), 0)?
+        .record
+        .context("setup")?;
+    log.append(&flotilla_wire::encode_record(&rec))?;
+    log.sync()?;
+    history.insert(1, digest_of(&path)?);
+    let faults = Faults {
+        drop: rng.random_range(0.0..0.05),
+        duplicate: rng.random_range(0.0..0.05),
+        bit_flip: rng.random_range(0.0..0.02),
+        max_delay_ms: rng.random_range(1..40),
+    };
+    let followers = (0..FOLLOWERS)
+        .map(|i| {
+            let id = format!("f{i}");
+            Follower {
+                path: dir.path().join(format!("{id}.sqlite")),
+                session: FollowerSession::new(follower_config(&id), None, None),
+                id,
+                db: None,
+                conn: None,
+                partitioned_until: 0,
+            }
+        })
+        .collect();
+    let mut w = World {
+        rng,
+        trace,
+        now: 0,
+        net: Network::default(),
+        faults,
+        leader: Leader {
+            path,
+            log_dir,
+            db,
+            log,
+            tracker: FollowerTracker::default(),
+            history,
+            acked: 1,
+        },
+        conns: BTreeMap::new(),
+        next_conn: 1,
+        followers,
+        events: VecDeque::new(),
+        report: Report {
+            seed,
+            ..Default::default()
+        },
+        _dir: dir,
+    };
+    w.log(|| format!("seed {seed}: faults {faults:?}"));
+    for f in 0..FOLLOWERS {
+        let cmds = w.followers[f].session.start(0);
+        for c in cmds {
+            w.execute(f, c)?;
+        }
+    }
+    w.drain_events()?;
+    let mut ops = 0u64;
+    let mut last_tick = 0;
+    // Faults for the first 40 simulated seconds, then a calm phase that must converge.
+    let calm_at = 40_000;
+    while w.now < MAX_SIM_MS {
+        w.now += w.rng.random_range(1..=3);
+        if w.now >= calm_at && w.faults.drop > 0.0 {
+            w.log(|| "faults stop".into());
+            w.faults = Faults::NONE;
+            for f in w.followers.iter_mut() {
+                f.partitioned_until = 0;
+            }
+        }
+        let faulty = w.now < calm_at;
+        if (ops as usize) < MAX_OPS && w.rng.random_bool(0.02) {
+            ops += 1;
+            w.client_op(ops)?;
+        }
+        if faulty {
+            for f in 0..FOLLOWERS {
+                if w.rng.random_bool(0.0005) {
+                    w.log(|| format!("f{f} crashes"));
+                    w.crash_follower(f)?;
+                }
+                if w.rng.random_bool(0.0003) {
+                    let until = w.now + w.rng.random_range(500..5_000);
+                    w.log(|| format!("f{f} partitioned until {until}"));
+                    w.followers[f].partitioned_until = until;
+                    if let Some(conn) = w.followers[f].conn {
+                        w.close_conn(conn, "partitioned");
+                    }
+                }
+            }
+        }
+        w.deliver()?;
+        w.ship()?;
+        if w.now - last_tick >= 100 {
+            last_tick = w.now;
+            for f in 0..FOLLOWERS {
+                w.events.push_back((f, FollowerEvent::Tick));
+            }
+        }
+        w.drain_events()?;
+        if !faulty && ops as usize >= MAX_OPS && w.converged() {
+            break;
+        }
+    }
+    if !w.converged() {
+        let states: Vec<String> = w
+            .followers
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} at {:?} ({}, {:?})",
+                    f.id,
+                    f.session.applied(),
+                    f.session.phase().as_str(),
+                    f.session.last_error()
+                )
+            })
+            .collect();
+        bail!(
+            "followers did not converge to {} within {} simulated ms: {}",
+            w.leader.db.meta().position,
+            MAX_SIM_MS,
+            states.join("; ")
+        );
+    }
+    for f in &w.followers {
+        ensure!(
+            digest_of(&f.path)? == digest_of(&w.leader.path)?,
+            "{} differs from the leader at the end",
+            f.id
+        );
+    }
+    let r = &mut w.report;
+    r.sim_ms = w.now;
+    r.messages = w.net.sent;
+    r.dropped = w.net.dropped;
+    r.duplicated = w.net.duplicated;
+    r.flipped = w.net.flipped;
+    Ok(w.report)
+}

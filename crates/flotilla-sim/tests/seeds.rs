@@ -1,0 +1,23 @@
+//! A fixed set of simulation seeds runs with the test suite; campaigns run with
+//! `cargo run --release -p flotilla-sim -- --seeds 10000`.
+
+#[test]
+fn fixed_seeds_pass() {
+    let mut failures = Vec::new();
+    for seed in 1..=24 {
+        if let Err(e) = flotilla_sim::run_seed(seed, false) {
+            failures.push(format!(
+                "seed {seed}: {e:#}\n  replay: cargo run --release -p flotilla-sim -- --replay {seed} --trace"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let a = flotilla_sim::run_seed(7, false).unwrap();
+    let b = flotilla_sim::run_seed(7, false).unwrap();
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert!(a.commits > 0 && a.applies > 0, "{a:?}");
+}

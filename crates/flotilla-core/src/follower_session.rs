@@ -349,6 +349,17 @@ impl FollowerSession {
                 }
             }
             LeaderMessage::Heartbeat { head, .. } => {
+                // A heartbeat states the last record the leader sent on this session. If that is
+                // beyond what arrived, records were lost: only a new session recovers them.
+                if self.phase == FollowerPhase::Streaming && head.lsn > self.received.lsn {
+                    return self.protocol_error(
+                        &format!(
+                            "the leader sent up to {head} but only {} arrived",
+                            self.received
+                        ),
+                        out,
+                    );
+                }
                 self.leader_head = self.leader_head.max(head);
                 if self.phase == FollowerPhase::Streaming && !self.applying {
                     out.push(self.ack());
@@ -651,6 +662,32 @@ mod tests {
         );
         assert_eq!(s.phase(), FollowerPhase::Streaming);
         assert_eq!(s.last_error(), None);
+    }
+
+    #[test]
+    fn a_heartbeat_beyond_what_arrived_means_lost_records() {
+        let mut s = session_at(3);
+        s.start(0);
+        s.handle(1, 0, FollowerEvent::Connected);
+        s.handle(2, 0, welcome(3));
+        let ok = FollowerEvent::Received(LeaderMessage::Heartbeat {
+            head: Position::new(1, 3),
+            now_ms: 0,
+        });
+        assert!(matches!(
+            &s.handle(3, 0, ok)[..],
+            [FollowerCommand::Send(FollowerMessage::Ack { .. })]
+        ));
+        let ahead = FollowerEvent::Received(LeaderMessage::Heartbeat {
+            head: Position::new(1, 5),
+            now_ms: 0,
+        });
+        assert_eq!(s.handle(4, 0, ahead), vec![FollowerCommand::Disconnect]);
+        assert!(
+            s.last_error().unwrap().contains("only 1/3 arrived"),
+            "{:?}",
+            s.last_error()
+        );
     }
 
     #[test]

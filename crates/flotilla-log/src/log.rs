@@ -251,7 +251,8 @@ impl Log {
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, LogError> {
         // Collect (file, offset) pairs under the lock; read outside it.
-        let plan: Vec<(Arc<std::fs::File>, u64, PathBuf)> = {
+        // (file, offset, frame length, path)
+        let plan: Vec<(Arc<std::fs::File>, u64, u64, PathBuf)> = {
             let st = self.lock();
             let first = st.first_lsn();
             if from < first {
@@ -265,18 +266,29 @@ impl Log {
             while lsn <= st.durable_lsn && plan.len() < max_records {
                 let idx = st.segments.partition_point(|s| s.first_lsn <= lsn) - 1;
                 let seg = &st.segments[idx];
-                let Some(&offset) = seg.offsets.get((lsn - seg.first_lsn) as usize) else {
+                let i = (lsn - seg.first_lsn) as usize;
+                let Some(&offset) = seg.offsets.get(i) else {
                     break;
                 };
-                plan.push((seg.file.clone(), offset, seg.path.clone()));
+                let end = seg.offsets.get(i + 1).copied().unwrap_or(seg.end);
+                plan.push((seg.file.clone(), offset, end - offset, seg.path.clone()));
                 lsn += 1;
             }
             plan
         };
         let mut out = Vec::with_capacity(plan.len());
         let mut bytes = 0usize;
-        for (file, offset, path) in plan {
-            let rec = Segment::read_frame(&file, offset).map_err(|e| LogError::io(&path, e))?;
+        for (file, offset, frame_len, path) in plan {
+            let frame = Segment::read_frame(&file, offset, frame_len)
+                .map_err(|e| LogError::io(&path, e))?;
+            // Damage at rest (after the log was opened) is caught here, before it is shipped.
+            let Some(rec) = frame.filter(|r| crate::segment::frame_crc_ok(r)) else {
+                return Err(LogError::Corrupt {
+                    path,
+                    offset,
+                    detail: "record damaged at rest (length or checksum mismatch)".into(),
+                });
+            };
             bytes += rec.len();
             out.push(rec);
             if bytes >= max_bytes {
@@ -431,6 +443,33 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("corrupt segment accepted"),
         }
+    }
+
+    #[test]
+    fn damage_at_rest_is_caught_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+        for lsn in 1..=3 {
+            log.append(&rec(lsn, 1)).unwrap();
+        }
+        log.sync().unwrap();
+        let path = crate::segment::segment_path(dir.path(), 1);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // A byte inside record 2's page image.
+        let offset = crate::segment::HEADER_LEN + (4 + rec(1, 1).len() as u64) + 300;
+        f.write_all_at(&[0xee], offset).unwrap();
+        assert_eq!(log.read(1, 1, usize::MAX).unwrap(), vec![rec(1, 1)]);
+        assert!(matches!(
+            log.read(2, 1, usize::MAX),
+            Err(LogError::Corrupt { .. })
+        ));
+        // A damaged length prefix is caught too, without trusting it.
+        let len_at = crate::segment::HEADER_LEN + 2 * (4 + rec(1, 1).len() as u64);
+        f.write_all_at(&[0xff, 0xff, 0xff, 0x3f], len_at).unwrap();
+        assert!(matches!(
+            log.read(3, 1, usize::MAX),
+            Err(LogError::Corrupt { .. })
+        ));
     }
 
     #[test]

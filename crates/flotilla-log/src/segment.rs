@@ -177,19 +177,32 @@ impl Segment {
         Ok(4 + rec_len as u64)
     }
 
-    /// Reads the frame at index `i` (no checksum check: frames were checked when opened or
-    /// written, and followers check each record's CRC again when decoding).
-    pub fn read_frame(file: &File, offset: u64) -> std::io::Result<Vec<u8>> {
-        let mut len_bytes = [0u8; 4];
-        file.read_exact_at(&mut len_bytes, offset)?;
-        let len = u32::from_le_bytes(len_bytes);
-        if len > MAX_RECORD_LEN {
-            return Err(std::io::Error::other(format!("record length {len}")));
+    /// Reads the frame at `offset`, whose extent the index knows: `frame_len` bytes including
+    /// its length prefix. A length prefix that disagrees (damage at rest) is reported as `None`,
+    /// never used to size an allocation.
+    pub fn read_frame(
+        file: &File,
+        offset: u64,
+        frame_len: u64,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; frame_len as usize];
+        file.read_exact_at(&mut buf, offset)?;
+        let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+        if u64::from(len) + 4 != frame_len || len > MAX_RECORD_LEN {
+            return Ok(None);
         }
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, offset + 4)?;
-        Ok(buf)
+        buf.drain(..4);
+        Ok(Some(buf))
     }
+}
+
+/// Whether an encoded record's trailing CRC32 matches its body.
+pub(crate) fn frame_crc_ok(encoded: &[u8]) -> bool {
+    if encoded.len() < 4 {
+        return false;
+    }
+    let (body, crc) = encoded.split_at(encoded.len() - 4);
+    crc32fast::hash(body) == u32::from_le_bytes(crc.try_into().expect("4 bytes"))
 }
 
 pub(crate) fn record_lsn(encoded: &[u8]) -> u64 {

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 totals.leader_crashes += r.leader_crashes;
                 totals.bootstraps += r.bootstraps;
                 totals.applies += r.applies;
+                totals.log_damage += r.log_damage;
                 totals.sim_ms += r.sim_ms;
             }
             Err(e) => {
@@ -55,9 +56,9 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{} commits, {} applies, {} messages ({} dropped, {} duplicated, {} bit-flipped), {} follower crashes, {} leader crashes, {} bootstraps, {:.0} simulated s",
+        "{} commits, {} applies, {} messages ({} dropped, {} duplicated, {} bit-flipped), {} follower crashes, {} leader crashes, {} log records damaged at rest, {} bootstraps, {:.0} simulated s",
         totals.commits, totals.applies, totals.messages, totals.dropped, totals.duplicated, totals.flipped,
-        totals.follower_crashes, totals.leader_crashes, totals.bootstraps, totals.sim_ms as f64 / 1000.0
+        totals.follower_crashes, totals.leader_crashes, totals.log_damage, totals.bootstraps, totals.sim_ms as f64 / 1000.0
     );
     println!("{passed} passed, {failed} failed");
     if failed == 0 {

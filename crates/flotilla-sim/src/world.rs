@@ -7,7 +7,7 @@ use flotilla_core::{
 use flotilla_log::{Log, LogConfig};
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::{open_reader, page_digest, DbSettings, FollowerDb, LeaderDb, TxnRequest};
-use flotilla_types::{ContentDigest, Epoch, LogKind, Lsn, NodeId};
+use flotilla_types::{ContentDigest, Epoch, LogKind, Lsn, NodeId, Position};
 use flotilla_wire::{FollowerMessage, LeaderMessage, RefusalCode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -34,6 +34,7 @@ pub struct Report {
     pub leader_crashes: u64,
     pub bootstraps: u64,
     pub applies: u64,
+    pub log_damage: u64,
 }
 
 struct Leader {
@@ -46,6 +47,8 @@ struct Leader {
     history: HashMap<u64, (u32, u64)>,
     /// Highest LSN acknowledged to a client (appended and synced).
     acked: u64,
+    /// After damage at rest the log may not reopen (by design); the leader is not crashed again.
+    damaged: bool,
 }
 
 struct LeaderConn {
@@ -114,8 +117,14 @@ impl World {
             db.meta().position.lsn.0,
         )?;
         let last = log.stats().last_lsn;
-        for r in db.uncaptured(Lsn(last), &origin())? {
-            log.append(&flotilla_wire::encode_record(&r))?;
+        // As the node does: a log that cannot be completed restarts after the database.
+        match db.uncaptured(Lsn(last), &origin()) {
+            Ok(recs) => {
+                for r in recs {
+                    log.append(&flotilla_wire::encode_record(&r))?;
+                }
+            }
+            Err(_) => log.reset(db.meta().position.lsn.0)?,
         }
         log.sync()?;
         Ok((db, log))
@@ -182,7 +191,7 @@ impl World {
             .history
             .insert(rec.lsn.0, digest_of(&self.leader.path)?);
         self.report.commits += 1;
-        if self.rng.random_bool(0.01) {
+        if !self.leader.damaged && self.rng.random_bool(0.01) {
             self.log(|| {
                 format!(
                     "leader crashes after committing {} in SQLite, before the log append",
@@ -366,12 +375,18 @@ impl World {
             if next <= head {
                 let recs = match self.leader.log.read(next, 4, 1 << 20) {
                     Ok(r) => r,
-                    Err(flotilla_log::LogError::Trimmed { .. }) => {
+                    Err(
+                        e @ (flotilla_log::LogError::Trimmed { .. }
+                        | flotilla_log::LogError::Corrupt { .. }),
+                    ) => {
                         let m = LeaderMessage::Refuse {
                             code: RefusalCode::NeedSnapshot,
-                            message: "trimmed".into(),
+                            message: e.to_string(),
                         };
                         self.send_to_follower(conn, m.encode());
+                        self.conns.get_mut(&conn).expect("open").next = None;
+                        let at = self.now + self.faults.max_delay_ms + 2;
+                        self.conns.get_mut(&conn).expect("open").closing_at = Some(at);
                         continue;
                     }
                     Err(e) => return Err(e.into()),
@@ -384,7 +399,10 @@ impl World {
                 c.last_sent_ms = self.now;
             } else if self.now - c.last_sent_ms >= HEARTBEAT_MS {
                 let m = LeaderMessage::Heartbeat {
-                    head: head_pos,
+                    head: Position {
+                        epoch: head_pos.epoch,
+                        lsn: Lsn(next - 1),
+                    },
                     now_ms: self.now,
                 };
                 self.send_to_follower(conn, m.encode());
@@ -581,6 +599,33 @@ impl World {
         Ok(())
     }
 
+    /// Flips one byte of a random record in the oldest log segment (damage at rest): a follower
+    /// that needs that record must bootstrap instead.
+    fn damage_log_at_rest(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let seg = &self.leader.log.segments()[0];
+        if seg.bytes < 1024 {
+            return Ok(());
+        }
+        let offset = self.rng.random_range(64..seg.bytes);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg.path)?;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, offset)?;
+        f.write_all_at(&[b[0] ^ 0x40], offset)?;
+        self.leader.damaged = true;
+        self.report.log_damage += 1;
+        self.log(|| {
+            format!(
+                "log byte {offset} of {} damaged at rest",
+                seg.path.display()
+            )
+        });
+        Ok(())
+    }
+
     fn converged(&self) -> bool {
         let head = self.leader.db.meta().position;
         self.followers
@@ -666,6 +711,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             tracker: FollowerTracker::default(),
             history,
             acked: 1,
+            damaged: false,
         },
         conns: BTreeMap::new(),
         next_conn: 1,
@@ -702,6 +748,9 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         if (ops as usize) < MAX_OPS && w.rng.random_bool(0.02) {
             ops += 1;
             w.client_op(ops)?;
+        }
+        if faulty && !w.leader.damaged && w.rng.random_bool(0.00005) {
+            w.damage_log_at_rest()?;
         }
         if faulty {
             for f in 0..FOLLOWERS {

@@ -96,7 +96,8 @@ pub enum LeaderMessage {
         head: Position,
     },
     Records(Vec<LogRecord>),
-    /// Sent when idle so the follower knows the leader's head (for lag) and that it is alive.
+    /// Sent when idle: the last record sent on this session (the follower checks that nothing
+    /// was lost) and a sign of life.
     Heartbeat {
         head: Position,
         now_ms: u64,

@@ -11,7 +11,7 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
 use flotilla_log::LogError;
-use flotilla_types::Lsn;
+use flotilla_types::{Lsn, Position};
 use flotilla_wire::{FollowerMessage, LeaderMessage, RefusalCode};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -191,12 +191,15 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
             while next <= head.lsn {
                 let batch = match fetch(&node, next.0).await {
                     Ok(b) => b,
-                    Err(LogError::Trimmed { first, .. }) => {
+                    Err(e @ (LogError::Trimmed { .. } | LogError::Corrupt { .. })) => {
+                        if matches!(e, LogError::Corrupt { .. }) {
+                            tracing::error!(
+                                "replication log damaged: {e}; followers that need it bootstrap"
+                            );
+                        }
                         let msg = LeaderMessage::Refuse {
                             code: RefusalCode::NeedSnapshot,
-                            message: format!(
-                                "record {next} is no longer in the log (oldest: {first})"
-                            ),
+                            message: format!("record {next} cannot be shipped: {e}"),
                         };
                         let _ = sink.send(Message::Binary(Bytes::from(msg.encode()))).await;
                         return Err("follower fell behind the retained log".into());
@@ -221,10 +224,10 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let msg = LeaderMessage::Heartbeat {
-                        head: head_rx.borrow().position,
-                        now_ms: wall_ms(),
-                    };
+                    // The last record sent on this session (the follower checks nothing was lost).
+                    let head = head_rx.borrow().position;
+                    let sent = Position { epoch: head.epoch, lsn: Lsn(head.lsn.0.min(next.0 - 1)) };
+                    let msg = LeaderMessage::Heartbeat { head: sent, now_ms: wall_ms() };
                     sink.send(Message::Binary(Bytes::from(msg.encode())))
                         .await
                         .map_err(|e| e.to_string())?;

@@ -37,7 +37,6 @@ fn main() -> ExitCode {
                 totals.commits += r.commits;
                 totals.messages += r.messages;
                 totals.dropped += r.dropped;
-                totals.duplicated += r.duplicated;
                 totals.flipped += r.flipped;
                 totals.follower_crashes += r.follower_crashes;
                 totals.leader_crashes += r.leader_crashes;
@@ -56,8 +55,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{} commits, {} applies, {} messages ({} dropped, {} duplicated, {} bit-flipped), {} follower crashes, {} leader crashes, {} log records damaged at rest, {} bootstraps, {:.0} simulated s",
-        totals.commits, totals.applies, totals.messages, totals.dropped, totals.duplicated, totals.flipped,
+        "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped), {} follower crashes, {} leader crashes, {} log records damaged at rest, {} bootstraps, {:.0} simulated s",
+        totals.commits, totals.applies, totals.messages, totals.dropped, totals.flipped,
         totals.follower_crashes, totals.leader_crashes, totals.log_damage, totals.bootstraps, totals.sim_ms as f64 / 1000.0
     );
     println!("{passed} passed, {failed} failed");

@@ -21,8 +21,8 @@ pub struct InFlight {
 
 #[derive(Debug, Clone, Copy)]
 pub struct Faults {
+    /// Probability that sending a message breaks its connection.
     pub drop: f64,
-    pub duplicate: f64,
     pub bit_flip: f64,
     pub max_delay_ms: u64,
 }
@@ -30,23 +30,35 @@ pub struct Faults {
 impl Faults {
     pub const NONE: Faults = Faults {
         drop: 0.0,
-        duplicate: 0.0,
         bit_flip: 0.0,
         max_delay_ms: 1,
     };
 }
 
+/// Connections behave like TCP (WebSocket): messages on one connection arrive in order, or the
+/// connection breaks. So "loss" breaks the connection (both ends see it close), delays vary but
+/// never reorder within a connection, and duplicates and reordering reach the protocol only the
+/// way they do in production: as records sent again on a new session after a reconnect.
+/// Bit flips model corruption that TCP's weak checksum lets through.
 #[derive(Default)]
 pub struct Network {
     pub in_flight: Vec<InFlight>,
+    /// Delivery time of the last message per (connection, direction): FIFO order.
+    last_at: std::collections::HashMap<(u64, bool), u64>,
     pub sent: u64,
     pub dropped: u64,
-    pub duplicated: u64,
     pub flipped: u64,
 }
 
+/// What happened to a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The connection broke: the caller closes it on both ends.
+    ConnectionBroke,
+}
+
 impl Network {
-    /// Queues `bytes`; faults decide whether, when and how (often, intact) it arrives.
     pub fn send(
         &mut self,
         rng: &mut ChaCha8Rng,
@@ -55,33 +67,29 @@ impl Network {
         conn: u64,
         dir: Dir,
         bytes: Vec<u8>,
-    ) {
+    ) -> Sent {
         self.sent += 1;
         if rng.random_bool(faults.drop) {
             self.dropped += 1;
-            return;
+            return Sent::ConnectionBroke;
         }
-        let copies = if rng.random_bool(faults.duplicate) {
-            self.duplicated += 1;
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut b = bytes.clone();
-            if !b.is_empty() && rng.random_bool(faults.bit_flip) {
-                let i = rng.random_range(0..b.len());
-                b[i] ^= 1 << rng.random_range(0..8);
-                self.flipped += 1;
-            }
-            let delay = rng.random_range(0..=faults.max_delay_ms.max(1));
-            self.in_flight.push(InFlight {
-                deliver_at_ms: now_ms + delay,
-                conn,
-                dir,
-                bytes: b,
-            });
+        let mut b = bytes;
+        if !b.is_empty() && rng.random_bool(faults.bit_flip) {
+            let i = rng.random_range(0..b.len());
+            b[i] ^= 1 << rng.random_range(0..8);
+            self.flipped += 1;
         }
+        let key = (conn, dir == Dir::ToLeader);
+        let delay = rng.random_range(0..=faults.max_delay_ms.max(1));
+        let at = (now_ms + delay).max(self.last_at.get(&key).copied().unwrap_or(0));
+        self.last_at.insert(key, at);
+        self.in_flight.push(InFlight {
+            deliver_at_ms: at,
+            conn,
+            dir,
+            bytes: b,
+        });
+        Sent::Queued
     }
 
     /// Messages due at `now_ms`, in delivery order (ties in send order).
@@ -91,6 +99,7 @@ impl Network {
             .drain(..)
             .partition(|m| m.deliver_at_ms <= now_ms);
         self.in_flight = rest;
+        // Stable: equal times keep send order (FIFO per connection).
         due.sort_by_key(|m| m.deliver_at_ms);
         due
     }
@@ -98,5 +107,6 @@ impl Network {
     /// Drops everything in flight on a connection (it was closed).
     pub fn close(&mut self, conn: u64) {
         self.in_flight.retain(|m| m.conn != conn);
+        self.last_at.retain(|k, _| k.0 != conn);
     }
 }

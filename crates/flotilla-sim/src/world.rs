@@ -1,4 +1,4 @@
-use crate::network::{Dir, Faults, Network};
+use crate::network::{Dir, Faults, Network, Sent};
 use anyhow::{bail, ensure, Context};
 use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
 use flotilla_core::{
@@ -28,7 +28,6 @@ pub struct Report {
     pub sim_ms: u64,
     pub messages: u64,
     pub dropped: u64,
-    pub duplicated: u64,
     pub flipped: u64,
     pub follower_crashes: u64,
     pub leader_crashes: u64,
@@ -255,9 +254,19 @@ impl World {
     }
 
     fn send_to_follower(&mut self, conn: u64, msg: Vec<u8>) {
+        self.send(conn, Dir::ToFollower, msg);
+    }
+
+    fn send(&mut self, conn: u64, dir: Dir, msg: Vec<u8>) {
         let faults = self.faults;
-        self.net
-            .send(&mut self.rng, faults, self.now, conn, Dir::ToFollower, msg);
+        if self
+            .net
+            .send(&mut self.rng, faults, self.now, conn, dir, msg)
+            == Sent::ConnectionBroke
+        {
+            self.log(|| format!("conn {conn} breaks"));
+            self.close_conn(conn, "the connection broke");
+        }
     }
 
     fn leader_receive(&mut self, conn: u64, bytes: &[u8]) -> anyhow::Result<()> {
@@ -296,9 +305,20 @@ impl World {
                 };
                 let mut decision = decide(&view, &claim);
                 if let Decision::CheckLink { lsn } = decision {
-                    let recs = self.leader.log.read(lsn.0, 1, 1)?;
-                    let r = flotilla_wire::decode_record(&recs[0])?;
-                    decision = check_link(&claim, r.chain, r.links_to(claim.chain));
+                    // As the node does: a record that cannot be read means a snapshot.
+                    let next = self
+                        .leader
+                        .log
+                        .read(lsn.0, 1, 1)
+                        .ok()
+                        .and_then(|recs| flotilla_wire::decode_record(recs.first()?).ok());
+                    decision = match next {
+                        Some(r) => check_link(&claim, r.chain, r.links_to(claim.chain)),
+                        None => Decision::Refuse {
+                            code: RefusalCode::NeedSnapshot,
+                            message: format!("record {lsn} cannot be read"),
+                        },
+                    };
                 }
                 match decision {
                     Decision::Accept { start_after } => {
@@ -316,7 +336,10 @@ impl World {
                             head: meta.position,
                         };
                         self.send_to_follower(conn, w.encode());
-                        let c = self.conns.get_mut(&conn).expect("open");
+                        // The send may have broken the connection.
+                        let Some(c) = self.conns.get_mut(&conn) else {
+                            return Ok(());
+                        };
                         c.next = Some(start_after.0 + 1);
                         c.last_sent_ms = self.now;
                         let id = self.followers[f].id.clone();
@@ -337,7 +360,9 @@ impl World {
                             LeaderMessage::Refuse { code, message }.encode(),
                         );
                         let at = self.now + self.faults.max_delay_ms + 2;
-                        self.conns.get_mut(&conn).expect("open").closing_at = Some(at);
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.closing_at = Some(at);
+                        }
                     }
                     Decision::CheckLink { .. } => unreachable!("resolved"),
                 }
@@ -384,9 +409,11 @@ impl World {
                             message: e.to_string(),
                         };
                         self.send_to_follower(conn, m.encode());
-                        self.conns.get_mut(&conn).expect("open").next = None;
                         let at = self.now + self.faults.max_delay_ms + 2;
-                        self.conns.get_mut(&conn).expect("open").closing_at = Some(at);
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.next = None;
+                            c.closing_at = Some(at);
+                        }
                         continue;
                     }
                     Err(e) => return Err(e.into()),
@@ -394,9 +421,10 @@ impl World {
                 let n = recs.len() as u64;
                 let msg = LeaderMessage::encode_records(&recs);
                 self.send_to_follower(conn, msg);
-                let c = self.conns.get_mut(&conn).expect("open");
-                c.next = Some(next + n);
-                c.last_sent_ms = self.now;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.next = Some(next + n);
+                    c.last_sent_ms = self.now;
+                }
             } else if self.now - c.last_sent_ms >= HEARTBEAT_MS {
                 let m = LeaderMessage::Heartbeat {
                     head: Position {
@@ -406,7 +434,9 @@ impl World {
                     now_ms: self.now,
                 };
                 self.send_to_follower(conn, m.encode());
-                self.conns.get_mut(&conn).expect("open").last_sent_ms = self.now;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.last_sent_ms = self.now;
+                }
             }
         }
         Ok(())
@@ -440,15 +470,7 @@ impl World {
             }
             FollowerCommand::Send(msg) => {
                 if let Some(conn) = self.followers[f].conn {
-                    let faults = self.faults;
-                    self.net.send(
-                        &mut self.rng,
-                        faults,
-                        self.now,
-                        conn,
-                        Dir::ToLeader,
-                        msg.encode(),
-                    );
+                    self.send(conn, Dir::ToLeader, msg.encode());
                 }
             }
             FollowerCommand::Disconnect => {
@@ -680,7 +702,6 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
     history.insert(1, digest_of(&path)?);
     let faults = Faults {
         drop: rng.random_range(0.0..0.05),
-        duplicate: rng.random_range(0.0..0.05),
         bit_flip: rng.random_range(0.0..0.02),
         max_delay_ms: rng.random_range(1..40),
     };
@@ -813,7 +834,6 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
     r.sim_ms = w.now;
     r.messages = w.net.sent;
     r.dropped = w.net.dropped;
-    r.duplicated = w.net.duplicated;
     r.flipped = w.net.flipped;
     Ok(w.report)
 }

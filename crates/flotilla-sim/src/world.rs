@@ -80,6 +80,10 @@ struct World {
     followers: Vec<Follower>,
     events: VecDeque<(usize, FollowerEvent)>,
     report: Report,
+    /// Connections of crashed nodes: abandoned without closing (as `kill -9` would leave them,
+    /// SQLite gets no chance to checkpoint or clean up), released when the seed ends so that a
+    /// campaign does not run out of file descriptors.
+    graveyard: Vec<Box<dyn std::any::Any>>,
     _dir: tempfile::TempDir,
 }
 
@@ -213,7 +217,7 @@ impl World {
         let (db, log) = Self::open_leader(&self.leader.path, &self.leader.log_dir)?;
         let old_db = std::mem::replace(&mut self.leader.db, db);
         let old_log = std::mem::replace(&mut self.leader.log, log);
-        std::mem::forget(old_db);
+        self.graveyard.push(Box::new(old_db));
         drop(old_log);
         let head = self.leader.db.meta().position.lsn.0;
         ensure!(
@@ -557,7 +561,7 @@ impl World {
         self.events.retain(|(g, _)| *g != f);
         let fl = &mut self.followers[f];
         if let Some(db) = fl.db.take() {
-            std::mem::forget(db);
+            self.graveyard.push(Box::new(db));
         }
         let db = FollowerDb::open(&fl.path, &DbSettings::default())?;
         let local = db.as_ref().map(|d| (d.meta().position, d.meta().chain));
@@ -742,6 +746,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             seed,
             ..Default::default()
         },
+        graveyard: Vec::new(),
         _dir: dir,
     };
     w.log(|| format!("seed {seed}: faults {faults:?}"));

@@ -20,10 +20,17 @@ struct Args {
     replay: Option<u64>,
     #[arg(long)]
     trace: bool,
+    /// Switch on a deliberate bug (skip-checksum, apply-out-of-order): the campaign must fail.
+    #[arg(long)]
+    inject_bug: Option<String>,
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    if let Err(e) = flotilla_sim::inject_bug(a.inject_bug.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let seeds: Vec<u64> = match a.replay {
         Some(s) => vec![s],
         None => (a.start..a.start + a.seeds).collect(),

@@ -68,6 +68,16 @@ impl FollowerDb {
         // A physical replica never changes its page size (the leader's is fixed at creation).
         let page_size = self.page_size;
         let mut pages: BTreeMap<u32, &[u8]> = BTreeMap::new();
+        #[cfg(feature = "sim-bugs")]
+        let reversed: Vec<&LogRecord> = if crate::injected_bugs::APPLY_OUT_OF_ORDER
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            records.iter().rev().collect()
+        } else {
+            records.iter().collect()
+        };
+        #[cfg(feature = "sim-bugs")]
+        let records = reversed;
         for r in records {
             if r.pages.page_size != page_size {
                 return Err(StoreError::Apply(format!(

@@ -10,6 +10,8 @@
 
 mod error;
 mod follower_db;
+#[cfg(feature = "sim-bugs")]
+pub mod injected_bugs;
 mod leader_db;
 mod meta;
 mod open;

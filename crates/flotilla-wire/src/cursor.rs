@@ -142,6 +142,10 @@ pub(crate) fn unseal<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a [u8]
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
     let computed = crc32fast::hash(body);
+    #[cfg(feature = "sim-bugs")]
+    if crate::injected_bugs::SKIP_CHECKSUM.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(body);
+    }
     if stored != computed {
         return Err(DecodeError::Checksum {
             what,

@@ -5,6 +5,8 @@
 
 mod cursor;
 mod error;
+#[cfg(feature = "sim-bugs")]
+pub mod injected_bugs;
 mod message;
 mod record;
 mod snapshot;

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
                 totals.bootstraps += r.bootstraps;
                 totals.applies += r.applies;
                 totals.log_damage += r.log_damage;
+                totals.blackholed += r.blackholed;
                 totals.sim_ms += r.sim_ms;
             }
             Err(e) => {
@@ -62,8 +63,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped), {} follower crashes, {} leader crashes, {} log records damaged at rest, {} bootstraps, {:.0} simulated s",
-        totals.commits, totals.applies, totals.messages, totals.dropped, totals.flipped,
+        "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped, {} lost in one-way partitions), {} follower crashes, {} leader crashes, {} log records damaged at rest, {} bootstraps, {:.0} simulated s",
+        totals.commits, totals.applies, totals.messages, totals.dropped, totals.flipped, totals.blackholed,
         totals.follower_crashes, totals.leader_crashes, totals.log_damage, totals.bootstraps, totals.sim_ms as f64 / 1000.0
     );
     println!("{passed} passed, {failed} failed");

@@ -34,6 +34,8 @@ pub struct Report {
     pub bootstraps: u64,
     pub applies: u64,
     pub log_damage: u64,
+    /// Messages lost in one-way partitions.
+    pub blackholed: u64,
 }
 
 struct Leader {
@@ -66,6 +68,9 @@ struct Follower {
     db: Option<FollowerDb>,
     conn: Option<u64>,
     partitioned_until: u64,
+    /// One-way partition: until then, messages from the leader to this follower vanish (the
+    /// connection stalls; nothing tells either side), and new connections cannot complete.
+    deaf_until: u64,
 }
 
 struct World {
@@ -262,6 +267,13 @@ impl World {
     }
 
     fn send(&mut self, conn: u64, dir: Dir, msg: Vec<u8>) {
+        if dir == Dir::ToFollower {
+            let f = self.conns.get(&conn).map(|c| c.follower);
+            if f.is_some_and(|f| self.now < self.followers[f].deaf_until) {
+                self.report.blackholed += 1;
+                return;
+            }
+        }
         let faults = self.faults;
         if self
             .net
@@ -449,7 +461,8 @@ impl World {
     fn execute(&mut self, f: usize, cmd: FollowerCommand) -> anyhow::Result<()> {
         match cmd {
             FollowerCommand::Connect => {
-                if self.now < self.followers[f].partitioned_until {
+                let fl = &self.followers[f];
+                if self.now < fl.partitioned_until.max(fl.deaf_until) {
                     self.events.push_back((
                         f,
                         FollowerEvent::ConnectionLost {
@@ -514,7 +527,11 @@ impl World {
                 }
             }
             FollowerCommand::Bootstrap => {
-                if self.now < self.followers[f].partitioned_until {
+                if self.now
+                    < self.followers[f]
+                        .partitioned_until
+                        .max(self.followers[f].deaf_until)
+                {
                     self.events.push_back((
                         f,
                         FollowerEvent::BootstrapFailed {
@@ -719,6 +736,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
                 db: None,
                 conn: None,
                 partitioned_until: 0,
+                deaf_until: 0,
             }
         })
         .collect();
@@ -768,6 +786,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             w.faults = Faults::NONE;
             for f in w.followers.iter_mut() {
                 f.partitioned_until = 0;
+                f.deaf_until = 0;
             }
         }
         let faulty = w.now < calm_at;
@@ -791,6 +810,11 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
                     if let Some(conn) = w.followers[f].conn {
                         w.close_conn(conn, "partitioned");
                     }
+                }
+                if w.rng.random_bool(0.0002) {
+                    let until = w.now + w.rng.random_range(1_000..15_000);
+                    w.log(|| format!("f{f} cannot hear the leader until {until}"));
+                    w.followers[f].deaf_until = until;
                 }
             }
         }

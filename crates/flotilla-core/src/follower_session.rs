@@ -349,6 +349,11 @@ impl FollowerSession {
                 }
             }
             LeaderMessage::Heartbeat { head, .. } => {
+                // The leader welcomes before anything else: a heartbeat first means the welcome
+                // was lost, and heartbeats alone would keep the session alive forever.
+                if self.phase == FollowerPhase::Handshaking {
+                    return self.protocol_error("heartbeat before welcome", out);
+                }
                 // A heartbeat states the last record the leader sent on this session. If that is
                 // beyond what arrived, records were lost: only a new session recovers them.
                 if self.phase == FollowerPhase::Streaming && head.lsn > self.received.lsn {
@@ -688,6 +693,20 @@ mod tests {
             "{:?}",
             s.last_error()
         );
+    }
+
+    #[test]
+    fn a_heartbeat_before_welcome_means_the_welcome_was_lost() {
+        let mut s = session_at(3);
+        s.start(0);
+        s.handle(1, 0, FollowerEvent::Connected);
+        let hb = FollowerEvent::Received(LeaderMessage::Heartbeat {
+            head: Position::new(1, 9),
+            now_ms: 0,
+        });
+        assert_eq!(s.handle(2, 0, hb), vec![FollowerCommand::Disconnect]);
+        assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+        assert!(s.last_error().unwrap().contains("heartbeat before welcome"));
     }
 
     #[test]

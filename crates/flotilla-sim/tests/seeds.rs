@@ -14,6 +14,18 @@ fn fixed_seeds_pass() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Seeds that once failed, kept as regressions (what each found is in docs/testing.md).
+const BUGBASE: &[u64] = &[3325];
+
+#[test]
+fn bugbase_seeds_pass() {
+    for &seed in BUGBASE {
+        if let Err(e) = flotilla_sim::run_seed(seed, false) {
+            panic!("seed {seed}: {e:#}\n  replay: cargo run --release -p flotilla-sim -- --replay {seed} --trace");
+        }
+    }
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let a = flotilla_sim::run_seed(7, false).unwrap();

@@ -1,6 +1,6 @@
 //! The leader's decision when a follower says which state it holds.
 
-use flotilla_types::{Chain, Epoch, Lsn, Position};
+use flotilla_types::{Chain, Epoch, LogRecord, Lsn, Position};
 use flotilla_wire::RefusalCode;
 
 /// What the leader knows when deciding.
@@ -91,21 +91,25 @@ pub fn decide(view: &LeaderView, claim: &FollowerClaim) -> Decision {
     Decision::CheckLink { lsn: lsn.next() }
 }
 
-/// Completes [`Decision::CheckLink`] given the header of record `lsn + 1`.
-pub fn check_link(claim: &FollowerClaim, next_chain: Chain, links: bool) -> Decision {
-    if links {
-        Decision::Accept {
+/// Completes [`Decision::CheckLink`] with record `lsn` as read from the log; `None` when it
+/// cannot be read (trimmed meanwhile, or damaged): the follower then needs a snapshot.
+pub fn check_link(claim: &FollowerClaim, lsn: Lsn, next: Option<&LogRecord>) -> Decision {
+    match next {
+        None => Decision::Refuse {
+            code: RefusalCode::NeedSnapshot,
+            message: format!("record {lsn} cannot be read from the leader's log"),
+        },
+        Some(r) if r.links_to(claim.chain) => Decision::Accept {
             start_after: claim.position.lsn,
-        }
-    } else {
-        Decision::Refuse {
+        },
+        Some(r) => Decision::Refuse {
             code: RefusalCode::Diverged,
             message: format!(
                 "the follower's history at {} is not the leader's (its checksum chain {} does not \
-                 lead to the leader's next record, chain {next_chain})",
-                claim.position, claim.chain
+                 lead to the leader's next record, chain {})",
+                claim.position, claim.chain, r.chain
             ),
-        }
+        },
     }
 }
 
@@ -171,13 +175,34 @@ mod tests {
             Decision::CheckLink { lsn: Lsn(50) }
         );
         let c = claim(Some("c1"), 60, 1);
+        let next = |chain: Chain| LogRecord {
+            epoch: Epoch(1),
+            lsn: Lsn(61),
+            chain,
+            digest: flotilla_types::ContentDigest(5),
+            commit_time_us: 0,
+            origin: flotilla_types::NodeId::new("l").unwrap(),
+            pages: flotilla_types::PagePayload {
+                page_size: 512,
+                db_size_pages: 1,
+                pages: vec![],
+            },
+        };
+        let linked = Chain(1).next(Epoch(1), Lsn(61), flotilla_types::ContentDigest(5));
         assert_eq!(
-            check_link(&c, Chain(2), true),
+            check_link(&c, Lsn(61), Some(&next(linked))),
             Decision::Accept {
                 start_after: Lsn(60)
             }
         );
-        assert_eq!(code(check_link(&c, Chain(2), false)), RefusalCode::Diverged);
+        assert_eq!(
+            code(check_link(&c, Lsn(61), Some(&next(Chain(2))))),
+            RefusalCode::Diverged
+        );
+        assert_eq!(
+            code(check_link(&c, Lsn(61), None)),
+            RefusalCode::NeedSnapshot
+        );
     }
 
     #[test]

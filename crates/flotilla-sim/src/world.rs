@@ -328,13 +328,7 @@ impl World {
                         .read(lsn.0, 1, 1)
                         .ok()
                         .and_then(|recs| flotilla_wire::decode_record(recs.first()?).ok());
-                    decision = match next {
-                        Some(r) => check_link(&claim, r.chain, r.links_to(claim.chain)),
-                        None => Decision::Refuse {
-                            code: RefusalCode::NeedSnapshot,
-                            message: format!("record {lsn} cannot be read"),
-                        },
-                    };
+                    decision = check_link(&claim, lsn, next.as_ref());
                 }
                 match decision {
                     Decision::Accept { start_after } => {

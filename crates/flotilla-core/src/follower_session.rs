@@ -504,6 +504,16 @@ mod tests {
         )
     }
 
+    /// A session at `lsn` that has connected and been welcomed (times 0..=2 used).
+    fn streaming_at(lsn: u64) -> FollowerSession {
+        let mut s = session_at(lsn);
+        s.start(0);
+        s.handle(1, 0, FollowerEvent::Connected);
+        s.handle(2, 0, welcome(lsn));
+        assert_eq!(s.phase(), FollowerPhase::Streaming);
+        s
+    }
+
     fn welcome(after: u64) -> FollowerEvent {
         FollowerEvent::Received(LeaderMessage::Welcome {
             cluster_id: "c".into(),
@@ -577,10 +587,7 @@ mod tests {
 
     #[test]
     fn a_gap_in_records_is_a_protocol_error_and_reconnects_later() {
-        let mut s = session_at(3);
-        s.start(0);
-        s.handle(1, 0, FollowerEvent::Connected);
-        s.handle(2, 0, welcome(3));
+        let mut s = streaming_at(3);
         let cmds = s.handle(
             3,
             1000,
@@ -630,10 +637,7 @@ mod tests {
 
     #[test]
     fn disk_full_pauses_and_retries_the_same_batch() {
-        let mut s = session_at(3);
-        s.start(0);
-        s.handle(1, 0, FollowerEvent::Connected);
-        s.handle(2, 0, welcome(3));
+        let mut s = streaming_at(3);
         let r4 = rec(4, Chain(3));
         s.handle(
             3,
@@ -671,10 +675,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_beyond_what_arrived_means_lost_records() {
-        let mut s = session_at(3);
-        s.start(0);
-        s.handle(1, 0, FollowerEvent::Connected);
-        s.handle(2, 0, welcome(3));
+        let mut s = streaming_at(3);
         let ok = FollowerEvent::Received(LeaderMessage::Heartbeat {
             head: Position::new(1, 3),
             now_ms: 0,
@@ -711,10 +712,7 @@ mod tests {
 
     #[test]
     fn a_silent_leader_is_dropped() {
-        let mut s = session_at(3);
-        s.start(0);
-        s.handle(1, 0, FollowerEvent::Connected);
-        s.handle(2, 0, welcome(3));
+        let mut s = streaming_at(3);
         assert!(s.handle(5_000, 0, FollowerEvent::Tick).is_empty());
         assert_eq!(
             s.handle(10_003, 0, FollowerEvent::Tick),
@@ -725,10 +723,7 @@ mod tests {
 
     #[test]
     fn hello_waits_for_an_apply_in_flight() {
-        let mut s = session_at(3);
-        s.start(0);
-        s.handle(1, 0, FollowerEvent::Connected);
-        s.handle(2, 0, welcome(3));
+        let mut s = streaming_at(3);
         let r4 = rec(4, Chain(3));
         s.handle(
             3,

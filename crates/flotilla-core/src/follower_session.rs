@@ -458,7 +458,7 @@ impl FollowerSession {
             {
                 break;
             }
-            bytes += r.pages.pages.iter().map(|p| p.data.len()).sum::<usize>();
+            bytes += r.approx_bytes();
             batch.push(r.clone());
         }
         self.applying = true;
@@ -488,11 +488,12 @@ mod tests {
             digest: ContentDigest(lsn),
             commit_time_us: 0,
             origin: NodeId::new("l").unwrap(),
-            pages: PagePayload {
+            pages: Some(PagePayload {
                 page_size: 512,
                 db_size_pages: 1,
                 pages: vec![],
-            },
+            }),
+            rows: None,
         }
     }
 

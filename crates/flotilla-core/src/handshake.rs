@@ -182,11 +182,12 @@ mod tests {
             digest: flotilla_types::ContentDigest(5),
             commit_time_us: 0,
             origin: flotilla_types::NodeId::new("l").unwrap(),
-            pages: flotilla_types::PagePayload {
+            pages: Some(flotilla_types::PagePayload {
                 page_size: 512,
                 db_size_pages: 1,
                 pages: vec![],
-            },
+            }),
+            rows: None,
         };
         let linked = Chain(1).next(Epoch(1), Lsn(61), flotilla_types::ContentDigest(5));
         assert_eq!(

@@ -356,14 +356,15 @@ mod tests {
             digest: ContentDigest(0),
             commit_time_us: 0,
             origin: NodeId::new("n").unwrap(),
-            pages: PagePayload {
+            pages: Some(PagePayload {
                 page_size: 512,
                 db_size_pages: 1,
                 pages: vec![Page {
                     pgno: 1,
                     data: vec![fill; 512],
                 }],
-            },
+            }),
+            rows: None,
         })
     }
 

@@ -123,9 +123,9 @@ pub async fn run(
             }
             match db.uncaptured(Lsn(log_last), &config.id) {
                 Ok(recaptured) => {
-                    for r in &recaptured {
+                    for (r, rows) in &recaptured {
                         tracing::warn!(position = %r.position(), "recovering a commit missing from the log");
-                        log.append(&flotilla_wire::encode_record(r))?;
+                        log.append(&flotilla_wire::encode_record_with_rows(r, Some(rows)))?;
                     }
                 }
                 Err(e) => {

@@ -128,8 +128,8 @@ impl World {
         // As the node does: a log that cannot be completed restarts after the database.
         match db.uncaptured(Lsn(last), &origin()) {
             Ok(recs) => {
-                for r in recs {
-                    log.append(&flotilla_wire::encode_record(&r))?;
+                for (r, rows) in recs {
+                    log.append(&flotilla_wire::encode_record_with_rows(&r, Some(&rows)))?;
                 }
             }
             Err(_) => log.reset(db.meta().position.lsn.0)?,
@@ -208,9 +208,10 @@ impl World {
             });
             return self.crash_leader();
         }
-        self.leader
-            .log
-            .append(&flotilla_wire::encode_record(&rec))?;
+        self.leader.log.append(&flotilla_wire::encode_record_with_rows(
+            &rec,
+            Some(&out.encoded_rows),
+        ))?;
         self.leader.log.sync()?;
         self.leader.acked = rec.lsn.0;
         Ok(())
@@ -708,11 +709,12 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
     };
     let mut history = HashMap::new();
     history.insert(0, digest_of(&path)?);
-    let rec = db
-        .commit_batch(&[setup], Epoch(1), &origin(), 0)?
-        .record
-        .context("setup")?;
-    log.append(&flotilla_wire::encode_record(&rec))?;
+    let out = db.commit_batch(&[setup], Epoch(1), &origin(), 0)?;
+    let rec = out.record.context("setup")?;
+    log.append(&flotilla_wire::encode_record_with_rows(
+        &rec,
+        Some(&out.encoded_rows),
+    ))?;
     log.sync()?;
     history.insert(1, digest_of(&path)?);
     let faults = Faults {

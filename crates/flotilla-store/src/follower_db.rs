@@ -78,19 +78,23 @@ impl FollowerDb {
         };
         #[cfg(feature = "sim-bugs")]
         let records = reversed;
+        let mut db_size = 0;
         for r in records {
-            if r.pages.page_size != page_size {
+            let payload = r.pages.as_ref().ok_or_else(|| {
+                StoreError::Apply(format!("record {} carries no page images", r.position()))
+            })?;
+            if payload.page_size != page_size {
                 return Err(StoreError::Apply(format!(
                     "record {} has pages of {} bytes, this database {page_size}",
                     r.position(),
-                    r.pages.page_size
+                    payload.page_size
                 )));
             }
-            for p in &r.pages.pages {
+            for p in &payload.pages {
                 pages.insert(p.pgno, &p.data);
             }
+            db_size = payload.db_size_pages;
         }
-        let db_size = last.pages.db_size_pages;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -1,7 +1,10 @@
-use crate::meta::CREATE_META;
+use crate::meta::{read_last_rows, upgrade_meta, CREATE_META};
 use crate::open::configure;
+use crate::row_capture::RowCapture;
 use crate::{read_meta, DbSettings, Meta, StatementRules, StoreError, WalTail};
-use flotilla_types::{Chain, ContentDigest, Epoch, LogRecord, Lsn, NodeId, Position};
+use flotilla_types::{
+    Chain, ContentDigest, Epoch, LogRecord, Lsn, NodeId, Position, RowPayload, SchemaChange,
+};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -48,14 +51,17 @@ pub enum RequestOutcome {
 pub struct CommitOutcome {
     pub outcomes: Vec<RequestOutcome>,
     /// The commit's log record; `None` when nothing was committed (every request failed or was
-    /// a duplicate).
+    /// a duplicate). Its `rows` are left out: they are in `encoded_rows`.
     pub record: Option<LogRecord>,
+    /// The record's row changes, encoded (as stored in the meta row and the log).
+    pub encoded_rows: Vec<u8>,
 }
 
 /// The leader's single writer connection.
 pub struct LeaderDb {
     conn: Connection,
     rules: StatementRules,
+    capture: RowCapture,
     wal: WalTail,
     meta: Meta,
     path: PathBuf,
@@ -93,7 +99,7 @@ impl LeaderDb {
             let tx = conn.transaction()?;
             tx.execute_batch(CREATE_META)?;
             tx.execute(
-                "INSERT INTO _flotilla_meta VALUES (1, ?1, 1, 0, 0, 0, 0)",
+                "INSERT INTO _flotilla_meta VALUES (1, ?1, 1, 0, 0, 0, 0, NULL)",
                 [new_cluster_id()],
             )?;
             tx.commit()?;
@@ -102,13 +108,16 @@ impl LeaderDb {
         } else {
             false
         };
+        upgrade_meta(&conn)?;
         let meta = read_meta(&conn)?.expect("meta exists");
         let rules = StatementRules::install(&mut conn)?;
+        let capture = RowCapture::install(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(128);
         Ok((
             LeaderDb {
                 conn,
                 rules,
+                capture,
                 wal: WalTail::new(path),
                 meta,
                 path: path.to_path_buf(),
@@ -126,7 +135,7 @@ impl LeaderDb {
         &mut self,
         log_last: Lsn,
         origin: &NodeId,
-    ) -> Result<Vec<LogRecord>, StoreError> {
+    ) -> Result<Vec<(LogRecord, Vec<u8>)>, StoreError> {
         let in_wal = self.wal.capture_all()?;
         let meta = &self.meta;
         let missing = meta.position.lsn.0.saturating_sub(log_last.0) as usize;
@@ -143,15 +152,25 @@ impl LeaderDb {
                 meta.position.lsn
             )));
         }
-        Ok(vec![LogRecord {
-            epoch: meta.position.epoch,
-            lsn: meta.position.lsn,
-            chain: meta.chain,
-            digest: meta.digest,
-            commit_time_us: meta.commit_time_us,
-            origin: origin.clone(),
-            pages: in_wal[in_wal.len() - 1].clone(),
-        }])
+        let rows = read_last_rows(&self.conn)?.ok_or_else(|| {
+            StoreError::Mismatch(format!(
+                "the database is at lsn {} but holds no row changes for it",
+                meta.position.lsn
+            ))
+        })?;
+        Ok(vec![(
+            LogRecord {
+                epoch: meta.position.epoch,
+                lsn: meta.position.lsn,
+                chain: meta.chain,
+                digest: meta.digest,
+                commit_time_us: meta.commit_time_us,
+                origin: origin.clone(),
+                pages: Some(in_wal[in_wal.len() - 1].clone()),
+                rows: None,
+            },
+            rows,
+        )])
     }
 
     pub fn meta(&self) -> &Meta {
@@ -174,6 +193,7 @@ impl LeaderDb {
         let lsn = self.meta.position.lsn.next();
         let rules = self.rules.clone();
         rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        self.capture.begin();
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut digests = Vec::with_capacity(requests.len() * 8);
         for req in requests {
@@ -185,18 +205,23 @@ impl LeaderDb {
                     outcomes.push(outcome);
                 }
                 Err(e) => {
+                    self.capture.finish();
+                    self.capture.forget_shapes();
                     let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
                     return Err(e);
                 }
             }
         }
+        let rows = self.capture.finish();
         if digests.is_empty() {
             rules.internal(|| self.conn.execute_batch("ROLLBACK"))?;
             return Ok(CommitOutcome {
                 outcomes,
                 record: None,
+                encoded_rows: Vec::new(),
             });
         }
+        let encoded_rows = flotilla_wire::encode_rows(&rows);
         let digest = ContentDigest::of(&digests);
         let chain = self.meta.chain.next(epoch, lsn, digest);
         let stamped = rules.internal(|| -> Result<(), StoreError> {
@@ -206,14 +231,21 @@ impl LeaderDb {
                     [(lsn.0 - IDEMPOTENCY_WINDOW) as i64],
                 )?;
             }
-            self.conn.execute(
-                "UPDATE _flotilla_meta SET epoch = ?1, lsn = ?2, chain = ?3, digest = ?4, commit_time_us = ?5 WHERE id = 1",
-                [epoch.0 as i64, lsn.0 as i64, chain.0 as i64, digest.0 as i64, now_us as i64],
-            )?;
+            self.conn.prepare_cached(
+                "UPDATE _flotilla_meta SET epoch = ?1, lsn = ?2, chain = ?3, digest = ?4, commit_time_us = ?5, rows = ?6 WHERE id = 1",
+            )?.execute(rusqlite::params![
+                epoch.0 as i64,
+                lsn.0 as i64,
+                chain.0 as i64,
+                digest.0 as i64,
+                now_us as i64,
+                encoded_rows
+            ])?;
             self.conn.execute_batch("COMMIT")?;
             Ok(())
         });
         if let Err(e) = stamped {
+            self.capture.forget_shapes();
             let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
             return Err(e);
         }
@@ -235,8 +267,10 @@ impl LeaderDb {
                 digest,
                 commit_time_us: now_us,
                 origin: origin.clone(),
-                pages,
+                pages: Some(pages),
+                rows: None,
             }),
+            encoded_rows,
         })
     }
 
@@ -269,6 +303,7 @@ impl LeaderDb {
             }
         }
         rules.internal(|| self.conn.execute_batch("SAVEPOINT request"))?;
+        let mark = self.capture.mark();
         let mut results = Vec::with_capacity(req.statements.len());
         for (i, (sql, params)) in req.statements.iter().enumerate() {
             match self.run_statement(sql, params) {
@@ -278,6 +313,9 @@ impl LeaderDb {
                         self.conn
                             .execute_batch("ROLLBACK TO request; RELEASE request")
                     })?;
+                    self.capture.rollback_to(mark);
+                    // A rolled-back schema change leaves cached shapes of a schema that is gone.
+                    self.capture.forget_shapes();
                     return Ok(RequestOutcome::Failed {
                         statement: i,
                         message,
@@ -307,7 +345,10 @@ impl LeaderDb {
         params: &[Value],
     ) -> Result<StatementResult, (String, bool)> {
         // Cached: clients repeat the same statements. Authorization happens when a statement
-        // is (re)prepared, so a cached statement was allowed by the same rules.
+        // is (re)prepared, so a cached statement was allowed by the same rules. A schema change
+        // is never served from the cache (it is flushed after one runs), so the rules always
+        // see it and name it.
+        self.rules.take_schema_change();
         let mut stmt = match self.conn.prepare_cached(sql) {
             Ok(s) => s,
             Err(e) => {
@@ -333,6 +374,10 @@ impl LeaderDb {
         }
         let readonly = stmt.readonly();
         let before = self.conn.total_changes();
+        let schema_change = self.rules.take_schema_change();
+        if schema_change.is_some() {
+            self.capture.set_enabled(false);
+        }
         {
             let mut rows = stmt.raw_query();
             loop {
@@ -341,6 +386,9 @@ impl LeaderDb {
                     Ok(None) => break,
                     // A nested statement (a pragma function, a trigger) can be refused at step time.
                     Err(e) => {
+                        if schema_change.is_some() {
+                            self.capture.set_enabled(true);
+                        }
                         return Err(match self.rules.take_reason() {
                             Some(why) => (why, true),
                             None => (sql_error_message(&e), false),
@@ -350,6 +398,23 @@ impl LeaderDb {
             }
         }
         drop(stmt);
+        match schema_change {
+            Some((kind, table)) => {
+                self.capture.schema_changed(SchemaChange {
+                    kind,
+                    table,
+                    sql: sql.to_string(),
+                });
+                self.capture.set_enabled(true);
+                self.conn.flush_prepared_statement_cache();
+            }
+            None => {
+                let rules = self.rules.clone();
+                rules
+                    .internal(|| self.capture.statement_done(&self.conn))
+                    .map_err(|e| (format!("cannot capture the row changes: {e}"), false))?;
+            }
+        }
         let changed = !readonly && self.conn.total_changes() != before;
         Ok(StatementResult {
             rows_affected: if changed { self.conn.changes() } else { 0 },
@@ -369,6 +434,13 @@ impl LeaderDb {
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         })?;
         Ok(true)
+    }
+
+    /// The row changes of the last commit as stored with it (for tests and tools).
+    pub fn last_rows(&self) -> Result<Option<RowPayload>, StoreError> {
+        read_last_rows(&self.conn)?
+            .map(|b| flotilla_wire::decode_rows(&b).map_err(|e| StoreError::Mismatch(e.to_string())))
+            .transpose()
     }
 
     /// The chain recorded in the database (for the log's first record after a restart).

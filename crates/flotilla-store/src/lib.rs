@@ -15,6 +15,9 @@ pub mod injected_bugs;
 mod leader_db;
 mod meta;
 mod open;
+mod row_capture;
+mod row_filter;
+mod row_replica;
 mod rules;
 pub mod snapshot;
 mod wal_tail;
@@ -26,6 +29,8 @@ pub use leader_db::{
 };
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use open::{open_reader, DbSettings, Synchronous};
+pub use row_filter::{FilterParseError, RowFilter};
+pub use row_replica::{ConflictPolicy, RowReplica};
 pub use rules::{StatementRules, INTERNAL_PREFIX};
 pub use wal_tail::WalTail;
 

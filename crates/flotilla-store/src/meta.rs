@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS _flotilla_meta (
     lsn INTEGER NOT NULL,
     chain INTEGER NOT NULL,
     digest INTEGER NOT NULL,
-    commit_time_us INTEGER NOT NULL
+    commit_time_us INTEGER NOT NULL,
+    rows BLOB
 );
 CREATE TABLE IF NOT EXISTS _flotilla_idempotency (
     key TEXT PRIMARY KEY,
@@ -35,6 +36,28 @@ CREATE TABLE IF NOT EXISTS _flotilla_idempotency (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS _flotilla_idempotency_lsn ON _flotilla_idempotency(lsn);
 ";
+
+/// Adds what later versions keep in the meta row to a database created before them.
+pub(crate) fn upgrade_meta(conn: &Connection) -> Result<(), StoreError> {
+    let has_rows: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('_flotilla_meta') WHERE name = 'rows'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_rows {
+        // The row changes of the last commit, so that a commit the log lacks after a crash is
+        // re-created with its logical payload.
+        conn.execute_batch("ALTER TABLE _flotilla_meta ADD COLUMN rows BLOB")?;
+    }
+    Ok(())
+}
+
+/// The encoded row changes of the last commit (see [`upgrade_meta`]).
+pub(crate) fn read_last_rows(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn.query_row("SELECT rows FROM _flotilla_meta WHERE id = 1", [], |r| {
+        r.get(0)
+    })?)
+}
 
 /// Reads the meta row; `None` for a database that Flotilla has not initialised.
 pub fn read_meta(conn: &Connection) -> Result<Option<Meta>, StoreError> {

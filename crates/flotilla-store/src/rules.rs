@@ -2,6 +2,7 @@
 //! what the parser saw, not a guess from the text).
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use flotilla_types::DdlKind;
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +74,8 @@ pub struct StatementRules {
     /// Set while Flotilla runs its own statements (which may touch internal tables).
     internal: Arc<AtomicBool>,
     reason: Arc<Mutex<Option<String>>>,
+    /// The schema change the last prepared statement makes, if any.
+    ddl: Arc<Mutex<Option<(DdlKind, String)>>>,
 }
 
 impl StatementRules {
@@ -80,11 +83,19 @@ impl StatementRules {
         let rules = StatementRules {
             internal: Arc::new(AtomicBool::new(false)),
             reason: Arc::new(Mutex::new(None)),
+            ddl: Arc::new(Mutex::new(None)),
         };
-        let (internal, reason) = (rules.internal.clone(), rules.reason.clone());
+        let (internal, reason, ddl) = (
+            rules.internal.clone(),
+            rules.reason.clone(),
+            rules.ddl.clone(),
+        );
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             if internal.load(Ordering::Relaxed) {
                 return Authorization::Allow;
+            }
+            if let Some(change) = schema_change(&ctx) {
+                ddl.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(change);
             }
             match refusal(&ctx) {
                 Some(why) => {
@@ -105,10 +116,33 @@ impl StatementRules {
         out
     }
 
+    /// The schema change (kind, table) of the statement prepared since the last call, if it
+    /// is one. Cleared by reading it.
+    pub fn take_schema_change(&self) -> Option<(DdlKind, String)> {
+        self.ddl.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// The reason of the last refusal, cleared by reading it.
     pub fn take_reason(&self) -> Option<String> {
         self.reason.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+}
+
+/// The schema change an authorized action makes (on the main database).
+fn schema_change(ctx: &AuthContext<'_>) -> Option<(DdlKind, String)> {
+    let (kind, table) = match ctx.action {
+        AuthAction::CreateTable { table_name } => (DdlKind::CreateTable, table_name),
+        AuthAction::AlterTable { table_name, .. } => (DdlKind::AlterTable, table_name),
+        AuthAction::DropTable { table_name } => (DdlKind::DropTable, table_name),
+        AuthAction::CreateIndex { table_name, .. } => (DdlKind::CreateIndex, table_name),
+        AuthAction::DropIndex { table_name, .. } => (DdlKind::DropIndex, table_name),
+        AuthAction::CreateView { view_name } => (DdlKind::CreateView, view_name),
+        AuthAction::DropView { view_name } => (DdlKind::DropView, view_name),
+        AuthAction::CreateTrigger { table_name, .. } => (DdlKind::CreateTrigger, table_name),
+        AuthAction::DropTrigger { table_name, .. } => (DdlKind::DropTrigger, table_name),
+        _ => return None,
+    };
+    Some((kind, table.to_string()))
 }
 
 fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
@@ -117,6 +151,14 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Some(
             "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) is not allowed: \
              each request already runs as one transaction"
+                .into(),
+        ),
+        AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempView { .. } => Some(
+            "temporary tables, indexes, views and triggers are not allowed: they would live on \
+             one connection of the leader and never be replicated"
                 .into(),
         ),
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Some(
@@ -214,9 +256,33 @@ mod tests {
             ("PRAGMA cache_size=10", "setting PRAGMA cache_size"),
             ("INSERT INTO _flotilla_meta VALUES (1)", "internal"),
             ("DROP TABLE _flotilla_meta", "internal"),
+            ("CREATE TEMP TABLE x(a)", "temporary"),
         ] {
             let why = refused(sql).unwrap_or_else(|| panic!("{sql} was allowed"));
             assert!(why.contains(needle), "{sql}: {why}");
+        }
+    }
+
+    #[test]
+    fn names_the_schema_change_a_statement_makes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(a);").unwrap();
+        let rules = StatementRules::install(&mut conn).unwrap();
+        for (sql, expected) in [
+            ("CREATE TABLE u(x)", Some((DdlKind::CreateTable, "u"))),
+            ("ALTER TABLE t ADD COLUMN b", Some((DdlKind::AlterTable, "t"))),
+            ("CREATE INDEX i ON t(a)", Some((DdlKind::CreateIndex, "t"))),
+            ("DROP TABLE t", Some((DdlKind::DropTable, "t"))),
+            ("CREATE VIEW v AS SELECT a FROM t", Some((DdlKind::CreateView, "v"))),
+            ("INSERT INTO t VALUES (1)", None),
+        ] {
+            conn.prepare(sql).unwrap();
+            let got = rules.take_schema_change();
+            assert_eq!(
+                got.as_ref().map(|(k, t)| (*k, t.as_str())),
+                expected,
+                "{sql}"
+            );
         }
     }
 

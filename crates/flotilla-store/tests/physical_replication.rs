@@ -43,7 +43,11 @@ fn commit(db: &mut LeaderDb, r: TxnRequest) -> (Vec<RequestOutcome>, Option<LogR
     let out = db
         .commit_batch(&[r], Epoch(1), &NodeId::new("l").unwrap(), 1)
         .unwrap();
-    (out.outcomes, out.record)
+    let record = out.record.map(|mut r| {
+        r.rows = Some(flotilla_wire::decode_rows(&out.encoded_rows).unwrap());
+        r
+    });
+    (out.outcomes, record)
 }
 
 fn bootstrap(leader_path: &Path, target: &Path) -> FollowerDb {
@@ -335,9 +339,19 @@ fn a_commit_missing_from_the_log_is_recaptured_on_restart() {
     std::mem::forget(leader);
     let (mut leader, created) =
         LeaderDb::open(&lp, &DbSettings::default(), || unreachable!()).unwrap();
-    let recaptured = leader.uncaptured(Lsn(1), &origin).unwrap();
+    let recaptured: Vec<LogRecord> = leader
+        .uncaptured(Lsn(1), &origin)
+        .unwrap()
+        .into_iter()
+        .map(|(mut r, rows)| {
+            r.rows = Some(flotilla_wire::decode_rows(&rows).unwrap());
+            r
+        })
+        .collect();
     assert!(!created);
     assert_eq!(recaptured.len(), 1);
+    // The re-created record carries the insert's row change too.
+    assert_eq!(recaptured[0].rows.as_ref().unwrap().items.len(), 1);
     assert_eq!(recaptured[0], r2.unwrap());
     assert!(recaptured[0].links_to(r1.unwrap().chain));
     assert_eq!(leader.meta().position.lsn, Lsn(2));

@@ -7,8 +7,10 @@ mod chain;
 mod ids;
 mod position;
 mod record;
+mod rows;
 
 pub use chain::{Chain, ContentDigest};
 pub use ids::{ClusterId, IdError, NodeId};
 pub use position::{Epoch, Lsn, Position, PositionParseError};
 pub use record::{LogKind, LogKindParseError, LogRecord, Page, PagePayload};
+pub use rows::{DdlKind, RowChange, RowItem, RowOp, RowPayload, SchemaChange, SqlValue, TableShape};

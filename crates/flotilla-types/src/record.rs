@@ -1,4 +1,4 @@
-use crate::{Chain, ContentDigest, Epoch, Lsn, NodeId, Position};
+use crate::{Chain, ContentDigest, Epoch, Lsn, NodeId, Position, RowPayload};
 use std::fmt;
 use std::str::FromStr;
 
@@ -31,7 +31,13 @@ pub struct LogRecord {
     pub commit_time_us: u64,
     /// The node where the transaction was first committed.
     pub origin: NodeId,
-    pub pages: PagePayload,
+    /// The page images (physical log). Always present in the leader's log; absent in what is
+    /// shipped to a logical follower or feed.
+    pub pages: Option<PagePayload>,
+    /// The row changes and schema changes (logical log). Present in the log for every
+    /// transaction captured since the logical log exists; absent in what is shipped to a
+    /// physical follower.
+    pub rows: Option<RowPayload>,
 }
 
 impl LogRecord {
@@ -40,6 +46,14 @@ impl LogRecord {
             epoch: self.epoch,
             lsn: self.lsn,
         }
+    }
+
+    /// Roughly the bytes of its payloads (for batching: pages, plus a guess for rows).
+    pub fn approx_bytes(&self) -> usize {
+        self.pages
+            .as_ref()
+            .map_or(0, |p| p.pages.iter().map(|p| 4 + p.data.len()).sum())
+            + self.rows.as_ref().map_or(0, |r| 64 * r.items.len())
     }
 
     /// Whether this record follows a state whose chain is `previous`.
@@ -53,12 +67,14 @@ impl LogRecord {
 pub enum LogKind {
     #[default]
     Physical,
+    Logical,
 }
 
 impl LogKind {
     pub fn as_str(self) -> &'static str {
         match self {
             LogKind::Physical => "physical",
+            LogKind::Logical => "logical",
         }
     }
 }
@@ -70,7 +86,7 @@ impl fmt::Display for LogKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown log kind {0:?}: this version supports \"physical\"")]
+#[error("unknown log kind {0:?}: this version supports \"physical\" and \"logical\"")]
 pub struct LogKindParseError(pub String);
 
 impl FromStr for LogKind {
@@ -79,6 +95,7 @@ impl FromStr for LogKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "physical" => Ok(LogKind::Physical),
+            "logical" => Ok(LogKind::Logical),
             other => Err(LogKindParseError(other.to_string())),
         }
     }

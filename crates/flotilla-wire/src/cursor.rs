@@ -75,6 +75,58 @@ impl<'a> Cursor<'a> {
         self.take(len)
     }
 
+    /// An unsigned LEB128 varint of at most 10 bytes.
+    pub fn uvar(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            if i == 9 && b > 1 {
+                return Err(DecodeError::invalid(self.what, "varint overflows 64 bits"));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::invalid(self.what, "varint longer than 10 bytes"))
+    }
+
+    /// A signed (zigzag) varint.
+    pub fn ivar(&mut self) -> Result<i64, DecodeError> {
+        let v = self.uvar()?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    /// A count of items that each take at least `min_item_bytes`: refused when the bytes left
+    /// cannot hold that many, so no allocation is sized by an unchecked count.
+    pub fn count(&mut self, min_item_bytes: usize) -> Result<usize, DecodeError> {
+        let n = self.uvar()?;
+        if n.saturating_mul(min_item_bytes.max(1) as u64) > self.remaining() as u64 {
+            return Err(DecodeError::invalid(
+                self.what,
+                format!("{n} items cannot fit the {} bytes left", self.remaining()),
+            ));
+        }
+        Ok(n as usize)
+    }
+
+    /// A UTF-8 string prefixed by its varint length.
+    pub fn str_var(&mut self) -> Result<&'a str, DecodeError> {
+        let len = self.uvar()?;
+        let len = usize::try_from(len)
+            .map_err(|_| DecodeError::invalid(self.what, "string length overflows"))?;
+        std::str::from_utf8(self.take(len)?)
+            .map_err(|_| DecodeError::invalid(self.what, "string is not UTF-8"))
+    }
+
+    /// A byte string prefixed by its varint length.
+    pub fn bytes_var(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.uvar()?;
+        let len = usize::try_from(len)
+            .map_err(|_| DecodeError::invalid(self.what, "length overflows"))?;
+        self.take(len)
+    }
+
     pub fn finish(self) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
@@ -121,6 +173,23 @@ impl Out {
     }
     pub fn bytes32(&mut self, v: &[u8]) -> &mut Self {
         self.u32(v.len() as u32).raw(v)
+    }
+    pub fn uvar(&mut self, mut v: u64) -> &mut Self {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+        self
+    }
+    pub fn ivar(&mut self, v: i64) -> &mut Self {
+        self.uvar(((v << 1) ^ (v >> 63)) as u64)
+    }
+    pub fn str_var(&mut self, v: &str) -> &mut Self {
+        self.bytes_var(v.as_bytes())
+    }
+    pub fn bytes_var(&mut self, v: &[u8]) -> &mut Self {
+        self.uvar(v.len() as u64).raw(v)
     }
     /// Appends the CRC32 of everything written so far.
     pub fn seal(mut self) -> Vec<u8> {

@@ -161,6 +161,7 @@ impl FollowerMessage {
                     .str16(follower_url)
                     .u8(match log_kind {
                         LogKind::Physical => 1,
+                        LogKind::Logical => 2,
                     });
                 pos(&mut out, *position);
                 out.u64(chain.0);
@@ -191,6 +192,7 @@ impl FollowerMessage {
                 let follower_url = c.str16(MAX_TEXT)?.to_string();
                 let log_kind = match c.u8()? {
                     1 => LogKind::Physical,
+                    2 => LogKind::Logical,
                     other => {
                         return Err(DecodeError::invalid(
                             "follower message",

@@ -1,70 +1,101 @@
-//! Record layout, version 1 (little-endian), followed by a CRC32 of all preceding bytes:
+//! Record layout, version 2 (little-endian), followed by a CRC32 of all preceding bytes:
 //!
 //! ```text
-//! u8  format version (1)     u8  payload kind (1 = pages)
+//! u8  format version (2)     u8  sections present (bit 0: pages, bit 1: rows)
 //! u64 epoch  u64 lsn  u64 chain  u64 content digest  u64 commit_time_us
 //! u16 origin length, origin (UTF-8 node id)
-//! u32 page_size  u32 db_size_pages  u32 page count
-//! page count × (u32 pgno, page_size bytes)
+//! if rows:  u32 length, the row changes (see `rows.rs`)
+//! if pages: u32 page_size  u32 db_size_pages  u32 page count
+//!           page count × (u32 pgno, page_size bytes)
 //! u32 crc32
 //! ```
+//!
+//! Version 1 (written before the logical log existed) is the same without the rows section,
+//! with a payload kind byte (1 = pages) in place of the sections byte; it is still read.
 
 use crate::cursor::unseal;
-use crate::{Cursor, DecodeError, Out};
-use flotilla_types::{Chain, ContentDigest, Epoch, LogRecord, Lsn, NodeId, Page, PagePayload};
+use crate::{decode_rows, encode_rows, Cursor, DecodeError, Out};
+use flotilla_types::{
+    Chain, ContentDigest, Epoch, LogKind, LogRecord, Lsn, NodeId, Page, PagePayload,
+};
 
-pub const RECORD_FORMAT_VERSION: u8 = 1;
-const PAYLOAD_PAGES: u8 = 1;
-const FIXED_LEN: usize = 2 + 5 * 8 + 2 + 12 + 4;
+pub const RECORD_FORMAT_VERSION: u8 = 2;
+const SECTION_PAGES: u8 = 1;
+const SECTION_ROWS: u8 = 2;
+const HEADER_LEN: usize = 2 + 5 * 8 + 2;
+const WHAT: &str = "log record";
 
 pub fn encoded_record_len(r: &LogRecord) -> usize {
-    FIXED_LEN
+    HEADER_LEN
         + r.origin.as_str().len()
-        + r.pages
-            .pages
-            .iter()
-            .map(|p| 4 + p.data.len())
-            .sum::<usize>()
+        + 4
+        + r.pages.as_ref().map_or(0, |p| {
+            12 + p.pages.iter().map(|p| 4 + p.data.len()).sum::<usize>()
+        })
 }
 
-pub fn encode_record(r: &LogRecord) -> Vec<u8> {
-    let mut out = Out::with_capacity(encoded_record_len(r));
+/// Encodes a record; `rows` is the already encoded row section (see [`encode_rows`]) so that
+/// the leader encodes it once for its meta row and its log.
+pub fn encode_record_with_rows(r: &LogRecord, rows: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Out::with_capacity(encoded_record_len(r) + rows.map_or(0, |b| 4 + b.len()));
+    let sections = if r.pages.is_some() { SECTION_PAGES } else { 0 }
+        | if rows.is_some() { SECTION_ROWS } else { 0 };
     out.u8(RECORD_FORMAT_VERSION)
-        .u8(PAYLOAD_PAGES)
+        .u8(sections)
         .u64(r.epoch.0)
         .u64(r.lsn.0)
         .u64(r.chain.0)
         .u64(r.digest.0)
         .u64(r.commit_time_us)
-        .str16(r.origin.as_str())
-        .u32(r.pages.page_size)
-        .u32(r.pages.db_size_pages)
-        .u32(r.pages.pages.len() as u32);
-    for p in &r.pages.pages {
-        out.u32(p.pgno).raw(&p.data);
+        .str16(r.origin.as_str());
+    if let Some(rows) = rows {
+        out.bytes32(rows);
+    }
+    if let Some(p) = &r.pages {
+        out.u32(p.page_size)
+            .u32(p.db_size_pages)
+            .u32(p.pages.len() as u32);
+        for p in &p.pages {
+            out.u32(p.pgno).raw(&p.data);
+        }
     }
     out.seal()
 }
 
+pub fn encode_record(r: &LogRecord) -> Vec<u8> {
+    let rows = r.rows.as_ref().map(encode_rows);
+    encode_record_with_rows(r, rows.as_deref())
+}
+
 pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
-    const WHAT: &str = "log record";
     let body = unseal(bytes, WHAT)?;
     let mut c = Cursor::new(body, WHAT);
     let version = c.u8()?;
-    if version != RECORD_FORMAT_VERSION {
-        return Err(DecodeError::Version {
-            what: WHAT,
-            version,
-            supported: RECORD_FORMAT_VERSION,
-        });
-    }
-    let kind = c.u8()?;
-    if kind != PAYLOAD_PAGES {
-        return Err(DecodeError::invalid(
-            WHAT,
-            format!("unknown payload kind {kind}"),
-        ));
-    }
+    let sections = match version {
+        1 => match c.u8()? {
+            1 => SECTION_PAGES,
+            kind => {
+                return Err(DecodeError::invalid(
+                    WHAT,
+                    format!("unknown payload kind {kind}"),
+                ))
+            }
+        },
+        2 => {
+            let s = c.u8()?;
+            if s & !(SECTION_PAGES | SECTION_ROWS) != 0 {
+                return Err(DecodeError::invalid(WHAT, format!("unknown sections {s:#x}")));
+            }
+            s
+        }
+        _ => {
+            return Err(DecodeError::Version {
+                what: WHAT,
+                version,
+                supported: RECORD_FORMAT_VERSION,
+            })
+        }
+    };
     let epoch = Epoch(c.u64()?);
     let lsn = Lsn(c.u64()?);
     let chain = Chain(c.u64()?);
@@ -72,6 +103,33 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
     let commit_time_us = c.u64()?;
     let origin =
         NodeId::new(c.str16(64)?).map_err(|e| DecodeError::invalid(WHAT, e.to_string()))?;
+    let rows = if sections & SECTION_ROWS != 0 {
+        let bytes = c.bytes32()?;
+        Some(decode_rows(bytes).map_err(|e| {
+            DecodeError::invalid(WHAT, format!("lsn {lsn}: {e}"))
+        })?)
+    } else {
+        None
+    };
+    let pages = if sections & SECTION_PAGES != 0 {
+        Some(decode_pages(&mut c)?)
+    } else {
+        None
+    };
+    c.finish()?;
+    Ok(LogRecord {
+        epoch,
+        lsn,
+        chain,
+        digest,
+        commit_time_us,
+        origin,
+        pages,
+        rows,
+    })
+}
+
+fn decode_pages(c: &mut Cursor) -> Result<PagePayload, DecodeError> {
     let page_size = c.u32()?;
     if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
         return Err(DecodeError::invalid(WHAT, format!("page size {page_size}")));
@@ -106,20 +164,40 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
             data: c.take(page_size as usize)?.to_vec(),
         });
     }
-    c.finish()?;
-    Ok(LogRecord {
-        epoch,
-        lsn,
-        chain,
-        digest,
-        commit_time_us,
-        origin,
-        pages: PagePayload {
-            page_size,
-            db_size_pages,
-            pages,
-        },
+    Ok(PagePayload {
+        page_size,
+        db_size_pages,
+        pages,
     })
+}
+
+/// What a follower of `kind` is shipped of an encoded record: a logical follower gets the
+/// record without its pages (a small fraction of the bytes), a physical one the record as
+/// stored. Checks the CRC; does not decode the payloads. A record without the section the
+/// follower needs is an error naming its LSN.
+pub fn project_record(bytes: &[u8], kind: LogKind) -> Result<Vec<u8>, DecodeError> {
+    if kind == LogKind::Physical {
+        return Ok(bytes.to_vec());
+    }
+    let body = unseal(bytes, WHAT)?;
+    let mut c = Cursor::new(body, WHAT);
+    let version = c.u8()?;
+    let sections = c.u8()?;
+    c.take(40)?;
+    let lsn = u64::from_le_bytes(body[10..18].try_into().expect("8 bytes"));
+    c.str16(64)?;
+    if version != 2 || sections & SECTION_ROWS == 0 {
+        return Err(DecodeError::invalid(
+            WHAT,
+            format!("record {lsn} has no row changes (it was written before the logical log was enabled)"),
+        ));
+    }
+    let rows = c.bytes32()?;
+    let header_len = body.len() - c.remaining() - rows.len() - 4;
+    let mut out = Out::with_capacity(header_len + 8 + rows.len());
+    out.raw(&body[..header_len]).bytes32(rows);
+    out.0[1] = SECTION_ROWS;
+    Ok(out.seal())
 }
 
 #[cfg(test)]
@@ -135,7 +213,8 @@ pub(crate) mod tests {
             digest: ContentDigest(42),
             commit_time_us: 1_700_000_000_000,
             origin: NodeId::new("n1").unwrap(),
-            pages: PagePayload {
+            rows: Some(crate::rows::tests::sample()),
+            pages: Some(PagePayload {
                 page_size: 512,
                 db_size_pages: 10,
                 pages: pages
@@ -145,7 +224,7 @@ pub(crate) mod tests {
                         data: vec![pgno as u8; 512],
                     })
                     .collect(),
-            },
+            }),
         }
     }
 
@@ -153,8 +232,10 @@ pub(crate) mod tests {
     fn round_trips() {
         let r = sample(7, &[1, 2, 9]);
         let bytes = encode_record(&r);
-        assert_eq!(bytes.len(), encoded_record_len(&r));
         assert_eq!(decode_record(&bytes).unwrap(), r);
+        let mut bare = r.clone();
+        bare.rows = None;
+        assert_eq!(encode_record(&bare).len(), encoded_record_len(&bare));
     }
 
     #[test]
@@ -169,16 +250,36 @@ pub(crate) mod tests {
 
     #[test]
     fn version_1_fixture_still_decodes() {
-        // Bytes written by format version 1; a later version must keep reading them.
-        let fixture = encode_record(&sample(1, &[1]));
-        assert_eq!(&fixture[..2], &[1, 1]);
-        assert_eq!(decode_record(&fixture).unwrap().lsn, Lsn(1));
+        // Bytes written by format version 1 (one 512-byte page); later versions keep reading them.
+        let mut out = Out::default();
+        out.u8(1).u8(1).u64(3).u64(1).u64(9).u64(42).u64(5).str16("n1");
+        out.u32(512).u32(1).u32(1).u32(1).raw(&[7u8; 512]);
+        let r = decode_record(&out.seal()).unwrap();
+        assert_eq!((r.lsn, r.epoch, r.rows.is_none()), (Lsn(1), Epoch(3), true));
+        assert_eq!(r.pages.unwrap().pages[0].data, vec![7u8; 512]);
+    }
+
+    #[test]
+    fn a_logical_projection_drops_the_pages_and_keeps_the_rest() {
+        let r = sample(7, &[1, 2, 9]);
+        let full = encode_record(&r);
+        let projected = project_record(&full, LogKind::Logical).unwrap();
+        assert!(projected.len() < full.len() / 4);
+        let back = decode_record(&projected).unwrap();
+        assert_eq!(back.pages, None);
+        assert_eq!(back.rows, r.rows);
+        assert_eq!((back.lsn, back.chain, back.digest, back.origin), (r.lsn, r.chain, r.digest, r.origin.clone()));
+        assert_eq!(project_record(&full, LogKind::Physical).unwrap(), full);
+        let mut no_rows = r.clone();
+        no_rows.rows = None;
+        let err = project_record(&encode_record(&no_rows), LogKind::Logical).unwrap_err();
+        assert!(err.to_string().contains("record 7 has no row changes"), "{err}");
     }
 
     #[test]
     fn rejects_pages_out_of_range() {
         let mut r = sample(1, &[11]);
-        r.pages.db_size_pages = 10;
+        r.pages.as_mut().unwrap().db_size_pages = 10;
         assert!(matches!(
             decode_record(&encode_record(&r)),
             Err(DecodeError::Invalid { .. })

@@ -88,7 +88,10 @@ pub fn spawn_writer(
                 };
                 let position = match &outcome.record {
                     Some(record) => {
-                        let encoded = Arc::new(flotilla_wire::encode_record(record));
+                        let encoded = Arc::new(flotilla_wire::encode_record_with_rows(
+                            record,
+                            Some(&outcome.encoded_rows),
+                        ));
                         if let Err(e) = log.append(&encoded).and_then(|_| log.sync()) {
                             // Committed in SQLite but not durable in the log: the node must stop;
                             // at restart the commit is recaptured from the WAL.

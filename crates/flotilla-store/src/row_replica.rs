@@ -1,0 +1,734 @@
+//! A logical follower's database: built from a snapshot of the leader (only what its filter
+//! keeps), then kept up to date by applying row changes and schema changes by column name.
+//! Its page size, indexes and extra tables are its own.
+//!
+//! Invariant: `_flotilla_meta` holds the position of the last applied leader transaction and is
+//! written in the same SQLite transaction as that transaction's rows, so the data and the
+//! position move together, also across a crash.
+
+use crate::meta::{read_meta_row, CREATE_META};
+use crate::open::configure;
+use crate::row_filter::RowFilter;
+use crate::{read_meta, DbSettings, Meta, StoreError};
+use flotilla_types::{DdlKind, LogRecord, RowChange, RowItem, SqlValue, TableShape};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What a logical follower does when a change does not fit its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConflictPolicy {
+    /// Stop applying, with the conflict as the error (nothing of the batch is applied).
+    #[default]
+    Stop,
+    /// Make the row what the leader says: insert a missing row, replace a colliding one,
+    /// ignore the delete of a missing one.
+    Overwrite,
+}
+
+impl std::str::FromStr for ConflictPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stop" => Ok(ConflictPolicy::Stop),
+            "overwrite" => Ok(ConflictPolicy::Overwrite),
+            other => Err(format!(
+                "unknown conflict policy {other:?}: use \"stop\" or \"overwrite\""
+            )),
+        }
+    }
+}
+
+const CREATE_REPLICA: &str = "
+CREATE TABLE IF NOT EXISTS _flotilla_replica (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    log_kind TEXT NOT NULL,
+    filter TEXT NOT NULL
+);";
+
+struct SqlArg<'a>(&'a SqlValue);
+
+impl ToSql for SqlArg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            SqlValue::Null => ValueRef::Null,
+            SqlValue::Integer(i) => ValueRef::Integer(*i),
+            SqlValue::Real(f) => ValueRef::Real(*f),
+            SqlValue::Text(s) => ValueRef::Text(s.as_bytes()),
+            SqlValue::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+pub struct RowReplica {
+    conn: Connection,
+    meta: Meta,
+    filter: RowFilter,
+    policy: ConflictPolicy,
+    conflicts: Arc<AtomicU64>,
+}
+
+impl RowReplica {
+    /// Opens a logical replica; `None` if there is no database yet (it needs a bootstrap).
+    /// Refuses a physical replica, or one built with another filter (its rows would not be
+    /// what the new filter promises).
+    pub fn open(
+        path: &Path,
+        settings: &DbSettings,
+        filter: &RowFilter,
+        policy: ConflictPolicy,
+        conflicts: Arc<AtomicU64>,
+    ) -> Result<Option<RowReplica>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open(path)?;
+        configure(&conn, settings, false)?;
+        let Some(meta) = read_meta(&conn)? else {
+            return Ok(None);
+        };
+        let built: Option<(String, String)> = conn
+            .query_row(
+                "SELECT log_kind, filter FROM _flotilla_replica WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .or_else(|e| match e {
+                rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
+                    Ok(None)
+                }
+                e => Err(e),
+            })?;
+        let Some((kind, stored)) = built else {
+            return Err(StoreError::Mismatch(format!(
+                "{} is a physical replica; a logical follower needs its own data directory",
+                path.display()
+            )));
+        };
+        if kind != "logical" {
+            return Err(StoreError::Mismatch(format!(
+                "{} holds a {kind} replica, not a logical one",
+                path.display()
+            )));
+        }
+        let stored: RowFilter = serde_json::from_str(&stored)
+            .map_err(|e| StoreError::Mismatch(format!("unreadable stored filter: {e}")))?;
+        if &stored != filter {
+            return Err(StoreError::Mismatch(format!(
+                "this replica was built with the filter [{stored}] but the follower was started \
+                 with [{filter}]: start it with the same filter, or with an empty data directory \
+                 to build a new replica"
+            )));
+        }
+        conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA recursive_triggers = OFF;")?;
+        Ok(Some(RowReplica {
+            conn,
+            meta,
+            filter: filter.clone(),
+            policy,
+            conflicts,
+        }))
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Builds a replica at `path` from the leader snapshot at `snapshot` (a database file):
+    /// the schema of the tables the filter keeps (without triggers: their effects arrive as
+    /// row changes), their rows as filtered, and the snapshot's position. Checks the filter
+    /// against the leader's schema first: an unknown table or column, or a predicate that does
+    /// not compile, is an error naming it. Written to a temporary file and renamed into place.
+    pub fn build(
+        snapshot: &Path,
+        path: &Path,
+        settings: &DbSettings,
+        filter: &RowFilter,
+    ) -> Result<Meta, StoreError> {
+        let tmp = path.with_extension("building");
+        for p in [
+            tmp.clone(),
+            tmp.with_extension("building-wal"),
+            tmp.with_extension("building-shm"),
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+        let meta = {
+            let conn = Connection::open(&tmp)?;
+            configure(&conn, settings, false)?;
+            build_into(&conn, snapshot, filter)?
+        };
+        // The WAL is checkpointed into the file when the connection closes; make it durable
+        // before it replaces the old database.
+        let f = std::fs::File::open(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
+        if let Some(dir) = path.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Applies `records` (contiguous, following this replica's position and chain) in one
+    /// transaction: readers see all of them or none.
+    pub fn apply(&mut self, records: &[LogRecord]) -> Result<&Meta, StoreError> {
+        let Some(last) = records.last() else {
+            return Ok(&self.meta);
+        };
+        let mut prev = (self.meta.position.lsn, self.meta.chain);
+        for r in records {
+            if r.lsn != prev.0.next() {
+                return Err(StoreError::Apply(format!(
+                    "record {} does not follow lsn {}",
+                    r.position(),
+                    prev.0
+                )));
+            }
+            if !r.links_to(prev.1) {
+                return Err(StoreError::Apply(format!(
+                    "record {} does not continue this replica's history (checksum chain {} \
+                     does not link to {})",
+                    r.position(),
+                    r.chain,
+                    prev.1
+                )));
+            }
+            prev = (r.lsn, r.chain);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut conflicts = 0u64;
+        for r in records {
+            let rows = r.rows.as_ref().ok_or_else(|| {
+                StoreError::Apply(format!("record {} carries no row changes", r.position()))
+            })?;
+            for item in &rows.items {
+                let res = match item {
+                    RowItem::Schema(s) => apply_schema(&tx, &self.filter, s),
+                    RowItem::Change(c) => apply_change(
+                        &tx,
+                        &self.filter,
+                        self.policy,
+                        rows.shape(c),
+                        c,
+                        &mut conflicts,
+                    ),
+                };
+                res.map_err(|e| StoreError::Apply(format!("record {}: {e}", r.position())))?;
+            }
+        }
+        tx.prepare_cached(
+            "UPDATE _flotilla_meta SET epoch = ?1, lsn = ?2, chain = ?3, digest = ?4, commit_time_us = ?5 WHERE id = 1",
+        )?
+        .execute(rusqlite::params![
+            last.epoch.0 as i64,
+            last.lsn.0 as i64,
+            last.chain.0 as i64,
+            last.digest.0 as i64,
+            last.commit_time_us as i64
+        ])?;
+        let meta = read_meta_row(&tx)?.ok_or_else(|| StoreError::Apply("no meta row".into()))?;
+        tx.commit()?;
+        self.conflicts.fetch_add(conflicts, Ordering::Relaxed);
+        self.meta = meta;
+        Ok(&self.meta)
+    }
+}
+
+/// Why a change cannot be applied.
+type ApplyResult = Result<(), String>;
+
+fn sql_err(e: rusqlite::Error) -> String {
+    crate::sql_error_message(&e)
+}
+
+fn apply_schema(conn: &Connection, filter: &RowFilter, s: &flotilla_types::SchemaChange) -> ApplyResult {
+    match s.kind {
+        // A trigger's effects arrive as row changes; running it here would apply them twice.
+        DdlKind::CreateTrigger | DdlKind::DropTrigger => return Ok(()),
+        // Views read tables a filtered replica may not have: kept only without a table filter.
+        DdlKind::CreateView | DdlKind::DropView if !filter.tables.is_empty() => return Ok(()),
+        _ => {}
+    }
+    if !matches!(s.kind, DdlKind::CreateView | DdlKind::DropView) && !filter.keeps_table(&s.table)
+    {
+        return Ok(());
+    }
+    if filter.columns.contains_key(&s.table) {
+        match s.kind {
+            DdlKind::CreateTable | DdlKind::AlterTable => {
+                return Err(format!(
+                    "schema change on table {} cannot be applied to its column subset ({}): \
+                     rebuild this replica (restart it with an empty data directory)",
+                    s.table, s.sql
+                ))
+            }
+            // An index may name columns this replica does not keep: then it is not built.
+            DdlKind::CreateIndex => {
+                if let Err(e) = conn.execute_batch(&s.sql) {
+                    tracing::info!(
+                        "index on {} not built on this column subset: {}",
+                        s.table,
+                        sql_err(e)
+                    );
+                }
+                conn.flush_prepared_statement_cache();
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    conn.execute_batch(&s.sql)
+        .map_err(|e| format!("schema change {:?} failed here: {}", s.sql, sql_err(e)))?;
+    conn.flush_prepared_statement_cache();
+    Ok(())
+}
+
+/// Whether a row (values in `shape`'s column order) passes the table's predicate.
+fn passes(
+    conn: &Connection,
+    shape: &TableShape,
+    predicate: &str,
+    row: &[SqlValue],
+) -> Result<bool, String> {
+    let cols: Vec<String> = shape
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("?{} AS {}", i + 1, quote(c)))
+        .collect();
+    let sql = format!("SELECT ({predicate}) FROM (SELECT {})", cols.join(", "));
+    let mut stmt = conn.prepare_cached(&sql).map_err(|e| {
+        format!(
+            "the predicate for {} does not work on its columns: {}",
+            shape.name,
+            sql_err(e)
+        )
+    })?;
+    let v: Value = stmt
+        .query_row(params_from_iter(row.iter().map(SqlArg)), |r| r.get(0))
+        .map_err(sql_err)?;
+    Ok(match v {
+        Value::Integer(i) => i != 0,
+        Value::Real(f) => f != 0.0,
+        Value::Text(t) => t.trim().parse::<f64>().map(|f| f != 0.0).unwrap_or(false),
+        _ => false,
+    })
+}
+
+fn apply_change(
+    conn: &Connection,
+    filter: &RowFilter,
+    policy: ConflictPolicy,
+    shape: &TableShape,
+    c: &RowChange,
+    conflicts: &mut u64,
+) -> ApplyResult {
+    if !filter.keeps_table(&shape.name) {
+        return Ok(());
+    }
+    let (in_before, in_after) = match filter.predicates.get(&shape.name) {
+        None => (c.before.is_some(), c.after.is_some()),
+        Some(p) => (
+            match &c.before {
+                Some(b) => passes(conn, shape, p, b)?,
+                None => false,
+            },
+            match &c.after {
+                Some(a) => passes(conn, shape, p, a)?,
+                None => false,
+            },
+        ),
+    };
+    // The columns this replica keeps, as indexes into the shape.
+    let kept: Vec<usize> = match filter.columns.get(&shape.name) {
+        None => (0..shape.columns.len()).collect(),
+        Some(cols) => shape
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| cols.iter().any(|c| c == *n))
+            .map(|(i, _)| i)
+            .collect(),
+    };
+    let by_rowid = shape.keyed_by_rowid();
+    match (in_before, in_after) {
+        (false, false) => Ok(()),
+        (false, true) => insert(conn, policy, shape, &kept, c, conflicts),
+        (true, false) => delete(conn, policy, shape, c, by_rowid, conflicts),
+        (true, true) => update(conn, policy, shape, &kept, c, by_rowid, conflicts),
+    }
+}
+
+fn key_clause(shape: &TableShape, first_param: usize) -> String {
+    if shape.keyed_by_rowid() {
+        return format!("rowid = ?{first_param}");
+    }
+    shape
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "{} IS ?{}",
+                quote(&shape.columns[*k as usize]),
+                first_param + i
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn key_values<'a>(shape: &TableShape, row: &'a [SqlValue], rowid: &'a SqlValue) -> Vec<SqlArg<'a>> {
+    if shape.keyed_by_rowid() {
+        vec![SqlArg(rowid)]
+    } else {
+        shape.key.iter().map(|k| SqlArg(&row[*k as usize])).collect()
+    }
+}
+
+fn insert(
+    conn: &Connection,
+    policy: ConflictPolicy,
+    shape: &TableShape,
+    kept: &[usize],
+    c: &RowChange,
+    conflicts: &mut u64,
+) -> ApplyResult {
+    let after = c.after.as_ref().expect("insert or update has after values");
+    let mut cols: Vec<String> = kept.iter().map(|i| quote(&shape.columns[*i])).collect();
+    let rowid = SqlValue::Integer(c.new_rowid);
+    let mut args: Vec<SqlArg> = kept.iter().map(|i| SqlArg(&after[*i])).collect();
+    if shape.keyed_by_rowid() {
+        cols.push("rowid".into());
+        args.push(SqlArg(&rowid));
+    }
+    let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    let sql = |verb: &str| {
+        format!(
+            "{verb} INTO {}({}) VALUES ({})",
+            quote(&shape.name),
+            cols.join(", "),
+            params.join(", ")
+        )
+    };
+    let mut stmt = conn.prepare_cached(&sql("INSERT")).map_err(sql_err)?;
+    match stmt.execute(params_from_iter(args.iter())) {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, msg))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            *conflicts += 1;
+            let msg = msg.unwrap_or_default();
+            if policy == ConflictPolicy::Stop {
+                return Err(format!(
+                    "conflict: inserting into {} collides with a row here ({msg}); \
+                     the conflict policy is stop",
+                    shape.name
+                ));
+            }
+            conn.prepare_cached(&sql("INSERT OR REPLACE"))
+                .and_then(|mut s| s.execute(params_from_iter(args.iter())))
+                .map(|_| ())
+                .map_err(sql_err)
+        }
+        Err(e) => Err(format!("inserting into {}: {}", shape.name, sql_err(e))),
+    }
+}
+
+fn delete(
+    conn: &Connection,
+    policy: ConflictPolicy,
+    shape: &TableShape,
+    c: &RowChange,
+    by_rowid: bool,
+    conflicts: &mut u64,
+) -> ApplyResult {
+    let before = c.before.as_ref().expect("update or delete has before values");
+    let rowid = SqlValue::Integer(c.old_rowid);
+    let sql = format!(
+        "DELETE FROM {} WHERE {}",
+        quote(&shape.name),
+        key_clause(shape, 1)
+    );
+    let _ = by_rowid;
+    let n = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| s.execute(params_from_iter(key_values(shape, before, &rowid))))
+        .map_err(|e| format!("deleting from {}: {}", shape.name, sql_err(e)))?;
+    if n == 0 {
+        *conflicts += 1;
+        if policy == ConflictPolicy::Stop {
+            return Err(format!(
+                "conflict: the row of {} to delete is missing here; the conflict policy is stop",
+                shape.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn update(
+    conn: &Connection,
+    policy: ConflictPolicy,
+    shape: &TableShape,
+    kept: &[usize],
+    c: &RowChange,
+    by_rowid: bool,
+    conflicts: &mut u64,
+) -> ApplyResult {
+    let before = c.before.as_ref().expect("update has before values");
+    let after = c.after.as_ref().expect("update has after values");
+    let mut sets: Vec<String> = kept
+        .iter()
+        .enumerate()
+        .map(|(n, i)| format!("{} = ?{}", quote(&shape.columns[*i]), n + 1))
+        .collect();
+    let new_rowid = SqlValue::Integer(c.new_rowid);
+    let old_rowid = SqlValue::Integer(c.old_rowid);
+    let mut args: Vec<SqlArg> = kept.iter().map(|i| SqlArg(&after[*i])).collect();
+    if by_rowid {
+        sets.push(format!("rowid = ?{}", args.len() + 1));
+        args.push(SqlArg(&new_rowid));
+    }
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {}",
+        quote(&shape.name),
+        sets.join(", "),
+        key_clause(shape, args.len() + 1)
+    );
+    args.extend(key_values(shape, before, &old_rowid));
+    let res = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| s.execute(params_from_iter(args.iter())));
+    match res {
+        Ok(0) => {
+            *conflicts += 1;
+            if policy == ConflictPolicy::Stop {
+                return Err(format!(
+                    "conflict: the row of {} to update is missing here; the conflict policy is stop",
+                    shape.name
+                ));
+            }
+            insert(conn, policy, shape, kept, c, &mut 0)
+        }
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, msg))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            *conflicts += 1;
+            let msg = msg.unwrap_or_default();
+            if policy == ConflictPolicy::Stop {
+                return Err(format!(
+                    "conflict: updating {} collides with a row here ({msg}); the conflict policy is stop",
+                    shape.name
+                ));
+            }
+            delete(conn, ConflictPolicy::Overwrite, shape, c, by_rowid, &mut 0)?;
+            insert(conn, ConflictPolicy::Overwrite, shape, kept, c, &mut 0)
+        }
+        Err(e) => Err(format!("updating {}: {}", shape.name, sql_err(e))),
+    }
+}
+
+/// Creates the filtered schema and rows from the snapshot in `conn` (an empty database).
+fn build_into(conn: &Connection, snapshot: &Path, filter: &RowFilter) -> Result<Meta, StoreError> {
+    conn.execute(
+        "ATTACH DATABASE ?1 AS snap",
+        [snapshot.to_string_lossy()],
+    )?;
+    let leader = read_meta_of(conn, "snap")?;
+    let objects: Vec<(String, String, String, Option<String>)> = conn
+        .prepare(
+            "SELECT type, name, tbl_name, sql FROM snap.sqlite_schema \
+             WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND tbl_name NOT LIKE '\\_flotilla\\_%' ESCAPE '\\' \
+             ORDER BY rowid",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let tables: Vec<&str> = objects
+        .iter()
+        .filter(|o| o.0 == "table")
+        .map(|o| o.1.as_str())
+        .collect();
+    let bad = |m: String| StoreError::Mismatch(format!("filter: {m}"));
+    // The filter must name what exists on the leader.
+    for t in filter
+        .tables
+        .iter()
+        .chain(filter.columns.keys())
+        .chain(filter.predicates.keys())
+    {
+        if !tables.contains(&t.as_str()) {
+            return Err(bad(format!(
+                "table {t:?} does not exist on the leader (its tables: {})",
+                tables.join(", ")
+            )));
+        }
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(CREATE_META)?;
+    tx.execute_batch(CREATE_REPLICA)?;
+    for (kind, name, table, sql) in &objects {
+        let Some(sql) = sql else { continue };
+        if kind == "trigger" || (kind == "view" && !filter.tables.is_empty()) {
+            continue;
+        }
+        if kind != "view" && !filter.keeps_table(table) {
+            continue;
+        }
+        if kind == "table" {
+            let shape = crate::row_capture::table_columns(conn, "snap", name)?;
+            let keep = match filter.columns.get(name) {
+                None => {
+                    tx.execute_batch(sql)?;
+                    shape.clone()
+                }
+                Some(cols) => {
+                    for c in cols {
+                        if !shape.iter().any(|(n, _)| n == c) {
+                            return Err(bad(format!(
+                                "table {name:?} has no column {c:?} (its columns: {})",
+                                shape.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ")
+                            )));
+                        }
+                    }
+                    for (n, pk) in &shape {
+                        if *pk > 0 && !cols.contains(n) {
+                            return Err(bad(format!(
+                                "the column list of {name:?} must include its primary key column {n:?}"
+                            )));
+                        }
+                    }
+                    let kept: Vec<(String, i64)> = shape
+                        .iter()
+                        .filter(|(n, _)| cols.contains(n))
+                        .cloned()
+                        .collect();
+                    let decls = column_decls(conn, name, &kept)?;
+                    tx.execute_batch(&format!("CREATE TABLE {} ({decls})", quote(name)))?;
+                    kept
+                }
+            };
+            let cols: Vec<String> = keep.iter().map(|(n, _)| quote(n)).collect();
+            let rowid_keyed = !shape.iter().any(|(_, pk)| *pk > 0);
+            let (into, select) = if rowid_keyed {
+                (format!("rowid, {}", cols.join(", ")), format!("rowid, {}", cols.join(", ")))
+            } else {
+                (cols.join(", "), cols.join(", "))
+            };
+            let predicate = filter
+                .predicates
+                .get(name)
+                .map(|p| format!(" WHERE ({p})"))
+                .unwrap_or_default();
+            let copy = format!(
+                "INSERT INTO main.{q}({into}) SELECT {select} FROM snap.{q}{predicate}",
+                q = quote(name)
+            );
+            tx.execute_batch(&copy).map_err(|e| {
+                if predicate.is_empty() {
+                    StoreError::from(e)
+                } else {
+                    bad(format!(
+                        "the predicate for {name:?} does not work on its columns: {}",
+                        sql_err(e)
+                    ))
+                }
+            })?;
+        } else if let Err(e) = tx.execute_batch(sql) {
+            if filter.columns.contains_key(table) && kind == "index" {
+                tracing::info!("index {name} not built on this column subset: {}", sql_err(e));
+            } else {
+                return Err(e.into());
+            }
+        }
+    }
+    tx.execute(
+        "INSERT INTO _flotilla_meta VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+        rusqlite::params![
+            leader.cluster_id,
+            leader.position.epoch.0 as i64,
+            leader.position.lsn.0 as i64,
+            leader.chain.0 as i64,
+            leader.digest.0 as i64,
+            leader.commit_time_us as i64
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO _flotilla_replica VALUES (1, 'logical', ?1)",
+        [serde_json::to_string(filter).expect("plain data serialises")],
+    )?;
+    tx.commit()?;
+    conn.execute_batch("DETACH DATABASE snap")?;
+    Ok(leader)
+}
+
+fn read_meta_of(conn: &Connection, schema: &str) -> Result<Meta, StoreError> {
+    conn.query_row(
+        &format!(
+            "SELECT cluster_id, epoch, lsn, chain, digest, commit_time_us FROM {schema}._flotilla_meta WHERE id = 1"
+        ),
+        [],
+        |r| {
+            Ok(Meta {
+                cluster_id: r.get(0)?,
+                position: flotilla_types::Position::new(
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ),
+                chain: flotilla_types::Chain(r.get::<_, i64>(3)? as u64),
+                digest: flotilla_types::ContentDigest(r.get::<_, i64>(4)? as u64),
+                commit_time_us: r.get::<_, i64>(5)? as u64,
+            })
+        },
+    )
+    .map_err(|e| StoreError::Snapshot(format!("the snapshot holds no Flotilla position: {e}")))
+}
+
+/// Column declarations (name, declared type, primary key) for a column subset of a table.
+fn column_decls(conn: &Connection, table: &str, kept: &[(String, i64)]) -> Result<String, StoreError> {
+    let types: Vec<(String, String)> = conn
+        .prepare("SELECT name, type FROM pragma_table_info(?1, 'snap')")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut decls: Vec<String> = kept
+        .iter()
+        .map(|(n, _)| {
+            let ty = types
+                .iter()
+                .find(|(c, _)| c == n)
+                .map(|(_, t)| t.as_str())
+                .unwrap_or("");
+            format!("{} {ty}", quote(n)).trim_end().to_string()
+        })
+        .collect();
+    let mut pk: Vec<&(String, i64)> = kept.iter().filter(|(_, p)| *p > 0).collect();
+    pk.sort_by_key(|(_, p)| *p);
+    if !pk.is_empty() {
+        decls.push(format!(
+            "PRIMARY KEY ({})",
+            pk.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(decls.join(", "))
+}

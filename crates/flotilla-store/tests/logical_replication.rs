@@ -1,0 +1,330 @@
+//! The leader's row capture and a logical replica's apply, on real SQLite files: a replica
+//! without a filter ends with the leader's rows; a filtered one with exactly the filtered
+//! projection, computed by running the filter as a query on the leader.
+
+use flotilla_store::snapshot::{stream, SnapshotReceiver};
+use flotilla_store::*;
+use flotilla_types::{ContentDigest, Epoch, LogRecord, Lsn, NodeId, RowItem, RowOp};
+use rusqlite::types::Value;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn req(stmts: &[(&str, Vec<Value>)]) -> TxnRequest {
+    TxnRequest {
+        statements: stmts
+            .iter()
+            .map(|(s, p)| (s.to_string(), p.clone()))
+            .collect(),
+        idempotency_key: None,
+        digest: ContentDigest::of(format!("{stmts:?}").as_bytes()),
+    }
+}
+
+fn open_leader(path: &Path) -> LeaderDb {
+    let (mut db, _) = LeaderDb::open(path, &DbSettings::default(), || "ab".repeat(16)).unwrap();
+    db.uncaptured(Lsn(0), &NodeId::new("l").unwrap()).unwrap();
+    db
+}
+
+/// Commits one request; the record with its decoded rows (as a logical follower gets it).
+fn commit(db: &mut LeaderDb, r: TxnRequest) -> Option<LogRecord> {
+    let out = db
+        .commit_batch(&[r], Epoch(1), &NodeId::new("l").unwrap(), 1)
+        .unwrap();
+    let rows = out.encoded_rows;
+    out.record.map(|mut rec| {
+        let bytes = flotilla_wire::encode_record_with_rows(&rec, Some(&rows));
+        let shipped = flotilla_wire::project_record(&bytes, flotilla_types::LogKind::Logical)
+            .unwrap();
+        rec = flotilla_wire::decode_record(&shipped).unwrap();
+        rec
+    })
+}
+
+fn snapshot_of(leader: &Path, target: &Path) {
+    let reader = open_reader(leader).unwrap();
+    let mut rx = SnapshotReceiver::new(target).unwrap();
+    stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))
+        .unwrap()
+        .unwrap();
+    rx.install().unwrap();
+}
+
+fn replica(snapshot: &Path, path: &Path, filter: &RowFilter) -> RowReplica {
+    RowReplica::build(snapshot, path, &DbSettings::default(), filter).unwrap();
+    RowReplica::open(
+        path,
+        &DbSettings::default(),
+        filter,
+        ConflictPolicy::Stop,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .unwrap()
+    .expect("built")
+}
+
+fn rows(conn: &rusqlite::Connection, sql: &str) -> Vec<Vec<Value>> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+const SETUP: &[&str] = &[
+    "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER)",
+    "CREATE TABLE norow(a, b)",
+    "CREATE TABLE wr(k TEXT PRIMARY KEY, x, y) WITHOUT ROWID",
+    "CREATE TABLE audit(id INTEGER PRIMARY KEY, what TEXT)",
+    "CREATE TRIGGER t_audit AFTER INSERT ON t BEGIN INSERT INTO audit(what) VALUES ('t ' || NEW.id); END",
+];
+
+fn random_request(rng: &mut Rng, i: u64) -> TxnRequest {
+    let id = Value::Integer(rng.below(60) as i64);
+    let n = Value::Integer(rng.below(100) as i64);
+    let k = Value::Text(format!("k{}", rng.below(40)));
+    match rng.below(14) {
+        0..=3 => req(&[(
+            "INSERT OR REPLACE INTO t(id, v, n) VALUES (?1, ?2, ?3)",
+            vec![id, Value::Text(format!("v{i}")), n],
+        )]),
+        4 => req(&[("UPDATE t SET n = ?1, v = v || '!' WHERE id % 7 = ?2", vec![n, Value::Integer(rng.below(7) as i64)])]),
+        5 => req(&[("DELETE FROM t WHERE id = ?1", vec![id])]),
+        6 => req(&[(
+            "INSERT INTO norow VALUES (?1, ?2)",
+            vec![n, Value::Blob(vec![i as u8; (rng.below(50)) as usize])],
+        )]),
+        7 => req(&[("UPDATE norow SET b = NULL, rowid = rowid + 1000 WHERE a = ?1", vec![n])]),
+        8 => req(&[(
+            "INSERT INTO wr VALUES (?1, ?2, ?3) ON CONFLICT(k) DO UPDATE SET x = excluded.x, y = y + 1",
+            vec![k, Value::Real(rng.below(1000) as f64 / 7.0), Value::Integer(1)],
+        )]),
+        9 => req(&[("DELETE FROM wr WHERE k = ?1", vec![k])]),
+        // A request that fails half-way: nothing of it may reach the replica.
+        10 => req(&[
+            ("INSERT INTO t(id, v, n) VALUES (1000 + ?1, 'doomed', 0)", vec![Value::Integer(i as i64)]),
+            ("INSERT INTO nope VALUES (1)", vec![]),
+        ]),
+        11 => req(&[("UPDATE t SET id = id + 100 WHERE id = ?1", vec![id])]),
+        12 => req(&[
+            ("UPDATE wr SET k = k || 'x' WHERE k = ?1", vec![k]),
+            ("INSERT INTO t(v, n) VALUES ('auto', ?1)", vec![n]),
+        ]),
+        _ => req(&[("DELETE FROM norow", vec![])]),
+    }
+}
+
+/// Runs the workload: setup, snapshot, then random transactions with schema changes half-way.
+/// Returns the records after the snapshot.
+fn workload(leader: &mut LeaderDb, lp: &Path, snap: &Path, seed: u64, n: u64) -> Vec<LogRecord> {
+    for s in SETUP {
+        commit(leader, req(&[(s, vec![])])).unwrap();
+    }
+    for i in 0..20 {
+        commit(leader, random_request(&mut Rng(seed + i), i));
+    }
+    snapshot_of(lp, snap);
+    let mut rng = Rng(seed);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let r = if i == n / 3 {
+            req(&[
+                ("ALTER TABLE t ADD COLUMN extra TEXT DEFAULT 'd'", vec![]),
+                ("UPDATE t SET extra = 'e' || id WHERE id % 2 = 0", vec![]),
+                ("CREATE INDEX t_n ON t(n)", vec![]),
+            ])
+        } else if i == n / 2 {
+            req(&[
+                ("CREATE TABLE later(id INTEGER PRIMARY KEY, s TEXT)", vec![]),
+                ("INSERT INTO later(s) VALUES ('one'), ('two')", vec![]),
+                ("ALTER TABLE norow RENAME COLUMN b TO bee", vec![]),
+            ])
+        } else if i == 2 * n / 3 {
+            req(&[("DROP TABLE later", vec![])])
+        } else {
+            random_request(&mut rng, i)
+        };
+        out.extend(commit(leader, r));
+    }
+    out
+}
+
+const COMPARE: &[&str] = &[
+    "SELECT * FROM t ORDER BY id",
+    "SELECT rowid, * FROM norow ORDER BY rowid",
+    "SELECT * FROM wr ORDER BY k",
+    "SELECT * FROM audit ORDER BY id",
+];
+
+#[test]
+fn an_unfiltered_replica_ends_with_the_leaders_rows() {
+    for seed in [1u64, 7, 99] {
+        let dir = tempfile::tempdir().unwrap();
+        let (lp, sp, rp) = (
+            dir.path().join("leader.db"),
+            dir.path().join("snap.db"),
+            dir.path().join("replica.db"),
+        );
+        let mut leader = open_leader(&lp);
+        let records = workload(&mut leader, &lp, &sp, seed * 1_000_003, 300);
+        let mut replica = replica(&sp, &rp, &RowFilter::default());
+        // In batches of varying size, as a catching-up follower applies them.
+        for chunk in records.chunks(1 + (seed as usize % 5)) {
+            replica.apply(chunk).unwrap();
+        }
+        assert_eq!(replica.meta().position, leader.meta().position);
+        let l = open_reader(&lp).unwrap();
+        for q in COMPARE {
+            assert_eq!(rows(&l, q), rows(replica.connection(), q), "seed {seed}: {q}");
+        }
+        // The trigger is not on the replica: its effects arrived as rows (checked above).
+        let triggers = rows(
+            replica.connection(),
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger'",
+        );
+        assert!(triggers.is_empty());
+        // Schema changes reached it in order.
+        assert_eq!(
+            rows(replica.connection(), "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'extra'"),
+            vec![vec![Value::Integer(1)]]
+        );
+    }
+}
+
+#[test]
+fn a_filtered_replica_ends_with_exactly_the_filtered_projection() {
+    let filter = RowFilter::parse(
+        &["t,wr".to_string()],
+        &["wr:k,x".to_string()],
+        &["t: n % 3 = 0".to_string()],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (lp, sp, rp) = (
+        dir.path().join("leader.db"),
+        dir.path().join("snap.db"),
+        dir.path().join("replica.db"),
+    );
+    let mut leader = open_leader(&lp);
+    let records = workload(&mut leader, &lp, &sp, 5, 400);
+    let mut replica = replica(&sp, &rp, &filter);
+    for chunk in records.chunks(3) {
+        replica.apply(chunk).unwrap();
+    }
+    let l = open_reader(&lp).unwrap();
+    let r = replica.connection();
+    assert_eq!(
+        rows(&l, "SELECT * FROM t WHERE n % 3 = 0 ORDER BY id"),
+        rows(r, "SELECT * FROM t ORDER BY id")
+    );
+    assert_eq!(
+        rows(&l, "SELECT k, x FROM wr ORDER BY k"),
+        rows(r, "SELECT * FROM wr ORDER BY k")
+    );
+    let tables = rows(
+        r,
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_flotilla%' ESCAPE '\\' ORDER BY name",
+    );
+    assert_eq!(
+        tables,
+        vec![vec![Value::Text("t".into())], vec![Value::Text("wr".into())]]
+    );
+    // Restarting with another filter is refused, naming both.
+    let other = RowFilter::parse(&["t".to_string()], &[], &[]).unwrap();
+    drop(replica);
+    let err = RowReplica::open(
+        &rp,
+        &DbSettings::default(),
+        &other,
+        ConflictPolicy::Stop,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("built with the filter"), "{err}");
+}
+
+#[test]
+fn a_filter_naming_what_the_leader_lacks_is_refused_at_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lp, sp) = (dir.path().join("leader.db"), dir.path().join("snap.db"));
+    let mut leader = open_leader(&lp);
+    commit(&mut leader, req(&[(SETUP[0], vec![])]));
+    snapshot_of(&lp, &sp);
+    for (t, c, w, needle) in [
+        (vec!["nope"], vec![], vec![], "table \"nope\" does not exist"),
+        (vec![], vec!["t:id,zz"], vec![], "has no column \"zz\""),
+        (vec![], vec!["t:v"], vec![], "must include its primary key column \"id\""),
+        (vec![], vec![], vec!["t: no_such_col > 1"], "predicate for \"t\""),
+    ] {
+        let s = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+        let f = RowFilter::parse(&s(t), &s(c), &s(w)).unwrap();
+        let err = RowReplica::build(&sp, &dir.path().join("r.db"), &DbSettings::default(), &f)
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+}
+
+#[test]
+fn capture_records_before_and_after_and_drops_rolled_back_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let lp = dir.path().join("leader.db");
+    let mut leader = open_leader(&lp);
+    commit(&mut leader, req(&[(SETUP[0], vec![])]));
+    let out = leader
+        .commit_batch(
+            &[
+                req(&[("INSERT INTO t VALUES (1, 'a', 10)", vec![])]),
+                req(&[
+                    ("INSERT INTO t VALUES (2, 'b', 20)", vec![]),
+                    ("INSERT INTO t VALUES (1, 'dup', 0)", vec![]),
+                ]),
+                req(&[("UPDATE t SET v = 'z' WHERE id = 1", vec![])]),
+            ],
+            Epoch(1),
+            &NodeId::new("l").unwrap(),
+            1,
+        )
+        .unwrap();
+    assert!(matches!(out.outcomes[1], RequestOutcome::Failed { .. }));
+    let p = flotilla_wire::decode_rows(&out.encoded_rows).unwrap();
+    let changes: Vec<_> = p
+        .items
+        .iter()
+        .map(|i| match i {
+            RowItem::Change(c) => c.clone(),
+            RowItem::Schema(_) => panic!("no schema change here"),
+        })
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0].op, RowOp::Insert);
+    assert_eq!(changes[1].op, RowOp::Update);
+    let shape = p.shape(&changes[1]);
+    assert_eq!(shape.columns, vec!["id", "v", "n"]);
+    assert_eq!(shape.key, vec![0]);
+    use flotilla_types::SqlValue as V;
+    assert_eq!(
+        changes[1].before.as_ref().unwrap(),
+        &vec![V::Integer(1), V::Text("a".into()), V::Integer(10)]
+    );
+    assert_eq!(
+        changes[1].after.as_ref().unwrap(),
+        &vec![V::Integer(1), V::Text("z".into()), V::Integer(10)]
+    );
+    assert_eq!(leader.last_rows().unwrap().unwrap(), p);
+}

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: a leader, or with --follow a follower of a leader.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run SQL on a node: writes go to /v1/execute, reads to /v1/query.
     Sql(sql::SqlArgs),
     /// Show a node and, on a leader, its followers with their lag.
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(a) => serve::run(a).await,
+            Command::Serve(a) => serve::run(*a).await,
             Command::Sql(a) => sql::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,

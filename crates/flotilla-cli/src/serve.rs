@@ -28,6 +28,23 @@ pub struct ServeArgs {
     /// Replication log fsync policy: always (default) or never.
     #[arg(long)]
     log_fsync: Option<String>,
+    /// The log a follower consumes: physical (default; a byte copy of the leader) or logical
+    /// (row changes: its own page size, indexes and extra tables, and an optional filter).
+    #[arg(long)]
+    log: Option<String>,
+    /// Logical follower: keep only these tables (comma-separated; repeatable).
+    #[arg(long, value_name = "T1,T2")]
+    tables: Vec<String>,
+    /// Logical follower: keep only these columns of a table (must include its primary key).
+    #[arg(long, value_name = "TABLE:COL,COL")]
+    columns: Vec<String>,
+    /// Logical follower: keep only the rows of a table for which an SQL predicate holds.
+    #[arg(long = "where", value_name = "TABLE: PREDICATE")]
+    predicates: Vec<String>,
+    /// Logical follower: on a change that does not fit the data here, stop (default) or
+    /// overwrite.
+    #[arg(long)]
+    conflict_policy: Option<String>,
 }
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -38,7 +55,27 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     macro_rules! over {
         ($($field:ident),*) => { $( if a.$field.is_some() { file.$field = a.$field.clone(); } )* };
     }
-    over!(id, data, listen, follow, advertise_url, synchronous);
+    over!(
+        id,
+        data,
+        listen,
+        follow,
+        advertise_url,
+        synchronous,
+        conflict_policy
+    );
+    if a.log.is_some() {
+        file.log.kind = a.log.clone();
+    }
+    // Filter flags replace the file's filter as a whole (mixing the two would be confusing).
+    if !(a.tables.is_empty() && a.columns.is_empty() && a.predicates.is_empty()) {
+        let f = flotilla_store::RowFilter::parse(&a.tables, &a.columns, &a.predicates)?;
+        file.filter = flotilla_node::config::FilterSection {
+            tables: f.tables.into_iter().collect(),
+            columns: f.columns,
+            predicates: f.predicates,
+        };
+    }
     if a.log_fsync.is_some() {
         file.log.fsync = a.log_fsync.clone();
     }

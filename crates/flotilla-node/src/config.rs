@@ -2,9 +2,10 @@
 //! by flags, then validated. `config.example.toml` at the repository root shows every key.
 
 use flotilla_log::FsyncPolicy;
-use flotilla_store::Synchronous;
-use flotilla_types::NodeId;
+use flotilla_store::{ConflictPolicy, RowFilter, Synchronous};
+use flotilla_types::{LogKind, NodeId};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -40,19 +41,83 @@ pub struct ConfigFile {
     pub follow: Option<String>,
     pub advertise_url: Option<String>,
     pub synchronous: Option<String>,
+    /// `log = "logical"`, or a `[log]` section (which may hold `kind = "logical"`).
     #[serde(default)]
     pub log: LogSection,
     #[serde(default)]
     pub api: ApiSection,
+    /// A logical follower's publication filter.
+    #[serde(default)]
+    pub filter: FilterSection,
+    /// A logical follower's answer to a change that does not fit: "stop" or "overwrite".
+    pub conflict_policy: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LogSection {
+pub struct FilterSection {
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Table → the columns kept.
+    #[serde(default)]
+    pub columns: BTreeMap<String, Vec<String>>,
+    /// Table → an SQL predicate over its columns.
+    #[serde(default, rename = "where")]
+    pub predicates: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogSectionFields {
+    /// Which log a follower consumes: "physical" (default) or "logical".
+    pub kind: Option<String>,
     pub fsync: Option<String>,
     pub segment_mib: Option<u64>,
     pub retention_max_mib: Option<u64>,
     pub retention_max_age_hours: Option<u64>,
+}
+
+/// The `[log]` section; `log = "logical"` is short for `[log] kind = "logical"`.
+#[derive(Debug, Default, Clone)]
+pub struct LogSection(pub LogSectionFields);
+
+impl std::ops::Deref for LogSection {
+    type Target = LogSectionFields;
+    fn deref(&self) -> &LogSectionFields {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for LogSection {
+    fn deref_mut(&mut self) -> &mut LogSectionFields {
+        &mut self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for LogSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LogSection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a log kind (\"physical\" or \"logical\") or a [log] section")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LogSection, E> {
+                Ok(LogSection(LogSectionFields {
+                    kind: Some(v.to_string()),
+                    ..Default::default()
+                }))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<LogSection, A::Error> {
+                LogSectionFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(LogSection)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -92,6 +157,11 @@ pub struct NodeConfig {
     pub retention_max_age_ms: u64,
     pub max_body_bytes: usize,
     pub readers: usize,
+    /// The log a follower consumes.
+    pub log_kind: LogKind,
+    /// A logical follower's publication filter (empty: everything).
+    pub filter: RowFilter,
+    pub conflict_policy: ConflictPolicy,
 }
 
 impl ConfigFile {
@@ -143,6 +213,44 @@ impl ConfigFile {
         if !(1..=1024).contains(&segment_mib) {
             return Err(invalid("log.segment-mib", "must be between 1 and 1024"));
         }
+        let log_kind: LogKind = self
+            .log
+            .kind
+            .as_deref()
+            .unwrap_or("physical")
+            .parse()
+            .map_err(|e: flotilla_types::LogKindParseError| invalid("log", e.to_string()))?;
+        if log_kind == LogKind::Logical && follow.is_none() {
+            return Err(invalid(
+                "log",
+                "\"logical\" is for a follower: give --follow URL too (a leader keeps both logs)",
+            ));
+        }
+        let f = self.filter;
+        let columns: Vec<String> = f
+            .columns
+            .iter()
+            .map(|(t, c)| format!("{t}:{}", c.join(",")))
+            .collect();
+        let predicates: Vec<String> = f
+            .predicates
+            .iter()
+            .map(|(t, p)| format!("{t}: {p}"))
+            .collect();
+        let filter = RowFilter::parse(&f.tables, &columns, &predicates)
+            .map_err(|e| invalid("filter", e.0))?;
+        if !filter.is_empty() && log_kind != LogKind::Logical {
+            return Err(invalid(
+                "filter",
+                "a filter (--tables, --columns, --where) needs a logical follower: add --log logical",
+            ));
+        }
+        let conflict_policy = self
+            .conflict_policy
+            .as_deref()
+            .unwrap_or("stop")
+            .parse()
+            .map_err(|e: String| invalid("conflict-policy", e))?;
         let readers = self.api.readers.unwrap_or(4);
         if !(1..=64).contains(&readers) {
             return Err(invalid("api.readers", "must be between 1 and 64"));
@@ -160,6 +268,9 @@ impl ConfigFile {
             retention_max_age_ms: self.log.retention_max_age_hours.unwrap_or(24) * 3_600_000,
             max_body_bytes: (self.api.max_body_kib.unwrap_or(16 * 1024) << 10) as usize,
             readers,
+            log_kind,
+            filter,
+            conflict_policy,
         })
     }
 }
@@ -215,6 +326,42 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("invalid setting id"));
+    }
+
+    #[test]
+    fn log_kind_and_filter_in_either_form() {
+        let short: ConfigFile = toml::from_str(
+            "id = \"f\"\ndata = \"d\"\nfollow = \"http://127.0.0.1:1\"\nlog = \"logical\"\n\
+             conflict-policy = \"overwrite\"\n[filter]\ntables = [\"t\"]\nwhere = { t = \"n > 1\" }\n",
+        )
+        .unwrap();
+        let cfg = short.validate().unwrap();
+        assert_eq!(cfg.log_kind, LogKind::Logical);
+        assert_eq!(cfg.filter.predicates["t"], "n > 1");
+        assert_eq!(cfg.conflict_policy, ConflictPolicy::Overwrite);
+        let long: ConfigFile = toml::from_str(
+            "id = \"f\"\ndata = \"d\"\nfollow = \"http://127.0.0.1:1\"\n[log]\nkind = \"logical\"\n",
+        )
+        .unwrap();
+        assert_eq!(long.validate().unwrap().log_kind, LogKind::Logical);
+        let err = toml::from_str::<ConfigFile>("[log]\nkinds = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `kinds`"), "{err}");
+        let leader: ConfigFile =
+            toml::from_str("id = \"f\"\ndata = \"d\"\nlog = \"logical\"\n").unwrap();
+        assert!(leader
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("for a follower"));
+        let physical: ConfigFile = toml::from_str(
+            "id = \"f\"\ndata = \"d\"\nfollow = \"http://127.0.0.1:1\"\n[filter]\ntables = [\"t\"]\n",
+        )
+        .unwrap();
+        assert!(physical
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("needs a logical follower"));
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub struct Counters {
     pub query_requests: AtomicU64,
     pub bootstraps: AtomicU64,
     pub shipped_bytes: AtomicU64,
+    /// Changes a logical follower found not to fit its data (see the conflict policy).
+    pub apply_conflicts: std::sync::Arc<AtomicU64>,
     pub apply_lag: LagHistogram,
 }
 

@@ -9,7 +9,7 @@ use crate::readers::ReaderPool;
 use anyhow::Context;
 use flotilla_core::FollowerTracker;
 use flotilla_log::{Log, LogConfig};
-use flotilla_store::{DbSettings, FollowerDb, LeaderDb};
+use flotilla_store::{DbSettings, LeaderDb};
 use flotilla_types::{Lsn, Position};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -189,7 +189,10 @@ pub async fn run(
             (Role::Leader, Some(state), None, meta.position)
         }
         Some(leader_url) => {
-            let db = FollowerDb::open(&db_path, &settings)?;
+            let db = crate::follower::Replica::open(
+                &db_path,
+                &crate::follower::ReplicaSettings::of(&config, counters.apply_conflicts.clone()),
+            )?;
             let position = db.as_ref().map(|d| d.meta().position).unwrap_or_default();
             if let (Some(d), Some(c)) = (&db, &ident.cluster_id) {
                 if d.meta().cluster_id != *c {

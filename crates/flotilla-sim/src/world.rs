@@ -208,10 +208,12 @@ impl World {
             });
             return self.crash_leader();
         }
-        self.leader.log.append(&flotilla_wire::encode_record_with_rows(
-            &rec,
-            Some(&out.encoded_rows),
-        ))?;
+        self.leader
+            .log
+            .append(&flotilla_wire::encode_record_with_rows(
+                &rec,
+                Some(&out.encoded_rows),
+            ))?;
         self.leader.log.sync()?;
         self.leader.acked = rec.lsn.0;
         Ok(())

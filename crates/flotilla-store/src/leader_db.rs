@@ -392,7 +392,7 @@ impl LeaderDb {
                         return Err(match self.rules.take_reason() {
                             Some(why) => (why, true),
                             None => (sql_error_message(&e), false),
-                        })
+                        });
                     }
                 }
             }
@@ -439,7 +439,9 @@ impl LeaderDb {
     /// The row changes of the last commit as stored with it (for tests and tools).
     pub fn last_rows(&self) -> Result<Option<RowPayload>, StoreError> {
         read_last_rows(&self.conn)?
-            .map(|b| flotilla_wire::decode_rows(&b).map_err(|e| StoreError::Mismatch(e.to_string())))
+            .map(|b| {
+                flotilla_wire::decode_rows(&b).map_err(|e| StoreError::Mismatch(e.to_string()))
+            })
             .transpose()
     }
 

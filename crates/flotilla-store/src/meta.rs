@@ -54,9 +54,11 @@ pub(crate) fn upgrade_meta(conn: &Connection) -> Result<(), StoreError> {
 
 /// The encoded row changes of the last commit (see [`upgrade_meta`]).
 pub(crate) fn read_last_rows(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
-    Ok(conn.query_row("SELECT rows FROM _flotilla_meta WHERE id = 1", [], |r| {
-        r.get(0)
-    })?)
+    Ok(
+        conn.query_row("SELECT rows FROM _flotilla_meta WHERE id = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 /// Reads the meta row; `None` for a database that Flotilla has not initialised.

@@ -251,11 +251,15 @@ pub(crate) fn table_columns(
     schema: &str,
     table: &str,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT name, pk, hidden FROM pragma_table_xinfo(?1, ?2) ORDER BY cid")?;
+    let mut stmt = conn
+        .prepare_cached("SELECT name, pk, hidden FROM pragma_table_xinfo(?1, ?2) ORDER BY cid")?;
     let cols = stmt
         .query_map([table, schema], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(cols

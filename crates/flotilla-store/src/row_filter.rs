@@ -74,8 +74,7 @@ impl RowFilter {
                     "--where {spec:?}: name a table and a predicate"
                 )));
             }
-            if f
-                .predicates
+            if f.predicates
                 .insert(table.trim().to_string(), pred.trim().to_string())
                 .is_some()
             {
@@ -153,7 +152,12 @@ mod tests {
     fn names_what_is_wrong() {
         for (t, c, w, needle) in [
             (vec![], vec!["a"], vec![], "expected TABLE:COLUMN"),
-            (vec![], vec![], vec!["a > 1"], "expected \"TABLE: PREDICATE\""),
+            (
+                vec![],
+                vec![],
+                vec!["a > 1"],
+                "expected \"TABLE: PREDICATE\"",
+            ),
             (vec!["b"], vec!["a:x"], vec![], "--tables leaves it out"),
             (vec![], vec![], vec!["a: x", "a: y"], "twice"),
             (vec![], vec!["a:"], vec![], "at least one column"),

@@ -261,7 +261,11 @@ fn sql_err(e: rusqlite::Error) -> String {
     crate::sql_error_message(&e)
 }
 
-fn apply_schema(conn: &Connection, filter: &RowFilter, s: &flotilla_types::SchemaChange) -> ApplyResult {
+fn apply_schema(
+    conn: &Connection,
+    filter: &RowFilter,
+    s: &flotilla_types::SchemaChange,
+) -> ApplyResult {
     match s.kind {
         // A trigger's effects arrive as row changes; running it here would apply them twice.
         DdlKind::CreateTrigger | DdlKind::DropTrigger => return Ok(()),
@@ -269,8 +273,7 @@ fn apply_schema(conn: &Connection, filter: &RowFilter, s: &flotilla_types::Schem
         DdlKind::CreateView | DdlKind::DropView if !filter.tables.is_empty() => return Ok(()),
         _ => {}
     }
-    if !matches!(s.kind, DdlKind::CreateView | DdlKind::DropView) && !filter.keeps_table(&s.table)
-    {
+    if !matches!(s.kind, DdlKind::CreateView | DdlKind::DropView) && !filter.keeps_table(&s.table) {
         return Ok(());
     }
     if filter.columns.contains_key(&s.table) {
@@ -402,7 +405,11 @@ fn key_values<'a>(shape: &TableShape, row: &'a [SqlValue], rowid: &'a SqlValue) 
     if shape.keyed_by_rowid() {
         vec![SqlArg(rowid)]
     } else {
-        shape.key.iter().map(|k| SqlArg(&row[*k as usize])).collect()
+        shape
+            .key
+            .iter()
+            .map(|k| SqlArg(&row[*k as usize]))
+            .collect()
     }
 }
 
@@ -463,7 +470,10 @@ fn delete(
     by_rowid: bool,
     conflicts: &mut u64,
 ) -> ApplyResult {
-    let before = c.before.as_ref().expect("update or delete has before values");
+    let before = c
+        .before
+        .as_ref()
+        .expect("update or delete has before values");
     let rowid = SqlValue::Integer(c.old_rowid);
     let sql = format!(
         "DELETE FROM {} WHERE {}",
@@ -552,10 +562,7 @@ fn update(
 
 /// Creates the filtered schema and rows from the snapshot in `conn` (an empty database).
 fn build_into(conn: &Connection, snapshot: &Path, filter: &RowFilter) -> Result<Meta, StoreError> {
-    conn.execute(
-        "ATTACH DATABASE ?1 AS snap",
-        [snapshot.to_string_lossy()],
-    )?;
+    conn.execute("ATTACH DATABASE ?1 AS snap", [snapshot.to_string_lossy()])?;
     let leader = read_meta_of(conn, "snap")?;
     let objects: Vec<(String, String, String, Option<String>)> = conn
         .prepare(
@@ -608,7 +615,11 @@ fn build_into(conn: &Connection, snapshot: &Path, filter: &RowFilter) -> Result<
                         if !shape.iter().any(|(n, _)| n == c) {
                             return Err(bad(format!(
                                 "table {name:?} has no column {c:?} (its columns: {})",
-                                shape.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ")
+                                shape
+                                    .iter()
+                                    .map(|c| c.0.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             )));
                         }
                     }
@@ -632,7 +643,10 @@ fn build_into(conn: &Connection, snapshot: &Path, filter: &RowFilter) -> Result<
             let cols: Vec<String> = keep.iter().map(|(n, _)| quote(n)).collect();
             let rowid_keyed = !shape.iter().any(|(_, pk)| *pk > 0);
             let (into, select) = if rowid_keyed {
-                (format!("rowid, {}", cols.join(", ")), format!("rowid, {}", cols.join(", ")))
+                (
+                    format!("rowid, {}", cols.join(", ")),
+                    format!("rowid, {}", cols.join(", ")),
+                )
             } else {
                 (cols.join(", "), cols.join(", "))
             };
@@ -657,7 +671,10 @@ fn build_into(conn: &Connection, snapshot: &Path, filter: &RowFilter) -> Result<
             })?;
         } else if let Err(e) = tx.execute_batch(sql) {
             if filter.columns.contains_key(table) && kind == "index" {
-                tracing::info!("index {name} not built on this column subset: {}", sql_err(e));
+                tracing::info!(
+                    "index {name} not built on this column subset: {}",
+                    sql_err(e)
+                );
             } else {
                 return Err(e.into());
             }
@@ -706,7 +723,11 @@ fn read_meta_of(conn: &Connection, schema: &str) -> Result<Meta, StoreError> {
 }
 
 /// Column declarations (name, declared type, primary key) for a column subset of a table.
-fn column_decls(conn: &Connection, table: &str, kept: &[(String, i64)]) -> Result<String, StoreError> {
+fn column_decls(
+    conn: &Connection,
+    table: &str,
+    kept: &[(String, i64)],
+) -> Result<String, StoreError> {
     let types: Vec<(String, String)> = conn
         .prepare("SELECT name, type FROM pragma_table_info(?1, 'snap')")?
         .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -727,7 +748,10 @@ fn column_decls(conn: &Connection, table: &str, kept: &[(String, i64)]) -> Resul
     if !pk.is_empty() {
         decls.push(format!(
             "PRIMARY KEY ({})",
-            pk.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", ")
+            pk.iter()
+                .map(|(n, _)| quote(n))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     Ok(decls.join(", "))

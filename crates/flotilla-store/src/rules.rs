@@ -1,8 +1,8 @@
 //! Which client statements Flotilla refuses, decided by SQLite's authorizer (so the rules see
 //! what the parser saw, not a guess from the text).
 
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use flotilla_types::DdlKind;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,7 +95,9 @@ impl StatementRules {
                 return Authorization::Allow;
             }
             if let Some(change) = schema_change(&ctx) {
-                ddl.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(change);
+                ddl.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(change);
             }
             match refusal(&ctx) {
                 Some(why) => {
@@ -270,10 +272,16 @@ mod tests {
         let rules = StatementRules::install(&mut conn).unwrap();
         for (sql, expected) in [
             ("CREATE TABLE u(x)", Some((DdlKind::CreateTable, "u"))),
-            ("ALTER TABLE t ADD COLUMN b", Some((DdlKind::AlterTable, "t"))),
+            (
+                "ALTER TABLE t ADD COLUMN b",
+                Some((DdlKind::AlterTable, "t")),
+            ),
             ("CREATE INDEX i ON t(a)", Some((DdlKind::CreateIndex, "t"))),
             ("DROP TABLE t", Some((DdlKind::DropTable, "t"))),
-            ("CREATE VIEW v AS SELECT a FROM t", Some((DdlKind::CreateView, "v"))),
+            (
+                "CREATE VIEW v AS SELECT a FROM t",
+                Some((DdlKind::CreateView, "v")),
+            ),
             ("INSERT INTO t VALUES (1)", None),
         ] {
             conn.prepare(sql).unwrap();

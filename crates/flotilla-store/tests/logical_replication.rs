@@ -48,8 +48,8 @@ fn commit(db: &mut LeaderDb, r: TxnRequest) -> Option<LogRecord> {
     let rows = out.encoded_rows;
     out.record.map(|mut rec| {
         let bytes = flotilla_wire::encode_record_with_rows(&rec, Some(&rows));
-        let shipped = flotilla_wire::project_record(&bytes, flotilla_types::LogKind::Logical)
-            .unwrap();
+        let shipped =
+            flotilla_wire::project_record(&bytes, flotilla_types::LogKind::Logical).unwrap();
         rec = flotilla_wire::decode_record(&shipped).unwrap();
         rec
     })
@@ -190,7 +190,11 @@ fn an_unfiltered_replica_ends_with_the_leaders_rows() {
         assert_eq!(replica.meta().position, leader.meta().position);
         let l = open_reader(&lp).unwrap();
         for q in COMPARE {
-            assert_eq!(rows(&l, q), rows(replica.connection(), q), "seed {seed}: {q}");
+            assert_eq!(
+                rows(&l, q),
+                rows(replica.connection(), q),
+                "seed {seed}: {q}"
+            );
         }
         // The trigger is not on the replica: its effects arrived as rows (checked above).
         let triggers = rows(
@@ -200,7 +204,10 @@ fn an_unfiltered_replica_ends_with_the_leaders_rows() {
         assert!(triggers.is_empty());
         // Schema changes reached it in order.
         assert_eq!(
-            rows(replica.connection(), "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'extra'"),
+            rows(
+                replica.connection(),
+                "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'extra'"
+            ),
             vec![vec![Value::Integer(1)]]
         );
     }
@@ -242,7 +249,10 @@ fn a_filtered_replica_ends_with_exactly_the_filtered_projection() {
     );
     assert_eq!(
         tables,
-        vec![vec![Value::Text("t".into())], vec![Value::Text("wr".into())]]
+        vec![
+            vec![Value::Text("t".into())],
+            vec![Value::Text("wr".into())]
+        ]
     );
     // Restarting with another filter is refused, naming both.
     let other = RowFilter::parse(&["t".to_string()], &[], &[]).unwrap();
@@ -267,10 +277,25 @@ fn a_filter_naming_what_the_leader_lacks_is_refused_at_build() {
     commit(&mut leader, req(&[(SETUP[0], vec![])]));
     snapshot_of(&lp, &sp);
     for (t, c, w, needle) in [
-        (vec!["nope"], vec![], vec![], "table \"nope\" does not exist"),
+        (
+            vec!["nope"],
+            vec![],
+            vec![],
+            "table \"nope\" does not exist",
+        ),
         (vec![], vec!["t:id,zz"], vec![], "has no column \"zz\""),
-        (vec![], vec!["t:v"], vec![], "must include its primary key column \"id\""),
-        (vec![], vec![], vec!["t: no_such_col > 1"], "predicate for \"t\""),
+        (
+            vec![],
+            vec!["t:v"],
+            vec![],
+            "must include its primary key column \"id\"",
+        ),
+        (
+            vec![],
+            vec![],
+            vec!["t: no_such_col > 1"],
+            "predicate for \"t\"",
+        ),
     ] {
         let s = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
         let f = RowFilter::parse(&s(t), &s(c), &s(w)).unwrap();

@@ -13,4 +13,6 @@ pub use chain::{Chain, ContentDigest};
 pub use ids::{ClusterId, IdError, NodeId};
 pub use position::{Epoch, Lsn, Position, PositionParseError};
 pub use record::{LogKind, LogKindParseError, LogRecord, Page, PagePayload};
-pub use rows::{DdlKind, RowChange, RowItem, RowOp, RowPayload, SchemaChange, SqlValue, TableShape};
+pub use rows::{
+    DdlKind, RowChange, RowItem, RowOp, RowPayload, SchemaChange, SqlValue, TableShape,
+};

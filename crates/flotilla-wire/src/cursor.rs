@@ -88,7 +88,10 @@ impl<'a> Cursor<'a> {
                 return Ok(v);
             }
         }
-        Err(DecodeError::invalid(self.what, "varint longer than 10 bytes"))
+        Err(DecodeError::invalid(
+            self.what,
+            "varint longer than 10 bytes",
+        ))
     }
 
     /// A signed (zigzag) varint.

@@ -84,7 +84,10 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
         2 => {
             let s = c.u8()?;
             if s & !(SECTION_PAGES | SECTION_ROWS) != 0 {
-                return Err(DecodeError::invalid(WHAT, format!("unknown sections {s:#x}")));
+                return Err(DecodeError::invalid(
+                    WHAT,
+                    format!("unknown sections {s:#x}"),
+                ));
             }
             s
         }
@@ -105,9 +108,10 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
         NodeId::new(c.str16(64)?).map_err(|e| DecodeError::invalid(WHAT, e.to_string()))?;
     let rows = if sections & SECTION_ROWS != 0 {
         let bytes = c.bytes32()?;
-        Some(decode_rows(bytes).map_err(|e| {
-            DecodeError::invalid(WHAT, format!("lsn {lsn}: {e}"))
-        })?)
+        Some(
+            decode_rows(bytes)
+                .map_err(|e| DecodeError::invalid(WHAT, format!("lsn {lsn}: {e}")))?,
+        )
     } else {
         None
     };
@@ -252,7 +256,14 @@ pub(crate) mod tests {
     fn version_1_fixture_still_decodes() {
         // Bytes written by format version 1 (one 512-byte page); later versions keep reading them.
         let mut out = Out::default();
-        out.u8(1).u8(1).u64(3).u64(1).u64(9).u64(42).u64(5).str16("n1");
+        out.u8(1)
+            .u8(1)
+            .u64(3)
+            .u64(1)
+            .u64(9)
+            .u64(42)
+            .u64(5)
+            .str16("n1");
         out.u32(512).u32(1).u32(1).u32(1).raw(&[7u8; 512]);
         let r = decode_record(&out.seal()).unwrap();
         assert_eq!((r.lsn, r.epoch, r.rows.is_none()), (Lsn(1), Epoch(3), true));
@@ -268,12 +279,18 @@ pub(crate) mod tests {
         let back = decode_record(&projected).unwrap();
         assert_eq!(back.pages, None);
         assert_eq!(back.rows, r.rows);
-        assert_eq!((back.lsn, back.chain, back.digest, back.origin), (r.lsn, r.chain, r.digest, r.origin.clone()));
+        assert_eq!(
+            (back.lsn, back.chain, back.digest, back.origin),
+            (r.lsn, r.chain, r.digest, r.origin.clone())
+        );
         assert_eq!(project_record(&full, LogKind::Physical).unwrap(), full);
         let mut no_rows = r.clone();
         no_rows.rows = None;
         let err = project_record(&encode_record(&no_rows), LogKind::Logical).unwrap_err();
-        assert!(err.to_string().contains("record 7 has no row changes"), "{err}");
+        assert!(
+            err.to_string().contains("record 7 has no row changes"),
+            "{err}"
+        );
     }
 
     #[test]

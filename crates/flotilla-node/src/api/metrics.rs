@@ -166,6 +166,12 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Snapshots installed.",
             &one(Counters::get(&c.bootstraps)),
         );
+        metric(
+            "flotilla_apply_conflicts_total",
+            "counter",
+            "Changes a logical follower found not to fit its data (see conflict-policy).",
+            &one(Counters::get(&c.apply_conflicts)),
+        );
         if let Some(f) = &node.follower {
             let s = f.status();
             metric(

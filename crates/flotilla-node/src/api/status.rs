@@ -95,6 +95,15 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             out["leader_position"] = json!(s.leader_head.max(position).to_string());
             out["lag_transactions"] = json!(s.leader_head.lsn.0.saturating_sub(position.lsn.0));
             out["error"] = json!(s.last_error);
+            out["log"] = json!(node.config.log_kind.as_str());
+            if node.config.log_kind == flotilla_types::LogKind::Logical {
+                out["filter"] = json!(node.config.filter.to_string());
+                out["conflict_policy"] =
+                    json!(format!("{:?}", node.config.conflict_policy).to_lowercase());
+                out["conflicts"] = json!(crate::metrics::Counters::get(
+                    &node.counters.apply_conflicts
+                ));
+            }
             if let Some((done, total)) = s.bootstrap_progress {
                 out["bootstrap"] = json!({
                     "bytes_received": done,

@@ -1,6 +1,7 @@
 //! The apply thread: owns the follower's write connection (SQLite work is blocking).
 
-use flotilla_store::{DbSettings, FollowerDb, StoreError};
+use super::replica::{Replica, ReplicaSettings};
+use flotilla_store::StoreError;
 use flotilla_types::{Chain, LogRecord, Position};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -22,8 +23,8 @@ pub enum ApplyJob {
 
 pub fn spawn(
     path: PathBuf,
-    settings: DbSettings,
-    mut db: Option<FollowerDb>,
+    settings: ReplicaSettings,
+    mut db: Option<Replica>,
 ) -> mpsc::Sender<ApplyJob> {
     let (tx, rx) = mpsc::channel::<ApplyJob>();
     std::thread::Builder::new()
@@ -43,7 +44,7 @@ pub fn spawn(
                         let _ = reply.send(());
                     }
                     ApplyJob::Open(reply) => {
-                        let res = FollowerDb::open(&path, &settings);
+                        let res = Replica::open(&path, &settings);
                         let answer = match res {
                             Ok(Some(d)) => {
                                 let m = d.meta().clone();

@@ -8,6 +8,9 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+/// Marks a bootstrap error that retrying cannot fix: the node stops with it.
+pub const FATAL_PREFIX: &str = "fatal: ";
+
 pub async fn bootstrap(
     node: Arc<Node>,
     leader_url: String,
@@ -58,7 +61,13 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
         let body = resp.text().await.unwrap_or_default();
         return Err(format!("{url} answered {status}: {body}"));
     }
-    let path = node.db_path.clone();
+    // A logical replica is built from the snapshot; a physical one is the snapshot.
+    let logical = node.config.log_kind == flotilla_types::LogKind::Logical;
+    let path = if logical {
+        node.config.data_dir.join("snapshot.sqlite")
+    } else {
+        node.db_path.clone()
+    };
     let mut rx =
         tokio::task::block_in_place(|| SnapshotReceiver::new(&path)).map_err(|e| e.to_string())?;
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -104,6 +113,29 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
         b.finish_and_clear();
     }
     let header = tokio::task::block_in_place(|| rx.install()).map_err(|e| e.to_string())?;
+    if logical {
+        let settings = flotilla_store::DbSettings {
+            synchronous: node.config.synchronous,
+        };
+        let built = tokio::task::block_in_place(|| {
+            flotilla_store::RowReplica::build(&path, &node.db_path, &settings, &node.config.filter)
+        });
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        let meta = built.map_err(|e| {
+            let msg = format!("cannot build the logical replica: {e}");
+            // A filter that does not fit the leader's schema will not fit at the next try.
+            if matches!(e, flotilla_store::StoreError::Mismatch(_)) {
+                format!("{FATAL_PREFIX}{msg}")
+            } else {
+                msg
+            }
+        })?;
+        tracing::info!(position = %meta.position, filter = %node.config.filter, "logical replica built");
+    }
     node.adopt_cluster(&header.cluster_id)
         .map_err(|e| e.to_string())?;
     tracing::info!(position = %header.position, bytes = header.body_len(), "snapshot installed");

@@ -2,12 +2,12 @@
 
 use super::apply::{self, ApplyJob};
 use super::bootstrap::bootstrap;
+use super::replica::ReplicaSettings;
 use super::transport::{self, Connection, Tagged};
 use crate::metrics::Counters;
 use crate::node::{Node, Role};
 use crate::time::mono_ms;
 use flotilla_core::{FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession};
-use flotilla_store::DbSettings;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +31,11 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
         .map(|d| (d.meta().position, d.meta().chain));
     let apply_tx = apply::spawn(
         node.db_path.clone(),
-        DbSettings {
-            synchronous: node.config.synchronous,
-        },
+        ReplicaSettings::of(&node.config, node.counters.apply_conflicts.clone()),
         initial,
     );
-    let config = FollowerConfig::new(node.config.id.as_str(), &node.url);
+    let mut config = FollowerConfig::new(node.config.id.as_str(), &node.url);
+    config.log_kind = node.config.log_kind;
     let mut session = FollowerSession::new(config, local, node.cluster_id());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Tagged>();
     let mut conn: Option<Connection> = None;
@@ -89,14 +88,21 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                 FollowerCommand::Bootstrap => {
                     conn = None;
                     shared.update(|s| s.phase = "bootstrapping");
-                    let (n, url, a, events) = (
+                    let (n, url, a, events, fatal) = (
                         node.clone(),
                         leader_url.clone(),
                         apply_tx.clone(),
                         ev_tx.clone(),
+                        fatal.clone(),
                     );
                     tokio::spawn(async move {
                         let ev = match bootstrap(n, url, a).await {
+                            Err(reason) if reason.starts_with(super::bootstrap::FATAL_PREFIX) => {
+                                let _ = fatal.send(
+                                    reason[super::bootstrap::FATAL_PREFIX.len()..].to_string(),
+                                );
+                                return;
+                            }
                             Ok((position, chain, cluster_id)) => FollowerEvent::BootstrapFinished {
                                 position,
                                 chain,

@@ -4,11 +4,12 @@
 mod apply;
 mod bootstrap;
 mod driver;
+mod replica;
 mod transport;
 
 pub use driver::drive;
+pub use replica::{Replica, ReplicaSettings};
 
-use flotilla_store::FollowerDb;
 use flotilla_types::Position;
 use std::sync::Mutex;
 
@@ -26,11 +27,11 @@ pub struct FollowerStatus {
 pub struct FollowerShared {
     pub status: Mutex<FollowerStatus>,
     /// The database as opened at start; taken by the apply thread.
-    pub(crate) initial_db: Mutex<Option<FollowerDb>>,
+    pub(crate) initial_db: Mutex<Option<Replica>>,
 }
 
 impl FollowerShared {
-    pub fn new(db: Option<FollowerDb>) -> FollowerShared {
+    pub fn new(db: Option<Replica>) -> FollowerShared {
         FollowerShared {
             status: Mutex::new(FollowerStatus {
                 phase: "starting",

@@ -11,8 +11,8 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
 use flotilla_log::LogError;
-use flotilla_types::{Lsn, Position};
-use flotilla_wire::{FollowerMessage, LeaderMessage, RefusalCode};
+use flotilla_types::{LogKind, Lsn, Position};
+use flotilla_wire::{project_record, FollowerMessage, LeaderMessage, RefusalCode};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,8 +204,29 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
                     break;
                 }
                 next = Lsn(next.0 + batch.len() as u64);
-                let raw: Vec<&[u8]> = batch.iter().map(|r| r.as_slice()).collect();
-                let msg = LeaderMessage::encode_records(&raw);
+                let msg = if log_kind == LogKind::Physical {
+                    let raw: Vec<&[u8]> = batch.iter().map(|r| r.as_slice()).collect();
+                    LeaderMessage::encode_records(&raw)
+                } else {
+                    // A logical follower gets the records without their page images.
+                    let projected = match batch
+                        .iter()
+                        .map(|r| project_record(r, log_kind))
+                        .collect::<Result<Vec<_>, _>>()
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let msg = LeaderMessage::Refuse {
+                                code: RefusalCode::NeedSnapshot,
+                                message: format!("cannot ship to a logical follower: {e}"),
+                            };
+                            let _ = sink.send(Message::Binary(Bytes::from(msg.encode()))).await;
+                            return Err(e.to_string());
+                        }
+                    };
+                    let raw: Vec<&[u8]> = projected.iter().map(|r| r.as_slice()).collect();
+                    LeaderMessage::encode_records(&raw)
+                };
                 crate::metrics::Counters::add(&node.counters.shipped_bytes, msg.len() as u64);
                 sink.send(Message::Binary(Bytes::from(msg)))
                     .await

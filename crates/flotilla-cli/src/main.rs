@@ -1,6 +1,7 @@
 //! `flotilla`: run a node, talk to one, or see a cluster work (`flotilla demo`).
 
 mod bench;
+mod changes;
 mod demo;
 mod serve;
 mod sql;
@@ -31,6 +32,8 @@ enum Command {
     /// Manage a leader's followers.
     #[command(subcommand)]
     Follower(status::FollowerCommand),
+    /// Tail a leader's change feed: one JSON line per committed transaction.
+    Changes(changes::ChangesArgs),
     /// Start a leader and followers on this machine, replicate, and check they are identical.
     Demo(demo::DemoArgs),
     /// Measure replication: commit throughput, follower lag, catch-up, bootstrap.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             Command::Sql(a) => sql::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,
+            Command::Changes(a) => changes::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(a) => bench::run(a).await,
         }

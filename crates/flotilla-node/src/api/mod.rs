@@ -1,6 +1,7 @@
 //! The HTTP/JSON client API (documented in `docs/api.md`).
 
 mod body;
+pub mod changes;
 mod error;
 mod execute;
 mod followers;
@@ -25,6 +26,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/query", post(query::query))
         .route("/v1/status", get(status::status))
         .route("/v1/snapshot", get(snapshot::snapshot))
+        .route("/v1/changes", get(changes::changes))
         .route("/v1/followers/{id}", delete(followers::remove))
         .route("/v1/replication", get(replication))
         .route("/metrics", get(metrics::metrics))

@@ -267,7 +267,7 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
 }
 
 /// The durable records from `from` on: from memory when recent, otherwise from the log files.
-async fn fetch(node: &Arc<Node>, from: u64) -> Result<Vec<Arc<Vec<u8>>>, LogError> {
+pub(crate) async fn fetch(node: &Arc<Node>, from: u64) -> Result<Vec<Arc<Vec<u8>>>, LogError> {
     let leader = node.leader.as_ref().expect("leader");
     if let Some(recs) = leader.recent.from(from, BATCH_BYTES) {
         if !recs.is_empty() {

@@ -283,22 +283,61 @@ async fn fill(c: &Client, txns: u64, rows: u64, clients: u64) -> anyhow::Result<
     Ok(())
 }
 
-/// A follower stopped while the leader commits `txns` × `rows`, then restarted: catch-up rate.
-async fn catchup(exe: &Path, root: &Path, txns: u64, rows: u64) -> anyhow::Result<(f64, f64)> {
+/// Catch-up rates: (rows/s, txn/s).
+type CatchUp = (f64, f64);
+
+/// A physical and a logical follower stopped while the leader commits `txns` × `rows`, then
+/// restarted one after the other: their catch-up rates, and the change feed's rate over the
+/// same transactions (txn/s, read to the end with follow=false).
+async fn catchup(
+    exe: &Path,
+    root: &Path,
+    txns: u64,
+    rows: u64,
+) -> anyhow::Result<(CatchUp, CatchUp, f64)> {
     let leader = LocalNode::start(exe, root, "leader", None, &[]).await?;
     let lc = Client::new(&leader.url);
     lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
         .await?;
-    let mut f = LocalNode::start(exe, root, "follower", Some(&leader.url), &[]).await?;
-    wait_for(&Client::new(&f.url), &position(&lc).await?).await?;
-    f.kill().await;
+    let start = position(&lc).await?;
+    let mut fp = LocalNode::start(exe, root, "physical", Some(&leader.url), &[]).await?;
+    let mut fl = LocalNode::start(
+        exe,
+        root,
+        "logical",
+        Some(&leader.url),
+        &["--log", "logical"],
+    )
+    .await?;
+    for f in [&fp, &fl] {
+        wait_for(&Client::new(&f.url), &start).await?;
+    }
+    fp.kill().await;
+    fl.kill().await;
     fill(&lc, txns, rows, 4).await?;
     let head = position(&lc).await?;
+    // The feed first, while the stopped followers still hold the log back.
     let t = Instant::now();
-    f.restart().await?;
-    wait_for(&Client::new(&f.url), &head).await?;
-    let secs = t.elapsed().as_secs_f64();
-    Ok(((txns * rows) as f64 / secs, txns as f64 / secs))
+    let mut resp = reqwest::get(format!(
+        "{}/v1/changes?from={start}&follow=false",
+        leader.url
+    ))
+    .await?;
+    let mut lines = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    let feed = lines as f64 / t.elapsed().as_secs_f64();
+    anyhow::ensure!(lines == txns, "the change feed returned {lines} of {txns} transactions");
+    let mut rates = Vec::new();
+    for f in [&mut fp, &mut fl] {
+        let t = Instant::now();
+        f.restart().await?;
+        wait_for(&Client::new(&f.url), &head).await?;
+        let secs = t.elapsed().as_secs_f64();
+        rates.push(((txns * rows) as f64 / secs, txns as f64 / secs));
+    }
+    Ok((rates[0], rates[1], feed))
 }
 
 /// A new follower of a database of about `mib` MiB: bootstrap rate in MiB/s (process start
@@ -375,6 +414,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         f_cu_rows,
         f_cu_small,
         f_boot,
+        f_tpl,
+        f_lratio,
+        f_lp50,
+        f_lp99,
+        f_lcu_rows,
+        f_lcu_small,
+        f_feed,
     ) = (
         fig("fsync 4 KiB p50 (disk regime)", "µs"),
         fig(
@@ -398,6 +444,22 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         fig(
             &format!("snapshot bootstrap, {} MiB", s.snapshot_mib),
             "MiB/s",
+        ),
+        fig("logical: leader commits, 4 clients, 1 logical follower", "txn/s"),
+        fig("logical: throughput with 1 logical follower / without", "ratio"),
+        fig("logical: commit-to-visible lag at half load, p50", "ms"),
+        fig("logical: commit-to-visible lag at half load, p99", "ms"),
+        fig(
+            &format!("logical: catch-up {} txns × {} rows", s.big_txns, s.big_rows),
+            "rows/s",
+        ),
+        fig(
+            &format!("logical: catch-up {} single-row txns", s.small_txns),
+            "txn/s",
+        ),
+        fig(
+            &format!("logical: change feed over {} single-row txns", s.small_txns),
+            "txn/s",
         ),
     );
     for run in 0..s.runs {
@@ -435,18 +497,43 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         figures[f_max].values.push(max);
         drop((leader, f1, f2));
 
-        progress("catch-up, large transactions");
+        progress("commit throughput and lag with 1 logical follower");
+        let leader = LocalNode::start(&exe, &dir, "lleader", None, &[]).await?;
+        let lc = Client::new(&leader.url);
+        lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
+            .await?;
+        let fl = LocalNode::start(
+            &exe,
+            &dir,
+            "lf",
+            Some(&leader.url),
+            &["--log", "logical"],
+        )
+        .await?;
+        wait_for(&Client::new(&fl.url), &position(&lc).await?).await?;
+        let tpl = throughput(&leader.url, 4, s.secs).await;
+        figures[f_tpl].values.push(tpl);
+        figures[f_lratio].values.push(tpl / tp0);
+        let (p50, p99, _) = lag(&leader.url, &fl.url, tpl / 2.0, s.secs).await?;
+        figures[f_lp50].values.push(p50);
+        figures[f_lp99].values.push(p99);
+        drop((leader, fl));
+
+        progress("catch-up (physical and logical) and change feed, large transactions");
         let d = dir.join("catchup-big");
-        let (rows_s, _) = catchup(&exe, &d, s.big_txns, s.big_rows)
+        let ((rows_s, _), (lrows_s, _), _) = catchup(&exe, &d, s.big_txns, s.big_rows)
             .await
             .context("catch-up (large)")?;
         figures[f_cu_rows].values.push(rows_s);
-        progress("catch-up, single-row transactions");
+        figures[f_lcu_rows].values.push(lrows_s);
+        progress("catch-up (physical and logical) and change feed, single-row transactions");
         let d = dir.join("catchup-small");
-        let (_, txn_s) = catchup(&exe, &d, s.small_txns, 1)
+        let ((_, txn_s), (_, ltxn_s), feed) = catchup(&exe, &d, s.small_txns, 1)
             .await
             .context("catch-up (small)")?;
         figures[f_cu_small].values.push(txn_s);
+        figures[f_lcu_small].values.push(ltxn_s);
+        figures[f_feed].values.push(feed);
 
         progress("snapshot bootstrap");
         let d = dir.join("bootstrap");
@@ -467,7 +554,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "\nFlotilla physical replication, {} run(s) each (median [min..max])\n",
+        "\nFlotilla replication (physical and logical), {} run(s) each (median [min..max])\n",
         s.runs
     );
     let w = figures.iter().map(|f| f.name.len()).max().unwrap_or(10);

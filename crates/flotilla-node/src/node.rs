@@ -172,6 +172,7 @@ pub async fn run(
                 cluster_id: meta.cluster_id.clone(),
                 epoch: meta.position.epoch,
                 followers_file,
+                feed_pins: Default::default(),
             };
             writer_thread = Some(leader::spawn_writer(
                 leader::WriterParts {

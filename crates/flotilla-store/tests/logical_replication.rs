@@ -353,3 +353,20 @@ fn capture_records_before_and_after_and_drops_rolled_back_requests() {
     );
     assert_eq!(leader.last_rows().unwrap().unwrap(), p);
 }
+
+#[test]
+fn vacuum_is_refused_so_rowids_never_renumber() {
+    let dir = tempfile::tempdir().unwrap();
+    let lp = dir.path().join("leader.db");
+    let mut leader = open_leader(&lp);
+    commit(&mut leader, req(&[(SETUP[1], vec![])]));
+    let out = leader
+        .commit_batch(&[req(&[("VACUUM", vec![])])], Epoch(1), &NodeId::new("l").unwrap(), 1)
+        .unwrap();
+    match &out.outcomes[0] {
+        RequestOutcome::Failed { message, .. } => {
+            assert!(message.contains("VACUUM"), "{message}")
+        }
+        other => panic!("VACUUM was not refused: {other:?}"),
+    }
+}

@@ -174,7 +174,9 @@ pub async fn changes(
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
-    tokio::spawn(stream_changes(node.clone(), start, tables, follow, tx));
+    // Pinned before the stream starts: retention keeps what it has yet to send.
+    let pin = leader.feed_pins.pin(start.0);
+    tokio::spawn(stream_changes(node.clone(), pin, start, tables, follow, tx));
     let body = Body::from_stream(tokio_stream_from(rx));
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -193,6 +195,7 @@ type Sender = tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>;
 
 async fn stream_changes(
     node: Arc<Node>,
+    pin: crate::leader::FeedPin,
     mut next: Lsn,
     tables: Option<BTreeSet<String>>,
     follow: bool,
@@ -201,6 +204,7 @@ async fn stream_changes(
     let leader = node.leader.as_ref().expect("leader");
     let mut head_rx = leader.head.subscribe();
     loop {
+        pin.advance(next.0);
         let head = head_rx.borrow_and_update().position;
         while next <= head.lsn {
             let batch = match crate::leader::shipping::fetch(&node, next.0).await {
@@ -243,6 +247,7 @@ async fn stream_changes(
             if !out.is_empty() && tx.send(Ok(bytes::Bytes::from(out))).await.is_err() {
                 return; // The consumer went away.
             }
+            pin.advance(next.0);
         }
         if !follow {
             return;

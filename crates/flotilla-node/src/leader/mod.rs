@@ -1,10 +1,12 @@
 //! A leader: one writer thread (group commit, capture, log append and fsync) and a shipping
 //! task per connected follower.
 
+mod feed_pins;
 mod recent;
 pub mod shipping;
 mod writer;
 
+pub use feed_pins::{FeedPin, FeedPins};
 pub use recent::RecentRecords;
 pub use writer::{spawn_writer, WriteError, WriteJob, WriteReply, WriterParts};
 
@@ -33,6 +35,8 @@ pub struct LeaderState {
     pub epoch: Epoch,
     /// Where known followers are remembered across restarts.
     pub followers_file: PathBuf,
+    /// Open change-feed streams (they hold the log back like followers).
+    pub feed_pins: Arc<FeedPins>,
 }
 
 impl LeaderState {
@@ -123,7 +127,10 @@ pub async fn retention_loop(node: Arc<crate::node::Node>) {
             max_bytes: node.config.retention_max_bytes,
             max_age_ms: node.config.retention_max_age_ms,
         };
-        let needed = leader.tracker().needed_from();
+        let needed = match (leader.tracker().needed_from(), leader.feed_pins.needed_from()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let keep = keep_from(&segments, needed, policy, crate::time::wall_ms());
         let log = leader.log.clone();
         match tokio::task::spawn_blocking(move || log.remove_before(keep)).await {

@@ -243,7 +243,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     // The logical follower holds exactly the filtered rows (another page layout: no digest).
     wait_for(&flc, &final_pos, Duration::from_secs(60)).await?;
     let filtered_sql = format!("SELECT count(*), coalesce(sum(k), 0) FROM t WHERE {predicate}");
-    let expected = lc.post("/v1/query", &json!({ "sql": filtered_sql })).await?["rows"].clone();
+    let expected = lc
+        .post("/v1/query", &json!({ "sql": filtered_sql }))
+        .await?["rows"]
+        .clone();
     let got = flc
         .post(
             "/v1/query",
@@ -254,7 +257,11 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     println!(
         "   {:<10} at {final_pos}: rows {got}, the leader's rows WHERE {predicate}: {expected}  {}",
         fl.id,
-        if got == expected { "identical" } else { "DIFFERENT" }
+        if got == expected {
+            "identical"
+        } else {
+            "DIFFERENT"
+        }
     );
     if got != expected {
         diverged.push(fl.id.clone());
@@ -263,10 +270,13 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     println!("\n7. The change feed: the last two transactions as a consumer sees them");
     let pos: flotilla_types::Position = final_pos.parse()?;
     let from = format!("{}/{}", pos.epoch.0, pos.lsn.0.saturating_sub(2));
-    let text = reqwest::get(format!("{}/v1/changes?from={from}&follow=false", leader.url))
-        .await?
-        .text()
-        .await?;
+    let text = reqwest::get(format!(
+        "{}/v1/changes?from={from}&follow=false",
+        leader.url
+    ))
+    .await?
+    .text()
+    .await?;
     for line in text.lines() {
         let shown: String = line.chars().take(220).collect();
         println!("   {shown}{}", if line.len() > 220 { " …" } else { "" });

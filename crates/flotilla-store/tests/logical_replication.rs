@@ -361,7 +361,12 @@ fn vacuum_is_refused_so_rowids_never_renumber() {
     let mut leader = open_leader(&lp);
     commit(&mut leader, req(&[(SETUP[1], vec![])]));
     let out = leader
-        .commit_batch(&[req(&[("VACUUM", vec![])])], Epoch(1), &NodeId::new("l").unwrap(), 1)
+        .commit_batch(
+            &[req(&[("VACUUM", vec![])])],
+            Epoch(1),
+            &NodeId::new("l").unwrap(),
+            1,
+        )
         .unwrap();
     match &out.outcomes[0] {
         RequestOutcome::Failed { message, .. } => {

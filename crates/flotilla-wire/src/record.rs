@@ -271,6 +271,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_malformed_row_section_is_refused_with_its_lsn() {
+        let mut r = sample(77, &[1]);
+        r.pages = None;
+        let mut rows = encode_rows(r.rows.as_ref().unwrap());
+        rows.truncate(rows.len() - 3);
+        let err = decode_record(&encode_record_with_rows(&r, Some(&rows))).unwrap_err();
+        assert!(err.to_string().contains("lsn 77"), "{err}");
+    }
+
+    #[test]
     fn a_logical_projection_drops_the_pages_and_keeps_the_rest() {
         let r = sample(7, &[1, 2, 9]);
         let full = encode_record(&r);

@@ -127,7 +127,10 @@ pub async fn retention_loop(node: Arc<crate::node::Node>) {
             max_bytes: node.config.retention_max_bytes,
             max_age_ms: node.config.retention_max_age_ms,
         };
-        let needed = match (leader.tracker().needed_from(), leader.feed_pins.needed_from()) {
+        let needed = match (
+            leader.tracker().needed_from(),
+            leader.feed_pins.needed_from(),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

@@ -193,8 +193,8 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     );
     show_lag(&lc, &w, step / 2.0).await?;
 
-    println!("\n5. Adding a logical follower that keeps only rows with k % 10 = 0");
-    let predicate = "k % 10 = 0";
+    println!("\n5. Adding a logical follower that keeps only rows with id % 10 = 0");
+    let predicate = "id % 10 = 0";
     let fl = LocalNode::start(
         &exe,
         &root,
@@ -278,8 +278,18 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     .text()
     .await?;
     for line in text.lines() {
-        let shown: String = line.chars().take(220).collect();
-        println!("   {shown}{}", if line.len() > 220 { " …" } else { "" });
+        let v: Value = serde_json::from_str(line)?;
+        let changes = v["changes"].as_array().cloned().unwrap_or_default();
+        println!(
+            "   {{\"position\": {}, \"commit_time_ms\": {}, {} changes, first: {}}}",
+            v["position"],
+            v["commit_time_ms"],
+            changes.len(),
+            changes
+                .first()
+                .map(|c| format!("{} {} key {}", c["op"], c["table"], c["key"]))
+                .unwrap_or_else(|| "-".into())
+        );
     }
     println!("   (flotilla changes --node {} tails it live)", leader.url);
 

@@ -14,7 +14,7 @@ fn quick_bench_reports_every_figure() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let figures = v["figures"].as_array().unwrap();
-    assert_eq!(figures.len(), 11);
+    assert_eq!(figures.len(), 18);
     for f in figures {
         let median = f["median"].as_f64().unwrap();
         assert!(median.is_finite() && median >= 0.0, "{f}");

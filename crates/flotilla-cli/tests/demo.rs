@@ -1,4 +1,5 @@
-//! `flotilla demo --quick` runs end to end and finds every follower identical.
+//! `flotilla demo --quick` runs end to end and finds every follower identical (the logical one
+//! to its filtered rows), and shows the change feed.
 
 #[test]
 fn quick_demo_succeeds() {
@@ -13,8 +14,11 @@ fn quick_demo_succeeds() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("All 3 followers are identical to the leader."),
+        stdout.contains("All 3 physical followers are identical to the leader, and the logical follower holds exactly its filtered rows."),
         "{stdout}"
     );
-    assert_eq!(stdout.matches(" identical").count(), 4, "{stdout}");
+    // Three physical followers, the logical one, and the summary line.
+    assert_eq!(stdout.matches(" identical").count(), 5, "{stdout}");
+    // The change feed printed transactions.
+    assert!(stdout.contains("{\"position\": \""), "{stdout}");
 }

@@ -1,5 +1,6 @@
 use crate::meta::{read_last_rows, upgrade_meta, CREATE_META};
 use crate::open::configure;
+use crate::client_statement::run_client_statement;
 use crate::row_capture::RowCapture;
 use crate::{read_meta, DbSettings, Meta, StatementRules, StoreError, WalTail};
 use flotilla_types::{
@@ -338,76 +339,21 @@ impl LeaderDb {
         Ok(RequestOutcome::Committed(results))
     }
 
-    /// Runs one client statement. Errors are the client's: (message, refused by the rules).
+    /// Runs one client statement and captures what it changed. Errors are the client's:
+    /// (message, refused by the rules).
     fn run_statement(
         &mut self,
         sql: &str,
         params: &[Value],
     ) -> Result<StatementResult, (String, bool)> {
-        // Cached: clients repeat the same statements. Authorization happens when a statement
-        // is (re)prepared, so a cached statement was allowed by the same rules. A schema change
-        // is never served from the cache (it is flushed after one runs), so the rules always
-        // see it and name it.
-        self.rules.take_schema_change();
-        let mut stmt = match self.conn.prepare_cached(sql) {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(match self.rules.take_reason() {
-                    Some(why) => (why, true),
-                    None => (sql_error_message(&e), false),
-                })
-            }
-        };
-        let expected = stmt.parameter_count();
-        if expected != params.len() {
-            return Err((
-                format!(
-                    "the statement has {expected} parameters but {} values were given",
-                    params.len()
-                ),
-                false,
-            ));
-        }
-        for (i, v) in params.iter().enumerate() {
-            stmt.raw_bind_parameter(i + 1, v)
-                .map_err(|e| (sql_error_message(&e), false))?;
-        }
-        let readonly = stmt.readonly();
-        let before = self.conn.total_changes();
-        let schema_change = self.rules.take_schema_change();
-        if schema_change.is_some() {
-            self.capture.set_enabled(false);
-        }
-        {
-            let mut rows = stmt.raw_query();
-            loop {
-                match rows.next() {
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    // A nested statement (a pragma function, a trigger) can be refused at step time.
-                    Err(e) => {
-                        if schema_change.is_some() {
-                            self.capture.set_enabled(true);
-                        }
-                        return Err(match self.rules.take_reason() {
-                            Some(why) => (why, true),
-                            None => (sql_error_message(&e), false),
-                        });
-                    }
-                }
-            }
-        }
-        drop(stmt);
-        match schema_change {
-            Some((kind, table)) => {
-                self.capture.schema_changed(SchemaChange {
-                    kind,
-                    table,
-                    sql: sql.to_string(),
-                });
-                self.capture.set_enabled(true);
-                self.conn.flush_prepared_statement_cache();
-            }
+        let ran = run_client_statement(&self.conn, &self.rules, sql, params)?;
+        match ran.schema_change {
+            // Rows an ALTER TABLE rewrote are dropped here: followers replay the statement.
+            Some((kind, table)) => self.capture.schema_changed(SchemaChange {
+                kind,
+                table,
+                sql: sql.to_string(),
+            }),
             None => {
                 let rules = self.rules.clone();
                 rules
@@ -415,11 +361,7 @@ impl LeaderDb {
                     .map_err(|e| (format!("cannot capture the row changes: {e}"), false))?;
             }
         }
-        let changed = !readonly && self.conn.total_changes() != before;
-        Ok(StatementResult {
-            rows_affected: if changed { self.conn.changes() } else { 0 },
-            last_insert_rowid: self.conn.last_insert_rowid(),
-        })
+        Ok(ran.result)
     }
 
     /// Checkpoints (passively: never waits for readers) once the WAL is large. Only called

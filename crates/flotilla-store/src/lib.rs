@@ -8,6 +8,7 @@
 //! - [`snapshot`]: a consistent copy of the database streamed page by page, and its installation.
 //! - [`StatementRules`]: which client statements are refused, and why.
 
+mod client_statement;
 mod error;
 mod follower_db;
 #[cfg(feature = "sim-bugs")]

@@ -147,11 +147,6 @@ impl RowCapture {
         s.enabled = true;
     }
 
-    /// Turns capture off (Flotilla's own statements, schema changes) or back on.
-    pub(crate) fn set_enabled(&self, on: bool) {
-        self.lock().enabled = on;
-    }
-
     /// A mark to roll back to (taken at a savepoint, after [`RowCapture::statement_done`]).
     pub(crate) fn mark(&self) -> usize {
         self.lock().payload.items.len()

@@ -1,0 +1,73 @@
+//! One client statement on a writer connection, under Flotilla's statement rules: shared by the
+//! leader's writer and a logical follower's local writes.
+
+use crate::leader_db::{sql_error_message, StatementResult};
+use crate::StatementRules;
+use flotilla_types::DdlKind;
+use rusqlite::types::Value;
+use rusqlite::Connection;
+
+/// A statement that ran, and the schema change it made, if any.
+pub(crate) struct Ran {
+    pub result: StatementResult,
+    pub schema_change: Option<(DdlKind, String)>,
+}
+
+/// Runs one client statement. Errors are the client's: (message, refused by the rules).
+pub(crate) fn run_client_statement(
+    conn: &Connection,
+    rules: &StatementRules,
+    sql: &str,
+    params: &[Value],
+) -> Result<Ran, (String, bool)> {
+    // Cached: clients repeat the same statements. Authorization happens when a statement is
+    // (re)prepared, so a cached statement was allowed by the same rules. A schema change is
+    // never served from the cache (it is flushed after one runs), so the rules always see it
+    // and name it.
+    rules.take_schema_change();
+    let refusal_or = |e: rusqlite::Error| match rules.take_reason() {
+        Some(why) => (why, true),
+        None => (sql_error_message(&e), false),
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(refusal_or)?;
+    let expected = stmt.parameter_count();
+    if expected != params.len() {
+        return Err((
+            format!(
+                "the statement has {expected} parameters but {} values were given",
+                params.len()
+            ),
+            false,
+        ));
+    }
+    for (i, v) in params.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, v)
+            .map_err(|e| (sql_error_message(&e), false))?;
+    }
+    let readonly = stmt.readonly();
+    let before = conn.total_changes();
+    let schema_change = rules.take_schema_change();
+    {
+        let mut rows = stmt.raw_query();
+        loop {
+            match rows.next() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                // A nested statement (a pragma function, a trigger) can be refused at step time.
+                Err(e) => return Err(refusal_or(e)),
+            }
+        }
+    }
+    drop(stmt);
+    if schema_change.is_some() {
+        conn.flush_prepared_statement_cache();
+    }
+    let changed = !readonly && conn.total_changes() != before;
+    Ok(Ran {
+        result: StatementResult {
+            rows_affected: if changed { conn.changes() } else { 0 },
+            last_insert_rowid: conn.last_insert_rowid(),
+        },
+        schema_change,
+    })
+}

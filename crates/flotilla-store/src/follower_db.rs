@@ -23,6 +23,17 @@ impl FollowerDb {
         }
         let conn = Connection::open(path)?;
         configure(&conn, settings, true)?;
+        let logical: bool = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_replica'",
+            [],
+            |r| r.get(0),
+        )?;
+        if logical {
+            return Err(StoreError::Mismatch(format!(
+                "{} holds a logical replica; a physical follower needs its own data directory",
+                path.display()
+            )));
+        }
         let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         match read_meta(&conn)? {
             Some(meta) => Ok(Some(FollowerDb {

@@ -31,7 +31,7 @@ pub use leader_db::{
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use open::{open_reader, DbSettings, Synchronous};
 pub use row_filter::{FilterParseError, RowFilter};
-pub use row_replica::{ConflictPolicy, RowReplica};
+pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica};
 pub use rules::{StatementRules, INTERNAL_PREFIX};
 pub use wal_tail::WalTail;
 

@@ -9,7 +9,9 @@
 use crate::meta::{read_meta_row, CREATE_META};
 use crate::open::configure;
 use crate::row_filter::RowFilter;
-use crate::{read_meta, DbSettings, Meta, StoreError};
+use crate::client_statement::run_client_statement;
+use crate::rules::LocalTables;
+use crate::{read_meta, DbSettings, Meta, StatementResult, StatementRules, StoreError};
 use flotilla_types::{DdlKind, LogRecord, RowChange, RowItem, SqlValue, TableShape};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
@@ -66,8 +68,28 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// The outcome of a write to a logical follower's own tables.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocalOutcome {
+    Committed(Vec<StatementResult>),
+    /// Rolled back; nothing of the request remains.
+    Failed {
+        statement: usize,
+        message: String,
+        /// Refused by Flotilla's statement rules (rather than an SQLite error).
+        refused: bool,
+        /// The statement writes a table replicated from the leader: send it there.
+        misdirected: bool,
+    },
+}
+
+const CREATE_LOCAL: &str = "CREATE TABLE IF NOT EXISTS _flotilla_local (name TEXT PRIMARY KEY) WITHOUT ROWID";
+
 pub struct RowReplica {
     conn: Connection,
+    rules: StatementRules,
+    /// Tables created on this follower through its API (writable here, never replicated).
+    local: LocalTables,
     meta: Meta,
     filter: RowFilter,
     policy: ConflictPolicy,
@@ -88,7 +110,7 @@ impl RowReplica {
         if !path.exists() {
             return Ok(None);
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         configure(&conn, settings, false)?;
         let Some(meta) = read_meta(&conn)? else {
             return Ok(None);
@@ -128,8 +150,17 @@ impl RowReplica {
             )));
         }
         conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA recursive_triggers = OFF;")?;
+        conn.execute_batch(CREATE_LOCAL)?;
+        let names: std::collections::HashSet<String> = conn
+            .prepare("SELECT name FROM _flotilla_local")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let local: LocalTables = Arc::new(std::sync::Mutex::new(names));
+        let rules = StatementRules::install_for_replica(&mut conn, local.clone())?;
         Ok(Some(RowReplica {
             conn,
+            rules,
+            local,
             meta,
             filter: filter.clone(),
             policy,
@@ -167,7 +198,7 @@ impl RowReplica {
         let meta = {
             let conn = Connection::open(&tmp)?;
             configure(&conn, settings, false)?;
-            build_into(&conn, snapshot, filter)?
+            build_into(&conn, snapshot, filter, path)?
         };
         // The WAL is checkpointed into the file when the connection closes; make it durable
         // before it replaces the old database.
@@ -190,6 +221,11 @@ impl RowReplica {
     /// Applies `records` (contiguous, following this replica's position and chain) in one
     /// transaction: readers see all of them or none.
     pub fn apply(&mut self, records: &[LogRecord]) -> Result<&Meta, StoreError> {
+        let rules = self.rules.clone();
+        rules.internal(|| self.apply_records(records))
+    }
+
+    fn apply_records(&mut self, records: &[LogRecord]) -> Result<&Meta, StoreError> {
         let Some(last) = records.last() else {
             return Ok(&self.meta);
         };
@@ -251,6 +287,91 @@ impl RowReplica {
         self.conflicts.fetch_add(conflicts, Ordering::Relaxed);
         self.meta = meta;
         Ok(&self.meta)
+    }
+}
+
+impl RowReplica {
+    /// Runs a client transaction on this follower's own tables (created here with `CREATE
+    /// TABLE`; they are never replicated). Writes to replicated tables are refused as
+    /// misdirected. Does not move the replication position.
+    pub fn execute_local(
+        &mut self,
+        statements: &[(String, Vec<rusqlite::types::Value>)],
+    ) -> Result<LocalOutcome, StoreError> {
+        // Transaction control is Flotilla's own (clients may not issue it).
+        let rules = self.rules.clone();
+        rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        let out = match self.run_local(statements) {
+            Ok(LocalOutcome::Committed(results)) => {
+                match rules.internal(|| self.conn.execute_batch("COMMIT")) {
+                    Ok(()) => Ok(LocalOutcome::Committed(results)),
+                    Err(e) => {
+                        let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
+                        Err(e.into())
+                    }
+                }
+            }
+            other => {
+                let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
+                other
+            }
+        };
+        self.reload_local()?;
+        out
+    }
+
+    fn run_local(
+        &mut self,
+        statements: &[(String, Vec<rusqlite::types::Value>)],
+    ) -> Result<LocalOutcome, StoreError> {
+        let tx = &self.conn;
+        let mut results = Vec::with_capacity(statements.len());
+        for (i, (sql, params)) in statements.iter().enumerate() {
+            self.rules.take_misdirected();
+            match run_client_statement(tx, &self.rules, sql, params) {
+                Ok(ran) => {
+                    match ran.schema_change {
+                        Some((DdlKind::CreateTable, t)) => {
+                            self.rules.internal(|| {
+                                tx.execute("INSERT OR IGNORE INTO _flotilla_local VALUES (?1)", [&t])
+                            })?;
+                            // Writable by the next statement of the request already (a
+                            // rollback reloads the set).
+                            self.local.lock().unwrap_or_else(|p| p.into_inner()).insert(t);
+                        }
+                        Some((DdlKind::DropTable, t)) => {
+                            self.rules.internal(|| {
+                                tx.execute("DELETE FROM _flotilla_local WHERE name = ?1", [&t])
+                            })?;
+                        }
+                        _ => {}
+                    }
+                    results.push(ran.result);
+                }
+                Err((message, refused)) => {
+                    let misdirected = self.rules.take_misdirected();
+                    return Ok(LocalOutcome::Failed {
+                        statement: i,
+                        message,
+                        refused,
+                        misdirected,
+                    });
+                }
+            }
+        }
+        Ok(LocalOutcome::Committed(results))
+    }
+
+    /// The local table set as committed (after a rollback or a drop).
+    fn reload_local(&mut self) -> Result<(), StoreError> {
+        let names: std::collections::HashSet<String> = self.rules.internal(|| {
+            self.conn
+                .prepare_cached("SELECT name FROM _flotilla_local")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()
+        })?;
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = names;
+        Ok(())
     }
 }
 
@@ -561,7 +682,12 @@ fn update(
 }
 
 /// Creates the filtered schema and rows from the snapshot in `conn` (an empty database).
-fn build_into(conn: &Connection, snapshot: &Path, filter: &RowFilter) -> Result<Meta, StoreError> {
+fn build_into(
+    conn: &Connection,
+    snapshot: &Path,
+    filter: &RowFilter,
+    previous: &Path,
+) -> Result<Meta, StoreError> {
     conn.execute("ATTACH DATABASE ?1 AS snap", [snapshot.to_string_lossy()])?;
     let leader = read_meta_of(conn, "snap")?;
     let objects: Vec<(String, String, String, Option<String>)> = conn
@@ -695,9 +821,66 @@ fn build_into(conn: &Connection, snapshot: &Path, filter: &RowFilter) -> Result<
         "INSERT INTO _flotilla_replica VALUES (1, 'logical', ?1)",
         [serde_json::to_string(filter).expect("plain data serialises")],
     )?;
+    tx.execute_batch(CREATE_LOCAL)?;
     tx.commit()?;
     conn.execute_batch("DETACH DATABASE snap")?;
+    carry_local_tables(conn, previous)?;
     Ok(leader)
+}
+
+/// A rebuilt replica keeps the tables created on the follower itself (from the replica it
+/// replaces): schema, indexes, triggers and rows.
+fn carry_local_tables(conn: &Connection, previous: &Path) -> Result<(), StoreError> {
+    if !previous.exists() {
+        return Ok(());
+    }
+    conn.execute("ATTACH DATABASE ?1 AS prev", [previous.to_string_lossy()])?;
+    let has_local: bool = conn.query_row(
+        "SELECT count(*) FROM prev.sqlite_schema WHERE name = '_flotilla_local'",
+        [],
+        |r| r.get(0),
+    )?;
+    let names: Vec<String> = if has_local {
+        conn.prepare("SELECT name FROM prev._flotilla_local")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let tx = conn.unchecked_transaction()?;
+    for name in &names {
+        let clash: bool = tx.query_row(
+            "SELECT count(*) FROM main.sqlite_schema WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        if clash {
+            return Err(StoreError::Mismatch(format!(
+                "the follower's own table {name:?} has the name of a table of the leader: \
+                 rename or drop it on this follower first"
+            )));
+        }
+        let objects: Vec<String> = tx
+            .prepare(
+                "SELECT sql FROM prev.sqlite_schema WHERE tbl_name = ?1 AND sql IS NOT NULL \
+                 ORDER BY type = 'table' DESC, rowid",
+            )?
+            .query_map([name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (i, sql) in objects.iter().enumerate() {
+            tx.execute_batch(sql)?;
+            if i == 0 {
+                tx.execute_batch(&format!(
+                    "INSERT INTO main.{q} SELECT * FROM prev.{q}",
+                    q = quote(name)
+                ))?;
+            }
+        }
+        tx.execute("INSERT INTO _flotilla_local VALUES (?1)", [name])?;
+    }
+    tx.commit()?;
+    conn.execute_batch("DETACH DATABASE prev")?;
+    Ok(())
 }
 
 fn read_meta_of(conn: &Connection, schema: &str) -> Result<Meta, StoreError> {

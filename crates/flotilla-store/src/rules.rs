@@ -76,19 +76,42 @@ pub struct StatementRules {
     reason: Arc<Mutex<Option<String>>>,
     /// The schema change the last prepared statement makes, if any.
     ddl: Arc<Mutex<Option<(DdlKind, String)>>>,
+    /// Set when the last refusal was a write to a table replicated from the leader.
+    misdirected: Arc<AtomicBool>,
 }
+
+/// On a logical follower, the tables clients may write: those created on the follower itself.
+pub type LocalTables = Arc<Mutex<std::collections::HashSet<String>>>;
 
 impl StatementRules {
     pub fn install(conn: &mut Connection) -> rusqlite::Result<StatementRules> {
+        Self::install_with(conn, None)
+    }
+
+    /// The rules of a logical follower: as on a leader, and writes only to `local` tables (a
+    /// write to a replicated table is refused as misdirected: it belongs on the leader).
+    pub fn install_for_replica(
+        conn: &mut Connection,
+        local: LocalTables,
+    ) -> rusqlite::Result<StatementRules> {
+        Self::install_with(conn, Some(local))
+    }
+
+    fn install_with(
+        conn: &mut Connection,
+        local: Option<LocalTables>,
+    ) -> rusqlite::Result<StatementRules> {
         let rules = StatementRules {
             internal: Arc::new(AtomicBool::new(false)),
             reason: Arc::new(Mutex::new(None)),
             ddl: Arc::new(Mutex::new(None)),
+            misdirected: Arc::new(AtomicBool::new(false)),
         };
-        let (internal, reason, ddl) = (
+        let (internal, reason, ddl, misdirected) = (
             rules.internal.clone(),
             rules.reason.clone(),
             rules.ddl.clone(),
+            rules.misdirected.clone(),
         );
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             if internal.load(Ordering::Relaxed) {
@@ -98,6 +121,16 @@ impl StatementRules {
                 ddl.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get_or_insert(change);
+            }
+            if let Some(local) = &local {
+                if let Some(table) = replicated_write(&ctx, local) {
+                    misdirected.store(true, Ordering::Relaxed);
+                    *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                        "table {table} is replicated from the leader and read-only here: \
+                         write it on the leader"
+                    ));
+                    return Authorization::Deny;
+                }
             }
             match refusal(&ctx) {
                 Some(why) => {
@@ -124,10 +157,39 @@ impl StatementRules {
         self.ddl.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// Whether the last refusal was a write to a replicated table (cleared by reading it).
+    pub fn take_misdirected(&self) -> bool {
+        self.misdirected.swap(false, Ordering::Relaxed)
+    }
+
     /// The reason of the last refusal, cleared by reading it.
     pub fn take_reason(&self) -> Option<String> {
         self.reason.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+}
+
+/// The replicated table a follower-local statement would write, if any. Indexes may be added
+/// to any table (a logical follower's own indexes); everything else that changes a table needs
+/// it to be local.
+fn replicated_write<'a>(ctx: &AuthContext<'a>, local: &LocalTables) -> Option<&'a str> {
+    let table = match ctx.action {
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. } => table_name,
+        _ => return None,
+    };
+    let lower = table.to_ascii_lowercase();
+    // SQLite's own tables (sqlite_schema, sqlite_sequence) change with every CREATE and
+    // AUTOINCREMENT insert; Flotilla's are refused by the common rules.
+    if lower.starts_with("sqlite_") || lower.starts_with(INTERNAL_PREFIX) {
+        return None;
+    }
+    let local = local.lock().unwrap_or_else(|p| p.into_inner());
+    (!local.contains(table)).then_some(table)
 }
 
 /// The schema change an authorized action makes (on the main database).

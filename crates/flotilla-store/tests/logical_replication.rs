@@ -375,3 +375,72 @@ fn vacuum_is_refused_so_rowids_never_renumber() {
         other => panic!("VACUUM was not refused: {other:?}"),
     }
 }
+
+#[test]
+fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lp, sp, rp) = (
+        dir.path().join("leader.db"),
+        dir.path().join("snap.db"),
+        dir.path().join("replica.db"),
+    );
+    let mut leader = open_leader(&lp);
+    commit(&mut leader, req(&[(SETUP[0], vec![])]));
+    commit(&mut leader, req(&[("INSERT INTO t VALUES (1, 'a', 1)", vec![])]));
+    snapshot_of(&lp, &sp);
+    let mut replica = replica(&sp, &rp, &RowFilter::default());
+    let s = |v: &[&str]| -> Vec<(String, Vec<Value>)> {
+        v.iter().map(|x| (x.to_string(), vec![])).collect()
+    };
+    let out = replica
+        .execute_local(&s(&[
+            "CREATE TABLE mine(id INTEGER PRIMARY KEY, note TEXT)",
+            "INSERT INTO mine(note) SELECT v FROM t",
+            "CREATE INDEX t_local ON t(n)",
+        ]))
+        .unwrap();
+    assert!(matches!(out, LocalOutcome::Committed(ref r) if r[1].rows_affected == 1), "{out:?}");
+    for sql in ["INSERT INTO t VALUES (2, 'b', 2)", "DROP TABLE t", "ALTER TABLE t ADD COLUMN z"] {
+        match replica.execute_local(&s(&[sql])).unwrap() {
+            LocalOutcome::Failed { misdirected, message, .. } => {
+                assert!(misdirected, "{sql}: {message}");
+                assert!(message.contains("replicated from the leader"), "{message}");
+            }
+            other => panic!("{sql} was accepted: {other:?}"),
+        }
+    }
+    // A failed request leaves nothing, and its new table is not writable afterwards.
+    let out = replica
+        .execute_local(&s(&["CREATE TABLE gone(x)", "INSERT INTO nope VALUES (1)"]))
+        .unwrap();
+    assert!(matches!(out, LocalOutcome::Failed { statement: 1, misdirected: false, .. }));
+    assert!(matches!(
+        replica.execute_local(&s(&["INSERT INTO gone VALUES (1)"])).unwrap(),
+        LocalOutcome::Failed { .. }
+    ));
+    // Replication continues around the local table and index.
+    let rec = commit(&mut leader, req(&[("INSERT INTO t VALUES (3, 'c', 3)", vec![])])).unwrap();
+    replica.apply(&[rec]).unwrap();
+    // A rebuild (re-bootstrap) keeps the follower's own table.
+    drop(replica);
+    snapshot_of(&lp, &sp);
+    let replica = replica_of(&sp, &rp);
+    assert_eq!(
+        rows(replica.connection(), "SELECT note FROM mine"),
+        vec![vec![Value::Text("a".into())]]
+    );
+    assert_eq!(
+        rows(replica.connection(), "SELECT count(*) FROM t"),
+        vec![vec![Value::Integer(2)]]
+    );
+    // The leader creating a table of the same name stops apply with the reason.
+    drop(replica);
+    let mut replica = replica_of(&sp, &rp);
+    let rec = commit(&mut leader, req(&[("CREATE TABLE mine(x)", vec![])])).unwrap();
+    let err = replica.apply(&[rec]).unwrap_err().to_string();
+    assert!(err.contains("table mine already exists"), "{err}");
+}
+
+fn replica_of(snapshot: &Path, path: &Path) -> RowReplica {
+    replica(snapshot, path, &RowFilter::default())
+}

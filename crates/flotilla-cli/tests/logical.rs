@@ -74,6 +74,34 @@ async fn physical_and_logical_followers_of_one_leader_end_with_the_right_rows() 
     )
     .await;
     let (ac, bc) = (Client::new(&all.url), Client::new(&big.url));
+    // The unfiltered logical follower keeps a table of its own, beside the replicated ones.
+    let out = exec(
+        &ac,
+        json!([
+            { "sql": "CREATE TABLE seen(id INTEGER PRIMARY KEY, at TEXT)" },
+            { "sql": "INSERT INTO seen(at) VALUES ('here')" },
+            { "sql": "CREATE INDEX orders_note ON orders(note)" }
+        ]),
+    )
+    .await;
+    assert_eq!(out["local"], true);
+    let (code, body) = raw(
+        &all.url,
+        "POST",
+        "/v1/execute",
+        Some("application/json"),
+        serde_json::to_vec(
+            &json!({ "statements": [{ "sql": "INSERT INTO orders VALUES (99, 1, 'x')" }] }),
+        )
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 421, "{body}");
+    assert_eq!(body["error"]["leader"], leader.url);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("replicated from the leader"));
     let mut rng = Rng(0x5eed);
     for i in 0..150 {
         if i == 50 {

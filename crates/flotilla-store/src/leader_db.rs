@@ -1,6 +1,6 @@
+use crate::client_statement::run_client_statement;
 use crate::meta::{read_last_rows, upgrade_meta, CREATE_META};
 use crate::open::configure;
-use crate::client_statement::run_client_statement;
 use crate::row_capture::RowCapture;
 use crate::{read_meta, DbSettings, Meta, StatementRules, StoreError, WalTail};
 use flotilla_types::{

@@ -6,10 +6,10 @@
 //! written in the same SQLite transaction as that transaction's rows, so the data and the
 //! position move together, also across a crash.
 
+use crate::client_statement::run_client_statement;
 use crate::meta::{read_meta_row, CREATE_META};
 use crate::open::configure;
 use crate::row_filter::RowFilter;
-use crate::client_statement::run_client_statement;
 use crate::rules::LocalTables;
 use crate::{read_meta, DbSettings, Meta, StatementResult, StatementRules, StoreError};
 use flotilla_types::{DdlKind, LogRecord, RowChange, RowItem, SqlValue, TableShape};
@@ -83,7 +83,8 @@ pub enum LocalOutcome {
     },
 }
 
-const CREATE_LOCAL: &str = "CREATE TABLE IF NOT EXISTS _flotilla_local (name TEXT PRIMARY KEY) WITHOUT ROWID";
+const CREATE_LOCAL: &str =
+    "CREATE TABLE IF NOT EXISTS _flotilla_local (name TEXT PRIMARY KEY) WITHOUT ROWID";
 
 pub struct RowReplica {
     conn: Connection,
@@ -333,11 +334,17 @@ impl RowReplica {
                     match ran.schema_change {
                         Some((DdlKind::CreateTable, t)) => {
                             self.rules.internal(|| {
-                                tx.execute("INSERT OR IGNORE INTO _flotilla_local VALUES (?1)", [&t])
+                                tx.execute(
+                                    "INSERT OR IGNORE INTO _flotilla_local VALUES (?1)",
+                                    [&t],
+                                )
                             })?;
                             // Writable by the next statement of the request already (a
                             // rollback reloads the set).
-                            self.local.lock().unwrap_or_else(|p| p.into_inner()).insert(t);
+                            self.local
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(t);
                         }
                         Some((DdlKind::DropTable, t)) => {
                             self.rules.internal(|| {

@@ -386,7 +386,10 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
     );
     let mut leader = open_leader(&lp);
     commit(&mut leader, req(&[(SETUP[0], vec![])]));
-    commit(&mut leader, req(&[("INSERT INTO t VALUES (1, 'a', 1)", vec![])]));
+    commit(
+        &mut leader,
+        req(&[("INSERT INTO t VALUES (1, 'a', 1)", vec![])]),
+    );
     snapshot_of(&lp, &sp);
     let mut replica = replica(&sp, &rp, &RowFilter::default());
     let s = |v: &[&str]| -> Vec<(String, Vec<Value>)> {
@@ -399,10 +402,21 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
             "CREATE INDEX t_local ON t(n)",
         ]))
         .unwrap();
-    assert!(matches!(out, LocalOutcome::Committed(ref r) if r[1].rows_affected == 1), "{out:?}");
-    for sql in ["INSERT INTO t VALUES (2, 'b', 2)", "DROP TABLE t", "ALTER TABLE t ADD COLUMN z"] {
+    assert!(
+        matches!(out, LocalOutcome::Committed(ref r) if r[1].rows_affected == 1),
+        "{out:?}"
+    );
+    for sql in [
+        "INSERT INTO t VALUES (2, 'b', 2)",
+        "DROP TABLE t",
+        "ALTER TABLE t ADD COLUMN z",
+    ] {
         match replica.execute_local(&s(&[sql])).unwrap() {
-            LocalOutcome::Failed { misdirected, message, .. } => {
+            LocalOutcome::Failed {
+                misdirected,
+                message,
+                ..
+            } => {
                 assert!(misdirected, "{sql}: {message}");
                 assert!(message.contains("replicated from the leader"), "{message}");
             }
@@ -413,13 +427,26 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
     let out = replica
         .execute_local(&s(&["CREATE TABLE gone(x)", "INSERT INTO nope VALUES (1)"]))
         .unwrap();
-    assert!(matches!(out, LocalOutcome::Failed { statement: 1, misdirected: false, .. }));
     assert!(matches!(
-        replica.execute_local(&s(&["INSERT INTO gone VALUES (1)"])).unwrap(),
+        out,
+        LocalOutcome::Failed {
+            statement: 1,
+            misdirected: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        replica
+            .execute_local(&s(&["INSERT INTO gone VALUES (1)"]))
+            .unwrap(),
         LocalOutcome::Failed { .. }
     ));
     // Replication continues around the local table and index.
-    let rec = commit(&mut leader, req(&[("INSERT INTO t VALUES (3, 'c', 3)", vec![])])).unwrap();
+    let rec = commit(
+        &mut leader,
+        req(&[("INSERT INTO t VALUES (3, 'c', 3)", vec![])]),
+    )
+    .unwrap();
     replica.apply(&[rec]).unwrap();
     // A rebuild (re-bootstrap) keeps the follower's own table.
     drop(replica);

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use flotilla_store::{RequestOutcome, TxnRequest};
+use flotilla_store::{LocalOutcome, RequestOutcome, TxnRequest};
 use flotilla_types::ContentDigest;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -50,9 +50,11 @@ pub async fn execute(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     Counters::add(&node.counters.execute_requests, 1);
-    let Some(leader) = node.leader.as_ref() else {
+    let logical_follower =
+        node.leader.is_none() && node.config.log_kind == flotilla_types::LogKind::Logical;
+    if node.leader.is_none() && !logical_follower {
         return Err(not_leader(&node));
-    };
+    }
     let (req, raw): (ExecuteRequest, _) =
         json_body(&headers, body, node.config.max_body_bytes).await?;
     if req.statements.is_empty() {
@@ -83,6 +85,16 @@ pub async fn execute(
             })?;
         statements.push((s.sql, params));
     }
+    let Some(leader) = node.leader.as_ref() else {
+        if req.idempotency_key.is_some() {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                "idempotency keys are kept by the leader; a logical follower's own tables take \
+                 writes without one",
+            ));
+        }
+        return execute_local(&node, statements).await;
+    };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     let job = WriteJob {
         request: TxnRequest {
@@ -133,5 +145,52 @@ pub async fn execute(
             "write_failed",
             e.to_string(),
         )),
+    }
+}
+
+/// A logical follower: a transaction on its own tables; writes to replicated tables are sent
+/// to the leader (421).
+async fn execute_local(
+    node: &Node,
+    statements: Vec<(String, Vec<rusqlite::types::Value>)>,
+) -> Result<Json<Value>, ApiError> {
+    let shared = node.follower.as_ref().expect("follower");
+    let outcome = shared
+        .execute_local(statements)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    match outcome {
+        LocalOutcome::Committed(results) => Ok(Json(json!({
+            "position": node.position.borrow().to_string(),
+            "results": results,
+            "local": true,
+        }))),
+        LocalOutcome::Failed {
+            statement,
+            message,
+            misdirected: true,
+            ..
+        } => {
+            let mut e = not_leader(node).with("statement", statement);
+            e.message = format!(
+                "statement {statement}: {message} ({}); the transaction was rolled back",
+                node.leader_url().unwrap_or_default()
+            );
+            Err(e)
+        }
+        LocalOutcome::Failed {
+            statement,
+            message,
+            refused,
+            ..
+        } => Err(ApiError::bad_request(
+            if refused {
+                "statement_refused"
+            } else {
+                "sql_error"
+            },
+            format!("statement {statement}: {message}; the transaction was rolled back"),
+        )
+        .with("statement", statement)),
     }
 }

@@ -1,7 +1,7 @@
 //! The apply thread: owns the follower's write connection (SQLite work is blocking).
 
 use super::replica::{Replica, ReplicaSettings};
-use flotilla_store::StoreError;
+use flotilla_store::{LocalOutcome, StoreError};
 use flotilla_types::{Chain, LogRecord, Position};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -19,6 +19,11 @@ pub enum ApplyJob {
     Close(oneshot::Sender<()>),
     /// (Re)open the database; answers with its position, chain and cluster id.
     Open(oneshot::Sender<Opened>),
+    /// A client transaction on a logical follower's own tables.
+    ExecuteLocal(
+        Vec<(String, Vec<rusqlite::types::Value>)>,
+        oneshot::Sender<Result<LocalOutcome, StoreError>>,
+    ),
 }
 
 pub fn spawn(
@@ -38,6 +43,18 @@ pub fn spawn(
                             None => Err(StoreError::Apply("no database is open".into())),
                         };
                         reply(res);
+                    }
+                    ApplyJob::ExecuteLocal(statements, reply) => {
+                        let res = match db.as_mut() {
+                            Some(Replica::Logical(r)) => r.execute_local(&statements),
+                            Some(Replica::Physical(_)) => Err(StoreError::Apply(
+                                "a physical follower takes no writes".into(),
+                            )),
+                            None => Err(StoreError::Apply(
+                                "no database is open yet (bootstrapping)".into(),
+                            )),
+                        };
+                        let _ = reply.send(res);
                     }
                     ApplyJob::Close(reply) => {
                         db = None;

@@ -34,6 +34,7 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
         ReplicaSettings::of(&node.config, node.counters.apply_conflicts.clone()),
         initial,
     );
+    *shared.apply.lock().unwrap_or_else(|p| p.into_inner()) = Some(apply_tx.clone());
     let mut config = FollowerConfig::new(node.config.id.as_str(), &node.url);
     config.log_kind = node.config.log_kind;
     let mut session = FollowerSession::new(config, local, node.cluster_id());

@@ -1,7 +1,7 @@
 //! A follower: drives [`flotilla_core::FollowerSession`] with a WebSocket transport to the
 //! leader, an apply thread owning the database's write connection, and snapshot bootstrap.
 
-mod apply;
+pub(crate) mod apply;
 mod bootstrap;
 mod driver;
 mod replica;
@@ -28,6 +28,8 @@ pub struct FollowerShared {
     pub status: Mutex<FollowerStatus>,
     /// The database as opened at start; taken by the apply thread.
     pub(crate) initial_db: Mutex<Option<Replica>>,
+    /// The apply thread's queue, once it runs (a logical follower's local writes go there).
+    pub(crate) apply: Mutex<Option<std::sync::mpsc::Sender<apply::ApplyJob>>>,
 }
 
 impl FollowerShared {
@@ -38,6 +40,7 @@ impl FollowerShared {
                 ..Default::default()
             }),
             initial_db: Mutex::new(db),
+            apply: Mutex::new(None),
         }
     }
 
@@ -46,6 +49,26 @@ impl FollowerShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Runs a transaction on a logical follower's own tables (on the apply thread).
+    pub async fn execute_local(
+        &self,
+        statements: Vec<(String, Vec<rusqlite::types::Value>)>,
+    ) -> Result<flotilla_store::LocalOutcome, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sender = self
+            .apply
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("the follower is starting")?;
+        sender
+            .send(apply::ApplyJob::ExecuteLocal(statements, tx))
+            .map_err(|_| "the apply thread stopped")?;
+        rx.await
+            .map_err(|_| "the apply thread stopped".to_string())?
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut FollowerStatus)) {

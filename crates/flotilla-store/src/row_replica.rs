@@ -258,17 +258,27 @@ impl RowReplica {
             let rows = r.rows.as_ref().ok_or_else(|| {
                 StoreError::Apply(format!("record {} carries no row changes", r.position()))
             })?;
+            // Plans per table of this record, made on first use.
+            let mut plans: Vec<Option<TablePlan>> = Vec::new();
+            plans.resize_with(rows.tables.len(), || None);
             for item in &rows.items {
                 let res = match item {
                     RowItem::Schema(s) => apply_schema(&tx, &self.filter, s),
-                    RowItem::Change(c) => apply_change(
-                        &tx,
-                        &self.filter,
-                        self.policy,
-                        rows.shape(c),
-                        c,
-                        &mut conflicts,
-                    ),
+                    RowItem::Change(c) => {
+                        let shape = rows.shape(c);
+                        if !self.filter.keeps_table(&shape.name) {
+                            continue;
+                        }
+                        let plan = plans[c.table as usize]
+                            .get_or_insert_with(|| TablePlan::new(shape, &self.filter));
+                        let cx = ChangeCtx {
+                            conn: &tx,
+                            policy: self.policy,
+                            shape,
+                            plan,
+                        };
+                        apply_change(&cx, c, &mut conflicts)
+                    }
                 };
                 res.map_err(|e| StoreError::Apply(format!("record {}: {e}", r.position())))?;
             }
@@ -434,24 +444,82 @@ fn apply_schema(
     Ok(())
 }
 
-/// Whether a row (values in `shape`'s column order) passes the table's predicate.
-fn passes(
-    conn: &Connection,
-    shape: &TableShape,
-    predicate: &str,
-    row: &[SqlValue],
-) -> Result<bool, String> {
-    let cols: Vec<String> = shape
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("?{} AS {}", i + 1, quote(c)))
-        .collect();
-    let sql = format!("SELECT ({predicate}) FROM (SELECT {})", cols.join(", "));
-    let mut stmt = conn.prepare_cached(&sql).map_err(|e| {
+/// How one table's changes are applied, worked out once per record (a record's changes of one
+/// table share a shape): the kept columns and the SQL of each operation.
+struct TablePlan {
+    kept: Vec<usize>,
+    insert: String,
+    insert_or_replace: String,
+    update: String,
+    delete: String,
+    /// `SELECT (predicate) FROM (SELECT ?1 AS col1, ...)` when the filter has a predicate.
+    predicate: Option<String>,
+}
+
+impl TablePlan {
+    fn new(shape: &TableShape, filter: &RowFilter) -> TablePlan {
+        // The columns this replica keeps, as indexes into the shape.
+        let kept: Vec<usize> = match filter.columns.get(&shape.name) {
+            None => (0..shape.columns.len()).collect(),
+            Some(cols) => shape
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| cols.iter().any(|c| c == *n))
+                .map(|(i, _)| i)
+                .collect(),
+        };
+        let table = quote(&shape.name);
+        let by_rowid = shape.keyed_by_rowid();
+        let mut cols: Vec<String> = kept.iter().map(|i| quote(&shape.columns[*i])).collect();
+        if by_rowid {
+            cols.push("rowid".into());
+        }
+        let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        let insert_as = |verb: &str| {
+            format!(
+                "{verb} INTO {table}({}) VALUES ({})",
+                cols.join(", "),
+                params.join(", ")
+            )
+        };
+        // UPDATE binds the kept values (and the new rowid) first, then the key.
+        let sets: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(n, c)| format!("{c} = ?{}", n + 1))
+            .collect();
+        let update = format!(
+            "UPDATE {table} SET {} WHERE {}",
+            sets.join(", "),
+            key_clause(shape, cols.len() + 1)
+        );
+        let delete = format!("DELETE FROM {table} WHERE {}", key_clause(shape, 1));
+        let predicate = filter.predicates.get(&shape.name).map(|p| {
+            let cols: Vec<String> = shape
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("?{} AS {}", i + 1, quote(c)))
+                .collect();
+            format!("SELECT ({p}) FROM (SELECT {})", cols.join(", "))
+        });
+        TablePlan {
+            insert: insert_as("INSERT"),
+            insert_or_replace: insert_as("INSERT OR REPLACE"),
+            update,
+            delete,
+            predicate,
+            kept,
+        }
+    }
+}
+
+/// Whether a row (values in the shape's column order) passes the table's predicate.
+fn passes(conn: &Connection, table: &str, sql: &str, row: &[SqlValue]) -> Result<bool, String> {
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| {
         format!(
-            "the predicate for {} does not work on its columns: {}",
-            shape.name,
+            "the predicate for {table} does not work on its columns: {}",
             sql_err(e)
         )
     })?;
@@ -466,47 +534,33 @@ fn passes(
     })
 }
 
-fn apply_change(
-    conn: &Connection,
-    filter: &RowFilter,
+/// What applying one change needs besides the change.
+struct ChangeCtx<'a> {
+    conn: &'a Connection,
     policy: ConflictPolicy,
-    shape: &TableShape,
-    c: &RowChange,
-    conflicts: &mut u64,
-) -> ApplyResult {
-    if !filter.keeps_table(&shape.name) {
-        return Ok(());
-    }
-    let (in_before, in_after) = match filter.predicates.get(&shape.name) {
+    shape: &'a TableShape,
+    plan: &'a TablePlan,
+}
+
+fn apply_change(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
+    let (in_before, in_after) = match &cx.plan.predicate {
         None => (c.before.is_some(), c.after.is_some()),
         Some(p) => (
             match &c.before {
-                Some(b) => passes(conn, shape, p, b)?,
+                Some(b) => passes(cx.conn, &cx.shape.name, p, b)?,
                 None => false,
             },
             match &c.after {
-                Some(a) => passes(conn, shape, p, a)?,
+                Some(a) => passes(cx.conn, &cx.shape.name, p, a)?,
                 None => false,
             },
         ),
     };
-    // The columns this replica keeps, as indexes into the shape.
-    let kept: Vec<usize> = match filter.columns.get(&shape.name) {
-        None => (0..shape.columns.len()).collect(),
-        Some(cols) => shape
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| cols.iter().any(|c| c == *n))
-            .map(|(i, _)| i)
-            .collect(),
-    };
-    let by_rowid = shape.keyed_by_rowid();
     match (in_before, in_after) {
         (false, false) => Ok(()),
-        (false, true) => insert(conn, policy, shape, &kept, c, conflicts),
-        (true, false) => delete(conn, policy, shape, c, by_rowid, conflicts),
-        (true, true) => update(conn, policy, shape, &kept, c, by_rowid, conflicts),
+        (false, true) => insert(cx, c, conflicts),
+        (true, false) => delete(cx, c, conflicts),
+        (true, true) => update(cx, c, conflicts),
     }
 }
 
@@ -541,32 +595,21 @@ fn key_values<'a>(shape: &TableShape, row: &'a [SqlValue], rowid: &'a SqlValue) 
     }
 }
 
-fn insert(
-    conn: &Connection,
-    policy: ConflictPolicy,
-    shape: &TableShape,
-    kept: &[usize],
-    c: &RowChange,
-    conflicts: &mut u64,
-) -> ApplyResult {
-    let after = c.after.as_ref().expect("insert or update has after values");
-    let mut cols: Vec<String> = kept.iter().map(|i| quote(&shape.columns[*i])).collect();
-    let rowid = SqlValue::Integer(c.new_rowid);
-    let mut args: Vec<SqlArg> = kept.iter().map(|i| SqlArg(&after[*i])).collect();
-    if shape.keyed_by_rowid() {
-        cols.push("rowid".into());
-        args.push(SqlArg(&rowid));
+/// The kept values of `row`, plus `rowid` for a table keyed by rowid.
+fn row_args<'a>(cx: &ChangeCtx, row: &'a [SqlValue], rowid: &'a SqlValue) -> Vec<SqlArg<'a>> {
+    let mut args: Vec<SqlArg> = cx.plan.kept.iter().map(|i| SqlArg(&row[*i])).collect();
+    if cx.shape.keyed_by_rowid() {
+        args.push(SqlArg(rowid));
     }
-    let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let sql = |verb: &str| {
-        format!(
-            "{verb} INTO {}({}) VALUES ({})",
-            quote(&shape.name),
-            cols.join(", "),
-            params.join(", ")
-        )
-    };
-    let mut stmt = conn.prepare_cached(&sql("INSERT")).map_err(sql_err)?;
+    args
+}
+
+fn insert(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
+    let after = c.after.as_ref().expect("insert or update has after values");
+    let rowid = SqlValue::Integer(c.new_rowid);
+    let args = row_args(cx, after, &rowid);
+    let name = &cx.shape.name;
+    let mut stmt = cx.conn.prepare_cached(&cx.plan.insert).map_err(sql_err)?;
     match stmt.execute(params_from_iter(args.iter())) {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, msg))
@@ -574,100 +617,68 @@ fn insert(
         {
             *conflicts += 1;
             let msg = msg.unwrap_or_default();
-            if policy == ConflictPolicy::Stop {
+            if cx.policy == ConflictPolicy::Stop {
                 return Err(format!(
-                    "conflict: inserting into {} collides with a row here ({msg}); \
-                     the conflict policy is stop",
-                    shape.name
+                    "conflict: inserting into {name} collides with a row here ({msg}); \
+                     the conflict policy is stop"
                 ));
             }
-            conn.prepare_cached(&sql("INSERT OR REPLACE"))
+            cx.conn
+                .prepare_cached(&cx.plan.insert_or_replace)
                 .and_then(|mut s| s.execute(params_from_iter(args.iter())))
                 .map(|_| ())
                 .map_err(sql_err)
         }
-        Err(e) => Err(format!("inserting into {}: {}", shape.name, sql_err(e))),
+        Err(e) => Err(format!("inserting into {name}: {}", sql_err(e))),
     }
 }
 
-fn delete(
-    conn: &Connection,
-    policy: ConflictPolicy,
-    shape: &TableShape,
-    c: &RowChange,
-    by_rowid: bool,
-    conflicts: &mut u64,
-) -> ApplyResult {
+fn delete(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
     let before = c
         .before
         .as_ref()
         .expect("update or delete has before values");
     let rowid = SqlValue::Integer(c.old_rowid);
-    let sql = format!(
-        "DELETE FROM {} WHERE {}",
-        quote(&shape.name),
-        key_clause(shape, 1)
-    );
-    let _ = by_rowid;
-    let n = conn
-        .prepare_cached(&sql)
-        .and_then(|mut s| s.execute(params_from_iter(key_values(shape, before, &rowid))))
-        .map_err(|e| format!("deleting from {}: {}", shape.name, sql_err(e)))?;
+    let name = &cx.shape.name;
+    let n = cx
+        .conn
+        .prepare_cached(&cx.plan.delete)
+        .and_then(|mut s| s.execute(params_from_iter(key_values(cx.shape, before, &rowid))))
+        .map_err(|e| format!("deleting from {name}: {}", sql_err(e)))?;
     if n == 0 {
         *conflicts += 1;
-        if policy == ConflictPolicy::Stop {
+        if cx.policy == ConflictPolicy::Stop {
             return Err(format!(
-                "conflict: the row of {} to delete is missing here; the conflict policy is stop",
-                shape.name
+                "conflict: the row of {name} to delete is missing here; the conflict policy is stop"
             ));
         }
     }
     Ok(())
 }
 
-fn update(
-    conn: &Connection,
-    policy: ConflictPolicy,
-    shape: &TableShape,
-    kept: &[usize],
-    c: &RowChange,
-    by_rowid: bool,
-    conflicts: &mut u64,
-) -> ApplyResult {
+fn update(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
     let before = c.before.as_ref().expect("update has before values");
     let after = c.after.as_ref().expect("update has after values");
-    let mut sets: Vec<String> = kept
-        .iter()
-        .enumerate()
-        .map(|(n, i)| format!("{} = ?{}", quote(&shape.columns[*i]), n + 1))
-        .collect();
-    let new_rowid = SqlValue::Integer(c.new_rowid);
-    let old_rowid = SqlValue::Integer(c.old_rowid);
-    let mut args: Vec<SqlArg> = kept.iter().map(|i| SqlArg(&after[*i])).collect();
-    if by_rowid {
-        sets.push(format!("rowid = ?{}", args.len() + 1));
-        args.push(SqlArg(&new_rowid));
-    }
-    let sql = format!(
-        "UPDATE {} SET {} WHERE {}",
-        quote(&shape.name),
-        sets.join(", "),
-        key_clause(shape, args.len() + 1)
+    let (new_rowid, old_rowid) = (
+        SqlValue::Integer(c.new_rowid),
+        SqlValue::Integer(c.old_rowid),
     );
-    args.extend(key_values(shape, before, &old_rowid));
-    let res = conn
-        .prepare_cached(&sql)
+    let mut args = row_args(cx, after, &new_rowid);
+    args.extend(key_values(cx.shape, before, &old_rowid));
+    let name = &cx.shape.name;
+    let res = cx
+        .conn
+        .prepare_cached(&cx.plan.update)
         .and_then(|mut s| s.execute(params_from_iter(args.iter())));
     match res {
         Ok(0) => {
             *conflicts += 1;
-            if policy == ConflictPolicy::Stop {
+            if cx.policy == ConflictPolicy::Stop {
                 return Err(format!(
-                    "conflict: the row of {} to update is missing here; the conflict policy is stop",
-                    shape.name
+                    "conflict: the row of {name} to update is missing here; the conflict policy is stop"
                 ));
             }
-            insert(conn, policy, shape, kept, c, &mut 0)
+            insert(cx, c, &mut 0)
         }
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, msg))
@@ -675,16 +686,19 @@ fn update(
         {
             *conflicts += 1;
             let msg = msg.unwrap_or_default();
-            if policy == ConflictPolicy::Stop {
+            if cx.policy == ConflictPolicy::Stop {
                 return Err(format!(
-                    "conflict: updating {} collides with a row here ({msg}); the conflict policy is stop",
-                    shape.name
+                    "conflict: updating {name} collides with a row here ({msg}); the conflict policy is stop"
                 ));
             }
-            delete(conn, ConflictPolicy::Overwrite, shape, c, by_rowid, &mut 0)?;
-            insert(conn, ConflictPolicy::Overwrite, shape, kept, c, &mut 0)
+            let overwrite = ChangeCtx {
+                policy: ConflictPolicy::Overwrite,
+                ..*cx
+            };
+            delete(&overwrite, c, &mut 0)?;
+            insert(&overwrite, c, &mut 0)
         }
-        Err(e) => Err(format!("updating {}: {}", shape.name, sql_err(e))),
+        Err(e) => Err(format!("updating {name}: {}", sql_err(e))),
     }
 }
 

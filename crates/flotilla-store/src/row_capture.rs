@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A row change as the hook saw it, before its table's shape is known.
 struct RawChange {
-    table: String,
+    table: Arc<str>,
     op: RowOp,
     old_rowid: i64,
     new_rowid: i64,
@@ -58,7 +58,10 @@ fn value(v: ValueRef<'_>) -> SqlValue {
         ValueRef::Null => SqlValue::Null,
         ValueRef::Integer(i) => SqlValue::Integer(i),
         ValueRef::Real(f) => SqlValue::Real(f),
-        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Text(t) => SqlValue::Text(match std::str::from_utf8(t) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(t).into_owned(),
+        }),
         ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
     }
 }
@@ -75,10 +78,17 @@ impl RowCapture {
                 if !s.enabled || db != "main" {
                     return;
                 }
-                let lower = table.to_ascii_lowercase();
-                if lower.starts_with(INTERNAL_PREFIX) || lower.starts_with("sqlite_") {
-                    return;
-                }
+                // The same table as the previous change (the common case) shares its name.
+                let name: Arc<str> = match s.raw.last() {
+                    Some(prev) if &*prev.table == table => prev.table.clone(),
+                    _ => {
+                        let lower = table.to_ascii_lowercase();
+                        if lower.starts_with(INTERNAL_PREFIX) || lower.starts_with("sqlite_") {
+                            return;
+                        }
+                        Arc::from(table)
+                    }
+                };
                 let old = |a: &rusqlite::hooks::PreUpdateOldValueAccessor| {
                     (0..a.get_column_count())
                         .map(|i| a.get_old_column_value(i).map(value))
@@ -91,7 +101,7 @@ impl RowCapture {
                 };
                 let change = match case {
                     PreUpdateCase::Insert(n) => new(n).map(|after| RawChange {
-                        table: table.to_string(),
+                        table: name.clone(),
                         op: RowOp::Insert,
                         old_rowid: 0,
                         new_rowid: n.get_new_row_id(),
@@ -99,7 +109,7 @@ impl RowCapture {
                         after: Some(after),
                     }),
                     PreUpdateCase::Delete(o) => old(o).map(|before| RawChange {
-                        table: table.to_string(),
+                        table: name.clone(),
                         op: RowOp::Delete,
                         old_rowid: o.get_old_row_id(),
                         new_rowid: 0,
@@ -111,7 +121,7 @@ impl RowCapture {
                         new_value_accessor: n,
                     } => old(o).and_then(|before| {
                         Ok(RawChange {
-                            table: table.to_string(),
+                            table: name.clone(),
                             op: RowOp::Update,
                             old_rowid: o.get_old_row_id(),
                             new_rowid: n.get_new_row_id(),
@@ -168,20 +178,20 @@ impl RowCapture {
         }
         let raw = std::mem::take(&mut s.raw);
         for c in raw {
-            let (table, known) = match s.in_payload.get(&c.table) {
+            let (table, known) = match s.in_payload.get(&*c.table) {
                 Some((i, k)) => (*i, k.clone()),
                 None => {
-                    let known = match s.shapes.get(&c.table) {
+                    let known = match s.shapes.get(&*c.table) {
                         Some(k) => k.clone(),
                         None => {
                             let k = Arc::new(read_shape(conn, &c.table)?);
-                            s.shapes.insert(c.table.clone(), k.clone());
+                            s.shapes.insert(c.table.to_string(), k.clone());
                             k
                         }
                     };
                     let i = s.payload.tables.len() as u32;
                     s.payload.tables.push(known.shape.clone());
-                    s.in_payload.insert(c.table.clone(), (i, known.clone()));
+                    s.in_payload.insert(c.table.to_string(), (i, known.clone()));
                     (i, known)
                 }
             };
@@ -195,8 +205,17 @@ impl RowCapture {
                         known.row_width
                     )));
                 }
+                if known.value_index.len() == vals.len() {
+                    // No generated columns: the row as captured.
+                    return Ok(Some(vals));
+                }
+                let mut vals = vals;
                 Ok(Some(
-                    known.value_index.iter().map(|&i| vals[i].clone()).collect(),
+                    known
+                        .value_index
+                        .iter()
+                        .map(|&i| std::mem::replace(&mut vals[i], SqlValue::Null))
+                        .collect(),
                 ))
             };
             let change = RowChange {

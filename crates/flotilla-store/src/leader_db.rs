@@ -1,6 +1,7 @@
 use crate::client_statement::run_client_statement;
 use crate::meta::{read_last_rows, upgrade_meta, CREATE_META};
 use crate::open::configure;
+use crate::pending_rows;
 use crate::row_capture::RowCapture;
 use crate::{read_meta, DbSettings, Meta, StatementRules, StoreError, WalTail};
 use flotilla_types::{
@@ -153,12 +154,17 @@ impl LeaderDb {
                 meta.position.lsn
             )));
         }
-        let rows = read_last_rows(&self.conn)?.ok_or_else(|| {
-            StoreError::Mismatch(format!(
-                "the database is at lsn {} but holds no row changes for it",
-                meta.position.lsn
-            ))
-        })?;
+        let rows = match read_last_rows(&self.conn)? {
+            Some(rows) => rows,
+            None => pending_rows::read(&self.path, meta.position.lsn).ok_or_else(|| {
+                StoreError::Mismatch(format!(
+                    "the database is at lsn {} but its row changes are neither in the database \
+                     nor in {}",
+                    meta.position.lsn,
+                    pending_rows::side_file(&self.path).display()
+                ))
+            })?,
+        };
         Ok(vec![(
             LogRecord {
                 epoch: meta.position.epoch,
@@ -223,6 +229,19 @@ impl LeaderDb {
             });
         }
         let encoded_rows = flotilla_wire::encode_rows(&rows);
+        let inline = encoded_rows.len() <= pending_rows::INLINE_MAX_BYTES;
+        if !inline {
+            if let Err(e) = pending_rows::write(&self.path, lsn, &encoded_rows) {
+                let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
+                // A full disk fails this commit (as SQLite's own SQLITE_FULL would); any other
+                // write or fsync failure stops the node.
+                return Err(if e.is_disk_full() {
+                    e
+                } else {
+                    StoreError::Capture(e.to_string())
+                });
+            }
+        }
         let digest = ContentDigest::of(&digests);
         let chain = self.meta.chain.next(epoch, lsn, digest);
         let stamped = rules.internal(|| -> Result<(), StoreError> {
@@ -240,7 +259,7 @@ impl LeaderDb {
                 chain.0 as i64,
                 digest.0 as i64,
                 now_us as i64,
-                encoded_rows
+                inline.then_some(&encoded_rows)
             ])?;
             self.conn.execute_batch("COMMIT")?;
             Ok(())
@@ -381,6 +400,7 @@ impl LeaderDb {
     /// The row changes of the last commit as stored with it (for tests and tools).
     pub fn last_rows(&self) -> Result<Option<RowPayload>, StoreError> {
         read_last_rows(&self.conn)?
+            .or_else(|| pending_rows::read(&self.path, self.meta.position.lsn))
             .map(|b| {
                 flotilla_wire::decode_rows(&b).map_err(|e| StoreError::Mismatch(e.to_string()))
             })

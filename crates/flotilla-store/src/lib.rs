@@ -16,6 +16,7 @@ pub mod injected_bugs;
 mod leader_db;
 mod meta;
 mod open;
+mod pending_rows;
 mod row_capture;
 mod row_filter;
 mod row_replica;

@@ -471,3 +471,39 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
 fn replica_of(snapshot: &Path, path: &Path) -> RowReplica {
     replica(snapshot, path, &RowFilter::default())
 }
+
+#[test]
+fn a_large_commit_missing_from_the_log_is_recaptured_with_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let lp = dir.path().join("leader.db");
+    let origin = NodeId::new("l").unwrap();
+    let mut leader = open_leader(&lp);
+    commit(&mut leader, req(&[(SETUP[0], vec![])]));
+    // Large enough that its rows wait in the side file rather than the meta row.
+    let big = commit(
+        &mut leader,
+        req(&[(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300) \
+             INSERT INTO t(id, v, n) SELECT i, hex(randomblob(20)), i FROM s",
+            vec![],
+        )]),
+    )
+    .unwrap();
+    assert!(
+        flotilla_wire::encode_rows(big.rows.as_ref().unwrap()).len() > 2048,
+        "the payload should be large"
+    );
+    std::mem::forget(leader);
+    let (mut leader, _) = LeaderDb::open(&lp, &DbSettings::default(), || unreachable!()).unwrap();
+    let recaptured = leader.uncaptured(Lsn(1), &origin).unwrap();
+    assert_eq!(recaptured.len(), 1);
+    let rows = flotilla_wire::decode_rows(&recaptured[0].1).unwrap();
+    assert_eq!(Some(rows), big.rows);
+    // Small commits keep theirs inline again; the side file no longer matches the newest lsn.
+    let small = commit(
+        &mut leader,
+        req(&[("INSERT INTO t VALUES (1000, 'x', 1)", vec![])]),
+    )
+    .unwrap();
+    assert_eq!(leader.last_rows().unwrap(), small.rows);
+}

@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// overwrite.
     #[arg(long)]
     conflict_policy: Option<String>,
+    /// Logical follower: the page size of its database (a power of two, 512 to 65536).
+    #[arg(long)]
+    page_size: Option<u32>,
 }
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {

@@ -51,6 +51,8 @@ pub struct ConfigFile {
     pub filter: FilterSection,
     /// A logical follower's answer to a change that does not fit: "stop" or "overwrite".
     pub conflict_policy: Option<String>,
+    /// A logical follower's page size (its own file; default SQLite's 4096).
+    pub page_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -162,6 +164,8 @@ pub struct NodeConfig {
     /// A logical follower's publication filter (empty: everything).
     pub filter: RowFilter,
     pub conflict_policy: ConflictPolicy,
+    /// The page size of a logical replica built from now on.
+    pub page_size: Option<u32>,
 }
 
 impl ConfigFile {
@@ -251,6 +255,20 @@ impl ConfigFile {
             .unwrap_or("stop")
             .parse()
             .map_err(|e: String| invalid("conflict-policy", e))?;
+        if let Some(size) = self.page_size {
+            if !(512..=65536).contains(&size) || !size.is_power_of_two() {
+                return Err(invalid(
+                    "page-size",
+                    format!("{size}: a power of two from 512 to 65536"),
+                ));
+            }
+            if log_kind != LogKind::Logical {
+                return Err(invalid(
+                    "page-size",
+                    "only a logical follower has its own page size (a physical one copies the leader's pages)",
+                ));
+            }
+        }
         let readers = self.api.readers.unwrap_or(4);
         if !(1..=64).contains(&readers) {
             return Err(invalid("api.readers", "must be between 1 and 64"));
@@ -271,6 +289,7 @@ impl ConfigFile {
             log_kind,
             filter,
             conflict_policy,
+            page_size: self.page_size,
         })
     }
 }

@@ -6,14 +6,19 @@ use flotilla_core::{
 };
 use flotilla_log::{Log, LogConfig};
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
-use flotilla_store::{open_reader, page_digest, DbSettings, FollowerDb, LeaderDb, TxnRequest};
+use flotilla_store::{
+    open_reader, page_digest, ConflictPolicy, DbSettings, FollowerDb, LeaderDb, RowFilter,
+    RowReplica, TxnRequest,
+};
 use flotilla_types::{ContentDigest, Epoch, LogKind, Lsn, NodeId, Position};
-use flotilla_wire::{FollowerMessage, LeaderMessage, RefusalCode};
+use flotilla_wire::{project_record, FollowerMessage, LeaderMessage, RefusalCode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rusqlite::types::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 const FOLLOWERS: usize = 2;
 const MAX_OPS: usize = 120;
@@ -44,8 +49,10 @@ struct Leader {
     db: LeaderDb,
     log: Log,
     tracker: FollowerTracker,
-    /// Page digest of the leader's database after each LSN (the oracle).
+    /// Page digest of the leader's database after each LSN (the oracle of physical followers).
     history: HashMap<u64, (u32, u64)>,
+    /// Digest of the rows of the leader's tables after each LSN (the oracle of logical ones).
+    content: HashMap<u64, u64>,
     /// Highest LSN acknowledged to a client (appended and synced).
     acked: u64,
     /// After damage at rest the log may not reopen (by design); the leader is not crashed again.
@@ -54,6 +61,8 @@ struct Leader {
 
 struct LeaderConn {
     follower: usize,
+    /// The log the follower asked for in its hello.
+    kind: LogKind,
     /// LSN of the next record to ship; `None` until the follower is welcomed.
     next: Option<u64>,
     last_sent_ms: u64,
@@ -61,11 +70,53 @@ struct LeaderConn {
     closing_at: Option<u64>,
 }
 
+/// A follower's database, of its log kind.
+enum Replica {
+    Physical(FollowerDb),
+    Logical(RowReplica),
+}
+
+impl Replica {
+    fn open(kind: LogKind, path: &Path) -> anyhow::Result<Option<Replica>> {
+        Ok(match kind {
+            LogKind::Physical => {
+                FollowerDb::open(path, &DbSettings::default())?.map(Replica::Physical)
+            }
+            LogKind::Logical => RowReplica::open(
+                path,
+                &DbSettings::default(),
+                &RowFilter::default(),
+                ConflictPolicy::Stop,
+                Arc::new(AtomicU64::new(0)),
+            )?
+            .map(Replica::Logical),
+        })
+    }
+
+    fn meta(&self) -> &flotilla_store::Meta {
+        match self {
+            Replica::Physical(d) => d.meta(),
+            Replica::Logical(d) => d.meta(),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        records: &[flotilla_types::LogRecord],
+    ) -> Result<&flotilla_store::Meta, flotilla_store::StoreError> {
+        match self {
+            Replica::Physical(d) => d.apply(records),
+            Replica::Logical(d) => d.apply(records),
+        }
+    }
+}
+
 struct Follower {
     id: String,
+    kind: LogKind,
     path: PathBuf,
     session: FollowerSession,
-    db: Option<FollowerDb>,
+    db: Option<Replica>,
     conn: Option<u64>,
     partitioned_until: u64,
     /// One-way partition: until then, messages from the leader to this follower vanish (the
@@ -100,8 +151,46 @@ fn digest_of(path: &std::path::Path) -> anyhow::Result<(u32, u64)> {
     Ok(page_digest(&open_reader(path)?)?)
 }
 
-fn follower_config(id: &str) -> FollowerConfig {
-    FollowerConfig::new(id, &format!("sim://{id}"))
+/// A digest of every row of every user table (Flotilla's and SQLite's own tables left out):
+/// equal for a logical replica and its leader at the same LSN, whatever their pages.
+fn content_digest(path: &Path) -> anyhow::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let conn = open_reader(path)?;
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' \
+             AND name NOT LIKE '\\_flotilla%' ESCAPE '\\' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for t in tables {
+        t.hash(&mut h);
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))?;
+        let n = stmt.column_count();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            for i in 0..n {
+                format!("{:?}", r.get::<_, Value>(i)?).hash(&mut h);
+            }
+        }
+    }
+    Ok(h.finish())
+}
+
+fn follower_config(id: &str, kind: LogKind) -> FollowerConfig {
+    let mut c = FollowerConfig::new(id, &format!("sim://{id}"));
+    c.log_kind = kind;
+    c
+}
+
+/// f0 follows the physical log, f1 the logical one.
+fn kind_of(f: usize) -> LogKind {
+    if f % 2 == 0 {
+        LogKind::Physical
+    } else {
+        LogKind::Logical
+    }
 }
 
 impl World {
@@ -198,6 +287,9 @@ impl World {
         self.leader
             .history
             .insert(rec.lsn.0, digest_of(&self.leader.path)?);
+        self.leader
+            .content
+            .insert(rec.lsn.0, content_digest(&self.leader.path)?);
         self.report.commits += 1;
         if !self.leader.damaged && self.rng.random_bool(0.01) {
             self.log(|| {
@@ -307,6 +399,7 @@ impl World {
                 cluster_id,
                 position,
                 chain,
+                log_kind,
                 ..
             } if !welcomed => {
                 let meta = self.leader.db.meta().clone();
@@ -355,14 +448,11 @@ impl World {
                         };
                         c.next = Some(start_after.0 + 1);
                         c.last_sent_ms = self.now;
+                        c.kind = log_kind;
                         let id = self.followers[f].id.clone();
-                        self.leader.tracker.session_opened(
-                            &id,
-                            "sim",
-                            LogKind::Physical,
-                            position,
-                            self.now,
-                        );
+                        self.leader
+                            .tracker
+                            .session_opened(&id, "sim", log_kind, position, self.now);
                     }
                     Decision::Refuse { code, message } => {
                         self.log(|| {
@@ -432,6 +522,11 @@ impl World {
                     Err(e) => return Err(e.into()),
                 };
                 let n = recs.len() as u64;
+                // As the node does: a logical follower gets the records without their pages.
+                let recs = recs
+                    .iter()
+                    .map(|r| project_record(r, c.kind))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let msg = LeaderMessage::encode_records(&recs);
                 self.send_to_follower(conn, msg);
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -474,6 +569,7 @@ impl World {
                     conn,
                     LeaderConn {
                         follower: f,
+                        kind: LogKind::Physical,
                         next: None,
                         last_sent_ms: self.now,
                         closing_at: None,
@@ -500,10 +596,18 @@ impl World {
                     Ok(meta) => {
                         let (position, chain) = (meta.position, meta.chain);
                         self.report.applies += 1;
-                        let got = digest_of(&fl.path)?;
-                        let want = self.leader.history.get(&position.lsn.0).copied();
+                        let same = match fl.kind {
+                            LogKind::Physical => {
+                                Some(digest_of(&fl.path)?)
+                                    == self.leader.history.get(&position.lsn.0).copied()
+                            }
+                            LogKind::Logical => {
+                                Some(content_digest(&fl.path)?)
+                                    == self.leader.content.get(&position.lsn.0).copied()
+                            }
+                        };
                         ensure!(
-                            Some(got) == want,
+                            same,
                             "{} at {position} differs from the leader's state at that lsn",
                             fl.id
                         );
@@ -539,20 +643,47 @@ impl World {
                 }
                 self.report.bootstraps += 1;
                 let fl = &mut self.followers[f];
-                fl.db = None;
+                if let Some(db) = fl.db.take() {
+                    drop(db);
+                }
                 let reader = open_reader(&self.leader.path)?;
-                let mut rx = SnapshotReceiver::new(&fl.path)?;
+                // As the node does: a logical replica is built from a snapshot file.
+                let target = match fl.kind {
+                    LogKind::Physical => fl.path.clone(),
+                    LogKind::Logical => fl.path.with_extension("snapshot"),
+                };
+                let mut rx = SnapshotReceiver::new(&target)?;
                 stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))??;
                 let h = rx.install()?;
-                let db =
-                    FollowerDb::open(&fl.path, &DbSettings::default())?.context("installed")?;
+                let same = match fl.kind {
+                    LogKind::Physical => {
+                        Some(digest_of(&fl.path)?)
+                            == self.leader.history.get(&h.position.lsn.0).copied()
+                    }
+                    LogKind::Logical => {
+                        RowReplica::build(
+                            &target,
+                            &fl.path,
+                            &DbSettings::default(),
+                            &RowFilter::default(),
+                            None,
+                        )?;
+                        for suffix in ["", "-wal", "-shm"] {
+                            let mut p = target.as_os_str().to_owned();
+                            p.push(suffix);
+                            let _ = std::fs::remove_file(p);
+                        }
+                        Some(content_digest(&fl.path)?)
+                            == self.leader.content.get(&h.position.lsn.0).copied()
+                    }
+                };
                 ensure!(
-                    Some(digest_of(&fl.path)?)
-                        == self.leader.history.get(&h.position.lsn.0).copied(),
-                    "snapshot at {} differs from the leader's history",
+                    same,
+                    "{} bootstrapped at {} differs from the leader's history",
+                    fl.id,
                     h.position
                 );
-                fl.db = Some(db);
+                fl.db = Some(Replica::open(fl.kind, &fl.path)?.context("installed")?);
                 self.events.push_back((
                     f,
                     FollowerEvent::BootstrapFinished {
@@ -577,11 +708,11 @@ impl World {
         if let Some(db) = fl.db.take() {
             self.graveyard.push(Box::new(db));
         }
-        let db = FollowerDb::open(&fl.path, &DbSettings::default())?;
+        let db = Replica::open(fl.kind, &fl.path)?;
         let local = db.as_ref().map(|d| (d.meta().position, d.meta().chain));
         let cluster = db.as_ref().map(|d| d.meta().cluster_id.clone());
         fl.db = db;
-        fl.session = FollowerSession::new(follower_config(&fl.id), local, cluster);
+        fl.session = FollowerSession::new(follower_config(&fl.id, fl.kind), local, cluster);
         let cmds = fl.session.start(self.now);
         for c in cmds {
             self.execute(f, c)?;
@@ -711,6 +842,8 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
     };
     let mut history = HashMap::new();
     history.insert(0, digest_of(&path)?);
+    let mut content = HashMap::new();
+    content.insert(0, content_digest(&path)?);
     let out = db.commit_batch(&[setup], Epoch(1), &origin(), 0)?;
     let rec = out.record.context("setup")?;
     log.append(&flotilla_wire::encode_record_with_rows(
@@ -719,6 +852,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
     ))?;
     log.sync()?;
     history.insert(1, digest_of(&path)?);
+    content.insert(1, content_digest(&path)?);
     let faults = Faults {
         drop: rng.random_range(0.0..0.05),
         bit_flip: rng.random_range(0.0..0.02),
@@ -729,7 +863,8 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             let id = format!("f{i}");
             Follower {
                 path: dir.path().join(format!("{id}.sqlite")),
-                session: FollowerSession::new(follower_config(&id), None, None),
+                session: FollowerSession::new(follower_config(&id, kind_of(i)), None, None),
+                kind: kind_of(i),
                 id,
                 db: None,
                 conn: None,
@@ -751,6 +886,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             log,
             tracker: FollowerTracker::default(),
             history,
+            content,
             acked: 1,
             damaged: false,
         },
@@ -851,11 +987,11 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         );
     }
     for f in &w.followers {
-        ensure!(
-            digest_of(&f.path)? == digest_of(&w.leader.path)?,
-            "{} differs from the leader at the end",
-            f.id
-        );
+        let same = match f.kind {
+            LogKind::Physical => digest_of(&f.path)? == digest_of(&w.leader.path)?,
+            LogKind::Logical => content_digest(&f.path)? == content_digest(&w.leader.path)?,
+        };
+        ensure!(same, "{} differs from the leader at the end", f.id);
     }
     let r = &mut w.report;
     r.sim_ms = w.now;

@@ -187,6 +187,7 @@ impl RowReplica {
         path: &Path,
         settings: &DbSettings,
         filter: &RowFilter,
+        page_size: Option<u32>,
     ) -> Result<Meta, StoreError> {
         let tmp = path.with_extension("building");
         for p in [
@@ -198,6 +199,10 @@ impl RowReplica {
         }
         let meta = {
             let conn = Connection::open(&tmp)?;
+            // The page size of a new file is set before its first write (WAL mode is one).
+            if let Some(size) = page_size {
+                conn.execute_batch(&format!("PRAGMA page_size = {size}"))?;
+            }
             configure(&conn, settings, false)?;
             build_into(&conn, snapshot, filter, path)?
         };

@@ -65,7 +65,7 @@ fn snapshot_of(leader: &Path, target: &Path) {
 }
 
 fn replica(snapshot: &Path, path: &Path, filter: &RowFilter) -> RowReplica {
-    RowReplica::build(snapshot, path, &DbSettings::default(), filter).unwrap();
+    RowReplica::build(snapshot, path, &DbSettings::default(), filter, None).unwrap();
     RowReplica::open(
         path,
         &DbSettings::default(),
@@ -299,8 +299,14 @@ fn a_filter_naming_what_the_leader_lacks_is_refused_at_build() {
     ] {
         let s = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
         let f = RowFilter::parse(&s(t), &s(c), &s(w)).unwrap();
-        let err = RowReplica::build(&sp, &dir.path().join("r.db"), &DbSettings::default(), &f)
-            .unwrap_err();
+        let err = RowReplica::build(
+            &sp,
+            &dir.path().join("r.db"),
+            &DbSettings::default(),
+            &f,
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");
     }
 }
@@ -506,4 +512,44 @@ fn a_large_commit_missing_from_the_log_is_recaptured_with_its_rows() {
     )
     .unwrap();
     assert_eq!(leader.last_rows().unwrap(), small.rows);
+}
+
+#[test]
+fn a_logical_replica_may_have_another_page_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lp, sp, rp) = (
+        dir.path().join("leader.db"),
+        dir.path().join("snap.db"),
+        dir.path().join("replica.db"),
+    );
+    let mut leader = open_leader(&lp);
+    let records = workload(&mut leader, &lp, &sp, 3, 60);
+    RowReplica::build(
+        &sp,
+        &rp,
+        &DbSettings::default(),
+        &RowFilter::default(),
+        Some(16384),
+    )
+    .unwrap();
+    let mut replica = RowReplica::open(
+        &rp,
+        &DbSettings::default(),
+        &RowFilter::default(),
+        ConflictPolicy::Stop,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .unwrap()
+    .unwrap();
+    replica.apply(&records).unwrap();
+    let page = |c: &rusqlite::Connection| rows(c, "PRAGMA page_size");
+    assert_eq!(
+        page(replica.connection()),
+        vec![vec![Value::Integer(16384)]]
+    );
+    let l = open_reader(&lp).unwrap();
+    assert_eq!(page(&l), vec![vec![Value::Integer(4096)]]);
+    for q in COMPARE {
+        assert_eq!(rows(&l, q), rows(replica.connection(), q), "{q}");
+    }
 }

@@ -16,8 +16,8 @@ pub use cursor::{Cursor, Out};
 pub use error::DecodeError;
 pub use message::{FollowerMessage, LeaderMessage, RefusalCode, PROTOCOL_VERSION};
 pub use record::{
-    decode_record, encode_record, encode_record_with_rows, encoded_record_len, project_record,
-    RECORD_FORMAT_VERSION,
+    decode_record, decode_record_rows, encode_record, encode_record_with_rows, encoded_record_len,
+    project_record, RECORD_FORMAT_VERSION,
 };
 pub use rows::{decode_rows, encode_rows, ROWS_FORMAT_VERSION};
 pub use snapshot::{SnapshotHeader, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};

@@ -13,8 +13,9 @@ use base64::Engine;
 use flotilla_log::LogError;
 use flotilla_types::{LogRecord, Lsn, Position, RowItem, SqlValue, TableShape};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,88 +27,148 @@ pub struct ChangesQuery {
     follow: Option<String>,
 }
 
-fn value(v: &SqlValue) -> Value {
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("a string serialises");
+}
+
+/// A value as JSON, as everywhere in the API (BLOBs as `{"base64": ...}`, non-finite reals as
+/// strings).
+fn json_value(out: &mut Vec<u8>, v: &SqlValue) {
     match v {
-        SqlValue::Null => Value::Null,
-        SqlValue::Integer(i) => json!(i),
-        SqlValue::Real(f) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .unwrap_or_else(|| json!(f.to_string())),
-        SqlValue::Text(s) => json!(s),
+        SqlValue::Null => out.extend_from_slice(b"null"),
+        SqlValue::Integer(i) => {
+            let _ = write!(out, "{i}");
+        }
+        SqlValue::Real(f) if f.is_finite() => {
+            serde_json::to_writer(&mut *out, f).expect("a finite real serialises")
+        }
+        SqlValue::Real(f) => json_str(out, &f.to_string()),
+        SqlValue::Text(s) => json_str(out, s),
         SqlValue::Blob(b) => {
-            json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) })
+            out.extend_from_slice(b"{\"base64\":\"");
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(b)
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\"}");
         }
     }
 }
 
-fn row(shape: &TableShape, vals: &[SqlValue]) -> Value {
-    let mut m = Map::with_capacity(vals.len());
-    for (c, v) in shape.columns.iter().zip(vals) {
-        m.insert(c.clone(), value(v));
+fn json_row(out: &mut Vec<u8>, shape: &TableShape, vals: Option<&Vec<SqlValue>>) {
+    let Some(vals) = vals else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    out.push(b'{');
+    for (i, (c, v)) in shape.columns.iter().zip(vals).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(out, c);
+        out.push(b':');
+        json_value(out, v);
     }
-    Value::Object(m)
+    out.push(b'}');
 }
 
-/// One transaction as a feed line; `None` when a table filter leaves nothing of it.
-pub fn transaction_json(r: &LogRecord, tables: Option<&BTreeSet<String>>) -> Option<Value> {
-    let rows = r.rows.as_ref()?;
+/// Appends one transaction as a feed line (JSON and a newline) to `out`; false (and nothing
+/// appended) when a table filter leaves nothing of it. Written directly rather than through a
+/// JSON tree: the feed is a hot path.
+pub fn write_transaction(
+    out: &mut Vec<u8>,
+    r: &LogRecord,
+    tables: Option<&BTreeSet<String>>,
+) -> bool {
+    let Some(rows) = r.rows.as_ref() else {
+        return false;
+    };
     let keep = |t: &str| tables.is_none_or(|s| s.contains(t));
-    let mut ddl = Vec::new();
-    let mut changes = Vec::new();
+    let start = out.len();
+    let _ = write!(
+        out,
+        "{{\"position\":\"{}\",\"commit_time_ms\":{},\"origin\":",
+        r.position(),
+        r.commit_time_us / 1000
+    );
+    json_str(out, r.origin.as_str());
+    // Schema changes first, each saying how many of the line's changes precede it.
+    out.extend_from_slice(b",\"ddl\":[");
+    let mut kept_changes = 0usize;
+    let mut ddl = 0usize;
     for item in &rows.items {
         match item {
-            // `before_change`: how many of the line's changes precede it (the order within the
-            // transaction).
-            RowItem::Schema(s) if keep(&s.table) => ddl.push(json!({
-                "sql": s.sql,
-                "table": s.table,
-                "kind": s.kind.as_str(),
-                "before_change": changes.len(),
-            })),
+            RowItem::Schema(s) if keep(&s.table) => {
+                if ddl > 0 {
+                    out.push(b',');
+                }
+                ddl += 1;
+                out.extend_from_slice(b"{\"sql\":");
+                json_str(out, &s.sql);
+                out.extend_from_slice(b",\"table\":");
+                json_str(out, &s.table);
+                let _ = write!(
+                    out,
+                    ",\"kind\":\"{}\",\"before_change\":{kept_changes}}}",
+                    s.kind.as_str()
+                );
+            }
             RowItem::Schema(_) => {}
             RowItem::Change(c) => {
-                let shape = rows.shape(c);
-                if !keep(&shape.name) {
-                    continue;
+                if keep(&rows.shape(c).name) {
+                    kept_changes += 1;
                 }
-                let identifying = c.before.as_ref().or(c.after.as_ref()).expect("a row");
-                let key = if shape.keyed_by_rowid() {
-                    let rowid = if c.before.is_some() {
-                        c.old_rowid
-                    } else {
-                        c.new_rowid
-                    };
-                    json!({ "rowid": rowid })
-                } else {
-                    let mut m = Map::new();
-                    for k in &shape.key {
-                        m.insert(
-                            shape.columns[*k as usize].clone(),
-                            value(&identifying[*k as usize]),
-                        );
-                    }
-                    Value::Object(m)
-                };
-                changes.push(json!({
-                    "table": shape.name,
-                    "op": c.op.as_str(),
-                    "key": key,
-                    "before": c.before.as_ref().map(|b| row(shape, b)),
-                    "after": c.after.as_ref().map(|a| row(shape, a)),
-                }));
             }
         }
     }
-    if tables.is_some() && ddl.is_empty() && changes.is_empty() {
-        return None;
+    if tables.is_some() && ddl == 0 && kept_changes == 0 {
+        out.truncate(start);
+        return false;
     }
-    Some(json!({
-        "position": r.position().to_string(),
-        "commit_time_ms": r.commit_time_us / 1000,
-        "origin": r.origin.as_str(),
-        "ddl": ddl,
-        "changes": changes,
-    }))
+    out.extend_from_slice(b"],\"changes\":[");
+    let mut n = 0usize;
+    for item in &rows.items {
+        let RowItem::Change(c) = item else { continue };
+        let shape = rows.shape(c);
+        if !keep(&shape.name) {
+            continue;
+        }
+        if n > 0 {
+            out.push(b',');
+        }
+        n += 1;
+        out.extend_from_slice(b"{\"table\":");
+        json_str(out, &shape.name);
+        let _ = write!(out, ",\"op\":\"{}\",\"key\":", c.op.as_str());
+        let identifying = c.before.as_ref().or(c.after.as_ref()).expect("a row");
+        if shape.keyed_by_rowid() {
+            let rowid = if c.before.is_some() {
+                c.old_rowid
+            } else {
+                c.new_rowid
+            };
+            let _ = write!(out, "{{\"rowid\":{rowid}}}");
+        } else {
+            out.push(b'{');
+            for (i, k) in shape.key.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_str(out, &shape.columns[*k as usize]);
+                out.push(b':');
+                json_value(out, &identifying[*k as usize]);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b",\"before\":");
+        json_row(out, shape, c.before.as_ref());
+        out.extend_from_slice(b",\"after\":");
+        json_row(out, shape, c.after.as_ref());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}\n");
+    true
 }
 
 pub async fn changes(
@@ -223,7 +284,7 @@ async fn stream_changes(
             };
             let mut out = Vec::with_capacity(batch.len() * 256);
             for raw in &batch {
-                let record = match flotilla_wire::decode_record(raw) {
+                let record = match flotilla_wire::decode_record_rows(raw) {
                     Ok(r) if r.rows.is_some() => r,
                     Ok(r) => {
                         let why = format!(
@@ -239,10 +300,7 @@ async fn stream_changes(
                     }
                 };
                 next = record.lsn.next();
-                if let Some(line) = transaction_json(&record, tables.as_ref()) {
-                    serde_json::to_writer(&mut out, &line).expect("JSON to memory");
-                    out.push(b'\n');
-                }
+                write_transaction(&mut out, &record, tables.as_ref());
             }
             if !out.is_empty() && tx.send(Ok(bytes::Bytes::from(out))).await.is_err() {
                 return; // The consumer went away.

@@ -118,7 +118,13 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
             synchronous: node.config.synchronous,
         };
         let built = tokio::task::block_in_place(|| {
-            flotilla_store::RowReplica::build(&path, &node.db_path, &settings, &node.config.filter)
+            flotilla_store::RowReplica::build(
+                &path,
+                &node.db_path,
+                &settings,
+                &node.config.filter,
+                node.config.page_size,
+            )
         });
         for suffix in ["", "-wal", "-shm"] {
             let mut p = path.as_os_str().to_owned();

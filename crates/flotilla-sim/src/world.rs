@@ -186,7 +186,7 @@ fn follower_config(id: &str, kind: LogKind) -> FollowerConfig {
 
 /// f0 follows the physical log, f1 the logical one.
 fn kind_of(f: usize) -> LogKind {
-    if f % 2 == 0 {
+    if f.is_multiple_of(2) {
         LogKind::Physical
     } else {
         LogKind::Logical

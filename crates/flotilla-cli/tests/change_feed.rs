@@ -257,3 +257,49 @@ async fn positions_the_feed_cannot_serve_are_refused_by_name() {
     assert_eq!(status, 421);
     assert_eq!(body["error"]["leader"], leader.url);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_older_than_the_retained_log_gets_410_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments, so that retention removes whole segments quickly.
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, "[log]\nsegment-mib = 1\n").unwrap();
+    let leader = flotilla_cli::cluster::LocalNode::start(
+        &exe(),
+        dir.path(),
+        "leader",
+        None,
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let lc = Client::new(&leader.url);
+    exec(
+        &lc,
+        json!([{ "sql": "CREATE TABLE b(id INTEGER PRIMARY KEY, x BLOB)" }]),
+    )
+    .await;
+    let blob = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 200_000]);
+    for _ in 0..20 {
+        exec(
+            &lc,
+            json!([{ "sql": "INSERT INTO b(x) VALUES (?1)", "params": [{ "base64": blob }] }]),
+        )
+        .await;
+    }
+    // No follower needs the old segments: retention (every 5 s) removes them.
+    wait_status(&lc, "retention to remove old segments", |s| {
+        s["log"]["first_lsn"].as_u64().unwrap_or(0) > 2
+    })
+    .await;
+    let (status, body) = raw(&leader.url, "GET", "/v1/changes?from=1/1", None, vec![]).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["error"]["code"], "position_not_retained");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/snapshot"),
+        "{body}"
+    );
+}

@@ -21,3 +21,36 @@ fn quick_bench_reports_every_figure() {
         assert_eq!(f["runs"].as_array().unwrap().len(), 1);
     }
 }
+
+#[test]
+fn quick_commit_comparison_with_postgres_reports_both_systems() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "bench",
+            "commit",
+            "--compare",
+            "postgres",
+            "--quick",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for system in ["flotilla", "postgres"] {
+        let cells = v[system]
+            .as_array()
+            .unwrap_or_else(|| panic!("{system}: {v}"));
+        // 0, 1, 2 followers × 1, 4, 16 clients.
+        assert_eq!(cells.len(), 9, "{system}");
+        for c in cells {
+            let tps = c["tps"]["median"].as_f64().unwrap();
+            assert!(tps.is_finite() && tps > 0.0, "{system}: {c}");
+        }
+    }
+    assert_eq!(v["floors"].as_array().unwrap().len(), 3);
+}

@@ -2,6 +2,9 @@
 //! (fsync latency, bare SQLite commit rate) measured in the same run. Figures are medians over
 //! repeated runs with [min..max]; compare ratios, not absolute numbers (shared machines are noisy).
 
+mod commit;
+mod floors;
+
 use anyhow::Context;
 use clap::Args;
 use flotilla_cli::client::Client;
@@ -14,6 +17,14 @@ use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// What to measure: `all` (throughput, lag, catch-up, bootstrap, logical) or `commit`
+    /// (throughput and latency at 1, 4 and 16 clients with 0, 1 and 2 followers).
+    #[arg(default_value = "all", value_parser = ["all", "commit"])]
+    scenario: String,
+    /// Run the same workload against PostgreSQL (started here, from its installed programs) and
+    /// print its figures beside Flotilla's, with the ratio (`commit` only, so far).
+    #[arg(long, value_name = "SYSTEM", value_parser = ["postgres"])]
+    compare: Option<String>,
     /// Small sizes and one short run each (seconds, not minutes).
     #[arg(long)]
     quick: bool,
@@ -36,13 +47,21 @@ struct Sizes {
 
 /// A figure over repeated runs.
 #[derive(Clone)]
-struct Figure {
+pub(crate) struct Figure {
     name: String,
     unit: &'static str,
     values: Vec<f64>,
 }
 
 impl Figure {
+    fn new(name: &str, unit: &'static str) -> Figure {
+        Figure {
+            name: name.into(),
+            unit,
+            values: Vec::new(),
+        }
+    }
+
     fn median(&self) -> f64 {
         let mut v = self.values.clone();
         v.sort_by(|a, b| a.total_cmp(b));
@@ -63,7 +82,7 @@ impl Figure {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -71,7 +90,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// 4 KiB overwrite + fdatasync, p50 in microseconds: which disk regime this run saw.
-fn fsync_probe_us(dir: &Path) -> anyhow::Result<f64> {
+pub(crate) fn fsync_probe_us(dir: &Path) -> anyhow::Result<f64> {
     use std::io::{Seek, Write};
     let path = dir.join("fsync.probe");
     let mut f = std::fs::OpenOptions::new()
@@ -94,7 +113,7 @@ fn fsync_probe_us(dir: &Path) -> anyhow::Result<f64> {
 }
 
 /// Plain SQLite, WAL, synchronous=FULL, one 100-byte row per transaction, one thread.
-fn bare_sqlite_tps(dir: &Path, secs: f64) -> anyhow::Result<f64> {
+pub(crate) fn bare_sqlite_tps(dir: &Path, secs: f64) -> anyhow::Result<f64> {
     let path = dir.join("bare.sqlite");
     let conn = rusqlite::Connection::open(&path)?;
     conn.execute_batch(
@@ -119,7 +138,7 @@ fn bare_sqlite_tps(dir: &Path, secs: f64) -> anyhow::Result<f64> {
     Ok(tps)
 }
 
-const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)";
+pub(crate) const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)";
 
 fn insert_one(k: i64) -> Value {
     json!({ "statements": [{ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [k, "v".repeat(100)] }] })
@@ -242,14 +261,14 @@ async fn lag(
     Ok((quantile(0.5), quantile(0.99), quantile(1.0)))
 }
 
-async fn position(c: &Client) -> anyhow::Result<String> {
+pub(crate) async fn position(c: &Client) -> anyhow::Result<String> {
     Ok(c.get("/v1/status").await?["position"]
         .as_str()
         .unwrap_or("")
         .to_string())
 }
 
-async fn wait_for(c: &Client, pos: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_for(c: &Client, pos: &str) -> anyhow::Result<()> {
     let q = json!({ "sql": "SELECT 1", "min_position": pos, "timeout_ms": 600_000 });
     c.post("/v1/query", &q).await.map(|_| ())
 }
@@ -377,6 +396,15 @@ async fn bootstrap(exe: &Path, root: &Path, mib: u64) -> anyhow::Result<f64> {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.compare.is_some() && a.scenario != "commit" {
+        anyhow::bail!(
+            "--compare postgres is available for the commit scenario so far: \
+             flotilla bench commit --compare postgres"
+        );
+    }
+    if a.scenario == "commit" {
+        return run_commit(a).await;
+    }
     let s = if a.quick {
         Sizes {
             runs: a.runs.unwrap_or(1),
@@ -590,5 +618,44 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     println!("\nDisk regime: {regime}. Ratios to compare: leader/bare SQLite = {:.2}, 2 followers/0 = {:.2}.",
         figures[f_tp0].median() / figures[f_bare].median(), figures[f_ratio].median());
+    Ok(())
+}
+
+async fn run_commit(a: BenchArgs) -> anyhow::Result<()> {
+    let (runs, secs) = if a.quick {
+        (a.runs.unwrap_or(1), 1.0)
+    } else {
+        (a.runs.unwrap_or(3), 5.0)
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()?;
+    let bar = (!a.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let steps = runs as u64
+            * (1 + commit::FOLLOWERS.len() as u64 * if a.compare.is_some() { 2 } else { 1 });
+        let b = indicatif::ProgressBar::new(steps);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .expect("template"),
+        );
+        b
+    });
+    let progress = |msg: &str| {
+        if let Some(b) = &bar {
+            b.inc(1);
+            b.set_message(msg.to_string());
+        } else if !a.json {
+            eprintln!("  … {msg}");
+        }
+    };
+    let results = commit::run(tmp.path(), runs, secs, a.compare.is_some(), &progress).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results.json())?);
+    } else {
+        results.print();
+    }
     Ok(())
 }

@@ -24,6 +24,7 @@ fn quick_bench_reports_every_figure() {
 
 #[test]
 fn quick_commit_comparison_with_postgres_reports_both_systems() {
+    let report = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args([
             "bench",
@@ -33,6 +34,8 @@ fn quick_commit_comparison_with_postgres_reports_both_systems() {
             "--quick",
             "--json",
         ])
+        .arg("--report")
+        .arg(report.path())
         .output()
         .unwrap();
     assert!(
@@ -53,4 +56,15 @@ fn quick_commit_comparison_with_postgres_reports_both_systems() {
         }
     }
     assert_eq!(v["floors"].as_array().unwrap().len(), 3);
+    // The report: Markdown naming both systems, and two PNG plots.
+    let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("PostgreSQL") && md.contains("| ratio |"),
+        "{md}"
+    );
+    for png in ["commit-throughput.png", "commit-latency-p99.png"] {
+        let bytes = std::fs::read(report.path().join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is not a PNG");
+        assert!(md.contains(png));
+    }
 }

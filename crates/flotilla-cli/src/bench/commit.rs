@@ -21,7 +21,7 @@ pub const CLIENTS: [usize; 3] = [1, 4, 16];
 pub const FOLLOWERS: [usize; 3] = [0, 1, 2];
 
 /// One cell of the matrix, over the runs.
-pub struct Cell {
+pub(crate) struct Cell {
     pub followers: usize,
     pub clients: usize,
     pub tps: Figure,
@@ -54,7 +54,7 @@ impl Cell {
     }
 }
 
-pub struct CommitResults {
+pub(crate) struct CommitResults {
     pub fsync_us: Figure,
     pub bare_sqlite: Figure,
     pub loopback_us: Figure,

@@ -4,6 +4,7 @@
 
 mod commit;
 mod floors;
+mod report;
 
 use anyhow::Context;
 use clap::Args;
@@ -25,6 +26,9 @@ pub struct BenchArgs {
     /// print its figures beside Flotilla's, with the ratio (`commit` only, so far).
     #[arg(long, value_name = "SYSTEM", value_parser = ["postgres"])]
     compare: Option<String>,
+    /// Also write a Markdown report with PNG plots into this directory (`commit` only, so far).
+    #[arg(long, value_name = "DIR")]
+    report: Option<std::path::PathBuf>,
     /// Small sizes and one short run each (seconds, not minutes).
     #[arg(long)]
     quick: bool,
@@ -405,6 +409,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.scenario == "commit" {
         return run_commit(a).await;
     }
+    if a.report.is_some() {
+        anyhow::bail!("--report is available for the commit scenario so far: flotilla bench commit --report DIR");
+    }
     let s = if a.quick {
         Sizes {
             runs: a.runs.unwrap_or(1),
@@ -656,6 +663,15 @@ async fn run_commit(a: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&results.json())?);
     } else {
         results.print();
+    }
+    if let Some(dir) = &a.report {
+        let written = report::write_commit(dir, &results)?;
+        if !a.json {
+            println!();
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+        }
     }
     Ok(())
 }

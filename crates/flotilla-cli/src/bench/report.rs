@@ -1,0 +1,244 @@
+//! `--report DIR`: a Markdown report with PNG plots people can read, next to the terminal table.
+//! Plots are drawn with `plotters` into bitmaps; the text uses DejaVu Sans, bundled in
+//! `assets/` (with its licence) so that no system font is needed.
+
+use super::commit::{Cell, CommitResults, CLIENTS, FOLLOWERS};
+use anyhow::Context;
+use plotters::prelude::*;
+use std::fmt::Write as _;
+use std::path::Path;
+
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // The bundled font is valid; a failure here would leave plots without text.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// One line of a plot: a label and (x, y) points.
+struct Series {
+    label: String,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    dashed: bool,
+}
+
+fn line_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> anyhow::Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x_max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max.max(1e-9))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 16))
+        .draw()?;
+    for s in series {
+        let color = s.color;
+        let style = ShapeStyle::from(&color).stroke_width(if s.dashed { 2 } else { 3 });
+        chart
+            .draw_series(LineSeries::new(s.points.clone(), style))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(
+            s.points
+                .iter()
+                .map(|p| Circle::new(*p, 4, ShapeStyle::from(&color).filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+const FLOTILLA_COLORS: [RGBColor; 3] = [
+    RGBColor(0, 90, 181),
+    RGBColor(30, 136, 229),
+    RGBColor(100, 181, 246),
+];
+const POSTGRES_COLORS: [RGBColor; 3] = [
+    RGBColor(194, 24, 7),
+    RGBColor(229, 57, 53),
+    RGBColor(239, 154, 154),
+];
+
+fn by_followers(
+    cells: &[Cell],
+    system: &str,
+    colors: [RGBColor; 3],
+    dashed: bool,
+    y: impl Fn(&Cell) -> f64,
+) -> Vec<Series> {
+    FOLLOWERS
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Series {
+            label: format!(
+                "{system}, {f} {}",
+                if system == "PostgreSQL" {
+                    "standbys"
+                } else {
+                    "followers"
+                }
+            ),
+            points: CLIENTS
+                .iter()
+                .filter_map(|c| {
+                    cells
+                        .iter()
+                        .find(|x| x.followers == *f && x.clients == *c)
+                        .map(|x| (*c as f64, y(x)))
+                })
+                .collect(),
+            color: colors[i],
+            dashed,
+        })
+        .collect()
+}
+
+/// Writes `report.md`, `commit-throughput.png` and `commit-latency-p99.png` into `dir`.
+pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pg = match &r.postgres {
+        Some(Ok(c)) => Some(c),
+        _ => None,
+    };
+    let mut tp = by_followers(&r.flotilla, "Flotilla", FLOTILLA_COLORS, false, |c| {
+        c.tps.median()
+    });
+    let mut p99 = by_followers(&r.flotilla, "Flotilla", FLOTILLA_COLORS, false, |c| {
+        c.p99_ms.median()
+    });
+    if let Some(pg) = pg {
+        tp.extend(by_followers(pg, "PostgreSQL", POSTGRES_COLORS, true, |c| {
+            c.tps.median()
+        }));
+        p99.extend(by_followers(pg, "PostgreSQL", POSTGRES_COLORS, true, |c| {
+            c.p99_ms.median()
+        }));
+    }
+    let tp_png = dir.join("commit-throughput.png");
+    line_plot(
+        &tp_png,
+        "Commit throughput vs clients (median)",
+        "concurrent clients",
+        "transactions/s",
+        &tp,
+    )?;
+    let lat_png = dir.join("commit-latency-p99.png");
+    line_plot(
+        &lat_png,
+        "Commit latency p99 vs clients (median of runs)",
+        "concurrent clients",
+        "ms",
+        &p99,
+    )?;
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Flotilla benchmark: commit\n");
+    let _ = writeln!(
+        md,
+        "One 100-byte row per transaction (`t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)`), clients \
+         sending back to back; each figure is the median of {} run(s) with [min..max]. Flotilla \
+         answers a commit once its log record is flushed (followers asynchronous); PostgreSQL runs \
+         with `synchronous_commit = on` and asynchronous streaming standbys. Both on this machine, \
+         in the same run.\n",
+        r.fsync_us.values.len()
+    );
+    let _ = writeln!(md, "## Floors of this machine (same run)\n");
+    let _ = writeln!(md, "| floor | median | [min..max] |\n| --- | --- | --- |");
+    for f in [&r.fsync_us, &r.bare_sqlite, &r.loopback_us] {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} {} | [{:.1}..{:.1}] |",
+            f.name,
+            f.median(),
+            f.unit,
+            f.min(),
+            f.max()
+        );
+    }
+    let regime = if r.fsync_us.median() > 1000.0 {
+        "slow (throttled)"
+    } else {
+        "fast"
+    };
+    let _ = writeln!(md, "\nDisk regime: **{regime}**.\n");
+    let _ = writeln!(md, "## Throughput and latency\n");
+    if pg.is_some() {
+        let _ = writeln!(md, "| followers | clients | Flotilla txn/s | p50 / p99 ms | PostgreSQL txn/s | p50 / p99 ms | ratio |\n| --- | --- | --- | --- | --- | --- | --- |");
+    } else {
+        let _ = writeln!(
+            md,
+            "| followers | clients | Flotilla txn/s | p50 / p99 ms |\n| --- | --- | --- | --- |"
+        );
+    }
+    for (i, c) in r.flotilla.iter().enumerate() {
+        let _ = write!(
+            md,
+            "| {} | {} | {:.0} [{:.0}..{:.0}] | {:.2} / {:.2} |",
+            c.followers,
+            c.clients,
+            c.tps.median(),
+            c.tps.min(),
+            c.tps.max(),
+            c.p50_ms.median(),
+            c.p99_ms.median()
+        );
+        if let Some(pg) = pg {
+            let p = &pg[i];
+            let _ = write!(
+                md,
+                " {:.0} [{:.0}..{:.0}] | {:.2} / {:.2} | {:.2} |",
+                p.tps.median(),
+                p.tps.min(),
+                p.tps.max(),
+                p.p50_ms.median(),
+                p.p99_ms.median(),
+                c.tps.median() / p.tps.median()
+            );
+        }
+        md.push('\n');
+    }
+    if let Some(Err(e)) = &r.postgres {
+        let _ = writeln!(md, "\nPostgreSQL was not measured: {e}");
+    }
+    let _ = writeln!(
+        md,
+        "\n![throughput](commit-throughput.png)\n\n![latency p99](commit-latency-p99.png)"
+    );
+    let md_path = dir.join("report.md");
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    Ok(vec![md_path, tp_png, lat_png])
+}

@@ -12,7 +12,8 @@ use std::process::Command;
 /// `/usr/lib/postgresql/<version>/bin` (newest first), or `pg_ctl` on `PATH`.
 pub fn find_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("FLOTILLA_PG_BIN") {
-        return Some(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        return dir.join("initdb").exists().then_some(dir);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?

@@ -399,7 +399,18 @@ async fn bootstrap(exe: &Path, root: &Path, mib: u64) -> anyhow::Result<f64> {
     Ok(db_bytes / (1 << 20) as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Runs the benchmark; Ctrl-C drops it, which stops every node and PostgreSQL server it started
+/// and removes their directories.
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    tokio::select! {
+        r = bench(a) => r,
+        _ = tokio::signal::ctrl_c() => {
+            anyhow::bail!("interrupted: stopped every process the benchmark started and removed its directories")
+        }
+    }
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.compare.is_some() && a.scenario != "commit" {
         anyhow::bail!(
             "--compare postgres is available for the commit scenario so far: \

@@ -22,7 +22,8 @@ pub struct ServeArgs {
     /// The URL other nodes and clients use for this node [default: http://<listen>].
     #[arg(long)]
     advertise_url: Option<String>,
-    /// SQLite synchronous setting: full (default), normal or off.
+    /// SQLite synchronous setting: full, normal or off [default: normal on a leader, whose
+    /// database is completed from its flushed log after a power loss; full on a follower].
     #[arg(long)]
     synchronous: Option<String>,
     /// Replication log fsync policy: always (default) or never.

@@ -192,7 +192,10 @@ impl ConfigFile {
             Some(url) => Some(validate_url("advertise-url", &url)?),
             None => None,
         };
-        let synchronous = match self.synchronous.as_deref().unwrap_or("full") {
+        // A leader's database is completed from its log (flushed before every answer) after a
+        // power loss, so one flush per commit is enough there; a follower flushes its applies.
+        let default_sync = if follow.is_some() { "full" } else { "normal" };
+        let synchronous = match self.synchronous.as_deref().unwrap_or(default_sync) {
             "full" => Synchronous::Full,
             "normal" => Synchronous::Normal,
             "off" => Synchronous::Off,

@@ -115,12 +115,40 @@ pub async fn run(
             let log = Arc::new(Log::open(&log_dir, log_config, meta.position.lsn.0)?);
             let log_last = log.stats().last_lsn;
             if meta.position.lsn.0 < log_last {
-                anyhow::bail!(
-                    "the replication log holds transactions up to lsn {log_last} but the database \
-                     only up to {}: the database file was replaced or lost commits",
+                // The database lost its newest commits (a power loss with synchronous=NORMAL);
+                // the log, flushed before every answer, has them.
+                let from = meta.position.lsn.0 + 1;
+                let first = log.stats().first_lsn;
+                if from < first {
+                    anyhow::bail!(
+                        "the database is at lsn {} but the replication log starts at {first}: \
+                         the database file was replaced by an older one",
+                        meta.position.lsn
+                    );
+                }
+                tracing::warn!(
+                    "the database is at lsn {} and the log at {log_last}: completing the \
+                     database from the log",
                     meta.position.lsn
                 );
+                let mut next = from;
+                while next <= log_last {
+                    let raw = log.read(next, 1000, 64 << 20)?;
+                    anyhow::ensure!(!raw.is_empty(), "log record {next} cannot be read");
+                    let records = raw
+                        .iter()
+                        .map(|r| flotilla_wire::decode_record(r))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    next += records.len() as u64;
+                    db.complete_from_log(&records).with_context(|| {
+                        format!(
+                            "completing the database from the log up to lsn {}",
+                            next - 1
+                        )
+                    })?;
+                }
             }
+            let meta = db.meta().clone();
             match db.uncaptured(Lsn(log_last), &config.id) {
                 Ok(recaptured) => {
                     for (r, rows) in &recaptured {

@@ -53,91 +53,99 @@ impl FollowerDb {
     /// transaction, each page written once: the last image of a page in the batch wins, and
     /// pages beyond the final database size are dropped.
     pub fn apply(&mut self, records: &[LogRecord]) -> Result<&Meta, StoreError> {
-        let Some(last) = records.last() else {
-            return Ok(&self.meta);
-        };
-        let mut prev = (self.meta.position.lsn, self.meta.chain);
-        for r in records {
-            if r.lsn != prev.0.next() {
-                return Err(StoreError::Apply(format!(
-                    "record {} does not follow lsn {}",
-                    r.position(),
-                    prev.0
-                )));
-            }
-            if !r.links_to(prev.1) {
-                return Err(StoreError::Apply(format!(
-                    "record {} does not continue this replica's history (checksum chain {} \
-                     does not link to {})",
-                    r.position(),
-                    r.chain,
-                    prev.1
-                )));
-            }
-            prev = (r.lsn, r.chain);
-        }
-        // A physical replica never changes its page size (the leader's is fixed at creation).
-        let page_size = self.page_size;
-        let mut pages: BTreeMap<u32, &[u8]> = BTreeMap::new();
-        #[cfg(feature = "sim-bugs")]
-        let reversed: Vec<&LogRecord> = if crate::injected_bugs::APPLY_OUT_OF_ORDER
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            records.iter().rev().collect()
-        } else {
-            records.iter().collect()
-        };
-        #[cfg(feature = "sim-bugs")]
-        let records = reversed;
-        let mut db_size = 0;
-        for r in records {
-            let payload = r.pages.as_ref().ok_or_else(|| {
-                StoreError::Apply(format!("record {} carries no page images", r.position()))
-            })?;
-            if payload.page_size != page_size {
-                return Err(StoreError::Apply(format!(
-                    "record {} has pages of {} bytes, this database {page_size}",
-                    r.position(),
-                    payload.page_size
-                )));
-            }
-            for p in &payload.pages {
-                pages.insert(p.pgno, &p.data);
-            }
-            db_size = payload.db_size_pages;
-        }
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let current: u32 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-            let mut put =
-                tx.prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
-            for (pgno, data) in pages.range(..=db_size) {
-                put.execute(rusqlite::params![pgno, data])?;
-            }
-            if db_size < current {
-                // A NULL page truncates the database to the pages before it.
-                put.execute(rusqlite::params![db_size + 1, rusqlite::types::Null])?;
-            }
-        }
-        let meta = crate::meta::read_meta_row(&tx)?
-            .ok_or_else(|| StoreError::Apply("the applied pages hold no _flotilla_meta".into()))?;
-        if meta.position != last.position() || meta.chain != last.chain {
-            // Roll back: the pages do not hold the state the record claims.
-            return Err(StoreError::Apply(format!(
-                "after applying {} the database says {} (chain {}): refusing the batch",
-                last.position(),
-                meta.position,
-                meta.chain
-            )));
-        }
-        tx.commit()?;
-        self.meta = meta;
+        self.meta = apply_pages(&mut self.conn, &self.meta, self.page_size, records)?;
         Ok(&self.meta)
     }
 
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// Writes the page images of `records` (contiguous, following `meta`'s position and chain) into
+/// the database through `sqlite_dbpage` in one transaction, each page once: the last image of a
+/// page wins, pages beyond the final size are dropped. Checks that the result holds the position
+/// the last record claims (else rolls back). The connection must allow `sqlite_dbpage` writes.
+pub(crate) fn apply_pages(
+    conn: &mut Connection,
+    meta: &Meta,
+    page_size: u32,
+    records: &[LogRecord],
+) -> Result<Meta, StoreError> {
+    let Some(last) = records.last() else {
+        return Ok(meta.clone());
+    };
+    let mut prev = (meta.position.lsn, meta.chain);
+    for r in records {
+        if r.lsn != prev.0.next() {
+            return Err(StoreError::Apply(format!(
+                "record {} does not follow lsn {}",
+                r.position(),
+                prev.0
+            )));
+        }
+        if !r.links_to(prev.1) {
+            return Err(StoreError::Apply(format!(
+                "record {} does not continue this replica's history (checksum chain {} \
+                     does not link to {})",
+                r.position(),
+                r.chain,
+                prev.1
+            )));
+        }
+        prev = (r.lsn, r.chain);
+    }
+    // A physical replica never changes its page size (the leader's is fixed at creation).
+    let mut pages: BTreeMap<u32, &[u8]> = BTreeMap::new();
+    #[cfg(feature = "sim-bugs")]
+    let reversed: Vec<&LogRecord> =
+        if crate::injected_bugs::APPLY_OUT_OF_ORDER.load(std::sync::atomic::Ordering::Relaxed) {
+            records.iter().rev().collect()
+        } else {
+            records.iter().collect()
+        };
+    #[cfg(feature = "sim-bugs")]
+    let records = reversed;
+    let mut db_size = 0;
+    for r in records {
+        let payload = r.pages.as_ref().ok_or_else(|| {
+            StoreError::Apply(format!("record {} carries no page images", r.position()))
+        })?;
+        if payload.page_size != page_size {
+            return Err(StoreError::Apply(format!(
+                "record {} has pages of {} bytes, this database {page_size}",
+                r.position(),
+                payload.page_size
+            )));
+        }
+        for p in &payload.pages {
+            pages.insert(p.pgno, &p.data);
+        }
+        db_size = payload.db_size_pages;
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let current: u32 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let mut put = tx.prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
+        for (pgno, data) in pages.range(..=db_size) {
+            put.execute(rusqlite::params![pgno, data])?;
+        }
+        if db_size < current {
+            // A NULL page truncates the database to the pages before it.
+            put.execute(rusqlite::params![db_size + 1, rusqlite::types::Null])?;
+        }
+    }
+    let meta = crate::meta::read_meta_row(&tx)?
+        .ok_or_else(|| StoreError::Apply("the applied pages hold no _flotilla_meta".into()))?;
+    if meta.position != last.position() || meta.chain != last.chain {
+        // Roll back: the pages do not hold the state the record claims.
+        return Err(StoreError::Apply(format!(
+            "after applying {} the database says {} (chain {}): refusing the batch",
+            last.position(),
+            meta.position,
+            meta.chain
+        )));
+    }
+    tx.commit()?;
+    Ok(meta)
 }

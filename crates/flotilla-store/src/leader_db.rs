@@ -184,6 +184,27 @@ impl LeaderDb {
         &self.meta
     }
 
+    /// Brings a database that lost its newest commits up to the log, which holds them: applies
+    /// the page images of `records` (the log's records after this database's position, in
+    /// order). This happens after a power loss when SQLite runs with `synchronous=NORMAL`: its
+    /// WAL is flushed only at checkpoints, but the log is flushed before every answer. Call
+    /// before [`LeaderDb::uncaptured`].
+    pub fn complete_from_log(&mut self, records: &[LogRecord]) -> Result<(), StoreError> {
+        use rusqlite::config::DbConfig;
+        let page_size: u32 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        // sqlite_dbpage is writable only without defensive mode: off for this one transaction.
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false)?;
+        let rules = self.rules.clone();
+        let applied = rules.internal(|| {
+            crate::follower_db::apply_pages(&mut self.conn, &self.meta, page_size, records)
+        });
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        self.meta = applied?;
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

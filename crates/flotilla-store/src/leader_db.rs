@@ -240,7 +240,7 @@ impl LeaderDb {
                 }
             }
         }
-        let rows = self.capture.finish();
+        let encoded_rows = self.capture.finish();
         if digests.is_empty() {
             rules.internal(|| self.conn.execute_batch("ROLLBACK"))?;
             return Ok(CommitOutcome {
@@ -249,7 +249,6 @@ impl LeaderDb {
                 encoded_rows: Vec::new(),
             });
         }
-        let encoded_rows = flotilla_wire::encode_rows(&rows);
         let inline = encoded_rows.len() <= pending_rows::INLINE_MAX_BYTES;
         if !inline {
             if let Err(e) = pending_rows::write(&self.path, lsn, &encoded_rows) {

@@ -8,21 +8,23 @@
 
 use crate::rules::INTERNAL_PREFIX;
 use crate::StoreError;
-use flotilla_types::{RowChange, RowItem, RowOp, RowPayload, SchemaChange, SqlValue, TableShape};
+use flotilla_types::{RowOp, SchemaChange, TableShape};
+use flotilla_wire::{split_values, value_bytes, Out, RowsMark, RowsWriter};
 use rusqlite::hooks::PreUpdateCase;
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A row change as the hook saw it, before its table's shape is known.
+/// A row change as the hook saw it, before its table's shape is known: its body (rowids and
+/// values, already encoded as the row format lays them out) is `raw[start..end]`.
 struct RawChange {
     table: Arc<str>,
     op: RowOp,
-    old_rowid: i64,
-    new_rowid: i64,
-    before: Option<Vec<SqlValue>>,
-    after: Option<Vec<SqlValue>>,
+    /// Values per row image, as SQLite reported them (generated columns included).
+    width: usize,
+    start: usize,
+    end: usize,
 }
 
 /// A table's shape and, for each shape column, the index of its value in the hook's row
@@ -35,12 +37,14 @@ struct KnownShape {
 
 #[derive(Default)]
 struct State {
-    /// False while Flotilla runs its own statements or a schema change runs.
+    /// False while Flotilla runs its own statements or outside a transaction.
     enabled: bool,
-    raw: Vec<RawChange>,
-    /// The transaction so far.
-    payload: RowPayload,
-    /// Table name → index into `payload.tables` and shape, for the current schema.
+    /// The current statement's changes; their bodies are in `raw`.
+    changes: Vec<RawChange>,
+    raw: Out,
+    /// The transaction so far, encoded.
+    payload: RowsWriter,
+    /// Table name → index into the payload's tables and shape, for the current schema.
     in_payload: HashMap<String, (u32, Arc<KnownShape>)>,
     /// Shapes as of the current schema, across transactions.
     shapes: HashMap<String, Arc<KnownShape>>,
@@ -53,16 +57,13 @@ pub(crate) struct RowCapture {
     state: Arc<Mutex<State>>,
 }
 
-fn value(v: ValueRef<'_>) -> SqlValue {
+fn encode_value(out: &mut Out, v: ValueRef<'_>) {
     match v {
-        ValueRef::Null => SqlValue::Null,
-        ValueRef::Integer(i) => SqlValue::Integer(i),
-        ValueRef::Real(f) => SqlValue::Real(f),
-        ValueRef::Text(t) => SqlValue::Text(match std::str::from_utf8(t) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(t).into_owned(),
-        }),
-        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+        ValueRef::Null => value_bytes::null(out),
+        ValueRef::Integer(i) => value_bytes::integer(out, i),
+        ValueRef::Real(f) => value_bytes::real(out, f),
+        ValueRef::Text(t) => value_bytes::text(out, t),
+        ValueRef::Blob(b) => value_bytes::blob(out, b),
     }
 }
 
@@ -74,12 +75,13 @@ impl RowCapture {
         let state = capture.state.clone();
         conn.preupdate_hook(Some(
             move |_action, db: &str, table: &str, case: &PreUpdateCase| {
-                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+                let s = &mut *guard;
                 if !s.enabled || db != "main" {
                     return;
                 }
                 // The same table as the previous change (the common case) shares its name.
-                let name: Arc<str> = match s.raw.last() {
+                let name: Arc<str> = match s.changes.last() {
                     Some(prev) if &*prev.table == table => prev.table.clone(),
                     _ => {
                         let lower = table.to_ascii_lowercase();
@@ -89,54 +91,68 @@ impl RowCapture {
                         Arc::from(table)
                     }
                 };
-                let old = |a: &rusqlite::hooks::PreUpdateOldValueAccessor| {
-                    (0..a.get_column_count())
-                        .map(|i| a.get_old_column_value(i).map(value))
-                        .collect::<rusqlite::Result<Vec<_>>>()
+                let start = s.raw.0.len();
+                let raw = &mut s.raw;
+                let old = |raw: &mut Out, a: &rusqlite::hooks::PreUpdateOldValueAccessor| {
+                    for i in 0..a.get_column_count() {
+                        encode_value(raw, a.get_old_column_value(i)?);
+                    }
+                    rusqlite::Result::Ok(a.get_column_count() as usize)
                 };
-                let new = |a: &rusqlite::hooks::PreUpdateNewValueAccessor| {
-                    (0..a.get_column_count())
-                        .map(|i| a.get_new_column_value(i).map(value))
-                        .collect::<rusqlite::Result<Vec<_>>>()
+                let new = |raw: &mut Out, a: &rusqlite::hooks::PreUpdateNewValueAccessor| {
+                    for i in 0..a.get_column_count() {
+                        encode_value(raw, a.get_new_column_value(i)?);
+                    }
+                    rusqlite::Result::Ok(a.get_column_count() as usize)
                 };
-                let change = match case {
-                    PreUpdateCase::Insert(n) => new(n).map(|after| RawChange {
-                        table: name.clone(),
-                        op: RowOp::Insert,
-                        old_rowid: 0,
-                        new_rowid: n.get_new_row_id(),
-                        before: None,
-                        after: Some(after),
-                    }),
-                    PreUpdateCase::Delete(o) => old(o).map(|before| RawChange {
-                        table: name.clone(),
-                        op: RowOp::Delete,
-                        old_rowid: o.get_old_row_id(),
-                        new_rowid: 0,
-                        before: Some(before),
-                        after: None,
-                    }),
+                let done: rusqlite::Result<(RowOp, usize)> = match case {
+                    PreUpdateCase::Insert(n) => {
+                        value_bytes::ivar(raw, n.get_new_row_id());
+                        new(raw, n).map(|w| (RowOp::Insert, w))
+                    }
+                    PreUpdateCase::Delete(o) => {
+                        value_bytes::ivar(raw, o.get_old_row_id());
+                        old(raw, o).map(|w| (RowOp::Delete, w))
+                    }
                     PreUpdateCase::Update {
                         old_value_accessor: o,
                         new_value_accessor: n,
-                    } => old(o).and_then(|before| {
-                        Ok(RawChange {
-                            table: name.clone(),
-                            op: RowOp::Update,
-                            old_rowid: o.get_old_row_id(),
-                            new_rowid: n.get_new_row_id(),
-                            before: Some(before),
-                            after: Some(new(n)?),
-                        })
-                    }),
+                    } => {
+                        value_bytes::ivar(raw, o.get_old_row_id());
+                        value_bytes::ivar(raw, n.get_new_row_id());
+                        old(raw, o).and_then(|w| new(raw, n).map(|_| (RowOp::Update, w)))
+                    }
                     PreUpdateCase::Unknown => {
                         s.error = Some(format!("unknown change kind on table {table}"));
                         return;
                     }
                 };
-                match change {
-                    Ok(c) => s.raw.push(c),
-                    Err(e) => s.error = Some(format!("reading a changed row of {table}: {e}")),
+                match done {
+                    Ok((op, width)) => {
+                        let end = s.raw.0.len();
+                        s.changes.push(RawChange {
+                            table: name,
+                            op,
+                            width,
+                            start,
+                            end,
+                        });
+                    }
+                    Err(e) => {
+                        s.raw.0.truncate(start);
+                        let range = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 25);
+                        s.error = Some(if range {
+                            // SQLite's pre-update hook checks column indexes against the stored
+                            // columns: rows of tables with VIRTUAL generated columns cannot be read.
+                            format!(
+                                "the changed rows of {table} cannot be read: tables with VIRTUAL \
+                                 generated columns cannot be replicated row by row (declare the \
+                                 generated columns STORED)"
+                            )
+                        } else {
+                            format!("reading a changed row of {table}: {e}")
+                        });
+                    }
                 }
             },
         ))?;
@@ -150,34 +166,37 @@ impl RowCapture {
     /// Starts a transaction's capture.
     pub(crate) fn begin(&self) {
         let mut s = self.lock();
-        s.raw.clear();
-        s.payload = RowPayload::default();
+        s.changes.clear();
+        s.raw.0.clear();
+        s.payload = RowsWriter::new();
         s.in_payload.clear();
         s.error = None;
         s.enabled = true;
     }
 
     /// A mark to roll back to (taken at a savepoint, after [`RowCapture::statement_done`]).
-    pub(crate) fn mark(&self) -> usize {
-        self.lock().payload.items.len()
+    pub(crate) fn mark(&self) -> RowsMark {
+        self.lock().payload.mark()
     }
 
     /// Forgets what was captured after `mark` (the savepoint was rolled back).
-    pub(crate) fn rollback_to(&self, mark: usize) {
+    pub(crate) fn rollback_to(&self, mark: RowsMark) {
         let mut s = self.lock();
-        s.raw.clear();
-        s.payload.items.truncate(mark);
+        s.changes.clear();
+        s.raw.0.clear();
+        s.payload.truncate(mark);
         s.error = None;
     }
 
     /// Resolves the changes of the statement that just ran against the current schema.
     pub(crate) fn statement_done(&self, conn: &Connection) -> Result<(), StoreError> {
-        let mut s = self.lock();
+        let mut guard = self.lock();
+        let s = &mut *guard;
         if let Some(e) = s.error.take() {
             return Err(StoreError::Capture(e));
         }
-        let raw = std::mem::take(&mut s.raw);
-        for c in raw {
+        let changes = std::mem::take(&mut s.changes);
+        for c in &changes {
             let (table, known) = match s.in_payload.get(&*c.table) {
                 Some((i, k)) => (*i, k.clone()),
                 None => {
@@ -189,45 +208,52 @@ impl RowCapture {
                             k
                         }
                     };
-                    let i = s.payload.tables.len() as u32;
-                    s.payload.tables.push(known.shape.clone());
+                    let i = s.payload.add_table(known.shape.clone());
                     s.in_payload.insert(c.table.to_string(), (i, known.clone()));
                     (i, known)
                 }
             };
-            let pick = |vals: Option<Vec<SqlValue>>| -> Result<Option<Vec<SqlValue>>, StoreError> {
-                let Some(vals) = vals else { return Ok(None) };
-                if vals.len() != known.row_width {
-                    return Err(StoreError::Capture(format!(
-                        "a change of {} has {} values but the table has {} columns",
-                        c.table,
-                        vals.len(),
-                        known.row_width
-                    )));
-                }
-                if known.value_index.len() == vals.len() {
-                    // No generated columns: the row as captured.
-                    return Ok(Some(vals));
-                }
-                let mut vals = vals;
-                Ok(Some(
-                    known
-                        .value_index
-                        .iter()
-                        .map(|&i| std::mem::replace(&mut vals[i], SqlValue::Null))
-                        .collect(),
-                ))
+            if c.width != known.row_width {
+                return Err(StoreError::Capture(format!(
+                    "a change of {} has {} values but the table has {} columns",
+                    c.table, c.width, known.row_width
+                )));
+            }
+            let body = &s.raw.0[c.start..c.end];
+            if known.value_index.len() == c.width {
+                // No generated columns: the body as captured.
+                s.payload.change(c.op, table, body);
+                continue;
+            }
+            // Leave out generated columns: split each row image into its values and keep the
+            // stored ones.
+            let rowids = match c.op {
+                RowOp::Update => 2,
+                _ => 1,
             };
-            let change = RowChange {
-                table,
-                op: c.op,
-                old_rowid: c.old_rowid,
-                new_rowid: c.new_rowid,
-                before: pick(c.before)?,
-                after: pick(c.after)?,
-            };
-            s.payload.items.push(RowItem::Change(change));
+            let images = if c.op == RowOp::Update { 2 } else { 1 };
+            let mut rest = body;
+            let mut kept = Out::default();
+            for _ in 0..rowids {
+                let mut cur = flotilla_wire::Cursor::new(rest, "captured change");
+                let before = cur.remaining();
+                cur.ivar().map_err(|e| StoreError::Capture(e.to_string()))?;
+                let used = before - cur.remaining();
+                kept.raw(&rest[..used]);
+                rest = &rest[used..];
+            }
+            for _ in 0..images {
+                let (vals, tail) = split_values(rest, c.width).ok_or_else(|| {
+                    StoreError::Capture(format!("a captured change of {} is malformed", c.table))
+                })?;
+                for &i in &known.value_index {
+                    kept.raw(vals[i]);
+                }
+                rest = tail;
+            }
+            s.payload.change(c.op, table, &kept.0);
         }
+        s.raw.0.clear();
         Ok(())
     }
 
@@ -236,18 +262,20 @@ impl RowCapture {
         let mut s = self.lock();
         // Rows the schema change itself rewrote (ALTER TABLE) are not changes: followers
         // replay the statement.
-        s.raw.clear();
-        s.payload.items.push(RowItem::Schema(change));
+        s.changes.clear();
+        s.raw.0.clear();
+        s.payload.schema(&change);
         s.shapes.clear();
         s.in_payload.clear();
     }
 
-    /// The transaction's capture; capture stays off until the next [`RowCapture::begin`].
-    pub(crate) fn finish(&self) -> RowPayload {
+    /// The transaction's capture, encoded; capture stays off until the next
+    /// [`RowCapture::begin`].
+    pub(crate) fn finish(&self) -> Vec<u8> {
         let mut s = self.lock();
         s.enabled = false;
         s.in_payload.clear();
-        std::mem::take(&mut s.payload)
+        std::mem::take(&mut s.payload).finish()
     }
 
     /// Forgets cached shapes (after a rolled-back schema change).

@@ -553,3 +553,92 @@ fn a_logical_replica_may_have_another_page_size() {
         assert_eq!(rows(&l, q), rows(replica.connection(), q), "{q}");
     }
 }
+
+#[test]
+fn generated_columns_are_computed_by_the_replica_not_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lp, sp, rp) = (
+        dir.path().join("leader.db"),
+        dir.path().join("snap.db"),
+        dir.path().join("replica.db"),
+    );
+    let mut leader = open_leader(&lp);
+    commit(
+        &mut leader,
+        req(&[(
+            "CREATE TABLE g(id INTEGER PRIMARY KEY, a INT, v INT GENERATED ALWAYS AS (a * 2) STORED, \
+             c TEXT, s INT GENERATED ALWAYS AS (length(c)) STORED)",
+            vec![],
+        )]),
+    );
+    snapshot_of(&lp, &sp);
+    let mut records = Vec::new();
+    for (sql, params) in [
+        (
+            "INSERT INTO g(id, a, c) VALUES (1, 10, 'x'), (2, 20, 'yy'), (3, 30, 'zzz')",
+            vec![],
+        ),
+        ("UPDATE g SET a = a + 1, c = c || '!' WHERE id >= 2", vec![]),
+        ("DELETE FROM g WHERE id = 1", vec![]),
+    ] {
+        let out = leader
+            .commit_batch(
+                &[req(&[(sql, params)])],
+                Epoch(1),
+                &NodeId::new("l").unwrap(),
+                1,
+            )
+            .unwrap();
+        assert!(
+            matches!(out.outcomes[0], RequestOutcome::Committed(_)),
+            "{sql}: {:?}",
+            out.outcomes[0]
+        );
+        let mut rec = out.record.unwrap();
+        rec.rows = Some(flotilla_wire::decode_rows(&out.encoded_rows).unwrap());
+        let rows = rec.rows.as_ref().unwrap();
+        // The shape leaves the generated columns out.
+        assert_eq!(rows.tables[0].columns, vec!["id", "a", "c"]);
+        records.push(rec);
+    }
+    let mut replica = replica(&sp, &rp, &RowFilter::default());
+    replica.apply(&records).unwrap();
+    let l = open_reader(&lp).unwrap();
+    let q = "SELECT id, a, v, c, s FROM g ORDER BY id";
+    assert_eq!(rows(&l, q), rows(replica.connection(), q));
+    assert_eq!(rows(&l, q).len(), 2);
+}
+
+#[test]
+fn virtual_generated_columns_are_refused_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = open_leader(&dir.path().join("leader.db"));
+    commit(
+        &mut leader,
+        req(&[(
+            "CREATE TABLE g(id INTEGER PRIMARY KEY, a INT, v INT GENERATED ALWAYS AS (a * 2) VIRTUAL, c TEXT)",
+            vec![],
+        )]),
+    );
+    let out = leader
+        .commit_batch(
+            &[req(&[(
+                "INSERT INTO g(id, a, c) VALUES (1, 2, 'x')",
+                vec![],
+            )])],
+            Epoch(1),
+            &NodeId::new("l").unwrap(),
+            1,
+        )
+        .unwrap();
+    match &out.outcomes[0] {
+        RequestOutcome::Failed { message, .. } => {
+            assert!(
+                message.contains("VIRTUAL") && message.contains("STORED"),
+                "{message}"
+            )
+        }
+        other => panic!("accepted: {other:?}"),
+    }
+    assert!(out.record.is_none(), "nothing committed");
+}

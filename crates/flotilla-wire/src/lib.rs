@@ -19,5 +19,7 @@ pub use record::{
     decode_record, decode_record_rows, encode_record, encode_record_with_rows, encoded_record_len,
     project_record, RECORD_FORMAT_VERSION,
 };
-pub use rows::{decode_rows, encode_rows, ROWS_FORMAT_VERSION};
+pub use rows::{
+    decode_rows, encode_rows, split_values, value_bytes, RowsMark, RowsWriter, ROWS_FORMAT_VERSION,
+};
 pub use snapshot::{SnapshotHeader, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};

@@ -33,17 +33,7 @@ const TAG_SCHEMA: u8 = 4;
 pub fn encode_rows(p: &RowPayload) -> Vec<u8> {
     let mut out = Out::with_capacity(64 + p.items.len() * 48);
     out.u8(ROWS_FORMAT_VERSION);
-    out.uvar(p.tables.len() as u64);
-    for t in &p.tables {
-        out.str_var(&t.name).uvar(t.columns.len() as u64);
-        for c in &t.columns {
-            out.str_var(c);
-        }
-        out.uvar(t.key.len() as u64);
-        for k in &t.key {
-            out.uvar(u64::from(*k));
-        }
-    }
+    encode_tables(&mut out, &p.tables);
     out.uvar(p.items.len() as u64);
     for item in &p.items {
         match item {
@@ -73,6 +63,137 @@ pub fn encode_rows(p: &RowPayload) -> Vec<u8> {
         }
     }
     out.0
+}
+
+/// Builds an encoded row payload directly, without [`RowPayload`]'s per-value allocations: the
+/// leader's capture writes each change's rowids and values as they come from SQLite (see
+/// [`value_bytes`]), then adds its header here once the table's shape is known.
+#[derive(Default)]
+pub struct RowsWriter {
+    tables: Vec<TableShape>,
+    items: Out,
+    count: u64,
+}
+
+/// Where a [`RowsWriter`] can be rolled back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowsMark {
+    items_len: usize,
+    count: u64,
+}
+
+impl RowsWriter {
+    pub fn new() -> RowsWriter {
+        RowsWriter::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds a table shape; changes refer to it by the returned index.
+    pub fn add_table(&mut self, shape: TableShape) -> u32 {
+        self.tables.push(shape);
+        (self.tables.len() - 1) as u32
+    }
+
+    /// A change whose body — `[ivar old_rowid] [ivar new_rowid] [before values] [after values]`
+    /// as the format lays it out for `op` — is already encoded in `body`. The caller guarantees
+    /// the body holds one value per column of the table for each row it carries.
+    pub fn change(&mut self, op: RowOp, table: u32, body: &[u8]) {
+        let tag = match op {
+            RowOp::Insert => TAG_INSERT,
+            RowOp::Update => TAG_UPDATE,
+            RowOp::Delete => TAG_DELETE,
+        };
+        self.items.u8(tag).uvar(u64::from(table)).raw(body);
+        self.count += 1;
+    }
+
+    pub fn schema(&mut self, s: &SchemaChange) {
+        self.items
+            .u8(TAG_SCHEMA)
+            .u8(s.kind.code())
+            .str_var(&s.table)
+            .str_var(&s.sql);
+        self.count += 1;
+    }
+
+    pub fn mark(&self) -> RowsMark {
+        RowsMark {
+            items_len: self.items.0.len(),
+            count: self.count,
+        }
+    }
+
+    /// Forgets the items added after `mark` (the tables stay: unused shapes are harmless).
+    pub fn truncate(&mut self, mark: RowsMark) {
+        self.items.0.truncate(mark.items_len);
+        self.count = mark.count;
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Out::with_capacity(64 + self.items.0.len());
+        out.u8(ROWS_FORMAT_VERSION);
+        encode_tables(&mut out, &self.tables);
+        out.uvar(self.count).raw(&self.items.0);
+        out.0
+    }
+}
+
+fn encode_tables(out: &mut Out, tables: &[TableShape]) {
+    out.uvar(tables.len() as u64);
+    for t in tables {
+        out.str_var(&t.name).uvar(t.columns.len() as u64);
+        for c in &t.columns {
+            out.str_var(c);
+        }
+        out.uvar(t.key.len() as u64);
+        for k in &t.key {
+            out.uvar(u64::from(*k));
+        }
+    }
+}
+
+/// Encoders of single values, as the row format lays them out.
+pub mod value_bytes {
+    use crate::Out;
+
+    pub fn null(out: &mut Out) {
+        out.u8(0);
+    }
+    pub fn integer(out: &mut Out, v: i64) {
+        out.u8(1).ivar(v);
+    }
+    pub fn real(out: &mut Out, v: f64) {
+        out.u8(2).u64(v.to_bits());
+    }
+    /// Text must be UTF-8 (the decoder checks): invalid bytes are replaced.
+    pub fn text(out: &mut Out, v: &[u8]) {
+        match std::str::from_utf8(v) {
+            Ok(s) => out.u8(3).str_var(s),
+            Err(_) => out.u8(3).str_var(&String::from_utf8_lossy(v)),
+        };
+    }
+    pub fn blob(out: &mut Out, v: &[u8]) {
+        out.u8(4).bytes_var(v);
+    }
+    pub fn ivar(out: &mut Out, v: i64) {
+        out.ivar(v);
+    }
+}
+
+/// Splits `n` encoded values at the start of `bytes` into their byte ranges; the rest of the
+/// bytes is returned last. `None` if they are malformed.
+pub fn split_values(bytes: &[u8], n: usize) -> Option<(Vec<&[u8]>, &[u8])> {
+    let mut c = Cursor::new(bytes, WHAT);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = bytes.len() - c.remaining();
+        read_value(&mut c).ok()?;
+        out.push(&bytes[start..bytes.len() - c.remaining()]);
+    }
+    Some((out, &bytes[bytes.len() - c.remaining()..]))
 }
 
 fn value(out: &mut Out, v: &SqlValue) {
@@ -287,6 +408,55 @@ pub(crate) mod tests {
         p.tables.truncate(1);
         // Table shape + one insert of three columns (an integer, a real, a 3-byte blob).
         assert!(encode_rows(&p).len() < 40, "{}", encode_rows(&p).len());
+    }
+
+    #[test]
+    fn the_writer_encodes_what_encode_rows_encodes() {
+        let p = sample();
+        let mut w = RowsWriter::new();
+        for t in &p.tables {
+            w.add_table(t.clone());
+        }
+        for item in &p.items {
+            match item {
+                RowItem::Schema(s) => w.schema(s),
+                RowItem::Change(c) => {
+                    let mut body = Out::default();
+                    if c.op != RowOp::Insert {
+                        value_bytes::ivar(&mut body, c.old_rowid);
+                    }
+                    if c.op != RowOp::Delete {
+                        value_bytes::ivar(&mut body, c.new_rowid);
+                    }
+                    for v in c.before.iter().chain(c.after.iter()).flatten() {
+                        value(&mut body, v);
+                    }
+                    w.change(c.op, c.table, &body.0);
+                }
+            }
+        }
+        let mark = w.mark();
+        w.schema(&SchemaChange {
+            kind: DdlKind::DropTable,
+            table: "x".into(),
+            sql: "DROP TABLE x".into(),
+        });
+        w.truncate(mark);
+        assert_eq!(w.finish(), encode_rows(&p));
+    }
+
+    #[test]
+    fn values_split_at_their_boundaries() {
+        let mut out = Out::default();
+        value_bytes::integer(&mut out, -3);
+        value_bytes::text(&mut out, "hé".as_bytes());
+        value_bytes::blob(&mut out, &[1, 2]);
+        out.raw(&[9, 9]);
+        let (vals, rest) = split_values(&out.0, 3).unwrap();
+        assert_eq!(vals.len(), 3);
+        assert_eq!(rest, &[9, 9]);
+        assert_eq!(vals[1][0], 3);
+        assert!(split_values(&out.0[..3], 2).is_none());
     }
 
     #[test]

@@ -75,26 +75,7 @@ pub(crate) fn apply_pages(
     let Some(last) = records.last() else {
         return Ok(meta.clone());
     };
-    let mut prev = (meta.position.lsn, meta.chain);
-    for r in records {
-        if r.lsn != prev.0.next() {
-            return Err(StoreError::Apply(format!(
-                "record {} does not follow lsn {}",
-                r.position(),
-                prev.0
-            )));
-        }
-        if !r.links_to(prev.1) {
-            return Err(StoreError::Apply(format!(
-                "record {} does not continue this replica's history (checksum chain {} \
-                     does not link to {})",
-                r.position(),
-                r.chain,
-                prev.1
-            )));
-        }
-        prev = (r.lsn, r.chain);
-    }
+    check_follows(meta, records)?;
     // A physical replica never changes its page size (the leader's is fixed at creation).
     let mut pages: BTreeMap<u32, &[u8]> = BTreeMap::new();
     #[cfg(feature = "sim-bugs")]
@@ -148,4 +129,30 @@ pub(crate) fn apply_pages(
     }
     tx.commit()?;
     Ok(meta)
+}
+
+/// Checks that `records` continue the history a replica at `meta` holds: contiguous LSNs, each
+/// record's checksum chain linking to the one before. Shared by every kind of replica.
+pub(crate) fn check_follows(meta: &Meta, records: &[LogRecord]) -> Result<(), StoreError> {
+    let mut prev = (meta.position.lsn, meta.chain);
+    for r in records {
+        if r.lsn != prev.0.next() {
+            return Err(StoreError::Apply(format!(
+                "record {} does not follow lsn {}",
+                r.position(),
+                prev.0
+            )));
+        }
+        if !r.links_to(prev.1) {
+            return Err(StoreError::Apply(format!(
+                "record {} does not continue this replica's history (checksum chain {} \
+                 does not link to {})",
+                r.position(),
+                r.chain,
+                prev.1
+            )));
+        }
+        prev = (r.lsn, r.chain);
+    }
+    Ok(())
 }

@@ -286,6 +286,21 @@ impl RowCapture {
     }
 }
 
+/// Every column of a table in `schema` as `pragma_table_xinfo` lists it: (name, primary-key
+/// position or 0, hidden: 2 and 3 are generated columns).
+fn xinfo(
+    conn: &Connection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT name, pk, hidden FROM pragma_table_xinfo(?1, ?2) ORDER BY cid")?;
+    let cols = stmt
+        .query_map([table, schema], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(cols)
+}
+
 /// The stored (not generated) columns of a table in `schema`, with their primary-key position
 /// (0: not in the key).
 pub(crate) fn table_columns(
@@ -293,18 +308,7 @@ pub(crate) fn table_columns(
     schema: &str,
     table: &str,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT name, pk, hidden FROM pragma_table_xinfo(?1, ?2) ORDER BY cid")?;
-    let cols = stmt
-        .query_map([table, schema], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(cols
+    Ok(xinfo(conn, schema, table)?
         .into_iter()
         .filter(|c| c.2 != 2 && c.2 != 3)
         .map(|c| (c.0, c.1))
@@ -312,18 +316,7 @@ pub(crate) fn table_columns(
 }
 
 fn read_shape(conn: &Connection, table: &str) -> Result<KnownShape, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, pk, hidden FROM pragma_table_xinfo(?1, 'main') ORDER BY cid",
-    )?;
-    let cols = stmt
-        .query_map([table], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let cols = xinfo(conn, "main", table)?;
     if cols.is_empty() {
         return Err(StoreError::Capture(format!(
             "table {table} changed but its columns cannot be read"

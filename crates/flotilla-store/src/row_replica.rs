@@ -235,26 +235,7 @@ impl RowReplica {
         let Some(last) = records.last() else {
             return Ok(&self.meta);
         };
-        let mut prev = (self.meta.position.lsn, self.meta.chain);
-        for r in records {
-            if r.lsn != prev.0.next() {
-                return Err(StoreError::Apply(format!(
-                    "record {} does not follow lsn {}",
-                    r.position(),
-                    prev.0
-                )));
-            }
-            if !r.links_to(prev.1) {
-                return Err(StoreError::Apply(format!(
-                    "record {} does not continue this replica's history (checksum chain {} \
-                     does not link to {})",
-                    r.position(),
-                    r.chain,
-                    prev.1
-                )));
-            }
-            prev = (r.lsn, r.chain);
-        }
+        crate::follower_db::check_follows(&self.meta, records)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

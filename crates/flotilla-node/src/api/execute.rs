@@ -126,15 +126,7 @@ pub async fn execute(
                 refused,
             },
             _,
-        )) => Err(ApiError::bad_request(
-            if refused {
-                "statement_refused"
-            } else {
-                "sql_error"
-            },
-            format!("statement {statement}: {message}; the transaction was rolled back"),
-        )
-        .with("statement", statement)),
+        )) => Err(rolled_back(statement, &message, refused)),
         Err(e @ WriteError::Indeterminate(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "outcome_unknown",
@@ -183,14 +175,19 @@ async fn execute_local(
             message,
             refused,
             ..
-        } => Err(ApiError::bad_request(
-            if refused {
-                "statement_refused"
-            } else {
-                "sql_error"
-            },
-            format!("statement {statement}: {message}; the transaction was rolled back"),
-        )
-        .with("statement", statement)),
+        } => Err(rolled_back(statement, &message, refused)),
     }
+}
+
+/// A request whose statement failed (refused by the rules, or an SQLite error): rolled back.
+fn rolled_back(statement: usize, message: &str, refused: bool) -> ApiError {
+    ApiError::bad_request(
+        if refused {
+            "statement_refused"
+        } else {
+            "sql_error"
+        },
+        format!("statement {statement}: {message}; the transaction was rolled back"),
+    )
+    .with("statement", statement)
 }

@@ -1,4 +1,4 @@
-//! Deterministic simulation of a Flotilla leader and its physical followers.
+//! Deterministic simulation of a Flotilla leader, a physical follower and a logical one.
 //!
 //! One seed drives everything: the client workload, the network (loss, duplication, delay and so
 //! reordering, bit flips, partitions), and crashes of followers and of the leader (including
@@ -15,11 +15,13 @@
 //!
 //! Invariants, checked as the run goes:
 //! - a follower's database always equals the leader's state at the follower's LSN (same page
-//!   digest): a prefix of the leader's history, never a fork, never a corrupted record applied;
+//!   digest for a physical follower, same rows for a logical one): a prefix of the leader's
+//!   history, never a fork, never a corrupted record applied;
 //! - no acknowledged transaction is lost across leader crashes;
 //! - after faults stop, every follower converges to the leader's head.
 
 mod network;
+mod replica;
 mod world;
 
 pub use world::{run_seed, Report};

@@ -1,4 +1,5 @@
 use crate::network::{Dir, Faults, Network, Sent};
+use crate::replica::{content_digest, Replica};
 use anyhow::{bail, ensure, Context};
 use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
 use flotilla_core::{
@@ -7,8 +8,7 @@ use flotilla_core::{
 use flotilla_log::{Log, LogConfig};
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::{
-    open_reader, page_digest, ConflictPolicy, DbSettings, FollowerDb, LeaderDb, RowFilter,
-    RowReplica, TxnRequest,
+    open_reader, page_digest, DbSettings, LeaderDb, RowFilter, RowReplica, TxnRequest,
 };
 use flotilla_types::{ContentDigest, Epoch, LogKind, Lsn, NodeId, Position};
 use flotilla_wire::{project_record, FollowerMessage, LeaderMessage, RefusalCode};
@@ -16,9 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rusqlite::types::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::path::PathBuf;
 
 const FOLLOWERS: usize = 2;
 const MAX_OPS: usize = 120;
@@ -70,47 +68,6 @@ struct LeaderConn {
     closing_at: Option<u64>,
 }
 
-/// A follower's database, of its log kind.
-enum Replica {
-    Physical(FollowerDb),
-    Logical(RowReplica),
-}
-
-impl Replica {
-    fn open(kind: LogKind, path: &Path) -> anyhow::Result<Option<Replica>> {
-        Ok(match kind {
-            LogKind::Physical => {
-                FollowerDb::open(path, &DbSettings::default())?.map(Replica::Physical)
-            }
-            LogKind::Logical => RowReplica::open(
-                path,
-                &DbSettings::default(),
-                &RowFilter::default(),
-                ConflictPolicy::Stop,
-                Arc::new(AtomicU64::new(0)),
-            )?
-            .map(Replica::Logical),
-        })
-    }
-
-    fn meta(&self) -> &flotilla_store::Meta {
-        match self {
-            Replica::Physical(d) => d.meta(),
-            Replica::Logical(d) => d.meta(),
-        }
-    }
-
-    fn apply(
-        &mut self,
-        records: &[flotilla_types::LogRecord],
-    ) -> Result<&flotilla_store::Meta, flotilla_store::StoreError> {
-        match self {
-            Replica::Physical(d) => d.apply(records),
-            Replica::Logical(d) => d.apply(records),
-        }
-    }
-}
-
 struct Follower {
     id: String,
     kind: LogKind,
@@ -149,33 +106,6 @@ fn origin() -> NodeId {
 
 fn digest_of(path: &std::path::Path) -> anyhow::Result<(u32, u64)> {
     Ok(page_digest(&open_reader(path)?)?)
-}
-
-/// A digest of every row of every user table (Flotilla's and SQLite's own tables left out):
-/// equal for a logical replica and its leader at the same LSN, whatever their pages.
-fn content_digest(path: &Path) -> anyhow::Result<u64> {
-    use std::hash::{Hash, Hasher};
-    let conn = open_reader(path)?;
-    let tables: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' \
-             AND name NOT LIKE '\\_flotilla%' ESCAPE '\\' ORDER BY name",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for t in tables {
-        t.hash(&mut h);
-        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))?;
-        let n = stmt.column_count();
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            for i in 0..n {
-                format!("{:?}", r.get::<_, Value>(i)?).hash(&mut h);
-            }
-        }
-    }
-    Ok(h.finish())
 }
 
 fn follower_config(id: &str, kind: LogKind) -> FollowerConfig {

@@ -590,6 +590,15 @@ fn row_args<'a>(cx: &ChangeCtx, row: &'a [SqlValue], rowid: &'a SqlValue) -> Vec
     args
 }
 
+/// Counts a change that does not fit this replica's data; under the stop policy it is the error.
+fn conflict(cx: &ChangeCtx, conflicts: &mut u64, what: String) -> ApplyResult {
+    *conflicts += 1;
+    match cx.policy {
+        ConflictPolicy::Stop => Err(format!("conflict: {what}; the conflict policy is stop")),
+        ConflictPolicy::Overwrite => Ok(()),
+    }
+}
+
 fn insert(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
     let after = c.after.as_ref().expect("insert or update has after values");
     let rowid = SqlValue::Integer(c.new_rowid);
@@ -601,14 +610,12 @@ fn insert(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
         Err(rusqlite::Error::SqliteFailure(e, msg))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            *conflicts += 1;
             let msg = msg.unwrap_or_default();
-            if cx.policy == ConflictPolicy::Stop {
-                return Err(format!(
-                    "conflict: inserting into {name} collides with a row here ({msg}); \
-                     the conflict policy is stop"
-                ));
-            }
+            conflict(
+                cx,
+                conflicts,
+                format!("inserting into {name} collides with a row here ({msg})"),
+            )?;
             cx.conn
                 .prepare_cached(&cx.plan.insert_or_replace)
                 .and_then(|mut s| s.execute(params_from_iter(args.iter())))
@@ -632,12 +639,11 @@ fn delete(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
         .and_then(|mut s| s.execute(params_from_iter(key_values(cx.shape, before, &rowid))))
         .map_err(|e| format!("deleting from {name}: {}", sql_err(e)))?;
     if n == 0 {
-        *conflicts += 1;
-        if cx.policy == ConflictPolicy::Stop {
-            return Err(format!(
-                "conflict: the row of {name} to delete is missing here; the conflict policy is stop"
-            ));
-        }
+        conflict(
+            cx,
+            conflicts,
+            format!("the row of {name} to delete is missing here"),
+        )?;
     }
     Ok(())
 }
@@ -658,25 +664,23 @@ fn update(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
         .and_then(|mut s| s.execute(params_from_iter(args.iter())));
     match res {
         Ok(0) => {
-            *conflicts += 1;
-            if cx.policy == ConflictPolicy::Stop {
-                return Err(format!(
-                    "conflict: the row of {name} to update is missing here; the conflict policy is stop"
-                ));
-            }
+            conflict(
+                cx,
+                conflicts,
+                format!("the row of {name} to update is missing here"),
+            )?;
             insert(cx, c, &mut 0)
         }
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, msg))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            *conflicts += 1;
             let msg = msg.unwrap_or_default();
-            if cx.policy == ConflictPolicy::Stop {
-                return Err(format!(
-                    "conflict: updating {name} collides with a row here ({msg}); the conflict policy is stop"
-                ));
-            }
+            conflict(
+                cx,
+                conflicts,
+                format!("updating {name} collides with a row here ({msg})"),
+            )?;
             let overwrite = ChangeCtx {
                 policy: ConflictPolicy::Overwrite,
                 ..*cx

@@ -642,3 +642,70 @@ fn virtual_generated_columns_are_refused_with_the_way_out() {
     }
     assert!(out.record.is_none(), "nothing committed");
 }
+
+#[test]
+fn conflicts_stop_apply_or_are_overwritten_and_are_counted() {
+    for policy in [ConflictPolicy::Stop, ConflictPolicy::Overwrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let (lp, sp, rp) = (
+            dir.path().join("leader.db"),
+            dir.path().join("snap.db"),
+            dir.path().join("replica.db"),
+        );
+        let mut leader = open_leader(&lp);
+        commit(&mut leader, req(&[(SETUP[0], vec![])]));
+        commit(
+            &mut leader,
+            req(&[("INSERT INTO t VALUES (1, 'a', 1), (2, 'b', 2)", vec![])]),
+        );
+        snapshot_of(&lp, &sp);
+        RowReplica::build(
+            &sp,
+            &rp,
+            &DbSettings::default(),
+            &RowFilter::default(),
+            None,
+        )
+        .unwrap();
+        // Someone removes a row behind the follower's back.
+        rusqlite::Connection::open(&rp)
+            .unwrap()
+            .execute("DELETE FROM t WHERE id = 1", [])
+            .unwrap();
+        let conflicts = Arc::new(AtomicU64::new(0));
+        let mut replica = RowReplica::open(
+            &rp,
+            &DbSettings::default(),
+            &RowFilter::default(),
+            policy,
+            conflicts.clone(),
+        )
+        .unwrap()
+        .unwrap();
+        let rec = commit(
+            &mut leader,
+            req(&[("UPDATE t SET v = 'z' WHERE id = 1", vec![])]),
+        )
+        .unwrap();
+        let res = replica.apply(&[rec]);
+        match policy {
+            ConflictPolicy::Stop => {
+                let err = res.unwrap_err().to_string();
+                assert!(
+                    err.contains("conflict: the row of t to update is missing"),
+                    "{err}"
+                );
+                // Nothing of the batch applied: the position did not move.
+                assert_eq!(replica.meta().position.lsn, Lsn(2));
+            }
+            ConflictPolicy::Overwrite => {
+                res.unwrap();
+                assert_eq!(
+                    rows(replica.connection(), "SELECT v FROM t WHERE id = 1"),
+                    vec![vec![Value::Text("z".into())]]
+                );
+                assert_eq!(conflicts.load(std::sync::atomic::Ordering::Relaxed), 1);
+            }
+        }
+    }
+}

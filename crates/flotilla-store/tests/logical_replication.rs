@@ -6,7 +6,7 @@ use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::*;
 use flotilla_types::{ContentDigest, Epoch, LogRecord, Lsn, NodeId, RowItem, RowOp};
 use rusqlite::types::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -62,6 +62,15 @@ fn snapshot_of(leader: &Path, target: &Path) {
         .unwrap()
         .unwrap();
     rx.install().unwrap();
+}
+
+/// The leader's database, a snapshot of it, and a replica, in `dir`.
+fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("leader.db"),
+        dir.join("snap.db"),
+        dir.join("replica.db"),
+    )
 }
 
 fn replica(snapshot: &Path, path: &Path, filter: &RowFilter) -> RowReplica {
@@ -175,11 +184,7 @@ const COMPARE: &[&str] = &[
 fn an_unfiltered_replica_ends_with_the_leaders_rows() {
     for seed in [1u64, 7, 99] {
         let dir = tempfile::tempdir().unwrap();
-        let (lp, sp, rp) = (
-            dir.path().join("leader.db"),
-            dir.path().join("snap.db"),
-            dir.path().join("replica.db"),
-        );
+        let (lp, sp, rp) = paths(dir.path());
         let mut leader = open_leader(&lp);
         let records = workload(&mut leader, &lp, &sp, seed * 1_000_003, 300);
         let mut replica = replica(&sp, &rp, &RowFilter::default());
@@ -222,11 +227,7 @@ fn a_filtered_replica_ends_with_exactly_the_filtered_projection() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (lp, sp, rp) = (
-        dir.path().join("leader.db"),
-        dir.path().join("snap.db"),
-        dir.path().join("replica.db"),
-    );
+    let (lp, sp, rp) = paths(dir.path());
     let mut leader = open_leader(&lp);
     let records = workload(&mut leader, &lp, &sp, 5, 400);
     let mut replica = replica(&sp, &rp, &filter);
@@ -385,11 +386,7 @@ fn vacuum_is_refused_so_rowids_never_renumber() {
 #[test]
 fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
-    let (lp, sp, rp) = (
-        dir.path().join("leader.db"),
-        dir.path().join("snap.db"),
-        dir.path().join("replica.db"),
-    );
+    let (lp, sp, rp) = paths(dir.path());
     let mut leader = open_leader(&lp);
     commit(&mut leader, req(&[(SETUP[0], vec![])]));
     commit(
@@ -517,11 +514,7 @@ fn a_large_commit_missing_from_the_log_is_recaptured_with_its_rows() {
 #[test]
 fn a_logical_replica_may_have_another_page_size() {
     let dir = tempfile::tempdir().unwrap();
-    let (lp, sp, rp) = (
-        dir.path().join("leader.db"),
-        dir.path().join("snap.db"),
-        dir.path().join("replica.db"),
-    );
+    let (lp, sp, rp) = paths(dir.path());
     let mut leader = open_leader(&lp);
     let records = workload(&mut leader, &lp, &sp, 3, 60);
     RowReplica::build(
@@ -557,11 +550,7 @@ fn a_logical_replica_may_have_another_page_size() {
 #[test]
 fn generated_columns_are_computed_by_the_replica_not_shipped() {
     let dir = tempfile::tempdir().unwrap();
-    let (lp, sp, rp) = (
-        dir.path().join("leader.db"),
-        dir.path().join("snap.db"),
-        dir.path().join("replica.db"),
-    );
+    let (lp, sp, rp) = paths(dir.path());
     let mut leader = open_leader(&lp);
     commit(
         &mut leader,
@@ -647,11 +636,7 @@ fn virtual_generated_columns_are_refused_with_the_way_out() {
 fn conflicts_stop_apply_or_are_overwritten_and_are_counted() {
     for policy in [ConflictPolicy::Stop, ConflictPolicy::Overwrite] {
         let dir = tempfile::tempdir().unwrap();
-        let (lp, sp, rp) = (
-            dir.path().join("leader.db"),
-            dir.path().join("snap.db"),
-            dir.path().join("replica.db"),
-        );
+        let (lp, sp, rp) = paths(dir.path());
         let mut leader = open_leader(&lp);
         commit(&mut leader, req(&[(SETUP[0], vec![])]));
         commit(

@@ -237,12 +237,23 @@ impl FollowerSession {
             FollowerEvent::ApplyFailed { reason, disk_full } => {
                 self.applying = false;
                 if disk_full {
-                    self.phase = FollowerPhase::DiskFull;
-                    self.retry_at_ms = self.now_ms + self.config.disk_full_retry_ms;
                     self.last_error = Some(format!(
                         "replication paused: the disk is full ({reason}); it resumes when space returns"
                     ));
-                    // The failed batch is retried as it was: put nothing back, it is still queued.
+                    if matches!(
+                        self.phase,
+                        FollowerPhase::Streaming | FollowerPhase::DiskFull
+                    ) {
+                        self.phase = FollowerPhase::DiskFull;
+                        self.retry_at_ms = self.now_ms + self.config.disk_full_retry_ms;
+                        // The failed batch is retried as it was: put nothing back, it is still
+                        // queued.
+                    } else {
+                        // The session was lost while the batch was applying, and its records
+                        // with it: they come again after the next handshake (which may meet the
+                        // full disk again). Pausing here would wait for a batch that is gone.
+                        self.maybe_hello(&mut out);
+                    }
                 } else {
                     self.last_error = Some(format!("apply failed: {reason}"));
                     // Whatever was buffered is suspect: drop it, reconnect, and let the leader
@@ -462,6 +473,18 @@ impl FollowerSession {
             batch.push(r.clone());
         }
         self.applying = true;
+        #[cfg(feature = "sim-bugs")]
+        if crate::injected_bugs::ACK_BEFORE_FSYNC.load(std::sync::atomic::Ordering::Relaxed) {
+            if let (Some(last), true) = (batch.last(), self.connected) {
+                let claimed = last.position();
+                out.push(FollowerCommand::Send(FollowerMessage::Ack {
+                    received: self.received.max(claimed),
+                    durable: claimed,
+                    applied: claimed,
+                    now_ms: self.now_ms,
+                }));
+            }
+        }
         out.push(FollowerCommand::Apply(batch));
     }
 
@@ -672,6 +695,48 @@ mod tests {
         );
         assert_eq!(s.phase(), FollowerPhase::Streaming);
         assert_eq!(s.last_error(), None);
+    }
+
+    /// Found by the simulator (seed 13, once applies took time): the connection broke while a
+    /// batch was applying, then the apply met a full disk. The session paused to retry a batch
+    /// that the lost session had already dropped, and never reconnected.
+    #[test]
+    fn a_full_disk_after_the_session_was_lost_does_not_stop_reconnecting() {
+        let mut s = streaming_at(3);
+        let r4 = rec(4, Chain(3));
+        s.handle(
+            3,
+            0,
+            FollowerEvent::Received(LeaderMessage::Records(vec![r4.clone()])),
+        );
+        s.handle(
+            4,
+            0,
+            FollowerEvent::ConnectionLost {
+                reason: "broke".into(),
+            },
+        );
+        let cmds = s.handle(
+            5,
+            0,
+            FollowerEvent::ApplyFailed {
+                reason: "full".into(),
+                disk_full: true,
+            },
+        );
+        assert!(cmds.is_empty());
+        assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+        assert!(s.last_error().unwrap().contains("disk is full"));
+        assert_eq!(
+            s.handle(2_000, 0, FollowerEvent::Tick),
+            vec![FollowerCommand::Connect]
+        );
+        let cmds = s.handle(2_001, 0, FollowerEvent::Connected);
+        assert!(matches!(
+            &cmds[..],
+            [FollowerCommand::Send(FollowerMessage::Hello { position, .. })]
+                if *position == Position::new(1, 3)
+        ));
     }
 
     #[test]

@@ -13,6 +13,8 @@ mod backoff;
 mod follower_session;
 mod follower_tracker;
 pub mod handshake;
+#[cfg(feature = "sim-bugs")]
+pub mod injected_bugs;
 pub mod retention;
 
 pub use backoff::Backoff;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use flotilla_core::FollowerTracker;
 use flotilla_log::{Log, LogConfig};
 use flotilla_store::{DbSettings, LeaderDb};
-use flotilla_types::{Lsn, Position};
+use flotilla_types::Position;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -113,60 +113,26 @@ pub async fn run(
                 fsync: config.log_fsync,
             };
             let log = Arc::new(Log::open(&log_dir, log_config, meta.position.lsn.0)?);
-            let log_last = log.stats().last_lsn;
-            if meta.position.lsn.0 < log_last {
-                // The database lost its newest commits (a power loss with synchronous=NORMAL);
-                // the log, flushed before every answer, has them.
-                let from = meta.position.lsn.0 + 1;
-                let first = log.stats().first_lsn;
-                if from < first {
-                    anyhow::bail!(
-                        "the database is at lsn {} but the replication log starts at {first}: \
-                         the database file was replaced by an older one",
-                        meta.position.lsn
-                    );
-                }
+            let recovery = flotilla_store::recover_leader(&mut db, &log, &config.id)?;
+            if recovery.completed_from_log > 0 {
+                // A power loss with synchronous=NORMAL took the database's newest commits; the
+                // log, flushed before every answer, had them.
                 tracing::warn!(
-                    "the database is at lsn {} and the log at {log_last}: completing the \
-                     database from the log",
-                    meta.position.lsn
+                    "the database had lost {} commits: completed from the replication log",
+                    recovery.completed_from_log
                 );
-                let mut next = from;
-                while next <= log_last {
-                    let raw = log.read(next, 1000, 64 << 20)?;
-                    anyhow::ensure!(!raw.is_empty(), "log record {next} cannot be read");
-                    let records = raw
-                        .iter()
-                        .map(|r| flotilla_wire::decode_record(r))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    next += records.len() as u64;
-                    db.complete_from_log(&records).with_context(|| {
-                        format!(
-                            "completing the database from the log up to lsn {}",
-                            next - 1
-                        )
-                    })?;
-                }
+            }
+            for p in &recovery.recaptured {
+                tracing::warn!(position = %p, "recovered a commit missing from the log");
+            }
+            if let Some(why) = &recovery.log_restarted {
+                // Followers behind this point bootstrap from a snapshot.
+                tracing::warn!(
+                    "{why}; restarted the replication log after lsn {}",
+                    db.meta().position.lsn
+                );
             }
             let meta = db.meta().clone();
-            match db.uncaptured(Lsn(log_last), &config.id) {
-                Ok(recaptured) => {
-                    for (r, rows) in &recaptured {
-                        tracing::warn!(position = %r.position(), "recovering a commit missing from the log");
-                        log.append(&flotilla_wire::encode_record_with_rows(r, Some(rows)))?;
-                    }
-                }
-                Err(e) => {
-                    // The log cannot be completed: start it afresh after the database's position.
-                    // Followers behind that point bootstrap from a snapshot.
-                    tracing::warn!(
-                        "{e}; restarting the replication log after lsn {}",
-                        meta.position.lsn
-                    );
-                    log.reset(meta.position.lsn.0)?;
-                }
-            }
-            log.sync()?;
             match &ident.cluster_id {
                 Some(c) if *c != meta.cluster_id => anyhow::bail!(
                     "the database belongs to cluster {} but this node to cluster {c}",

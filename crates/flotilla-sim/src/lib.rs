@@ -29,13 +29,14 @@ pub use world::{run_seed, Report};
 use std::sync::atomic::Ordering;
 
 /// Bugs `--inject-bug` can switch on, to prove the simulator catches them.
-pub const INJECTABLE_BUGS: &[&str] = &["skip-checksum", "apply-out-of-order"];
+pub const INJECTABLE_BUGS: &[&str] = &["ack-before-fsync", "skip-checksum", "apply-out-of-order"];
 
 /// Switches a deliberate bug on (or all off with `None`). The switches exist only in builds with
 /// the `sim-bugs` feature, which only this crate enables.
 pub fn inject_bug(name: Option<&str>) -> Result<(), String> {
     flotilla_wire::injected_bugs::SKIP_CHECKSUM.store(false, Ordering::Relaxed);
     flotilla_store::injected_bugs::APPLY_OUT_OF_ORDER.store(false, Ordering::Relaxed);
+    flotilla_core::injected_bugs::ACK_BEFORE_FSYNC.store(false, Ordering::Relaxed);
     match name {
         None => {}
         Some("skip-checksum") => {
@@ -45,11 +46,7 @@ pub fn inject_bug(name: Option<&str>) -> Result<(), String> {
             flotilla_store::injected_bugs::APPLY_OUT_OF_ORDER.store(true, Ordering::Relaxed)
         }
         Some("ack-before-fsync") => {
-            return Err(
-                "ack-before-fsync is not simulated yet: it needs power loss (a SQLite VFS over \
-                        a simulated disk that loses unsynced writes); see docs/testing.md"
-                    .into(),
-            )
+            flotilla_core::injected_bugs::ACK_BEFORE_FSYNC.store(true, Ordering::Relaxed)
         }
         Some(other) => {
             return Err(format!(

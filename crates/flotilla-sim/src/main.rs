@@ -20,7 +20,8 @@ struct Args {
     replay: Option<u64>,
     #[arg(long)]
     trace: bool,
-    /// Switch on a deliberate bug (skip-checksum, apply-out-of-order): the campaign must fail.
+    /// Switch on a deliberate bug (ack-before-fsync, skip-checksum, apply-out-of-order): the
+    /// campaign must fail.
     #[arg(long)]
     inject_bug: Option<String>,
 }
@@ -41,17 +42,7 @@ fn main() -> ExitCode {
         match flotilla_sim::run_seed(seed, a.trace) {
             Ok(r) => {
                 passed += 1;
-                totals.commits += r.commits;
-                totals.messages += r.messages;
-                totals.dropped += r.dropped;
-                totals.flipped += r.flipped;
-                totals.follower_crashes += r.follower_crashes;
-                totals.leader_crashes += r.leader_crashes;
-                totals.bootstraps += r.bootstraps;
-                totals.applies += r.applies;
-                totals.log_damage += r.log_damage;
-                totals.blackholed += r.blackholed;
-                totals.sim_ms += r.sim_ms;
+                totals.add(&r);
             }
             Err(e) => {
                 failed += 1;
@@ -62,11 +53,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!(
-        "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped, {} lost in one-way partitions), {} follower crashes, {} leader crashes, {} log records damaged at rest, {} bootstraps, {:.0} simulated s",
-        totals.commits, totals.applies, totals.messages, totals.dropped, totals.flipped, totals.blackholed,
-        totals.follower_crashes, totals.leader_crashes, totals.log_damage, totals.bootstraps, totals.sim_ms as f64 / 1000.0
-    );
+    println!("{totals}");
     println!("{passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS

@@ -8,9 +8,10 @@ use flotilla_core::{
 use flotilla_log::{Log, LogConfig};
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::{
-    open_reader, page_digest, DbSettings, LeaderDb, RowFilter, RowReplica, TxnRequest,
+    open_reader, page_digest, recover_leader, DbSettings, LeaderDb, RowFilter, RowReplica,
+    TxnRequest,
 };
-use flotilla_types::{ContentDigest, Epoch, LogKind, Lsn, NodeId, Position};
+use flotilla_types::{ContentDigest, Epoch, LogKind, LogRecord, Lsn, NodeId, Position};
 use flotilla_wire::{project_record, FollowerMessage, LeaderMessage, RefusalCode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -39,7 +40,69 @@ pub struct Report {
     pub log_damage: u64,
     /// Messages lost in one-way partitions.
     pub blackholed: u64,
+    /// Leader power losses: the database lost its newest commits and was completed from the log.
+    pub power_losses: u64,
+    /// Leader crashes in the middle of a log append, leaving a torn record.
+    pub torn_appends: u64,
+    /// Follower applies lost in flight by a crash (their fsync had not returned).
+    pub lost_applies: u64,
+    pub disk_full: u64,
+    pub clock_jumps: u64,
 }
+
+impl Report {
+    /// Adds another seed's counts to these totals.
+    pub fn add(&mut self, r: &Report) {
+        self.commits += r.commits;
+        self.sim_ms += r.sim_ms;
+        self.messages += r.messages;
+        self.dropped += r.dropped;
+        self.flipped += r.flipped;
+        self.follower_crashes += r.follower_crashes;
+        self.leader_crashes += r.leader_crashes;
+        self.bootstraps += r.bootstraps;
+        self.applies += r.applies;
+        self.log_damage += r.log_damage;
+        self.blackholed += r.blackholed;
+        self.power_losses += r.power_losses;
+        self.torn_appends += r.torn_appends;
+        self.lost_applies += r.lost_applies;
+        self.disk_full += r.disk_full;
+        self.clock_jumps += r.clock_jumps;
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped, \
+             {} lost in one-way partitions), {} follower crashes ({} applies lost in flight), \
+             {} leader crashes ({} power losses, {} torn appends), {} log records damaged at \
+             rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {:.0} simulated s",
+            self.commits,
+            self.applies,
+            self.messages,
+            self.dropped,
+            self.flipped,
+            self.blackholed,
+            self.follower_crashes,
+            self.lost_applies,
+            self.leader_crashes,
+            self.power_losses,
+            self.torn_appends,
+            self.log_damage,
+            self.disk_full,
+            self.clock_jumps,
+            self.bootstraps,
+            self.sim_ms as f64 / 1000.0
+        )
+    }
+}
+
+/// The leader's database files (suffix of the name, bytes) as they were after the commit at
+/// `.0`.
+type LeaderImage = (u64, Vec<(&'static str, Vec<u8>)>);
 
 struct Leader {
     path: PathBuf,
@@ -55,6 +118,12 @@ struct Leader {
     acked: u64,
     /// After damage at rest the log may not reopen (by design); the leader is not crashed again.
     damaged: bool,
+    /// The database files as they were after an earlier commit: what a power loss leaves when
+    /// SQLite (`synchronous=NORMAL`) had not flushed the WAL frames of the commits since.
+    image: Option<LeaderImage>,
+    /// Bumped at each power loss: the restored files get a new name, so that no abandoned
+    /// connection of the crashed process shares SQLite's locks or shared memory with them.
+    generation: u32,
 }
 
 struct LeaderConn {
@@ -79,6 +148,16 @@ struct Follower {
     /// One-way partition: until then, messages from the leader to this follower vanish (the
     /// connection stalls; nothing tells either side), and new connections cannot complete.
     deaf_until: u64,
+    /// An apply handed to the host and not finished: it is committed (and fsynced) at `.0`. A
+    /// crash before then loses it, as a power loss loses a write whose fsync had not returned.
+    apply_in_flight: Option<(u64, Vec<LogRecord>)>,
+    /// Until then, applies fail for lack of disk space.
+    disk_full_until: u64,
+    /// The follower's clock runs this far ahead of the simulation's; it jumps now and then.
+    clock_skew_ms: u64,
+    /// The highest LSN this follower told the leader it holds durably. Only a snapshot replaces
+    /// its database, and a snapshot is never older; so after any crash it must hold this LSN.
+    acked_durable: u64,
 }
 
 struct World {
@@ -92,6 +171,8 @@ struct World {
     next_conn: u64,
     followers: Vec<Follower>,
     events: VecDeque<(usize, FollowerEvent)>,
+    /// An apply takes up to this long (drawn per seed).
+    apply_ms_max: u64,
     report: Report,
     /// Connections of crashed nodes: abandoned without closing (as `kill -9` would leave them,
     /// SQLite gets no chance to checkpoint or clean up), released when the seed ends so that a
@@ -143,17 +224,8 @@ impl World {
             },
             db.meta().position.lsn.0,
         )?;
-        let last = log.stats().last_lsn;
-        // As the node does: a log that cannot be completed restarts after the database.
-        match db.uncaptured(Lsn(last), &origin()) {
-            Ok(recs) => {
-                for (r, rows) in recs {
-                    log.append(&flotilla_wire::encode_record_with_rows(&r, Some(&rows)))?;
-                }
-            }
-            Err(_) => log.reset(db.meta().position.lsn.0)?,
-        }
-        log.sync()?;
+        // As the node does.
+        recover_leader(&mut db, &log, &origin())?;
         Ok((db, log))
     }
 
@@ -209,6 +281,13 @@ impl World {
     /// SQLite commit, before the log append (the request is then not acknowledged).
     fn client_op(&mut self, i: u64) -> anyhow::Result<()> {
         let req = self.random_request(i);
+        self.log(|| {
+            let first = req.statements.first().map_or("", |s| s.0.as_str());
+            format!(
+                "client: {} statement(s), first: {first}",
+                req.statements.len()
+            )
+        });
         let out = self
             .leader
             .db
@@ -230,15 +309,87 @@ impl World {
             });
             return self.crash_leader();
         }
-        self.leader
-            .log
-            .append(&flotilla_wire::encode_record_with_rows(
-                &rec,
-                Some(&out.encoded_rows),
-            ))?;
+        let encoded = flotilla_wire::encode_record_with_rows(&rec, Some(&out.encoded_rows));
+        self.leader.log.append(&encoded)?;
+        if !self.leader.damaged && self.rng.random_bool(0.005) {
+            // The append reached the disk only in part when the process died: its fsync never
+            // returned, so the request was not acknowledged.
+            self.leader.log.sync()?;
+            let seg = self
+                .leader
+                .log
+                .segments()
+                .last()
+                .cloned()
+                .context("a segment")?;
+            let cut = self.rng.random_range(1..=encoded.len() as u64);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&seg.path)?
+                .set_len(seg.bytes - cut)?;
+            self.report.torn_appends += 1;
+            self.log(|| {
+                format!(
+                    "leader crashes in the log append of {}: {cut} of its bytes never reached the disk",
+                    rec.position()
+                )
+            });
+            return self.crash_leader();
+        }
         self.leader.log.sync()?;
         self.leader.acked = rec.lsn.0;
+        if self.rng.random_bool(0.2) {
+            self.take_leader_image(rec.lsn.0)?;
+        }
         Ok(())
+    }
+
+    /// Keeps a copy of the leader's database files as they are now (after the commit at `lsn`).
+    fn take_leader_image(&mut self, lsn: u64) -> anyhow::Result<()> {
+        let mut files = Vec::new();
+        for suffix in ["", "-wal", "-rows"] {
+            let mut p = self.leader.path.as_os_str().to_owned();
+            p.push(suffix);
+            match std::fs::read(&p) {
+                Ok(bytes) => files.push((suffix, bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.leader.image = Some((lsn, files));
+        Ok(())
+    }
+
+    /// A power loss on the leader: the database files go back to an earlier image (SQLite had
+    /// not flushed the WAL frames since, with `synchronous=NORMAL`), the log keeps everything
+    /// it had flushed. Restarting must complete the database from the log, losing nothing
+    /// acknowledged.
+    fn power_loss_leader(&mut self) -> anyhow::Result<()> {
+        let Some((lsn, files)) = self.leader.image.take() else {
+            return Ok(());
+        };
+        if lsn + 1 < self.leader.log.stats().first_lsn {
+            return Ok(()); // retention removed what would complete it: not a state a power loss leaves
+        }
+        self.report.power_losses += 1;
+        self.leader.generation += 1;
+        let path = self
+            .leader
+            .path
+            .with_file_name(format!("leader-{}.sqlite", self.leader.generation));
+        for (suffix, bytes) in files {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::write(&p, bytes)?;
+        }
+        self.log(|| {
+            format!(
+                "leader loses power: its database goes back to lsn {lsn}, the log is at {}",
+                self.leader.log.stats().last_lsn
+            )
+        });
+        self.leader.path = path;
+        self.crash_leader()
     }
 
     fn crash_leader(&mut self) -> anyhow::Result<()> {
@@ -264,6 +415,7 @@ impl World {
             "the recovered leader's database differs from its history at lsn {head}"
         );
         self.leader.acked = head;
+        self.leader.image = None;
         for conn in self.conns.keys().copied().collect::<Vec<_>>() {
             self.close_conn(conn, "the leader crashed");
         }
@@ -407,6 +559,8 @@ impl World {
                 ..
             } if welcomed => {
                 let id = self.followers[f].id.clone();
+                let fl = &mut self.followers[f];
+                fl.acked_durable = fl.acked_durable.max(durable.lsn.0);
                 self.leader
                     .tracker
                     .acked(&id, received, durable, applied, self.now);
@@ -519,45 +673,14 @@ impl World {
                 }
             }
             FollowerCommand::Apply(records) => {
-                let n = records.len();
-                let fl = &mut self.followers[f];
-                let db = fl.db.as_mut().context("apply without a database")?;
-                match db.apply(&records) {
-                    Ok(meta) => {
-                        let (position, chain) = (meta.position, meta.chain);
-                        self.report.applies += 1;
-                        let same = match fl.kind {
-                            LogKind::Physical => {
-                                Some(digest_of(&fl.path)?)
-                                    == self.leader.history.get(&position.lsn.0).copied()
-                            }
-                            LogKind::Logical => {
-                                Some(content_digest(&fl.path)?)
-                                    == self.leader.content.get(&position.lsn.0).copied()
-                            }
-                        };
-                        ensure!(
-                            same,
-                            "{} at {position} differs from the leader's state at that lsn",
-                            fl.id
-                        );
-                        fl.session.batch_done(n);
-                        self.events
-                            .push_back((f, FollowerEvent::Applied { position, chain }));
-                    }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        self.events.push_back((
-                            f,
-                            FollowerEvent::ApplyFailed {
-                                reason,
-                                disk_full: false,
-                            },
-                        ));
-                    }
-                }
+                let done_at = self.now + self.rng.random_range(0..=self.apply_ms_max);
+                self.followers[f].apply_in_flight = Some((done_at, records));
             }
             FollowerCommand::Bootstrap => {
+                // The node's apply thread runs jobs in order: an apply in flight finishes first.
+                if let Some((_, records)) = self.followers[f].apply_in_flight.take() {
+                    self.perform_apply(f, records)?;
+                }
                 if self.now
                     < self.followers[f]
                         .partitioned_until
@@ -627,6 +750,79 @@ impl World {
         Ok(())
     }
 
+    /// Finishes the applies whose time has come.
+    fn finish_applies(&mut self) -> anyhow::Result<()> {
+        for f in 0..self.followers.len() {
+            if self.followers[f]
+                .apply_in_flight
+                .as_ref()
+                .is_some_and(|(at, _)| *at <= self.now)
+            {
+                let (_, records) = self.followers[f].apply_in_flight.take().expect("checked");
+                self.perform_apply(f, records)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch in one local transaction (committed with `synchronous=FULL`: durable when
+    /// it returns) and checks the result against the leader's history.
+    fn perform_apply(&mut self, f: usize, records: Vec<LogRecord>) -> anyhow::Result<()> {
+        let n = records.len();
+        if self.now < self.followers[f].disk_full_until {
+            self.events.push_back((
+                f,
+                FollowerEvent::ApplyFailed {
+                    reason: "database or disk is full (simulated)".into(),
+                    disk_full: true,
+                },
+            ));
+            return Ok(());
+        }
+        let fl = &mut self.followers[f];
+        let db = fl.db.as_mut().context("apply without a database")?;
+        match db.apply(&records) {
+            Ok(meta) => {
+                let (position, chain) = (meta.position, meta.chain);
+                self.report.applies += 1;
+                let same = match fl.kind {
+                    LogKind::Physical => {
+                        Some(digest_of(&fl.path)?)
+                            == self.leader.history.get(&position.lsn.0).copied()
+                    }
+                    LogKind::Logical => {
+                        Some(content_digest(&fl.path)?)
+                            == self.leader.content.get(&position.lsn.0).copied()
+                    }
+                };
+                ensure!(
+                    same,
+                    "{} at {position} differs from the leader's state at that lsn",
+                    fl.id
+                );
+                fl.session.batch_done(n);
+                self.events
+                    .push_back((f, FollowerEvent::Applied { position, chain }));
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.events.push_back((
+                    f,
+                    FollowerEvent::ApplyFailed {
+                        reason,
+                        disk_full: false,
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The follower's clock (it may run ahead of the simulation's).
+    fn follower_now(&self, f: usize) -> u64 {
+        self.now + self.followers[f].clock_skew_ms
+    }
+
     fn crash_follower(&mut self, f: usize) -> anyhow::Result<()> {
         self.report.follower_crashes += 1;
         if let Some(conn) = self.followers[f].conn.take() {
@@ -635,15 +831,26 @@ impl World {
         }
         self.events.retain(|(g, _)| *g != f);
         let fl = &mut self.followers[f];
+        if fl.apply_in_flight.take().is_some() {
+            self.report.lost_applies += 1;
+        }
         if let Some(db) = fl.db.take() {
             self.graveyard.push(Box::new(db));
         }
         let db = Replica::open(fl.kind, &fl.path)?;
         let local = db.as_ref().map(|d| (d.meta().position, d.meta().chain));
+        let held = local.map_or(0, |l| l.0.lsn.0);
+        ensure!(
+            held >= fl.acked_durable,
+            "{} acknowledged lsn {} as durable but holds only lsn {held} after a crash",
+            fl.id,
+            fl.acked_durable
+        );
         let cluster = db.as_ref().map(|d| d.meta().cluster_id.clone());
         fl.db = db;
         fl.session = FollowerSession::new(follower_config(&fl.id, fl.kind), local, cluster);
-        let cmds = fl.session.start(self.now);
+        let now = self.follower_now(f);
+        let cmds = self.followers[f].session.start(now);
         for c in cmds {
             self.execute(f, c)?;
         }
@@ -660,7 +867,8 @@ impl World {
                 self.log(|| format!("{id} <- {}", short(&ev)));
             }
             let jitter = self.rng.random_range(0..=1000);
-            let cmds = self.followers[f].session.handle(self.now, jitter, ev);
+            let now = self.follower_now(f);
+            let cmds = self.followers[f].session.handle(now, jitter, ev);
             for c in cmds {
                 self.execute(f, c)?;
             }
@@ -800,6 +1008,10 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
                 conn: None,
                 partitioned_until: 0,
                 deaf_until: 0,
+                apply_in_flight: None,
+                disk_full_until: 0,
+                clock_skew_ms: 0,
+                acked_durable: 0,
             }
         })
         .collect();
@@ -819,11 +1031,14 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             content,
             acked: 1,
             damaged: false,
+            image: None,
+            generation: 0,
         },
         conns: BTreeMap::new(),
         next_conn: 1,
         followers,
         events: VecDeque::new(),
+        apply_ms_max: 0,
         report: Report {
             seed,
             ..Default::default()
@@ -831,7 +1046,13 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         graveyard: Vec::new(),
         _dir: dir,
     };
-    w.log(|| format!("seed {seed}: faults {faults:?}"));
+    w.apply_ms_max = w.rng.random_range(1..60);
+    w.log(|| {
+        format!(
+            "seed {seed}: faults {faults:?}, applies take up to {} ms",
+            w.apply_ms_max
+        )
+    });
     for f in 0..FOLLOWERS {
         let cmds = w.followers[f].session.start(0);
         for c in cmds {
@@ -851,6 +1072,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             for f in w.followers.iter_mut() {
                 f.partitioned_until = 0;
                 f.deaf_until = 0;
+                f.disk_full_until = 0;
             }
         }
         let faulty = w.now < calm_at;
@@ -860,6 +1082,9 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         }
         if faulty && !w.leader.damaged && w.rng.random_bool(0.00005) {
             w.damage_log_at_rest()?;
+        }
+        if faulty && !w.leader.damaged && w.rng.random_bool(0.0002) {
+            w.power_loss_leader()?;
         }
         if faulty {
             for f in 0..FOLLOWERS {
@@ -880,8 +1105,24 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
                     w.log(|| format!("f{f} cannot hear the leader until {until}"));
                     w.followers[f].deaf_until = until;
                 }
+                if w.rng.random_bool(0.0002) {
+                    let until = w.now + w.rng.random_range(100..8_000);
+                    w.log(|| format!("f{f}'s disk is full until {until}"));
+                    w.followers[f].disk_full_until = until;
+                    w.report.disk_full += 1;
+                }
+                if w.rng.random_bool(0.0001) {
+                    // The session runs on the monotonic clock, which never steps back, but jumps
+                    // ahead when a paused VM or a stopped process resumes.
+                    let jump = w.rng.random_range(100..60_000);
+                    w.log(|| format!("f{f}'s clock jumps {jump} ms ahead"));
+                    w.followers[f].clock_skew_ms += jump;
+                    w.report.clock_jumps += 1;
+                }
             }
         }
+        w.finish_applies()?;
+        w.drain_events()?;
         w.deliver()?;
         w.ship()?;
         if w.now - last_tick >= 100 {
@@ -916,6 +1157,11 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             states.join("; ")
         );
     }
+    // The oracles compare each replica with the leader; the leader itself must be a sound
+    // database (a corrupt one would be faithfully copied).
+    let check: String =
+        open_reader(&w.leader.path)?.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    ensure!(check == "ok", "the leader's database is damaged: {check}");
     for f in &w.followers {
         let same = match f.kind {
             LogKind::Physical => digest_of(&f.path)? == digest_of(&w.leader.path)?,

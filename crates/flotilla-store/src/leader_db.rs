@@ -189,19 +189,20 @@ impl LeaderDb {
     /// order). This happens after a power loss when SQLite runs with `synchronous=NORMAL`: its
     /// WAL is flushed only at checkpoints, but the log is flushed before every answer. Call
     /// before [`LeaderDb::uncaptured`].
+    ///
+    /// The pages are written on a connection of their own. Written through this one, they would
+    /// change bytes under SQLite's b-tree layer, which keeps each cached page's parsed header
+    /// (cell count, free space) across transactions of the same connection: the schema would be
+    /// read with the old cell count and the next CREATE TABLE would write a corrupt schema
+    /// (found by the simulator). A change made by another connection is seen through the WAL
+    /// index, and this connection drops its cache.
     pub fn complete_from_log(&mut self, records: &[LogRecord]) -> Result<(), StoreError> {
-        use rusqlite::config::DbConfig;
-        let page_size: u32 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        // sqlite_dbpage is writable only without defensive mode: off for this one transaction.
-        self.conn
-            .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false)?;
-        let rules = self.rules.clone();
-        let applied = rules.internal(|| {
-            crate::follower_db::apply_pages(&mut self.conn, &self.meta, page_size, records)
-        });
-        self.conn
-            .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-        self.meta = applied?;
+        let mut conn = rusqlite::Connection::open(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        // sqlite_dbpage is writable only without defensive mode (off on a new connection);
+        // the default synchronous=FULL makes the completion durable before the node serves.
+        self.meta = crate::follower_db::apply_pages(&mut conn, &self.meta, page_size, records)?;
         Ok(())
     }
 

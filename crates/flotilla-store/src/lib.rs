@@ -14,6 +14,7 @@ mod follower_db;
 #[cfg(feature = "sim-bugs")]
 pub mod injected_bugs;
 mod leader_db;
+mod leader_recovery;
 mod meta;
 mod open;
 mod pending_rows;
@@ -29,6 +30,7 @@ pub use follower_db::FollowerDb;
 pub use leader_db::{
     sql_error_message, CommitOutcome, LeaderDb, RequestOutcome, StatementResult, TxnRequest,
 };
+pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use open::{open_reader, DbSettings, Synchronous};
 pub use row_filter::{FilterParseError, RowFilter};

@@ -52,8 +52,12 @@ impl Replica {
 /// A digest of every row of every user table (Flotilla's and SQLite's own tables left out):
 /// equal for a logical replica and its leader at the same LSN, whatever their pages.
 pub(crate) fn content_digest(path: &Path) -> anyhow::Result<u64> {
+    content_digest_of(&open_reader(path)?)
+}
+
+/// [`content_digest`] of what one connection sees (inside a read transaction: its snapshot).
+pub(crate) fn content_digest_of(conn: &rusqlite::Connection) -> anyhow::Result<u64> {
     use std::hash::{Hash, Hasher};
-    let conn = open_reader(path)?;
     let tables: Vec<String> = conn
         .prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' \

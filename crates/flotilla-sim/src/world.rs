@@ -1,5 +1,5 @@
 use crate::network::{Dir, Faults, Network, Sent};
-use crate::replica::{content_digest, Replica};
+use crate::replica::{content_digest, content_digest_of, Replica};
 use anyhow::{bail, ensure, Context};
 use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
 use flotilla_core::{
@@ -48,6 +48,10 @@ pub struct Report {
     pub lost_applies: u64,
     pub disk_full: u64,
     pub clock_jumps: u64,
+    /// Reads on followers with a position token (read-your-writes), and how many of them would
+    /// have waited for the follower to reach the token.
+    pub token_reads: u64,
+    pub token_reads_waiting: u64,
 }
 
 impl Report {
@@ -69,6 +73,8 @@ impl Report {
         self.lost_applies += r.lost_applies;
         self.disk_full += r.disk_full;
         self.clock_jumps += r.clock_jumps;
+        self.token_reads += r.token_reads;
+        self.token_reads_waiting += r.token_reads_waiting;
     }
 }
 
@@ -79,7 +85,8 @@ impl std::fmt::Display for Report {
             "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped, \
              {} lost in one-way partitions), {} follower crashes ({} applies lost in flight), \
              {} leader crashes ({} power losses, {} torn appends), {} log records damaged at \
-             rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {:.0} simulated s",
+             rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {} reads with a position \
+             token ({} waiting), {:.0} simulated s",
             self.commits,
             self.applies,
             self.messages,
@@ -95,6 +102,8 @@ impl std::fmt::Display for Report {
             self.disk_full,
             self.clock_jumps,
             self.bootstraps,
+            self.token_reads,
+            self.token_reads_waiting,
             self.sim_ms as f64 / 1000.0
         )
     }
@@ -818,6 +827,50 @@ impl World {
         Ok(())
     }
 
+    /// A client that wrote and got the acknowledged position as its token reads on follower `f`
+    /// with it (read-your-writes). The node answers only once it has applied the token (until
+    /// then the read waits); the answer comes from one read snapshot, which must hold at least
+    /// the token's position and equal the leader's state at the position it reports.
+    fn read_with_token(&mut self, f: usize) -> anyhow::Result<()> {
+        let token = self.rng.random_range(1..=self.leader.acked);
+        let fl = &self.followers[f];
+        if fl.db.is_none() {
+            return Ok(());
+        }
+        self.report.token_reads += 1;
+        if fl.session.applied().is_none_or(|p| p.lsn.0 < token) {
+            self.report.token_reads_waiting += 1;
+            return Ok(());
+        }
+        // Nothing writes while this runs (the simulation is one thread), so the statements
+        // below read one state, as the node's single read transaction does.
+        let conn = open_reader(&fl.path)?;
+        let at = flotilla_store::read_meta(&conn)?
+            .context("a replica without its position")?
+            .position
+            .lsn
+            .0;
+        ensure!(
+            at >= token,
+            "{} answered a read with token lsn {token} from a snapshot at lsn {at}",
+            fl.id
+        );
+        let same = match fl.kind {
+            LogKind::Physical => {
+                Some(page_digest(&conn)?) == self.leader.history.get(&at).copied()
+            }
+            LogKind::Logical => {
+                Some(content_digest_of(&conn)?) == self.leader.content.get(&at).copied()
+            }
+        };
+        ensure!(
+            same,
+            "a read on {} at lsn {at} saw a state the leader never had",
+            fl.id
+        );
+        Ok(())
+    }
+
     /// The follower's clock (it may run ahead of the simulation's).
     fn follower_now(&self, f: usize) -> u64 {
         self.now + self.followers[f].clock_skew_ms
@@ -1123,6 +1176,10 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         }
         w.finish_applies()?;
         w.drain_events()?;
+        if w.rng.random_bool(0.01) {
+            let f = w.rng.random_range(0..FOLLOWERS);
+            w.read_with_token(f)?;
+        }
         w.deliver()?;
         w.ship()?;
         if w.now - last_tick >= 100 {

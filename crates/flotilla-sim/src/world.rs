@@ -856,9 +856,7 @@ impl World {
             fl.id
         );
         let same = match fl.kind {
-            LogKind::Physical => {
-                Some(page_digest(&conn)?) == self.leader.history.get(&at).copied()
-            }
+            LogKind::Physical => Some(page_digest(&conn)?) == self.leader.history.get(&at).copied(),
             LogKind::Logical => {
                 Some(content_digest_of(&conn)?) == self.leader.content.get(&at).copied()
             }

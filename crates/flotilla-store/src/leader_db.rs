@@ -61,12 +61,14 @@ pub struct CommitOutcome {
 
 /// The leader's single writer connection.
 pub struct LeaderDb {
-    conn: Connection,
-    rules: StatementRules,
-    capture: RowCapture,
+    pub(crate) conn: Connection,
+    pub(crate) rules: StatementRules,
+    pub(crate) capture: RowCapture,
     wal: WalTail,
     meta: Meta,
     path: PathBuf,
+    /// The pipelines whose triggers are installed (trigger-based replication).
+    pub(crate) pipelines: crate::leader_pipelines::InstalledPipelines,
 }
 
 impl LeaderDb {
@@ -115,6 +117,7 @@ impl LeaderDb {
         let rules = StatementRules::install(&mut conn)?;
         let capture = RowCapture::install(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(128);
+        let pipelines = crate::leader_pipelines::InstalledPipelines::load(&conn)?;
         Ok((
             LeaderDb {
                 conn,
@@ -123,6 +126,7 @@ impl LeaderDb {
                 wal: WalTail::new(path),
                 meta,
                 path: path.to_path_buf(),
+                pipelines,
             },
             created,
         ))
@@ -223,6 +227,13 @@ impl LeaderDb {
         let rules = self.rules.clone();
         rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
         self.capture.begin();
+        // Delivered changelog rows are deleted by this writer, inside a commit that happens
+        // anyway: a second connection deleting them would fight it for SQLite's write lock.
+        if let Err(e) = rules.internal(|| self.pipelines.run_trims(&self.conn)) {
+            self.capture.finish();
+            let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
+            return Err(e);
+        }
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut digests = Vec::with_capacity(requests.len() * 8);
         for req in requests {
@@ -250,6 +261,25 @@ impl LeaderDb {
                 encoded_rows: Vec::new(),
             });
         }
+        let out =
+            self.finish_commit(lsn, epoch, origin, now_us, &digests, encoded_rows, outcomes)?;
+        self.pipelines.trims_committed();
+        Ok(out)
+    }
+
+    /// Stamps the open transaction with its position, commits it and captures its pages.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish_commit(
+        &mut self,
+        lsn: Lsn,
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+        digests: &[u8],
+        encoded_rows: Vec<u8>,
+        outcomes: Vec<RequestOutcome>,
+    ) -> Result<CommitOutcome, StoreError> {
+        let rules = self.rules.clone();
         let inline = encoded_rows.len() <= pending_rows::INLINE_MAX_BYTES;
         if !inline {
             if let Err(e) = pending_rows::write(&self.path, lsn, &encoded_rows) {
@@ -263,7 +293,7 @@ impl LeaderDb {
                 });
             }
         }
-        let digest = ContentDigest::of(&digests);
+        let digest = ContentDigest::of(digests);
         let chain = self.meta.chain.next(epoch, lsn, digest);
         let stamped = rules.internal(|| -> Result<(), StoreError> {
             if lsn.0.is_multiple_of(1024) && lsn.0 > IDEMPOTENCY_WINDOW {
@@ -386,18 +416,35 @@ impl LeaderDb {
         sql: &str,
         params: &[Value],
     ) -> Result<StatementResult, (String, bool)> {
+        // SQLite refuses to drop or rename a column a trigger uses: a pipeline's triggers are
+        // set aside for an ALTER TABLE and written again for the new schema after it.
+        let set_aside = self
+            .pipelines
+            .before_statement(&self.conn, &self.rules, sql)?;
+        // On failure the request's savepoint puts set-aside triggers back.
         let ran = run_client_statement(&self.conn, &self.rules, sql, params)?;
         match ran.schema_change {
             // Rows an ALTER TABLE rewrote are dropped here: followers replay the statement.
-            Some((kind, table)) => self.capture.schema_changed(SchemaChange {
-                kind,
-                table,
-                sql: sql.to_string(),
-            }),
+            Some((kind, table)) => {
+                self.pipelines
+                    .after_schema_change(&self.conn, &self.rules, &table, set_aside)?;
+                self.capture.schema_changed(SchemaChange {
+                    kind,
+                    table,
+                    sql: sql.to_string(),
+                })
+            }
             None => {
+                if set_aside {
+                    self.pipelines
+                        .after_schema_change(&self.conn, &self.rules, "", true)?;
+                }
                 let rules = self.rules.clone();
                 rules
-                    .internal(|| self.capture.statement_done(&self.conn))
+                    .internal(|| {
+                        self.pipelines.after_statement(&self.conn)?;
+                        self.capture.statement_done(&self.conn)
+                    })
                     .map_err(|e| (format!("cannot capture the row changes: {e}"), false))?;
             }
         }

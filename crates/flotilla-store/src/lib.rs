@@ -8,16 +8,19 @@
 //! - [`snapshot`]: a consistent copy of the database streamed page by page, and its installation.
 //! - [`StatementRules`]: which client statements are refused, and why.
 
+pub mod changelog;
 mod client_statement;
 mod error;
 mod follower_db;
 #[cfg(feature = "sim-bugs")]
 pub mod injected_bugs;
 mod leader_db;
+mod leader_pipelines;
 mod leader_recovery;
 mod meta;
 mod open;
 mod pending_rows;
+mod pipeline_triggers;
 mod row_capture;
 mod row_filter;
 mod row_replica;
@@ -30,9 +33,11 @@ pub use follower_db::FollowerDb;
 pub use leader_db::{
     sql_error_message, CommitOutcome, LeaderDb, RequestOutcome, StatementResult, TxnRequest,
 };
+pub use leader_pipelines::{read_pipelines, StoredPipeline};
 pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use open::{open_reader, DbSettings, Synchronous};
+pub use pipeline_triggers::{plan as plan_pipeline, OutputColumn, PipelineError, TriggerPlan};
 pub use row_filter::{FilterParseError, RowFilter};
 pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica};
 pub use rules::{StatementRules, INTERNAL_PREFIX};

@@ -301,6 +301,23 @@ fn xinfo(
     Ok(cols)
 }
 
+/// Every column of a `main` table: (name, primary-key position, declared type, hidden), where
+/// hidden is 0 for an ordinary column, 2 or 3 for a generated one.
+pub(crate) fn table_xinfo_all(
+    conn: &Connection,
+    table: &str,
+) -> Result<Vec<(String, i64, String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, pk, type, hidden FROM pragma_table_xinfo(?1, 'main') ORDER BY cid",
+    )?;
+    let cols = stmt
+        .query_map([table], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(cols)
+}
+
 /// The stored (not generated) columns of a table in `schema`, with their primary-key position
 /// (0: not in the key).
 pub(crate) fn table_columns(

@@ -211,7 +211,25 @@ fn schema_change(ctx: &AuthContext<'_>) -> Option<(DdlKind, String)> {
 
 fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
     let internal_table = |t: &str| t.to_ascii_lowercase().starts_with(INTERNAL_PREFIX);
+    // What Flotilla's own triggers (trigger-based replication) do when a client statement
+    // fires them: they write the changelog.
+    if ctx.accessor.is_some_and(internal_table) {
+        return None;
+    }
     match ctx.action {
+        AuthAction::CreateView { view_name } if internal_table(view_name) => Some(format!(
+            "names starting with {INTERNAL_PREFIX} are Flotilla's own: choose another for view \
+             {view_name}"
+        )),
+        AuthAction::CreateTrigger { trigger_name, .. }
+        | AuthAction::DropTrigger { trigger_name, .. }
+            if internal_table(trigger_name) =>
+        {
+            Some(format!(
+                "trigger {trigger_name} belongs to a Flotilla pipeline: manage it with \
+                 `flotilla pipeline` (remove the pipeline to drop it)"
+            ))
+        }
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Some(
             "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) is not allowed: \
              each request already runs as one transaction"

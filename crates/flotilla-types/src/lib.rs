@@ -5,12 +5,16 @@
 
 mod chain;
 mod ids;
+mod pipeline;
 mod position;
 mod record;
 mod rows;
 
 pub use chain::{Chain, ContentDigest};
 pub use ids::{ClusterId, IdError, NodeId};
+pub use pipeline::{
+    split_assignment, Computed, PipelineSpec, PipelineTarget, Rename, PIPELINE_FORMAT_VERSION,
+};
 pub use position::{Epoch, Lsn, Position, PositionParseError};
 pub use record::{LogKind, LogKindParseError, LogRecord, Page, PagePayload};
 pub use rows::{

@@ -3,6 +3,7 @@
 mod bench;
 mod changes;
 mod demo;
+mod pipeline;
 mod serve;
 mod sql;
 mod status;
@@ -34,6 +35,10 @@ enum Command {
     Follower(status::FollowerCommand),
     /// Tail a leader's change feed: one JSON line per committed transaction.
     Changes(changes::ChangesArgs),
+    /// Trigger-based replication: filtered, reshaped changes delivered to PostgreSQL, another
+    /// Flotilla or a file.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCommand),
     /// Start a leader and followers on this machine, replicate, and check they are identical.
     Demo(demo::DemoArgs),
     /// Measure replication: commit throughput, follower lag, catch-up, bootstrap.
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,
             Command::Changes(a) => changes::run(a).await,
+            Command::Pipeline(c) => pipeline::run(c).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(a) => bench::run(a).await,
         }

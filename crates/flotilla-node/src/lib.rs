@@ -13,6 +13,7 @@ pub mod identity;
 pub mod leader;
 mod metrics;
 mod node;
+pub mod pipeline;
 mod readers;
 mod time;
 

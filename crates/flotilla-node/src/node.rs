@@ -167,6 +167,7 @@ pub async fn run(
                 epoch: meta.position.epoch,
                 followers_file,
                 feed_pins: Default::default(),
+                pipelines: Default::default(),
             };
             writer_thread = Some(leader::spawn_writer(
                 leader::WriterParts {
@@ -178,6 +179,7 @@ pub async fn run(
                     origin: config.id.clone(),
                     counters: counters.clone(),
                     fatal: fatal_tx.clone(),
+                    trims: state.pipelines.trims.clone(),
                 },
                 jobs_rx,
             ));
@@ -235,6 +237,7 @@ pub async fn run(
             }
         });
         tokio::spawn(crate::leader::retention_loop(node.clone()));
+        tokio::spawn(crate::pipeline::manage(node.clone()));
     }
     let follower_task = node
         .follower

@@ -96,7 +96,7 @@ pub async fn execute(
         return execute_local(&node, statements).await;
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-    let job = WriteJob {
+    let job = WriteJob::Request {
         request: TxnRequest {
             statements,
             idempotency_key: req.idempotency_key,

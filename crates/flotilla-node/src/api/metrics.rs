@@ -56,6 +56,36 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         &one(Counters::get(&c.query_requests)),
     );
     if let Some(leader) = &node.leader {
+        let mut backlog = Vec::new();
+        let mut delivered = Vec::new();
+        let mut warning = Vec::new();
+        for w in leader.pipelines.all() {
+            let st = crate::pipeline::status_json(&node, &w).await;
+            let label = format!("{{pipeline=\"{}\"}}", st["name"].as_str().unwrap_or(""));
+            backlog.push((label.clone(), st["backlog_rows"].as_u64().unwrap_or(0)));
+            delivered.push((label.clone(), st["delivered_rows"].as_u64().unwrap_or(0)));
+            warning.push((label, u64::from(!st["backlog_warning"].is_null())));
+        }
+        if !backlog.is_empty() {
+            metric(
+                "flotilla_pipeline_backlog_rows",
+                "gauge",
+                "Changelog rows a pipeline has not delivered yet.",
+                &backlog,
+            );
+            metric(
+                "flotilla_pipeline_delivered_rows_total",
+                "counter",
+                "Changes a pipeline delivered since the node started.",
+                &delivered,
+            );
+            metric(
+                "flotilla_pipeline_backlog_warning",
+                "gauge",
+                "1 while a pipeline's backlog is above its backlog-warn-rows limit.",
+                &warning,
+            );
+        }
         let stats = leader.log.stats();
         metric(
             "flotilla_commits_total",

@@ -6,6 +6,7 @@ mod error;
 mod execute;
 mod followers;
 mod metrics;
+mod pipelines;
 mod query;
 mod snapshot;
 mod status;
@@ -28,6 +29,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/snapshot", get(snapshot::snapshot))
         .route("/v1/changes", get(changes::changes))
         .route("/v1/followers/{id}", delete(followers::remove))
+        .route("/v1/pipelines", get(pipelines::list).post(pipelines::add))
+        .route(
+            "/v1/pipelines/{name}",
+            get(pipelines::get).delete(pipelines::remove),
+        )
+        .route("/v1/pipelines/{name}/pause", post(pipelines::pause))
+        .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
         .route("/v1/replication", get(replication))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async {

@@ -87,6 +87,11 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
                 "bytes": stats.bytes,
                 "segments": stats.segments,
             });
+            let mut pipelines = Vec::new();
+            for w in leader.pipelines.all() {
+                pipelines.push(crate::pipeline::status_json(&node, &w).await);
+            }
+            out["pipelines"] = json!(pipelines);
         }
         Role::Follower { .. } => {
             let s = node.follower.as_ref().expect("follower").status();

@@ -8,7 +8,7 @@ mod writer;
 
 pub use feed_pins::{FeedPin, FeedPins};
 pub use recent::RecentRecords;
-pub use writer::{spawn_writer, WriteError, WriteJob, WriteReply, WriterParts};
+pub use writer::{spawn_writer, PipelineChange, WriteError, WriteJob, WriteReply, WriterParts};
 
 use flotilla_core::FollowerTracker;
 use flotilla_log::Log;
@@ -37,6 +37,8 @@ pub struct LeaderState {
     pub followers_file: PathBuf,
     /// Open change-feed streams (they hold the log back like followers).
     pub feed_pins: Arc<FeedPins>,
+    /// Trigger-based replication: the delivery workers.
+    pub pipelines: crate::pipeline::Pipelines,
 }
 
 impl LeaderState {

@@ -7,8 +7,8 @@ use super::{Head, RecentRecords};
 use crate::metrics::Counters;
 use crate::time::wall_us;
 use flotilla_log::Log;
-use flotilla_store::{LeaderDb, RequestOutcome, TxnRequest};
-use flotilla_types::{Epoch, NodeId, Position};
+use flotilla_store::{CommitOutcome, LeaderDb, RequestOutcome, TxnRequest};
+use flotilla_types::{Epoch, NodeId, PipelineSpec, Position};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -17,9 +17,24 @@ const MAX_GROUP: usize = 256;
 
 pub type WriteReply = Result<(RequestOutcome, Position), WriteError>;
 
-pub struct WriteJob {
-    pub request: TxnRequest,
-    pub reply: oneshot::Sender<WriteReply>,
+pub enum WriteJob {
+    /// A client transaction (committed in a group with others).
+    Request {
+        request: TxnRequest,
+        reply: oneshot::Sender<WriteReply>,
+    },
+    /// Adding, removing or pausing a pipeline: an internal commit of its own.
+    Pipeline {
+        change: PipelineChange,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum PipelineChange {
+    Add(PipelineSpec),
+    Remove(String),
+    Pause { name: String, paused: bool },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,6 +58,44 @@ pub struct WriterParts {
     pub counters: Arc<Counters>,
     /// Receives the reason when the writer hits a fatal error; the node then stops.
     pub fatal: mpsc::UnboundedSender<String>,
+    /// Changelog rows the pipelines delivered, to delete inside the next commit.
+    pub trims: Arc<crate::pipeline::Trims>,
+}
+
+/// What the writer needs to make a commit durable and visible.
+struct Publisher {
+    log: Arc<Log>,
+    head: watch::Sender<Head>,
+    recent: Arc<RecentRecords>,
+    counters: Arc<Counters>,
+}
+
+impl Publisher {
+    /// Appends the commit's record to the log, flushes it, and publishes the new head. `Err`:
+    /// the record is committed in SQLite but not durable in the log; the node must stop (at
+    /// restart the commit is recaptured from the WAL).
+    fn publish(&self, outcome: &CommitOutcome) -> Result<Option<Position>, String> {
+        let Some(record) = &outcome.record else {
+            return Ok(None);
+        };
+        let encoded = Arc::new(flotilla_wire::encode_record_with_rows(
+            record,
+            Some(&outcome.encoded_rows),
+        ));
+        self.log
+            .append(&encoded)
+            .and_then(|_| self.log.sync())
+            .map_err(|e| format!("replication log: {e}"))?;
+        self.recent
+            .push(record.lsn.0, record.commit_time_us, encoded.clone());
+        Counters::add(&self.counters.commits, 1);
+        self.head.send_replace(Head {
+            position: record.position(),
+            chain: record.chain,
+            commit_time_us: record.commit_time_us,
+        });
+        Ok(Some(record.position()))
+    }
 }
 
 pub fn spawn_writer(
@@ -61,16 +114,50 @@ pub fn spawn_writer(
                 origin,
                 counters,
                 fatal,
+                trims,
             } = parts;
-            while let Some(first) = jobs.blocking_recv() {
-                let mut group = vec![first];
+            let publisher = Publisher {
+                log,
+                head,
+                recent,
+                counters: counters.clone(),
+            };
+            // A pipeline job met while gathering a group waits for the next turn.
+            let mut held: Option<WriteJob> = None;
+            while let Some(first) = held.take().or_else(|| jobs.blocking_recv()) {
+                let (request, reply) = match first {
+                    WriteJob::Request { request, reply } => (request, reply),
+                    WriteJob::Pipeline { change, reply } => {
+                        let result = pipeline_change(&mut db, &change, epoch, &origin);
+                        let answer = match result {
+                            Ok(outcome) => match publisher.publish(&outcome) {
+                                Ok(p) => Ok(p.unwrap_or(db.meta().position)),
+                                Err(reason) => {
+                                    let _ = reply.send(Err(reason.clone()));
+                                    return stop(Vec::new(), &fatal, reason);
+                                }
+                            },
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = reply.send(answer);
+                        continue;
+                    }
+                };
+                let mut group = vec![(request, reply)];
                 while group.len() < MAX_GROUP {
                     match jobs.try_recv() {
-                        Ok(j) => group.push(j),
+                        Ok(WriteJob::Request { request, reply }) => group.push((request, reply)),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
                         Err(_) => break,
                     }
                 }
-                let requests: Vec<TxnRequest> = group.iter().map(|j| j.request.clone()).collect();
+                for (id, seq) in trims.take() {
+                    db.queue_changelog_trim(id, seq);
+                }
+                let requests: Vec<TxnRequest> = group.iter().map(|j| j.0.clone()).collect();
                 let now = wall_us();
                 let outcome = match db.commit_batch(&requests, epoch, &origin, now) {
                     Ok(o) => o,
@@ -80,35 +167,18 @@ pub fn spawn_writer(
                     Err(e) => {
                         // SQLite refused the commit (disk full, IO error): rolled back.
                         let msg = e.to_string();
-                        for j in group {
-                            let _ = j.reply.send(Err(WriteError::Failed(msg.clone())));
+                        for (_, reply) in group {
+                            let _ = reply.send(Err(WriteError::Failed(msg.clone())));
                         }
                         continue;
                     }
                 };
-                let position = match &outcome.record {
-                    Some(record) => {
-                        let encoded = Arc::new(flotilla_wire::encode_record_with_rows(
-                            record,
-                            Some(&outcome.encoded_rows),
-                        ));
-                        if let Err(e) = log.append(&encoded).and_then(|_| log.sync()) {
-                            // Committed in SQLite but not durable in the log: the node must stop;
-                            // at restart the commit is recaptured from the WAL.
-                            return stop(group, &fatal, format!("replication log: {e}"));
-                        }
-                        recent.push(record.lsn.0, record.commit_time_us, encoded.clone());
-                        Counters::add(&counters.commits, 1);
-                        head.send_replace(Head {
-                            position: record.position(),
-                            chain: record.chain,
-                            commit_time_us: record.commit_time_us,
-                        });
-                        record.position()
-                    }
-                    None => db.meta().position,
+                let position = match publisher.publish(&outcome) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => db.meta().position,
+                    Err(reason) => return stop(group, &fatal, reason),
                 };
-                for (job, out) in group.into_iter().zip(outcome.outcomes) {
+                for ((_, reply), out) in group.into_iter().zip(outcome.outcomes) {
                     let pos = match &out {
                         RequestOutcome::Duplicate { position, .. } => *position,
                         RequestOutcome::Committed(_) => {
@@ -117,7 +187,7 @@ pub fn spawn_writer(
                         }
                         RequestOutcome::Failed { .. } => position,
                     };
-                    let _ = job.reply.send(Ok((out, pos)));
+                    let _ = reply.send(Ok((out, pos)));
                 }
                 if let Err(e) = db.maybe_checkpoint() {
                     tracing::warn!("checkpoint failed (will retry): {e}");
@@ -127,10 +197,28 @@ pub fn spawn_writer(
         .expect("spawn writer thread")
 }
 
-fn stop(group: Vec<WriteJob>, fatal: &mpsc::UnboundedSender<String>, reason: String) {
+type Group = Vec<(TxnRequest, oneshot::Sender<WriteReply>)>;
+
+fn stop(group: Group, fatal: &mpsc::UnboundedSender<String>, reason: String) {
     tracing::error!("stopping the node: {reason}");
-    for j in group {
-        let _ = j.reply.send(Err(WriteError::Indeterminate(reason.clone())));
+    for (_, reply) in group {
+        let _ = reply.send(Err(WriteError::Indeterminate(reason.clone())));
     }
     let _ = fatal.send(reason);
+}
+
+fn pipeline_change(
+    db: &mut LeaderDb,
+    change: &PipelineChange,
+    epoch: Epoch,
+    origin: &NodeId,
+) -> Result<CommitOutcome, flotilla_store::PipelineError> {
+    let now = wall_us();
+    match change {
+        PipelineChange::Add(spec) => db.add_pipeline(spec, epoch, origin, now).map(|(_, o)| o),
+        PipelineChange::Remove(name) => db.remove_pipeline(name, epoch, origin, now),
+        PipelineChange::Pause { name, paused } => {
+            db.set_pipeline_paused(name, *paused, epoch, origin, now)
+        }
+    }
 }

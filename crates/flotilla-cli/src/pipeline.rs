@@ -1,0 +1,221 @@
+//! `flotilla pipeline add | list | status | pause | resume | remove`: trigger-based
+//! replication, managed on a leader over its API.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use flotilla_cli::client::Client;
+use flotilla_types::{split_assignment, Computed, PipelineSpec, Rename};
+use serde_json::Value;
+
+#[derive(Subcommand)]
+pub enum PipelineCommand {
+    /// Add a pipeline: Flotilla installs triggers on the source table and delivers each change
+    /// (filtered, reshaped) to the target, starting with the rows already there.
+    Add(AddArgs),
+    /// List the pipelines with their state and backlog.
+    List(NodeArg),
+    /// One pipeline in detail.
+    Status(NamedArgs),
+    /// Stop delivering (changes keep being captured).
+    Pause(NamedArgs),
+    /// Deliver again, from where delivery stopped.
+    Resume(NamedArgs),
+    /// Remove a pipeline: its triggers and undelivered changes are dropped.
+    Remove(NamedArgs),
+}
+
+#[derive(Args)]
+pub struct NodeArg {
+    /// The leader's URL.
+    #[arg(long, default_value = "http://127.0.0.1:4790")]
+    node: String,
+    /// Print the node's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct NamedArgs {
+    #[command(flatten)]
+    node: NodeArg,
+    /// The pipeline's name.
+    name: String,
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    node: NodeArg,
+    /// The pipeline's name (letters, digits, '-' and '_').
+    name: String,
+    /// The source table (it needs a PRIMARY KEY).
+    #[arg(long)]
+    source: String,
+    /// Source columns to deliver, comma-separated (default: all; the key always).
+    #[arg(long, value_delimiter = ',')]
+    columns: Vec<String>,
+    /// Deliver only rows for which this SQL expression over the source row is true.
+    #[arg(long = "where")]
+    predicate: Option<String>,
+    /// Rename a column at the target: OLD=NEW (repeatable).
+    #[arg(long = "rename")]
+    renames: Vec<String>,
+    /// Add a target column computed by a SQL expression over the source row: NAME=EXPR
+    /// (repeatable).
+    #[arg(long = "compute")]
+    computed: Vec<String>,
+    /// The target table (default: the source table's name).
+    #[arg(long)]
+    into: Option<String>,
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB, http://HOST:PORT (another Flotilla), file:PATH
+    /// (NDJSON), or file:- (stdout).
+    #[arg(long)]
+    target: String,
+    /// A statement run on the target for each change ($1 the operation, then the delivered
+    /// columns in order, as text).
+    #[arg(long)]
+    apply_sql: Option<String>,
+    /// Warn in status and metrics when more changes than this wait.
+    #[arg(long)]
+    backlog_warn_rows: Option<u64>,
+}
+
+impl AddArgs {
+    fn spec(&self) -> anyhow::Result<PipelineSpec> {
+        let renames = self
+            .renames
+            .iter()
+            .map(|r| {
+                split_assignment(r)
+                    .map(|(from, to)| Rename {
+                        from: from.into(),
+                        to: to.into(),
+                    })
+                    .with_context(|| format!("--rename {r:?}: use OLD=NEW"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let computed = self
+            .computed
+            .iter()
+            .map(|c| {
+                split_assignment(c)
+                    .map(|(name, expr)| Computed {
+                        name: name.into(),
+                        expr: expr.into(),
+                    })
+                    .with_context(|| format!("--compute {c:?}: use NAME=SQL_EXPRESSION"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let spec = PipelineSpec {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            columns: self.columns.iter().map(|c| c.trim().to_string()).collect(),
+            predicate: self.predicate.clone(),
+            renames,
+            computed,
+            into: self.into.clone(),
+            target: self.target.clone(),
+            apply_sql: self.apply_sql.clone(),
+            backlog_warn_rows: self.backlog_warn_rows,
+        };
+        spec.check().map_err(anyhow::Error::msg)?;
+        Ok(spec)
+    }
+}
+
+fn show(v: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    println!("{}", line(v));
+    if let Some(e) = v["last_error"].as_str() {
+        println!("  last error: {e}");
+    }
+    if let Some(w) = v["backlog_warning"].as_str() {
+        println!("  warning: {w}");
+    }
+    Ok(())
+}
+
+fn line(v: &Value) -> String {
+    let age = v["oldest_change_age_ms"]
+        .as_u64()
+        .map(|ms| format!(", oldest {:.1} s", ms as f64 / 1000.0))
+        .unwrap_or_default();
+    format!(
+        "{:<20} {:<10} {} -> {} ({})  delivered {}  backlog {}{age}",
+        v["name"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        v["source"].as_str().unwrap_or("?"),
+        v["into"].as_str().unwrap_or("?"),
+        v["target"].as_str().unwrap_or("?"),
+        v["delivered_rows"],
+        v["backlog_rows"],
+    )
+}
+
+pub async fn run(c: PipelineCommand) -> anyhow::Result<()> {
+    match c {
+        PipelineCommand::Add(a) => {
+            let spec = a.spec()?;
+            let v = Client::new(&a.node.node)
+                .post("/v1/pipelines", &serde_json::to_value(&spec)?)
+                .await?;
+            if a.node.json {
+                return show(&v, true);
+            }
+            println!(
+                "pipeline {} added at position {}: {} -> {} ({})",
+                spec.name,
+                v["position"].as_str().unwrap_or("?"),
+                spec.source,
+                spec.target_table(),
+                flotilla_types::PipelineTarget::redacted(&spec.target)
+            );
+            Ok(())
+        }
+        PipelineCommand::List(a) => {
+            let v = Client::new(&a.node).get("/v1/pipelines").await?;
+            if a.json {
+                return show(&v, true);
+            }
+            let list = v["pipelines"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no pipelines (add one with `flotilla pipeline add`)");
+            }
+            for p in list {
+                show(&p, false)?;
+            }
+            Ok(())
+        }
+        PipelineCommand::Status(a) => {
+            let v = Client::new(&a.node.node)
+                .get(&format!("/v1/pipelines/{}", a.name))
+                .await?;
+            show(&v, a.node.json)
+        }
+        PipelineCommand::Pause(a) => {
+            let v = Client::new(&a.node.node)
+                .post(&format!("/v1/pipelines/{}/pause", a.name), &Value::Null)
+                .await?;
+            show(&v, a.node.json)
+        }
+        PipelineCommand::Resume(a) => {
+            let v = Client::new(&a.node.node)
+                .post(&format!("/v1/pipelines/{}/resume", a.name), &Value::Null)
+                .await?;
+            show(&v, a.node.json)
+        }
+        PipelineCommand::Remove(a) => {
+            Client::new(&a.node.node)
+                .delete(&format!("/v1/pipelines/{}", a.name))
+                .await?;
+            println!(
+                "pipeline {} removed (its triggers and undelivered changes are gone)",
+                a.name
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Trigger-based replication on a leader: one delivery worker per pipeline stored in the
+//! database, started and stopped as pipelines are added, removed, paused and resumed. Physical
+//! followers carry the pipelines byte for byte but never run them (only a leader delivers).
+//!
+//! Delivery is effectively exactly-once: each target keeps the pipeline's cursor (the last
+//! changelog `seq` applied) and advances it in the same target transaction as the changes, so a
+//! crash anywhere neither loses nor repeats a change. Delivered rows are deleted from the
+//! changelog by the writer, inside its next commit.
+
+mod file_target;
+mod flotilla_target;
+mod postgres_target;
+mod target;
+mod worker;
+
+pub use target::{check_target, Delivery, TargetError};
+
+use crate::node::Node;
+use flotilla_store::StoredPipeline;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Changelog rows each pipeline's target confirmed, for the writer to delete.
+#[derive(Default)]
+pub struct Trims(Mutex<BTreeMap<i64, i64>>);
+
+impl Trims {
+    pub fn confirm(&self, pipeline: i64, seq: i64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(pipeline).or_insert(seq);
+        *e = (*e).max(seq);
+    }
+
+    pub fn take(&self) -> BTreeMap<i64, i64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// What a worker reports about its pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryStatus {
+    /// `starting`, `delivering`, `idle`, `paused`, `error`.
+    pub state: &'static str,
+    /// The last changelog seq the target confirmed.
+    pub cursor: Option<i64>,
+    /// The source position (LSN) of the last delivered change.
+    pub delivered_lsn: u64,
+    pub last_error: Option<String>,
+    /// Commit-to-delivered time of the last batch.
+    pub last_lag_ms: Option<u64>,
+}
+
+pub struct Worker {
+    pub stored: Mutex<StoredPipeline>,
+    pub paused: AtomicBool,
+    pub status: Mutex<DeliveryStatus>,
+    pub delivered_rows: AtomicU64,
+    pub cancel: CancellationToken,
+    pub wake: tokio::sync::Notify,
+}
+
+impl Worker {
+    pub fn status(&self) -> DeliveryStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, f: impl FnOnce(&mut DeliveryStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// The running pipelines of a leader.
+#[derive(Default)]
+pub struct Pipelines {
+    pub trims: Arc<Trims>,
+    workers: Mutex<HashMap<String, Arc<Worker>>>,
+    /// Wakes the manager after a pipeline was added, removed, paused or resumed.
+    pub changed: tokio::sync::Notify,
+}
+
+impl Pipelines {
+    pub fn worker(&self, name: &str) -> Option<Arc<Worker>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Worker>> {
+        let mut v: Vec<Arc<Worker>> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|w| w.stored.lock().unwrap_or_else(|p| p.into_inner()).id);
+        v
+    }
+}
+
+/// Reads the stored pipelines through a reader connection.
+pub async fn stored_pipelines(node: &Node) -> anyhow::Result<Vec<StoredPipeline>> {
+    let mut lease = node.readers.lease().await?;
+    let list = tokio::task::spawn_blocking(move || {
+        let r = lease.reader();
+        let rules = r.rules.clone();
+        rules.internal(|| flotilla_store::read_pipelines(&r.conn))
+    })
+    .await??;
+    Ok(list)
+}
+
+/// Keeps one worker per stored pipeline, until the node stops.
+pub async fn manage(node: Arc<Node>) {
+    let Some(leader) = node.leader.as_ref() else {
+        return;
+    };
+    let pipelines = &leader.pipelines;
+    loop {
+        match stored_pipelines(&node).await {
+            Ok(list) => {
+                let mut workers = pipelines.workers.lock().unwrap_or_else(|p| p.into_inner());
+                workers.retain(|name, w| {
+                    let keep = list.iter().any(|p| {
+                        &p.spec.name == name
+                            && p.id == w.stored.lock().unwrap_or_else(|x| x.into_inner()).id
+                    });
+                    if !keep {
+                        w.cancel.cancel();
+                    }
+                    keep
+                });
+                for p in list {
+                    match workers.get(&p.spec.name) {
+                        Some(w) => {
+                            w.paused.store(p.paused, Ordering::Relaxed);
+                            *w.stored.lock().unwrap_or_else(|x| x.into_inner()) = p;
+                            w.wake.notify_one();
+                        }
+                        None => {
+                            let w = Arc::new(Worker {
+                                paused: AtomicBool::new(p.paused),
+                                stored: Mutex::new(p.clone()),
+                                status: Mutex::new(DeliveryStatus {
+                                    state: "starting",
+                                    ..Default::default()
+                                }),
+                                delivered_rows: AtomicU64::new(0),
+                                cancel: node.shutdown.child_token(),
+                                wake: tokio::sync::Notify::new(),
+                            });
+                            workers.insert(p.spec.name.clone(), w.clone());
+                            tokio::spawn(worker::run(node.clone(), w));
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the pipelines: {e}"),
+        }
+        tokio::select! {
+            _ = pipelines.changed.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// A pipeline's status as the API shows it (backlog read from the changelog now).
+pub async fn status_json(node: &Node, w: &Worker) -> Value {
+    let stored = w.stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let st = w.status();
+    let (id, after) = (stored.id, st.cursor.unwrap_or(stored.trimmed_to));
+    let backlog = match node.readers.lease().await {
+        Ok(mut lease) => tokio::task::spawn_blocking(move || {
+            let r = lease.reader();
+            let rules = r.rules.clone();
+            rules.internal(|| flotilla_store::changelog::backlog(&r.conn, id, after))
+        })
+        .await
+        .ok()
+        .and_then(|r| r.ok()),
+        Err(_) => None,
+    };
+    let now_ms = crate::time::wall_ms() as i64;
+    let rows = backlog.map(|b| b.rows);
+    let warn_at = stored.spec.backlog_warn_rows;
+    let warning = match (rows, warn_at) {
+        (Some(r), Some(limit)) if r > limit => Some(format!(
+            "the backlog ({r} changes) is above the warning limit ({limit})"
+        )),
+        _ => None,
+    };
+    json!({
+        "name": stored.spec.name,
+        "source": stored.spec.source,
+        "target": flotilla_types::PipelineTarget::redacted(&stored.spec.target),
+        "into": stored.spec.target_table(),
+        "state": if stored.paused { "paused" } else { st.state },
+        "paused": stored.paused,
+        "cursor": st.cursor,
+        "delivered_position_lsn": st.delivered_lsn,
+        "delivered_rows": w.delivered_rows.load(Ordering::Relaxed),
+        "backlog_rows": rows,
+        "oldest_change_age_ms": backlog.and_then(|b| b.oldest_at_ms).map(|t| (now_ms - t).max(0)),
+        "last_lag_ms": st.last_lag_ms,
+        "last_error": st.last_error,
+        "backlog_warning": warning,
+        "spec": stored.spec,
+    })
+}

@@ -1,0 +1,165 @@
+//! Where a pipeline delivers: PostgreSQL, another Flotilla, or an NDJSON file. Every target
+//! keeps the pipeline's cursor itself, written in the same transaction (or the same flushed
+//! write) as the changes, which makes delivery exactly-once across crashes.
+
+use super::file_target::FileTarget;
+use super::flotilla_target::FlotillaTarget;
+use super::postgres_target::PostgresTarget;
+use flotilla_store::changelog::{ChangeOp, ChangelogEntry};
+use flotilla_store::TriggerPlan;
+use flotilla_types::{PipelineSpec, PipelineTarget};
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The target cannot take this pipeline as defined (no such table or column, no key
+    /// constraint, a cursor of another cluster): fixing needs a person.
+    #[error("{0}")]
+    Refused(String),
+    /// Unreachable, timed out, rejected a batch: retried.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The pipeline as a target sees it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub pipeline: String,
+    pub cluster_id: String,
+    pub table: String,
+    /// Target column names in delivery order, and which are the key.
+    pub columns: Vec<String>,
+    pub key: Vec<String>,
+    pub apply_sql: Option<String>,
+}
+
+impl Delivery {
+    pub fn new(spec: &PipelineSpec, plan: &TriggerPlan, cluster_id: &str) -> Delivery {
+        Delivery {
+            pipeline: spec.name.clone(),
+            cluster_id: cluster_id.to_string(),
+            table: spec.target_table().to_string(),
+            columns: plan.output.iter().map(|o| o.target_name.clone()).collect(),
+            key: plan
+                .output
+                .iter()
+                .filter(|o| o.is_key)
+                .map(|o| o.target_name.clone())
+                .collect(),
+            apply_sql: spec.apply_sql.clone(),
+        }
+    }
+}
+
+/// One change, decoded.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub seq: i64,
+    pub lsn: u64,
+    pub op: ChangeOp,
+    /// Target column → value; blobs as `{"base64": …}` (as the API writes them).
+    pub row: Map<String, Value>,
+    /// The row as the changelog holds it (JSON text, columns in delivery order).
+    pub raw: String,
+}
+
+impl Change {
+    pub fn decode(e: &ChangelogEntry) -> Result<Change, TargetError> {
+        let mut row: Map<String, Value> = serde_json::from_str(&e.data).map_err(|err| {
+            TargetError::Refused(format!("changelog row {} is unreadable: {err}", e.seq))
+        })?;
+        for v in row.values_mut() {
+            if let Value::Object(o) = v {
+                if let Some(Value::String(hex)) = o.get("$hex") {
+                    *v = serde_json::json!({ "base64": hex_to_base64(hex) });
+                }
+            }
+        }
+        Ok(Change {
+            seq: e.seq,
+            lsn: e.lsn,
+            op: e.op,
+            row,
+            raw: e.data.clone(),
+        })
+    }
+
+    /// The key as one comparable string.
+    pub fn key_string(&self, key: &[String]) -> String {
+        let k: Vec<&Value> = key
+            .iter()
+            .map(|c| self.row.get(c).unwrap_or(&Value::Null))
+            .collect();
+        serde_json::to_string(&k).expect("json")
+    }
+}
+
+fn hex_to_base64(hex: &str) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The last change of each key, in first-seen order of the keys: a batch applied as one target
+/// transaction needs only each key's final state (an upsert carries the full row, a delete
+/// the key).
+pub fn collapse<'a>(changes: &'a [Change], key: &[String]) -> Vec<&'a Change> {
+    let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut order = Vec::new();
+    for (i, c) in changes.iter().enumerate() {
+        let k = c.key_string(key);
+        if last.insert(k.clone(), i).is_none() {
+            order.push(k);
+        }
+    }
+    order.into_iter().map(|k| &changes[last[&k]]).collect()
+}
+
+pub enum Target {
+    Postgres(Box<PostgresTarget>),
+    Flotilla(FlotillaTarget),
+    File(FileTarget),
+}
+
+impl Target {
+    /// Connects, checks the target can take the pipeline, and returns it with the cursor it
+    /// holds (0: nothing delivered yet).
+    pub async fn open(spec: &PipelineSpec, d: &Delivery) -> Result<(Target, i64), TargetError> {
+        match PipelineTarget::parse(&spec.target).map_err(TargetError::Refused)? {
+            PipelineTarget::Postgres(url) => {
+                let (t, cursor) = PostgresTarget::open(&url, d).await?;
+                Ok((Target::Postgres(Box::new(t)), cursor))
+            }
+            PipelineTarget::Flotilla(url) => {
+                let (t, cursor) = FlotillaTarget::open(&url, d).await?;
+                Ok((Target::Flotilla(t), cursor))
+            }
+            PipelineTarget::File(path) => {
+                let (t, cursor) = FileTarget::open(Some(path), d)?;
+                Ok((Target::File(t), cursor))
+            }
+            PipelineTarget::Stdout => {
+                let (t, cursor) = FileTarget::open(None, d)?;
+                Ok((Target::File(t), cursor))
+            }
+        }
+    }
+
+    /// Applies `changes` (whole source transactions, in order) and advances the cursor to the
+    /// last one's seq, atomically.
+    pub async fn deliver(&mut self, d: &Delivery, changes: &[Change]) -> Result<(), TargetError> {
+        match self {
+            Target::Postgres(t) => t.deliver(d, changes).await,
+            Target::Flotilla(t) => t.deliver(d, changes).await,
+            Target::File(t) => t.deliver(d, changes),
+        }
+    }
+}
+
+/// Checks, when a pipeline is added, what can be known then: the target is reachable and has
+/// the table and columns the pipeline delivers.
+pub async fn check_target(spec: &PipelineSpec, d: &Delivery) -> Result<(), TargetError> {
+    Target::open(spec, d).await.map(|_| ())
+}

@@ -11,7 +11,7 @@ use serde_json::Value;
 pub enum PipelineCommand {
     /// Add a pipeline: Flotilla installs triggers on the source table and delivers each change
     /// (filtered, reshaped) to the target, starting with the rows already there.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List the pipelines with their state and backlog.
     List(NodeArg),
     /// One pipeline in detail.

@@ -173,6 +173,14 @@ impl PgServer {
         Ok(())
     }
 
+    /// Starts a stopped server again (same data, same port).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.running {
+            return Ok(());
+        }
+        self.start()
+    }
+
     fn start(&mut self) -> anyhow::Result<()> {
         let log = self.data.join("server.log");
         let out = self

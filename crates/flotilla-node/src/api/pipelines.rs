@@ -118,7 +118,7 @@ pub async fn add(
         };
         return Err(ApiError::bad_request(code, e.to_string()));
     }
-    let position = change(&node, PipelineChange::Add(spec.clone())).await?;
+    let position = change(&node, PipelineChange::Add(Box::new(spec.clone()))).await?;
     let mut status = match worker_of(&node, &spec.name).await {
         Some(w) => status_json(&node, &w).await,
         None => json!({ "name": spec.name }),

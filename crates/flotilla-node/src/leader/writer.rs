@@ -32,7 +32,7 @@ pub enum WriteJob {
 
 #[derive(Debug, Clone)]
 pub enum PipelineChange {
-    Add(PipelineSpec),
+    Add(Box<PipelineSpec>),
     Remove(String),
     Pause { name: String, paused: bool },
 }

@@ -239,7 +239,7 @@ impl World {
     }
 
     fn random_request(&mut self, i: u64) -> TxnRequest {
-        let r = self.rng.random_range(0..10);
+        let r = self.rng.random_range(0..11);
         let statements: Vec<(String, Vec<Value>)> = match r {
             0 => vec![(
                 "INSERT INTO big(b) VALUES (?1)".into(),
@@ -266,6 +266,18 @@ impl World {
             4 => vec![(
                 "DELETE FROM big WHERE id % 2 = ?1".into(),
                 vec![Value::Integer((i % 2) as i64)],
+            )],
+            // Long definitions: the schema outgrows page 1, which becomes an interior page.
+            5 => vec![(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS wide{} (id INTEGER PRIMARY KEY, {})",
+                    i % 40,
+                    (0..16)
+                        .map(|c| format!("a_rather_long_column_name_{c} TEXT DEFAULT 'x'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                vec![],
             )],
             _ => (0..self.rng.random_range(1..6))
                 .map(|j| {

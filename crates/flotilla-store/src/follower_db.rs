@@ -65,7 +65,7 @@ impl FollowerDb {
 /// Writes the page images of `records` (contiguous, following `meta`'s position and chain) into
 /// the database through `sqlite_dbpage` in one transaction, each page once: the last image of a
 /// page wins, pages beyond the final size are dropped. Checks that the result holds the position
-/// the last record claims (else rolls back). The connection must allow `sqlite_dbpage` writes.
+/// the last record claims. The connection must allow `sqlite_dbpage` writes.
 pub(crate) fn apply_pages(
     conn: &mut Connection,
     meta: &Meta,
@@ -104,30 +104,47 @@ pub(crate) fn apply_pages(
         }
         db_size = payload.db_size_pages;
     }
+    // SQLite's b-tree layer keeps the parsed header of each cached page (cell count, leaf or
+    // interior) across transactions of a connection, and pages written through sqlite_dbpage
+    // change under it: a schema page that grew into an interior page would then read as
+    // "malformed". Evicting the connection's cached pages (all clean between transactions)
+    // makes every later read parse what is really there.
+    conn.release_memory()?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let current: u32 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let mut put = tx.prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
-        for (pgno, data) in pages.range(..=db_size) {
+        // Page 1 (with the schema cookie) goes last: each execution of this statement checks
+        // the cookie, and a changed one makes SQLite parse the schema again, which must then
+        // find every page it names already in place.
+        for (pgno, data) in pages.range(2..=db_size) {
             put.execute(rusqlite::params![pgno, data])?;
         }
         if db_size < current {
             // A NULL page truncates the database to the pages before it.
             put.execute(rusqlite::params![db_size + 1, rusqlite::types::Null])?;
         }
+        if let Some(first) = pages.get(&1) {
+            put.execute(rusqlite::params![1, first])?;
+        }
     }
-    let meta = crate::meta::read_meta_row(&tx)?
+    tx.commit()?;
+    conn.release_memory()?;
+    // Checked after the commit, for the reason above: the pages must hold the position the
+    // last record claims. They come checksummed and chained from the leader's WAL, so a
+    // mismatch means damage or a bug; the error makes the follower re-handshake from what its
+    // database says, and a replica that does not continue the leader's history re-bootstraps.
+    let meta = crate::meta::read_meta_row(conn)?
         .ok_or_else(|| StoreError::Apply("the applied pages hold no _flotilla_meta".into()))?;
     if meta.position != last.position() || meta.chain != last.chain {
-        // Roll back: the pages do not hold the state the record claims.
         return Err(StoreError::Apply(format!(
-            "after applying {} the database says {} (chain {}): refusing the batch",
+            "after applying {} the database says {} (chain {}): the replica does not hold \
+             what the records claim",
             last.position(),
             meta.position,
             meta.chain
         )));
     }
-    tx.commit()?;
     Ok(meta)
 }
 

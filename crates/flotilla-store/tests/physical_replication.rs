@@ -432,3 +432,42 @@ fn a_leader_completed_from_the_log_keeps_the_tables_the_lost_commits_created() {
         .unwrap();
     assert_eq!(sum, 15);
 }
+
+/// Found by the pipeline tests: a schema that outgrows page 1 (here many tables with long
+/// definitions) turns page 1 into an interior page. Applied through sqlite_dbpage, the
+/// follower's own connection kept its parse of page 1 as a leaf and read the schema as
+/// "malformed". Each record is applied alone so that every step reads the schema back.
+#[test]
+fn a_follower_applies_a_schema_that_outgrows_its_first_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let lp = dir.path().join("leader.db");
+    let mut leader = open_leader(&lp);
+    let fp = dir.path().join("follower.db");
+    let mut follower = bootstrap(&lp, &fp);
+    for i in 0..40 {
+        let cols: Vec<String> = (0..20)
+            .map(|c| format!("column_with_a_rather_long_name_{c} TEXT DEFAULT 'x'"))
+            .collect();
+        let sql = format!(
+            "CREATE TABLE t{i} (id INTEGER PRIMARY KEY, {})",
+            cols.join(", ")
+        );
+        let (_, r) = commit(&mut leader, req(&[(&sql, vec![])]));
+        follower.apply(&[r.unwrap()]).unwrap();
+        let (_, r) = commit(
+            &mut leader,
+            req(&[(&format!("INSERT INTO t{i} (id) VALUES ({i})"), vec![])]),
+        );
+        follower.apply(&[r.unwrap()]).unwrap();
+    }
+    assert_eq!(follower.meta().position, leader.meta().position);
+    assert_eq!(
+        page_digest(&open_reader(&lp).unwrap()).unwrap(),
+        page_digest(&open_reader(&fp).unwrap()).unwrap()
+    );
+    let check: String = open_reader(&fp)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}

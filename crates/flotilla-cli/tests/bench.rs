@@ -68,3 +68,24 @@ fn quick_commit_comparison_with_postgres_reports_both_systems() {
         assert!(md.contains(png));
     }
 }
+
+#[test]
+fn quick_pipeline_bench_delivers_into_postgres_and_reports_every_figure() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["bench", "pipeline", "--quick", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["target"], "PostgreSQL (synchronous_commit=on)");
+    let figures = v["figures"].as_array().unwrap();
+    assert_eq!(figures.len(), 8);
+    for f in figures {
+        let median = f["median"].as_f64().unwrap();
+        assert!(median.is_finite() && median > 0.0, "{f}");
+    }
+}

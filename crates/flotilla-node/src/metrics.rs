@@ -15,6 +15,8 @@ pub struct Counters {
     /// Changes a logical follower found not to fit its data (see the conflict policy).
     pub apply_conflicts: std::sync::Arc<AtomicU64>,
     pub apply_lag: LagHistogram,
+    /// Trigger-based replication: source commit to target commit, per change.
+    pub delivery_lag: LagHistogram,
 }
 
 impl Counters {
@@ -62,12 +64,16 @@ impl LagHistogram {
 
     /// Prometheus text for `flotilla_apply_lag_seconds`.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let name = "flotilla_apply_lag_seconds";
-        let _ = writeln!(
+        self.render_as(
             out,
-            "# HELP {name} Leader commit to visible on this follower."
-        );
+            "flotilla_apply_lag_seconds",
+            "Leader commit to visible on this follower.",
+        )
+    }
+
+    pub fn render_as(&self, out: &mut String, name: &str, help: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0;
         for (i, c) in self.counts.iter().enumerate() {

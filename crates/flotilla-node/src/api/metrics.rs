@@ -221,5 +221,16 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     if node.follower.is_some() {
         c.apply_lag.render(&mut out);
     }
+    if node
+        .leader
+        .as_ref()
+        .is_some_and(|l| !l.pipelines.all().is_empty())
+    {
+        c.delivery_lag.render_as(
+            &mut out,
+            "flotilla_pipeline_delivery_lag_seconds",
+            "Trigger-based replication: source commit to target commit, per change.",
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

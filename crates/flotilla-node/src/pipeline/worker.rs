@@ -154,7 +154,13 @@ pub async fn run(node: Arc<Node>, w: Arc<Worker>) {
                 leader.pipelines.trims.confirm(id, cursor);
                 w.delivered_rows
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                let lag = (crate::time::wall_ms() as i64 - last.at_ms).max(0) as u64;
+                let now_ms = crate::time::wall_ms() as i64;
+                for e in &entries {
+                    node.counters
+                        .delivery_lag
+                        .record((now_ms - e.at_ms).max(0) as u64 * 1000);
+                }
+                let lag = (now_ms - last.at_ms).max(0) as u64;
                 w.set(|s| {
                     s.cursor = Some(cursor);
                     s.delivered_lsn = last.lsn;

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct DemoArgs {
+    /// `cluster` (a leader, physical and logical followers, the change feed) or `trigger`
+    /// (a pipeline into a PostgreSQL the demo starts).
+    #[arg(default_value = "cluster", value_parser = ["cluster", "trigger"])]
+    kind: String,
     /// A shortened run (a few seconds per step), as the test suite uses.
     #[arg(long)]
     quick: bool,
@@ -131,7 +135,13 @@ async fn wait_for(c: &Client, position: &str, timeout: Duration) -> anyhow::Resu
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     tokio::select! {
-        r = demo(a) => r,
+        r = async {
+            if a.kind == "trigger" {
+                crate::demo_trigger::run(a.quick, a.keep).await
+            } else {
+                demo(a).await
+            }
+        } => r,
         _ = tokio::signal::ctrl_c() => {
             // Dropping the demo future kills every node process and removes the directory.
             bail!("interrupted: stopped every node and removed the demo directory")

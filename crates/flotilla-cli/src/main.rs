@@ -3,6 +3,7 @@
 mod bench;
 mod changes;
 mod demo;
+mod demo_trigger;
 mod pipeline;
 mod serve;
 mod sql;

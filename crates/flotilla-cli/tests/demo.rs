@@ -22,3 +22,19 @@ fn quick_demo_succeeds() {
     // The change feed printed transactions.
     assert!(stdout.contains("{\"position\": \""), "{stdout}");
 }
+
+#[test]
+fn quick_trigger_demo_delivers_the_projection_into_postgres() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["demo", "trigger", "--quick"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("PostgreSQL holds exactly the"), "{stdout}");
+    assert!(stdout.contains("--target postgres://"), "{stdout}");
+}

@@ -162,3 +162,77 @@ async fn pipelines_into_flotilla_and_a_file_are_exactly_once_and_stay_internal()
     );
     assert!(!feed.contains("CREATE TRIGGER"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_declared_in_the_config_is_installed_once_its_source_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("declared.ndjson");
+    let config = dir.path().join("leader.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[pipeline]]\nname = \"declared\"\nsource = \"items\"\ncolumns = [\"name\"]\n\
+             where = \"name <> 'hidden'\"\ntarget = \"file:{}\"\nbacklog-warn-rows = 1000\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let leader = LocalNode::start(
+        &exe(),
+        dir.path(),
+        "leader",
+        None,
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let lc = Client::new(&leader.url);
+    // No source table yet: listed as not installed, with the reason.
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = lc.get("/v1/pipelines").await.unwrap();
+        if listed["pipelines"][0]["state"] == "not_installed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        listed["pipelines"][0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("source table items does not exist"),
+        "{listed}"
+    );
+    exec(
+        &lc,
+        json!([
+            { "sql": "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, secret TEXT)" },
+            { "sql": "INSERT INTO items VALUES (1, 'a', 's'), (2, 'hidden', 's')" }
+        ]),
+    )
+    .await;
+    let mut installed = false;
+    for _ in 0..100 {
+        if lc.get("/v1/pipelines/declared").await.is_ok() {
+            installed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(installed, "the declared pipeline was not installed");
+    exec(
+        &lc,
+        json!([{ "sql": "INSERT INTO items VALUES (3, 'b', 's')" }]),
+    )
+    .await;
+    drained(&lc, "declared").await;
+    let text = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["row"].clone())
+        .collect();
+    assert_eq!(
+        rows,
+        [json!({"id": 1, "name": "a"}), json!({"id": 3, "name": "b"})]
+    );
+}

@@ -53,6 +53,10 @@ pub struct ConfigFile {
     pub conflict_policy: Option<String>,
     /// A logical follower's page size (its own file; default SQLite's 4096).
     pub page_size: Option<u32>,
+    /// Trigger-based replication pipelines a leader installs (`[[pipeline]]` sections, the
+    /// fields of `flotilla pipeline add`).
+    #[serde(default)]
+    pub pipeline: Vec<flotilla_types::PipelineSpec>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -166,6 +170,8 @@ pub struct NodeConfig {
     pub conflict_policy: ConflictPolicy,
     /// The page size of a logical replica built from now on.
     pub page_size: Option<u32>,
+    /// Pipelines declared in the config: a leader installs those it does not have.
+    pub pipelines: Vec<flotilla_types::PipelineSpec>,
 }
 
 impl ConfigFile {
@@ -272,6 +278,23 @@ impl ConfigFile {
                 ));
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.pipeline {
+            p.check().map_err(|e| invalid("pipeline", e))?;
+            if !names.insert(p.name.clone()) {
+                return Err(invalid(
+                    "pipeline",
+                    format!("two pipelines are named {}", p.name),
+                ));
+            }
+        }
+        if !self.pipeline.is_empty() && follow.is_some() {
+            return Err(invalid(
+                "pipeline",
+                "pipelines run on the leader: declare them in the leader's config (a physical \
+                 follower carries the leader's pipelines and runs none)",
+            ));
+        }
         let readers = self.api.readers.unwrap_or(4);
         if !(1..=64).contains(&readers) {
             return Err(invalid("api.readers", "must be between 1 and 64"));
@@ -293,6 +316,7 @@ impl ConfigFile {
             filter,
             conflict_policy,
             page_size: self.page_size,
+            pipelines: self.pipeline,
         })
     }
 }

@@ -35,10 +35,14 @@ pub struct PipelineSpec {
     /// A statement run on the target for each change, in the same target transaction, with the
     /// change bound as parameters: `$1` the operation (`upsert` or `delete`), then the target
     /// columns in delivery order as text (`$2`, `$3`, …; NULL for a delete's non-key columns).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, alias = "apply-sql", skip_serializing_if = "Option::is_none")]
     pub apply_sql: Option<String>,
     /// A backlog of more changelog rows than this raises a warning in status and metrics.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "backlog-warn-rows",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backlog_warn_rows: Option<u64>,
 }
 

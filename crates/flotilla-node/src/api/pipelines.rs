@@ -68,6 +68,13 @@ pub async fn list(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError
     for w in leader.pipelines.all() {
         out.push(status_json(&node, &w).await);
     }
+    // Declared in the config but not installed (or declared differently).
+    for (name, why) in leader.pipelines.declared_problems() {
+        match out.iter_mut().find(|p| p["name"] == name.as_str()) {
+            Some(p) => p["config_warning"] = json!(why),
+            None => out.push(json!({ "name": name, "state": "not_installed", "last_error": why })),
+        }
+    }
     Ok(Json(json!({ "pipelines": out })))
 }
 

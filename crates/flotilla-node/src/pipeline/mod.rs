@@ -82,9 +82,19 @@ pub struct Pipelines {
     workers: Mutex<HashMap<String, Arc<Worker>>>,
     /// Wakes the manager after a pipeline was added, removed, paused or resumed.
     pub changed: tokio::sync::Notify,
+    /// Pipelines declared in the config that are not installed (or differ), and why.
+    declared: Mutex<BTreeMap<String, String>>,
 }
 
 impl Pipelines {
+    /// Config-declared pipelines that could not be installed as declared, with the reason.
+    pub fn declared_problems(&self) -> BTreeMap<String, String> {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn worker(&self, name: &str) -> Option<Arc<Worker>> {
         self.workers
             .lock()
@@ -127,6 +137,9 @@ pub async fn manage(node: Arc<Node>) {
     loop {
         match stored_pipelines(&node).await {
             Ok(list) => {
+                if install_declared(&node, &list).await {
+                    continue; // read the list again, with the new pipeline
+                }
                 let mut workers = pipelines.workers.lock().unwrap_or_else(|p| p.into_inner());
                 workers.retain(|name, w| {
                     let keep = list.iter().any(|p| {
@@ -165,12 +178,74 @@ pub async fn manage(node: Arc<Node>) {
             }
             Err(e) => tracing::warn!("cannot read the pipelines: {e}"),
         }
+        // A declared pipeline waiting for its source table is retried sooner.
+        let pass = if pipelines.declared_problems().is_empty() {
+            5
+        } else {
+            1
+        };
         tokio::select! {
             _ = pipelines.changed.notified() => {}
-            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(pass)) => {}
             _ = node.shutdown.cancelled() => return,
         }
     }
+}
+
+/// Installs the config's pipelines that are not stored yet (a source table may not exist
+/// yet: retried on every pass). Returns whether one was installed.
+async fn install_declared(node: &Node, stored: &[StoredPipeline]) -> bool {
+    let Some(leader) = node.leader.as_ref() else {
+        return false;
+    };
+    let mut problems = BTreeMap::new();
+    let mut installed = false;
+    for spec in &node.config.pipelines {
+        match stored.iter().find(|p| p.spec.name == spec.name) {
+            Some(p) if p.spec != *spec => {
+                problems.insert(
+                    spec.name.clone(),
+                    "the config declares it differently from the installed pipeline, which \
+                     runs as installed; remove it (flotilla pipeline remove) to install the \
+                     config's"
+                        .to_string(),
+                );
+            }
+            Some(_) => {}
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let job = crate::leader::WriteJob::Pipeline {
+                    change: crate::leader::PipelineChange::Add(Box::new(spec.clone())),
+                    reply: tx,
+                };
+                if leader.writer.send(job).await.is_err() {
+                    return false;
+                }
+                match rx.await {
+                    Ok(Ok(position)) => {
+                        tracing::info!(pipeline = %spec.name, %position, "installed the pipeline the config declares");
+                        installed = true;
+                    }
+                    Ok(Err(e)) => {
+                        problems.insert(spec.name.clone(), format!("not installed: {e}"));
+                    }
+                    Err(_) => return false,
+                }
+            }
+        }
+    }
+    let mut declared = leader
+        .pipelines
+        .declared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for (name, why) in &problems {
+        if declared.get(name) != Some(why) {
+            tracing::warn!(pipeline = %name, "config: {why}");
+        }
+    }
+    *declared = problems;
+    installed
 }
 
 /// A pipeline's status as the API shows it (backlog read from the changelog now).

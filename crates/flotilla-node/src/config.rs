@@ -348,6 +348,32 @@ mod tests {
         assert!(cfg.listen.ip().is_loopback());
     }
 
+    /// The example's (commented) pipeline section, uncommented, is a valid leader config.
+    #[test]
+    fn the_example_pipeline_section_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [[pipeline]]").expect("a pipeline example");
+        let section: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg: ConfigFile =
+            toml::from_str(&format!("id = \"l\"\ndata = \"d\"\n{section}")).unwrap();
+        let cfg = cfg.validate().unwrap();
+        let p = &cfg.pipelines[0];
+        assert_eq!(p.name, "orders-to-pg");
+        assert_eq!(p.renames[0].to, "amount");
+        assert_eq!(p.backlog_warn_rows, Some(100_000));
+        assert!(p.apply_sql.is_some());
+        let bad = ConfigFile {
+            follow: Some("http://127.0.0.1:1".into()),
+            ..toml::from_str(&format!("id = \"f\"\ndata = \"d\"\n{section}")).unwrap()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("pipelines run on the leader"));
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let err = toml::from_str::<ConfigFile>("idd = \"x\"")

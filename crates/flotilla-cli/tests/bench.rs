@@ -89,3 +89,32 @@ fn quick_pipeline_bench_delivers_into_postgres_and_reports_every_figure() {
         assert!(median.is_finite() && median > 0.0, "{f}");
     }
 }
+
+#[test]
+fn quick_lag_comparison_with_postgres_reports_both_and_a_cdf() {
+    let report = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["bench", "lag", "--compare", "postgres", "--quick", "--json"])
+        .arg("--report")
+        .arg(report.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["postgres_error"], serde_json::Value::Null, "{v}");
+    let figures = v["figures"].as_array().unwrap();
+    // max rate, p50, p99, max, poll period — for each system.
+    assert_eq!(figures.len(), 10, "{v}");
+    for f in figures {
+        let median = f["median"].as_f64().unwrap();
+        assert!(median.is_finite() && median >= 0.0, "{f}");
+    }
+    let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
+    assert!(md.contains("PostgreSQL lag p99"), "{md}");
+    let png = std::fs::read(report.path().join("lag-cdf.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+}

@@ -371,7 +371,11 @@ mod tests {
             follow: Some("http://127.0.0.1:1".into()),
             ..toml::from_str(&format!("id = \"f\"\ndata = \"d\"\n{section}")).unwrap()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("pipelines run on the leader"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("pipelines run on the leader"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod commit;
 mod floors;
+mod lag;
 mod pipeline;
 mod report;
 
@@ -22,13 +23,15 @@ pub struct BenchArgs {
     /// What to measure: `all` (throughput, lag, catch-up, bootstrap, logical), `commit`
     /// (throughput and latency at 1, 4 and 16 clients with 0, 1 and 2 followers) or `pipeline`
     /// (trigger-based replication into PostgreSQL: leader cost, backlog rate, delivery lag).
-    #[arg(default_value = "all", value_parser = ["all", "commit", "pipeline"])]
+    /// `lag` measures follower staleness at half load from the outside (with --compare
+    /// postgres, a streaming standby's too).
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "pipeline"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
-    /// print its figures beside Flotilla's, with the ratio (`commit` only, so far).
+    /// print its figures beside Flotilla's, with the ratio (`commit` and `lag`).
     #[arg(long, value_name = "SYSTEM", value_parser = ["postgres"])]
     compare: Option<String>,
-    /// Also write a Markdown report with PNG plots into this directory (`commit` only, so far).
+    /// Also write a Markdown report with PNG plots into this directory (`commit` and `lag`).
     #[arg(long, value_name = "DIR")]
     report: Option<std::path::PathBuf>,
     /// Small sizes and one short run each (seconds, not minutes).
@@ -427,11 +430,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    if a.compare.is_some() && a.scenario != "commit" {
+    if a.compare.is_some() && a.scenario != "commit" && a.scenario != "lag" {
         anyhow::bail!(
-            "--compare postgres is available for the commit scenario so far: \
+            "--compare postgres is available for the commit and lag scenarios so far: \
              flotilla bench commit --compare postgres"
         );
+    }
+    if a.scenario == "lag" {
+        return run_lag(a).await;
     }
     if a.scenario == "commit" {
         return run_commit(a).await;
@@ -722,6 +728,60 @@ async fn run_pipeline(a: BenchArgs) -> anyhow::Result<()> {
          (docs/performance.md): backlog delivery / that = {:.2}.",
         r.figures[5].median() / 103_000.0
     );
+    Ok(())
+}
+
+async fn run_lag(a: BenchArgs) -> anyhow::Result<()> {
+    let (runs, secs) = if a.quick {
+        (a.runs.unwrap_or(1), 1.0)
+    } else {
+        (a.runs.unwrap_or(3), 5.0)
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()?;
+    let progress = |msg: &str| {
+        if !a.json {
+            eprintln!("  … {msg}");
+        }
+    };
+    let r = lag::run(tmp.path(), runs, secs, a.compare.is_some(), &progress).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "scenario": "lag",
+                "figures": r.figures().iter().map(|f| f.json()).collect::<Vec<_>>(),
+                "postgres_error": match &r.postgres { Some(Err(e)) => json!(e), _ => Value::Null },
+            }))?
+        );
+    } else {
+        let figures: Vec<Figure> = r.figures().into_iter().cloned().collect();
+        print_figures(
+            &format!(
+                "Follower lag at {:.0}% of the maximum load, measured from the outside; {runs} run(s) (median [min..max])",
+                lag::LOAD_FRACTION * 100.0
+            ),
+            &figures,
+        );
+        match &r.postgres {
+            Some(Ok(p)) => println!(
+                "\nFlotilla / PostgreSQL (lower is better): p50 {:.2}, p99 {:.2}",
+                r.flotilla.p50_ms.median() / p.p50_ms.median(),
+                r.flotilla.p99_ms.median() / p.p99_ms.median()
+            ),
+            Some(Err(e)) => println!("\nPostgreSQL: not measured: {e}"),
+            None => {}
+        }
+    }
+    if let Some(dir) = &a.report {
+        let written = report::write_lag(dir, &r)?;
+        if !a.json {
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+        }
+    }
     Ok(())
 }
 

@@ -242,3 +242,91 @@ pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::pa
     std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     Ok(vec![md_path, tp_png, lat_png])
 }
+
+/// Writes `report.md` and `lag-cdf.png` for the lag scenario into `dir`.
+pub fn write_lag(
+    dir: &Path,
+    r: &super::lag::LagResults,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cdf = |samples: &[f64]| -> Vec<(f64, f64)> {
+        let n = samples.len().max(1) as f64;
+        // At most ~400 points: enough for the curve.
+        let step = (samples.len() / 400).max(1);
+        samples
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % step == 0 || *i + 1 == samples.len())
+            .map(|(i, v)| (*v, (i + 1) as f64 / n * 100.0))
+            .collect()
+    };
+    let mut series = vec![Series {
+        label: "Flotilla follower".into(),
+        points: cdf(&r.flotilla.samples),
+        color: FLOTILLA_COLORS[0],
+        dashed: false,
+    }];
+    let pg = match &r.postgres {
+        Some(Ok(p)) => Some(p),
+        _ => None,
+    };
+    if let Some(p) = pg {
+        series.push(Series {
+            label: "PostgreSQL streaming standby".into(),
+            points: cdf(&p.samples),
+            color: POSTGRES_COLORS[0],
+            dashed: true,
+        });
+    }
+    let png = dir.join("lag-cdf.png");
+    line_plot(
+        &png,
+        "Follower staleness at half load: CDF (last run)",
+        "visible on the follower after the commit was acknowledged (ms)",
+        "% of commits",
+        &series,
+    )?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Flotilla benchmark: follower lag
+"
+    );
+    let _ = writeln!(
+        md,
+        "{} writers commit one 100-byte row per transaction at {:.0}% of the maximum rate measured \
+         first; a reader polls the follower (standby) for the highest key it holds. Lag = when a key \
+         first became visible there − when its commit was acknowledged (0 if it was there first). \
+         Median of {} run(s) with [min..max]; same method for both systems.\n",
+        4,
+        super::lag::LOAD_FRACTION * 100.0,
+        r.flotilla.p50_ms.values.len()
+    );
+    let _ = writeln!(md, "| figure | median | [min..max] |\n| --- | --- | --- |");
+    for f in r.figures() {
+        let _ = writeln!(
+            md,
+            "| {} | {:.2} {} | [{:.2}..{:.2}] |",
+            f.name,
+            f.median(),
+            f.unit,
+            f.min(),
+            f.max()
+        );
+    }
+    if let Some(p) = pg {
+        let _ = writeln!(
+            md,
+            "\nRatios (Flotilla / PostgreSQL, lower is better): p50 {:.2}, p99 {:.2}.",
+            r.flotilla.p50_ms.median() / p.p50_ms.median(),
+            r.flotilla.p99_ms.median() / p.p99_ms.median()
+        );
+    }
+    if let Some(Err(e)) = &r.postgres {
+        let _ = writeln!(md, "\nPostgreSQL was not measured: {e}");
+    }
+    let _ = writeln!(md, "\n![lag CDF](lag-cdf.png)");
+    let md_path = dir.join("report.md");
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    Ok(vec![md_path, png])
+}

@@ -118,3 +118,36 @@ fn quick_lag_comparison_with_postgres_reports_both_and_a_cdf() {
     let png = std::fs::read(report.path().join("lag-cdf.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 }
+
+#[test]
+fn quick_catchup_bootstrap_and_logical_comparisons_report_both_systems() {
+    for scenario in ["catchup", "bootstrap", "logical"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([
+                "bench",
+                scenario,
+                "--compare",
+                "postgres",
+                "--quick",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{scenario}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["scenario"], scenario);
+        let figures = v["figures"].as_array().unwrap();
+        assert!(!figures.is_empty(), "{v}");
+        for f in figures {
+            for system in ["flotilla", "postgres"] {
+                let m = f[system]["median"].as_f64().unwrap_or(f64::NAN);
+                assert!(m.is_finite() && m > 0.0, "{scenario} {system}: {f}");
+            }
+            assert!(f["ratio"].as_f64().unwrap() > 0.0);
+        }
+    }
+}

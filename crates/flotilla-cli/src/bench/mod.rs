@@ -6,7 +6,9 @@ mod commit;
 mod floors;
 mod lag;
 mod pipeline;
+mod postgres_side;
 mod report;
+mod versus;
 
 use anyhow::Context;
 use clap::Args;
@@ -25,10 +27,13 @@ pub struct BenchArgs {
     /// (trigger-based replication into PostgreSQL: leader cost, backlog rate, delivery lag).
     /// `lag` measures follower staleness at half load from the outside (with --compare
     /// postgres, a streaming standby's too).
-    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "pipeline"])]
+    /// `catchup`, `bootstrap` and `logical` run those parts of `all` alone (each with
+    /// --compare postgres: a streaming standby, pg_basebackup, publication/subscription).
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
-    /// print its figures beside Flotilla's, with the ratio (`commit` and `lag`).
+    /// print its figures beside Flotilla's, with the ratio (every scenario but `all` and
+    /// `pipeline`, which always delivers into PostgreSQL).
     #[arg(long, value_name = "SYSTEM", value_parser = ["postgres"])]
     compare: Option<String>,
     /// Also write a Markdown report with PNG plots into this directory (`commit` and `lag`).
@@ -331,7 +336,7 @@ type CatchUp = (f64, f64);
 /// A physical and a logical follower stopped while the leader commits `txns` × `rows`, then
 /// restarted one after the other: their catch-up rates, and the change feed's rate over the
 /// same transactions (txn/s, read to the end with follow=false).
-async fn catchup(
+pub(crate) async fn catchup(
     exe: &Path,
     root: &Path,
     txns: u64,
@@ -396,7 +401,7 @@ async fn catchup(
 
 /// A new follower of a database of about `mib` MiB: bootstrap rate in MiB/s (process start
 /// included).
-async fn bootstrap(exe: &Path, root: &Path, mib: u64) -> anyhow::Result<f64> {
+pub(crate) async fn bootstrap(exe: &Path, root: &Path, mib: u64) -> anyhow::Result<f64> {
     let leader = LocalNode::start(exe, root, "leader", None, &[]).await?;
     let lc = Client::new(&leader.url);
     lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
@@ -430,11 +435,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    if a.compare.is_some() && a.scenario != "commit" && a.scenario != "lag" {
+    if a.compare.is_some() && (a.scenario == "all" || a.scenario == "pipeline") {
         anyhow::bail!(
-            "--compare postgres is available for the commit and lag scenarios so far: \
-             flotilla bench commit --compare postgres"
+            "--compare postgres runs with one scenario at a time: commit, lag, catchup, \
+             bootstrap or logical (pipeline always delivers into PostgreSQL)"
         );
+    }
+    if matches!(a.scenario.as_str(), "catchup" | "bootstrap" | "logical") {
+        return run_versus(a).await;
     }
     if a.scenario == "lag" {
         return run_lag(a).await;
@@ -728,6 +736,65 @@ async fn run_pipeline(a: BenchArgs) -> anyhow::Result<()> {
          (docs/performance.md): backlog delivery / that = {:.2}.",
         r.figures[5].median() / 103_000.0
     );
+    Ok(())
+}
+
+async fn run_versus(a: BenchArgs) -> anyhow::Result<()> {
+    if a.report.is_some() {
+        anyhow::bail!("--report is available for the commit and lag scenarios so far");
+    }
+    let s = if a.quick {
+        versus::Sizes {
+            runs: a.runs.unwrap_or(1),
+            secs: 1.0,
+            big_txns: 20,
+            big_rows: 1000,
+            small_txns: 1_000,
+            snapshot_mib: 8,
+        }
+    } else {
+        versus::Sizes {
+            runs: a.runs.unwrap_or(3),
+            secs: 5.0,
+            big_txns: 1000,
+            big_rows: 1000,
+            small_txns: 100_000,
+            snapshot_mib: 256,
+        }
+    };
+    let exe = this_exe()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()?;
+    let progress = |msg: &str| {
+        if !a.json {
+            eprintln!("  … {msg}");
+        }
+    };
+    let (pairs, own) = versus::run(
+        &a.scenario,
+        &exe,
+        tmp.path(),
+        &s,
+        a.compare.is_some(),
+        &progress,
+    )
+    .await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&versus::json(&a.scenario, &pairs, &own))?
+        );
+    } else {
+        versus::print(
+            &format!(
+                "flotilla bench {}, {} run(s) each (median [min..max])",
+                a.scenario, s.runs
+            ),
+            &pairs,
+            &own,
+        );
+    }
     Ok(())
 }
 

@@ -72,31 +72,56 @@ pub(crate) struct InstalledPipelines {
     list: Vec<StoredPipeline>,
     /// pipeline id → changelog seq delivered (and confirmed by the target), to delete.
     pending_trims: BTreeMap<i64, i64>,
+    /// Pipelines whose trim the open transaction completes.
+    trims_finished: Vec<i64>,
 }
+
+/// Changelog rows one commit deletes per pipeline, at most.
+pub(crate) const TRIM_ROWS_PER_COMMIT: usize = 5_000;
 
 impl InstalledPipelines {
     pub(crate) fn load(conn: &Connection) -> Result<InstalledPipelines, StoreError> {
         Ok(InstalledPipelines {
             list: read_pipelines(conn)?,
             pending_trims: BTreeMap::new(),
+            trims_finished: Vec::new(),
         })
     }
 
-    /// Deletes delivered changelog rows, in the writer's open transaction. The newest row of
-    /// the changelog is never deleted, so that its rowids (the `seq`) never restart.
-    pub(crate) fn run_trims(&self, conn: &Connection) -> Result<(), StoreError> {
+    /// Deletes delivered changelog rows, in the writer's open transaction: at most
+    /// [`TRIM_ROWS_PER_COMMIT`] per pipeline, so that a client's commit never carries the
+    /// deletion of a whole delivered backlog (the rest goes with the next commits). The newest
+    /// row of the changelog is never deleted, so that its rowids (the `seq`) never restart.
+    pub(crate) fn run_trims(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        self.trims_finished.clear();
         for (id, upto) in &self.pending_trims {
-            conn.prepare_cached(&format!(
-                "DELETE FROM {CHANGELOG_TABLE} WHERE seq <= ?2 AND pipeline = ?1 \
-                 AND seq < (SELECT max(seq) FROM {CHANGELOG_TABLE})"
-            ))?
-            .execute([id, upto])?;
+            let deleted = conn
+                .prepare_cached(&format!(
+                    "DELETE FROM {CHANGELOG_TABLE} WHERE seq IN (SELECT seq FROM {CHANGELOG_TABLE} \
+                     WHERE seq <= ?2 AND pipeline = ?1 \
+                     AND seq < (SELECT max(seq) FROM {CHANGELOG_TABLE}) ORDER BY seq LIMIT ?3)"
+                ))?
+                .execute(rusqlite::params![id, upto, TRIM_ROWS_PER_COMMIT as i64])?;
             conn.prepare_cached(&format!(
                 "UPDATE {PIPELINES_TABLE} SET trimmed_to = max(trimmed_to, ?2) WHERE id = ?1"
             ))?
             .execute([id, upto])?;
+            if deleted < TRIM_ROWS_PER_COMMIT {
+                self.trims_finished.push(*id);
+            }
         }
         Ok(())
+    }
+
+    /// The transaction that ran the trims committed.
+    pub(crate) fn trims_committed(&mut self) {
+        for id in std::mem::take(&mut self.trims_finished) {
+            if let Some(upto) = self.pending_trims.remove(&id) {
+                if let Some(p) = self.list.iter_mut().find(|p| p.id == id) {
+                    p.trimmed_to = p.trimmed_to.max(upto);
+                }
+            }
+        }
     }
 
     /// After each client statement: clears the marks of inserts that were ignored or became
@@ -108,15 +133,6 @@ impl InstalledPipelines {
                 .execute([])?;
         }
         Ok(())
-    }
-
-    /// The transaction that ran the trims committed.
-    pub(crate) fn trims_committed(&mut self) {
-        for (id, upto) in std::mem::take(&mut self.pending_trims) {
-            if let Some(p) = self.list.iter_mut().find(|p| p.id == id) {
-                p.trimmed_to = p.trimmed_to.max(upto);
-            }
-        }
     }
 
     /// Before a client statement: an ALTER or DROP sets every pipeline's triggers aside (SQLite

@@ -479,3 +479,39 @@ fn delivery_reads_whole_transactions_and_trims_from_the_writer() {
     assert_eq!(triggers, 0);
     assert!(db.pipelines().is_empty());
 }
+
+/// A delivered backlog is deleted a bounded slice per commit: no client commit carries the
+/// deletion of a whole backlog.
+#[test]
+fn trims_are_spread_over_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let lp = dir.path().join("leader.db");
+    let mut db = open_leader(&lp);
+    commit(
+        &mut db,
+        &[("CREATE TABLE t(id INTEGER PRIMARY KEY)", vec![])],
+    );
+    let id = add(&mut db, &spec("p", "t")).unwrap();
+    commit(
+        &mut db,
+        &[(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12000) \
+             INSERT INTO t SELECT i FROM n",
+            vec![],
+        )],
+    );
+    let reader = open_reader(&lp).unwrap();
+    let all = read_changes(&reader, id, 0, u64::MAX, 100_000).unwrap();
+    assert_eq!(all.len(), 12_000);
+    db.queue_changelog_trim(id, all.last().unwrap().seq);
+    let count = |r: &Connection| -> i64 {
+        r.query_row("SELECT count(*) FROM _flotilla_changelog", [], |x| x.get(0))
+            .unwrap()
+    };
+    let mut left = Vec::new();
+    for i in 0..4 {
+        commit(&mut db, &[(&format!("CREATE TABLE x{i}(a)"), vec![])]);
+        left.push(count(&reader));
+    }
+    assert_eq!(left, [7_000, 2_000, 1, 1]);
+}

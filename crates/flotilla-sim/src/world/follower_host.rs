@@ -1,0 +1,276 @@
+//! What the tokio node's follower driver does, for the simulated followers: performing the
+//! session's commands (connect, send, apply in simulated time, bootstrap), crashes, and reads
+//! with a position token.
+
+use super::*;
+
+impl World {
+    pub(super) fn execute(&mut self, f: usize, cmd: FollowerCommand) -> anyhow::Result<()> {
+        match cmd {
+            FollowerCommand::Connect => {
+                let fl = &self.followers[f];
+                if self.now < fl.partitioned_until.max(fl.deaf_until) {
+                    self.events.push_back((
+                        f,
+                        FollowerEvent::ConnectionLost {
+                            reason: "partitioned".into(),
+                        },
+                    ));
+                    return Ok(());
+                }
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.conns.insert(
+                    conn,
+                    LeaderConn {
+                        follower: f,
+                        kind: LogKind::Physical,
+                        next: None,
+                        last_sent_ms: self.now,
+                        closing_at: None,
+                    },
+                );
+                self.followers[f].conn = Some(conn);
+                self.events.push_back((f, FollowerEvent::Connected));
+            }
+            FollowerCommand::Send(msg) => {
+                if let Some(conn) = self.followers[f].conn {
+                    self.send(conn, Dir::ToLeader, msg.encode());
+                }
+            }
+            FollowerCommand::Disconnect => {
+                if let Some(conn) = self.followers[f].conn.take() {
+                    self.close_conn(conn, "follower disconnected");
+                }
+            }
+            FollowerCommand::Apply(records) => {
+                let done_at = self.now + self.rng.random_range(0..=self.apply_ms_max);
+                self.followers[f].apply_in_flight = Some((done_at, records));
+            }
+            FollowerCommand::Bootstrap => {
+                // The node's apply thread runs jobs in order: an apply in flight finishes first.
+                if let Some((_, records)) = self.followers[f].apply_in_flight.take() {
+                    self.perform_apply(f, records)?;
+                }
+                if self.now
+                    < self.followers[f]
+                        .partitioned_until
+                        .max(self.followers[f].deaf_until)
+                {
+                    self.events.push_back((
+                        f,
+                        FollowerEvent::BootstrapFailed {
+                            reason: "partitioned".into(),
+                        },
+                    ));
+                    return Ok(());
+                }
+                self.report.bootstraps += 1;
+                let fl = &mut self.followers[f];
+                if let Some(db) = fl.db.take() {
+                    drop(db);
+                }
+                let reader = open_reader(&self.leader.path)?;
+                // As the node does: a logical replica is built from a snapshot file.
+                let target = match fl.kind {
+                    LogKind::Physical => fl.path.clone(),
+                    LogKind::Logical => fl.path.with_extension("snapshot"),
+                };
+                let mut rx = SnapshotReceiver::new(&target)?;
+                stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))??;
+                let h = rx.install()?;
+                let same = match fl.kind {
+                    LogKind::Physical => {
+                        Some(digest_of(&fl.path)?)
+                            == self.leader.history.get(&h.position.lsn.0).copied()
+                    }
+                    LogKind::Logical => {
+                        RowReplica::build(
+                            &target,
+                            &fl.path,
+                            &DbSettings::default(),
+                            &RowFilter::default(),
+                            None,
+                        )?;
+                        for suffix in ["", "-wal", "-shm"] {
+                            let mut p = target.as_os_str().to_owned();
+                            p.push(suffix);
+                            let _ = std::fs::remove_file(p);
+                        }
+                        Some(content_digest(&fl.path)?)
+                            == self.leader.content.get(&h.position.lsn.0).copied()
+                    }
+                };
+                ensure!(
+                    same,
+                    "{} bootstrapped at {} differs from the leader's history",
+                    fl.id,
+                    h.position
+                );
+                fl.db = Some(Replica::open(fl.kind, &fl.path)?.context("installed")?);
+                self.events.push_back((
+                    f,
+                    FollowerEvent::BootstrapFinished {
+                        position: h.position,
+                        chain: h.chain,
+                        cluster_id: h.cluster_id,
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes the applies whose time has come.
+    pub(super) fn finish_applies(&mut self) -> anyhow::Result<()> {
+        for f in 0..self.followers.len() {
+            if self.followers[f]
+                .apply_in_flight
+                .as_ref()
+                .is_some_and(|(at, _)| *at <= self.now)
+            {
+                let (_, records) = self.followers[f].apply_in_flight.take().expect("checked");
+                self.perform_apply(f, records)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch in one local transaction (committed with `synchronous=FULL`: durable when
+    /// it returns) and checks the result against the leader's history.
+    pub(super) fn perform_apply(
+        &mut self,
+        f: usize,
+        records: Vec<LogRecord>,
+    ) -> anyhow::Result<()> {
+        let n = records.len();
+        if self.now < self.followers[f].disk_full_until {
+            self.events.push_back((
+                f,
+                FollowerEvent::ApplyFailed {
+                    reason: "database or disk is full (simulated)".into(),
+                    disk_full: true,
+                },
+            ));
+            return Ok(());
+        }
+        let fl = &mut self.followers[f];
+        let db = fl.db.as_mut().context("apply without a database")?;
+        match db.apply(&records) {
+            Ok(meta) => {
+                let (position, chain) = (meta.position, meta.chain);
+                self.report.applies += 1;
+                let same = match fl.kind {
+                    LogKind::Physical => {
+                        Some(digest_of(&fl.path)?)
+                            == self.leader.history.get(&position.lsn.0).copied()
+                    }
+                    LogKind::Logical => {
+                        Some(content_digest(&fl.path)?)
+                            == self.leader.content.get(&position.lsn.0).copied()
+                    }
+                };
+                ensure!(
+                    same,
+                    "{} at {position} differs from the leader's state at that lsn",
+                    fl.id
+                );
+                fl.session.batch_done(n);
+                self.events
+                    .push_back((f, FollowerEvent::Applied { position, chain }));
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.events.push_back((
+                    f,
+                    FollowerEvent::ApplyFailed {
+                        reason,
+                        disk_full: false,
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A client that wrote and got the acknowledged position as its token reads on follower `f`
+    /// with it (read-your-writes). The node answers only once it has applied the token (until
+    /// then the read waits); the answer comes from one read snapshot, which must hold at least
+    /// the token's position and equal the leader's state at the position it reports.
+    pub(super) fn read_with_token(&mut self, f: usize) -> anyhow::Result<()> {
+        let token = self.rng.random_range(1..=self.leader.acked);
+        let fl = &self.followers[f];
+        if fl.db.is_none() {
+            return Ok(());
+        }
+        self.report.token_reads += 1;
+        if fl.session.applied().is_none_or(|p| p.lsn.0 < token) {
+            self.report.token_reads_waiting += 1;
+            return Ok(());
+        }
+        // Nothing writes while this runs (the simulation is one thread), so the statements
+        // below read one state, as the node's single read transaction does.
+        let conn = open_reader(&fl.path)?;
+        let at = flotilla_store::read_meta(&conn)?
+            .context("a replica without its position")?
+            .position
+            .lsn
+            .0;
+        ensure!(
+            at >= token,
+            "{} answered a read with token lsn {token} from a snapshot at lsn {at}",
+            fl.id
+        );
+        let same = match fl.kind {
+            LogKind::Physical => Some(page_digest(&conn)?) == self.leader.history.get(&at).copied(),
+            LogKind::Logical => {
+                Some(content_digest_of(&conn)?) == self.leader.content.get(&at).copied()
+            }
+        };
+        ensure!(
+            same,
+            "a read on {} at lsn {at} saw a state the leader never had",
+            fl.id
+        );
+        Ok(())
+    }
+
+    /// The follower's clock (it may run ahead of the simulation's).
+    pub(super) fn follower_now(&self, f: usize) -> u64 {
+        self.now + self.followers[f].clock_skew_ms
+    }
+
+    pub(super) fn crash_follower(&mut self, f: usize) -> anyhow::Result<()> {
+        self.report.follower_crashes += 1;
+        if let Some(conn) = self.followers[f].conn.take() {
+            self.conns.remove(&conn);
+            self.net.close(conn);
+        }
+        self.events.retain(|(g, _)| *g != f);
+        let fl = &mut self.followers[f];
+        if fl.apply_in_flight.take().is_some() {
+            self.report.lost_applies += 1;
+        }
+        if let Some(db) = fl.db.take() {
+            self.graveyard.push(Box::new(db));
+        }
+        let db = Replica::open(fl.kind, &fl.path)?;
+        let local = db.as_ref().map(|d| (d.meta().position, d.meta().chain));
+        let held = local.map_or(0, |l| l.0.lsn.0);
+        ensure!(
+            held >= fl.acked_durable,
+            "{} acknowledged lsn {} as durable but holds only lsn {held} after a crash",
+            fl.id,
+            fl.acked_durable
+        );
+        let cluster = db.as_ref().map(|d| d.meta().cluster_id.clone());
+        fl.db = db;
+        fl.session = FollowerSession::new(follower_config(&fl.id, fl.kind), local, cluster);
+        let now = self.follower_now(f);
+        let cmds = self.followers[f].session.start(now);
+        for c in cmds {
+            self.execute(f, c)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! What a seed did: the counts a campaign adds up and prints.
+
+/// What one seed did.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub commits: u64,
+    pub sim_ms: u64,
+    pub messages: u64,
+    pub dropped: u64,
+    pub flipped: u64,
+    pub follower_crashes: u64,
+    pub leader_crashes: u64,
+    pub bootstraps: u64,
+    pub applies: u64,
+    pub log_damage: u64,
+    /// Messages lost in one-way partitions.
+    pub blackholed: u64,
+    /// Leader power losses: the database lost its newest commits and was completed from the log.
+    pub power_losses: u64,
+    /// Leader crashes in the middle of a log append, leaving a torn record.
+    pub torn_appends: u64,
+    /// Follower applies lost in flight by a crash (their fsync had not returned).
+    pub lost_applies: u64,
+    pub disk_full: u64,
+    pub clock_jumps: u64,
+    /// Reads on followers with a position token (read-your-writes), and how many of them would
+    /// have waited for the follower to reach the token.
+    pub token_reads: u64,
+    pub token_reads_waiting: u64,
+}
+
+impl Report {
+    /// Adds another seed's counts to these totals.
+    pub fn add(&mut self, r: &Report) {
+        self.commits += r.commits;
+        self.sim_ms += r.sim_ms;
+        self.messages += r.messages;
+        self.dropped += r.dropped;
+        self.flipped += r.flipped;
+        self.follower_crashes += r.follower_crashes;
+        self.leader_crashes += r.leader_crashes;
+        self.bootstraps += r.bootstraps;
+        self.applies += r.applies;
+        self.log_damage += r.log_damage;
+        self.blackholed += r.blackholed;
+        self.power_losses += r.power_losses;
+        self.torn_appends += r.torn_appends;
+        self.lost_applies += r.lost_applies;
+        self.disk_full += r.disk_full;
+        self.clock_jumps += r.clock_jumps;
+        self.token_reads += r.token_reads;
+        self.token_reads_waiting += r.token_reads_waiting;
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped, \
+             {} lost in one-way partitions), {} follower crashes ({} applies lost in flight), \
+             {} leader crashes ({} power losses, {} torn appends), {} log records damaged at \
+             rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {} reads with a position \
+             token ({} waiting), {:.0} simulated s",
+            self.commits,
+            self.applies,
+            self.messages,
+            self.dropped,
+            self.flipped,
+            self.blackholed,
+            self.follower_crashes,
+            self.lost_applies,
+            self.leader_crashes,
+            self.power_losses,
+            self.torn_appends,
+            self.log_damage,
+            self.disk_full,
+            self.clock_jumps,
+            self.bootstraps,
+            self.token_reads,
+            self.token_reads_waiting,
+            self.sim_ms as f64 / 1000.0
+        )
+    }
+}

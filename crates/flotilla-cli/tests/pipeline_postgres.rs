@@ -34,21 +34,6 @@ async fn pipeline(c: &Client, name: &str) -> Value {
     c.get(&format!("/v1/pipelines/{name}")).await.unwrap()
 }
 
-/// Waits (bounded) until the pipeline has delivered everything committed.
-async fn drained(c: &Client, name: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..600 {
-        if let Ok(p) = c.get(&format!("/v1/pipelines/{name}")).await {
-            if p["backlog_rows"] == json!(0) && p["state"] == "idle" {
-                return p;
-            }
-            last = p;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("pipeline {name} did not drain; last status: {last}");
-}
-
 /// The PostgreSQL table's rows as JSON arrays of text (NULL as null).
 async fn pg_rows(pg: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
     pg.query(sql, &[])
@@ -178,7 +163,7 @@ async fn a_filtered_reshaped_pipeline_into_postgres_survives_kills_exactly_once(
         }
     }
     let lc = Client::new(&leader.url);
-    let p = drained(&lc, "big").await;
+    let p = pipeline_drained(&lc, "big").await;
     assert_eq!(p["last_error"], Value::Null, "{p}");
     assert!(kills >= 4);
     let expected = as_text(
@@ -251,7 +236,7 @@ async fn a_filtered_reshaped_pipeline_into_postgres_survives_kills_exactly_once(
         .post("/v1/pipelines/big/resume", &Value::Null)
         .await
         .unwrap();
-    drained(&lc, "big").await;
+    pipeline_drained(&lc, "big").await;
     assert!(pgc
         .query_opt("SELECT 1 FROM big_orders WHERE id = 500", &[])
         .await
@@ -285,7 +270,7 @@ async fn a_filtered_reshaped_pipeline_into_postgres_survives_kills_exactly_once(
     );
     assert_eq!(seen_error["backlog_rows"], json!(1));
     pg.start_again().unwrap();
-    drained(&lc, "big").await;
+    pipeline_drained(&lc, "big").await;
     let pgc = pg.connect().await.unwrap();
     assert!(pgc
         .query_opt("SELECT 1 FROM big_orders WHERE id = 502", &[])

@@ -12,20 +12,6 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-async fn drained(c: &Client, name: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..600 {
-        if let Ok(p) = c.get(&format!("/v1/pipelines/{name}")).await {
-            if p["backlog_rows"] == json!(0) && p["state"] == "idle" {
-                return p;
-            }
-            last = p;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("pipeline {name} did not drain; last status: {last}");
-}
-
 async fn writes(c: &Client, rng: &mut Rng, n: usize) {
     for _ in 0..n {
         let id = rng.below(50) as i64;
@@ -100,8 +86,8 @@ async fn pipelines_into_flotilla_and_a_file_are_exactly_once_and_stay_internal()
     }
     let lc = Client::new(&leader.url);
     writes(&lc, &mut rng, 30).await;
-    drained(&lc, "to-other").await;
-    drained(&lc, "to-file").await;
+    pipeline_drained(&lc, "to-other").await;
+    pipeline_drained(&lc, "to-file").await;
 
     // Another Flotilla: equal to the source.
     let q = "SELECT id, v, tag FROM t ORDER BY id";
@@ -225,7 +211,7 @@ async fn a_pipeline_declared_in_the_config_is_installed_once_its_source_exists()
         json!([{ "sql": "INSERT INTO items VALUES (3, 'b', 's')" }]),
     )
     .await;
-    drained(&lc, "declared").await;
+    pipeline_drained(&lc, "declared").await;
     let text = std::fs::read_to_string(&out).unwrap();
     let rows: Vec<Value> = text
         .lines()

@@ -37,7 +37,9 @@ pub use leader_pipelines::{read_pipelines, StoredPipeline};
 pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use open::{open_reader, DbSettings, Synchronous};
-pub use pipeline_triggers::{plan as plan_pipeline, OutputColumn, PipelineError, TriggerPlan};
+pub use pipeline_triggers::{
+    plan as plan_pipeline, quote as quote_ident, OutputColumn, PipelineError, TriggerPlan,
+};
 pub use row_filter::{FilterParseError, RowFilter};
 pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica};
 pub use rules::{StatementRules, INTERNAL_PREFIX};

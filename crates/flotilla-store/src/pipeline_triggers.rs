@@ -88,7 +88,8 @@ impl From<rusqlite::Error> for PipelineError {
     }
 }
 
-pub(crate) fn quote(name: &str) -> String {
+/// An SQL identifier, quoted (the same rule in SQLite and PostgreSQL).
+pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

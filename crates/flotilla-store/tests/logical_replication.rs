@@ -2,37 +2,17 @@
 //! without a filter ends with the leader's rows; a filtered one with exactly the filtered
 //! projection, computed by running the filter as a query on the leader.
 
+mod common;
+
+use common::{req, Rng};
+
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::*;
-use flotilla_types::{ContentDigest, Epoch, LogRecord, Lsn, NodeId, RowItem, RowOp};
+use flotilla_types::{Epoch, LogRecord, Lsn, NodeId, RowItem, RowOp};
 use rusqlite::types::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn req(stmts: &[(&str, Vec<Value>)]) -> TxnRequest {
-    TxnRequest {
-        statements: stmts
-            .iter()
-            .map(|(s, p)| (s.to_string(), p.clone()))
-            .collect(),
-        idempotency_key: None,
-        digest: ContentDigest::of(format!("{stmts:?}").as_bytes()),
-    }
-}
 
 fn open_leader(path: &Path) -> LeaderDb {
     let (mut db, _) = LeaderDb::open(path, &DbSettings::default(), || "ab".repeat(16)).unwrap();

@@ -2,36 +2,16 @@
 //! random writes, produce a changelog that — applied in order to a target by key — leaves the
 //! target equal to the pipeline's projection computed as a query on the source.
 
+mod common;
+
+use common::{req, Rng};
+
 use flotilla_store::changelog::{backlog, read_changes, ChangeOp};
 use flotilla_store::*;
-use flotilla_types::{Computed, ContentDigest, Epoch, Lsn, NodeId, PipelineSpec, Rename};
+use flotilla_types::{Computed, Epoch, Lsn, NodeId, PipelineSpec, Rename};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 use std::path::Path;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn req(stmts: &[(&str, Vec<Value>)]) -> TxnRequest {
-    TxnRequest {
-        statements: stmts
-            .iter()
-            .map(|(s, p)| (s.to_string(), p.clone()))
-            .collect(),
-        idempotency_key: None,
-        digest: ContentDigest::of(format!("{stmts:?}").as_bytes()),
-    }
-}
 
 fn origin() -> NodeId {
     NodeId::new("l").unwrap()

@@ -50,13 +50,38 @@ pub struct BenchArgs {
     runs: Option<usize>,
 }
 
-struct Sizes {
-    runs: usize,
-    secs: f64,
-    big_txns: u64,
-    big_rows: u64,
-    small_txns: u64,
-    snapshot_mib: u64,
+pub(crate) struct Sizes {
+    pub runs: usize,
+    pub secs: f64,
+    pub big_txns: u64,
+    pub big_rows: u64,
+    pub small_txns: u64,
+    pub snapshot_mib: u64,
+}
+
+impl Sizes {
+    /// The sizes of `all`, `catchup`, `bootstrap` and `logical`: small with --quick.
+    fn of(a: &BenchArgs) -> Sizes {
+        if a.quick {
+            Sizes {
+                runs: a.runs.unwrap_or(1),
+                secs: 1.0,
+                big_txns: 50,
+                big_rows: 1000,
+                small_txns: 2_000,
+                snapshot_mib: 16,
+            }
+        } else {
+            Sizes {
+                runs: a.runs.unwrap_or(3),
+                secs: 5.0,
+                big_txns: 1000,
+                big_rows: 1000,
+                small_txns: 100_000,
+                snapshot_mib: 256,
+            }
+        }
+    }
 }
 
 /// A figure over repeated runs.
@@ -456,25 +481,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.report.is_some() {
         anyhow::bail!("--report is available for the commit scenario so far: flotilla bench commit --report DIR");
     }
-    let s = if a.quick {
-        Sizes {
-            runs: a.runs.unwrap_or(1),
-            secs: 1.0,
-            big_txns: 50,
-            big_rows: 1000,
-            small_txns: 2_000,
-            snapshot_mib: 16,
-        }
-    } else {
-        Sizes {
-            runs: a.runs.unwrap_or(3),
-            secs: 5.0,
-            big_txns: 1000,
-            big_rows: 1000,
-            small_txns: 100_000,
-            snapshot_mib: 256,
-        }
-    };
+    let s = Sizes::of(&a);
     let exe = this_exe()?;
     let tmp = tempfile::Builder::new()
         .prefix("flotilla-bench-")
@@ -647,21 +654,13 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "\nFlotilla replication (physical and logical), {} run(s) each (median [min..max])\n",
-        s.runs
+    print_figures(
+        &format!(
+            "Flotilla replication (physical and logical), {} run(s) each (median [min..max])",
+            s.runs
+        ),
+        &figures,
     );
-    let w = figures.iter().map(|f| f.name.len()).max().unwrap_or(10);
-    for f in &figures {
-        println!(
-            "{:<w$}  {:>12.2} {:<6} [{:.2}..{:.2}]",
-            f.name,
-            f.median(),
-            f.unit,
-            f.min(),
-            f.max()
-        );
-    }
     let regime = if figures[f_fsync].median() > 1000.0 {
         "slow (throttled)"
     } else {
@@ -743,25 +742,7 @@ async fn run_versus(a: BenchArgs) -> anyhow::Result<()> {
     if a.report.is_some() {
         anyhow::bail!("--report is available for the commit and lag scenarios so far");
     }
-    let s = if a.quick {
-        versus::Sizes {
-            runs: a.runs.unwrap_or(1),
-            secs: 1.0,
-            big_txns: 20,
-            big_rows: 1000,
-            small_txns: 1_000,
-            snapshot_mib: 8,
-        }
-    } else {
-        versus::Sizes {
-            runs: a.runs.unwrap_or(3),
-            secs: 5.0,
-            big_txns: 1000,
-            big_rows: 1000,
-            small_txns: 100_000,
-            snapshot_mib: 256,
-        }
-    };
+    let s = Sizes::of(&a);
     let exe = this_exe()?;
     let tmp = tempfile::Builder::new()
         .prefix("flotilla-bench-")

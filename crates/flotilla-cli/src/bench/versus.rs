@@ -3,7 +3,7 @@
 //! publication/subscription for `logical`) with the ratio, measured in the same run.
 
 use super::postgres_side;
-use super::{bootstrap, catchup, position, throughput, wait_for, Figure, SCHEMA};
+use super::{bootstrap, catchup, position, throughput, wait_for, Figure, Sizes, SCHEMA};
 use flotilla_cli::client::Client;
 use flotilla_cli::cluster::LocalNode;
 use serde_json::{json, Value};
@@ -13,15 +13,6 @@ use std::path::Path;
 pub struct Pair {
     pub flotilla: Figure,
     pub postgres: Option<Figure>,
-}
-
-pub struct Sizes {
-    pub runs: usize,
-    pub secs: f64,
-    pub big_txns: u64,
-    pub big_rows: u64,
-    pub small_txns: u64,
-    pub snapshot_mib: u64,
 }
 
 fn pair(name: &str, unit: &'static str, compare: bool) -> Pair {

@@ -129,3 +129,18 @@ pub fn dump_log(node: &LocalNode) {
         );
     }
 }
+
+/// Waits (bounded) until pipeline `name` has delivered everything committed; its status then.
+pub async fn pipeline_drained(c: &Client, name: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        if let Ok(p) = c.get(&format!("/v1/pipelines/{name}")).await {
+            if p["backlog_rows"] == json!(0) && p["state"] == "idle" {
+                return p;
+            }
+            last = p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pipeline {name} did not drain; last status: {last}");
+}

@@ -4,6 +4,7 @@
 
 use super::target::{collapse, Change, Delivery, TargetError};
 use flotilla_store::changelog::ChangeOp;
+use flotilla_store::quote_ident as ident;
 use serde_json::{json, Value};
 
 const CURSORS: &str = "flotilla_pipeline_cursors";
@@ -11,10 +12,6 @@ const CURSORS: &str = "flotilla_pipeline_cursors";
 pub struct FlotillaTarget {
     http: reqwest::Client,
     url: String,
-}
-
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 impl FlotillaTarget {

@@ -5,6 +5,7 @@
 
 use super::target::{collapse, Change, Delivery, TargetError};
 use flotilla_store::changelog::ChangeOp;
+use flotilla_store::quote_ident as ident;
 use serde_json::Value;
 use std::collections::HashMap;
 use tokio_postgres::types::Type;
@@ -24,28 +25,21 @@ pub struct PostgresTarget {
     _conn: tokio::task::JoinHandle<()>,
 }
 
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
+/// PostgreSQL's own message for `e` (its server message when there is one).
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
+/// A failure while `what`: retried.
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> TargetError + '_ {
-    move |e| {
-        let detail = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string());
-        TargetError::Failed(format!("PostgreSQL: {what}: {detail}"))
-    }
+    move |e| TargetError::Failed(format!("PostgreSQL: {what}: {}", pg_message(&e)))
 }
 
+/// A refusal while `what`: the pipeline or the target needs fixing.
 fn refused(what: &str) -> impl Fn(tokio_postgres::Error) -> TargetError + '_ {
-    move |e| {
-        let detail = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string());
-        TargetError::Refused(format!("PostgreSQL: {what}: {detail}"))
-    }
+    move |e| TargetError::Refused(format!("PostgreSQL: {what}: {}", pg_message(&e)))
 }
 
 /// A JSON value as PostgreSQL text input (NULL stays NULL).
@@ -78,11 +72,10 @@ impl PostgresTarget {
             .await
             .map_err(|_| TargetError::Failed(format!("PostgreSQL at {shown}: no answer in 10 s")))?
             .map_err(|e| {
-                let detail = e
-                    .as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string());
-                TargetError::Failed(format!("cannot connect to PostgreSQL at {shown}: {detail}"))
+                TargetError::Failed(format!(
+                    "cannot connect to PostgreSQL at {shown}: {}",
+                    pg_message(&e)
+                ))
             })?;
         let conn = tokio::spawn(async move {
             if let Err(e) = conn.await {

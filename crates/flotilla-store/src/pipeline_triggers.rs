@@ -254,8 +254,9 @@ fn predicate(plan: &TriggerPlan) -> String {
         .map_or_else(|| "1".to_string(), |p| format!("({p})"))
 }
 
-/// `INSERT INTO _flotilla_changelog … SELECT …` for one row image and operation.
-fn log_change(id: i64, plan: &TriggerPlan, image: &str, op: &str, extra_where: &str) -> String {
+/// `INSERT INTO _flotilla_changelog … SELECT …` for one row image and operation, when
+/// `condition` (SQL over the row's columns) holds.
+fn log_change(id: i64, plan: &TriggerPlan, image: &str, op: &str, condition: &str) -> String {
     let data = if op == "upsert" {
         upsert_json(plan)
     } else {
@@ -265,9 +266,8 @@ fn log_change(id: i64, plan: &TriggerPlan, image: &str, op: &str, extra_where: &
         "INSERT INTO {CHANGELOG_TABLE} (pipeline, lsn, at_ms, op, data) \
          SELECT {id}, (SELECT lsn + 1 FROM _flotilla_meta WHERE id = 1), \
          CAST(unixepoch('subsec') * 1000 AS INTEGER), '{op}', {data} \
-         FROM {sub} WHERE {pred}{extra_where};",
+         FROM {sub} WHERE {condition};",
         sub = row_subquery(plan, image),
-        pred = predicate(plan),
     )
 }
 
@@ -313,6 +313,7 @@ pub fn trigger_sql(id: i64, plan: &TriggerPlan) -> Vec<String> {
         predicate(plan)
     );
     let leaves = format!(" AND (NOT {new_in_range} OR {})", key_changed.join(" OR "));
+    let in_range = predicate(plan);
     let mut out = Vec::new();
     if plan.predicate.is_some() {
         let same_key: Vec<String> = plan
@@ -333,32 +334,34 @@ pub fn trigger_sql(id: i64, plan: &TriggerPlan) -> Vec<String> {
             " AND EXISTS (SELECT 1 FROM {MARKS_TABLE} WHERE pipeline = {id} AND key = {})",
             key_array(plan, "NEW")
         );
-        let out_of_range_delete = log_change(id, plan, "NEW", "delete", &marked).replacen(
-            &format!("WHERE {}", predicate(plan)),
-            &format!("WHERE NOT coalesce({}, 0)", predicate(plan)),
-            1,
+        let out_of_range_delete = log_change(
+            id,
+            plan,
+            "NEW",
+            "delete",
+            &format!("NOT coalesce({}, 0){marked}", predicate(plan)),
         );
         out.push(format!(
             "CREATE TRIGGER {ins} AFTER INSERT ON {table} BEGIN {} {} \
              DELETE FROM {MARKS_TABLE} WHERE pipeline = {id} AND key = {}; END",
             out_of_range_delete,
-            log_change(id, plan, "NEW", "upsert", ""),
+            log_change(id, plan, "NEW", "upsert", &in_range),
             key_array(plan, "NEW"),
         ));
     } else {
         out.push(format!(
             "CREATE TRIGGER {ins} AFTER INSERT ON {table} BEGIN {} END",
-            log_change(id, plan, "NEW", "upsert", "")
+            log_change(id, plan, "NEW", "upsert", &in_range)
         ));
     }
     out.push(format!(
         "CREATE TRIGGER {upd} AFTER UPDATE ON {table} BEGIN {} {} END",
-        log_change(id, plan, "OLD", "delete", &leaves),
-        log_change(id, plan, "NEW", "upsert", "")
+        log_change(id, plan, "OLD", "delete", &format!("{in_range}{leaves}")),
+        log_change(id, plan, "NEW", "upsert", &in_range)
     ));
     out.push(format!(
         "CREATE TRIGGER {del} AFTER DELETE ON {table} BEGIN {} END",
-        log_change(id, plan, "OLD", "delete", "")
+        log_change(id, plan, "OLD", "delete", &in_range)
     ));
     out
 }

@@ -121,6 +121,20 @@ impl Figure {
     }
 }
 
+/// The benchmark's temporary directory (removed when dropped, also on Ctrl-C).
+fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()?)
+}
+
+/// A progress line on stderr (none with --json).
+fn say(a: &BenchArgs, msg: &str) {
+    if !a.json {
+        eprintln!("  … {msg}");
+    }
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -483,14 +497,8 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     let s = Sizes::of(&a);
     let exe = this_exe()?;
-    let tmp = tempfile::Builder::new()
-        .prefix("flotilla-bench-")
-        .tempdir()?;
-    let progress = |msg: &str| {
-        if !a.json {
-            eprintln!("  … {msg}");
-        }
-    };
+    let tmp = scratch_dir()?;
+    let progress = |msg: &str| say(&a, msg);
     let mut figures: Vec<Figure> = Vec::new();
     let mut fig = |name: &str, unit: &'static str| -> usize {
         figures.push(Figure {
@@ -704,14 +712,8 @@ async fn run_pipeline(a: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let exe = this_exe()?;
-    let tmp = tempfile::Builder::new()
-        .prefix("flotilla-bench-")
-        .tempdir()?;
-    let progress = |msg: &str| {
-        if !a.json {
-            eprintln!("  … {msg}");
-        }
-    };
+    let tmp = scratch_dir()?;
+    let progress = |msg: &str| say(&a, msg);
     let fsync = fsync_probe_us(tmp.path())?;
     let r = pipeline::run(&exe, tmp.path(), &sizes, &progress).await?;
     if a.json {
@@ -744,14 +746,8 @@ async fn run_versus(a: BenchArgs) -> anyhow::Result<()> {
     }
     let s = Sizes::of(&a);
     let exe = this_exe()?;
-    let tmp = tempfile::Builder::new()
-        .prefix("flotilla-bench-")
-        .tempdir()?;
-    let progress = |msg: &str| {
-        if !a.json {
-            eprintln!("  … {msg}");
-        }
-    };
+    let tmp = scratch_dir()?;
+    let progress = |msg: &str| say(&a, msg);
     let (pairs, own) = versus::run(
         &a.scenario,
         &exe,
@@ -785,14 +781,8 @@ async fn run_lag(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         (a.runs.unwrap_or(3), 5.0)
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("flotilla-bench-")
-        .tempdir()?;
-    let progress = |msg: &str| {
-        if !a.json {
-            eprintln!("  … {msg}");
-        }
-    };
+    let tmp = scratch_dir()?;
+    let progress = |msg: &str| say(&a, msg);
     let r = lag::run(tmp.path(), runs, secs, a.compare.is_some(), &progress).await?;
     if a.json {
         println!(
@@ -839,9 +829,7 @@ async fn run_commit(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         (a.runs.unwrap_or(3), 5.0)
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("flotilla-bench-")
-        .tempdir()?;
+    let tmp = scratch_dir()?;
     let bar = (!a.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let steps = runs as u64
             * (1 + commit::FOLLOWERS.len() as u64 * if a.compare.is_some() { 2 } else { 1 });

@@ -101,10 +101,16 @@ impl Figure {
         }
     }
 
+    /// The middle value; with an even number of runs, the mean of the two middle ones.
     fn median(&self) -> f64 {
         let mut v = self.values.clone();
         v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
+        let n = v.len();
+        if n.is_multiple_of(2) && n > 0 {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        } else {
+            v[n / 2]
+        }
     }
     fn min(&self) -> f64 {
         self.values.iter().cloned().fold(f64::INFINITY, f64::min)

@@ -134,10 +134,34 @@ fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
         .tempdir()?)
 }
 
-/// A progress line on stderr (none with --json).
+/// Progress on stderr while a scenario runs: a spinner with the elapsed time and the current
+/// step on a terminal, a line per step otherwise, nothing with --json.
 fn say(a: &BenchArgs, msg: &str) {
-    if !a.json {
+    if a.json {
+        return;
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!("  … {msg}");
+        return;
+    }
+    let bar = SPINNER.get_or_init(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .expect("template"),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    bar.set_message(msg.to_string());
+}
+
+static SPINNER: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+/// Clears the spinner before the results are printed.
+fn done_saying() {
+    if let Some(b) = SPINNER.get() {
+        b.finish_and_clear();
     }
 }
 
@@ -659,6 +683,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+    done_saying();
     if a.json {
         println!(
             "{}",
@@ -722,6 +747,7 @@ async fn run_pipeline(a: BenchArgs) -> anyhow::Result<()> {
     let progress = |msg: &str| say(&a, msg);
     let fsync = fsync_probe_us(tmp.path())?;
     let r = pipeline::run(&exe, tmp.path(), &sizes, &progress).await?;
+    done_saying();
     if a.json {
         println!(
             "{}",
@@ -763,6 +789,7 @@ async fn run_versus(a: BenchArgs) -> anyhow::Result<()> {
         &progress,
     )
     .await?;
+    done_saying();
     if a.json {
         println!(
             "{}",
@@ -790,6 +817,7 @@ async fn run_lag(a: BenchArgs) -> anyhow::Result<()> {
     let tmp = scratch_dir()?;
     let progress = |msg: &str| say(&a, msg);
     let r = lag::run(tmp.path(), runs, secs, a.compare.is_some(), &progress).await?;
+    done_saying();
     if a.json {
         println!(
             "{}",

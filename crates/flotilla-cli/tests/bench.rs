@@ -122,6 +122,7 @@ fn quick_lag_comparison_with_postgres_reports_both_and_a_cdf() {
 #[test]
 fn quick_catchup_bootstrap_and_logical_comparisons_report_both_systems() {
     for scenario in ["catchup", "bootstrap", "logical"] {
+        let report = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
             .args([
                 "bench",
@@ -131,6 +132,8 @@ fn quick_catchup_bootstrap_and_logical_comparisons_report_both_systems() {
                 "--quick",
                 "--json",
             ])
+            .arg("--report")
+            .arg(report.path())
             .output()
             .unwrap();
         assert!(
@@ -149,5 +152,11 @@ fn quick_catchup_bootstrap_and_logical_comparisons_report_both_systems() {
             }
             assert!(f["ratio"].as_f64().unwrap() > 0.0);
         }
+        // The report: a header row, its separator, and a row per figure.
+        let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
+        let rows = md.lines().filter(|l| l.starts_with("| ")).count();
+        let own = v["flotilla_only"].as_array().unwrap().len();
+        assert_eq!(rows, 2 + figures.len() + own, "{md}");
+        assert!(md.contains("PostgreSQL"), "{md}");
     }
 }

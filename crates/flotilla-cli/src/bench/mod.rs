@@ -36,7 +36,8 @@ pub struct BenchArgs {
     /// `pipeline`, which always delivers into PostgreSQL).
     #[arg(long, value_name = "SYSTEM", value_parser = ["postgres"])]
     compare: Option<String>,
-    /// Also write a Markdown report with PNG plots into this directory (`commit` and `lag`).
+    /// Also write a Markdown report into this directory, with PNG plots for `commit` (throughput
+    /// and p99 vs clients) and `lag` (CDF); every scenario but `all` and `pipeline`.
     #[arg(long, value_name = "DIR")]
     report: Option<std::path::PathBuf>,
     /// Small sizes and one short run each (seconds, not minutes).
@@ -773,9 +774,6 @@ async fn run_pipeline(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_versus(a: BenchArgs) -> anyhow::Result<()> {
-    if a.report.is_some() {
-        anyhow::bail!("--report is available for the commit and lag scenarios so far");
-    }
     let s = Sizes::of(&a);
     let exe = this_exe()?;
     let tmp = scratch_dir()?;
@@ -804,6 +802,14 @@ async fn run_versus(a: BenchArgs) -> anyhow::Result<()> {
             &pairs,
             &own,
         );
+    }
+    if let Some(dir) = &a.report {
+        let written = report::write_versus(dir, &a.scenario, &pairs, &own)?;
+        if !a.json {
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+        }
     }
     Ok(())
 }

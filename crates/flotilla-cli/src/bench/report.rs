@@ -330,3 +330,64 @@ pub fn write_lag(
     std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     Ok(vec![md_path, png])
 }
+
+/// Writes `report.md` for `catchup`, `bootstrap` or `logical` into `dir`: each figure beside
+/// PostgreSQL's, with the ratio.
+pub fn write_versus(
+    dir: &Path,
+    scenario: &str,
+    pairs: &[super::versus::Pair],
+    own: &[super::Figure],
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Flotilla benchmark: {scenario}\n");
+    let _ = writeln!(
+        md,
+        "Same workload on both systems, same machine, same run; each figure is the median of the \
+         runs with [min..max]. The method is in docs/performance.md.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| figure | Flotilla | PostgreSQL | Flotilla / PostgreSQL |\n| --- | --- | --- | --- |"
+    );
+    for p in pairs {
+        let f = &p.flotilla;
+        let (pg, ratio) = match &p.postgres {
+            Some(g) => (
+                format!(
+                    "{:.1} {} [{:.1}..{:.1}]",
+                    g.median(),
+                    g.unit,
+                    g.min(),
+                    g.max()
+                ),
+                format!("{:.2}", f.median() / g.median()),
+            ),
+            None => ("not measured".to_string(), "—".to_string()),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} {} [{:.1}..{:.1}] | {pg} | {ratio} |",
+            f.name.trim_start_matches("Flotilla "),
+            f.median(),
+            f.unit,
+            f.min(),
+            f.max()
+        );
+    }
+    for f in own {
+        let _ = writeln!(
+            md,
+            "| {} | {:.2} {} [{:.2}..{:.2}] | | |",
+            f.name,
+            f.median(),
+            f.unit,
+            f.min(),
+            f.max()
+        );
+    }
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    Ok(vec![path])
+}

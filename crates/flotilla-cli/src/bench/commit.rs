@@ -5,7 +5,7 @@
 //! commit is answered once flushed locally (its log fsynced; followers asynchronous), a
 //! PostgreSQL one with `synchronous_commit = on` and asynchronous standbys.
 
-use super::{bare_sqlite_tps, fsync_probe_us, Figure, SCHEMA};
+use super::{bare_sqlite_tps, fsync_probe_us, leader_with_schema, Figure};
 use crate::bench::floors::loopback_rtt_us;
 use anyhow::Context;
 use flotilla_cli::client::Client;
@@ -110,10 +110,7 @@ async fn flotilla_matrix(
     for followers in FOLLOWERS {
         progress(&format!("Flotilla, leader with {followers} followers"));
         let root = dir.join(format!("flotilla-{followers}"));
-        let leader = LocalNode::start(&exe, &root, "leader", None, &[]).await?;
-        let lc = Client::new(&leader.url);
-        lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-            .await?;
+        let (leader, lc) = leader_with_schema(&exe, &root, "leader").await?;
         let mut fs = Vec::new();
         for f in 0..followers {
             fs.push(LocalNode::start(&exe, &root, &format!("f{f}"), Some(&leader.url), &[]).await?);

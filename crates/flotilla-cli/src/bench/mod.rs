@@ -224,6 +224,31 @@ pub(crate) fn bare_sqlite_tps(dir: &Path, secs: f64) -> anyhow::Result<f64> {
 
 pub(crate) const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)";
 
+/// A new leader `id` in `root` holding the benchmark's table, and a client of it.
+pub(crate) async fn leader_with_schema(
+    exe: &Path,
+    root: &Path,
+    id: &str,
+) -> anyhow::Result<(LocalNode, Client)> {
+    let leader = LocalNode::start(exe, root, id, None, &[]).await?;
+    let lc = Client::new(&leader.url);
+    lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
+        .await?;
+    Ok((leader, lc))
+}
+
+/// Commit throughput (4 clients, one row each) of a leader `id` without followers, which is
+/// stopped afterwards: the baseline every "with … / without" ratio divides by.
+pub(crate) async fn solo_throughput(
+    exe: &Path,
+    root: &Path,
+    id: &str,
+    secs: f64,
+) -> anyhow::Result<f64> {
+    let (leader, _) = leader_with_schema(exe, root, id).await?;
+    Ok(throughput(&leader.url, 4, secs).await)
+}
+
 pub(crate) fn insert_one(k: i64) -> Value {
     json!({ "statements": [{ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [k, "v".repeat(100)] }] })
 }
@@ -412,10 +437,7 @@ pub(crate) async fn catchup(
     txns: u64,
     rows: u64,
 ) -> anyhow::Result<(CatchUp, CatchUp, f64)> {
-    let leader = LocalNode::start(exe, root, "leader", None, &[]).await?;
-    let lc = Client::new(&leader.url);
-    lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-        .await?;
+    let (leader, lc) = leader_with_schema(exe, root, "leader").await?;
     let start = position(&lc).await?;
     let mut fp = LocalNode::start(exe, root, "physical", Some(&leader.url), &[]).await?;
     let mut fl = LocalNode::start(
@@ -472,10 +494,7 @@ pub(crate) async fn catchup(
 /// A new follower of a database of about `mib` MiB: bootstrap rate in MiB/s (process start
 /// included).
 pub(crate) async fn bootstrap(exe: &Path, root: &Path, mib: u64) -> anyhow::Result<f64> {
-    let leader = LocalNode::start(exe, root, "leader", None, &[]).await?;
-    let lc = Client::new(&leader.url);
-    lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-        .await?;
+    let (leader, lc) = leader_with_schema(exe, root, "leader").await?;
     // About 1 MiB per transaction of 10,000 100-byte rows.
     fill(&lc, mib, 10_000, 2).await?;
     let bytes = std::fs::metadata(leader.db_path())?.len()
@@ -616,18 +635,10 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         figures[f_bare].values.push(bare_sqlite_tps(&dir, s.secs)?);
 
         progress("commit throughput without followers");
-        let leader = LocalNode::start(&exe, &dir, "solo", None, &[]).await?;
-        Client::new(&leader.url)
-            .post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-            .await?;
-        let tp0 = throughput(&leader.url, 4, s.secs).await;
-        drop(leader);
+        let tp0 = solo_throughput(&exe, &dir, "solo", s.secs).await?;
 
         progress("commit throughput with 2 followers");
-        let leader = LocalNode::start(&exe, &dir, "leader", None, &[]).await?;
-        let lc = Client::new(&leader.url);
-        lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-            .await?;
+        let (leader, lc) = leader_with_schema(&exe, &dir, "leader").await?;
         let f1 = LocalNode::start(&exe, &dir, "f1", Some(&leader.url), &[]).await?;
         let f2 = LocalNode::start(&exe, &dir, "f2", Some(&leader.url), &[]).await?;
         wait_for(&Client::new(&f2.url), &position(&lc).await?).await?;
@@ -644,10 +655,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         drop((leader, f1, f2));
 
         progress("commit throughput and lag with 1 logical follower");
-        let leader = LocalNode::start(&exe, &dir, "lleader", None, &[]).await?;
-        let lc = Client::new(&leader.url);
-        lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-            .await?;
+        let (leader, lc) = leader_with_schema(&exe, &dir, "lleader").await?;
         let fl =
             LocalNode::start(&exe, &dir, "lf", Some(&leader.url), &["--log", "logical"]).await?;
         wait_for(&Client::new(&fl.url), &position(&lc).await?).await?;

@@ -6,9 +6,8 @@
 //! - backlog delivery: N changes captured while paused, then delivered: rows/s;
 //! - steady-state delivery lag (source commit → target commit, per change) at half load.
 
-use super::{fill, lag_of, position, throughput, Figure, SCHEMA};
+use super::{fill, lag_of, leader_with_schema, position, solo_throughput, throughput, Figure};
 use flotilla_cli::client::Client;
-use flotilla_cli::cluster::LocalNode;
 use flotilla_cli::postgres::{find_bin, pg_root, PgServer, INSTALL_HINT};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -107,17 +106,9 @@ pub async fn run(
             run + 1,
             s.runs
         ));
-        let leader = LocalNode::start(exe, &dir, "plain", None, &[]).await?;
-        Client::new(&leader.url)
-            .post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-            .await?;
-        let tp0 = throughput(&leader.url, 4, s.secs).await;
-        drop(leader);
+        let tp0 = solo_throughput(exe, &dir, "plain", s.secs).await?;
 
-        let leader = LocalNode::start(exe, &dir, "leader", None, &[]).await?;
-        let lc = Client::new(&leader.url);
-        lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-            .await?;
+        let (leader, lc) = leader_with_schema(exe, &dir, "leader").await?;
         lc.post(
             "/v1/pipelines",
             &json!({ "name": "bench", "source": "t", "target": target }),

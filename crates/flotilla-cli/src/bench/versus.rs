@@ -3,7 +3,10 @@
 //! publication/subscription for `logical`) with the ratio, measured in the same run.
 
 use super::postgres_side;
-use super::{bootstrap, catchup, position, throughput, wait_for, Figure, Sizes, SCHEMA};
+use super::{
+    bootstrap, catchup, leader_with_schema, position, solo_throughput, throughput, wait_for,
+    Figure, Sizes,
+};
 use flotilla_cli::client::Client;
 use flotilla_cli::cluster::LocalNode;
 use serde_json::{json, Value};
@@ -119,16 +122,8 @@ pub async fn run(
                 let (_, _, feed) = catchup(exe, &dir.join("small"), s.small_txns, 1).await?;
                 // Capture and shipping cost: the same leader load without and with a logical
                 // follower.
-                let leader = LocalNode::start(exe, &dir, "solo", None, &[]).await?;
-                Client::new(&leader.url)
-                    .post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-                    .await?;
-                let tp0 = throughput(&leader.url, 4, s.secs).await;
-                drop(leader);
-                let leader = LocalNode::start(exe, &dir, "leader", None, &[]).await?;
-                let lc = Client::new(&leader.url);
-                lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-                    .await?;
+                let tp0 = solo_throughput(exe, &dir, "solo", s.secs).await?;
+                let (leader, lc) = leader_with_schema(exe, &dir, "leader").await?;
                 let f = LocalNode::start(exe, &dir, "lf", Some(&leader.url), &["--log", "logical"])
                     .await?;
                 wait_for(&Client::new(&f.url), &position(&lc).await?).await?;

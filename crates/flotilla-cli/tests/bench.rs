@@ -1,18 +1,31 @@
 //! `flotilla bench --quick` keeps working (figures are reported, not asserted: timings belong
 //! to the benchmark, not to tests).
 
-#[test]
-fn quick_bench_reports_every_figure() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["bench", "--quick", "--runs", "1", "--json"])
-        .output()
-        .unwrap();
+use std::path::Path;
+
+/// Runs `flotilla bench ARGS --quick --json [--report DIR]`, checks it succeeded and returns its
+/// JSON. One at a time: each run starts many processes, and five at once on a 2-core machine
+/// would make the quick runs' bounded waits fail for lack of CPU rather than for a bug.
+fn bench(args: &[&str], report: Option<&Path>) -> serde_json::Value {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.arg("bench").args(args).args(["--quick", "--json"]);
+    if let Some(dir) = report {
+        cmd.arg("--report").arg(dir);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "bench {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn quick_bench_reports_every_figure() {
+    let v = bench(&["--runs", "1"], None);
     let figures = v["figures"].as_array().unwrap();
     assert_eq!(figures.len(), 18);
     for f in figures {
@@ -25,25 +38,7 @@ fn quick_bench_reports_every_figure() {
 #[test]
 fn quick_commit_comparison_with_postgres_reports_both_systems() {
     let report = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args([
-            "bench",
-            "commit",
-            "--compare",
-            "postgres",
-            "--quick",
-            "--json",
-        ])
-        .arg("--report")
-        .arg(report.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench(&["commit", "--compare", "postgres"], Some(report.path()));
     for system in ["flotilla", "postgres"] {
         let cells = v[system]
             .as_array()
@@ -71,16 +66,7 @@ fn quick_commit_comparison_with_postgres_reports_both_systems() {
 
 #[test]
 fn quick_pipeline_bench_delivers_into_postgres_and_reports_every_figure() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["bench", "pipeline", "--quick", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench(&["pipeline"], None);
     assert_eq!(v["target"], "PostgreSQL (synchronous_commit=on)");
     let figures = v["figures"].as_array().unwrap();
     assert_eq!(figures.len(), 8);
@@ -93,18 +79,7 @@ fn quick_pipeline_bench_delivers_into_postgres_and_reports_every_figure() {
 #[test]
 fn quick_lag_comparison_with_postgres_reports_both_and_a_cdf() {
     let report = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["bench", "lag", "--compare", "postgres", "--quick", "--json"])
-        .arg("--report")
-        .arg(report.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench(&["lag", "--compare", "postgres"], Some(report.path()));
     assert_eq!(v["postgres_error"], serde_json::Value::Null, "{v}");
     let figures = v["figures"].as_array().unwrap();
     // max rate, p50, p99, max, poll period — for each system.
@@ -123,25 +98,7 @@ fn quick_lag_comparison_with_postgres_reports_both_and_a_cdf() {
 fn quick_catchup_bootstrap_and_logical_comparisons_report_both_systems() {
     for scenario in ["catchup", "bootstrap", "logical"] {
         let report = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args([
-                "bench",
-                scenario,
-                "--compare",
-                "postgres",
-                "--quick",
-                "--json",
-            ])
-            .arg("--report")
-            .arg(report.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{scenario}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = bench(&[scenario, "--compare", "postgres"], Some(report.path()));
         assert_eq!(v["scenario"], scenario);
         let figures = v["figures"].as_array().unwrap();
         assert!(!figures.is_empty(), "{v}");

@@ -252,15 +252,7 @@ async fn a_filtered_reshaped_pipeline_into_postgres_survives_kills_exactly_once(
         json!([{ "sql": "INSERT INTO orders VALUES (502, 'd', 300, NULL, 'x')" }]),
     )
     .await;
-    let mut seen_error = Value::Null;
-    for _ in 0..100 {
-        let p = pipeline(&lc, "big").await;
-        if p["last_error"].is_string() {
-            seen_error = p;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen_error = poll_pipeline(&lc, "big", |p| p["last_error"].is_string()).await;
     assert!(
         seen_error["last_error"]
             .as_str()
@@ -403,14 +395,7 @@ async fn bad_pipelines_are_refused_at_add_naming_what_is_wrong() {
         json!([{ "sql": "INSERT INTO t VALUES (1, '12'), (2, 'not a number')" }]),
     )
     .await;
-    let mut st = Value::Null;
-    for _ in 0..100 {
-        st = lc.get("/v1/pipelines/typed").await.unwrap();
-        if st["last_error"].is_string() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let st = poll_pipeline(&lc, "typed", |p| p["last_error"].is_string()).await;
     assert!(
         st["last_error"]
             .as_str()
@@ -430,14 +415,7 @@ async fn bad_pipelines_are_refused_at_add_naming_what_is_wrong() {
         json!([{ "sql": "UPDATE t SET a = '34' WHERE id = 2" }]),
     )
     .await;
-    let mut st = Value::Null;
-    for _ in 0..200 {
-        st = lc.get("/v1/pipelines/typed").await.unwrap();
-        if st["backlog_rows"] == json!(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let st = poll_pipeline(&lc, "typed", |p| p["backlog_rows"] == json!(0)).await;
     assert_eq!(st["backlog_rows"], json!(0), "{st}");
     let typed: Vec<(i64, i32)> = pgc
         .query("SELECT id, a FROM typed ORDER BY id", &[])

@@ -130,17 +130,29 @@ pub fn dump_log(node: &LocalNode) {
     }
 }
 
-/// Waits (bounded) until pipeline `name` has delivered everything committed; its status then.
-pub async fn pipeline_drained(c: &Client, name: &str) -> Value {
+/// Polls pipeline `name`'s status (bounded: about 30 s) until `pred` holds; returns the last
+/// status seen, for the caller to assert on.
+pub async fn poll_pipeline(c: &Client, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..600 {
         if let Ok(p) = c.get(&format!("/v1/pipelines/{name}")).await {
-            if p["backlog_rows"] == json!(0) && p["state"] == "idle" {
+            if pred(&p) {
                 return p;
             }
             last = p;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("pipeline {name} did not drain; last status: {last}");
+    last
+}
+
+/// Waits (bounded) until pipeline `name` has delivered everything committed; its status then.
+pub async fn pipeline_drained(c: &Client, name: &str) -> Value {
+    let drained = |p: &Value| p["backlog_rows"] == json!(0) && p["state"] == "idle";
+    let p = poll_pipeline(c, name, drained).await;
+    assert!(
+        drained(&p),
+        "pipeline {name} did not drain; last status: {p}"
+    );
+    p
 }

@@ -2,7 +2,7 @@
 //! leader's writer and a logical follower's local writes.
 
 use crate::leader_db::{sql_error_message, StatementResult};
-use crate::StatementRules;
+use crate::{StatementRules, INTERNAL_PREFIX};
 use flotilla_types::DdlKind;
 use rusqlite::types::Value;
 use rusqlite::Connection;
@@ -47,6 +47,12 @@ pub(crate) fn run_client_statement(
     let readonly = stmt.readonly();
     let before = conn.total_changes();
     let schema_change = rules.take_schema_change();
+    // The authorizer sees the table an ALTER TABLE renames, not its new name: a rename into
+    // Flotilla's own names is caught by counting them around the statement.
+    let internal_before = match &schema_change {
+        Some(_) => Some(internal_names(conn, rules).map_err(|e| (sql_error_message(&e), false))?),
+        None => None,
+    };
     {
         let mut rows = stmt.raw_query();
         loop {
@@ -62,6 +68,19 @@ pub(crate) fn run_client_statement(
     if schema_change.is_some() {
         conn.flush_prepared_statement_cache();
     }
+    if let Some(before) = internal_before {
+        let after = internal_names(conn, rules).map_err(|e| (sql_error_message(&e), false))?;
+        if after > before {
+            // The caller's savepoint undoes the statement.
+            return Err((
+                format!(
+                    "names starting with {INTERNAL_PREFIX} are Flotilla's own: choose another \
+                     name"
+                ),
+                true,
+            ));
+        }
+    }
     let changed = !readonly && conn.total_changes() != before;
     Ok(Ran {
         result: StatementResult {
@@ -69,5 +88,15 @@ pub(crate) fn run_client_statement(
             last_insert_rowid: conn.last_insert_rowid(),
         },
         schema_change,
+    })
+}
+
+/// How many schema objects carry Flotilla's internal prefix (any case, as SQLite compares names).
+fn internal_names(conn: &Connection, rules: &StatementRules) -> rusqlite::Result<i64> {
+    rules.internal(|| {
+        conn.prepare_cached(
+            "SELECT count(*) FROM sqlite_schema WHERE substr(lower(name), 1, length(?1)) = ?1",
+        )?
+        .query_row([INTERNAL_PREFIX], |r| r.get(0))
     })
 }

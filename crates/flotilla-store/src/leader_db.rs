@@ -188,6 +188,13 @@ impl LeaderDb {
         &self.meta
     }
 
+    /// What the writer connection keeps between requests (see [`crate::connection_state`]).
+    pub fn connection_state(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .rules
+            .internal(|| crate::connection_state(&self.conn))?)
+    }
+
     /// Brings a database that lost its newest commits up to the log, which holds them: applies
     /// the page images of `records` (the log's records after this database's position, in
     /// order). This happens after a power loss when SQLite runs with `synchronous=NORMAL`: its

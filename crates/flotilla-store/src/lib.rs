@@ -10,6 +10,7 @@
 
 pub mod changelog;
 mod client_statement;
+mod connection_state;
 mod error;
 mod follower_db;
 #[cfg(feature = "sim-bugs")]
@@ -28,6 +29,7 @@ mod rules;
 pub mod snapshot;
 mod wal_tail;
 
+pub use connection_state::connection_state;
 pub use error::StoreError;
 pub use follower_db::FollowerDb;
 pub use leader_db::{

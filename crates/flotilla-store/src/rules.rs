@@ -122,6 +122,10 @@ impl StatementRules {
                     .unwrap_or_else(|p| p.into_inner())
                     .get_or_insert(change);
             }
+            if let Some(why) = outside_main(&ctx) {
+                *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                return Authorization::Deny;
+            }
             if let Some(local) = &local {
                 if let Some(table) = replicated_write(&ctx, local) {
                     misdirected.store(true, Ordering::Relaxed);
@@ -192,6 +196,45 @@ fn replicated_write<'a>(ctx: &AuthContext<'a>, local: &LocalTables) -> Option<&'
     (!local.contains(table)).then_some(table)
 }
 
+/// Refuses whatever would create, change or write an object outside the main schema (`temp.`,
+/// an attached database): such objects live on one connection, are never replicated, and a
+/// temporary table shadows the main table of the same name for every later statement on that
+/// connection (writes to it would be acknowledged and vanish). Reading them is harmless: they
+/// cannot exist, and SQLite reads the temp schema itself (e.g. for `ALTER TABLE ... RENAME`).
+fn outside_main(ctx: &AuthContext<'_>) -> Option<String> {
+    let schema = match ctx.action {
+        AuthAction::AlterTable { database_name, .. } => Some(database_name),
+        _ => ctx.database_name,
+    }?;
+    if schema.eq_ignore_ascii_case("main") {
+        return None;
+    }
+    let harmless = match ctx.action {
+        AuthAction::Read { .. } | AuthAction::Select | AuthAction::Function { .. } => true,
+        // SQLite's own upkeep of the temp schema when a main table is renamed or dropped (it
+        // rewrites temp triggers on that table; there are none). Inserting there creates one.
+        AuthAction::Update { table_name, .. } | AuthAction::Delete { table_name } => {
+            table_name.eq_ignore_ascii_case("sqlite_temp_master")
+                || table_name.eq_ignore_ascii_case("sqlite_temp_schema")
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            pragma_value.is_none()
+                || INFORMATIONAL_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str())
+        }
+        _ => false,
+    };
+    (!harmless).then(|| {
+        format!(
+            "schema {schema:?} is not allowed: only objects of the main schema are replicated \
+             (temporary objects would live on one connection of the leader and never reach \
+             followers); leave out the schema name or use main."
+        )
+    })
+}
+
 /// The schema change an authorized action makes (on the main database).
 fn schema_change(ctx: &AuthContext<'_>) -> Option<(DdlKind, String)> {
     let (kind, table) = match ctx.action {
@@ -220,6 +263,10 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
         AuthAction::CreateView { view_name } if internal_table(view_name) => Some(format!(
             "names starting with {INTERNAL_PREFIX} are Flotilla's own: choose another for view \
              {view_name}"
+        )),
+        AuthAction::CreateIndex { index_name, .. } if internal_table(index_name) => Some(format!(
+            "names starting with {INTERNAL_PREFIX} are Flotilla's own: choose another for index \
+             {index_name}"
         )),
         AuthAction::CreateTrigger { trigger_name, .. }
         | AuthAction::DropTrigger { trigger_name, .. }

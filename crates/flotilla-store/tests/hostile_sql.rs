@@ -1,0 +1,440 @@
+//! A corpus of hostile SQL run through the leader's writer, with a physical and a logical
+//! replica applying every commit: each statement is either refused (nothing committed, nothing
+//! left on the connection) or committed and replicated, and the replicas end with the leader's
+//! data. After the corpus, an ordinary write must still reach every replica and survive a
+//! restart of the leader (the temp-schema finding: writes acknowledged and then gone).
+
+mod common;
+
+use common::req;
+
+use flotilla_store::snapshot::{stream, SnapshotReceiver};
+use flotilla_store::*;
+use flotilla_types::{Epoch, LogRecord, NodeId};
+use rusqlite::types::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// What a statement must do.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Refused by Flotilla's rules, with a reason containing this text.
+    Refused(&'static str),
+    /// Fails (refused, or an SQLite error): nothing committed.
+    Fails,
+    /// Commits and replicates.
+    Commits,
+}
+
+use Expect::*;
+
+const SETUP: &[&str] = &[
+    "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)",
+    "CREATE TABLE p(id INTEGER PRIMARY KEY, v)",
+    "INSERT INTO notes(body) VALUES ('first')",
+];
+
+/// Creating, changing or writing objects outside the main schema, in every spelling.
+const SCHEMA_NAMES: &[(&str, Expect)] = &[
+    (
+        "CREATE TABLE temp.notes(id INTEGER PRIMARY KEY, body TEXT)",
+        Refused("schema \"temp\""),
+    ),
+    (
+        "CREATE TABLE \"temp\".notes(id INTEGER PRIMARY KEY)",
+        Refused("schema"),
+    ),
+    (
+        "CREATE TABLE TEMP.notes(id INTEGER PRIMARY KEY)",
+        Refused("schema"),
+    ),
+    (
+        "create table temp . notes (id integer primary key)",
+        Refused("schema"),
+    ),
+    ("CREATE TABLE [temp].[x](a)", Refused("schema")),
+    ("CREATE TABLE `temp`.x(a)", Refused("schema")),
+    ("CREATE TEMP TABLE x(a)", Refused("temporary")),
+    ("CREATE TEMPORARY TABLE x(a)", Refused("temporary")),
+    ("CREATE TEMP TABLE x AS SELECT 1 AS a", Refused("temporary")),
+    (
+        "CREATE TABLE temp.x AS SELECT * FROM notes",
+        Refused("schema"),
+    ),
+    ("CREATE VIEW temp.v AS SELECT 1", Refused("schema")),
+    (
+        "CREATE TEMP VIEW v AS SELECT * FROM notes",
+        Refused("temporary"),
+    ),
+    ("CREATE INDEX temp.i ON notes(body)", Fails),
+    (
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON notes BEGIN SELECT 1; END",
+        Refused("temporary"),
+    ),
+    (
+        "CREATE TRIGGER temp.tr AFTER INSERT ON main.notes BEGIN DELETE FROM main.notes; END",
+        Refused("schema"),
+    ),
+    (
+        "CREATE VIRTUAL TABLE temp.f USING fts5(x)",
+        Refused("schema"),
+    ),
+    (
+        "CREATE VIRTUAL TABLE temp.r USING rtree(id, a, b)",
+        Refused("schema"),
+    ),
+    ("INSERT INTO temp.notes VALUES (1, 'x')", Fails),
+    ("UPDATE temp.notes SET body = 'x'", Fails),
+    ("DELETE FROM temp.notes", Fails),
+    ("DROP TABLE temp.notes", Fails),
+    ("ALTER TABLE temp.notes RENAME TO n2", Fails),
+    ("PRAGMA temp.user_version = 3", Refused("schema")),
+    ("PRAGMA temp.cache_size = 5", Refused("schema")),
+    ("PRAGMA temp.application_id = 7", Refused("schema")),
+    ("ATTACH ':memory:' AS aux", Refused("ATTACH")),
+    ("ATTACH 'file:aux?mode=memory' AS aux", Refused("ATTACH")),
+    ("DETACH temp", Refused("DETACH")),
+    ("INSERT INTO aux.t VALUES (1)", Fails),
+    // Reading the (always empty) temp schema is harmless.
+    ("SELECT * FROM temp.sqlite_schema", Commits),
+    ("PRAGMA temp.table_info(notes)", Commits),
+    ("CREATE TABLE main.inmain(a)", Commits),
+    ("INSERT INTO main.notes(body) VALUES ('main.')", Commits),
+];
+
+/// Taking Flotilla's internal names, by creation or by renaming.
+const INTERNAL_NAMES: &[(&str, Expect)] = &[
+    (
+        "ALTER TABLE p RENAME TO _flotilla_pipelines",
+        Refused("_flotilla_"),
+    ),
+    (
+        "ALTER TABLE p RENAME TO \"_FLOTILLA_x\"",
+        Refused("_flotilla_"),
+    ),
+    (
+        "ALTER TABLE p RENAME TO [_Flotilla_y]",
+        Refused("_flotilla_"),
+    ),
+    (
+        "ALTER TABLE main.p RENAME TO _flotilla_z",
+        Refused("_flotilla_"),
+    ),
+    ("ALTER TABLE p RENAME TO _flotilla_meta", Fails),
+    ("CREATE TABLE _flotilla_x(a)", Refused("internal")),
+    ("CREATE TABLE \"_FLOTILLA_X2\"(a)", Refused("internal")),
+    ("CREATE TABLE _flotilla_x3 AS SELECT 1", Refused("internal")),
+    (
+        "CREATE INDEX _flotilla_i ON notes(body)",
+        Refused("_flotilla_"),
+    ),
+    ("CREATE VIEW _flotilla_v AS SELECT 1", Refused("_flotilla_")),
+    (
+        "CREATE TRIGGER _flotilla_t AFTER INSERT ON notes BEGIN SELECT 1; END",
+        Refused("pipeline"),
+    ),
+    (
+        "INSERT INTO _flotilla_meta VALUES (2, 'x', 1, 0, 0, 0, 0, NULL)",
+        Refused("internal"),
+    ),
+    ("UPDATE _FLOTILLA_META SET lsn = 0", Refused("internal")),
+    ("DROP TABLE _flotilla_idempotency", Refused("internal")),
+    // An ordinary rename still works.
+    ("ALTER TABLE p RENAME TO p2", Commits),
+    ("ALTER TABLE p2 RENAME TO p", Commits),
+];
+
+/// The leader, a physical follower and a logical replica, all bootstrapped after [`SETUP`].
+struct Cluster {
+    dir: PathBuf,
+    leader: LeaderDb,
+    physical: FollowerDb,
+    logical: RowReplica,
+}
+
+fn leader_path(dir: &Path) -> PathBuf {
+    dir.join("leader.db")
+}
+
+fn open_leader(dir: &Path) -> LeaderDb {
+    let (mut db, _) = LeaderDb::open(&leader_path(dir), &DbSettings::default(), || {
+        "ab".repeat(16)
+    })
+    .unwrap();
+    db.uncaptured(db.meta().position.lsn, &NodeId::new("l").unwrap())
+        .unwrap();
+    db
+}
+
+fn snapshot(leader: &Path, target: &Path) {
+    let reader = open_reader(leader).unwrap();
+    let mut rx = SnapshotReceiver::new(target).unwrap();
+    stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))
+        .unwrap()
+        .unwrap();
+    rx.install().unwrap();
+}
+
+impl Cluster {
+    fn new(dir: &Path) -> Cluster {
+        let mut leader = open_leader(dir);
+        for s in SETUP {
+            let (outcome, _) = commit(&mut leader, s);
+            assert!(
+                matches!(outcome, RequestOutcome::Committed(_)),
+                "{s}: {outcome:?}"
+            );
+        }
+        let (pp, lp, sp) = (
+            dir.join("physical.db"),
+            dir.join("logical.db"),
+            dir.join("snap.db"),
+        );
+        snapshot(&leader_path(dir), &pp);
+        snapshot(&leader_path(dir), &sp);
+        let settings = DbSettings::default();
+        RowReplica::build(&sp, &lp, &settings, &RowFilter::default(), None).unwrap();
+        Cluster {
+            dir: dir.to_path_buf(),
+            leader,
+            physical: FollowerDb::open(&pp, &settings)
+                .unwrap()
+                .expect("installed"),
+            logical: RowReplica::open(
+                &lp,
+                &settings,
+                &RowFilter::default(),
+                ConflictPolicy::Stop,
+                Arc::new(AtomicU64::new(0)),
+            )
+            .unwrap()
+            .expect("built"),
+        }
+    }
+
+    /// Runs one statement as a request; applies its commit to both replicas.
+    fn run(&mut self, sql: &str) -> RequestOutcome {
+        let (outcome, record) = commit(&mut self.leader, sql);
+        if let Some((physical, logical)) = record {
+            self.physical.apply(&[physical]).unwrap();
+            self.logical
+                .apply(&[logical])
+                .unwrap_or_else(|e| panic!("{sql}: the logical replica cannot apply it: {e}"));
+        }
+        outcome
+    }
+
+    /// Every replica holds the leader's data: pages for the physical one, rows of every user
+    /// table for the logical one.
+    fn check_replicas(&self, context: &str) {
+        let leader = open_reader(&leader_path(&self.dir)).unwrap();
+        assert_eq!(
+            page_digest(&leader).unwrap(),
+            page_digest(self.physical.connection()).unwrap(),
+            "{context}: the physical follower differs"
+        );
+        for table in user_tables(&leader) {
+            assert_eq!(
+                sorted_rows(&leader, &table),
+                sorted_rows(self.logical.connection(), &table),
+                "{context}: table {table} differs on the logical replica"
+            );
+        }
+    }
+}
+
+type Replicated = (LogRecord, LogRecord);
+
+/// Commits one statement; the record as a physical and as a logical follower receive it.
+fn commit(db: &mut LeaderDb, sql: &str) -> (RequestOutcome, Option<Replicated>) {
+    let out = db
+        .commit_batch(
+            &[req(&[(sql, vec![])])],
+            Epoch(1),
+            &NodeId::new("l").unwrap(),
+            1,
+        )
+        .unwrap();
+    let rows = out.encoded_rows;
+    let record = out.record.map(|rec| {
+        let bytes = flotilla_wire::encode_record_with_rows(&rec, Some(&rows));
+        let physical = flotilla_wire::decode_record(&bytes).unwrap();
+        let shipped =
+            flotilla_wire::project_record(&bytes, flotilla_types::LogKind::Logical).unwrap();
+        (physical, flotilla_wire::decode_record(&shipped).unwrap())
+    });
+    (
+        out.outcomes.into_iter().next().expect("one request"),
+        record,
+    )
+}
+
+fn user_tables(conn: &rusqlite::Connection) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' \
+             ESCAPE '\\' AND name NOT LIKE '\\_flotilla\\_%' ESCAPE '\\' ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn sorted_rows(conn: &rusqlite::Connection, table: &str) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM {}", quote_ident(table)))
+        .unwrap();
+    let n = stmt.column_count();
+    let mut rows: Vec<String> = stmt
+        .query_map([], |r| {
+            let row: Vec<Value> = (0..n).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+            Ok(format!("{row:?}"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows.sort();
+    rows
+}
+
+fn main_schema(db: &Path) -> Vec<String> {
+    let conn = open_reader(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT type || ' ' || name FROM sqlite_schema ORDER BY 1")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Runs a corpus: each statement does what it must, leaves the writer connection as it was,
+/// and a refused one changes nothing in the main schema; the replicas follow.
+fn run_corpus(cluster: &mut Cluster, corpus: &[(&str, Expect)]) {
+    let state = cluster.leader.connection_state().unwrap();
+    for (sql, expect) in corpus {
+        let schema_before = main_schema(&leader_path(&cluster.dir));
+        let position_before = cluster.leader.meta().position;
+        let outcome = cluster.run(sql);
+        match (expect, &outcome) {
+            (
+                Refused(needle),
+                RequestOutcome::Failed {
+                    message, refused, ..
+                },
+            ) => {
+                assert!(
+                    *refused,
+                    "{sql}: failed but was not refused by the rules: {message}"
+                );
+                assert!(
+                    message.to_lowercase().contains(&needle.to_lowercase()),
+                    "{sql}: the reason {message:?} does not mention {needle:?}"
+                );
+            }
+            (Fails, RequestOutcome::Failed { .. }) => {}
+            (Commits, RequestOutcome::Committed(_)) => {}
+            _ => panic!("{sql}: expected {expect:?}, got {outcome:?}"),
+        }
+        if matches!(outcome, RequestOutcome::Failed { .. }) {
+            assert_eq!(cluster.leader.meta().position, position_before, "{sql}");
+            assert_eq!(
+                main_schema(&leader_path(&cluster.dir)),
+                schema_before,
+                "{sql}: a refused statement changed the schema"
+            );
+        }
+        assert_eq!(
+            cluster.leader.connection_state().unwrap(),
+            state,
+            "{sql}: left state on the writer connection"
+        );
+        cluster.check_replicas(sql);
+    }
+}
+
+/// After the corpus an ordinary write reaches every replica and survives a leader restart.
+fn ordinary_writes_still_replicate(mut cluster: Cluster) {
+    let outcome = cluster.run("INSERT INTO notes(body) VALUES ('after the corpus')");
+    assert!(
+        matches!(outcome, RequestOutcome::Committed(_)),
+        "{outcome:?}"
+    );
+    cluster.check_replicas("the write after the corpus");
+    let count = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM notes WHERE body = 'after the corpus'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count(cluster.logical.connection()), 1);
+    assert_eq!(count(cluster.physical.connection()), 1);
+    let Cluster { dir, leader, .. } = cluster;
+    let position = leader.meta().position;
+    drop(leader);
+    let reopened = open_leader(&dir);
+    assert_eq!(reopened.meta().position, position);
+    assert_eq!(count(&open_reader(&leader_path(&dir)).unwrap()), 1);
+}
+
+#[test]
+fn nothing_is_created_or_written_outside_the_main_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path());
+    run_corpus(&mut cluster, SCHEMA_NAMES);
+    ordinary_writes_still_replicate(cluster);
+}
+
+#[test]
+fn internal_names_cannot_be_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path());
+    run_corpus(&mut cluster, INTERNAL_NAMES);
+    ordinary_writes_still_replicate(cluster);
+}
+
+/// The same statements in one request after an ordinary one: the whole request is rolled back.
+#[test]
+fn a_hostile_statement_rolls_back_its_whole_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path());
+    let position = cluster.leader.meta().position;
+    for (sql, expect) in SCHEMA_NAMES.iter().chain(INTERNAL_NAMES) {
+        if matches!(expect, Commits) {
+            continue;
+        }
+        let out = cluster
+            .leader
+            .commit_batch(
+                &[req(&[
+                    ("INSERT INTO notes(body) VALUES ('doomed')", vec![]),
+                    (sql, vec![]),
+                ])],
+                Epoch(1),
+                &NodeId::new("l").unwrap(),
+                1,
+            )
+            .unwrap();
+        assert!(
+            matches!(out.outcomes[0], RequestOutcome::Failed { statement: 1, .. }),
+            "{sql}: {:?}",
+            out.outcomes[0]
+        );
+        assert!(out.record.is_none(), "{sql}");
+    }
+    assert_eq!(cluster.leader.meta().position, position);
+    let conn = open_reader(&leader_path(dir.path())).unwrap();
+    let doomed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM notes WHERE body = 'doomed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(doomed, 0);
+}

@@ -96,6 +96,26 @@ impl LocalNode {
         }
     }
 
+    /// SIGTERM, then waits (at most `within`) for the process to exit. Returns how long it
+    /// took, or `None` if it was still running (it is then killed).
+    pub async fn terminate(&mut self, within: Duration) -> Option<Duration> {
+        let mut child = self.child.take()?;
+        let pid = child.id()?;
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(_) => Some(started.elapsed()),
+            Err(_) => {
+                let _ = child.kill().await;
+                None
+            }
+        }
+    }
+
     /// Restarts on the same port (its URL stays valid for clients and followers).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;

@@ -70,6 +70,9 @@ fn main() -> ExitCode {
             Command::Bench(a) => bench::run(a).await,
         }
     });
+    // A statement still running on a blocking thread (a query past its deadline check, a
+    // stalled stream) must not hold the process: dropping a runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -19,3 +19,6 @@ mod segment;
 
 pub use error::LogError;
 pub use log::{FsyncPolicy, Log, LogConfig, LogStats, SegmentSummary};
+
+/// The largest encoded record the log holds.
+pub const MAX_RECORD_BYTES: u64 = segment::MAX_RECORD_LEN as u64;

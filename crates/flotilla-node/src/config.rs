@@ -46,6 +46,8 @@ pub struct ConfigFile {
     pub log: LogSection,
     #[serde(default)]
     pub api: ApiSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// A logical follower's publication filter.
     #[serde(default)]
     pub filter: FilterSection,
@@ -133,6 +135,21 @@ pub struct ApiSection {
     pub readers: Option<usize>,
 }
 
+/// Limits on what one request may cost.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsSection {
+    /// The largest transaction a leader commits: its replication log record (row changes plus
+    /// page images).
+    pub max_transaction_mib: Option<u64>,
+    /// How long a write request's statements may run before they are cancelled.
+    pub write_timeout_ms: Option<u64>,
+    /// How long a query may run before it is cancelled.
+    pub query_timeout_ms: Option<u64>,
+    /// A snapshot download whose client reads nothing for this long is ended.
+    pub snapshot_stall_timeout_ms: Option<u64>,
+}
+
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -163,6 +180,13 @@ pub struct NodeConfig {
     pub retention_max_age_ms: u64,
     pub max_body_bytes: usize,
     pub readers: usize,
+    /// The largest transaction record a leader commits.
+    pub max_transaction_bytes: u64,
+    /// Time limits of a write request's statements and of a query; a request may ask for
+    /// less, never more.
+    pub write_timeout_ms: u64,
+    pub query_timeout_ms: u64,
+    pub snapshot_stall_timeout_ms: u64,
     /// The log a follower consumes.
     pub log_kind: LogKind,
     /// A logical follower's publication filter (empty: everything).
@@ -299,6 +323,32 @@ impl ConfigFile {
         if !(1..=64).contains(&readers) {
             return Err(invalid("api.readers", "must be between 1 and 64"));
         }
+        let max_txn_mib = self
+            .limits
+            .max_transaction_mib
+            .unwrap_or(flotilla_store::DEFAULT_MAX_TRANSACTION_BYTES >> 20);
+        let max_txn_limit = flotilla_store::MAX_TRANSACTION_BYTES_LIMIT >> 20;
+        if !(1..=max_txn_limit).contains(&max_txn_mib) {
+            return Err(invalid(
+                "limits.max-transaction-mib",
+                format!("must be between 1 and {max_txn_limit} (a log record is at most 1 GiB)"),
+            ));
+        }
+        let write_timeout_ms = self.limits.write_timeout_ms.unwrap_or(10_000);
+        let query_timeout_ms = self.limits.query_timeout_ms.unwrap_or(30_000);
+        let snapshot_stall_timeout_ms = self.limits.snapshot_stall_timeout_ms.unwrap_or(60_000);
+        for (key, v) in [
+            ("limits.write-timeout-ms", write_timeout_ms),
+            ("limits.query-timeout-ms", query_timeout_ms),
+            (
+                "limits.snapshot-stall-timeout-ms",
+                snapshot_stall_timeout_ms,
+            ),
+        ] {
+            if !(10..=3_600_000).contains(&v) {
+                return Err(invalid(key, "must be between 10 and 3600000 (one hour)"));
+            }
+        }
         Ok(NodeConfig {
             id,
             data_dir,
@@ -312,6 +362,10 @@ impl ConfigFile {
             retention_max_age_ms: self.log.retention_max_age_hours.unwrap_or(24) * 3_600_000,
             max_body_bytes: (self.api.max_body_kib.unwrap_or(16 * 1024) << 10) as usize,
             readers,
+            max_transaction_bytes: max_txn_mib << 20,
+            write_timeout_ms,
+            query_timeout_ms,
+            snapshot_stall_timeout_ms,
             log_kind,
             filter,
             conflict_policy,

@@ -95,6 +95,7 @@ pub async fn run(
     let db_path = dir.join("db.sqlite");
     let settings = DbSettings {
         synchronous: config.synchronous,
+        max_transaction_bytes: config.max_transaction_bytes,
     };
     let counters = Arc::new(Counters::default());
     let shutdown = CancellationToken::new();

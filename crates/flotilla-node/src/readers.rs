@@ -1,7 +1,9 @@
-//! A pool of read-only connections for queries and snapshots. A follower closes it while it
-//! replaces its database with a snapshot, and reopens it after.
+//! A pool of read-only connections for queries, and permits for snapshot streams (which use
+//! connections of their own). A follower closes it while it replaces its database with a
+//! snapshot, and reopens it after. Snapshots have permits apart from queries, so that slow or
+//! stalled downloads never take the connections queries need.
 
-use flotilla_store::{open_reader, StatementRules, StoreError};
+use flotilla_store::{open_reader, StatementGuard, StatementRules, StoreError};
 use rusqlite::Connection;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,12 +12,18 @@ use tokio::sync::Semaphore;
 pub struct Reader {
     pub conn: Connection,
     pub rules: StatementRules,
+    /// Time limits of the query running on it.
+    pub guard: StatementGuard,
 }
+
+/// Snapshot streams served at once by one node.
+pub const MAX_SNAPSHOTS: u32 = 2;
 
 pub struct ReaderPool {
     path: PathBuf,
     size: u32,
     permits: Arc<Semaphore>,
+    snapshots: Arc<Semaphore>,
     idle: Mutex<Vec<Reader>>,
     open: Mutex<bool>,
 }
@@ -24,6 +32,11 @@ pub struct ReaderPool {
 pub enum ReaderError {
     #[error("the database is not available yet (the node is bootstrapping)")]
     Unavailable,
+    #[error(
+        "{MAX_SNAPSHOTS} snapshots are being streamed from this node already: retry when one \
+         has finished"
+    )]
+    TooManySnapshots,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -61,6 +74,7 @@ impl ReaderPool {
             path,
             size: size as u32,
             permits: Arc::new(Semaphore::new(size)),
+            snapshots: Arc::new(Semaphore::new(MAX_SNAPSHOTS as usize)),
             idle: Mutex::new(Vec::new()),
             open: Mutex::new(open),
         })
@@ -82,7 +96,8 @@ impl ReaderPool {
             None => {
                 let mut conn = open_reader(&self.path)?;
                 let rules = StatementRules::install(&mut conn).map_err(StoreError::from)?;
-                Reader { conn, rules }
+                let guard = StatementGuard::install_for_reads(&mut conn);
+                Reader { conn, rules, guard }
             }
         };
         Ok(Lease {
@@ -92,15 +107,35 @@ impl ReaderPool {
         })
     }
 
-    /// Waits for every lease to end and closes all connections.
+    /// A permit to stream a snapshot (held until the stream ends); refused at once when
+    /// [`MAX_SNAPSHOTS`] streams run.
+    pub fn snapshot_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ReaderError> {
+        let permit = self
+            .snapshots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ReaderError::TooManySnapshots)?;
+        if !*self.open.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(ReaderError::Unavailable);
+        }
+        Ok(permit)
+    }
+
+    /// Waits for every lease and snapshot stream to end and closes all connections.
     pub async fn close(&self) {
         let all = self
             .permits
             .acquire_many(self.size)
             .await
             .expect("never closed");
+        let streams = self
+            .snapshots
+            .acquire_many(MAX_SNAPSHOTS)
+            .await
+            .expect("never closed");
         *self.open.lock().unwrap_or_else(|p| p.into_inner()) = false;
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        drop(streams);
         drop(all);
     }
 

@@ -216,6 +216,7 @@ impl World {
             digest: ContentDigest::of(format!("{statements:?}").as_bytes()),
             statements,
             idempotency_key: None,
+            timeout_ms: 0,
         }
     }
 
@@ -620,6 +621,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             ),
         ],
         idempotency_key: None,
+        timeout_ms: 0,
         digest: ContentDigest(1),
     };
     let mut history = HashMap::new();

@@ -2,7 +2,7 @@
 //! leader's writer and a logical follower's local writes.
 
 use crate::leader_db::{sql_error_message, StatementResult};
-use crate::{StatementRules, INTERNAL_PREFIX};
+use crate::{FailureKind, StatementGuard, StatementRules, INTERNAL_PREFIX};
 use flotilla_types::DdlKind;
 use rusqlite::types::Value;
 use rusqlite::Connection;
@@ -13,22 +13,29 @@ pub(crate) struct Ran {
     pub schema_change: Option<(DdlKind, String)>,
 }
 
-/// Runs one client statement. Errors are the client's: (message, refused by the rules).
+/// A client's statement failed: why, and what kind of failure it is.
+pub(crate) type ClientError = (String, FailureKind);
+
+/// Runs one client statement. Errors are the client's.
 pub(crate) fn run_client_statement(
     conn: &Connection,
     rules: &StatementRules,
+    guard: &StatementGuard,
     sql: &str,
     params: &[Value],
-) -> Result<Ran, (String, bool)> {
+) -> Result<Ran, ClientError> {
     // Cached: clients repeat the same statements. Authorization happens when a statement is
     // (re)prepared, so a cached statement was allowed by the same rules. A schema change is
     // never served from the cache (it is flushed after one runs), so the rules always see it
     // and name it.
     rules.take_schema_change();
     let refusal_or = |e: rusqlite::Error| match rules.take_reason() {
-        Some(why) => (why, true),
-        None => (sql_error_message(&e), false),
+        Some(why) => (why, FailureKind::Refused),
+        None => guard
+            .explain(&e)
+            .unwrap_or_else(|| (sql_error_message(&e), FailureKind::Sql)),
     };
+    let sql_failure = |e: rusqlite::Error| (sql_error_message(&e), FailureKind::Sql);
     let mut stmt = conn.prepare_cached(sql).map_err(refusal_or)?;
     let expected = stmt.parameter_count();
     if expected != params.len() {
@@ -37,12 +44,11 @@ pub(crate) fn run_client_statement(
                 "the statement has {expected} parameters but {} values were given",
                 params.len()
             ),
-            false,
+            FailureKind::Sql,
         ));
     }
     for (i, v) in params.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, v)
-            .map_err(|e| (sql_error_message(&e), false))?;
+        stmt.raw_bind_parameter(i + 1, v).map_err(sql_failure)?;
     }
     let readonly = stmt.readonly();
     let before = conn.total_changes();
@@ -50,7 +56,7 @@ pub(crate) fn run_client_statement(
     // The authorizer sees the table an ALTER TABLE renames, not its new name: a rename into
     // Flotilla's own names is caught by counting them around the statement.
     let internal_before = match &schema_change {
-        Some(_) => Some(internal_names(conn, rules).map_err(|e| (sql_error_message(&e), false))?),
+        Some(_) => Some(internal_names(conn, rules).map_err(sql_failure)?),
         None => None,
     };
     {
@@ -69,7 +75,7 @@ pub(crate) fn run_client_statement(
         conn.flush_prepared_statement_cache();
     }
     if let Some(before) = internal_before {
-        let after = internal_names(conn, rules).map_err(|e| (sql_error_message(&e), false))?;
+        let after = internal_names(conn, rules).map_err(sql_failure)?;
         if after > before {
             // The caller's savepoint undoes the statement.
             return Err((
@@ -77,7 +83,7 @@ pub(crate) fn run_client_statement(
                     "names starting with {INTERNAL_PREFIX} are Flotilla's own: choose another \
                      name"
                 ),
-                true,
+                FailureKind::Refused,
             ));
         }
     }

@@ -1,9 +1,11 @@
-use crate::client_statement::run_client_statement;
+use crate::client_statement::{run_client_statement, ClientError};
 use crate::meta::{read_last_rows, upgrade_meta, CREATE_META};
 use crate::open::configure;
 use crate::pending_rows;
 use crate::row_capture::RowCapture;
-use crate::{read_meta, DbSettings, Meta, StatementRules, StoreError, WalTail};
+use crate::statement_guard::FailureKind;
+use crate::txn_size::TxnSize;
+use crate::{read_meta, DbSettings, Meta, StatementGuard, StatementRules, StoreError, WalTail};
 use flotilla_types::{
     Chain, ContentDigest, Epoch, LogRecord, Lsn, NodeId, Position, RowPayload, SchemaChange,
 };
@@ -23,6 +25,8 @@ pub struct TxnRequest {
     pub idempotency_key: Option<String>,
     /// A digest of the request as the client sent it (feeds the checksum chain).
     pub digest: ContentDigest,
+    /// The request is cancelled (and rolled back) if its statements run longer (0: no limit).
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,13 +48,25 @@ pub enum RequestOutcome {
     Failed {
         statement: usize,
         message: String,
-        /// Refused by Flotilla's statement rules (rather than an SQLite error).
-        refused: bool,
+        kind: FailureKind,
     },
+    /// Not committed through no fault of its own (the group had no room left for it, or
+    /// another request's failure undid the group's transaction): submit it again.
+    Retry,
+}
+
+/// How running one request of a group went.
+enum RequestRun {
+    Done(RequestOutcome),
+    /// Fits the size limit only alone: rolled back, for the next group.
+    NoRoom,
+    /// It failed and SQLite rolled back the whole transaction with it.
+    LostTransaction(RequestOutcome),
 }
 
 #[derive(Debug)]
 pub struct CommitOutcome {
+    /// One per request, in order. [`RequestOutcome::Retry`] ones go first into the next group.
     pub outcomes: Vec<RequestOutcome>,
     /// The commit's log record; `None` when nothing was committed (every request failed or was
     /// a duplicate). Its `rows` are left out: they are in `encoded_rows`.
@@ -69,6 +85,9 @@ pub struct LeaderDb {
     path: PathBuf,
     /// The pipelines whose triggers are installed (trigger-based replication).
     pub(crate) pipelines: crate::leader_pipelines::InstalledPipelines,
+    /// Time and size limits of client requests.
+    guard: StatementGuard,
+    size: TxnSize,
 }
 
 impl LeaderDb {
@@ -115,7 +134,21 @@ impl LeaderDb {
         upgrade_meta(&conn)?;
         let meta = read_meta(&conn)?.expect("meta exists");
         let rules = StatementRules::install(&mut conn)?;
-        let capture = RowCapture::install(&mut conn)?;
+        let max_bytes = settings.max_transaction_bytes;
+        let capture = RowCapture::install(&mut conn, max_bytes)?;
+        // A single value larger than a whole transaction may be is refused as SQLite creates
+        // it, before it takes memory.
+        conn.set_limit(
+            rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+            max_bytes.min(1_000_000_000) as i32,
+        )?;
+        let size = TxnSize::new(&conn, capture.clone())?;
+        let probe = size.clone();
+        let guard = StatementGuard::install(
+            &mut conn,
+            Some(Box::new(move || probe.estimate())),
+            max_bytes,
+        );
         conn.set_prepared_statement_cache_capacity(128);
         let pipelines = crate::leader_pipelines::InstalledPipelines::load(&conn)?;
         Ok((
@@ -127,6 +160,8 @@ impl LeaderDb {
                 meta,
                 path: path.to_path_buf(),
                 pipelines,
+                guard,
+                size,
             },
             created,
         ))
@@ -234,6 +269,7 @@ impl LeaderDb {
         let rules = self.rules.clone();
         rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
         self.capture.begin();
+        self.size.begin_txn();
         // Delivered changelog rows are deleted by this writer, inside a commit that happens
         // anyway: a second connection deleting them would fight it for SQLite's write lock.
         if let Err(e) = rules.internal(|| self.pipelines.run_trims(&self.conn)) {
@@ -244,12 +280,33 @@ impl LeaderDb {
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut digests = Vec::with_capacity(requests.len() * 8);
         for req in requests {
-            match self.run_request(req, epoch, lsn) {
-                Ok(outcome) => {
+            let alone = digests.is_empty();
+            match self.run_request(req, epoch, lsn, alone) {
+                // Too large to join this group: it and the rest go into the next one.
+                Ok(RequestRun::NoRoom) => break,
+                Ok(RequestRun::Done(outcome)) => {
                     if matches!(outcome, RequestOutcome::Committed(_)) {
                         digests.extend_from_slice(&req.digest.0.to_le_bytes());
                     }
                     outcomes.push(outcome);
+                }
+                Ok(RequestRun::LostTransaction(outcome)) => {
+                    // SQLite rolled back the whole transaction (an interrupted write, a value
+                    // too big): the requests before this one are undone too and run again.
+                    self.capture.finish();
+                    self.capture.forget_shapes();
+                    for o in &mut outcomes {
+                        if matches!(o, RequestOutcome::Committed(_)) {
+                            *o = RequestOutcome::Retry;
+                        }
+                    }
+                    outcomes.push(outcome);
+                    outcomes.resize(requests.len(), RequestOutcome::Retry);
+                    return Ok(CommitOutcome {
+                        outcomes,
+                        record: None,
+                        encoded_rows: Vec::new(),
+                    });
                 }
                 Err(e) => {
                     self.capture.finish();
@@ -259,6 +316,7 @@ impl LeaderDb {
                 }
             }
         }
+        outcomes.resize(requests.len(), RequestOutcome::Retry);
         let encoded_rows = self.capture.finish();
         if digests.is_empty() {
             rules.internal(|| self.conn.execute_batch("ROLLBACK"))?;
@@ -352,12 +410,14 @@ impl LeaderDb {
         })
     }
 
+    /// Runs one request in a savepoint. `alone`: no request before it in this group committed.
     fn run_request(
         &mut self,
         req: &TxnRequest,
         epoch: Epoch,
         lsn: Lsn,
-    ) -> Result<RequestOutcome, StoreError> {
+        alone: bool,
+    ) -> Result<RequestRun, StoreError> {
         let rules = self.rules.clone();
         if let Some(key) = &req.idempotency_key {
             let found: Option<(i64, i64, String)> = rules.internal(|| {
@@ -374,34 +434,55 @@ impl LeaderDb {
                 let results = serde_json::from_str(&results).map_err(|e| {
                     StoreError::Mismatch(format!("stored idempotency answer is unreadable: {e}"))
                 })?;
-                return Ok(RequestOutcome::Duplicate {
+                return Ok(RequestRun::Done(RequestOutcome::Duplicate {
                     position: Position::new(e as u64, l as u64),
                     results,
-                });
+                }));
             }
         }
         rules.internal(|| self.conn.execute_batch("SAVEPOINT request"))?;
         let mark = self.capture.mark();
-        let mut results = Vec::with_capacity(req.statements.len());
-        for (i, (sql, params)) in req.statements.iter().enumerate() {
-            match self.run_statement(sql, params) {
-                Ok(r) => results.push(r),
-                Err((message, refused)) => {
-                    rules.internal(|| {
-                        self.conn
-                            .execute_batch("ROLLBACK TO request; RELEASE request")
-                    })?;
-                    self.capture.rollback_to(mark);
-                    // A rolled-back schema change leaves cached shapes of a schema that is gone.
-                    self.capture.forget_shapes();
-                    return Ok(RequestOutcome::Failed {
-                        statement: i,
-                        message,
-                        refused,
-                    });
-                }
+        self.size.begin_request();
+        self.guard.begin_request(req.timeout_ms);
+        let ran = self.run_statements(req);
+        self.guard.end_request();
+        let limit = self.guard.max_bytes();
+        let failure = match ran {
+            Err((statement, (message, kind))) => Err(RequestRun::Done(RequestOutcome::Failed {
+                statement,
+                message,
+                kind,
+            })),
+            Ok(_) if self.size.measure(limit) > limit => Err(if alone {
+                RequestRun::Done(RequestOutcome::Failed {
+                    statement: req.statements.len() - 1,
+                    message: self.guard.too_large_message(),
+                    kind: FailureKind::TooLarge,
+                })
+            } else {
+                RequestRun::NoRoom
+            }),
+            Ok(results) => Ok(results),
+        };
+        let results = match failure {
+            Ok(results) => results,
+            Err(RequestRun::Done(outcome)) if self.conn.is_autocommit() => {
+                self.size.drop_request();
+                return Ok(RequestRun::LostTransaction(outcome));
             }
-        }
+            Err(outcome) => {
+                rules.internal(|| {
+                    self.conn
+                        .execute_batch("ROLLBACK TO request; RELEASE request")
+                })?;
+                self.capture.rollback_to(mark);
+                // A rolled-back schema change leaves cached shapes of a schema that is gone.
+                self.capture.forget_shapes();
+                self.size.drop_request();
+                return Ok(outcome);
+            }
+        };
+        self.size.keep_request();
         rules.internal(|| -> Result<(), StoreError> {
             if let Some(key) = &req.idempotency_key {
                 let json = serde_json::to_string(&results).expect("plain data serialises");
@@ -413,23 +494,37 @@ impl LeaderDb {
             self.conn.execute_batch("RELEASE request")?;
             Ok(())
         })?;
-        Ok(RequestOutcome::Committed(results))
+        Ok(RequestRun::Done(RequestOutcome::Committed(results)))
     }
 
-    /// Runs one client statement and captures what it changed. Errors are the client's:
-    /// (message, refused by the rules).
+    /// The request's statements in order; stops at the first that fails (its index and why).
+    fn run_statements(
+        &mut self,
+        req: &TxnRequest,
+    ) -> Result<Vec<StatementResult>, (usize, ClientError)> {
+        let mut results = Vec::with_capacity(req.statements.len());
+        for (i, (sql, params)) in req.statements.iter().enumerate() {
+            results.push(self.run_statement(sql, params).map_err(|e| (i, e))?);
+        }
+        Ok(results)
+    }
+
+    /// Runs one client statement and captures what it changed. Errors are the client's.
     fn run_statement(
         &mut self,
         sql: &str,
         params: &[Value],
-    ) -> Result<StatementResult, (String, bool)> {
+    ) -> Result<StatementResult, ClientError> {
         // SQLite refuses to drop or rename a column a trigger uses: a pipeline's triggers are
         // set aside for an ALTER TABLE and written again for the new schema after it.
         let set_aside = self
             .pipelines
             .before_statement(&self.conn, &self.rules, sql)?;
         // On failure the request's savepoint puts set-aside triggers back.
-        let ran = run_client_statement(&self.conn, &self.rules, sql, params)?;
+        let ran = run_client_statement(&self.conn, &self.rules, &self.guard, sql, params)?;
+        if self.capture.overflowed() && ran.schema_change.is_none() {
+            return Err((self.guard.too_large_message(), FailureKind::TooLarge));
+        }
         match ran.schema_change {
             // Rows an ALTER TABLE rewrote are dropped here: followers replay the statement.
             Some((kind, table)) => {
@@ -452,7 +547,12 @@ impl LeaderDb {
                         self.pipelines.after_statement(&self.conn)?;
                         self.capture.statement_done(&self.conn)
                     })
-                    .map_err(|e| (format!("cannot capture the row changes: {e}"), false))?;
+                    .map_err(|e| {
+                        (
+                            format!("cannot capture the row changes: {e}"),
+                            FailureKind::Sql,
+                        )
+                    })?;
             }
         }
         Ok(ran.result)

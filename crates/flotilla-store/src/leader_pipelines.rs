@@ -143,7 +143,7 @@ impl InstalledPipelines {
         conn: &Connection,
         rules: &StatementRules,
         sql: &str,
-    ) -> Result<bool, (String, bool)> {
+    ) -> Result<bool, crate::client_statement::ClientError> {
         if self.list.is_empty() {
             return Ok(false);
         }
@@ -161,7 +161,12 @@ impl InstalledPipelines {
                 }
                 Ok(())
             })
-            .map_err(|e| (format!("cannot set pipeline triggers aside: {e}"), false))?;
+            .map_err(|e| {
+                (
+                    format!("cannot set pipeline triggers aside: {e}"),
+                    crate::FailureKind::Sql,
+                )
+            })?;
         Ok(true)
     }
 
@@ -175,7 +180,7 @@ impl InstalledPipelines {
         rules: &StatementRules,
         table: &str,
         set_aside: bool,
-    ) -> Result<(), (String, bool)> {
+    ) -> Result<(), crate::client_statement::ClientError> {
         for p in &self.list {
             if !set_aside && !p.spec.source.eq_ignore_ascii_case(table) {
                 continue;
@@ -187,7 +192,7 @@ impl InstalledPipelines {
                              (flotilla pipeline remove {})",
                         p.spec.name, p.spec.name
                     ),
-                    false,
+                    crate::FailureKind::Sql,
                 )
             })?;
         }

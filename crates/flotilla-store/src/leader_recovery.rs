@@ -103,7 +103,20 @@ pub fn recover_leader(
     match db.uncaptured(Lsn(log_last), origin) {
         Ok(recaptured) => {
             for (r, rows) in &recaptured {
-                log.append(&flotilla_wire::encode_record_with_rows(r, Some(rows)))?;
+                let encoded = flotilla_wire::encode_record_with_rows(r, Some(rows));
+                if encoded.len() as u64 > flotilla_log::MAX_RECORD_BYTES {
+                    // Never made by this version (a transaction that large is refused before
+                    // it commits), but a database must not become unable to start: followers
+                    // behind it bootstrap instead.
+                    report.log_restarted = Some(format!(
+                        "the commit at {} makes a log record of {} bytes, over the log's limit",
+                        r.position(),
+                        encoded.len()
+                    ));
+                    log.reset(db.meta().position.lsn.0)?;
+                    break;
+                }
+                log.append(&encoded)?;
                 report.recaptured.push(r.position());
             }
         }

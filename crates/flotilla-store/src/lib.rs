@@ -27,6 +27,8 @@ mod row_filter;
 mod row_replica;
 mod rules;
 pub mod snapshot;
+mod statement_guard;
+mod txn_size;
 mod wal_tail;
 
 pub use connection_state::connection_state;
@@ -38,13 +40,17 @@ pub use leader_db::{
 pub use leader_pipelines::{read_pipelines, StoredPipeline};
 pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};
 pub use meta::{read_meta, Meta, META_TABLE};
-pub use open::{open_reader, DbSettings, Synchronous};
+pub use open::{
+    open_reader, DbSettings, Synchronous, DEFAULT_MAX_TRANSACTION_BYTES,
+    MAX_TRANSACTION_BYTES_LIMIT,
+};
 pub use pipeline_triggers::{
     plan as plan_pipeline, quote as quote_ident, OutputColumn, PipelineError, TriggerPlan,
 };
 pub use row_filter::{FilterParseError, RowFilter};
 pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica};
 pub use rules::{StatementRules, INTERNAL_PREFIX};
+pub use statement_guard::{FailureKind, InterruptHandle, StatementGuard};
 pub use wal_tail::WalTail;
 
 /// A digest of every page of the database as one connection sees it (its snapshot): equal

@@ -24,9 +24,28 @@ impl Synchronous {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+/// The largest transaction a leader commits by default (its log record: row changes plus page
+/// images).
+pub const DEFAULT_MAX_TRANSACTION_BYTES: u64 = 128 << 20;
+/// The most `max_transaction_bytes` may be: a group of requests stays under the log's 1 GiB
+/// record limit.
+pub const MAX_TRANSACTION_BYTES_LIMIT: u64 = 768 << 20;
+
+#[derive(Debug, Clone)]
 pub struct DbSettings {
     pub synchronous: Synchronous,
+    /// A leader refuses a transaction whose log record would be larger (see
+    /// `docs/operations.md`).
+    pub max_transaction_bytes: u64,
+}
+
+impl Default for DbSettings {
+    fn default() -> Self {
+        DbSettings {
+            synchronous: Synchronous::default(),
+            max_transaction_bytes: DEFAULT_MAX_TRANSACTION_BYTES,
+        }
+    }
 }
 
 /// Settings every Flotilla writer gets: WAL, untrusted schema, a busy timeout, and defensive

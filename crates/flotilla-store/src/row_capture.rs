@@ -50,6 +50,10 @@ struct State {
     shapes: HashMap<String, Arc<KnownShape>>,
     /// A failure seen inside the hook (reported at the end of the statement).
     error: Option<String>,
+    /// The transaction's row changes may not grow past this many bytes; past it the hook
+    /// stops copying (and the statement is refused as too large).
+    max_bytes: u64,
+    overflow: bool,
 }
 
 #[derive(Clone)]
@@ -68,16 +72,20 @@ fn encode_value(out: &mut Out, v: ValueRef<'_>) {
 }
 
 impl RowCapture {
-    pub(crate) fn install(conn: &mut Connection) -> rusqlite::Result<RowCapture> {
+    /// Installs the pre-update hook; a transaction's row changes may take `max_bytes`.
+    pub(crate) fn install(conn: &mut Connection, max_bytes: u64) -> rusqlite::Result<RowCapture> {
         let capture = RowCapture {
-            state: Arc::new(Mutex::new(State::default())),
+            state: Arc::new(Mutex::new(State {
+                max_bytes,
+                ..State::default()
+            })),
         };
         let state = capture.state.clone();
         conn.preupdate_hook(Some(
             move |_action, db: &str, table: &str, case: &PreUpdateCase| {
                 let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
                 let s = &mut *guard;
-                if !s.enabled || db != "main" {
+                if !s.enabled || s.overflow || db != "main" {
                     return;
                 }
                 // The same table as the previous change (the common case) shares its name.
@@ -130,6 +138,14 @@ impl RowCapture {
                 match done {
                     Ok((op, width)) => {
                         let end = s.raw.0.len();
+                        if (end + s.payload.len_bytes()) as u64 > s.max_bytes {
+                            // Memory stays bounded: nothing more is copied; the statement
+                            // fails as too large.
+                            s.overflow = true;
+                            s.raw.0 = Vec::new();
+                            s.changes.clear();
+                            return;
+                        }
                         s.changes.push(RawChange {
                             table: name,
                             op,
@@ -171,7 +187,23 @@ impl RowCapture {
         s.payload = RowsWriter::new();
         s.in_payload.clear();
         s.error = None;
+        s.overflow = false;
         s.enabled = true;
+    }
+
+    /// Bytes of row changes captured so far in the transaction (`u64::MAX` once over the
+    /// limit).
+    pub(crate) fn bytes(&self) -> u64 {
+        let s = self.lock();
+        if s.overflow {
+            return u64::MAX;
+        }
+        (s.raw.0.len() + s.payload.len_bytes()) as u64
+    }
+
+    /// Whether the transaction's row changes outgrew the limit.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.lock().overflow
     }
 
     /// A mark to roll back to (taken at a savepoint, after [`RowCapture::statement_done`]).
@@ -186,6 +218,7 @@ impl RowCapture {
         s.raw.0.clear();
         s.payload.truncate(mark);
         s.error = None;
+        s.overflow = false;
     }
 
     /// Resolves the changes of the statement that just ran against the current schema.
@@ -264,6 +297,7 @@ impl RowCapture {
         // replay the statement.
         s.changes.clear();
         s.raw.0.clear();
+        s.overflow = false;
         s.payload.schema(&change);
         s.shapes.clear();
         s.in_payload.clear();

@@ -76,8 +76,7 @@ pub enum LocalOutcome {
     Failed {
         statement: usize,
         message: String,
-        /// Refused by Flotilla's statement rules (rather than an SQLite error).
-        refused: bool,
+        kind: crate::FailureKind,
         /// The statement writes a table replicated from the leader: send it there.
         misdirected: bool,
     },
@@ -89,6 +88,8 @@ const CREATE_LOCAL: &str =
 pub struct RowReplica {
     conn: Connection,
     rules: StatementRules,
+    /// Time limits of local writes.
+    guard: crate::StatementGuard,
     /// Tables created on this follower through its API (writable here, never replicated).
     local: LocalTables,
     meta: Meta,
@@ -158,9 +159,11 @@ impl RowReplica {
             .collect::<rusqlite::Result<_>>()?;
         let local: LocalTables = Arc::new(std::sync::Mutex::new(names));
         let rules = StatementRules::install_for_replica(&mut conn, local.clone())?;
+        let guard = crate::StatementGuard::install_for_reads(&mut conn);
         Ok(Some(RowReplica {
             conn,
             rules,
+            guard,
             local,
             meta,
             filter: filter.clone(),
@@ -291,14 +294,19 @@ impl RowReplica {
     /// Runs a client transaction on this follower's own tables (created here with `CREATE
     /// TABLE`; they are never replicated). Writes to replicated tables are refused as
     /// misdirected. Does not move the replication position.
+    /// The statements are cancelled after `timeout_ms` (0: no limit).
     pub fn execute_local(
         &mut self,
         statements: &[(String, Vec<rusqlite::types::Value>)],
+        timeout_ms: u64,
     ) -> Result<LocalOutcome, StoreError> {
         // Transaction control is Flotilla's own (clients may not issue it).
         let rules = self.rules.clone();
         rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
-        let out = match self.run_local(statements) {
+        self.guard.begin_request(timeout_ms);
+        let ran = self.run_local(statements);
+        self.guard.end_request();
+        let out = match ran {
             Ok(LocalOutcome::Committed(results)) => {
                 match rules.internal(|| self.conn.execute_batch("COMMIT")) {
                     Ok(()) => Ok(LocalOutcome::Committed(results)),
@@ -325,7 +333,7 @@ impl RowReplica {
         let mut results = Vec::with_capacity(statements.len());
         for (i, (sql, params)) in statements.iter().enumerate() {
             self.rules.take_misdirected();
-            match run_client_statement(tx, &self.rules, sql, params) {
+            match run_client_statement(tx, &self.rules, &self.guard, sql, params) {
                 Ok(ran) => {
                     match ran.schema_change {
                         Some((DdlKind::CreateTable, t)) => {
@@ -351,12 +359,12 @@ impl RowReplica {
                     }
                     results.push(ran.result);
                 }
-                Err((message, refused)) => {
+                Err((message, kind)) => {
                     let misdirected = self.rules.take_misdirected();
                     return Ok(LocalOutcome::Failed {
                         statement: i,
                         message,
-                        refused,
+                        kind,
                         misdirected,
                     });
                 }

@@ -320,14 +320,10 @@ fn run_corpus(cluster: &mut Cluster, corpus: &[(&str, Expect)]) {
         let position_before = cluster.leader.meta().position;
         let outcome = cluster.run(sql);
         match (expect, &outcome) {
-            (
-                Refused(needle),
-                RequestOutcome::Failed {
-                    message, refused, ..
-                },
-            ) => {
-                assert!(
-                    *refused,
+            (Refused(needle), RequestOutcome::Failed { message, kind, .. }) => {
+                assert_eq!(
+                    *kind,
+                    FailureKind::Refused,
                     "{sql}: failed but was not refused by the rules: {message}"
                 );
                 assert!(

@@ -379,11 +379,14 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
         v.iter().map(|x| (x.to_string(), vec![])).collect()
     };
     let out = replica
-        .execute_local(&s(&[
-            "CREATE TABLE mine(id INTEGER PRIMARY KEY, note TEXT)",
-            "INSERT INTO mine(note) SELECT v FROM t",
-            "CREATE INDEX t_local ON t(n)",
-        ]))
+        .execute_local(
+            &s(&[
+                "CREATE TABLE mine(id INTEGER PRIMARY KEY, note TEXT)",
+                "INSERT INTO mine(note) SELECT v FROM t",
+                "CREATE INDEX t_local ON t(n)",
+            ]),
+            0,
+        )
         .unwrap();
     assert!(
         matches!(out, LocalOutcome::Committed(ref r) if r[1].rows_affected == 1),
@@ -394,7 +397,7 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
         "DROP TABLE t",
         "ALTER TABLE t ADD COLUMN z",
     ] {
-        match replica.execute_local(&s(&[sql])).unwrap() {
+        match replica.execute_local(&s(&[sql]), 0).unwrap() {
             LocalOutcome::Failed {
                 misdirected,
                 message,
@@ -408,7 +411,10 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
     }
     // A failed request leaves nothing, and its new table is not writable afterwards.
     let out = replica
-        .execute_local(&s(&["CREATE TABLE gone(x)", "INSERT INTO nope VALUES (1)"]))
+        .execute_local(
+            &s(&["CREATE TABLE gone(x)", "INSERT INTO nope VALUES (1)"]),
+            0,
+        )
         .unwrap();
     assert!(matches!(
         out,
@@ -420,7 +426,7 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
     ));
     assert!(matches!(
         replica
-            .execute_local(&s(&["INSERT INTO gone VALUES (1)"]))
+            .execute_local(&s(&["INSERT INTO gone VALUES (1)"]), 0)
             .unwrap(),
         LocalOutcome::Failed { .. }
     ));

@@ -254,17 +254,17 @@ fn failed_request_rolls_back_alone_and_refusals_say_why() {
         RequestOutcome::Failed {
             statement,
             message,
-            refused,
+            kind,
         } => {
             assert_eq!(*statement, 1);
             assert!(message.contains("no such table: nope"), "{message}");
-            assert!(!refused);
+            assert_eq!(*kind, FailureKind::Sql);
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(out.outcomes[1], RequestOutcome::Committed(_)));
     assert!(
-        matches!(&out.outcomes[2], RequestOutcome::Failed { refused: true, message, .. } if message.contains("transaction control"))
+        matches!(&out.outcomes[2], RequestOutcome::Failed { kind: FailureKind::Refused, message, .. } if message.contains("transaction control"))
     );
     let reader = open_reader(&lp).unwrap();
     let ids: Vec<i64> = reader

@@ -306,7 +306,13 @@ fn bad_pipelines_are_refused_naming_what_is_wrong() {
     ] {
         let out = commit(&mut db, &[(sql, vec![])]);
         assert!(
-            matches!(&out[0], RequestOutcome::Failed { refused: true, .. }),
+            matches!(
+                &out[0],
+                RequestOutcome::Failed {
+                    kind: FailureKind::Refused,
+                    ..
+                }
+            ),
             "{sql}: {out:?}"
         );
     }

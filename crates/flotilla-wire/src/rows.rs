@@ -91,6 +91,11 @@ impl RowsWriter {
         self.count == 0
     }
 
+    /// Bytes of changes written so far (what [`RowsWriter::finish`] adds is small).
+    pub fn len_bytes(&self) -> usize {
+        self.items.0.len()
+    }
+
     /// Adds a table shape; changes refer to it by the returned index.
     pub fn add_table(&mut self, shape: TableShape) -> u32 {
         self.tables.push(shape);

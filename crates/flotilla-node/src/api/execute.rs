@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use flotilla_store::{LocalOutcome, RequestOutcome, TxnRequest};
+use flotilla_store::{FailureKind, LocalOutcome, RequestOutcome, TxnRequest};
 use flotilla_types::ContentDigest;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,6 +22,9 @@ struct ExecuteRequest {
     statements: Vec<Statement>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// A time limit below the node's (`limits.write-timeout-ms`).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +74,7 @@ pub async fn execute(
             ));
         }
     }
+    let timeout_ms = request_timeout_ms(req.timeout_ms, node.config.write_timeout_ms)?;
     let mut statements = Vec::with_capacity(req.statements.len());
     for (i, s) in req.statements.into_iter().enumerate() {
         let params = s
@@ -93,7 +97,7 @@ pub async fn execute(
                  writes without one",
             ));
         }
-        return execute_local(&node, statements).await;
+        return execute_local(&node, statements, timeout_ms).await;
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     let job = WriteJob::Request {
@@ -101,6 +105,7 @@ pub async fn execute(
             statements,
             idempotency_key: req.idempotency_key,
             digest: ContentDigest::of(&raw),
+            timeout_ms,
         },
         reply: reply_tx,
     };
@@ -123,10 +128,12 @@ pub async fn execute(
             RequestOutcome::Failed {
                 statement,
                 message,
-                refused,
+                kind,
             },
             _,
-        )) => Err(rolled_back(statement, &message, refused)),
+        )) => Err(rolled_back(statement, &message, kind)),
+        // The writer runs such requests again itself; never an answer.
+        Ok((RequestOutcome::Retry, _)) => Err(unavailable()),
         Err(e @ WriteError::Indeterminate(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "outcome_unknown",
@@ -145,10 +152,11 @@ pub async fn execute(
 async fn execute_local(
     node: &Node,
     statements: Vec<(String, Vec<rusqlite::types::Value>)>,
+    timeout_ms: u64,
 ) -> Result<Json<Value>, ApiError> {
     let shared = node.follower.as_ref().expect("follower");
     let outcome = shared
-        .execute_local(statements)
+        .execute_local(statements, timeout_ms)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
     match outcome {
@@ -173,20 +181,35 @@ async fn execute_local(
         LocalOutcome::Failed {
             statement,
             message,
-            refused,
+            kind,
             ..
-        } => Err(rolled_back(statement, &message, refused)),
+        } => Err(rolled_back(statement, &message, kind)),
     }
 }
 
-/// A request whose statement failed (refused by the rules, or an SQLite error): rolled back.
-fn rolled_back(statement: usize, message: &str, refused: bool) -> ApiError {
-    ApiError::bad_request(
-        if refused {
-            "statement_refused"
-        } else {
-            "sql_error"
-        },
+/// The time limit of a request: the node's, or less if the request asks for less.
+pub fn request_timeout_ms(asked: Option<u64>, node_limit_ms: u64) -> Result<u64, ApiError> {
+    match asked {
+        None => Ok(node_limit_ms),
+        Some(0) => Err(ApiError::bad_request(
+            "bad_request",
+            "\"timeout_ms\" must be at least 1",
+        )),
+        Some(ms) => Ok(ms.min(node_limit_ms)),
+    }
+}
+
+/// A request whose statement failed: rolled back, with the kind of failure as the code.
+fn rolled_back(statement: usize, message: &str, kind: FailureKind) -> ApiError {
+    let (status, code) = match kind {
+        FailureKind::Refused => (StatusCode::BAD_REQUEST, "statement_refused"),
+        FailureKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "transaction_too_large"),
+        FailureKind::TimedOut => (StatusCode::BAD_REQUEST, "statement_timeout"),
+        _ => (StatusCode::BAD_REQUEST, "sql_error"),
+    };
+    ApiError::new(
+        status,
+        code,
         format!("statement {statement}: {message}; the transaction was rolled back"),
     )
     .with("statement", statement)

@@ -46,6 +46,9 @@ pub async fn query(
         .map(|(i, v)| from_json(i, v))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::bad_request("bad_request", e))?;
+    // Waiting (for the position, for a reader) takes at most `timeout_ms` (default 5 s);
+    // running the statement at most `timeout_ms` too, never more than the node's limit.
+    let run_ms = super::execute::request_timeout_ms(req.timeout_ms, node.config.query_timeout_ms)?;
     let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(5_000).min(600_000));
     let deadline = tokio::time::Instant::now() + timeout;
     if let Some(min) = &req.min_position {
@@ -91,9 +94,12 @@ pub async fn query(
             ))
         }
     };
-    let result = tokio::task::spawn_blocking(move || run(lease.reader(), &req.sql, &params))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let result =
+        tokio::task::spawn_blocking(move || run(lease.reader(), &req.sql, &params, run_ms))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
     result.map(Json)
 }
 
@@ -101,6 +107,7 @@ fn run(
     reader: &mut crate::readers::Reader,
     sql: &str,
     params: &[rusqlite::types::Value],
+    timeout_ms: u64,
 ) -> Result<Value, ApiError> {
     // One read transaction: the position and the rows come from the same snapshot. BEGIN and
     // ROLLBACK are Flotilla's own statements (the client rules refuse them), and the
@@ -109,7 +116,9 @@ fn run(
     rules
         .internal(|| reader.conn.execute_batch("BEGIN"))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    reader.guard.begin_request(timeout_ms);
     let result = run_in_snapshot(reader, sql, params);
+    reader.guard.end_request();
     if let Err(e) = rules.internal(|| reader.conn.execute_batch("ROLLBACK")) {
         tracing::warn!("ending a read transaction failed: {e}");
     }
@@ -162,7 +171,12 @@ fn run_in_snapshot(
     let mut rows = stmt.raw_query();
     let step_err = |e: rusqlite::Error| match reader.rules.take_reason() {
         Some(why) => ApiError::bad_request("statement_refused", why),
-        None => sql_err(e),
+        None => match reader.guard.explain(&e) {
+            Some((why, flotilla_store::FailureKind::TimedOut)) => {
+                ApiError::bad_request("statement_timeout", why)
+            }
+            _ => sql_err(e),
+        },
     };
     while let Some(row) = rows.next().map_err(step_err)? {
         if rows_out.len() >= MAX_ROWS {

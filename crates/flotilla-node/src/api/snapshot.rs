@@ -12,14 +12,15 @@ use futures_util::StreamExt;
 use std::sync::Arc;
 
 pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
-    // A lease keeps a follower from swapping its database away mid-stream; the stream itself
-    // uses its own connection (one long read transaction, no client-statement rules).
-    let lease = node.readers.lease().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
+    // A snapshot permit keeps a follower from swapping its database away mid-stream, and
+    // bounds how many streams run; the stream uses its own connection (one long read
+    // transaction, no client-statement rules), never one that queries need.
+    let lease = node.readers.snapshot_permit().map_err(|e| {
+        let code = match e {
+            crate::readers::ReaderError::TooManySnapshots => "busy",
+            _ => "unavailable",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     })?;
     let conn = flotilla_store::open_reader(&node.db_path).map_err(|e| {
         ApiError::new(
@@ -30,6 +31,8 @@ pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let stall = std::time::Duration::from_millis(node.config.snapshot_stall_timeout_ms);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut head_tx = Some(head_tx);
         let mut first = true;
@@ -44,12 +47,17 @@ pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
                     let _ = head_tx.take().expect("once").send(h.0);
                 }
             }
-            tx.blocking_send(Ok(Bytes::from(chunk)))
+            // A client that stops reading gives up its stream (and the read transaction that
+            // holds the WAL back) after the stall timeout.
+            match runtime.block_on(tokio::time::timeout(stall, tx.send(Ok(Bytes::from(chunk))))) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err("the client went away"),
+                Err(_) => Err("the client stopped reading"),
+            }
         });
         match res {
             Ok(Ok(_)) => {}
-            // The client went away.
-            Ok(Err(_)) => {}
+            Ok(Err(why)) => tracing::info!("snapshot stream ended early: {why}"),
             Err(e) => {
                 tracing::warn!("snapshot failed: {e}");
                 let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));

@@ -20,8 +20,10 @@ pub enum ApplyJob {
     /// (Re)open the database; answers with its position, chain and cluster id.
     Open(oneshot::Sender<Opened>),
     /// A client transaction on a logical follower's own tables.
+    /// (The statements, their time limit in ms.)
     ExecuteLocal(
         Vec<(String, Vec<rusqlite::types::Value>)>,
+        u64,
         oneshot::Sender<Result<LocalOutcome, StoreError>>,
     ),
 }
@@ -44,9 +46,9 @@ pub fn spawn(
                         };
                         reply(res);
                     }
-                    ApplyJob::ExecuteLocal(statements, reply) => {
+                    ApplyJob::ExecuteLocal(statements, timeout_ms, reply) => {
                         let res = match db.as_mut() {
-                            Some(Replica::Logical(r)) => r.execute_local(&statements),
+                            Some(Replica::Logical(r)) => r.execute_local(&statements, timeout_ms),
                             Some(Replica::Physical(_)) => Err(StoreError::Apply(
                                 "a physical follower takes no writes".into(),
                             )),

@@ -116,6 +116,7 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
     if logical {
         let settings = flotilla_store::DbSettings {
             synchronous: node.config.synchronous,
+            ..Default::default()
         };
         let built = tokio::task::block_in_place(|| {
             flotilla_store::RowReplica::build(

@@ -55,6 +55,7 @@ impl FollowerShared {
     pub async fn execute_local(
         &self,
         statements: Vec<(String, Vec<rusqlite::types::Value>)>,
+        timeout_ms: u64,
     ) -> Result<flotilla_store::LocalOutcome, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sender = self
@@ -64,7 +65,7 @@ impl FollowerShared {
             .clone()
             .ok_or("the follower is starting")?;
         sender
-            .send(apply::ApplyJob::ExecuteLocal(statements, tx))
+            .send(apply::ApplyJob::ExecuteLocal(statements, timeout_ms, tx))
             .map_err(|_| "the apply thread stopped")?;
         rx.await
             .map_err(|_| "the apply thread stopped".to_string())?

@@ -30,6 +30,7 @@ impl ReplicaSettings {
             kind: config.log_kind,
             db: DbSettings {
                 synchronous: config.synchronous,
+                ..Default::default()
             },
             filter: config.filter.clone(),
             conflict_policy: config.conflict_policy,

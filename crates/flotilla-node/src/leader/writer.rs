@@ -9,6 +9,7 @@ use crate::time::wall_us;
 use flotilla_log::Log;
 use flotilla_store::{CommitOutcome, LeaderDb, RequestOutcome, TxnRequest};
 use flotilla_types::{Epoch, NodeId, PipelineSpec, Position};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -122,9 +123,10 @@ pub fn spawn_writer(
                 recent,
                 counters: counters.clone(),
             };
-            // A pipeline job met while gathering a group waits for the next turn.
-            let mut held: Option<WriteJob> = None;
-            while let Some(first) = held.take().or_else(|| jobs.blocking_recv()) {
+            // Jobs that wait for the next turn, before anything new: a pipeline job met while
+            // gathering a group, and requests a group had no room for (size limit).
+            let mut waiting: VecDeque<WriteJob> = VecDeque::new();
+            while let Some(first) = waiting.pop_front().or_else(|| jobs.blocking_recv()) {
                 let (request, reply) = match first {
                     WriteJob::Request { request, reply } => (request, reply),
                     WriteJob::Pipeline { change, reply } => {
@@ -145,13 +147,17 @@ pub fn spawn_writer(
                 };
                 let mut group = vec![(request, reply)];
                 while group.len() < MAX_GROUP {
-                    match jobs.try_recv() {
-                        Ok(WriteJob::Request { request, reply }) => group.push((request, reply)),
-                        Ok(other) => {
-                            held = Some(other);
+                    let next = match waiting.pop_front() {
+                        Some(job) => Some(job),
+                        None => jobs.try_recv().ok(),
+                    };
+                    match next {
+                        Some(WriteJob::Request { request, reply }) => group.push((request, reply)),
+                        Some(other) => {
+                            waiting.push_front(other);
                             break;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 for (id, seq) in trims.take() {
@@ -178,8 +184,13 @@ pub fn spawn_writer(
                     Ok(None) => db.meta().position,
                     Err(reason) => return stop(group, &fatal, reason),
                 };
-                for ((_, reply), out) in group.into_iter().zip(outcome.outcomes) {
+                let mut retries = Vec::new();
+                for ((request, reply), out) in group.into_iter().zip(outcome.outcomes) {
                     let pos = match &out {
+                        RequestOutcome::Retry => {
+                            retries.push(WriteJob::Request { request, reply });
+                            continue;
+                        }
                         RequestOutcome::Duplicate { position, .. } => *position,
                         RequestOutcome::Committed(_) => {
                             Counters::add(&counters.committed_requests, 1);
@@ -188,6 +199,10 @@ pub fn spawn_writer(
                         RequestOutcome::Failed { .. } => position,
                     };
                     let _ = reply.send(Ok((out, pos)));
+                }
+                // Requests the group had no room for go first into the next one, in order.
+                for job in retries.into_iter().rev() {
+                    waiting.push_front(job);
                 }
                 if let Err(e) = db.maybe_checkpoint() {
                     tracing::warn!("checkpoint failed (will retry): {e}");

@@ -27,6 +27,7 @@ pub fn req(stmts: &[(&str, Vec<Value>)]) -> TxnRequest {
             .map(|(s, p)| (s.to_string(), p.clone()))
             .collect(),
         idempotency_key: None,
+        timeout_ms: 0,
         digest: ContentDigest::of(format!("{stmts:?}").as_bytes()),
     }
 }

@@ -1,0 +1,251 @@
+//! Findings of the adversarial probe, end to end on real processes: each was a way to lose
+//! acknowledged writes, to take a node down for good, or to starve it.
+
+mod common;
+
+use common::*;
+use flotilla_cli::client::Client;
+use flotilla_cli::cluster::LocalNode;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const JSON: Option<&str> = Some("application/json");
+
+async fn post(url: &str, path: &str, body: Value) -> (u16, Value) {
+    raw(url, "POST", path, JSON, body.to_string().into_bytes()).await
+}
+
+/// A node with the given `[limits]` (and other sections) from a config file.
+async fn start_with(root: &Path, id: &str, follow: Option<&str>, config: &str) -> LocalNode {
+    let path = root.join(format!("{id}.toml"));
+    std::fs::write(&path, config).unwrap();
+    LocalNode::start(
+        &exe(),
+        root,
+        id,
+        follow,
+        &["--config", path.to_str().unwrap()],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("starting {id}: {e:#}"))
+}
+
+/// `CREATE TABLE temp.notes` once shadowed the real table on the writer connection: later
+/// inserts answered 200, were never replicated, vanished at restart, and their idempotency keys
+/// still answered "committed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temp_table_cannot_shadow_a_replicated_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start(dir.path(), "leader", None).await;
+    let follower = start(dir.path(), "f1", Some(&leader.url)).await;
+    let lc = Client::new(&leader.url);
+    exec(
+        &lc,
+        json!([{"sql": "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"}]),
+    )
+    .await;
+    for sql in [
+        "CREATE TABLE temp.notes(id INTEGER PRIMARY KEY, body TEXT)",
+        "CREATE TABLE \"temp\".notes(id INTEGER PRIMARY KEY, body TEXT)",
+        "CREATE VIEW temp.v AS SELECT 1",
+        "CREATE TRIGGER temp.t AFTER INSERT ON main.notes BEGIN DELETE FROM main.notes; END",
+    ] {
+        let (status, v) = post(
+            &leader.url,
+            "/v1/execute",
+            json!({"statements": [{"sql": sql}]}),
+        )
+        .await;
+        assert_eq!(status, 400, "{sql}: {v}");
+        assert_eq!(v["error"]["code"], "statement_refused", "{sql}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("schema"),
+            "{v}"
+        );
+    }
+    let body = json!({
+        "statements": [{"sql": "INSERT INTO notes(body) VALUES ('kept')"}],
+        "idempotency_key": "k1",
+    });
+    let (status, v) = post(&leader.url, "/v1/execute", body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let pos = v["position"].as_str().unwrap().to_string();
+    let fc = Client::new(&follower.url);
+    wait_for(&fc, &pos).await;
+    assert_eq!(rows(&fc, "SELECT body FROM notes").await, json!([["kept"]]));
+    leader.restart().await.unwrap();
+    assert_eq!(rows(&lc, "SELECT body FROM notes").await, json!([["kept"]]));
+    // The key answers with the same position, and the row is there to back it.
+    let (status, again) = post(&leader.url, "/v1/execute", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["position"], v["position"]);
+}
+
+/// `zeroblob(600000000)` made a 1.2 GB record over the log's 1 GiB limit: the node stopped and
+/// never started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_too_large_for_the_log_is_refused_and_the_leader_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start_with(
+        dir.path(),
+        "leader",
+        None,
+        "[limits]\nmax-transaction-mib = 16\n",
+    )
+    .await;
+    let follower = start(dir.path(), "f1", Some(&leader.url)).await;
+    let lc = Client::new(&leader.url);
+    exec(
+        &lc,
+        json!([{"sql": "CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB)"}]),
+    )
+    .await;
+    for sql in [
+        "INSERT INTO blobs(b) VALUES (zeroblob(600000000))",
+        "INSERT INTO blobs(b) SELECT zeroblob(1000000) FROM \
+         (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40) SELECT i FROM s)",
+    ] {
+        let (status, v) = post(
+            &leader.url,
+            "/v1/execute",
+            json!({"statements": [{"sql": sql}], "idempotency_key": sql}),
+        )
+        .await;
+        assert_eq!(status, 413, "{sql}: {v}");
+        assert_eq!(v["error"]["code"], "transaction_too_large", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("16 MiB") && msg.contains("max-transaction-mib"), "{msg}");
+    }
+    assert_eq!(status(&lc).await["state"], "leading");
+    let v = exec(
+        &lc,
+        json!([{"sql": "INSERT INTO blobs(b) VALUES (zeroblob(1000))"}]),
+    )
+    .await;
+    let pos = v["position"].as_str().unwrap().to_string();
+    leader.restart().await.unwrap();
+    assert_eq!(rows(&lc, "SELECT count(*) FROM blobs").await, json!([[1]]));
+    wait_for(&Client::new(&follower.url), &pos).await;
+    assert_identical(&leader, &follower).await;
+}
+
+/// A never-ending statement held the single writer forever while status said `leading`; four
+/// never-ending reads or four stalled snapshot downloads made every query answer 504 `busy`;
+/// SIGTERM then did not stop the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_statements_are_cancelled_and_stalled_downloads_starve_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start_with(
+        dir.path(),
+        "leader",
+        None,
+        "[limits]\nwrite-timeout-ms = 1000\nquery-timeout-ms = 1000\n\
+         snapshot-stall-timeout-ms = 1500\n",
+    )
+    .await;
+    let lc = Client::new(&leader.url);
+    exec(&lc, json!([{"sql": "CREATE TABLE t(x)"}])).await;
+    const ENDLESS: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                           SELECT count(*) FROM c";
+    // A write that never ends is cancelled at the node's limit; the writer goes on.
+    let started = Instant::now();
+    let (status_code, v) = post(
+        &leader.url,
+        "/v1/execute",
+        json!({"statements": [{"sql": format!("INSERT INTO t {ENDLESS}")}]}),
+    )
+    .await;
+    assert_eq!(status_code, 400, "{v}");
+    assert_eq!(v["error"]["code"], "statement_timeout", "{v}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A request may ask for less.
+    let (_, v) = post(
+        &leader.url,
+        "/v1/execute",
+        json!({"statements": [{"sql": format!("INSERT INTO t {ENDLESS}")}], "timeout_ms": 50}),
+    )
+    .await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("50 ms"),
+        "{v}"
+    );
+    exec(&lc, json!([{"sql": "INSERT INTO t VALUES (1)"}])).await;
+    // Eight never-ending reads at once: each is cancelled, and queries are served meanwhile.
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let url = leader.url.clone();
+            tokio::spawn(async move { post(&url, "/v1/query", json!({"sql": ENDLESS})).await })
+        })
+        .collect();
+    for r in readers {
+        let (code, v) = r.await.unwrap();
+        assert_eq!(code, 400, "{v}");
+        assert_eq!(v["error"]["code"], "statement_timeout", "{v}");
+    }
+    assert_eq!(rows(&lc, "SELECT count(*) FROM t").await, json!([[1]]));
+    // Snapshot downloads whose clients read nothing: at most two run, queries never wait
+    // for them, and they end after the stall timeout.
+    for _ in 0..24 {
+        exec(
+            &lc,
+            json!([{"sql": "INSERT INTO t VALUES (randomblob(1000000))"}]),
+        )
+        .await;
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let stream = tokio::net::TcpStream::connect(leader.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let req = "GET /v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n";
+        stream.writable().await.unwrap();
+        stream.try_write(req.as_bytes()).unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, v) = raw(&leader.url, "GET", "/v1/snapshot", None, vec![]).await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["error"]["code"], "busy", "{v}");
+    let started = Instant::now();
+    assert_eq!(rows(&lc, "SELECT count(*) FROM t").await, json!([[25]]));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // After the stall timeout the stalled streams are gone: a new download is served.
+    let mut served = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let resp = reqwest::get(format!("{}/v1/snapshot", leader.url))
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            assert!(resp.bytes().await.unwrap().len() > 24_000_000);
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "stalled snapshot streams were never ended");
+    drop(stalled);
+    leader.kill().await;
+    // SIGTERM stops a node promptly even while a never-ending read runs.
+    let mut patient = start_with(
+        dir.path(),
+        "patient",
+        None,
+        "[limits]\nquery-timeout-ms = 600000\n",
+    )
+    .await;
+    let url = patient.url.clone();
+    let reading = tokio::spawn(async move {
+        post(
+            &url,
+            "/v1/query",
+            json!({"sql": ENDLESS, "timeout_ms": 600_000}),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let took = patient.terminate(Duration::from_secs(30)).await;
+    let took = took.expect("the node did not stop within 30 s of SIGTERM");
+    assert!(took < Duration::from_secs(15), "stopping took {took:?}");
+    reading.abort();
+}

@@ -4,6 +4,7 @@ mod bench;
 mod changes;
 mod demo;
 mod demo_trigger;
+mod log_tool;
 mod pipeline;
 mod serve;
 mod sql;
@@ -40,6 +41,9 @@ enum Command {
     /// Flotilla or a file.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// Inspect or repair a stopped node's replication log.
+    #[command(subcommand)]
+    Log(log_tool::LogCommand),
     /// Start a leader and followers on this machine, replicate, and check they are identical.
     Demo(demo::DemoArgs),
     /// Measure replication: commit throughput, follower lag, catch-up, bootstrap.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
             Command::Follower(c) => status::follower(c).await,
             Command::Changes(a) => changes::run(a).await,
             Command::Pipeline(c) => pipeline::run(c).await,
+            Command::Log(c) => log_tool::run(c),
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(a) => bench::run(a).await,
         }

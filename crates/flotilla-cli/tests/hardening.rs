@@ -249,3 +249,197 @@ async fn runaway_statements_are_cancelled_and_stalled_downloads_starve_nobody() 
     assert!(took < Duration::from_secs(15), "stopping took {took:?}");
     reading.abort();
 }
+
+/// `flotilla serve` with the given data directory, expected to fail at start: its stderr.
+fn serve_fails(id: &str, data: &Path, extra: &[&str]) -> String {
+    let out = std::process::Command::new(exe())
+        .args(["serve", "--id", id, "--data"])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the node started");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn flotilla(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(exe())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Two processes on one data directory both accepted writes and handed out the same
+/// positions; a copy of a follower's directory started as a leader was followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_per_directory_and_followers_keep_to_their_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start(dir.path(), "leader", None).await;
+    let err = serve_fails("leader", &leader.dir, &[]);
+    assert!(
+        err.contains("in use by another process") && err.contains("node leader"),
+        "{err}"
+    );
+    let err = serve_fails("leader", &leader.dir, &["--follow", &leader.url]);
+    assert!(err.contains("in use by another process"), "{err}");
+    // The log cannot be repaired under a running node either.
+    let (ok, text) = flotilla(&[
+        "log",
+        "repair",
+        "--yes",
+        "--data",
+        leader.dir.to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("in use by another process"), "{text}");
+
+    let lc = Client::new(&leader.url);
+    exec(
+        &lc,
+        json!([{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"}]),
+    )
+    .await;
+    let mut f1 = start(dir.path(), "f1", Some(&leader.url)).await;
+    let pos = exec(
+        &lc,
+        json!([{"sql": "INSERT INTO t(v) VALUES ('from the leader')"}]),
+    )
+    .await["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(&Client::new(&f1.url), &pos).await;
+    // A copy of f1's directory, started as a leader: same cluster, same history so far.
+    f1.kill().await;
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&f1.dir)
+        .arg(elsewhere.join("f1"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let impostor = LocalNode::start(&exe(), &elsewhere, "f1", None, &[]).await;
+    let impostor = impostor.unwrap_or_else(|e| panic!("{e:#}"));
+    let ic = Client::new(&impostor.url);
+    exec(&ic, json!([{"sql": "INSERT INTO t(v) VALUES ('forked')"}])).await;
+    // f1, pointed at it, refuses it and keeps the leader's data.
+    let f1_again = LocalNode::start(&exe(), dir.path(), "f1", Some(&impostor.url), &[]).await;
+    let f1_again = f1_again.unwrap_or_else(|e| panic!("{e:#}"));
+    let fc = Client::new(&f1_again.url);
+    let s = wait_status(&fc, "the impostor to be refused", |s| {
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("another leader incarnation"))
+    })
+    .await;
+    assert_ne!(s["state"], "streaming", "{s}");
+    assert_eq!(
+        rows(&fc, "SELECT v FROM t ORDER BY id").await,
+        json!([["from the leader"]])
+    );
+    // A follower from an empty directory follows it, as the error says.
+    let fresh = start(dir.path(), "fresh", Some(&impostor.url)).await;
+    let p = position(&ic).await;
+    wait_for(&Client::new(&fresh.url), &p).await;
+    assert_eq!(
+        rows(&Client::new(&fresh.url), "SELECT v FROM t ORDER BY id").await,
+        json!([["from the leader"], ["forked"]])
+    );
+}
+
+/// A removed follower that was still connected kept streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_connected_follower_ends_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start(dir.path(), "leader", None).await;
+    let lc = Client::new(&leader.url);
+    exec(&lc, json!([{"sql": "CREATE TABLE t(x)"}])).await;
+    let f1 = start(dir.path(), "f1", Some(&leader.url)).await;
+    let fc = Client::new(&f1.url);
+    wait_status(&lc, "f1 to stream", |s| {
+        s["followers"][0]["state"] == "streaming"
+    })
+    .await;
+    lc.delete("/v1/followers/f1").await.unwrap();
+    let s = wait_status(&fc, "f1 to be told", |s| s["state"] == "removed").await;
+    assert!(s["error"].as_str().unwrap().contains("removed"), "{s}");
+    let pos = exec(&lc, json!([{"sql": "INSERT INTO t VALUES (1)"}])).await["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = status(&lc).await;
+    assert_eq!(s["followers"], json!([]), "{s}");
+    assert_eq!(rows(&fc, "SELECT count(*) FROM t").await, json!([[0]]));
+    assert_ne!(position(&fc).await, pos);
+}
+
+/// One byte flipped in the middle of the active segment: the records after it were cut as a
+/// "torn tail" with only a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_stops_the_node_until_an_operator_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start(dir.path(), "leader", None).await;
+    let lc = Client::new(&leader.url);
+    exec(
+        &lc,
+        json!([{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"}]),
+    )
+    .await;
+    for i in 0..200 {
+        exec(
+            &lc,
+            json!([{"sql": "INSERT INTO t(v) VALUES (?)", "params": [format!("row {i}")]}]),
+        )
+        .await;
+    }
+    leader.kill().await;
+    let log_dir = leader.dir.join("log");
+    let segment = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+    let data = leader.dir.to_str().unwrap().to_string();
+    let err = serve_fails("leader", &leader.dir, &[]);
+    assert!(
+        err.contains("corruption")
+            && err.contains("flotilla log repair")
+            && err.contains("damaged at byte"),
+        "{err}"
+    );
+    // Nothing was cut by the failed start.
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+    let (ok, text) = flotilla(&["log", "check", "--data", &data]);
+    assert!(!ok && text.contains("This is corruption"), "{text}");
+    let (ok, text) = flotilla(&["log", "repair", "--data", &data]);
+    assert!(ok && text.contains("--yes"), "{text}");
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "repair without --yes changed the log"
+    );
+    let (ok, text) = flotilla(&["log", "repair", "--yes", "--data", &data]);
+    assert!(ok && text.contains("Cut the log after lsn"), "{text}");
+    let (ok, text) = flotilla(&["log", "check", "--data", &data]);
+    assert!(ok && text.contains("intact"), "{text}");
+    // The database kept every commit; a new follower bootstraps and matches.
+    leader.restart().await.unwrap();
+    assert_eq!(rows(&lc, "SELECT count(*) FROM t").await, json!([[200]]));
+    let f1 = start(dir.path(), "f1", Some(&leader.url)).await;
+    exec(&lc, json!([{"sql": "INSERT INTO t(v) VALUES ('after')"}])).await;
+    assert_identical(&leader, &f1).await;
+}

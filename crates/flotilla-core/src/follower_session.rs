@@ -80,6 +80,11 @@ pub enum FollowerCommand {
     /// Replace the local database with a snapshot from the leader; report `BootstrapFinished`
     /// or `BootstrapFailed`.
     Bootstrap,
+    /// Persist the incarnation of the leader this follower follows from now on (adopted at the
+    /// first welcome after a bootstrap); no event is expected back.
+    RememberLeader {
+        incarnation: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +96,9 @@ pub enum FollowerPhase {
     Bootstrapping,
     /// Apply paused because the disk is full; retried periodically.
     DiskFull,
+    /// An operator removed this follower from the leader: it keeps what it has and does not
+    /// reconnect until it is restarted.
+    Removed,
 }
 
 impl FollowerPhase {
@@ -102,6 +110,7 @@ impl FollowerPhase {
             FollowerPhase::Streaming => "streaming",
             FollowerPhase::Bootstrapping => "bootstrapping",
             FollowerPhase::DiskFull => "disk_full",
+            FollowerPhase::Removed => "removed",
         }
     }
 }
@@ -113,6 +122,9 @@ pub struct FollowerSession {
     /// What the local database holds; `None` before the first bootstrap.
     local: Option<(Position, Chain)>,
     cluster_id: Option<String>,
+    /// The incarnation of the leader whose history the local database continues; a welcome
+    /// from another is refused. `None`: adopt the next one (after a bootstrap).
+    leader_incarnation: Option<String>,
     /// Last record received (buffered or applied).
     received: Position,
     pending: VecDeque<LogRecord>,
@@ -142,6 +154,7 @@ impl FollowerSession {
             phase: FollowerPhase::Connecting,
             local,
             cluster_id,
+            leader_incarnation: None,
             received,
             pending: VecDeque::new(),
             applying: false,
@@ -155,6 +168,12 @@ impl FollowerSession {
             now_ms: 0,
             jitter: 1000,
         }
+    }
+
+    /// The incarnation of the leader the local database follows (as persisted by the host).
+    pub fn with_leader_incarnation(mut self, incarnation: Option<String>) -> FollowerSession {
+        self.leader_incarnation = incarnation;
+        self
     }
 
     pub fn phase(&self) -> FollowerPhase {
@@ -275,6 +294,9 @@ impl FollowerSession {
                 self.received = position;
                 self.leader_head = self.leader_head.max(position);
                 self.cluster_id = Some(cluster_id);
+                // The database is now a copy of whichever leader served the snapshot: its
+                // incarnation is adopted at the next welcome.
+                self.leader_incarnation = None;
                 self.pending.clear();
                 self.last_error = None;
                 self.attempt = 0;
@@ -326,6 +348,8 @@ impl FollowerSession {
         match msg {
             LeaderMessage::Welcome {
                 cluster_id,
+                leader_id,
+                incarnation,
                 start_after,
                 head,
                 ..
@@ -333,6 +357,29 @@ impl FollowerSession {
                 let local = self.local.map(|l| l.0.lsn);
                 if self.phase != FollowerPhase::Handshaking || Some(start_after) != local {
                     return self.protocol_error("unexpected welcome", out);
+                }
+                match &self.leader_incarnation {
+                    Some(mine) if *mine != incarnation => {
+                        // Same cluster, a history that still links, yet another leader: a copy
+                        // of some node's data directory started as a leader. Its writes would
+                        // fork this replica away from the leader it follows.
+                        out.push(FollowerCommand::Disconnect);
+                        self.connected = false;
+                        self.pending.clear();
+                        self.last_error = Some(format!(
+                            "refused leader {leader_id}: it is another leader incarnation \
+                             ({incarnation}) than the one this follower follows ({mine}) — a \
+                             copy of a data directory started as a leader? To follow it, start \
+                             this follower with an empty data directory"
+                        ));
+                        self.schedule_retry();
+                        return;
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.leader_incarnation = Some(incarnation.clone());
+                        out.push(FollowerCommand::RememberLeader { incarnation });
+                    }
                 }
                 self.cluster_id = Some(cluster_id);
                 self.phase = FollowerPhase::Streaming;
@@ -390,6 +437,15 @@ impl FollowerSession {
                         self.pending.clear();
                         self.phase = FollowerPhase::Bootstrapping;
                         out.push(FollowerCommand::Bootstrap);
+                    }
+                    RefusalCode::Removed => {
+                        self.pending.clear();
+                        self.received = self.local.map(|l| l.0).unwrap_or_default();
+                        self.phase = FollowerPhase::Removed;
+                        self.last_error = Some(format!(
+                            "removed: {message}; this follower keeps its data and serves reads, \
+                             but replicates again only after a restart"
+                        ));
                     }
                     _ => self.lose_session(format!("{}: {message}", code.as_str()), true),
                 }
@@ -520,7 +576,12 @@ mod tests {
         }
     }
 
+    /// A follower at `lsn` that follows leader incarnation `inc-1`.
     fn session_at(lsn: u64) -> FollowerSession {
+        new_session_at(lsn).with_leader_incarnation(Some("inc-1".into()))
+    }
+
+    fn new_session_at(lsn: u64) -> FollowerSession {
         FollowerSession::new(
             FollowerConfig::new("f1", "http://f1"),
             Some((Position::new(1, lsn), Chain(lsn))),
@@ -539,13 +600,100 @@ mod tests {
     }
 
     fn welcome(after: u64) -> FollowerEvent {
+        welcome_from("inc-1", after)
+    }
+
+    fn welcome_from(incarnation: &str, after: u64) -> FollowerEvent {
         FollowerEvent::Received(LeaderMessage::Welcome {
             cluster_id: "c".into(),
             leader_id: "l".into(),
+            incarnation: incarnation.into(),
             epoch: Epoch(1),
             start_after: Lsn(after),
             head: Position::new(1, 10),
         })
+    }
+
+    /// A copy of a follower's directory started as a leader has the cluster's id and a history
+    /// that links: only its incarnation tells it apart, and it is refused.
+    #[test]
+    fn a_leader_of_another_incarnation_is_refused_and_a_bootstrap_adopts_the_next() {
+        let mut s = new_session_at(5);
+        s.start(0);
+        s.handle(1, 0, FollowerEvent::Connected);
+        let cmds = s.handle(2, 0, welcome_from("inc-1", 5));
+        assert_eq!(
+            cmds,
+            vec![FollowerCommand::RememberLeader {
+                incarnation: "inc-1".into()
+            }]
+        );
+        s.handle(3, 0, FollowerEvent::ConnectionLost { reason: "x".into() });
+        let retry_at = 100_000;
+        s.handle(retry_at, 0, FollowerEvent::Tick);
+        s.handle(retry_at + 1, 0, FollowerEvent::Connected);
+        let cmds = s.handle(retry_at + 2, 0, welcome_from("impostor", 5));
+        assert_eq!(cmds, vec![FollowerCommand::Disconnect]);
+        assert_ne!(s.phase(), FollowerPhase::Streaming);
+        let err = s.last_error().unwrap();
+        assert!(err.contains("impostor") && err.contains("inc-1"), "{err}");
+        // Records from it are never taken.
+        assert!(s
+            .handle(
+                retry_at + 3,
+                0,
+                FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(5))]))
+            )
+            .iter()
+            .all(|c| !matches!(c, FollowerCommand::Apply(_))));
+        // The remembered incarnation survives a restart of the follower.
+        let mut restarted = session_at(5).with_leader_incarnation(Some("inc-1".into()));
+        restarted.start(0);
+        restarted.handle(1, 0, FollowerEvent::Connected);
+        assert_eq!(
+            restarted.handle(2, 0, welcome_from("impostor", 5)),
+            vec![FollowerCommand::Disconnect]
+        );
+        // After a bootstrap the database is the new leader's copy: its incarnation is adopted.
+        let mut rebuilt = session_at(5).with_leader_incarnation(Some("inc-1".into()));
+        rebuilt.start(0);
+        rebuilt.handle(
+            1,
+            0,
+            FollowerEvent::BootstrapFinished {
+                position: Position::new(1, 8),
+                chain: Chain(8),
+                cluster_id: "c".into(),
+            },
+        );
+        rebuilt.handle(2, 0, FollowerEvent::Connected);
+        assert_eq!(
+            rebuilt.handle(3, 0, welcome_from("impostor", 8)),
+            vec![FollowerCommand::RememberLeader {
+                incarnation: "impostor".into()
+            }]
+        );
+        assert_eq!(rebuilt.phase(), FollowerPhase::Streaming);
+    }
+
+    /// An operator removed the follower: it stops replicating instead of coming back.
+    #[test]
+    fn a_removed_follower_stops_until_restarted() {
+        let mut s = streaming_at(5);
+        let cmds = s.handle(
+            3,
+            0,
+            FollowerEvent::Received(LeaderMessage::Refuse {
+                code: RefusalCode::Removed,
+                message: "removed by an operator".into(),
+            }),
+        );
+        assert_eq!(cmds, vec![FollowerCommand::Disconnect]);
+        assert_eq!(s.phase(), FollowerPhase::Removed);
+        assert!(s.last_error().unwrap().contains("after a restart"));
+        for t in 1..100u64 {
+            assert!(s.handle(t * 10_000, 0, FollowerEvent::Tick).is_empty());
+        }
     }
 
     #[test]

@@ -31,11 +31,28 @@ pub struct FollowerProgress {
     pub last_ack_ms: u64,
 }
 
+/// One replication session of a follower; a newer session of the same follower id replaces
+/// it, and removing the follower ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// Why a progress report was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckRefused {
+    #[error("the session is no longer the follower's current one (replaced or removed)")]
+    NotCurrent,
+    #[error("the follower reports {reported} but the leader has sent it only up to lsn {sent}")]
+    BeyondSent { reported: Position, sent: Lsn },
+}
+
 /// Known followers by id. A follower stays known while disconnected (the log is kept for it)
 /// until an operator removes it.
 #[derive(Debug, Default, Clone)]
 pub struct FollowerTracker {
     followers: BTreeMap<String, FollowerProgress>,
+    /// The current session of each connected follower.
+    sessions: BTreeMap<String, SessionId>,
+    next_session: u64,
 }
 
 impl FollowerTracker {
@@ -48,9 +65,12 @@ impl FollowerTracker {
                     (f.id.clone(), f)
                 })
                 .collect(),
+            sessions: BTreeMap::new(),
+            next_session: 0,
         }
     }
 
+    /// A session opened; it replaces any earlier session of the same follower id.
     pub fn session_opened(
         &mut self,
         id: &str,
@@ -58,7 +78,10 @@ impl FollowerTracker {
         log_kind: LogKind,
         position: Position,
         now_ms: u64,
-    ) {
+    ) -> SessionId {
+        self.next_session += 1;
+        let session = SessionId(self.next_session);
+        self.sessions.insert(id.to_string(), session);
         self.followers.insert(
             id.to_string(),
             FollowerProgress {
@@ -72,33 +95,60 @@ impl FollowerTracker {
                 last_ack_ms: now_ms,
             },
         );
+        session
     }
 
-    /// Progress only moves forward: a late or duplicated ack never moves a follower back.
+    /// Whether `session` is still the follower's current one (not replaced, not removed).
+    pub fn is_current(&self, id: &str, session: SessionId) -> bool {
+        self.sessions.get(id) == Some(&session)
+    }
+
+    /// A progress report of `session`, whose leader has sent it records up to `sent`. Taken
+    /// only from the follower's current session and never beyond what was sent (a forged
+    /// report would let retention drop log the follower still needs). Progress only moves
+    /// forward: a late or duplicated ack never moves a follower back.
     pub fn acked(
         &mut self,
         id: &str,
-        received: Position,
-        durable: Position,
-        applied: Position,
+        session: SessionId,
+        sent: Lsn,
+        progress: [Position; 3],
         now_ms: u64,
-    ) {
+    ) -> Result<(), AckRefused> {
+        if !self.is_current(id, session) {
+            return Err(AckRefused::NotCurrent);
+        }
+        if let Some(beyond) = progress.iter().find(|p| p.lsn > sent) {
+            return Err(AckRefused::BeyondSent {
+                reported: *beyond,
+                sent,
+            });
+        }
+        let [received, durable, applied] = progress;
         if let Some(f) = self.followers.get_mut(id) {
             f.received = f.received.max(received);
             f.durable = f.durable.max(durable);
             f.applied = f.applied.max(applied);
             f.last_ack_ms = now_ms;
         }
+        Ok(())
     }
 
-    pub fn session_closed(&mut self, id: &str) {
+    /// `session` ended; the follower shows as disconnected unless a newer session replaced it.
+    pub fn session_closed(&mut self, id: &str, session: SessionId) {
+        if !self.is_current(id, session) {
+            return;
+        }
+        self.sessions.remove(id);
         if let Some(f) = self.followers.get_mut(id) {
             f.state = SessionState::Disconnected;
         }
     }
 
-    /// Forgets a follower: it no longer holds the log back. Returns whether it was known.
+    /// Forgets a follower: it no longer holds the log back, and its session (if any) is no
+    /// longer current, so it ends. Returns whether it was known.
     pub fn remove(&mut self, id: &str) -> bool {
+        self.sessions.remove(id);
         self.followers.remove(id).is_some()
     }
 
@@ -129,26 +179,15 @@ mod tests {
     fn progress_is_monotonic_and_retention_follows_the_slowest() {
         let mut t = FollowerTracker::default();
         assert_eq!(t.needed_from(), None);
-        t.session_opened("a", "u", LogKind::Physical, Position::new(1, 5), 0);
-        t.session_opened("b", "u", LogKind::Physical, Position::new(1, 9), 0);
+        let a = t.session_opened("a", "u", LogKind::Physical, Position::new(1, 5), 0);
+        let b = t.session_opened("b", "u", LogKind::Physical, Position::new(1, 9), 0);
         assert_eq!(t.needed_from(), Some(6));
-        t.acked(
-            "a",
-            Position::new(1, 20),
-            Position::new(1, 20),
-            Position::new(1, 20),
-            1,
-        );
-        t.acked(
-            "a",
-            Position::new(1, 3),
-            Position::new(1, 3),
-            Position::new(1, 3),
-            2,
-        );
+        let at = |l| [Position::new(1, l); 3];
+        t.acked("a", a, Lsn(20), at(20), 1).unwrap();
+        t.acked("a", a, Lsn(20), at(3), 2).unwrap();
         assert_eq!(t.get("a").unwrap().applied, Position::new(1, 20));
         assert_eq!(t.needed_from(), Some(10));
-        t.session_closed("b");
+        t.session_closed("b", b);
         assert_eq!(
             t.needed_from(),
             Some(10),
@@ -160,5 +199,45 @@ mod tests {
             FollowerTracker::lag_transactions(t.get("a").unwrap(), Lsn(25)),
             5
         );
+    }
+
+    /// A forged report (`1/1000000000000` from a rogue session) once made retention drop log
+    /// a follower still needed.
+    #[test]
+    fn reports_beyond_what_was_sent_or_from_old_sessions_are_refused() {
+        let mut t = FollowerTracker::default();
+        let s1 = t.session_opened("a", "u", LogKind::Physical, Position::new(1, 5), 0);
+        let forged = [Position::new(1, 1_000_000_000_000); 3];
+        assert_eq!(
+            t.acked("a", s1, Lsn(9), forged, 1),
+            Err(AckRefused::BeyondSent {
+                reported: forged[0],
+                sent: Lsn(9)
+            })
+        );
+        let mut partly = [Position::new(1, 9); 3];
+        partly[1] = Position::new(1, 10);
+        assert!(t.acked("a", s1, Lsn(9), partly, 1).is_err());
+        assert_eq!(t.get("a").unwrap().durable, Position::new(1, 5));
+        // A second session with the same id replaces the first: the first's reports and its
+        // closing no longer count.
+        let s2 = t.session_opened("a", "u", LogKind::Physical, Position::new(1, 5), 2);
+        assert_eq!(
+            t.acked("a", s1, Lsn(9), [Position::new(1, 9); 3], 3),
+            Err(AckRefused::NotCurrent)
+        );
+        t.session_closed("a", s1);
+        assert_eq!(t.get("a").unwrap().state, SessionState::Streaming);
+        t.acked("a", s2, Lsn(9), [Position::new(1, 9); 3], 3)
+            .unwrap();
+        assert_eq!(t.needed_from(), Some(10));
+        // Removing the follower ends its session.
+        assert!(t.remove("a"));
+        assert!(!t.is_current("a", s2));
+        assert_eq!(
+            t.acked("a", s2, Lsn(9), [Position::new(1, 9); 3], 4),
+            Err(AckRefused::NotCurrent)
+        );
+        assert_eq!(t.needed_from(), None);
     }
 }

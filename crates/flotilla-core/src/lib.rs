@@ -21,4 +21,6 @@ pub use backoff::Backoff;
 pub use follower_session::{
     FollowerCommand, FollowerConfig, FollowerEvent, FollowerPhase, FollowerSession,
 };
-pub use follower_tracker::{FollowerProgress, FollowerTracker, SessionState};
+pub use follower_tracker::{
+    AckRefused, FollowerProgress, FollowerTracker, SessionId, SessionState,
+};

@@ -446,6 +446,100 @@ mod tests {
         }
     }
 
+    /// The finding: one byte flipped in the middle of the active segment, and the 414 intact
+    /// records after it were cut as a "torn tail" with only a warning.
+    #[test]
+    fn damage_followed_by_intact_records_stops_the_log_until_repaired() {
+        let rec_len = 4 + rec(1, 1).len() as u64;
+        for (what, offset_in_record) in [("a page byte", 300u64), ("a length prefix", 1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+            for lsn in 1..=40 {
+                log.append(&rec(lsn, 1)).unwrap();
+            }
+            log.sync().unwrap();
+            drop(log);
+            let path = crate::segment::segment_path(dir.path(), 1);
+            let before = std::fs::read(&path).unwrap();
+            let mut bytes = before.clone();
+            // Record 11.
+            let at = (crate::segment::HEADER_LEN + 10 * rec_len + offset_in_record) as usize;
+            bytes[at] ^= 0x5a;
+            std::fs::write(&path, &bytes).unwrap();
+            let err = match Log::open(dir.path(), LogConfig::default(), 0) {
+                Err(e) => e,
+                Ok(_) => panic!("{what}: damage with intact records after it was accepted"),
+            };
+            let msg = err.to_string();
+            assert!(matches!(err, LogError::Damaged(_)), "{what}: {msg}");
+            assert!(
+                msg.contains(&path.display().to_string())
+                    && msg.contains("record 11")
+                    && msg.contains("lsn 12")
+                    && msg.contains("flotilla log repair"),
+                "{what}: {msg}"
+            );
+            // Nothing was cut.
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "{what}");
+            // A check reports the same and changes nothing.
+            let report = crate::check(dir.path()).unwrap().expect("damage");
+            assert_eq!(report.damage.lsn, 11, "{what}");
+            assert_eq!(report.last_kept_lsn, 10);
+            assert!(!report.is_torn_tail());
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+            // A repair cuts there; the log opens with records 1..=10 and takes appends.
+            let repaired = crate::repair(dir.path()).unwrap().expect("damage");
+            assert_eq!(repaired.damage.offset, report.damage.offset);
+            let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+            assert_eq!(log.stats().last_lsn, 10, "{what}");
+            log.append(&rec(11, 7)).unwrap();
+            log.sync().unwrap();
+            assert_eq!(log.read(11, 1, usize::MAX).unwrap(), vec![rec(11, 7)]);
+            assert_eq!(crate::check(dir.path()).unwrap(), None);
+        }
+    }
+
+    /// A crash during an append leaves the last record torn in any of these ways; each is cut.
+    #[test]
+    fn every_kind_of_torn_last_record_is_cut() {
+        let rec_len = 4 + rec(1, 1).len() as u64;
+        type Tear = fn(&mut Vec<u8>, usize);
+        let tears: [(&str, Tear); 4] = [
+            ("cut short", |b, last| b.truncate(last + 30)),
+            ("zeroes", |b, last| {
+                b[last..].iter_mut().for_each(|x| *x = 0)
+            }),
+            ("half written", |b, last| {
+                let n = b.len();
+                b[last + (n - last) / 2..].iter_mut().for_each(|x| *x = 0)
+            }),
+            ("garbage length", |b, last| {
+                b[last..last + 4].copy_from_slice(&[9, 9, 9, 9])
+            }),
+        ];
+        for (what, tear) in tears {
+            let dir = tempfile::tempdir().unwrap();
+            let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+            for lsn in 1..=5 {
+                log.append(&rec(lsn, 1)).unwrap();
+            }
+            log.sync().unwrap();
+            drop(log);
+            let path = crate::segment::segment_path(dir.path(), 1);
+            let mut bytes = std::fs::read(&path).unwrap();
+            tear(
+                &mut bytes,
+                (crate::segment::HEADER_LEN + 4 * rec_len) as usize,
+            );
+            std::fs::write(&path, &bytes).unwrap();
+            let report = crate::check(dir.path()).unwrap().expect("damage");
+            assert!(report.is_torn_tail(), "{what}: {}", report.describe());
+            let log = Log::open(dir.path(), LogConfig::default(), 0)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(log.stats().last_lsn, 4, "{what}");
+        }
+    }
+
     #[test]
     fn damage_at_rest_is_caught_on_read() {
         let dir = tempfile::tempdir().unwrap();

@@ -69,12 +69,27 @@ impl Segment {
         })
     }
 
-    /// Opens and scans a segment. With `is_last`, a damaged tail is cut off (a crash during an
-    /// append); otherwise damage is an error.
+    /// Opens and scans a segment. With `is_last`, a torn tail is cut off (a crash during an
+    /// append: the damaged record is the last thing in the file); damage that intact records
+    /// follow, or damage in any other segment, is an error.
     pub fn open(path: PathBuf, expected_first: u64, is_last: bool) -> Result<Segment, LogError> {
+        let mode = if is_last {
+            Scan::CutTornTail
+        } else {
+            Scan::Strict
+        };
+        Self::scan(path, expected_first, mode).map(|(seg, _)| seg)
+    }
+
+    /// Scans a segment in `mode`; returns it and the first damage found, if any.
+    pub fn scan(
+        path: PathBuf,
+        expected_first: u64,
+        mode: Scan,
+    ) -> Result<(Segment, Option<Damage>), LogError> {
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(mode != Scan::Check)
             .open(&path)
             .map_err(|e| LogError::io(&path, e))?;
         let len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
@@ -121,28 +136,94 @@ impl Segment {
         };
         let mut offset = HEADER_LEN;
         let mut buf = Vec::new();
+        let mut cut = None;
         while offset < len {
             match seg.check_frame(offset, len, &mut buf) {
                 Ok(frame_len) => {
                     seg.offsets.push(offset);
                     offset += frame_len;
                 }
-                Err(detail) if is_last => {
+                Err(detail) if mode != Scan::Strict => {
+                    let lsn = first_lsn + seg.offsets.len() as u64;
+                    let intact = seg
+                        .intact_frame_after(offset, len, lsn)
+                        .map_err(|e| LogError::io(&path, e))?;
+                    let damage = Damage {
+                        path: path.clone(),
+                        offset,
+                        lsn,
+                        detail,
+                        intact_after: intact,
+                        bytes_cut: len - offset,
+                    };
+                    if mode == Scan::Check {
+                        cut = Some(damage);
+                        break;
+                    }
+                    if intact.is_some() && mode == Scan::CutTornTail {
+                        return Err(LogError::Damaged(Box::new(damage)));
+                    }
                     tracing::warn!(
-                        path = %path.display(), offset, %detail,
-                        "cutting off a damaged log tail (crash during an append)"
+                        path = %path.display(), offset, detail = %damage.detail,
+                        "cutting off a damaged log tail"
                     );
                     seg.file
                         .set_len(offset)
                         .and_then(|_| seg.file.sync_all())
                         .map_err(|e| LogError::io(&path, e))?;
+                    cut = Some(damage);
                     break;
                 }
                 Err(detail) => return Err(corrupt(offset, detail)),
             }
         }
         seg.end = offset;
-        Ok(seg)
+        Ok((seg, cut))
+    }
+
+    /// The first intact frame after the damage at `from` (its offset and lsn), if any: a
+    /// frame whose length fits the file, whose lsn lies after `damaged_lsn` and whose
+    /// checksum holds. Only a crash tearing the last append leaves damage with nothing intact
+    /// after it.
+    fn intact_frame_after(
+        &self,
+        from: u64,
+        file_len: u64,
+        damaged_lsn: u64,
+    ) -> std::io::Result<Option<(u64, u64)>> {
+        const BLOCK: u64 = 1 << 20;
+        const PEEK: u64 = 4 + RECORD_LSN_OFFSET as u64 + 8;
+        let min_frame = 4 + RECORD_LSN_OFFSET as u64 + 12;
+        let max_lsn = damaged_lsn + (file_len - from) / min_frame + 1;
+        let mut block = Vec::new();
+        let mut frame = Vec::new();
+        let mut start = from + 1;
+        while start + PEEK <= file_len {
+            let end = (start + BLOCK + PEEK).min(file_len);
+            block.resize((end - start) as usize, 0);
+            self.file.read_exact_at(&mut block, start)?;
+            let mut i = 0usize;
+            while (i as u64) + PEEK <= block.len() as u64 && (i as u64) < BLOCK {
+                let at = start + i as u64;
+                let rec_len = u32::from_le_bytes(block[i..i + 4].try_into().expect("4 bytes"));
+                let plausible = (RECORD_LSN_OFFSET as u32 + 12..=MAX_RECORD_LEN).contains(&rec_len)
+                    && at + 4 + rec_len as u64 <= file_len;
+                if plausible {
+                    let l = i + 4 + RECORD_LSN_OFFSET;
+                    let lsn = u64::from_le_bytes(block[l..l + 8].try_into().expect("8 bytes"));
+                    if lsn > damaged_lsn && lsn <= max_lsn {
+                        frame.resize(rec_len as usize, 0);
+                        self.file.read_exact_at(&mut frame, at + 4)?;
+                        if frame_crc_ok(&frame) {
+                            return Ok(Some((at, lsn)));
+                        }
+                    }
+                }
+                i += 1;
+            }
+            start += BLOCK;
+        }
+        Ok(None)
     }
 
     /// Checks the frame at `offset`: its length, its record's CRC and LSN. Returns its length.
@@ -194,6 +275,34 @@ impl Segment {
         buf.drain(..4);
         Ok(Some(buf))
     }
+}
+
+/// How a segment's damage is treated when it is scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Any damage is an error (a sealed segment).
+    Strict,
+    /// A torn last record is cut off; damage that intact records follow is an error (the
+    /// active segment at start-up).
+    CutTornTail,
+    /// Damage is cut off whatever follows it (an explicit repair).
+    CutAnything,
+    /// Nothing is changed: the first damage is reported (a check).
+    Check,
+}
+
+/// Damage found in a segment: where, which record, and what follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub path: PathBuf,
+    pub offset: u64,
+    /// The lsn the damaged record should have held.
+    pub lsn: u64,
+    pub detail: String,
+    /// An intact record after the damage (offset, lsn): proof of corruption, not a torn write.
+    pub intact_after: Option<(u64, u64)>,
+    /// Bytes from the damage to the end of the file.
+    pub bytes_cut: u64,
 }
 
 /// Whether an encoded record's trailing CRC32 matches its body.

@@ -15,6 +15,14 @@ pub struct Identity {
     pub cluster_id: Option<String>,
     /// The highest epoch this node has seen.
     pub epoch: u64,
+    /// Set when this data directory first runs as a leader, kept while it leads: followers
+    /// hold on to the incarnation they follow.
+    #[serde(default)]
+    pub incarnation: Option<String>,
+    /// On a follower: the incarnation of the leader it follows (adopted at its first welcome
+    /// after a bootstrap); a leader of another incarnation is refused.
+    #[serde(default)]
+    pub leader_incarnation: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +87,8 @@ pub fn load_or_create(dir: &Path, id: &str) -> Result<Identity, IdentityError> {
                 id: id.to_string(),
                 cluster_id: None,
                 epoch: 0,
+                incarnation: None,
+                leader_incarnation: None,
             };
             save(dir, &ident)?;
             Ok(ident)
@@ -101,10 +111,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> 
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    // A temporary file of its own per call: two saves at once never write into one file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -116,6 +135,32 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Concurrent saves each write a whole file: the result is one of them, never a mix.
+    #[test]
+    fn concurrent_atomic_writes_never_tear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("followers.json");
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomically(path, &vec![b'a' + t; 10_000 + t as usize]).unwrap();
+                    }
+                });
+            }
+        });
+        let bytes = std::fs::read(&path).unwrap();
+        let t = bytes[0] - b'a';
+        assert_eq!(bytes, vec![b'a' + t; 10_000 + t as usize]);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 
     #[test]
     fn created_then_reloaded_and_other_ids_refused() {

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod data_lock;
 pub mod follower;
 pub mod identity;
 pub mod leader;

@@ -54,6 +54,25 @@ impl Node {
             .clone()
     }
 
+    /// The incarnation of the leader this follower follows (`None`: adopt the next one).
+    pub fn leader_incarnation(&self) -> Option<String> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leader_incarnation
+            .clone()
+    }
+
+    /// Remembers the incarnation of the leader this follower follows from now on.
+    pub fn remember_leader(&self, incarnation: &str) -> anyhow::Result<()> {
+        let mut ident = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        if ident.leader_incarnation.as_deref() != Some(incarnation) {
+            ident.leader_incarnation = Some(incarnation.to_string());
+            identity::save(&self.config.data_dir, &ident)?;
+        }
+        Ok(())
+    }
+
     /// Records the cluster id adopted from a leader; refuses another one.
     pub fn adopt_cluster(&self, cluster_id: &str) -> anyhow::Result<()> {
         let mut ident = self.identity.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,6 +102,11 @@ pub async fn run(
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    // Held until the node stops: a second process on this directory refuses to start.
+    let _lock = crate::data_lock::DataDirLock::acquire(
+        &dir,
+        &format!("node {}, listening on {}", config.id, config.listen),
+    )?;
     let mut ident = identity::load_or_create(&dir, config.id.as_str())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -143,7 +167,18 @@ pub async fn run(
             }
             ident.cluster_id = Some(meta.cluster_id.clone());
             ident.epoch = ident.epoch.max(meta.position.epoch.0);
+            if ident.incarnation.is_none() {
+                if let Some(followed) = &ident.leader_incarnation {
+                    tracing::warn!(
+                        "this data directory followed leader incarnation {followed}; it now \
+                         leads as a new incarnation: followers of the old leader will not \
+                         follow it unless they start from empty data directories"
+                    );
+                }
+                ident.incarnation = Some(format!("{:032x}", rand::random::<u128>()));
+            }
             identity::save(&dir, &ident)?;
+            let incarnation = ident.incarnation.clone().expect("set above");
             if created {
                 tracing::info!(cluster_id = %meta.cluster_id, "created a new cluster");
             }
@@ -165,8 +200,10 @@ pub async fn run(
                     &followers_file,
                 ))),
                 cluster_id: meta.cluster_id.clone(),
+                incarnation,
                 epoch: meta.position.epoch,
                 followers_file,
+                followers_saving: Mutex::new(()),
                 feed_pins: Default::default(),
                 pipelines: Default::default(),
             };

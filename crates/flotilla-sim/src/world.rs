@@ -3,7 +3,7 @@ use crate::replica::{content_digest, content_digest_of, Replica};
 use anyhow::{bail, ensure, Context};
 use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
 use flotilla_core::{
-    FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession, FollowerTracker,
+    FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession, FollowerTracker, SessionId,
 };
 use flotilla_log::{Log, LogConfig};
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
@@ -23,6 +23,9 @@ const FOLLOWERS: usize = 2;
 const MAX_OPS: usize = 120;
 const MAX_SIM_MS: u64 = 60_000;
 const HEARTBEAT_MS: u64 = 1_000;
+/// The simulated leader's incarnation (it never changes: the simulated leader's data directory
+/// is never copied).
+const LEADER_INCARNATION: &str = "sim-leader";
 
 mod faults;
 mod follower_host;
@@ -65,6 +68,8 @@ struct LeaderConn {
     last_sent_ms: u64,
     /// Set after a refusal: the connection closes at this time.
     closing_at: Option<u64>,
+    /// The tracker's session, once welcomed.
+    session: Option<SessionId>,
 }
 
 struct Follower {
@@ -88,6 +93,8 @@ struct Follower {
     /// The highest LSN this follower told the leader it holds durably. Only a snapshot replaces
     /// its database, and a snapshot is never older; so after any crash it must hold this LSN.
     acked_durable: u64,
+    /// The leader incarnation the follower persisted (survives its crashes).
+    leader_incarnation: Option<String>,
 }
 
 struct World {
@@ -321,7 +328,11 @@ impl World {
         if let Some(c) = self.conns.remove(&conn) {
             self.net.close(conn);
             let f = c.follower;
-            self.leader.tracker.session_closed(&self.followers[f].id);
+            if let Some(session) = c.session {
+                self.leader
+                    .tracker
+                    .session_closed(&self.followers[f].id, session);
+            }
             if self.followers[f].conn == Some(conn) {
                 self.followers[f].conn = None;
                 self.events.push_back((
@@ -414,6 +425,7 @@ impl World {
                         let w = LeaderMessage::Welcome {
                             cluster_id: meta.cluster_id,
                             leader_id: "leader".into(),
+                            incarnation: LEADER_INCARNATION.into(),
                             epoch: meta.position.epoch,
                             start_after,
                             head: meta.position,
@@ -427,9 +439,13 @@ impl World {
                         c.last_sent_ms = self.now;
                         c.kind = log_kind;
                         let id = self.followers[f].id.clone();
-                        self.leader
+                        let session = self
+                            .leader
                             .tracker
                             .session_opened(&id, "sim", log_kind, position, self.now);
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.session = Some(session);
+                        }
                     }
                     Decision::Refuse { code, message } => {
                         self.log(|| {
@@ -456,9 +472,20 @@ impl World {
                 let id = self.followers[f].id.clone();
                 let fl = &mut self.followers[f];
                 fl.acked_durable = fl.acked_durable.max(durable.lsn.0);
-                self.leader
-                    .tracker
-                    .acked(&id, received, durable, applied, self.now);
+                let c = &self.conns[&conn];
+                let sent = Lsn(c.next.unwrap_or(1) - 1);
+                let session = c.session.expect("welcomed");
+                if let Err(e) = self.leader.tracker.acked(
+                    &id,
+                    session,
+                    sent,
+                    [received, durable, applied],
+                    self.now,
+                ) {
+                    // As the node does: a report the leader cannot take ends the session.
+                    self.log(|| format!("leader refuses a report of {id}: {e}"));
+                    self.close_conn(conn, "progress report refused");
+                }
             }
             other => {
                 self.log(|| format!("leader: unexpected {other:?} on conn {conn}"));
@@ -658,6 +685,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
                 disk_full_until: 0,
                 clock_skew_ms: 0,
                 acked_durable: 0,
+                leader_incarnation: None,
             }
         })
         .collect();

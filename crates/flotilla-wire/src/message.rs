@@ -6,7 +6,8 @@ use crate::cursor::unseal;
 use crate::{decode_record, Cursor, DecodeError, Out};
 use flotilla_types::{Chain, Epoch, LogKind, LogRecord, Lsn, Position};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: `Welcome` carries the leader's incarnation.
+pub const PROTOCOL_VERSION: u8 = 2;
 const MAX_TEXT: usize = 4096;
 
 /// Why a leader refuses a follower's session.
@@ -91,6 +92,9 @@ pub enum LeaderMessage {
     Welcome {
         cluster_id: String,
         leader_id: String,
+        /// Random, fixed for as long as this data directory leads: a follower refuses another
+        /// leader (a copy of some node's directory started as a leader) than the one it follows.
+        incarnation: String,
         epoch: Epoch,
         start_after: Lsn,
         head: Position,
@@ -246,6 +250,7 @@ impl LeaderMessage {
             LeaderMessage::Welcome {
                 cluster_id,
                 leader_id,
+                incarnation,
                 epoch,
                 start_after,
                 head,
@@ -253,6 +258,7 @@ impl LeaderMessage {
                 let mut out = header(T_WELCOME);
                 out.str16(cluster_id)
                     .str16(leader_id)
+                    .str16(incarnation)
                     .u64(epoch.0)
                     .u64(start_after.0);
                 pos(&mut out, *head);
@@ -282,6 +288,7 @@ impl LeaderMessage {
             T_WELCOME => LeaderMessage::Welcome {
                 cluster_id: c.str16(MAX_TEXT)?.to_string(),
                 leader_id: c.str16(MAX_TEXT)?.to_string(),
+                incarnation: c.str16(MAX_TEXT)?.to_string(),
                 epoch: Epoch(c.u64()?),
                 start_after: Lsn(c.u64()?),
                 head: read_pos(&mut c)?,
@@ -353,6 +360,7 @@ mod tests {
             LeaderMessage::Welcome {
                 cluster_id: "cd".repeat(16),
                 leader_id: "l".into(),
+                incarnation: "0123456789abcdef".into(),
                 epoch: Epoch(2),
                 start_after: Lsn(4),
                 head: Position::new(2, 10),

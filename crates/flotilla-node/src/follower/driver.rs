@@ -37,7 +37,8 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
     *shared.apply.lock().unwrap_or_else(|p| p.into_inner()) = Some(apply_tx.clone());
     let mut config = FollowerConfig::new(node.config.id.as_str(), &node.url);
     config.log_kind = node.config.log_kind;
-    let mut session = FollowerSession::new(config, local, node.cluster_id());
+    let mut session = FollowerSession::new(config, local, node.cluster_id())
+        .with_leader_incarnation(node.leader_incarnation());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Tagged>();
     let mut conn: Option<Connection> = None;
     let mut generation = 0u64;
@@ -54,6 +55,12 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                 FollowerCommand::Send(msg) => {
                     if let Some(c) = &conn {
                         let _ = c.outgoing.send(msg.encode());
+                    }
+                }
+                FollowerCommand::RememberLeader { incarnation } => {
+                    if let Err(e) = node.remember_leader(&incarnation) {
+                        let _ = fatal.send(format!("cannot save the node's identity: {e}"));
+                        return;
                     }
                 }
                 FollowerCommand::Disconnect => {

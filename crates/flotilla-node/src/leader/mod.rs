@@ -32,9 +32,14 @@ pub struct LeaderState {
     pub recent: Arc<RecentRecords>,
     pub tracker: Mutex<FollowerTracker>,
     pub cluster_id: String,
+    /// This data directory's leader incarnation (sent in every welcome).
+    pub incarnation: String,
     pub epoch: Epoch,
     /// Where known followers are remembered across restarts.
     pub followers_file: PathBuf,
+    /// Saves of the follower list happen one at a time, so an older list never overwrites a
+    /// newer one.
+    pub followers_saving: Mutex<()>,
     /// Open change-feed streams (they hold the log back like followers).
     pub feed_pins: Arc<FeedPins>,
     /// Trigger-based replication: the delivery workers.
@@ -49,6 +54,10 @@ impl LeaderState {
     /// Saves the known followers (id, url, durable position): a follower that is down still
     /// holds the log back after a leader restart.
     pub fn save_followers(&self) {
+        let _one_at_a_time = self
+            .followers_saving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let list: Vec<serde_json::Value> = self
             .tracker()
             .all()

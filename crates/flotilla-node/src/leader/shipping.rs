@@ -121,6 +121,7 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
     let welcome = LeaderMessage::Welcome {
         cluster_id: leader.cluster_id.clone(),
         leader_id: node.config.id.to_string(),
+        incarnation: leader.incarnation.clone(),
         epoch: leader.epoch,
         start_after,
         head: head.position,
@@ -133,16 +134,20 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
         return;
     }
     tracing::info!(follower = %follower_id, position = %position, "follower session opened");
-    leader
-        .tracker()
-        .session_opened(&follower_id, &follower_url, log_kind, position, mono_ms());
+    let session =
+        leader
+            .tracker()
+            .session_opened(&follower_id, &follower_url, log_kind, position, mono_ms());
     leader.save_followers();
+    // The last lsn sent on this session: progress reports beyond it are forged.
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(start_after.0));
 
     let (mut sink, mut stream) = socket.split();
     // Acks: read by their own task so that progress moves during a long catch-up.
     let acks = {
         let node = node.clone();
         let follower_id = follower_id.clone();
+        let sent = sent.clone();
         tokio::spawn(async move {
             let leader = node.leader.as_ref().expect("leader");
             while let Some(Ok(msg)) = stream.next().await {
@@ -159,9 +164,26 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
                         applied,
                         ..
                     }) => {
-                        leader
-                            .tracker()
-                            .acked(&follower_id, received, durable, applied, mono_ms())
+                        let sent = Lsn(sent.load(std::sync::atomic::Ordering::Acquire));
+                        let taken = leader.tracker().acked(
+                            &follower_id,
+                            session,
+                            sent,
+                            [received, durable, applied],
+                            mono_ms(),
+                        );
+                        match taken {
+                            Ok(()) => {}
+                            // Removed or replaced: the shipping loop ends the session.
+                            Err(flotilla_core::AckRefused::NotCurrent) => {}
+                            Err(e) => {
+                                tracing::warn!(
+                                    follower = %follower_id,
+                                    "progress report refused, closing the session: {e}"
+                                );
+                                break;
+                            }
+                        }
                     }
                     Ok(other) => {
                         tracing::warn!(follower = %follower_id, "unexpected message {other:?}");
@@ -182,7 +204,7 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
     let outcome: Result<(), String> = async {
         loop {
             let head = head_rx.borrow_and_update().position;
-            while next <= head.lsn {
+            while next <= head.lsn && leader.tracker().is_current(&follower_id, session) {
                 let batch = match fetch(&node, next.0).await {
                     Ok(b) => b,
                     Err(e @ (LogError::Trimmed { .. } | LogError::Corrupt { .. })) => {
@@ -204,6 +226,8 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
                     break;
                 }
                 next = Lsn(next.0 + batch.len() as u64);
+                // Set before the records leave: an ack can only follow their arrival.
+                sent.store(next.0 - 1, std::sync::atomic::Ordering::Release);
                 let msg = if log_kind == LogKind::Physical {
                     let raw: Vec<&[u8]> = batch.iter().map(|r| r.as_slice()).collect();
                     LeaderMessage::encode_records(&raw)
@@ -241,8 +265,8 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
                 _ = heartbeat.tick() => {
                     // The last record sent on this session (the follower checks nothing was lost).
                     let head = head_rx.borrow().position;
-                    let sent = Position { epoch: head.epoch, lsn: Lsn(head.lsn.0.min(next.0 - 1)) };
-                    let msg = LeaderMessage::Heartbeat { head: sent, now_ms: wall_ms() };
+                    let last_sent = Position { epoch: head.epoch, lsn: Lsn(head.lsn.0.min(next.0 - 1)) };
+                    let msg = LeaderMessage::Heartbeat { head: last_sent, now_ms: wall_ms() };
                     sink.send(Message::Binary(Bytes::from(msg.encode())))
                         .await
                         .map_err(|e| e.to_string())?;
@@ -251,6 +275,18 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
                     let _ = sink.close().await;
                     return Ok(());
                 }
+            }
+            if !leader.tracker().is_current(&follower_id, session) {
+                // Removed by an operator, or replaced by a newer session of the same id.
+                let msg = LeaderMessage::Refuse {
+                    code: RefusalCode::Removed,
+                    message: "this follower was removed from the leader (or connected again \
+                              elsewhere)"
+                        .into(),
+                };
+                let _ = sink.send(Message::Binary(Bytes::from(msg.encode()))).await;
+                let _ = sink.close().await;
+                return Err("removed or replaced".into());
             }
             if acks.is_finished() {
                 return Err("the follower closed the session".into());
@@ -262,7 +298,7 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
     if let Err(reason) = outcome {
         tracing::info!(follower = %follower_id, "follower session closed: {reason}");
     }
-    leader.tracker().session_closed(&follower_id);
+    leader.tracker().session_closed(&follower_id, session);
     leader.save_followers();
 }
 

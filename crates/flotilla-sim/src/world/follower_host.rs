@@ -28,10 +28,14 @@ impl World {
                         next: None,
                         last_sent_ms: self.now,
                         closing_at: None,
+                        session: None,
                     },
                 );
                 self.followers[f].conn = Some(conn);
                 self.events.push_back((f, FollowerEvent::Connected));
+            }
+            FollowerCommand::RememberLeader { incarnation } => {
+                self.followers[f].leader_incarnation = Some(incarnation);
             }
             FollowerCommand::Send(msg) => {
                 if let Some(conn) = self.followers[f].conn {
@@ -265,7 +269,8 @@ impl World {
         );
         let cluster = db.as_ref().map(|d| d.meta().cluster_id.clone());
         fl.db = db;
-        fl.session = FollowerSession::new(follower_config(&fl.id, fl.kind), local, cluster);
+        fl.session = FollowerSession::new(follower_config(&fl.id, fl.kind), local, cluster)
+            .with_leader_incarnation(fl.leader_incarnation.clone());
         let now = self.follower_now(f);
         let cmds = self.followers[f].session.start(now);
         for c in cmds {

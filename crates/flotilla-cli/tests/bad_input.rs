@@ -72,6 +72,27 @@ async fn malformed_requests_are_400_with_a_message() {
             "not a SQLite value",
         ),
         (
+            "/v1/execute",
+            JSON,
+            "{\"statements\": [{\"sql\": \"SELECT ?\", \"params\": [99999999999999999999]}]}",
+            "bad_request",
+            "does not fit SQLite's 64-bit",
+        ),
+        (
+            "/v1/execute",
+            JSON,
+            "{\"statements\": [{\"sql\": \"SELECT ?\", \"params\": [-9223372036854775809]}]}",
+            "bad_request",
+            "parameter 0: integer -9223372036854775809",
+        ),
+        (
+            "/v1/query",
+            JSON,
+            "{\"sql\": \"SELECT ?\", \"params\": [18446744073709551616]}",
+            "bad_request",
+            "64-bit",
+        ),
+        (
             "/v1/query",
             JSON,
             "{\"sql\": 5}",

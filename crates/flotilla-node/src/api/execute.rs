@@ -1,7 +1,7 @@
 //! `POST /v1/execute`: one transaction on the leader.
 
 use super::body::json_body;
-use super::values::from_json;
+use super::values::from_raw_json;
 use super::ApiError;
 use crate::leader::{WriteError, WriteJob};
 use crate::metrics::Counters;
@@ -31,8 +31,9 @@ struct ExecuteRequest {
 #[serde(deny_unknown_fields)]
 struct Statement {
     sql: String,
+    /// As written: integers are checked against SQLite's range before any rounding.
     #[serde(default)]
-    params: Vec<Value>,
+    params: Vec<Box<serde_json::value::RawValue>>,
 }
 
 pub fn not_leader(node: &Node) -> ApiError {
@@ -81,7 +82,7 @@ pub async fn execute(
             .params
             .iter()
             .enumerate()
-            .map(|(j, v)| from_json(j, v))
+            .map(|(j, v)| from_raw_json(j, v))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
                 ApiError::bad_request("bad_request", format!("statement {i}: {e}"))

@@ -1,7 +1,7 @@
 //! `POST /v1/query`: a read on a snapshot, optionally after a position (read-your-writes).
 
 use super::body::json_body;
-use super::values::{from_json, to_json};
+use super::values::{from_raw_json, to_json};
 use super::ApiError;
 use crate::metrics::Counters;
 use crate::node::Node;
@@ -25,7 +25,7 @@ const MAX_ROWS: usize = 1_000_000;
 struct QueryRequest {
     sql: String,
     #[serde(default)]
-    params: Vec<Value>,
+    params: Vec<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     min_position: Option<String>,
     #[serde(default)]
@@ -43,7 +43,7 @@ pub async fn query(
         .params
         .iter()
         .enumerate()
-        .map(|(i, v)| from_json(i, v))
+        .map(|(i, v)| from_raw_json(i, v))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::bad_request("bad_request", e))?;
     // Waiting (for the position, for a reader) takes at most `timeout_ms` (default 5 s);

@@ -20,6 +20,26 @@ pub fn to_json(v: ValueRef<'_>) -> Json {
     }
 }
 
+/// Converts parameter `index` (0-based, for messages), as the client wrote it, to a SQLite
+/// value. A number written as an integer (no fraction, no exponent) must fit SQLite's 64-bit
+/// signed integers: a JSON parser would quietly turn a larger one into an approximate REAL.
+pub fn from_raw_json(index: usize, raw: &serde_json::value::RawValue) -> Result<Value, String> {
+    let text = raw.get().trim();
+    let integer_literal = text.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        && !text.contains(['.', 'e', 'E']);
+    if integer_literal {
+        return text.parse::<i64>().map(Value::Integer).map_err(|_| {
+            format!(
+                "parameter {index}: integer {text} does not fit SQLite's 64-bit signed integers \
+                 (-9223372036854775808 to 9223372036854775807); send it as a string or a real \
+                 (e.g. {text}.0) if that is what you mean"
+            )
+        });
+    }
+    let v: Json = serde_json::from_str(text).map_err(|e| format!("parameter {index}: {e}"))?;
+    from_json(index, &v)
+}
+
 /// Converts parameter `index` (0-based, for messages) to a SQLite value.
 pub fn from_json(index: usize, v: &Json) -> Result<Value, String> {
     Ok(match v {
@@ -71,6 +91,41 @@ mod tests {
             let j = to_json(ValueRef::from(&v));
             assert_eq!(from_json(0, &j).unwrap(), v);
         }
+    }
+
+    #[test]
+    fn integers_out_of_range_are_refused_however_written() {
+        let raw = |s: &str| serde_json::value::RawValue::from_string(s.to_string()).unwrap();
+        for text in [
+            "99999999999999999999",
+            "9223372036854775808",
+            "18446744073709551615",
+            "-9223372036854775809",
+            "-99999999999999999999999",
+        ] {
+            let err = from_raw_json(1, &raw(text)).unwrap_err();
+            assert!(
+                err.contains("parameter 1") && err.contains("64-bit"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(
+            from_raw_json(0, &raw("9223372036854775807")).unwrap(),
+            Value::Integer(i64::MAX)
+        );
+        assert_eq!(
+            from_raw_json(0, &raw("-9223372036854775808")).unwrap(),
+            Value::Integer(i64::MIN)
+        );
+        assert_eq!(from_raw_json(0, &raw("-0")).unwrap(), Value::Integer(0));
+        // Fractions and exponents are reals, as JSON writers mean them.
+        assert_eq!(from_raw_json(0, &raw("1e23")).unwrap(), Value::Real(1e23));
+        assert_eq!(from_raw_json(0, &raw("2.5")).unwrap(), Value::Real(2.5));
+        assert_eq!(
+            from_raw_json(0, &raw("\"9\"")).unwrap(),
+            Value::Text("9".into())
+        );
+        assert!(from_raw_json(0, &raw("[1]")).is_err());
     }
 
     #[test]

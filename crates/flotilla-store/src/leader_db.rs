@@ -86,8 +86,8 @@ pub struct LeaderDb {
     /// The pipelines whose triggers are installed (trigger-based replication).
     pub(crate) pipelines: crate::leader_pipelines::InstalledPipelines,
     /// Time and size limits of client requests.
-    guard: StatementGuard,
-    size: TxnSize,
+    pub(crate) guard: StatementGuard,
+    pub(crate) size: TxnSize,
 }
 
 impl LeaderDb {

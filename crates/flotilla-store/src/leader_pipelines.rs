@@ -81,9 +81,16 @@ pub(crate) const TRIM_ROWS_PER_COMMIT: usize = 5_000;
 
 impl InstalledPipelines {
     pub(crate) fn load(conn: &Connection) -> Result<InstalledPipelines, StoreError> {
+        let list = read_pipelines(conn)?;
+        // Rows of removed pipelines still in the changelog are deleted by the next commits.
+        let orphans = if list.is_empty() && !changelog_exists(conn)? {
+            Vec::new()
+        } else {
+            orphan_pipelines(conn)?
+        };
         Ok(InstalledPipelines {
-            list: read_pipelines(conn)?,
-            pending_trims: BTreeMap::new(),
+            list,
+            pending_trims: orphans.into_iter().collect(),
             trims_finished: Vec::new(),
         })
     }
@@ -102,11 +109,17 @@ impl InstalledPipelines {
                      AND seq < (SELECT max(seq) FROM {CHANGELOG_TABLE}) ORDER BY seq LIMIT ?3)"
                 ))?
                 .execute(rusqlite::params![id, upto, TRIM_ROWS_PER_COMMIT as i64])?;
-            conn.prepare_cached(&format!(
-                "UPDATE {PIPELINES_TABLE} SET trimmed_to = max(trimmed_to, ?2) WHERE id = ?1"
-            ))?
-            .execute([id, upto])?;
-            if deleted < TRIM_ROWS_PER_COMMIT {
+            let installed = self.list.iter().any(|p| p.id == *id);
+            if installed {
+                conn.prepare_cached(&format!(
+                    "UPDATE {PIPELINES_TABLE} SET trimmed_to = max(trimmed_to, ?2) WHERE id = ?1"
+                ))?
+                .execute([id, upto])?;
+            }
+            // A removed pipeline's rows are all at or below `upto`; the last of them goes once
+            // it is no longer the changelog's newest row.
+            let done = deleted < TRIM_ROWS_PER_COMMIT && (installed || newest_seq(conn)? > *upto);
+            if done {
                 self.trims_finished.push(*id);
             }
         }
@@ -278,13 +291,23 @@ impl LeaderDb {
         let (id, out) = self.internal_commit(&what, epoch, origin, now_us, |db, lsn| {
             db.conn.execute_batch(PIPELINE_TABLES_SQL)?;
             let json = serde_json::to_string(spec).expect("plain data serialises");
+            // An id no changelog row carries: rows of a removed pipeline may still wait to be
+            // deleted, and must never be taken for the new pipeline's.
+            let id: i64 = db.conn.query_row(
+                &format!(
+                    "SELECT 1 + max(coalesce((SELECT max(id) FROM {PIPELINES_TABLE}), 0), \
+                     coalesce((SELECT max(pipeline) FROM {CHANGELOG_TABLE}), 0))"
+                ),
+                [],
+                |r| r.get(0),
+            )?;
             db.conn.execute(
                 &format!(
-                    "INSERT INTO {PIPELINES_TABLE} (name, spec, format_version) VALUES (?1, ?2, ?3)"
+                    "INSERT INTO {PIPELINES_TABLE} (id, name, spec, format_version) \
+                     VALUES (?1, ?2, ?3, ?4)"
                 ),
-                rusqlite::params![spec.name, json, PIPELINE_FORMAT_VERSION],
+                rusqlite::params![id, spec.name, json, PIPELINE_FORMAT_VERSION],
             )?;
-            let id = db.conn.last_insert_rowid();
             let plan = plan(&db.conn, spec)?;
             for sql in trigger_sql(id, &plan) {
                 db.conn.execute_batch(&sql)?;
@@ -306,14 +329,29 @@ impl LeaderDb {
     ) -> Result<CommitOutcome, PipelineError> {
         let id = self.pipeline_id(name)?;
         let what = format!("remove pipeline {name}");
-        let ((), out) = self.internal_commit(&what, epoch, origin, now_us, |db, _| {
+        let (newest, out) = self.internal_commit(&what, epoch, origin, now_us, |db, _| {
             drop_triggers(&db.conn, id)?;
-            // The newest changelog row stays (its rowid keeps seq from restarting); it is
-            // skipped by every other pipeline, as all rows of other pipelines are.
+            db.conn.execute(
+                &format!("DELETE FROM {MARKS_TABLE} WHERE pipeline = ?1"),
+                [id],
+            )?;
+            let newest = newest_seq(&db.conn)?;
+            // The pipeline's captured rows go: the first ones now, the rest with the next
+            // commits (a large backlog must not make one huge transaction). Its id is never
+            // given to another pipeline meanwhile. The newest changelog row stays (its rowid
+            // keeps seq from restarting), emptied of what it captured.
             db.conn.execute(
                 &format!(
-                    "DELETE FROM {CHANGELOG_TABLE} WHERE pipeline = ?1 \
-                     AND seq < (SELECT max(seq) FROM {CHANGELOG_TABLE})"
+                    "DELETE FROM {CHANGELOG_TABLE} WHERE seq IN (SELECT seq FROM {CHANGELOG_TABLE} \
+                     WHERE pipeline = ?1 AND seq < (SELECT max(seq) FROM {CHANGELOG_TABLE}) \
+                     ORDER BY seq LIMIT ?2)"
+                ),
+                rusqlite::params![id, TRIM_ROWS_PER_COMMIT as i64],
+            )?;
+            db.conn.execute(
+                &format!(
+                    "UPDATE {CHANGELOG_TABLE} SET op = 'removed', data = '{{}}' \
+                     WHERE pipeline = ?1 AND seq = (SELECT max(seq) FROM {CHANGELOG_TABLE})"
                 ),
                 [id],
             )?;
@@ -321,10 +359,10 @@ impl LeaderDb {
                 &format!("DELETE FROM {PIPELINES_TABLE} WHERE id = ?1"),
                 [id],
             )?;
-            Ok(())
+            Ok(newest)
         })?;
         self.pipelines = InstalledPipelines::load(&self.conn)?;
-        self.pipelines.pending_trims.remove(&id);
+        self.pipelines.pending_trims.insert(id, newest);
         Ok(out)
     }
 
@@ -372,7 +410,24 @@ impl LeaderDb {
         let rules = self.rules.clone();
         rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
         self.capture.begin();
-        match rules.internal(|| f(self, lsn)) {
+        self.size.begin_txn();
+        // The size limit holds here too (a pipeline's initial copy of a large table): its
+        // record must fit the log. No time limit: this is an operator's own action.
+        self.guard.begin_request(0);
+        let ran = rules.internal(|| f(self, lsn));
+        self.guard.end_request();
+        let limit = self.guard.max_bytes();
+        let ran = match ran {
+            Ok(_) | Err(_) if self.guard.stopped_by_size() => Err(PipelineError::Invalid(
+                too_large(what, self.guard.too_large_message()),
+            )),
+            Ok(_) if self.size.measure(limit) > limit => Err(PipelineError::Invalid(too_large(
+                what,
+                self.guard.too_large_message(),
+            ))),
+            other => other,
+        };
+        match ran {
             Ok(v) => {
                 let rows = self.capture.finish();
                 let out = self.finish_commit(
@@ -394,4 +449,39 @@ impl LeaderDb {
             }
         }
     }
+}
+
+fn too_large(what: &str, why: String) -> String {
+    format!(
+        "{what}: {why} (for a pipeline, the initial copy of its source table is one transaction)"
+    )
+}
+
+fn changelog_exists(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [CHANGELOG_TABLE],
+        |r| r.get::<_, i64>(0),
+    )? > 0)
+}
+
+/// Pipelines that no longer exist but still have rows in the changelog, each with the seq
+/// its rows end at.
+fn orphan_pipelines(conn: &Connection) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT pipeline, max(seq) FROM {CHANGELOG_TABLE} \
+         WHERE pipeline NOT IN (SELECT id FROM {PIPELINES_TABLE}) GROUP BY pipeline"
+    ))?;
+    let ids = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids)
+}
+
+/// The changelog's newest seq (0 when empty).
+fn newest_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached(&format!(
+        "SELECT coalesce(max(seq), 0) FROM {CHANGELOG_TABLE}"
+    ))?
+    .query_row([], |r| r.get(0))
 }

@@ -116,6 +116,11 @@ impl StatementGuard {
         a.deadline = None;
     }
 
+    /// Whether the handler last stopped a statement for the size limit.
+    pub fn stopped_by_size(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed) == TOO_LARGE
+    }
+
     /// The largest transaction record allowed, in bytes.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes

@@ -501,3 +501,90 @@ fn trims_are_spread_over_commits() {
     }
     assert_eq!(left, [7_000, 2_000, 1, 1]);
 }
+
+/// The finding: insert into `notes`, add a pipeline `p3` on it, remove it, add `p4` on `orders`:
+/// p4's first change was a `notes` row. Nothing a removed pipeline captured may reach another,
+/// however large its backlog (removed over several commits).
+#[test]
+fn a_removed_pipelines_changes_never_reach_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leader.db");
+    let mut db = open_leader(&path);
+    commit(
+        &mut db,
+        &[
+            (
+                "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)",
+                vec![],
+            ),
+            (
+                "CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL)",
+                vec![],
+            ),
+            ("INSERT INTO notes VALUES (4, 'zz')", vec![]),
+        ],
+    );
+    for small_backlog in [true, false] {
+        if !small_backlog {
+            // A backlog larger than one commit deletes.
+            commit(
+                &mut db,
+                &[(
+                    "INSERT INTO notes(body) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL \
+                     SELECT i + 1 FROM s WHERE i < 12000) SELECT 'n' || i FROM s",
+                    vec![],
+                )],
+            );
+        }
+        let p3 = add(&mut db, &spec("p3", "notes")).unwrap();
+        commit(
+            &mut db,
+            &[("UPDATE notes SET body = 'changed' WHERE id = 4", vec![])],
+        );
+        db.remove_pipeline("p3", Epoch(1), &origin(), 1).unwrap();
+        let p4 = add(&mut db, &spec("p4", "orders")).unwrap();
+        assert_ne!(p4, p3, "a removed pipeline's id was given to another");
+        commit(&mut db, &[("INSERT INTO orders VALUES (1, 9.5)", vec![])]);
+        // Later commits carry the rest of the removal.
+        for _ in 0..5 {
+            commit(&mut db, &[("INSERT INTO orders(total) VALUES (1)", vec![])]);
+        }
+        let reader = open_reader(&path).unwrap();
+        let p4_changes = read_changes(&reader, p4, 0, u64::MAX, 1_000_000).unwrap();
+        assert!(!p4_changes.is_empty());
+        for c in &p4_changes {
+            assert!(
+                c.data.contains("total") && !c.data.contains("body"),
+                "p4 got a change it never captured: {}",
+                c.data
+            );
+        }
+        let left: i64 = reader
+            .query_row(
+                "SELECT count(*) FROM _flotilla_changelog WHERE pipeline = ?1",
+                [p3],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0, "rows of the removed pipeline remain");
+        db.remove_pipeline("p4", Epoch(1), &origin(), 1).unwrap();
+    }
+    // Reopened, the leader still deletes what removed pipelines left: at most the newest
+    // changelog row stays (it keeps seq from restarting), emptied.
+    let position = db.meta().position;
+    drop(db);
+    let (mut db, _) = LeaderDb::open(&path, &DbSettings::default(), || unreachable!()).unwrap();
+    db.uncaptured(position.lsn, &origin()).unwrap();
+    for _ in 0..3 {
+        commit(&mut db, &[("INSERT INTO orders(total) VALUES (2)", vec![])]);
+    }
+    let reader = open_reader(&path).unwrap();
+    let left: Vec<(String, String)> = reader
+        .prepare("SELECT op, data FROM _flotilla_changelog")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, vec![("removed".to_string(), "{}".to_string())]);
+}

@@ -11,6 +11,8 @@ use rusqlite::Connection;
 pub(crate) struct Ran {
     pub result: StatementResult,
     pub schema_change: Option<(DdlKind, String)>,
+    /// The statement is `CREATE TABLE ... AS SELECT`.
+    pub created_from_select: bool,
 }
 
 /// A client's statement failed: why, and what kind of failure it is.
@@ -52,7 +54,10 @@ pub(crate) fn run_client_statement(
     }
     let readonly = stmt.readonly();
     let before = conn.total_changes();
+    let has_select = rules.take_saw_select();
     let schema_change = rules.take_schema_change();
+    let created_from_select =
+        has_select && matches!(schema_change, Some((DdlKind::CreateTable, _)));
     // The authorizer sees the table an ALTER TABLE renames, not its new name: a rename into
     // Flotilla's own names is caught by counting them around the statement.
     let internal_before = match &schema_change {
@@ -94,6 +99,7 @@ pub(crate) fn run_client_statement(
             last_insert_rowid: conn.last_insert_rowid(),
         },
         schema_change,
+        created_from_select,
     })
 }
 

@@ -7,7 +7,8 @@ use crate::statement_guard::FailureKind;
 use crate::txn_size::TxnSize;
 use crate::{read_meta, DbSettings, Meta, StatementGuard, StatementRules, StoreError, WalTail};
 use flotilla_types::{
-    Chain, ContentDigest, Epoch, LogRecord, Lsn, NodeId, Position, RowPayload, SchemaChange,
+    Chain, ContentDigest, DdlKind, Epoch, LogRecord, Lsn, NodeId, Position, RowPayload,
+    SchemaChange,
 };
 use rusqlite::types::Value;
 use rusqlite::Connection;
@@ -527,6 +528,50 @@ impl LeaderDb {
         }
         match ran.schema_change {
             // Rows an ALTER TABLE rewrote are dropped here: followers replay the statement.
+            Some((kind, table)) if ran.created_from_select => {
+                self.pipelines
+                    .after_schema_change(&self.conn, &self.rules, &table, set_aside)?;
+                let rules = self.rules.clone();
+                rules
+                    .internal(|| -> Result<(), StoreError> {
+                        let definition: String = self.conn.query_row(
+                            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                            [&table],
+                            |r| r.get(0),
+                        )?;
+                        let change = SchemaChange {
+                            kind,
+                            table,
+                            sql: definition,
+                        };
+                        self.capture.table_created_with_rows(change, &self.conn)
+                    })
+                    .map_err(|e| {
+                        (
+                            format!("cannot capture the rows of the new table: {e}"),
+                            FailureKind::Sql,
+                        )
+                    })?;
+                if self.capture.overflowed() {
+                    return Err((self.guard.too_large_message(), FailureKind::TooLarge));
+                }
+            }
+            Some((DdlKind::SetPragma, name)) => {
+                // Shipped as the value it left, in a canonical statement.
+                let name = name.to_ascii_lowercase();
+                let rules = self.rules.clone();
+                let value: i64 = rules
+                    .internal(|| {
+                        self.conn
+                            .query_row(&format!("PRAGMA main.{name}"), [], |r| r.get(0))
+                    })
+                    .map_err(|e| (sql_error_message(&e), FailureKind::Sql))?;
+                self.capture.schema_changed(SchemaChange {
+                    kind: DdlKind::SetPragma,
+                    sql: format!("PRAGMA main.{name} = {value}"),
+                    table: name,
+                })
+            }
             Some((kind, table)) => {
                 self.pipelines
                     .after_schema_change(&self.conn, &self.rules, &table, set_aside)?;

@@ -303,6 +303,57 @@ impl RowCapture {
         s.in_payload.clear();
     }
 
+    /// Records a `CREATE TABLE ... AS SELECT` (after it ran) as the table's plain definition
+    /// followed by the rows it inserted: a replica creates the table and takes the rows, rather
+    /// than running the query again (non-deterministic functions, data it does not hold).
+    ///
+    /// SQLite fills such a table without calling the pre-update hook, so its rows are read
+    /// back here, as inserts.
+    pub(crate) fn table_created_with_rows(
+        &self,
+        change: SchemaChange,
+        conn: &Connection,
+    ) -> Result<(), StoreError> {
+        let table: Arc<str> = Arc::from(change.table.as_str());
+        {
+            let mut s = self.lock();
+            s.changes.clear();
+            s.raw.0.clear();
+            s.payload.schema(&change);
+            s.shapes.clear();
+            s.in_payload.clear();
+        }
+        let mut stmt = conn.prepare(&format!(
+            "SELECT rowid, * FROM {}",
+            crate::pipeline_triggers::quote(&change.table)
+        ))?;
+        let width = stmt.column_count() - 1;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let mut s = self.lock();
+            let start = s.raw.0.len();
+            value_bytes::ivar(&mut s.raw, row.get::<_, i64>(0)?);
+            for i in 0..width {
+                encode_value(&mut s.raw, row.get_ref(i + 1)?);
+            }
+            let end = s.raw.0.len();
+            if (end + s.payload.len_bytes()) as u64 > s.max_bytes {
+                s.overflow = true;
+                s.raw.0 = Vec::new();
+                s.changes.clear();
+                return Ok(());
+            }
+            s.changes.push(RawChange {
+                table: table.clone(),
+                op: RowOp::Insert,
+                width,
+                start,
+                end,
+            });
+        }
+        self.statement_done(conn)
+    }
+
     /// The transaction's capture, encoded; capture stays off until the next
     /// [`RowCapture::begin`].
     pub(crate) fn finish(&self) -> Vec<u8> {

@@ -399,6 +399,12 @@ fn apply_schema(
     s: &flotilla_types::SchemaChange,
 ) -> ApplyResult {
     match s.kind {
+        // A database header value (the statement is Flotilla's canonical one).
+        DdlKind::SetPragma => {
+            return conn
+                .execute_batch(&s.sql)
+                .map_err(|e| format!("{:?} failed here: {}", s.sql, sql_err(e)));
+        }
         // A trigger's effects arrive as row changes; running it here would apply them twice.
         DdlKind::CreateTrigger | DdlKind::DropTrigger => return Ok(()),
         // Views read tables a filtered replica may not have: kept only without a table filter.
@@ -836,6 +842,11 @@ fn build_into(
             leader.commit_time_us as i64
         ],
     )?;
+    // Header values the leader's clients set.
+    for pragma in ["user_version", "application_id"] {
+        let v: i64 = tx.query_row(&format!("PRAGMA snap.{pragma}"), [], |r| r.get(0))?;
+        tx.execute_batch(&format!("PRAGMA main.{pragma} = {v}"))?;
+    }
     tx.execute(
         "INSERT INTO _flotilla_replica VALUES (1, 'logical', ?1)",
         [serde_json::to_string(filter).expect("plain data serialises")],

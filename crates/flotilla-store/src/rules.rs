@@ -78,6 +78,8 @@ pub struct StatementRules {
     ddl: Arc<Mutex<Option<(DdlKind, String)>>>,
     /// Set when the last refusal was a write to a table replicated from the leader.
     misdirected: Arc<AtomicBool>,
+    /// Set when the statement prepared since the last call has a SELECT.
+    saw_select: Arc<AtomicBool>,
 }
 
 /// On a logical follower, the tables clients may write: those created on the follower itself.
@@ -106,16 +108,21 @@ impl StatementRules {
             reason: Arc::new(Mutex::new(None)),
             ddl: Arc::new(Mutex::new(None)),
             misdirected: Arc::new(AtomicBool::new(false)),
+            saw_select: Arc::new(AtomicBool::new(false)),
         };
-        let (internal, reason, ddl, misdirected) = (
+        let (internal, reason, ddl, misdirected, saw_select) = (
             rules.internal.clone(),
             rules.reason.clone(),
             rules.ddl.clone(),
             rules.misdirected.clone(),
+            rules.saw_select.clone(),
         );
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             if internal.load(Ordering::Relaxed) {
                 return Authorization::Allow;
+            }
+            if ctx.action == AuthAction::Select {
+                saw_select.store(true, Ordering::Relaxed);
             }
             if let Some(change) = schema_change(&ctx) {
                 ddl.lock()
@@ -158,7 +165,16 @@ impl StatementRules {
     /// The schema change (kind, table) of the statement prepared since the last call, if it
     /// is one. Cleared by reading it.
     pub fn take_schema_change(&self) -> Option<(DdlKind, String)> {
+        self.saw_select.store(false, Ordering::Relaxed);
         self.ddl.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Whether the statement whose schema change was just taken has a SELECT: for a CREATE
+    /// TABLE, that it is `CREATE TABLE ... AS SELECT` (its rows come from a query a replica
+    /// must not run again: `random()`, the clock, data it does not hold). Call before
+    /// [`StatementRules::take_schema_change`]. Cleared by reading it.
+    pub fn take_saw_select(&self) -> bool {
+        self.saw_select.swap(false, Ordering::Relaxed)
     }
 
     /// Whether the last refusal was a write to a replicated table (cleared by reading it).
@@ -247,6 +263,16 @@ fn schema_change(ctx: &AuthContext<'_>) -> Option<(DdlKind, String)> {
         AuthAction::DropView { view_name } => (DdlKind::DropView, view_name),
         AuthAction::CreateTrigger { table_name, .. } => (DdlKind::CreateTrigger, table_name),
         AuthAction::DropTrigger { table_name, .. } => (DdlKind::DropTrigger, table_name),
+        // Database header values: a page of a physical replica, but no row of a logical one.
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: Some(_),
+        } if ["user_version", "application_id"]
+            .iter()
+            .any(|p| pragma_name.eq_ignore_ascii_case(p)) =>
+        {
+            (DdlKind::SetPragma, pragma_name)
+        }
         _ => return None,
     };
     Some((kind, table.to_string()))

@@ -145,6 +145,43 @@ const INTERNAL_NAMES: &[(&str, Expect)] = &[
     ("ALTER TABLE p2 RENAME TO p", Commits),
 ];
 
+/// Statements whose effect a replica must not compute again, and database header values.
+const NOT_REPEATABLE: &[(&str, Expect)] = &[
+    (
+        "CREATE TABLE r AS SELECT random() AS x, randomblob(8) AS b, \
+         strftime('%f', 'now') AS t",
+        Commits,
+    ),
+    (
+        "CREATE TABLE r2 AS SELECT * FROM notes WHERE random() % 2 = 0",
+        Commits,
+    ),
+    (
+        "CREATE TABLE r3 AS WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s \
+         WHERE i < 300) SELECT i, random() AS v FROM s",
+        Commits,
+    ),
+    ("CREATE TABLE IF NOT EXISTS r AS SELECT random()", Commits),
+    ("CREATE TABLE r4 AS SELECT * FROM notes WHERE 0", Commits),
+    (
+        "CREATE TABLE \"odd name\" AS SELECT random() AS \"a b\"",
+        Commits,
+    ),
+    ("INSERT INTO r3 SELECT i + 1000, random() FROM r3", Commits),
+    ("CREATE INDEX r3_v ON r3(v)", Commits),
+    (
+        "CREATE TABLE d(id INTEGER PRIMARY KEY, t DEFAULT (random()))",
+        Commits,
+    ),
+    ("INSERT INTO d(id) VALUES (1), (2)", Commits),
+    ("ALTER TABLE notes ADD COLUMN c DEFAULT (random())", Fails),
+    ("PRAGMA user_version = 42", Commits),
+    ("PRAGMA main.application_id = 4660", Commits),
+    ("PRAGMA user_version = -7", Commits),
+    ("PRAGMA user_version", Commits),
+    ("PRAGMA schema_version = 5", Refused("schema_version")),
+];
+
 /// The leader, a physical follower and a logical replica, all bootstrapped after [`SETUP`].
 struct Cluster {
     dir: PathBuf,
@@ -234,6 +271,17 @@ impl Cluster {
             page_digest(self.physical.connection()).unwrap(),
             "{context}: the physical follower differs"
         );
+        for pragma in ["user_version", "application_id"] {
+            let value = |c: &rusqlite::Connection| -> i64 {
+                c.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+                    .unwrap()
+            };
+            assert_eq!(
+                value(&leader),
+                value(self.logical.connection()),
+                "{context}: {pragma} differs on the logical replica"
+            );
+        }
         for table in user_tables(&leader) {
             assert_eq!(
                 sorted_rows(&leader, &table),
@@ -383,6 +431,31 @@ fn nothing_is_created_or_written_outside_the_main_schema() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::new(dir.path());
     run_corpus(&mut cluster, SCHEMA_NAMES);
+    ordinary_writes_still_replicate(cluster);
+}
+
+#[test]
+fn replicas_take_the_leaders_results_not_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path());
+    run_corpus(&mut cluster, NOT_REPEATABLE);
+    // A logical replica built from a snapshot now has the header values too.
+    let snap = dir.path().join("snap2.db");
+    snapshot(&leader_path(dir.path()), &snap);
+    let rebuilt = dir.path().join("rebuilt.db");
+    RowReplica::build(
+        &snap,
+        &rebuilt,
+        &DbSettings::default(),
+        &RowFilter::default(),
+        None,
+    )
+    .unwrap();
+    let conn = open_reader(&rebuilt).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, -7);
     ordinary_writes_still_replicate(cluster);
 }
 

@@ -98,10 +98,16 @@ pub enum DdlKind {
     DropView,
     CreateTrigger,
     DropTrigger,
+    /// `PRAGMA user_version = N` or `application_id = N` (`table` names the pragma): database
+    /// header values, not captured as rows.
+    SetPragma,
+    CreateVirtualTable,
+    DropVirtualTable,
 }
 
 impl DdlKind {
-    pub const ALL: [DdlKind; 9] = [
+    /// In code order: new kinds are only ever appended (the code is part of the log format).
+    pub const ALL: [DdlKind; 12] = [
         DdlKind::CreateTable,
         DdlKind::AlterTable,
         DdlKind::DropTable,
@@ -111,6 +117,9 @@ impl DdlKind {
         DdlKind::DropView,
         DdlKind::CreateTrigger,
         DdlKind::DropTrigger,
+        DdlKind::SetPragma,
+        DdlKind::CreateVirtualTable,
+        DdlKind::DropVirtualTable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -124,6 +133,9 @@ impl DdlKind {
             DdlKind::DropView => "drop_view",
             DdlKind::CreateTrigger => "create_trigger",
             DdlKind::DropTrigger => "drop_trigger",
+            DdlKind::SetPragma => "set_pragma",
+            DdlKind::CreateVirtualTable => "create_virtual_table",
+            DdlKind::DropVirtualTable => "drop_virtual_table",
         }
     }
 

@@ -445,7 +445,11 @@ impl LeaderDb {
         let mark = self.capture.mark();
         self.size.begin_request();
         self.guard.begin_request(req.timeout_ms);
-        let ran = self.run_statements(req);
+        let ran = self.run_statements(req).and_then(|results| {
+            self.flush_virtual_tables()
+                .map_err(|e| (req.statements.len() - 1, e))?;
+            Ok(results)
+        });
         self.guard.end_request();
         let limit = self.guard.max_bytes();
         let failure = match ran {
@@ -496,6 +500,25 @@ impl LeaderDb {
             Ok(())
         })?;
         Ok(RequestRun::Done(RequestOutcome::Committed(results)))
+    }
+
+    /// Makes virtual tables write what they buffer (fts5 keeps new terms in memory until a
+    /// savepoint or the commit) into their shadow tables now, while the capture sees it: at
+    /// the commit it would be too late for the record. Opening a savepoint is what asks them.
+    fn flush_virtual_tables(&mut self) -> Result<(), ClientError> {
+        let rules = self.rules.clone();
+        rules
+            .internal(|| -> Result<(), StoreError> {
+                self.conn
+                    .execute_batch("SAVEPOINT flotilla_flush; RELEASE flotilla_flush")?;
+                self.capture.statement_done(&self.conn)
+            })
+            .map_err(|e| {
+                (
+                    format!("cannot capture the virtual tables' changes: {e}"),
+                    FailureKind::Sql,
+                )
+            })
     }
 
     /// The request's statements in order; stops at the first that fails (its index and why).

@@ -13,6 +13,7 @@ use crate::row_filter::RowFilter;
 use crate::rules::LocalTables;
 use crate::{read_meta, DbSettings, Meta, StatementResult, StatementRules, StoreError};
 use flotilla_types::{DdlKind, LogRecord, RowChange, RowItem, SqlValue, TableShape};
+use rusqlite::config::DbConfig;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
 use std::path::Path;
@@ -207,6 +208,8 @@ impl RowReplica {
                 conn.execute_batch(&format!("PRAGMA page_size = {size}"))?;
             }
             configure(&conn, settings, false)?;
+            // Shadow tables of virtual tables are copied as they are (see `build_into`).
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false)?;
             build_into(&conn, snapshot, filter, path)?
         };
         // The WAL is checkpointed into the file when the connection closes; make it durable
@@ -231,12 +234,20 @@ impl RowReplica {
     /// transaction: readers see all of them or none.
     pub fn apply(&mut self, records: &[LogRecord]) -> Result<&Meta, StoreError> {
         let rules = self.rules.clone();
-        rules.internal(|| self.apply_records(records))
+        // The leader's changes include those of virtual tables' shadow tables (an fts5
+        // index), which defensive mode keeps read-only for clients' statements.
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false)?;
+        let applied = rules.internal(|| self.apply_records(records));
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        applied?;
+        Ok(&self.meta)
     }
 
-    fn apply_records(&mut self, records: &[LogRecord]) -> Result<&Meta, StoreError> {
+    fn apply_records(&mut self, records: &[LogRecord]) -> Result<(), StoreError> {
         let Some(last) = records.last() else {
-            return Ok(&self.meta);
+            return Ok(());
         };
         crate::follower_db::check_follows(&self.meta, records)?;
         let tx = self
@@ -247,15 +258,24 @@ impl RowReplica {
             let rows = r.rows.as_ref().ok_or_else(|| {
                 StoreError::Apply(format!("record {} carries no row changes", r.position()))
             })?;
-            // Plans per table of this record, made on first use.
+            // Plans per table of this record, and whether the filter keeps it, made on first use.
             let mut plans: Vec<Option<TablePlan>> = Vec::new();
             plans.resize_with(rows.tables.len(), || None);
+            let mut keeps: Vec<Option<bool>> = vec![None; rows.tables.len()];
             for item in &rows.items {
                 let res = match item {
                     RowItem::Schema(s) => apply_schema(&tx, &self.filter, s),
                     RowItem::Change(c) => {
                         let shape = rows.shape(c);
-                        if !self.filter.keeps_table(&shape.name) {
+                        let keep = match keeps[c.table as usize] {
+                            Some(k) => k,
+                            None => {
+                                let k = self.filter.keeps_table(&owner_table(&tx, &shape.name)?);
+                                keeps[c.table as usize] = Some(k);
+                                k
+                            }
+                        };
+                        if !keep {
                             continue;
                         }
                         let plan = plans[c.table as usize]
@@ -286,7 +306,7 @@ impl RowReplica {
         tx.commit()?;
         self.conflicts.fetch_add(conflicts, Ordering::Relaxed);
         self.meta = meta;
-        Ok(&self.meta)
+        Ok(())
     }
 }
 
@@ -407,6 +427,13 @@ fn apply_schema(
         }
         // A trigger's effects arrive as row changes; running it here would apply them twice.
         DdlKind::CreateTrigger | DdlKind::DropTrigger => return Ok(()),
+        // A virtual table is replicated whole: its shadow tables' rows are its storage.
+        DdlKind::CreateVirtualTable
+            if filter.columns.contains_key(&s.table)
+                || filter.predicates.contains_key(&s.table) =>
+        {
+            return Err(virtual_table_filtered(&s.table));
+        }
         // Views read tables a filtered replica may not have: kept only without a table filter.
         DdlKind::CreateView | DdlKind::DropView if !filter.tables.is_empty() => return Ok(()),
         _ => {}
@@ -728,6 +755,11 @@ fn build_into(
         .filter(|o| o.0 == "table")
         .map(|o| o.1.as_str())
         .collect();
+    // "table", "view", "virtual" or "shadow" (a virtual table's storage).
+    let table_kinds: std::collections::HashMap<String, String> = conn
+        .prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'snap'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
     let bad = |m: String| StoreError::Mismatch(format!("filter: {m}"));
     // The filter must name what exists on the leader.
     for t in filter
@@ -752,6 +784,29 @@ fn build_into(
             continue;
         }
         if kind != "view" && !filter.keeps_table(table) {
+            continue;
+        }
+        let table_kind = table_kinds.get(name).map(String::as_str);
+        if kind == "table" && table_kind == Some("shadow") {
+            // Copied with its virtual table.
+            continue;
+        }
+        if kind == "table" && table_kind == Some("virtual") {
+            if filter.columns.contains_key(name) || filter.predicates.contains_key(name) {
+                return Err(bad(virtual_table_filtered(name)));
+            }
+            // Created as the leader created it, then its shadow tables made byte for byte the
+            // leader's: later changes arrive as changes of those rows.
+            tx.execute_batch(sql)?;
+            let shadows = table_kinds.iter().filter(|(s, k)| {
+                k.as_str() == "shadow" && shadow_owner(s, &table_kinds) == Some(name.as_str())
+            });
+            for (shadow, _) in shadows {
+                let q = quote(shadow);
+                tx.execute_batch(&format!(
+                    "DELETE FROM main.{q}; INSERT INTO main.{q} SELECT * FROM snap.{q};"
+                ))?;
+            }
             continue;
         }
         if kind == "table" {
@@ -968,4 +1023,49 @@ fn column_decls(
         ));
     }
     Ok(decls.join(", "))
+}
+
+fn virtual_table_filtered(table: &str) -> String {
+    format!(
+        "virtual table {table:?} cannot be filtered by columns or rows (its shadow tables are \
+         its storage): keep it whole, or leave it out of --tables"
+    )
+}
+
+/// The table whose data `name` holds: for a shadow table of a virtual table (fts5's
+/// `docs_data` of `docs`), the virtual table; otherwise `name` itself. A filter keeps or drops
+/// a virtual table together with its shadow tables.
+fn owner_table(conn: &Connection, name: &str) -> rusqlite::Result<String> {
+    let kind = |t: &str| -> rusqlite::Result<Option<String>> {
+        conn.prepare_cached("SELECT type FROM pragma_table_list(?1) WHERE schema = 'main'")?
+            .query_row([t], |r| r.get(0))
+            .optional()
+    };
+    if kind(name)?.as_deref() != Some("shadow") {
+        return Ok(name.to_string());
+    }
+    let mut end = name.len();
+    while let Some(i) = name[..end].rfind('_') {
+        if kind(&name[..i])?.as_deref() == Some("virtual") {
+            return Ok(name[..i].to_string());
+        }
+        end = i;
+    }
+    Ok(name.to_string())
+}
+
+/// The virtual table a shadow table belongs to: the longest prefix of its name, before an
+/// underscore, that is a virtual table.
+fn shadow_owner<'a>(
+    shadow: &'a str,
+    kinds: &std::collections::HashMap<String, String>,
+) -> Option<&'a str> {
+    let mut end = shadow.len();
+    while let Some(i) = shadow[..end].rfind('_') {
+        if kinds.get(&shadow[..i]).map(String::as_str) == Some("virtual") {
+            return Some(&shadow[..i]);
+        }
+        end = i;
+    }
+    None
 }

@@ -260,6 +260,8 @@ fn schema_change(ctx: &AuthContext<'_>) -> Option<(DdlKind, String)> {
         AuthAction::CreateIndex { table_name, .. } => (DdlKind::CreateIndex, table_name),
         AuthAction::DropIndex { table_name, .. } => (DdlKind::DropIndex, table_name),
         AuthAction::CreateView { view_name } => (DdlKind::CreateView, view_name),
+        AuthAction::CreateVtable { table_name, .. } => (DdlKind::CreateVirtualTable, table_name),
+        AuthAction::DropVtable { table_name, .. } => (DdlKind::DropVirtualTable, table_name),
         AuthAction::DropView { view_name } => (DdlKind::DropView, view_name),
         AuthAction::CreateTrigger { table_name, .. } => (DdlKind::CreateTrigger, table_name),
         AuthAction::DropTrigger { table_name, .. } => (DdlKind::DropTrigger, table_name),

@@ -182,6 +182,50 @@ const NOT_REPEATABLE: &[(&str, Expect)] = &[
     ("PRAGMA schema_version = 5", Refused("schema_version")),
 ];
 
+/// Virtual tables: their shadow tables are their storage, replicated row by row.
+const VIRTUAL_TABLES: &[(&str, Expect)] = &[
+    ("CREATE VIRTUAL TABLE docs USING fts5(title, body)", Commits),
+    (
+        "INSERT INTO docs(title, body) VALUES ('a', 'hello world'), ('b', 'replicated search')",
+        Commits,
+    ),
+    (
+        "INSERT INTO docs(title, body) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 \
+         FROM s WHERE i < 400) SELECT 'n' || i, 'word' || (i % 17) || ' common' FROM s",
+        Commits,
+    ),
+    (
+        "UPDATE docs SET body = 'changed body' WHERE title = 'a'",
+        Commits,
+    ),
+    ("DELETE FROM docs WHERE title = 'b'", Commits),
+    ("INSERT INTO docs(docs) VALUES ('optimize')", Commits),
+    ("INSERT INTO docs_data VALUES (999, x'00')", Fails),
+    ("DELETE FROM docs_content", Fails),
+    (
+        "CREATE VIRTUAL TABLE geo USING rtree(id, minx, maxx, miny, maxy)",
+        Commits,
+    ),
+    (
+        "INSERT INTO geo VALUES (1, 0, 1, 0, 1), (2, 5, 6, 5, 6)",
+        Commits,
+    ),
+    (
+        "INSERT INTO geo WITH RECURSIVE s(i) AS (SELECT 3 UNION ALL SELECT i + 1 FROM s \
+         WHERE i < 300) SELECT i, i, i + 1, i, i + 2 FROM s",
+        Commits,
+    ),
+    ("DELETE FROM geo WHERE id % 3 = 0", Commits),
+    ("ALTER TABLE geo RENAME TO places", Commits),
+    ("CREATE VIRTUAL TABLE gone USING fts5(x)", Commits),
+    ("INSERT INTO gone VALUES ('bye')", Commits),
+    ("DROP TABLE gone", Commits),
+    (
+        "CREATE VIRTUAL TABLE temp.t2 USING fts5(x)",
+        Refused("schema"),
+    ),
+];
+
 /// The leader, a physical follower and a logical replica, all bootstrapped after [`SETUP`].
 struct Cluster {
     dir: PathBuf,
@@ -271,6 +315,8 @@ impl Cluster {
             page_digest(self.physical.connection()).unwrap(),
             "{context}: the physical follower differs"
         );
+        // Read as the node reads: through reader connections.
+        let logical = open_reader(&self.dir.join("logical.db")).unwrap();
         for pragma in ["user_version", "application_id"] {
             let value = |c: &rusqlite::Connection| -> i64 {
                 c.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
@@ -278,14 +324,14 @@ impl Cluster {
             };
             assert_eq!(
                 value(&leader),
-                value(self.logical.connection()),
+                value(&logical),
                 "{context}: {pragma} differs on the logical replica"
             );
         }
         for table in user_tables(&leader) {
             assert_eq!(
                 sorted_rows(&leader, &table),
-                sorted_rows(self.logical.connection(), &table),
+                sorted_rows(&logical, &table),
                 "{context}: table {table} differs on the logical replica"
             );
         }
@@ -456,6 +502,102 @@ fn replicas_take_the_leaders_results_not_their_own() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(v, -7);
+    ordinary_writes_still_replicate(cluster);
+}
+
+#[test]
+fn virtual_tables_replicate_to_logical_replicas_and_their_bootstraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path());
+    run_corpus(&mut cluster, VIRTUAL_TABLES);
+    let search = |c: &rusqlite::Connection| -> Vec<String> {
+        let mut stmt = c
+            .prepare("SELECT rowid, title FROM docs WHERE docs MATCH 'common' ORDER BY rowid")
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok(format!(
+                "{}:{}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    };
+    let leader = open_reader(&leader_path(dir.path())).unwrap();
+    assert_eq!(search(&leader).len(), 400);
+    let logical = open_reader(&dir.path().join("logical.db")).unwrap();
+    assert_eq!(search(&leader), search(&logical));
+    // A logical replica built from a snapshot now, then fed the next changes; and one whose
+    // filter leaves the virtual tables out.
+    let snap = dir.path().join("snap2.db");
+    snapshot(&leader_path(dir.path()), &snap);
+    let built = |name: &str, filter: &RowFilter| {
+        let path = dir.path().join(name);
+        RowReplica::build(&snap, &path, &DbSettings::default(), filter, None).unwrap();
+        RowReplica::open(
+            &path,
+            &DbSettings::default(),
+            filter,
+            ConflictPolicy::Stop,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap()
+        .expect("built")
+    };
+    let mut whole = built("whole.db", &RowFilter::default());
+    let notes_only = RowFilter::parse(&["notes".to_string()], &[], &[]).unwrap();
+    let mut partial = built("partial.db", &notes_only);
+    for sql in [
+        "INSERT INTO docs(title, body) VALUES ('late', 'common late words')",
+        "INSERT INTO places VALUES (1000, 1, 2, 3, 4)",
+        "INSERT INTO notes(body) VALUES ('late note')",
+    ] {
+        let (outcome, record) = commit(&mut cluster.leader, sql);
+        assert!(
+            matches!(outcome, RequestOutcome::Committed(_)),
+            "{outcome:?}"
+        );
+        let (physical, logical) = record.expect("a record");
+        cluster.physical.apply(&[physical]).unwrap();
+        cluster
+            .logical
+            .apply(std::slice::from_ref(&logical))
+            .unwrap();
+        whole.apply(std::slice::from_ref(&logical)).unwrap();
+        partial.apply(&[logical]).unwrap();
+    }
+    let leader = open_reader(&leader_path(dir.path())).unwrap();
+    // Read as the node reads (reader connections).
+    let whole_reader = open_reader(&dir.path().join("whole.db")).unwrap();
+    for table in user_tables(&leader) {
+        assert_eq!(
+            sorted_rows(&leader, &table),
+            sorted_rows(&whole_reader, &table),
+            "{table} differs on the replica built from a snapshot"
+        );
+    }
+    assert_eq!(
+        search(&leader),
+        search(&open_reader(&dir.path().join("whole.db")).unwrap())
+    );
+    assert_eq!(
+        user_tables(&open_reader(&dir.path().join("partial.db")).unwrap()),
+        vec!["notes".to_string()],
+        "a filter without the virtual tables keeps none of their shadow tables"
+    );
+    // Filtering a virtual table's rows or columns is refused, naming it.
+    let by_rows = RowFilter::parse(&[], &[], &["docs: title = 'a'".to_string()]).unwrap();
+    let err = RowReplica::build(
+        &snap,
+        &dir.path().join("bad.db"),
+        &DbSettings::default(),
+        &by_rows,
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("virtual table \"docs\""), "{err}");
     ordinary_writes_still_replicate(cluster);
 }
 

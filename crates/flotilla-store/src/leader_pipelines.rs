@@ -288,33 +288,34 @@ impl LeaderDb {
             )));
         }
         let what = format!("add pipeline {}", spec.name);
-        let (id, out) = self.internal_commit(&what, epoch, origin, now_us, |db, lsn| {
-            db.conn.execute_batch(PIPELINE_TABLES_SQL)?;
-            let json = serde_json::to_string(spec).expect("plain data serialises");
-            // An id no changelog row carries: rows of a removed pipeline may still wait to be
-            // deleted, and must never be taken for the new pipeline's.
-            let id: i64 = db.conn.query_row(
-                &format!(
-                    "SELECT 1 + max(coalesce((SELECT max(id) FROM {PIPELINES_TABLE}), 0), \
+        let (id, out) =
+            self.internal_commit::<_, PipelineError>(&what, epoch, origin, now_us, |db, lsn| {
+                db.conn.execute_batch(PIPELINE_TABLES_SQL)?;
+                let json = serde_json::to_string(spec).expect("plain data serialises");
+                // An id no changelog row carries: rows of a removed pipeline may still wait to be
+                // deleted, and must never be taken for the new pipeline's.
+                let id: i64 = db.conn.query_row(
+                    &format!(
+                        "SELECT 1 + max(coalesce((SELECT max(id) FROM {PIPELINES_TABLE}), 0), \
                      coalesce((SELECT max(pipeline) FROM {CHANGELOG_TABLE}), 0))"
-                ),
-                [],
-                |r| r.get(0),
-            )?;
-            db.conn.execute(
-                &format!(
-                    "INSERT INTO {PIPELINES_TABLE} (id, name, spec, format_version) \
+                    ),
+                    [],
+                    |r| r.get(0),
+                )?;
+                db.conn.execute(
+                    &format!(
+                        "INSERT INTO {PIPELINES_TABLE} (id, name, spec, format_version) \
                      VALUES (?1, ?2, ?3, ?4)"
-                ),
-                rusqlite::params![id, spec.name, json, PIPELINE_FORMAT_VERSION],
-            )?;
-            let plan = plan(&db.conn, spec)?;
-            for sql in trigger_sql(id, &plan) {
-                db.conn.execute_batch(&sql)?;
-            }
-            crate::pipeline_triggers::initial_copy(&db.conn, id, lsn, &plan)?;
-            Ok(id)
-        })?;
+                    ),
+                    rusqlite::params![id, spec.name, json, PIPELINE_FORMAT_VERSION],
+                )?;
+                let plan = plan(&db.conn, spec)?;
+                for sql in trigger_sql(id, &plan) {
+                    db.conn.execute_batch(&sql)?;
+                }
+                crate::pipeline_triggers::initial_copy(&db.conn, id, lsn, &plan)?;
+                Ok(id)
+            })?;
         self.pipelines = InstalledPipelines::load(&self.conn)?;
         Ok((id, out))
     }
@@ -329,38 +330,39 @@ impl LeaderDb {
     ) -> Result<CommitOutcome, PipelineError> {
         let id = self.pipeline_id(name)?;
         let what = format!("remove pipeline {name}");
-        let (newest, out) = self.internal_commit(&what, epoch, origin, now_us, |db, _| {
-            drop_triggers(&db.conn, id)?;
-            db.conn.execute(
-                &format!("DELETE FROM {MARKS_TABLE} WHERE pipeline = ?1"),
-                [id],
-            )?;
-            let newest = newest_seq(&db.conn)?;
-            // The pipeline's captured rows go: the first ones now, the rest with the next
-            // commits (a large backlog must not make one huge transaction). Its id is never
-            // given to another pipeline meanwhile. The newest changelog row stays (its rowid
-            // keeps seq from restarting), emptied of what it captured.
-            db.conn.execute(
-                &format!(
+        let (newest, out) =
+            self.internal_commit::<_, PipelineError>(&what, epoch, origin, now_us, |db, _| {
+                drop_triggers(&db.conn, id)?;
+                db.conn.execute(
+                    &format!("DELETE FROM {MARKS_TABLE} WHERE pipeline = ?1"),
+                    [id],
+                )?;
+                let newest = newest_seq(&db.conn)?;
+                // The pipeline's captured rows go: the first ones now, the rest with the next
+                // commits (a large backlog must not make one huge transaction). Its id is never
+                // given to another pipeline meanwhile. The newest changelog row stays (its rowid
+                // keeps seq from restarting), emptied of what it captured.
+                db.conn.execute(
+                    &format!(
                     "DELETE FROM {CHANGELOG_TABLE} WHERE seq IN (SELECT seq FROM {CHANGELOG_TABLE} \
                      WHERE pipeline = ?1 AND seq < (SELECT max(seq) FROM {CHANGELOG_TABLE}) \
                      ORDER BY seq LIMIT ?2)"
                 ),
-                rusqlite::params![id, TRIM_ROWS_PER_COMMIT as i64],
-            )?;
-            db.conn.execute(
-                &format!(
-                    "UPDATE {CHANGELOG_TABLE} SET op = 'removed', data = '{{}}' \
+                    rusqlite::params![id, TRIM_ROWS_PER_COMMIT as i64],
+                )?;
+                db.conn.execute(
+                    &format!(
+                        "UPDATE {CHANGELOG_TABLE} SET op = 'removed', data = '{{}}' \
                      WHERE pipeline = ?1 AND seq = (SELECT max(seq) FROM {CHANGELOG_TABLE})"
-                ),
-                [id],
-            )?;
-            db.conn.execute(
-                &format!("DELETE FROM {PIPELINES_TABLE} WHERE id = ?1"),
-                [id],
-            )?;
-            Ok(newest)
-        })?;
+                    ),
+                    [id],
+                )?;
+                db.conn.execute(
+                    &format!("DELETE FROM {PIPELINES_TABLE} WHERE id = ?1"),
+                    [id],
+                )?;
+                Ok(newest)
+            })?;
         self.pipelines = InstalledPipelines::load(&self.conn)?;
         self.pipelines.pending_trims.insert(id, newest);
         Ok(out)
@@ -377,13 +379,14 @@ impl LeaderDb {
     ) -> Result<CommitOutcome, PipelineError> {
         let id = self.pipeline_id(name)?;
         let what = format!("pause pipeline {name}: {paused}");
-        let ((), out) = self.internal_commit(&what, epoch, origin, now_us, |db, _| {
-            db.conn.execute(
-                &format!("UPDATE {PIPELINES_TABLE} SET paused = ?2 WHERE id = ?1"),
-                rusqlite::params![id, paused],
-            )?;
-            Ok(())
-        })?;
+        let ((), out) =
+            self.internal_commit::<_, PipelineError>(&what, epoch, origin, now_us, |db, _| {
+                db.conn.execute(
+                    &format!("UPDATE {PIPELINES_TABLE} SET paused = ?2 WHERE id = ?1"),
+                    rusqlite::params![id, paused],
+                )?;
+                Ok(())
+            })?;
         self.pipelines = InstalledPipelines::load(&self.conn)?;
         Ok(out)
     }
@@ -398,17 +401,22 @@ impl LeaderDb {
     }
 
     /// Runs Flotilla's own statements as one commit with its own LSN.
-    fn internal_commit<T>(
+    pub(crate) fn internal_commit<T, E>(
         &mut self,
         what: &str,
         epoch: Epoch,
         origin: &NodeId,
         now_us: u64,
-        f: impl FnOnce(&mut LeaderDb, Lsn) -> Result<T, PipelineError>,
-    ) -> Result<(T, CommitOutcome), PipelineError> {
+        f: impl FnOnce(&mut LeaderDb, Lsn) -> Result<T, E>,
+    ) -> Result<(T, CommitOutcome), E>
+    where
+        E: From<StoreError> + From<InternalTooLarge>,
+    {
         let lsn = self.meta().position.lsn.next();
         let rules = self.rules.clone();
-        rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        rules
+            .internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))
+            .map_err(StoreError::from)?;
         self.capture.begin();
         self.size.begin_txn();
         // The size limit holds here too (a pipeline's initial copy of a large table): its
@@ -417,14 +425,15 @@ impl LeaderDb {
         let ran = rules.internal(|| f(self, lsn));
         self.guard.end_request();
         let limit = self.guard.max_bytes();
-        let ran = match ran {
-            Ok(_) | Err(_) if self.guard.stopped_by_size() => Err(PipelineError::Invalid(
-                too_large(what, self.guard.too_large_message()),
-            )),
-            Ok(_) if self.size.measure(limit) > limit => Err(PipelineError::Invalid(too_large(
+        let too_big = || {
+            E::from(InternalTooLarge(too_large(
                 what,
                 self.guard.too_large_message(),
-            ))),
+            )))
+        };
+        let ran = match ran {
+            Ok(_) | Err(_) if self.guard.stopped_by_size() => Err(too_big()),
+            Ok(_) if self.size.measure(limit) > limit => Err(too_big()),
             other => other,
         };
         match ran {
@@ -448,6 +457,16 @@ impl LeaderDb {
                 Err(e)
             }
         }
+    }
+}
+
+/// An internal commit (a pipeline change, a token) would exceed the transaction size limit.
+#[derive(Debug)]
+pub(crate) struct InternalTooLarge(pub String);
+
+impl From<InternalTooLarge> for PipelineError {
+    fn from(e: InternalTooLarge) -> Self {
+        PipelineError::Invalid(e.0)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod injected_bugs;
 mod leader_db;
 mod leader_pipelines;
 mod leader_recovery;
+mod leader_tokens;
 mod meta;
 mod open;
 mod pending_rows;
@@ -39,6 +40,7 @@ pub use leader_db::{
 };
 pub use leader_pipelines::{read_pipelines, StoredPipeline};
 pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};
+pub use leader_tokens::{read_tokens, StoredToken, TokenError, TOKENS_TABLE};
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use open::{
     open_reader, DbSettings, Synchronous, DEFAULT_MAX_TRANSACTION_BYTES,

@@ -93,7 +93,11 @@ impl RowCapture {
                     Some(prev) if &*prev.table == table => prev.table.clone(),
                     _ => {
                         let lower = table.to_ascii_lowercase();
-                        if lower.starts_with(INTERNAL_PREFIX) || lower.starts_with("sqlite_") {
+                        // API tokens are the one internal table every replica needs.
+                        let replicated_internal = lower == crate::TOKENS_TABLE;
+                        if (lower.starts_with(INTERNAL_PREFIX) && !replicated_internal)
+                            || lower.starts_with("sqlite_")
+                        {
                             return;
                         }
                         Arc::from(table)

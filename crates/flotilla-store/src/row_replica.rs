@@ -154,6 +154,8 @@ impl RowReplica {
         }
         conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA recursive_triggers = OFF;")?;
         conn.execute_batch(CREATE_LOCAL)?;
+        // The leader's token rows arrive as changes of this table.
+        conn.execute_batch(crate::leader_tokens::CREATE_TOKENS)?;
         let names: std::collections::HashSet<String> = conn
             .prepare("SELECT name FROM _flotilla_local")?
             .query_map([], |r| r.get(0))?
@@ -270,7 +272,9 @@ impl RowReplica {
                         let keep = match keeps[c.table as usize] {
                             Some(k) => k,
                             None => {
-                                let k = self.filter.keeps_table(&owner_table(&tx, &shape.name)?);
+                                // Tokens reach every logical follower, whatever its filter.
+                                let k = shape.name == crate::TOKENS_TABLE
+                                    || self.filter.keeps_table(&owner_table(&tx, &shape.name)?);
                                 keeps[c.table as usize] = Some(k);
                                 k
                             }
@@ -897,6 +901,19 @@ fn build_into(
             leader.commit_time_us as i64
         ],
     )?;
+    // The leader's API tokens (every node authenticates clients with them).
+    tx.execute_batch(crate::leader_tokens::CREATE_TOKENS)?;
+    let has_tokens: bool = tx.query_row(
+        "SELECT count(*) FROM snap.sqlite_schema WHERE type = 'table' AND name = ?1",
+        [crate::TOKENS_TABLE],
+        |r| r.get(0),
+    )?;
+    if has_tokens {
+        tx.execute_batch(&format!(
+            "INSERT INTO main.{t} SELECT * FROM snap.{t}",
+            t = crate::TOKENS_TABLE
+        ))?;
+    }
     // Header values the leader's clients set.
     for pragma in ["user_version", "application_id"] {
         let v: i64 = tx.query_row(&format!("PRAGMA snap.{pragma}"), [], |r| r.get(0))?;

@@ -3,6 +3,7 @@
 //! Nothing here does IO, reads a clock or spawns a thread; it is shared by the sans-IO core,
 //! the node runtime, the simulator and the client.
 
+mod access;
 mod chain;
 mod ids;
 mod pipeline;
@@ -10,6 +11,7 @@ mod position;
 mod record;
 mod rows;
 
+pub use access::{AccessRole, AccessRoleParseError};
 pub use chain::{Chain, ContentDigest};
 pub use ids::{ClusterId, IdError, NodeId};
 pub use pipeline::{

@@ -84,7 +84,10 @@ pub fn write_transaction(
     let Some(rows) = r.rows.as_ref() else {
         return false;
     };
-    let keep = |t: &str| tables.is_none_or(|s| s.contains(t));
+    // Flotilla's own rows (API tokens) are never part of the feed.
+    let keep = |t: &str| {
+        !t.starts_with(flotilla_store::INTERNAL_PREFIX) && tables.is_none_or(|s| s.contains(t))
+    };
     let start = out.len();
     let _ = write!(
         out,

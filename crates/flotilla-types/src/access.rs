@@ -35,13 +35,10 @@ impl AccessRole {
     /// Whether a token of this role may do what `needed` allows.
     pub fn allows(self, needed: AccessRole) -> bool {
         use AccessRole::*;
-        match (self, needed) {
-            (Admin, _) => true,
-            (Write, Read | Write) => true,
-            (Read, Read) => true,
-            (Replicate, Replicate) => true,
-            _ => false,
-        }
+        matches!(
+            (self, needed),
+            (Admin, _) | (Write, Read | Write) | (Read, Read) | (Replicate, Replicate)
+        )
     }
 }
 

@@ -34,7 +34,13 @@ pub async fn run(a: ChangesArgs) -> anyhow::Result<()> {
         }
         q.append_pair("follow", if a.no_follow { "false" } else { "true" });
     }
-    let mut resp = reqwest::get(url.clone())
+    let client = flotilla_cli::client::Client::new(&a.node);
+    let mut resp = client
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/changes?{}", url.query().unwrap_or("")),
+        )
+        .send()
         .await
         .with_context(|| format!("cannot reach {}", a.node))?;
     if !resp.status().is_success() {

@@ -280,13 +280,15 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     println!("\n7. The change feed: the last two transactions as a consumer sees them");
     let pos: flotilla_types::Position = final_pos.parse()?;
     let from = format!("{}/{}", pos.epoch.0, pos.lsn.0.saturating_sub(2));
-    let text = reqwest::get(format!(
-        "{}/v1/changes?from={from}&follow=false",
-        leader.url
-    ))
-    .await?
-    .text()
-    .await?;
+    let text = Client::new(&leader.url)
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/changes?from={from}&follow=false"),
+        )
+        .send()
+        .await?
+        .text()
+        .await?;
     for line in text.lines() {
         let v: Value = serde_json::from_str(line)?;
         let changes = v["changes"].as_array().cloned().unwrap_or_default();

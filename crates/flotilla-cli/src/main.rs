@@ -1,6 +1,7 @@
 //! `flotilla`: run a node, talk to one, or see a cluster work (`flotilla demo`).
 
 mod bench;
+mod cert;
 mod changes;
 mod demo;
 mod demo_trigger;
@@ -9,6 +10,7 @@ mod pipeline;
 mod serve;
 mod sql;
 mod status;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +24,13 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The API token to present to nodes (needed where authentication is on).
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The CA certificate (PEM) https:// nodes are verified against. For `serve`: the CA its
+    /// leader and pipeline targets are verified against.
+    #[arg(long, global = true, env = "FLOTILLA_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +50,12 @@ enum Command {
     /// Flotilla or a file.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// API tokens: make, list and revoke them (admin role).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// TLS certificates for a test cluster.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Inspect or repair a stopped node's replication log.
     #[command(subcommand)]
     Log(log_tool::LogCommand),
@@ -63,8 +78,11 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
+        flotilla_cli::client::set_defaults(cli.token.clone(), cli.tls_ca.as_deref())?;
         match cli.command {
-            Command::Serve(a) => serve::run(*a).await,
+            Command::Serve(a) => serve::run(*a, cli.tls_ca.clone()).await,
+            Command::Token(c) => token::run(c).await,
+            Command::Cert(c) => cert::run(c),
             Command::Sql(a) => sql::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,

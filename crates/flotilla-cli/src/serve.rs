@@ -22,6 +22,20 @@ pub struct ServeArgs {
     /// The URL other nodes and clients use for this node [default: http://<listen>].
     #[arg(long)]
     advertise_url: Option<String>,
+    /// Require API tokens on every request (on by default when listening on a non-loopback
+    /// address; `auth = false` in the config file turns it off there).
+    #[arg(long)]
+    auth: bool,
+    /// A follower's token (role replicate) for its leader.
+    #[arg(long, env = "FLOTILLA_REPLICATION_TOKEN", hide_env_values = true)]
+    replication_token: Option<String>,
+    /// Serve HTTPS with this certificate (PEM; `flotilla cert init` makes one for a test cluster).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+
     /// SQLite synchronous setting: full, normal or off [default: normal on a leader, whose
     /// database is completed from its flushed log after a power loss; full on a follower].
     #[arg(long)]
@@ -51,7 +65,8 @@ pub struct ServeArgs {
     page_size: Option<u32>,
 }
 
-pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+/// `tls_ca`: the global `--tls-ca`, the CA the nodes this one connects to are verified against.
+pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
     let mut file = match &a.config {
         Some(p) => ConfigFile::load(p)?,
         None => ConfigFile::default(),
@@ -66,8 +81,21 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         follow,
         advertise_url,
         synchronous,
-        conflict_policy
+        conflict_policy,
+        replication_token
     );
+    if a.auth {
+        file.auth = Some(true);
+    }
+    if a.tls_cert.is_some() {
+        file.tls.cert = a.tls_cert.clone();
+    }
+    if a.tls_key.is_some() {
+        file.tls.key = a.tls_key.clone();
+    }
+    if tls_ca.is_some() {
+        file.tls.ca = tls_ca;
+    }
     if a.log.is_some() {
         file.log.kind = a.log.clone();
     }

@@ -41,6 +41,10 @@ pub struct ConfigFile {
     pub follow: Option<String>,
     pub advertise_url: Option<String>,
     pub synchronous: Option<String>,
+    /// Require API tokens. Default: on when the node listens on a non-loopback address.
+    pub auth: Option<bool>,
+    /// A follower's token (role replicate) for its leader.
+    pub replication_token: Option<String>,
     /// `log = "logical"`, or a `[log]` section (which may hold `kind = "logical"`).
     #[serde(default)]
     pub log: LogSection,
@@ -48,6 +52,8 @@ pub struct ConfigFile {
     pub api: ApiSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub tls: TlsSection,
     /// A logical follower's publication filter.
     #[serde(default)]
     pub filter: FilterSection,
@@ -135,6 +141,16 @@ pub struct ApiSection {
     pub readers: Option<usize>,
 }
 
+/// TLS: the node's certificate and key (it then serves HTTPS), and the CA its peers'
+/// certificates are verified against.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
 /// Limits on what one request may cost.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -173,6 +189,14 @@ pub struct NodeConfig {
     pub follow: Option<String>,
     /// The URL other nodes and clients use to reach this node (default: from `listen`).
     pub advertise_url: Option<String>,
+    /// Whether requests must carry a token.
+    pub auth: bool,
+    /// A follower's token for its leader.
+    pub replication_token: Option<String>,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls_cert_key: Option<(PathBuf, PathBuf)>,
+    /// Verify the nodes this node connects to against this CA certificate (PEM).
+    pub tls_ca: Option<PathBuf>,
     pub synchronous: Synchronous,
     pub log_fsync: FsyncPolicy,
     pub segment_bytes: u64,
@@ -222,6 +246,45 @@ impl ConfigFile {
             Some(url) => Some(validate_url("advertise-url", &url)?),
             None => None,
         };
+        // Loopback only: reachable from this machine alone, so it may stay open (the demo's
+        // one command). Anything else requires tokens unless switched off explicitly.
+        let auth = self.auth.unwrap_or(!listen.ip().is_loopback());
+        let tls_cert_key = match (self.tls.cert, self.tls.key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "tls",
+                    "give both a certificate and its key (--tls-cert and --tls-key)",
+                ))
+            }
+        };
+        if let Some(url) = follow.as_ref().filter(|u| u.starts_with("https://")) {
+            if self.tls.ca.is_none() {
+                return Err(invalid(
+                    "tls.ca",
+                    format!(
+                        "{url} is an https:// leader: give --tls-ca with the CA certificate its \
+                         certificate is verified against"
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &self.replication_token {
+            if follow.is_none() {
+                return Err(invalid(
+                    "replication-token",
+                    "a follower's token for its leader: give --follow too",
+                ));
+            }
+            if !t.starts_with("flt_") || t.trim() != t {
+                return Err(invalid(
+                    "replication-token",
+                    "not a Flotilla token (flt_…): make one with `flotilla token create --role \
+                     replicate` on the leader",
+                ));
+            }
+        }
         // A leader's database is completed from its log (flushed before every answer) after a
         // power loss, so one flush per commit is enough there; a follower flushes its applies.
         let default_sync = if follow.is_some() { "full" } else { "normal" };
@@ -355,6 +418,10 @@ impl ConfigFile {
             listen,
             follow,
             advertise_url,
+            auth,
+            replication_token: self.replication_token,
+            tls_cert_key,
+            tls_ca: self.tls.ca,
             synchronous,
             log_fsync,
             segment_bytes: segment_mib << 20,
@@ -379,13 +446,14 @@ fn validate_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
     let trimmed = url.trim_end_matches('/');
     let ok = trimmed
         .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
         .is_some_and(|rest| !rest.is_empty() && !rest.contains(' '));
     if ok {
         Ok(trimmed.to_string())
     } else {
         Err(invalid(
             key,
-            format!("{url:?} is not an http:// URL such as http://127.0.0.1:4790"),
+            format!("{url:?} is not an http:// or https:// URL such as http://127.0.0.1:4790"),
         ))
     }
 }

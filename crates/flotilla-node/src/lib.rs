@@ -7,6 +7,7 @@
 //! - [`follower`]: drives [`flotilla_core::FollowerSession`]: transport, apply, bootstrap.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod data_lock;
 pub mod follower;
@@ -14,9 +15,11 @@ pub mod identity;
 pub mod leader;
 mod metrics;
 mod node;
+pub mod peer;
 pub mod pipeline;
 mod readers;
 mod time;
+pub mod tls;
 
 pub use config::{ConfigError, NodeConfig};
 pub use node::{run, Node, Role};

@@ -36,6 +36,10 @@ pub struct Node {
     pub leader: Option<LeaderState>,
     pub follower: Option<Arc<FollowerShared>>,
     pub shutdown: CancellationToken,
+    /// The tokens requests must carry; `None` when authentication is off.
+    pub keyring: Option<Arc<crate::auth::Keyring>>,
+    /// How this node reaches other nodes (TLS roots, its replication token).
+    pub peers: crate::peer::Peers,
 }
 
 impl Node {
@@ -112,10 +116,17 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener.local_addr()?;
+    let tls = match &config.tls_cert_key {
+        Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
+        None => None,
+    };
+    let peers =
+        crate::peer::Peers::new(config.tls_ca.as_deref(), config.replication_token.clone())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let url = config
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("http://{bound}"));
+        .unwrap_or_else(|| format!("{scheme}://{bound}"));
     let db_path = dir.join("db.sqlite");
     let settings = DbSettings {
         synchronous: config.synchronous,
@@ -248,6 +259,16 @@ pub async fn run(
             )
         }
     };
+    let keyring = config
+        .auth
+        .then(|| Arc::new(crate::auth::Keyring::new(db_path.clone())));
+    if !config.auth && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "authentication is off on {}: anyone who reaches this address can read, write and \
+             administer the node",
+            config.listen
+        );
+    }
     let have_db = db_path.exists() && (role == Role::Leader || position != Position::ZERO);
     let readers = ReaderPool::new(db_path.clone(), config.readers, have_db);
     let (position_tx, _) = watch::channel(position);
@@ -263,7 +284,10 @@ pub async fn run(
         leader: leader_state,
         follower: follower_shared,
         shutdown: shutdown.clone(),
+        keyring,
+        peers,
     });
+    crate::auth::first_admin_token(&node).await?;
     if let Some(leader) = &node.leader {
         // Committed positions become visible to readers as the head moves.
         let mut head_rx = leader.head.subscribe();
@@ -290,11 +314,29 @@ pub async fn run(
         let _ = tx.send(url.clone());
     }
     let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-            .await
-    });
+    let server = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+                .await
+        }),
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                server_shutdown.cancelled().await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            let listener = listener.into_std()?;
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+            tokio::spawn(async move {
+                axum_server::from_tcp_rustls(listener, config)
+                    .handle(handle)
+                    .serve(app.into_make_service())
+                    .await
+            })
+        }
+    };
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
         reason = fatal_rx.recv() => Err(anyhow::anyhow!(

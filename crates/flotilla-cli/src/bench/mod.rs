@@ -286,7 +286,9 @@ pub(crate) async fn throughput(url: &str, clients: usize, secs: f64) -> f64 {
 /// `flotilla_pipeline_delivery_lag_seconds` on a leader with pipelines): (upper bound in ms,
 /// cumulative count).
 async fn lag_histogram(node: &str, metric: &str) -> anyhow::Result<Vec<(f64, u64)>> {
-    let text = reqwest::get(format!("{node}/metrics"))
+    let text = Client::new(node)
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
         .await?
         .text()
         .await?;
@@ -457,11 +459,13 @@ pub(crate) async fn catchup(
     let head = position(&lc).await?;
     // The feed first, while the stopped followers still hold the log back.
     let t = Instant::now();
-    let mut resp = reqwest::get(format!(
-        "{}/v1/changes?from={start}&follow=false",
-        leader.url
-    ))
-    .await?;
+    let mut resp = Client::new(&leader.url)
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/changes?from={start}&follow=false"),
+        )
+        .send()
+        .await?;
     let mut lines = 0u64;
     while let Some(chunk) = resp.chunk().await? {
         lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;

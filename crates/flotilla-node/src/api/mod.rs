@@ -10,6 +10,7 @@ mod pipelines;
 mod query;
 mod snapshot;
 mod status;
+mod tokens;
 pub mod values;
 
 pub use error::ApiError;
@@ -36,6 +37,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/pipelines/{name}/pause", post(pipelines::pause))
         .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/replication", get(replication))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async {
@@ -52,7 +55,12 @@ pub fn router(node: Arc<Node>) -> Router {
                 "this endpoint does not accept that method; see docs/api.md",
             )
         })
-        .with_state(node)
+        .with_state(node.clone())
+        // Outermost: nothing is answered to a request the token does not allow.
+        .layer(axum::middleware::from_fn_with_state(
+            node,
+            crate::auth::layer,
+        ))
 }
 
 async fn replication(State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> impl IntoResponse {

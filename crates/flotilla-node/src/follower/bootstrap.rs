@@ -50,9 +50,9 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
     let shared = node.follower.clone().expect("follower");
     let url = format!("{leader_url}/v1/snapshot");
     tracing::info!("bootstrapping from {url}");
-    let client = reqwest::Client::new();
-    let mut resp = client
-        .get(&url)
+    let mut resp = node
+        .peers
+        .authorized(node.peers.http.get(&url))
         .send()
         .await
         .map_err(|e| format!("cannot reach {url}: {e}"))?;

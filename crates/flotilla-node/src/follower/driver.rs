@@ -50,7 +50,16 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
             match cmd {
                 FollowerCommand::Connect => {
                     generation += 1;
-                    conn = Some(transport::connect(&leader_url, generation, ev_tx.clone()));
+                    let credentials = transport::Credentials {
+                        tls: node.peers.tls.clone(),
+                        token: node.peers.token.clone(),
+                    };
+                    conn = Some(transport::connect(
+                        &leader_url,
+                        credentials,
+                        generation,
+                        ev_tx.clone(),
+                    ));
                 }
                 FollowerCommand::Send(msg) => {
                     if let Some(c) = &conn {

@@ -6,6 +6,7 @@ use flotilla_core::FollowerEvent;
 use flotilla_wire::LeaderMessage;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -24,28 +25,89 @@ impl Drop for Connection {
     }
 }
 
+/// How to open a session: over TLS with these roots, presenting this token.
+#[derive(Clone)]
+pub struct Credentials {
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub token: Option<String>,
+}
+
+/// Why the leader refused the WebSocket upgrade, for the follower's status.
+fn refused_upgrade(ws_url: &str, status: u16) -> String {
+    match status {
+        401 => format!(
+            "the leader at {ws_url} requires a token: start this follower with \
+             --replication-token (a token with the replicate role; `flotilla token create \
+             --role replicate` on the leader makes one), or the token given is unknown or revoked"
+        ),
+        403 => format!(
+            "the leader at {ws_url} refused this follower's token: it lacks the replicate role"
+        ),
+        other => format!("the leader at {ws_url} answered {other} to the replication request"),
+    }
+}
+
 pub fn connect(
     leader_url: &str,
+    credentials: Credentials,
     generation: u64,
     events: mpsc::UnboundedSender<Tagged>,
 ) -> Connection {
-    let ws_url = format!(
-        "ws://{}/v1/replication",
-        leader_url.trim_start_matches("http://")
-    );
+    let ws_url = match leader_url.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}/v1/replication"),
+        None => format!(
+            "ws://{}/v1/replication",
+            leader_url.trim_start_matches("http://")
+        ),
+    };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let task = tokio::spawn(async move {
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(crate::leader::shipping::MAX_MESSAGE_BYTES);
         config.max_frame_size = Some(crate::leader::shipping::MAX_MESSAGE_BYTES);
         let lost = |reason: String| (generation, FollowerEvent::ConnectionLost { reason });
+        let request = match ws_url.as_str().into_client_request() {
+            Ok(mut r) => {
+                if let Some(t) = &credentials.token {
+                    match format!("Bearer {t}").parse() {
+                        Ok(v) => {
+                            r.headers_mut().insert("authorization", v);
+                        }
+                        Err(_) => {
+                            let _ = events.send(lost(
+                                "the replication token is not a valid header value".into(),
+                            ));
+                            return;
+                        }
+                    }
+                }
+                r
+            }
+            Err(e) => {
+                let _ = events.send(lost(format!("bad leader URL {ws_url}: {e}")));
+                return;
+            }
+        };
+        let connector = credentials
+            .tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
         let connected = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            tokio_tungstenite::connect_async_with_config(&ws_url, Some(config), true),
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                Some(config),
+                true,
+                connector,
+            ),
         )
         .await;
         let ws = match connected {
             Ok(Ok((ws, _))) => ws,
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                let _ = events.send(lost(refused_upgrade(&ws_url, resp.status().as_u16())));
+                return;
+            }
             Ok(Err(e)) => {
                 let _ = events.send(lost(format!("cannot reach the leader at {ws_url}: {e}")));
                 return;

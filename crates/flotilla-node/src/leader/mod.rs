@@ -8,7 +8,9 @@ mod writer;
 
 pub use feed_pins::{FeedPin, FeedPins};
 pub use recent::RecentRecords;
-pub use writer::{spawn_writer, PipelineChange, WriteError, WriteJob, WriteReply, WriterParts};
+pub use writer::{
+    spawn_writer, PipelineChange, TokenChange, WriteError, WriteJob, WriteReply, WriterParts,
+};
 
 use flotilla_core::FollowerTracker;
 use flotilla_log::Log;

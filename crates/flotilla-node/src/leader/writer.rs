@@ -29,6 +29,17 @@ pub enum WriteJob {
         change: PipelineChange,
         reply: oneshot::Sender<Result<Position, String>>,
     },
+    /// Making or revoking an API token: an internal commit of its own.
+    Token {
+        change: TokenChange,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum TokenChange {
+    Add(flotilla_store::StoredToken),
+    Revoke(String),
 }
 
 #[derive(Debug, Clone)]
@@ -129,19 +140,26 @@ pub fn spawn_writer(
             while let Some(first) = waiting.pop_front().or_else(|| jobs.blocking_recv()) {
                 let (request, reply) = match first {
                     WriteJob::Request { request, reply } => (request, reply),
-                    WriteJob::Pipeline { change, reply } => {
-                        let result = pipeline_change(&mut db, &change, epoch, &origin);
-                        let answer = match result {
-                            Ok(outcome) => match publisher.publish(&outcome) {
-                                Ok(p) => Ok(p.unwrap_or(db.meta().position)),
-                                Err(reason) => {
-                                    let _ = reply.send(Err(reason.clone()));
-                                    return stop(Vec::new(), &fatal, reason);
-                                }
-                            },
-                            Err(e) => Err(e.to_string()),
+                    WriteJob::Token { change, reply } => {
+                        let now = wall_us();
+                        let result = match &change {
+                            TokenChange::Add(t) => db.add_token(t, epoch, &origin, now),
+                            TokenChange::Revoke(id) => {
+                                db.revoke_token(id, now / 1000, epoch, &origin, now)
+                            }
                         };
-                        let _ = reply.send(answer);
+                        let result = result.map_err(|e| e.to_string());
+                        if let Err(reason) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, reason);
+                        }
+                        continue;
+                    }
+                    WriteJob::Pipeline { change, reply } => {
+                        let result = pipeline_change(&mut db, &change, epoch, &origin)
+                            .map_err(|e| e.to_string());
+                        if let Err(reason) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, reason);
+                        }
                         continue;
                     }
                 };
@@ -213,6 +231,28 @@ pub fn spawn_writer(
 }
 
 type Group = Vec<(TxnRequest, oneshot::Sender<WriteReply>)>;
+
+/// Publishes an internal commit (pipeline, token) and answers its requester. `Err`: the record
+/// could not be made durable; the node must stop.
+fn internal_commit_done(
+    db: &LeaderDb,
+    publisher: &Publisher,
+    result: Result<CommitOutcome, String>,
+    reply: oneshot::Sender<Result<Position, String>>,
+) -> Result<(), String> {
+    let answer = match result {
+        Ok(outcome) => match publisher.publish(&outcome) {
+            Ok(p) => Ok(p.unwrap_or(db.meta().position)),
+            Err(reason) => {
+                let _ = reply.send(Err(reason.clone()));
+                return Err(reason);
+            }
+        },
+        Err(e) => Err(e),
+    };
+    let _ = reply.send(answer);
+    Ok(())
+}
 
 fn stop(group: Group, fatal: &mpsc::UnboundedSender<String>, reason: String) {
     tracing::error!("stopping the node: {reason}");

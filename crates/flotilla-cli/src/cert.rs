@@ -1,0 +1,75 @@
+//! `flotilla cert init --out DIR [--host NAME…]`: a CA and a node certificate for a test
+//! cluster (rcgen). Production clusters use their own PKI: a node takes any PEM certificate
+//! and key (`--tls-cert`, `--tls-key`), and verifies peers against any CA (`--tls-ca`).
+
+use anyhow::Context;
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Make ca.pem (and ca.key) and node.pem / node.key, valid for localhost, 127.0.0.1, ::1
+    /// and every --host.
+    Init {
+        /// Where to write the files (created if missing; existing files are not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Another name or IP address the nodes are reached by (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+fn write_new(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
+    let CertCommand::Init { out, hosts } = cmd;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Flotilla test cluster CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for h in hosts {
+        if !names.contains(&h) {
+            names.push(h);
+        }
+    }
+    let mut node_params = rcgen::CertificateParams::new(names.clone())
+        .context("a --host is neither a DNS name nor an IP address")?;
+    node_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Flotilla node");
+    let node_key = rcgen::KeyPair::generate()?;
+    let node = node_params.signed_by(&node_key, &ca, &ca_key)?;
+    write_new(&out.join("ca.pem"), &ca.pem(), false)?;
+    write_new(&out.join("ca.key"), &ca_key.serialize_pem(), true)?;
+    write_new(&out.join("node.pem"), &node.pem(), false)?;
+    write_new(&out.join("node.key"), &node_key.serialize_pem(), true)?;
+    println!(
+        "wrote {dir}/ca.pem, ca.key, node.pem and node.key (valid for {names}).\n\
+         Nodes: flotilla serve … --tls-cert {dir}/node.pem --tls-key {dir}/node.key --tls-ca {dir}/ca.pem\n\
+         Clients: --tls-ca {dir}/ca.pem (or FLOTILLA_TLS_CA), and https:// URLs",
+        dir = out.display(),
+        names = names.join(", ")
+    );
+    Ok(())
+}

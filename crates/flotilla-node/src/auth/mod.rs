@@ -1,0 +1,149 @@
+//! Who may use a node: API tokens with roles, checked on every request when authentication is
+//! on (see `docs/security.md`).
+
+mod keyring;
+mod token;
+
+pub use keyring::{Denied, Keyring};
+pub use token::{hash_secret, TokenText};
+
+use crate::api::ApiError;
+use crate::node::Node;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flotilla_types::AccessRole;
+use std::sync::Arc;
+
+/// On a leader's first start with authentication on (no token exists yet): makes an admin
+/// token and writes it to `<data>/admin.token`, readable by its owner only.
+pub async fn first_admin_token(node: &Arc<Node>) -> anyhow::Result<()> {
+    let (Some(keyring), Some(leader)) = (&node.keyring, &node.leader) else {
+        return Ok(());
+    };
+    if keyring.has_any().await {
+        return Ok(());
+    }
+    let token = TokenText::generate();
+    let stored = flotilla_store::StoredToken {
+        id: token.id.clone(),
+        name: "admin (made at first start)".into(),
+        role: AccessRole::Admin,
+        hash: token.hash(),
+        created_ms: crate::time::wall_ms(),
+        revoked_ms: None,
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = crate::leader::WriteJob::Token {
+        change: crate::leader::TokenChange::Add(stored),
+        reply,
+    };
+    leader
+        .writer
+        .send(job)
+        .await
+        .map_err(|_| anyhow::anyhow!("the writer stopped"))?;
+    answer
+        .await
+        .map_err(|_| anyhow::anyhow!("the writer stopped"))?
+        .map_err(|e| anyhow::anyhow!("cannot make the first admin token: {e}"))?;
+    keyring.invalidate();
+    let path = node.config.data_dir.join("admin.token");
+    write_private(&path, format!("{token}\n").as_bytes())?;
+    println!(
+        "flotilla: authentication is on; an admin token was written to {}",
+        path.display()
+    );
+    tracing::info!(path = %path.display(), "wrote the first admin token");
+    Ok(())
+}
+
+/// Writes a file only its owner can read (mode 0600 from the start).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An older file keeps its mode when opened: make sure.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The role a request needs.
+pub fn required_role(method: &Method, path: &str) -> AccessRole {
+    let admin_area = path.starts_with("/v1/tokens") || path.starts_with("/v1/followers");
+    match path {
+        "/v1/execute" => AccessRole::Write,
+        "/v1/replication" | "/v1/snapshot" => AccessRole::Replicate,
+        _ if admin_area => AccessRole::Admin,
+        _ if path.starts_with("/v1/pipelines") && method != Method::GET => AccessRole::Admin,
+        _ => AccessRole::Read,
+    }
+}
+
+/// Lets a request in if authentication is off, or if its token allows what it asks.
+pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let Some(keyring) = &node.keyring else {
+        return next.run(req).await;
+    };
+    let needed = required_role(req.method(), req.uri().path());
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match keyring.check(header, needed).await {
+        Ok(_) => next.run(req).await,
+        Err(denied) => {
+            let (status, code) = match denied {
+                Denied::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+                _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            };
+            let mut resp = ApiError::new(status, code, denied.to_string()).into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            resp
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_needs_the_role_its_action_does() {
+        use AccessRole::*;
+        for (method, path, role) in [
+            (Method::POST, "/v1/execute", Write),
+            (Method::POST, "/v1/query", Read),
+            (Method::GET, "/v1/status", Read),
+            (Method::GET, "/metrics", Read),
+            (Method::GET, "/v1/changes", Read),
+            (Method::GET, "/v1/snapshot", Replicate),
+            (Method::GET, "/v1/replication", Replicate),
+            (Method::DELETE, "/v1/followers/f1", Admin),
+            (Method::GET, "/v1/tokens", Admin),
+            (Method::POST, "/v1/tokens", Admin),
+            (Method::DELETE, "/v1/tokens/abc", Admin),
+            (Method::GET, "/v1/pipelines", Read),
+            (Method::GET, "/v1/pipelines/p", Read),
+            (Method::POST, "/v1/pipelines", Admin),
+            (Method::DELETE, "/v1/pipelines/p", Admin),
+            (Method::POST, "/v1/pipelines/p/pause", Admin),
+            (Method::GET, "/v1/nope", Read),
+        ] {
+            assert_eq!(required_role(&method, path), role, "{method} {path}");
+        }
+    }
+}

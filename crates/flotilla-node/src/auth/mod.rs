@@ -100,6 +100,14 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok());
     match keyring.check(header, needed).await {
         Ok(_) => next.run(req).await,
+        // A follower still bootstrapping has no database, so no tokens to check against yet.
+        Err(Denied::Unknown) if !node.readers.is_open() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bootstrapping",
+            "this node has no database yet (it is bootstrapping from a snapshot), so it cannot \
+             check tokens; retry shortly",
+        )
+        .into_response(),
         Err(denied) => {
             let (status, code) = match denied {
                 Denied::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),

@@ -56,6 +56,12 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
         .send()
         .await
         .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    if matches!(resp.status().as_u16(), 401 | 403) {
+        return Err(super::transport::refused_by_leader(
+            &url,
+            resp.status().as_u16(),
+        ));
+    }
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();

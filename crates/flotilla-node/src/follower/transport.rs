@@ -32,8 +32,9 @@ pub struct Credentials {
     pub token: Option<String>,
 }
 
-/// Why the leader refused the WebSocket upgrade, for the follower's status.
-fn refused_upgrade(ws_url: &str, status: u16) -> String {
+/// Why the leader refused a request of this follower (the replication session, a snapshot),
+/// for the follower's status.
+pub fn refused_by_leader(ws_url: &str, status: u16) -> String {
     match status {
         401 => format!(
             "the leader at {ws_url} requires a token: start this follower with \
@@ -105,7 +106,7 @@ pub fn connect(
         let ws = match connected {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                let _ = events.send(lost(refused_upgrade(&ws_url, resp.status().as_u16())));
+                let _ = events.send(lost(refused_by_leader(&ws_url, resp.status().as_u16())));
                 return;
             }
             Ok(Err(e)) => {

@@ -1,0 +1,612 @@
+//! Nobody uninvited gets in: tokens and roles on every endpoint, followers that must present a
+//! replicate token, a rogue follower's forged progress report, revocation on every node, TLS
+//! end to end, and authentication on by default off loopback.
+
+mod common;
+
+use common::*;
+use flotilla_cli::client::{Client, Credentials};
+use flotilla_cli::cluster::LocalNode;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+async fn start_auth(root: &Path, id: &str, follow: Option<&str>, extra: &[&str]) -> LocalNode {
+    let mut args = vec!["--auth"];
+    args.extend_from_slice(extra);
+    LocalNode::start(&exe(), root, id, follow, &args)
+        .await
+        .unwrap_or_else(|e| panic!("starting {id}: {e:#}"))
+}
+
+fn admin_token(node: &LocalNode) -> String {
+    std::fs::read_to_string(node.dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+async fn make_token(admin: &Client, role: &str) -> String {
+    let v = admin
+        .post(
+            "/v1/tokens",
+            &json!({ "role": role, "name": format!("test {role}") }),
+        )
+        .await
+        .unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// (status, error code) of a request with an optional Authorization header value.
+async fn call(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    auth: Option<&str>,
+) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), format!("{url}{path}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_checks_the_token_and_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start_auth(dir.path(), "leader", None, &[]).await;
+    let file = leader.dir.join("admin.token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let admin = admin_token(&leader);
+    let ac = Client::with_token(&leader.url, &admin);
+    let read = make_token(&ac, "read").await;
+    let write = make_token(&ac, "write").await;
+    let replicate = make_token(&ac, "replicate").await;
+    let revoked = make_token(&ac, "admin").await;
+    let revoked_id = revoked.split('_').nth(1).unwrap().to_string();
+    ac.delete(&format!("/v1/tokens/{revoked_id}"))
+        .await
+        .unwrap();
+    let listed = ac.get("/v1/tokens").await.unwrap();
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 5, "{listed}");
+    assert!(
+        !listed.to_string().contains(&read),
+        "a listing shows a secret"
+    );
+
+    let endpoints: Vec<(&str, &str, Option<Value>, &str)> = vec![
+        (
+            "POST",
+            "/v1/execute",
+            Some(json!({"statements": [{"sql": "SELECT 1"}]})),
+            "write",
+        ),
+        (
+            "POST",
+            "/v1/query",
+            Some(json!({"sql": "SELECT 1"})),
+            "read",
+        ),
+        ("GET", "/v1/status", None, "read"),
+        ("GET", "/metrics", None, "read"),
+        ("GET", "/v1/changes?follow=false", None, "read"),
+        ("GET", "/v1/snapshot", None, "replicate"),
+        ("GET", "/v1/replication", None, "replicate"),
+        ("DELETE", "/v1/followers/nobody", None, "admin"),
+        ("GET", "/v1/tokens", None, "admin"),
+        ("POST", "/v1/tokens", Some(json!({"role": "read"})), "admin"),
+        ("DELETE", "/v1/tokens/000000000000", None, "admin"),
+        ("GET", "/v1/pipelines", None, "read"),
+        ("POST", "/v1/pipelines", Some(json!({})), "admin"),
+        ("DELETE", "/v1/pipelines/nope", None, "admin"),
+        ("POST", "/v1/pipelines/nope/pause", None, "admin"),
+        ("GET", "/v1/no-such-endpoint", None, "read"),
+    ];
+    let bearer = |t: &str| format!("Bearer {t}");
+    let allows = |role: &str, needed: &str| match role {
+        "admin" => true,
+        "write" => needed == "read" || needed == "write",
+        other => other == needed,
+    };
+    let tokens = [
+        ("read", &read),
+        ("write", &write),
+        ("admin", &admin),
+        ("replicate", &replicate),
+    ];
+    for (method, path, body, needed) in &endpoints {
+        for bad in [
+            None,
+            Some("garbage".to_string()),
+            Some(bearer("flt_000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")),
+            Some(bearer(&revoked)),
+            Some(bearer(&format!("{}x", &read[..read.len() - 1]))),
+        ] {
+            let (status, code) =
+                call(&leader.url, method, path, body.clone(), bad.as_deref()).await;
+            assert_eq!(
+                (status, code.as_str()),
+                (401, "unauthorized"),
+                "{method} {path} with {bad:?}"
+            );
+        }
+        for (role, token) in tokens {
+            let (status, code) = call(
+                &leader.url,
+                method,
+                path,
+                body.clone(),
+                Some(&bearer(token)),
+            )
+            .await;
+            if allows(role, needed) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {path} as {role}: {status} {code}"
+                );
+            } else {
+                assert_eq!(
+                    (status, code.as_str()),
+                    (403, "forbidden"),
+                    "{method} {path} as {role}"
+                );
+            }
+        }
+    }
+    // Writes go through with a write token, and the CLI takes the token from the environment.
+    let out = std::process::Command::new(exe())
+        .args(["sql", "--node", &leader.url, "CREATE TABLE t(x)"])
+        .env("FLOTILLA_TOKEN", &write)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(exe())
+        .args(["sql", "--node", &leader.url, "INSERT INTO t VALUES (1)"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("requires a token"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_must_present_a_replicate_token_and_tokens_work_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start_auth(dir.path(), "leader", None, &[]).await;
+    let ac = Client::with_token(&leader.url, &admin_token(&leader));
+    ac.post(
+        "/v1/execute",
+        &json!({"statements": [{"sql": "CREATE TABLE t(x)"}]}),
+    )
+    .await
+    .unwrap();
+    let read = make_token(&ac, "read").await;
+    let replicate = make_token(&ac, "replicate").await;
+    // Without a token, and with a token of another role: refused, saying why.
+    let anonymous = start_auth(dir.path(), "anonymous", Some(&leader.url), &[]).await;
+    let wrong = start_auth(
+        dir.path(),
+        "wrong",
+        Some(&leader.url),
+        &["--replication-token", &read],
+    )
+    .await;
+    for (node, needle) in [
+        (&anonymous, "requires a token"),
+        (&wrong, "lacks the replicate role"),
+    ] {
+        let c = Client::with_token(&node.url, &read);
+        let s = c.get("/v1/status").await;
+        // A follower that never bootstrapped has no tokens yet either: it answers 401.
+        assert!(s.is_err(), "{s:?}");
+        let log = std::fs::read_to_string(node.dir.with_extension("log")).unwrap_or_default();
+        let mut seen = log.contains(needle);
+        for _ in 0..100 {
+            if seen {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let log = std::fs::read_to_string(node.dir.with_extension("log")).unwrap_or_default();
+            seen = log.contains(needle);
+        }
+        assert!(seen, "{} never said {needle:?}", node.id);
+    }
+    // With a replicate token: physical and logical followers replicate, and the leader's tokens
+    // authenticate on them.
+    let f1 = start_auth(
+        dir.path(),
+        "f1",
+        Some(&leader.url),
+        &["--replication-token", &replicate],
+    )
+    .await;
+    let f2 = start_auth(
+        dir.path(),
+        "f2",
+        Some(&leader.url),
+        &[
+            "--replication-token",
+            &replicate,
+            "--log",
+            "logical",
+            "--tables",
+            "t",
+        ],
+    )
+    .await;
+    let pos = ac
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t VALUES (7)"}]}),
+        )
+        .await
+        .unwrap()["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for f in [&f1, &f2] {
+        let c = Client::with_token(&f.url, &read);
+        let mut reached = false;
+        for _ in 0..150 {
+            let q = c
+                .post(
+                    "/v1/query",
+                    &json!({"sql": "SELECT x FROM t", "min_position": pos, "timeout_ms": 200}),
+                )
+                .await;
+            if let Ok(v) = q {
+                assert_eq!(v["rows"], json!([[7]]));
+                reached = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(reached, "{} never served the row", f.id);
+        assert_eq!(call(&f.url, "GET", "/v1/status", None, None).await.0, 401);
+    }
+    // A token revoked on the leader stops working everywhere.
+    let id = read.split('_').nth(1).unwrap().to_string();
+    ac.delete(&format!("/v1/tokens/{id}")).await.unwrap();
+    assert_eq!(
+        call(
+            &leader.url,
+            "GET",
+            "/v1/status",
+            None,
+            Some(&format!("Bearer {read}"))
+        )
+        .await
+        .0,
+        401
+    );
+    for f in [&f1, &f2] {
+        let mut refused = false;
+        for _ in 0..100 {
+            if call(
+                &f.url,
+                "GET",
+                "/v1/status",
+                None,
+                Some(&format!("Bearer {read}")),
+            )
+            .await
+            .0 == 401
+            {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(refused, "{} still takes a revoked token", f.id);
+    }
+}
+
+/// A rogue client with the cluster id (public in `/v1/status`) received every record and then
+/// reported `1/1000000000000`, which the leader saved and used to drop log it still needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_progress_report_is_refused_and_a_reader_cannot_replicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start_auth(dir.path(), "leader", None, &[]).await;
+    let ac = Client::with_token(&leader.url, &admin_token(&leader));
+    ac.post(
+        "/v1/execute",
+        &json!({"statements": [{"sql": "CREATE TABLE t(x)"}]}),
+    )
+    .await
+    .unwrap();
+    let read = make_token(&ac, "read").await;
+    let replicate = make_token(&ac, "replicate").await;
+    // A real follower gives the rogue a state to claim.
+    let mut f1 = start_auth(
+        dir.path(),
+        "f1",
+        Some(&leader.url),
+        &["--replication-token", &replicate],
+    )
+    .await;
+    let pos = ac
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t VALUES (1)"}]}),
+        )
+        .await
+        .unwrap()["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    served(&Client::with_token(&f1.url, &read), &pos).await;
+    f1.kill().await;
+    let conn = rusqlite::Connection::open(f1.db_path()).unwrap();
+    let meta = flotilla_store::read_meta(&conn).unwrap().unwrap();
+    let ws_url = format!(
+        "ws://{}/v1/replication",
+        leader.url.trim_start_matches("http://")
+    );
+    let hello = flotilla_wire::FollowerMessage::Hello {
+        cluster_id: Some(meta.cluster_id.clone()),
+        follower_id: "rogue".into(),
+        follower_url: String::new(),
+        log_kind: flotilla_types::LogKind::Physical,
+        position: meta.position,
+        chain: meta.chain,
+    };
+    // A read token cannot even open the session.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        ws_url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {read}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!(
+            "a read token opened a replication session: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        ws_url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {replicate}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Binary(hello.encode().into()))
+        .await
+        .unwrap();
+    let welcome = ws.next().await.unwrap().unwrap();
+    let Message::Binary(b) = welcome else {
+        panic!("{welcome:?}")
+    };
+    assert!(matches!(
+        flotilla_wire::LeaderMessage::decode(&b).unwrap(),
+        flotilla_wire::LeaderMessage::Welcome { .. }
+    ));
+    let forged = flotilla_types::Position::new(1, 1_000_000_000_000);
+    let ack = flotilla_wire::FollowerMessage::Ack {
+        received: forged,
+        durable: forged,
+        applied: forged,
+        now_ms: 0,
+    };
+    ws.send(Message::Binary(ack.encode().into())).await.unwrap();
+    // The leader ends the session, and its view of the rogue never moved.
+    let mut closed = false;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "the leader kept a session that forged its progress");
+    let s = ac.get("/v1/status").await.unwrap();
+    let rogue = s["followers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "rogue")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(rogue["applied_position"], json!(meta.position.to_string()), "{s}");
+    assert!(!s.to_string().contains("1000000000000"), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_end_to_end_and_the_wrong_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let other = dir.path().join("other-ca");
+    for out in [&certs, &other] {
+        let o = std::process::Command::new(exe())
+            .args(["cert", "init", "--out"])
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let p = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let tls = [
+        "--tls-cert".to_string(),
+        p("node.pem"),
+        "--tls-key".to_string(),
+        p("node.key"),
+        "--tls-ca".to_string(),
+        p("ca.pem"),
+    ];
+    let tls_args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let leader = start_auth(dir.path(), "leader", None, &tls_args).await;
+    assert!(leader.url.starts_with("https://"), "{}", leader.url);
+    let ca_pem = std::fs::read(certs.join("ca.pem")).unwrap();
+    let creds = |token: &str| Credentials {
+        token: Some(token.to_string()),
+        ca_pem: Some(ca_pem.clone()),
+    };
+    let ac = Client::with(&leader.url, creds(&admin_token(&leader)));
+    ac.post("/v1/execute", &json!({"statements": [{"sql": "CREATE TABLE t(x)"}, {"sql": "INSERT INTO t VALUES (42)"}]}))
+        .await
+        .unwrap();
+    let replicate = ac
+        .post("/v1/tokens", &json!({"role": "replicate"}))
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut args = tls_args.clone();
+    args.extend_from_slice(&["--replication-token", &replicate]);
+    let f1 = start_auth(dir.path(), "f1", Some(&leader.url), &args).await;
+    let pos = position(&ac).await;
+    served(&Client::with(&f1.url, creds(&admin_token(&leader))), &pos).await;
+    assert_identical_with(&leader, &f1, &creds(&admin_token(&leader))).await;
+    // The CLI over TLS, with the CA.
+    let out = std::process::Command::new(exe())
+        .args([
+            "sql",
+            "--node",
+            &leader.url,
+            "--tls-ca",
+            &p("ca.pem"),
+            "SELECT x FROM t",
+        ])
+        .env("FLOTILLA_TOKEN", admin_token(&leader))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("42"),
+        "{out:?}"
+    );
+    // Another CA: the client refuses the node's certificate.
+    let out = std::process::Command::new(exe())
+        .args(["sql", "--node", &leader.url, "SELECT 1"])
+        .arg("--tls-ca")
+        .arg(other.join("ca.pem"))
+        .env("FLOTILLA_TOKEN", admin_token(&leader))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot reach"),
+        "{err}"
+    );
+    // A follower with the wrong CA never gets a byte.
+    let wrong_ca = other.join("ca.pem");
+    let mut args = tls_args.clone();
+    args[5] = wrong_ca.to_str().unwrap();
+    args.extend_from_slice(&["--replication-token", &replicate]);
+    let f2 = start_auth(dir.path(), "f2", Some(&leader.url), &args).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !f2.db_path().exists(),
+        "a follower that cannot verify the leader got its data"
+    );
+    // Plain HTTP to the TLS port gets nothing.
+    let plain = leader.url.replace("https://", "http://");
+    assert!(
+        reqwest::get(format!("{plain}/v1/status")).await.is_err()
+            || reqwest::get(format!("{plain}/v1/status"))
+                .await
+                .unwrap()
+                .status()
+                != 200
+    );
+}
+
+/// Waits (bounded) until a follower, possibly still bootstrapping, serves position `pos`.
+async fn served(c: &Client, pos: &str) {
+    let body = json!({"sql": "SELECT 1", "min_position": pos, "timeout_ms": 500});
+    let mut last = String::new();
+    for _ in 0..60 {
+        match c.post("/v1/query", &body).await {
+            Ok(_) => return,
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{} never served {pos}: {last}", c.url());
+}
+
+async fn assert_identical_with(leader: &LocalNode, follower: &LocalNode, creds: &Credentials) {
+    let lc = Client::with(&leader.url, creds.clone());
+    let fc = Client::with(&follower.url, creds.clone());
+    let q = json!({"sql": "SELECT * FROM t ORDER BY x"});
+    assert_eq!(
+        lc.post("/v1/query", &q).await.unwrap()["rows"],
+        fc.post("/v1/query", &q).await.unwrap()["rows"]
+    );
+    assert_eq!(
+        flotilla_cli::cluster::page_digest(&leader.db_path()).unwrap(),
+        flotilla_cli::cluster::page_digest(&follower.db_path()).unwrap()
+    );
+}
+
+/// A node listening beyond loopback requires tokens without being told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_is_on_by_default_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let mut child = tokio::process::Command::new(exe())
+        .args(["serve", "--id", "n", "--listen", "0.0.0.0:0", "--data"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    for _ in 0..300 {
+        if let Ok(u) = std::fs::read_to_string(data.join("http.addr")) {
+            if !u.is_empty() && data.join("admin.token").exists() {
+                url = u.replace("0.0.0.0", "127.0.0.1");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !url.is_empty(),
+        "the node did not start with an admin token"
+    );
+    assert_eq!(
+        call(&url, "GET", "/v1/status", None, None).await,
+        (401, "unauthorized".into())
+    );
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let (status, _) = call(
+        &url,
+        "GET",
+        "/v1/status",
+        None,
+        Some(&format!("Bearer {}", admin.trim())),
+    )
+    .await;
+    assert_eq!(status, 200);
+    child.kill().await.unwrap();
+}

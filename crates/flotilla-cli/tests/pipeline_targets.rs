@@ -34,7 +34,25 @@ async fn writes(c: &Client, rng: &mut Rng, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_into_flotilla_and_a_file_are_exactly_once_and_stay_internal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut leader = start(dir.path(), "leader", None).await;
+    // Pipelines may write files only where the config allows.
+    let config = dir.path().join("leader.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline-targets]\nallow = [\"file:{}\", \"loopback\"]\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut leader = LocalNode::start(
+        &exe(),
+        dir.path(),
+        "leader",
+        None,
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
     let lc = Client::new(&leader.url);
     let physical = start(dir.path(), "physical", Some(&leader.url)).await;
     let logical = LocalNode::start(
@@ -157,8 +175,10 @@ async fn a_pipeline_declared_in_the_config_is_installed_once_its_source_exists()
     std::fs::write(
         &config,
         format!(
-            "[[pipeline]]\nname = \"declared\"\nsource = \"items\"\ncolumns = [\"name\"]\n\
+            "[pipeline-targets]\nallow = [\"file:{}\"]\n\
+             [[pipeline]]\nname = \"declared\"\nsource = \"items\"\ncolumns = [\"name\"]\n\
              where = \"name <> 'hidden'\"\ntarget = \"file:{}\"\nbacklog-warn-rows = 1000\n",
+            dir.path().display(),
             out.display()
         ),
     )

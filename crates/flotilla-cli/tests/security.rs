@@ -435,7 +435,11 @@ async fn a_forged_progress_report_is_refused_and_a_reader_cannot_replicate() {
         .find(|f| f["id"] == "rogue")
         .cloned()
         .unwrap_or(Value::Null);
-    assert_eq!(rogue["applied_position"], json!(meta.position.to_string()), "{s}");
+    assert_eq!(
+        rogue["applied_position"],
+        json!(meta.position.to_string()),
+        "{s}"
+    );
     assert!(!s.to_string().contains("1000000000000"), "{s}");
 }
 
@@ -609,4 +613,110 @@ async fn authentication_is_on_by_default_off_loopback() {
     .await;
     assert_eq!(status, 200);
     child.kill().await.unwrap();
+}
+
+/// Pipelines once POSTed to any URL given (an SSRF and port-scanning tool) and wrote a file
+/// anywhere; their definitions showed passwords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start_auth(dir.path(), "leader", None, &[]).await;
+    let target = start_auth(dir.path(), "target", None, &[]).await;
+    let ac = Client::with_token(&leader.url, &admin_token(&leader));
+    ac.post(
+        "/v1/execute",
+        &json!({"statements": [
+        {"sql": "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)"},
+        {"sql": "INSERT INTO items VALUES (1, 'a')"}]}),
+    )
+    .await
+    .unwrap();
+    let add = |name: &str, target: &str| json!({"name": name, "source": "items", "target": target});
+    for (bad, what) in [
+        (
+            "http://169.254.169.254/latest/meta-data",
+            "a cloud metadata address",
+        ),
+        (
+            "postgres://u:p@10.255.255.1:5432/x",
+            "a private network host",
+        ),
+        ("file:/etc/cron.d/flotilla", "a system directory"),
+        (
+            &format!("file:{}/exports/../../escape.ndjson", leader.dir.display()),
+            "a path escaping exports",
+        ),
+    ] {
+        let err = ac
+            .post("/v1/pipelines", &add("p", bad))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid_target") && err.contains("not allowed")
+                || err.contains("without `..`"),
+            "{what}: {err}"
+        );
+        assert!(!err.contains(":p@"), "{err}");
+    }
+    // Into <data>/exports/ and into another Flotilla (on this machine) by default; the target's
+    // token, given as the URL's password, never shows.
+    std::fs::create_dir_all(leader.dir.join("exports")).unwrap();
+    let out = leader.dir.join("exports/items.ndjson");
+    ac.post(
+        "/v1/pipelines",
+        &add("to-file", &format!("file:{}", out.display())),
+    )
+    .await
+    .unwrap();
+    let secret = admin_token(&target);
+    Client::with_token(&target.url, &secret)
+        .post("/v1/execute", &json!({"statements": [
+            {"sql": "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)"}]}))
+        .await
+        .unwrap();
+    let to_flotilla = format!(
+        "{}",
+        target
+            .url
+            .replacen("http://", &format!("http://token:{secret}@"), 1)
+    );
+    ac.post("/v1/pipelines", &add("to-flotilla", &to_flotilla))
+        .await
+        .unwrap();
+    let tc = Client::with_token(&target.url, &secret);
+    let mut delivered = false;
+    for _ in 0..100 {
+        if let Ok(v) = tc
+            .post("/v1/query", &json!({"sql": "SELECT name FROM items"}))
+            .await
+        {
+            if v["rows"] == json!([["a"]]) {
+                delivered = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        delivered,
+        "the pipeline into the other Flotilla delivered nothing"
+    );
+    let secret_part = secret.split('_').nth(2).unwrap();
+    for path in [
+        "/v1/pipelines",
+        "/v1/pipelines/to-flotilla",
+        "/v1/status",
+        "/metrics",
+    ] {
+        let text = ac
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!text.contains(secret_part), "{path} shows a secret: {text}");
+    }
 }

@@ -54,6 +54,9 @@ pub struct ConfigFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub tls: TlsSection,
+    /// Where pipelines may deliver.
+    #[serde(default)]
+    pub pipeline_targets: PipelineTargetsSection,
     /// A logical follower's publication filter.
     #[serde(default)]
     pub filter: FilterSection,
@@ -141,6 +144,13 @@ pub struct ApiSection {
     pub readers: Option<usize>,
 }
 
+/// `[pipeline-targets] allow = [...]`: the destinations pipelines may deliver to.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipelineTargetsSection {
+    pub allow: Option<Vec<String>>,
+}
+
 /// TLS: the node's certificate and key (it then serves HTTPS), and the CA its peers'
 /// certificates are verified against.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -220,6 +230,8 @@ pub struct NodeConfig {
     pub page_size: Option<u32>,
     /// Pipelines declared in the config: a leader installs those it does not have.
     pub pipelines: Vec<flotilla_types::PipelineSpec>,
+    /// Where pipelines may deliver (the config's list, or the defaults).
+    pub pipeline_allow: Vec<crate::pipeline::allow::Allowed>,
 }
 
 impl ConfigFile {
@@ -382,6 +394,14 @@ impl ConfigFile {
                  follower carries the leader's pipelines and runs none)",
             ));
         }
+        let pipeline_allow = match &self.pipeline_targets.allow {
+            None => crate::pipeline::allow::Allowed::defaults(&data_dir),
+            Some(list) => list
+                .iter()
+                .map(|e| crate::pipeline::allow::Allowed::parse(e))
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid("pipeline-targets.allow", e))?,
+        };
         let readers = self.api.readers.unwrap_or(4);
         if !(1..=64).contains(&readers) {
             return Err(invalid("api.readers", "must be between 1 and 64"));
@@ -438,6 +458,7 @@ impl ConfigFile {
             conflict_policy,
             page_size: self.page_size,
             pipelines: self.pipeline,
+            pipeline_allow,
         })
     }
 }

@@ -11,16 +11,25 @@ const CURSORS: &str = "flotilla_pipeline_cursors";
 
 pub struct FlotillaTarget {
     http: reqwest::Client,
+    /// The target's base URL, without credentials.
     url: String,
+    /// A token for the target (given as the password of the target URL:
+    /// `https://token:flt_…@host:port`).
+    token: Option<String>,
 }
 
 impl FlotillaTarget {
     async fn call(&self, path: &str, body: Value) -> Result<Value, TargetError> {
         let url = format!("{}{path}", self.url);
-        let resp = self
+        let mut req = self
             .http
             .post(&url)
-            .json(&body)
+            .timeout(std::time::Duration::from_secs(30))
+            .json(&body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
             .send()
             .await
             .map_err(|e| TargetError::Failed(format!("Flotilla at {}: {e}", self.url)))?;
@@ -29,9 +38,10 @@ impl FlotillaTarget {
         if status.is_success() {
             return Ok(v);
         }
+        // The target's own message if it is a Flotilla answer, kept short; nothing else of it.
         let msg = v["error"]["message"]
             .as_str()
-            .map(str::to_string)
+            .map(super::target::short_reason)
             .unwrap_or_else(|| format!("HTTP {status}"));
         // A follower names its leader: delivery goes on there once it is the target.
         if status.as_u16() == 421 || status.is_server_error() {
@@ -66,13 +76,20 @@ impl FlotillaTarget {
             .unwrap_or_default())
     }
 
-    pub async fn open(url: &str, d: &Delivery) -> Result<(FlotillaTarget, i64), TargetError> {
+    pub async fn open(
+        url: &str,
+        d: &Delivery,
+        http: &reqwest::Client,
+    ) -> Result<(FlotillaTarget, i64), TargetError> {
+        let mut parsed = reqwest::Url::parse(url)
+            .map_err(|e| TargetError::Refused(format!("target URL: {e}")))?;
+        let token = parsed.password().map(str::to_string);
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
         let t = FlotillaTarget {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()
-                .map_err(|e| TargetError::Failed(e.to_string()))?,
-            url: url.to_string(),
+            http: http.clone(),
+            url: parsed.as_str().trim_end_matches('/').to_string(),
+            token,
         };
         t.execute(vec![json!({ "sql": format!(
             "CREATE TABLE IF NOT EXISTS {CURSORS} (pipeline TEXT PRIMARY KEY, \

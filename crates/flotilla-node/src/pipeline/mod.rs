@@ -7,6 +7,7 @@
 //! crash anywhere neither loses nor repeats a change. Delivered rows are deleted from the
 //! changelog by the writer, inside its next commit.
 
+pub mod allow;
 mod file_target;
 mod flotilla_target;
 mod postgres_target;
@@ -288,6 +289,14 @@ pub async fn status_json(node: &Node, w: &Worker) -> Value {
         "last_lag_ms": st.last_lag_ms,
         "last_error": st.last_error,
         "backlog_warning": warning,
-        "spec": stored.spec,
+        "spec": redacted_spec(&stored.spec),
     })
+}
+
+/// A pipeline's definition as shown to anyone: the target's password (a PostgreSQL password, a
+/// Flotilla token) masked.
+fn redacted_spec(spec: &flotilla_types::PipelineSpec) -> serde_json::Value {
+    let mut shown = spec.clone();
+    shown.target = flotilla_types::PipelineTarget::redacted(&spec.target);
+    serde_json::to_value(shown).expect("plain data serialises")
 }

@@ -26,10 +26,13 @@ pub struct PostgresTarget {
 }
 
 /// PostgreSQL's own message for `e` (its server message when there is one).
+/// PostgreSQL's own message, kept short.
 fn pg_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
+    super::target::short_reason(
+        &e.as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    )
 }
 
 /// A failure while `what`: retried.

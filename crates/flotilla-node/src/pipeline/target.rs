@@ -126,14 +126,21 @@ pub enum Target {
 impl Target {
     /// Connects, checks the target can take the pipeline, and returns it with the cursor it
     /// holds (0: nothing delivered yet).
-    pub async fn open(spec: &PipelineSpec, d: &Delivery) -> Result<(Target, i64), TargetError> {
+    pub async fn open(
+        spec: &PipelineSpec,
+        d: &Delivery,
+        node: &crate::node::Node,
+    ) -> Result<(Target, i64), TargetError> {
+        // Checked at every open: the operator may have narrowed the list since.
+        super::allow::check(&spec.target, &node.config.pipeline_allow)
+            .map_err(TargetError::Refused)?;
         match PipelineTarget::parse(&spec.target).map_err(TargetError::Refused)? {
             PipelineTarget::Postgres(url) => {
                 let (t, cursor) = PostgresTarget::open(&url, d).await?;
                 Ok((Target::Postgres(Box::new(t)), cursor))
             }
             PipelineTarget::Flotilla(url) => {
-                let (t, cursor) = FlotillaTarget::open(&url, d).await?;
+                let (t, cursor) = FlotillaTarget::open(&url, d, &node.peers.http).await?;
                 Ok((Target::Flotilla(t), cursor))
             }
             PipelineTarget::File(path) => {
@@ -160,6 +167,20 @@ impl Target {
 
 /// Checks, when a pipeline is added, what can be known then: the target is reachable and has
 /// the table and columns the pipeline delivers.
-pub async fn check_target(spec: &PipelineSpec, d: &Delivery) -> Result<(), TargetError> {
-    Target::open(spec, d).await.map(|_| ())
+pub async fn check_target(
+    spec: &PipelineSpec,
+    d: &Delivery,
+    node: &crate::node::Node,
+) -> Result<(), TargetError> {
+    Target::open(spec, d, node).await.map(|_| ())
+}
+
+/// A remote system's own words, kept short: enough to act on, never a page of its output.
+pub fn short_reason(text: &str) -> String {
+    const MAX: usize = 300;
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
 }

@@ -34,7 +34,7 @@ async fn open(
     .map_err(|e| TargetError::Failed(e.to_string()))?
     .map_err(|e| TargetError::Refused(format!("source: {e}")))?;
     let d = Delivery::new(&stored.spec, &plan, cluster_id);
-    let (target, cursor) = Target::open(&stored.spec, &d).await?;
+    let (target, cursor) = Target::open(&stored.spec, &d, node).await?;
     let cursor = match cursor {
         // Stdout remembers nothing: start from what the changelog still holds.
         c if c < 0 => stored.trimmed_to,

@@ -675,12 +675,9 @@ async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
             {"sql": "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)"}]}))
         .await
         .unwrap();
-    let to_flotilla = format!(
-        "{}",
-        target
-            .url
-            .replacen("http://", &format!("http://token:{secret}@"), 1)
-    );
+    let to_flotilla = target
+        .url
+        .replacen("http://", &format!("http://token:{secret}@"), 1);
     ac.post("/v1/pipelines", &add("to-flotilla", &to_flotilla))
         .await
         .unwrap();

@@ -671,8 +671,11 @@ async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
     .unwrap();
     let secret = admin_token(&target);
     Client::with_token(&target.url, &secret)
-        .post("/v1/execute", &json!({"statements": [
-            {"sql": "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)"}]}))
+        .post(
+            "/v1/execute",
+            &json!({"statements": [
+            {"sql": "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)"}]}),
+        )
         .await
         .unwrap();
     let to_flotilla = target

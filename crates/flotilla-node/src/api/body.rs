@@ -12,6 +12,12 @@ pub async fn json_body<T: DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<(T, Bytes), ApiError> {
+    let bytes = json_bytes(headers, body, limit).await?;
+    Ok((super::decode::decode_json(&bytes)?, bytes))
+}
+
+/// A JSON request's body, as bytes: its Content-Type checked and its size bounded.
+pub async fn json_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -33,14 +39,5 @@ pub async fn json_body<T: DeserializeOwned>(
             format!("the request body exceeds the limit of {limit} bytes (api.max-body-kib)"),
         )
     })?;
-    let value = serde_json::from_slice(&bytes).map_err(|e| {
-        let kind = match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                "malformed JSON"
-            }
-            _ => "invalid request",
-        };
-        ApiError::bad_request("bad_request", format!("{kind}: {e}"))
-    })?;
-    Ok((value, bytes))
+    Ok(bytes)
 }

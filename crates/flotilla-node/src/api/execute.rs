@@ -1,7 +1,7 @@
 //! `POST /v1/execute`: one transaction on the leader.
 
-use super::body::json_body;
-use super::values::from_raw_json;
+use super::body::json_bytes;
+use super::decode::decode_execute;
 use super::ApiError;
 use crate::leader::{WriteError, WriteJob};
 use crate::metrics::Counters;
@@ -12,29 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use flotilla_store::{FailureKind, LocalOutcome, RequestOutcome, TxnRequest};
 use flotilla_types::ContentDigest;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecuteRequest {
-    statements: Vec<Statement>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    /// A time limit below the node's (`limits.write-timeout-ms`).
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Statement {
-    sql: String,
-    /// As written: integers are checked against SQLite's range before any rounding.
-    #[serde(default)]
-    params: Vec<Box<serde_json::value::RawValue>>,
-}
 
 pub fn not_leader(node: &Node) -> ApiError {
     let leader = node.leader_url().unwrap_or_default().to_string();
@@ -59,37 +38,9 @@ pub async fn execute(
     if node.leader.is_none() && !logical_follower {
         return Err(not_leader(&node));
     }
-    let (req, raw): (ExecuteRequest, _) =
-        json_body(&headers, body, node.config.max_body_bytes).await?;
-    if req.statements.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            "\"statements\" is empty: give at least one statement",
-        ));
-    }
-    if let Some(k) = &req.idempotency_key {
-        if k.is_empty() || k.len() > 256 {
-            return Err(ApiError::bad_request(
-                "bad_request",
-                "\"idempotency_key\" must be 1 to 256 characters",
-            ));
-        }
-    }
-    let timeout_ms = request_timeout_ms(req.timeout_ms, node.config.write_timeout_ms)?;
-    let mut statements = Vec::with_capacity(req.statements.len());
-    for (i, s) in req.statements.into_iter().enumerate() {
-        let params = s
-            .params
-            .iter()
-            .enumerate()
-            .map(|(j, v)| from_raw_json(j, v))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                ApiError::bad_request("bad_request", format!("statement {i}: {e}"))
-                    .with("statement", i)
-            })?;
-        statements.push((s.sql, params));
-    }
+    let raw = json_bytes(&headers, body, node.config.max_body_bytes).await?;
+    let req = decode_execute(&raw, node.config.write_timeout_ms)?;
+    let (statements, timeout_ms) = (req.statements, req.timeout_ms);
     let Some(leader) = node.leader.as_ref() else {
         if req.idempotency_key.is_some() {
             return Err(ApiError::bad_request(
@@ -185,18 +136,6 @@ async fn execute_local(
             kind,
             ..
         } => Err(rolled_back(statement, &message, kind)),
-    }
-}
-
-/// The time limit of a request: the node's, or less if the request asks for less.
-pub fn request_timeout_ms(asked: Option<u64>, node_limit_ms: u64) -> Result<u64, ApiError> {
-    match asked {
-        None => Ok(node_limit_ms),
-        Some(0) => Err(ApiError::bad_request(
-            "bad_request",
-            "\"timeout_ms\" must be at least 1",
-        )),
-        Some(ms) => Ok(ms.min(node_limit_ms)),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod body;
 pub mod changes;
+pub mod decode;
 mod error;
 mod execute;
 mod followers;

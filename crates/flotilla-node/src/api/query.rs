@@ -1,7 +1,7 @@
 //! `POST /v1/query`: a read on a snapshot, optionally after a position (read-your-writes).
 
-use super::body::json_body;
-use super::values::{from_raw_json, to_json};
+use super::body::json_bytes;
+use super::values::to_json;
 use super::ApiError;
 use crate::metrics::Counters;
 use crate::node::Node;
@@ -11,8 +11,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use flotilla_store::read_meta;
-use flotilla_types::Position;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,43 +18,18 @@ use std::time::Duration;
 /// Rows one query may return.
 const MAX_ROWS: usize = 1_000_000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueryRequest {
-    sql: String,
-    #[serde(default)]
-    params: Vec<Box<serde_json::value::RawValue>>,
-    #[serde(default)]
-    min_position: Option<String>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-}
-
 pub async fn query(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     Counters::add(&node.counters.query_requests, 1);
-    let (req, _): (QueryRequest, _) = json_body(&headers, body, node.config.max_body_bytes).await?;
-    let params = req
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, v)| from_raw_json(i, v))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::bad_request("bad_request", e))?;
-    // Waiting (for the position, for a reader) takes at most `timeout_ms` (default 5 s);
-    // running the statement at most `timeout_ms` too, never more than the node's limit.
-    let run_ms = super::execute::request_timeout_ms(req.timeout_ms, node.config.query_timeout_ms)?;
-    let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(5_000).min(600_000));
+    let raw = json_bytes(&headers, body, node.config.max_body_bytes).await?;
+    let req = super::decode::decode_query(&raw, node.config.query_timeout_ms)?;
+    let (params, run_ms) = (req.params, req.run_ms);
+    let timeout = Duration::from_millis(req.wait_ms);
     let deadline = tokio::time::Instant::now() + timeout;
-    if let Some(min) = &req.min_position {
-        let min: Position = min
-            .parse()
-            .map_err(|e: flotilla_types::PositionParseError| {
-                ApiError::bad_request("bad_request", format!("min_position: {e}"))
-            })?;
+    if let Some(min) = req.min_position {
         let mut rx = node.position.subscribe();
         let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= min)).await;
         if !matches!(reached, Ok(Ok(_))) {

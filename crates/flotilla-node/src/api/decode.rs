@@ -1,0 +1,191 @@
+//! The decoders of request bodies, as plain functions of bytes: the handlers call them, and a
+//! fuzz target (`fuzz/fuzz_targets/decode_http_requests.rs`) throws arbitrary bytes at them.
+//! None may panic; every refusal names what is wrong.
+
+use super::values::from_raw_json;
+use super::ApiError;
+use flotilla_types::Position;
+use rusqlite::types::Value;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// Parses a JSON body into `T`, saying whether it is malformed or merely not what is expected.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "malformed JSON"
+            }
+            _ => "invalid request",
+        };
+        ApiError::bad_request("bad_request", format!("{kind}: {e}"))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteBody {
+    statements: Vec<StatementBody>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    /// A time limit below the node's (`limits.write-timeout-ms`).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementBody {
+    sql: String,
+    /// As written: integers are checked against SQLite's range before any rounding.
+    #[serde(default)]
+    params: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// A `POST /v1/execute` request, checked.
+#[derive(Debug)]
+pub struct ExecuteRequest {
+    pub statements: Vec<(String, Vec<Value>)>,
+    pub idempotency_key: Option<String>,
+    /// The statements' time limit (the node's, or less if asked).
+    pub timeout_ms: u64,
+}
+
+pub fn decode_execute(raw: &[u8], node_limit_ms: u64) -> Result<ExecuteRequest, ApiError> {
+    let req: ExecuteBody = decode_json(raw)?;
+    if req.statements.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "\"statements\" is empty: give at least one statement",
+        ));
+    }
+    if let Some(k) = &req.idempotency_key {
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                "\"idempotency_key\" must be 1 to 256 characters",
+            ));
+        }
+    }
+    let timeout_ms = request_timeout_ms(req.timeout_ms, node_limit_ms)?;
+    let mut statements = Vec::with_capacity(req.statements.len());
+    for (i, s) in req.statements.into_iter().enumerate() {
+        let params = s
+            .params
+            .iter()
+            .enumerate()
+            .map(|(j, v)| from_raw_json(j, v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                ApiError::bad_request("bad_request", format!("statement {i}: {e}"))
+                    .with("statement", i)
+            })?;
+        statements.push((s.sql, params));
+    }
+    Ok(ExecuteRequest {
+        statements,
+        idempotency_key: req.idempotency_key,
+        timeout_ms,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    sql: String,
+    #[serde(default)]
+    params: Vec<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    min_position: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// A `POST /v1/query` request, checked.
+#[derive(Debug)]
+pub struct QueryRequest {
+    pub sql: String,
+    pub params: Vec<Value>,
+    pub min_position: Option<Position>,
+    /// How long to wait for the position and a reader.
+    pub wait_ms: u64,
+    /// How long the statement may run.
+    pub run_ms: u64,
+}
+
+pub fn decode_query(raw: &[u8], node_limit_ms: u64) -> Result<QueryRequest, ApiError> {
+    let req: QueryBody = decode_json(raw)?;
+    let params = req
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, v)| from_raw_json(i, v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request("bad_request", e))?;
+    let min_position = match &req.min_position {
+        None => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e: flotilla_types::PositionParseError| {
+                    ApiError::bad_request("bad_request", format!("min_position: {e}"))
+                })?,
+        ),
+    };
+    Ok(QueryRequest {
+        run_ms: request_timeout_ms(req.timeout_ms, node_limit_ms)?,
+        wait_ms: req.timeout_ms.unwrap_or(5_000).min(600_000),
+        sql: req.sql,
+        params,
+        min_position,
+    })
+}
+
+/// The time limit of a request: the node's, or less if the request asks for less.
+pub fn request_timeout_ms(asked: Option<u64>, node_limit_ms: u64) -> Result<u64, ApiError> {
+    match asked {
+        None => Ok(node_limit_ms),
+        Some(0) => Err(ApiError::bad_request(
+            "bad_request",
+            "\"timeout_ms\" must be at least 1",
+        )),
+        Some(ms) => Ok(ms.min(node_limit_ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The short version of the fuzz target: arbitrary bytes, and arbitrary JSON-ish text,
+        /// never panic a decoder.
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400),
+                                text in r#"[{}\[\]":,0-9a-z_ .eE+-]{0,200}"#) {
+            for input in [bytes.as_slice(), text.as_bytes()] {
+                let _ = decode_execute(input, 1000);
+                let _ = decode_query(input, 1000);
+            }
+        }
+    }
+
+    #[test]
+    fn valid_requests_decode() {
+        let e = decode_execute(
+            br#"{"statements": [{"sql": "SELECT ?", "params": [1, 2.5, "x", null, {"base64": "AA=="}]}], "timeout_ms": 99999}"#,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(e.timeout_ms, 1000);
+        assert_eq!(e.statements[0].1.len(), 5);
+        let q = decode_query(
+            br#"{"sql": "SELECT 1", "min_position": "1/5", "timeout_ms": 20}"#,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(q.min_position, Some(Position::new(1, 5)));
+        assert_eq!((q.wait_ms, q.run_ms), (20, 20));
+        assert!(decode_query(br#"{"sql": "x", "timeout_ms": 0}"#, 1000).is_err());
+    }
+}

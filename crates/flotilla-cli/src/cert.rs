@@ -35,7 +35,21 @@ fn write_new(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
 
 pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
     let CertCommand::Init { out, hosts } = cmd;
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let names = make(&out, hosts)?;
+    println!(
+        "wrote {dir}/ca.pem, ca.key, node.pem and node.key (valid for {names}).\n\
+         Nodes: flotilla serve … --tls-cert {dir}/node.pem --tls-key {dir}/node.key --tls-ca {dir}/ca.pem\n\
+         Clients: --tls-ca {dir}/ca.pem (or FLOTILLA_TLS_CA), and https:// URLs",
+        dir = out.display(),
+        names = names.join(", ")
+    );
+    Ok(())
+}
+
+/// Writes ca.pem, ca.key, node.pem and node.key into `out`; returns the names the node
+/// certificate is valid for.
+pub fn make(out: &Path, hosts: Vec<String>) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params
@@ -64,12 +78,5 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
     write_new(&out.join("ca.key"), &ca_key.serialize_pem(), true)?;
     write_new(&out.join("node.pem"), &node.pem(), false)?;
     write_new(&out.join("node.key"), &node_key.serialize_pem(), true)?;
-    println!(
-        "wrote {dir}/ca.pem, ca.key, node.pem and node.key (valid for {names}).\n\
-         Nodes: flotilla serve … --tls-cert {dir}/node.pem --tls-key {dir}/node.key --tls-ca {dir}/ca.pem\n\
-         Clients: --tls-ca {dir}/ca.pem (or FLOTILLA_TLS_CA), and https:// URLs",
-        dir = out.display(),
-        names = names.join(", ")
-    );
-    Ok(())
+    Ok(names)
 }

@@ -134,6 +134,23 @@ impl LocalNode {
         unreachable!()
     }
 
+    /// The node process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// CPU time (user + system) the node process has used so far, from `/proc` (Linux).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Clock ticks are 100 per second on Linux.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.join("db.sqlite")
     }

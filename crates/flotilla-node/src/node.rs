@@ -329,8 +329,13 @@ pub async fn run(
             });
             let listener = listener.into_std()?;
             let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+            // Without TCP_NODELAY a TLS record split over two segments waits for a delayed
+            // ACK: 40 ms per answer.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
             tokio::spawn(async move {
-                axum_server::from_tcp_rustls(listener, config)
+                axum_server::from_tcp(listener)
+                    .acceptor(acceptor)
                     .handle(handle)
                     .serve(app.into_make_service())
                     .await

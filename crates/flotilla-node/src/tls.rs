@@ -71,7 +71,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
             key: key.to_path_buf(),
             message: e.to_string(),
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: clients keep one connection per concurrent request, as over plain HTTP
+    // (HTTP/2 would funnel them all through one connection).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

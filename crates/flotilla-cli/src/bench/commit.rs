@@ -64,7 +64,7 @@ pub(crate) struct CommitResults {
 }
 
 /// Runs `clients` tasks calling `op` back to back for `secs`: (transactions/s, latencies in µs).
-async fn drive<F, Fut>(clients: usize, secs: f64, op: F) -> (f64, Vec<f64>)
+pub(crate) async fn drive<F, Fut>(clients: usize, secs: f64, op: F) -> (f64, Vec<f64>)
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,

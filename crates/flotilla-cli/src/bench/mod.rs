@@ -8,6 +8,7 @@ mod lag;
 mod pipeline;
 mod postgres_side;
 mod report;
+mod security;
 mod versus;
 
 use anyhow::Context;
@@ -29,7 +30,9 @@ pub struct BenchArgs {
     /// postgres, a streaming standby's too).
     /// `catchup`, `bootstrap` and `logical` run those parts of `all` alone (each with
     /// --compare postgres: a streaming standby, pg_basebackup, publication/subscription).
-    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline"])]
+    /// `security` measures what authentication and TLS cost commits (1, 4 and 16 clients, open
+    /// vs tokens vs tokens over TLS).
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
     /// print its figures beside Flotilla's, with the ratio (every scenario but `all` and
@@ -103,7 +106,7 @@ impl Figure {
     }
 
     /// The middle value; with an even number of runs, the mean of the two middle ones.
-    fn median(&self) -> f64 {
+    pub(crate) fn median(&self) -> f64 {
         let mut v = self.values.clone();
         v.sort_by(|a, b| a.total_cmp(b));
         let n = v.len();
@@ -113,16 +116,16 @@ impl Figure {
             v[n / 2]
         }
     }
-    fn min(&self) -> f64 {
+    pub(crate) fn min(&self) -> f64 {
         self.values.iter().cloned().fold(f64::INFINITY, f64::min)
     }
-    fn max(&self) -> f64 {
+    pub(crate) fn max(&self) -> f64 {
         self.values
             .iter()
             .cloned()
             .fold(f64::NEG_INFINITY, f64::max)
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({ "name": self.name, "unit": self.unit, "median": self.median(),
                 "min": self.min(), "max": self.max(), "runs": self.values })
     }
@@ -232,9 +235,16 @@ pub(crate) async fn leader_with_schema(
 ) -> anyhow::Result<(LocalNode, Client)> {
     let leader = LocalNode::start(exe, root, id, None, &[]).await?;
     let lc = Client::new(&leader.url);
-    lc.post("/v1/execute", &json!({ "statements": [{ "sql": SCHEMA }] }))
-        .await?;
+    leader_with_schema_as(&lc, SCHEMA).await?;
     Ok((leader, lc))
+}
+
+/// Creates the bench table through `client`.
+pub(crate) async fn leader_with_schema_as(client: &Client, schema: &str) -> anyhow::Result<()> {
+    client
+        .post("/v1/execute", &json!({ "statements": [{ "sql": schema }] }))
+        .await?;
+    Ok(())
 }
 
 /// Commit throughput (4 clients, one row each) of a leader `id` without followers, which is
@@ -545,6 +555,9 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.scenario == "pipeline" {
         return run_pipeline(a).await;
+    }
+    if a.scenario == "security" {
+        return run_security(a).await;
     }
     if a.report.is_some() {
         anyhow::bail!("--report is available for the commit scenario so far: flotilla bench commit --report DIR");
@@ -871,6 +884,28 @@ async fn run_lag(a: BenchArgs) -> anyhow::Result<()> {
                 println!("wrote {}", p.display());
             }
         }
+    }
+    Ok(())
+}
+
+async fn run_security(a: BenchArgs) -> anyhow::Result<()> {
+    if a.compare.is_some() || a.report.is_some() {
+        anyhow::bail!(
+            "the security scenario compares Flotilla with itself: no --compare or --report"
+        );
+    }
+    let (runs, secs) = if a.quick {
+        (a.runs.unwrap_or(1), 0.5)
+    } else {
+        (a.runs.unwrap_or(3), 5.0)
+    };
+    let tmp = scratch_dir()?;
+    let progress = |msg: &str| say(&a, msg);
+    let results = security::run(tmp.path(), runs, secs, &progress).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results.json())?);
+    } else {
+        results.print();
     }
     Ok(())
 }

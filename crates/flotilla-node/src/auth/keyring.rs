@@ -64,23 +64,22 @@ impl Keyring {
             .or_else(|| header.strip_prefix("bearer "))
             .and_then(TokenText::parse)
             .ok_or(Denied::Malformed)?;
-        let stale = self.read().loaded.is_none_or(|t| t.elapsed() > MAX_AGE);
-        if stale {
-            self.reload().await;
+        if self.is_stale() {
+            self.reload(false).await;
         }
-        let mut found = self.read().tokens.get(&text.id).cloned();
-        if found.is_none() {
+        let known = self.read().tokens.contains_key(&text.id);
+        if !known {
             let may_reload = self
                 .read()
                 .last_miss_reload
                 .is_none_or(|t| t.elapsed() > MISS_RELOAD_EVERY);
             if may_reload {
                 self.write().last_miss_reload = Some(Instant::now());
-                self.reload().await;
-                found = self.read().tokens.get(&text.id).cloned();
+                self.reload(true).await;
             }
         }
-        let token = found.ok_or(Denied::Unknown)?;
+        let cache = self.read();
+        let token = cache.tokens.get(&text.id).ok_or(Denied::Unknown)?;
         if !text.matches(&token.hash) {
             return Err(Denied::Unknown);
         }
@@ -96,6 +95,10 @@ impl Keyring {
         Ok(token.role)
     }
 
+    fn is_stale(&self) -> bool {
+        self.read().loaded.is_none_or(|t| t.elapsed() > MAX_AGE)
+    }
+
     /// Forget the cache (this node just changed the tokens).
     pub fn invalidate(&self) {
         self.write().loaded = None;
@@ -103,12 +106,17 @@ impl Keyring {
 
     /// Whether the database holds any token at all (revoked ones included).
     pub async fn has_any(&self) -> bool {
-        self.reload().await;
+        self.reload(true).await;
         !self.read().tokens.is_empty()
     }
 
-    async fn reload(&self) {
+    /// Re-reads the tokens; unless `force`, only if nobody did while this one waited its turn
+    /// (many requests may find the cache stale at once: one reload serves them all).
+    async fn reload(&self, force: bool) {
         let _one = self.reloading.lock().await;
+        if !force && !self.is_stale() {
+            return;
+        }
         let path = self.db_path.clone();
         let read = tokio::task::spawn_blocking(move || -> Result<Vec<StoredToken>, String> {
             if !path.exists() {

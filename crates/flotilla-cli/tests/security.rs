@@ -27,6 +27,22 @@ fn admin_token(node: &LocalNode) -> String {
         .to_string()
 }
 
+/// A leader with authentication on and a table `t(x)`: its admin client, a read token and a
+/// replicate token.
+async fn leader_with_tokens(root: &Path) -> (LocalNode, Client, String, String) {
+    let leader = start_auth(root, "leader", None, &[]).await;
+    let ac = Client::with_token(&leader.url, &admin_token(&leader));
+    ac.post(
+        "/v1/execute",
+        &json!({"statements": [{"sql": "CREATE TABLE t(x)"}]}),
+    )
+    .await
+    .unwrap();
+    let read = make_token(&ac, "read").await;
+    let replicate = make_token(&ac, "replicate").await;
+    (leader, ac, read, replicate)
+}
+
 async fn make_token(admin: &Client, role: &str) -> String {
     let v = admin
         .post(
@@ -194,16 +210,7 @@ async fn every_endpoint_checks_the_token_and_its_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_must_present_a_replicate_token_and_tokens_work_on_every_node() {
     let dir = tempfile::tempdir().unwrap();
-    let leader = start_auth(dir.path(), "leader", None, &[]).await;
-    let ac = Client::with_token(&leader.url, &admin_token(&leader));
-    ac.post(
-        "/v1/execute",
-        &json!({"statements": [{"sql": "CREATE TABLE t(x)"}]}),
-    )
-    .await
-    .unwrap();
-    let read = make_token(&ac, "read").await;
-    let replicate = make_token(&ac, "replicate").await;
+    let (leader, ac, read, replicate) = leader_with_tokens(dir.path()).await;
     // Without a token, and with a token of another role: refused, saying why.
     let anonymous = start_auth(dir.path(), "anonymous", Some(&leader.url), &[]).await;
     let wrong = start_auth(
@@ -328,16 +335,7 @@ async fn followers_must_present_a_replicate_token_and_tokens_work_on_every_node(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_progress_report_is_refused_and_a_reader_cannot_replicate() {
     let dir = tempfile::tempdir().unwrap();
-    let leader = start_auth(dir.path(), "leader", None, &[]).await;
-    let ac = Client::with_token(&leader.url, &admin_token(&leader));
-    ac.post(
-        "/v1/execute",
-        &json!({"statements": [{"sql": "CREATE TABLE t(x)"}]}),
-    )
-    .await
-    .unwrap();
-    let read = make_token(&ac, "read").await;
-    let replicate = make_token(&ac, "replicate").await;
+    let (leader, ac, read, replicate) = leader_with_tokens(dir.path()).await;
     // A real follower gives the rogue a state to claim.
     let mut f1 = start_auth(
         dir.path(),

@@ -1,4 +1,4 @@
-use crate::segment::{parse_segment_name, record_lsn, Segment, MAX_RECORD_LEN};
+use crate::segment::{record_lsn, Segment, MAX_RECORD_LEN};
 use crate::LogError;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -80,12 +80,7 @@ impl Log {
     /// (the position of the database it belongs to).
     pub fn open(dir: &Path, config: LogConfig, start_after: u64) -> Result<Log, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
-        let mut firsts: Vec<u64> = std::fs::read_dir(dir)
-            .map_err(|e| LogError::io(dir, e))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| parse_segment_name(e.file_name().to_str()?))
-            .collect();
-        firsts.sort_unstable();
+        let firsts = crate::segment::segment_firsts(dir)?;
         let mut segments: Vec<Segment> = Vec::with_capacity(firsts.len());
         for (i, first) in firsts.iter().enumerate() {
             let path = crate::segment::segment_path(dir, *first);

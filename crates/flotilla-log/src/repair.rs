@@ -7,7 +7,7 @@
 //! says which records that drops. On a leader the database still holds those commits (the log
 //! restarts after the database's position and followers behind it bootstrap from a snapshot).
 
-use crate::segment::{parse_segment_name, segment_path, Damage, Scan, Segment};
+use crate::segment::{segment_firsts, segment_path, Damage, Scan, Segment};
 use crate::LogError;
 use std::path::{Path, PathBuf};
 
@@ -56,16 +56,6 @@ impl DamageReport {
     }
 }
 
-fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
-    let mut firsts: Vec<u64> = std::fs::read_dir(dir)
-        .map_err(|e| LogError::io(dir, e))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| parse_segment_name(e.file_name().to_str()?))
-        .collect();
-    firsts.sort_unstable();
-    Ok(firsts)
-}
-
 /// Scans every segment of the log in `dir` without changing anything; the first damage.
 pub fn check(dir: &Path) -> Result<Option<DamageReport>, LogError> {
     first_damage(dir, Scan::Check)
@@ -91,7 +81,7 @@ pub fn repair(dir: &Path) -> Result<Option<DamageReport>, LogError> {
 }
 
 fn first_damage(dir: &Path, mode: Scan) -> Result<Option<DamageReport>, LogError> {
-    let firsts = segments(dir)?;
+    let firsts = segment_firsts(dir)?;
     let mut expected: Option<u64> = None;
     for (i, first) in firsts.iter().enumerate() {
         let path = segment_path(dir, *first);

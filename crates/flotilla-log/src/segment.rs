@@ -27,6 +27,17 @@ pub(crate) fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("{first_lsn:020}.log"))
 }
 
+/// The first LSNs of the segment files in `dir`, in order.
+pub(crate) fn segment_firsts(dir: &Path) -> Result<Vec<u64>, LogError> {
+    let mut firsts: Vec<u64> = std::fs::read_dir(dir)
+        .map_err(|e| LogError::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| parse_segment_name(e.file_name().to_str()?))
+        .collect();
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     let stem = name.strip_suffix(".log")?;
     (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))

@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::req;
+use common::{req, snapshot};
 
-use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::*;
 use flotilla_types::{Epoch, LogRecord, NodeId};
 use rusqlite::types::Value;
@@ -246,15 +245,6 @@ fn open_leader(dir: &Path) -> LeaderDb {
     db.uncaptured(db.meta().position.lsn, &NodeId::new("l").unwrap())
         .unwrap();
     db
-}
-
-fn snapshot(leader: &Path, target: &Path) {
-    let reader = open_reader(leader).unwrap();
-    let mut rx = SnapshotReceiver::new(target).unwrap();
-    stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))
-        .unwrap()
-        .unwrap();
-    rx.install().unwrap();
 }
 
 impl Cluster {
@@ -534,17 +524,7 @@ fn virtual_tables_replicate_to_logical_replicas_and_their_bootstraps() {
     let snap = dir.path().join("snap2.db");
     snapshot(&leader_path(dir.path()), &snap);
     let built = |name: &str, filter: &RowFilter| {
-        let path = dir.path().join(name);
-        RowReplica::build(&snap, &path, &DbSettings::default(), filter, None).unwrap();
-        RowReplica::open(
-            &path,
-            &DbSettings::default(),
-            filter,
-            ConflictPolicy::Stop,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .unwrap()
-        .expect("built")
+        common::logical_replica(&snap, &dir.path().join(name), filter)
     };
     let mut whole = built("whole.db", &RowFilter::default());
     let notes_only = RowFilter::parse(&["notes".to_string()], &[], &[]).unwrap();

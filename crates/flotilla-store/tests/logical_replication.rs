@@ -6,7 +6,6 @@ mod common;
 
 use common::{req, Rng};
 
-use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::*;
 use flotilla_types::{Epoch, LogRecord, Lsn, NodeId, RowItem, RowOp};
 use rusqlite::types::Value;
@@ -35,15 +34,6 @@ fn commit(db: &mut LeaderDb, r: TxnRequest) -> Option<LogRecord> {
     })
 }
 
-fn snapshot_of(leader: &Path, target: &Path) {
-    let reader = open_reader(leader).unwrap();
-    let mut rx = SnapshotReceiver::new(target).unwrap();
-    stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))
-        .unwrap()
-        .unwrap();
-    rx.install().unwrap();
-}
-
 /// The leader's database, a snapshot of it, and a replica, in `dir`.
 fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (
@@ -54,16 +44,7 @@ fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn replica(snapshot: &Path, path: &Path, filter: &RowFilter) -> RowReplica {
-    RowReplica::build(snapshot, path, &DbSettings::default(), filter, None).unwrap();
-    RowReplica::open(
-        path,
-        &DbSettings::default(),
-        filter,
-        ConflictPolicy::Stop,
-        Arc::new(AtomicU64::new(0)),
-    )
-    .unwrap()
-    .expect("built")
+    common::logical_replica(snapshot, path, filter)
 }
 
 fn rows(conn: &rusqlite::Connection, sql: &str) -> Vec<Vec<Value>> {
@@ -127,7 +108,7 @@ fn workload(leader: &mut LeaderDb, lp: &Path, snap: &Path, seed: u64, n: u64) ->
     for i in 0..20 {
         commit(leader, random_request(&mut Rng(seed + i), i));
     }
-    snapshot_of(lp, snap);
+    common::snapshot(lp, snap);
     let mut rng = Rng(seed);
     let mut out = Vec::new();
     for i in 0..n {
@@ -256,7 +237,7 @@ fn a_filter_naming_what_the_leader_lacks_is_refused_at_build() {
     let (lp, sp) = (dir.path().join("leader.db"), dir.path().join("snap.db"));
     let mut leader = open_leader(&lp);
     commit(&mut leader, req(&[(SETUP[0], vec![])]));
-    snapshot_of(&lp, &sp);
+    common::snapshot(&lp, &sp);
     for (t, c, w, needle) in [
         (
             vec!["nope"],
@@ -373,7 +354,7 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
         &mut leader,
         req(&[("INSERT INTO t VALUES (1, 'a', 1)", vec![])]),
     );
-    snapshot_of(&lp, &sp);
+    common::snapshot(&lp, &sp);
     let mut replica = replica(&sp, &rp, &RowFilter::default());
     let s = |v: &[&str]| -> Vec<(String, Vec<Value>)> {
         v.iter().map(|x| (x.to_string(), vec![])).collect()
@@ -439,7 +420,7 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
     replica.apply(&[rec]).unwrap();
     // A rebuild (re-bootstrap) keeps the follower's own table.
     drop(replica);
-    snapshot_of(&lp, &sp);
+    common::snapshot(&lp, &sp);
     let replica = replica_of(&sp, &rp);
     assert_eq!(
         rows(replica.connection(), "SELECT note FROM mine"),
@@ -546,7 +527,7 @@ fn generated_columns_are_computed_by_the_replica_not_shipped() {
             vec![],
         )]),
     );
-    snapshot_of(&lp, &sp);
+    common::snapshot(&lp, &sp);
     let mut records = Vec::new();
     for (sql, params) in [
         (
@@ -629,7 +610,7 @@ fn conflicts_stop_apply_or_are_overwritten_and_are_counted() {
             &mut leader,
             req(&[("INSERT INTO t VALUES (1, 'a', 1), (2, 'b', 2)", vec![])]),
         );
-        snapshot_of(&lp, &sp);
+        common::snapshot(&lp, &sp);
         RowReplica::build(
             &sp,
             &rp,

@@ -4,12 +4,9 @@
 
 mod common;
 
-use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::*;
 use flotilla_types::{AccessRole, Epoch, LogKind, Lsn, NodeId};
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 
 fn origin() -> NodeId {
     NodeId::new("l").unwrap()
@@ -33,15 +30,6 @@ fn logical(out: &CommitOutcome) -> flotilla_types::LogRecord {
     flotilla_wire::decode_record(&shipped).unwrap()
 }
 
-fn snapshot(leader: &Path, target: &Path) {
-    let reader = open_reader(leader).unwrap();
-    let mut rx = SnapshotReceiver::new(target).unwrap();
-    stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))
-        .unwrap()
-        .unwrap();
-    rx.install().unwrap();
-}
-
 #[test]
 fn tokens_reach_every_kind_of_replica() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,20 +49,9 @@ fn tokens_reach_every_kind_of_replica() {
     assert!(first.record.is_some());
     // A logical follower built now, filtered to `t`, and one built before any token.
     let snap = dir.path().join("snap.db");
-    snapshot(&lp, &snap);
+    common::snapshot(&lp, &snap);
     let filter = RowFilter::parse(&["t".to_string()], &[], &[]).unwrap();
-    let open = |path: &Path, filter: &RowFilter| {
-        RowReplica::build(&snap, path, &DbSettings::default(), filter, None).unwrap();
-        RowReplica::open(
-            path,
-            &DbSettings::default(),
-            filter,
-            ConflictPolicy::Stop,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .unwrap()
-        .unwrap()
-    };
+    let open = |path: &Path, filter: &RowFilter| common::logical_replica(&snap, path, filter);
     let mut filtered = open(&dir.path().join("filtered.db"), &filter);
     assert_eq!(
         read_tokens(&open_reader(&dir.path().join("filtered.db")).unwrap()).unwrap(),

@@ -119,22 +119,31 @@ async fn flotilla_matrix(
             super::wait_for(&Client::new(&f.url), &super::position(&lc).await?).await?;
         }
         for clients in CLIENTS {
-            let url = leader.url.clone();
-            let client = Arc::new(Client::new(&url));
-            let v = "v".repeat(100);
-            let res = drive(clients, secs, move |c, i| {
-                let (client, v) = (client.clone(), v.clone());
-                async move {
-                    let k = ((c as i64) << 40) + i as i64;
-                    let body = json!({ "statements": [{ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [k, v] }] });
-                    client.post("/v1/execute", &body).await.is_ok()
-                }
-            })
-            .await;
+            let client = Arc::new(Client::new(&leader.url));
+            let res = drive_inserts(client, clients, secs).await;
             cell(cells, followers, clients).record(res);
         }
     }
     Ok(())
+}
+
+/// `clients` tasks inserting one 100-byte row per transaction through `client` for `secs`:
+/// (transactions/s, latencies in µs).
+pub(crate) async fn drive_inserts(
+    client: Arc<Client>,
+    clients: usize,
+    secs: f64,
+) -> (f64, Vec<f64>) {
+    let v = "v".repeat(100);
+    drive(clients, secs, move |c, i| {
+        let (client, v) = (client.clone(), v.clone());
+        async move {
+            let k = ((c as i64) << 40) + i as i64;
+            let body = json!({ "statements": [{ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [k, v] }] });
+            client.post("/v1/execute", &body).await.is_ok()
+        }
+    })
+    .await
 }
 
 async fn postgres_matrix(

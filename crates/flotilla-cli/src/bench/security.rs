@@ -3,7 +3,7 @@
 //! followers) against three leaders in the same run — open, with tokens, with tokens over TLS —
 //! interleaved run by run so that the machine's noise falls on all three alike.
 
-use super::commit::{drive, CLIENTS};
+use super::commit::{drive_inserts, CLIENTS};
 use super::{leader_with_schema_as, Figure, SCHEMA};
 use flotilla_cli::client::{Client, Credentials};
 use flotilla_cli::cluster::{this_exe, LocalNode};
@@ -107,17 +107,8 @@ pub(crate) async fn run(
             let (node, creds) = leader(&exe, &root, setup, &certs).await?;
             for clients in CLIENTS {
                 let client = Arc::new(Client::with(&node.url, creds.clone()));
-                let v = "v".repeat(100);
                 let cpu_before = node.cpu_time();
-                let (tps, mut lat) = drive(clients, secs, move |c, i| {
-                    let (client, v) = (client.clone(), v.clone());
-                    async move {
-                        let k = ((c as i64) << 40) + i as i64;
-                        let body = json!({ "statements": [{ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [k, v] }] });
-                        client.post("/v1/execute", &body).await.is_ok()
-                    }
-                })
-                .await;
+                let (tps, mut lat) = drive_inserts(client, clients, secs).await;
                 let cpu = node
                     .cpu_time()
                     .zip(cpu_before)

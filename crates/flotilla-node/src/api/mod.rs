@@ -13,6 +13,7 @@ mod snapshot;
 mod status;
 mod tokens;
 pub mod values;
+mod writer_job;
 
 pub use error::ApiError;
 

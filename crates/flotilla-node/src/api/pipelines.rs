@@ -29,23 +29,8 @@ fn not_found(name: &str) -> ApiError {
 
 async fn change(node: &Node, change: PipelineChange) -> Result<String, ApiError> {
     let leader = leader(node)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let unavailable = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the leader is stopping; retry",
-        )
-    };
-    leader
-        .writer
-        .send(WriteJob::Pipeline { change, reply: tx })
-        .await
-        .map_err(|_| unavailable())?;
-    let position = rx
-        .await
-        .map_err(|_| unavailable())?
-        .map_err(|e| ApiError::bad_request("invalid_pipeline", e))?;
+    let done = super::writer_job::run(node, |reply| WriteJob::Pipeline { change, reply }).await?;
+    let position = done.map_err(|e| ApiError::bad_request("invalid_pipeline", e))?;
     leader.pipelines.changed.notify_one();
     Ok(position.to_string())
 }

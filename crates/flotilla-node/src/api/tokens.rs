@@ -3,7 +3,6 @@
 //! once, in the answer that made it.
 
 use super::body::json_body;
-use super::execute::not_leader;
 use super::ApiError;
 use crate::auth::TokenText;
 use crate::leader::{TokenChange, WriteJob};
@@ -27,21 +26,8 @@ struct CreateRequest {
 }
 
 async fn change(node: &Node, change: TokenChange) -> Result<String, ApiError> {
-    let leader = node.leader.as_ref().ok_or_else(|| not_leader(node))?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let unavailable = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the leader is stopping; retry",
-        )
-    };
-    leader
-        .writer
-        .send(WriteJob::Token { change, reply: tx })
-        .await
-        .map_err(|_| unavailable())?;
-    let position = rx.await.map_err(|_| unavailable())?.map_err(|e| {
+    let done = super::writer_job::run(node, |reply| WriteJob::Token { change, reply }).await?;
+    let position = done.map_err(|e| {
         if e.starts_with("no token") {
             ApiError::new(StatusCode::NOT_FOUND, "no_such_token", e)
         } else {

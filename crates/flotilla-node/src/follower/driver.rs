@@ -165,6 +165,15 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
             }
             FollowerEvent::BootstrapFinished { position, .. } => {
                 node.position.send_replace(*position);
+                if let Some(k) = &node.keyring {
+                    if !k.has_any().await {
+                        tracing::warn!(
+                            "authentication is on here, but the cluster has no API tokens: \
+                             every request to this follower is refused until the leader makes \
+                             some (start the leader with --auth: it writes an admin token)"
+                        );
+                    }
+                }
             }
             FollowerEvent::ConnectionLost { reason } => {
                 tracing::info!("replication session lost: {reason}");

@@ -25,6 +25,26 @@ struct RawChange {
     width: usize,
     start: usize,
     end: usize,
+    /// A blob written in place (`sqlite3_blob_write`, which fts5 uses for its index): SQLite
+    /// reports it to the hook as a delete of the row, but it is an update whose new image is
+    /// read back when the statement is done. The body holds the rowids and the old image.
+    rewritten_rowid: Option<i64>,
+}
+
+/// The connection handle, for `sqlite3_preupdate_blobwrite` inside the hook (which runs on
+/// the connection's own thread, while the connection is open).
+#[derive(Clone, Copy)]
+struct Handle(*mut rusqlite::ffi::sqlite3);
+// SAFETY: only used by the pre-update hook, which SQLite calls on the thread running the
+// connection's statement; the hook closure is owned by the connection and dropped with it.
+unsafe impl Send for Handle {}
+
+impl Handle {
+    /// Whether the change the hook is called for is an incremental blob write.
+    fn is_blob_write(self) -> bool {
+        // SAFETY: called from inside the pre-update hook of this open connection.
+        unsafe { rusqlite::ffi::sqlite3_preupdate_blobwrite(self.0) >= 0 }
+    }
 }
 
 /// A table's shape and, for each shape column, the index of its value in the hook's row
@@ -81,6 +101,8 @@ impl RowCapture {
             })),
         };
         let state = capture.state.clone();
+        // SAFETY: the handle is valid while the connection is open; the hook is dropped with it.
+        let handle = Handle(unsafe { conn.handle() });
         conn.preupdate_hook(Some(
             move |_action, db: &str, table: &str, case: &PreUpdateCase| {
                 let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -103,6 +125,20 @@ impl RowCapture {
                         Arc::from(table)
                     }
                 };
+                let mut rewritten_rowid = None;
+                if let PreUpdateCase::Delete(o) = case {
+                    if handle.is_blob_write() {
+                        let rowid = o.get_old_row_id();
+                        let known = s.changes.iter().any(|c| {
+                            c.rewritten_rowid == Some(rowid) && &*c.table == table
+                        });
+                        if known {
+                            // Its new image is read once, at the end of the statement.
+                            return;
+                        }
+                        rewritten_rowid = Some(rowid);
+                    }
+                }
                 let start = s.raw.0.len();
                 let raw = &mut s.raw;
                 let old = |raw: &mut Out, a: &rusqlite::hooks::PreUpdateOldValueAccessor| {
@@ -121,6 +157,11 @@ impl RowCapture {
                     PreUpdateCase::Insert(n) => {
                         value_bytes::ivar(raw, n.get_new_row_id());
                         new(raw, n).map(|w| (RowOp::Insert, w))
+                    }
+                    PreUpdateCase::Delete(o) if rewritten_rowid.is_some() => {
+                        value_bytes::ivar(raw, o.get_old_row_id());
+                        value_bytes::ivar(raw, o.get_old_row_id());
+                        old(raw, o).map(|w| (RowOp::Update, w))
                     }
                     PreUpdateCase::Delete(o) => {
                         value_bytes::ivar(raw, o.get_old_row_id());
@@ -156,6 +197,7 @@ impl RowCapture {
                             width,
                             start,
                             end,
+                            rewritten_rowid,
                         });
                     }
                     Err(e) => {
@@ -227,6 +269,7 @@ impl RowCapture {
 
     /// Resolves the changes of the statement that just ran against the current schema.
     pub(crate) fn statement_done(&self, conn: &Connection) -> Result<(), StoreError> {
+        self.read_rewritten_rows(conn)?;
         let mut guard = self.lock();
         let s = &mut *guard;
         if let Some(e) = s.error.take() {
@@ -294,6 +337,64 @@ impl RowCapture {
         Ok(())
     }
 
+    /// Completes the blob writes of the statement with the rows as they are now (read without
+    /// holding the state: reading runs SQLite's progress handler, which looks at it). A row
+    /// gone by the end of the statement was deleted: its delete is captured on its own.
+    fn read_rewritten_rows(&self, conn: &Connection) -> Result<(), StoreError> {
+        let pending: Vec<(usize, Arc<str>, i64)> = self
+            .lock()
+            .changes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.rewritten_rowid.map(|r| (i, c.table.clone(), r)))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut images: Vec<(usize, Option<Out>)> = Vec::with_capacity(pending.len());
+        for (i, table, rowid) in pending {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT * FROM main.{} WHERE rowid = ?1",
+                crate::pipeline_triggers::quote(&table)
+            ))?;
+            let width = stmt.column_count();
+            let mut rows = stmt.query([rowid])?;
+            let image = match rows.next()? {
+                Some(row) => {
+                    let mut out = Out::default();
+                    for c in 0..width {
+                        encode_value(&mut out, row.get_ref(c)?);
+                    }
+                    Some(out)
+                }
+                None => None,
+            };
+            images.push((i, image));
+        }
+        let mut s = self.lock();
+        let mut gone = Vec::new();
+        for (i, image) in images {
+            match image {
+                Some(new_image) => {
+                    let (start, end) = (s.changes[i].start, s.changes[i].end);
+                    let body_start = s.raw.0.len();
+                    let old_body = s.raw.0[start..end].to_vec();
+                    s.raw.raw(&old_body);
+                    s.raw.raw(&new_image.0);
+                    let c = &mut s.changes[i];
+                    c.start = body_start;
+                    c.end = body_start + old_body.len() + new_image.0.len();
+                    c.rewritten_rowid = None;
+                }
+                None => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            s.changes.remove(i);
+        }
+        Ok(())
+    }
+
     /// Records a schema change (after it ran) and forgets the table shapes it may have changed.
     pub(crate) fn schema_changed(&self, change: SchemaChange) {
         let mut s = self.lock();
@@ -353,6 +454,7 @@ impl RowCapture {
                 width,
                 start,
                 end,
+                rewritten_rowid: None,
             });
         }
         self.statement_done(conn)

@@ -54,6 +54,18 @@ async fn make_token(admin: &Client, role: &str) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
+/// (status, body) of a JSON POST with a token.
+async fn raw_with_token(url: &str, path: &str, body: &Value, token: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
 /// (status, error code) of a request with an optional Authorization header value.
 async fn call(
     url: &str,
@@ -88,6 +100,11 @@ async fn every_endpoint_checks_the_token_and_its_role() {
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
+    );
+    // The data directory (database, log, secrets) is its owner's alone.
+    assert_eq!(
+        std::fs::metadata(&leader.dir).unwrap().permissions().mode() & 0o777,
+        0o700
     );
     let admin = admin_token(&leader);
     let ac = Client::with_token(&leader.url, &admin);
@@ -701,6 +718,32 @@ async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
         "the pipeline into the other Flotilla delivered nothing"
     );
     let secret_part = secret.split('_').nth(2).unwrap();
+    // Not through SQL either, however it is spelled, nor through a view.
+    let reader = make_token(&ac, "read").await;
+    let writer = make_token(&ac, "write").await;
+    Client::with_token(&leader.url, &writer)
+        .post(
+            "/v1/execute",
+            &json!({"statements": [
+            {"sql": "CREATE VIEW specs AS SELECT spec FROM _flotilla_pipelines"}]}),
+        )
+        .await
+        .unwrap_or_default();
+    for sql in [
+        "SELECT spec FROM _flotilla_pipelines",
+        "SELECT * FROM main._FLOTILLA_PIPELINES",
+        "SELECT (SELECT group_concat(spec) FROM _flotilla_pipelines)",
+        "WITH p AS (SELECT * FROM _flotilla_pipelines) SELECT * FROM p",
+        "SELECT hash FROM _flotilla_tokens",
+        "SELECT * FROM specs",
+    ] {
+        let (status, body) =
+            raw_with_token(&leader.url, "/v1/query", &json!({ "sql": sql }), &reader).await;
+        assert!(
+            status == 400 && !body.contains(secret_part),
+            "{sql}: {status} {body}"
+        );
+    }
     for path in [
         "/v1/pipelines",
         "/v1/pipelines/to-flotilla",

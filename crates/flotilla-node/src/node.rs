@@ -94,6 +94,28 @@ impl Node {
     }
 }
 
+/// The data directory holds the database, its log and secrets (pipeline targets' passwords, the
+/// first admin token): a new one is made readable by its owner only, and an existing one that
+/// others may read is named in a warning.
+fn private_data_dir(dir: &std::path::Path, new: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if new {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+        return Ok(());
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "the data directory {} can be read by other users (mode {:o}): it holds the data and \
+             secrets; `chmod 700` it",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
 fn random_cluster_id() -> String {
     flotilla_types::ClusterId::from_random(rand::random()).to_string()
 }
@@ -104,8 +126,10 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
+    let new_dir = !dir.exists();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    private_data_dir(&dir, new_dir)?;
     // Held until the node stops: a second process on this directory refuses to start.
     let _lock = crate::data_lock::DataDirLock::acquire(
         &dir,

@@ -151,7 +151,8 @@ impl LeaderDb {
             max_bytes,
         );
         conn.set_prepared_statement_cache_capacity(128);
-        let pipelines = crate::leader_pipelines::InstalledPipelines::load(&conn)?;
+        let pipelines =
+            rules.internal(|| crate::leader_pipelines::InstalledPipelines::load(&conn))?;
         Ok((
             LeaderDb {
                 conn,

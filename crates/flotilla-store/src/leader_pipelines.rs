@@ -316,7 +316,8 @@ impl LeaderDb {
                 crate::pipeline_triggers::initial_copy(&db.conn, id, lsn, &plan)?;
                 Ok(id)
             })?;
-        self.pipelines = InstalledPipelines::load(&self.conn)?;
+        let rules = self.rules.clone();
+        self.pipelines = rules.internal(|| InstalledPipelines::load(&self.conn))?;
         Ok((id, out))
     }
 
@@ -363,7 +364,8 @@ impl LeaderDb {
                 )?;
                 Ok(newest)
             })?;
-        self.pipelines = InstalledPipelines::load(&self.conn)?;
+        let rules = self.rules.clone();
+        self.pipelines = rules.internal(|| InstalledPipelines::load(&self.conn))?;
         self.pipelines.pending_trims.insert(id, newest);
         Ok(out)
     }
@@ -387,7 +389,8 @@ impl LeaderDb {
                 )?;
                 Ok(())
             })?;
-        self.pipelines = InstalledPipelines::load(&self.conn)?;
+        let rules = self.rules.clone();
+        self.pipelines = rules.internal(|| InstalledPipelines::load(&self.conn))?;
         Ok(out)
     }
 

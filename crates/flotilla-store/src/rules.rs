@@ -280,6 +280,13 @@ fn schema_change(ctx: &AuthContext<'_>) -> Option<(DdlKind, String)> {
     Some((kind, table.to_string()))
 }
 
+/// Flotilla's tables that hold secrets (or their hashes).
+fn is_secret_table(table: &str) -> bool {
+    ["_flotilla_pipelines", "_flotilla_tokens"]
+        .iter()
+        .any(|t| table.eq_ignore_ascii_case(t))
+}
+
 fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
     let internal_table = |t: &str| t.to_ascii_lowercase().starts_with(INTERNAL_PREFIX);
     // What Flotilla's own triggers (trigger-based replication) do when a client statement
@@ -288,6 +295,12 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
         return None;
     }
     match ctx.action {
+        // Pipeline definitions hold their targets' passwords and tokens; the token table holds
+        // hashes. Clients see them through the pipeline and token endpoints, masked.
+        AuthAction::Read { table_name, .. } if is_secret_table(table_name) => Some(format!(
+            "table {table_name} holds Flotilla's secrets and cannot be read by clients: use \
+             `flotilla pipeline list` or `flotilla token list`"
+        )),
         AuthAction::CreateView { view_name } if internal_table(view_name) => Some(format!(
             "names starting with {INTERNAL_PREFIX} are Flotilla's own: choose another for view \
              {view_name}"

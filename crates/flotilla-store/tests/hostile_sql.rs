@@ -201,10 +201,22 @@ const VIRTUAL_TABLES: &[(&str, Expect)] = &[
     ("INSERT INTO docs(docs) VALUES ('optimize')", Commits),
     // Configuration commands rewrite index blobs in place (incremental blob writes, which
     // SQLite reports to the pre-update hook as deletes).
-    ("INSERT INTO docs(docs, rank) VALUES ('automerge', 4)", Commits),
-    ("INSERT INTO docs(title, body) VALUES ('c', 'after automerge')", Commits),
-    ("INSERT INTO docs(docs, rank) VALUES ('crisismerge', 8)", Commits),
-    ("INSERT INTO docs(docs, rank) VALUES ('usermerge', 3)", Commits),
+    (
+        "INSERT INTO docs(docs, rank) VALUES ('automerge', 4)",
+        Commits,
+    ),
+    (
+        "INSERT INTO docs(title, body) VALUES ('c', 'after automerge')",
+        Commits,
+    ),
+    (
+        "INSERT INTO docs(docs, rank) VALUES ('crisismerge', 8)",
+        Commits,
+    ),
+    (
+        "INSERT INTO docs(docs, rank) VALUES ('usermerge', 3)",
+        Commits,
+    ),
     ("INSERT INTO docs(docs, rank) VALUES ('pgsz', 128)", Commits),
     (
         "INSERT INTO docs(title, body) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 \
@@ -215,7 +227,10 @@ const VIRTUAL_TABLES: &[(&str, Expect)] = &[
     ("INSERT INTO docs(docs) VALUES ('rebuild')", Commits),
     ("INSERT INTO docs(docs) VALUES ('integrity-check')", Commits),
     ("CREATE VIRTUAL TABLE f4 USING fts4(x)", Commits),
-    ("INSERT INTO f4 VALUES ('fts four'), ('more words')", Commits),
+    (
+        "INSERT INTO f4 VALUES ('fts four'), ('more words')",
+        Commits,
+    ),
     ("INSERT INTO f4(f4) VALUES ('optimize')", Commits),
     ("INSERT INTO docs_data VALUES (999, x'00')", Fails),
     ("DELETE FROM docs_content", Fails),

@@ -102,30 +102,69 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+fn endpoint_allowed(list: &[Allowed], scheme: &str, host: &str, port: u16, path: &str) -> bool {
+    list.iter().any(|a| match a {
+        Allowed::Loopback => is_loopback(host),
+        Allowed::Endpoint {
+            scheme: s,
+            host: h,
+            port: p,
+            path: prefix,
+        } => {
+            s == scheme
+                && h == host
+                && *p == port
+                && (prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/")))
+        }
+        Allowed::Directory(_) => false,
+    })
+}
+
+/// (host, port, database) of every address a PostgreSQL URL makes the client try.
+fn postgres_places(url: &str) -> Result<Vec<(String, u16, String)>, String> {
+    use tokio_postgres::config::Host;
+    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    let ports = config.get_ports();
+    let port_of = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or_default()
+        .to_string();
+    let mut out = Vec::new();
+    for (i, host) in config.get_hosts().iter().enumerate() {
+        match host {
+            Host::Tcp(h) => out.push((h.trim_matches(['[', ']']).to_ascii_lowercase(), port_of(i), db.clone())),
+            Host::Unix(p) => {
+                return Err(format!("a Unix socket ({}) is not a network target", p.display()))
+            }
+        }
+    }
+    for (i, addr) in config.get_hostaddrs().iter().enumerate() {
+        out.push((addr.to_string(), port_of(i), db.clone()));
+    }
+    if out.is_empty() {
+        return Err("the URL names no host".into());
+    }
+    Ok(out)
+}
+
 /// Whether `target` (as a pipeline names it) is allowed by `list`; the error says why not.
 pub fn check(target: &str, list: &[Allowed]) -> Result<(), String> {
     let parsed = PipelineTarget::parse(target)?;
     let shown = PipelineTarget::redacted(target);
     let allowed = match &parsed {
         PipelineTarget::Stdout => true,
-        PipelineTarget::Postgres(url) | PipelineTarget::Flotilla(url) => {
+        PipelineTarget::Flotilla(url) => {
             let (scheme, host, port, path) = endpoint(url)?;
-            list.iter().any(|a| match a {
-                Allowed::Loopback => is_loopback(&host),
-                Allowed::Endpoint {
-                    scheme: s,
-                    host: h,
-                    port: p,
-                    path: prefix,
-                } => {
-                    *s == scheme
-                        && *h == host
-                        && *p == port
-                        && (prefix.is_empty()
-                            || path == *prefix
-                            || path.starts_with(&format!("{prefix}/")))
-                }
-                Allowed::Directory(_) => false,
+            endpoint_allowed(list, &scheme, &host, port, &path)
+        }
+        // Every place the PostgreSQL client would connect to, as it reads the URL itself:
+        // `?host=` and `?hostaddr=` parameters name hosts besides the URL's.
+        PipelineTarget::Postgres(url) => {
+            let places = postgres_places(url).map_err(|e| format!("pipeline target {shown}: {e}"))?;
+            places.iter().all(|(host, port, db)| {
+                endpoint_allowed(list, "postgres", host, *port, &format!("/{db}"))
             })
         }
         PipelineTarget::File(path) => {
@@ -213,6 +252,16 @@ mod tests {
         ] {
             assert_eq!(check(target, &list).is_ok(), ok, "{target}");
         }
+        // The PostgreSQL client's own host parameters count too.
+        for target in [
+            "postgres://u:p@127.0.0.1:5432/x?hostaddr=192.0.2.2",
+            "postgres://u:p@127.0.0.1:5432/x?host=192.0.2.2",
+            "postgres://u:p@127.0.0.1:5432/x?host=/var/run/postgresql",
+            "postgres://u:p@localhost,192.0.2.2/x",
+        ] {
+            assert!(check(target, &defaults).is_err(), "{target}");
+        }
+        assert!(check("postgres://u:p@localhost,127.0.0.1:5433/x", &defaults).is_ok());
         let err = check("postgres://u:secret@10.1.1.1/x", &list).unwrap_err();
         assert!(
             err.contains("not allowed") && !err.contains("secret"),

@@ -761,3 +761,120 @@ async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
         assert!(!text.contains(secret_part), "{path} shows a secret: {text}");
     }
 }
+
+/// Revoking a token once left an open replication session (and a followed change feed)
+/// running; a second process with a replicate token took over a streaming follower's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_ends_open_sessions_and_a_follower_id_has_one_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, ac, read, replicate) = leader_with_tokens(dir.path()).await;
+    let f1 = start_auth(
+        dir.path(),
+        "f1",
+        Some(&leader.url),
+        &["--replication-token", &replicate],
+    )
+    .await;
+    let fc = Client::with_token(&f1.url, &read);
+    let pos = ac
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t VALUES (1)"}]}),
+        )
+        .await
+        .unwrap()["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    served(&fc, &pos).await;
+    // Another process claiming to be f1 is refused while f1 streams.
+    let impostor_root = dir.path().join("impostor");
+    std::fs::create_dir_all(&impostor_root).unwrap();
+    let impostor = start_auth(
+        &impostor_root,
+        "f1",
+        Some(&leader.url),
+        &["--replication-token", &replicate],
+    )
+    .await;
+    let ic = Client::with_token(&impostor.url, &admin_token(&leader));
+    let mut refused = false;
+    for _ in 0..150 {
+        if let Ok(s) = ic.get("/v1/status").await {
+            if s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("another session of follower f1 is streaming"))
+            {
+                refused = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the second f1 was not refused");
+    let s = ac.get("/v1/status").await.unwrap();
+    assert_eq!(s["followers"][0]["state"], "streaming", "{s}");
+    drop(impostor);
+    // A followed change feed with the read token.
+    let mut feed = reqwest::Client::new()
+        .get(format!("{}/v1/changes?follow=true", leader.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    // Revoke both tokens: the session and the feed end, later writes never reach f1.
+    for t in [&replicate, &read] {
+        let id = t.split('_').nth(1).unwrap().to_string();
+        ac.delete(&format!("/v1/tokens/{id}")).await.unwrap();
+    }
+    let mut feed_text = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(chunk)) = feed.chunk().await {
+            feed_text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the feed went on after its token was revoked"
+    );
+    assert!(
+        feed_text.contains("the feed ends") && feed_text.contains("revoked"),
+        "{feed_text}"
+    );
+    let later = ac
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t VALUES (2)"}]}),
+        )
+        .await
+        .unwrap()["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin_on_f1 = Client::with_token(&f1.url, &admin_token(&leader));
+    let mut told = false;
+    for _ in 0..100 {
+        let s = admin_on_f1.get("/v1/status").await.unwrap();
+        if s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("revoked") || e.contains("requires a token"))
+        {
+            told = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(told, "f1 was not told its token is revoked");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = admin_on_f1
+        .post("/v1/query", &json!({"sql": "SELECT count(*) FROM t"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows["rows"],
+        json!([[1]]),
+        "f1 received {later} after its token was revoked"
+    );
+}

@@ -98,6 +98,11 @@ impl FollowerTracker {
         session
     }
 
+    /// Whether a session of follower `id` is streaming now.
+    pub fn has_session(&self, id: &str) -> bool {
+        self.sessions.contains_key(id)
+    }
+
     /// Whether `session` is still the follower's current one (not replaced, not removed).
     pub fn is_current(&self, id: &str, session: SessionId) -> bool {
         self.sessions.get(id) == Some(&session)

@@ -174,6 +174,8 @@ pub struct LimitsSection {
     pub query_timeout_ms: Option<u64>,
     /// A snapshot download whose client reads nothing for this long is ended.
     pub snapshot_stall_timeout_ms: Option<u64>,
+    /// The most data one query may return (the values' bytes).
+    pub max_result_mib: Option<u64>,
 }
 
 impl ConfigFile {
@@ -221,6 +223,8 @@ pub struct NodeConfig {
     pub write_timeout_ms: u64,
     pub query_timeout_ms: u64,
     pub snapshot_stall_timeout_ms: u64,
+    /// The most data one query may return.
+    pub max_result_bytes: u64,
     /// The log a follower consumes.
     pub log_kind: LogKind,
     /// A logical follower's publication filter (empty: everything).
@@ -417,6 +421,13 @@ impl ConfigFile {
                 format!("must be between 1 and {max_txn_limit} (a log record is at most 1 GiB)"),
             ));
         }
+        let max_result_mib = self.limits.max_result_mib.unwrap_or(64);
+        if !(1..=1024).contains(&max_result_mib) {
+            return Err(invalid(
+                "limits.max-result-mib",
+                "must be between 1 and 1024",
+            ));
+        }
         let write_timeout_ms = self.limits.write_timeout_ms.unwrap_or(10_000);
         let query_timeout_ms = self.limits.query_timeout_ms.unwrap_or(30_000);
         let snapshot_stall_timeout_ms = self.limits.snapshot_stall_timeout_ms.unwrap_or(60_000);
@@ -453,6 +464,7 @@ impl ConfigFile {
             write_timeout_ms,
             query_timeout_ms,
             snapshot_stall_timeout_ms,
+            max_result_bytes: max_result_mib << 20,
             log_kind,
             filter,
             conflict_policy,

@@ -294,7 +294,9 @@ pub async fn run(
         );
     }
     let have_db = db_path.exists() && (role == Role::Leader || position != Position::ZERO);
-    let readers = ReaderPool::new(db_path.clone(), config.readers, have_db);
+    // A value as large as a transaction may write can be read back.
+    let max_value = config.max_result_bytes.max(config.max_transaction_bytes) as usize;
+    let readers = ReaderPool::new(db_path.clone(), config.readers, have_db, max_value);
     let (position_tx, _) = watch::channel(position);
     let node = Arc::new(Node {
         config: config.clone(),

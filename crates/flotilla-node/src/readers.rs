@@ -22,6 +22,9 @@ pub const MAX_SNAPSHOTS: u32 = 2;
 pub struct ReaderPool {
     path: PathBuf,
     size: u32,
+    /// The longest value a reader may produce (SQLite's length limit): a query cannot make a
+    /// node allocate more for one value.
+    max_value_bytes: usize,
     permits: Arc<Semaphore>,
     snapshots: Arc<Semaphore>,
     idle: Mutex<Vec<Reader>>,
@@ -69,10 +72,11 @@ impl Drop for Lease {
 }
 
 impl ReaderPool {
-    pub fn new(path: PathBuf, size: usize, open: bool) -> Arc<ReaderPool> {
+    pub fn new(path: PathBuf, size: usize, open: bool, max_value_bytes: usize) -> Arc<ReaderPool> {
         Arc::new(ReaderPool {
             path,
             size: size as u32,
+            max_value_bytes,
             permits: Arc::new(Semaphore::new(size)),
             snapshots: Arc::new(Semaphore::new(MAX_SNAPSHOTS as usize)),
             idle: Mutex::new(Vec::new()),
@@ -95,6 +99,11 @@ impl ReaderPool {
             Some(r) => r,
             None => {
                 let mut conn = open_reader(&self.path)?;
+                conn.set_limit(
+                    rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+                    self.max_value_bytes.min(1_000_000_000) as i32,
+                )
+                .map_err(StoreError::from)?;
                 let rules = StatementRules::install(&mut conn).map_err(StoreError::from)?;
                 let guard = StatementGuard::install_for_reads(&mut conn);
                 Reader { conn, rules, guard }

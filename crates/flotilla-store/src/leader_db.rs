@@ -147,7 +147,7 @@ impl LeaderDb {
         let probe = size.clone();
         let guard = StatementGuard::install(
             &mut conn,
-            Some(Box::new(move || probe.estimate())),
+            Some(Box::new(move || probe.written_so_far())),
             max_bytes,
         );
         conn.set_prepared_statement_cache_capacity(128);

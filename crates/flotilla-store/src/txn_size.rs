@@ -141,7 +141,19 @@ impl TxnSize {
                 .saturating_sub(self.request_start.load(Ordering::Relaxed))
     }
 
-    /// An upper estimate of the record so far, cheap enough for the progress handler.
+    /// What the record holds for certain so far (row changes and pages already written): cheap
+    /// enough for the progress handler, and never more than the record will be — a statement
+    /// that writes little is never stopped for the size of the page cache.
+    pub(crate) fn written_so_far(&self) -> u64 {
+        let rows = self.capture.bytes();
+        if rows == u64::MAX {
+            return u64::MAX;
+        }
+        rows + self.written() * self.page_bytes
+    }
+
+    /// An upper estimate of the record so far: pages still in the cache count at most the
+    /// cache's size.
     pub(crate) fn estimate(&self) -> u64 {
         let rows = self.capture.bytes();
         if rows == u64::MAX {

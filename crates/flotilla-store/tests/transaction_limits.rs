@@ -299,3 +299,42 @@ fn an_interrupted_write_sends_its_group_back_to_be_run_again() {
         .all(|o| matches!(o, RequestOutcome::Committed(_))));
     assert_eq!(count(&path, "SELECT sum(x) FROM t"), 30);
 }
+
+/// Reads and writes that change little are never refused for the size of the page cache, even
+/// with a limit below it (found by an outside probe: with a 1 MiB limit, a long `SELECT` in an
+/// execute request was refused as too large).
+#[test]
+fn statements_that_write_little_fit_a_limit_smaller_than_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leader.db");
+    let settings = DbSettings {
+        max_transaction_bytes: 1 << 20,
+        ..DbSettings::default()
+    };
+    let (mut db, _) = LeaderDb::open(&path, &settings, || "ab".repeat(16)).unwrap();
+    db.uncaptured(Lsn(0), &NodeId::new("l").unwrap()).unwrap();
+    commit_one(&mut db, "CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT)");
+    for _ in 0..4 {
+        let (outcome, _) = commit_one(
+            &mut db,
+            "INSERT INTO big(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s \
+             WHERE i < 1000) SELECT printf('%.100c', 'x') FROM s",
+        );
+        assert!(
+            matches!(outcome, RequestOutcome::Committed(_)),
+            "{outcome:?}"
+        );
+    }
+    for sql in [
+        "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+         WHERE x < 300000) SELECT x FROM c)",
+        "DELETE FROM big WHERE length(v) = 7",
+        "UPDATE big SET v = v WHERE id < 0",
+    ] {
+        let (outcome, _) = commit_one(&mut db, sql);
+        assert!(
+            matches!(outcome, RequestOutcome::Committed(_)),
+            "{sql}: {outcome:?}"
+        );
+    }
+}

@@ -28,6 +28,10 @@ pub enum RefusalCode {
     Protocol = 6,
     /// The follower was removed by an operator.
     Removed = 7,
+    /// The follower's token was revoked, or never allowed replication.
+    Unauthorized = 8,
+    /// Another session of the same follower id is streaming.
+    Duplicate = 9,
 }
 
 impl RefusalCode {
@@ -40,6 +44,8 @@ impl RefusalCode {
             5 => RefusalCode::FollowerAhead,
             6 => RefusalCode::Protocol,
             7 => RefusalCode::Removed,
+            8 => RefusalCode::Unauthorized,
+            9 => RefusalCode::Duplicate,
             other => {
                 return Err(DecodeError::invalid(
                     "refusal",
@@ -58,6 +64,8 @@ impl RefusalCode {
             RefusalCode::FollowerAhead => "follower_ahead",
             RefusalCode::Protocol => "protocol",
             RefusalCode::Removed => "removed",
+            RefusalCode::Unauthorized => "unauthorized",
+            RefusalCode::Duplicate => "duplicate",
         }
     }
 }

@@ -176,8 +176,10 @@ pub fn write_transaction(
 
 pub async fn changes(
     State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
     q: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let credential = crate::auth::Credential::of(&headers, flotilla_types::AccessRole::Read);
     let Query(q) = q.map_err(|e| {
         ApiError::bad_request(
             "bad_request",
@@ -240,7 +242,15 @@ pub async fn changes(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
     // Pinned before the stream starts: retention keeps what it has yet to send.
     let pin = leader.feed_pins.pin(start.0);
-    tokio::spawn(stream_changes(node.clone(), pin, start, tables, follow, tx));
+    tokio::spawn(stream_changes(
+        node.clone(),
+        pin,
+        start,
+        tables,
+        follow,
+        tx,
+        credential,
+    ));
     let body = Body::from_stream(tokio_stream_from(rx));
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -264,6 +274,7 @@ async fn stream_changes(
     tables: Option<BTreeSet<String>>,
     follow: bool,
     tx: Sender,
+    credential: crate::auth::Credential,
 ) {
     let leader = node.leader.as_ref().expect("leader");
     let mut head_rx = leader.head.subscribe();
@@ -316,8 +327,15 @@ async fn stream_changes(
         tokio::select! {
             changed = head_rx.changed() => if changed.is_err() { return },
             // Notices a consumer that went away while nothing is committed.
-            _ = tokio::time::sleep(Duration::from_secs(5)) => if tx.is_closed() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => if tx.is_closed() { return },
             _ = node.shutdown.cancelled() => return,
+        }
+        // A revoked token ends the feed it opened.
+        if let Err(denied) = credential.still_allowed(&node).await {
+            let _ = tx
+                .send(Ok(error_line(&format!("the feed ends: {denied}"))))
+                .await;
+            return;
         }
     }
 }

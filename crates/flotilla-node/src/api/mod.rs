@@ -65,8 +65,13 @@ pub fn router(node: Arc<Node>) -> Router {
         ))
 }
 
-async fn replication(State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> impl IntoResponse {
+async fn replication(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> impl IntoResponse {
+    let credential = crate::auth::Credential::of(&headers, flotilla_types::AccessRole::Replicate);
     ws.max_message_size(crate::leader::shipping::MAX_MESSAGE_BYTES)
         .max_frame_size(crate::leader::shipping::MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| crate::leader::shipping::serve_session(node, socket))
+        .on_upgrade(move |socket| crate::leader::shipping::serve_session(node, socket, credential))
 }

@@ -67,12 +67,12 @@ pub async fn query(
             ))
         }
     };
-    let result =
-        tokio::task::spawn_blocking(move || run(lease.reader(), &req.sql, &params, run_ms))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
+    let max_bytes = node.config.max_result_bytes;
+    let result = tokio::task::spawn_blocking(move || {
+        run(lease.reader(), &req.sql, &params, run_ms, max_bytes)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     result.map(Json)
 }
 
@@ -81,6 +81,7 @@ fn run(
     sql: &str,
     params: &[rusqlite::types::Value],
     timeout_ms: u64,
+    max_bytes: u64,
 ) -> Result<Value, ApiError> {
     // One read transaction: the position and the rows come from the same snapshot. BEGIN and
     // ROLLBACK are Flotilla's own statements (the client rules refuse them), and the
@@ -90,7 +91,7 @@ fn run(
         .internal(|| reader.conn.execute_batch("BEGIN"))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     reader.guard.begin_request(timeout_ms);
-    let result = run_in_snapshot(reader, sql, params);
+    let result = run_in_snapshot(reader, sql, params, max_bytes);
     reader.guard.end_request();
     if let Err(e) = rules.internal(|| reader.conn.execute_batch("ROLLBACK")) {
         tracing::warn!("ending a read transaction failed: {e}");
@@ -102,6 +103,7 @@ fn run_in_snapshot(
     reader: &mut crate::readers::Reader,
     sql: &str,
     params: &[rusqlite::types::Value],
+    max_bytes: u64,
 ) -> Result<Value, ApiError> {
     let sql_err =
         |e: rusqlite::Error| ApiError::bad_request("sql_error", flotilla_store_message(&e));
@@ -141,6 +143,7 @@ fn run_in_snapshot(
     let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
     let ncols = columns.len();
     let mut rows_out = Vec::new();
+    let mut bytes = 0u64;
     let mut rows = stmt.raw_query();
     let step_err = |e: rusqlite::Error| match reader.rules.take_reason() {
         Some(why) => ApiError::bad_request("statement_refused", why),
@@ -160,7 +163,23 @@ fn run_in_snapshot(
         }
         let mut out = Vec::with_capacity(ncols);
         for i in 0..ncols {
-            out.push(to_json(row.get_ref(i).map_err(sql_err)?));
+            let v = row.get_ref(i).map_err(step_err)?;
+            bytes += match v {
+                rusqlite::types::ValueRef::Text(t) => t.len() as u64,
+                rusqlite::types::ValueRef::Blob(b) => b.len() as u64 * 4 / 3,
+                _ => 8,
+            };
+            if bytes > max_bytes {
+                return Err(ApiError::bad_request(
+                    "result_too_large",
+                    format!(
+                        "the result is larger than {} MiB (limits.max-result-mib): select fewer \
+                         rows or columns, or read it in pages (LIMIT … OFFSET …)",
+                        max_bytes >> 20
+                    ),
+                ));
+            }
+            out.push(to_json(v));
         }
         rows_out.push(Value::Array(out));
     }

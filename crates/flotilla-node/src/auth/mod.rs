@@ -76,6 +76,37 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a long-lived request (a replication session, a followed change feed) presented, checked
+/// again while it runs: revoking its token ends it.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    header: Option<String>,
+    needed: AccessRole,
+}
+
+impl Credential {
+    pub fn of(headers: &axum::http::HeaderMap, needed: AccessRole) -> Credential {
+        Credential {
+            header: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            needed,
+        }
+    }
+
+    /// `Err` once the token is revoked (always `Ok` when authentication is off).
+    pub async fn still_allowed(&self, node: &Node) -> Result<(), Denied> {
+        match &node.keyring {
+            None => Ok(()),
+            Some(k) => k
+                .check(self.header.as_deref(), self.needed)
+                .await
+                .map(|_| ()),
+        }
+    }
+}
+
 /// The role a request needs.
 pub fn required_role(method: &Method, path: &str) -> AccessRole {
     let admin_area = path.starts_with("/v1/tokens") || path.starts_with("/v1/followers");

@@ -20,6 +20,10 @@ use std::time::Duration;
 /// Records per message stop growing past this size.
 const BATCH_BYTES: usize = 4 << 20;
 const HEARTBEAT: Duration = Duration::from_millis(1000);
+/// A session whose follower acknowledged nothing for this long is closed (a follower acks
+/// every applied batch and every heartbeat while idle): a dead peer behind a half-open
+/// connection must not keep its follower id taken.
+const ACK_TIMEOUT_MS: u64 = 30_000;
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
 async fn refuse(socket: &mut WebSocket, code: RefusalCode, message: String) {
@@ -32,7 +36,12 @@ async fn refuse(socket: &mut WebSocket, code: RefusalCode, message: String) {
     let _ = socket.close().await;
 }
 
-pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
+/// `credential`: what the follower presented; the session ends once it is revoked.
+pub async fn serve_session(
+    node: Arc<Node>,
+    mut socket: WebSocket,
+    credential: crate::auth::Credential,
+) {
     let first = tokio::time::timeout(Duration::from_secs(10), socket.recv()).await;
     let hello = match first {
         Ok(Some(Ok(Message::Binary(b)))) => FollowerMessage::decode(&b),
@@ -133,6 +142,21 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
     {
         return;
     }
+    // One session per follower id: the first keeps it (a second session, from a copy of the
+    // follower or from another holder of a replicate token, would take its place and its
+    // progress).
+    if leader.tracker().has_session(&follower_id) {
+        return refuse(
+            &mut socket,
+            RefusalCode::Duplicate,
+            format!(
+                "another session of follower {follower_id} is streaming; if that follower is \
+                 gone, its session ends within {} s",
+                ACK_TIMEOUT_MS / 1000
+            ),
+        )
+        .await;
+    }
     tracing::info!(follower = %follower_id, position = %position, "follower session opened");
     let session =
         leader
@@ -144,7 +168,7 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
 
     let (mut sink, mut stream) = socket.split();
     // Acks: read by their own task so that progress moves during a long catch-up.
-    let acks = {
+    let mut acks = {
         let node = node.clone();
         let follower_id = follower_id.clone();
         let sent = sent.clone();
@@ -275,14 +299,42 @@ pub async fn serve_session(node: Arc<Node>, mut socket: WebSocket) {
                     let _ = sink.close().await;
                     return Ok(());
                 }
+                // The follower went away: its id is free for its next session at once.
+                _ = &mut acks => return Err("the follower closed the session".into()),
             }
-            if !leader.tracker().is_current(&follower_id, session) {
-                // Removed by an operator, or replaced by a newer session of the same id.
+            if let Err(denied) = credential.still_allowed(&node).await {
                 let msg = LeaderMessage::Refuse {
-                    code: RefusalCode::Removed,
-                    message: "this follower was removed from the leader (or connected again \
-                              elsewhere)"
-                        .into(),
+                    code: RefusalCode::Unauthorized,
+                    message: format!("the replication session ends: {denied}"),
+                };
+                let _ = sink.send(Message::Binary(Bytes::from(msg.encode()))).await;
+                let _ = sink.close().await;
+                return Err(format!("credentials no longer valid: {denied}"));
+            }
+            let (current, known, last_ack_ms) = {
+                let t = leader.tracker();
+                (
+                    t.is_current(&follower_id, session),
+                    t.get(&follower_id).map(|f| f.last_ack_ms),
+                    t.get(&follower_id).map_or(0, |f| f.last_ack_ms),
+                )
+            };
+            if current && mono_ms().saturating_sub(last_ack_ms) > ACK_TIMEOUT_MS {
+                let _ = sink.close().await;
+                return Err(format!("no acknowledgement for {} s", ACK_TIMEOUT_MS / 1000));
+            }
+            if !current {
+                // Removed by an operator, or (a race of two handshakes) replaced.
+                let msg = if known.is_none() {
+                    LeaderMessage::Refuse {
+                        code: RefusalCode::Removed,
+                        message: "this follower was removed from the leader".into(),
+                    }
+                } else {
+                    LeaderMessage::Refuse {
+                        code: RefusalCode::Duplicate,
+                        message: "another session of this follower took its place".into(),
+                    }
                 };
                 let _ = sink.send(Message::Binary(Bytes::from(msg.encode()))).await;
                 let _ = sink.close().await;

@@ -134,9 +134,16 @@ fn postgres_places(url: &str) -> Result<Vec<(String, u16, String)>, String> {
     let mut out = Vec::new();
     for (i, host) in config.get_hosts().iter().enumerate() {
         match host {
-            Host::Tcp(h) => out.push((h.trim_matches(['[', ']']).to_ascii_lowercase(), port_of(i), db.clone())),
+            Host::Tcp(h) => out.push((
+                h.trim_matches(['[', ']']).to_ascii_lowercase(),
+                port_of(i),
+                db.clone(),
+            )),
             Host::Unix(p) => {
-                return Err(format!("a Unix socket ({}) is not a network target", p.display()))
+                return Err(format!(
+                    "a Unix socket ({}) is not a network target",
+                    p.display()
+                ))
             }
         }
     }
@@ -162,7 +169,8 @@ pub fn check(target: &str, list: &[Allowed]) -> Result<(), String> {
         // Every place the PostgreSQL client would connect to, as it reads the URL itself:
         // `?host=` and `?hostaddr=` parameters name hosts besides the URL's.
         PipelineTarget::Postgres(url) => {
-            let places = postgres_places(url).map_err(|e| format!("pipeline target {shown}: {e}"))?;
+            let places =
+                postgres_places(url).map_err(|e| format!("pipeline target {shown}: {e}"))?;
             places.iter().all(|(host, port, db)| {
                 endpoint_allowed(list, "postgres", host, *port, &format!("/{db}"))
             })

@@ -485,3 +485,87 @@ async fn query_results_are_bounded_in_bytes() {
     let (status, _) = post(&leader.url, "/v1/query", json!({ "sql": "SELECT 1" })).await;
     assert_eq!(status, 200);
 }
+
+/// A copy of a follower's directory started as a leader ran the pipelines it had copied: its
+/// own changes reached a target the real leader delivers to, and the real leader's next changes
+/// were skipped (acknowledged rows missing from the target, no error anywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_leader_cannot_deliver_into_the_real_leaders_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let config = format!(
+        "[pipeline-targets]\nallow = [\"file:{}\"]\n",
+        shared.display()
+    );
+    let leader = start_with(dir.path(), "leader", None, &config).await;
+    let lc = Client::new(&leader.url);
+    exec(
+        &lc,
+        json!([{"sql": "CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL)"}]),
+    )
+    .await;
+    let out = shared.join("orders.ndjson");
+    lc.post(
+        "/v1/pipelines",
+        &json!({"name": "p1", "source": "orders", "target": format!("file:{}", out.display())}),
+    )
+    .await
+    .unwrap();
+    let f1 = start(dir.path(), "f1", Some(&leader.url)).await;
+    let pos = exec(&lc, json!([{"sql": "INSERT INTO orders VALUES (1, 10)"}])).await["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(&Client::new(&f1.url), &pos).await;
+    pipeline_drained(&lc, "p1").await;
+    // The copy, started as a leader with the same allow-list.
+    drop(f1);
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("f1"))
+        .arg(elsewhere.join("f1"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let copy = start_with(&elsewhere, "f1", None, &config).await;
+    let cc = Client::new(&copy.url);
+    exec(
+        &cc,
+        json!([{"sql": "INSERT INTO orders VALUES (50, 5000)"}]),
+    )
+    .await;
+    let refused = poll_pipeline(&cc, "p1", |p| {
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("leader incarnation"))
+    })
+    .await;
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("leader incarnation")),
+        "the copy delivered: {refused}"
+    );
+    // The real leader goes on delivering every change it acknowledges.
+    for id in [4, 5, 6] {
+        exec(
+            &lc,
+            json!([{"sql": "INSERT INTO orders VALUES (?, 1)", "params": [id]}]),
+        )
+        .await;
+    }
+    pipeline_drained(&lc, "p1").await;
+    let ids: Vec<i64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["row"]["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 4, 5, 6]);
+}

@@ -102,7 +102,7 @@ pub async fn add(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(|e| ApiError::bad_request("invalid_pipeline", e.to_string()))?;
-    let d = crate::pipeline::Delivery::new(&spec, &plan, &leader.cluster_id);
+    let d = crate::pipeline::Delivery::new(&spec, &plan, &leader.cluster_id, &leader.incarnation);
     if let Err(e) = check_target(&spec, &d, &node).await {
         let code = match e {
             TargetError::Refused(_) => "invalid_target",

@@ -95,6 +95,11 @@ impl FileTarget {
                         d.pipeline
                     )));
                 }
+                super::target::check_incarnation(
+                    d,
+                    v["incarnation"].as_str(),
+                    &path.display().to_string(),
+                )?;
                 v["seq"].as_i64().unwrap_or(0)
             }
         };
@@ -115,9 +120,10 @@ impl FileTarget {
                 c.raw.clone()
             };
             out.push_str(&format!(
-                "{{\"pipeline\":{},\"cluster\":{},\"seq\":{},\"lsn\":{},\"table\":{},\"op\":\"{}\",\"row\":{}}}\n",
+                "{{\"pipeline\":{},\"cluster\":{},\"incarnation\":{},\"seq\":{},\"lsn\":{},\"table\":{},\"op\":\"{}\",\"row\":{}}}\n",
                 serde_json::Value::from(d.pipeline.as_str()),
                 serde_json::Value::from(d.cluster_id.as_str()),
+                serde_json::Value::from(d.incarnation.as_str()),
                 c.seq,
                 c.lsn,
                 serde_json::Value::from(d.table.as_str()),

@@ -93,12 +93,27 @@ impl FlotillaTarget {
         };
         t.execute(vec![json!({ "sql": format!(
             "CREATE TABLE IF NOT EXISTS {CURSORS} (pipeline TEXT PRIMARY KEY, \
-             cluster_id TEXT NOT NULL, seq INTEGER NOT NULL, lsn INTEGER NOT NULL)"
+             cluster_id TEXT NOT NULL, seq INTEGER NOT NULL, lsn INTEGER NOT NULL, \
+             incarnation TEXT)"
         ) })])
         .await?;
+        // Cursor tables made before leader incarnations were recorded get the column.
+        let has_incarnation = !t
+            .query(
+                &format!("SELECT 1 FROM pragma_table_info('{CURSORS}') WHERE name = 'incarnation'"),
+                vec![],
+            )
+            .await?
+            .is_empty();
+        if !has_incarnation {
+            t.execute(vec![json!({ "sql": format!(
+                "ALTER TABLE {CURSORS} ADD COLUMN incarnation TEXT"
+            ) })])
+            .await?;
+        }
         let cursor = match t
             .query(
-                &format!("SELECT cluster_id, seq FROM {CURSORS} WHERE pipeline = ?1"),
+                &format!("SELECT cluster_id, seq, incarnation FROM {CURSORS} WHERE pipeline = ?1"),
                 vec![json!(d.pipeline)],
             )
             .await?
@@ -114,6 +129,11 @@ impl FlotillaTarget {
                         row.first().cloned().unwrap_or_default()
                     )));
                 }
+                super::target::check_incarnation(
+                    d,
+                    row.get(2).and_then(|v| v.as_str()),
+                    "the target Flotilla",
+                )?;
                 row.get(1).and_then(|s| s.as_i64()).unwrap_or(0)
             }
         };
@@ -208,16 +228,20 @@ impl FlotillaTarget {
                 statements.push(json!({ "sql": sql, "params": params }));
             }
         }
-        // The cursor only moves forward and only for this cluster: otherwise seq becomes NULL,
-        // the NOT NULL constraint fails, and the whole transaction rolls back.
+        // The cursor only moves forward and only for this cluster and leader incarnation:
+        // otherwise seq becomes NULL, the NOT NULL constraint fails, and the whole transaction
+        // rolls back.
         statements.push(json!({
             "sql": format!(
-                "INSERT INTO {CURSORS} (pipeline, cluster_id, seq, lsn) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (pipeline) DO UPDATE SET lsn = excluded.lsn, seq = CASE \
-                 WHEN cluster_id = excluded.cluster_id AND seq < excluded.seq THEN excluded.seq \
-                 END"
+                "INSERT INTO {CURSORS} (pipeline, cluster_id, seq, lsn, incarnation) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (pipeline) DO UPDATE SET lsn = excluded.lsn, \
+                 incarnation = excluded.incarnation, seq = CASE \
+                 WHEN cluster_id = excluded.cluster_id \
+                 AND (incarnation IS NULL OR incarnation = excluded.incarnation) \
+                 AND seq < excluded.seq THEN excluded.seq END"
             ),
-            "params": [d.pipeline, d.cluster_id, last.seq, last.lsn],
+            "params": [d.pipeline, d.cluster_id, last.seq, last.lsn, d.incarnation],
         }));
         self.execute(statements).await.map(|_| ())
     }

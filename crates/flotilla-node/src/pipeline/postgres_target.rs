@@ -96,9 +96,16 @@ impl PostgresTarget {
             ))
             .await
             .map_err(refused("creating the cursor table"))?;
+        // Cursor tables made before leader incarnations were recorded get the column.
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {CURSORS} ADD COLUMN IF NOT EXISTS incarnation text"
+            ))
+            .await
+            .map_err(refused("adding the incarnation to the cursor table"))?;
         let cursor_row = client
             .query_opt(
-                &format!("SELECT cluster_id, seq FROM {CURSORS} WHERE pipeline = $1"),
+                &format!("SELECT cluster_id, seq, incarnation FROM {CURSORS} WHERE pipeline = $1"),
                 &[&d.pipeline],
             )
             .await
@@ -115,6 +122,8 @@ impl PostgresTarget {
                         d.pipeline, d.cluster_id
                     )));
                 }
+                let incarnation: Option<String> = row.get(2);
+                super::target::check_incarnation(d, incarnation.as_deref(), "PostgreSQL")?;
                 row.get(1)
             }
         };
@@ -196,12 +205,16 @@ impl PostgresTarget {
         let cursor_stmt = client
             .prepare_typed(
                 &format!(
-                    "INSERT INTO {CURSORS} (pipeline, cluster_id, seq, lsn) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO {CURSORS} (pipeline, cluster_id, seq, lsn, incarnation) \
+                     VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (pipeline) DO UPDATE SET seq = EXCLUDED.seq, lsn = EXCLUDED.lsn, \
-                     updated_at = now() WHERE {CURSORS}.cluster_id = EXCLUDED.cluster_id \
+                     incarnation = EXCLUDED.incarnation, updated_at = now() \
+                     WHERE {CURSORS}.cluster_id = EXCLUDED.cluster_id \
+                     AND ({CURSORS}.incarnation IS NULL \
+                          OR {CURSORS}.incarnation = EXCLUDED.incarnation) \
                      AND {CURSORS}.seq < EXCLUDED.seq"
                 ),
-                &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8],
+                &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
             )
             .await
             .map_err(refused("preparing the cursor update"))?;
@@ -364,14 +377,20 @@ impl PostgresTarget {
         let moved = tx
             .execute(
                 &self.cursor,
-                &[&d.pipeline, &d.cluster_id, &last.seq, &(last.lsn as i64)],
+                &[
+                    &d.pipeline,
+                    &d.cluster_id,
+                    &last.seq,
+                    &(last.lsn as i64),
+                    &d.incarnation,
+                ],
             )
             .await
             .map_err(failed("advancing the cursor"))?;
         if moved != 1 {
             return Err(TargetError::Refused(format!(
                 "PostgreSQL's cursor for pipeline {} is already past seq {} or belongs to \
-                 another cluster: another writer delivers this pipeline",
+                 another cluster or leader incarnation: another writer delivers this pipeline",
                 d.pipeline, last.seq
             )));
         }

@@ -26,6 +26,9 @@ pub enum TargetError {
 pub struct Delivery {
     pub pipeline: String,
     pub cluster_id: String,
+    /// The leader incarnation delivering: a target's cursor written by another incarnation (a
+    /// copy of a data directory started as a leader, whose history may differ) is refused.
+    pub incarnation: String,
     pub table: String,
     /// Target column names in delivery order, and which are the key.
     pub columns: Vec<String>,
@@ -34,10 +37,16 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(spec: &PipelineSpec, plan: &TriggerPlan, cluster_id: &str) -> Delivery {
+    pub fn new(
+        spec: &PipelineSpec,
+        plan: &TriggerPlan,
+        cluster_id: &str,
+        incarnation: &str,
+    ) -> Delivery {
         Delivery {
             pipeline: spec.name.clone(),
             cluster_id: cluster_id.to_string(),
+            incarnation: incarnation.to_string(),
             table: spec.target_table().to_string(),
             columns: plan.output.iter().map(|o| o.target_name.clone()).collect(),
             key: plan
@@ -100,6 +109,26 @@ fn hex_to_base64(hex: &str) -> String {
         .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
         .collect();
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Checks the incarnation recorded with a target's cursor (`None`: written before incarnations
+/// were recorded, adopted).
+pub fn check_incarnation(
+    d: &Delivery,
+    stored: Option<&str>,
+    target: &str,
+) -> Result<(), TargetError> {
+    match stored {
+        Some(i) if !i.is_empty() && i != d.incarnation => Err(TargetError::Refused(format!(
+            "{target}: the cursor of pipeline {} was written by leader incarnation {i} of this \
+             cluster, and this leader is incarnation {} (a copy of a data directory started as \
+             a leader?): its changes may not continue what the target holds. Remove and add \
+             the pipeline again to send a full copy, or delete the target's cursor row to \
+             continue from this leader's changes",
+            d.pipeline, d.incarnation
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The last change of each key, in first-seen order of the keys: a batch applied as one target

@@ -33,7 +33,12 @@ async fn open(
     .await
     .map_err(|e| TargetError::Failed(e.to_string()))?
     .map_err(|e| TargetError::Refused(format!("source: {e}")))?;
-    let d = Delivery::new(&stored.spec, &plan, cluster_id);
+    let incarnation = node
+        .leader
+        .as_ref()
+        .map(|l| l.incarnation.clone())
+        .unwrap_or_default();
+    let d = Delivery::new(&stored.spec, &plan, cluster_id, &incarnation);
     let (target, cursor) = Target::open(&stored.spec, &d, node).await?;
     let cursor = match cursor {
         // Stdout remembers nothing: start from what the changelog still holds.

@@ -214,7 +214,7 @@ impl InstalledPipelines {
 }
 
 /// The next keyword of a statement, after whitespace and comments, and what follows it.
-fn next_keyword(sql: &str) -> (&str, &str) {
+pub(crate) fn next_keyword(sql: &str) -> (&str, &str) {
     let mut s = sql;
     loop {
         s = s.trim_start();

@@ -97,6 +97,8 @@ pub struct RowReplica {
     filter: RowFilter,
     policy: ConflictPolicy,
     conflicts: Arc<AtomicU64>,
+    /// The record whose conflict stopped the last apply: counted once, not at every retry.
+    stopped_at: Option<flotilla_types::Position>,
 }
 
 impl RowReplica {
@@ -172,6 +174,7 @@ impl RowReplica {
             filter: filter.clone(),
             policy,
             conflicts,
+            stopped_at: None,
         }))
     }
 
@@ -293,7 +296,14 @@ impl RowReplica {
                         apply_change(&cx, c, &mut conflicts)
                     }
                 };
-                res.map_err(|e| StoreError::Apply(format!("record {}: {e}", r.position())))?;
+                if let Err(e) = res {
+                    // A conflict that stops the apply is counted too (once per record).
+                    if conflicts > 0 && self.stopped_at != Some(r.position()) {
+                        self.stopped_at = Some(r.position());
+                        self.conflicts.fetch_add(conflicts, Ordering::Relaxed);
+                    }
+                    return Err(StoreError::Apply(format!("record {}: {e}", r.position())));
+                }
             }
         }
         tx.prepare_cached(
@@ -373,6 +383,27 @@ impl RowReplica {
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .insert(t);
+                        }
+                        // A unique index of its own on a replicated table would make the
+                        // leader's rows conflict here (and stop replication).
+                        Some((DdlKind::CreateIndex, t))
+                            if !self
+                                .local
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .contains(&t)
+                                && is_unique_index(sql) =>
+                        {
+                            return Ok(LocalOutcome::Failed {
+                                statement: i,
+                                message: format!(
+                                    "a unique index on {t}, which is replicated from the leader, \
+                                     could refuse the leader's rows and stop replication: create \
+                                     a unique index on the leader, or a non-unique one here"
+                                ),
+                                kind: crate::FailureKind::Refused,
+                                misdirected: false,
+                            });
                         }
                         Some((DdlKind::DropTable, t)) => {
                             self.rules.internal(|| {
@@ -1085,4 +1116,11 @@ fn shadow_owner<'a>(
         end = i;
     }
     None
+}
+
+/// Whether a `CREATE …` statement makes a unique index.
+fn is_unique_index(sql: &str) -> bool {
+    let (first, rest) = crate::leader_pipelines::next_keyword(sql);
+    let (second, _) = crate::leader_pipelines::next_keyword(rest);
+    first.eq_ignore_ascii_case("create") && second.eq_ignore_ascii_case("unique")
 }

@@ -133,6 +133,25 @@ impl StatementRules {
                 *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 return Authorization::Deny;
             }
+            if local.is_some() {
+                if let AuthAction::Pragma {
+                    pragma_name,
+                    pragma_value: Some(_),
+                } = ctx.action
+                {
+                    if ["user_version", "application_id"]
+                        .iter()
+                        .any(|p| pragma_name.eq_ignore_ascii_case(p))
+                    {
+                        misdirected.store(true, Ordering::Relaxed);
+                        *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                            "PRAGMA {pragma_name} is replicated from the leader here: set it on \
+                             the leader"
+                        ));
+                        return Authorization::Deny;
+                    }
+                }
+            }
             if let Some(local) = &local {
                 if let Some(table) = replicated_write(&ctx, local) {
                     misdirected.store(true, Ordering::Relaxed);

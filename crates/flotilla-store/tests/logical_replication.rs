@@ -377,6 +377,8 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
         "INSERT INTO t VALUES (2, 'b', 2)",
         "DROP TABLE t",
         "ALTER TABLE t ADD COLUMN z",
+        "PRAGMA user_version = 5",
+        "PRAGMA main.application_id = 7",
     ] {
         match replica.execute_local(&s(&[sql]), 0).unwrap() {
             LocalOutcome::Failed {
@@ -390,6 +392,26 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
             other => panic!("{sql} was accepted: {other:?}"),
         }
     }
+    // A unique index of its own on a replicated table could refuse the leader's rows.
+    for sql in [
+        "CREATE UNIQUE INDEX ux ON t(n)",
+        "create  unique index if not exists ux2 on t(v) where n > 0",
+        "/* x */ CREATE UNIQUE INDEX ux3 ON t(n, v)",
+    ] {
+        match replica.execute_local(&s(&[sql]), 0).unwrap() {
+            LocalOutcome::Failed { message, kind, .. } => {
+                assert_eq!(kind, FailureKind::Refused, "{sql}: {message}");
+                assert!(message.contains("unique index on t"), "{message}");
+            }
+            other => panic!("{sql} was accepted: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        replica
+            .execute_local(&s(&["CREATE UNIQUE INDEX mine_note ON mine(note)"]), 0)
+            .unwrap(),
+        LocalOutcome::Committed(_)
+    ));
     // A failed request leaves nothing, and its new table is not writable afterwards.
     let out = replica
         .execute_local(

@@ -29,6 +29,9 @@ pub struct FollowerProgress {
     pub applied: Position,
     /// When the follower last acknowledged anything (leader's clock).
     pub last_ack_ms: u64,
+    /// When its applied position last moved (leader's clock): a follower that keeps
+    /// reconnecting without applying anything is stalled, not streaming.
+    pub applied_moved_ms: u64,
 }
 
 /// One replication session of a follower; a newer session of the same follower id replaces
@@ -93,6 +96,11 @@ impl FollowerTracker {
                 durable: position,
                 applied: position,
                 last_ack_ms: now_ms,
+                applied_moved_ms: self
+                    .followers
+                    .get(id)
+                    .filter(|f| f.applied >= position)
+                    .map_or(now_ms, |f| f.applied_moved_ms),
             },
         );
         session
@@ -133,7 +141,10 @@ impl FollowerTracker {
         if let Some(f) = self.followers.get_mut(id) {
             f.received = f.received.max(received);
             f.durable = f.durable.max(durable);
-            f.applied = f.applied.max(applied);
+            if applied > f.applied {
+                f.applied = applied;
+                f.applied_moved_ms = now_ms;
+            }
             f.last_ack_ms = now_ms;
         }
         Ok(())

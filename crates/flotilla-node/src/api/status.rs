@@ -39,6 +39,18 @@ pub fn follower_lag(node: &Node, f: &FollowerProgress) -> Lag {
     }
 }
 
+/// Behind this long without applying anything, a connected follower is `stalled` (it keeps
+/// failing to apply, or cannot keep up at all), not `streaming`.
+const STALLED_AFTER_MS: u64 = 10_000;
+
+fn follower_state(f: &FollowerProgress, lag_transactions: u64, now_ms: u64) -> &'static str {
+    let stuck = now_ms.saturating_sub(f.applied_moved_ms) > STALLED_AFTER_MS;
+    match f.state {
+        flotilla_core::SessionState::Streaming if lag_transactions > 0 && stuck => "stalled",
+        s => s.as_str(),
+    }
+}
+
 pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
     let position = *node.position.borrow();
     let identity = node
@@ -73,7 +85,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
                         "lag_transactions": lag.transactions,
                         "lag_bytes": lag.bytes,
                         "lag_ms": lag.ms,
-                        "state": f.state.as_str(),
+                        "state": follower_state(f, lag.transactions, crate::time::mono_ms()),
                     })
                 })
                 .collect();
@@ -119,4 +131,43 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
         }
     }
     Json(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_core::SessionState;
+    use flotilla_types::{LogKind, Position};
+
+    #[test]
+    fn a_connected_follower_that_applies_nothing_while_behind_is_stalled() {
+        let now = 1_000_000;
+        let f = |state, moved_ago: u64| FollowerProgress {
+            id: "f".into(),
+            url: String::new(),
+            log_kind: LogKind::Logical,
+            state,
+            received: Position::new(1, 5),
+            durable: Position::new(1, 5),
+            applied: Position::new(1, 5),
+            last_ack_ms: now,
+            applied_moved_ms: now.saturating_sub(moved_ago),
+        };
+        assert_eq!(
+            follower_state(&f(SessionState::Streaming, 60_000), 30, now),
+            "stalled"
+        );
+        assert_eq!(
+            follower_state(&f(SessionState::Streaming, 60_000), 0, now),
+            "streaming"
+        );
+        assert_eq!(
+            follower_state(&f(SessionState::Streaming, 100), 30, now),
+            "streaming"
+        );
+        assert_eq!(
+            follower_state(&f(SessionState::Disconnected, 60_000), 30, now),
+            "disconnected"
+        );
+    }
 }

@@ -104,6 +104,7 @@ pub fn load_followers(path: &std::path::Path) -> Vec<flotilla_core::FollowerProg
                         durable: pos,
                         applied: pos,
                         last_ack_ms: 0,
+                        applied_moved_ms: 0,
                     })
                 })
                 .collect()

@@ -147,6 +147,12 @@ pub async fn run(
     let peers =
         crate::peer::Peers::new(config.tls_ca.as_deref(), config.replication_token.clone())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if bound.ip().is_unspecified() && config.advertise_url.is_none() {
+        tracing::warn!(
+            "listening on {bound} (every address) without --advertise-url: this node will call \
+             itself {scheme}://{bound}, which other machines cannot reach; set --advertise-url"
+        );
+    }
     let url = config
         .advertise_url
         .clone()
@@ -224,6 +230,7 @@ pub async fn run(
             };
             let (head_tx, _) = watch::channel(head);
             let (jobs_tx, jobs_rx) = mpsc::channel::<WriteJob>(4096);
+            let writer_interrupt = db.interrupt_handle();
             let recent = Arc::new(RecentRecords::default());
             let followers_file = dir.join("followers.json");
             let state = LeaderState {
@@ -241,6 +248,7 @@ pub async fn run(
                 followers_saving: Mutex::new(()),
                 feed_pins: Default::default(),
                 pipelines: Default::default(),
+                writer_interrupt,
             };
             writer_thread = Some(leader::spawn_writer(
                 leader::WriterParts {
@@ -376,6 +384,12 @@ pub async fn run(
         _ = shutdown.cancelled() => Ok(()),
     };
     shutdown.cancel();
+    // Statements still running end now (their clients hear 503), so that the server's
+    // graceful shutdown does not wait for them.
+    node.readers.interrupt_all();
+    if let Some(l) = &node.leader {
+        l.writer_interrupt.interrupt();
+    }
     if let Some(t) = follower_task {
         t.abort();
     }

@@ -49,3 +49,19 @@ impl Peers {
         }
     }
 }
+
+/// An error with its causes (`error sending request: … : invalid peer certificate: UnknownIssuer`):
+/// an HTTP client's own message rarely says why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

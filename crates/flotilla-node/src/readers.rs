@@ -25,6 +25,8 @@ pub struct ReaderPool {
     /// The longest value a reader may produce (SQLite's length limit): a query cannot make a
     /// node allocate more for one value.
     max_value_bytes: usize,
+    /// Every open connection's interrupt handle: a stopping node cancels what runs.
+    interrupts: Mutex<Vec<flotilla_store::InterruptHandle>>,
     permits: Arc<Semaphore>,
     snapshots: Arc<Semaphore>,
     idle: Mutex<Vec<Reader>>,
@@ -77,6 +79,7 @@ impl ReaderPool {
             path,
             size: size as u32,
             max_value_bytes,
+            interrupts: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size)),
             snapshots: Arc::new(Semaphore::new(MAX_SNAPSHOTS as usize)),
             idle: Mutex::new(Vec::new()),
@@ -106,6 +109,10 @@ impl ReaderPool {
                 .map_err(StoreError::from)?;
                 let rules = StatementRules::install(&mut conn).map_err(StoreError::from)?;
                 let guard = StatementGuard::install_for_reads(&mut conn);
+                self.interrupts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn.get_interrupt_handle());
                 Reader { conn, rules, guard }
             }
         };
@@ -144,8 +151,24 @@ impl ReaderPool {
             .expect("never closed");
         *self.open.lock().unwrap_or_else(|p| p.into_inner()) = false;
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.interrupts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         drop(streams);
         drop(all);
+    }
+
+    /// Cancels every statement running on the pool's connections (the node is stopping).
+    pub fn interrupt_all(&self) {
+        for h in self
+            .interrupts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            h.interrupt();
+        }
     }
 
     pub fn reopen(&self) {

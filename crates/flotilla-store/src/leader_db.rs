@@ -225,6 +225,12 @@ impl LeaderDb {
         &self.meta
     }
 
+    /// Cancels whatever statement runs on the writer connection, from any thread (a stopping
+    /// node).
+    pub fn interrupt_handle(&self) -> crate::InterruptHandle {
+        self.conn.get_interrupt_handle()
+    }
+
     /// What the writer connection keeps between requests (see [`crate::connection_state`]).
     pub fn connection_state(&self) -> Result<Vec<String>, StoreError> {
         Ok(self

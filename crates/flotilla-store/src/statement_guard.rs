@@ -31,6 +31,8 @@ pub enum FailureKind {
     TooLarge,
     /// The request ran past its time limit and was cancelled.
     TimedOut,
+    /// The node is stopping and interrupted it; nothing of it remains.
+    Interrupted,
 }
 
 /// How big a transaction's log record is so far, for the size limit. Implemented by the
@@ -153,7 +155,7 @@ impl StatementGuard {
                     TOO_LARGE => Some((self.too_large_message(), FailureKind::TooLarge)),
                     _ => Some((
                         "the statement was interrupted: the node is stopping".into(),
-                        FailureKind::Sql,
+                        FailureKind::Interrupted,
                     )),
                 }
             }

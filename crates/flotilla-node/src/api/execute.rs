@@ -145,6 +145,7 @@ fn rolled_back(statement: usize, message: &str, kind: FailureKind) -> ApiError {
         FailureKind::Refused => (StatusCode::BAD_REQUEST, "statement_refused"),
         FailureKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "transaction_too_large"),
         FailureKind::TimedOut => (StatusCode::BAD_REQUEST, "statement_timeout"),
+        FailureKind::Interrupted => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::BAD_REQUEST, "sql_error"),
     };
     ApiError::new(

@@ -151,6 +151,9 @@ fn run_in_snapshot(
             Some((why, flotilla_store::FailureKind::TimedOut)) => {
                 ApiError::bad_request("statement_timeout", why)
             }
+            Some((why, flotilla_store::FailureKind::Interrupted)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why)
+            }
             _ => sql_err(e),
         },
     };

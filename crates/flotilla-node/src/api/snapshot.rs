@@ -37,6 +37,10 @@ pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
         let mut head_tx = Some(head_tx);
         let mut first = true;
         let _lease = lease;
+        // A trickle keeps a stream alive as surely as silence: each stall-timeout window must
+        // carry at least this much, or the stream ends.
+        const MIN_BYTES_PER_WINDOW: usize = 1 << 20;
+        let (mut window_start, mut window_bytes) = (std::time::Instant::now(), 0usize);
         let res = flotilla_store::snapshot::stream(&conn, 1 << 20, |chunk| {
             if first {
                 first = false;
@@ -49,11 +53,20 @@ pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
             }
             // A client that stops reading gives up its stream (and the read transaction that
             // holds the WAL back) after the stall timeout.
+            let len = chunk.len();
             match runtime.block_on(tokio::time::timeout(stall, tx.send(Ok(Bytes::from(chunk))))) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err("the client went away"),
-                Err(_) => Err("the client stopped reading"),
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err("the client went away"),
+                Err(_) => return Err("the client stopped reading"),
             }
+            window_bytes += len;
+            if window_start.elapsed() >= stall {
+                if window_bytes < MIN_BYTES_PER_WINDOW {
+                    return Err("the client reads too slowly (less than 1 MiB per stall timeout)");
+                }
+                (window_start, window_bytes) = (std::time::Instant::now(), 0);
+            }
+            Ok(())
         });
         match res {
             Ok(Ok(_)) => {}

@@ -55,7 +55,7 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
         .authorized(node.peers.http.get(&url))
         .send()
         .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        .map_err(|e| format!("cannot reach {url}: {}", crate::peer::error_chain(&e)))?;
     if matches!(resp.status().as_u16(), 401 | 403) {
         return Err(super::transport::refused_by_leader(
             &url,

@@ -46,6 +46,8 @@ pub struct LeaderState {
     pub feed_pins: Arc<FeedPins>,
     /// Trigger-based replication: the delivery workers.
     pub pipelines: crate::pipeline::Pipelines,
+    /// Cancels the writer's running statement when the node stops.
+    pub writer_interrupt: flotilla_store::InterruptHandle,
 }
 
 impl LeaderState {

@@ -29,10 +29,13 @@ impl FlotillaTarget {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| TargetError::Failed(format!("Flotilla at {}: {e}", self.url)))?;
+        let resp = req.send().await.map_err(|e| {
+            TargetError::Failed(format!(
+                "Flotilla at {}: {}",
+                self.url,
+                crate::peer::error_chain(&e)
+            ))
+        })?;
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {

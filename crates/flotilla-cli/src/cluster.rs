@@ -102,11 +102,10 @@ impl LocalNode {
         let mut child = self.child.take()?;
         let pid = child.id()?;
         let started = Instant::now();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
+        // SAFETY: kill(2) with a pid this process started and still owns (not yet reaped).
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
         match tokio::time::timeout(within, child.wait()).await {
             Ok(_) => Some(started.elapsed()),
             Err(_) => {

@@ -556,6 +556,15 @@ impl LeaderDb {
         if self.capture.overflowed() && ran.schema_change.is_none() {
             return Err((self.guard.too_large_message(), FailureKind::TooLarge));
         }
+        if let Some((DdlKind::CreateTable | DdlKind::AlterTable, table)) = &ran.schema_change {
+            let rules = self.rules.clone();
+            let problem = rules
+                .internal(|| crate::row_capture::rowid_name_problem(&self.conn, table))
+                .map_err(|e| (e.to_string(), FailureKind::Sql))?;
+            if let Some(problem) = problem {
+                return Err((problem, FailureKind::Refused));
+            }
+        }
         match ran.schema_change {
             // Rows an ALTER TABLE rewrote are dropped here: followers replay the statement.
             Some((kind, table)) if ran.created_from_select => {

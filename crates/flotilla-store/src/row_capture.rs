@@ -8,7 +8,7 @@
 
 use crate::rules::INTERNAL_PREFIX;
 use crate::StoreError;
-use flotilla_types::{RowOp, SchemaChange, TableShape};
+use flotilla_types::{rowid_alias, RowOp, SchemaChange, TableShape};
 use flotilla_wire::{split_values, value_bytes, Out, RowsMark, RowsWriter};
 use rusqlite::hooks::PreUpdateCase;
 use rusqlite::types::ValueRef;
@@ -354,8 +354,9 @@ impl RowCapture {
         let mut images: Vec<(usize, Option<Out>)> = Vec::with_capacity(pending.len());
         for (i, table, rowid) in pending {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT * FROM main.{} WHERE rowid = ?1",
-                crate::pipeline_triggers::quote(&table)
+                "SELECT * FROM main.{} WHERE {} = ?1",
+                crate::pipeline_triggers::quote(&table),
+                rowid_name(conn, &table)?
             ))?;
             let width = stmt.column_count();
             let mut rows = stmt.query([rowid])?;
@@ -429,7 +430,8 @@ impl RowCapture {
             s.in_payload.clear();
         }
         let mut stmt = conn.prepare(&format!(
-            "SELECT rowid, * FROM {}",
+            "SELECT {}, * FROM {}",
+            rowid_name(conn, &change.table)?,
             crate::pipeline_triggers::quote(&change.table)
         ))?;
         let width = stmt.column_count() - 1;
@@ -490,6 +492,49 @@ fn xinfo(
         .query_map([table, schema], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(cols)
+}
+
+/// The name the rowid answers to in a `main` table, as SQL on this connection resolves it (a
+/// column of any kind named `rowid` hides it).
+fn rowid_name(conn: &Connection, table: &str) -> Result<&'static str, StoreError> {
+    let cols = xinfo(conn, "main", table)?;
+    rowid_alias(cols.iter().map(|c| c.0.as_str())).ok_or_else(|| {
+        StoreError::Capture(format!(
+            "table {table} has columns named rowid, oid and _rowid_: its rows cannot be addressed"
+        ))
+    })
+}
+
+/// Why the rows of a `main` table could not be replicated by rowid, if so: a table without a
+/// primary key is replicated by rowid, which a replica addresses by a name no column takes
+/// (`rowid`, `oid` or `_rowid_`); columns taking all three, or a generated column taking the
+/// one replicas would use, leave it no name.
+pub(crate) fn rowid_name_problem(
+    conn: &Connection,
+    table: &str,
+) -> Result<Option<String>, StoreError> {
+    let cols = xinfo(conn, "main", table)?;
+    if cols.is_empty() || cols.iter().any(|c| c.1 > 0) {
+        return Ok(None); // gone (renamed, dropped), a view, or keyed by its primary key
+    }
+    let all = rowid_alias(cols.iter().map(|c| c.0.as_str()));
+    let stored = rowid_alias(
+        cols.iter()
+            .filter(|c| c.2 != 2 && c.2 != 3)
+            .map(|c| c.0.as_str()),
+    );
+    Ok(match (all, stored) {
+        (None, _) => Some(format!(
+            "table {table:?} has no primary key and columns named rowid, oid and _rowid_: \
+             replicas address its rows by rowid, which needs one of those names free \
+             (declare a primary key, or rename a column)"
+        )),
+        (Some(a), Some(b)) if a == b => None,
+        (Some(_), _) => Some(format!(
+            "table {table:?} has no primary key and a generated column named rowid, oid or \
+             _rowid_: replicas address its rows by rowid under that name (rename the column)"
+        )),
+    })
 }
 
 /// Every column of a `main` table: (name, primary-key position, declared type, hidden), where

@@ -12,7 +12,7 @@ use crate::open::configure;
 use crate::row_filter::RowFilter;
 use crate::rules::LocalTables;
 use crate::{read_meta, DbSettings, Meta, StatementResult, StatementRules, StoreError};
-use flotilla_types::{DdlKind, LogRecord, RowChange, RowItem, SqlValue, TableShape};
+use flotilla_types::{rowid_alias, DdlKind, LogRecord, RowChange, RowItem, SqlValue, TableShape};
 use rusqlite::config::DbConfig;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
@@ -61,6 +61,7 @@ impl ToSql for SqlArg<'_> {
             SqlValue::Real(f) => ValueRef::Real(*f),
             SqlValue::Text(s) => ValueRef::Text(s.as_bytes()),
             SqlValue::Blob(b) => ValueRef::Blob(b),
+            SqlValue::TextBytes(b) => ValueRef::Text(b),
         }))
     }
 }
@@ -285,8 +286,13 @@ impl RowReplica {
                         if !keep {
                             continue;
                         }
-                        let plan = plans[c.table as usize]
-                            .get_or_insert_with(|| TablePlan::new(shape, &self.filter));
+                        let slot = &mut plans[c.table as usize];
+                        if slot.is_none() {
+                            *slot = Some(TablePlan::new(shape, &self.filter).map_err(|e| {
+                                StoreError::Apply(format!("record {}: {e}", r.position()))
+                            })?);
+                        }
+                        let plan = slot.as_ref().expect("made above");
                         let cx = ChangeCtx {
                             conn: &tx,
                             policy: self.policy,
@@ -519,7 +525,7 @@ struct TablePlan {
 }
 
 impl TablePlan {
-    fn new(shape: &TableShape, filter: &RowFilter) -> TablePlan {
+    fn new(shape: &TableShape, filter: &RowFilter) -> Result<TablePlan, String> {
         // The columns this replica keeps, as indexes into the shape.
         let kept: Vec<usize> = match filter.columns.get(&shape.name) {
             None => (0..shape.columns.len()).collect(),
@@ -532,10 +538,24 @@ impl TablePlan {
                 .collect(),
         };
         let table = quote(&shape.name);
-        let by_rowid = shape.keyed_by_rowid();
+        // The rowid's name in this replica's table (its kept columns): a column named `rowid`
+        // hides the rowid, which then answers to `oid` or `_rowid_`.
+        let rowid = if shape.keyed_by_rowid() {
+            Some(
+                rowid_alias(kept.iter().map(|i| shape.columns[*i].as_str())).ok_or_else(|| {
+                    format!(
+                        "table {:?} has no primary key and columns named rowid, oid and \
+                         _rowid_: its rows cannot be addressed",
+                        shape.name
+                    )
+                })?,
+            )
+        } else {
+            None
+        };
         let mut cols: Vec<String> = kept.iter().map(|i| quote(&shape.columns[*i])).collect();
-        if by_rowid {
-            cols.push("rowid".into());
+        if let Some(alias) = rowid {
+            cols.push(alias.into());
         }
         let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
         let insert_as = |verb: &str| {
@@ -554,9 +574,9 @@ impl TablePlan {
         let update = format!(
             "UPDATE {table} SET {} WHERE {}",
             sets.join(", "),
-            key_clause(shape, cols.len() + 1)
+            key_clause(shape, rowid, cols.len() + 1)
         );
-        let delete = format!("DELETE FROM {table} WHERE {}", key_clause(shape, 1));
+        let delete = format!("DELETE FROM {table} WHERE {}", key_clause(shape, rowid, 1));
         let predicate = filter.predicates.get(&shape.name).map(|p| {
             let cols: Vec<String> = shape
                 .columns
@@ -566,14 +586,14 @@ impl TablePlan {
                 .collect();
             format!("SELECT ({p}) FROM (SELECT {})", cols.join(", "))
         });
-        TablePlan {
+        Ok(TablePlan {
             insert: insert_as("INSERT"),
             insert_or_replace: insert_as("INSERT OR REPLACE"),
             update,
             delete,
             predicate,
             kept,
-        }
+        })
     }
 }
 
@@ -626,9 +646,11 @@ fn apply_change(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResu
     }
 }
 
-fn key_clause(shape: &TableShape, first_param: usize) -> String {
-    if shape.keyed_by_rowid() {
-        return format!("rowid = ?{first_param}");
+/// The WHERE clause finding a row: by its rowid (under `rowid`, its name in the replica's
+/// table) or by its primary key.
+fn key_clause(shape: &TableShape, rowid: Option<&str>, first_param: usize) -> String {
+    if let Some(alias) = rowid {
+        return format!("{alias} = ?{first_param}");
     }
     shape
         .key
@@ -884,9 +906,22 @@ fn build_into(
             let cols: Vec<String> = keep.iter().map(|(n, _)| quote(n)).collect();
             let rowid_keyed = !shape.iter().any(|(_, pk)| *pk > 0);
             let (into, select) = if rowid_keyed {
+                // The rowid keeps its value; a column named `rowid` hides it, and the name it
+                // answers to can differ between the snapshot's table and a replica that keeps
+                // fewer columns.
+                let alias_in = |names: Vec<&str>| {
+                    rowid_alias(names).ok_or_else(|| {
+                        bad(format!(
+                            "table {name:?} has no primary key and columns named rowid, oid \
+                             and _rowid_: its rows cannot be copied with their rowids"
+                        ))
+                    })
+                };
+                let from = alias_in(shape.iter().map(|(n, _)| n.as_str()).collect())?;
+                let to = alias_in(keep.iter().map(|(n, _)| n.as_str()).collect())?;
                 (
-                    format!("rowid, {}", cols.join(", ")),
-                    format!("rowid, {}", cols.join(", ")),
+                    format!("{to}, {}", cols.join(", ")),
+                    format!("{from}, {}", cols.join(", ")),
                 )
             } else {
                 (cols.join(", "), cols.join(", "))

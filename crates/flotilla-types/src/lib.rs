@@ -20,5 +20,5 @@ pub use pipeline::{
 pub use position::{Epoch, Lsn, Position, PositionParseError};
 pub use record::{LogKind, LogKindParseError, LogRecord, Page, PagePayload};
 pub use rows::{
-    DdlKind, RowChange, RowItem, RowOp, RowPayload, SchemaChange, SqlValue, TableShape,
+    rowid_alias, DdlKind, RowChange, RowItem, RowOp, RowPayload, SchemaChange, SqlValue, TableShape,
 };

@@ -8,6 +8,8 @@ pub enum SqlValue {
     Integer(i64),
     Real(f64),
     Text(String),
+    /// TEXT whose bytes are not UTF-8: SQLite keeps them as given, and so does every replica.
+    TextBytes(Vec<u8>),
     Blob(Vec<u8>),
 }
 
@@ -19,6 +21,7 @@ impl PartialEq for SqlValue {
             // Bit equality: a replicated NaN equals itself, and 0.0 differs from -0.0 as stored.
             (SqlValue::Real(a), SqlValue::Real(b)) => a.to_bits() == b.to_bits(),
             (SqlValue::Text(a), SqlValue::Text(b)) => a == b,
+            (SqlValue::TextBytes(a), SqlValue::TextBytes(b)) => a == b,
             (SqlValue::Blob(a), SqlValue::Blob(b)) => a == b,
             _ => false,
         }
@@ -43,6 +46,24 @@ impl TableShape {
     pub fn keyed_by_rowid(&self) -> bool {
         self.key.is_empty()
     }
+
+    /// The name the rowid answers to in this table: `rowid`, `oid` or `_rowid_`, whichever
+    /// comes first that no column has taken (a column of that name hides the rowid). `None`
+    /// when columns take all three; the leader refuses to create such a rowid table.
+    pub fn rowid_alias(&self) -> Option<&'static str> {
+        rowid_alias(self.columns.iter().map(String::as_str))
+    }
+}
+
+/// The name the rowid answers to in a table with these columns (see
+/// [`TableShape::rowid_alias`]).
+pub fn rowid_alias<'a>(columns: impl IntoIterator<Item = &'a str> + Clone) -> Option<&'static str> {
+    ["rowid", "oid", "_rowid_"].into_iter().find(|alias| {
+        !columns
+            .clone()
+            .into_iter()
+            .any(|c| c.eq_ignore_ascii_case(alias))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -173,11 +173,12 @@ pub mod value_bytes {
     pub fn real(out: &mut Out, v: f64) {
         out.u8(2).u64(v.to_bits());
     }
-    /// Text must be UTF-8 (the decoder checks): invalid bytes are replaced.
+    /// UTF-8 text as type 3 (the decoder checks it); text SQLite holds that is not UTF-8 as
+    /// type 5, its bytes exactly.
     pub fn text(out: &mut Out, v: &[u8]) {
         match std::str::from_utf8(v) {
             Ok(s) => out.u8(3).str_var(s),
-            Err(_) => out.u8(3).str_var(&String::from_utf8_lossy(v)),
+            Err(_) => out.u8(5).bytes_var(v),
         };
     }
     pub fn blob(out: &mut Out, v: &[u8]) {
@@ -218,6 +219,9 @@ fn value(out: &mut Out, v: &SqlValue) {
         SqlValue::Blob(b) => {
             out.u8(4).bytes_var(b);
         }
+        SqlValue::TextBytes(b) => {
+            out.u8(5).bytes_var(b);
+        }
     }
 }
 
@@ -228,6 +232,7 @@ fn read_value(c: &mut Cursor) -> Result<SqlValue, DecodeError> {
         2 => SqlValue::Real(f64::from_bits(c.u64()?)),
         3 => SqlValue::Text(c.str_var()?.to_string()),
         4 => SqlValue::Blob(c.bytes_var()?.to_vec()),
+        5 => SqlValue::TextBytes(c.bytes_var()?.to_vec()),
         other => return Err(DecodeError::invalid(WHAT, format!("value type {other}"))),
     })
 }
@@ -380,7 +385,11 @@ pub(crate) mod tests {
                     op: RowOp::Update,
                     old_rowid: 1,
                     new_rowid: 1,
-                    before: Some(vec![SqlValue::Integer(1), SqlValue::Null, SqlValue::Null]),
+                    before: Some(vec![
+                        SqlValue::Integer(1),
+                        SqlValue::TextBytes(vec![0x80, 0xff, b'a']),
+                        SqlValue::Null,
+                    ]),
                     after: Some(vec![
                         SqlValue::Integer(1),
                         SqlValue::Text("é".into()),

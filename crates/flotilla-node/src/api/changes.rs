@@ -44,6 +44,8 @@ fn json_value(out: &mut Vec<u8>, v: &SqlValue) {
         }
         SqlValue::Real(f) => json_str(out, &f.to_string()),
         SqlValue::Text(s) => json_str(out, s),
+        // JSON holds Unicode only: such text shows as the API shows it, with U+FFFD.
+        SqlValue::TextBytes(b) => json_str(out, &String::from_utf8_lossy(b)),
         SqlValue::Blob(b) => {
             out.extend_from_slice(b"{\"base64\":\"");
             out.extend_from_slice(

@@ -10,7 +10,7 @@ use common::{req, snapshot};
 
 use flotilla_store::*;
 use flotilla_types::{Epoch, LogRecord, NodeId};
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::ValueRef;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -776,7 +776,10 @@ fn edge_values_and_rowid_names_replicate_exactly() {
         assert!(matches!(outcome, RequestOutcome::Committed(_)), "{sql}");
         let (physical, logical) = record.expect("a record");
         cluster.physical.apply(&[physical]).unwrap();
-        cluster.logical.apply(&[logical.clone()]).unwrap();
+        cluster
+            .logical
+            .apply(std::slice::from_ref(&logical))
+            .unwrap();
         narrow_replica
             .apply(&[logical])
             .unwrap_or_else(|e| panic!("{sql}: {e}"));

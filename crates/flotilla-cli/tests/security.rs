@@ -729,6 +729,14 @@ async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
         )
         .await
         .unwrap_or_default();
+    Client::with_token(&leader.url, &writer)
+        .post(
+            "/v1/execute",
+            &json!({"statements": [
+            {"sql": "CREATE VIEW pages AS SELECT data FROM sqlite_dbpage"}]}),
+        )
+        .await
+        .unwrap_or_default();
     for sql in [
         "SELECT spec FROM _flotilla_pipelines",
         "SELECT * FROM main._FLOTILLA_PIPELINES",
@@ -736,6 +744,11 @@ async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
         "WITH p AS (SELECT * FROM _flotilla_pipelines) SELECT * FROM p",
         "SELECT hash FROM _flotilla_tokens",
         "SELECT * FROM specs",
+        // Nor as raw pages (found by an outside probe).
+        "SELECT data FROM sqlite_dbpage",
+        "SELECT hex(data) FROM main.SQLITE_DBPAGE WHERE pgno > 1",
+        "SELECT data FROM sqlite_dbpage('main')",
+        "SELECT * FROM pages",
     ] {
         let (status, body) =
             raw_with_token(&leader.url, "/v1/query", &json!({ "sql": sql }), &reader).await;

@@ -320,6 +320,14 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
             "table {table_name} holds Flotilla's secrets and cannot be read by clients: use \
              `flotilla pipeline list` or `flotilla token list`"
         )),
+        // Raw pages hold every table's bytes, the secret tables' included.
+        AuthAction::Read { table_name, .. } if table_name.eq_ignore_ascii_case("sqlite_dbpage") => {
+            Some(
+                "sqlite_dbpage is not allowed: its raw pages hold every table, Flotilla's \
+                 secrets included (use dbstat for page statistics)"
+                    .into(),
+            )
+        }
         AuthAction::CreateView { view_name } if internal_table(view_name) => Some(format!(
             "names starting with {INTERNAL_PREFIX} are Flotilla's own: choose another for view \
              {view_name}"

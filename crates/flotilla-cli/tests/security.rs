@@ -891,3 +891,85 @@ async fn revocation_ends_open_sessions_and_a_follower_id_has_one_session() {
         "f1 received {later} after its token was revoked"
     );
 }
+
+/// A pipeline into its own cluster captured its own deliveries for ever, and a target's
+/// redirect was followed past the allow-list (found by an outside probe): both are refused,
+/// with the reason in the pipeline's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_refuse_their_own_cluster_and_redirects() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start_auth(dir.path(), "leader", None, &[]).await;
+    let admin = admin_token(&leader);
+    let ac = Client::with_token(&leader.url, &admin);
+    ac.post(
+        "/v1/execute",
+        &json!({"statements": [
+        {"sql": "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)"},
+        {"sql": "INSERT INTO items VALUES (1, 'a')"}]}),
+    )
+    .await
+    .unwrap();
+    // A server on loopback (allowed) that redirects every request elsewhere.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirecting = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for _ in 0..1000 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/x\r\n\
+                      Content-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let add = |name: &str, target: &str| json!({"name": name, "source": "items", "target": target});
+    let own = leader
+        .url
+        .replacen("http://", &format!("http://token:{admin}@"), 1);
+    for (name, target, needle) in [
+        ("to-self", own.as_str(), "is this cluster"),
+        ("to-redirect", redirecting.as_str(), "redirect"),
+    ] {
+        // Refused when added (the target is tried then), or later in the pipeline's status.
+        if let Err(e) = ac.post("/v1/pipelines", &add(name, target)).await {
+            let e = e.to_string();
+            assert!(e.contains(needle), "{name}: {e}");
+            assert!(!e.contains(&admin), "{name}: {e}");
+            continue;
+        }
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            last = ac.get(&format!("/v1/pipelines/{name}")).await.unwrap();
+            if last["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(needle))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            last["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(needle)),
+            "{name}: {last}"
+        );
+        assert_eq!(last["delivered_rows"], 0, "{name}: {last}");
+    }
+    // The pipeline into its own cluster wrote nothing there.
+    let tables = ac
+        .post(
+            "/v1/query",
+            &json!({"sql": "SELECT count(*) FROM sqlite_schema WHERE name = 'flotilla_pipeline_cursors'"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tables["rows"], json!([[0]]));
+    server.abort();
+}

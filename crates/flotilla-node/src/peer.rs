@@ -19,6 +19,9 @@ impl Peers {
         let mut http = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
+            // A node never follows a redirect: a peer (or a pipeline target, checked against
+            // the allow-list by its URL) could otherwise send it, with its token, anywhere.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(5));
         let mut tls_config = None;
         if let Some(ca) = ca {

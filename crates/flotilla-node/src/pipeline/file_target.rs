@@ -8,6 +8,7 @@ use super::target::{Change, Delivery, TargetError};
 use flotilla_store::changelog::ChangeOp;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 pub struct FileTarget {
@@ -60,12 +61,25 @@ impl FileTarget {
         let Some(path) = path else {
             return Ok((FileTarget { file: None }, -1));
         };
+        // The allow-list checked the directory; a symbolic link in its place of the file could
+        // point anywhere, so the file itself is never a link.
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(io(&path, "cannot open"))?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    TargetError::Refused(format!(
+                        "{} is a symbolic link: pipelines write only to regular files, never \
+                         through links",
+                        path.display()
+                    ))
+                } else {
+                    io(&path, "cannot open")(e)
+                }
+            })?;
         let len = file.metadata().map_err(io(&path, "cannot read"))?.len();
         let (complete, line) = last_line(&mut file, len).map_err(io(&path, "cannot read"))?;
         if complete < len {
@@ -148,5 +162,44 @@ impl FileTarget {
                 file.sync_data().map_err(io(path, "cannot flush"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery() -> Delivery {
+        Delivery {
+            pipeline: "p".into(),
+            cluster_id: "c".into(),
+            incarnation: "i".into(),
+            table: "t".into(),
+            columns: vec!["id".into()],
+            key: vec!["id".into()],
+            apply_sql: None,
+        }
+    }
+
+    /// A link put where the file goes (found by an outside probe) is refused, and what it
+    /// points to is neither created nor written.
+    #[test]
+    fn a_symbolic_link_in_place_of_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.txt");
+        let link = dir.path().join("out.ndjson");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let err = FileTarget::open(Some(link.clone()), &delivery())
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&err, TargetError::Refused(m) if m.contains("symbolic link")),
+            "{err:?}"
+        );
+        assert!(!elsewhere.exists());
+        // A regular file there is opened as before.
+        std::fs::remove_file(&link).unwrap();
+        let (_, cursor) = FileTarget::open(Some(link), &delivery()).unwrap();
+        assert_eq!(cursor, 0);
     }
 }

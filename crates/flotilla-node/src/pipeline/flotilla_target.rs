@@ -21,11 +21,12 @@ pub struct FlotillaTarget {
 impl FlotillaTarget {
     async fn call(&self, path: &str, body: Value) -> Result<Value, TargetError> {
         let url = format!("{}{path}", self.url);
-        let mut req = self
-            .http
-            .post(&url)
-            .timeout(std::time::Duration::from_secs(30))
-            .json(&body);
+        let req = if body.is_null() {
+            self.http.get(&url)
+        } else {
+            self.http.post(&url).json(&body)
+        };
+        let mut req = req.timeout(std::time::Duration::from_secs(30));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -37,6 +38,20 @@ impl FlotillaTarget {
             ))
         })?;
         let status = resp.status();
+        if status.is_redirection() {
+            // Not followed: the allow-list checked this URL, not wherever it points.
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(super::target::short_reason)
+                .unwrap_or_default();
+            return Err(TargetError::Refused(format!(
+                "Flotilla at {} answered with a redirect ({status}) to {to:?}; pipelines do \
+                 not follow redirects: give the target's own URL",
+                self.url
+            )));
+        }
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(v);
@@ -94,6 +109,17 @@ impl FlotillaTarget {
             url: parsed.as_str().trim_end_matches('/').to_string(),
             token,
         };
+        // Delivering into its own cluster writes the tables the pipeline captures from: each
+        // delivery would be captured again, for ever.
+        let status = t.call("/v1/status", Value::Null).await?;
+        if status["cluster_id"].as_str() == Some(d.cluster_id.as_str()) {
+            return Err(TargetError::Refused(format!(
+                "the target Flotilla at {} is this cluster ({}): a pipeline into its own \
+                 cluster would capture its own deliveries; copy within a cluster with SQL \
+                 (a trigger or INSERT ... SELECT)",
+                t.url, d.cluster_id
+            )));
+        }
         t.execute(vec![json!({ "sql": format!(
             "CREATE TABLE IF NOT EXISTS {CURSORS} (pipeline TEXT PRIMARY KEY, \
              cluster_id TEXT NOT NULL, seq INTEGER NOT NULL, lsn INTEGER NOT NULL, \

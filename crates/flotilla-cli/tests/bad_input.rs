@@ -268,6 +268,18 @@ async fn values_idempotency_and_read_your_writes() {
     .await;
     assert_eq!(status, 504);
     assert_eq!(v["error"]["code"], "position_not_reached");
+    // On the leader, which was never at that position: refused at once.
+    let (status, v) = raw(
+        &leader.url,
+        "POST",
+        "/v1/query",
+        JSON,
+        q.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], "position_in_future");
+    assert_eq!(v["error"]["position"], first["position"]);
 
     // Writes to a follower: 421 naming the leader.
     let (status, v) = raw(

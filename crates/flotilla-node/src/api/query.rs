@@ -30,6 +30,16 @@ pub async fn query(
     let timeout = Duration::from_millis(req.wait_ms);
     let deadline = tokio::time::Instant::now() + timeout;
     if let Some(min) = req.min_position {
+        // Every position a client was given is at or before the leader's newest commit: one
+        // beyond it was never acknowledged, and waiting for it would only time out.
+        let at = *node.position.borrow();
+        if matches!(node.role, crate::node::Role::Leader) && min > at {
+            return Err(ApiError::bad_request(
+                "position_in_future",
+                format!("min_position {min} is beyond this leader's newest commit {at}"),
+            )
+            .with("position", at.to_string()));
+        }
         let mut rx = node.position.subscribe();
         let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= min)).await;
         if !matches!(reached, Ok(Ok(_))) {

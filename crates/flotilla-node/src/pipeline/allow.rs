@@ -111,10 +111,10 @@ fn endpoint_allowed(list: &[Allowed], scheme: &str, host: &str, port: u16, path:
             port: p,
             path: prefix,
         } => {
-            s == scheme
-                && h == host
-                && *p == port
-                && (prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/")))
+            // A PostgreSQL database is one name ("shop/x" is another database than "shop");
+            // an HTTP path allows what lies under it.
+            let under = scheme != "postgres" && path.starts_with(&format!("{prefix}/"));
+            s == scheme && h == host && *p == port && (prefix.is_empty() || path == prefix || under)
         }
         Allowed::Directory(_) => false,
     })
@@ -253,6 +253,8 @@ mod tests {
             ("postgres://u:p@db.internal:6432/analytics", true),
             ("postgresql://DB.INTERNAL:6432/analytics", true),
             ("postgres://db.internal:6432/other", false),
+            ("postgres://db.internal:6432/analytics/x", false),
+            ("postgres://db.internal:6432/analytics%2Fx", false),
             ("postgres://db.internal:5432/analytics", false),
             ("https://f2.internal:4790", true),
             ("http://f2.internal:4790", false),

@@ -515,6 +515,30 @@ fn apply_schema(
     conn.execute_batch(&s.sql)
         .map_err(|e| format!("schema change {:?} failed here: {}", s.sql, sql_err(e)))?;
     conn.flush_prepared_statement_cache();
+    // The filter names tables as they were at bootstrap: once renamed, a table would no longer
+    // be kept (a table list) or would be kept whole (a predicate). Stopping here (the apply
+    // rolls back) beats either.
+    let named = |t: &str| t.eq_ignore_ascii_case(&s.table);
+    if s.kind == DdlKind::AlterTable
+        && (filter.tables.iter().any(|t| named(t)) || filter.predicates.keys().any(|t| named(t)))
+    {
+        let still_there: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1 \
+                 COLLATE NOCASE",
+                [&s.table],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)?;
+        if !still_there {
+            return Err(format!(
+                "the leader renamed table {:?}, which this follower's filter names ({}): rebuild \
+                 this replica with a filter naming the new name (restart it with an empty data \
+                 directory)",
+                s.table, s.sql
+            ));
+        }
+    }
     Ok(())
 }
 

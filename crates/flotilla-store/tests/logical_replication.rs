@@ -703,3 +703,45 @@ fn conflicts_stop_apply_or_are_overwritten_and_are_counted() {
         }
     }
 }
+
+/// A filter names tables as they were at bootstrap: renaming a filtered table on the leader
+/// stops the follower with an error naming it, and the rename is not applied (found by an
+/// outside probe: the follower silently lost the table's rows, and a predicate's table renamed
+/// would have been kept whole).
+#[test]
+fn renaming_a_filtered_table_stops_the_follower_saying_why() {
+    let by_table = RowFilter::parse(&["t".to_string()], &[], &[]).unwrap();
+    let by_rows = RowFilter::parse(&[], &[], &["t: v = 'a'".to_string()]).unwrap();
+    for filter in [by_table, by_rows] {
+        let dir = tempfile::tempdir().unwrap();
+        let (lp, sp, rp) = paths(dir.path());
+        let mut leader = open_leader(&lp);
+        commit(
+            &mut leader,
+            req(&[
+                ("CREATE TABLE t(id INTEGER PRIMARY KEY, v)", vec![]),
+                ("INSERT INTO t VALUES (1, 'a')", vec![]),
+            ]),
+        );
+        common::snapshot(&lp, &sp);
+        let mut r = replica(&sp, &rp, &filter);
+        let rename = commit(&mut leader, req(&[("ALTER TABLE t RENAME TO u", vec![])])).unwrap();
+        let write = commit(
+            &mut leader,
+            req(&[("INSERT INTO u VALUES (2, 'b')", vec![])]),
+        )
+        .unwrap();
+        let err = match r.apply(&[rename]) {
+            Err(e) => e,
+            Ok(_) => r
+                .apply(&[write])
+                .err()
+                .expect("the follower went on without the table its filter names"),
+        };
+        assert!(err.to_string().contains("renamed table \"t\""), "{err}");
+        assert_eq!(
+            rows(r.connection(), "SELECT id, v FROM t"),
+            vec![vec![Value::Integer(1), Value::Text("a".into())]]
+        );
+    }
+}

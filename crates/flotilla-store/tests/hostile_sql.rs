@@ -533,6 +533,19 @@ fn run_corpus(cluster: &mut Cluster, corpus: &[(&str, Expect)]) {
     }
 }
 
+/// A logical replica bootstrapped from a snapshot of the leader as it is now, with `filter`:
+/// (the snapshot, the replica), under new names in `dir`.
+fn bootstrap_now(dir: &Path, filter: &RowFilter) -> (PathBuf, PathBuf) {
+    let n = std::fs::read_dir(dir).unwrap().count();
+    let (snap, replica) = (
+        dir.join(format!("snap-{n}.db")),
+        dir.join(format!("replica-{n}.db")),
+    );
+    snapshot(&leader_path(dir), &snap);
+    RowReplica::build(&snap, &replica, &DbSettings::default(), filter, None).unwrap();
+    (snap, replica)
+}
+
 /// After the corpus an ordinary write reaches every replica and survives a leader restart.
 fn ordinary_writes_still_replicate(mut cluster: Cluster) {
     let outcome = cluster.run("INSERT INTO notes(body) VALUES ('after the corpus')");
@@ -573,17 +586,7 @@ fn replicas_take_the_leaders_results_not_their_own() {
     let mut cluster = Cluster::new(dir.path());
     run_corpus(&mut cluster, NOT_REPEATABLE);
     // A logical replica built from a snapshot now has the header values too.
-    let snap = dir.path().join("snap2.db");
-    snapshot(&leader_path(dir.path()), &snap);
-    let rebuilt = dir.path().join("rebuilt.db");
-    RowReplica::build(
-        &snap,
-        &rebuilt,
-        &DbSettings::default(),
-        &RowFilter::default(),
-        None,
-    )
-    .unwrap();
+    let (_, rebuilt) = bootstrap_now(dir.path(), &RowFilter::default());
     let conn = open_reader(&rebuilt).unwrap();
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -733,17 +736,7 @@ fn edge_values_and_rowid_names_replicate_exactly() {
     let mut cluster = Cluster::new(dir.path());
     run_corpus(&mut cluster, EDGE_VALUES);
     // A logical replica bootstrapped now holds the same rows (built by copying, not by apply).
-    let snap = dir.path().join("snap3.db");
-    snapshot(&leader_path(dir.path()), &snap);
-    let rebuilt = dir.path().join("rebuilt.db");
-    RowReplica::build(
-        &snap,
-        &rebuilt,
-        &DbSettings::default(),
-        &RowFilter::default(),
-        None,
-    )
-    .unwrap();
+    let (_, rebuilt) = bootstrap_now(dir.path(), &RowFilter::default());
     let leader = open_reader(&leader_path(dir.path())).unwrap();
     let replica = open_reader(&rebuilt).unwrap();
     for table in user_tables(&leader) {
@@ -756,8 +749,7 @@ fn edge_values_and_rowid_names_replicate_exactly() {
     // A replica that leaves out the column named rowid addresses the rows by their real rowid:
     // bootstrapped, then following changes.
     let filter = RowFilter::parse(&[], &["nr:v".to_string()], &[]).unwrap();
-    let narrow = dir.path().join("narrow.db");
-    RowReplica::build(&snap, &narrow, &DbSettings::default(), &filter, None).unwrap();
+    let (_, narrow) = bootstrap_now(dir.path(), &filter);
     let mut narrow_replica = RowReplica::open(
         &narrow,
         &DbSettings::default(),

@@ -749,6 +749,10 @@ async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
         "SELECT hex(data) FROM main.SQLITE_DBPAGE WHERE pgno > 1",
         "SELECT data FROM sqlite_dbpage('main')",
         "SELECT * FROM pages",
+        // Nor in the newest commit's row changes, kept with it (found by an outside probe).
+        "SELECT rows FROM _flotilla_meta",
+        "SELECT * FROM main._FLOTILLA_META",
+        "SELECT hex(\"ROWS\") FROM _flotilla_meta",
     ] {
         let (status, body) =
             raw_with_token(&leader.url, "/v1/query", &json!({ "sql": sql }), &reader).await;

@@ -21,6 +21,10 @@ pub enum StoreError {
     Apply(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A client's statement made a change Flotilla cannot replicate faithfully: refused, and
+    /// the client's request rolls back.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl StoreError {

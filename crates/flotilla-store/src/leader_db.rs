@@ -195,7 +195,7 @@ impl LeaderDb {
                 meta.position.lsn
             )));
         }
-        let rows = match read_last_rows(&self.conn)? {
+        let rows = match self.rules.internal(|| read_last_rows(&self.conn))? {
             Some(rows) => rows,
             None => pending_rows::read(&self.path, meta.position.lsn).ok_or_else(|| {
                 StoreError::Mismatch(format!(
@@ -520,12 +520,7 @@ impl LeaderDb {
                     .execute_batch("SAVEPOINT flotilla_flush; RELEASE flotilla_flush")?;
                 self.capture.statement_done(&self.conn)
             })
-            .map_err(|e| {
-                (
-                    format!("cannot capture the virtual tables' changes: {e}"),
-                    FailureKind::Sql,
-                )
-            })
+            .map_err(|e| capture_failure("the virtual tables' changes", e))
     }
 
     /// The request's statements in order; stops at the first that fails (its index and why).
@@ -585,12 +580,7 @@ impl LeaderDb {
                         };
                         self.capture.table_created_with_rows(change, &self.conn)
                     })
-                    .map_err(|e| {
-                        (
-                            format!("cannot capture the rows of the new table: {e}"),
-                            FailureKind::Sql,
-                        )
-                    })?;
+                    .map_err(|e| capture_failure("the rows of the new table", e))?;
                 if self.capture.overflowed() {
                     return Err((self.guard.too_large_message(), FailureKind::TooLarge));
                 }
@@ -631,12 +621,7 @@ impl LeaderDb {
                         self.pipelines.after_statement(&self.conn)?;
                         self.capture.statement_done(&self.conn)
                     })
-                    .map_err(|e| {
-                        (
-                            format!("cannot capture the row changes: {e}"),
-                            FailureKind::Sql,
-                        )
-                    })?;
+                    .map_err(|e| capture_failure("the row changes", e))?;
             }
         }
         Ok(ran.result)
@@ -658,7 +643,8 @@ impl LeaderDb {
 
     /// The row changes of the last commit as stored with it (for tests and tools).
     pub fn last_rows(&self) -> Result<Option<RowPayload>, StoreError> {
-        read_last_rows(&self.conn)?
+        self.rules
+            .internal(|| read_last_rows(&self.conn))?
             .or_else(|| pending_rows::read(&self.path, self.meta.position.lsn))
             .map(|b| {
                 flotilla_wire::decode_rows(&b).map_err(|e| StoreError::Mismatch(e.to_string()))
@@ -681,5 +667,14 @@ pub fn sql_error_message(e: &rusqlite::Error) -> String {
                 .into()
         }
         other => other.to_string(),
+    }
+}
+
+/// A capture error as the client sees it: a refusal as such (the request rolls back), anything
+/// else as a failure to capture.
+fn capture_failure(what: &str, e: StoreError) -> ClientError {
+    match e {
+        StoreError::Refused(message) => (message, FailureKind::Refused),
+        e => (format!("cannot capture {what}: {e}"), FailureKind::Sql),
     }
 }

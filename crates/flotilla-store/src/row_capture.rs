@@ -12,7 +12,7 @@ use flotilla_types::{rowid_alias, RowOp, SchemaChange, TableShape};
 use flotilla_wire::{split_values, value_bytes, Out, RowsMark, RowsWriter};
 use rusqlite::hooks::PreUpdateCase;
 use rusqlite::types::ValueRef;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -53,6 +53,9 @@ struct KnownShape {
     shape: TableShape,
     value_index: Vec<usize>,
     row_width: usize,
+    /// Primary-key columns (indexes into a captured row) that SQLite lets hold NULL: those of a
+    /// rowid table not declared NOT NULL (a historical SQLite quirk).
+    nullable_key: Vec<usize>,
 }
 
 #[derive(Default)]
@@ -300,6 +303,9 @@ impl RowCapture {
                 )));
             }
             let body = &s.raw.0[c.start..c.end];
+            if !known.nullable_key.is_empty() && c.op != RowOp::Delete {
+                check_key_not_null(&c.table, &known, c.op, body)?;
+            }
             if known.value_index.len() == c.width {
                 // No generated columns: the body as captured.
                 s.payload.change(c.op, table, body);
@@ -568,6 +574,43 @@ pub(crate) fn table_columns(
         .collect())
 }
 
+/// Refuses a row whose primary key holds NULL: replicas and pipeline targets find rows by their
+/// key, and rows with NULL keys cannot be told apart (an update or delete of one would reach
+/// every one of them there).
+fn check_key_not_null(
+    table: &str,
+    known: &KnownShape,
+    op: RowOp,
+    body: &[u8],
+) -> Result<(), StoreError> {
+    let malformed = || StoreError::Capture(format!("a captured change of {table} is malformed"));
+    // The rowids first (two for an update), then the images: the new one last.
+    let (rowids, images) = if op == RowOp::Update { (2, 2) } else { (1, 1) };
+    let mut cur = flotilla_wire::Cursor::new(body, "captured change");
+    for _ in 0..rowids {
+        cur.ivar().map_err(|_| malformed())?;
+    }
+    let mut rest = &body[body.len() - cur.remaining()..];
+    for image in 1..=images {
+        let (vals, tail) = split_values(rest, known.row_width).ok_or_else(malformed)?;
+        if image == images {
+            for &k in &known.nullable_key {
+                // Tag 0: NULL.
+                if vals[k] == [0] {
+                    return Err(StoreError::Refused(format!(
+                        "the primary key of table {table} would hold NULL (SQLite allows it in a \
+                         table declared without NOT NULL): replicas find rows by their key, and \
+                         rows with NULL keys cannot be told apart; give the key a value, or \
+                         declare its columns NOT NULL"
+                    )));
+                }
+            }
+        }
+        rest = tail;
+    }
+    Ok(())
+}
+
 fn read_shape(conn: &Connection, table: &str) -> Result<KnownShape, StoreError> {
     let cols = xinfo(conn, "main", table)?;
     if cols.is_empty() {
@@ -591,6 +634,7 @@ fn read_shape(conn: &Connection, table: &str) -> Result<KnownShape, StoreError> 
     }
     key.sort();
     Ok(KnownShape {
+        nullable_key: nullable_key(conn, table)?,
         shape: TableShape {
             name: table.to_string(),
             columns,
@@ -599,4 +643,31 @@ fn read_shape(conn: &Connection, table: &str) -> Result<KnownShape, StoreError> 
         value_index,
         row_width: cols.len(),
     })
+}
+
+/// The primary-key columns of a `main` table that may hold NULL (indexes into its rows as the
+/// pre-update hook gives them): none for a WITHOUT ROWID table or an INTEGER PRIMARY KEY (the
+/// rowid), which SQLite never lets be NULL, nor for columns declared NOT NULL.
+fn nullable_key(conn: &Connection, table: &str) -> Result<Vec<usize>, StoreError> {
+    let without_rowid: bool = conn
+        .prepare_cached("SELECT wr FROM pragma_table_list(?1) WHERE schema = 'main'")?
+        .query_row([table], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false);
+    if without_rowid {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT pk, type, \"notnull\" FROM pragma_table_xinfo(?1, 'main') ORDER BY cid",
+    )?;
+    let cols: Vec<(i64, String, bool)> = stmt
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let keys: Vec<usize> = (0..cols.len()).filter(|&i| cols[i].0 > 0).collect();
+    if let [only] = keys[..] {
+        if cols[only].1.eq_ignore_ascii_case("integer") {
+            return Ok(Vec::new()); // the rowid itself
+        }
+    }
+    Ok(keys.into_iter().filter(|&i| !cols[i].2).collect())
 }

@@ -320,6 +320,19 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
             "table {table_name} holds Flotilla's secrets and cannot be read by clients: use \
              `flotilla pipeline list` or `flotilla token list`"
         )),
+        // The newest commit's row changes, kept for recovery: a token commit's hold its hash.
+        AuthAction::Read {
+            table_name,
+            column_name,
+        } if table_name.eq_ignore_ascii_case("_flotilla_meta")
+            && column_name.eq_ignore_ascii_case("rows") =>
+        {
+            Some(
+                "column rows of _flotilla_meta holds the newest commit's row changes (Flotilla's \
+                 secrets among them) and cannot be read by clients: use GET /v1/changes"
+                    .into(),
+            )
+        }
         // Raw pages hold every table's bytes, the secret tables' included.
         AuthAction::Read { table_name, .. } if table_name.eq_ignore_ascii_case("sqlite_dbpage") => {
             Some(

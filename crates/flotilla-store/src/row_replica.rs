@@ -512,9 +512,35 @@ fn apply_schema(
             _ => {}
         }
     }
+    // A predicate names columns as they were at bootstrap: one renamed or dropped would make it
+    // select other rows (a column swapped in under its name) or fail later.
+    let predicate = filter
+        .predicates
+        .iter()
+        .find(|(t, _)| t.eq_ignore_ascii_case(&s.table))
+        .map(|(_, p)| p.to_ascii_lowercase());
+    let columns_before = match (&predicate, s.kind) {
+        (Some(_), DdlKind::AlterTable) => column_names(conn, &s.table)?,
+        _ => Vec::new(),
+    };
     conn.execute_batch(&s.sql)
         .map_err(|e| format!("schema change {:?} failed here: {}", s.sql, sql_err(e)))?;
     conn.flush_prepared_statement_cache();
+    if let Some(predicate) = &predicate {
+        let after = column_names(conn, &s.table)?;
+        let gone = columns_before.iter().find(|c| {
+            !after.iter().any(|a| a.eq_ignore_ascii_case(c))
+                && predicate.contains(&c.to_ascii_lowercase())
+        });
+        if let (Some(column), false) = (gone, after.is_empty()) {
+            return Err(format!(
+                "the leader renamed or dropped column {column:?} of table {:?}, which this \
+                 follower's predicate uses ({}): rebuild this replica with a predicate naming the \
+                 new columns (restart it with an empty data directory)",
+                s.table, s.sql
+            ));
+        }
+    }
     // The filter names tables as they were at bootstrap: once renamed, a table would no longer
     // be kept (a table list) or would be kept whole (a predicate). Stopping here (the apply
     // rolls back) beats either.
@@ -540,6 +566,17 @@ fn apply_schema(
         }
     }
     Ok(())
+}
+
+fn column_names(conn: &Connection, table: &str) -> Result<Vec<String>, String> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM pragma_table_xinfo(?1, 'main')")
+        .map_err(sql_err)?;
+    let names = stmt
+        .query_map([table], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(sql_err);
+    names
 }
 
 /// How one table's changes are applied, worked out once per record (a record's changes of one

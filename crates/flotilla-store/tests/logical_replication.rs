@@ -745,3 +745,52 @@ fn renaming_a_filtered_table_stops_the_follower_saying_why() {
         );
     }
 }
+
+/// A predicate names columns as they were at bootstrap: renaming one (or swapping two names in
+/// one request) on the leader stops the follower before the change (found by an outside probe:
+/// the follower went on filtering by the other column).
+#[test]
+fn renaming_a_column_a_predicate_uses_stops_the_follower() {
+    let filter = RowFilter::parse(&[], &[], &["sw: keep = 'yes'".to_string()]).unwrap();
+    for (renames, stops) in [
+        (
+            vec![
+                "ALTER TABLE sw RENAME COLUMN keep TO tmp",
+                "ALTER TABLE sw RENAME COLUMN other TO keep",
+                "ALTER TABLE sw RENAME COLUMN tmp TO other",
+            ],
+            true,
+        ),
+        (vec!["ALTER TABLE sw DROP COLUMN keep"], true),
+        // A column the predicate does not use may change.
+        (vec!["ALTER TABLE sw RENAME COLUMN note TO remark"], false),
+        (vec!["ALTER TABLE sw ADD COLUMN extra"], false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (lp, sp, rp) = paths(dir.path());
+        let mut leader = open_leader(&lp);
+        commit(
+            &mut leader,
+            req(&[
+                (
+                    "CREATE TABLE sw(id INTEGER PRIMARY KEY, keep, other, note)",
+                    vec![],
+                ),
+                ("INSERT INTO sw VALUES (1, 'yes', 'no', 'a')", vec![]),
+            ]),
+        );
+        common::snapshot(&lp, &sp);
+        let mut r = replica(&sp, &rp, &filter);
+        let stmts: Vec<(&str, Vec<Value>)> = renames.iter().map(|s| (*s, vec![])).collect();
+        let record = commit(&mut leader, req(&stmts)).unwrap();
+        let applied = r.apply(&[record]).map(|_| ());
+        match (stops, applied) {
+            (true, Err(e)) => {
+                assert!(e.to_string().contains("column \"keep\""), "{e}");
+                assert_eq!(rows(r.connection(), "SELECT keep FROM sw").len(), 1);
+            }
+            (false, Ok(())) => {}
+            (stops, got) => panic!("{renames:?}: stops {stops}, got {got:?}"),
+        }
+    }
+}

@@ -10,31 +10,52 @@ use flotilla_cli::client::Client;
 use rusqlite::types::Value as Sql;
 use serde_json::{json, Value};
 
-fn sql_value(v: &Value) -> Sql {
+/// A feed value as SQLite's, and the placeholder that binds it (text that is not UTF-8 comes
+/// as `{"text_base64": …}`: bound as its bytes, cast to TEXT).
+fn sql_value(v: &Value) -> (Sql, bool) {
+    let b64 = |s: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_str().unwrap())
+            .unwrap()
+    };
     match v {
-        Value::Null => Sql::Null,
-        Value::Number(n) => n
-            .as_i64()
-            .map(Sql::Integer)
-            .unwrap_or_else(|| Sql::Real(n.as_f64().unwrap())),
-        Value::String(s) => Sql::Text(s.clone()),
-        Value::Object(o) => Sql::Blob(
-            base64::engine::general_purpose::STANDARD
-                .decode(o["base64"].as_str().unwrap())
-                .unwrap(),
+        Value::Null => (Sql::Null, false),
+        Value::Number(n) => (
+            n.as_i64()
+                .map(Sql::Integer)
+                .unwrap_or_else(|| Sql::Real(n.as_f64().unwrap())),
+            false,
         ),
+        Value::String(s) => (Sql::Text(s.clone()), false),
+        Value::Object(o) if o.contains_key("text_base64") => {
+            (Sql::Blob(b64(&o["text_base64"])), true)
+        }
+        Value::Object(o) => (Sql::Blob(b64(&o["base64"])), false),
         other => panic!("unexpected value {other}"),
     }
 }
 
+fn placeholder(i: usize, text_bytes: bool) -> String {
+    if text_bytes {
+        format!("CAST(?{i} AS TEXT)")
+    } else {
+        format!("?{i}")
+    }
+}
+
 fn where_key(key: &serde_json::Map<String, Value>, first: usize) -> (String, Vec<Sql>) {
+    let mut args = Vec::new();
     let clause = key
-        .keys()
+        .iter()
         .enumerate()
-        .map(|(i, k)| format!("\"{k}\" IS ?{}", first + i))
+        .map(|(i, (k, v))| {
+            let (value, text_bytes) = sql_value(v);
+            args.push(value);
+            format!("\"{k}\" IS {}", placeholder(first + i, text_bytes))
+        })
         .collect::<Vec<_>>()
         .join(" AND ");
-    (clause, key.values().map(sql_value).collect())
+    (clause, args)
 }
 
 /// Applies one feed line to `db`, in the transaction's own order.
@@ -65,12 +86,19 @@ fn replay(db: &rusqlite::Connection, line: &Value) {
                 }
                 let after = c["after"].as_object().unwrap();
                 let mut cols: Vec<String> = after.keys().map(|k| format!("\"{k}\"")).collect();
-                let mut args: Vec<Sql> = after.values().map(sql_value).collect();
+                let (mut args, mut params): (Vec<Sql>, Vec<String>) = after
+                    .values()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let (value, text_bytes) = sql_value(v);
+                        (value, placeholder(i + 1, text_bytes))
+                    })
+                    .unzip();
                 if let Some(r) = after_rowid(c) {
                     cols.push("rowid".into());
                     args.push(Sql::Integer(r));
+                    params.push(format!("?{}", args.len()));
                 }
-                let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
                 tx.execute(
                     &format!(
                         "INSERT INTO \"{table}\"({}) VALUES ({})",
@@ -99,15 +127,13 @@ fn replay(db: &rusqlite::Connection, line: &Value) {
     tx.commit().unwrap();
 }
 
-/// For a rowid-keyed table, the rowid after an insert or update: the key of an insert, and
-/// for an update the key is the old rowid (the new one is not in the feed line's key), so
-/// such tables are only inserted and deleted in this test.
+/// For a rowid-keyed table, the rowid after an insert or update: the key of an insert; for an
+/// update the new key if it moved the row, else the key.
 fn after_rowid(c: &Value) -> Option<i64> {
-    if c["op"] == "insert" {
-        c["key"].get("rowid").and_then(|r| r.as_i64())
-    } else {
-        None
-    }
+    c.get("new_key")
+        .unwrap_or(&c["key"])
+        .get("rowid")
+        .and_then(|r| r.as_i64())
 }
 
 async fn feed(url: &str, query: &str) -> (u16, Vec<Value>) {
@@ -132,7 +158,20 @@ async fn the_feed_replayed_into_an_empty_database_rebuilds_the_leaders_tables() 
         { "sql": "CREATE TABLE acct(id INTEGER PRIMARY KEY, owner TEXT, balance REAL, pic BLOB)" },
         { "sql": "CREATE TABLE pairs(a TEXT, b INTEGER, v, PRIMARY KEY (a, b)) WITHOUT ROWID" },
         { "sql": "CREATE TABLE events(msg TEXT)" },
+        { "sql": "CREATE TABLE raw(k TEXT PRIMARY KEY, v)" },
     ])).await;
+    // Keys that are not UTF-8, and one that is U+FFFD itself: three rows, three keys.
+    exec(&lc, json!([
+        { "sql": "INSERT INTO raw VALUES (CAST(x'80' AS TEXT), 1), (CAST(x'81' AS TEXT), 2), (?1, 3)", "params": ["\u{fffd}"] },
+    ])).await;
+    exec(
+        &lc,
+        json!([
+            { "sql": "UPDATE raw SET v = v * 10 WHERE k = CAST(x'81' AS TEXT)" },
+            { "sql": "DELETE FROM raw WHERE k = CAST(x'80' AS TEXT)" },
+        ]),
+    )
+    .await;
     let mut rng = Rng(99);
     for i in 0..200i64 {
         let id = rng.below(40) as i64;
@@ -147,6 +186,10 @@ async fn the_feed_replayed_into_an_empty_database_rebuilds_the_leaders_tables() 
             3 => json!([{ "sql": "DELETE FROM pairs WHERE b = ?1", "params": [id % 3] }]),
             4 => {
                 json!([{ "sql": "INSERT INTO events VALUES (?1)", "params": [format!("e{i}")] }, { "sql": "DELETE FROM events WHERE rowid % 4 = 0" }])
+            }
+            // Rows of a table without a primary key moved to new rowids.
+            5 => {
+                json!([{ "sql": "UPDATE events SET rowid = rowid + 1000, msg = msg || '+' WHERE rowid % 3 = 1" }])
             }
             _ => json!([{
                 "sql": "INSERT OR REPLACE INTO acct(id, owner, balance, pic) VALUES (?1, ?2, ?3, ?4)",
@@ -177,6 +220,7 @@ async fn the_feed_replayed_into_an_empty_database_rebuilds_the_leaders_tables() 
         "SELECT * FROM acct ORDER BY id",
         "SELECT * FROM pairs ORDER BY a, b",
         "SELECT rowid, * FROM events ORDER BY rowid",
+        "SELECT hex(k), typeof(k), v FROM raw ORDER BY k",
     ] {
         let mut stmt = db.prepare(q).unwrap();
         let n = stmt.column_count();

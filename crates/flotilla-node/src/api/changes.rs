@@ -44,8 +44,17 @@ fn json_value(out: &mut Vec<u8>, v: &SqlValue) {
         }
         SqlValue::Real(f) => json_str(out, &f.to_string()),
         SqlValue::Text(s) => json_str(out, s),
-        // JSON holds Unicode only: such text shows as the API shows it, with U+FFFD.
-        SqlValue::TextBytes(b) => json_str(out, &String::from_utf8_lossy(b)),
+        // JSON strings hold Unicode only: as everywhere in the API, text that is not UTF-8
+        // keeps its bytes (never U+FFFD, which would merge different keys).
+        SqlValue::TextBytes(b) => {
+            out.extend_from_slice(b"{\"text_base64\":\"");
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(b)
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\"}");
+        }
         SqlValue::Blob(b) => {
             out.extend_from_slice(b"{\"base64\":\"");
             out.extend_from_slice(
@@ -154,6 +163,10 @@ pub fn write_transaction(
                 c.new_rowid
             };
             let _ = write!(out, "{{\"rowid\":{rowid}}}");
+            // An update may move the row to another rowid (`SET rowid = …`): its new key.
+            if c.before.is_some() && c.after.is_some() && c.new_rowid != c.old_rowid {
+                let _ = write!(out, ",\"new_key\":{{\"rowid\":{}}}", c.new_rowid);
+            }
         } else {
             out.push(b'{');
             for (i, k) in shape.key.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! SQLite values as JSON: integers and reals are numbers, text is a string, NULL is null,
-//! BLOBs are `{"base64": "..."}` (accepted the same way in parameters).
+//! BLOBs are `{"base64": "..."}` (accepted the same way in parameters), text that is not UTF-8
+//! is `{"text_base64": "..."}`.
 
 use base64::Engine;
 use rusqlite::types::{Value, ValueRef};
@@ -15,7 +16,12 @@ pub fn to_json(v: ValueRef<'_>) -> Json {
             .map(Json::Number)
             // JSON has no infinities: they are sent as strings.
             .unwrap_or_else(|| json!(f.to_string())),
-        ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => json!(s),
+            // JSON strings hold Unicode only: text SQLite holds that is not UTF-8 keeps its
+            // exact bytes this way rather than turning into U+FFFD (which would merge values).
+            Err(_) => json!({ "text_base64": B64.encode(t) }),
+        },
         ValueRef::Blob(b) => json!({ "base64": B64.encode(b) }),
     }
 }
@@ -78,6 +84,17 @@ pub fn from_json(index: usize, v: &Json) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text that is not UTF-8 keeps its bytes: two such values never look alike.
+    #[test]
+    fn text_that_is_not_utf8_keeps_its_bytes() {
+        assert_eq!(to_json(ValueRef::Text(b"caf\xc3\xa9")), json!("café"));
+        let a = to_json(ValueRef::Text(b"\x80"));
+        let b = to_json(ValueRef::Text(b"\x81"));
+        assert_eq!(a, json!({"text_base64": "gA=="}));
+        assert_ne!(a, b);
+        assert_ne!(a, to_json(ValueRef::Text("\u{fffd}".as_bytes())));
+    }
 
     #[test]
     fn round_trips() {

@@ -132,6 +132,9 @@ pub struct FollowerSession {
     connected: bool,
     hello_pending: bool,
     attempt: u32,
+    /// Applies that failed in a row (not for a full disk): the reconnects they cause back off
+    /// from one to the next, and their error stays shown until an apply succeeds.
+    apply_failures: u32,
     retry_at_ms: u64,
     last_heard_ms: u64,
     leader_head: Position,
@@ -161,6 +164,7 @@ impl FollowerSession {
             connected: false,
             hello_pending: false,
             attempt: 0,
+            apply_failures: 0,
             retry_at_ms: 0,
             last_heard_ms: 0,
             leader_head: received,
@@ -243,6 +247,10 @@ impl FollowerSession {
             FollowerEvent::Applied { position, chain } => {
                 self.applying = false;
                 self.local = Some((position, chain));
+                if self.apply_failures > 0 {
+                    self.apply_failures = 0;
+                    self.last_error = None;
+                }
                 if self.phase == FollowerPhase::DiskFull {
                     self.phase = FollowerPhase::Streaming;
                     self.last_error = None;
@@ -274,6 +282,7 @@ impl FollowerSession {
                         self.maybe_hello(&mut out);
                     }
                 } else {
+                    self.apply_failures = self.apply_failures.saturating_add(1);
                     self.last_error = Some(format!("apply failed: {reason}"));
                     // Whatever was buffered is suspect: drop it, reconnect, and let the leader
                     // re-check the history from what the database really holds.
@@ -384,8 +393,12 @@ impl FollowerSession {
                 self.cluster_id = Some(cluster_id);
                 self.phase = FollowerPhase::Streaming;
                 self.leader_head = self.leader_head.max(head);
-                self.attempt = 0;
-                self.last_error = None;
+                // A welcome ends the reconnect backoff, unless applying is what keeps failing:
+                // then the next failure waits longer, and its reason stays shown meanwhile.
+                self.attempt = self.apply_failures;
+                if self.apply_failures == 0 {
+                    self.last_error = None;
+                }
             }
             LeaderMessage::Records(records) => {
                 if self.phase != FollowerPhase::Streaming && self.phase != FollowerPhase::DiskFull {
@@ -612,6 +625,69 @@ mod tests {
             start_after: Lsn(after),
             head: Position::new(1, 10),
         })
+    }
+
+    /// An apply that keeps failing (a conflict, a schema change that cannot run here) keeps
+    /// its reason shown across reconnects and backs off, rather than flapping to a clean
+    /// "streaming" and retrying every 100 ms (found by an outside probe).
+    #[test]
+    fn an_apply_that_keeps_failing_backs_off_and_stays_reported() {
+        let mut s = streaming_at(5);
+        let mut now = 10;
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            let cmds = s.handle(
+                now,
+                1000,
+                FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(5))])),
+            );
+            assert!(cmds.iter().any(|c| matches!(c, FollowerCommand::Apply(_))));
+            let failed_at = now + 1;
+            s.handle(
+                failed_at,
+                1000,
+                FollowerEvent::ApplyFailed {
+                    reason: "conflict".into(),
+                    disk_full: false,
+                },
+            );
+            assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+            // Reconnects at the retry time, not before.
+            now = failed_at;
+            while !s
+                .handle(now, 1000, FollowerEvent::Tick)
+                .contains(&FollowerCommand::Connect)
+            {
+                now += 10;
+                assert!(now < failed_at + 60_000, "never reconnected");
+            }
+            delays.push(now - failed_at);
+            s.handle(now + 1, 1000, FollowerEvent::Connected);
+            s.handle(now + 2, 1000, welcome(5));
+            assert_eq!(s.phase(), FollowerPhase::Streaming);
+            let err = s.last_error().expect("the failure stays shown");
+            assert!(err.contains("conflict"), "{err}");
+            now += 3;
+        }
+        assert!(
+            delays.windows(2).all(|w| w[1] >= w[0]) && delays[4] >= 4 * delays[0],
+            "{delays:?}"
+        );
+        // Once an apply succeeds, the error is gone.
+        s.handle(
+            now,
+            1000,
+            FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(5))])),
+        );
+        s.handle(
+            now + 1,
+            1000,
+            FollowerEvent::Applied {
+                position: Position::new(1, 6),
+                chain: rec(6, Chain(5)).chain,
+            },
+        );
+        assert_eq!(s.last_error(), None);
     }
 
     /// A copy of a follower's directory started as a leader has the cluster's id and a history

@@ -196,10 +196,29 @@ pub fn split_values(bytes: &[u8], n: usize) -> Option<(Vec<&[u8]>, &[u8])> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let start = bytes.len() - c.remaining();
-        read_value(&mut c).ok()?;
+        skip_value(&mut c).ok()?;
         out.push(&bytes[start..bytes.len() - c.remaining()]);
     }
     Some((out, &bytes[bytes.len() - c.remaining()..]))
+}
+
+/// Steps over one encoded value without decoding it (no copy, no UTF-8 check: [`read_value`]
+/// checks when the value is decoded).
+fn skip_value(c: &mut Cursor) -> Result<(), DecodeError> {
+    match c.u8()? {
+        0 => {}
+        1 => {
+            c.ivar()?;
+        }
+        2 => {
+            c.u64()?;
+        }
+        3..=5 => {
+            c.bytes_var()?;
+        }
+        other => return Err(DecodeError::invalid(WHAT, format!("value type {other}"))),
+    }
+    Ok(())
 }
 
 fn value(out: &mut Out, v: &SqlValue) {

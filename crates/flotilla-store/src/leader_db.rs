@@ -136,7 +136,7 @@ impl LeaderDb {
         let meta = read_meta(&conn)?.expect("meta exists");
         let rules = StatementRules::install(&mut conn)?;
         let max_bytes = settings.max_transaction_bytes;
-        let capture = RowCapture::install(&mut conn, max_bytes)?;
+        let capture = RowCapture::install(&conn, max_bytes)?;
         // A single value larger than a whole transaction may be is refused as SQLite creates
         // it, before it takes memory.
         conn.set_limit(

@@ -23,6 +23,7 @@ mod meta;
 mod open;
 mod pending_rows;
 mod pipeline_triggers;
+mod preupdate;
 mod row_capture;
 mod row_filter;
 mod row_replica;

@@ -6,11 +6,11 @@
 //! The hook runs inside SQLite's statement execution, so it only copies values; table shapes
 //! (column names, primary key) are looked up between statements, when the schema is stable.
 
+use crate::preupdate::{self, PreUpdateCase, Row};
 use crate::rules::INTERNAL_PREFIX;
 use crate::StoreError;
 use flotilla_types::{rowid_alias, RowOp, SchemaChange, TableShape};
 use flotilla_wire::{split_values, value_bytes, Out, RowsMark, RowsWriter};
-use rusqlite::hooks::PreUpdateCase;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -29,22 +29,6 @@ struct RawChange {
     /// reports it to the hook as a delete of the row, but it is an update whose new image is
     /// read back when the statement is done. The body holds the rowids and the old image.
     rewritten_rowid: Option<i64>,
-}
-
-/// The connection handle, for `sqlite3_preupdate_blobwrite` inside the hook (which runs on
-/// the connection's own thread, while the connection is open).
-#[derive(Clone, Copy)]
-struct Handle(*mut rusqlite::ffi::sqlite3);
-// SAFETY: only used by the pre-update hook, which SQLite calls on the thread running the
-// connection's statement; the hook closure is owned by the connection and dropped with it.
-unsafe impl Send for Handle {}
-
-impl Handle {
-    /// Whether the change the hook is called for is an incremental blob write.
-    fn is_blob_write(self) -> bool {
-        // SAFETY: called from inside the pre-update hook of this open connection.
-        unsafe { rusqlite::ffi::sqlite3_preupdate_blobwrite(self.0) >= 0 }
-    }
 }
 
 /// A table's shape and, for each shape column, the index of its value in the hook's row
@@ -96,7 +80,7 @@ fn encode_value(out: &mut Out, v: ValueRef<'_>) {
 
 impl RowCapture {
     /// Installs the pre-update hook; a transaction's row changes may take `max_bytes`.
-    pub(crate) fn install(conn: &mut Connection, max_bytes: u64) -> rusqlite::Result<RowCapture> {
+    pub(crate) fn install(conn: &Connection, max_bytes: u64) -> rusqlite::Result<RowCapture> {
         let capture = RowCapture {
             state: Arc::new(Mutex::new(State {
                 max_bytes,
@@ -104,123 +88,114 @@ impl RowCapture {
             })),
         };
         let state = capture.state.clone();
-        // SAFETY: the handle is valid while the connection is open; the hook is dropped with it.
-        let handle = Handle(unsafe { conn.handle() });
-        conn.preupdate_hook(Some(
-            move |_action, db: &str, table: &str, case: &PreUpdateCase| {
-                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
-                let s = &mut *guard;
-                if !s.enabled || s.overflow || db != "main" {
-                    return;
-                }
-                // The same table as the previous change (the common case) shares its name.
-                let name: Arc<str> = match s.changes.last() {
-                    Some(prev) if &*prev.table == table => prev.table.clone(),
-                    _ => {
-                        let lower = table.to_ascii_lowercase();
-                        // API tokens are the one internal table every replica needs.
-                        let replicated_internal = lower == crate::TOKENS_TABLE;
-                        if (lower.starts_with(INTERNAL_PREFIX) && !replicated_internal)
-                            || lower.starts_with("sqlite_")
-                        {
-                            return;
-                        }
-                        Arc::from(table)
-                    }
-                };
-                let mut rewritten_rowid = None;
-                if let PreUpdateCase::Delete(o) = case {
-                    if handle.is_blob_write() {
-                        let rowid = o.get_old_row_id();
-                        let known = s.changes.iter().any(|c| {
-                            c.rewritten_rowid == Some(rowid) && &*c.table == table
-                        });
-                        if known {
-                            // Its new image is read once, at the end of the statement.
-                            return;
-                        }
-                        rewritten_rowid = Some(rowid);
-                    }
-                }
-                let start = s.raw.0.len();
-                let raw = &mut s.raw;
-                let old = |raw: &mut Out, a: &rusqlite::hooks::PreUpdateOldValueAccessor| {
-                    for i in 0..a.get_column_count() {
-                        encode_value(raw, a.get_old_column_value(i)?);
-                    }
-                    rusqlite::Result::Ok(a.get_column_count() as usize)
-                };
-                let new = |raw: &mut Out, a: &rusqlite::hooks::PreUpdateNewValueAccessor| {
-                    for i in 0..a.get_column_count() {
-                        encode_value(raw, a.get_new_column_value(i)?);
-                    }
-                    rusqlite::Result::Ok(a.get_column_count() as usize)
-                };
-                let done: rusqlite::Result<(RowOp, usize)> = match case {
-                    PreUpdateCase::Insert(n) => {
-                        value_bytes::ivar(raw, n.get_new_row_id());
-                        new(raw, n).map(|w| (RowOp::Insert, w))
-                    }
-                    PreUpdateCase::Delete(o) if rewritten_rowid.is_some() => {
-                        value_bytes::ivar(raw, o.get_old_row_id());
-                        value_bytes::ivar(raw, o.get_old_row_id());
-                        old(raw, o).map(|w| (RowOp::Update, w))
-                    }
-                    PreUpdateCase::Delete(o) => {
-                        value_bytes::ivar(raw, o.get_old_row_id());
-                        old(raw, o).map(|w| (RowOp::Delete, w))
-                    }
-                    PreUpdateCase::Update {
-                        old_value_accessor: o,
-                        new_value_accessor: n,
-                    } => {
-                        value_bytes::ivar(raw, o.get_old_row_id());
-                        value_bytes::ivar(raw, n.get_new_row_id());
-                        old(raw, o).and_then(|w| new(raw, n).map(|_| (RowOp::Update, w)))
-                    }
-                    PreUpdateCase::Unknown => {
-                        s.error = Some(format!("unknown change kind on table {table}"));
+        preupdate::install(conn, move |db: &str, table: &str, case: &PreUpdateCase| {
+            let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+            let s = &mut *guard;
+            if !s.enabled || s.overflow || db != "main" {
+                return;
+            }
+            // The same table as the previous change (the common case) shares its name.
+            let name: Arc<str> = match s.changes.last() {
+                Some(prev) if &*prev.table == table => prev.table.clone(),
+                _ => {
+                    let lower = table.to_ascii_lowercase();
+                    // API tokens are the one internal table every replica needs.
+                    let replicated_internal = lower == crate::TOKENS_TABLE;
+                    if (lower.starts_with(INTERNAL_PREFIX) && !replicated_internal)
+                        || lower.starts_with("sqlite_")
+                    {
                         return;
                     }
-                };
-                match done {
-                    Ok((op, width)) => {
-                        let end = s.raw.0.len();
-                        if (end + s.payload.len_bytes()) as u64 > s.max_bytes {
-                            // Memory stays bounded: nothing more is copied; the statement
-                            // fails as too large.
-                            s.overflow = true;
-                            s.raw.0 = Vec::new();
-                            s.changes.clear();
-                            return;
-                        }
-                        s.changes.push(RawChange {
-                            table: name,
-                            op,
-                            width,
-                            start,
-                            end,
-                            rewritten_rowid,
-                        });
+                    Arc::from(table)
+                }
+            };
+            let mut rewritten_rowid = None;
+            if let PreUpdateCase::Delete(o) = case {
+                if o.is_blob_write() {
+                    let rowid = o.rowid();
+                    let known = s
+                        .changes
+                        .iter()
+                        .any(|c| c.rewritten_rowid == Some(rowid) && &*c.table == table);
+                    if known {
+                        // Its new image is read once, at the end of the statement.
+                        return;
                     }
-                    Err(e) => {
-                        s.raw.0.truncate(start);
-                        let range = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 25);
-                        s.error = Some(if range {
-                            // SQLite's pre-update hook checks column indexes against the stored
-                            // columns: rows of tables with VIRTUAL generated columns cannot be read.
-                            format!(
-                                "the changed rows of {table} cannot be read: tables with VIRTUAL \
+                    rewritten_rowid = Some(rowid);
+                }
+            }
+            let start = s.raw.0.len();
+            let raw = &mut s.raw;
+            // A row image's values; how many there are.
+            let image = |raw: &mut Out, row: &Row| {
+                let width = row.column_count();
+                for i in 0..width {
+                    encode_value(raw, row.value(i)?);
+                }
+                rusqlite::Result::Ok(width)
+            };
+            let done: rusqlite::Result<(RowOp, usize)> = match case {
+                PreUpdateCase::Insert(n) => {
+                    value_bytes::ivar(raw, n.rowid());
+                    image(raw, n).map(|w| (RowOp::Insert, w))
+                }
+                PreUpdateCase::Delete(o) if rewritten_rowid.is_some() => {
+                    value_bytes::ivar(raw, o.rowid());
+                    value_bytes::ivar(raw, o.rowid());
+                    image(raw, o).map(|w| (RowOp::Update, w))
+                }
+                PreUpdateCase::Delete(o) => {
+                    value_bytes::ivar(raw, o.rowid());
+                    image(raw, o).map(|w| (RowOp::Delete, w))
+                }
+                PreUpdateCase::Update { old, new } => {
+                    value_bytes::ivar(raw, old.rowid());
+                    value_bytes::ivar(raw, new.rowid());
+                    image(raw, old).and_then(|w| image(raw, new).map(|_| (RowOp::Update, w)))
+                }
+                PreUpdateCase::Unknown => {
+                    s.error = Some(format!("unknown change kind on table {table}"));
+                    return;
+                }
+            };
+            match done {
+                Ok((op, width)) => {
+                    let end = s.raw.0.len();
+                    if (end + s.payload.len_bytes()) as u64 > s.max_bytes {
+                        // Memory stays bounded: nothing more is copied; the statement
+                        // fails as too large.
+                        s.overflow = true;
+                        s.raw.0 = Vec::new();
+                        s.changes.clear();
+                        return;
+                    }
+                    s.changes.push(RawChange {
+                        table: name,
+                        op,
+                        width,
+                        start,
+                        end,
+                        rewritten_rowid,
+                    });
+                }
+                Err(e) => {
+                    s.raw.0.truncate(start);
+                    let range =
+                        matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 25);
+                    s.error = Some(if range {
+                        // SQLite's pre-update hook checks column indexes against the stored
+                        // columns: rows of tables with VIRTUAL generated columns cannot be read.
+                        format!(
+                            "the changed rows of {table} cannot be read: tables with VIRTUAL \
                                  generated columns cannot be replicated row by row (declare the \
                                  generated columns STORED)"
-                            )
-                        } else {
-                            format!("reading a changed row of {table}: {e}")
-                        });
-                    }
+                        )
+                    } else {
+                        format!("reading a changed row of {table}: {e}")
+                    });
                 }
-            },
-        ))?;
+            }
+        })?;
         Ok(capture)
     }
 

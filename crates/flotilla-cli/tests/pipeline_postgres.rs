@@ -2,13 +2,13 @@
 //! pg_ctl): random writes through a filtered, reshaped pipeline, the leader SIGKILLed during
 //! delivery, and the PostgreSQL table ends exactly equal to the projection computed on the
 //! source; pause/resume and the backlog; an apply statement per change; bad inputs refused at
-//! `add` naming what is wrong. Needs PostgreSQL's server programs (`.ci/run` installs them).
+//! `add` naming what is wrong. Needs PostgreSQL's server programs: installed (apt-get) when missing.
 
 mod common;
 
 use common::*;
 use flotilla_cli::client::Client;
-use flotilla_cli::postgres::{find_bin, pg_root, PgServer, INSTALL_HINT};
+use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ fn as_text(rows: &Value) -> Vec<Vec<Option<String>>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filtered_reshaped_pipeline_into_postgres_survives_kills_exactly_once() {
-    let bin = find_bin().expect(INSTALL_HINT);
+    let bin = find_or_install_bin().unwrap();
     let root = pg_root().unwrap();
     let pg = PgServer::primary(&bin, &root.path().join("pg"), &[]).unwrap();
     let pgc = pg.connect().await.unwrap();
@@ -285,7 +285,7 @@ async fn a_filtered_reshaped_pipeline_into_postgres_survives_kills_exactly_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pipelines_are_refused_at_add_naming_what_is_wrong() {
-    let bin = find_bin().expect(INSTALL_HINT);
+    let bin = find_or_install_bin().unwrap();
     let root = pg_root().unwrap();
     let pg = PgServer::primary(&bin, &root.path().join("pg"), &[]).unwrap();
     let pgc = pg.connect().await.unwrap();

@@ -1,14 +1,14 @@
 //! The PostgreSQL harness the benchmarks compare against: a primary and a streaming standby
 //! started from scratch on free loopback ports, a row committed on the primary visible on the
-//! standby, and both stopped when dropped. Needs PostgreSQL's server programs (`.ci/run`
-//! installs Debian's `postgresql`).
+//! standby, and both stopped when dropped. Needs PostgreSQL's server programs: installed here
+//! (Debian's `postgresql`, through apt-get) when missing.
 
-use flotilla_cli::postgres::{find_bin, pg_root, PgServer, INSTALL_HINT};
+use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_and_a_streaming_standby_replicate_and_stop_when_dropped() {
-    let bin = find_bin().expect(INSTALL_HINT);
+    let bin = find_or_install_bin().unwrap();
     let root = pg_root().unwrap();
     let primary = PgServer::primary(&bin, &root.path().join("primary"), &[]).unwrap();
     let standby = primary.standby(&root.path().join("standby"), &[]).unwrap();

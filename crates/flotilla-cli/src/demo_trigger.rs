@@ -5,7 +5,7 @@
 use anyhow::bail;
 use flotilla_cli::client::Client;
 use flotilla_cli::cluster::LocalNode;
-use flotilla_cli::postgres::{find_bin, pg_root, PgServer, INSTALL_HINT};
+use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -47,8 +47,8 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
     println!("   leader {}: 200 orders", leader.url);
 
     let pg_dir = pg_root()?;
-    let (pg, target) = match find_bin() {
-        Some(bin) => {
+    let (pg, target) = match find_or_install_bin() {
+        Ok(bin) => {
             println!("\n2. Starting a PostgreSQL server (initdb + pg_ctl, port chosen here)");
             let pg = PgServer::primary(&bin, &pg_dir.path().join("pg"), &[])?;
             pg.connect()
@@ -62,9 +62,9 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
             println!("   {url} with an empty table big_orders");
             (Some(pg), url)
         }
-        None => {
+        Err(e) => {
             println!("\n2. PostgreSQL's server programs are not installed; delivering into an NDJSON file");
-            println!("   ({INSTALL_HINT})");
+            println!("   ({e:#})");
             (
                 None,
                 format!("file:{}", root.join("big_orders.ndjson").display()),

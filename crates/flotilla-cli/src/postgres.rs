@@ -10,7 +10,7 @@ use std::process::Command;
 
 /// Where PostgreSQL's server programs are: `$FLOTILLA_PG_BIN`, Debian's
 /// `/usr/lib/postgresql/<version>/bin` (newest first), or `pg_ctl` on `PATH`.
-pub fn find_bin() -> Option<PathBuf> {
+fn find_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("FLOTILLA_PG_BIN") {
         let dir = PathBuf::from(dir);
         return dir.join("initdb").exists().then_some(dir);
@@ -75,8 +75,7 @@ pub fn find_or_install_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// How to install the server programs, for the message when they are missing.
-pub const INSTALL_HINT: &str =
-    "PostgreSQL's server programs (initdb, pg_ctl, pg_basebackup) were not \
+const INSTALL_HINT: &str = "PostgreSQL's server programs (initdb, pg_ctl, pg_basebackup) were not \
      found: install them (Debian/Ubuntu: apt-get install postgresql; they go to \
      /usr/lib/postgresql/<version>/bin) or point FLOTILLA_PG_BIN at their directory";
 

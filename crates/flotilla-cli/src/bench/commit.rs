@@ -10,7 +10,7 @@ use crate::bench::floors::loopback_rtt_us;
 use anyhow::Context;
 use flotilla_cli::client::Client;
 use flotilla_cli::cluster::{this_exe, LocalNode};
-use flotilla_cli::postgres::{find_bin, pg_root, PgServer, INSTALL_HINT};
+use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,7 +151,7 @@ async fn postgres_matrix(
     cells: &mut [Cell],
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
-    let bin = find_bin().context(INSTALL_HINT)?;
+    let bin = find_or_install_bin()?;
     for followers in FOLLOWERS {
         progress(&format!("PostgreSQL, primary with {followers} standbys"));
         let root = pg_root()?;

@@ -10,7 +10,7 @@ use super::{percentile, Figure, SCHEMA};
 use anyhow::Context;
 use flotilla_cli::client::Client;
 use flotilla_cli::cluster::{this_exe, LocalNode};
-use flotilla_cli::postgres::{find_bin, pg_root, PgServer, INSTALL_HINT};
+use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::json;
 use std::collections::HashMap;
 use std::future::Future;
@@ -214,7 +214,7 @@ async fn flotilla_run(dir: &Path, secs: f64, out: &mut SystemLag) -> anyhow::Res
 }
 
 async fn postgres_run(secs: f64, out: &mut SystemLag) -> anyhow::Result<()> {
-    let bin = find_bin().context(INSTALL_HINT)?;
+    let bin = find_or_install_bin()?;
     let root = pg_root()?;
     let primary = PgServer::primary(
         &bin,

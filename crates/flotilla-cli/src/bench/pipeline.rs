@@ -8,7 +8,7 @@
 
 use super::{fill, lag_of, leader_with_schema, position, solo_throughput, throughput, Figure};
 use flotilla_cli::client::Client;
-use flotilla_cli::postgres::{find_bin, pg_root, PgServer, INSTALL_HINT};
+use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -53,10 +53,13 @@ pub async fn run(
     s: &PipelineSizes,
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<Results> {
-    let pg_bin = find_bin();
-    if pg_bin.is_none() {
-        eprintln!("{INSTALL_HINT}\n(delivering into an NDJSON file instead)");
-    }
+    let pg_bin = match find_or_install_bin() {
+        Ok(bin) => Some(bin),
+        Err(e) => {
+            eprintln!("{e:#}\n(delivering into an NDJSON file instead)");
+            None
+        }
+    };
     let pg_root = pg_root()?;
     let mut figures = vec![
         Figure::new("leader commits, 4 clients, no pipeline", "txn/s"),

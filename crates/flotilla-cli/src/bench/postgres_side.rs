@@ -2,8 +2,7 @@
 //! same workloads (rows of the same shape, in transactions of the same size) against servers
 //! started here from PostgreSQL's installed programs.
 
-use anyhow::Context;
-use flotilla_cli::postgres::{find_bin, pg_root, PgServer, INSTALL_HINT};
+use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
 use std::time::{Duration, Instant};
 
 const TABLE: &str = "CREATE TABLE t(id bigserial PRIMARY KEY, k bigint, v text)";
@@ -51,7 +50,7 @@ async fn wait_until(
 }
 
 fn bin() -> anyhow::Result<std::path::PathBuf> {
-    find_bin().context(INSTALL_HINT)
+    find_or_install_bin()
 }
 
 /// A standby stopped while the primary commits `txns` × `rows`, then started: (rows/s, txn/s)

@@ -1,0 +1,472 @@
+use super::*;
+use flotilla_types::{ContentDigest, Epoch, Lsn, NodeId, PagePayload};
+
+fn rec(lsn: u64, prev: Chain) -> LogRecord {
+    let chain = prev.next(Epoch(1), Lsn(lsn), ContentDigest(lsn));
+    LogRecord {
+        epoch: Epoch(1),
+        lsn: Lsn(lsn),
+        chain,
+        digest: ContentDigest(lsn),
+        commit_time_us: 0,
+        origin: NodeId::new("l").unwrap(),
+        pages: Some(PagePayload {
+            page_size: 512,
+            db_size_pages: 1,
+            pages: vec![],
+        }),
+        rows: None,
+    }
+}
+
+/// A follower at `lsn` that follows leader incarnation `inc-1`.
+fn session_at(lsn: u64) -> FollowerSession {
+    new_session_at(lsn).with_leader_incarnation(Some("inc-1".into()))
+}
+
+fn new_session_at(lsn: u64) -> FollowerSession {
+    FollowerSession::new(
+        FollowerConfig::new("f1", "http://f1"),
+        Some((Position::new(1, lsn), Chain(lsn))),
+        Some("c".into()),
+    )
+}
+
+/// A session at `lsn` that has connected and been welcomed (times 0..=2 used).
+fn streaming_at(lsn: u64) -> FollowerSession {
+    let mut s = session_at(lsn);
+    s.start(0);
+    s.handle(1, 0, FollowerEvent::Connected);
+    s.handle(2, 0, welcome(lsn));
+    assert_eq!(s.phase(), FollowerPhase::Streaming);
+    s
+}
+
+fn welcome(after: u64) -> FollowerEvent {
+    welcome_from("inc-1", after)
+}
+
+fn welcome_from(incarnation: &str, after: u64) -> FollowerEvent {
+    FollowerEvent::Received(LeaderMessage::Welcome {
+        cluster_id: "c".into(),
+        leader_id: "l".into(),
+        incarnation: incarnation.into(),
+        epoch: Epoch(1),
+        start_after: Lsn(after),
+        head: Position::new(1, 10),
+    })
+}
+
+/// An apply that keeps failing (a conflict, a schema change that cannot run here) keeps
+/// its reason shown across reconnects and backs off, rather than flapping to a clean
+/// "streaming" and retrying every 100 ms (found by an outside probe).
+#[test]
+fn an_apply_that_keeps_failing_backs_off_and_stays_reported() {
+    let mut s = streaming_at(5);
+    let mut now = 10;
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let cmds = s.handle(
+            now,
+            1000,
+            FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(5))])),
+        );
+        assert!(cmds.iter().any(|c| matches!(c, FollowerCommand::Apply(_))));
+        let failed_at = now + 1;
+        s.handle(
+            failed_at,
+            1000,
+            FollowerEvent::ApplyFailed {
+                reason: "conflict".into(),
+                disk_full: false,
+            },
+        );
+        assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+        // Reconnects at the retry time, not before.
+        now = failed_at;
+        while !s
+            .handle(now, 1000, FollowerEvent::Tick)
+            .contains(&FollowerCommand::Connect)
+        {
+            now += 10;
+            assert!(now < failed_at + 60_000, "never reconnected");
+        }
+        delays.push(now - failed_at);
+        s.handle(now + 1, 1000, FollowerEvent::Connected);
+        s.handle(now + 2, 1000, welcome(5));
+        assert_eq!(s.phase(), FollowerPhase::Streaming);
+        let err = s.last_error().expect("the failure stays shown");
+        assert!(err.contains("conflict"), "{err}");
+        now += 3;
+    }
+    assert!(
+        delays.windows(2).all(|w| w[1] >= w[0]) && delays[4] >= 4 * delays[0],
+        "{delays:?}"
+    );
+    // Once an apply succeeds, the error is gone.
+    s.handle(
+        now,
+        1000,
+        FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(5))])),
+    );
+    s.handle(
+        now + 1,
+        1000,
+        FollowerEvent::Applied {
+            position: Position::new(1, 6),
+            chain: rec(6, Chain(5)).chain,
+        },
+    );
+    assert_eq!(s.last_error(), None);
+}
+
+/// A copy of a follower's directory started as a leader has the cluster's id and a history
+/// that links: only its incarnation tells it apart, and it is refused.
+#[test]
+fn a_leader_of_another_incarnation_is_refused_and_a_bootstrap_adopts_the_next() {
+    let mut s = new_session_at(5);
+    s.start(0);
+    s.handle(1, 0, FollowerEvent::Connected);
+    let cmds = s.handle(2, 0, welcome_from("inc-1", 5));
+    assert_eq!(
+        cmds,
+        vec![FollowerCommand::RememberLeader {
+            incarnation: "inc-1".into()
+        }]
+    );
+    s.handle(3, 0, FollowerEvent::ConnectionLost { reason: "x".into() });
+    let retry_at = 100_000;
+    s.handle(retry_at, 0, FollowerEvent::Tick);
+    s.handle(retry_at + 1, 0, FollowerEvent::Connected);
+    let cmds = s.handle(retry_at + 2, 0, welcome_from("impostor", 5));
+    assert_eq!(cmds, vec![FollowerCommand::Disconnect]);
+    assert_ne!(s.phase(), FollowerPhase::Streaming);
+    let err = s.last_error().unwrap();
+    assert!(err.contains("impostor") && err.contains("inc-1"), "{err}");
+    // Records from it are never taken.
+    assert!(s
+        .handle(
+            retry_at + 3,
+            0,
+            FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(5))]))
+        )
+        .iter()
+        .all(|c| !matches!(c, FollowerCommand::Apply(_))));
+    // The remembered incarnation survives a restart of the follower.
+    let mut restarted = session_at(5).with_leader_incarnation(Some("inc-1".into()));
+    restarted.start(0);
+    restarted.handle(1, 0, FollowerEvent::Connected);
+    assert_eq!(
+        restarted.handle(2, 0, welcome_from("impostor", 5)),
+        vec![FollowerCommand::Disconnect]
+    );
+    // After a bootstrap the database is the new leader's copy: its incarnation is adopted.
+    let mut rebuilt = session_at(5).with_leader_incarnation(Some("inc-1".into()));
+    rebuilt.start(0);
+    rebuilt.handle(
+        1,
+        0,
+        FollowerEvent::BootstrapFinished {
+            position: Position::new(1, 8),
+            chain: Chain(8),
+            cluster_id: "c".into(),
+        },
+    );
+    rebuilt.handle(2, 0, FollowerEvent::Connected);
+    assert_eq!(
+        rebuilt.handle(3, 0, welcome_from("impostor", 8)),
+        vec![FollowerCommand::RememberLeader {
+            incarnation: "impostor".into()
+        }]
+    );
+    assert_eq!(rebuilt.phase(), FollowerPhase::Streaming);
+}
+
+/// An operator removed the follower: it stops replicating instead of coming back.
+#[test]
+fn a_removed_follower_stops_until_restarted() {
+    let mut s = streaming_at(5);
+    let cmds = s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Refuse {
+            code: RefusalCode::Removed,
+            message: "removed by an operator".into(),
+        }),
+    );
+    assert_eq!(cmds, vec![FollowerCommand::Disconnect]);
+    assert_eq!(s.phase(), FollowerPhase::Removed);
+    assert!(s.last_error().unwrap().contains("after a restart"));
+    for t in 1..100u64 {
+        assert!(s.handle(t * 10_000, 0, FollowerEvent::Tick).is_empty());
+    }
+}
+
+#[test]
+fn without_a_database_it_bootstraps_first() {
+    let mut s = FollowerSession::new(FollowerConfig::new("f", "u"), None, None);
+    assert_eq!(s.start(0), vec![FollowerCommand::Bootstrap]);
+    let cmds = s.handle(
+        5,
+        0,
+        FollowerEvent::BootstrapFinished {
+            position: Position::new(1, 4),
+            chain: Chain(4),
+            cluster_id: "c".into(),
+        },
+    );
+    assert_eq!(cmds, vec![FollowerCommand::Connect]);
+    assert_eq!(s.applied(), Some(Position::new(1, 4)));
+}
+
+#[test]
+fn hello_states_the_local_position_then_records_are_applied_and_acked() {
+    let mut s = session_at(3);
+    assert_eq!(s.start(0), vec![FollowerCommand::Connect]);
+    let cmds = s.handle(1, 0, FollowerEvent::Connected);
+    assert!(matches!(
+        &cmds[..],
+        [FollowerCommand::Send(FollowerMessage::Hello { position, chain, .. })]
+            if *position == Position::new(1, 3) && *chain == Chain(3)
+    ));
+    assert!(s.handle(2, 0, welcome(3)).is_empty());
+    let r4 = rec(4, Chain(3));
+    let r5 = rec(5, r4.chain);
+    let cmds = s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(vec![r4.clone()])),
+    );
+    assert_eq!(cmds, vec![FollowerCommand::Apply(vec![r4.clone()])]);
+    // While applying, more records queue up without a second concurrent apply.
+    let cmds = s.handle(
+        4,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(vec![r5.clone()])),
+    );
+    assert!(cmds.is_empty());
+    s.batch_done(1);
+    let cmds = s.handle(
+        5,
+        0,
+        FollowerEvent::Applied {
+            position: r4.position(),
+            chain: r4.chain,
+        },
+    );
+    assert_eq!(cmds.len(), 2);
+    assert!(matches!(
+        &cmds[0],
+        FollowerCommand::Send(FollowerMessage::Ack { applied, received, .. })
+            if *applied == r4.position() && *received == r5.position()
+    ));
+    assert_eq!(cmds[1], FollowerCommand::Apply(vec![r5]));
+}
+
+#[test]
+fn a_gap_in_records_is_a_protocol_error_and_reconnects_later() {
+    let mut s = streaming_at(3);
+    let cmds = s.handle(
+        3,
+        1000,
+        FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(0))])),
+    );
+    assert_eq!(cmds, vec![FollowerCommand::Disconnect]);
+    assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+    assert!(s.last_error().unwrap().contains("does not follow"));
+    assert!(
+        s.handle(50, 0, FollowerEvent::Tick).is_empty(),
+        "backoff not yet over"
+    );
+    assert_eq!(
+        s.handle(200, 0, FollowerEvent::Tick),
+        vec![FollowerCommand::Connect]
+    );
+}
+
+#[test]
+fn need_snapshot_and_diverged_bootstrap_other_refusals_retry() {
+    for (code, expect_bootstrap) in [
+        (RefusalCode::NeedSnapshot, true),
+        (RefusalCode::Diverged, true),
+        (RefusalCode::WrongCluster, false),
+        (RefusalCode::NotLeader, false),
+    ] {
+        let mut s = session_at(3);
+        s.start(0);
+        s.handle(1, 0, FollowerEvent::Connected);
+        let cmds = s.handle(
+            2,
+            0,
+            FollowerEvent::Received(LeaderMessage::Refuse {
+                code,
+                message: "m".into(),
+            }),
+        );
+        assert_eq!(cmds[0], FollowerCommand::Disconnect);
+        assert_eq!(
+            cmds.contains(&FollowerCommand::Bootstrap),
+            expect_bootstrap,
+            "{code:?}"
+        );
+        assert!(s.last_error().unwrap().contains(code.as_str()));
+    }
+}
+
+#[test]
+fn disk_full_pauses_and_retries_the_same_batch() {
+    let mut s = streaming_at(3);
+    let r4 = rec(4, Chain(3));
+    s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(vec![r4.clone()])),
+    );
+    let cmds = s.handle(
+        4,
+        0,
+        FollowerEvent::ApplyFailed {
+            reason: "full".into(),
+            disk_full: true,
+        },
+    );
+    assert!(cmds.is_empty());
+    assert_eq!(s.phase(), FollowerPhase::DiskFull);
+    assert!(s.last_error().unwrap().contains("disk is full"));
+    assert!(s.handle(500, 0, FollowerEvent::Tick).is_empty());
+    assert_eq!(
+        s.handle(1005, 0, FollowerEvent::Tick),
+        vec![FollowerCommand::Apply(vec![r4.clone()])]
+    );
+    s.batch_done(1);
+    s.handle(
+        1006,
+        0,
+        FollowerEvent::Applied {
+            position: r4.position(),
+            chain: r4.chain,
+        },
+    );
+    assert_eq!(s.phase(), FollowerPhase::Streaming);
+    assert_eq!(s.last_error(), None);
+}
+
+/// Found by the simulator (seed 13, once applies took time): the connection broke while a
+/// batch was applying, then the apply met a full disk. The session paused to retry a batch
+/// that the lost session had already dropped, and never reconnected.
+#[test]
+fn a_full_disk_after_the_session_was_lost_does_not_stop_reconnecting() {
+    let mut s = streaming_at(3);
+    let r4 = rec(4, Chain(3));
+    s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(vec![r4.clone()])),
+    );
+    s.handle(
+        4,
+        0,
+        FollowerEvent::ConnectionLost {
+            reason: "broke".into(),
+        },
+    );
+    let cmds = s.handle(
+        5,
+        0,
+        FollowerEvent::ApplyFailed {
+            reason: "full".into(),
+            disk_full: true,
+        },
+    );
+    assert!(cmds.is_empty());
+    assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+    assert!(s.last_error().unwrap().contains("disk is full"));
+    assert_eq!(
+        s.handle(2_000, 0, FollowerEvent::Tick),
+        vec![FollowerCommand::Connect]
+    );
+    let cmds = s.handle(2_001, 0, FollowerEvent::Connected);
+    assert!(matches!(
+        &cmds[..],
+        [FollowerCommand::Send(FollowerMessage::Hello { position, .. })]
+            if *position == Position::new(1, 3)
+    ));
+}
+
+#[test]
+fn a_heartbeat_beyond_what_arrived_means_lost_records() {
+    let mut s = streaming_at(3);
+    let ok = FollowerEvent::Received(LeaderMessage::Heartbeat {
+        head: Position::new(1, 3),
+        now_ms: 0,
+    });
+    assert!(matches!(
+        &s.handle(3, 0, ok)[..],
+        [FollowerCommand::Send(FollowerMessage::Ack { .. })]
+    ));
+    let ahead = FollowerEvent::Received(LeaderMessage::Heartbeat {
+        head: Position::new(1, 5),
+        now_ms: 0,
+    });
+    assert_eq!(s.handle(4, 0, ahead), vec![FollowerCommand::Disconnect]);
+    assert!(
+        s.last_error().unwrap().contains("only 1/3 arrived"),
+        "{:?}",
+        s.last_error()
+    );
+}
+
+#[test]
+fn a_heartbeat_before_welcome_means_the_welcome_was_lost() {
+    let mut s = session_at(3);
+    s.start(0);
+    s.handle(1, 0, FollowerEvent::Connected);
+    let hb = FollowerEvent::Received(LeaderMessage::Heartbeat {
+        head: Position::new(1, 9),
+        now_ms: 0,
+    });
+    assert_eq!(s.handle(2, 0, hb), vec![FollowerCommand::Disconnect]);
+    assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+    assert!(s.last_error().unwrap().contains("heartbeat before welcome"));
+}
+
+#[test]
+fn a_silent_leader_is_dropped() {
+    let mut s = streaming_at(3);
+    assert!(s.handle(5_000, 0, FollowerEvent::Tick).is_empty());
+    assert_eq!(
+        s.handle(10_003, 0, FollowerEvent::Tick),
+        vec![FollowerCommand::Disconnect]
+    );
+    assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+}
+
+#[test]
+fn hello_waits_for_an_apply_in_flight() {
+    let mut s = streaming_at(3);
+    let r4 = rec(4, Chain(3));
+    s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(vec![r4.clone()])),
+    );
+    s.handle(4, 0, FollowerEvent::ConnectionLost { reason: "x".into() });
+    s.handle(200, 1000, FollowerEvent::Tick);
+    assert!(
+        s.handle(201, 0, FollowerEvent::Connected).is_empty(),
+        "apply still in flight"
+    );
+    s.batch_done(1);
+    let cmds = s.handle(
+        202,
+        0,
+        FollowerEvent::Applied {
+            position: r4.position(),
+            chain: r4.chain,
+        },
+    );
+    assert!(matches!(
+        &cmds[..],
+        [FollowerCommand::Send(FollowerMessage::Hello { position, .. })] if *position == r4.position()
+    ));
+}

@@ -306,14 +306,7 @@ async fn one_process_per_directory_and_followers_keep_to_their_leader() {
     )
     .await;
     let mut f1 = start(dir.path(), "f1", Some(&leader.url)).await;
-    let pos = exec(
-        &lc,
-        json!([{"sql": "INSERT INTO t(v) VALUES ('from the leader')"}]),
-    )
-    .await["position"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pos = commit_one(&lc, "INSERT INTO t(v) VALUES ('from the leader')").await;
     wait_for(&Client::new(&f1.url), &pos).await;
     // A copy of f1's directory, started as a leader: same cluster, same history so far.
     f1.kill().await;
@@ -371,10 +364,7 @@ async fn removing_a_connected_follower_ends_its_session() {
     lc.delete("/v1/followers/f1").await.unwrap();
     let s = wait_status(&fc, "f1 to be told", |s| s["state"] == "removed").await;
     assert!(s["error"].as_str().unwrap().contains("removed"), "{s}");
-    let pos = exec(&lc, json!([{"sql": "INSERT INTO t VALUES (1)"}])).await["position"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pos = commit_one(&lc, "INSERT INTO t VALUES (1)").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = status(&lc).await;
     assert_eq!(s["followers"], json!([]), "{s}");
@@ -513,10 +503,7 @@ async fn a_copied_leader_cannot_deliver_into_the_real_leaders_targets() {
     .await
     .unwrap();
     let f1 = start(dir.path(), "f1", Some(&leader.url)).await;
-    let pos = exec(&lc, json!([{"sql": "INSERT INTO orders VALUES (1, 10)"}])).await["position"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pos = commit_one(&lc, "INSERT INTO orders VALUES (1, 10)").await;
     wait_for(&Client::new(&f1.url), &pos).await;
     pipeline_drained(&lc, "p1").await;
     // The copy, started as a leader with the same allow-list.

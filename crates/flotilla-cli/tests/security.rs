@@ -280,34 +280,11 @@ async fn followers_must_present_a_replicate_token_and_tokens_work_on_every_node(
         ],
     )
     .await;
-    let pos = ac
-        .post(
-            "/v1/execute",
-            &json!({"statements": [{"sql": "INSERT INTO t VALUES (7)"}]}),
-        )
-        .await
-        .unwrap()["position"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pos = commit_one(&ac, "INSERT INTO t VALUES (7)").await;
     for f in [&f1, &f2] {
         let c = Client::with_token(&f.url, &read);
-        let mut reached = false;
-        for _ in 0..150 {
-            let q = c
-                .post(
-                    "/v1/query",
-                    &json!({"sql": "SELECT x FROM t", "min_position": pos, "timeout_ms": 200}),
-                )
-                .await;
-            if let Ok(v) = q {
-                assert_eq!(v["rows"], json!([[7]]));
-                reached = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(reached, "{} never served the row", f.id);
+        served(&c, &pos).await;
+        assert_eq!(rows(&c, "SELECT x FROM t").await, json!([[7]]), "{}", f.id);
         assert_eq!(call(&f.url, "GET", "/v1/status", None, None).await.0, 401);
     }
     // A token revoked on the leader stops working everywhere.
@@ -361,16 +338,7 @@ async fn a_forged_progress_report_is_refused_and_a_reader_cannot_replicate() {
         &["--replication-token", &replicate],
     )
     .await;
-    let pos = ac
-        .post(
-            "/v1/execute",
-            &json!({"statements": [{"sql": "INSERT INTO t VALUES (1)"}]}),
-        )
-        .await
-        .unwrap()["position"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pos = commit_one(&ac, "INSERT INTO t VALUES (1)").await;
     served(&Client::with_token(&f1.url, &read), &pos).await;
     f1.kill().await;
     let conn = rusqlite::Connection::open(f1.db_path()).unwrap();
@@ -793,16 +761,7 @@ async fn revocation_ends_open_sessions_and_a_follower_id_has_one_session() {
     )
     .await;
     let fc = Client::with_token(&f1.url, &read);
-    let pos = ac
-        .post(
-            "/v1/execute",
-            &json!({"statements": [{"sql": "INSERT INTO t VALUES (1)"}]}),
-        )
-        .await
-        .unwrap()["position"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pos = commit_one(&ac, "INSERT INTO t VALUES (1)").await;
     served(&fc, &pos).await;
     // Another process claiming to be f1 is refused while f1 streams.
     let impostor_root = dir.path().join("impostor");
@@ -860,16 +819,7 @@ async fn revocation_ends_open_sessions_and_a_follower_id_has_one_session() {
         feed_text.contains("the feed ends") && feed_text.contains("revoked"),
         "{feed_text}"
     );
-    let later = ac
-        .post(
-            "/v1/execute",
-            &json!({"statements": [{"sql": "INSERT INTO t VALUES (2)"}]}),
-        )
-        .await
-        .unwrap()["position"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let later = commit_one(&ac, "INSERT INTO t VALUES (2)").await;
     let admin_on_f1 = Client::with_token(&f1.url, &admin_token(&leader));
     let mut told = false;
     for _ in 0..100 {

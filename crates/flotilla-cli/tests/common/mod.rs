@@ -23,6 +23,14 @@ pub async fn exec(c: &Client, statements: Value) -> Value {
         .unwrap_or_else(|e| panic!("execute failed: {e:#}"))
 }
 
+/// Commits one statement; the position it committed at.
+pub async fn commit_one(c: &Client, sql: &str) -> String {
+    exec(c, json!([{ "sql": sql }])).await["position"]
+        .as_str()
+        .expect("a committed request has a position")
+        .to_string()
+}
+
 pub async fn status(c: &Client) -> Value {
     c.get("/v1/status").await.expect("status")
 }

@@ -46,25 +46,20 @@ fn json_value(out: &mut Vec<u8>, v: &SqlValue) {
         SqlValue::Text(s) => json_str(out, s),
         // JSON strings hold Unicode only: as everywhere in the API, text that is not UTF-8
         // keeps its bytes (never U+FFFD, which would merge different keys).
-        SqlValue::TextBytes(b) => {
-            out.extend_from_slice(b"{\"text_base64\":\"");
-            out.extend_from_slice(
-                base64::engine::general_purpose::STANDARD
-                    .encode(b)
-                    .as_bytes(),
-            );
-            out.extend_from_slice(b"\"}");
-        }
-        SqlValue::Blob(b) => {
-            out.extend_from_slice(b"{\"base64\":\"");
-            out.extend_from_slice(
-                base64::engine::general_purpose::STANDARD
-                    .encode(b)
-                    .as_bytes(),
-            );
-            out.extend_from_slice(b"\"}");
-        }
+        SqlValue::TextBytes(b) => json_base64(out, "text_base64", b),
+        SqlValue::Blob(b) => json_base64(out, "base64", b),
     }
+}
+
+/// `{"<key>": "<bytes in base64>"}`.
+fn json_base64(out: &mut Vec<u8>, key: &str, bytes: &[u8]) {
+    let _ = write!(out, "{{\"{key}\":\"");
+    out.extend_from_slice(
+        base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\"}");
 }
 
 fn json_row(out: &mut Vec<u8>, shape: &TableShape, vals: Option<&Vec<SqlValue>>) {

@@ -153,21 +153,18 @@ mod tests {
             last_ack_ms: now,
             applied_moved_ms: now.saturating_sub(moved_ago),
         };
-        assert_eq!(
-            follower_state(&f(SessionState::Streaming, 60_000), 30, now),
-            "stalled"
-        );
-        assert_eq!(
-            follower_state(&f(SessionState::Streaming, 60_000), 0, now),
-            "streaming"
-        );
-        assert_eq!(
-            follower_state(&f(SessionState::Streaming, 100), 30, now),
-            "streaming"
-        );
-        assert_eq!(
-            follower_state(&f(SessionState::Disconnected, 60_000), 30, now),
-            "disconnected"
-        );
+        // (session state, last apply this long ago, transactions behind) → shown state.
+        for (state, moved_ago, behind, shown) in [
+            (SessionState::Streaming, 60_000, 30, "stalled"),
+            (SessionState::Streaming, 60_000, 0, "streaming"),
+            (SessionState::Streaming, 100, 30, "streaming"),
+            (SessionState::Disconnected, 60_000, 30, "disconnected"),
+        ] {
+            assert_eq!(
+                follower_state(&f(state, moved_ago), behind, now),
+                shown,
+                "{state:?}, {moved_ago} ms, {behind} behind"
+            );
+        }
     }
 }

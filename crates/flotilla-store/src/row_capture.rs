@@ -333,12 +333,21 @@ impl RowCapture {
             return Ok(());
         }
         let mut images: Vec<(usize, Option<Out>)> = Vec::with_capacity(pending.len());
+        // The query per table, made once (a merge rewrites many rows of one table).
+        let mut queries: HashMap<Arc<str>, String> = HashMap::new();
         for (i, table, rowid) in pending {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT * FROM main.{} WHERE {} = ?1",
-                crate::pipeline_triggers::quote(&table),
-                rowid_name(conn, &table)?
-            ))?;
+            let sql = match queries.get(&table) {
+                Some(sql) => sql,
+                None => {
+                    let sql = format!(
+                        "SELECT * FROM main.{} WHERE {} = ?1",
+                        crate::pipeline_triggers::quote(&table),
+                        rowid_name(conn, &table)?
+                    );
+                    queries.entry(table.clone()).or_insert(sql)
+                }
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
             let width = stmt.column_count();
             let mut rows = stmt.query([rowid])?;
             let image = match rows.next()? {

@@ -23,6 +23,11 @@ pub struct FollowerConfig {
     pub leader_timeout_ms: u64,
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,
+    /// Received records not yet applied, at most: a leader keeps to its flow-control window
+    /// (`ShippingConfig`); these bounds are four times its default and cut off one that does
+    /// not. One record is always taken, however large.
+    pub max_pending_records: usize,
+    pub max_pending_bytes: usize,
     /// How long to wait before retrying an apply that failed for lack of disk space.
     pub disk_full_retry_ms: u64,
 }
@@ -37,6 +42,8 @@ impl FollowerConfig {
             leader_timeout_ms: 10_000,
             max_batch_records: 2_000,
             max_batch_bytes: 64 << 20,
+            max_pending_records: 80_000,
+            max_pending_bytes: 64 << 20,
             disk_full_retry_ms: 1_000,
         }
     }
@@ -128,6 +135,8 @@ pub struct FollowerSession {
     /// Last record received (buffered or applied).
     received: Position,
     pending: VecDeque<LogRecord>,
+    /// `approx_bytes` of `pending`.
+    pending_bytes: usize,
     applying: bool,
     connected: bool,
     hello_pending: bool,
@@ -160,6 +169,7 @@ impl FollowerSession {
             leader_incarnation: None,
             received,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             applying: false,
             connected: false,
             hello_pending: false,
@@ -247,6 +257,12 @@ impl FollowerSession {
             FollowerEvent::Applied { position, chain } => {
                 self.applying = false;
                 self.local = Some((position, chain));
+                // The applied batch leaves the queue (a failed one stays, to be retried).
+                while self.pending.front().is_some_and(|r| r.lsn <= position.lsn) {
+                    if let Some(r) = self.pending.pop_front() {
+                        self.pending_bytes -= r.approx_bytes();
+                    }
+                }
                 if self.apply_failures > 0 {
                     self.apply_failures = 0;
                     self.last_error = None;
@@ -286,7 +302,7 @@ impl FollowerSession {
                     self.last_error = Some(format!("apply failed: {reason}"));
                     // Whatever was buffered is suspect: drop it, reconnect, and let the leader
                     // re-check the history from what the database really holds.
-                    self.pending.clear();
+                    self.clear_pending();
                     if self.connected {
                         out.push(FollowerCommand::Disconnect);
                         self.connected = false;
@@ -306,7 +322,7 @@ impl FollowerSession {
                 // The database is now a copy of whichever leader served the snapshot: its
                 // incarnation is adopted at the next welcome.
                 self.leader_incarnation = None;
-                self.pending.clear();
+                self.clear_pending();
                 self.last_error = None;
                 self.attempt = 0;
                 self.phase = FollowerPhase::Connecting;
@@ -374,13 +390,13 @@ impl FollowerSession {
                         // fork this replica away from the leader it follows.
                         out.push(FollowerCommand::Disconnect);
                         self.connected = false;
-                        self.pending.clear();
                         self.last_error = Some(format!(
                             "refused leader {leader_id}: it is another leader incarnation \
                              ({incarnation}) than the one this follower follows ({mine}) — a \
                              copy of a data directory started as a leader? To follow it, start \
                              this follower with an empty data directory"
                         ));
+                        self.clear_pending();
                         self.schedule_retry();
                         return;
                     }
@@ -413,6 +429,24 @@ impl FollowerSession {
                     }
                     self.received = r.position();
                     self.leader_head = self.leader_head.max(r.position());
+                    // The leader keeps what is in flight within its window; a leader that
+                    // does not is cut off before this queue takes the memory.
+                    if !self.pending.is_empty()
+                        && (self.pending.len() >= self.config.max_pending_records
+                            || self.pending_bytes + r.approx_bytes()
+                                > self.config.max_pending_bytes)
+                    {
+                        return self.protocol_error(
+                            &format!(
+                                "the leader sent more than {} records or {} MiB ahead of what \
+                                 was applied (its flow-control window is smaller)",
+                                self.config.max_pending_records,
+                                self.config.max_pending_bytes >> 20
+                            ),
+                            out,
+                        );
+                    }
+                    self.pending_bytes += r.approx_bytes();
                     self.pending.push_back(r);
                 }
                 if self.phase == FollowerPhase::Streaming {
@@ -447,12 +481,12 @@ impl FollowerSession {
                 match code {
                     RefusalCode::NeedSnapshot | RefusalCode::Diverged => {
                         self.last_error = Some(format!("{}: {message}", code.as_str()));
-                        self.pending.clear();
+                        self.clear_pending();
                         self.phase = FollowerPhase::Bootstrapping;
                         out.push(FollowerCommand::Bootstrap);
                     }
                     RefusalCode::Removed => {
-                        self.pending.clear();
+                        self.clear_pending();
                         self.received = self.local.map(|l| l.0).unwrap_or_default();
                         self.phase = FollowerPhase::Removed;
                         self.last_error = Some(format!(
@@ -469,7 +503,7 @@ impl FollowerSession {
     fn protocol_error(&mut self, what: &str, out: &mut Vec<FollowerCommand>) {
         out.push(FollowerCommand::Disconnect);
         self.connected = false;
-        self.pending.clear();
+        self.clear_pending();
         self.lose_session(format!("protocol error: {what}"), true);
     }
 
@@ -478,7 +512,7 @@ impl FollowerSession {
             self.last_error = Some(reason);
         }
         // Records buffered but not applied are fetched again after the next handshake.
-        self.pending.clear();
+        self.clear_pending();
         self.received = self.local.map(|l| l.0).unwrap_or_default();
         self.hello_pending = false;
         if self.phase != FollowerPhase::Bootstrapping {
@@ -557,12 +591,14 @@ impl FollowerSession {
         out.push(FollowerCommand::Apply(batch));
     }
 
-    /// Called by the host when an `Apply` batch of `n` records is done: drops them from the
-    /// queue. Kept separate from `Applied` so that a disk-full retry re-sends the same batch.
-    pub fn batch_done(&mut self, n: usize) {
-        for _ in 0..n.min(self.pending.len()) {
-            self.pending.pop_front();
-        }
+    fn clear_pending(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
+
+    /// Records received and not yet applied (including a batch being applied).
+    pub fn pending_records(&self) -> usize {
+        self.pending.len()
     }
 }
 

@@ -6,3 +6,6 @@ use std::sync::atomic::AtomicBool;
 /// A follower acknowledges a batch as durable when it hands the batch to apply, before the
 /// apply (and its fsync) completed.
 pub static ACK_BEFORE_FSYNC: AtomicBool = AtomicBool::new(false);
+
+/// A leader ships whatever is durable, ignoring the follower's flow-control window.
+pub static IGNORE_WINDOW: AtomicBool = AtomicBool::new(false);

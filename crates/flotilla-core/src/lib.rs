@@ -5,6 +5,8 @@
 //! - [`handshake`]: the leader's decision when a follower opens a session.
 //! - [`FollowerSession`]: a follower's side of replication (connect, handshake, buffer, apply,
 //!   acknowledge, bootstrap, retry).
+//! - [`LeaderSession`]: the leader's side of one replication session (handshake, shipping with
+//!   flow control, heartbeats, acknowledgements, follower registration).
 //! - [`FollowerTracker`]: the leader's view of its followers (progress, lag, what the log must
 //!   retain for them).
 //! - [`retention`]: which log segments may be deleted.
@@ -15,6 +17,7 @@ mod follower_tracker;
 pub mod handshake;
 #[cfg(feature = "sim-bugs")]
 pub mod injected_bugs;
+mod leader_session;
 pub mod retention;
 
 pub use backoff::Backoff;
@@ -23,4 +26,8 @@ pub use follower_session::{
 };
 pub use follower_tracker::{
     AckRefused, FollowerProgress, FollowerTracker, SessionId, SessionState,
+};
+pub use leader_session::{
+    LeaderCommand, LeaderContext, LeaderEvent, LeaderIdentity, LeaderSession, ReadFailure,
+    ShippingConfig,
 };

@@ -14,7 +14,9 @@ mod snapshot;
 
 pub use cursor::{Cursor, Out};
 pub use error::DecodeError;
-pub use message::{FollowerMessage, LeaderMessage, RefusalCode, PROTOCOL_VERSION};
+pub use message::{
+    FollowerMessage, LeaderMessage, RefusalCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+};
 pub use record::{
     decode_record, decode_record_rows, encode_record, encode_record_with_rows, encoded_record_len,
     project_record, RECORD_FORMAT_VERSION,

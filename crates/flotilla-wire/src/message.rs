@@ -8,6 +8,10 @@ use flotilla_types::{Chain, Epoch, LogKind, LogRecord, Lsn, Position};
 
 /// 2: `Welcome` carries the leader's incarnation.
 pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The largest replication message either side accepts (one transaction's record may be up to
+/// the leader's `max-transaction-mib`, at most 768 MiB, and travels in one message).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 const MAX_TEXT: usize = 4096;
 
 /// Why a leader refuses a follower's session.

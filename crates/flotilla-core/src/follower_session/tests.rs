@@ -245,7 +245,6 @@ fn hello_states_the_local_position_then_records_are_applied_and_acked() {
         FollowerEvent::Received(LeaderMessage::Records(vec![r5.clone()])),
     );
     assert!(cmds.is_empty());
-    s.batch_done(1);
     let cmds = s.handle(
         5,
         0,
@@ -282,6 +281,53 @@ fn a_gap_in_records_is_a_protocol_error_and_reconnects_later() {
         s.handle(200, 0, FollowerEvent::Tick),
         vec![FollowerCommand::Connect]
     );
+}
+
+/// A leader that ignores its flow-control window is cut off before the queue of records
+/// waiting to be applied outgrows the follower's bound; records it applied free room.
+#[test]
+fn records_beyond_the_pending_bound_are_a_protocol_error() {
+    let mut s = streaming_at(3);
+    s.config.max_pending_records = 3;
+    let mut chain = Chain(3);
+    let mut recs = |from: u64, to: u64| {
+        (from..=to)
+            .map(|l| {
+                let r = rec(l, chain);
+                chain = r.chain;
+                r
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = recs(4, 5);
+    let cmds = s.handle(3, 0, FollowerEvent::Received(LeaderMessage::Records(first)));
+    assert!(matches!(cmds[..], [FollowerCommand::Apply(ref b)] if b.len() == 2));
+    assert_eq!(s.pending_records(), 2);
+    // Applied: they leave the queue (the host no longer says how many).
+    s.handle(
+        4,
+        0,
+        FollowerEvent::Applied {
+            position: Position::new(1, 5),
+            chain: Chain(5),
+        },
+    );
+    assert_eq!(s.pending_records(), 0);
+    let cmds = s.handle(
+        5,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(recs(6, 8))),
+    );
+    assert!(!cmds.contains(&FollowerCommand::Disconnect));
+    assert_eq!(s.pending_records(), 3);
+    let cmds = s.handle(
+        6,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(recs(9, 9))),
+    );
+    assert!(cmds.contains(&FollowerCommand::Disconnect), "{cmds:?}");
+    assert!(s.last_error().unwrap().contains("flow-control window"));
+    assert_eq!(s.pending_records(), 0);
 }
 
 #[test]
@@ -338,7 +384,6 @@ fn disk_full_pauses_and_retries_the_same_batch() {
         s.handle(1005, 0, FollowerEvent::Tick),
         vec![FollowerCommand::Apply(vec![r4.clone()])]
     );
-    s.batch_done(1);
     s.handle(
         1006,
         0,
@@ -456,7 +501,6 @@ fn hello_waits_for_an_apply_in_flight() {
         s.handle(201, 0, FollowerEvent::Connected).is_empty(),
         "apply still in flight"
     );
-    s.batch_done(1);
     let cmds = s.handle(
         202,
         0,

@@ -12,6 +12,10 @@ use axum::response::Response;
 use base64::Engine;
 use flotilla_log::LogError;
 use flotilla_types::{LogRecord, Lsn, Position, RowItem, SqlValue, TableShape};
+
+/// Records read from the log at a time for the change feed.
+const FEED_BATCH_RECORDS: usize = 10_000;
+const FEED_BATCH_BYTES: usize = 4 << 20;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -292,7 +296,10 @@ async fn stream_changes(
         pin.advance(next.0);
         let head = head_rx.borrow_and_update().position;
         while next <= head.lsn {
-            let batch = match crate::leader::shipping::fetch(&node, next.0).await {
+            let batch = match leader
+                .read_records(next, FEED_BATCH_RECORDS, FEED_BATCH_BYTES)
+                .await
+            {
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => break,
                 Err(e) => {

@@ -71,7 +71,7 @@ async fn replication(
     ws: WebSocketUpgrade,
 ) -> impl IntoResponse {
     let credential = crate::auth::Credential::of(&headers, flotilla_types::AccessRole::Replicate);
-    ws.max_message_size(crate::leader::shipping::MAX_MESSAGE_BYTES)
-        .max_frame_size(crate::leader::shipping::MAX_MESSAGE_BYTES)
+    ws.max_message_size(flotilla_wire::MAX_MESSAGE_BYTES)
+        .max_frame_size(flotilla_wire::MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| crate::leader::shipping::serve_session(node, socket, credential))
 }

@@ -154,7 +154,6 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
         match &event {
             FollowerEvent::Applied { position, .. } => {
                 let n = applying.take().unwrap_or(0);
-                session.batch_done(n);
                 Counters::add(&node.counters.applied_transactions, n as u64);
                 Counters::add(&node.counters.apply_batches, 1);
                 node.position.send_replace(*position);

@@ -64,8 +64,8 @@ pub fn connect(
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let task = tokio::spawn(async move {
         let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(crate::leader::shipping::MAX_MESSAGE_BYTES);
-        config.max_frame_size = Some(crate::leader::shipping::MAX_MESSAGE_BYTES);
+        config.max_message_size = Some(flotilla_wire::MAX_MESSAGE_BYTES);
+        config.max_frame_size = Some(flotilla_wire::MAX_MESSAGE_BYTES);
         let lost = |reason: String| (generation, FollowerEvent::ConnectionLost { reason });
         let request = match ws_url.as_str().into_client_request() {
             Ok(mut r) => {

@@ -12,9 +12,9 @@ pub use writer::{
     spawn_writer, PipelineChange, TokenChange, WriteError, WriteJob, WriteReply, WriterParts,
 };
 
-use flotilla_core::FollowerTracker;
-use flotilla_log::Log;
-use flotilla_types::{Chain, Epoch, Position};
+use flotilla_core::{FollowerTracker, ReadFailure};
+use flotilla_log::{Log, LogError};
+use flotilla_types::{Chain, Epoch, Lsn, Position};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -51,6 +51,48 @@ pub struct LeaderState {
 }
 
 impl LeaderState {
+    /// Durable records from `from` on (at most `max_records`, stopping after the one that
+    /// reaches `max_bytes`): from memory when recent, otherwise from the log files.
+    pub async fn read_records(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Vec<u8>>>, LogError> {
+        if let Some(recs) = self.recent.from(from.0, max_records, max_bytes) {
+            if !recs.is_empty() {
+                return Ok(recs);
+            }
+        }
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.read(from.0, max_records, max_bytes))
+            .await
+            .expect("log read task")
+            .map(|v| v.into_iter().map(Arc::new).collect())
+    }
+
+    /// [`LeaderState::read_records`] for a replication session: what it cannot read is either
+    /// gone for this follower (it bootstraps) or a failure that ends the session.
+    pub async fn read_for_follower(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<Vec<u8>>>, ReadFailure> {
+        self.read_records(from, max_records, max_bytes)
+            .await
+            .map_err(|e| match e {
+                LogError::Trimmed { .. } => ReadFailure::Unavailable(e.to_string()),
+                LogError::Corrupt { .. } => {
+                    tracing::error!(
+                        "replication log damaged: {e}; followers that need it bootstrap"
+                    );
+                    ReadFailure::Unavailable(e.to_string())
+                }
+                e => ReadFailure::Failed(e.to_string()),
+            })
+    }
+
     pub fn tracker(&self) -> std::sync::MutexGuard<'_, FollowerTracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }

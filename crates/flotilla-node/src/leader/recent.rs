@@ -42,9 +42,14 @@ impl RecentRecords {
         }
     }
 
-    /// Records `from..` that are still in memory, up to `max_bytes`; `None` if `from` is older
-    /// than the cache (read the log instead).
-    pub fn from(&self, from: u64, max_bytes: usize) -> Option<Vec<Arc<Vec<u8>>>> {
+    /// Records `from..` that are still in memory, at most `max_records`, stopping after the one
+    /// that reaches `max_bytes`; `None` if `from` is older than the cache (read the log instead).
+    pub fn from(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<Arc<Vec<u8>>>> {
         let st = self.lock();
         let first = st.records.front()?.0;
         if from < first {
@@ -52,7 +57,12 @@ impl RecentRecords {
         }
         let mut out = Vec::new();
         let mut bytes = 0;
-        for (_, r) in st.records.iter().skip((from - first) as usize) {
+        for (_, r) in st
+            .records
+            .iter()
+            .skip((from - first) as usize)
+            .take(max_records)
+        {
             bytes += r.len();
             out.push(r.clone());
             if bytes >= max_bytes {

@@ -179,7 +179,6 @@ impl World {
                     "{} at {position} differs from the leader's state at that lsn",
                     fl.id
                 );
-                fl.session.batch_done(n);
                 self.events
                     .push_back((f, FollowerEvent::Applied { position, chain }));
             }

@@ -12,6 +12,7 @@
 //! - [`retention`]: which log segments may be deleted.
 
 mod backoff;
+pub mod follower_list;
 mod follower_session;
 mod follower_tracker;
 pub mod handshake;

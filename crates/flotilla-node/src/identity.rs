@@ -106,61 +106,15 @@ pub fn save(dir: &Path, ident: &Identity) -> Result<(), IdentityError> {
 
 /// Writes `bytes` to `path` so that a crash leaves the old content or the new, never a mix.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    use std::io::Write;
-    let io = |source| IdentityError::Io {
+    flotilla_store::atomic_file::write_atomically(path, bytes).map_err(|source| IdentityError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    // A temporary file of its own per call: two saves at once never write into one file.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Concurrent saves each write a whole file: the result is one of them, never a mix.
-    #[test]
-    fn concurrent_atomic_writes_never_tear() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("followers.json");
-        std::thread::scope(|s| {
-            for t in 0..8u8 {
-                let path = &path;
-                s.spawn(move || {
-                    for _ in 0..50 {
-                        write_atomically(path, &vec![b'a' + t; 10_000 + t as usize]).unwrap();
-                    }
-                });
-            }
-        });
-        let bytes = std::fs::read(&path).unwrap();
-        let t = bytes[0] - b'a';
-        assert_eq!(bytes, vec![b'a' + t; 10_000 + t as usize]);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
-    }
 
     #[test]
     fn created_then_reloaded_and_other_ids_refused() {

@@ -29,7 +29,12 @@ pub use world::{run_seed, Report};
 use std::sync::atomic::Ordering;
 
 /// Bugs `--inject-bug` can switch on, to prove the simulator catches them.
-pub const INJECTABLE_BUGS: &[&str] = &["ack-before-fsync", "skip-checksum", "apply-out-of-order"];
+pub const INJECTABLE_BUGS: &[&str] = &[
+    "ack-before-fsync",
+    "skip-checksum",
+    "apply-out-of-order",
+    "ignore-window",
+];
 
 /// Switches a deliberate bug on (or all off with `None`). The switches exist only in builds with
 /// the `sim-bugs` feature, which only this crate enables.
@@ -37,6 +42,7 @@ pub fn inject_bug(name: Option<&str>) -> Result<(), String> {
     flotilla_wire::injected_bugs::SKIP_CHECKSUM.store(false, Ordering::Relaxed);
     flotilla_store::injected_bugs::APPLY_OUT_OF_ORDER.store(false, Ordering::Relaxed);
     flotilla_core::injected_bugs::ACK_BEFORE_FSYNC.store(false, Ordering::Relaxed);
+    flotilla_core::injected_bugs::IGNORE_WINDOW.store(false, Ordering::Relaxed);
     match name {
         None => {}
         Some("skip-checksum") => {
@@ -44,6 +50,9 @@ pub fn inject_bug(name: Option<&str>) -> Result<(), String> {
         }
         Some("apply-out-of-order") => {
             flotilla_store::injected_bugs::APPLY_OUT_OF_ORDER.store(true, Ordering::Relaxed)
+        }
+        Some("ignore-window") => {
+            flotilla_core::injected_bugs::IGNORE_WINDOW.store(true, Ordering::Relaxed)
         }
         Some("ack-before-fsync") => {
             flotilla_core::injected_bugs::ACK_BEFORE_FSYNC.store(true, Ordering::Relaxed)

@@ -20,7 +20,8 @@ struct Args {
     replay: Option<u64>,
     #[arg(long)]
     trace: bool,
-    /// Switch on a deliberate bug (ack-before-fsync, skip-checksum, apply-out-of-order): the
+    /// Switch on a deliberate bug (ack-before-fsync, skip-checksum, apply-out-of-order,
+    /// ignore-window): the
     /// campaign must fail.
     #[arg(long)]
     inject_bug: Option<String>,

@@ -1,9 +1,8 @@
 use crate::network::{Dir, Faults, Network, Sent};
 use crate::replica::{content_digest, content_digest_of, Replica};
 use anyhow::{bail, ensure, Context};
-use flotilla_core::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
 use flotilla_core::{
-    FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession, FollowerTracker, SessionId,
+    FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession, FollowerTracker,
 };
 use flotilla_log::{Log, LogConfig};
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
@@ -11,25 +10,30 @@ use flotilla_store::{
     open_reader, page_digest, recover_leader, DbSettings, LeaderDb, RowFilter, RowReplica,
     TxnRequest,
 };
-use flotilla_types::{ContentDigest, Epoch, LogKind, LogRecord, Lsn, NodeId, Position};
-use flotilla_wire::{project_record, FollowerMessage, LeaderMessage, RefusalCode};
+use flotilla_types::{ContentDigest, Epoch, LogKind, LogRecord, Lsn, NodeId};
+use flotilla_wire::{FollowerMessage, LeaderMessage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rusqlite::types::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 const FOLLOWERS: usize = 2;
 const MAX_OPS: usize = 120;
 const MAX_SIM_MS: u64 = 60_000;
-const HEARTBEAT_MS: u64 = 1_000;
+/// The node's retention loop runs every 5 s; here more often, so that it meets more states.
+const RETENTION_EVERY_MS: u64 = 1_000;
 /// The simulated leader's incarnation (it never changes: the simulated leader's data directory
 /// is never copied).
 const LEADER_INCARNATION: &str = "sim-leader";
 
 mod faults;
 mod follower_host;
+mod leader_host;
 mod report;
+
+use leader_host::LeaderConn;
 
 pub use report::Report;
 
@@ -57,19 +61,10 @@ struct Leader {
     /// Bumped at each power loss: the restored files get a new name, so that no abandoned
     /// connection of the crashed process shares SQLite's locks or shared memory with them.
     generation: u32,
-}
-
-struct LeaderConn {
-    follower: usize,
-    /// The log the follower asked for in its hello.
-    kind: LogKind,
-    /// LSN of the next record to ship; `None` until the follower is welcomed.
-    next: Option<u64>,
-    last_sent_ms: u64,
-    /// Set after a refusal: the connection closes at this time.
-    closing_at: Option<u64>,
-    /// The tracker's session, once welcomed.
-    session: Option<SessionId>,
+    /// Where the leader persists its follower list (reloaded when it restarts).
+    followers_file: PathBuf,
+    /// Each log segment's simulated modification time (first lsn → (last lsn seen, ms)).
+    segment_mtimes: BTreeMap<u64, (u64, u64)>,
 }
 
 struct Follower {
@@ -108,6 +103,9 @@ struct World {
     next_conn: u64,
     followers: Vec<Follower>,
     events: VecDeque<(usize, FollowerEvent)>,
+    /// The leader's shipping limits and retention caps (drawn per seed).
+    shipping: flotilla_core::ShippingConfig,
+    retention: flotilla_core::retention::RetentionPolicy,
     /// An apply takes up to this long (drawn per seed).
     apply_ms_max: u64,
     report: Report,
@@ -230,18 +228,29 @@ impl World {
     /// One client transaction on the leader; sometimes the leader crashes right after the
     /// SQLite commit, before the log append (the request is then not acknowledged).
     fn client_op(&mut self, i: u64) -> anyhow::Result<()> {
-        let req = self.random_request(i);
+        // Group commit: sometimes several clients' requests wait and go in one transaction, as
+        // the node's writer gathers them.
+        let group = if self.rng.random_bool(0.3) {
+            self.rng.random_range(2..5)
+        } else {
+            1
+        };
+        let requests: Vec<TxnRequest> =
+            (0..group).map(|j| self.random_request(i * 8 + j)).collect();
         self.log(|| {
-            let first = req.statements.first().map_or("", |s| s.0.as_str());
+            let first = requests[0].statements.first().map_or("", |s| s.0.as_str());
             format!(
-                "client: {} statement(s), first: {first}",
-                req.statements.len()
+                "client: {} request(s), the first's first statement: {first}",
+                requests.len()
             )
         });
+        if group > 1 {
+            self.report.grouped_requests += group;
+        }
         let out = self
             .leader
             .db
-            .commit_batch(&[req], Epoch(1), &origin(), self.now * 1000)?;
+            .commit_batch(&requests, Epoch(1), &origin(), self.now * 1000)?;
         let Some(rec) = out.record else { return Ok(()) };
         self.leader
             .history
@@ -291,7 +300,7 @@ impl World {
         if self.rng.random_bool(0.2) {
             self.take_leader_image(rec.lsn.0)?;
         }
-        Ok(())
+        self.head_moved()
     }
 
     fn crash_leader(&mut self) -> anyhow::Result<()> {
@@ -319,241 +328,30 @@ impl World {
         self.leader.acked = head;
         self.leader.image = None;
         for conn in self.conns.keys().copied().collect::<Vec<_>>() {
-            self.close_conn(conn, "the leader crashed");
+            self.close_conn(conn, "the leader crashed")?;
         }
+        // The restarted process knows its followers from the list it saved.
+        self.leader.tracker = self.load_followers()?;
         Ok(())
     }
 
-    fn close_conn(&mut self, conn: u64, reason: &str) {
-        if let Some(c) = self.conns.remove(&conn) {
-            self.net.close(conn);
-            let f = c.follower;
-            if let Some(session) = c.session {
-                self.leader
-                    .tracker
-                    .session_closed(&self.followers[f].id, session);
-            }
-            if self.followers[f].conn == Some(conn) {
-                self.followers[f].conn = None;
-                self.events.push_back((
-                    f,
-                    FollowerEvent::ConnectionLost {
-                        reason: reason.to_string(),
-                    },
-                ));
-            }
-        }
-    }
-
-    fn send_to_follower(&mut self, conn: u64, msg: Vec<u8>) {
-        self.send(conn, Dir::ToFollower, msg);
-    }
-
-    fn send(&mut self, conn: u64, dir: Dir, msg: Vec<u8>) {
+    /// Puts a message on the simulated network; the caller closes a connection that broke.
+    fn send(&mut self, conn: u64, dir: Dir, msg: Vec<u8>) -> Sent {
         if dir == Dir::ToFollower {
             let f = self.conns.get(&conn).map(|c| c.follower);
             if f.is_some_and(|f| self.now < self.followers[f].deaf_until) {
                 self.report.blackholed += 1;
-                return;
+                return Sent::Queued;
             }
         }
         let faults = self.faults;
-        if self
+        let sent = self
             .net
-            .send(&mut self.rng, faults, self.now, conn, dir, msg)
-            == Sent::ConnectionBroke
-        {
+            .send(&mut self.rng, faults, self.now, conn, dir, msg);
+        if sent == Sent::ConnectionBroke {
             self.log(|| format!("conn {conn} breaks"));
-            self.close_conn(conn, "the connection broke");
         }
-    }
-
-    fn leader_receive(&mut self, conn: u64, bytes: &[u8]) -> anyhow::Result<()> {
-        let Some(c) = self.conns.get(&conn) else {
-            return Ok(());
-        };
-        let f = c.follower;
-        let welcomed = c.next.is_some();
-        let msg = match FollowerMessage::decode(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                self.log(|| format!("leader drops conn {conn}: {e}"));
-                self.close_conn(conn, "bad message");
-                return Ok(());
-            }
-        };
-        match msg {
-            FollowerMessage::Hello {
-                cluster_id,
-                position,
-                chain,
-                log_kind,
-                ..
-            } if !welcomed => {
-                let meta = self.leader.db.meta().clone();
-                let view = LeaderView {
-                    cluster_id: meta.cluster_id.clone(),
-                    epoch: meta.position.epoch,
-                    head: meta.position,
-                    head_chain: meta.chain,
-                    first_retained: Lsn(self.leader.log.stats().first_lsn),
-                };
-                let claim = FollowerClaim {
-                    cluster_id,
-                    position,
-                    chain,
-                };
-                let mut decision = decide(&view, &claim);
-                if let Decision::CheckLink { lsn } = decision {
-                    // As the node does: a record that cannot be read means a snapshot.
-                    let next = self
-                        .leader
-                        .log
-                        .read(lsn.0, 1, 1)
-                        .ok()
-                        .and_then(|recs| flotilla_wire::decode_record(recs.first()?).ok());
-                    decision = check_link(&claim, lsn, next.as_ref());
-                }
-                match decision {
-                    Decision::Accept { start_after } => {
-                        self.log(|| {
-                            format!(
-                                "leader welcomes {} after {start_after}",
-                                self.followers[f].id
-                            )
-                        });
-                        let w = LeaderMessage::Welcome {
-                            cluster_id: meta.cluster_id,
-                            leader_id: "leader".into(),
-                            incarnation: LEADER_INCARNATION.into(),
-                            epoch: meta.position.epoch,
-                            start_after,
-                            head: meta.position,
-                        };
-                        self.send_to_follower(conn, w.encode());
-                        // The send may have broken the connection.
-                        let Some(c) = self.conns.get_mut(&conn) else {
-                            return Ok(());
-                        };
-                        c.next = Some(start_after.0 + 1);
-                        c.last_sent_ms = self.now;
-                        c.kind = log_kind;
-                        let id = self.followers[f].id.clone();
-                        let session = self
-                            .leader
-                            .tracker
-                            .session_opened(&id, "sim", log_kind, position, self.now);
-                        if let Some(c) = self.conns.get_mut(&conn) {
-                            c.session = Some(session);
-                        }
-                    }
-                    Decision::Refuse { code, message } => {
-                        self.log(|| {
-                            format!("leader refuses {}: {}", self.followers[f].id, code.as_str())
-                        });
-                        self.send_to_follower(
-                            conn,
-                            LeaderMessage::Refuse { code, message }.encode(),
-                        );
-                        let at = self.now + self.faults.max_delay_ms + 2;
-                        if let Some(c) = self.conns.get_mut(&conn) {
-                            c.closing_at = Some(at);
-                        }
-                    }
-                    Decision::CheckLink { .. } => unreachable!("resolved"),
-                }
-            }
-            FollowerMessage::Ack {
-                received,
-                durable,
-                applied,
-                ..
-            } if welcomed => {
-                let id = self.followers[f].id.clone();
-                let fl = &mut self.followers[f];
-                fl.acked_durable = fl.acked_durable.max(durable.lsn.0);
-                let c = &self.conns[&conn];
-                let sent = Lsn(c.next.unwrap_or(1) - 1);
-                let session = c.session.expect("welcomed");
-                if let Err(e) = self.leader.tracker.acked(
-                    &id,
-                    session,
-                    sent,
-                    [received, durable, applied],
-                    self.now,
-                ) {
-                    // As the node does: a report the leader cannot take ends the session.
-                    self.log(|| format!("leader refuses a report of {id}: {e}"));
-                    self.close_conn(conn, "progress report refused");
-                }
-            }
-            other => {
-                self.log(|| format!("leader: unexpected {other:?} on conn {conn}"));
-                self.close_conn(conn, "protocol error");
-            }
-        }
-        Ok(())
-    }
-
-    /// The shipping loop: durable records to every welcomed follower, heartbeats when idle.
-    fn ship(&mut self) -> anyhow::Result<()> {
-        let head = self.leader.log.stats().durable_lsn;
-        let head_pos = self.leader.db.meta().position;
-        for conn in self.conns.keys().copied().collect::<Vec<_>>() {
-            let c = self.conns.get(&conn).expect("open");
-            if c.closing_at.is_some_and(|t| t <= self.now) {
-                self.close_conn(conn, "the leader closed the session");
-                continue;
-            }
-            let Some(next) = c.next else { continue };
-            if next <= head {
-                let recs = match self.leader.log.read(next, 4, 1 << 20) {
-                    Ok(r) => r,
-                    Err(
-                        e @ (flotilla_log::LogError::Trimmed { .. }
-                        | flotilla_log::LogError::Corrupt { .. }),
-                    ) => {
-                        let m = LeaderMessage::Refuse {
-                            code: RefusalCode::NeedSnapshot,
-                            message: e.to_string(),
-                        };
-                        self.send_to_follower(conn, m.encode());
-                        let at = self.now + self.faults.max_delay_ms + 2;
-                        if let Some(c) = self.conns.get_mut(&conn) {
-                            c.next = None;
-                            c.closing_at = Some(at);
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let n = recs.len() as u64;
-                // As the node does: a logical follower gets the records without their pages.
-                let recs = recs
-                    .iter()
-                    .map(|r| project_record(r, c.kind))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let msg = LeaderMessage::encode_records(&recs);
-                self.send_to_follower(conn, msg);
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.next = Some(next + n);
-                    c.last_sent_ms = self.now;
-                }
-            } else if self.now - c.last_sent_ms >= HEARTBEAT_MS {
-                let m = LeaderMessage::Heartbeat {
-                    head: Position {
-                        epoch: head_pos.epoch,
-                        lsn: Lsn(next - 1),
-                    },
-                    now_ms: self.now,
-                };
-                self.send_to_follower(conn, m.encode());
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.last_sent_ms = self.now;
-                }
-            }
-        }
-        Ok(())
+        sent
     }
 
     fn drain_events(&mut self) -> anyhow::Result<()> {
@@ -568,6 +366,16 @@ impl World {
             let jitter = self.rng.random_range(0..=1000);
             let now = self.follower_now(f);
             let cmds = self.followers[f].session.handle(now, jitter, ev);
+            // Flow control: a follower never holds more records waiting to be applied than the
+            // leader's window lets be in flight.
+            let pending = self.followers[f].session.pending_records() as u64;
+            ensure!(
+                pending <= self.shipping.window_records,
+                "{} holds {pending} records not yet applied, beyond the leader's window of {}",
+                self.followers[f].id,
+                self.shipping.window_records
+            );
+            self.report.peak_pending = self.report.peak_pending.max(pending);
             for c in cmds {
                 self.execute(f, c)?;
             }
@@ -580,7 +388,7 @@ impl World {
             match m.dir {
                 Dir::ToLeader => {
                     if self.conns.contains_key(&m.conn) {
-                        self.leader_receive(m.conn, &m.bytes)?;
+                        self.leader_receive(m.conn, m.bytes)?;
                     }
                 }
                 Dir::ToFollower => {
@@ -597,7 +405,7 @@ impl World {
                             self.log(|| {
                                 format!("{} drops conn {}: {e}", self.followers[f].id, m.conn)
                             });
-                            self.close_conn(m.conn, &format!("bad message: {e}"));
+                            self.close_conn(m.conn, &format!("bad message: {e}"))?;
                         }
                     }
                 }
@@ -669,6 +477,8 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         bit_flip: rng.random_range(0.0..0.02),
         max_delay_ms: rng.random_range(1..40),
     };
+    let shipping = leader_host::draw_shipping(&mut rng);
+    let retention = leader_host::draw_retention(&mut rng);
     let followers = (0..FOLLOWERS)
         .map(|i| {
             let id = format!("f{i}");
@@ -707,11 +517,15 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             damaged: false,
             image: None,
             generation: 0,
+            followers_file: dir.path().join("followers.json"),
+            segment_mtimes: BTreeMap::new(),
         },
         conns: BTreeMap::new(),
         next_conn: 1,
         followers,
         events: VecDeque::new(),
+        shipping,
+        retention,
         apply_ms_max: 0,
         report: Report {
             seed,
@@ -736,6 +550,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
     w.drain_events()?;
     let mut ops = 0u64;
     let mut last_tick = 0;
+    let mut last_retention = 0;
     // Faults for the first 40 simulated seconds, then a calm phase that must converge.
     let calm_at = 40_000;
     while w.now < MAX_SIM_MS {
@@ -771,7 +586,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
                     w.log(|| format!("f{f} partitioned until {until}"));
                     w.followers[f].partitioned_until = until;
                     if let Some(conn) = w.followers[f].conn {
-                        w.close_conn(conn, "partitioned");
+                        w.close_conn(conn, "partitioned")?;
                     }
                 }
                 if w.rng.random_bool(0.0002) {
@@ -802,7 +617,11 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             w.read_with_token(f)?;
         }
         w.deliver()?;
-        w.ship()?;
+        w.tick_sessions()?;
+        if w.now - last_retention >= RETENTION_EVERY_MS {
+            last_retention = w.now;
+            w.run_retention()?;
+        }
         if w.now - last_tick >= 100 {
             last_tick = w.now;
             for f in 0..FOLLOWERS {

@@ -8,6 +8,7 @@
 //! - [`snapshot`]: a consistent copy of the database streamed page by page, and its installation.
 //! - [`StatementRules`]: which client statements are refused, and why.
 
+pub mod atomic_file;
 pub mod changelog;
 mod client_statement;
 mod connection_state;

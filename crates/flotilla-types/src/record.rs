@@ -89,6 +89,19 @@ impl fmt::Display for LogKind {
 #[error("unknown log kind {0:?}: this version supports \"physical\" and \"logical\"")]
 pub struct LogKindParseError(pub String);
 
+impl serde::Serialize for LogKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LogKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for LogKind {
     type Err = LogKindParseError;
 

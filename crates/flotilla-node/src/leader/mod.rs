@@ -104,56 +104,40 @@ impl LeaderState {
             .followers_saving
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let list: Vec<serde_json::Value> = self
-            .tracker()
-            .all()
-            .map(|f| {
-                serde_json::json!({
-                    "id": f.id, "url": f.url, "log": f.log_kind.as_str(),
-                    "durable_position": f.durable.to_string(),
-                })
-            })
-            .collect();
-        let bytes = serde_json::to_vec_pretty(&serde_json::json!({
-            "format_version": 1, "followers": list
-        }))
-        .expect("serialisable");
-        if let Err(e) = crate::identity::write_atomically(&self.followers_file, &bytes) {
-            tracing::warn!("could not save the follower list: {e}");
+        let bytes = flotilla_core::follower_list::encode(&self.tracker());
+        if let Err(e) = flotilla_store::atomic_file::write_atomically(&self.followers_file, &bytes)
+        {
+            tracing::warn!(
+                "could not save the follower list {}: {e}",
+                self.followers_file.display()
+            );
         }
     }
 }
 
-/// Reads the follower list saved by [`LeaderState::save_followers`].
+/// Reads the follower list saved by [`LeaderState::save_followers`]; what cannot be read is
+/// reported (those followers reconnect and register again, and until then do not hold the log).
 pub fn load_followers(path: &std::path::Path) -> Vec<flotilla_core::FollowerProgress> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Vec::new();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            tracing::warn!("cannot read the follower list {}: {e}", path.display());
+            return Vec::new();
+        }
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        tracing::warn!("ignoring damaged follower list {}", path.display());
-        return Vec::new();
-    };
-    v["followers"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|f| {
-                    let pos: Position = f["durable_position"].as_str()?.parse().ok()?;
-                    Some(flotilla_core::FollowerProgress {
-                        id: f["id"].as_str()?.to_string(),
-                        url: f["url"].as_str()?.to_string(),
-                        log_kind: f["log"].as_str()?.parse().ok()?,
-                        state: flotilla_core::SessionState::Disconnected,
-                        received: pos,
-                        durable: pos,
-                        applied: pos,
-                        last_ack_ms: 0,
-                        applied_moved_ms: 0,
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    match flotilla_core::follower_list::decode(&bytes) {
+        Ok(list) => {
+            for bad in &list.bad_entries {
+                tracing::warn!("follower list {}: {bad}; entry ignored", path.display());
+            }
+            list.followers
+        }
+        Err(e) => {
+            tracing::warn!("ignoring the follower list {}: {e}", path.display());
+            Vec::new()
+        }
+    }
 }
 
 /// Deletes log segments no known follower needs, within the size and age caps.

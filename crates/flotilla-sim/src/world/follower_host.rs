@@ -20,17 +20,7 @@ impl World {
                 }
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                self.conns.insert(
-                    conn,
-                    LeaderConn {
-                        follower: f,
-                        kind: LogKind::Physical,
-                        next: None,
-                        last_sent_ms: self.now,
-                        closing_at: None,
-                        session: None,
-                    },
-                );
+                self.accept_conn(conn, f);
                 self.followers[f].conn = Some(conn);
                 self.events.push_back((f, FollowerEvent::Connected));
             }
@@ -39,12 +29,14 @@ impl World {
             }
             FollowerCommand::Send(msg) => {
                 if let Some(conn) = self.followers[f].conn {
-                    self.send(conn, Dir::ToLeader, msg.encode());
+                    if self.send(conn, Dir::ToLeader, msg.encode()) == Sent::ConnectionBroke {
+                        self.close_conn(conn, "the connection broke")?;
+                    }
                 }
             }
             FollowerCommand::Disconnect => {
                 if let Some(conn) = self.followers[f].conn.take() {
-                    self.close_conn(conn, "follower disconnected");
+                    self.close_conn(conn, "follower disconnected")?;
                 }
             }
             FollowerCommand::Apply(records) => {
@@ -147,7 +139,6 @@ impl World {
         f: usize,
         records: Vec<LogRecord>,
     ) -> anyhow::Result<()> {
-        let n = records.len();
         if self.now < self.followers[f].disk_full_until {
             self.events.push_back((
                 f,
@@ -245,9 +236,9 @@ impl World {
 
     pub(super) fn crash_follower(&mut self, f: usize) -> anyhow::Result<()> {
         self.report.follower_crashes += 1;
+        // The leader sees the connection close (the OS closes a killed process's sockets).
         if let Some(conn) = self.followers[f].conn.take() {
-            self.conns.remove(&conn);
-            self.net.close(conn);
+            self.close_conn(conn, "the follower crashed")?;
         }
         self.events.retain(|(g, _)| *g != f);
         let fl = &mut self.followers[f];

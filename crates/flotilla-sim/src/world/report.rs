@@ -28,6 +28,12 @@ pub struct Report {
     /// have waited for the follower to reach the token.
     pub token_reads: u64,
     pub token_reads_waiting: u64,
+    /// Requests committed in a group with others (group commit).
+    pub grouped_requests: u64,
+    /// Log segments deleted by retention.
+    pub segments_removed: u64,
+    /// The most records a follower held waiting to be applied (bounded by the window).
+    pub peak_pending: u64,
 }
 
 impl Report {
@@ -51,6 +57,9 @@ impl Report {
         self.clock_jumps += r.clock_jumps;
         self.token_reads += r.token_reads;
         self.token_reads_waiting += r.token_reads_waiting;
+        self.grouped_requests += r.grouped_requests;
+        self.segments_removed += r.segments_removed;
+        self.peak_pending = self.peak_pending.max(r.peak_pending);
     }
 }
 
@@ -62,7 +71,8 @@ impl std::fmt::Display for Report {
              {} lost in one-way partitions), {} follower crashes ({} applies lost in flight), \
              {} leader crashes ({} power losses, {} torn appends), {} log records damaged at \
              rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {} reads with a position \
-             token ({} waiting), {:.0} simulated s",
+             token ({} waiting), {} requests in group commits, {} log segments removed by \
+             retention, at most {} records pending on a follower, {:.0} simulated s",
             self.commits,
             self.applies,
             self.messages,
@@ -80,6 +90,9 @@ impl std::fmt::Display for Report {
             self.bootstraps,
             self.token_reads,
             self.token_reads_waiting,
+            self.grouped_requests,
+            self.segments_removed,
+            self.peak_pending,
             self.sim_ms as f64 / 1000.0
         )
     }

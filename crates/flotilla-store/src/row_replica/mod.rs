@@ -230,11 +230,7 @@ impl RowReplica {
             let _ = std::fs::remove_file(p);
         }
         std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        let _ = crate::atomic_file::sync_parent(path);
         Ok(meta)
     }
 

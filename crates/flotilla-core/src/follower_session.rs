@@ -139,6 +139,9 @@ pub struct FollowerSession {
     pending_bytes: usize,
     applying: bool,
     connected: bool,
+    /// Number of the current (or last) connection: see [`FollowerSession::connection`].
+    connection: u64,
+    stale_events: u64,
     hello_pending: bool,
     attempt: u32,
     /// Applies that failed in a row (not for a full disk): the reconnects they cause back off
@@ -172,6 +175,8 @@ impl FollowerSession {
             pending_bytes: 0,
             applying: false,
             connected: false,
+            connection: 0,
+            stale_events: 0,
             hello_pending: false,
             attempt: 0,
             apply_failures: 0,
@@ -217,6 +222,7 @@ impl FollowerSession {
             vec![FollowerCommand::Bootstrap]
         } else {
             self.phase = FollowerPhase::Connecting;
+            self.connection += 1;
             vec![FollowerCommand::Connect]
         }
     }
@@ -326,7 +332,7 @@ impl FollowerSession {
                 self.last_error = None;
                 self.attempt = 0;
                 self.phase = FollowerPhase::Connecting;
-                out.push(FollowerCommand::Connect);
+                self.connect(&mut out);
             }
             FollowerEvent::BootstrapFailed { reason } => {
                 self.last_error = Some(format!("bootstrap failed: {reason}"));
@@ -344,7 +350,7 @@ impl FollowerSession {
                     out.push(FollowerCommand::Bootstrap);
                 } else {
                     self.phase = FollowerPhase::Connecting;
-                    out.push(FollowerCommand::Connect);
+                    self.connect(out);
                 }
             }
             FollowerPhase::DiskFull if self.now_ms >= self.retry_at_ms && !self.applying => {
@@ -589,6 +595,40 @@ impl FollowerSession {
             }
         }
         out.push(FollowerCommand::Apply(batch));
+    }
+
+    fn connect(&mut self, out: &mut Vec<FollowerCommand>) {
+        self.connection += 1;
+        out.push(FollowerCommand::Connect);
+    }
+
+    /// The connection the last `Connect` opened (numbered from 1). The host tags what its
+    /// transport reports with it and hands those events over through
+    /// [`FollowerSession::handle_connection_event`].
+    pub fn connection(&self) -> u64 {
+        self.connection
+    }
+
+    /// An event of connection `connection` (`Connected`, `ConnectionLost`, `Received`): ignored
+    /// when it comes from an earlier connection than the last one opened — a transport may
+    /// still report what it saw before it was dropped, and that must not reach this session.
+    pub fn handle_connection_event(
+        &mut self,
+        now_ms: u64,
+        jitter: u16,
+        connection: u64,
+        event: FollowerEvent,
+    ) -> Vec<FollowerCommand> {
+        if connection != self.connection {
+            self.stale_events += 1;
+            return Vec::new();
+        }
+        self.handle(now_ms, jitter, event)
+    }
+
+    /// Events of earlier connections ignored so far.
+    pub fn stale_events(&self) -> u64 {
+        self.stale_events
     }
 
     fn clear_pending(&mut self) {

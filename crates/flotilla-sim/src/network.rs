@@ -25,13 +25,19 @@ pub struct Faults {
     pub drop: f64,
     pub bit_flip: f64,
     pub max_delay_ms: u64,
+    /// Probability that a message is held up to [`STALL_MS`] (a retransmission, a stalled
+    /// path); what follows it on its connection waits behind it.
+    pub stall: f64,
 }
+
+pub const STALL_MS: u64 = 1_500;
 
 impl Faults {
     pub const NONE: Faults = Faults {
         drop: 0.0,
         bit_flip: 0.0,
         max_delay_ms: 1,
+        stall: 0.0,
     };
 }
 
@@ -48,6 +54,7 @@ pub struct Network {
     pub sent: u64,
     pub dropped: u64,
     pub flipped: u64,
+    pub stalled: u64,
 }
 
 /// What happened to a message.
@@ -80,7 +87,11 @@ impl Network {
             self.flipped += 1;
         }
         let key = (conn, dir == Dir::ToLeader);
-        let delay = rng.random_range(0..=faults.max_delay_ms.max(1));
+        let mut delay = rng.random_range(0..=faults.max_delay_ms.max(1));
+        if rng.random_bool(faults.stall) {
+            delay += rng.random_range(0..=STALL_MS);
+            self.stalled += 1;
+        }
         let at = (now_ms + delay).max(self.last_at.get(&key).copied().unwrap_or(0));
         self.last_at.insert(key, at);
         self.in_flight.push(InFlight {
@@ -104,9 +115,11 @@ impl Network {
         due
     }
 
-    /// Drops everything in flight on a connection (it was closed).
-    pub fn close(&mut self, conn: u64) {
-        self.in_flight.retain(|m| m.conn != conn);
-        self.last_at.retain(|k, _| k.0 != conn);
+    /// The leader's end of a connection closed: what was on its way to the leader is dropped;
+    /// what was on its way to the follower still arrives (the host decides what it means).
+    pub fn close_to_leader(&mut self, conn: u64) {
+        self.in_flight
+            .retain(|m| m.conn != conn || m.dir == Dir::ToFollower);
+        self.last_at.retain(|k, _| !(k.0 == conn && k.1));
     }
 }

@@ -24,6 +24,8 @@ const MAX_OPS: usize = 120;
 const MAX_SIM_MS: u64 = 60_000;
 /// The node's retention loop runs every 5 s; here more often, so that it meets more states.
 const RETENTION_EVERY_MS: u64 = 1_000;
+/// The tag of follower events that come from no connection (applies, bootstraps, timers).
+const LOCAL: u64 = 0;
 /// The simulated leader's incarnation (it never changes: the simulated leader's data directory
 /// is never copied).
 const LEADER_INCARNATION: &str = "sim-leader";
@@ -102,7 +104,11 @@ struct World {
     conns: BTreeMap<u64, LeaderConn>,
     next_conn: u64,
     followers: Vec<Follower>,
-    events: VecDeque<(usize, FollowerEvent)>,
+    /// Events for follower sessions: (follower, connection tag or [`LOCAL`], event).
+    events: VecDeque<(usize, u64, FollowerEvent)>,
+    /// Connections closed while messages to the follower were still in flight: those arrive
+    /// (as a transport's last reports do in the node) tagged with their old connection.
+    closed_conns: HashMap<u64, (usize, u64)>,
     /// The leader's shipping limits and retention caps (drawn per seed).
     shipping: flotilla_core::ShippingConfig,
     retention: flotilla_core::retention::RetentionPolicy,
@@ -356,7 +362,7 @@ impl World {
 
     fn drain_events(&mut self) -> anyhow::Result<()> {
         let mut budget = 100_000;
-        while let Some((f, ev)) = self.events.pop_front() {
+        while let Some((f, tag, ev)) = self.events.pop_front() {
             budget -= 1;
             ensure!(budget > 0, "event storm");
             if self.trace && !matches!(ev, FollowerEvent::Tick) {
@@ -365,7 +371,12 @@ impl World {
             }
             let jitter = self.rng.random_range(0..=1000);
             let now = self.follower_now(f);
-            let cmds = self.followers[f].session.handle(now, jitter, ev);
+            let session = &mut self.followers[f].session;
+            let cmds = if tag == LOCAL {
+                session.handle(now, jitter, ev)
+            } else {
+                session.handle_connection_event(now, jitter, tag, ev)
+            };
             // Flow control: a follower never holds more records waiting to be applied than the
             // leader's window lets be in flight.
             let pending = self.followers[f].session.pending_records() as u64;
@@ -392,15 +403,18 @@ impl World {
                     }
                 }
                 Dir::ToFollower => {
-                    let Some(c) = self.conns.get(&m.conn) else {
-                        continue;
+                    let (f, tag) = match self.conns.get(&m.conn) {
+                        Some(c) => (c.follower, c.tag),
+                        None => match self.closed_conns.get(&m.conn) {
+                            Some(&late) => late,
+                            None => continue,
+                        },
                     };
-                    let f = c.follower;
-                    if self.followers[f].conn != Some(m.conn) {
-                        continue;
-                    }
                     match LeaderMessage::decode(&m.bytes) {
-                        Ok(msg) => self.events.push_back((f, FollowerEvent::Received(msg))),
+                        Ok(msg) => self
+                            .events
+                            .push_back((f, tag, FollowerEvent::Received(msg))),
+                        Err(_) if !self.conns.contains_key(&m.conn) => {}
                         Err(e) => {
                             self.log(|| {
                                 format!("{} drops conn {}: {e}", self.followers[f].id, m.conn)
@@ -476,6 +490,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         drop: rng.random_range(0.0..0.05),
         bit_flip: rng.random_range(0.0..0.02),
         max_delay_ms: rng.random_range(1..40),
+        stall: rng.random_range(0.0..0.01),
     };
     let shipping = leader_host::draw_shipping(&mut rng);
     let retention = leader_host::draw_retention(&mut rng);
@@ -524,6 +539,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         next_conn: 1,
         followers,
         events: VecDeque::new(),
+        closed_conns: HashMap::new(),
         shipping,
         retention,
         apply_ms_max: 0,
@@ -625,7 +641,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         if w.now - last_tick >= 100 {
             last_tick = w.now;
             for f in 0..FOLLOWERS {
-                w.events.push_back((f, FollowerEvent::Tick));
+                w.events.push_back((f, LOCAL, FollowerEvent::Tick));
             }
         }
         w.drain_events()?;
@@ -666,10 +682,16 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         };
         ensure!(same, "{} differs from the leader at the end", f.id);
     }
+    w.report.stale_events += w
+        .followers
+        .iter()
+        .map(|f| f.session.stale_events())
+        .sum::<u64>();
     let r = &mut w.report;
     r.sim_ms = w.now;
     r.messages = w.net.sent;
     r.dropped = w.net.dropped;
     r.flipped = w.net.flipped;
+    r.stalled = w.net.stalled;
     Ok(w.report)
 }

@@ -283,6 +283,47 @@ fn a_gap_in_records_is_a_protocol_error_and_reconnects_later() {
     );
 }
 
+/// What a dropped connection's transport still reports never reaches the session: records of
+/// the old connection would otherwise be applied after the new session's handshake.
+#[test]
+fn events_of_an_earlier_connection_are_ignored() {
+    let mut s = streaming_at(3);
+    let old = s.connection();
+    assert_eq!(old, 1);
+    s.handle_connection_event(
+        3,
+        0,
+        old,
+        FollowerEvent::ConnectionLost {
+            reason: "reset".into(),
+        },
+    );
+    assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+    assert_eq!(
+        s.handle(500, 0, FollowerEvent::Tick),
+        vec![FollowerCommand::Connect]
+    );
+    assert_eq!(s.connection(), 2);
+    // The old transport's last words arrive late: all ignored.
+    for ev in [
+        FollowerEvent::Connected,
+        FollowerEvent::Received(LeaderMessage::Records(vec![rec(4, Chain(3))])),
+        FollowerEvent::ConnectionLost {
+            reason: "late".into(),
+        },
+    ] {
+        assert!(s.handle_connection_event(501, 0, old, ev).is_empty());
+    }
+    assert_eq!(s.stale_events(), 3);
+    assert_eq!(s.phase(), FollowerPhase::Connecting);
+    // The new connection's events are taken.
+    let cmds = s.handle_connection_event(502, 0, 2, FollowerEvent::Connected);
+    assert!(matches!(
+        cmds[..],
+        [FollowerCommand::Send(FollowerMessage::Hello { .. })]
+    ));
+}
+
 /// A leader that ignores its flow-control window is cut off before the queue of records
 /// waiting to be applied outgrows the follower's bound; records it applied free room.
 #[test]

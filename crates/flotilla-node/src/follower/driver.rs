@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Events of the apply thread and bootstrap carry generation 0: they are never stale.
+/// Events of the apply thread, bootstrap and timer carry tag 0; the transport's carry their
+/// connection's number (from 1), and the session ignores those of an earlier connection.
 const LOCAL: u64 = 0;
 
 pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
@@ -41,7 +42,6 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
         .with_leader_incarnation(node.leader_incarnation());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Tagged>();
     let mut conn: Option<Connection> = None;
-    let mut generation = 0u64;
     let mut applying: Option<usize> = None;
     let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -49,7 +49,7 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
         while let Some(cmd) = cmds.pop_front() {
             match cmd {
                 FollowerCommand::Connect => {
-                    generation += 1;
+                    let generation = session.connection();
                     let credentials = transport::Credentials {
                         tls: node.peers.tls.clone(),
                         token: node.peers.token.clone(),
@@ -141,16 +141,23 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
             s.leader_head = session.leader_head();
             s.received = session.received();
         });
-        let event = tokio::select! {
-            Some((g, ev)) = ev_rx.recv() => {
-                if g != LOCAL && conn.as_ref().map(|c| c.generation) != Some(g) {
-                    continue;
-                }
-                ev
-            }
-            _ = tick.tick() => FollowerEvent::Tick,
+        let (tag, event) = tokio::select! {
+            Some(tagged) = ev_rx.recv() => tagged,
+            _ = tick.tick() => (LOCAL, FollowerEvent::Tick),
             _ = node.shutdown.cancelled() => return,
         };
+        let jitter: u16 = rand::random_range(0..=1000);
+        if tag != LOCAL {
+            // The transport's events: the session ignores those of an earlier connection.
+            if let FollowerEvent::ConnectionLost { reason } = &event {
+                if conn.as_ref().is_some_and(|c| c.generation == tag) {
+                    tracing::info!("replication session lost: {reason}");
+                    conn = None;
+                }
+            }
+            cmds.extend(session.handle_connection_event(mono_ms(), jitter, tag, event));
+            continue;
+        }
         match &event {
             FollowerEvent::Applied { position, .. } => {
                 let n = applying.take().unwrap_or(0);
@@ -174,13 +181,8 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                     }
                 }
             }
-            FollowerEvent::ConnectionLost { reason } => {
-                tracing::info!("replication session lost: {reason}");
-                conn = None;
-            }
             _ => {}
         }
-        let jitter: u16 = rand::random_range(0..=1000);
         cmds.extend(session.handle(mono_ms(), jitter, event));
     }
 }

@@ -9,9 +9,11 @@ impl World {
         match cmd {
             FollowerCommand::Connect => {
                 let fl = &self.followers[f];
+                let tag = fl.session.connection();
                 if self.now < fl.partitioned_until.max(fl.deaf_until) {
                     self.events.push_back((
                         f,
+                        tag,
                         FollowerEvent::ConnectionLost {
                             reason: "partitioned".into(),
                         },
@@ -20,9 +22,9 @@ impl World {
                 }
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                self.accept_conn(conn, f);
+                self.accept_conn(conn, f, tag);
                 self.followers[f].conn = Some(conn);
-                self.events.push_back((f, FollowerEvent::Connected));
+                self.events.push_back((f, tag, FollowerEvent::Connected));
             }
             FollowerCommand::RememberLeader { incarnation } => {
                 self.followers[f].leader_incarnation = Some(incarnation);
@@ -55,6 +57,7 @@ impl World {
                 {
                     self.events.push_back((
                         f,
+                        LOCAL,
                         FollowerEvent::BootstrapFailed {
                             reason: "partitioned".into(),
                         },
@@ -106,6 +109,7 @@ impl World {
                 fl.db = Some(Replica::open(fl.kind, &fl.path)?.context("installed")?);
                 self.events.push_back((
                     f,
+                    LOCAL,
                     FollowerEvent::BootstrapFinished {
                         position: h.position,
                         chain: h.chain,
@@ -142,6 +146,7 @@ impl World {
         if self.now < self.followers[f].disk_full_until {
             self.events.push_back((
                 f,
+                LOCAL,
                 FollowerEvent::ApplyFailed {
                     reason: "database or disk is full (simulated)".into(),
                     disk_full: true,
@@ -171,12 +176,13 @@ impl World {
                     fl.id
                 );
                 self.events
-                    .push_back((f, FollowerEvent::Applied { position, chain }));
+                    .push_back((f, LOCAL, FollowerEvent::Applied { position, chain }));
             }
             Err(e) => {
                 let reason = e.to_string();
                 self.events.push_back((
                     f,
+                    LOCAL,
                     FollowerEvent::ApplyFailed {
                         reason,
                         disk_full: false,
@@ -240,7 +246,9 @@ impl World {
         if let Some(conn) = self.followers[f].conn.take() {
             self.close_conn(conn, "the follower crashed")?;
         }
-        self.events.retain(|(g, _)| *g != f);
+        self.events.retain(|(g, _, _)| *g != f);
+        // Nothing still in flight to the old process reaches the new one.
+        self.closed_conns.retain(|_, (g, _)| *g != f);
         let fl = &mut self.followers[f];
         if fl.apply_in_flight.take().is_some() {
             self.report.lost_applies += 1;
@@ -259,6 +267,7 @@ impl World {
         );
         let cluster = db.as_ref().map(|d| d.meta().cluster_id.clone());
         fl.db = db;
+        self.report.stale_events += fl.session.stale_events();
         fl.session = FollowerSession::new(follower_config(&fl.id, fl.kind), local, cluster)
             .with_leader_incarnation(fl.leader_incarnation.clone());
         let now = self.follower_now(f);

@@ -12,6 +12,8 @@ use flotilla_core::{
 /// The leader's end of one connection.
 pub(super) struct LeaderConn {
     pub(super) follower: usize,
+    /// The follower session's number for this connection (its events carry it).
+    pub(super) tag: u64,
     pub(super) session: LeaderSession,
     /// Set when the session ended: the connection closes at this time (after what was sent,
     /// a refusal say, has arrived), as a socket closes after its last message.
@@ -20,7 +22,7 @@ pub(super) struct LeaderConn {
 
 impl World {
     /// A follower's connection reached the leader.
-    pub(super) fn accept_conn(&mut self, conn: u64, follower: usize) {
+    pub(super) fn accept_conn(&mut self, conn: u64, follower: usize, tag: u64) {
         let meta = self.leader.db.meta();
         let identity = LeaderIdentity {
             cluster_id: meta.cluster_id.clone(),
@@ -33,6 +35,7 @@ impl World {
             conn,
             LeaderConn {
                 follower,
+                tag,
                 session,
                 closing_at: None,
             },
@@ -121,17 +124,21 @@ impl World {
             },
         )?;
         let c = self.conns.remove(&conn).expect("present");
-        self.net.close(conn);
+        // What was on its way to the follower still arrives, and then the news of the close;
+        // the follower session tells them from its current connection's.
+        self.net.close_to_leader(conn);
+        self.closed_conns.insert(conn, (c.follower, c.tag));
         let f = c.follower;
         if self.followers[f].conn == Some(conn) {
             self.followers[f].conn = None;
-            self.events.push_back((
-                f,
-                FollowerEvent::ConnectionLost {
-                    reason: reason.to_string(),
-                },
-            ));
         }
+        self.events.push_back((
+            f,
+            c.tag,
+            FollowerEvent::ConnectionLost {
+                reason: reason.to_string(),
+            },
+        ));
         Ok(())
     }
 

@@ -9,6 +9,8 @@ pub struct Report {
     pub messages: u64,
     pub dropped: u64,
     pub flipped: u64,
+    /// Messages held up to 1.5 s (what followed them waited).
+    pub stalled: u64,
     pub follower_crashes: u64,
     pub leader_crashes: u64,
     pub bootstraps: u64,
@@ -34,6 +36,8 @@ pub struct Report {
     pub segments_removed: u64,
     /// The most records a follower held waiting to be applied (bounded by the window).
     pub peak_pending: u64,
+    /// Events of earlier connections that follower sessions ignored.
+    pub stale_events: u64,
 }
 
 impl Report {
@@ -44,6 +48,7 @@ impl Report {
         self.messages += r.messages;
         self.dropped += r.dropped;
         self.flipped += r.flipped;
+        self.stalled += r.stalled;
         self.follower_crashes += r.follower_crashes;
         self.leader_crashes += r.leader_crashes;
         self.bootstraps += r.bootstraps;
@@ -60,6 +65,7 @@ impl Report {
         self.grouped_requests += r.grouped_requests;
         self.segments_removed += r.segments_removed;
         self.peak_pending = self.peak_pending.max(r.peak_pending);
+        self.stale_events += r.stale_events;
     }
 }
 
@@ -68,16 +74,18 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped, \
-             {} lost in one-way partitions), {} follower crashes ({} applies lost in flight), \
+             {} stalled, {} lost in one-way partitions), {} follower crashes ({} applies lost in flight), \
              {} leader crashes ({} power losses, {} torn appends), {} log records damaged at \
              rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {} reads with a position \
              token ({} waiting), {} requests in group commits, {} log segments removed by \
-             retention, at most {} records pending on a follower, {:.0} simulated s",
+             retention, at most {} records pending on a follower, {} stale connection events ignored, {:.0} \
+             simulated s",
             self.commits,
             self.applies,
             self.messages,
             self.dropped,
             self.flipped,
+            self.stalled,
             self.blackholed,
             self.follower_crashes,
             self.lost_applies,
@@ -93,6 +101,7 @@ impl std::fmt::Display for Report {
             self.grouped_requests,
             self.segments_removed,
             self.peak_pending,
+            self.stale_events,
             self.sim_ms as f64 / 1000.0
         )
     }

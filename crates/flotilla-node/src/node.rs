@@ -267,9 +267,9 @@ pub async fn run(
             (Role::Leader, Some(state), None, meta.position)
         }
         Some(leader_url) => {
-            let db = crate::follower::Replica::open(
+            let db = flotilla_store::Replica::open(
                 &db_path,
-                &crate::follower::ReplicaSettings::of(&config, counters.apply_conflicts.clone()),
+                &crate::follower::replica_settings(&config, counters.apply_conflicts.clone()),
             )?;
             let position = db.as_ref().map(|d| d.meta().position).unwrap_or_default();
             if let (Some(d), Some(c)) = (&db, &ident.cluster_id) {

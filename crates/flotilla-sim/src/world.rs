@@ -1,5 +1,5 @@
 use crate::network::{Dir, Faults, Network, Sent};
-use crate::replica::{content_digest, content_digest_of, Replica};
+use crate::replica::{content_digest, content_digest_of};
 use anyhow::{bail, ensure, Context};
 use flotilla_core::{
     FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession, FollowerTracker,
@@ -7,8 +7,8 @@ use flotilla_core::{
 use flotilla_log::{Log, LogConfig};
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::{
-    open_reader, page_digest, recover_leader, DbSettings, LeaderDb, RowFilter, RowReplica,
-    TxnRequest,
+    install_snapshot, open_reader, page_digest, recover_leader, snapshot_target, DbSettings,
+    LeaderDb, Replica, ReplicaSettings, TxnRequest,
 };
 use flotilla_types::{ContentDigest, Epoch, LogKind, LogRecord, Lsn, NodeId};
 use flotilla_wire::{FollowerMessage, LeaderMessage};

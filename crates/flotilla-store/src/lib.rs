@@ -25,6 +25,7 @@ mod open;
 mod pending_rows;
 mod pipeline_triggers;
 mod preupdate;
+mod replica;
 mod row_capture;
 mod row_filter;
 mod row_replica;
@@ -51,6 +52,7 @@ pub use open::{
 pub use pipeline_triggers::{
     plan as plan_pipeline, quote as quote_ident, OutputColumn, PipelineError, TriggerPlan,
 };
+pub use replica::{install_snapshot, snapshot_target, Replica, ReplicaSettings};
 pub use row_filter::{FilterParseError, RowFilter};
 pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica};
 pub use rules::{StatementRules, INTERNAL_PREFIX};

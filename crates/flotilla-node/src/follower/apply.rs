@@ -1,7 +1,7 @@
 //! The apply thread: owns the follower's write connection (SQLite work is blocking).
 
-use super::replica::{Replica, ReplicaSettings};
 use flotilla_store::{LocalOutcome, StoreError};
+use flotilla_store::{Replica, ReplicaSettings};
 use flotilla_types::{Chain, LogRecord, Position};
 use std::path::PathBuf;
 use std::sync::mpsc;

@@ -8,14 +8,34 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Marks a bootstrap error that retrying cannot fix: the node stops with it.
-pub const FATAL_PREFIX: &str = "fatal: ";
+/// Why a bootstrap did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BootstrapError {
+    /// Worth another try later (the leader unreachable, the stream cut, …).
+    #[error("{0}")]
+    Retry(String),
+    /// Retrying cannot fix it (a filter that does not fit the leader's schema): the node stops.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<String> for BootstrapError {
+    fn from(s: String) -> BootstrapError {
+        BootstrapError::Retry(s)
+    }
+}
+
+impl From<&str> for BootstrapError {
+    fn from(s: &str) -> BootstrapError {
+        BootstrapError::Retry(s.to_string())
+    }
+}
 
 pub async fn bootstrap(
     node: Arc<Node>,
     leader_url: String,
     apply: std::sync::mpsc::Sender<ApplyJob>,
-) -> Result<(Position, Chain, String), String> {
+) -> Result<(Position, Chain, String), BootstrapError> {
     let shared = node.follower.clone().expect("follower");
     // Readers and the writer let go of the old file first.
     node.readers.close().await;
@@ -42,11 +62,11 @@ pub async fn bootstrap(
             Ok((position, chain, cluster))
         }
         Ok(None) => Err("the installed snapshot holds no Flotilla database".into()),
-        Err(e) => Err(format!("cannot open the installed snapshot: {e}")),
+        Err(e) => Err(format!("cannot open the installed snapshot: {e}").into()),
     }
 }
 
-async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), String> {
+async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), BootstrapError> {
     let shared = node.follower.clone().expect("follower");
     let url = format!("{leader_url}/v1/snapshot");
     tracing::info!("bootstrapping from {url}");
@@ -57,23 +77,14 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
         .await
         .map_err(|e| format!("cannot reach {url}: {}", crate::peer::error_chain(&e)))?;
     if matches!(resp.status().as_u16(), 401 | 403) {
-        return Err(super::transport::refused_by_leader(
-            &url,
-            resp.status().as_u16(),
-        ));
+        return Err(super::transport::refused_by_leader(&url, resp.status().as_u16()).into());
     }
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        return Err(format!("{url} answered {status}: {body}"));
+        return Err(format!("{url} answered {status}: {body}").into());
     }
-    // A logical replica is built from the snapshot; a physical one is the snapshot.
-    let logical = node.config.log_kind == flotilla_types::LogKind::Logical;
-    let path = if logical {
-        node.config.data_dir.join("snapshot.sqlite")
-    } else {
-        node.db_path.clone()
-    };
+    let path = flotilla_store::snapshot_target(node.config.log_kind, &node.db_path);
     let mut rx =
         tokio::task::block_in_place(|| SnapshotReceiver::new(&path)).map_err(|e| e.to_string())?;
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -101,7 +112,8 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
                         return Err(format!(
                             "the leader belongs to cluster {} but this node belongs to cluster {mine}",
                             h.cluster_id
-                        ));
+                        )
+                        .into());
                     }
                 }
                 if let Some(b) = &bar {
@@ -118,37 +130,17 @@ async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), Str
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let header = tokio::task::block_in_place(|| rx.install()).map_err(|e| e.to_string())?;
-    if logical {
-        let settings = flotilla_store::DbSettings {
-            synchronous: node.config.synchronous,
-            ..Default::default()
-        };
-        let built = tokio::task::block_in_place(|| {
-            flotilla_store::RowReplica::build(
-                &path,
-                &node.db_path,
-                &settings,
-                &node.config.filter,
-                node.config.page_size,
-            )
-        });
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.as_os_str().to_owned();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
+    let settings = super::replica_settings(&node.config, node.counters.apply_conflicts.clone());
+    let header = tokio::task::block_in_place(|| {
+        flotilla_store::install_snapshot(rx, &node.db_path, &settings)
+    })
+    .map_err(|e| match e {
+        // A filter that does not fit the leader's schema will not fit at the next try.
+        flotilla_store::StoreError::Mismatch(_) => {
+            BootstrapError::Fatal(format!("cannot build the logical replica: {e}"))
         }
-        let meta = built.map_err(|e| {
-            let msg = format!("cannot build the logical replica: {e}");
-            // A filter that does not fit the leader's schema will not fit at the next try.
-            if matches!(e, flotilla_store::StoreError::Mismatch(_)) {
-                format!("{FATAL_PREFIX}{msg}")
-            } else {
-                msg
-            }
-        })?;
-        tracing::info!(position = %meta.position, filter = %node.config.filter, "logical replica built");
-    }
+        e => BootstrapError::Retry(format!("cannot install the snapshot: {e}")),
+    })?;
     node.adopt_cluster(&header.cluster_id)
         .map_err(|e| e.to_string())?;
     tracing::info!(position = %header.position, bytes = header.body_len(), "snapshot installed");

@@ -1,8 +1,7 @@
 //! Performs the commands of a [`FollowerSession`] and feeds it events.
 
 use super::apply::{self, ApplyJob};
-use super::bootstrap::bootstrap;
-use super::replica::ReplicaSettings;
+use super::bootstrap::{bootstrap, BootstrapError};
 use super::transport::{self, Connection, Tagged};
 use crate::metrics::Counters;
 use crate::node::{Node, Role};
@@ -32,7 +31,7 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
         .map(|d| (d.meta().position, d.meta().chain));
     let apply_tx = apply::spawn(
         node.db_path.clone(),
-        ReplicaSettings::of(&node.config, node.counters.apply_conflicts.clone()),
+        super::replica_settings(&node.config, node.counters.apply_conflicts.clone()),
         initial,
     );
     *shared.apply.lock().unwrap_or_else(|p| p.into_inner()) = Some(apply_tx.clone());
@@ -114,10 +113,8 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                     );
                     tokio::spawn(async move {
                         let ev = match bootstrap(n, url, a).await {
-                            Err(reason) if reason.starts_with(super::bootstrap::FATAL_PREFIX) => {
-                                let _ = fatal.send(
-                                    reason[super::bootstrap::FATAL_PREFIX.len()..].to_string(),
-                                );
+                            Err(BootstrapError::Fatal(reason)) => {
+                                let _ = fatal.send(reason);
                                 return;
                             }
                             Ok((position, chain, cluster_id)) => FollowerEvent::BootstrapFinished {
@@ -125,7 +122,7 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                                 chain,
                                 cluster_id,
                             },
-                            Err(reason) => {
+                            Err(BootstrapError::Retry(reason)) => {
                                 tracing::warn!("bootstrap failed: {reason}");
                                 FollowerEvent::BootstrapFailed { reason }
                             }

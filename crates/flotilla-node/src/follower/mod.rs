@@ -8,7 +8,8 @@ mod replica;
 mod transport;
 
 pub use driver::drive;
-pub use replica::{Replica, ReplicaSettings};
+use flotilla_store::Replica;
+pub use replica::replica_settings;
 
 use flotilla_types::Position;
 use std::sync::Mutex;

@@ -70,32 +70,18 @@ impl World {
                     drop(db);
                 }
                 let reader = open_reader(&self.leader.path)?;
-                // As the node does: a logical replica is built from a snapshot file.
-                let target = match fl.kind {
-                    LogKind::Physical => fl.path.clone(),
-                    LogKind::Logical => fl.path.with_extension("snapshot"),
-                };
-                let mut rx = SnapshotReceiver::new(&target)?;
+                // As the node does: received into the replica's snapshot target, then installed
+                // (a logical replica is built from it).
+                let settings = ReplicaSettings::new(fl.kind);
+                let mut rx = SnapshotReceiver::new(&snapshot_target(fl.kind, &fl.path))?;
                 stream(&reader, 1 << 16, |chunk| rx.feed(&chunk))??;
-                let h = rx.install()?;
+                let h = install_snapshot(rx, &fl.path, &settings)?;
                 let same = match fl.kind {
                     LogKind::Physical => {
                         Some(digest_of(&fl.path)?)
                             == self.leader.history.get(&h.position.lsn.0).copied()
                     }
                     LogKind::Logical => {
-                        RowReplica::build(
-                            &target,
-                            &fl.path,
-                            &DbSettings::default(),
-                            &RowFilter::default(),
-                            None,
-                        )?;
-                        for suffix in ["", "-wal", "-shm"] {
-                            let mut p = target.as_os_str().to_owned();
-                            p.push(suffix);
-                            let _ = std::fs::remove_file(p);
-                        }
                         Some(content_digest(&fl.path)?)
                             == self.leader.content.get(&h.position.lsn.0).copied()
                     }
@@ -106,7 +92,7 @@ impl World {
                     fl.id,
                     h.position
                 );
-                fl.db = Some(Replica::open(fl.kind, &fl.path)?.context("installed")?);
+                fl.db = Some(Replica::open(&fl.path, &settings)?.context("installed")?);
                 self.events.push_back((
                     f,
                     LOCAL,
@@ -256,7 +242,7 @@ impl World {
         if let Some(db) = fl.db.take() {
             self.graveyard.push(Box::new(db));
         }
-        let db = Replica::open(fl.kind, &fl.path)?;
+        let db = Replica::open(&fl.path, &ReplicaSettings::new(fl.kind))?;
         let local = db.as_ref().map(|d| (d.meta().position, d.meta().chain));
         let held = local.map_or(0, |l| l.0.lsn.0);
         ensure!(

@@ -20,6 +20,8 @@ pub mod handshake;
 pub mod injected_bugs;
 mod leader_session;
 pub mod retention;
+#[cfg(test)]
+mod test_records;
 
 pub use backoff::Backoff;
 pub use follower_session::{

@@ -1,23 +1,7 @@
 use super::*;
-use flotilla_types::{ContentDigest, Epoch, Lsn, NodeId, PagePayload};
+use flotilla_types::{Epoch, Lsn};
 
-fn rec(lsn: u64, prev: Chain) -> LogRecord {
-    let chain = prev.next(Epoch(1), Lsn(lsn), ContentDigest(lsn));
-    LogRecord {
-        epoch: Epoch(1),
-        lsn: Lsn(lsn),
-        chain,
-        digest: ContentDigest(lsn),
-        commit_time_us: 0,
-        origin: NodeId::new("l").unwrap(),
-        pages: Some(PagePayload {
-            page_size: 512,
-            db_size_pages: 1,
-            pages: vec![],
-        }),
-        rows: None,
-    }
-}
+use crate::test_records::record as rec;
 
 /// A follower at `lsn` that follows leader incarnation `inc-1`.
 fn session_at(lsn: u64) -> FollowerSession {

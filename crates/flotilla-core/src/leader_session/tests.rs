@@ -1,32 +1,12 @@
 use super::*;
-use flotilla_types::{ContentDigest, LogRecord, PagePayload};
 
 /// Records 1..=n of a history whose chain starts at `Chain(0)`, encoded as the log holds them.
 fn history(n: u64) -> Vec<(Chain, Arc<Vec<u8>>)> {
     let mut chain = Chain(0);
     (1..=n)
         .map(|lsn| {
-            chain = chain.next(Epoch(1), Lsn(lsn), ContentDigest(lsn));
-            let r = LogRecord {
-                epoch: Epoch(1),
-                lsn: Lsn(lsn),
-                chain,
-                digest: ContentDigest(lsn),
-                commit_time_us: 0,
-                origin: NodeId::new("l").unwrap(),
-                pages: Some(PagePayload {
-                    page_size: 512,
-                    db_size_pages: 1,
-                    pages: vec![flotilla_types::Page {
-                        pgno: 1,
-                        data: vec![lsn as u8; 512],
-                    }],
-                }),
-                rows: Some(flotilla_types::RowPayload {
-                    tables: vec![],
-                    items: vec![],
-                }),
-            };
+            let r = crate::test_records::record(lsn, chain);
+            chain = r.chain;
             (chain, Arc::new(flotilla_wire::encode_record(&r)))
         })
         .collect()

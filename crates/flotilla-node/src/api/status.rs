@@ -52,7 +52,12 @@ fn follower_state(f: &FollowerProgress, lag_transactions: u64, now_ms: u64) -> &
 }
 
 pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
-    let position = *node.position.borrow();
+    // On a leader, the durable head itself: the visible position follows it through a task, and
+    // a client that was just answered must see its commit here.
+    let position = match &node.leader {
+        Some(leader) => leader.head.borrow().position.max(*node.position.borrow()),
+        None => *node.position.borrow(),
+    };
     let identity = node
         .identity
         .lock()

@@ -11,6 +11,8 @@
 //!   retain for them).
 //! - [`retention`]: which log segments may be deleted.
 
+#![forbid(unsafe_code)]
+
 mod backoff;
 pub mod follower_list;
 mod follower_session;

@@ -15,6 +15,8 @@
 //! A record is durable once [`Log::sync`] returned after its append; only durable records are
 //! handed to readers.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod log;
 mod repair;

@@ -6,10 +6,13 @@
 //! - [`leader`]: the single writer (group commit, capture, log) and shipping to followers.
 //! - [`follower`]: drives [`flotilla_core::FollowerSession`]: transport, apply, bootstrap.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod data_lock;
+mod fatal;
 pub mod follower;
 pub mod identity;
 pub mod leader;

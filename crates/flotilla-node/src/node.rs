@@ -164,7 +164,7 @@ pub async fn run(
     };
     let counters = Arc::new(Counters::default());
     let shutdown = CancellationToken::new();
-    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+    let (fatal_tx, mut fatal_rx) = crate::fatal::channel();
 
     let mut writer_thread = None;
     let (role, leader_state, follower_shared, position) = match &config.follow {
@@ -378,8 +378,8 @@ pub async fn run(
     };
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
-        reason = fatal_rx.recv() => Err(anyhow::anyhow!(
-            "fatal error, the node stopped: {}", reason.unwrap_or_default()
+        Some(fatal) = fatal_rx.recv() => Err(anyhow::anyhow!(
+            "fatal error, the node stopped: {fatal}"
         )),
         _ = shutdown.cancelled() => Ok(()),
     };

@@ -20,6 +20,8 @@
 //! - no acknowledged transaction is lost across leader crashes;
 //! - after faults stop, every follower converges to the leader's head.
 
+#![forbid(unsafe_code)]
+
 mod network;
 mod replica;
 mod world;

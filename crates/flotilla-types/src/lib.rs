@@ -3,6 +3,8 @@
 //! Nothing here does IO, reads a clock or spawns a thread; it is shared by the sans-IO core,
 //! the node runtime, the simulator and the client.
 
+#![forbid(unsafe_code)]
+
 mod access;
 mod chain;
 mod ids;

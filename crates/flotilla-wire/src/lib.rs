@@ -3,6 +3,8 @@
 //! panics; no allocation is sized by a length field before the bytes are known to be there.
 //! The byte layouts are documented in `docs/physical-log.md`.
 
+#![forbid(unsafe_code)]
+
 mod cursor;
 mod error;
 #[cfg(feature = "sim-bugs")]

@@ -5,6 +5,7 @@
 mod commit;
 mod floors;
 mod lag;
+mod memory;
 mod pipeline;
 mod postgres_side;
 mod report;
@@ -32,7 +33,9 @@ pub struct BenchArgs {
     /// --compare postgres: a streaming standby, pg_basebackup, publication/subscription).
     /// `security` measures what authentication and TLS cost commits (1, 4 and 16 clients, open
     /// vs tokens vs tokens over TLS).
-    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security"])]
+    /// `memory` measures peak resident memory: a follower catching up a 2 GiB backlog, and a
+    /// leader committing while a follower has stopped reading.
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
     /// print its figures beside Flotilla's, with the ratio (every scenario but `all` and
@@ -559,6 +562,9 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.scenario == "security" {
         return run_security(a).await;
     }
+    if a.scenario == "memory" {
+        return run_memory(a).await;
+    }
     if a.report.is_some() {
         anyhow::bail!("--report is available for the commit scenario so far: flotilla bench commit --report DIR");
     }
@@ -902,6 +908,27 @@ async fn run_security(a: BenchArgs) -> anyhow::Result<()> {
     let tmp = scratch_dir()?;
     let progress = |msg: &str| say(&a, msg);
     let results = security::run(tmp.path(), runs, secs, &progress).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results.json())?);
+    } else {
+        results.print();
+    }
+    Ok(())
+}
+
+async fn run_memory(a: BenchArgs) -> anyhow::Result<()> {
+    if a.compare.is_some() || a.report.is_some() {
+        anyhow::bail!("the memory scenario measures Flotilla alone: no --compare or --report");
+    }
+    let (runs, backlog_mib, stalled_mib) = if a.quick {
+        (a.runs.unwrap_or(1), 48, 48)
+    } else {
+        (a.runs.unwrap_or(1), 2048, 1024)
+    };
+    let tmp = scratch_dir()?;
+    let progress = |msg: &str| say(&a, msg);
+    let results = memory::run(tmp.path(), runs, backlog_mib, stalled_mib, &progress).await?;
+    done_saying();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results.json())?);
     } else {

@@ -3,6 +3,7 @@
 use super::apply::{self, ApplyJob};
 use super::bootstrap::{bootstrap, BootstrapError};
 use super::transport::{self, Connection, Tagged};
+use crate::fatal::{Fatal, FatalSender};
 use crate::metrics::Counters;
 use crate::node::{Node, Role};
 use crate::time::mono_ms;
@@ -16,7 +17,7 @@ use tokio::sync::mpsc;
 /// connection's number (from 1), and the session ignores those of an earlier connection.
 const LOCAL: u64 = 0;
 
-pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
+pub async fn drive(node: Arc<Node>, fatal: FatalSender) {
     let shared = node.follower.clone().expect("follower");
     let Role::Follower { leader_url } = node.role.clone() else {
         return;
@@ -67,7 +68,7 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                 }
                 FollowerCommand::RememberLeader { incarnation } => {
                     if let Err(e) = node.remember_leader(&incarnation) {
-                        let _ = fatal.send(format!("cannot save the node's identity: {e}"));
+                        fatal.report(Fatal::Identity(e.to_string()));
                         return;
                     }
                 }
@@ -97,7 +98,7 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                         let _ = events.send((LOCAL, ev));
                     });
                     if apply_tx.send(ApplyJob::Apply(records, done)).is_err() {
-                        let _ = fatal.send("the apply thread stopped".into());
+                        fatal.report(Fatal::ApplyThreadGone);
                         return;
                     }
                 }
@@ -114,7 +115,7 @@ pub async fn drive(node: Arc<Node>, fatal: mpsc::UnboundedSender<String>) {
                     tokio::spawn(async move {
                         let ev = match bootstrap(n, url, a).await {
                             Err(BootstrapError::Fatal(reason)) => {
-                                let _ = fatal.send(reason);
+                                fatal.report(Fatal::Bootstrap(reason));
                                 return;
                             }
                             Ok((position, chain, cluster_id)) => FollowerEvent::BootstrapFinished {

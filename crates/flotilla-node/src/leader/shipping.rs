@@ -74,6 +74,9 @@ pub async fn serve_session(
             .await;
     });
     let mut head_rx = leader.head.subscribe();
+    // The head the session may ship up to: taken from `head_rx` only after the follower's
+    // credential was checked, so that nothing committed after a revocation goes out.
+    let mut head = *head_rx.borrow_and_update();
     let mut tick = tokio::time::interval(TICK);
     let mut commands: VecDeque<LeaderCommand> = VecDeque::new();
     loop {
@@ -111,15 +114,23 @@ pub async fn serve_session(
                 }
             };
             if let Some(ev) = answer {
-                commands.extend(step(&node, &mut session, &head_rx, ev));
+                commands.extend(step(&node, &mut session, head, ev));
             }
         }
         let ev = tokio::select! {
             ev = incoming.recv() => ev.unwrap_or(LeaderEvent::Closed {
                 reason: "the follower closed the session".into(),
             }),
+            // The credential is checked before new records go out: a revocation commit is
+            // the last thing a revoked follower receives.
             changed = head_rx.changed() => match changed {
-                Ok(()) => LeaderEvent::HeadMoved,
+                Ok(()) => match credential.still_allowed(&node).await {
+                    Ok(()) => {
+                        head = *head_rx.borrow_and_update();
+                        LeaderEvent::HeadMoved
+                    }
+                    Err(denied) => LeaderEvent::Revoked { reason: denied.to_string() },
+                },
                 Err(_) => LeaderEvent::Closed { reason: "the leader is stopping".into() },
             },
             _ = tick.tick() => match credential.still_allowed(&node).await {
@@ -130,7 +141,7 @@ pub async fn serve_session(
                 reason: "the leader is stopping".into(),
             },
         };
-        commands.extend(step(&node, &mut session, &head_rx, ev));
+        commands.extend(step(&node, &mut session, head, ev));
     }
 }
 
@@ -138,11 +149,10 @@ pub async fn serve_session(
 fn step(
     node: &Node,
     session: &mut LeaderSession,
-    head_rx: &tokio::sync::watch::Receiver<super::Head>,
+    head: super::Head,
     ev: LeaderEvent,
 ) -> Vec<LeaderCommand> {
     let leader = node.leader.as_ref().expect("a session runs on a leader");
-    let head = *head_rx.borrow();
     let first_retained = Lsn(leader.log.stats().first_lsn);
     let mut tracker = leader.tracker();
     let mut ctx = LeaderContext {

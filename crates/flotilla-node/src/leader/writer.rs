@@ -68,8 +68,8 @@ pub struct WriterParts {
     pub epoch: Epoch,
     pub origin: NodeId,
     pub counters: Arc<Counters>,
-    /// Receives the reason when the writer hits a fatal error; the node then stops.
-    pub fatal: mpsc::UnboundedSender<String>,
+    /// Where the writer reports a fatal error; the node then stops.
+    pub fatal: crate::fatal::FatalSender,
     /// Changelog rows the pipelines delivered, to delete inside the next commit.
     pub trims: Arc<crate::pipeline::Trims>,
 }
@@ -254,12 +254,11 @@ fn internal_commit_done(
     Ok(())
 }
 
-fn stop(group: Group, fatal: &mpsc::UnboundedSender<String>, reason: String) {
-    tracing::error!("stopping the node: {reason}");
+fn stop(group: Group, fatal: &crate::fatal::FatalSender, reason: String) {
     for (_, reply) in group {
         let _ = reply.send(Err(WriteError::Indeterminate(reason.clone())));
     }
-    let _ = fatal.send(reason);
+    fatal.report(crate::fatal::Fatal::Durability(reason));
 }
 
 fn pipeline_change(

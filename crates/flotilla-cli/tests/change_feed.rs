@@ -172,7 +172,7 @@ async fn the_feed_replayed_into_an_empty_database_rebuilds_the_leaders_tables() 
         ]),
     )
     .await;
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     for i in 0..200i64 {
         let id = rng.below(40) as i64;
         let stmts = match rng.below(8) {

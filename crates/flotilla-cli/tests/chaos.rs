@@ -73,7 +73,7 @@ async fn chaos_keeps_every_acknowledged_write_and_converges() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(11);
     eprintln!("chaos: {secs} s, seed {seed}");
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let dir = tempfile::tempdir().unwrap();
     let mut leader = start(dir.path(), "leader", None).await;
     let lc = Client::new(&leader.url);

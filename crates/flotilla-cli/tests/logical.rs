@@ -102,7 +102,7 @@ async fn physical_and_logical_followers_of_one_leader_end_with_the_right_rows() 
         .as_str()
         .unwrap()
         .contains("replicated from the leader"));
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     for i in 0..150 {
         if i == 50 {
             exec(

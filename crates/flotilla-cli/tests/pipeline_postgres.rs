@@ -121,7 +121,7 @@ async fn a_filtered_reshaped_pipeline_into_postgres_survives_kills_exactly_once(
     .unwrap();
     assert!(out.contains("pipeline big added"), "{out}");
 
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut kills = 0;
     for round in 0..8 {
         for i in 0..60u64 {

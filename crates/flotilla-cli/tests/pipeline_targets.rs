@@ -77,7 +77,7 @@ async fn pipelines_into_flotilla_and_a_file_are_exactly_once_and_stay_internal()
         json!([{ "sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, tag TEXT)" }]),
     )
     .await;
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     writes(&lc, &mut rng, 40).await;
     let file = dir.path().join("changes.ndjson");
     for body in [

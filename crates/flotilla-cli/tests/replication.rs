@@ -52,7 +52,7 @@ async fn followers_end_page_identical_under_random_transactions() {
     let f1 = start(dir.path(), "f1", Some(&leader.url)).await;
     let f2 = start(dir.path(), "f2", Some(&leader.url)).await;
     for seed in [1u64, 7, 42] {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         for i in 0..60 {
             exec(&lc, random_statements(&mut rng, seed * 1000 + i)).await;
         }
@@ -94,7 +94,7 @@ async fn sigkilled_follower_restarts_consistent_and_converges() {
     exec(&lc, json!([{ "sql": SCHEMA }])).await;
     let mut f = start(dir.path(), "f", Some(&leader.url)).await;
     let (stop, task) = writer(&leader.url);
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(50 + rng.below(250))).await;
         f.kill().await;

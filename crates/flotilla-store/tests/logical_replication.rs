@@ -106,10 +106,10 @@ fn workload(leader: &mut LeaderDb, lp: &Path, snap: &Path, seed: u64, n: u64) ->
         commit(leader, req(&[(s, vec![])])).unwrap();
     }
     for i in 0..20 {
-        commit(leader, random_request(&mut Rng(seed + i), i));
+        commit(leader, random_request(&mut Rng::new(seed + i), i));
     }
     common::snapshot(lp, snap);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut out = Vec::new();
     for i in 0..n {
         let r = if i == n / 3 {

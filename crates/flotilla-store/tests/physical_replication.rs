@@ -101,7 +101,7 @@ fn followers_end_page_identical_under_random_transactions() {
         );
         // Bootstrapped early: everything after this comes through the log.
         let mut follower = bootstrap(&lp, &dir.path().join("f.db"));
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut pending = Vec::new();
         for i in 0..300 {
             let (_, rec) = commit(&mut leader, random_txn(&mut rng, i));

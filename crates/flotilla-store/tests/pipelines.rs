@@ -147,7 +147,7 @@ fn a_filtered_reshaped_pipeline_delivers_exactly_its_projection() {
         }];
         s.into = Some("big_orders".into());
         let id = add(&mut db, &s).unwrap();
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         for i in 0..400u64 {
             let id_a = rng.below(40) as i64;
             let total = rng.below(250) as f64;

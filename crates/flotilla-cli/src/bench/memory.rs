@@ -7,7 +7,7 @@
 //!    the leader commits a backlog: the leader's resident memory before and at its highest
 //!    (sampled every 50 ms), against the bytes committed meanwhile.
 
-use super::{fill, leader_with_schema, position, wait_for, Figure};
+use super::{fill, leader_with_schema, leader_with_schema_as, position, wait_for, Figure, SCHEMA};
 use flotilla_cli::client::Client;
 use flotilla_cli::cluster::{this_exe, LocalNode};
 use serde_json::{json, Value};
@@ -92,7 +92,17 @@ pub(crate) async fn run(
             run + 1
         ));
         {
-            let (leader, lc) = leader_with_schema(&exe, &dir, "leader").await?;
+            // Retention must keep the whole backlog, or the follower would bootstrap instead.
+            std::fs::create_dir_all(&dir)?;
+            let config = dir.join("leader.toml");
+            std::fs::write(
+                &config,
+                format!("[log]\nretention-max-mib = {}\n", backlog_mib * 2 + 1024),
+            )?;
+            let config = config.to_string_lossy().to_string();
+            let leader = LocalNode::start(&exe, &dir, "leader", None, &["--config", &config]).await?;
+            let lc = Client::new(&leader.url);
+            leader_with_schema_as(&lc, SCHEMA).await?;
             let start = position(&lc).await?;
             let mut f = LocalNode::start(&exe, &dir, "f", Some(&leader.url), &[]).await?;
             wait_for(&Client::new(&f.url), &start).await?;
@@ -104,6 +114,11 @@ pub(crate) async fn run(
             f.restart().await?;
             wait_for(&Client::new(&f.url), &head).await?;
             r.follower_catchup_s.values.push(t.elapsed().as_secs_f64());
+            let metrics = reqwest::get(format!("{}/metrics", f.url)).await?.text().await?;
+            anyhow::ensure!(
+                metrics.contains("flotilla_bootstraps_total 0"),
+                "the follower bootstrapped instead of catching up from the log"
+            );
             r.follower_peak_mib
                 .values
                 .push(proc_mib(pid_of(&f)?, "VmHWM:")?);

@@ -9,17 +9,17 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-/// A small deterministic generator (xorshift): tests replay exactly.
-pub struct Rng(pub u64);
+/// The tests' one deterministic generator (ChaCha8, as in the simulator): tests replay exactly.
+pub struct Rng(rand_chacha::ChaCha8Rng);
 impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
+    }
     pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        rand::RngCore::next_u64(&mut self.0)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        rand::Rng::random_range(&mut self.0, 0..n)
     }
 }
 

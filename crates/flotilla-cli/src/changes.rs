@@ -34,7 +34,7 @@ pub async fn run(a: ChangesArgs) -> anyhow::Result<()> {
         }
         q.append_pair("follow", if a.no_follow { "false" } else { "true" });
     }
-    let client = flotilla_cli::client::Client::new(&a.node);
+    let client = flotilla_client::Client::new(&a.node);
     let mut resp = client
         .request(
             reqwest::Method::GET,

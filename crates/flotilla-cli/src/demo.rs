@@ -4,8 +4,8 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::{page_digest, LocalNode};
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{page_digest, LocalNode};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -155,7 +155,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         .prefix("flotilla-demo-")
         .tempdir()?;
     let root = tmp.path().to_path_buf();
-    let exe = flotilla_cli::cluster::this_exe()?;
+    let exe = flotilla_testkit::cluster::this_exe()?;
     println!("Flotilla demo in {}", root.display());
 
     println!("\n1. Starting a leader and two followers (physical WAL shipping) on loopback ports");

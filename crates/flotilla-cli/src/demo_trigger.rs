@@ -3,9 +3,9 @@
 //! NDJSON file), through a pipeline that filters, drops a column, renames and computes.
 
 use anyhow::bail;
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::LocalNode;
-use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
+use flotilla_client::Client;
+use flotilla_testkit::cluster::LocalNode;
+use flotilla_testkit::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
         .prefix("flotilla-demo-")
         .tempdir()?;
     let root = tmp.path().to_path_buf();
-    let exe = flotilla_cli::cluster::this_exe()?;
+    let exe = flotilla_testkit::cluster::this_exe()?;
     println!(
         "Flotilla trigger-based replication demo in {}",
         root.display()

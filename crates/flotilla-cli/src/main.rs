@@ -1,6 +1,5 @@
 //! `flotilla`: run a node, talk to one, or see a cluster work (`flotilla demo`).
 
-mod bench;
 mod cert;
 mod changes;
 mod demo;
@@ -62,7 +61,7 @@ enum Command {
     /// Start a leader and followers on this machine, replicate, and check they are identical.
     Demo(demo::DemoArgs),
     /// Measure replication: commit throughput, follower lag, catch-up, bootstrap.
-    Bench(bench::BenchArgs),
+    Bench(flotilla_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,7 +77,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
-        flotilla_cli::client::set_defaults(cli.token.clone(), cli.tls_ca.as_deref())?;
+        flotilla_client::set_defaults(cli.token.clone(), cli.tls_ca.as_deref())?;
         match cli.command {
             Command::Serve(a) => serve::run(*a, cli.tls_ca.clone()).await,
             Command::Token(c) => token::run(c).await,
@@ -90,7 +89,7 @@ fn main() -> ExitCode {
             Command::Pipeline(c) => pipeline::run(c).await,
             Command::Log(c) => log_tool::run(c),
             Command::Demo(a) => demo::run(a).await,
-            Command::Bench(a) => bench::run(a).await,
+            Command::Bench(a) => flotilla_bench::run(a).await,
         }
     });
     // A statement still running on a blocking thread (a query past its deadline check, a

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use flotilla_cli::client::Client;
+use flotilla_client::Client;
 use flotilla_types::{split_assignment, Computed, PipelineSpec, Rename};
 use serde_json::Value;
 

@@ -1,5 +1,5 @@
 use clap::Args;
-use flotilla_cli::client::Client;
+use flotilla_client::Client;
 use serde_json::{json, Value};
 
 #[derive(Args)]

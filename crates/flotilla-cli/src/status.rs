@@ -1,6 +1,6 @@
 use crate::sql::table;
 use clap::{Args, Subcommand};
-use flotilla_cli::client::Client;
+use flotilla_client::Client;
 
 #[derive(Args)]
 pub struct StatusArgs {

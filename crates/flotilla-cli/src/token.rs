@@ -4,7 +4,7 @@
 
 use crate::sql::table;
 use clap::Subcommand;
-use flotilla_cli::client::Client;
+use flotilla_client::Client;
 use serde_json::{json, Value};
 
 #[derive(Subcommand)]

@@ -6,7 +6,7 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use flotilla_cli::client::Client;
+use flotilla_client::Client;
 use rusqlite::types::Value as Sql;
 use serde_json::{json, Value};
 
@@ -308,7 +308,7 @@ async fn a_position_older_than_the_retained_log_gets_410_with_the_way_out() {
     // Small segments, so that retention removes whole segments quickly.
     let config = dir.path().join("small.toml");
     std::fs::write(&config, "[log]\nsegment-mib = 1\n").unwrap();
-    let leader = flotilla_cli::cluster::LocalNode::start(
+    let leader = flotilla_testkit::cluster::LocalNode::start(
         &exe(),
         dir.path(),
         "leader",

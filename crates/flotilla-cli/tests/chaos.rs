@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use flotilla_cli::client::Client;
+use flotilla_client::Client;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use flotilla_cli::client::Client;
+use flotilla_client::Client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

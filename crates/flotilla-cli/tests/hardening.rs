@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::LocalNode;
+use flotilla_client::Client;
+use flotilla_testkit::cluster::LocalNode;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};

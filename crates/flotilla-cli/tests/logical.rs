@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::LocalNode;
+use flotilla_client::Client;
+use flotilla_testkit::cluster::LocalNode;
 use serde_json::{json, Value};
 
 fn random_statements(rng: &mut Rng, i: u64) -> Value {

@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
-use flotilla_cli::client::Client;
-use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
+use flotilla_client::Client;
+use flotilla_testkit::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! standby, and both stopped when dropped. Needs PostgreSQL's server programs: installed here
 //! (Debian's `postgresql`, through apt-get) when missing.
 
-use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
+use flotilla_testkit::postgres::{find_or_install_bin, pg_root, PgServer};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

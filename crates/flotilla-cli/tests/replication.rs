@@ -5,7 +5,7 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use flotilla_cli::client::Client;
+use flotilla_client::Client;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -211,7 +211,7 @@ async fn a_follower_beyond_the_retained_log_bootstraps_again() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tight.toml");
     std::fs::write(&cfg, "[log]\nsegment-mib = 1\nretention-max-mib = 1\n").unwrap();
-    let leader = flotilla_cli::cluster::LocalNode::start(
+    let leader = flotilla_testkit::cluster::LocalNode::start(
         &exe(),
         dir.path(),
         "leader",

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use flotilla_cli::client::{Client, Credentials};
-use flotilla_cli::cluster::LocalNode;
+use flotilla_client::{Client, Credentials};
+use flotilla_testkit::cluster::LocalNode;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -549,8 +549,8 @@ async fn assert_identical_with(leader: &LocalNode, follower: &LocalNode, creds: 
         fc.post("/v1/query", &q).await.unwrap()["rows"]
     );
     assert_eq!(
-        flotilla_cli::cluster::page_digest(&leader.db_path()).unwrap(),
-        flotilla_cli::cluster::page_digest(&follower.db_path()).unwrap()
+        flotilla_testkit::cluster::page_digest(&leader.db_path()).unwrap(),
+        flotilla_testkit::cluster::page_digest(&follower.db_path()).unwrap()
     );
 }
 

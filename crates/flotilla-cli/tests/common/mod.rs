@@ -1,8 +1,8 @@
 //! Test harness: real `flotilla serve` processes on OS-chosen loopback ports.
 #![allow(dead_code)]
 
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::{page_digest, LocalNode};
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{page_digest, LocalNode};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

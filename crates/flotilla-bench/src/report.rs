@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
 
-const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -7,8 +7,8 @@
 //! - steady-state delivery lag (source commit → target commit, per change) at half load.
 
 use super::{fill, lag_of, leader_with_schema, position, solo_throughput, throughput, Figure};
-use flotilla_cli::client::Client;
-use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
+use flotilla_client::Client;
+use flotilla_testkit::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -8,9 +8,9 @@
 
 use super::{percentile, Figure, SCHEMA};
 use anyhow::Context;
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::{this_exe, LocalNode};
-use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{this_exe, LocalNode};
+use flotilla_testkit::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::json;
 use std::collections::HashMap;
 use std::future::Future;

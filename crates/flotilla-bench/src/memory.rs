@@ -8,8 +8,8 @@
 //!    (sampled every 50 ms), against the bytes committed meanwhile.
 
 use super::{fill, leader_with_schema, leader_with_schema_as, position, wait_for, Figure, SCHEMA};
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::{this_exe, LocalNode};
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{this_exe, LocalNode};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,7 +100,8 @@ pub(crate) async fn run(
                 format!("[log]\nretention-max-mib = {}\n", backlog_mib * 2 + 1024),
             )?;
             let config = config.to_string_lossy().to_string();
-            let leader = LocalNode::start(&exe, &dir, "leader", None, &["--config", &config]).await?;
+            let leader =
+                LocalNode::start(&exe, &dir, "leader", None, &["--config", &config]).await?;
             let lc = Client::new(&leader.url);
             leader_with_schema_as(&lc, SCHEMA).await?;
             let start = position(&lc).await?;
@@ -114,7 +115,10 @@ pub(crate) async fn run(
             f.restart().await?;
             wait_for(&Client::new(&f.url), &head).await?;
             r.follower_catchup_s.values.push(t.elapsed().as_secs_f64());
-            let metrics = reqwest::get(format!("{}/metrics", f.url)).await?.text().await?;
+            let metrics = reqwest::get(format!("{}/metrics", f.url))
+                .await?
+                .text()
+                .await?;
             anyhow::ensure!(
                 metrics.contains("flotilla_bootstraps_total 0"),
                 "the follower bootstrapped instead of catching up from the log"

@@ -6,11 +6,11 @@
 //! PostgreSQL one with `synchronous_commit = on` and asynchronous standbys.
 
 use super::{bare_sqlite_tps, fsync_probe_us, leader_with_schema, Figure};
-use crate::bench::floors::loopback_rtt_us;
+use crate::floors::loopback_rtt_us;
 use anyhow::Context;
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::{this_exe, LocalNode};
-use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{this_exe, LocalNode};
+use flotilla_testkit::postgres::{find_or_install_bin, pg_root, PgServer};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,8 +5,8 @@
 
 use super::commit::{drive_inserts, CLIENTS};
 use super::{leader_with_schema_as, Figure, SCHEMA};
-use flotilla_cli::client::{Client, Credentials};
-use flotilla_cli::cluster::{this_exe, LocalNode};
+use flotilla_client::{Client, Credentials};
+use flotilla_testkit::cluster::{this_exe, LocalNode};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<SecurityResults> {
     let exe = this_exe()?;
     let certs = dir.join("certs");
-    crate::cert::make(&certs, vec![])?;
+    flotilla_testkit::certs::make(&certs, vec![])?;
     let mut cells: Vec<SecurityCell> = SETUPS
         .iter()
         .flat_map(|s| CLIENTS.iter().map(move |c| (*s, *c)))

@@ -7,8 +7,8 @@ use super::{
     bootstrap, catchup, leader_with_schema, position, solo_throughput, throughput, wait_for,
     Figure, Sizes,
 };
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::LocalNode;
+use flotilla_client::Client;
+use flotilla_testkit::cluster::LocalNode;
 use serde_json::{json, Value};
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! same workloads (rows of the same shape, in transactions of the same size) against servers
 //! started here from PostgreSQL's installed programs.
 
-use flotilla_cli::postgres::{find_or_install_bin, pg_root, PgServer};
+use flotilla_testkit::postgres::{find_or_install_bin, pg_root, PgServer};
 use std::time::{Duration, Instant};
 
 const TABLE: &str = "CREATE TABLE t(id bigserial PRIMARY KEY, k bigint, v text)";

@@ -14,8 +14,8 @@ mod versus;
 
 use anyhow::Context;
 use clap::Args;
-use flotilla_cli::client::Client;
-use flotilla_cli::cluster::{this_exe, LocalNode};
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{this_exe, LocalNode};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

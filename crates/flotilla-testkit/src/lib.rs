@@ -1,0 +1,8 @@
+//! Test and benchmark support: real `flotilla` node processes on loopback ports chosen by the
+//! OS ([`cluster::LocalNode`]), PostgreSQL servers started from its installed programs (installed
+//! first when missing, [`postgres`]), and certificates for a test cluster ([`certs`]). The CLI's
+//! demos, its end-to-end tests and the benchmarks share it; no server crate depends on it.
+
+pub mod certs;
+pub mod cluster;
+pub mod postgres;

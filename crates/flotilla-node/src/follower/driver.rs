@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 /// connection's number (from 1), and the session ignores those of an earlier connection.
 const LOCAL: u64 = 0;
 
+/// Events waiting for the session: what one connection and the local work report.
+const EVENT_QUEUE: usize = 256;
+
 pub async fn drive(node: Arc<Node>, fatal: FatalSender) {
     let shared = node.follower.clone().expect("follower");
     let Role::Follower { leader_url } = node.role.clone() else {
@@ -40,7 +43,9 @@ pub async fn drive(node: Arc<Node>, fatal: FatalSender) {
     config.log_kind = node.config.log_kind;
     let mut session = FollowerSession::new(config, local, node.cluster_id())
         .with_leader_incarnation(node.leader_incarnation());
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Tagged>();
+    // Bounded: the transport stops reading its socket while the session is behind (TCP then
+    // holds the leader back), the apply thread waits to report.
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
     let mut conn: Option<Connection> = None;
     let mut applying: Option<usize> = None;
     let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
@@ -63,7 +68,11 @@ pub async fn drive(node: Arc<Node>, fatal: FatalSender) {
                 }
                 FollowerCommand::Send(msg) => {
                     if let Some(c) = &conn {
-                        let _ = c.outgoing.send(msg.encode());
+                        if c.outgoing.try_send(msg.encode()).is_err() {
+                            tracing::debug!(
+                                "the leader is not reading: an acknowledgement waits for the next"
+                            );
+                        }
                     }
                 }
                 FollowerCommand::RememberLeader { incarnation } => {
@@ -95,7 +104,8 @@ pub async fn drive(node: Arc<Node>, fatal: FatalSender) {
                                 reason: e.to_string(),
                             },
                         };
-                        let _ = events.send((LOCAL, ev));
+                        // On the apply thread: waits for room (the driver never waits on it).
+                        let _ = events.blocking_send((LOCAL, ev));
                     });
                     if apply_tx.send(ApplyJob::Apply(records, done)).is_err() {
                         fatal.report(Fatal::ApplyThreadGone);
@@ -128,7 +138,7 @@ pub async fn drive(node: Arc<Node>, fatal: FatalSender) {
                                 FollowerEvent::BootstrapFailed { reason }
                             }
                         };
-                        let _ = events.send((LOCAL, ev));
+                        let _ = events.send((LOCAL, ev)).await;
                     });
                 }
             }

@@ -12,9 +12,15 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub type Tagged = (u64, FollowerEvent);
 
+/// Messages to the leader waiting to be written.
+const OUTGOING_QUEUE: usize = 64;
+
 pub struct Connection {
     pub generation: u64,
-    pub outgoing: mpsc::UnboundedSender<Vec<u8>>,
+    /// Messages to the leader (a hello, then acknowledgements: one per applied batch or
+    /// heartbeat). Bounded; acknowledgements are cumulative, so one that finds it full (a
+    /// leader that stopped reading) is dropped: the next says as much.
+    pub outgoing: mpsc::Sender<Vec<u8>>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,7 +58,7 @@ pub fn connect(
     leader_url: &str,
     credentials: Credentials,
     generation: u64,
-    events: mpsc::UnboundedSender<Tagged>,
+    events: mpsc::Sender<Tagged>,
 ) -> Connection {
     let ws_url = match leader_url.strip_prefix("https://") {
         Some(rest) => format!("wss://{rest}/v1/replication"),
@@ -61,7 +67,7 @@ pub fn connect(
             leader_url.trim_start_matches("http://")
         ),
     };
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
     let task = tokio::spawn(async move {
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(flotilla_wire::MAX_MESSAGE_BYTES);
@@ -75,9 +81,11 @@ pub fn connect(
                             r.headers_mut().insert("authorization", v);
                         }
                         Err(_) => {
-                            let _ = events.send(lost(
-                                "the replication token is not a valid header value".into(),
-                            ));
+                            let _ = events
+                                .send(lost(
+                                    "the replication token is not a valid header value".into(),
+                                ))
+                                .await;
                             return;
                         }
                     }
@@ -85,7 +93,9 @@ pub fn connect(
                 r
             }
             Err(e) => {
-                let _ = events.send(lost(format!("bad leader URL {ws_url}: {e}")));
+                let _ = events
+                    .send(lost(format!("bad leader URL {ws_url}: {e}")))
+                    .await;
                 return;
             }
         };
@@ -106,26 +116,32 @@ pub fn connect(
         let ws = match connected {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                let _ = events.send(lost(refused_by_leader(&ws_url, resp.status().as_u16())));
+                let _ = events
+                    .send(lost(refused_by_leader(&ws_url, resp.status().as_u16())))
+                    .await;
                 return;
             }
             Ok(Err(e)) => {
-                let _ = events.send(lost(format!("cannot reach the leader at {ws_url}: {e}")));
+                let _ = events
+                    .send(lost(format!("cannot reach the leader at {ws_url}: {e}")))
+                    .await;
                 return;
             }
             Err(_) => {
-                let _ = events.send(lost(format!("connecting to {ws_url} timed out")));
+                let _ = events
+                    .send(lost(format!("connecting to {ws_url} timed out")))
+                    .await;
                 return;
             }
         };
-        let _ = events.send((generation, FollowerEvent::Connected));
+        let _ = events.send((generation, FollowerEvent::Connected)).await;
         let (mut sink, mut stream) = ws.split();
         loop {
             tokio::select! {
                 out = out_rx.recv() => match out {
                     Some(bytes) => {
                         if let Err(e) = sink.send(Message::Binary(bytes.into())).await {
-                            let _ = events.send(lost(format!("send failed: {e}")));
+                            let _ = events.send(lost(format!("send failed: {e}"))).await;
                             return;
                         }
                     }
@@ -137,22 +153,26 @@ pub fn connect(
                 msg = stream.next() => match msg {
                     Some(Ok(Message::Binary(b))) => match LeaderMessage::decode(&b) {
                         Ok(m) => {
-                            if events.send((generation, FollowerEvent::Received(m))).is_err() {
+                            if events
+                                .send((generation, FollowerEvent::Received(m)))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
                         Err(e) => {
-                            let _ = events.send(lost(format!("bad message from the leader: {e}")));
+                            let _ = events.send(lost(format!("bad message from the leader: {e}"))).await;
                             return;
                         }
                     },
                     Some(Ok(Message::Close(_))) | None => {
-                        let _ = events.send(lost("the leader closed the session".into()));
+                        let _ = events.send(lost("the leader closed the session".into())).await;
                         return;
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        let _ = events.send(lost(format!("connection error: {e}")));
+                        let _ = events.send(lost(format!("connection error: {e}"))).await;
                         return;
                     }
                 },

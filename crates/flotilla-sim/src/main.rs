@@ -1,4 +1,4 @@
-//! `cargo run --release -p flotilla-sim -- --seeds N [--start S]`, or `--replay SEED --trace`.
+//! `cargo sim --seeds N [--start S]`, or `--replay SEED --trace`.
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
                 failed += 1;
                 println!("seed {seed} FAILED: {e:#}");
                 println!(
-                    "  replay: cargo run --release -p flotilla-sim -- --replay {seed} --trace"
+                    "  replay: cargo sim --replay {seed} --trace"
                 );
             }
         }

@@ -1,5 +1,5 @@
 //! A fixed set of simulation seeds runs with the test suite; campaigns run with
-//! `cargo run --release -p flotilla-sim -- --seeds 10000`.
+//! `cargo sim --seeds 10000`.
 
 #[test]
 fn fixed_seeds_pass() {
@@ -7,7 +7,7 @@ fn fixed_seeds_pass() {
     for seed in 1..=24 {
         if let Err(e) = flotilla_sim::run_seed(seed, false) {
             failures.push(format!(
-                "seed {seed}: {e:#}\n  replay: cargo run --release -p flotilla-sim -- --replay {seed} --trace"
+                "seed {seed}: {e:#}\n  replay: cargo sim --replay {seed} --trace"
             ));
         }
     }
@@ -21,7 +21,7 @@ const BUGBASE: &[u64] = &[3325];
 fn bugbase_seeds_pass() {
     for &seed in BUGBASE {
         if let Err(e) = flotilla_sim::run_seed(seed, false) {
-            panic!("seed {seed}: {e:#}\n  replay: cargo run --release -p flotilla-sim -- --replay {seed} --trace");
+            panic!("seed {seed}: {e:#}\n  replay: cargo sim --replay {seed} --trace");
         }
     }
 }

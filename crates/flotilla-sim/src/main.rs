@@ -48,9 +48,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 failed += 1;
                 println!("seed {seed} FAILED: {e:#}");
-                println!(
-                    "  replay: cargo sim --replay {seed} --trace"
-                );
+                println!("  replay: cargo sim --replay {seed} --trace");
             }
         }
     }

@@ -105,6 +105,30 @@ pub fn decode(bytes: &[u8]) -> Result<FollowerList, FollowerListError> {
 mod tests {
     use super::*;
 
+    /// A list as version 1 wrote it (`fixtures/followers-v1.json`, the format of the node's
+    /// first `followers.json`) still reads.
+    #[test]
+    fn the_version_1_fixture_reads() {
+        assert_eq!(
+            FOLLOWER_LIST_FORMAT_VERSION, 1,
+            "a new version gets a fixture of its own"
+        );
+        let list = decode(include_bytes!("../fixtures/followers-v1.json")).unwrap();
+        assert!(list.bad_entries.is_empty());
+        let ids: Vec<(&str, LogKind, Position)> = list
+            .followers
+            .iter()
+            .map(|f| (f.id.as_str(), f.log_kind, f.durable))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("f1", LogKind::Physical, Position::new(1, 42)),
+                ("f2", LogKind::Logical, Position::new(1, 40))
+            ]
+        );
+    }
+
     #[test]
     fn round_trips_and_reports_bad_entries() {
         let mut t = FollowerTracker::default();

@@ -7,6 +7,8 @@
 
 mod cursor;
 mod error;
+#[cfg(test)]
+mod fixtures;
 #[cfg(feature = "sim-bugs")]
 pub mod injected_bugs;
 mod message;

@@ -265,24 +265,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn version_1_fixture_still_decodes() {
-        // Bytes written by format version 1 (one 512-byte page); later versions keep reading them.
-        let mut out = Out::default();
-        out.u8(1)
-            .u8(1)
-            .u64(3)
-            .u64(1)
-            .u64(9)
-            .u64(42)
-            .u64(5)
-            .str16("n1");
-        out.u32(512).u32(1).u32(1).u32(1).raw(&[7u8; 512]);
-        let r = decode_record(&out.seal()).unwrap();
-        assert_eq!((r.lsn, r.epoch, r.rows.is_none()), (Lsn(1), Epoch(3), true));
-        assert_eq!(r.pages.unwrap().pages[0].data, vec![7u8; 512]);
-    }
-
-    #[test]
     fn rows_only_decoding_leaves_the_pages_out() {
         let r = sample(9, &[1, 2]);
         let got = decode_record_rows(&encode_record(&r)).unwrap();

@@ -16,11 +16,13 @@ pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
     // bounds how many streams run; the stream uses its own connection (one long read
     // transaction, no client-statement rules), never one that queries need.
     let lease = node.readers.snapshot_permit().map_err(|e| {
-        let code = match e {
-            crate::readers::ReaderError::TooManySnapshots => "busy",
-            _ => "unavailable",
+        let (status, code) = match e {
+            crate::readers::ReaderError::TooManySnapshots => {
+                (StatusCode::SERVICE_UNAVAILABLE, "busy")
+            }
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+        ApiError::new(status, code, e.to_string())
     })?;
     let conn = flotilla_store::open_reader(&node.db_path).map_err(|e| {
         ApiError::new(

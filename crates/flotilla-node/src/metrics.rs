@@ -1,4 +1,4 @@
-//! Counters the node keeps for `/metrics` (Prometheus text format).
+//! Counters the node keeps for `/metrics` (exposed through `prometheus-client`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,67 +29,28 @@ impl Counters {
     }
 }
 
-/// Commit-to-visible lag on a follower: from the leader's commit time (in the record) to the
-/// end of the local transaction that made it visible. Log-spaced buckets from 10 µs (×1.25 each)
-/// to about 13 s; exported as a Prometheus histogram.
-pub struct LagHistogram {
-    counts: Vec<AtomicU64>,
-    sum_us: AtomicU64,
-}
+/// A lag histogram (commit-to-visible on a follower, source-to-target commit for pipelines):
+/// log-spaced buckets from 10 µs (×1.25 each) to about 13 s, exported in seconds.
+#[derive(Clone)]
+pub struct LagHistogram(prometheus_client::metrics::histogram::Histogram);
 
-pub const LAG_BUCKETS: usize = 64;
-
-/// Upper bound of bucket `i`, in microseconds.
-pub fn lag_bucket_bound_us(i: usize) -> f64 {
-    10.0 * 1.25f64.powi(i as i32)
-}
+pub const LAG_BUCKETS: u16 = 64;
 
 impl Default for LagHistogram {
     fn default() -> Self {
-        LagHistogram {
-            counts: (0..=LAG_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            sum_us: AtomicU64::new(0),
-        }
+        LagHistogram(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(10e-6, 1.25, LAG_BUCKETS),
+        ))
     }
 }
 
 impl LagHistogram {
     pub fn record(&self, lag_us: u64) {
-        let i = (0..LAG_BUCKETS)
-            .find(|&i| lag_us as f64 <= lag_bucket_bound_us(i))
-            .unwrap_or(LAG_BUCKETS);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(lag_us, Ordering::Relaxed);
+        self.0.observe(lag_us as f64 / 1e6);
     }
 
-    /// Prometheus text for `flotilla_apply_lag_seconds`.
-    pub fn render(&self, out: &mut String) {
-        self.render_as(
-            out,
-            "flotilla_apply_lag_seconds",
-            "Leader commit to visible on this follower.",
-        )
-    }
-
-    pub fn render_as(&self, out: &mut String, name: &str, help: &str) {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            let le = if i == LAG_BUCKETS {
-                "+Inf".to_string()
-            } else {
-                format!("{:.6}", lag_bucket_bound_us(i) / 1e6)
-            };
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_sum {:.6}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {cumulative}");
+    /// The histogram to register for one exposition (it shares the counts).
+    pub fn metric(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.0.clone()
     }
 }

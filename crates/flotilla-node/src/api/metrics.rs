@@ -1,236 +1,293 @@
-//! `GET /metrics` in Prometheus text format. Rates (commits/s, applied transactions/s) are
-//! `rate()` over the counters.
+//! `GET /metrics`: Prometheus / OpenMetrics text through `prometheus-client`, built from the
+//! node's counters at each scrape. Rates (commits/s, applied transactions/s) are `rate()` over
+//! the counters (registered without their `_total` suffix, which the encoder adds).
 
 use crate::metrics::Counters;
 use crate::node::{Node, Role};
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use std::fmt::Write;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+type Labels = Vec<(String, String)>;
+type U64Gauge = Gauge<u64, AtomicU64>;
+
+/// A label value as the exposition format wants it: backslash, double quote and line feed
+/// escaped (the encoder writes values as they are; ours are identifiers, but nothing here
+/// relies on that).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), label_value(v)))
+        .collect()
+}
+
+/// One scrape's registry.
+struct Scrape(Registry);
+
+impl Scrape {
+    fn gauge(&mut self, name: &str, help: &str, v: u64) {
+        let g = U64Gauge::default();
+        g.set(v);
+        self.0.register(name, help, g);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) {
+        let c: Counter<u64> = Counter::default();
+        c.inc_by(v);
+        self.0.register(name, help, c);
+    }
+
+    fn gauges(&mut self, name: &str, help: &str, samples: Vec<(Labels, u64)>) {
+        let family = Family::<Labels, U64Gauge>::default();
+        for (l, v) in samples {
+            family.get_or_create(&l).set(v);
+        }
+        self.0.register(name, help, family);
+    }
+
+    fn counters(&mut self, name: &str, help: &str, samples: Vec<(Labels, u64)>) {
+        let family = Family::<Labels, Counter<u64>>::default();
+        for (l, v) in samples {
+            family.get_or_create(&l).inc_by(v);
+        }
+        self.0.register(name, help, family);
+    }
+}
+
 pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let mut out = String::new();
+    let mut m = Scrape(Registry::default());
     let c = &node.counters;
     let pos = *node.position.borrow();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
     let role = match node.role {
         Role::Leader => "leader",
         Role::Follower { .. } => "follower",
     };
-    let one = |v: u64| vec![(String::new(), v)];
-    metric(
+    m.gauges(
         "flotilla_info",
-        "gauge",
         "Node identity.",
-        &[(format!("{{id=\"{}\",role=\"{role}\"}}", node.config.id), 1)],
+        vec![(
+            labels(&[("id", node.config.id.as_str()), ("role", role)]),
+            1,
+        )],
     );
-    metric(
+    m.gauge(
         "flotilla_position_epoch",
-        "gauge",
         "Epoch of the newest visible transaction.",
-        &one(pos.epoch.0),
+        pos.epoch.0,
     );
-    metric(
+    m.gauge(
         "flotilla_position_lsn",
-        "gauge",
         "LSN of the newest visible transaction.",
-        &one(pos.lsn.0),
+        pos.lsn.0,
     );
-    metric(
-        "flotilla_execute_requests_total",
-        "counter",
+    m.counter(
+        "flotilla_execute_requests",
         "POST /v1/execute requests.",
-        &one(Counters::get(&c.execute_requests)),
+        Counters::get(&c.execute_requests),
     );
-    metric(
-        "flotilla_query_requests_total",
-        "counter",
+    m.counter(
+        "flotilla_query_requests",
         "POST /v1/query requests.",
-        &one(Counters::get(&c.query_requests)),
+        Counters::get(&c.query_requests),
     );
     if let Some(leader) = &node.leader {
-        let mut backlog = Vec::new();
-        let mut delivered = Vec::new();
-        let mut warning = Vec::new();
+        let (mut backlog, mut delivered, mut warning) = (Vec::new(), Vec::new(), Vec::new());
         for w in leader.pipelines.all() {
             let st = crate::pipeline::status_json(&node, &w).await;
-            let label = format!("{{pipeline=\"{}\"}}", st["name"].as_str().unwrap_or(""));
-            backlog.push((label.clone(), st["backlog_rows"].as_u64().unwrap_or(0)));
-            delivered.push((label.clone(), st["delivered_rows"].as_u64().unwrap_or(0)));
-            warning.push((label, u64::from(!st["backlog_warning"].is_null())));
+            let l = labels(&[("pipeline", st["name"].as_str().unwrap_or(""))]);
+            backlog.push((l.clone(), st["backlog_rows"].as_u64().unwrap_or(0)));
+            delivered.push((l.clone(), st["delivered_rows"].as_u64().unwrap_or(0)));
+            warning.push((l, u64::from(!st["backlog_warning"].is_null())));
         }
         if !backlog.is_empty() {
-            metric(
+            m.gauges(
                 "flotilla_pipeline_backlog_rows",
-                "gauge",
                 "Changelog rows a pipeline has not delivered yet.",
-                &backlog,
+                backlog,
             );
-            metric(
-                "flotilla_pipeline_delivered_rows_total",
-                "counter",
+            m.counters(
+                "flotilla_pipeline_delivered_rows",
                 "Changes a pipeline delivered since the node started.",
-                &delivered,
+                delivered,
             );
-            metric(
+            m.gauges(
                 "flotilla_pipeline_backlog_warning",
-                "gauge",
                 "1 while a pipeline's backlog is above its backlog-warn-rows limit.",
-                &warning,
+                warning,
+            );
+            m.0.register(
+                "flotilla_pipeline_delivery_lag_seconds",
+                "Trigger-based replication: source commit to target commit, per change.",
+                c.delivery_lag.metric(),
             );
         }
         let stats = leader.log.stats();
-        metric(
-            "flotilla_commits_total",
-            "counter",
+        m.counter(
+            "flotilla_commits",
             "Transactions committed (one LSN each; a group of requests commits together).",
-            &one(Counters::get(&c.commits)),
+            Counters::get(&c.commits),
         );
-        metric(
-            "flotilla_committed_requests_total",
-            "counter",
+        m.counter(
+            "flotilla_committed_requests",
             "Client transactions committed.",
-            &one(Counters::get(&c.committed_requests)),
+            Counters::get(&c.committed_requests),
         );
-        metric(
+        m.gauge(
             "flotilla_log_bytes",
-            "gauge",
             "Bytes in the replication log.",
-            &one(stats.bytes),
+            stats.bytes,
         );
-        metric(
+        m.gauge(
             "flotilla_log_segments",
-            "gauge",
             "Segment files in the replication log.",
-            &one(stats.segments as u64),
+            stats.segments as u64,
         );
-        metric(
+        m.gauge(
             "flotilla_log_first_lsn",
-            "gauge",
             "Oldest LSN retained in the log.",
-            &one(stats.first_lsn),
+            stats.first_lsn,
         );
-        metric(
+        m.gauge(
             "flotilla_log_last_lsn",
-            "gauge",
             "Newest LSN in the log.",
-            &one(stats.last_lsn),
+            stats.last_lsn,
         );
-        metric(
-            "flotilla_shipped_bytes_total",
-            "counter",
+        m.counter(
+            "flotilla_shipped_bytes",
             "Bytes of replication messages sent to followers.",
-            &one(Counters::get(&c.shipped_bytes)),
+            Counters::get(&c.shipped_bytes),
         );
         let followers: Vec<_> = leader.tracker().all().cloned().collect();
-        let mut lag_tx = Vec::new();
-        let mut lag_bytes = Vec::new();
-        let mut lag_ms = Vec::new();
-        let mut applied = Vec::new();
-        let mut connected = Vec::new();
+        let (mut lag_tx, mut lag_bytes, mut lag_ms) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut applied, mut connected) = (Vec::new(), Vec::new());
         for f in &followers {
             let lag = crate::api::status::follower_lag(&node, f);
-            let l = format!("{{follower=\"{}\"}}", f.id);
+            let l = labels(&[("follower", f.id.as_str())]);
             lag_tx.push((l.clone(), lag.transactions));
             lag_bytes.push((l.clone(), lag.bytes));
             lag_ms.push((l.clone(), lag.ms));
             applied.push((l.clone(), f.applied.lsn.0));
             connected.push((
                 l,
-                (f.state == flotilla_core::SessionState::Streaming) as u64,
+                u64::from(f.state == flotilla_core::SessionState::Streaming),
             ));
         }
-        metric(
+        m.gauges(
             "flotilla_follower_applied_lsn",
-            "gauge",
             "LSN each follower has applied.",
-            &applied,
+            applied,
         );
-        metric(
+        m.gauges(
             "flotilla_follower_lag_transactions",
-            "gauge",
             "Transactions each follower has yet to apply.",
-            &lag_tx,
+            lag_tx,
         );
-        metric(
+        m.gauges(
             "flotilla_follower_lag_bytes",
-            "gauge",
             "Log bytes each follower has yet to apply.",
-            &lag_bytes,
+            lag_bytes,
         );
-        metric(
+        m.gauges(
             "flotilla_follower_lag_ms",
-            "gauge",
             "Age of the oldest transaction each follower has yet to apply.",
-            &lag_ms,
+            lag_ms,
         );
-        metric(
+        m.gauges(
             "flotilla_follower_connected",
-            "gauge",
             "1 while the follower's session is open.",
-            &connected,
+            connected,
         );
     } else {
-        metric(
-            "flotilla_applied_transactions_total",
-            "counter",
+        m.counter(
+            "flotilla_applied_transactions",
             "Leader transactions applied.",
-            &one(Counters::get(&c.applied_transactions)),
+            Counters::get(&c.applied_transactions),
         );
-        metric(
-            "flotilla_apply_batches_total",
-            "counter",
+        m.counter(
+            "flotilla_apply_batches",
             "Local transactions used to apply them.",
-            &one(Counters::get(&c.apply_batches)),
+            Counters::get(&c.apply_batches),
         );
-        metric(
-            "flotilla_bootstraps_total",
-            "counter",
+        m.counter(
+            "flotilla_bootstraps",
             "Snapshots installed.",
-            &one(Counters::get(&c.bootstraps)),
+            Counters::get(&c.bootstraps),
         );
-        metric(
-            "flotilla_apply_conflicts_total",
-            "counter",
+        m.counter(
+            "flotilla_apply_conflicts",
             "Changes a logical follower found not to fit its data (see conflict-policy).",
-            &one(Counters::get(&c.apply_conflicts)),
+            Counters::get(&c.apply_conflicts),
         );
         if let Some(f) = &node.follower {
             let s = f.status();
-            metric(
+            m.gauge(
                 "flotilla_leader_lsn",
-                "gauge",
                 "Newest LSN the leader announced.",
-                &one(s.leader_head.lsn.0),
+                s.leader_head.lsn.0,
             );
-            metric(
+            m.gauge(
                 "flotilla_lag_transactions",
-                "gauge",
                 "Leader transactions not yet applied here.",
-                &one(s.leader_head.lsn.0.saturating_sub(pos.lsn.0)),
+                s.leader_head.lsn.0.saturating_sub(pos.lsn.0),
             );
         }
-    }
-    if node.follower.is_some() {
-        c.apply_lag.render(&mut out);
-    }
-    if node
-        .leader
-        .as_ref()
-        .is_some_and(|l| !l.pipelines.all().is_empty())
-    {
-        c.delivery_lag.render_as(
-            &mut out,
-            "flotilla_pipeline_delivery_lag_seconds",
-            "Trigger-based replication: source commit to target commit, per change.",
+        m.0.register(
+            "flotilla_apply_lag_seconds",
+            "Leader commit to visible on this follower.",
+            c.apply_lag.metric(),
         );
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &m.0) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("cannot encode the metrics: {e}"),
+        );
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_counters_get_their_suffix() {
+        let mut m = Scrape(Registry::default());
+        m.gauges(
+            "flotilla_x",
+            "x",
+            vec![(labels(&[("pipeline", "a\"b\\c\nd")]), 1)],
+        );
+        m.counter("flotilla_things", "things", 3);
+        let mut out = String::new();
+        encode(&mut out, &m.0).unwrap();
+        assert!(
+            out.contains(r#"flotilla_x{pipeline="a\"b\\c\nd"} 1"#),
+            "{out}"
+        );
+        assert!(out.contains("flotilla_things_total 3"), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
+    }
 }

@@ -3,7 +3,8 @@
 //! - [`config`]: settings from TOML and flags, validated.
 //! - [`identity`]: what a node keeps about itself in its data directory.
 //! - [`api`]: the HTTP/JSON client API (`docs/api.md`).
-//! - [`leader`]: the single writer (group commit, capture, log) and shipping to followers.
+//! - [`leader`]: the leader's state: the single writer (group commit, capture, log), the
+//!   durable head, the follower tracker, retention.
 //! - [`follower`]: drives [`flotilla_core::FollowerSession`]: transport, apply, bootstrap.
 
 #![forbid(unsafe_code)]

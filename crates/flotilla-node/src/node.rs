@@ -16,10 +16,27 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What this node is, with the state only that role has: matched once where a task or a
+/// request needs it, and passed on as the state itself.
 pub enum Role {
-    Leader,
-    Follower { leader_url: String },
+    Leader {
+        state: Arc<LeaderState>,
+        /// Trigger-based replication: the delivery workers.
+        pipelines: Arc<crate::pipeline::Pipelines>,
+    },
+    Follower {
+        leader_url: String,
+        state: Arc<FollowerShared>,
+    },
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Leader { .. } => "leader",
+            Role::Follower { .. } => "follower",
+        }
+    }
 }
 
 pub struct Node {
@@ -33,8 +50,6 @@ pub struct Node {
     /// The newest position visible to readers (committed on a leader, applied on a follower).
     pub position: watch::Sender<Position>,
     pub counters: Arc<Counters>,
-    pub leader: Option<LeaderState>,
-    pub follower: Option<Arc<FollowerShared>>,
     pub shutdown: CancellationToken,
     /// The tokens requests must carry; `None` when authentication is off.
     pub keyring: Option<Arc<crate::auth::Keyring>>,
@@ -45,8 +60,32 @@ pub struct Node {
 impl Node {
     pub fn leader_url(&self) -> Option<&str> {
         match &self.role {
-            Role::Leader => Some(&self.url),
-            Role::Follower { leader_url } => Some(leader_url),
+            Role::Leader { .. } => Some(&self.url),
+            Role::Follower { leader_url, .. } => Some(leader_url),
+        }
+    }
+
+    /// The leader's state, on a leader.
+    pub fn leader(&self) -> Option<&Arc<LeaderState>> {
+        match &self.role {
+            Role::Leader { state, .. } => Some(state),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    /// The pipelines' workers, on a leader.
+    pub fn pipelines(&self) -> Option<&Arc<crate::pipeline::Pipelines>> {
+        match &self.role {
+            Role::Leader { pipelines, .. } => Some(pipelines),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    /// The follower's state, on a follower.
+    pub fn follower(&self) -> Option<&Arc<FollowerShared>> {
+        match &self.role {
+            Role::Leader { .. } => None,
+            Role::Follower { state, .. } => Some(state),
         }
     }
 
@@ -167,7 +206,7 @@ pub async fn run(
     let (fatal_tx, mut fatal_rx) = crate::fatal::channel();
 
     let mut writer_thread = None;
-    let (role, leader_state, follower_shared, position) = match &config.follow {
+    let (role, position) = match &config.follow {
         None => {
             // The database knows its own position; an empty log continues from there.
             let (mut db, created) = LeaderDb::open(&db_path, &settings, random_cluster_id)
@@ -247,7 +286,7 @@ pub async fn run(
                 followers_file,
                 followers_saving: Mutex::new(()),
                 feed_pins: Default::default(),
-                pipelines: Default::default(),
+                trims: Default::default(),
                 writer_interrupt,
             };
             writer_thread = Some(leader::spawn_writer(
@@ -260,11 +299,17 @@ pub async fn run(
                     origin: config.id.clone(),
                     counters: counters.clone(),
                     fatal: fatal_tx.clone(),
-                    trims: state.pipelines.trims.clone(),
+                    trims: state.trims.clone(),
                 },
                 jobs_rx,
             ));
-            (Role::Leader, Some(state), None, meta.position)
+            (
+                Role::Leader {
+                    state: Arc::new(state),
+                    pipelines: Default::default(),
+                },
+                meta.position,
+            )
         }
         Some(leader_url) => {
             let db = flotilla_store::Replica::open(
@@ -284,9 +329,8 @@ pub async fn run(
             (
                 Role::Follower {
                     leader_url: leader_url.clone(),
+                    state: shared,
                 },
-                None,
-                Some(shared),
                 position,
             )
         }
@@ -301,7 +345,8 @@ pub async fn run(
             config.listen
         );
     }
-    let have_db = db_path.exists() && (role == Role::Leader || position != Position::ZERO);
+    let have_db =
+        db_path.exists() && (matches!(role, Role::Leader { .. }) || position != Position::ZERO);
     // A value as large as a transaction may write can be read back.
     let max_value = config.max_result_bytes.max(config.max_transaction_bytes) as usize;
     let readers = ReaderPool::new(db_path.clone(), config.readers, have_db, max_value);
@@ -315,14 +360,12 @@ pub async fn run(
         readers,
         position: position_tx,
         counters,
-        leader: leader_state,
-        follower: follower_shared,
         shutdown: shutdown.clone(),
         keyring,
         peers,
     });
     crate::auth::first_admin_token(&node).await?;
-    if let Some(leader) = &node.leader {
+    if let Some(leader) = node.leader() {
         // Committed positions become visible to readers as the head moves.
         let mut head_rx = leader.head.subscribe();
         let n = node.clone();
@@ -332,17 +375,29 @@ pub async fn run(
                 n.position.send_replace(p);
             }
         });
-        tokio::spawn(crate::leader::retention_loop(node.clone()));
+        tokio::spawn(crate::leader::retention_loop(
+            leader.clone(),
+            flotilla_core::retention::RetentionPolicy {
+                max_bytes: config.retention_max_bytes,
+                max_age_ms: config.retention_max_age_ms,
+            },
+            shutdown.clone(),
+        ));
         tokio::spawn(crate::pipeline::manage(node.clone()));
     }
-    let follower_task = node
-        .follower
-        .as_ref()
-        .map(|_| tokio::spawn(crate::follower::drive(node.clone(), fatal_tx.clone())));
+    let follower_task = match &node.role {
+        Role::Follower { leader_url, state } => Some(tokio::spawn(crate::follower::drive(
+            node.clone(),
+            state.clone(),
+            leader_url.clone(),
+            fatal_tx.clone(),
+        ))),
+        Role::Leader { .. } => None,
+    };
 
     let app = crate::api::router(node.clone());
     std::fs::write(dir.join("http.addr"), &url).ok();
-    tracing::info!(id = %config.id, role = ?node.role, %url, "node started");
+    tracing::info!(id = %config.id, role = node.role.name(), %url, "node started");
     println!("flotilla: node {} listening on {url}", config.id);
     if let Some(tx) = ready {
         let _ = tx.send(url.clone());
@@ -387,7 +442,7 @@ pub async fn run(
     // Statements still running end now (their clients hear 503), so that the server's
     // graceful shutdown does not wait for them.
     node.readers.interrupt_all();
-    if let Some(l) = &node.leader {
+    if let Some(l) = node.leader() {
         l.writer_interrupt.interrupt();
     }
     if let Some(t) = follower_task {

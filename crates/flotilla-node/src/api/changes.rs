@@ -203,7 +203,7 @@ pub async fn changes(
             ),
         )
     })?;
-    let Some(leader) = node.leader.as_ref() else {
+    let Some(leader) = node.leader() else {
         return Err(not_leader(&node));
     };
     let follow = match q.follow.as_deref() {
@@ -258,10 +258,10 @@ pub async fn changes(
     let pin = leader.feed_pins.pin(start.0);
     tokio::spawn(stream_changes(
         node.clone(),
+        leader.clone(),
         pin,
         start,
-        tables,
-        follow,
+        Selection { tables, follow },
         tx,
         credential,
     ));
@@ -281,16 +281,21 @@ fn tokio_stream_from<T: Send + 'static>(
 
 type Sender = tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>;
 
-async fn stream_changes(
-    node: Arc<Node>,
-    pin: crate::leader::FeedPin,
-    mut next: Lsn,
+/// What a feed request asked for: the tables (`None`: all), and whether to follow new commits.
+struct Selection {
     tables: Option<BTreeSet<String>>,
     follow: bool,
+}
+
+async fn stream_changes(
+    node: Arc<Node>,
+    leader: Arc<crate::leader::LeaderState>,
+    pin: crate::leader::FeedPin,
+    mut next: Lsn,
+    Selection { tables, follow }: Selection,
     tx: Sender,
     credential: crate::auth::Credential,
 ) {
-    let leader = node.leader.as_ref().expect("leader");
     let mut head_rx = leader.head.subscribe();
     loop {
         pin.advance(next.0);

@@ -34,14 +34,17 @@ pub async fn execute(
 ) -> Result<Json<Value>, ApiError> {
     Counters::add(&node.counters.execute_requests, 1);
     let logical_follower =
-        node.leader.is_none() && node.config.log_kind == flotilla_types::LogKind::Logical;
-    if node.leader.is_none() && !logical_follower {
+        node.leader().is_none() && node.config.log_kind == flotilla_types::LogKind::Logical;
+    if node.leader().is_none() && !logical_follower {
         return Err(not_leader(&node));
     }
     let raw = json_bytes(&headers, body, node.config.max_body_bytes).await?;
     let req = decode_execute(&raw, node.config.write_timeout_ms)?;
     let (statements, timeout_ms) = (req.statements, req.timeout_ms);
-    let Some(leader) = node.leader.as_ref() else {
+    let Some(leader) = node.leader() else {
+        let Some(follower) = node.follower() else {
+            return Err(not_leader(&node));
+        };
         if req.idempotency_key.is_some() {
             return Err(ApiError::bad_request(
                 "bad_request",
@@ -49,7 +52,7 @@ pub async fn execute(
                  writes without one",
             ));
         }
-        return execute_local(&node, statements, timeout_ms).await;
+        return execute_local(&node, follower, statements, timeout_ms).await;
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     let job = WriteJob::Request {
@@ -103,11 +106,11 @@ pub async fn execute(
 /// to the leader (421).
 async fn execute_local(
     node: &Node,
+    follower: &crate::follower::FollowerShared,
     statements: Vec<(String, Vec<rusqlite::types::Value>)>,
     timeout_ms: u64,
 ) -> Result<Json<Value>, ApiError> {
-    let shared = node.follower.as_ref().expect("follower");
-    let outcome = shared
+    let outcome = follower
         .execute_local(statements, timeout_ms)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;

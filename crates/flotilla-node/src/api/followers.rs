@@ -14,7 +14,7 @@ pub async fn remove(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(leader) = node.leader.as_ref() else {
+    let Some(leader) = node.leader() else {
         return Err(not_leader(&node));
     };
     if !leader.tracker().remove(&id) {

@@ -3,7 +3,7 @@
 //! the counters (registered without their `_total` suffix, which the encoder adds).
 
 use crate::metrics::Counters;
-use crate::node::{Node, Role};
+use crate::node::Node;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -71,10 +71,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut m = Scrape(Registry::default());
     let c = &node.counters;
     let pos = *node.position.borrow();
-    let role = match node.role {
-        Role::Leader => "leader",
-        Role::Follower { .. } => "follower",
-    };
+    let role = node.role.name();
     m.gauges(
         "flotilla_info",
         "Node identity.",
@@ -103,9 +100,9 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "POST /v1/query requests.",
         Counters::get(&c.query_requests),
     );
-    if let Some(leader) = &node.leader {
+    if let (Some(leader), Some(pipelines)) = (node.leader(), node.pipelines()) {
         let (mut backlog, mut delivered, mut warning) = (Vec::new(), Vec::new(), Vec::new());
-        for w in leader.pipelines.all() {
+        for w in pipelines.all() {
             let st = crate::pipeline::status_json(&node, &w).await;
             let l = labels(&[("pipeline", st["name"].as_str().unwrap_or(""))]);
             backlog.push((l.clone(), st["backlog_rows"].as_u64().unwrap_or(0)));
@@ -174,7 +171,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         let (mut lag_tx, mut lag_bytes, mut lag_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut applied, mut connected) = (Vec::new(), Vec::new());
         for f in &followers {
-            let lag = crate::api::status::follower_lag(&node, f);
+            let lag = crate::api::status::follower_lag(leader, f);
             let l = labels(&[("follower", f.id.as_str())]);
             lag_tx.push((l.clone(), lag.transactions));
             lag_bytes.push((l.clone(), lag.bytes));
@@ -231,7 +228,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Changes a logical follower found not to fit its data (see conflict-policy).",
             Counters::get(&c.apply_conflicts),
         );
-        if let Some(f) = &node.follower {
+        if let Some(f) = node.follower() {
             let s = f.status();
             m.gauge(
                 "flotilla_leader_lsn",

@@ -9,6 +9,7 @@ mod followers;
 mod metrics;
 mod pipelines;
 mod query;
+mod replication;
 mod snapshot;
 mod status;
 mod tokens;
@@ -73,5 +74,5 @@ async fn replication(
     let credential = crate::auth::Credential::of(&headers, flotilla_types::AccessRole::Replicate);
     ws.max_message_size(flotilla_wire::MAX_MESSAGE_BYTES)
         .max_frame_size(flotilla_wire::MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| crate::leader::shipping::serve_session(node, socket, credential))
+        .on_upgrade(move |socket| replication::serve_session(node, socket, credential))
 }

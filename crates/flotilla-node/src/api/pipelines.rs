@@ -4,8 +4,9 @@
 use super::body::json_body;
 use super::execute::not_leader;
 use super::ApiError;
-use crate::leader::{LeaderState, PipelineChange, WriteJob};
+use crate::leader::{PipelineChange, WriteJob};
 use crate::node::Node;
+use crate::pipeline::Pipelines;
 use crate::pipeline::{check_target, status_json, TargetError};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -15,8 +16,11 @@ use flotilla_types::PipelineSpec;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-fn leader(node: &Node) -> Result<&LeaderState, ApiError> {
-    node.leader.as_ref().ok_or_else(|| not_leader(node))
+/// The pipelines' workers: on a leader only.
+fn pipelines(node: &Node) -> Result<&Pipelines, ApiError> {
+    node.pipelines()
+        .map(|p| &**p)
+        .ok_or_else(|| not_leader(node))
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -28,18 +32,18 @@ fn not_found(name: &str) -> ApiError {
 }
 
 async fn change(node: &Node, change: PipelineChange) -> Result<String, ApiError> {
-    let leader = leader(node)?;
+    let pipelines = pipelines(node)?;
     let done = super::writer_job::run(node, |reply| WriteJob::Pipeline { change, reply }).await?;
     let position = done.map_err(|e| ApiError::bad_request("invalid_pipeline", e))?;
-    leader.pipelines.changed.notify_one();
+    pipelines.changed.notify_one();
     Ok(position.to_string())
 }
 
 /// Waits (briefly) for the manager to start the worker of a pipeline just added.
 async fn worker_of(node: &Node, name: &str) -> Option<Arc<crate::pipeline::Worker>> {
-    let leader = node.leader.as_ref()?;
+    let pipelines = node.pipelines()?;
     for _ in 0..50 {
-        if let Some(w) = leader.pipelines.worker(name) {
+        if let Some(w) = pipelines.worker(name) {
             return Some(w);
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -48,13 +52,13 @@ async fn worker_of(node: &Node, name: &str) -> Option<Arc<crate::pipeline::Worke
 }
 
 pub async fn list(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
-    let leader = leader(&node)?;
+    let pipelines = pipelines(&node)?;
     let mut out = Vec::new();
-    for w in leader.pipelines.all() {
+    for w in pipelines.all() {
         out.push(status_json(&node, &w).await);
     }
     // Declared in the config but not installed (or declared differently).
-    for (name, why) in leader.pipelines.declared_problems() {
+    for (name, why) in pipelines.declared_problems() {
         match out.iter_mut().find(|p| p["name"] == name.as_str()) {
             Some(p) => p["config_warning"] = json!(why),
             None => out.push(json!({ "name": name, "state": "not_installed", "last_error": why })),
@@ -67,9 +71,7 @@ pub async fn get(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let leader = leader(&node)?;
-    let w = leader
-        .pipelines
+    let w = pipelines(&node)?
         .worker(&name)
         .ok_or_else(|| not_found(&name))?;
     Ok(Json(status_json(&node, &w).await))
@@ -80,7 +82,7 @@ pub async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let leader = leader(&node)?;
+    let leader = node.leader().ok_or_else(|| not_leader(&node))?;
     let (spec, _): (PipelineSpec, _) =
         json_body(&headers, body, node.config.max_body_bytes).await?;
     spec.check()
@@ -123,8 +125,7 @@ pub async fn remove(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let leader = leader(&node)?;
-    if leader.pipelines.worker(&name).is_none() {
+    if pipelines(&node)?.worker(&name).is_none() {
         return Err(not_found(&name));
     }
     let position = change(&node, PipelineChange::Remove(name.clone())).await?;
@@ -132,9 +133,7 @@ pub async fn remove(
 }
 
 async fn set_paused(node: &Node, name: &str, paused: bool) -> Result<Json<Value>, ApiError> {
-    let leader = leader(node)?;
-    let w = leader
-        .pipelines
+    let w = pipelines(node)?
         .worker(name)
         .ok_or_else(|| not_found(name))?;
     let position = change(

@@ -33,7 +33,7 @@ pub async fn query(
         // Every position a client was given is at or before the leader's newest commit: one
         // beyond it was never acknowledged, and waiting for it would only time out.
         let at = *node.position.borrow();
-        if matches!(node.role, crate::node::Role::Leader) && min > at {
+        if node.leader().is_some() && min > at {
             return Err(ApiError::bad_request(
                 "position_in_future",
                 format!("min_position {min} is beyond this leader's newest commit {at}"),

@@ -1,5 +1,6 @@
 //! `GET /v1/status`: the node, and on a leader its followers with their lag.
 
+use crate::leader::LeaderState;
 use crate::node::{Node, Role};
 use crate::time::wall_us;
 use axum::extract::State;
@@ -15,8 +16,7 @@ pub struct Lag {
     pub ms: u64,
 }
 
-pub fn follower_lag(node: &Node, f: &FollowerProgress) -> Lag {
-    let leader = node.leader.as_ref().expect("leader");
+pub fn follower_lag(leader: &LeaderState, f: &FollowerProgress) -> Lag {
     let head = leader.head.borrow().position;
     let transactions = FollowerTracker::lag_transactions(f, head.lsn);
     if transactions == 0 {
@@ -54,7 +54,7 @@ fn follower_state(f: &FollowerProgress, lag_transactions: u64, now_ms: u64) -> &
 pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
     // On a leader, the durable head itself: the visible position follows it through a task, and
     // a client that was just answered must see its commit here.
-    let position = match &node.leader {
+    let position = match node.leader() {
         Some(leader) => leader.head.borrow().position.max(*node.position.borrow()),
         None => *node.position.borrow(),
     };
@@ -72,8 +72,10 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
         "leader": node.leader_url(),
     });
     match &node.role {
-        Role::Leader => {
-            let leader = node.leader.as_ref().expect("leader");
+        Role::Leader {
+            state: leader,
+            pipelines,
+        } => {
             let followers: Vec<Value> = leader
                 .tracker()
                 .all()
@@ -81,7 +83,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
                 .collect::<Vec<_>>()
                 .iter()
                 .map(|f| {
-                    let lag = follower_lag(&node, f);
+                    let lag = follower_lag(leader, f);
                     json!({
                         "id": f.id,
                         "url": f.url,
@@ -104,14 +106,14 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
                 "bytes": stats.bytes,
                 "segments": stats.segments,
             });
-            let mut pipelines = Vec::new();
-            for w in leader.pipelines.all() {
-                pipelines.push(crate::pipeline::status_json(&node, &w).await);
+            let mut statuses = Vec::new();
+            for w in pipelines.all() {
+                statuses.push(crate::pipeline::status_json(&node, &w).await);
             }
-            out["pipelines"] = json!(pipelines);
+            out["pipelines"] = json!(statuses);
         }
-        Role::Follower { .. } => {
-            let s = node.follower.as_ref().expect("follower").status();
+        Role::Follower { state, .. } => {
+            let s = state.status();
             out["role"] = json!("follower");
             out["state"] = json!(s.phase);
             out["leader_position"] = json!(s.leader_head.max(position).to_string());

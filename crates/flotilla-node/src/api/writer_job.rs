@@ -17,7 +17,7 @@ pub async fn run(
     node: &Node,
     job: impl FnOnce(Reply) -> WriteJob,
 ) -> Result<Result<Position, String>, ApiError> {
-    let leader = node.leader.as_ref().ok_or_else(|| not_leader(node))?;
+    let leader = node.leader().ok_or_else(|| not_leader(node))?;
     let unavailable = || {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 /// On a leader's first start with authentication on (no token exists yet): makes an admin
 /// token and writes it to `<data>/admin.token`, readable by its owner only.
 pub async fn first_admin_token(node: &Arc<Node>) -> anyhow::Result<()> {
-    let (Some(keyring), Some(leader)) = (&node.keyring, &node.leader) else {
+    let (Some(keyring), Some(leader)) = (&node.keyring, node.leader()) else {
         return Ok(());
     };
     if keyring.has_any().await {

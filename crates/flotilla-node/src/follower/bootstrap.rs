@@ -1,6 +1,7 @@
 //! Bootstrap: replace the local database with a snapshot streamed from the leader.
 
 use super::apply::ApplyJob;
+use super::FollowerShared;
 use crate::node::Node;
 use flotilla_store::snapshot::SnapshotReceiver;
 use flotilla_types::{Chain, Position};
@@ -33,10 +34,10 @@ impl From<&str> for BootstrapError {
 
 pub async fn bootstrap(
     node: Arc<Node>,
+    shared: Arc<FollowerShared>,
     leader_url: String,
     apply: std::sync::mpsc::Sender<ApplyJob>,
 ) -> Result<(Position, Chain, String), BootstrapError> {
-    let shared = node.follower.clone().expect("follower");
     // Readers and the writer let go of the old file first.
     node.readers.close().await;
     let (tx, rx) = oneshot::channel();
@@ -44,7 +45,7 @@ pub async fn bootstrap(
         .send(ApplyJob::Close(tx))
         .map_err(|_| "apply thread gone")?;
     let _ = rx.await;
-    let result = fetch_and_install(&node, &leader_url).await;
+    let result = fetch_and_install(&node, &shared, &leader_url).await;
     // Open whatever is in place now: the new database, or the old one if the fetch failed.
     let (tx, rx) = oneshot::channel();
     apply
@@ -66,8 +67,11 @@ pub async fn bootstrap(
     }
 }
 
-async fn fetch_and_install(node: &Arc<Node>, leader_url: &str) -> Result<(), BootstrapError> {
-    let shared = node.follower.clone().expect("follower");
+async fn fetch_and_install(
+    node: &Arc<Node>,
+    shared: &FollowerShared,
+    leader_url: &str,
+) -> Result<(), BootstrapError> {
     let url = format!("{leader_url}/v1/snapshot");
     tracing::info!("bootstrapping from {url}");
     let mut resp = node

@@ -3,9 +3,10 @@
 use super::apply::{self, ApplyJob};
 use super::bootstrap::{bootstrap, BootstrapError};
 use super::transport::{self, Connection, Tagged};
+use super::FollowerShared;
 use crate::fatal::{Fatal, FatalSender};
 use crate::metrics::Counters;
-use crate::node::{Node, Role};
+use crate::node::Node;
 use crate::time::mono_ms;
 use flotilla_core::{FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession};
 use std::collections::VecDeque;
@@ -20,11 +21,14 @@ const LOCAL: u64 = 0;
 /// Events waiting for the session: what one connection and the local work report.
 const EVENT_QUEUE: usize = 256;
 
-pub async fn drive(node: Arc<Node>, fatal: FatalSender) {
-    let shared = node.follower.clone().expect("follower");
-    let Role::Follower { leader_url } = node.role.clone() else {
-        return;
-    };
+/// Runs the follower's replication until the node stops: `shared` is this follower's state,
+/// `leader_url` the leader it follows.
+pub async fn drive(
+    node: Arc<Node>,
+    shared: Arc<FollowerShared>,
+    leader_url: String,
+    fatal: FatalSender,
+) {
     let initial = shared
         .initial_db
         .lock()
@@ -115,15 +119,16 @@ pub async fn drive(node: Arc<Node>, fatal: FatalSender) {
                 FollowerCommand::Bootstrap => {
                     conn = None;
                     shared.update(|s| s.phase = "bootstrapping");
-                    let (n, url, a, events, fatal) = (
+                    let (n, state, url, a, events, fatal) = (
                         node.clone(),
+                        shared.clone(),
                         leader_url.clone(),
                         apply_tx.clone(),
                         ev_tx.clone(),
                         fatal.clone(),
                     );
                     tokio::spawn(async move {
-                        let ev = match bootstrap(n, url, a).await {
+                        let ev = match bootstrap(n, state, url, a).await {
                             Err(BootstrapError::Fatal(reason)) => {
                                 fatal.report(Fatal::Bootstrap(reason));
                                 return;

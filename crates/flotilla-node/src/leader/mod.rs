@@ -1,13 +1,15 @@
-//! A leader: one writer thread (group commit, capture, log append and fsync) and a shipping
-//! task per connected follower.
+//! A leader's state: one writer thread (group commit, capture, log append and fsync), the
+//! durable head, recent records, the follower tracker and list, retention. Replication sessions
+//! are served by `api/replication.rs` (a host of `flotilla_core::LeaderSession`).
 
 mod feed_pins;
 mod recent;
-pub mod shipping;
+mod trims;
 mod writer;
 
 pub use feed_pins::{FeedPin, FeedPins};
 pub use recent::RecentRecords;
+pub use trims::Trims;
 pub use writer::{
     spawn_writer, PipelineChange, TokenChange, WriteError, WriteJob, WriteReply, WriterParts,
 };
@@ -44,8 +46,8 @@ pub struct LeaderState {
     pub followers_saving: Mutex<()>,
     /// Open change-feed streams (they hold the log back like followers).
     pub feed_pins: Arc<FeedPins>,
-    /// Trigger-based replication: the delivery workers.
-    pub pipelines: crate::pipeline::Pipelines,
+    /// Changelog rows the pipelines delivered, for the writer to delete.
+    pub trims: Arc<Trims>,
     /// Cancels the writer's running statement when the node stops.
     pub writer_interrupt: flotilla_store::InterruptHandle,
 }
@@ -140,15 +142,19 @@ pub fn load_followers(path: &std::path::Path) -> Vec<flotilla_core::FollowerProg
     }
 }
 
-/// Deletes log segments no known follower needs, within the size and age caps.
-pub async fn retention_loop(node: Arc<crate::node::Node>) {
-    use flotilla_core::retention::{keep_from, RetentionPolicy, SegmentInfo};
-    let leader = node.leader.as_ref().expect("leader");
+/// Deletes log segments no known follower (nor open change feed) needs, within the size and
+/// age caps, every 5 s until `shutdown`.
+pub async fn retention_loop(
+    leader: Arc<LeaderState>,
+    policy: flotilla_core::retention::RetentionPolicy,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use flotilla_core::retention::{keep_from, SegmentInfo};
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = node.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         let segments: Vec<SegmentInfo> = leader
             .log
@@ -165,10 +171,6 @@ pub async fn retention_loop(node: Arc<crate::node::Node>) {
                     .map_or(u64::MAX, |d| d.as_millis() as u64),
             })
             .collect();
-        let policy = RetentionPolicy {
-            max_bytes: node.config.retention_max_bytes,
-            max_age_ms: node.config.retention_max_age_ms,
-        };
         let needed = match (
             leader.tracker().needed_from(),
             leader.feed_pins.needed_from(),

@@ -71,7 +71,7 @@ pub struct WriterParts {
     /// Where the writer reports a fatal error; the node then stops.
     pub fatal: crate::fatal::FatalSender,
     /// Changelog rows the pipelines delivered, to delete inside the next commit.
-    pub trims: Arc<crate::pipeline::Trims>,
+    pub trims: Arc<super::Trims>,
 }
 
 /// What the writer needs to make a commit durable and visible.

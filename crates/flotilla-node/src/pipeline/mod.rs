@@ -24,22 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-/// Changelog rows each pipeline's target confirmed, for the writer to delete.
-#[derive(Default)]
-pub struct Trims(Mutex<BTreeMap<i64, i64>>);
-
-impl Trims {
-    pub fn confirm(&self, pipeline: i64, seq: i64) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let e = m.entry(pipeline).or_insert(seq);
-        *e = (*e).max(seq);
-    }
-
-    pub fn take(&self) -> BTreeMap<i64, i64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
 /// What a worker reports about its pipeline.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryStatus {
@@ -79,7 +63,6 @@ impl Worker {
 /// The running pipelines of a leader.
 #[derive(Default)]
 pub struct Pipelines {
-    pub trims: Arc<Trims>,
     workers: Mutex<HashMap<String, Arc<Worker>>>,
     /// Wakes the manager after a pipeline was added, removed, paused or resumed.
     pub changed: tokio::sync::Notify,
@@ -131,10 +114,9 @@ pub async fn stored_pipelines(node: &Node) -> anyhow::Result<Vec<StoredPipeline>
 
 /// Keeps one worker per stored pipeline, until the node stops.
 pub async fn manage(node: Arc<Node>) {
-    let Some(leader) = node.leader.as_ref() else {
+    let Some(pipelines) = node.pipelines() else {
         return;
     };
-    let pipelines = &leader.pipelines;
     loop {
         match stored_pipelines(&node).await {
             Ok(list) => {
@@ -196,7 +178,7 @@ pub async fn manage(node: Arc<Node>) {
 /// Installs the config's pipelines that are not stored yet (a source table may not exist
 /// yet: retried on every pass). Returns whether one was installed.
 async fn install_declared(node: &Node, stored: &[StoredPipeline]) -> bool {
-    let Some(leader) = node.leader.as_ref() else {
+    let Some(leader) = node.leader() else {
         return false;
     };
     let mut problems = BTreeMap::new();
@@ -235,11 +217,10 @@ async fn install_declared(node: &Node, stored: &[StoredPipeline]) -> bool {
             }
         }
     }
-    let mut declared = leader
-        .pipelines
-        .declared
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let Some(pipelines) = node.pipelines() else {
+        return false;
+    };
+    let mut declared = pipelines.declared.lock().unwrap_or_else(|p| p.into_inner());
     for (name, why) in &problems {
         if declared.get(name) != Some(why) {
             tracing::warn!(pipeline = %name, "config: {why}");

@@ -34,8 +34,7 @@ async fn open(
     .map_err(|e| TargetError::Failed(e.to_string()))?
     .map_err(|e| TargetError::Refused(format!("source: {e}")))?;
     let incarnation = node
-        .leader
-        .as_ref()
+        .leader()
         .map(|l| l.incarnation.clone())
         .unwrap_or_default();
     let d = Delivery::new(&stored.spec, &plan, cluster_id, &incarnation);
@@ -57,7 +56,7 @@ async fn open(
 }
 
 pub async fn run(node: Arc<Node>, w: Arc<Worker>) {
-    let Some(leader) = node.leader.as_ref() else {
+    let Some(leader) = node.leader() else {
         return;
     };
     let cluster_id = leader.cluster_id.clone();
@@ -156,7 +155,7 @@ pub async fn run(node: Arc<Node>, w: Arc<Worker>) {
             Ok(()) => {
                 let last = entries.last().expect("not empty");
                 cursor = last.seq;
-                leader.pipelines.trims.confirm(id, cursor);
+                leader.trims.confirm(id, cursor);
                 w.delivered_rows
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
                 let now_ms = crate::time::wall_ms() as i64;

@@ -31,7 +31,7 @@ pub async fn serve_session(
     credential: crate::auth::Credential,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let Some(leader) = node.leader.as_ref() else {
+    let Some(leader) = node.leader() else {
         let message = match node.leader_url() {
             Some(url) => format!("this node is a follower; its leader is {url}"),
             None => "this node is not a leader".into(),
@@ -114,7 +114,7 @@ pub async fn serve_session(
                 }
             };
             if let Some(ev) = answer {
-                commands.extend(step(&node, &mut session, head, ev));
+                commands.extend(step(leader, &mut session, head, ev));
             }
         }
         let ev = tokio::select! {
@@ -141,18 +141,17 @@ pub async fn serve_session(
                 reason: "the leader is stopping".into(),
             },
         };
-        commands.extend(step(&node, &mut session, head, ev));
+        commands.extend(step(leader, &mut session, head, ev));
     }
 }
 
 /// Hands one event to the session with the leader's state as it is now.
 fn step(
-    node: &Node,
+    leader: &crate::leader::LeaderState,
     session: &mut LeaderSession,
-    head: super::Head,
+    head: crate::leader::Head,
     ev: LeaderEvent,
 ) -> Vec<LeaderCommand> {
-    let leader = node.leader.as_ref().expect("a session runs on a leader");
     let first_retained = Lsn(leader.log.stats().first_lsn);
     let mut tracker = leader.tracker();
     let mut ctx = LeaderContext {

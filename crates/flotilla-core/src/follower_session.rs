@@ -437,10 +437,11 @@ impl FollowerSession {
                     self.leader_head = self.leader_head.max(r.position());
                     // The leader keeps what is in flight within its window; a leader that
                     // does not is cut off before this queue takes the memory.
+                    // (One record beyond the byte bound is taken, as the leader's window lets
+                    // one record beyond it go: a record larger than the bound still moves.)
                     if !self.pending.is_empty()
                         && (self.pending.len() >= self.config.max_pending_records
-                            || self.pending_bytes + r.approx_bytes()
-                                > self.config.max_pending_bytes)
+                            || self.pending_bytes >= self.config.max_pending_bytes)
                     {
                         return self.protocol_error(
                             &format!(
@@ -477,7 +478,13 @@ impl FollowerSession {
                     );
                 }
                 self.leader_head = self.leader_head.max(head);
-                if self.phase == FollowerPhase::Streaming && !self.applying {
+                // Answered also while a batch applies and while the disk is full: the leader
+                // ends a session that acknowledges nothing for long, and the ack states only
+                // what is applied.
+                if matches!(
+                    self.phase,
+                    FollowerPhase::Streaming | FollowerPhase::DiskFull
+                ) {
                     out.push(self.ack());
                 }
             }

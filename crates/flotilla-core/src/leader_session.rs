@@ -412,10 +412,18 @@ impl LeaderSession {
         match &mut self.phase {
             Phase::CheckingLink(hello, lsn) if *lsn == from => {
                 let (hello, lsn) = (hello.clone(), *lsn);
-                // A record that cannot be read (trimmed meanwhile, or damaged) means a snapshot.
-                let next = result
-                    .ok()
-                    .and_then(|recs| flotilla_wire::decode_record(recs.first()?).ok());
+                // A record that cannot be read (trimmed meanwhile, or damaged) means a snapshot;
+                // a failed read (an IO error) only ends this session: the follower comes back.
+                let records = match result {
+                    Err(ReadFailure::Failed(e)) => {
+                        return self.close(ctx, format!("reading the log failed: {e}"), out)
+                    }
+                    Err(ReadFailure::Unavailable(_)) => Vec::new(),
+                    Ok(r) => r,
+                };
+                let next = records
+                    .first()
+                    .and_then(|r| flotilla_wire::decode_record(r).ok());
                 let decision = check_link(&hello.claim, lsn, next.as_ref());
                 self.decided(ctx, hello, decision, out);
             }
@@ -436,7 +444,16 @@ impl LeaderSession {
                     }
                 };
                 if records.is_empty() {
-                    return;
+                    // The head says record `from` is durable: a log that has not got it would
+                    // be read again and again. End the session; the follower comes back.
+                    return self.close(
+                        ctx,
+                        format!(
+                            "the log returned no record {from} though the head is {}",
+                            ctx.head
+                        ),
+                        out,
+                    );
                 }
                 let n = records.len() as u64;
                 let msg = if s.log_kind == LogKind::Physical {
@@ -565,9 +582,15 @@ impl LeaderSession {
             return;
         }
         s.reading = true;
+        // Never past the head the host vouches for (the log may hold newer records: the node
+        // ships only what it checked the follower's credential against).
+        let to_head = ctx.head.lsn.0 - s.next.0 + 1;
         out.push(LeaderCommand::ReadLog {
             from: s.next,
-            max_records: (self.config.batch_records as u64).min(room_records).max(1) as usize,
+            max_records: (self.config.batch_records as u64)
+                .min(room_records)
+                .min(to_head)
+                .max(1) as usize,
             max_bytes: (self.config.batch_bytes as u64).min(room_bytes).max(1) as usize,
         });
     }

@@ -115,6 +115,15 @@ impl Network {
         due
     }
 
+    /// When the last message in flight on `conn` in direction `dir` arrives (`None`: none).
+    pub fn last_delivery(&self, conn: u64, dir: Dir) -> Option<u64> {
+        self.in_flight
+            .iter()
+            .filter(|m| m.conn == conn && m.dir == dir)
+            .map(|m| m.deliver_at_ms)
+            .max()
+    }
+
     /// The leader's end of a connection closed: what was on its way to the leader is dropped;
     /// what was on its way to the follower still arrives (the host decides what it means).
     pub fn close_to_leader(&mut self, conn: u64) {

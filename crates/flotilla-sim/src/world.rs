@@ -333,9 +333,7 @@ impl World {
         );
         self.leader.acked = head;
         self.leader.image = None;
-        for conn in self.conns.keys().copied().collect::<Vec<_>>() {
-            self.close_conn(conn, "the leader crashed")?;
-        }
+        self.abandon_conns();
         // The restarted process knows its followers from the list it saved.
         self.leader.tracker = self.load_followers()?;
         Ok(())

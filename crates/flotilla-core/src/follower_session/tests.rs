@@ -539,3 +539,61 @@ fn hello_waits_for_an_apply_in_flight() {
         [FollowerCommand::Send(FollowerMessage::Hello { position, .. })] if *position == r4.position()
     ));
 }
+
+/// A heartbeat is answered while a batch applies and while the disk is full (with what is
+/// applied): a leader ends a session that acknowledges nothing for long.
+#[test]
+fn heartbeats_are_answered_while_applying_and_while_the_disk_is_full() {
+    let mut s = streaming_at(3);
+    let cmds = s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(vec![rec(4, Chain(3))])),
+    );
+    assert!(matches!(cmds[..], [FollowerCommand::Apply(_)]));
+    let hb = |lsn| {
+        FollowerEvent::Received(LeaderMessage::Heartbeat {
+            head: Position::new(1, lsn),
+            now_ms: 0,
+        })
+    };
+    let acked_at = |cmds: &[FollowerCommand]| {
+        cmds.iter().find_map(|c| match c {
+            FollowerCommand::Send(FollowerMessage::Ack { applied, .. }) => Some(applied.lsn.0),
+            _ => None,
+        })
+    };
+    assert_eq!(acked_at(&s.handle(4, 0, hb(4))), Some(3), "while applying");
+    s.handle(
+        5,
+        0,
+        FollowerEvent::ApplyFailed {
+            reason: "full".into(),
+            disk_full: true,
+        },
+    );
+    assert_eq!(s.phase(), FollowerPhase::DiskFull);
+    assert_eq!(
+        acked_at(&s.handle(6, 0, hb(4))),
+        Some(3),
+        "while the disk is full"
+    );
+}
+
+/// A record larger than the pending bound still moves: one record beyond the bound is taken,
+/// as the leader's window lets one record beyond it go.
+#[test]
+fn one_record_beyond_the_byte_bound_is_taken() {
+    let mut s = streaming_at(3);
+    s.config.max_pending_bytes = 1_000;
+    let small = rec(4, Chain(3));
+    let mut big = rec(5, small.chain);
+    big.pages.as_mut().unwrap().pages[0].data = vec![9; 100_000];
+    let cmds = s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(vec![small, big])),
+    );
+    assert!(!cmds.contains(&FollowerCommand::Disconnect), "{cmds:?}");
+    assert_eq!(s.pending_records(), 2);
+}

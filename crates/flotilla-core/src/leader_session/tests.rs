@@ -526,3 +526,51 @@ fn a_logical_follower_gets_records_without_pages() {
     assert_eq!(r.len(), 3);
     assert!(r.iter().all(|r| r.pages.is_none()));
 }
+
+/// The node ships only up to the head it checked the follower's credential against, while its
+/// log may already hold newer records: a read never asks past that head.
+#[test]
+fn reads_stop_at_the_head_the_host_vouches_for() {
+    let mut l = Leader::new(10);
+    l.head = 6;
+    let (mut s, cmds) = welcomed(&mut l, ShippingConfig::default(), "f1", 2);
+    assert_eq!(read_of(&cmds), Some((Lsn(3), 4, 4 << 20)));
+    assert_eq!(pump(&mut l, &mut s, cmds), vec![(3, 6)]);
+}
+
+/// An IO error while checking the link ends the session (the follower comes back); only a
+/// record that is gone or damaged sends it to a snapshot.
+#[test]
+fn a_failed_read_during_the_link_check_is_not_a_snapshot() {
+    let mut l = Leader::new(10);
+    let mut s = LeaderSession::new(ShippingConfig::default(), identity(), 0);
+    let ch = l.chain_at(4);
+    l.handle(&mut s, hello_from("f1", LogKind::Physical, 4, ch));
+    let cmds = l.handle(
+        &mut s,
+        LeaderEvent::LogRead {
+            from: Lsn(5),
+            result: Err(ReadFailure::Failed("EIO".into())),
+        },
+    );
+    assert_eq!(refusal(&cmds), None, "{cmds:?}");
+    assert!(closes(&cmds));
+}
+
+/// A log that returns nothing for a record the head says is durable ends the session instead
+/// of being read again for ever.
+#[test]
+fn an_empty_read_below_the_head_ends_the_session() {
+    let mut l = Leader::new(10);
+    let (mut s, cmds) = welcomed(&mut l, ShippingConfig::default(), "f1", 2);
+    let (from, _, _) = read_of(&cmds).unwrap();
+    let cmds = l.handle(
+        &mut s,
+        LeaderEvent::LogRead {
+            from,
+            result: Ok(vec![]),
+        },
+    );
+    assert!(closes(&cmds), "{cmds:?}");
+    assert!(!l.tracker.has_session("f1"));
+}

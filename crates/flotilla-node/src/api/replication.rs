@@ -20,6 +20,11 @@ use tokio::sync::mpsc;
 
 /// How often the session's timers run (heartbeats, timeouts, the credential check).
 const TICK: Duration = Duration::from_millis(200);
+/// A send the follower does not take within this long ends the session (as long as the
+/// leader's ack timeout: a follower that reads nothing acknowledges nothing either).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the closing handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages read from the follower ahead of the session (acks are small; the follower sends
 /// one per applied batch and heartbeat).
 const INCOMING_QUEUE: usize = 64;
@@ -74,20 +79,40 @@ pub async fn serve_session(
             .await;
     });
     let mut head_rx = leader.head.subscribe();
-    // The head the session may ship up to: taken from `head_rx` only after the follower's
-    // credential was checked, so that nothing committed after a revocation goes out.
+    // The head the session may ship up to: taken *before* the follower's credential is
+    // checked, and used only once the check passed, so that nothing committed after a
+    // revocation goes out (the session never reads past it).
     let mut head = *head_rx.borrow_and_update();
     let mut tick = tokio::time::interval(TICK);
     let mut commands: VecDeque<LeaderCommand> = VecDeque::new();
+    if let Err(denied) = credential.still_allowed(&node).await {
+        let ev = LeaderEvent::Revoked {
+            reason: denied.to_string(),
+        };
+        commands.extend(step(leader, &mut session, head, ev));
+    }
     loop {
         while let Some(cmd) = commands.pop_front() {
             let answer = match cmd {
                 LeaderCommand::Send(bytes) => {
                     crate::metrics::Counters::add(&node.counters.shipped_bytes, bytes.len() as u64);
-                    match sink.send(Message::Binary(Bytes::from(bytes))).await {
-                        Ok(()) => None,
-                        Err(e) => Some(LeaderEvent::Closed {
-                            reason: format!("sending failed: {e}"),
+                    // A peer that stopped reading blocks the send: bounded in time (and by the
+                    // node stopping), so that its follower id is not held for ever.
+                    tokio::select! {
+                        sent = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Binary(Bytes::from(bytes)))) => match sent {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(LeaderEvent::Closed {
+                                reason: format!("sending failed: {e}"),
+                            }),
+                            Err(_) => Some(LeaderEvent::Closed {
+                                reason: format!(
+                                    "the follower read nothing for {} s",
+                                    SEND_TIMEOUT.as_secs()
+                                ),
+                            }),
+                        },
+                        _ = node.shutdown.cancelled() => Some(LeaderEvent::Closed {
+                            reason: "the leader is stopping".into(),
                         }),
                     }
                 }
@@ -108,7 +133,7 @@ pub async fn serve_session(
                         follower = session.follower_id().unwrap_or("?"),
                         "replication session closed: {reason}"
                     );
-                    let _ = sink.close().await;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
                     reader.abort();
                     return;
                 }
@@ -124,13 +149,16 @@ pub async fn serve_session(
             // The credential is checked before new records go out: a revocation commit is
             // the last thing a revoked follower receives.
             changed = head_rx.changed() => match changed {
-                Ok(()) => match credential.still_allowed(&node).await {
-                    Ok(()) => {
-                        head = *head_rx.borrow_and_update();
-                        LeaderEvent::HeadMoved
+                Ok(()) => {
+                    let moved = *head_rx.borrow_and_update();
+                    match credential.still_allowed(&node).await {
+                        Ok(()) => {
+                            head = moved;
+                            LeaderEvent::HeadMoved
+                        }
+                        Err(denied) => LeaderEvent::Revoked { reason: denied.to_string() },
                     }
-                    Err(denied) => LeaderEvent::Revoked { reason: denied.to_string() },
-                },
+                }
                 Err(_) => LeaderEvent::Closed { reason: "the leader is stopping".into() },
             },
             _ = tick.tick() => match credential.still_allowed(&node).await {

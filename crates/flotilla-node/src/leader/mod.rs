@@ -67,10 +67,14 @@ impl LeaderState {
             }
         }
         let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.read(from.0, max_records, max_bytes))
-            .await
-            .expect("log read task")
-            .map(|v| v.into_iter().map(Arc::new).collect())
+        match tokio::task::spawn_blocking(move || log.read(from.0, max_records, max_bytes)).await {
+            Ok(read) => read.map(|v| v.into_iter().map(Arc::new).collect()),
+            // The read panicked (a bug): an error for this reader, not a panic of its task.
+            Err(e) => Err(LogError::Io {
+                path: PathBuf::from("(replication log read)"),
+                source: std::io::Error::other(format!("the read task failed: {e}")),
+            }),
+        }
     }
 
     /// [`LeaderState::read_records`] for a replication session: what it cannot read is either

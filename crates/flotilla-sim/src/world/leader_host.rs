@@ -101,7 +101,13 @@ impl World {
                     LeaderCommand::SaveFollowers => self.save_followers()?,
                     LeaderCommand::Close { reason } => {
                         self.log(|| format!("leader ends conn {conn}: {reason}"));
-                        let at = self.now + self.faults.max_delay_ms + 2;
+                        // As TCP does: the close arrives after what was sent before it.
+                        let at = self
+                            .net
+                            .last_delivery(conn, Dir::ToFollower)
+                            .unwrap_or(self.now)
+                            .max(self.now)
+                            + 1;
                         if let Some(c) = self.conns.get_mut(&conn) {
                             c.closing_at = Some(at);
                         }
@@ -123,7 +129,22 @@ impl World {
                 reason: reason.to_string(),
             },
         )?;
-        let c = self.conns.remove(&conn).expect("present");
+        self.drop_conn(conn, reason);
+        Ok(())
+    }
+
+    /// The leader process died: its connections are gone without its sessions hearing of it
+    /// (a killed process saves nothing); each follower sees its connection drop.
+    pub(super) fn abandon_conns(&mut self) {
+        for conn in self.conns.keys().copied().collect::<Vec<_>>() {
+            self.drop_conn(conn, "the leader crashed");
+        }
+    }
+
+    fn drop_conn(&mut self, conn: u64, reason: &str) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         // What was on its way to the follower still arrives, and then the news of the close;
         // the follower session tells them from its current connection's.
         self.net.close_to_leader(conn);
@@ -139,7 +160,6 @@ impl World {
                 reason: reason.to_string(),
             },
         ));
-        Ok(())
     }
 
     /// Every session's timers, and connections whose session ended.

@@ -804,6 +804,14 @@ async fn revocation_ends_open_sessions_and_a_follower_id_has_one_session() {
         let id = t.split('_').nth(1).unwrap().to_string();
         ac.delete(&format!("/v1/tokens/{id}")).await.unwrap();
     }
+    // An unknown token is a 404 with its own code (typed through the writer, not a message).
+    let unknown = ac
+        .delete("/v1/tokens/000000000000")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("no_such_token"), "{unknown}");
+    assert!(unknown.contains("404"), "{unknown}");
     let mut feed_text = String::new();
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         while let Ok(Some(chunk)) = feed.chunk().await {

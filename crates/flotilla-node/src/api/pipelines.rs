@@ -34,7 +34,7 @@ fn not_found(name: &str) -> ApiError {
 async fn change(node: &Node, change: PipelineChange) -> Result<String, ApiError> {
     let pipelines = pipelines(node)?;
     let done = super::writer_job::run(node, |reply| WriteJob::Pipeline { change, reply }).await?;
-    let position = done.map_err(|e| ApiError::bad_request("invalid_pipeline", e))?;
+    let position = done.map_err(|e| super::writer_job::change_refused(e, "invalid_pipeline"))?;
     pipelines.changed.notify_one();
     Ok(position.to_string())
 }

@@ -27,13 +27,7 @@ struct CreateRequest {
 
 async fn change(node: &Node, change: TokenChange) -> Result<String, ApiError> {
     let done = super::writer_job::run(node, |reply| WriteJob::Token { change, reply }).await?;
-    let position = done.map_err(|e| {
-        if e.starts_with("no token") {
-            ApiError::new(StatusCode::NOT_FOUND, "no_such_token", e)
-        } else {
-            ApiError::bad_request("bad_request", e)
-        }
-    })?;
+    let position = done.map_err(|e| super::writer_job::change_refused(e, "bad_request"))?;
     if let Some(k) = &node.keyring {
         k.invalidate();
     }

@@ -3,20 +3,20 @@
 
 use super::execute::not_leader;
 use super::ApiError;
-use crate::leader::WriteJob;
+use crate::leader::{ChangeError, ChangeReply, WriteJob};
 use crate::node::Node;
 use axum::http::StatusCode;
 use flotilla_types::Position;
 use tokio::sync::oneshot;
 
-type Reply = oneshot::Sender<Result<Position, String>>;
+type Reply = oneshot::Sender<ChangeReply>;
 
 /// The position of the commit, or the writer's reason for refusing the change (`Ok(Err(_))`);
 /// `Err` when this node is not the leader or the leader is stopping.
 pub async fn run(
     node: &Node,
     job: impl FnOnce(Reply) -> WriteJob,
-) -> Result<Result<Position, String>, ApiError> {
+) -> Result<Result<Position, ChangeError>, ApiError> {
     let leader = node.leader().ok_or_else(|| not_leader(node))?;
     let unavailable = || {
         ApiError::new(
@@ -32,4 +32,19 @@ pub async fn run(
         .await
         .map_err(|_| unavailable())?;
     rx.await.map_err(|_| unavailable())
+}
+
+/// The API's answer to a change that was not committed, by what the writer said.
+pub fn change_refused(e: ChangeError, refused_code: &'static str) -> ApiError {
+    match e {
+        ChangeError::Token(flotilla_store::TokenError::Unknown(_)) => {
+            ApiError::new(StatusCode::NOT_FOUND, "no_such_token", e.to_string())
+        }
+        ChangeError::Indeterminate(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outcome_unknown",
+            format!("{e}; look at the state once the node is back"),
+        ),
+        e => ApiError::bad_request(refused_code, e.to_string()),
+    }
 }

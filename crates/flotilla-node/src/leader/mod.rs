@@ -11,7 +11,8 @@ pub use feed_pins::{FeedPin, FeedPins};
 pub use recent::RecentRecords;
 pub use trims::Trims;
 pub use writer::{
-    spawn_writer, PipelineChange, TokenChange, WriteError, WriteJob, WriteReply, WriterParts,
+    spawn_writer, ChangeError, ChangeReply, PipelineChange, TokenChange, WriteError, WriteJob,
+    WriteReply, WriterParts,
 };
 
 use flotilla_core::{FollowerTracker, ReadFailure};

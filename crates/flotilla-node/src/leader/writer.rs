@@ -27,13 +27,30 @@ pub enum WriteJob {
     /// Adding, removing or pausing a pipeline: an internal commit of its own.
     Pipeline {
         change: PipelineChange,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: oneshot::Sender<ChangeReply>,
     },
     /// Making or revoking an API token: an internal commit of its own.
     Token {
         change: TokenChange,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: oneshot::Sender<ChangeReply>,
     },
+}
+
+/// The answer to an internal change: the position of its commit, or why there is none.
+pub type ChangeReply = Result<Position, ChangeError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// A token change was refused (invalid, or no such token): nothing was committed.
+    #[error(transparent)]
+    Token(#[from] flotilla_store::TokenError),
+    /// A pipeline change was refused: nothing was committed.
+    #[error(transparent)]
+    Pipeline(#[from] flotilla_store::PipelineError),
+    /// Committed in SQLite but not made durable in the log: the node stops, and whether the
+    /// change took effect is known after its restart.
+    #[error("the node stopped before the change was durable: {0}")]
+    Indeterminate(String),
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +165,7 @@ pub fn spawn_writer(
                                 db.revoke_token(id, now / 1000, epoch, &origin, now)
                             }
                         };
-                        let result = result.map_err(|e| e.to_string());
+                        let result = result.map_err(ChangeError::from);
                         if let Err(reason) = internal_commit_done(&db, &publisher, result, reply) {
                             return stop(Vec::new(), &fatal, reason);
                         }
@@ -156,7 +173,7 @@ pub fn spawn_writer(
                     }
                     WriteJob::Pipeline { change, reply } => {
                         let result = pipeline_change(&mut db, &change, epoch, &origin)
-                            .map_err(|e| e.to_string());
+                            .map_err(ChangeError::from);
                         if let Err(reason) = internal_commit_done(&db, &publisher, result, reply) {
                             return stop(Vec::new(), &fatal, reason);
                         }
@@ -237,14 +254,14 @@ type Group = Vec<(TxnRequest, oneshot::Sender<WriteReply>)>;
 fn internal_commit_done(
     db: &LeaderDb,
     publisher: &Publisher,
-    result: Result<CommitOutcome, String>,
-    reply: oneshot::Sender<Result<Position, String>>,
+    result: Result<CommitOutcome, ChangeError>,
+    reply: oneshot::Sender<ChangeReply>,
 ) -> Result<(), String> {
     let answer = match result {
         Ok(outcome) => match publisher.publish(&outcome) {
             Ok(p) => Ok(p.unwrap_or(db.meta().position)),
             Err(reason) => {
-                let _ = reply.send(Err(reason.clone()));
+                let _ = reply.send(Err(ChangeError::Indeterminate(reason.clone())));
                 return Err(reason);
             }
         },

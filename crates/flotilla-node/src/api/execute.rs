@@ -113,7 +113,18 @@ async fn execute_local(
     let outcome = follower
         .execute_local(statements, timeout_ms)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+        .map_err(|e| match e {
+            crate::follower::LocalWriteError::Store(e) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "write_failed",
+                format!("the transaction was not applied: {e}"),
+            ),
+            e => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        })?;
     match outcome {
         LocalOutcome::Committed(results) => Ok(Json(json!({
             "position": node.position.borrow().to_string(),

@@ -25,6 +25,18 @@ pub struct FollowerStatus {
     pub bootstrap_progress: Option<(u64, u64)>,
 }
 
+/// Why a logical follower's own transaction did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalWriteError {
+    #[error("the follower is starting")]
+    Starting,
+    #[error("the apply thread stopped")]
+    Stopped,
+    /// SQLite could not run or commit it (a full disk, say): nothing was applied.
+    #[error(transparent)]
+    Store(flotilla_store::StoreError),
+}
+
 pub struct FollowerShared {
     pub status: Mutex<FollowerStatus>,
     /// The database as opened at start; taken by the apply thread.
@@ -57,20 +69,20 @@ impl FollowerShared {
         &self,
         statements: Vec<(String, Vec<rusqlite::types::Value>)>,
         timeout_ms: u64,
-    ) -> Result<flotilla_store::LocalOutcome, String> {
+    ) -> Result<flotilla_store::LocalOutcome, LocalWriteError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sender = self
             .apply
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or("the follower is starting")?;
+            .ok_or(LocalWriteError::Starting)?;
         sender
             .send(apply::ApplyJob::ExecuteLocal(statements, timeout_ms, tx))
-            .map_err(|_| "the apply thread stopped")?;
+            .map_err(|_| LocalWriteError::Stopped)?;
         rx.await
-            .map_err(|_| "the apply thread stopped".to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|_| LocalWriteError::Stopped)?
+            .map_err(LocalWriteError::Store)
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut FollowerStatus)) {

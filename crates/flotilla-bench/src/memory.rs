@@ -41,9 +41,7 @@ fn proc_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
 }
 
 fn signal(node: &LocalNode, sig: i32) -> anyhow::Result<()> {
-    let pid = node
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("{} is not running", node.id))?;
+    let pid = pid_of(node)?;
     // SAFETY: kill(2) with a pid this process started and a valid signal number.
     if unsafe { libc::kill(pid as i32, sig) } != 0 {
         anyhow::bail!(

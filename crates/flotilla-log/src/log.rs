@@ -212,6 +212,12 @@ impl Log {
         Ok(st.durable_lsn)
     }
 
+    /// Oldest retained LSN (`last + 1` when the log holds nothing): what `stats` says, without
+    /// summing the segments (asked on every replication event).
+    pub fn first_lsn(&self) -> u64 {
+        self.lock().first_lsn()
+    }
+
     pub fn stats(&self) -> LogStats {
         let st = self.lock();
         LogStats {

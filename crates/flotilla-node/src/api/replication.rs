@@ -180,7 +180,7 @@ fn step(
     head: crate::leader::Head,
     ev: LeaderEvent,
 ) -> Vec<LeaderCommand> {
-    let first_retained = Lsn(leader.log.stats().first_lsn);
+    let first_retained = Lsn(leader.log.first_lsn());
     let mut tracker = leader.tracker();
     let mut ctx = LeaderContext {
         tracker: &mut tracker,

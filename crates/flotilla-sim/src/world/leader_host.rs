@@ -61,7 +61,7 @@ impl World {
         let mut events = VecDeque::from([event]);
         while let Some(ev) = events.pop_front() {
             let meta = self.leader.db.meta().clone();
-            let first_retained = Lsn(self.leader.log.stats().first_lsn);
+            let first_retained = Lsn(self.leader.log.first_lsn());
             let Some(c) = self.conns.get_mut(&conn) else {
                 return Ok(());
             };

@@ -134,7 +134,7 @@ pub struct FollowerSession {
     leader_incarnation: Option<String>,
     /// Last record received (buffered or applied).
     received: Position,
-    pending: VecDeque<LogRecord>,
+    pending: VecDeque<Pending>,
     /// `approx_bytes` of `pending`.
     pending_bytes: usize,
     applying: bool,
@@ -264,9 +264,13 @@ impl FollowerSession {
                 self.applying = false;
                 self.local = Some((position, chain));
                 // The applied batch leaves the queue (a failed one stays, to be retried).
-                while self.pending.front().is_some_and(|r| r.lsn <= position.lsn) {
-                    if let Some(r) = self.pending.pop_front() {
-                        self.pending_bytes -= r.approx_bytes();
+                while self
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.record.lsn <= position.lsn)
+                {
+                    if let Some(p) = self.pending.pop_front() {
+                        self.pending_bytes -= p.bytes;
                     }
                 }
                 if self.apply_failures > 0 {
@@ -426,7 +430,8 @@ impl FollowerSession {
                 if self.phase != FollowerPhase::Streaming && self.phase != FollowerPhase::DiskFull {
                     return self.protocol_error("records before welcome", out);
                 }
-                for r in records {
+                let count = records.len();
+                for (i, r) in records.into_iter().enumerate() {
                     if r.lsn != self.received.lsn.next() {
                         return self.protocol_error(
                             &format!("record {} does not follow {}", r.position(), self.received),
@@ -453,8 +458,13 @@ impl FollowerSession {
                             out,
                         );
                     }
-                    self.pending_bytes += r.approx_bytes();
-                    self.pending.push_back(r);
+                    let bytes = r.approx_bytes();
+                    self.pending_bytes += bytes;
+                    self.pending.push_back(Pending {
+                        record: r,
+                        bytes,
+                        unit_end: i + 1 == count,
+                    });
                 }
                 if self.phase == FollowerPhase::Streaming {
                     self.maybe_apply(out);
@@ -579,14 +589,25 @@ impl FollowerSession {
         let mut batch = Vec::new();
         let mut bytes = 0usize;
         // Batches are taken, not drained, until applied: a failed batch (disk full) is retried.
-        for r in self.pending.iter() {
-            if batch.len() >= self.config.max_batch_records
-                || (bytes >= self.config.max_batch_bytes && !batch.is_empty())
+        // A batch ends only where a message ended: a message is one unit (see
+        // `LeaderMessage::Records`), so a batch may pass the bounds by up to one message,
+        // which the leader's batch limits bound.
+        let mut at_unit_end = true;
+        for p in self.pending.iter() {
+            if at_unit_end
+                && (batch.len() >= self.config.max_batch_records
+                    || (bytes >= self.config.max_batch_bytes && !batch.is_empty()))
             {
                 break;
             }
-            bytes += r.approx_bytes();
-            batch.push(r.clone());
+            bytes += p.bytes;
+            at_unit_end = p.unit_end;
+            batch.push(p.record.clone());
+        }
+        if !at_unit_end {
+            // The rest of the unit has not arrived (messages arrive whole, so this is a host
+            // bug): wait for it rather than apply a part.
+            return;
         }
         self.applying = true;
         #[cfg(feature = "sim-bugs")]
@@ -647,6 +668,16 @@ impl FollowerSession {
     pub fn pending_records(&self) -> usize {
         self.pending.len()
     }
+}
+
+/// A received record waiting to be applied.
+#[derive(Debug)]
+struct Pending {
+    record: LogRecord,
+    /// `record.approx_bytes()`, counted once.
+    bytes: usize,
+    /// The last record of its message: an apply batch may end after it.
+    unit_end: bool,
 }
 
 #[cfg(test)]

@@ -20,16 +20,18 @@
 
 use crate::follower_tracker::{AckRefused, FollowerTracker, SessionId};
 use crate::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
+use bytes::Bytes;
 use flotilla_types::{Chain, Epoch, LogKind, Lsn, NodeId, Position};
 use flotilla_wire::{project_record, FollowerMessage, LeaderMessage, RefusalCode};
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 /// Limits and timers of a session. The node uses [`ShippingConfig::default`]; the simulator
 /// draws small values per seed so that windows fill and batches split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShippingConfig {
-    /// A records message stops growing past this many bytes.
+    /// A batch stops growing past this many bytes read from the log. What is sent is at most
+    /// that: a physical follower's batch leaves superseded page images out, a logical
+    /// follower's all of them.
     pub batch_bytes: usize,
     pub batch_records: usize,
     /// In flight at most (sent, not yet applied by the follower).
@@ -48,7 +50,7 @@ pub struct ShippingConfig {
 impl Default for ShippingConfig {
     fn default() -> ShippingConfig {
         ShippingConfig {
-            batch_bytes: 4 << 20,
+            batch_bytes: 16 << 20,
             batch_records: 10_000,
             window_bytes: 16 << 20,
             window_records: 20_000,
@@ -104,7 +106,7 @@ pub enum LeaderEvent {
     /// The answer to `ReadLog`: the encoded records from `from` on.
     LogRead {
         from: Lsn,
-        result: Result<Vec<Arc<Vec<u8>>>, ReadFailure>,
+        result: Result<Vec<Bytes>, ReadFailure>,
     },
     /// Timers: heartbeats, the hello and ack timeouts. Any period up to a few hundred ms.
     Tick,
@@ -406,7 +408,7 @@ impl LeaderSession {
         &mut self,
         ctx: &mut LeaderContext<'_>,
         from: Lsn,
-        result: Result<Vec<Arc<Vec<u8>>>, ReadFailure>,
+        result: Result<Vec<Bytes>, ReadFailure>,
         out: &mut Vec<LeaderCommand>,
     ) {
         match &mut self.phase {
@@ -456,26 +458,22 @@ impl LeaderSession {
                     );
                 }
                 let n = records.len() as u64;
+                // A physical follower gets the batch as one unit, less the page images a later
+                // record of it rewrites; a logical one gets the records without their pages.
                 let msg = if s.log_kind == LogKind::Physical {
-                    LeaderMessage::encode_records(
-                        &records.iter().map(|r| r.as_slice()).collect::<Vec<_>>(),
-                    )
+                    LeaderMessage::encode_physical_unit(&records)
                 } else {
-                    // A logical follower gets the records without their page images.
-                    match records
+                    records
                         .iter()
                         .map(|r| project_record(r, s.log_kind))
                         .collect::<Result<Vec<_>, _>>()
-                    {
-                        Ok(p) => LeaderMessage::encode_records(&p),
-                        Err(e) => {
-                            return self.refuse(
-                                ctx,
-                                RefusalCode::NeedSnapshot,
-                                format!("cannot ship to a logical follower: {e}"),
-                                out,
-                            )
-                        }
+                        .map(|p| LeaderMessage::encode_records(&p))
+                };
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let reason = format!("cannot ship to a {} follower: {e}", s.log_kind);
+                        return self.refuse(ctx, RefusalCode::NeedSnapshot, reason, out);
                     }
                 };
                 s.next = Lsn(s.next.0 + n);

@@ -1,4 +1,5 @@
 use crate::LogError;
+use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -268,24 +269,6 @@ impl Segment {
         }
         Ok(4 + rec_len as u64)
     }
-
-    /// Reads the frame at `offset`, whose extent the index knows: `frame_len` bytes including
-    /// its length prefix. A length prefix that disagrees (damage at rest) is reported as `None`,
-    /// never used to size an allocation.
-    pub fn read_frame(
-        file: &File,
-        offset: u64,
-        frame_len: u64,
-    ) -> std::io::Result<Option<Vec<u8>>> {
-        let mut buf = vec![0u8; frame_len as usize];
-        file.read_exact_at(&mut buf, offset)?;
-        let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
-        if u64::from(len) + 4 != frame_len || len > MAX_RECORD_LEN {
-            return Ok(None);
-        }
-        buf.drain(..4);
-        Ok(Some(buf))
-    }
 }
 
 /// How a segment's damage is treated when it is scanned.
@@ -314,6 +297,16 @@ pub struct Damage {
     pub intact_after: Option<(u64, u64)>,
     /// Bytes from the damage to the end of the file.
     pub bytes_cut: u64,
+}
+
+/// The record inside a frame read whole (`u32` length, then the record), if the length fits
+/// the frame.
+pub(crate) fn frame_record(frame: Bytes) -> Option<Bytes> {
+    let len = u32::from_le_bytes(frame.get(..4)?.try_into().ok()?);
+    if u64::from(len) + 4 != frame.len() as u64 || len > MAX_RECORD_LEN {
+        return None;
+    }
+    Some(frame.slice(4..))
 }
 
 /// Whether an encoded record's trailing CRC32 matches its body.

@@ -17,7 +17,6 @@ use rand_chacha::ChaCha8Rng;
 use rusqlite::types::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 const FOLLOWERS: usize = 2;
 const MAX_OPS: usize = 120;

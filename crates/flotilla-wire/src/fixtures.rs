@@ -32,7 +32,7 @@ fn fixture(name: &str, current: &[u8]) -> Vec<u8> {
 fn the_current_versions_are_the_ones_fixed_here() {
     // A new version gets fixtures of its own: this list says which ones exist.
     assert_eq!((RECORD_FORMAT_VERSION, crate::ROWS_FORMAT_VERSION), (2, 1));
-    assert_eq!((PROTOCOL_VERSION, SNAPSHOT_FORMAT_VERSION), (2, 1));
+    assert_eq!((PROTOCOL_VERSION, SNAPSHOT_FORMAT_VERSION), (3, 1));
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn record_version_1_still_decodes() {
 }
 
 #[test]
-fn replication_protocol_version_2() {
+fn replication_protocol_version_3() {
     let p = Position::new(3, 41);
     let follower = [
         (
@@ -92,7 +92,7 @@ fn replication_protocol_version_2() {
         ),
     ];
     for (name, msg) in follower {
-        let bytes = fixture(&format!("message-v2-{name}.bin"), &msg.encode());
+        let bytes = fixture(&format!("message-v3-{name}.bin"), &msg.encode());
         assert_eq!(msg.encode(), bytes, "the encoding of {name} changed");
         assert_eq!(FollowerMessage::decode(&bytes).unwrap(), msg);
     }
@@ -125,9 +125,62 @@ fn replication_protocol_version_2() {
         ),
     ];
     for (name, msg) in leader {
-        let bytes = fixture(&format!("message-v2-{name}.bin"), &msg.encode());
+        let bytes = fixture(&format!("message-v3-{name}.bin"), &msg.encode());
         assert_eq!(msg.encode(), bytes, "the encoding of {name} changed");
         assert_eq!(LeaderMessage::decode(&bytes).unwrap(), msg);
+    }
+    // What a physical follower is shipped: a unit with a superseded page left out.
+    let unit = [
+        encode_record(&sample(42, &[1, 2])),
+        encode_record(&sample(43, &[2])),
+    ];
+    let current = LeaderMessage::encode_physical_unit(&unit).unwrap();
+    let bytes = fixture("message-v3-physical-unit.bin", &current);
+    assert_eq!(current, bytes, "the encoding of a physical unit changed");
+    let LeaderMessage::Records(records) = LeaderMessage::decode(&bytes).unwrap() else {
+        panic!("not records");
+    };
+    let pgnos: Vec<Vec<u32>> = records
+        .iter()
+        .map(|r| {
+            r.pages
+                .as_ref()
+                .unwrap()
+                .pages
+                .iter()
+                .map(|p| p.pgno)
+                .collect()
+        })
+        .collect();
+    assert_eq!(pgnos, vec![vec![1], vec![2]]);
+}
+
+/// Version 2 differs in what a `Records` message means (a physical follower could split it):
+/// a peer speaking it is refused by the version byte, and the error names both versions.
+#[test]
+fn replication_protocol_version_2_is_refused_by_name() {
+    for name in ["hello", "ack"] {
+        let bytes = fixture(&format!("message-v2-{name}.bin"), &[]);
+        let err = FollowerMessage::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::DecodeError::Version {
+                    version: 2,
+                    supported: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    for name in ["welcome", "records", "heartbeat", "refuse"] {
+        let bytes = fixture(&format!("message-v2-{name}.bin"), &[]);
+        let err = LeaderMessage::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(err, crate::DecodeError::Version { version: 2, .. }),
+            "{err}"
+        );
     }
 }
 

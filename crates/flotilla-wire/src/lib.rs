@@ -12,6 +12,7 @@ mod fixtures;
 #[cfg(feature = "sim-bugs")]
 pub mod injected_bugs;
 mod message;
+mod physical_unit;
 mod record;
 mod rows;
 mod snapshot;

@@ -7,7 +7,9 @@ use crate::{decode_record, Cursor, DecodeError, Out};
 use flotilla_types::{Chain, Epoch, LogKind, LogRecord, Lsn, Position};
 
 /// 2: `Welcome` carries the leader's incarnation.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: a `Records` message to a physical follower is a unit, applied whole: page images that a
+///    later record of the message writes again are left out (see `physical_unit.rs`).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The largest replication message either side accepts (one transaction's record may be up to
 /// the leader's `max-transaction-mib`, at most 768 MiB, and travels in one message).
@@ -111,6 +113,9 @@ pub enum LeaderMessage {
         start_after: Lsn,
         head: Position,
     },
+    /// Contiguous records, one unit: a follower applies them in one local transaction with
+    /// any others, never a part of them (to a physical follower, an earlier record may lack
+    /// the page images a later one rewrites).
     Records(Vec<LogRecord>),
     /// Sent when idle: the last record sent on this session (the follower checks that nothing
     /// was lost) and a sign of life.
@@ -255,6 +260,16 @@ impl LeaderMessage {
             out.bytes32(r.as_ref());
         }
         out.seal()
+    }
+
+    /// Encodes a `Records` message for a physical follower from records as stored in the log:
+    /// one unit, the follower applies it whole, and page images superseded within it are left
+    /// out (see `physical_unit.rs`). An undecodable record (damaged, or without pages) is an
+    /// error naming it.
+    pub fn encode_physical_unit<B: AsRef<[u8]>>(records: &[B]) -> Result<Vec<u8>, DecodeError> {
+        let mut out = header(T_RECORDS);
+        crate::physical_unit::write_unit(&mut out, records)?;
+        Ok(out.seal())
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -20,10 +20,10 @@ use flotilla_types::{
 };
 
 pub const RECORD_FORMAT_VERSION: u8 = 2;
-const SECTION_PAGES: u8 = 1;
-const SECTION_ROWS: u8 = 2;
+pub(crate) const SECTION_PAGES: u8 = 1;
+pub(crate) const SECTION_ROWS: u8 = 2;
 const HEADER_LEN: usize = 2 + 5 * 8 + 2;
-const WHAT: &str = "log record";
+pub(crate) const WHAT: &str = "log record";
 
 pub fn encoded_record_len(r: &LogRecord) -> usize {
     HEADER_LEN
@@ -80,35 +80,7 @@ pub fn decode_record_rows(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
 fn decode(bytes: &[u8], with_pages: bool) -> Result<LogRecord, DecodeError> {
     let body = unseal(bytes, WHAT)?;
     let mut c = Cursor::new(body, WHAT);
-    let version = c.u8()?;
-    let sections = match version {
-        1 => match c.u8()? {
-            1 => SECTION_PAGES,
-            kind => {
-                return Err(DecodeError::invalid(
-                    WHAT,
-                    format!("unknown payload kind {kind}"),
-                ))
-            }
-        },
-        2 => {
-            let s = c.u8()?;
-            if s & !(SECTION_PAGES | SECTION_ROWS) != 0 {
-                return Err(DecodeError::invalid(
-                    WHAT,
-                    format!("unknown sections {s:#x}"),
-                ));
-            }
-            s
-        }
-        _ => {
-            return Err(DecodeError::Version {
-                what: WHAT,
-                version,
-                supported: RECORD_FORMAT_VERSION,
-            })
-        }
-    };
+    let sections = read_sections(&mut c)?;
     let epoch = Epoch(c.u64()?);
     let lsn = Lsn(c.u64()?);
     let chain = Chain(c.u64()?);
@@ -145,7 +117,60 @@ fn decode(bytes: &[u8], with_pages: bool) -> Result<LogRecord, DecodeError> {
     })
 }
 
+/// Reads the format version and the sections byte (a version 1 record has only pages).
+pub(crate) fn read_sections(c: &mut Cursor) -> Result<u8, DecodeError> {
+    let version = c.u8()?;
+    Ok(match version {
+        1 => match c.u8()? {
+            1 => SECTION_PAGES,
+            kind => {
+                return Err(DecodeError::invalid(
+                    WHAT,
+                    format!("unknown payload kind {kind}"),
+                ))
+            }
+        },
+        2 => {
+            let s = c.u8()?;
+            if s & !(SECTION_PAGES | SECTION_ROWS) != 0 {
+                return Err(DecodeError::invalid(
+                    WHAT,
+                    format!("unknown sections {s:#x}"),
+                ));
+            }
+            s
+        }
+        _ => {
+            return Err(DecodeError::Version {
+                what: WHAT,
+                version,
+                supported: RECORD_FORMAT_VERSION,
+            })
+        }
+    })
+}
+
 fn decode_pages(c: &mut Cursor) -> Result<PagePayload, DecodeError> {
+    let (page_size, db_size_pages, slices) = page_slices(c)?;
+    Ok(PagePayload {
+        page_size,
+        db_size_pages,
+        pages: slices
+            .into_iter()
+            .map(|(pgno, data)| Page {
+                pgno,
+                data: data.to_vec(),
+            })
+            .collect(),
+    })
+}
+
+/// The page section at `c` (which it must end): page size, database size in pages, and each
+/// page's number and image, borrowed. Checks the invariants of [`PagePayload`].
+#[allow(clippy::type_complexity)]
+pub(crate) fn page_slices<'a>(
+    c: &mut Cursor<'a>,
+) -> Result<(u32, u32, Vec<(u32, &'a [u8])>), DecodeError> {
     let page_size = c.u32()?;
     if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
         return Err(DecodeError::invalid(WHAT, format!("page size {page_size}")));
@@ -175,16 +200,9 @@ fn decode_pages(c: &mut Cursor) -> Result<PagePayload, DecodeError> {
             ));
         }
         last = pgno;
-        pages.push(Page {
-            pgno,
-            data: c.take(page_size as usize)?.to_vec(),
-        });
+        pages.push((pgno, c.take(page_size as usize)?));
     }
-    Ok(PagePayload {
-        page_size,
-        db_size_pages,
-        pages,
-    })
+    Ok((page_size, db_size_pages, pages))
 }
 
 /// What a follower of `kind` is shipped of an encoded record: a logical follower gets the

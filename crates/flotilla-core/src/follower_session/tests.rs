@@ -597,3 +597,64 @@ fn one_record_beyond_the_byte_bound_is_taken() {
     assert!(!cmds.contains(&FollowerCommand::Disconnect), "{cmds:?}");
     assert_eq!(s.pending_records(), 2);
 }
+
+/// A records message is one unit (a physical follower's may lack page images that a later
+/// record of it rewrites): an apply batch never ends inside one, whatever the batch bounds.
+#[test]
+fn an_apply_batch_never_splits_a_message() {
+    let mut config = FollowerConfig::new("f1", "http://f1");
+    config.max_batch_records = 2;
+    let mut s = FollowerSession::new(
+        config,
+        Some((Position::new(1, 0), Chain(0))),
+        Some("c".into()),
+    )
+    .with_leader_incarnation(Some("inc-1".into()));
+    s.start(0);
+    s.handle(1, 0, FollowerEvent::Connected);
+    s.handle(2, 0, welcome(0));
+    let mut chain = Chain(0);
+    let records: Vec<LogRecord> = (1..=7)
+        .map(|lsn| {
+            let r = rec(lsn, chain);
+            chain = r.chain;
+            r
+        })
+        .collect();
+    let batch_lsns = |cmds: &[FollowerCommand]| -> Vec<Vec<u64>> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                FollowerCommand::Apply(b) => Some(b.iter().map(|r| r.lsn.0).collect()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Three records in one message: applied together though a batch holds two.
+    let cmds = s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(records[..3].to_vec())),
+    );
+    assert_eq!(batch_lsns(&cmds), vec![vec![1, 2, 3]]);
+    // While that applies, two messages arrive: [4] and [5, 6, 7]. The next batch reaches its
+    // bound after 4 and 5, but 5 starts a unit: it takes the whole of it.
+    s.handle(
+        4,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(records[3..4].to_vec())),
+    );
+    s.handle(
+        5,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(records[4..].to_vec())),
+    );
+    let cmds = s.handle(
+        6,
+        0,
+        FollowerEvent::Applied {
+            position: records[2].position(),
+            chain: records[2].chain,
+        },
+    );
+    assert_eq!(batch_lsns(&cmds), vec![vec![4, 5, 6, 7]]);
+}

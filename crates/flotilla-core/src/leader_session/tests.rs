@@ -1,13 +1,13 @@
 use super::*;
 
 /// Records 1..=n of a history whose chain starts at `Chain(0)`, encoded as the log holds them.
-fn history(n: u64) -> Vec<(Chain, Arc<Vec<u8>>)> {
+fn history(n: u64) -> Vec<(Chain, Bytes)> {
     let mut chain = Chain(0);
     (1..=n)
         .map(|lsn| {
             let r = crate::test_records::record(lsn, chain);
             chain = r.chain;
-            (chain, Arc::new(flotilla_wire::encode_record(&r)))
+            (chain, Bytes::from(flotilla_wire::encode_record(&r)))
         })
         .collect()
 }
@@ -15,7 +15,7 @@ fn history(n: u64) -> Vec<(Chain, Arc<Vec<u8>>)> {
 /// A leader whose log holds records 1..=head (all retained).
 struct Leader {
     tracker: FollowerTracker,
-    log: Vec<(Chain, Arc<Vec<u8>>)>,
+    log: Vec<(Chain, Bytes)>,
     head: u64,
     first_retained: u64,
     now_ms: u64,
@@ -527,6 +527,26 @@ fn a_logical_follower_gets_records_without_pages() {
     assert!(r.iter().all(|r| r.pages.is_none()));
 }
 
+/// Every test record rewrites page 1: a physical follower gets each batch as one unit in which
+/// only the last record still carries it, and no row changes.
+#[test]
+fn a_physical_follower_gets_a_unit_without_superseded_pages() {
+    let mut l = Leader::new(3);
+    let (mut s, cmds) = welcomed(&mut l, ShippingConfig::default(), "f1", 0);
+    let (from, n, b) = read_of(&cmds).unwrap();
+    let cmds = l.handle(&mut s, l.read(from, n, b));
+    let Some(LeaderMessage::Records(r)) = sent(&cmds).into_iter().next() else {
+        panic!("{cmds:?}")
+    };
+    let pages: Vec<usize> = r
+        .iter()
+        .map(|r| r.pages.as_ref().unwrap().pages.len())
+        .collect();
+    assert_eq!(pages, vec![0, 0, 1]);
+    assert_eq!(r[2].pages.as_ref().unwrap().pages[0].data, vec![3u8; 512]);
+    assert!(r.iter().all(|r| r.rows.is_none()));
+}
+
 /// The node ships only up to the head it checked the follower's credential against, while its
 /// log may already hold newer records: a read never asks past that head.
 #[test]
@@ -534,7 +554,7 @@ fn reads_stop_at_the_head_the_host_vouches_for() {
     let mut l = Leader::new(10);
     l.head = 6;
     let (mut s, cmds) = welcomed(&mut l, ShippingConfig::default(), "f1", 2);
-    assert_eq!(read_of(&cmds), Some((Lsn(3), 4, 4 << 20)));
+    assert_eq!(read_of(&cmds), Some((Lsn(3), 4, 16 << 20)));
     assert_eq!(pump(&mut l, &mut s, cmds), vec![(3, 6)]);
 }
 

@@ -61,7 +61,7 @@ impl LeaderState {
         from: Lsn,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Arc<Vec<u8>>>, LogError> {
+    ) -> Result<Vec<bytes::Bytes>, LogError> {
         if let Some(recs) = self.recent.from(from.0, max_records, max_bytes) {
             if !recs.is_empty() {
                 return Ok(recs);
@@ -69,7 +69,7 @@ impl LeaderState {
         }
         let log = self.log.clone();
         match tokio::task::spawn_blocking(move || log.read(from.0, max_records, max_bytes)).await {
-            Ok(read) => read.map(|v| v.into_iter().map(Arc::new).collect()),
+            Ok(read) => read,
             // The read panicked (a bug): an error for this reader, not a panic of its task.
             Err(e) => Err(LogError::Io {
                 path: PathBuf::from("(replication log read)"),
@@ -85,7 +85,7 @@ impl LeaderState {
         from: Lsn,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Arc<Vec<u8>>>, ReadFailure> {
+    ) -> Result<Vec<bytes::Bytes>, ReadFailure> {
         self.read_records(from, max_records, max_bytes)
             .await
             .map_err(|e| match e {

@@ -1,15 +1,16 @@
 //! The newest encoded records in memory, so that followers that keep up are served without
 //! reading the log files, and commit times for lag reporting.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 const MAX_BYTES: usize = 64 << 20;
 const MAX_TIMES: usize = 1 << 20;
 
 #[derive(Default)]
 struct Inner {
-    records: VecDeque<(u64, Arc<Vec<u8>>)>,
+    records: VecDeque<(u64, Bytes)>,
     bytes: usize,
     /// (lsn, commit time, encoded bytes of all records before this lsn)
     times: VecDeque<(u64, u64, u64)>,
@@ -26,7 +27,7 @@ impl RecentRecords {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, lsn: u64, commit_time_us: u64, encoded: Arc<Vec<u8>>) {
+    pub fn push(&self, lsn: u64, commit_time_us: u64, encoded: Bytes) {
         let mut st = self.lock();
         st.bytes += encoded.len();
         let before = st.total_bytes;
@@ -44,12 +45,7 @@ impl RecentRecords {
 
     /// Records `from..` that are still in memory, at most `max_records`, stopping after the one
     /// that reaches `max_bytes`; `None` if `from` is older than the cache (read the log instead).
-    pub fn from(
-        &self,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Option<Vec<Arc<Vec<u8>>>> {
+    pub fn from(&self, from: u64, max_records: usize, max_bytes: usize) -> Option<Vec<Bytes>> {
         let st = self.lock();
         let first = st.records.front()?.0;
         if from < first {

@@ -107,7 +107,7 @@ impl Publisher {
         let Some(record) = &outcome.record else {
             return Ok(None);
         };
-        let encoded = Arc::new(flotilla_wire::encode_record_with_rows(
+        let encoded = bytes::Bytes::from(flotilla_wire::encode_record_with_rows(
             record,
             Some(&outcome.encoded_rows),
         ));

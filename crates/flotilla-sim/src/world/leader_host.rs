@@ -89,7 +89,7 @@ impl World {
                         max_bytes,
                     } => {
                         let result = match self.leader.log.read(from.0, max_records, max_bytes) {
-                            Ok(recs) => Ok(recs.into_iter().map(Arc::new).collect()),
+                            Ok(recs) => Ok(recs),
                             Err(
                                 e @ (flotilla_log::LogError::Trimmed { .. }
                                 | flotilla_log::LogError::Corrupt { .. }),

@@ -383,7 +383,7 @@ impl ConfigFile {
         }
         let mut names = std::collections::HashSet::new();
         for p in &self.pipeline {
-            p.check().map_err(|e| invalid("pipeline", e))?;
+            p.check().map_err(|e| invalid("pipeline", e.0))?;
             if !names.insert(p.name.clone()) {
                 return Err(invalid(
                     "pipeline",
@@ -404,7 +404,7 @@ impl ConfigFile {
                 .iter()
                 .map(|e| crate::pipeline::allow::Allowed::parse(e))
                 .collect::<Result<_, _>>()
-                .map_err(|e| invalid("pipeline-targets.allow", e))?,
+                .map_err(|e| invalid("pipeline-targets.allow", e.0))?,
         };
         let readers = self.api.readers.unwrap_or(4);
         if !(1..=64).contains(&readers) {

@@ -38,9 +38,14 @@ pub const INJECTABLE_BUGS: &[&str] = &[
     "ignore-window",
 ];
 
+/// A bug name the simulator does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown bug {0:?}; known: {known}", known = INJECTABLE_BUGS.join(", "))]
+pub struct UnknownBug(pub String);
+
 /// Switches a deliberate bug on (or all off with `None`). The switches exist only in builds with
 /// the `sim-bugs` feature, which only this crate enables.
-pub fn inject_bug(name: Option<&str>) -> Result<(), String> {
+pub fn inject_bug(name: Option<&str>) -> Result<(), UnknownBug> {
     flotilla_wire::injected_bugs::SKIP_CHECKSUM.store(false, Ordering::Relaxed);
     flotilla_store::injected_bugs::APPLY_OUT_OF_ORDER.store(false, Ordering::Relaxed);
     flotilla_core::injected_bugs::ACK_BEFORE_FSYNC.store(false, Ordering::Relaxed);
@@ -59,12 +64,7 @@ pub fn inject_bug(name: Option<&str>) -> Result<(), String> {
         Some("ack-before-fsync") => {
             flotilla_core::injected_bugs::ACK_BEFORE_FSYNC.store(true, Ordering::Relaxed)
         }
-        Some(other) => {
-            return Err(format!(
-                "unknown bug {other:?}; known: {}",
-                INJECTABLE_BUGS.join(", ")
-            ))
-        }
+        Some(other) => return Err(UnknownBug(other.to_string())),
     }
     Ok(())
 }

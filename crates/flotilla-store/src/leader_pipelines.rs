@@ -280,7 +280,7 @@ impl LeaderDb {
         origin: &NodeId,
         now_us: u64,
     ) -> Result<(i64, CommitOutcome), PipelineError> {
-        spec.check().map_err(PipelineError::Invalid)?;
+        spec.check().map_err(|e| PipelineError::Invalid(e.0))?;
         if self.pipelines.list.iter().any(|p| p.spec.name == spec.name) {
             return Err(PipelineError::Invalid(format!(
                 "a pipeline named {} exists already",

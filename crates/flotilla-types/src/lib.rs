@@ -17,7 +17,8 @@ pub use access::{AccessRole, AccessRoleParseError};
 pub use chain::{Chain, ContentDigest};
 pub use ids::{ClusterId, IdError, NodeId};
 pub use pipeline::{
-    split_assignment, Computed, PipelineSpec, PipelineTarget, Rename, PIPELINE_FORMAT_VERSION,
+    split_assignment, Computed, InvalidPipeline, PipelineSpec, PipelineTarget, Rename,
+    PIPELINE_FORMAT_VERSION,
 };
 pub use position::{Epoch, Lsn, Position, PositionParseError};
 pub use record::{LogKind, LogKindParseError, LogRecord, Page, PagePayload};

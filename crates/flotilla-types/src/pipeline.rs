@@ -60,6 +60,11 @@ pub struct Computed {
     pub expr: String,
 }
 
+/// A pipeline definition or target that is not valid, and why (shown to the user as it is).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPipeline(pub String);
+
 /// Where a pipeline delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PipelineTarget {
@@ -70,7 +75,7 @@ pub enum PipelineTarget {
 }
 
 impl PipelineTarget {
-    pub fn parse(s: &str) -> Result<PipelineTarget, String> {
+    pub fn parse(s: &str) -> Result<PipelineTarget, InvalidPipeline> {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             Ok(PipelineTarget::Postgres(s.to_string()))
         } else if s.starts_with("http://") || s.starts_with("https://") {
@@ -79,14 +84,16 @@ impl PipelineTarget {
             ))
         } else if let Some(path) = s.strip_prefix("file:") {
             match path {
-                "" => Err("file: needs a path (file:PATH, or file:- for stdout)".into()),
+                "" => Err(InvalidPipeline(
+                    "file: needs a path (file:PATH, or file:- for stdout)".into(),
+                )),
                 "-" => Ok(PipelineTarget::Stdout),
                 p => Ok(PipelineTarget::File(p.into())),
             }
         } else {
-            Err(format!(
+            Err(InvalidPipeline(format!(
                 "target {s:?} is not postgres://…, http://… (another Flotilla) or file:PATH"
-            ))
+            )))
         }
     }
 
@@ -110,7 +117,7 @@ impl PipelineTarget {
 impl PipelineSpec {
     /// Checks what can be checked without the database: the name, the target, and that the
     /// pieces are not empty or repeated.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvalidPipeline> {
         if self.name.is_empty()
             || self.name.len() > 64
             || !self
@@ -118,35 +125,40 @@ impl PipelineSpec {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(format!(
+            return Err(InvalidPipeline(format!(
                 "pipeline name {:?}: use 1 to 64 letters, digits, '-' or '_'",
                 self.name
-            ));
+            )));
         }
         if self.source.trim().is_empty() {
-            return Err("the pipeline needs a source table".into());
+            return Err(InvalidPipeline("the pipeline needs a source table".into()));
         }
         PipelineTarget::parse(&self.target)?;
         if let Some(p) = &self.predicate {
             if p.trim().is_empty() {
-                return Err("the row predicate (where) is empty".into());
+                return Err(InvalidPipeline("the row predicate (where) is empty".into()));
             }
         }
         for r in &self.renames {
             if r.from.is_empty() || r.to.is_empty() {
-                return Err(format!("rename {}={}: both names are needed", r.from, r.to));
+                return Err(InvalidPipeline(format!(
+                    "rename {}={}: both names are needed",
+                    r.from, r.to
+                )));
             }
         }
         for c in &self.computed {
             if c.name.is_empty() || c.expr.trim().is_empty() {
-                return Err(format!(
+                return Err(InvalidPipeline(format!(
                     "computed column {:?}: use NAME=SQL_EXPRESSION",
                     c.name
-                ));
+                )));
             }
         }
         if matches!(self.into.as_deref(), Some("")) {
-            return Err("the target table name (into) is empty".into());
+            return Err(InvalidPipeline(
+                "the target table name (into) is empty".into(),
+            ));
         }
         Ok(())
     }
@@ -180,6 +192,7 @@ mod tests {
         ));
         assert!(PipelineTarget::parse("mysql://x")
             .unwrap_err()
+            .0
             .contains("postgres://"));
         assert_eq!(
             PipelineTarget::redacted("postgres://me:secret@127.0.0.1:5/db"),
@@ -207,7 +220,7 @@ mod tests {
         };
         assert!(s.check().is_ok());
         s.name = "no spaces".into();
-        assert!(s.check().unwrap_err().contains("letters"));
+        assert!(s.check().unwrap_err().0.contains("letters"));
         assert_eq!(split_assignment("a = b+1"), Some(("a", "b+1")));
         assert_eq!(split_assignment("a="), None);
     }

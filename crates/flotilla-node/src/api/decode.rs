@@ -121,7 +121,7 @@ pub fn decode_query(raw: &[u8], node_limit_ms: u64) -> Result<QueryRequest, ApiE
         .enumerate()
         .map(|(i, v)| from_raw_json(i, v))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::bad_request("bad_request", e))?;
+        .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
     let min_position = match &req.min_position {
         None => None,
         Some(text) => Some(

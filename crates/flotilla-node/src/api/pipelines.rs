@@ -86,7 +86,7 @@ pub async fn add(
     let (spec, _): (PipelineSpec, _) =
         json_body(&headers, body, node.config.max_body_bytes).await?;
     spec.check()
-        .map_err(|e| ApiError::bad_request("invalid_pipeline", e))?;
+        .map_err(|e| ApiError::bad_request("invalid_pipeline", e.0))?;
     // What can be known now is checked now: the source (by planning on a reader) and the
     // target (reachable, with the table and columns the pipeline delivers).
     let mut lease = node.readers.lease().await.map_err(|e| {

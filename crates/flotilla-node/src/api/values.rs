@@ -8,6 +8,18 @@ use serde_json::{json, Value as Json};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// A parameter that is not a SQLite value: which one (0-based) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("parameter {index}: {detail}")]
+pub struct ParamError {
+    pub index: usize,
+    pub detail: String,
+}
+
+fn bad(index: usize, detail: String) -> ParamError {
+    ParamError { index, detail }
+}
+
 pub fn to_json(v: ValueRef<'_>) -> Json {
     match v {
         ValueRef::Null => Json::Null,
@@ -29,25 +41,28 @@ pub fn to_json(v: ValueRef<'_>) -> Json {
 /// Converts parameter `index` (0-based, for messages), as the client wrote it, to a SQLite
 /// value. A number written as an integer (no fraction, no exponent) must fit SQLite's 64-bit
 /// signed integers: a JSON parser would quietly turn a larger one into an approximate REAL.
-pub fn from_raw_json(index: usize, raw: &serde_json::value::RawValue) -> Result<Value, String> {
+pub fn from_raw_json(index: usize, raw: &serde_json::value::RawValue) -> Result<Value, ParamError> {
     let text = raw.get().trim();
     let integer_literal = text.starts_with(|c: char| c == '-' || c.is_ascii_digit())
         && !text.contains(['.', 'e', 'E']);
     if integer_literal {
         return text.parse::<i64>().map(Value::Integer).map_err(|_| {
-            format!(
-                "parameter {index}: integer {text} does not fit SQLite's 64-bit signed integers \
+            bad(
+                index,
+                format!(
+                    "integer {text} does not fit SQLite's 64-bit signed integers \
                  (-9223372036854775808 to 9223372036854775807); send it as a string or a real \
                  (e.g. {text}.0) if that is what you mean"
+                ),
             )
         });
     }
-    let v: Json = serde_json::from_str(text).map_err(|e| format!("parameter {index}: {e}"))?;
+    let v: Json = serde_json::from_str(text).map_err(|e| bad(index, e.to_string()))?;
     from_json(index, &v)
 }
 
 /// Converts parameter `index` (0-based, for messages) to a SQLite value.
-pub fn from_json(index: usize, v: &Json) -> Result<Value, String> {
+pub fn from_json(index: usize, v: &Json) -> Result<Value, ParamError> {
     Ok(match v {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Integer(*b as i64),
@@ -55,8 +70,9 @@ pub fn from_json(index: usize, v: &Json) -> Result<Value, String> {
             if let Some(i) = n.as_i64() {
                 Value::Integer(i)
             } else if n.is_u64() {
-                return Err(format!(
-                    "parameter {index}: integer {n} does not fit SQLite's 64-bit signed integers"
+                return Err(bad(
+                    index,
+                    format!("integer {n} does not fit SQLite's 64-bit signed integers"),
                 ));
             } else {
                 Value::Real(n.as_f64().expect("finite number"))
@@ -65,17 +81,20 @@ pub fn from_json(index: usize, v: &Json) -> Result<Value, String> {
         Json::String(s) => Value::Text(s.clone()),
         Json::Object(o) if o.len() == 1 && o.contains_key("base64") => {
             let Some(text) = o["base64"].as_str() else {
-                return Err(format!("parameter {index}: \"base64\" must be a string"));
+                return Err(bad(index, "\"base64\" must be a string".into()));
             };
             Value::Blob(
                 B64.decode(text)
-                    .map_err(|e| format!("parameter {index}: invalid base64: {e}"))?,
+                    .map_err(|e| bad(index, format!("invalid base64: {e}")))?,
             )
         }
         other => {
-            return Err(format!(
-                "parameter {index}: {other} is not a SQLite value (use a number, a string, null, \
-                 or {{\"base64\": \"...\"}} for a BLOB)"
+            return Err(bad(
+                index,
+                format!(
+                    "{other} is not a SQLite value (use a number, a string, null, or \
+                     {{\"base64\": \"...\"}} for a BLOB)"
+                ),
             ))
         }
     })
@@ -122,7 +141,9 @@ mod tests {
         ] {
             let err = from_raw_json(1, &raw(text)).unwrap_err();
             assert!(
-                err.contains("parameter 1") && err.contains("64-bit"),
+                err.index == 1
+                    && err.to_string().contains("parameter 1")
+                    && err.detail.contains("64-bit"),
                 "{text}: {err}"
             );
         }
@@ -149,13 +170,16 @@ mod tests {
     fn rejects_non_values() {
         assert!(from_json(2, &json!([1]))
             .unwrap_err()
+            .to_string()
             .starts_with("parameter 2"));
         assert!(from_json(0, &json!({"x": 1})).is_err());
         assert!(from_json(0, &json!({"base64": "!!"}))
             .unwrap_err()
+            .detail
             .contains("base64"));
         assert!(from_json(0, &json!(u64::MAX))
             .unwrap_err()
+            .detail
             .contains("64-bit"));
     }
 }

@@ -6,7 +6,7 @@
 use super::{Head, RecentRecords};
 use crate::metrics::Counters;
 use crate::time::wall_us;
-use flotilla_log::Log;
+use flotilla_log::{Log, LogError};
 use flotilla_store::{CommitOutcome, LeaderDb, RequestOutcome, TxnRequest};
 use flotilla_types::{Epoch, NodeId, PipelineSpec, Position};
 use std::collections::VecDeque;
@@ -103,7 +103,7 @@ impl Publisher {
     /// Appends the commit's record to the log, flushes it, and publishes the new head. `Err`:
     /// the record is committed in SQLite but not durable in the log; the node must stop (at
     /// restart the commit is recaptured from the WAL).
-    fn publish(&self, outcome: &CommitOutcome) -> Result<Option<Position>, String> {
+    fn publish(&self, outcome: &CommitOutcome) -> Result<Option<Position>, LogError> {
         let Some(record) = &outcome.record else {
             return Ok(None);
         };
@@ -111,10 +111,7 @@ impl Publisher {
             record,
             Some(&outcome.encoded_rows),
         ));
-        self.log
-            .append(&encoded)
-            .and_then(|_| self.log.sync())
-            .map_err(|e| format!("replication log: {e}"))?;
+        self.log.append(&encoded).and_then(|_| self.log.sync())?;
         self.recent
             .push(record.lsn.0, record.commit_time_us, encoded.clone());
         Counters::add(&self.counters.commits, 1);
@@ -166,16 +163,16 @@ pub fn spawn_writer(
                             }
                         };
                         let result = result.map_err(ChangeError::from);
-                        if let Err(reason) = internal_commit_done(&db, &publisher, result, reply) {
-                            return stop(Vec::new(), &fatal, reason);
+                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
                     }
                     WriteJob::Pipeline { change, reply } => {
                         let result = pipeline_change(&mut db, &change, epoch, &origin)
                             .map_err(ChangeError::from);
-                        if let Err(reason) = internal_commit_done(&db, &publisher, result, reply) {
-                            return stop(Vec::new(), &fatal, reason);
+                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
                     }
@@ -217,7 +214,7 @@ pub fn spawn_writer(
                 let position = match publisher.publish(&outcome) {
                     Ok(Some(p)) => p,
                     Ok(None) => db.meta().position,
-                    Err(reason) => return stop(group, &fatal, reason),
+                    Err(e) => return stop(group, &fatal, durability_lost(&e)),
                 };
                 let mut retries = Vec::new();
                 for ((request, reply), out) in group.into_iter().zip(outcome.outcomes) {
@@ -256,19 +253,24 @@ fn internal_commit_done(
     publisher: &Publisher,
     result: Result<CommitOutcome, ChangeError>,
     reply: oneshot::Sender<ChangeReply>,
-) -> Result<(), String> {
+) -> Result<(), LogError> {
     let answer = match result {
         Ok(outcome) => match publisher.publish(&outcome) {
             Ok(p) => Ok(p.unwrap_or(db.meta().position)),
-            Err(reason) => {
-                let _ = reply.send(Err(ChangeError::Indeterminate(reason.clone())));
-                return Err(reason);
+            Err(e) => {
+                let _ = reply.send(Err(ChangeError::Indeterminate(durability_lost(&e))));
+                return Err(e);
             }
         },
         Err(e) => Err(e),
     };
     let _ = reply.send(answer);
     Ok(())
+}
+
+/// Why a commit is not known to be durable: its record could not be appended or flushed.
+fn durability_lost(e: &LogError) -> String {
+    format!("replication log: {e}")
 }
 
 fn stop(group: Group, fatal: &crate::fatal::FatalSender, reason: String) {

@@ -4,8 +4,19 @@
 //! `<data>/exports/`: a pipeline must not make a node a tool to reach, or write to, whatever an
 //! API caller names.
 
-use flotilla_types::PipelineTarget;
+use flotilla_types::{InvalidPipeline, PipelineTarget};
 use std::path::{Component, Path, PathBuf};
+
+/// An allow-list entry that cannot be read, or a target the list does not allow: why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotAllowed(pub String);
+
+impl From<InvalidPipeline> for NotAllowed {
+    fn from(e: InvalidPipeline) -> NotAllowed {
+        NotAllowed(e.0)
+    }
+}
 
 /// One allowed destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +53,18 @@ fn normal_scheme(s: &str) -> &str {
 }
 
 /// (scheme, host, port, path) of a URL.
-fn endpoint(url: &str) -> Result<(String, String, u16, String), String> {
-    let u = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+fn endpoint(url: &str) -> Result<(String, String, u16, String), NotAllowed> {
+    let u =
+        reqwest::Url::parse(url).map_err(|e| NotAllowed(format!("{url:?} is not a URL: {e}")))?;
     let scheme = normal_scheme(u.scheme()).to_string();
-    let port = u
-        .port()
-        .or_else(|| default_port(&scheme))
-        .ok_or_else(|| format!("{url:?}: only postgres://, http:// and https:// are allowed"))?;
+    let port = u.port().or_else(|| default_port(&scheme)).ok_or_else(|| {
+        NotAllowed(format!(
+            "{url:?}: only postgres://, http:// and https:// are allowed"
+        ))
+    })?;
     let host = u
         .host_str()
-        .ok_or_else(|| format!("{url:?} names no host"))?
+        .ok_or_else(|| NotAllowed(format!("{url:?} names no host")))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
@@ -66,14 +79,16 @@ fn endpoint(url: &str) -> Result<(String, String, u16, String), String> {
 impl Allowed {
     /// `postgres://host[:port][/db]`, `http(s)://host[:port][/path]`, `file:/directory`, or
     /// `loopback` (any port of this machine's own addresses).
-    pub fn parse(entry: &str) -> Result<Allowed, String> {
+    pub fn parse(entry: &str) -> Result<Allowed, NotAllowed> {
         if entry == "loopback" {
             return Ok(Allowed::Loopback);
         }
         if let Some(dir) = entry.strip_prefix("file:") {
             let p = PathBuf::from(dir);
             if !p.is_absolute() {
-                return Err(format!("{entry:?}: a directory must be an absolute path"));
+                return Err(NotAllowed(format!(
+                    "{entry:?}: a directory must be an absolute path"
+                )));
             }
             return Ok(Allowed::Directory(p));
         }
@@ -121,9 +136,9 @@ fn endpoint_allowed(list: &[Allowed], scheme: &str, host: &str, port: u16, path:
 }
 
 /// (host, port, database) of every address a PostgreSQL URL makes the client try.
-fn postgres_places(url: &str) -> Result<Vec<(String, u16, String)>, String> {
+fn postgres_places(url: &str) -> Result<Vec<(String, u16, String)>, NotAllowed> {
     use tokio_postgres::config::Host;
-    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    let config: tokio_postgres::Config = url.parse().map_err(|e| NotAllowed(format!("{e}")))?;
     let ports = config.get_ports();
     let port_of = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
     let db = config
@@ -140,10 +155,10 @@ fn postgres_places(url: &str) -> Result<Vec<(String, u16, String)>, String> {
                 db.clone(),
             )),
             Host::Unix(p) => {
-                return Err(format!(
+                return Err(NotAllowed(format!(
                     "a Unix socket ({}) is not a network target",
                     p.display()
-                ))
+                )))
             }
         }
     }
@@ -151,13 +166,13 @@ fn postgres_places(url: &str) -> Result<Vec<(String, u16, String)>, String> {
         out.push((addr.to_string(), port_of(i), db.clone()));
     }
     if out.is_empty() {
-        return Err("the URL names no host".into());
+        return Err(NotAllowed("the URL names no host".into()));
     }
     Ok(out)
 }
 
 /// Whether `target` (as a pipeline names it) is allowed by `list`; the error says why not.
-pub fn check(target: &str, list: &[Allowed]) -> Result<(), String> {
+pub fn check(target: &str, list: &[Allowed]) -> Result<(), NotAllowed> {
     let parsed = PipelineTarget::parse(target)?;
     let shown = PipelineTarget::redacted(target);
     let allowed = match &parsed {
@@ -169,25 +184,25 @@ pub fn check(target: &str, list: &[Allowed]) -> Result<(), String> {
         // Every place the PostgreSQL client would connect to, as it reads the URL itself:
         // `?host=` and `?hostaddr=` parameters name hosts besides the URL's.
         PipelineTarget::Postgres(url) => {
-            let places =
-                postgres_places(url).map_err(|e| format!("pipeline target {shown}: {e}"))?;
+            let places = postgres_places(url)
+                .map_err(|e| NotAllowed(format!("pipeline target {shown}: {e}")))?;
             places.iter().all(|(host, port, db)| {
                 endpoint_allowed(list, "postgres", host, *port, &format!("/{db}"))
             })
         }
         PipelineTarget::File(path) => {
             if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-                return Err(format!(
+                return Err(NotAllowed(format!(
                     "pipeline target {shown}: a file target must be an absolute path without `..`"
-                ));
+                )));
             }
             // The directory the file goes into, as it really is (symbolic links resolved).
             let parent = path.parent().unwrap_or(Path::new("/"));
             let real = parent.canonicalize().map_err(|e| {
-                format!(
+                NotAllowed(format!(
                     "pipeline target {shown}: directory {} {e}",
                     parent.display()
-                )
+                ))
             })?;
             list.iter().any(|a| match a {
                 Allowed::Directory(dir) => dir.canonicalize().is_ok_and(|d| real.starts_with(d)),
@@ -198,12 +213,12 @@ pub fn check(target: &str, list: &[Allowed]) -> Result<(), String> {
     if allowed {
         Ok(())
     } else {
-        Err(format!(
+        Err(NotAllowed(format!(
             "pipeline target {shown} is not allowed on this node: an operator allows targets in \
              the node's config ([pipeline-targets] allow = [\"postgres://host:port\", \
              \"https://host:port\", \"file:/directory\", \"loopback\"]); without that list only \
              this machine's own hosts and <data>/exports/ are allowed"
-        ))
+        )))
     }
 }
 
@@ -272,7 +287,7 @@ mod tests {
             assert!(check(target, &defaults).is_err(), "{target}");
         }
         assert!(check("postgres://u:p@localhost,127.0.0.1:5433/x", &defaults).is_ok());
-        let err = check("postgres://u:secret@10.1.1.1/x", &list).unwrap_err();
+        let err = check("postgres://u:secret@10.1.1.1/x", &list).unwrap_err().0;
         assert!(
             err.contains("not allowed") && !err.contains("secret"),
             "{err}"

@@ -162,8 +162,8 @@ impl Target {
     ) -> Result<(Target, i64), TargetError> {
         // Checked at every open: the operator may have narrowed the list since.
         super::allow::check(&spec.target, &node.config.pipeline_allow)
-            .map_err(TargetError::Refused)?;
-        match PipelineTarget::parse(&spec.target).map_err(TargetError::Refused)? {
+            .map_err(|e| TargetError::Refused(e.0))?;
+        match PipelineTarget::parse(&spec.target).map_err(|e| TargetError::Refused(e.0))? {
             PipelineTarget::Postgres(url) => {
                 let (t, cursor) = PostgresTarget::open(&url, d).await?;
                 Ok((Target::Postgres(Box::new(t)), cursor))

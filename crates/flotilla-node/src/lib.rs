@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod api_error;
 pub mod auth;
 pub mod config;
 pub mod data_lock;
@@ -22,8 +23,10 @@ mod node;
 pub mod peer;
 pub mod pipeline;
 mod readers;
+mod serve;
 mod time;
 pub mod tls;
 
 pub use config::{ConfigError, NodeConfig};
-pub use node::{run, Node, Role};
+pub use node::{Node, Role};
+pub use serve::run;

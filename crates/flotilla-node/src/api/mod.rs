@@ -3,7 +3,7 @@
 mod body;
 pub mod changes;
 pub mod decode;
-mod error;
+
 mod execute;
 mod followers;
 mod metrics;
@@ -16,7 +16,7 @@ mod tokens;
 pub mod values;
 mod writer_job;
 
-pub use error::ApiError;
+pub use crate::api_error::ApiError;
 
 use crate::node::Node;
 use axum::extract::{State, WebSocketUpgrade};

@@ -7,7 +7,7 @@ mod token;
 pub use keyring::{Denied, Keyring};
 pub use token::{hash_secret, TokenText};
 
-use crate::api::ApiError;
+use crate::api_error::ApiError;
 use crate::node::Node;
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};

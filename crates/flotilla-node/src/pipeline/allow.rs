@@ -287,7 +287,9 @@ mod tests {
             assert!(check(target, &defaults).is_err(), "{target}");
         }
         assert!(check("postgres://u:p@localhost,127.0.0.1:5433/x", &defaults).is_ok());
-        let err = check("postgres://u:secret@10.1.1.1/x", &list).unwrap_err().0;
+        let err = check("postgres://u:secret@10.1.1.1/x", &list)
+            .unwrap_err()
+            .0;
         assert!(
             err.contains("not allowed") && !err.contains("secret"),
             "{err}"

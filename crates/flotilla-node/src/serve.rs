@@ -1,0 +1,356 @@
+//! Starting a node: opens its data directory, wires the role's tasks, the HTTP server and the
+//! fatal-error channel, and runs until a signal or a fatal error. The one module that knows
+//! every other: [`crate::node`] is only the state the tasks share.
+
+use crate::config::NodeConfig;
+use crate::follower::FollowerShared;
+use crate::identity;
+use crate::leader::{self, Head, LeaderState, RecentRecords, WriteJob};
+use crate::metrics::Counters;
+use crate::node::{Node, Role};
+use crate::readers::ReaderPool;
+use anyhow::Context;
+use flotilla_core::FollowerTracker;
+use flotilla_log::{Log, LogConfig};
+use flotilla_store::{DbSettings, LeaderDb};
+use flotilla_types::Position;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The data directory holds the database, its log and secrets (pipeline targets' passwords, the
+/// first admin token): a new one is made readable by its owner only, and an existing one that
+/// others may read is named in a warning.
+fn private_data_dir(dir: &std::path::Path, new: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if new {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+        return Ok(());
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "the data directory {} can be read by other users (mode {:o}): it holds the data and \
+             secrets; `chmod 700` it",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
+fn random_cluster_id() -> String {
+    flotilla_types::ClusterId::from_random(rand::random()).to_string()
+}
+
+/// Runs a node until Ctrl-C / SIGTERM or a fatal error. `ready` receives the bound URL.
+pub async fn run(
+    config: NodeConfig,
+    ready: Option<tokio::sync::oneshot::Sender<String>>,
+) -> anyhow::Result<()> {
+    let dir = config.data_dir.clone();
+    let new_dir = !dir.exists();
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    private_data_dir(&dir, new_dir)?;
+    // Held until the node stops: a second process on this directory refuses to start.
+    let _lock = crate::data_lock::DataDirLock::acquire(
+        &dir,
+        &format!("node {}, listening on {}", config.id, config.listen),
+    )?;
+    let mut ident = identity::load_or_create(&dir, config.id.as_str())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let tls = match &config.tls_cert_key {
+        Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
+        None => None,
+    };
+    let peers =
+        crate::peer::Peers::new(config.tls_ca.as_deref(), config.replication_token.clone())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if bound.ip().is_unspecified() && config.advertise_url.is_none() {
+        tracing::warn!(
+            "listening on {bound} (every address) without --advertise-url: this node will call \
+             itself {scheme}://{bound}, which other machines cannot reach; set --advertise-url"
+        );
+    }
+    let url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{bound}"));
+    let db_path = dir.join("db.sqlite");
+    let settings = DbSettings {
+        synchronous: config.synchronous,
+        max_transaction_bytes: config.max_transaction_bytes,
+    };
+    let counters = Arc::new(Counters::default());
+    let shutdown = CancellationToken::new();
+    let (fatal_tx, mut fatal_rx) = crate::fatal::channel();
+
+    let mut writer_thread = None;
+    let (role, position) = match &config.follow {
+        None => {
+            // The database knows its own position; an empty log continues from there.
+            let (mut db, created) = LeaderDb::open(&db_path, &settings, random_cluster_id)
+                .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+            let meta = db.meta().clone();
+            let log_dir = dir.join("log");
+            let log_config = LogConfig {
+                segment_bytes: config.segment_bytes,
+                fsync: config.log_fsync,
+            };
+            let log = Arc::new(Log::open(&log_dir, log_config, meta.position.lsn.0)?);
+            let recovery = flotilla_store::recover_leader(&mut db, &log, &config.id)?;
+            if recovery.completed_from_log > 0 {
+                // A power loss with synchronous=NORMAL took the database's newest commits; the
+                // log, flushed before every answer, had them.
+                tracing::warn!(
+                    "the database had lost {} commits: completed from the replication log",
+                    recovery.completed_from_log
+                );
+            }
+            for p in &recovery.recaptured {
+                tracing::warn!(position = %p, "recovered a commit missing from the log");
+            }
+            if let Some(why) = &recovery.log_restarted {
+                // Followers behind this point bootstrap from a snapshot.
+                tracing::warn!(
+                    "{why}; restarted the replication log after lsn {}",
+                    db.meta().position.lsn
+                );
+            }
+            let meta = db.meta().clone();
+            match &ident.cluster_id {
+                Some(c) if *c != meta.cluster_id => anyhow::bail!(
+                    "the database belongs to cluster {} but this node to cluster {c}",
+                    meta.cluster_id
+                ),
+                _ => {}
+            }
+            ident.cluster_id = Some(meta.cluster_id.clone());
+            ident.epoch = ident.epoch.max(meta.position.epoch.0);
+            if ident.incarnation.is_none() {
+                if let Some(followed) = &ident.leader_incarnation {
+                    tracing::warn!(
+                        "this data directory followed leader incarnation {followed}; it now \
+                         leads as a new incarnation: followers of the old leader will not \
+                         follow it unless they start from empty data directories"
+                    );
+                }
+                ident.incarnation = Some(format!("{:032x}", rand::random::<u128>()));
+            }
+            identity::save(&dir, &ident)?;
+            let incarnation = ident.incarnation.clone().expect("set above");
+            if created {
+                tracing::info!(cluster_id = %meta.cluster_id, "created a new cluster");
+            }
+            let head = Head {
+                position: meta.position,
+                chain: meta.chain,
+                commit_time_us: meta.commit_time_us,
+            };
+            let (head_tx, _) = watch::channel(head);
+            let (jobs_tx, jobs_rx) = mpsc::channel::<WriteJob>(4096);
+            let writer_interrupt = db.interrupt_handle();
+            let recent = Arc::new(RecentRecords::default());
+            let followers_file = dir.join("followers.json");
+            let state = LeaderState {
+                writer: jobs_tx,
+                log: log.clone(),
+                head: head_tx.clone(),
+                recent: recent.clone(),
+                tracker: Mutex::new(FollowerTracker::new(leader::load_followers(
+                    &followers_file,
+                ))),
+                cluster_id: meta.cluster_id.clone(),
+                incarnation,
+                epoch: meta.position.epoch,
+                followers_file,
+                followers_saving: Mutex::new(()),
+                feed_pins: Default::default(),
+                trims: Default::default(),
+                writer_interrupt,
+            };
+            writer_thread = Some(leader::spawn_writer(
+                leader::WriterParts {
+                    db,
+                    log,
+                    head: head_tx,
+                    recent,
+                    epoch: meta.position.epoch,
+                    origin: config.id.clone(),
+                    counters: counters.clone(),
+                    fatal: fatal_tx.clone(),
+                    trims: state.trims.clone(),
+                },
+                jobs_rx,
+            ));
+            (
+                Role::Leader {
+                    state: Arc::new(state),
+                    pipelines: Default::default(),
+                },
+                meta.position,
+            )
+        }
+        Some(leader_url) => {
+            let db = flotilla_store::Replica::open(
+                &db_path,
+                &crate::follower::replica_settings(&config, counters.apply_conflicts.clone()),
+            )?;
+            let position = db.as_ref().map(|d| d.meta().position).unwrap_or_default();
+            if let (Some(d), Some(c)) = (&db, &ident.cluster_id) {
+                if d.meta().cluster_id != *c {
+                    anyhow::bail!(
+                        "the database belongs to cluster {} but this node to cluster {c}",
+                        d.meta().cluster_id
+                    );
+                }
+            }
+            let shared = Arc::new(FollowerShared::new(db));
+            (
+                Role::Follower {
+                    leader_url: leader_url.clone(),
+                    state: shared,
+                },
+                position,
+            )
+        }
+    };
+    let keyring = config
+        .auth
+        .then(|| Arc::new(crate::auth::Keyring::new(db_path.clone())));
+    if !config.auth && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "authentication is off on {}: anyone who reaches this address can read, write and \
+             administer the node",
+            config.listen
+        );
+    }
+    let have_db =
+        db_path.exists() && (matches!(role, Role::Leader { .. }) || position != Position::ZERO);
+    // A value as large as a transaction may write can be read back.
+    let max_value = config.max_result_bytes.max(config.max_transaction_bytes) as usize;
+    let readers = ReaderPool::new(db_path.clone(), config.readers, have_db, max_value);
+    let (position_tx, _) = watch::channel(position);
+    let node = Arc::new(Node {
+        config: config.clone(),
+        role,
+        url: url.clone(),
+        db_path,
+        identity: Mutex::new(ident),
+        readers,
+        position: position_tx,
+        counters,
+        shutdown: shutdown.clone(),
+        keyring,
+        peers,
+    });
+    crate::auth::first_admin_token(&node).await?;
+    if let Some(leader) = node.leader() {
+        // Committed positions become visible to readers as the head moves.
+        let mut head_rx = leader.head.subscribe();
+        let n = node.clone();
+        tokio::spawn(async move {
+            while head_rx.changed().await.is_ok() {
+                let p = head_rx.borrow_and_update().position;
+                n.position.send_replace(p);
+            }
+        });
+        tokio::spawn(crate::leader::retention_loop(
+            leader.clone(),
+            flotilla_core::retention::RetentionPolicy {
+                max_bytes: config.retention_max_bytes,
+                max_age_ms: config.retention_max_age_ms,
+            },
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::pipeline::manage(node.clone()));
+    }
+    let follower_task = match &node.role {
+        Role::Follower { leader_url, state } => Some(tokio::spawn(crate::follower::drive(
+            node.clone(),
+            state.clone(),
+            leader_url.clone(),
+            fatal_tx.clone(),
+        ))),
+        Role::Leader { .. } => None,
+    };
+
+    let app = crate::api::router(node.clone());
+    std::fs::write(dir.join("http.addr"), &url).ok();
+    tracing::info!(id = %config.id, role = node.role.name(), %url, "node started");
+    println!("flotilla: node {} listening on {url}", config.id);
+    if let Some(tx) = ready {
+        let _ = tx.send(url.clone());
+    }
+    let server_shutdown = shutdown.clone();
+    let server = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+                .await
+        }),
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                server_shutdown.cancelled().await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            let listener = listener.into_std()?;
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+            // Without TCP_NODELAY a TLS record split over two segments waits for a delayed
+            // ACK: 40 ms per answer.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            tokio::spawn(async move {
+                axum_server::from_tcp(listener)
+                    .acceptor(acceptor)
+                    .handle(handle)
+                    .serve(app.into_make_service())
+                    .await
+            })
+        }
+    };
+    let result = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        Some(fatal) = fatal_rx.recv() => Err(anyhow::anyhow!(
+            "fatal error, the node stopped: {fatal}"
+        )),
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    shutdown.cancel();
+    // Statements still running end now (their clients hear 503), so that the server's
+    // graceful shutdown does not wait for them.
+    node.readers.interrupt_all();
+    if let Some(l) = node.leader() {
+        l.writer_interrupt.interrupt();
+    }
+    if let Some(t) = follower_task {
+        t.abort();
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    // The writer thread is not joined: a group in flight either reaches the log or is
+    // recaptured from the WAL at the next start (see LeaderDb::open).
+    drop(writer_thread);
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -44,11 +44,18 @@ fn random_cluster_id() -> String {
     flotilla_types::ClusterId::from_random(rand::random()).to_string()
 }
 
-/// Runs a node until Ctrl-C / SIGTERM or a fatal error. `ready` receives the bound URL.
+/// Runs a node until Ctrl-C / SIGTERM or a fatal error. `ready` receives the bound URL. Needs a
+/// multi-threaded tokio runtime (it refuses to start on another).
 pub async fn run(
     config: NodeConfig,
     ready: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> anyhow::Result<()> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        // Queries run in place on the runtime's workers (`block_in_place`).
+        anyhow::bail!("a node needs a multi-threaded tokio runtime");
+    }
     let dir = config.data_dir.clone();
     let new_dir = !dir.exists();
     std::fs::create_dir_all(&dir)

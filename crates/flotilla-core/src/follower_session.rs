@@ -43,7 +43,7 @@ impl FollowerConfig {
             max_batch_records: 2_000,
             max_batch_bytes: 64 << 20,
             max_pending_records: 80_000,
-            max_pending_bytes: 64 << 20,
+            max_pending_bytes: 128 << 20,
             disk_full_retry_ms: 1_000,
         }
     }
@@ -589,9 +589,10 @@ impl FollowerSession {
         let mut batch = Vec::new();
         let mut bytes = 0usize;
         // Batches are taken, not drained, until applied: a failed batch (disk full) is retried.
-        // A batch ends only where a message ended: a message is one unit (see
-        // `LeaderMessage::Records`), so a batch may pass the bounds by up to one message,
-        // which the leader's batch limits bound.
+        // A physical follower's batch ends only where a message ended: a message is one unit
+        // (see `LeaderMessage::Records`), so a batch may pass the bounds by up to one message,
+        // which the leader's batch limits bound. A logical follower's records are whole.
+        let units = self.config.log_kind == LogKind::Physical;
         let mut at_unit_end = true;
         for p in self.pending.iter() {
             if at_unit_end
@@ -601,7 +602,7 @@ impl FollowerSession {
                 break;
             }
             bytes += p.bytes;
-            at_unit_end = p.unit_end;
+            at_unit_end = p.unit_end || !units;
             batch.push(p.record.clone());
         }
         if !at_unit_end {

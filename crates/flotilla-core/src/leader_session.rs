@@ -29,9 +29,10 @@ use std::collections::VecDeque;
 /// draws small values per seed so that windows fill and batches split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShippingConfig {
-    /// A batch stops growing past this many bytes read from the log. What is sent is at most
-    /// that: a physical follower's batch leaves superseded page images out, a logical
-    /// follower's all of them.
+    /// A batch stops growing after the record that reaches this many bytes read from the log.
+    /// What is sent is at most what was read: a physical follower's batch leaves superseded
+    /// page images out, a logical follower's all of them. A quarter of the window, so that
+    /// batches that leave little out still keep several in flight.
     pub batch_bytes: usize,
     pub batch_records: usize,
     /// In flight at most (sent, not yet applied by the follower).
@@ -50,9 +51,9 @@ pub struct ShippingConfig {
 impl Default for ShippingConfig {
     fn default() -> ShippingConfig {
         ShippingConfig {
-            batch_bytes: 16 << 20,
+            batch_bytes: 8 << 20,
             batch_records: 10_000,
-            window_bytes: 16 << 20,
+            window_bytes: 32 << 20,
             window_records: 20_000,
             heartbeat_ms: 1_000,
             ack_timeout_ms: 30_000,

@@ -626,6 +626,63 @@ mod tests {
         ));
     }
 
+    /// A read stops after the record that reaches `max_bytes` — also inside a run of
+    /// back-to-back records read at once, and across segments — and returns at least one.
+    #[test]
+    fn reads_stop_after_the_record_that_reaches_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small(), 0).unwrap();
+        for lsn in 1..=20 {
+            log.append(&rec(lsn, lsn as u8)).unwrap();
+        }
+        log.sync().unwrap();
+        let len = rec(1, 1).len();
+        let expect = |from: u64, n: u64| {
+            (from..from + n)
+                .map(|l| rec(l, l as u8))
+                .collect::<Vec<_>>()
+        };
+        for (from, max_bytes, n) in [
+            (1, 0, 1),
+            (1, 1, 1),
+            (1, len, 1),
+            (1, len + 1, 2),
+            (2, 3 * len, 3),
+            (2, 3 * len + 1, 4),
+            // Many segments of a few records each: runs end at segment ends.
+            (1, 12 * len - 1, 12),
+            (5, usize::MAX, 16),
+        ] {
+            assert_eq!(
+                log.read(from, 100, max_bytes).unwrap(),
+                expect(from, n),
+                "from {from}, max_bytes {max_bytes}"
+            );
+        }
+        assert_eq!(log.read(3, 2, usize::MAX).unwrap(), expect(3, 2));
+    }
+
+    /// Damage in the middle of a run read at once is caught, and what precedes it still reads.
+    #[test]
+    fn damage_inside_a_run_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
+        for lsn in 1..=6 {
+            log.append(&rec(lsn, 1)).unwrap();
+        }
+        log.sync().unwrap();
+        let path = crate::segment::segment_path(dir.path(), 1);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let frame = 4 + rec(1, 1).len() as u64;
+        f.write_all_at(&[0xee], crate::segment::HEADER_LEN + 3 * frame + 200)
+            .unwrap();
+        assert!(matches!(
+            log.read(1, 100, usize::MAX),
+            Err(LogError::Corrupt { .. })
+        ));
+        assert_eq!(log.read(1, 3, usize::MAX).unwrap().len(), 3);
+    }
+
     #[test]
     fn retention_removes_whole_old_segments_only() {
         let dir = tempfile::tempdir().unwrap();

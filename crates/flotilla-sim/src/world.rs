@@ -113,6 +113,9 @@ struct World {
     retention: flotilla_core::retention::RetentionPolicy,
     /// An apply takes up to this long (drawn per seed).
     apply_ms_max: u64,
+    /// The followers' apply-batch bounds (records, bytes), drawn per seed small enough that
+    /// they bind: a physical follower must still never end a batch inside a message.
+    apply_batch: (usize, usize),
     report: Report,
     /// Connections of crashed nodes: abandoned without closing (as `kill -9` would leave them,
     /// SQLite gets no chance to checkpoint or clean up), released when the seed ends so that a
@@ -129,9 +132,10 @@ fn digest_of(path: &std::path::Path) -> anyhow::Result<(u32, u64)> {
     Ok(page_digest(&open_reader(path)?)?)
 }
 
-fn follower_config(id: &str, kind: LogKind) -> FollowerConfig {
+fn follower_config(id: &str, kind: LogKind, apply_batch: (usize, usize)) -> FollowerConfig {
     let mut c = FollowerConfig::new(id, &format!("sim://{id}"));
     c.log_kind = kind;
+    (c.max_batch_records, c.max_batch_bytes) = apply_batch;
     c
 }
 
@@ -490,13 +494,22 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         stall: rng.random_range(0.0..0.01),
     };
     let shipping = leader_host::draw_shipping(&mut rng);
+    // From a stream of its own, so that adding it left every other draw of a seed as it was.
+    let apply_batch = {
+        let mut own = ChaCha8Rng::seed_from_u64(seed ^ 0xa991_7b47_c4e5_0001);
+        (own.random_range(1..5), own.random_range(1_000..100_000))
+    };
     let retention = leader_host::draw_retention(&mut rng);
     let followers = (0..FOLLOWERS)
         .map(|i| {
             let id = format!("f{i}");
             Follower {
                 path: dir.path().join(format!("{id}.sqlite")),
-                session: FollowerSession::new(follower_config(&id, kind_of(i)), None, None),
+                session: FollowerSession::new(
+                    follower_config(&id, kind_of(i), apply_batch),
+                    None,
+                    None,
+                ),
                 kind: kind_of(i),
                 id,
                 db: None,
@@ -540,6 +553,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         shipping,
         retention,
         apply_ms_max: 0,
+        apply_batch,
         report: Report {
             seed,
             ..Default::default()

@@ -658,3 +658,42 @@ fn an_apply_batch_never_splits_a_message() {
     );
     assert_eq!(batch_lsns(&cmds), vec![vec![4, 5, 6, 7]]);
 }
+
+/// A logical follower's records are whole (no page images left out): its batches keep their
+/// bounds, so its local writes do not wait behind a whole message.
+#[test]
+fn a_logical_follower_batch_keeps_its_bound() {
+    let mut config = FollowerConfig::new("f1", "http://f1");
+    config.max_batch_records = 2;
+    config.log_kind = LogKind::Logical;
+    let mut s = FollowerSession::new(
+        config,
+        Some((Position::new(1, 0), Chain(0))),
+        Some("c".into()),
+    )
+    .with_leader_incarnation(Some("inc-1".into()));
+    s.start(0);
+    s.handle(1, 0, FollowerEvent::Connected);
+    s.handle(2, 0, welcome(0));
+    let mut chain = Chain(0);
+    let records: Vec<LogRecord> = (1..=3)
+        .map(|lsn| {
+            let r = rec(lsn, chain);
+            chain = r.chain;
+            r
+        })
+        .collect();
+    let cmds = s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(records)),
+    );
+    let batches: Vec<usize> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            FollowerCommand::Apply(b) => Some(b.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches, vec![2]);
+}

@@ -554,7 +554,7 @@ fn reads_stop_at_the_head_the_host_vouches_for() {
     let mut l = Leader::new(10);
     l.head = 6;
     let (mut s, cmds) = welcomed(&mut l, ShippingConfig::default(), "f1", 2);
-    assert_eq!(read_of(&cmds), Some((Lsn(3), 4, 16 << 20)));
+    assert_eq!(read_of(&cmds), Some((Lsn(3), 4, 8 << 20)));
     assert_eq!(pump(&mut l, &mut s, cmds), vec![(3, 6)]);
 }
 

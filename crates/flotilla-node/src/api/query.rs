@@ -82,10 +82,8 @@ pub async fn query(
     // another thread while it runs, so a long query blocks nobody, and a short one costs no
     // hand-off to the blocking pool and back (two thread wake-ups: 191 -> 112 µs per query on
     // this 2-core VM). `run` checks that the runtime is multi-threaded, which this needs.
-    tokio::task::block_in_place(move || {
-        run(lease.reader(), &req.sql, &params, run_ms, max_bytes)
-    })
-    .map(Json)
+    tokio::task::block_in_place(move || run(lease.reader(), &req.sql, &params, run_ms, max_bytes))
+        .map(Json)
 }
 
 fn run(

@@ -42,6 +42,10 @@ impl World {
                 }
             }
             FollowerCommand::Apply(records) => {
+                if records.len() > self.apply_batch.0 {
+                    // Past the apply-batch bound: a physical follower finishing a message.
+                    self.report.batches_extended += 1;
+                }
                 let done_at = self.now + self.rng.random_range(0..=self.apply_ms_max);
                 self.followers[f].apply_in_flight = Some((done_at, records));
             }
@@ -254,8 +258,12 @@ impl World {
         let cluster = db.as_ref().map(|d| d.meta().cluster_id.clone());
         fl.db = db;
         self.report.stale_events += fl.session.stale_events();
-        fl.session = FollowerSession::new(follower_config(&fl.id, fl.kind), local, cluster)
-            .with_leader_incarnation(fl.leader_incarnation.clone());
+        fl.session = FollowerSession::new(
+            follower_config(&fl.id, fl.kind, self.apply_batch),
+            local,
+            cluster,
+        )
+        .with_leader_incarnation(fl.leader_incarnation.clone());
         let now = self.follower_now(f);
         let cmds = self.followers[f].session.start(now);
         for c in cmds {

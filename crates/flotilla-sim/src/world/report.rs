@@ -38,6 +38,8 @@ pub struct Report {
     pub peak_pending: u64,
     /// Events of earlier connections that follower sessions ignored.
     pub stale_events: u64,
+    /// Apply batches that went past the follower's batch bound to end where a message ended.
+    pub batches_extended: u64,
 }
 
 impl Report {
@@ -66,6 +68,7 @@ impl Report {
         self.segments_removed += r.segments_removed;
         self.peak_pending = self.peak_pending.max(r.peak_pending);
         self.stale_events += r.stale_events;
+        self.batches_extended += r.batches_extended;
     }
 }
 
@@ -78,8 +81,8 @@ impl std::fmt::Display for Report {
              {} leader crashes ({} power losses, {} torn appends), {} log records damaged at \
              rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {} reads with a position \
              token ({} waiting), {} requests in group commits, {} log segments removed by \
-             retention, at most {} records pending on a follower, {} stale connection events ignored, {:.0} \
-             simulated s",
+             retention, at most {} records pending on a follower, {} stale connection events ignored, {} \
+             apply batches extended to the end of their message, {:.0} simulated s",
             self.commits,
             self.applies,
             self.messages,
@@ -102,6 +105,7 @@ impl std::fmt::Display for Report {
             self.segments_removed,
             self.peak_pending,
             self.stale_events,
+            self.batches_extended,
             self.sim_ms as f64 / 1000.0
         )
     }

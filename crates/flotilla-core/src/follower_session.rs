@@ -605,11 +605,9 @@ impl FollowerSession {
             at_unit_end = p.unit_end || !units;
             batch.push(p.record.clone());
         }
-        if !at_unit_end {
-            // The rest of the unit has not arrived (messages arrive whole, so this is a host
-            // bug): wait for it rather than apply a part.
-            return;
-        }
+        // The loop stops only at a unit end, or after the last pending record, which ends its
+        // message: messages are queued whole (a message cut short clears the queue).
+        debug_assert!(at_unit_end, "an apply batch would end inside a message");
         self.applying = true;
         #[cfg(feature = "sim-bugs")]
         if crate::injected_bugs::ACK_BEFORE_FSYNC.load(std::sync::atomic::Ordering::Relaxed) {

@@ -396,6 +396,16 @@ mod tests {
         })
     }
 
+    /// A log in `dir` holding records 1..=last (each a page of 1s), synced.
+    fn synced(dir: &Path, config: LogConfig, last: u64) -> Log {
+        let log = Log::open(dir, config, 0).unwrap();
+        for lsn in 1..=last {
+            log.append(&rec(lsn, 1)).unwrap();
+        }
+        log.sync().unwrap();
+        log
+    }
+
     fn small() -> LogConfig {
         LogConfig {
             segment_bytes: 2000,
@@ -468,11 +478,7 @@ mod tests {
     #[test]
     fn torn_tail_is_cut_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
-        for lsn in 1..=3 {
-            log.append(&rec(lsn, 1)).unwrap();
-        }
-        log.sync().unwrap();
+        let log = synced(dir.path(), LogConfig::default(), 3);
         drop(log);
         let path = crate::segment::segment_path(dir.path(), 1);
         let len = std::fs::metadata(&path).unwrap().len();
@@ -488,11 +494,7 @@ mod tests {
     #[test]
     fn corruption_in_a_sealed_segment_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), small(), 0).unwrap();
-        for lsn in 1..=10 {
-            log.append(&rec(lsn, 1)).unwrap();
-        }
-        log.sync().unwrap();
+        let log = synced(dir.path(), small(), 10);
         drop(log);
         let path = crate::segment::segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -602,11 +604,7 @@ mod tests {
     #[test]
     fn damage_at_rest_is_caught_on_read() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
-        for lsn in 1..=3 {
-            log.append(&rec(lsn, 1)).unwrap();
-        }
-        log.sync().unwrap();
+        let log = synced(dir.path(), LogConfig::default(), 3);
         let path = crate::segment::segment_path(dir.path(), 1);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         // A byte inside record 2's page image.
@@ -666,11 +664,7 @@ mod tests {
     #[test]
     fn damage_inside_a_run_is_caught() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), LogConfig::default(), 0).unwrap();
-        for lsn in 1..=6 {
-            log.append(&rec(lsn, 1)).unwrap();
-        }
-        log.sync().unwrap();
+        let log = synced(dir.path(), LogConfig::default(), 6);
         let path = crate::segment::segment_path(dir.path(), 1);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let frame = 4 + rec(1, 1).len() as u64;
@@ -686,11 +680,7 @@ mod tests {
     #[test]
     fn retention_removes_whole_old_segments_only() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), small(), 0).unwrap();
-        for lsn in 1..=20 {
-            log.append(&rec(lsn, 1)).unwrap();
-        }
-        log.sync().unwrap();
+        let log = synced(dir.path(), small(), 20);
         let removed = log.remove_before(10).unwrap();
         assert!(removed > 0);
         let first = log.stats().first_lsn;

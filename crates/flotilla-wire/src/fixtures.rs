@@ -140,18 +140,7 @@ fn replication_protocol_version_3() {
     let LeaderMessage::Records(records) = LeaderMessage::decode(&bytes).unwrap() else {
         panic!("not records");
     };
-    let pgnos: Vec<Vec<u32>> = records
-        .iter()
-        .map(|r| {
-            r.pages
-                .as_ref()
-                .unwrap()
-                .pages
-                .iter()
-                .map(|p| p.pgno)
-                .collect()
-        })
-        .collect();
+    let pgnos = crate::physical_unit::tests::page_numbers(&records);
     assert_eq!(pgnos, vec![vec![1], vec![2]]);
 }
 

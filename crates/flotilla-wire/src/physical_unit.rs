@@ -65,8 +65,8 @@ fn view(bytes: &[u8]) -> Result<PhysicalView<'_>, DecodeError> {
 /// Appends `records` (encoded as stored, in LSN order) to `out` as a unit: for each record, its
 /// length and its version-2 encoding with pages only, less the pages a later record of the unit
 /// writes, under a new CRC. Checks every record's CRC first: a damaged record is an error, not
-/// shipped under a new checksum. Returns the page images left out.
-pub(crate) fn write_unit<B: AsRef<[u8]>>(out: &mut Out, records: &[B]) -> Result<u64, DecodeError> {
+/// shipped under a new checksum.
+pub(crate) fn write_unit<B: AsRef<[u8]>>(out: &mut Out, records: &[B]) -> Result<(), DecodeError> {
     let views = records
         .iter()
         .map(|r| view(r.as_ref()))
@@ -83,13 +83,10 @@ pub(crate) fn write_unit<B: AsRef<[u8]>>(out: &mut Out, records: &[B]) -> Result
     // Walk backwards: a page is kept in the last record that writes it.
     let mut later: HashSet<u32> = HashSet::new();
     let mut keep: Vec<Vec<usize>> = vec![Vec::new(); views.len()];
-    let mut left_out = 0u64;
     for (v, keep) in views.iter().zip(keep.iter_mut()).rev() {
         for (i, (pgno, _)) in v.pages.iter().enumerate() {
             if later.insert(*pgno) {
                 keep.push(i);
-            } else {
-                left_out += 1;
             }
         }
     }
@@ -112,11 +109,11 @@ pub(crate) fn write_unit<B: AsRef<[u8]>>(out: &mut Out, records: &[B]) -> Result
         out.u32(crc);
         debug_assert_eq!(out.0.len() - start, len);
     }
-    Ok(left_out)
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::record::tests::sample;
     use crate::{decode_record, encode_record, encode_record_with_rows, LeaderMessage};
     use flotilla_types::LogRecord;
@@ -144,6 +141,22 @@ mod tests {
         r
     }
 
+    /// The page numbers each record carries.
+    pub(crate) fn page_numbers(records: &[LogRecord]) -> Vec<Vec<u32>> {
+        records
+            .iter()
+            .map(|r| {
+                r.pages
+                    .as_ref()
+                    .unwrap()
+                    .pages
+                    .iter()
+                    .map(|p| p.pgno)
+                    .collect()
+            })
+            .collect()
+    }
+
     fn unit(records: &[LogRecord]) -> Vec<LogRecord> {
         let encoded: Vec<Vec<u8>> = records.iter().map(encode_record).collect();
         let msg = LeaderMessage::encode_physical_unit(&encoded).unwrap();
@@ -161,18 +174,7 @@ mod tests {
             with_byte(sample(7, &[1, 2, 9]), 30),
         ];
         let got = unit(&records);
-        let pgnos: Vec<Vec<u32>> = got
-            .iter()
-            .map(|r| {
-                r.pages
-                    .as_ref()
-                    .unwrap()
-                    .pages
-                    .iter()
-                    .map(|p| p.pgno)
-                    .collect()
-            })
-            .collect();
+        let pgnos = page_numbers(&got);
         assert_eq!(pgnos, vec![vec![3], vec![4], vec![1, 2, 9]]);
         assert_eq!(applied(&got), applied(&records));
         for (g, r) in got.iter().zip(&records) {

@@ -598,12 +598,8 @@ fn one_record_beyond_the_byte_bound_is_taken() {
     assert_eq!(s.pending_records(), 2);
 }
 
-/// A records message is one unit (a physical follower's may lack page images that a later
-/// record of it rewrites): an apply batch never ends inside one, whatever the batch bounds.
-#[test]
-fn an_apply_batch_never_splits_a_message() {
-    let mut config = FollowerConfig::new("f1", "http://f1");
-    config.max_batch_records = 2;
+/// A session with `config` at lsn 0 that has connected and been welcomed (times 0..=2 used).
+fn welcomed_empty(config: FollowerConfig) -> FollowerSession {
     let mut s = FollowerSession::new(
         config,
         Some((Position::new(1, 0), Chain(0))),
@@ -613,14 +609,29 @@ fn an_apply_batch_never_splits_a_message() {
     s.start(0);
     s.handle(1, 0, FollowerEvent::Connected);
     s.handle(2, 0, welcome(0));
+    s
+}
+
+/// Records 1..=n of one history (each linking to the one before).
+fn history(n: u64) -> Vec<LogRecord> {
     let mut chain = Chain(0);
-    let records: Vec<LogRecord> = (1..=7)
+    (1..=n)
         .map(|lsn| {
             let r = rec(lsn, chain);
             chain = r.chain;
             r
         })
-        .collect();
+        .collect()
+}
+
+/// A records message is one unit (a physical follower's may lack page images that a later
+/// record of it rewrites): an apply batch never ends inside one, whatever the batch bounds.
+#[test]
+fn an_apply_batch_never_splits_a_message() {
+    let mut config = FollowerConfig::new("f1", "http://f1");
+    config.max_batch_records = 2;
+    let mut s = welcomed_empty(config);
+    let records = history(7);
     let batch_lsns = |cmds: &[FollowerCommand]| -> Vec<Vec<u64>> {
         cmds.iter()
             .filter_map(|c| match c {
@@ -666,23 +677,8 @@ fn a_logical_follower_batch_keeps_its_bound() {
     let mut config = FollowerConfig::new("f1", "http://f1");
     config.max_batch_records = 2;
     config.log_kind = LogKind::Logical;
-    let mut s = FollowerSession::new(
-        config,
-        Some((Position::new(1, 0), Chain(0))),
-        Some("c".into()),
-    )
-    .with_leader_incarnation(Some("inc-1".into()));
-    s.start(0);
-    s.handle(1, 0, FollowerEvent::Connected);
-    s.handle(2, 0, welcome(0));
-    let mut chain = Chain(0);
-    let records: Vec<LogRecord> = (1..=3)
-        .map(|lsn| {
-            let r = rec(lsn, chain);
-            chain = r.chain;
-            r
-        })
-        .collect();
+    let mut s = welcomed_empty(config);
+    let records = history(3);
     let cmds = s.handle(
         3,
         0,

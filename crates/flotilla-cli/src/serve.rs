@@ -36,8 +36,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
 
-    /// SQLite synchronous setting: full, normal or off [default: normal on a leader, whose
-    /// database is completed from its flushed log after a power loss; full on a follower].
+    /// SQLite synchronous setting: full, normal or off [default: normal. A leader's database
+    /// is completed from its flushed log after a power loss; a follower shows an applied batch
+    /// at once and flushes it just after, acknowledging it as durable only then].
     #[arg(long)]
     synchronous: Option<String>,
     /// Replication log fsync policy: always (default) or never.

@@ -3,10 +3,15 @@
 //! Ordering contracts for the host:
 //! - `Apply` batches are performed one at a time, in order; the host reports each with
 //!   `Applied` or `ApplyFailed` before the session emits the next.
-//! - An `Ack` is only emitted after the apply it reports completed (a physical follower's
-//!   applied state is its durable state: it commits with SQLite's `synchronous=FULL`).
-//! - `Hello` is only sent when no apply is in flight, so it states exactly what the database
-//!   holds.
+//! - An `Ack` is only emitted after the apply it reports completed, and reports as `durable`
+//!   only what a `Flush` made durable: a follower commits its applies without waiting for the
+//!   disk (SQLite's `synchronous=NORMAL`), so a change is visible to readers before it is
+//!   durable, and flushes its WAL beside the next apply (one `Flush` in flight at a time, the
+//!   way a leader groups its commits).
+//! - The host opens the database durable (`flotilla_store::Replica::open` flushes it): the
+//!   `local` state a session starts from survives a power loss.
+//! - `Hello` is only sent when no apply is in flight and everything applied is durable, so it
+//!   states exactly what the database holds and will hold after a power loss.
 
 use crate::Backoff;
 use flotilla_types::{Chain, LogKind, LogRecord, Position};
@@ -61,6 +66,10 @@ pub enum FollowerEvent {
         position: Position,
         chain: Chain,
     },
+    /// The `Flush` numbered `seq` finished: what it covered is durable.
+    Flushed {
+        seq: u64,
+    },
     ApplyFailed {
         reason: String,
         disk_full: bool,
@@ -82,6 +91,13 @@ pub enum FollowerCommand {
     Send(FollowerMessage),
     /// Apply these contiguous records in one local transaction.
     Apply(Vec<LogRecord>),
+    /// Make everything applied so far (through `through`) durable: flush the database's WAL;
+    /// report `Flushed { seq }`. May run beside the next `Apply`; a failed flush is fatal to
+    /// the node (the disk's state is unknown), so there is no event for it.
+    Flush {
+        seq: u64,
+        through: Position,
+    },
     /// Close the session (no event is expected back).
     Disconnect,
     /// Replace the local database with a snapshot from the leader; report `BootstrapFinished`
@@ -128,6 +144,13 @@ pub struct FollowerSession {
     phase: FollowerPhase,
     /// What the local database holds; `None` before the first bootstrap.
     local: Option<(Position, Chain)>,
+    /// What the local database holds durably (survives a power loss): at most `local`.
+    durable: Position,
+    /// The `Flush` in flight (its number and what it covers); `None` also discards the answer
+    /// of one that a bootstrap made moot.
+    flushing: Option<(u64, Position)>,
+    /// The number of the last `Flush`.
+    flush_seq: u64,
     cluster_id: Option<String>,
     /// The incarnation of the leader whose history the local database continues; a welcome
     /// from another is refused. `None`: adopt the next one (after a bootstrap).
@@ -168,6 +191,9 @@ impl FollowerSession {
             config,
             phase: FollowerPhase::Connecting,
             local,
+            durable: received,
+            flushing: None,
+            flush_seq: 0,
             cluster_id,
             leader_incarnation: None,
             received,
@@ -201,6 +227,10 @@ impl FollowerSession {
     pub fn applied(&self) -> Option<Position> {
         self.local.map(|l| l.0)
     }
+    /// What survives a power loss (at most [`FollowerSession::applied`]).
+    pub fn durable(&self) -> Position {
+        self.durable
+    }
     pub fn received(&self) -> Position {
         self.received
     }
@@ -219,6 +249,7 @@ impl FollowerSession {
         self.now_ms = now_ms;
         if self.local.is_none() {
             self.phase = FollowerPhase::Bootstrapping;
+            self.flushing = None;
             vec![FollowerCommand::Bootstrap]
         } else {
             self.phase = FollowerPhase::Connecting;
@@ -284,8 +315,23 @@ impl FollowerSession {
                 if self.connected && self.phase == FollowerPhase::Streaming {
                     out.push(self.ack());
                 }
+                self.maybe_flush(&mut out);
                 self.maybe_hello(&mut out);
                 self.maybe_apply(&mut out);
+            }
+            FollowerEvent::Flushed { seq } => {
+                if let Some((_, through)) = self.flushing.filter(|(s, _)| *s == seq) {
+                    self.flushing = None;
+                    self.durable = self.durable.max(through);
+                    if self.connected && self.phase == FollowerPhase::Streaming {
+                        out.push(self.ack());
+                    }
+                    self.maybe_flush(&mut out);
+                    self.maybe_hello(&mut out);
+                } else {
+                    // The answer to a flush a bootstrap made moot: it covered the old database.
+                    self.stale_events += 1;
+                }
             }
             FollowerEvent::ApplyFailed { reason, disk_full } => {
                 self.applying = false;
@@ -326,6 +372,8 @@ impl FollowerSession {
                 cluster_id,
             } => {
                 self.local = Some((position, chain));
+                // An installed snapshot is flushed before it is opened.
+                self.durable = position;
                 self.received = position;
                 self.leader_head = self.leader_head.max(position);
                 self.cluster_id = Some(cluster_id);
@@ -351,6 +399,7 @@ impl FollowerSession {
             FollowerPhase::WaitingToRetry if self.now_ms >= self.retry_at_ms => {
                 if self.local.is_none() {
                     self.phase = FollowerPhase::Bootstrapping;
+                    self.flushing = None;
                     out.push(FollowerCommand::Bootstrap);
                 } else {
                     self.phase = FollowerPhase::Connecting;
@@ -506,6 +555,7 @@ impl FollowerSession {
                         self.last_error = Some(format!("{}: {message}", code.as_str()));
                         self.clear_pending();
                         self.phase = FollowerPhase::Bootstrapping;
+                        self.flushing = None;
                         out.push(FollowerCommand::Bootstrap);
                     }
                     RefusalCode::Removed => {
@@ -553,6 +603,12 @@ impl FollowerSession {
         if !self.hello_pending || self.applying || !self.connected {
             return;
         }
+        // The leader takes the position a hello states as durable (its log is kept from there
+        // on for this follower): wait for the flush of what was applied.
+        if self.local.is_some_and(|l| l.0 > self.durable) {
+            self.maybe_flush(out);
+            return;
+        }
         self.hello_pending = false;
         let (position, chain) = self.local.unwrap_or_default();
         self.received = position;
@@ -568,12 +624,35 @@ impl FollowerSession {
 
     fn ack(&self) -> FollowerCommand {
         let applied = self.local.map(|l| l.0).unwrap_or_default();
+        #[allow(unused_mut)]
+        let mut durable = self.durable;
+        #[cfg(feature = "sim-bugs")]
+        if crate::injected_bugs::ACK_BEFORE_FSYNC.load(std::sync::atomic::Ordering::Relaxed) {
+            durable = applied;
+        }
         FollowerCommand::Send(FollowerMessage::Ack {
             received: self.received,
-            durable: applied,
+            durable,
             applied,
             now_ms: self.now_ms,
         })
+    }
+
+    /// Flushes what is applied and not yet durable, unless a flush is in flight (its answer
+    /// starts the next one: flushes group whatever was applied meanwhile).
+    fn maybe_flush(&mut self, out: &mut Vec<FollowerCommand>) {
+        let Some((applied, _)) = self.local else {
+            return;
+        };
+        if self.flushing.is_some() || applied <= self.durable {
+            return;
+        }
+        self.flush_seq += 1;
+        self.flushing = Some((self.flush_seq, applied));
+        out.push(FollowerCommand::Flush {
+            seq: self.flush_seq,
+            through: applied,
+        });
     }
 
     fn maybe_apply(&mut self, out: &mut Vec<FollowerCommand>) {
@@ -609,18 +688,6 @@ impl FollowerSession {
         // message: messages are queued whole (a message cut short clears the queue).
         debug_assert!(at_unit_end, "an apply batch would end inside a message");
         self.applying = true;
-        #[cfg(feature = "sim-bugs")]
-        if crate::injected_bugs::ACK_BEFORE_FSYNC.load(std::sync::atomic::Ordering::Relaxed) {
-            if let (Some(last), true) = (batch.last(), self.connected) {
-                let claimed = last.position();
-                out.push(FollowerCommand::Send(FollowerMessage::Ack {
-                    received: self.received.max(claimed),
-                    durable: claimed,
-                    applied: claimed,
-                    now_ms: self.now_ms,
-                }));
-            }
-        }
         out.push(FollowerCommand::Apply(batch));
     }
 

@@ -3,8 +3,8 @@
 
 use std::sync::atomic::AtomicBool;
 
-/// A follower acknowledges a batch as durable when it hands the batch to apply, before the
-/// apply (and its fsync) completed.
+/// A follower acknowledges what it applied as durable without waiting for the flush of its WAL
+/// (applies commit without an fsync: a power loss can take them back).
 pub static ACK_BEFORE_FSYNC: AtomicBool = AtomicBool::new(false);
 
 /// A leader ships whatever is durable, ignoring the follower's flow-control window.

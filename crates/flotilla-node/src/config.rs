@@ -302,9 +302,10 @@ impl ConfigFile {
             }
         }
         // A leader's database is completed from its log (flushed before every answer) after a
-        // power loss, so one flush per commit is enough there; a follower flushes its applies.
-        let default_sync = if follow.is_some() { "full" } else { "normal" };
-        let synchronous = match self.synchronous.as_deref().unwrap_or(default_sync) {
+        // power loss, so one flush per commit is enough there; a follower commits its applies
+        // unflushed too (visible at once) and flushes its WAL beside the next apply before it
+        // acknowledges them as durable (`flotilla_store::flush_wal`).
+        let synchronous = match self.synchronous.as_deref().unwrap_or("normal") {
             "full" => Synchronous::Full,
             "normal" => Synchronous::Normal,
             "off" => Synchronous::Off,

@@ -13,6 +13,9 @@ pub enum Fatal {
     /// The node's identity file (cluster, leader incarnation) could not be written.
     #[error("cannot save the node's identity: {0}")]
     Identity(String),
+    /// A follower could not flush what it applied: the disk's state is unknown.
+    #[error("cannot make applied changes durable: {0}")]
+    Flush(String),
     /// The follower's apply thread is gone.
     #[error("the apply thread stopped")]
     ApplyThreadGone,

@@ -29,6 +29,7 @@ const LOCAL: u64 = 0;
 /// is never copied).
 const LEADER_INCARNATION: &str = "sim-leader";
 
+mod disk_image;
 mod faults;
 mod follower_host;
 mod leader_host;
@@ -40,7 +41,7 @@ pub use report::Report;
 
 /// The leader's database files (suffix of the name, bytes) as they were after the commit at
 /// `.0`.
-type LeaderImage = (u64, Vec<(&'static str, Vec<u8>)>);
+type LeaderImage = (u64, disk_image::Files);
 
 struct Leader {
     path: PathBuf,
@@ -79,9 +80,17 @@ struct Follower {
     /// One-way partition: until then, messages from the leader to this follower vanish (the
     /// connection stalls; nothing tells either side), and new connections cannot complete.
     deaf_until: u64,
-    /// An apply handed to the host and not finished: it is committed (and fsynced) at `.0`. A
-    /// crash before then loses it, as a power loss loses a write whose fsync had not returned.
+    /// An apply handed to the host and not finished: it is committed at `.0` (without an fsync,
+    /// as the node's apply thread does). A crash before then loses it.
     apply_in_flight: Option<(u64, Vec<LogRecord>)>,
+    /// A flush handed to the host and not finished: (done at, its number, the files as they
+    /// were when it started — what it makes durable).
+    flush_in_flight: Option<(u64, u64, disk_image::Files)>,
+    /// The database files as a power loss would leave them: as of the last flush that
+    /// finished (or the last open, which flushes, or bootstrap, which installs flushed files).
+    durable_image: Option<disk_image::Files>,
+    /// Bumped at each power loss: the restored files get a new name (see `disk_image`).
+    generation: u32,
     /// Until then, applies fail for lack of disk space.
     disk_full_until: u64,
     /// The follower's clock runs this far ahead of the simulation's; it jumps now and then.
@@ -517,6 +526,9 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
                 partitioned_until: 0,
                 deaf_until: 0,
                 apply_in_flight: None,
+                flush_in_flight: None,
+                durable_image: None,
+                generation: 0,
                 disk_full_until: 0,
                 clock_skew_ms: 0,
                 acked_durable: 0,
@@ -605,8 +617,14 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         if faulty {
             for f in 0..FOLLOWERS {
                 if w.rng.random_bool(0.0005) {
-                    w.log(|| format!("f{f} crashes"));
-                    w.crash_follower(f)?;
+                    let power_loss = w.rng.random_bool(0.5);
+                    w.log(|| {
+                        format!(
+                            "f{f} crashes{}",
+                            if power_loss { " (power loss)" } else { "" }
+                        )
+                    });
+                    w.crash_follower(f, power_loss)?;
                 }
                 if w.rng.random_bool(0.0003) {
                     let until = w.now + w.rng.random_range(500..5_000);
@@ -638,6 +656,7 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
             }
         }
         w.finish_applies()?;
+        w.finish_flushes()?;
         w.drain_events()?;
         if w.rng.random_bool(0.01) {
             let f = w.rng.random_range(0..FOLLOWERS);

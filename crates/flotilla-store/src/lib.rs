@@ -33,6 +33,7 @@ mod rules;
 pub mod snapshot;
 mod statement_guard;
 mod txn_size;
+mod wal_flush;
 mod wal_tail;
 
 pub use connection_state::connection_state;
@@ -57,6 +58,7 @@ pub use row_filter::{FilterParseError, RowFilter};
 pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica};
 pub use rules::{StatementRules, INTERNAL_PREFIX};
 pub use statement_guard::{FailureKind, InterruptHandle, StatementGuard};
+pub use wal_flush::{flush_wal, wal_path};
 pub use wal_tail::WalTail;
 
 /// A digest of every page of the database as one connection sees it (its snapshot): equal

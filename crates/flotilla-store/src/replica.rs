@@ -30,11 +30,15 @@ pub struct ReplicaSettings {
 }
 
 impl ReplicaSettings {
-    /// Defaults for a replica of `kind`: everything kept, conflicts stop the apply.
+    /// Defaults for a replica of `kind`: everything kept, conflicts stop the apply, applies
+    /// committed without an fsync and flushed beside the next ([`crate::flush_wal`]).
     pub fn new(kind: LogKind) -> ReplicaSettings {
         ReplicaSettings {
             kind,
-            db: DbSettings::default(),
+            db: DbSettings {
+                synchronous: crate::Synchronous::Normal,
+                ..DbSettings::default()
+            },
             filter: RowFilter::default(),
             conflict_policy: ConflictPolicy::Stop,
             conflicts: Arc::new(AtomicU64::new(0)),
@@ -44,8 +48,11 @@ impl ReplicaSettings {
 }
 
 impl Replica {
-    /// `None` when there is no database yet (a bootstrap makes one).
+    /// `None` when there is no database yet (a bootstrap makes one). What the opened database
+    /// holds is durable (its WAL is flushed first): commits a crashed process left unflushed
+    /// would otherwise count as durable in the session that starts from it.
     pub fn open(path: &Path, s: &ReplicaSettings) -> Result<Option<Replica>, StoreError> {
+        crate::flush_wal(path)?;
         Ok(match s.kind {
             LogKind::Physical => FollowerDb::open(path, &s.db)?.map(Replica::Physical),
             LogKind::Logical => RowReplica::open(

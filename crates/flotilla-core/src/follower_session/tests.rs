@@ -237,13 +237,102 @@ fn hello_states_the_local_position_then_records_are_applied_and_acked() {
             chain: r4.chain,
         },
     );
-    assert_eq!(cmds.len(), 2);
+    assert_eq!(cmds.len(), 3);
+    // Applied, not yet durable: the flush runs beside the next apply.
     assert!(matches!(
         &cmds[0],
-        FollowerCommand::Send(FollowerMessage::Ack { applied, received, .. })
+        FollowerCommand::Send(FollowerMessage::Ack { applied, received, durable, .. })
             if *applied == r4.position() && *received == r5.position()
+                && *durable == Position::new(1, 3)
     ));
-    assert_eq!(cmds[1], FollowerCommand::Apply(vec![r5]));
+    assert_eq!(
+        cmds[1],
+        FollowerCommand::Flush {
+            seq: 1,
+            through: r4.position()
+        }
+    );
+    assert_eq!(cmds[2], FollowerCommand::Apply(vec![r5.clone()]));
+    // r5 applies before the flush returns: no second flush while one is in flight.
+    let cmds = s.handle(
+        6,
+        0,
+        FollowerEvent::Applied {
+            position: r5.position(),
+            chain: r5.chain,
+        },
+    );
+    assert!(matches!(
+        &cmds[..],
+        [FollowerCommand::Send(FollowerMessage::Ack { applied, durable, .. })]
+            if *applied == r5.position() && *durable == Position::new(1, 3)
+    ));
+    // The flush's answer makes r4 durable and starts the flush of r5.
+    let cmds = s.handle(7, 0, FollowerEvent::Flushed { seq: 1 });
+    assert!(matches!(
+        &cmds[..],
+        [
+            FollowerCommand::Send(FollowerMessage::Ack { applied, durable, .. }),
+            FollowerCommand::Flush { seq: 2, through },
+        ] if *applied == r5.position() && *durable == r4.position() && *through == r5.position()
+    ));
+    assert_eq!(s.durable(), r4.position());
+    let cmds = s.handle(8, 0, FollowerEvent::Flushed { seq: 2 });
+    assert!(matches!(
+        &cmds[..],
+        [FollowerCommand::Send(FollowerMessage::Ack { durable, .. })] if *durable == r5.position()
+    ));
+    // A repeated answer changes nothing.
+    assert!(s.handle(9, 0, FollowerEvent::Flushed { seq: 2 }).is_empty());
+}
+
+#[test]
+fn the_answer_of_a_flush_from_before_a_bootstrap_is_ignored() {
+    let mut s = streaming_at(3);
+    let r4 = rec(4, Chain(3));
+    s.handle(
+        3,
+        0,
+        FollowerEvent::Received(LeaderMessage::Records(vec![r4.clone()])),
+    );
+    let cmds = s.handle(
+        4,
+        0,
+        FollowerEvent::Applied {
+            position: r4.position(),
+            chain: r4.chain,
+        },
+    );
+    assert!(cmds.contains(&FollowerCommand::Flush {
+        seq: 1,
+        through: r4.position()
+    }));
+    let cmds = s.handle(
+        5,
+        0,
+        FollowerEvent::Received(LeaderMessage::Refuse {
+            code: RefusalCode::Diverged,
+            message: "another history".into(),
+        }),
+    );
+    assert!(cmds.contains(&FollowerCommand::Bootstrap));
+    // The new database holds less than the old one did.
+    s.handle(
+        6,
+        0,
+        FollowerEvent::BootstrapFinished {
+            position: Position::new(2, 2),
+            chain: Chain(9),
+            cluster_id: "c".into(),
+        },
+    );
+    assert_eq!(s.durable(), Position::new(2, 2));
+    assert!(s.handle(7, 0, FollowerEvent::Flushed { seq: 1 }).is_empty());
+    assert_eq!(
+        s.durable(),
+        Position::new(2, 2),
+        "the old flush covered the old database"
+    );
 }
 
 #[test]
@@ -534,6 +623,16 @@ fn hello_waits_for_an_apply_in_flight() {
             chain: r4.chain,
         },
     );
+    // Applied, not yet durable: the hello waits for the flush (the leader keeps its log for
+    // this follower from the position a hello states).
+    assert_eq!(
+        cmds,
+        vec![FollowerCommand::Flush {
+            seq: 1,
+            through: r4.position()
+        }]
+    );
+    let cmds = s.handle(203, 0, FollowerEvent::Flushed { seq: 1 });
     assert!(matches!(
         &cmds[..],
         [FollowerCommand::Send(FollowerMessage::Hello { position, .. })] if *position == r4.position()

@@ -2,6 +2,7 @@
 
 use super::apply::{self, ApplyJob};
 use super::bootstrap::{bootstrap, BootstrapError};
+use super::flush;
 use super::transport::{self, Connection, Tagged};
 use super::FollowerShared;
 use crate::fatal::{Fatal, FatalSender};
@@ -50,6 +51,7 @@ pub async fn drive(
     // Bounded: the transport stops reading its socket while the session is behind (TCP then
     // holds the leader back), the apply thread waits to report.
     let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
+    let flush_tx = flush::spawn(node.db_path.clone(), ev_tx.clone(), LOCAL, fatal.clone());
     let mut conn: Option<Connection> = None;
     let mut applying: Option<usize> = None;
     let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
@@ -113,6 +115,12 @@ pub async fn drive(
                     });
                     if apply_tx.send(ApplyJob::Apply(records, done)).is_err() {
                         fatal.report(Fatal::ApplyThreadGone);
+                        return;
+                    }
+                }
+                FollowerCommand::Flush { seq, .. } => {
+                    if flush_tx.send(seq).is_err() {
+                        // The thread stopped after a failed flush and reported it.
                         return;
                     }
                 }

@@ -4,6 +4,7 @@
 pub(crate) mod apply;
 mod bootstrap;
 mod driver;
+mod flush;
 mod replica;
 mod transport;
 

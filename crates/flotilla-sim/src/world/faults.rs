@@ -1,23 +1,14 @@
 //! Faults at rest and power losses on the leader: its database files going back to an earlier
 //! image, and damage in its log.
 
+use super::disk_image::{read_files, write_files};
 use super::World;
 use rand::Rng;
 
 impl World {
     /// Keeps a copy of the leader's database files as they are now (after the commit at `lsn`).
     pub(super) fn take_leader_image(&mut self, lsn: u64) -> anyhow::Result<()> {
-        let mut files = Vec::new();
-        for suffix in ["", "-wal", "-rows"] {
-            let mut p = self.leader.path.as_os_str().to_owned();
-            p.push(suffix);
-            match std::fs::read(&p) {
-                Ok(bytes) => files.push((suffix, bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.leader.image = Some((lsn, files));
+        self.leader.image = Some((lsn, read_files(&self.leader.path)?));
         Ok(())
     }
 
@@ -38,11 +29,7 @@ impl World {
             .leader
             .path
             .with_file_name(format!("leader-{}.sqlite", self.leader.generation));
-        for (suffix, bytes) in files {
-            let mut p = path.as_os_str().to_owned();
-            p.push(suffix);
-            std::fs::write(&p, bytes)?;
-        }
+        write_files(&path, &files)?;
         self.log(|| {
             format!(
                 "leader loses power: its database goes back to lsn {lsn}, the log is at {}",

@@ -2,6 +2,7 @@
 //! session's commands (connect, send, apply in simulated time, bootstrap), crashes, and reads
 //! with a position token.
 
+use super::disk_image::{read_files, write_files};
 use super::*;
 
 impl World {
@@ -49,6 +50,13 @@ impl World {
                 let done_at = self.now + self.rng.random_range(0..=self.apply_ms_max);
                 self.followers[f].apply_in_flight = Some((done_at, records));
             }
+            FollowerCommand::Flush { seq, .. } => {
+                // The node's flush thread runs beside the apply thread: it makes durable what
+                // was committed when it started.
+                let files = read_files(&self.followers[f].path)?;
+                let done_at = self.now + self.rng.random_range(0..=self.apply_ms_max);
+                self.followers[f].flush_in_flight = Some((done_at, seq, files));
+            }
             FollowerCommand::Bootstrap => {
                 // The node's apply thread runs jobs in order: an apply in flight finishes first.
                 if let Some((_, records)) = self.followers[f].apply_in_flight.take() {
@@ -73,6 +81,8 @@ impl World {
                 if let Some(db) = fl.db.take() {
                     drop(db);
                 }
+                // The installed snapshot is flushed: a flush from before it is moot.
+                fl.flush_in_flight = None;
                 let reader = open_reader(&self.leader.path)?;
                 // As the node does: received into the replica's snapshot target, then installed
                 // (a logical replica is built from it).
@@ -97,6 +107,7 @@ impl World {
                     h.position
                 );
                 fl.db = Some(Replica::open(&fl.path, &settings)?.context("installed")?);
+                fl.durable_image = Some(read_files(&fl.path)?);
                 self.events.push_back((
                     f,
                     LOCAL,
@@ -126,8 +137,28 @@ impl World {
         Ok(())
     }
 
-    /// Applies a batch in one local transaction (committed with `synchronous=FULL`: durable when
-    /// it returns) and checks the result against the leader's history.
+    /// Finishes the flushes whose time has come: what they covered is now what a power loss
+    /// leaves.
+    pub(super) fn finish_flushes(&mut self) -> anyhow::Result<()> {
+        for f in 0..self.followers.len() {
+            let fl = &mut self.followers[f];
+            if fl
+                .flush_in_flight
+                .as_ref()
+                .is_some_and(|(at, ..)| *at <= self.now)
+            {
+                let (_, seq, files) = fl.flush_in_flight.take().expect("checked");
+                fl.durable_image = Some(files);
+                self.report.flushes += 1;
+                self.events
+                    .push_back((f, LOCAL, FollowerEvent::Flushed { seq }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch in one local transaction (committed without an fsync, as the node does:
+    /// durable after the next flush) and checks the result against the leader's history.
     pub(super) fn perform_apply(
         &mut self,
         f: usize,
@@ -230,7 +261,9 @@ impl World {
         self.now + self.followers[f].clock_skew_ms
     }
 
-    pub(super) fn crash_follower(&mut self, f: usize) -> anyhow::Result<()> {
+    /// Follower `f`'s process dies; with `power_loss` its machine too, and its database goes
+    /// back to what its last flush made durable.
+    pub(super) fn crash_follower(&mut self, f: usize, power_loss: bool) -> anyhow::Result<()> {
         self.report.follower_crashes += 1;
         // The leader sees the connection close (the OS closes a killed process's sockets).
         if let Some(conn) = self.followers[f].conn.take() {
@@ -246,7 +279,19 @@ impl World {
         if let Some(db) = fl.db.take() {
             self.graveyard.push(Box::new(db));
         }
+        fl.flush_in_flight = None;
+        if power_loss {
+            if let Some(files) = &fl.durable_image {
+                self.report.follower_power_losses += 1;
+                fl.generation += 1;
+                let name = format!("{}-{}.sqlite", fl.id, fl.generation);
+                fl.path = fl.path.with_file_name(name);
+                write_files(&fl.path, files)?;
+            }
+        }
+        // Opening flushes: from here on what it holds is durable.
         let db = Replica::open(&fl.path, &ReplicaSettings::new(fl.kind))?;
+        fl.durable_image = Some(read_files(&fl.path)?);
         let local = db.as_ref().map(|d| (d.meta().position, d.meta().chain));
         let held = local.map_or(0, |l| l.0.lsn.0);
         ensure!(

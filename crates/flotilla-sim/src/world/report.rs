@@ -22,8 +22,12 @@ pub struct Report {
     pub power_losses: u64,
     /// Leader crashes in the middle of a log append, leaving a torn record.
     pub torn_appends: u64,
-    /// Follower applies lost in flight by a crash (their fsync had not returned).
+    /// Follower applies lost in flight by a crash (not committed yet).
     pub lost_applies: u64,
+    /// Follower crashes that were power losses: the database went back to its last flush.
+    pub follower_power_losses: u64,
+    /// Flushes that made a follower's applied batches durable.
+    pub flushes: u64,
     pub disk_full: u64,
     pub clock_jumps: u64,
     /// Reads on followers with a position token (read-your-writes), and how many of them would
@@ -60,6 +64,8 @@ impl Report {
         self.power_losses += r.power_losses;
         self.torn_appends += r.torn_appends;
         self.lost_applies += r.lost_applies;
+        self.follower_power_losses += r.follower_power_losses;
+        self.flushes += r.flushes;
         self.disk_full += r.disk_full;
         self.clock_jumps += r.clock_jumps;
         self.token_reads += r.token_reads;
@@ -77,12 +83,13 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "{} commits, {} applies, {} messages ({} broke their connection, {} bit-flipped, \
-             {} stalled, {} lost in one-way partitions), {} follower crashes ({} applies lost in flight), \
+             {} stalled, {} lost in one-way partitions), {} follower crashes ({} applies lost in flight, {} power losses), \
              {} leader crashes ({} power losses, {} torn appends), {} log records damaged at \
              rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {} reads with a position \
              token ({} waiting), {} requests in group commits, {} log segments removed by \
              retention, at most {} records pending on a follower, {} stale connection events ignored, {} \
-             apply batches extended to the end of their message, {:.0} simulated s",
+             apply batches extended to the end of their message, {} follower flushes, {:.0} \
+             simulated s",
             self.commits,
             self.applies,
             self.messages,
@@ -92,6 +99,7 @@ impl std::fmt::Display for Report {
             self.blackholed,
             self.follower_crashes,
             self.lost_applies,
+            self.follower_power_losses,
             self.leader_crashes,
             self.power_losses,
             self.torn_appends,
@@ -106,6 +114,7 @@ impl std::fmt::Display for Report {
             self.peak_pending,
             self.stale_events,
             self.batches_extended,
+            self.flushes,
             self.sim_ms as f64 / 1000.0
         )
     }

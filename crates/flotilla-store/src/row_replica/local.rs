@@ -19,6 +19,25 @@ impl RowReplica {
     ) -> Result<LocalOutcome, StoreError> {
         // Transaction control is Flotilla's own (clients may not issue it).
         let rules = self.rules.clone();
+        // Applies commit without an fsync and are flushed apart (`crate::wal_flush`); a
+        // client's write is answered only once durable, so its commit flushes.
+        let synchronous: i64 =
+            rules.internal(|| self.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)))?;
+        rules.internal(|| self.conn.execute_batch("PRAGMA synchronous=FULL"))?;
+        let out = self.execute_local_durably(statements, timeout_ms);
+        rules.internal(|| {
+            self.conn
+                .execute_batch(&format!("PRAGMA synchronous={synchronous}"))
+        })?;
+        out
+    }
+
+    fn execute_local_durably(
+        &mut self,
+        statements: &[(String, Vec<rusqlite::types::Value>)],
+        timeout_ms: u64,
+    ) -> Result<LocalOutcome, StoreError> {
+        let rules = self.rules.clone();
         rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
         self.guard.begin_request(timeout_ms);
         let ran = self.run_local(statements);

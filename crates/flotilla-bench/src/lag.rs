@@ -1,10 +1,18 @@
 //! `flotilla bench lag [--compare postgres]`: how stale a follower (a streaming standby) is at a
 //! fixed fraction of the leader's (primary's) maximum load, measured the same way for both
 //! systems, from the outside: writers commit rows with increasing keys at a steady rate and note
-//! when each commit is acknowledged; a reader polls the follower for the highest key it holds
-//! and notes when each key first becomes visible. Lag = visible − acknowledged (0 when the
-//! follower had it before the writer's answer arrived): the gap a client reading its own write
-//! on a follower would see. The poll period (reported) bounds the resolution.
+//! when each commit is acknowledged; a reader polls the follower for the highest key it holds.
+//! Lag = visible − acknowledged (0 when the follower had it before the writer's answer arrived):
+//! the gap a client reading its own write on a follower would see.
+//!
+//! When a key became visible is estimated from the polls around it: each poll reads at about
+//! the middle of its round trip, so the key appeared between the middle of the last poll that
+//! missed it and the middle of the first that saw it; the estimate is the middle of that
+//! interval (an error of at most half a poll period either way, zero on average). The raw
+//! figure — when the answer that first showed the key reached the reader — is reported beside
+//! it: it adds half a poll period and the answer's way back on average, a bias as large as the
+//! probe's own query latency (the poll period, also reported), which differs between the
+//! systems.
 
 use super::{percentile, Figure, SCHEMA};
 use anyhow::Context;
@@ -32,6 +40,9 @@ pub struct SystemLag {
     pub p50_ms: Figure,
     pub p99_ms: Figure,
     pub max_ms: Figure,
+    /// The raw figures: when the answer that first showed a key arrived.
+    pub seen_p50_ms: Figure,
+    pub seen_p99_ms: Figure,
     pub poll_us: Figure,
     /// Every lag sample of the last run (ms), sorted: the CDF.
     pub samples: Vec<f64>,
@@ -44,6 +55,8 @@ impl SystemLag {
             p50_ms: Figure::new(&format!("{system} lag p50"), "ms"),
             p99_ms: Figure::new(&format!("{system} lag p99"), "ms"),
             max_ms: Figure::new(&format!("{system} lag max"), "ms"),
+            seen_p50_ms: Figure::new(&format!("{system} lag p50, seen by the reader"), "ms"),
+            seen_p99_ms: Figure::new(&format!("{system} lag p99, seen by the reader"), "ms"),
             poll_us: Figure::new(&format!("{system} follower poll period"), "µs"),
             samples: Vec::new(),
         }
@@ -83,9 +96,25 @@ async fn max_rate(op: &Op, secs: f64) -> f64 {
     n as f64 / secs
 }
 
-/// Steady load at `rate` for `secs` with the follower polled: (lag samples in ms, mean poll
-/// period in µs).
-async fn measure(op: Op, probe: Probe, rate: f64, secs: f64) -> anyhow::Result<(Vec<f64>, f64)> {
+/// What [`measure`] found: lag samples in ms (sorted), estimated and as seen by the reader, and
+/// the mean poll period in µs.
+struct Measured {
+    estimated: Vec<f64>,
+    seen: Vec<f64>,
+    poll_us: f64,
+}
+
+/// A poll that showed a higher key than any before it.
+struct Sighting {
+    max: i64,
+    /// The middle of the poll before it (which did not show `max`), if any.
+    before_mid: Option<Instant>,
+    mid: Instant,
+    answered: Instant,
+}
+
+/// Steady load at `rate` for `secs` with the follower polled.
+async fn measure(op: Op, probe: Probe, rate: f64, secs: f64) -> anyhow::Result<Measured> {
     let acked: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicI64::new(1));
@@ -109,7 +138,7 @@ async fn measure(op: Op, probe: Probe, rate: f64, secs: f64) -> anyhow::Result<(
             })
         })
         .collect();
-    let seen: Arc<Mutex<Vec<(i64, Instant)>>> = Default::default();
+    let seen: Arc<Mutex<Vec<Sighting>>> = Default::default();
     let poll_stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let (seen, poll_stop, probe) = (seen.clone(), poll_stop.clone(), probe.clone());
@@ -117,14 +146,25 @@ async fn measure(op: Op, probe: Probe, rate: f64, secs: f64) -> anyhow::Result<(
             let mut polls = 0u64;
             let t = Instant::now();
             let mut high = 0;
+            let mut last_mid: Option<Instant> = None;
             while !poll_stop.load(Ordering::Relaxed) {
-                if let Some(max) = probe().await {
+                let sent = Instant::now();
+                let answer = probe().await;
+                let answered = Instant::now();
+                let mid = sent + (answered - sent) / 2;
+                if let Some(max) = answer {
                     if max > high {
                         high = max;
                         seen.lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .push((max, Instant::now()));
+                            .push(Sighting {
+                                max,
+                                before_mid: last_mid,
+                                mid,
+                                answered,
+                            });
                     }
+                    last_mid = Some(mid);
                 }
                 polls += 1;
             }
@@ -144,7 +184,7 @@ async fn measure(op: Op, probe: Probe, rate: f64, secs: f64) -> anyhow::Result<(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .last()
-            .map_or(0, |s| s.0);
+            .map_or(0, |s| s.max);
         if high >= last {
             break;
         }
@@ -154,21 +194,37 @@ async fn measure(op: Op, probe: Probe, rate: f64, secs: f64) -> anyhow::Result<(
     let poll_us = poller.await?;
     let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|p| p.into_inner()));
     let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut samples = Vec::with_capacity(acked.len());
+    let (mut estimated, mut seen_lag) = (Vec::new(), Vec::new());
+    let ms = |later: Instant, earlier: Instant| -> f64 {
+        later.saturating_duration_since(earlier).as_secs_f64() * 1e3
+    };
     for (k, at) in &acked {
         // The first poll that showed a key at or above k.
-        let i = seen.partition_point(|s| s.0 < *k);
-        let Some((_, visible)) = seen.get(i) else {
+        let i = seen.partition_point(|s| s.max < *k);
+        let Some(s) = seen.get(i) else {
             anyhow::bail!("key {k} was acknowledged but never became visible on the follower");
         };
-        samples.push(visible.saturating_duration_since(*at).as_secs_f64() * 1e3);
+        let visible = match s.before_mid {
+            Some(before) => before + (s.mid - before) / 2,
+            None => s.mid,
+        };
+        estimated.push(ms(visible, *at));
+        seen_lag.push(ms(s.answered, *at));
     }
-    anyhow::ensure!(!samples.is_empty(), "no commits were acknowledged");
-    samples.sort_by(|a, b| a.total_cmp(b));
-    Ok((samples, poll_us))
+    anyhow::ensure!(!estimated.is_empty(), "no commits were acknowledged");
+    estimated.sort_by(|a, b| a.total_cmp(b));
+    seen_lag.sort_by(|a, b| a.total_cmp(b));
+    Ok(Measured {
+        estimated,
+        seen: seen_lag,
+        poll_us,
+    })
 }
 
-fn record(s: &mut SystemLag, max_tps: f64, (samples, poll_us): (Vec<f64>, f64)) {
+fn record(s: &mut SystemLag, max_tps: f64, m: Measured) {
+    s.seen_p50_ms.values.push(percentile(&m.seen, 0.5));
+    s.seen_p99_ms.values.push(percentile(&m.seen, 0.99));
+    let (samples, poll_us) = (m.estimated, m.poll_us);
     s.max_tps.values.push(max_tps);
     s.p50_ms.values.push(percentile(&samples, 0.5));
     s.p99_ms.values.push(percentile(&samples, 0.99));
@@ -306,8 +362,16 @@ pub async fn run(
 
 impl LagResults {
     pub fn figures(&self) -> Vec<&Figure> {
-        fn of(s: &SystemLag) -> [&Figure; 5] {
-            [&s.max_tps, &s.p50_ms, &s.p99_ms, &s.max_ms, &s.poll_us]
+        fn of(s: &SystemLag) -> [&Figure; 7] {
+            [
+                &s.max_tps,
+                &s.p50_ms,
+                &s.p99_ms,
+                &s.max_ms,
+                &s.seen_p50_ms,
+                &s.seen_p99_ms,
+                &s.poll_us,
+            ]
         }
         let mut v: Vec<&Figure> = of(&self.flotilla).to_vec();
         if let Some(Ok(pg)) = &self.postgres {

@@ -296,8 +296,11 @@ pub fn write_lag(
         md,
         "{} writers commit one 100-byte row per transaction at {:.0}% of the maximum rate measured \
          first; a reader polls the follower (standby) for the highest key it holds. Lag = when a key \
-         first became visible there − when its commit was acknowledged (0 if it was there first). \
-         Median of {} run(s) with [min..max]; same method for both systems.\n",
+         became visible there − when its commit was acknowledged (0 if it was there first); when \
+         it became visible is estimated as the middle between the middles of the last poll that \
+         missed it and the first that saw it (\"seen by the reader\": when the answer that first \
+         showed it arrived, which adds half a poll and the answer's way back). Median of {} \
+         run(s) with [min..max]; same method for both systems.\n",
         4,
         super::lag::LOAD_FRACTION * 100.0,
         r.flotilla.p50_ms.values.len()

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub const IDENTITY_FORMAT_VERSION: u32 = 1;
 
@@ -23,6 +24,67 @@ pub struct Identity {
     /// after a bootstrap); a leader of another incarnation is refused.
     #[serde(default)]
     pub leader_incarnation: Option<String>,
+}
+
+/// A running node's identity and where it is saved: changed only through these methods, each
+/// saving the file before it returns.
+pub struct IdentityStore {
+    dir: PathBuf,
+    ident: Mutex<Identity>,
+}
+
+impl IdentityStore {
+    /// `ident` as loaded from (or created in) the data directory `dir`.
+    pub fn new(dir: &Path, ident: Identity) -> IdentityStore {
+        IdentityStore {
+            dir: dir.to_path_buf(),
+            ident: Mutex::new(ident),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Identity> {
+        self.ident.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the identity as it is now.
+    pub fn get(&self) -> Identity {
+        self.lock().clone()
+    }
+
+    pub fn cluster_id(&self) -> Option<String> {
+        self.lock().cluster_id.clone()
+    }
+
+    /// The incarnation of the leader this follower follows (`None`: adopt the next one).
+    pub fn leader_incarnation(&self) -> Option<String> {
+        self.lock().leader_incarnation.clone()
+    }
+
+    /// Remembers the incarnation of the leader this follower follows from now on.
+    pub fn remember_leader(&self, incarnation: &str) -> Result<(), IdentityError> {
+        let mut ident = self.lock();
+        if ident.leader_incarnation.as_deref() != Some(incarnation) {
+            ident.leader_incarnation = Some(incarnation.to_string());
+            save(&self.dir, &ident)?;
+        }
+        Ok(())
+    }
+
+    /// Records the cluster id adopted from a leader; refuses another one.
+    pub fn adopt_cluster(&self, cluster_id: &str) -> Result<(), IdentityError> {
+        let mut ident = self.lock();
+        match &ident.cluster_id {
+            Some(c) if c == cluster_id => Ok(()),
+            Some(c) => Err(IdentityError::OtherCluster {
+                leader: cluster_id.to_string(),
+                mine: c.clone(),
+            }),
+            None => {
+                ident.cluster_id = Some(cluster_id.to_string());
+                save(&self.dir, &ident)
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +108,8 @@ pub enum IdentityError {
         "{path} has format version {found}; this build reads version {IDENTITY_FORMAT_VERSION}"
     )]
     Version { path: PathBuf, found: u32 },
+    #[error("the leader belongs to cluster {leader}, but this node belongs to cluster {mine}")]
+    OtherCluster { leader: String, mine: String },
 }
 
 pub fn path(dir: &Path) -> PathBuf {

@@ -3,13 +3,13 @@
 
 use crate::config::NodeConfig;
 use crate::follower::FollowerShared;
-use crate::identity::{self, Identity};
+use crate::identity::IdentityStore;
 use crate::leader::LeaderState;
 use crate::metrics::Counters;
 use crate::readers::ReaderPool;
 use flotilla_types::Position;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -42,16 +42,16 @@ pub struct Node {
     /// How clients and other nodes reach this node.
     pub url: String,
     pub db_path: PathBuf,
-    pub identity: Mutex<Identity>,
+    pub identity: Arc<IdentityStore>,
     pub readers: Arc<ReaderPool>,
     /// The newest position visible to readers (committed on a leader, applied on a follower).
-    pub position: watch::Sender<Position>,
+    pub position: Arc<watch::Sender<Position>>,
     pub counters: Arc<Counters>,
     pub shutdown: CancellationToken,
     /// The tokens requests must carry; `None` when authentication is off.
     pub keyring: Option<Arc<crate::auth::Keyring>>,
     /// How this node reaches other nodes (TLS roots, its replication token).
-    pub peers: crate::peer::Peers,
+    pub peers: Arc<crate::peer::Peers>,
 }
 
 impl Node {
@@ -83,49 +83,6 @@ impl Node {
         match &self.role {
             Role::Leader { .. } => None,
             Role::Follower { state, .. } => Some(state),
-        }
-    }
-
-    pub fn cluster_id(&self) -> Option<String> {
-        self.identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .cluster_id
-            .clone()
-    }
-
-    /// The incarnation of the leader this follower follows (`None`: adopt the next one).
-    pub fn leader_incarnation(&self) -> Option<String> {
-        self.identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .leader_incarnation
-            .clone()
-    }
-
-    /// Remembers the incarnation of the leader this follower follows from now on.
-    pub fn remember_leader(&self, incarnation: &str) -> anyhow::Result<()> {
-        let mut ident = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        if ident.leader_incarnation.as_deref() != Some(incarnation) {
-            ident.leader_incarnation = Some(incarnation.to_string());
-            identity::save(&self.config.data_dir, &ident)?;
-        }
-        Ok(())
-    }
-
-    /// Records the cluster id adopted from a leader; refuses another one.
-    pub fn adopt_cluster(&self, cluster_id: &str) -> anyhow::Result<()> {
-        let mut ident = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        match &ident.cluster_id {
-            Some(c) if c == cluster_id => Ok(()),
-            Some(c) => anyhow::bail!(
-                "the leader belongs to cluster {cluster_id}, but this node belongs to cluster {c}"
-            ),
-            None => {
-                ident.cluster_id = Some(cluster_id.to_string());
-                identity::save(&self.config.data_dir, &ident)?;
-                Ok(())
-            }
         }
     }
 }

@@ -248,13 +248,13 @@ pub async fn run(
         role,
         url: url.clone(),
         db_path,
-        identity: Mutex::new(ident),
+        identity: Arc::new(crate::identity::IdentityStore::new(&dir, ident)),
         readers,
-        position: position_tx,
+        position: Arc::new(position_tx),
         counters,
         shutdown: shutdown.clone(),
         keyring,
-        peers,
+        peers: Arc::new(peers),
     });
     crate::auth::first_admin_token(&node).await?;
     if let Some(leader) = node.leader() {
@@ -275,11 +275,37 @@ pub async fn run(
             },
             shutdown.clone(),
         ));
-        tokio::spawn(crate::pipeline::manage(node.clone()));
+        if let Some(pipelines) = node.pipelines() {
+            tokio::spawn(crate::pipeline::manage(crate::pipeline::PipelineHost {
+                leader: leader.clone(),
+                pipelines: pipelines.clone(),
+                readers: node.readers.clone(),
+                counters: node.counters.clone(),
+                declared: Arc::new(config.pipelines.clone()),
+                allow: Arc::new(config.pipeline_allow.clone()),
+                http: node.peers.http.clone(),
+                shutdown: shutdown.clone(),
+            }));
+        }
     }
     let follower_task = match &node.role {
         Role::Follower { leader_url, state } => Some(tokio::spawn(crate::follower::drive(
-            node.clone(),
+            Arc::new(crate::follower::FollowerHost {
+                id: config.id.as_str().to_string(),
+                url: node.url.clone(),
+                db_path: node.db_path.clone(),
+                replica: crate::follower::replica_settings(
+                    &config,
+                    node.counters.apply_conflicts.clone(),
+                ),
+                identity: node.identity.clone(),
+                readers: node.readers.clone(),
+                position: node.position.clone(),
+                counters: node.counters.clone(),
+                peers: node.peers.clone(),
+                keyring: node.keyring.clone(),
+                shutdown: node.shutdown.clone(),
+            }),
             state.clone(),
             leader_url.clone(),
             fatal_tx.clone(),

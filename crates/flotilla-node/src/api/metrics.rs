@@ -103,7 +103,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     if let (Some(leader), Some(pipelines)) = (node.leader(), node.pipelines()) {
         let (mut backlog, mut delivered, mut warning) = (Vec::new(), Vec::new(), Vec::new());
         for w in pipelines.all() {
-            let st = crate::pipeline::status_json(&node, &w).await;
+            let st = crate::pipeline::status_json(&node.readers, &w).await;
             let l = labels(&[("pipeline", st["name"].as_str().unwrap_or(""))]);
             backlog.push((l.clone(), st["backlog_rows"].as_u64().unwrap_or(0)));
             delivered.push((l.clone(), st["delivered_rows"].as_u64().unwrap_or(0)));

@@ -55,7 +55,7 @@ pub async fn list(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError
     let pipelines = pipelines(&node)?;
     let mut out = Vec::new();
     for w in pipelines.all() {
-        out.push(status_json(&node, &w).await);
+        out.push(status_json(&node.readers, &w).await);
     }
     // Declared in the config but not installed (or declared differently).
     for (name, why) in pipelines.declared_problems() {
@@ -74,7 +74,7 @@ pub async fn get(
     let w = pipelines(&node)?
         .worker(&name)
         .ok_or_else(|| not_found(&name))?;
-    Ok(Json(status_json(&node, &w).await))
+    Ok(Json(status_json(&node.readers, &w).await))
 }
 
 pub async fn add(
@@ -105,7 +105,7 @@ pub async fn add(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(|e| ApiError::bad_request("invalid_pipeline", e.to_string()))?;
     let d = crate::pipeline::Delivery::new(&spec, &plan, &leader.cluster_id, &leader.incarnation);
-    if let Err(e) = check_target(&spec, &d, &node).await {
+    if let Err(e) = check_target(&spec, &d, &node.config.pipeline_allow, &node.peers.http).await {
         let code = match e {
             TargetError::Refused(_) => "invalid_target",
             TargetError::Failed(_) => "target_unavailable",
@@ -114,7 +114,7 @@ pub async fn add(
     }
     let position = change(&node, PipelineChange::Add(Box::new(spec.clone()))).await?;
     let mut status = match worker_of(&node, &spec.name).await {
-        Some(w) => status_json(&node, &w).await,
+        Some(w) => status_json(&node.readers, &w).await,
         None => json!({ "name": spec.name }),
     };
     status["position"] = json!(position);
@@ -146,7 +146,7 @@ async fn set_paused(node: &Node, name: &str, paused: bool) -> Result<Json<Value>
     .await?;
     w.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
     w.wake.notify_one();
-    let mut status = status_json(node, &w).await;
+    let mut status = status_json(&node.readers, &w).await;
     status["position"] = json!(position);
     Ok(Json(status))
 }

@@ -58,11 +58,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
         Some(leader) => leader.head.borrow().position.max(*node.position.borrow()),
         None => *node.position.borrow(),
     };
-    let identity = node
-        .identity
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let identity = node.identity.get();
     let mut out = json!({
         "id": node.config.id.as_str(),
         "url": node.url,
@@ -108,7 +104,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             });
             let mut statuses = Vec::new();
             for w in pipelines.all() {
-                statuses.push(crate::pipeline::status_json(&node, &w).await);
+                statuses.push(crate::pipeline::status_json(&node.readers, &w).await);
             }
             out["pipelines"] = json!(statuses);
         }

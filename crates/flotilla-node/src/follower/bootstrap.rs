@@ -1,8 +1,8 @@
 //! Bootstrap: replace the local database with a snapshot streamed from the leader.
 
 use super::apply::ApplyJob;
+use super::FollowerHost;
 use super::FollowerShared;
-use crate::node::Node;
 use flotilla_store::snapshot::SnapshotReceiver;
 use flotilla_types::{Chain, Position};
 use std::io::IsTerminal;
@@ -33,7 +33,7 @@ impl From<&str> for BootstrapError {
 }
 
 pub async fn bootstrap(
-    node: Arc<Node>,
+    node: Arc<FollowerHost>,
     shared: Arc<FollowerShared>,
     leader_url: String,
     apply: std::sync::mpsc::Sender<ApplyJob>,
@@ -68,7 +68,7 @@ pub async fn bootstrap(
 }
 
 async fn fetch_and_install(
-    node: &Arc<Node>,
+    node: &Arc<FollowerHost>,
     shared: &FollowerShared,
     leader_url: &str,
 ) -> Result<(), BootstrapError> {
@@ -88,7 +88,7 @@ async fn fetch_and_install(
         let body = resp.text().await.unwrap_or_default();
         return Err(format!("{url} answered {status}: {body}").into());
     }
-    let path = flotilla_store::snapshot_target(node.config.log_kind, &node.db_path);
+    let path = flotilla_store::snapshot_target(node.replica.kind, &node.db_path);
     let mut rx =
         tokio::task::block_in_place(|| SnapshotReceiver::new(&path)).map_err(|e| e.to_string())?;
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -111,7 +111,7 @@ async fn fetch_and_install(
         if let Some(h) = rx.header() {
             if !checked_cluster {
                 checked_cluster = true;
-                if let Some(mine) = node.cluster_id() {
+                if let Some(mine) = node.identity.cluster_id() {
                     if mine != h.cluster_id {
                         return Err(format!(
                             "the leader belongs to cluster {} but this node belongs to cluster {mine}",
@@ -134,7 +134,7 @@ async fn fetch_and_install(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let settings = super::replica_settings(&node.config, node.counters.apply_conflicts.clone());
+    let settings = node.replica.clone();
     let header = tokio::task::block_in_place(|| {
         flotilla_store::install_snapshot(rx, &node.db_path, &settings)
     })
@@ -145,7 +145,8 @@ async fn fetch_and_install(
         }
         e => BootstrapError::Retry(format!("cannot install the snapshot: {e}")),
     })?;
-    node.adopt_cluster(&header.cluster_id)
+    node.identity
+        .adopt_cluster(&header.cluster_id)
         .map_err(|e| e.to_string())?;
     tracing::info!(position = %header.position, bytes = header.body_len(), "snapshot installed");
     Ok(())

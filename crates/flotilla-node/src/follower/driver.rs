@@ -4,10 +4,9 @@ use super::apply::{self, ApplyJob};
 use super::bootstrap::{bootstrap, BootstrapError};
 use super::flush;
 use super::transport::{self, Connection, Tagged};
-use super::FollowerShared;
+use super::{FollowerHost, FollowerShared};
 use crate::fatal::{Fatal, FatalSender};
 use crate::metrics::Counters;
-use crate::node::Node;
 use crate::time::mono_ms;
 use flotilla_core::{FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession};
 use std::collections::VecDeque;
@@ -25,7 +24,7 @@ const EVENT_QUEUE: usize = 256;
 /// Runs the follower's replication until the node stops: `shared` is this follower's state,
 /// `leader_url` the leader it follows.
 pub async fn drive(
-    node: Arc<Node>,
+    node: Arc<FollowerHost>,
     shared: Arc<FollowerShared>,
     leader_url: String,
     fatal: FatalSender,
@@ -38,16 +37,12 @@ pub async fn drive(
     let local = initial
         .as_ref()
         .map(|d| (d.meta().position, d.meta().chain));
-    let apply_tx = apply::spawn(
-        node.db_path.clone(),
-        super::replica_settings(&node.config, node.counters.apply_conflicts.clone()),
-        initial,
-    );
+    let apply_tx = apply::spawn(node.db_path.clone(), node.replica.clone(), initial);
     *shared.apply.lock().unwrap_or_else(|p| p.into_inner()) = Some(apply_tx.clone());
-    let mut config = FollowerConfig::new(node.config.id.as_str(), &node.url);
-    config.log_kind = node.config.log_kind;
-    let mut session = FollowerSession::new(config, local, node.cluster_id())
-        .with_leader_incarnation(node.leader_incarnation());
+    let mut config = FollowerConfig::new(&node.id, &node.url);
+    config.log_kind = node.replica.kind;
+    let mut session = FollowerSession::new(config, local, node.identity.cluster_id())
+        .with_leader_incarnation(node.identity.leader_incarnation());
     // Bounded: the transport stops reading its socket while the session is behind (TCP then
     // holds the leader back), the apply thread waits to report.
     let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
@@ -82,7 +77,7 @@ pub async fn drive(
                     }
                 }
                 FollowerCommand::RememberLeader { incarnation } => {
-                    if let Err(e) = node.remember_leader(&incarnation) {
+                    if let Err(e) = node.identity.remember_leader(&incarnation) {
                         fatal.report(Fatal::Identity(e.to_string()));
                         return;
                     }

@@ -9,11 +9,38 @@ mod replica;
 mod transport;
 
 pub use driver::drive;
-use flotilla_store::Replica;
+use flotilla_store::{Replica, ReplicaSettings};
 pub use replica::replica_settings;
 
+use crate::auth::Keyring;
+use crate::identity::IdentityStore;
+use crate::metrics::Counters;
+use crate::peer::Peers;
+use crate::readers::ReaderPool;
 use flotilla_types::Position;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What a follower's tasks need of their node, and nothing more.
+pub struct FollowerHost {
+    /// This follower's id and URL, as it introduces itself to the leader.
+    pub id: String,
+    pub url: String,
+    pub db_path: PathBuf,
+    pub replica: ReplicaSettings,
+    pub identity: Arc<IdentityStore>,
+    /// Closed while a bootstrap replaces the database.
+    pub readers: Arc<ReaderPool>,
+    /// The newest position visible to readers.
+    pub position: Arc<watch::Sender<Position>>,
+    pub counters: Arc<Counters>,
+    pub peers: Arc<Peers>,
+    /// To warn when authentication is on but the cluster has no tokens yet.
+    pub keyring: Option<Arc<Keyring>>,
+    pub shutdown: CancellationToken,
+}
 
 /// What `/v1/status` shows of a follower.
 #[derive(Debug, Clone, Default)]

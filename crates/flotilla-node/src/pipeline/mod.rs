@@ -16,8 +16,11 @@ mod worker;
 
 pub use target::{check_target, Delivery, TargetError};
 
-use crate::node::Node;
+use crate::leader::LeaderState;
+use crate::metrics::Counters;
+use crate::readers::ReaderPool;
 use flotilla_store::StoredPipeline;
+use flotilla_types::PipelineSpec;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,9 +103,25 @@ impl Pipelines {
     }
 }
 
+/// What the pipelines' tasks need of their leader node, and nothing more.
+#[derive(Clone)]
+pub struct PipelineHost {
+    pub leader: Arc<LeaderState>,
+    pub pipelines: Arc<Pipelines>,
+    pub readers: Arc<ReaderPool>,
+    pub counters: Arc<Counters>,
+    /// The pipelines the node's config declares (installed if missing).
+    pub declared: Arc<Vec<PipelineSpec>>,
+    /// The targets the operator allows (`pipeline.allow`).
+    pub allow: Arc<Vec<allow::Allowed>>,
+    /// For Flotilla targets.
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+}
+
 /// Reads the stored pipelines through a reader connection.
-pub async fn stored_pipelines(node: &Node) -> anyhow::Result<Vec<StoredPipeline>> {
-    let mut lease = node.readers.lease().await?;
+pub async fn stored_pipelines(readers: &Arc<ReaderPool>) -> anyhow::Result<Vec<StoredPipeline>> {
+    let mut lease = readers.lease().await?;
     let list = tokio::task::spawn_blocking(move || {
         let r = lease.reader();
         let rules = r.rules.clone();
@@ -113,14 +132,12 @@ pub async fn stored_pipelines(node: &Node) -> anyhow::Result<Vec<StoredPipeline>
 }
 
 /// Keeps one worker per stored pipeline, until the node stops.
-pub async fn manage(node: Arc<Node>) {
-    let Some(pipelines) = node.pipelines() else {
-        return;
-    };
+pub async fn manage(host: PipelineHost) {
+    let pipelines = host.pipelines.clone();
     loop {
-        match stored_pipelines(&node).await {
+        match stored_pipelines(&host.readers).await {
             Ok(list) => {
-                if install_declared(&node, &list).await {
+                if install_declared(&host, &list).await {
                     continue; // read the list again, with the new pipeline
                 }
                 let mut workers = pipelines.workers.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,11 +167,11 @@ pub async fn manage(node: Arc<Node>) {
                                     ..Default::default()
                                 }),
                                 delivered_rows: AtomicU64::new(0),
-                                cancel: node.shutdown.child_token(),
+                                cancel: host.shutdown.child_token(),
                                 wake: tokio::sync::Notify::new(),
                             });
                             workers.insert(p.spec.name.clone(), w.clone());
-                            tokio::spawn(worker::run(node.clone(), w));
+                            tokio::spawn(worker::run(host.clone(), w));
                         }
                     }
                 }
@@ -170,20 +187,18 @@ pub async fn manage(node: Arc<Node>) {
         tokio::select! {
             _ = pipelines.changed.notified() => {}
             _ = tokio::time::sleep(std::time::Duration::from_secs(pass)) => {}
-            _ = node.shutdown.cancelled() => return,
+            _ = host.shutdown.cancelled() => return,
         }
     }
 }
 
 /// Installs the config's pipelines that are not stored yet (a source table may not exist
 /// yet: retried on every pass). Returns whether one was installed.
-async fn install_declared(node: &Node, stored: &[StoredPipeline]) -> bool {
-    let Some(leader) = node.leader() else {
-        return false;
-    };
+async fn install_declared(host: &PipelineHost, stored: &[StoredPipeline]) -> bool {
+    let leader = &host.leader;
     let mut problems = BTreeMap::new();
     let mut installed = false;
-    for spec in &node.config.pipelines {
+    for spec in host.declared.iter() {
         match stored.iter().find(|p| p.spec.name == spec.name) {
             Some(p) if p.spec != *spec => {
                 problems.insert(
@@ -217,10 +232,11 @@ async fn install_declared(node: &Node, stored: &[StoredPipeline]) -> bool {
             }
         }
     }
-    let Some(pipelines) = node.pipelines() else {
-        return false;
-    };
-    let mut declared = pipelines.declared.lock().unwrap_or_else(|p| p.into_inner());
+    let mut declared = host
+        .pipelines
+        .declared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     for (name, why) in &problems {
         if declared.get(name) != Some(why) {
             tracing::warn!(pipeline = %name, "config: {why}");
@@ -231,11 +247,11 @@ async fn install_declared(node: &Node, stored: &[StoredPipeline]) -> bool {
 }
 
 /// A pipeline's status as the API shows it (backlog read from the changelog now).
-pub async fn status_json(node: &Node, w: &Worker) -> Value {
+pub async fn status_json(readers: &Arc<ReaderPool>, w: &Worker) -> Value {
     let stored = w.stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let st = w.status();
     let (id, after) = (stored.id, st.cursor.unwrap_or(stored.trimmed_to));
-    let backlog = match node.readers.lease().await {
+    let backlog = match readers.lease().await {
         Ok(mut lease) => tokio::task::spawn_blocking(move || {
             let r = lease.reader();
             let rules = r.rules.clone();

@@ -158,18 +158,18 @@ impl Target {
     pub async fn open(
         spec: &PipelineSpec,
         d: &Delivery,
-        node: &crate::node::Node,
+        allow: &[super::allow::Allowed],
+        http: &reqwest::Client,
     ) -> Result<(Target, i64), TargetError> {
         // Checked at every open: the operator may have narrowed the list since.
-        super::allow::check(&spec.target, &node.config.pipeline_allow)
-            .map_err(|e| TargetError::Refused(e.0))?;
+        super::allow::check(&spec.target, allow).map_err(|e| TargetError::Refused(e.0))?;
         match PipelineTarget::parse(&spec.target).map_err(|e| TargetError::Refused(e.0))? {
             PipelineTarget::Postgres(url) => {
                 let (t, cursor) = PostgresTarget::open(&url, d).await?;
                 Ok((Target::Postgres(Box::new(t)), cursor))
             }
             PipelineTarget::Flotilla(url) => {
-                let (t, cursor) = FlotillaTarget::open(&url, d, &node.peers.http).await?;
+                let (t, cursor) = FlotillaTarget::open(&url, d, http).await?;
                 Ok((Target::Flotilla(t), cursor))
             }
             PipelineTarget::File(path) => {
@@ -199,9 +199,10 @@ impl Target {
 pub async fn check_target(
     spec: &PipelineSpec,
     d: &Delivery,
-    node: &crate::node::Node,
+    allow: &[super::allow::Allowed],
+    http: &reqwest::Client,
 ) -> Result<(), TargetError> {
-    Target::open(spec, d, node).await.map(|_| ())
+    Target::open(spec, d, allow, http).await.map(|_| ())
 }
 
 /// A remote system's own words, kept short: enough to act on, never a page of its output.

@@ -3,8 +3,7 @@
 //! for trimming; on failure report it in status and retry with backoff.
 
 use super::target::{Change, Delivery, Target, TargetError};
-use super::Worker;
-use crate::node::Node;
+use super::{PipelineHost, Worker};
 use flotilla_store::StoredPipeline;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,12 +15,12 @@ const BATCH_ROWS: usize = 5_000;
 /// Opens the target for the pipeline as it is now; returns it with the cursor to continue
 /// after.
 async fn open(
-    node: &Node,
+    host: &PipelineHost,
     stored: &StoredPipeline,
     cluster_id: &str,
 ) -> Result<(Target, Delivery, i64), TargetError> {
     let spec = stored.spec.clone();
-    let mut lease = node
+    let mut lease = host
         .readers
         .lease()
         .await
@@ -33,12 +32,8 @@ async fn open(
     .await
     .map_err(|e| TargetError::Failed(e.to_string()))?
     .map_err(|e| TargetError::Refused(format!("source: {e}")))?;
-    let incarnation = node
-        .leader()
-        .map(|l| l.incarnation.clone())
-        .unwrap_or_default();
-    let d = Delivery::new(&stored.spec, &plan, cluster_id, &incarnation);
-    let (target, cursor) = Target::open(&stored.spec, &d, node).await?;
+    let d = Delivery::new(&stored.spec, &plan, cluster_id, &host.leader.incarnation);
+    let (target, cursor) = Target::open(&stored.spec, &d, &host.allow, &host.http).await?;
     let cursor = match cursor {
         // Stdout remembers nothing: start from what the changelog still holds.
         c if c < 0 => stored.trimmed_to,
@@ -55,10 +50,8 @@ async fn open(
     Ok((target, d, cursor))
 }
 
-pub async fn run(node: Arc<Node>, w: Arc<Worker>) {
-    let Some(leader) = node.leader() else {
-        return;
-    };
+pub async fn run(host: PipelineHost, w: Arc<Worker>) {
+    let leader = host.leader.clone();
     let cluster_id = leader.cluster_id.clone();
     let mut head_rx = leader.head.subscribe();
     let mut target: Option<(Target, Delivery)> = None;
@@ -79,7 +72,7 @@ pub async fn run(node: Arc<Node>, w: Arc<Worker>) {
         }
         let stored = w.stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if target.is_none() {
-            match open(&node, &stored, &cluster_id).await {
+            match open(&host, &stored, &cluster_id).await {
                 Ok((t, d, c)) => {
                     cursor = c;
                     target = Some((t, d));
@@ -98,7 +91,7 @@ pub async fn run(node: Arc<Node>, w: Arc<Worker>) {
         let durable = leader.head.borrow().position.lsn.0;
         let id = stored.id;
         let after = cursor;
-        let read = match node.readers.lease().await {
+        let read = match host.readers.lease().await {
             Ok(mut lease) => tokio::task::spawn_blocking(move || {
                 let r = lease.reader();
                 let rules = r.rules.clone();
@@ -160,7 +153,7 @@ pub async fn run(node: Arc<Node>, w: Arc<Worker>) {
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
                 let now_ms = crate::time::wall_ms() as i64;
                 for e in &entries {
-                    node.counters
+                    host.counters
                         .delivery_lag
                         .record((now_ms - e.at_ms).max(0) as u64 * 1000);
                 }

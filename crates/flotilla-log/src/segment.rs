@@ -155,7 +155,10 @@ impl Segment {
                     seg.offsets.push(offset);
                     offset += frame_len;
                 }
-                Err(detail) if mode != Scan::Strict => {
+                // A failed read says nothing about the bytes: never cut off as damage.
+                Err(FrameError::Io(e)) => return Err(LogError::io(&path, e)),
+                Err(damage) if mode != Scan::Strict => {
+                    let detail = damage.to_string();
                     let lsn = first_lsn + seg.offsets.len() as u64;
                     let intact = seg
                         .intact_frame_after(offset, len, lsn)
@@ -186,7 +189,7 @@ impl Segment {
                     cut = Some(damage);
                     break;
                 }
-                Err(detail) => return Err(corrupt(offset, detail)),
+                Err(damage) => return Err(corrupt(offset, damage.to_string())),
             }
         }
         seg.end = offset;
@@ -239,36 +242,55 @@ impl Segment {
     }
 
     /// Checks the frame at `offset`: its length, its record's CRC and LSN. Returns its length.
-    fn check_frame(&self, offset: u64, file_len: u64, buf: &mut Vec<u8>) -> Result<u64, String> {
+    fn check_frame(
+        &self,
+        offset: u64,
+        file_len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<u64, FrameError> {
         let mut len_bytes = [0u8; 4];
         if offset + 4 > file_len {
-            return Err("torn frame length".into());
+            return Err(FrameError::TornLength);
         }
-        self.file
-            .read_exact_at(&mut len_bytes, offset)
-            .map_err(|e| e.to_string())?;
+        self.file.read_exact_at(&mut len_bytes, offset)?;
         let rec_len = u32::from_le_bytes(len_bytes);
         if !(RECORD_LSN_OFFSET as u32 + 12..=MAX_RECORD_LEN).contains(&rec_len) {
-            return Err(format!("implausible record length {rec_len}"));
+            return Err(FrameError::ImplausibleLength(rec_len));
         }
         if offset + 4 + rec_len as u64 > file_len {
-            return Err("torn record".into());
+            return Err(FrameError::TornRecord);
         }
         buf.resize(rec_len as usize, 0);
-        self.file
-            .read_exact_at(buf, offset + 4)
-            .map_err(|e| e.to_string())?;
+        self.file.read_exact_at(buf, offset + 4)?;
         let (body, crc) = buf.split_at(buf.len() - 4);
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-            return Err("record checksum mismatch".into());
+            return Err(FrameError::ChecksumMismatch);
         }
-        let lsn = record_lsn(buf);
+        let found = record_lsn(buf);
         let expected = self.first_lsn + self.offsets.len() as u64;
-        if lsn != expected {
-            return Err(format!("record has lsn {lsn}, expected {expected}"));
+        if found != expected {
+            return Err(FrameError::WrongLsn { found, expected });
         }
         Ok(4 + rec_len as u64)
     }
+}
+
+/// Why a frame failed its check at a scan.
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    /// Reading failed: the disk's trouble, not the frame's (the scan fails; nothing is cut).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("torn frame length")]
+    TornLength,
+    #[error("implausible record length {0}")]
+    ImplausibleLength(u32),
+    #[error("torn record")]
+    TornRecord,
+    #[error("record checksum mismatch")]
+    ChecksumMismatch,
+    #[error("record has lsn {found}, expected {expected}")]
+    WrongLsn { found: u64, expected: u64 },
 }
 
 /// How a segment's damage is treated when it is scanned.

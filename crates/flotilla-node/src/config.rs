@@ -367,7 +367,9 @@ impl ConfigFile {
             .as_deref()
             .unwrap_or("stop")
             .parse()
-            .map_err(|e: String| invalid("conflict-policy", e))?;
+            .map_err(|e: flotilla_store::UnknownConflictPolicy| {
+                invalid("conflict-policy", e.to_string())
+            })?;
         if let Some(size) = self.page_size {
             if !(512..=65536).contains(&size) || !size.is_power_of_two() {
                 return Err(invalid(

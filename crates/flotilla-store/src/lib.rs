@@ -55,7 +55,7 @@ pub use pipeline_triggers::{
 };
 pub use replica::{install_snapshot, snapshot_target, Replica, ReplicaSettings};
 pub use row_filter::{FilterParseError, RowFilter};
-pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica};
+pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica, UnknownConflictPolicy};
 pub use rules::{StatementRules, INTERNAL_PREFIX};
 pub use statement_guard::{FailureKind, InterruptHandle, StatementGuard};
 pub use wal_flush::{flush_wal, wal_path};

@@ -118,12 +118,14 @@ impl Keyring {
             return;
         }
         let path = self.db_path.clone();
-        let read = tokio::task::spawn_blocking(move || -> Result<Vec<StoredToken>, String> {
+        // Only logged: either error (opening, reading) keeps the cache.
+        type ReadError = Box<dyn std::error::Error + Send + Sync>;
+        let read = tokio::task::spawn_blocking(move || -> Result<Vec<StoredToken>, ReadError> {
             if !path.exists() {
                 return Ok(Vec::new());
             }
-            let conn = flotilla_store::open_reader(&path).map_err(|e| e.to_string())?;
-            flotilla_store::read_tokens(&conn).map_err(|e| e.to_string())
+            let conn = flotilla_store::open_reader(&path)?;
+            Ok(flotilla_store::read_tokens(&conn)?)
         })
         .await;
         match read {

@@ -1,7 +1,7 @@
 //! Bootstrap of a logical follower: its database built from a snapshot of the leader, keeping
 //! only what its filter keeps (and carrying over its own tables from a previous build).
 
-use super::{quote, shadow_owner, sql_err, virtual_table_filtered, CREATE_LOCAL, CREATE_REPLICA};
+use super::{quote, shadow_owner, virtual_table_filtered, CREATE_LOCAL, CREATE_REPLICA};
 use crate::meta::CREATE_META;
 use crate::row_filter::RowFilter;
 use crate::{Meta, StoreError};
@@ -160,7 +160,7 @@ pub(super) fn build_into(
                 } else {
                     bad(format!(
                         "the predicate for {name:?} does not work on its columns: {}",
-                        sql_err(e)
+                        crate::sql_error_message(&e)
                     ))
                 }
             })?;
@@ -168,7 +168,7 @@ pub(super) fn build_into(
             if filter.columns.contains_key(table) && kind == "index" {
                 tracing::info!(
                     "index {name} not built on this column subset: {}",
-                    sql_err(e)
+                    crate::sql_error_message(&e)
                 );
             } else {
                 return Err(e.into());

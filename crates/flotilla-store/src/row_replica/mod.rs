@@ -33,15 +33,18 @@ pub enum ConflictPolicy {
     Overwrite,
 }
 
+/// A conflict policy name that is neither `stop` nor `overwrite`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown conflict policy {0:?}: use \"stop\" or \"overwrite\"")]
+pub struct UnknownConflictPolicy(pub String);
+
 impl std::str::FromStr for ConflictPolicy {
-    type Err = String;
+    type Err = UnknownConflictPolicy;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "stop" => Ok(ConflictPolicy::Stop),
             "overwrite" => Ok(ConflictPolicy::Overwrite),
-            other => Err(format!(
-                "unknown conflict policy {other:?}: use \"stop\" or \"overwrite\""
-            )),
+            other => Err(UnknownConflictPolicy(other.to_string())),
         }
     }
 }
@@ -328,12 +331,40 @@ impl RowReplica {
     }
 }
 
-/// Why a change cannot be applied.
-type ApplyResult = Result<(), String>;
-
-fn sql_err(e: rusqlite::Error) -> String {
-    crate::sql_error_message(&e)
+/// Why a change cannot be applied: each stops the apply (the batch rolls back).
+#[derive(Debug, thiserror::Error)]
+enum ChangeError {
+    /// SQLite refused a statement the change needs.
+    #[error("{0}")]
+    Sqlite(String),
+    /// SQLite refused a statement while doing what `doing` says.
+    #[error("{doing}: {detail}")]
+    Sql { doing: String, detail: String },
+    /// The change does not fit the data here and the conflict policy is `stop`.
+    #[error("conflict: {0}; the conflict policy is stop")]
+    Conflict(String),
+    /// The change cannot be applied under this replica's filter: only rebuilding the replica
+    /// (or another filter) helps.
+    #[error("{0}")]
+    Unfit(String),
 }
+
+impl ChangeError {
+    fn sql(doing: String, e: rusqlite::Error) -> ChangeError {
+        ChangeError::Sql {
+            doing,
+            detail: crate::sql_error_message(&e),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for ChangeError {
+    fn from(e: rusqlite::Error) -> ChangeError {
+        ChangeError::Sqlite(crate::sql_error_message(&e))
+    }
+}
+
+type ApplyResult = Result<(), ChangeError>;
 
 fn apply_schema(
     conn: &Connection,
@@ -345,7 +376,7 @@ fn apply_schema(
         DdlKind::SetPragma => {
             return conn
                 .execute_batch(&s.sql)
-                .map_err(|e| format!("{:?} failed here: {}", s.sql, sql_err(e)));
+                .map_err(|e| ChangeError::sql(format!("{:?} failed here", s.sql), e));
         }
         // A trigger's effects arrive as row changes; running it here would apply them twice.
         DdlKind::CreateTrigger | DdlKind::DropTrigger => return Ok(()),
@@ -354,7 +385,7 @@ fn apply_schema(
             if filter.columns.contains_key(&s.table)
                 || filter.predicates.contains_key(&s.table) =>
         {
-            return Err(virtual_table_filtered(&s.table));
+            return Err(ChangeError::Unfit(virtual_table_filtered(&s.table)));
         }
         // Views read tables a filtered replica may not have: kept only without a table filter.
         DdlKind::CreateView | DdlKind::DropView if !filter.tables.is_empty() => return Ok(()),
@@ -366,11 +397,11 @@ fn apply_schema(
     if filter.columns.contains_key(&s.table) {
         match s.kind {
             DdlKind::CreateTable | DdlKind::AlterTable => {
-                return Err(format!(
+                return Err(ChangeError::Unfit(format!(
                     "schema change on table {} cannot be applied to its column subset ({}): \
                      rebuild this replica (restart it with an empty data directory)",
                     s.table, s.sql
-                ))
+                )))
             }
             // An index may name columns this replica does not keep: then it is not built.
             DdlKind::CreateIndex => {
@@ -378,7 +409,7 @@ fn apply_schema(
                     tracing::info!(
                         "index on {} not built on this column subset: {}",
                         s.table,
-                        sql_err(e)
+                        crate::sql_error_message(&e)
                     );
                 }
                 conn.flush_prepared_statement_cache();
@@ -399,7 +430,7 @@ fn apply_schema(
         _ => Vec::new(),
     };
     conn.execute_batch(&s.sql)
-        .map_err(|e| format!("schema change {:?} failed here: {}", s.sql, sql_err(e)))?;
+        .map_err(|e| ChangeError::sql(format!("schema change {:?} failed here", s.sql), e))?;
     conn.flush_prepared_statement_cache();
     if let Some(predicate) = &predicate {
         let after = column_names(conn, &s.table)?;
@@ -408,12 +439,12 @@ fn apply_schema(
                 && predicate.contains(&c.to_ascii_lowercase())
         });
         if let (Some(column), false) = (gone, after.is_empty()) {
-            return Err(format!(
+            return Err(ChangeError::Unfit(format!(
                 "the leader renamed or dropped column {column:?} of table {:?}, which this \
                  follower's predicate uses ({}): rebuild this replica with a predicate naming the \
                  new columns (restart it with an empty data directory)",
                 s.table, s.sql
-            ));
+            )));
         }
     }
     // The filter names tables as they were at bootstrap: once renamed, a table would no longer
@@ -430,27 +461,27 @@ fn apply_schema(
                 [&s.table],
                 |r| r.get(0),
             )
-            .map_err(sql_err)?;
+            .map_err(ChangeError::from)?;
         if !still_there {
-            return Err(format!(
+            return Err(ChangeError::Unfit(format!(
                 "the leader renamed table {:?}, which this follower's filter names ({}): rebuild \
                  this replica with a filter naming the new name (restart it with an empty data \
                  directory)",
                 s.table, s.sql
-            ));
+            )));
         }
     }
     Ok(())
 }
 
-fn column_names(conn: &Connection, table: &str) -> Result<Vec<String>, String> {
+fn column_names(conn: &Connection, table: &str) -> Result<Vec<String>, ChangeError> {
     let mut stmt = conn
         .prepare("SELECT name FROM pragma_table_xinfo(?1, 'main')")
-        .map_err(sql_err)?;
+        .map_err(ChangeError::from)?;
     let names = stmt
         .query_map([table], |r| r.get(0))
         .and_then(|rows| rows.collect())
-        .map_err(sql_err);
+        .map_err(ChangeError::from);
     names
 }
 
@@ -467,7 +498,7 @@ struct TablePlan {
 }
 
 impl TablePlan {
-    fn new(shape: &TableShape, filter: &RowFilter) -> Result<TablePlan, String> {
+    fn new(shape: &TableShape, filter: &RowFilter) -> Result<TablePlan, ChangeError> {
         // The columns this replica keeps, as indexes into the shape.
         let kept: Vec<usize> = match filter.columns.get(&shape.name) {
             None => (0..shape.columns.len()).collect(),
@@ -485,11 +516,11 @@ impl TablePlan {
         let rowid = if shape.keyed_by_rowid() {
             Some(
                 rowid_alias(kept.iter().map(|i| shape.columns[*i].as_str())).ok_or_else(|| {
-                    format!(
+                    ChangeError::Unfit(format!(
                         "table {:?} has no primary key and columns named rowid, oid and \
                          _rowid_: its rows cannot be addressed",
                         shape.name
-                    )
+                    ))
                 })?,
             )
         } else {
@@ -540,16 +571,21 @@ impl TablePlan {
 }
 
 /// Whether a row (values in the shape's column order) passes the table's predicate.
-fn passes(conn: &Connection, table: &str, sql: &str, row: &[SqlValue]) -> Result<bool, String> {
+fn passes(
+    conn: &Connection,
+    table: &str,
+    sql: &str,
+    row: &[SqlValue],
+) -> Result<bool, ChangeError> {
     let mut stmt = conn.prepare_cached(sql).map_err(|e| {
-        format!(
-            "the predicate for {table} does not work on its columns: {}",
-            sql_err(e)
+        ChangeError::sql(
+            format!("the predicate for {table} does not work on its columns"),
+            e,
         )
     })?;
     let v: Value = stmt
         .query_row(params_from_iter(row.iter().map(SqlArg)), |r| r.get(0))
-        .map_err(sql_err)?;
+        .map_err(ChangeError::from)?;
     Ok(match v {
         Value::Integer(i) => i != 0,
         Value::Real(f) => f != 0.0,
@@ -634,7 +670,7 @@ fn row_args<'a>(cx: &ChangeCtx, row: &'a [SqlValue], rowid: &'a SqlValue) -> Vec
 fn conflict(cx: &ChangeCtx, conflicts: &mut u64, what: String) -> ApplyResult {
     *conflicts += 1;
     match cx.policy {
-        ConflictPolicy::Stop => Err(format!("conflict: {what}; the conflict policy is stop")),
+        ConflictPolicy::Stop => Err(ChangeError::Conflict(what)),
         ConflictPolicy::Overwrite => Ok(()),
     }
 }
@@ -644,7 +680,10 @@ fn insert(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
     let rowid = SqlValue::Integer(c.new_rowid);
     let args = row_args(cx, after, &rowid);
     let name = &cx.shape.name;
-    let mut stmt = cx.conn.prepare_cached(&cx.plan.insert).map_err(sql_err)?;
+    let mut stmt = cx
+        .conn
+        .prepare_cached(&cx.plan.insert)
+        .map_err(ChangeError::from)?;
     match stmt.execute(params_from_iter(args.iter())) {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, msg))
@@ -660,9 +699,9 @@ fn insert(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
                 .prepare_cached(&cx.plan.insert_or_replace)
                 .and_then(|mut s| s.execute(params_from_iter(args.iter())))
                 .map(|_| ())
-                .map_err(sql_err)
+                .map_err(ChangeError::from)
         }
-        Err(e) => Err(format!("inserting into {name}: {}", sql_err(e))),
+        Err(e) => Err(ChangeError::sql(format!("inserting into {name}"), e)),
     }
 }
 
@@ -677,7 +716,7 @@ fn delete(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
         .conn
         .prepare_cached(&cx.plan.delete)
         .and_then(|mut s| s.execute(params_from_iter(key_values(cx.shape, before, &rowid))))
-        .map_err(|e| format!("deleting from {name}: {}", sql_err(e)))?;
+        .map_err(|e| ChangeError::sql(format!("deleting from {name}"), e))?;
     if n == 0 {
         conflict(
             cx,
@@ -728,7 +767,7 @@ fn update(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResult {
             delete(&overwrite, c, &mut 0)?;
             insert(&overwrite, c, &mut 0)
         }
-        Err(e) => Err(format!("updating {name}: {}", sql_err(e))),
+        Err(e) => Err(ChangeError::sql(format!("updating {name}"), e)),
     }
 }
 

@@ -106,6 +106,22 @@ async fn sigkilled_follower_restarts_consistent_and_converges() {
     let acked = task.await.unwrap();
     assert!(acked.len() > 10, "the workload made progress");
     assert_identical(&leader, &f).await;
+    // Applied batches are shown before they are flushed; the flush follows, and both the
+    // follower and the leader then say all of it is durable.
+    let head = position(&lc).await;
+    let fc = Client::new(&f.url);
+    wait_status(
+        &fc,
+        "the follower's durable position reaches the head",
+        |s| s["durable_position"] == head.as_str(),
+    )
+    .await;
+    wait_status(
+        &lc,
+        "the leader sees the follower durable at the head",
+        |s| s["followers"][0]["durable_position"] == head.as_str(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

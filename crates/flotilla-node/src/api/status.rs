@@ -85,6 +85,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
                         "url": f.url,
                         "log": f.log_kind.as_str(),
                         "applied_position": f.applied.to_string(),
+                        "durable_position": f.durable.to_string(),
                         "lag_transactions": lag.transactions,
                         "lag_bytes": lag.bytes,
                         "lag_ms": lag.ms,
@@ -114,6 +115,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             out["state"] = json!(s.phase);
             out["leader_position"] = json!(s.leader_head.max(position).to_string());
             out["lag_transactions"] = json!(s.leader_head.lsn.0.saturating_sub(position.lsn.0));
+            out["durable_position"] = json!(s.durable.to_string());
             out["error"] = json!(s.last_error);
             out["log"] = json!(node.config.log_kind.as_str());
             if node.config.log_kind == flotilla_types::LogKind::Logical {

@@ -156,6 +156,7 @@ pub async fn drive(
             s.last_error = session.last_error().map(str::to_string);
             s.leader_head = session.leader_head();
             s.received = session.received();
+            s.durable = session.durable();
         });
         let (tag, event) = tokio::select! {
             Some(tagged) = ev_rx.recv() => tagged,

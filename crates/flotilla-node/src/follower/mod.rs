@@ -49,6 +49,8 @@ pub struct FollowerStatus {
     pub last_error: Option<String>,
     pub leader_head: Position,
     pub received: Position,
+    /// What survives a power loss here (applied batches are flushed just after).
+    pub durable: Position,
     /// (bytes received, bytes in total) while bootstrapping.
     pub bootstrap_progress: Option<(u64, u64)>,
 }

@@ -9,7 +9,7 @@
 
 use super::{fill, leader_with_schema, leader_with_schema_as, position, wait_for, Figure, SCHEMA};
 use flotilla_client::Client;
-use flotilla_testkit::cluster::{this_exe, LocalNode};
+use flotilla_testkit::cluster::{proc_mib, this_exe, LocalNode};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,21 +23,6 @@ pub(crate) struct MemoryResults {
     pub follower_catchup_s: Figure,
     pub leader_before_mib: Figure,
     pub leader_peak_mib: Figure,
-}
-
-/// A field of `/proc/PID/status` in MiB (`VmRSS`, `VmHWM`).
-fn proc_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
-    let kib: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("unreadable {line:?}"))?;
-    Ok(kib / 1024.0)
 }
 
 fn signal(node: &LocalNode, sig: i32) -> anyhow::Result<()> {

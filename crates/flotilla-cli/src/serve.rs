@@ -83,7 +83,8 @@ pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
         advertise_url,
         synchronous,
         conflict_policy,
-        replication_token
+        replication_token,
+        page_size
     );
     if a.auth {
         file.auth = Some(true);

@@ -556,3 +556,49 @@ async fn a_copied_leader_cannot_deliver_into_the_real_leaders_targets() {
         .collect();
     assert_eq!(ids, vec![1, 4, 5, 6]);
 }
+
+/// Found by the outside probe: a peer opening the replication endpoint could send one 1 GiB
+/// frame before its hello, and the leader buffered it (two such connections took it past
+/// 4 GB). A follower's messages are small; a larger frame ends the connection before its
+/// payload is buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_from_a_peer_is_refused_before_it_is_buffered() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start(dir.path(), "leader", None).await;
+    let pid = leader.pid().unwrap();
+    let peak_before = flotilla_testkit::cluster::proc_mib(pid, "VmHWM:").unwrap();
+    let ws_url = format!(
+        "ws://{}/v1/replication",
+        leader.url.trim_start_matches("http://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    // Sent as it is written: the leader closes before all of it arrived.
+    let big = vec![0u8; 256 << 20];
+    let _ = ws.send(Message::Binary(big.into())).await;
+    let mut closed = false;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        closed,
+        "the leader kept a connection that sent an oversized frame"
+    );
+    let grew = flotilla_testkit::cluster::proc_mib(pid, "VmHWM:").unwrap() - peak_before;
+    assert!(
+        grew < 64.0,
+        "the leader's peak memory grew {grew:.0} MiB for a refused frame"
+    );
+    // The leader goes on serving.
+    let s = status(&Client::new(&leader.url)).await;
+    assert_eq!(s["role"], "leader");
+}

@@ -442,6 +442,19 @@ impl FollowerSession {
                 if self.phase != FollowerPhase::Handshaking || Some(start_after) != local {
                     return self.protocol_error("unexpected welcome", out);
                 }
+                // The leader checked the hello's cluster id, but a peer that is not one of this
+                // cluster's nodes may say anything: its records would overwrite this replica.
+                if let Some(mine) = self.cluster_id.as_ref().filter(|c| **c != cluster_id) {
+                    out.push(FollowerCommand::Disconnect);
+                    self.connected = false;
+                    self.last_error = Some(format!(
+                        "refused leader {leader_id}: it belongs to cluster {cluster_id}, this \
+                         follower to cluster {mine}"
+                    ));
+                    self.clear_pending();
+                    self.schedule_retry();
+                    return;
+                }
                 match &self.leader_incarnation {
                     Some(mine) if *mine != incarnation => {
                         // Same cluster, a history that still links, yet another leader: a copy

@@ -272,6 +272,21 @@ impl LeaderSession {
                         out,
                     );
                 }
+                // Shown in status and by `flotilla status`: no line breaks or terminal codes.
+                if follower_url
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
+                {
+                    return self.refuse(
+                        ctx,
+                        RefusalCode::Protocol,
+                        format!(
+                            "invalid follower URL {follower_url:?}: it holds spaces or control \
+                             characters"
+                        ),
+                        out,
+                    );
+                }
                 let hello = Hello {
                     follower_id,
                     follower_url,

@@ -409,6 +409,13 @@ impl ConfigFile {
                 .collect::<Result<_, _>>()
                 .map_err(|e| invalid("pipeline-targets.allow", e.0))?,
         };
+        let max_body_kib = self.api.max_body_kib.unwrap_or(16 * 1024);
+        if !(1..=(1 << 20)).contains(&max_body_kib) {
+            return Err(invalid(
+                "api.max-body-kib",
+                "must be between 1 and 1048576 (1 GiB)",
+            ));
+        }
         let readers = self.api.readers.unwrap_or(4);
         if !(1..=64).contains(&readers) {
             return Err(invalid("api.readers", "must be between 1 and 64"));
@@ -461,7 +468,7 @@ impl ConfigFile {
             segment_bytes: segment_mib << 20,
             retention_max_bytes: self.log.retention_max_mib.unwrap_or(1024) << 20,
             retention_max_age_ms: self.log.retention_max_age_hours.unwrap_or(24) * 3_600_000,
-            max_body_bytes: (self.api.max_body_kib.unwrap_or(16 * 1024) << 10) as usize,
+            max_body_bytes: (max_body_kib << 10) as usize,
             readers,
             max_transaction_bytes: max_txn_mib << 20,
             write_timeout_ms,

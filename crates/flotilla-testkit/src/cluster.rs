@@ -160,3 +160,18 @@ pub fn page_digest(db: &Path) -> anyhow::Result<(u32, u64)> {
     let conn = flotilla_store::open_reader(db)?;
     Ok(flotilla_store::page_digest(&conn)?)
 }
+
+/// A memory figure of process `pid` from `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in MiB.
+pub fn proc_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unreadable {line:?}"))?;
+    Ok(kib / 1024.0)
+}

@@ -20,7 +20,8 @@ mod snapshot;
 pub use cursor::{Cursor, Out};
 pub use error::DecodeError;
 pub use message::{
-    FollowerMessage, LeaderMessage, RefusalCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    FollowerMessage, LeaderMessage, RefusalCode, MAX_FOLLOWER_MESSAGE_BYTES, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
 };
 pub use record::{
     decode_record, decode_record_rows, encode_record, encode_record_with_rows, encoded_record_len,

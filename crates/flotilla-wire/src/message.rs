@@ -14,6 +14,9 @@ pub const PROTOCOL_VERSION: u8 = 3;
 /// The largest replication message either side accepts (one transaction's record may be up to
 /// the leader's `max-transaction-mib`, at most 768 MiB, and travels in one message).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// The largest message a follower sends (a hello with three texts of at most 4 KiB): what a
+/// leader accepts from one, so a peer cannot make it buffer more before it even says hello.
+pub const MAX_FOLLOWER_MESSAGE_BYTES: usize = 64 << 10;
 const MAX_TEXT: usize = 4096;
 
 /// Why a leader refuses a follower's session.
@@ -413,6 +416,22 @@ mod tests {
         for m in all_leader() {
             assert_eq!(LeaderMessage::decode(&m.encode()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn the_largest_follower_message_fits_what_a_leader_accepts() {
+        let text = "x".repeat(MAX_TEXT);
+        let hello = FollowerMessage::Hello {
+            cluster_id: Some(text.clone()),
+            follower_id: text.clone(),
+            follower_url: text,
+            log_kind: LogKind::Physical,
+            position: Position::new(u64::MAX, u64::MAX),
+            chain: Chain(u64::MAX),
+        };
+        let bytes = hello.encode();
+        assert_eq!(FollowerMessage::decode(&bytes).unwrap(), hello);
+        assert!(bytes.len() <= MAX_FOLLOWER_MESSAGE_BYTES, "{}", bytes.len());
     }
 
     #[test]

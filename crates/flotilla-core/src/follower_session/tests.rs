@@ -792,3 +792,30 @@ fn a_logical_follower_batch_keeps_its_bound() {
         .collect();
     assert_eq!(batches, vec![2]);
 }
+
+#[test]
+fn a_welcome_from_another_cluster_is_refused() {
+    let mut s = session_at(3);
+    s.start(0);
+    s.handle(1, 0, FollowerEvent::Connected);
+    let cmds = s.handle(
+        2,
+        0,
+        FollowerEvent::Received(LeaderMessage::Welcome {
+            cluster_id: "other".into(),
+            leader_id: "l".into(),
+            incarnation: "inc-1".into(),
+            epoch: Epoch(1),
+            start_after: Lsn(3),
+            head: Position::new(1, 10),
+        }),
+    );
+    assert_eq!(cmds, vec![FollowerCommand::Disconnect]);
+    assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);
+    let e = s.last_error().unwrap();
+    assert!(
+        e.contains("cluster other") && e.contains("cluster c"),
+        "{e}"
+    );
+    assert_eq!(s.cluster_id(), Some("c"), "kept its own cluster");
+}

@@ -240,6 +240,21 @@ fn refusals_say_why_and_close() {
             RefusalCode::Protocol,
         ),
         (
+            "a URL that would forge a status line",
+            LeaderEvent::Received(
+                FollowerMessage::Hello {
+                    cluster_id: Some("c".into()),
+                    follower_id: "f1".into(),
+                    follower_url: "http://x\n\u{1b}[31mf2 http://y streaming".into(),
+                    log_kind: LogKind::Physical,
+                    position: Position::new(1, 10),
+                    chain: Chain(0),
+                }
+                .encode(),
+            ),
+            RefusalCode::Protocol,
+        ),
+        (
             "ahead",
             hello_from("f1", LogKind::Physical, 11, Chain(0)),
             RefusalCode::FollowerAhead,

@@ -74,7 +74,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let role = node.role.name();
     m.gauges(
         "flotilla_info",
-        "Node identity.",
+        "Node identity",
         vec![(
             labels(&[("id", node.config.id.as_str()), ("role", role)]),
             1,
@@ -82,22 +82,22 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     );
     m.gauge(
         "flotilla_position_epoch",
-        "Epoch of the newest visible transaction.",
+        "Epoch of the newest visible transaction",
         pos.epoch.0,
     );
     m.gauge(
         "flotilla_position_lsn",
-        "LSN of the newest visible transaction.",
+        "LSN of the newest visible transaction",
         pos.lsn.0,
     );
     m.counter(
         "flotilla_execute_requests",
-        "POST /v1/execute requests.",
+        "POST /v1/execute requests",
         Counters::get(&c.execute_requests),
     );
     m.counter(
         "flotilla_query_requests",
-        "POST /v1/query requests.",
+        "POST /v1/query requests",
         Counters::get(&c.query_requests),
     );
     if let (Some(leader), Some(pipelines)) = (node.leader(), node.pipelines()) {
@@ -112,59 +112,59 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         if !backlog.is_empty() {
             m.gauges(
                 "flotilla_pipeline_backlog_rows",
-                "Changelog rows a pipeline has not delivered yet.",
+                "Changelog rows a pipeline has not delivered yet",
                 backlog,
             );
             m.counters(
                 "flotilla_pipeline_delivered_rows",
-                "Changes a pipeline delivered since the node started.",
+                "Changes a pipeline delivered since the node started",
                 delivered,
             );
             m.gauges(
                 "flotilla_pipeline_backlog_warning",
-                "1 while a pipeline's backlog is above its backlog-warn-rows limit.",
+                "1 while a pipeline's backlog is above its backlog-warn-rows limit",
                 warning,
             );
             m.0.register(
                 "flotilla_pipeline_delivery_lag_seconds",
-                "Trigger-based replication: source commit to target commit, per change.",
+                "Trigger-based replication: source commit to target commit, per change",
                 c.delivery_lag.metric(),
             );
         }
         let stats = leader.log.stats();
         m.counter(
             "flotilla_commits",
-            "Transactions committed (one LSN each; a group of requests commits together).",
+            "Transactions committed (one LSN each; a group of requests commits together)",
             Counters::get(&c.commits),
         );
         m.counter(
             "flotilla_committed_requests",
-            "Client transactions committed.",
+            "Client transactions committed",
             Counters::get(&c.committed_requests),
         );
         m.gauge(
             "flotilla_log_bytes",
-            "Bytes in the replication log.",
+            "Bytes in the replication log",
             stats.bytes,
         );
         m.gauge(
             "flotilla_log_segments",
-            "Segment files in the replication log.",
+            "Segment files in the replication log",
             stats.segments as u64,
         );
         m.gauge(
             "flotilla_log_first_lsn",
-            "Oldest LSN retained in the log.",
+            "Oldest LSN retained in the log",
             stats.first_lsn,
         );
         m.gauge(
             "flotilla_log_last_lsn",
-            "Newest LSN in the log.",
+            "Newest LSN in the log",
             stats.last_lsn,
         );
         m.counter(
             "flotilla_shipped_bytes",
-            "Bytes of replication messages sent to followers.",
+            "Bytes of replication messages sent to followers",
             Counters::get(&c.shipped_bytes),
         );
         let followers: Vec<_> = leader.tracker().all().cloned().collect();
@@ -184,66 +184,66 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         }
         m.gauges(
             "flotilla_follower_applied_lsn",
-            "LSN each follower has applied.",
+            "LSN each follower has applied",
             applied,
         );
         m.gauges(
             "flotilla_follower_lag_transactions",
-            "Transactions each follower has yet to apply.",
+            "Transactions each follower has yet to apply",
             lag_tx,
         );
         m.gauges(
             "flotilla_follower_lag_bytes",
-            "Log bytes each follower has yet to apply.",
+            "Log bytes each follower has yet to apply",
             lag_bytes,
         );
         m.gauges(
             "flotilla_follower_lag_ms",
-            "Age of the oldest transaction each follower has yet to apply.",
+            "Age of the oldest transaction each follower has yet to apply",
             lag_ms,
         );
         m.gauges(
             "flotilla_follower_connected",
-            "1 while the follower's session is open.",
+            "1 while the follower's session is open",
             connected,
         );
     } else {
         m.counter(
             "flotilla_applied_transactions",
-            "Leader transactions applied.",
+            "Leader transactions applied",
             Counters::get(&c.applied_transactions),
         );
         m.counter(
             "flotilla_apply_batches",
-            "Local transactions used to apply them.",
+            "Local transactions used to apply them",
             Counters::get(&c.apply_batches),
         );
         m.counter(
             "flotilla_bootstraps",
-            "Snapshots installed.",
+            "Snapshots installed",
             Counters::get(&c.bootstraps),
         );
         m.counter(
             "flotilla_apply_conflicts",
-            "Changes a logical follower found not to fit its data (see conflict-policy).",
+            "Changes a logical follower found not to fit its data (see conflict-policy)",
             Counters::get(&c.apply_conflicts),
         );
         if let Some(f) = node.follower() {
             let s = f.status();
             m.gauge(
                 "flotilla_leader_lsn",
-                "Newest LSN the leader announced.",
+                "Newest LSN the leader announced",
                 s.leader_head.lsn.0,
             );
             m.gauge(
                 "flotilla_lag_transactions",
-                "Leader transactions not yet applied here.",
+                "Leader transactions not yet applied here",
                 s.leader_head.lsn.0.saturating_sub(pos.lsn.0),
             );
         }
         m.0.register(
             "flotilla_apply_lag_seconds",
-            "Leader commit to visible on this follower.",
+            "Leader commit to visible on this follower",
             c.apply_lag.metric(),
         );
     }

@@ -72,7 +72,7 @@ async fn replication(
     ws: WebSocketUpgrade,
 ) -> impl IntoResponse {
     let credential = crate::auth::Credential::of(&headers, flotilla_types::AccessRole::Replicate);
-    ws.max_message_size(flotilla_wire::MAX_MESSAGE_BYTES)
-        .max_frame_size(flotilla_wire::MAX_MESSAGE_BYTES)
+    ws.max_message_size(flotilla_wire::MAX_FOLLOWER_MESSAGE_BYTES)
+        .max_frame_size(flotilla_wire::MAX_FOLLOWER_MESSAGE_BYTES)
         .on_upgrade(move |socket| replication::serve_session(node, socket, credential))
 }

@@ -13,7 +13,12 @@ use std::sync::Arc;
 pub struct Lag {
     pub transactions: u64,
     pub bytes: u64,
+    /// How long the oldest transaction the follower has not applied has waited (0 when its
+    /// commit time is no longer in memory; see `waited_ms`).
     pub ms: u64,
+    /// `ms`, or `None` when the oldest missing transaction is older than what the leader keeps
+    /// in memory (then it has waited long).
+    pub waited_ms: Option<u64>,
 }
 
 pub fn follower_lag(leader: &LeaderState, f: &FollowerProgress) -> Lag {
@@ -24,18 +29,21 @@ pub fn follower_lag(leader: &LeaderState, f: &FollowerProgress) -> Lag {
             transactions,
             bytes: 0,
             ms: 0,
+            waited_ms: Some(0),
         };
     }
     // How long the oldest commit the follower has not applied has been waiting.
     let first_missing = f.applied.lsn.0 + 1;
-    let ms = leader
+    let waited_ms = leader
         .recent
         .commit_time(first_missing)
-        .map_or(0, |t| (wall_us().saturating_sub(t)) / 1000);
+        .map(|t| (wall_us().saturating_sub(t)) / 1000);
+    let ms = waited_ms.unwrap_or(0);
     Lag {
         transactions,
         bytes: leader.recent.bytes_after(f.applied.lsn.0),
         ms,
+        waited_ms,
     }
 }
 
@@ -43,10 +51,14 @@ pub fn follower_lag(leader: &LeaderState, f: &FollowerProgress) -> Lag {
 /// failing to apply, or cannot keep up at all), not `streaming`.
 const STALLED_AFTER_MS: u64 = 10_000;
 
-fn follower_state(f: &FollowerProgress, lag_transactions: u64, now_ms: u64) -> &'static str {
-    let stuck = now_ms.saturating_sub(f.applied_moved_ms) > STALLED_AFTER_MS;
+fn follower_state(f: &FollowerProgress, lag: &Lag, now_ms: u64) -> &'static str {
+    // Both: nothing applied for that long (an idle leader applies nothing either), and the
+    // oldest missing transaction has waited that long (the first commit after an idle spell
+    // does not make every follower stalled).
+    let stuck = now_ms.saturating_sub(f.applied_moved_ms) > STALLED_AFTER_MS
+        && lag.waited_ms.is_none_or(|ms| ms > STALLED_AFTER_MS);
     match f.state {
-        flotilla_core::SessionState::Streaming if lag_transactions > 0 && stuck => "stalled",
+        flotilla_core::SessionState::Streaming if lag.transactions > 0 && stuck => "stalled",
         s => s.as_str(),
     }
 }
@@ -89,7 +101,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
                         "lag_transactions": lag.transactions,
                         "lag_bytes": lag.bytes,
                         "lag_ms": lag.ms,
-                        "state": follower_state(f, lag.transactions, crate::time::mono_ms()),
+                        "state": follower_state(f, &lag, crate::time::mono_ms()),
                     })
                 })
                 .collect();
@@ -158,17 +170,33 @@ mod tests {
             last_ack_ms: now,
             applied_moved_ms: now.saturating_sub(moved_ago),
         };
-        // (session state, last apply this long ago, transactions behind) → shown state.
-        for (state, moved_ago, behind, shown) in [
-            (SessionState::Streaming, 60_000, 30, "stalled"),
-            (SessionState::Streaming, 60_000, 0, "streaming"),
-            (SessionState::Streaming, 100, 30, "streaming"),
-            (SessionState::Disconnected, 60_000, 30, "disconnected"),
+        let lag = |transactions: u64, waited_ms: Option<u64>| Lag {
+            transactions,
+            bytes: 0,
+            ms: waited_ms.unwrap_or(0),
+            waited_ms,
+        };
+        // (session state, last apply this long ago, transactions behind, the oldest of them
+        // waiting this long) → shown state.
+        for (state, moved_ago, behind, waited, shown) in [
+            (SessionState::Streaming, 60_000, 30, Some(20_000), "stalled"),
+            (SessionState::Streaming, 60_000, 30, None, "stalled"),
+            (SessionState::Streaming, 60_000, 0, Some(0), "streaming"),
+            (SessionState::Streaming, 100, 30, Some(20_000), "streaming"),
+            // The first commit after a long idle spell: not stalled.
+            (SessionState::Streaming, 60_000, 1, Some(2), "streaming"),
+            (
+                SessionState::Disconnected,
+                60_000,
+                30,
+                Some(20_000),
+                "disconnected",
+            ),
         ] {
             assert_eq!(
-                follower_state(&f(state, moved_ago), behind, now),
+                follower_state(&f(state, moved_ago), &lag(behind, waited), now),
                 shown,
-                "{state:?}, {moved_ago} ms, {behind} behind"
+                "{state:?}, {moved_ago} ms, {behind} behind, waited {waited:?}"
             );
         }
     }

@@ -1,20 +1,36 @@
-//! The apply thread: owns the follower's write connection (SQLite work is blocking).
+//! The follower's write connection, shared by two users that take turns through its mutex:
+//! the driver applies batches itself, in place on its tokio worker (`block_in_place`), so a
+//! received batch is committed without waking another thread first — the hop that used to sit
+//! between receiving a record and showing it; the apply thread runs everything else (closing
+//! and opening around a bootstrap, a logical follower's own writes).
 
 use flotilla_store::{LocalOutcome, StoreError};
 use flotilla_store::{Replica, ReplicaSettings};
 use flotilla_types::{Chain, LogRecord, Position};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// What an opened database holds: position, chain, cluster id (`None`: no database).
 pub type Opened = Result<Option<(Position, Chain, String)>, StoreError>;
 
-/// Called on the apply thread with the outcome of a batch.
-pub type ApplyDone = Box<dyn FnOnce(Result<(Position, Chain), StoreError>) + Send>;
+/// The follower's database (`None` while there is none: before a bootstrap, or during one).
+pub type SharedReplica = Arc<Mutex<Option<Replica>>>;
+
+/// Applies `records` in one local transaction; returns the position and chain reached. Blocks
+/// (SQLite): call it where blocking is allowed.
+pub fn apply(db: &SharedReplica, records: &[LogRecord]) -> Result<(Position, Chain), StoreError> {
+    match lock(db).as_mut() {
+        Some(d) => d.apply(records).map(|m| (m.position, m.chain)),
+        None => Err(StoreError::Apply("no database is open".into())),
+    }
+}
+
+fn lock(db: &SharedReplica) -> std::sync::MutexGuard<'_, Option<Replica>> {
+    db.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub enum ApplyJob {
-    Apply(Vec<LogRecord>, ApplyDone),
     /// Close the database (before a snapshot replaces it).
     Close(oneshot::Sender<()>),
     /// (Re)open the database; answers with its position, chain and cluster id.
@@ -31,7 +47,7 @@ pub enum ApplyJob {
 pub fn spawn(
     path: PathBuf,
     settings: ReplicaSettings,
-    mut db: Option<Replica>,
+    db: SharedReplica,
 ) -> mpsc::Sender<ApplyJob> {
     let (tx, rx) = mpsc::channel::<ApplyJob>();
     std::thread::Builder::new()
@@ -39,15 +55,8 @@ pub fn spawn(
         .spawn(move || {
             while let Ok(job) = rx.recv() {
                 match job {
-                    ApplyJob::Apply(records, reply) => {
-                        let res = match db.as_mut() {
-                            Some(d) => d.apply(&records).map(|m| (m.position, m.chain)),
-                            None => Err(StoreError::Apply("no database is open".into())),
-                        };
-                        reply(res);
-                    }
                     ApplyJob::ExecuteLocal(statements, timeout_ms, reply) => {
-                        let res = match db.as_mut() {
+                        let res = match lock(&db).as_mut() {
                             Some(Replica::Logical(r)) => r.execute_local(&statements, timeout_ms),
                             Some(Replica::Physical(_)) => Err(StoreError::Apply(
                                 "a physical follower takes no writes".into(),
@@ -59,7 +68,7 @@ pub fn spawn(
                         let _ = reply.send(res);
                     }
                     ApplyJob::Close(reply) => {
-                        db = None;
+                        *lock(&db) = None;
                         let _ = reply.send(());
                     }
                     ApplyJob::Open(reply) => {
@@ -67,7 +76,7 @@ pub fn spawn(
                         let answer = match res {
                             Ok(Some(d)) => {
                                 let m = d.meta().clone();
-                                db = Some(d);
+                                *lock(&db) = Some(d);
                                 Ok(Some((m.position, m.chain, m.cluster_id)))
                             }
                             Ok(None) => Ok(None),

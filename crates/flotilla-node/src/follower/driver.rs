@@ -1,6 +1,6 @@
 //! Performs the commands of a [`FollowerSession`] and feeds it events.
 
-use super::apply::{self, ApplyJob};
+use super::apply;
 use super::bootstrap::{bootstrap, BootstrapError};
 use super::flush;
 use super::transport::{self, Connection, Tagged};
@@ -37,7 +37,8 @@ pub async fn drive(
     let local = initial
         .as_ref()
         .map(|d| (d.meta().position, d.meta().chain));
-    let apply_tx = apply::spawn(node.db_path.clone(), node.replica.clone(), initial);
+    let replica: apply::SharedReplica = std::sync::Arc::new(std::sync::Mutex::new(initial));
+    let apply_tx = apply::spawn(node.db_path.clone(), node.replica.clone(), replica.clone());
     *shared.apply.lock().unwrap_or_else(|p| p.into_inner()) = Some(apply_tx.clone());
     let mut config = FollowerConfig::new(&node.id, &node.url);
     config.log_kind = node.replica.kind;
@@ -48,7 +49,6 @@ pub async fn drive(
     let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
     let flush_tx = flush::spawn(node.db_path.clone(), ev_tx.clone(), LOCAL, fatal.clone());
     let mut conn: Option<Connection> = None;
-    let mut applying: Option<usize> = None;
     let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -87,31 +87,35 @@ pub async fn drive(
                     conn = None;
                 }
                 FollowerCommand::Apply(records) => {
-                    applying = Some(records.len());
-                    let events = ev_tx.clone();
-                    let commit_times: Vec<u64> = records.iter().map(|r| r.commit_time_us).collect();
-                    let counters = node.counters.clone();
-                    let done: apply::ApplyDone = Box::new(move |res| {
-                        if res.is_ok() {
+                    // In place: the batch is visible as soon as it commits, with no thread to
+                    // wake first; this worker's other tasks move to another thread meanwhile.
+                    let res = tokio::task::block_in_place(|| apply::apply(&replica, &records));
+                    let event = match res {
+                        Ok((position, chain)) => {
                             let now = crate::time::wall_us();
-                            for t in commit_times {
-                                counters.apply_lag.record(now.saturating_sub(t));
+                            for r in &records {
+                                node.counters
+                                    .apply_lag
+                                    .record(now.saturating_sub(r.commit_time_us));
                             }
+                            Counters::add(
+                                &node.counters.applied_transactions,
+                                records.len() as u64,
+                            );
+                            Counters::add(&node.counters.apply_batches, 1);
+                            node.position.send_replace(position);
+                            FollowerEvent::Applied { position, chain }
                         }
-                        let ev = match res {
-                            Ok((position, chain)) => FollowerEvent::Applied { position, chain },
-                            Err(e) => FollowerEvent::ApplyFailed {
+                        Err(e) => {
+                            tracing::warn!("apply failed: {e}");
+                            FollowerEvent::ApplyFailed {
                                 disk_full: e.is_disk_full(),
                                 reason: e.to_string(),
-                            },
-                        };
-                        // On the apply thread: waits for room (the driver never waits on it).
-                        let _ = events.blocking_send((LOCAL, ev));
-                    });
-                    if apply_tx.send(ApplyJob::Apply(records, done)).is_err() {
-                        fatal.report(Fatal::ApplyThreadGone);
-                        return;
-                    }
+                            }
+                        }
+                    };
+                    let jitter: u16 = rand::random_range(0..=1000);
+                    cmds.extend(session.handle(mono_ms(), jitter, event));
                 }
                 FollowerCommand::Flush { seq, .. } => {
                     if flush_tx.send(seq).is_err() {
@@ -175,30 +179,17 @@ pub async fn drive(
             cmds.extend(session.handle_connection_event(mono_ms(), jitter, tag, event));
             continue;
         }
-        match &event {
-            FollowerEvent::Applied { position, .. } => {
-                let n = applying.take().unwrap_or(0);
-                Counters::add(&node.counters.applied_transactions, n as u64);
-                Counters::add(&node.counters.apply_batches, 1);
-                node.position.send_replace(*position);
-            }
-            FollowerEvent::ApplyFailed { reason, .. } => {
-                applying = None;
-                tracing::warn!("apply failed: {reason}");
-            }
-            FollowerEvent::BootstrapFinished { position, .. } => {
-                node.position.send_replace(*position);
-                if let Some(k) = &node.keyring {
-                    if !k.has_any().await {
-                        tracing::warn!(
-                            "authentication is on here, but the cluster has no API tokens: \
-                             every request to this follower is refused until the leader makes \
-                             some (start the leader with --auth: it writes an admin token)"
-                        );
-                    }
+        if let FollowerEvent::BootstrapFinished { position, .. } = &event {
+            node.position.send_replace(*position);
+            if let Some(k) = &node.keyring {
+                if !k.has_any().await {
+                    tracing::warn!(
+                        "authentication is on here, but the cluster has no API tokens: every \
+                         request to this follower is refused until the leader makes some \
+                         (start the leader with --auth: it writes an admin token)"
+                    );
                 }
             }
-            _ => {}
         }
         cmds.extend(session.handle(mono_ms(), jitter, event));
     }

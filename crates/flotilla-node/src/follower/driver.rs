@@ -51,6 +51,8 @@ pub async fn drive(
     let mut conn: Option<Connection> = None;
     let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // An event taken from the queue while draining it after an apply, not yet handled.
+    let mut held: Option<Tagged> = None;
     loop {
         while let Some(cmd) = cmds.pop_front() {
             match cmd {
@@ -115,6 +117,23 @@ pub async fn drive(
                         }
                     };
                     let jitter: u16 = rand::random_range(0..=1000);
+                    // What arrived meanwhile joins the queue first, so that the next batch
+                    // takes all of it (as when a thread applied while this task received). The
+                    // first other event stops the draining and waits its turn.
+                    for _ in 0..EVENT_QUEUE {
+                        match ev_rx.try_recv() {
+                            Ok((tag, ev @ FollowerEvent::Received(_))) if tag != LOCAL => {
+                                cmds.extend(
+                                    session.handle_connection_event(mono_ms(), jitter, tag, ev),
+                                );
+                            }
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     cmds.extend(session.handle(mono_ms(), jitter, event));
                 }
                 FollowerCommand::Flush { seq, .. } => {
@@ -162,10 +181,13 @@ pub async fn drive(
             s.received = session.received();
             s.durable = session.durable();
         });
-        let (tag, event) = tokio::select! {
-            Some(tagged) = ev_rx.recv() => tagged,
-            _ = tick.tick() => (LOCAL, FollowerEvent::Tick),
-            _ = node.shutdown.cancelled() => return,
+        let (tag, event) = match held.take() {
+            Some(tagged) => tagged,
+            None => tokio::select! {
+                Some(tagged) = ev_rx.recv() => tagged,
+                _ = tick.tick() => (LOCAL, FollowerEvent::Tick),
+                _ = node.shutdown.cancelled() => return,
+            },
         };
         let jitter: u16 = rand::random_range(0..=1000);
         if tag != LOCAL {

@@ -123,9 +123,12 @@ pub async fn drive(
                     for _ in 0..EVENT_QUEUE {
                         match ev_rx.try_recv() {
                             Ok((tag, ev @ FollowerEvent::Received(_))) if tag != LOCAL => {
-                                cmds.extend(
-                                    session.handle_connection_event(mono_ms(), jitter, tag, ev),
-                                );
+                                cmds.extend(session.handle_connection_event(
+                                    mono_ms(),
+                                    jitter,
+                                    tag,
+                                    ev,
+                                ));
                             }
                             Ok(other) => {
                                 held = Some(other);

@@ -82,8 +82,21 @@ fn quick_lag_comparison_with_postgres_reports_both_and_a_cdf() {
     let v = bench(&["lag", "--compare", "postgres"], Some(report.path()));
     assert_eq!(v["postgres_error"], serde_json::Value::Null, "{v}");
     let figures = v["figures"].as_array().unwrap();
-    // max rate, p50, p99, max, poll period — for each system.
-    assert_eq!(figures.len(), 10, "{v}");
+    // max rate, p50, p99, max, p50 and p99 seen by the reader, poll period — for each system.
+    assert_eq!(figures.len(), 14, "{v}");
+    for system in ["Flotilla", "PostgreSQL"] {
+        for name in [
+            "lag p50",
+            "lag p99, seen by the reader",
+            "follower poll period",
+        ] {
+            let full = format!("{system} {name}");
+            assert!(
+                figures.iter().any(|f| f["name"] == full.as_str()),
+                "{full}: {v}"
+            );
+        }
+    }
     for f in figures {
         let median = f["median"].as_f64().unwrap();
         assert!(median.is_finite() && median >= 0.0, "{f}");

@@ -563,7 +563,7 @@ async fn a_copied_leader_cannot_deliver_into_the_real_leaders_targets() {
 /// payload is buffered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_frame_from_a_peer_is_refused_before_it_is_buffered() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
     let leader = start(dir.path(), "leader", None).await;
@@ -579,16 +579,7 @@ async fn an_oversized_frame_from_a_peer_is_refused_before_it_is_buffered() {
     // Sent as it is written: the leader closes before all of it arrived.
     let big = vec![0u8; 256 << 20];
     let _ = ws.send(Message::Binary(big.into())).await;
-    let mut closed = false;
-    for _ in 0..50 {
-        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-                closed = true;
-                break;
-            }
-            _ => {}
-        }
-    }
+    let closed = ws_closed(&mut ws).await;
     assert!(
         closed,
         "the leader kept a connection that sent an oversized frame"

@@ -399,16 +399,7 @@ async fn a_forged_progress_report_is_refused_and_a_reader_cannot_replicate() {
     };
     ws.send(Message::Binary(ack.encode().into())).await.unwrap();
     // The leader ends the session, and its view of the rogue never moved.
-    let mut closed = false;
-    for _ in 0..50 {
-        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-                closed = true;
-                break;
-            }
-            _ => {}
-        }
-    }
+    let closed = ws_closed(&mut ws).await;
     assert!(closed, "the leader kept a session that forged its progress");
     let s = ac.get("/v1/status").await.unwrap();
     let rogue = s["followers"]

@@ -16,9 +16,6 @@ pub enum Fatal {
     /// A follower could not flush what it applied: the disk's state is unknown.
     #[error("cannot make applied changes durable: {0}")]
     Flush(String),
-    /// The follower's apply thread is gone.
-    #[error("the apply thread stopped")]
-    ApplyThreadGone,
     /// A follower cannot be built from its leader's snapshot as configured (a filter that does
     /// not fit the leader's schema).
     #[error("{0}")]

@@ -165,3 +165,25 @@ pub async fn pipeline_drained(c: &Client, name: &str) -> Value {
     );
     p
 }
+
+/// Whether the peer closes `ws` within 10 s (a close frame, an error or the end of the stream);
+/// whatever else it sends meanwhile is read and dropped.
+pub async fn ws_closed<S>(ws: &mut S) -> bool
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+            _ => {}
+        }
+    }
+    false
+}

@@ -175,7 +175,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             let l = labels(&[("follower", f.id.as_str())]);
             lag_tx.push((l.clone(), lag.transactions));
             lag_bytes.push((l.clone(), lag.bytes));
-            lag_ms.push((l.clone(), lag.ms));
+            lag_ms.push((l.clone(), lag.ms()));
             applied.push((l.clone(), f.applied.lsn.0));
             connected.push((
                 l,

@@ -13,12 +13,16 @@ use std::sync::Arc;
 pub struct Lag {
     pub transactions: u64,
     pub bytes: u64,
-    /// How long the oldest transaction the follower has not applied has waited (0 when its
-    /// commit time is no longer in memory; see `waited_ms`).
-    pub ms: u64,
-    /// `ms`, or `None` when the oldest missing transaction is older than what the leader keeps
-    /// in memory (then it has waited long).
+    /// How long the oldest transaction the follower has not applied has waited; `None` when
+    /// it is older than what the leader keeps in memory (then it has waited long).
     pub waited_ms: Option<u64>,
+}
+
+impl Lag {
+    /// `waited_ms` as shown (0 when unknown).
+    pub fn ms(&self) -> u64 {
+        self.waited_ms.unwrap_or(0)
+    }
 }
 
 pub fn follower_lag(leader: &LeaderState, f: &FollowerProgress) -> Lag {
@@ -28,7 +32,6 @@ pub fn follower_lag(leader: &LeaderState, f: &FollowerProgress) -> Lag {
         return Lag {
             transactions,
             bytes: 0,
-            ms: 0,
             waited_ms: Some(0),
         };
     }
@@ -38,11 +41,9 @@ pub fn follower_lag(leader: &LeaderState, f: &FollowerProgress) -> Lag {
         .recent
         .commit_time(first_missing)
         .map(|t| (wall_us().saturating_sub(t)) / 1000);
-    let ms = waited_ms.unwrap_or(0);
     Lag {
         transactions,
         bytes: leader.recent.bytes_after(f.applied.lsn.0),
-        ms,
         waited_ms,
     }
 }
@@ -100,7 +101,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
                         "durable_position": f.durable.to_string(),
                         "lag_transactions": lag.transactions,
                         "lag_bytes": lag.bytes,
-                        "lag_ms": lag.ms,
+                        "lag_ms": lag.ms(),
                         "state": follower_state(f, &lag, crate::time::mono_ms()),
                     })
                 })
@@ -173,7 +174,6 @@ mod tests {
         let lag = |transactions: u64, waited_ms: Option<u64>| Lag {
             transactions,
             bytes: 0,
-            ms: waited_ms.unwrap_or(0),
             waited_ms,
         };
         // (session state, last apply this long ago, transactions behind, the oldest of them

@@ -45,7 +45,7 @@ pub async fn drive(
     let mut session = FollowerSession::new(config, local, node.identity.cluster_id())
         .with_leader_incarnation(node.identity.leader_incarnation());
     // Bounded: the transport stops reading its socket while the session is behind (TCP then
-    // holds the leader back), the apply thread waits to report.
+    // holds the leader back), the flush thread waits to report.
     let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
     let flush_tx = flush::spawn(node.db_path.clone(), ev_tx.clone(), LOCAL, fatal.clone());
     let mut conn: Option<Connection> = None;

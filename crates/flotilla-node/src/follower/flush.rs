@@ -1,6 +1,6 @@
-//! The flush thread: makes what the apply thread committed durable, beside the next apply.
+//! The flush thread: makes what the driver applied durable, beside the next apply.
 //!
-//! The apply thread commits without an fsync (readers see a batch as soon as it is applied);
+//! Applies commit without an fsync (readers see a batch as soon as it is applied);
 //! this thread flushes the database's WAL ([`flotilla_store::flush_wal`]) and reports
 //! `Flushed`, which the session turns into a `durable` position in its acks. A failed flush
 //! stops the node: after a failed fsync the disk's state is unknown, and retrying could report

@@ -21,14 +21,10 @@ impl RowReplica {
         let rules = self.rules.clone();
         // Applies commit without an fsync and are flushed apart (`crate::wal_flush`); a
         // client's write is answered only once durable, so its commit flushes.
-        let synchronous: i64 =
-            rules.internal(|| self.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)))?;
         rules.internal(|| self.conn.execute_batch("PRAGMA synchronous=FULL"))?;
         let out = self.execute_local_durably(statements, timeout_ms);
-        rules.internal(|| {
-            self.conn
-                .execute_batch(&format!("PRAGMA synchronous={synchronous}"))
-        })?;
+        let restore = format!("PRAGMA synchronous={}", self.synchronous.as_sql());
+        rules.internal(|| self.conn.execute_batch(&restore))?;
         out
     }
 

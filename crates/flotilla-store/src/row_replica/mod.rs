@@ -103,6 +103,8 @@ pub struct RowReplica {
     filter: RowFilter,
     policy: ConflictPolicy,
     conflicts: Arc<AtomicU64>,
+    /// The configured setting, which applies run with (local writes commit with FULL).
+    synchronous: crate::Synchronous,
     /// The record whose conflict stopped the last apply: counted once, not at every retry.
     stopped_at: Option<flotilla_types::Position>,
 }
@@ -180,6 +182,7 @@ impl RowReplica {
             filter: filter.clone(),
             policy,
             conflicts,
+            synchronous: settings.synchronous,
             stopped_at: None,
         }))
     }

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Logical follower: the page size of its database (a power of two, 512 to 65536).
     #[arg(long)]
     page_size: Option<u32>,
+    /// Follower: send writes on to the leader instead of answering 421 not_leader (a request's
+    /// own "forward" overrides it).
+    #[arg(long)]
+    forward_writes: bool,
 }
 
 /// `tls_ca`: the global `--tls-ca`, the CA the nodes this one connects to are verified against.
@@ -109,6 +113,9 @@ pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
             columns: f.columns,
             predicates: f.predicates,
         };
+    }
+    if a.forward_writes {
+        file.api.forward_writes = Some(true);
     }
     if a.log_fsync.is_some() {
         file.log.fsync = a.log_fsync.clone();

@@ -142,6 +142,11 @@ impl<'de> Deserialize<'de> for LogSection {
 pub struct ApiSection {
     pub max_body_kib: Option<u64>,
     pub readers: Option<usize>,
+    /// A follower sends writes on to its leader instead of answering 421 (a request's own
+    /// `"forward"` overrides it).
+    pub forward_writes: Option<bool>,
+    /// `/readyz` on a follower: ready while it is at most this far behind its leader.
+    pub ready_max_lag_ms: Option<u64>,
 }
 
 /// `[pipeline-targets] allow = [...]`: the destinations pipelines may deliver to.
@@ -225,6 +230,10 @@ pub struct NodeConfig {
     pub snapshot_stall_timeout_ms: u64,
     /// The most data one query may return.
     pub max_result_bytes: u64,
+    /// A follower forwards writes to its leader unless the request says otherwise.
+    pub forward_writes: bool,
+    /// A follower is ready (`/readyz`) while at most this far behind.
+    pub ready_max_lag_ms: u64,
     /// The log a follower consumes.
     pub log_kind: LogKind,
     /// A logical follower's publication filter (empty: everything).
@@ -438,6 +447,13 @@ impl ConfigFile {
                 "must be between 1 and 1024",
             ));
         }
+        let ready_max_lag_ms = self.api.ready_max_lag_ms.unwrap_or(10_000);
+        if !(1..=86_400_000).contains(&ready_max_lag_ms) {
+            return Err(invalid(
+                "api.ready-max-lag-ms",
+                "must be between 1 and 86400000 (one day)",
+            ));
+        }
         let write_timeout_ms = self.limits.write_timeout_ms.unwrap_or(10_000);
         let query_timeout_ms = self.limits.query_timeout_ms.unwrap_or(30_000);
         let snapshot_stall_timeout_ms = self.limits.snapshot_stall_timeout_ms.unwrap_or(60_000);
@@ -475,6 +491,8 @@ impl ConfigFile {
             query_timeout_ms,
             snapshot_stall_timeout_ms,
             max_result_bytes: max_result_mib << 20,
+            forward_writes: self.api.forward_writes.unwrap_or(false),
+            ready_max_lag_ms,
             log_kind,
             filter,
             conflict_policy,

@@ -24,6 +24,7 @@ fn status_of(name: &str) -> u16 {
         "PAYLOAD_TOO_LARGE" => 413,
         "MISDIRECTED_REQUEST" => 421,
         "INTERNAL_SERVER_ERROR" => 500,
+        "BAD_GATEWAY" => 502,
         "SERVICE_UNAVAILABLE" => 503,
         "GATEWAY_TIMEOUT" => 504,
         other => panic!("status {other}: add it here and to docs/api.md"),

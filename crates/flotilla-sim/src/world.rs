@@ -237,7 +237,7 @@ impl World {
         };
         TxnRequest {
             digest: ContentDigest::of(format!("{statements:?}").as_bytes()),
-            statements,
+            statements: statements.into_iter().map(|(s, p)| (s, p.into())).collect(),
             idempotency_key: None,
             timeout_ms: 0,
         }
@@ -472,11 +472,11 @@ pub fn run_seed(seed: u64, trace: bool) -> anyhow::Result<Report> {
         statements: vec![
             (
                 "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)".into(),
-                vec![],
+                vec![].into(),
             ),
             (
                 "CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB)".into(),
-                vec![],
+                vec![].into(),
             ),
         ],
         idempotency_key: None,

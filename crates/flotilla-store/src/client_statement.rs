@@ -2,9 +2,8 @@
 //! leader's writer and a logical follower's local writes.
 
 use crate::leader_db::{sql_error_message, StatementResult};
-use crate::{FailureKind, StatementGuard, StatementRules, INTERNAL_PREFIX};
+use crate::{Cell, FailureKind, Params, ReturnedRows, StatementGuard, StatementRules, INTERNAL_PREFIX};
 use flotilla_types::DdlKind;
-use rusqlite::types::Value;
 use rusqlite::Connection;
 
 /// A statement that ran, and the schema change it made, if any.
@@ -13,6 +12,10 @@ pub(crate) struct Ran {
     pub schema_change: Option<(DdlKind, String)>,
     /// The statement is `CREATE TABLE ... AS SELECT`.
     pub created_from_select: bool,
+    /// The statement may have changed the database. `false` only when it surely did not: a
+    /// read, or a plain INSERT, UPDATE or DELETE that changed no row. Anything else that is
+    /// not read-only (REINDEX, ANALYZE) counts as a change.
+    pub wrote: bool,
 }
 
 /// A client's statement failed: why, and what kind of failure it is.
@@ -24,7 +27,7 @@ pub(crate) fn run_client_statement(
     rules: &StatementRules,
     guard: &StatementGuard,
     sql: &str,
-    params: &[Value],
+    params: &Params,
 ) -> Result<Ran, ClientError> {
     // Cached: clients repeat the same statements. Authorization happens when a statement is
     // (re)prepared, so a cached statement was allowed by the same rules. A schema change is
@@ -39,19 +42,9 @@ pub(crate) fn run_client_statement(
     };
     let sql_failure = |e: rusqlite::Error| (sql_error_message(&e), FailureKind::Sql);
     let mut stmt = conn.prepare_cached(sql).map_err(refusal_or)?;
-    let expected = stmt.parameter_count();
-    if expected != params.len() {
-        return Err((
-            format!(
-                "the statement has {expected} parameters but {} values were given",
-                params.len()
-            ),
-            FailureKind::Sql,
-        ));
-    }
-    for (i, v) in params.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, v).map_err(sql_failure)?;
-    }
+    params
+        .bind(&mut stmt)
+        .map_err(|why| (why, FailureKind::Sql))?;
     let readonly = stmt.readonly();
     let before = conn.total_changes();
     let has_select = rules.take_saw_select();
@@ -64,11 +57,39 @@ pub(crate) fn run_client_statement(
         Some(_) => Some(internal_names(conn, rules).map_err(sql_failure)?),
         None => None,
     };
+    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+    let mut returned = (!columns.is_empty()).then(|| ReturnedRows {
+        columns,
+        rows: Vec::new(),
+    });
     {
+        let max_bytes = guard.max_bytes();
+        let mut returned_bytes = 0u64;
         let mut rows = stmt.raw_query();
         loop {
             match rows.next() {
-                Ok(Some(_)) => {}
+                Ok(Some(row)) => {
+                    let Some(out) = returned.as_mut() else {
+                        continue;
+                    };
+                    let mut values = Vec::with_capacity(out.columns.len());
+                    for i in 0..out.columns.len() {
+                        let cell = Cell::from_ref(row.get_ref(i).map_err(sql_failure)?);
+                        returned_bytes += cell.size_bytes();
+                        values.push(cell);
+                    }
+                    if returned_bytes > max_bytes {
+                        return Err((
+                            format!(
+                                "the rows the statement returns are larger than {} MiB (the \
+                                 transaction limit): return fewer rows or columns",
+                                max_bytes >> 20
+                            ),
+                            FailureKind::TooLarge,
+                        ));
+                    }
+                    out.rows.push(values);
+                }
                 Ok(None) => break,
                 // A nested statement (a pragma function, a trigger) can be refused at step time.
                 Err(e) => return Err(refusal_or(e)),
@@ -93,14 +114,42 @@ pub(crate) fn run_client_statement(
         }
     }
     let changed = !readonly && conn.total_changes() != before;
+    let wrote = schema_change.is_some() || changed || (!readonly && !plain_dml(sql));
     Ok(Ran {
         result: StatementResult {
             rows_affected: if changed { conn.changes() } else { 0 },
             last_insert_rowid: conn.last_insert_rowid(),
+            returned,
         },
         schema_change,
         created_from_select,
+        wrote,
     })
+}
+
+/// Whether the statement's first keyword makes it a query or a plain INSERT, UPDATE or DELETE:
+/// statements whose every change SQLite counts in `total_changes`.
+fn plain_dml(sql: &str) -> bool {
+    let mut rest = sql.trim_start();
+    // Comments before the first keyword.
+    loop {
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    matches!(
+        word.as_str(),
+        "SELECT" | "VALUES" | "WITH" | "INSERT" | "REPLACE" | "UPDATE" | "DELETE"
+    )
 }
 
 /// How many schema objects carry Flotilla's internal prefix (any case, as SQLite compares names).

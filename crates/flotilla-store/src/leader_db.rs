@@ -10,7 +10,7 @@ use flotilla_types::{
     Chain, ContentDigest, DdlKind, Epoch, LogRecord, Lsn, NodeId, Position, RowPayload,
     SchemaChange,
 };
-use rusqlite::types::Value;
+use crate::Params;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,7 @@ const CHECKPOINT_WAL_BYTES: u64 = 32 << 20;
 /// One client transaction: statements run in order, all or nothing.
 #[derive(Debug, Clone)]
 pub struct TxnRequest {
-    pub statements: Vec<(String, Vec<Value>)>,
+    pub statements: Vec<(String, Params)>,
     pub idempotency_key: Option<String>,
     /// A digest of the request as the client sent it (feeds the checksum chain).
     pub digest: ContentDigest,
@@ -30,10 +30,14 @@ pub struct TxnRequest {
     pub timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StatementResult {
     pub rows_affected: u64,
     pub last_insert_rowid: i64,
+    /// The rows the statement returned (`RETURNING`, or a query): `None` for a statement
+    /// without result columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned: Option<crate::ReturnedRows>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +93,9 @@ pub struct LeaderDb {
     /// Time and size limits of client requests.
     pub(crate) guard: StatementGuard,
     pub(crate) size: TxnSize,
+    /// A statement of the open transaction's kept requests may have changed the database (see
+    /// `Ran::wrote`): a group in which none did is rolled back and takes no position.
+    wrote: bool,
 }
 
 impl LeaderDb {
@@ -164,6 +171,7 @@ impl LeaderDb {
                 pipelines,
                 guard,
                 size,
+                wrote: false,
             },
             created,
         ))
@@ -287,6 +295,7 @@ impl LeaderDb {
         }
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut digests = Vec::with_capacity(requests.len() * 8);
+        self.wrote = false;
         for req in requests {
             let alone = digests.is_empty();
             match self.run_request(req, epoch, lsn, alone) {
@@ -325,8 +334,11 @@ impl LeaderDb {
             }
         }
         outcomes.resize(requests.len(), RequestOutcome::Retry);
+        // A group that changed nothing (reads, writes that matched no row) takes no position:
+        // its requests are answered with the position their statements saw.
+        let changed_nothing = !self.wrote && self.capture.bytes() == 0;
         let encoded_rows = self.capture.finish();
-        if digests.is_empty() {
+        if digests.is_empty() || changed_nothing {
             rules.internal(|| self.conn.execute_batch("ROLLBACK"))?;
             return Ok(CommitOutcome {
                 outcomes,
@@ -449,6 +461,7 @@ impl LeaderDb {
             }
         }
         rules.internal(|| self.conn.execute_batch("SAVEPOINT request"))?;
+        let wrote_before = self.wrote;
         let mark = self.capture.mark();
         self.size.begin_request();
         self.guard.begin_request(req.timeout_ms);
@@ -491,12 +504,15 @@ impl LeaderDb {
                 // A rolled-back schema change leaves cached shapes of a schema that is gone.
                 self.capture.forget_shapes();
                 self.size.drop_request();
+                self.wrote = wrote_before;
                 return Ok(outcome);
             }
         };
         self.size.keep_request();
         rules.internal(|| -> Result<(), StoreError> {
             if let Some(key) = &req.idempotency_key {
+                // The key is kept: even a request that changed nothing is not run again.
+                self.wrote = true;
                 let json = serde_json::to_string(&results).expect("plain data serialises");
                 self.conn.execute(
                     "INSERT INTO _flotilla_idempotency (key, lsn, epoch, results) VALUES (?1, ?2, ?3, ?4)",
@@ -539,7 +555,7 @@ impl LeaderDb {
     fn run_statement(
         &mut self,
         sql: &str,
-        params: &[Value],
+        params: &Params,
     ) -> Result<StatementResult, ClientError> {
         // SQLite refuses to drop or rename a column a trigger uses: a pipeline's triggers are
         // set aside for an ALTER TABLE and written again for the new schema after it.
@@ -548,6 +564,7 @@ impl LeaderDb {
             .before_statement(&self.conn, &self.rules, sql)?;
         // On failure the request's savepoint puts set-aside triggers back.
         let ran = run_client_statement(&self.conn, &self.rules, &self.guard, sql, params)?;
+        self.wrote |= ran.wrote;
         if self.capture.overflowed() && ran.schema_change.is_none() {
             return Err((self.guard.too_large_message(), FailureKind::TooLarge));
         }

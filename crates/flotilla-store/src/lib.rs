@@ -22,10 +22,12 @@ mod leader_recovery;
 mod leader_tokens;
 mod meta;
 mod open;
+mod params;
 mod pending_rows;
 mod pipeline_triggers;
 mod preupdate;
 mod replica;
+mod returned_rows;
 mod row_capture;
 mod row_filter;
 mod row_replica;
@@ -53,6 +55,8 @@ pub use open::{
 pub use pipeline_triggers::{
     plan as plan_pipeline, quote as quote_ident, OutputColumn, PipelineError, TriggerPlan,
 };
+pub use params::Params;
+pub use returned_rows::{Cell, ReturnedRows};
 pub use replica::{install_snapshot, snapshot_target, Replica, ReplicaSettings};
 pub use row_filter::{FilterParseError, RowFilter};
 pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica, UnknownConflictPolicy};

@@ -356,8 +356,8 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
     );
     common::snapshot(&lp, &sp);
     let mut replica = replica(&sp, &rp, &RowFilter::default());
-    let s = |v: &[&str]| -> Vec<(String, Vec<Value>)> {
-        v.iter().map(|x| (x.to_string(), vec![])).collect()
+    let s = |v: &[&str]| -> Vec<(String, flotilla_store::Params)> {
+        v.iter().map(|x| (x.to_string(), vec![].into())).collect()
     };
     let out = replica
         .execute_local(

@@ -4,10 +4,11 @@
 
 use super::values::from_raw_json;
 use super::ApiError;
+use flotilla_store::Params;
 use flotilla_types::Position;
-use rusqlite::types::Value;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Parses a JSON body into `T`, saying whether it is malformed or merely not what is expected.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -31,24 +32,73 @@ struct ExecuteBody {
     /// A time limit below the node's (`limits.write-timeout-ms`).
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    associative: bool,
+    /// On a follower: send the request to the leader instead of answering 421.
+    #[serde(default)]
+    forward: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StatementBody {
     sql: String,
-    /// As written: integers are checked against SQLite's range before any rounding.
+    /// As written: a list, or an object of named values; integers are checked against
+    /// SQLite's range before any rounding.
     #[serde(default)]
-    params: Vec<Box<serde_json::value::RawValue>>,
+    params: Option<Box<RawValue>>,
 }
 
 /// A `POST /v1/execute` request, checked.
 #[derive(Debug)]
 pub struct ExecuteRequest {
-    pub statements: Vec<(String, Vec<Value>)>,
+    pub statements: Vec<(String, Params)>,
     pub idempotency_key: Option<String>,
     /// The statements' time limit (the node's, or less if asked).
     pub timeout_ms: u64,
+    /// Rows as objects keyed by column name instead of lists.
+    pub associative: bool,
+    /// What the client asked about forwarding from a follower (`None`: the node's setting).
+    pub forward: Option<bool>,
+}
+
+/// A statement's `"params"`: a list binds by position, an object by name.
+fn decode_params(raw: Option<&RawValue>) -> Result<Params, String> {
+    let Some(raw) = raw else {
+        return Ok(Params::default());
+    };
+    let text = raw.get().trim_start();
+    if text.starts_with('{') {
+        let named: std::collections::BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(raw.get()).map_err(|e| format!("params: {e}"))?;
+        let mut out = Vec::with_capacity(named.len());
+        for (i, (name, v)) in named.into_iter().enumerate() {
+            if name.is_empty() {
+                return Err("params: a parameter name is empty".into());
+            }
+            let value = from_raw_json(i, &v)
+                .map_err(|e| format!("parameter {name:?}: {}", e.detail))?;
+            out.push((name, value));
+        }
+        Ok(Params::Named(out))
+    } else if text.starts_with('[') {
+        let list: Vec<Box<RawValue>> =
+            serde_json::from_str(raw.get()).map_err(|e| format!("params: {e}"))?;
+        list.iter()
+            .enumerate()
+            .map(|(j, v)| from_raw_json(j, v))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Params::Positional)
+            .map_err(|e| e.to_string())
+    } else if text == "null" {
+        Ok(Params::default())
+    } else {
+        Err(
+            "\"params\" must be a list (for ? parameters) or an object (for :name, @name, \
+             $name)"
+                .into(),
+        )
+    }
 }
 
 pub fn decode_execute(raw: &[u8], node_limit_ms: u64) -> Result<ExecuteRequest, ApiError> {
@@ -70,22 +120,18 @@ pub fn decode_execute(raw: &[u8], node_limit_ms: u64) -> Result<ExecuteRequest, 
     let timeout_ms = request_timeout_ms(req.timeout_ms, node_limit_ms)?;
     let mut statements = Vec::with_capacity(req.statements.len());
     for (i, s) in req.statements.into_iter().enumerate() {
-        let params = s
-            .params
-            .iter()
-            .enumerate()
-            .map(|(j, v)| from_raw_json(j, v))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                ApiError::bad_request("bad_request", format!("statement {i}: {e}"))
-                    .with("statement", i)
-            })?;
+        let params = decode_params(s.params.as_deref()).map_err(|e| {
+            ApiError::bad_request("bad_request", format!("statement {i}: {e}"))
+                .with("statement", i)
+        })?;
         statements.push((s.sql, params));
     }
     Ok(ExecuteRequest {
         statements,
         idempotency_key: req.idempotency_key,
         timeout_ms,
+        associative: req.associative,
+        forward: req.forward,
     })
 }
 
@@ -94,18 +140,22 @@ pub fn decode_execute(raw: &[u8], node_limit_ms: u64) -> Result<ExecuteRequest, 
 struct QueryBody {
     sql: String,
     #[serde(default)]
-    params: Vec<Box<serde_json::value::RawValue>>,
+    params: Option<Box<RawValue>>,
     #[serde(default)]
     min_position: Option<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    associative: bool,
 }
 
 /// A `POST /v1/query` request, checked.
 #[derive(Debug)]
 pub struct QueryRequest {
     pub sql: String,
-    pub params: Vec<Value>,
+    pub params: Params,
+    /// Rows as objects keyed by column name instead of lists.
+    pub associative: bool,
     pub min_position: Option<Position>,
     /// How long to wait for the position and a reader.
     pub wait_ms: u64,
@@ -115,13 +165,8 @@ pub struct QueryRequest {
 
 pub fn decode_query(raw: &[u8], node_limit_ms: u64) -> Result<QueryRequest, ApiError> {
     let req: QueryBody = decode_json(raw)?;
-    let params = req
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, v)| from_raw_json(i, v))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
+    let params = decode_params(req.params.as_deref())
+        .map_err(|e| ApiError::bad_request("bad_request", e))?;
     let min_position = match &req.min_position {
         None => None,
         Some(text) => Some(
@@ -136,6 +181,7 @@ pub fn decode_query(raw: &[u8], node_limit_ms: u64) -> Result<QueryRequest, ApiE
         wait_ms: req.timeout_ms.unwrap_or(5_000).min(600_000),
         sql: req.sql,
         params,
+        associative: req.associative,
         min_position,
     })
 }
@@ -179,6 +225,25 @@ mod tests {
         .unwrap();
         assert_eq!(e.timeout_ms, 1000);
         assert_eq!(e.statements[0].1.len(), 5);
+        let named = decode_execute(
+            br#"{"statements": [{"sql": "SELECT :a", "params": {"a": 9223372036854775807}}], "associative": true}"#,
+            1000,
+        )
+        .unwrap();
+        assert!(named.associative);
+        assert_eq!(
+            named.statements[0].1,
+            Params::Named(vec![("a".into(), rusqlite::types::Value::Integer(i64::MAX))])
+        );
+        let e = decode_execute(
+            br#"{"statements": [{"sql": "SELECT :a", "params": {"a": 9223372036854775808}}]}"#,
+            1000,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("parameter \"a\"") && e.message.contains("64-bit"), "{}", e.message);
+        let e = decode_execute(br#"{"statements": [{"sql": "SELECT 1", "params": 5}]}"#, 1000)
+            .unwrap_err();
+        assert!(e.message.contains("must be a list"), "{}", e.message);
         let q = decode_query(
             br#"{"sql": "SELECT 1", "min_position": "1/5", "timeout_ms": 20}"#,
             1000,

@@ -2,6 +2,7 @@
 
 use super::body::json_bytes;
 use super::decode::decode_execute;
+use super::values::RowShape;
 use super::ApiError;
 use crate::leader::{WriteError, WriteJob};
 use crate::metrics::Counters;
@@ -9,6 +10,7 @@ use crate::node::Node;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_store::{FailureKind, LocalOutcome, RequestOutcome, TxnRequest};
 use flotilla_types::ContentDigest;
@@ -31,28 +33,41 @@ pub async fn execute(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     Counters::add(&node.counters.execute_requests, 1);
     let logical_follower =
         node.leader().is_none() && node.config.log_kind == flotilla_types::LogKind::Logical;
-    if node.leader().is_none() && !logical_follower {
-        return Err(not_leader(&node));
-    }
     let raw = json_bytes(&headers, body, node.config.max_body_bytes).await?;
     let req = decode_execute(&raw, node.config.write_timeout_ms)?;
+    let forward = req.forward.unwrap_or(node.config.forward_writes);
+    let shape = RowShape {
+        associative: req.associative,
+    };
     let (statements, timeout_ms) = (req.statements, req.timeout_ms);
     let Some(leader) = node.leader() else {
         let Some(follower) = node.follower() else {
             return Err(not_leader(&node));
         };
-        if req.idempotency_key.is_some() {
-            return Err(ApiError::bad_request(
-                "bad_request",
-                "idempotency keys are kept by the leader; a logical follower's own tables take \
-                 writes without one",
-            ));
+        if !logical_follower || req.idempotency_key.is_some() {
+            if forward {
+                return super::forward::to_leader(&node, &headers, raw, timeout_ms).await;
+            }
+            if logical_follower {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    "idempotency keys are kept by the leader; a logical follower's own tables \
+                     take writes without one (or ask for \"forward\": true to send the request \
+                     to the leader)",
+                ));
+            }
+            return Err(not_leader(&node));
         }
-        return execute_local(&node, follower, statements, timeout_ms).await;
+        return match execute_local(&node, follower, statements, timeout_ms, shape).await {
+            Err(e) if forward && e.code == "not_leader" => {
+                super::forward::to_leader(&node, &headers, raw, timeout_ms).await
+            }
+            other => other.map(IntoResponse::into_response),
+        };
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     let job = WriteJob::Request {
@@ -77,8 +92,9 @@ pub async fn execute(
         Ok((RequestOutcome::Committed(results), position))
         | Ok((RequestOutcome::Duplicate { results, position }, _)) => Ok(Json(json!({
             "position": position.to_string(),
-            "results": results,
-        }))),
+            "results": shape.statement_results(&results),
+        }))
+        .into_response()),
         Ok((
             RequestOutcome::Failed {
                 statement,
@@ -107,8 +123,9 @@ pub async fn execute(
 async fn execute_local(
     node: &Node,
     follower: &crate::follower::FollowerShared,
-    statements: Vec<(String, Vec<rusqlite::types::Value>)>,
+    statements: Vec<(String, flotilla_store::Params)>,
     timeout_ms: u64,
+    shape: RowShape,
 ) -> Result<Json<Value>, ApiError> {
     let outcome = follower
         .execute_local(statements, timeout_ms)
@@ -128,7 +145,7 @@ async fn execute_local(
     match outcome {
         LocalOutcome::Committed(results) => Ok(Json(json!({
             "position": node.position.borrow().to_string(),
-            "results": results,
+            "results": shape.statement_results(&results),
             "local": true,
         }))),
         LocalOutcome::Failed {

@@ -6,6 +6,8 @@ pub mod decode;
 
 mod execute;
 mod followers;
+mod forward;
+mod health;
 mod metrics;
 mod pipelines;
 mod query;
@@ -44,6 +46,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/replication", get(replication))
         .route("/metrics", get(metrics::metrics))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -26,7 +26,7 @@ pub async fn query(
     Counters::add(&node.counters.query_requests, 1);
     let raw = json_bytes(&headers, body, node.config.max_body_bytes).await?;
     let req = super::decode::decode_query(&raw, node.config.query_timeout_ms)?;
-    let (params, run_ms) = (req.params, req.run_ms);
+    let (params, run_ms, associative) = (req.params, req.run_ms, req.associative);
     let timeout = Duration::from_millis(req.wait_ms);
     let deadline = tokio::time::Instant::now() + timeout;
     if let Some(min) = req.min_position {
@@ -82,16 +82,20 @@ pub async fn query(
     // another thread while it runs, so a long query blocks nobody, and a short one costs no
     // hand-off to the blocking pool and back (two thread wake-ups: 191 -> 112 µs per query on
     // this 2-core VM). `run` checks that the runtime is multi-threaded, which this needs.
-    tokio::task::block_in_place(move || run(lease.reader(), &req.sql, &params, run_ms, max_bytes))
-        .map(Json)
+    let shape = super::values::RowShape { associative };
+    tokio::task::block_in_place(move || {
+        run(lease.reader(), &req.sql, &params, run_ms, max_bytes, shape)
+    })
+    .map(Json)
 }
 
 fn run(
     reader: &mut crate::readers::Reader,
     sql: &str,
-    params: &[rusqlite::types::Value],
+    params: &flotilla_store::Params,
     timeout_ms: u64,
     max_bytes: u64,
+    shape: super::values::RowShape,
 ) -> Result<Value, ApiError> {
     // One read transaction: the position and the rows come from the same snapshot. BEGIN and
     // ROLLBACK are Flotilla's own statements (the client rules refuse them), and the
@@ -101,7 +105,7 @@ fn run(
         .internal(|| reader.conn.execute_batch("BEGIN"))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     reader.guard.begin_request(timeout_ms);
-    let result = run_in_snapshot(reader, sql, params, max_bytes);
+    let result = run_in_snapshot(reader, sql, params, max_bytes, shape);
     reader.guard.end_request();
     if let Err(e) = rules.internal(|| reader.conn.execute_batch("ROLLBACK")) {
         tracing::warn!("ending a read transaction failed: {e}");
@@ -112,8 +116,9 @@ fn run(
 fn run_in_snapshot(
     reader: &mut crate::readers::Reader,
     sql: &str,
-    params: &[rusqlite::types::Value],
+    params: &flotilla_store::Params,
     max_bytes: u64,
+    shape: super::values::RowShape,
 ) -> Result<Value, ApiError> {
     let sql_err =
         |e: rusqlite::Error| ApiError::bad_request("sql_error", flotilla_store_message(&e));
@@ -137,19 +142,9 @@ fn run_in_snapshot(
             "POST /v1/query runs read-only statements; send writes to POST /v1/execute",
         ));
     }
-    if stmt.parameter_count() != params.len() {
-        return Err(ApiError::bad_request(
-            "sql_error",
-            format!(
-                "the statement has {} parameters but {} values were given",
-                stmt.parameter_count(),
-                params.len()
-            ),
-        ));
-    }
-    for (i, v) in params.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, v).map_err(sql_err)?;
-    }
+    params
+        .bind(&mut stmt)
+        .map_err(|why| ApiError::bad_request("sql_error", why))?;
     let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
     let ncols = columns.len();
     let mut rows_out = Vec::new();
@@ -194,7 +189,7 @@ fn run_in_snapshot(
             }
             out.push(to_json(v));
         }
-        rows_out.push(Value::Array(out));
+        rows_out.push(shape.row(&columns, out));
     }
     Ok(json!({ "columns": columns, "rows": rows_out, "position": position.to_string() }))
 }

@@ -20,6 +20,52 @@ fn bad(index: usize, detail: String) -> ParamError {
     ParamError { index, detail }
 }
 
+/// How rows are answered: lists in column order (the default), or objects keyed by column name
+/// (`"associative": true`; of columns with the same name, the last one's value is kept).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowShape {
+    pub associative: bool,
+}
+
+impl RowShape {
+    pub fn row(&self, columns: &[String], values: Vec<Json>) -> Json {
+        if self.associative {
+            Json::Object(columns.iter().cloned().zip(values).collect())
+        } else {
+            Json::Array(values)
+        }
+    }
+
+    /// A statement's result from `/v1/execute`: its counts and, for a statement with result
+    /// columns (`RETURNING`, a query), its columns and rows.
+    pub fn statement_result(&self, r: &flotilla_store::StatementResult) -> Json {
+        let mut out = json!({
+            "rows_affected": r.rows_affected,
+            "last_insert_rowid": r.last_insert_rowid,
+        });
+        if let Some(returned) = &r.returned {
+            out["columns"] = json!(returned.columns);
+            out["rows"] = Json::Array(
+                returned
+                    .rows
+                    .iter()
+                    .map(|row| {
+                        self.row(
+                            &returned.columns,
+                            row.iter().map(|c| to_json(c.as_ref())).collect(),
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    pub fn statement_results(&self, results: &[flotilla_store::StatementResult]) -> Json {
+        Json::Array(results.iter().map(|r| self.statement_result(r)).collect())
+    }
+}
+
 pub fn to_json(v: ValueRef<'_>) -> Json {
     match v {
         ValueRef::Null => Json::Null,

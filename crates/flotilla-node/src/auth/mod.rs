@@ -109,7 +109,11 @@ impl Credential {
 
 /// The role a request needs.
 pub fn required_role(method: &Method, path: &str) -> AccessRole {
-    let admin_area = path.starts_with("/v1/tokens") || path.starts_with("/v1/followers");
+    // A backup holds everything, token hashes included; a restore replaces everything.
+    let admin_area = path.starts_with("/v1/tokens")
+        || path.starts_with("/v1/followers")
+        || path == "/v1/backup"
+        || path == "/v1/restore";
     match path {
         "/v1/execute" => AccessRole::Write,
         "/v1/replication" | "/v1/snapshot" => AccessRole::Replicate,
@@ -124,6 +128,11 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
     let Some(keyring) = &node.keyring else {
         return next.run(req).await;
     };
+    // Probes of load balancers and orchestrators carry no token; they learn only whether the
+    // node is live and ready.
+    if matches!(req.uri().path(), "/livez" | "/readyz") {
+        return next.run(req).await;
+    }
     let needed = required_role(req.method(), req.uri().path());
     let header = req
         .headers()
@@ -168,6 +177,8 @@ mod tests {
             (Method::POST, "/v1/query", Read),
             (Method::GET, "/v1/status", Read),
             (Method::GET, "/metrics", Read),
+            (Method::GET, "/v1/backup", Admin),
+            (Method::POST, "/v1/restore", Admin),
             (Method::GET, "/v1/changes", Read),
             (Method::GET, "/v1/snapshot", Replicate),
             (Method::GET, "/v1/replication", Replicate),

@@ -38,7 +38,7 @@ pub enum ApplyJob {
     /// A client transaction on a logical follower's own tables.
     /// (The statements, their time limit in ms.)
     ExecuteLocal(
-        Vec<(String, Vec<rusqlite::types::Value>)>,
+        Vec<(String, flotilla_store::Params)>,
         u64,
         oneshot::Sender<Result<LocalOutcome, StoreError>>,
     ),

@@ -183,6 +183,11 @@ pub async fn drive(
             s.leader_head = session.leader_head();
             s.received = session.received();
             s.durable = session.durable();
+            let caught_up = s.phase == "streaming" && *node.position.borrow() >= s.leader_head;
+            s.behind_since_ms = match (caught_up, s.behind_since_ms) {
+                (true, _) => None,
+                (false, since) => Some(since.unwrap_or_else(mono_ms)),
+            };
         });
         let (tag, event) = match held.take() {
             Some(tagged) => tagged,

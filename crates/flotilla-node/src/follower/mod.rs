@@ -53,6 +53,9 @@ pub struct FollowerStatus {
     pub durable: Position,
     /// (bytes received, bytes in total) while bootstrapping.
     pub bootstrap_progress: Option<(u64, u64)>,
+    /// Since when (monotonic ms) this follower has not been streaming with everything its
+    /// leader announced applied; `None` while it is. `/readyz` measures lag by it.
+    pub behind_since_ms: Option<u64>,
 }
 
 /// Why a logical follower's own transaction did not run.
@@ -97,7 +100,7 @@ impl FollowerShared {
     /// Runs a transaction on a logical follower's own tables (on the apply thread).
     pub async fn execute_local(
         &self,
-        statements: Vec<(String, Vec<rusqlite::types::Value>)>,
+        statements: Vec<(String, flotilla_store::Params)>,
         timeout_ms: u64,
     ) -> Result<flotilla_store::LocalOutcome, LocalWriteError> {
         let (tx, rx) = tokio::sync::oneshot::channel();

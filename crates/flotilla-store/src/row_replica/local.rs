@@ -14,7 +14,7 @@ impl RowReplica {
     /// The statements are cancelled after `timeout_ms` (0: no limit).
     pub fn execute_local(
         &mut self,
-        statements: &[(String, Vec<rusqlite::types::Value>)],
+        statements: &[(String, crate::Params)],
         timeout_ms: u64,
     ) -> Result<LocalOutcome, StoreError> {
         // Transaction control is Flotilla's own (clients may not issue it).
@@ -30,7 +30,7 @@ impl RowReplica {
 
     fn execute_local_durably(
         &mut self,
-        statements: &[(String, Vec<rusqlite::types::Value>)],
+        statements: &[(String, crate::Params)],
         timeout_ms: u64,
     ) -> Result<LocalOutcome, StoreError> {
         let rules = self.rules.clone();
@@ -59,7 +59,7 @@ impl RowReplica {
 
     fn run_local(
         &mut self,
-        statements: &[(String, Vec<rusqlite::types::Value>)],
+        statements: &[(String, crate::Params)],
     ) -> Result<LocalOutcome, StoreError> {
         let tx = &self.conn;
         let mut results = Vec::with_capacity(statements.len());

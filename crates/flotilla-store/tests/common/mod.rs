@@ -28,7 +28,7 @@ pub fn req(stmts: &[(&str, Vec<Value>)]) -> TxnRequest {
     TxnRequest {
         statements: stmts
             .iter()
-            .map(|(s, p)| (s.to_string(), p.clone()))
+            .map(|(s, p)| (s.to_string(), p.clone().into()))
             .collect(),
         idempotency_key: None,
         timeout_ms: 0,

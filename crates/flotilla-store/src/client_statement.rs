@@ -2,7 +2,9 @@
 //! leader's writer and a logical follower's local writes.
 
 use crate::leader_db::{sql_error_message, StatementResult};
-use crate::{Cell, FailureKind, Params, ReturnedRows, StatementGuard, StatementRules, INTERNAL_PREFIX};
+use crate::{
+    Cell, FailureKind, Params, ReturnedRows, StatementGuard, StatementRules, INTERNAL_PREFIX,
+};
 use flotilla_types::DdlKind;
 use rusqlite::Connection;
 
@@ -57,7 +59,11 @@ pub(crate) fn run_client_statement(
         Some(_) => Some(internal_names(conn, rules).map_err(sql_failure)?),
         None => None,
     };
-    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+    let columns: Vec<String> = stmt
+        .column_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     let mut returned = (!columns.is_empty()).then(|| ReturnedRows {
         columns,
         rows: Vec::new(),

@@ -5,12 +5,12 @@ use crate::pending_rows;
 use crate::row_capture::RowCapture;
 use crate::statement_guard::FailureKind;
 use crate::txn_size::TxnSize;
+use crate::Params;
 use crate::{read_meta, DbSettings, Meta, StatementGuard, StatementRules, StoreError, WalTail};
 use flotilla_types::{
     Chain, ContentDigest, DdlKind, Epoch, LogRecord, Lsn, NodeId, Position, RowPayload,
     SchemaChange,
 };
-use crate::Params;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 

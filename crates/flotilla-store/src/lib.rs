@@ -52,12 +52,12 @@ pub use open::{
     open_reader, DbSettings, Synchronous, DEFAULT_MAX_TRANSACTION_BYTES,
     MAX_TRANSACTION_BYTES_LIMIT,
 };
+pub use params::Params;
 pub use pipeline_triggers::{
     plan as plan_pipeline, quote as quote_ident, OutputColumn, PipelineError, TriggerPlan,
 };
-pub use params::Params;
-pub use returned_rows::{Cell, ReturnedRows};
 pub use replica::{install_snapshot, snapshot_target, Replica, ReplicaSettings};
+pub use returned_rows::{Cell, ReturnedRows};
 pub use row_filter::{FilterParseError, RowFilter};
 pub use row_replica::{ConflictPolicy, LocalOutcome, RowReplica, UnknownConflictPolicy};
 pub use rules::{StatementRules, INTERNAL_PREFIX};

@@ -146,12 +146,18 @@ mod tests {
         let one = |n: &str| Params::Named(vec![(n.into(), Value::Integer(1))]);
         let e = bound("SELECT :a, :b", one("a")).unwrap_err();
         assert!(e.contains("no value was given for parameter :b"), "{e}");
-        let e = bound("SELECT :a", Params::Named(vec![
-            ("a".into(), Value::Integer(1)),
-            ("zz".into(), Value::Integer(2)),
-        ]))
+        let e = bound(
+            "SELECT :a",
+            Params::Named(vec![
+                ("a".into(), Value::Integer(1)),
+                ("zz".into(), Value::Integer(2)),
+            ]),
+        )
         .unwrap_err();
-        assert!(e.contains("no parameter named \"zz\"") && e.contains(":a"), "{e}");
+        assert!(
+            e.contains("no parameter named \"zz\"") && e.contains(":a"),
+            "{e}"
+        );
         let e = bound("SELECT ?", one("a")).unwrap_err();
         assert!(e.contains("plain ?"), "{e}");
         let e = bound("SELECT ?1", one("a")).unwrap_err();

@@ -76,8 +76,8 @@ fn decode_params(raw: Option<&RawValue>) -> Result<Params, String> {
             if name.is_empty() {
                 return Err("params: a parameter name is empty".into());
             }
-            let value = from_raw_json(i, &v)
-                .map_err(|e| format!("parameter {name:?}: {}", e.detail))?;
+            let value =
+                from_raw_json(i, &v).map_err(|e| format!("parameter {name:?}: {}", e.detail))?;
             out.push((name, value));
         }
         Ok(Params::Named(out))
@@ -121,8 +121,7 @@ pub fn decode_execute(raw: &[u8], node_limit_ms: u64) -> Result<ExecuteRequest, 
     let mut statements = Vec::with_capacity(req.statements.len());
     for (i, s) in req.statements.into_iter().enumerate() {
         let params = decode_params(s.params.as_deref()).map_err(|e| {
-            ApiError::bad_request("bad_request", format!("statement {i}: {e}"))
-                .with("statement", i)
+            ApiError::bad_request("bad_request", format!("statement {i}: {e}")).with("statement", i)
         })?;
         statements.push((s.sql, params));
     }
@@ -233,16 +232,26 @@ mod tests {
         assert!(named.associative);
         assert_eq!(
             named.statements[0].1,
-            Params::Named(vec![("a".into(), rusqlite::types::Value::Integer(i64::MAX))])
+            Params::Named(vec![(
+                "a".into(),
+                rusqlite::types::Value::Integer(i64::MAX)
+            )])
         );
         let e = decode_execute(
             br#"{"statements": [{"sql": "SELECT :a", "params": {"a": 9223372036854775808}}]}"#,
             1000,
         )
         .unwrap_err();
-        assert!(e.message.contains("parameter \"a\"") && e.message.contains("64-bit"), "{}", e.message);
-        let e = decode_execute(br#"{"statements": [{"sql": "SELECT 1", "params": 5}]}"#, 1000)
-            .unwrap_err();
+        assert!(
+            e.message.contains("parameter \"a\"") && e.message.contains("64-bit"),
+            "{}",
+            e.message
+        );
+        let e = decode_execute(
+            br#"{"statements": [{"sql": "SELECT 1", "params": 5}]}"#,
+            1000,
+        )
+        .unwrap_err();
         assert!(e.message.contains("must be a list"), "{}", e.message);
         let q = decode_query(
             br#"{"sql": "SELECT 1", "min_position": "1/5", "timeout_ms": 20}"#,

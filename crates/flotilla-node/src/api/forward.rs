@@ -48,8 +48,8 @@ pub async fn to_leader(
         }
         Err(e) => return Err(unknown(&leader, &e)),
     };
-    let status = StatusCode::from_u16(answer.status().as_u16())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = answer.bytes().await.map_err(|e| unknown(&leader, &e))?;
     if !status.is_success() {
         // The leader's own error, as it gave it.

@@ -18,6 +18,75 @@ pub fn stream<E>(
     chunk_bytes: usize,
     mut emit: impl FnMut(Vec<u8>) -> Result<(), E>,
 ) -> Result<Result<SnapshotHeader, E>, StoreError> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut chunk = Vec::with_capacity(chunk_bytes);
+    let mut header = None;
+    let streamed = stream_pages(
+        conn,
+        chunk_bytes,
+        |h| {
+            header = Some(h.clone());
+            Ok(h.encode())
+        },
+        &mut chunk,
+        |c| crc.update(c),
+        &mut emit,
+    )?;
+    if let Err(e) = streamed {
+        return Ok(Err(e));
+    }
+    chunk.extend_from_slice(&crc.finalize().to_le_bytes());
+    if let Err(e) = emit(chunk) {
+        return Ok(Err(e));
+    }
+    Ok(Ok(header.expect("the header comes first")))
+}
+
+/// Streams the database as a plain SQLite file (what `GET /v1/backup` sends): the snapshot's
+/// pages only, with page 1 saying "rollback journal" instead of "WAL" so that `sqlite3` opens
+/// the file anywhere, even read-only, without a `-wal` beside it. `start` gets the header first
+/// (the position, the size).
+pub fn stream_database_file<E>(
+    conn: &Connection,
+    chunk_bytes: usize,
+    start: impl FnOnce(&SnapshotHeader) -> Result<(), E>,
+    mut emit: impl FnMut(Vec<u8>) -> Result<(), E>,
+) -> Result<Result<(), E>, StoreError> {
+    let mut chunk = Vec::with_capacity(chunk_bytes);
+    let mut first = true;
+    let streamed = stream_pages(
+        conn,
+        chunk_bytes,
+        |h| start(h).map(|()| Vec::new()),
+        &mut chunk,
+        |_| {},
+        |mut c: Vec<u8>| {
+            if std::mem::take(&mut first) && c.len() >= 20 {
+                // Bytes 18 and 19: the file format's write and read versions, 2 for WAL.
+                c[18] = 1;
+                c[19] = 1;
+            }
+            emit(c)
+        },
+    )?;
+    if let Err(e) = streamed {
+        return Ok(Err(e));
+    }
+    Ok(emit(chunk))
+}
+
+/// The pages of one read transaction, in order, gathered in `chunk` and handed to `emit` in
+/// pieces of about `chunk_bytes`; `seen_page` sees every page. `start` gets the header first
+/// and gives the bytes to emit before the pages (none if empty). The last piece stays in
+/// `chunk`.
+fn stream_pages<E>(
+    conn: &Connection,
+    chunk_bytes: usize,
+    start: impl FnOnce(&SnapshotHeader) -> Result<Vec<u8>, E>,
+    chunk: &mut Vec<u8>,
+    mut seen_page: impl FnMut(&[u8]),
+    mut emit: impl FnMut(Vec<u8>) -> Result<(), E>,
+) -> Result<Result<(), E>, StoreError> {
     let tx = conn.unchecked_transaction()?;
     let meta = read_meta(&tx)?
         .ok_or_else(|| StoreError::Snapshot("the database is not initialised".into()))?;
@@ -30,24 +99,26 @@ pub fn stream<E>(
         page_size,
         page_count,
     };
-    if let Err(e) = emit(header.encode()) {
-        return Ok(Err(e));
+    match start(&header) {
+        Err(e) => return Ok(Err(e)),
+        Ok(prefix) if !prefix.is_empty() => {
+            if let Err(e) = emit(prefix) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(_) => {}
     }
     let mut stmt = tx.prepare("SELECT data FROM sqlite_dbpage WHERE pgno <= ?1 ORDER BY pgno")?;
     let mut rows = stmt.query([page_count])?;
-    let mut crc = crc32fast::Hasher::new();
-    let mut chunk = Vec::with_capacity(chunk_bytes + page_size as usize);
     let mut seen = 0u32;
     while let Some(row) = rows.next()? {
         let data = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
-        crc.update(data);
+        seen_page(data);
         chunk.extend_from_slice(data);
         seen += 1;
         if chunk.len() >= chunk_bytes {
-            if let Err(e) = emit(std::mem::replace(
-                &mut chunk,
-                Vec::with_capacity(chunk_bytes),
-            )) {
+            let full = std::mem::replace(chunk, Vec::with_capacity(chunk_bytes + page_size as usize));
+            if let Err(e) = emit(full) {
                 return Ok(Err(e));
             }
         }
@@ -57,11 +128,7 @@ pub fn stream<E>(
             "read {seen} pages, expected {page_count}"
         )));
     }
-    chunk.extend_from_slice(&crc.finalize().to_le_bytes());
-    if let Err(e) = emit(chunk) {
-        return Ok(Err(e));
-    }
-    Ok(Ok(header))
+    Ok(Ok(()))
 }
 
 /// Receives a snapshot stream into `<target>.bootstrap` and installs it.

@@ -1,5 +1,6 @@
 //! The HTTP/JSON client API (documented in `docs/api.md`).
 
+mod backup;
 mod body;
 pub mod changes;
 pub mod decode;
@@ -13,6 +14,7 @@ mod pipelines;
 mod query;
 mod replication;
 mod snapshot;
+mod streamed;
 mod status;
 mod tokens;
 pub mod values;
@@ -33,6 +35,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/query", post(query::query))
         .route("/v1/status", get(status::status))
         .route("/v1/snapshot", get(snapshot::snapshot))
+        .route("/v1/backup", get(backup::backup))
         .route("/v1/changes", get(changes::changes))
         .route("/v1/followers/{id}", delete(followers::remove))
         .route("/v1/pipelines", get(pipelines::list).post(pipelines::add))

@@ -1,5 +1,6 @@
 //! `flotilla`: run a node, talk to one, or see a cluster work (`flotilla demo`).
 
+mod backup;
 mod cert;
 mod changes;
 mod demo;
@@ -43,6 +44,10 @@ enum Command {
     /// Manage a leader's followers.
     #[command(subcommand)]
     Follower(status::FollowerCommand),
+    /// Copy a node's database to a file: SQLite (opens with sqlite3) or a SQL dump.
+    Backup(backup::BackupArgs),
+    /// Load a backup (a SQLite file or a SQL dump) into a cluster, replicated to every follower.
+    Restore(backup::RestoreArgs),
     /// Tail a leader's change feed: one JSON line per committed transaction.
     Changes(changes::ChangesArgs),
     /// Trigger-based replication: filtered, reshaped changes delivered to PostgreSQL, another
@@ -86,6 +91,8 @@ fn main() -> ExitCode {
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,
             Command::Changes(a) => changes::run(a).await,
+            Command::Backup(a) => backup::backup(a).await,
+            Command::Restore(a) => backup::restore(a).await,
             Command::Pipeline(c) => pipeline::run(c).await,
             Command::Log(c) => log_tool::run(c),
             Command::Demo(a) => demo::run(a).await,

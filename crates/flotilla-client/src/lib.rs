@@ -56,6 +56,31 @@ pub fn http_client(credentials: &Credentials, timeout_s: Option<u64>) -> reqwest
     b.build().expect("http client")
 }
 
+/// A node's base URL as the user may write it: `host:port` means `http://host:port`.
+pub fn node_url(node: &str) -> String {
+    let node = node.trim().trim_end_matches('/');
+    if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("http://{node}")
+    }
+}
+
+/// An error's message with its causes, each once.
+fn error_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -71,8 +96,17 @@ impl Client {
     pub fn with(node: &str, credentials: Credentials) -> Client {
         Client {
             http: http_client(&credentials, Some(60)),
-            base: node.trim_end_matches('/').to_string(),
+            base: node_url(node),
             token: credentials.token,
+        }
+    }
+
+    /// This client without a time limit on whole requests (long downloads and uploads).
+    pub fn unlimited(&self) -> Client {
+        Client {
+            http: http_client(&defaults(), None),
+            base: self.base.clone(),
+            token: self.token.clone(),
         }
     }
 
@@ -100,12 +134,45 @@ impl Client {
         }
     }
 
+    /// What a failed request means to the user: a node that does not answer is named as such,
+    /// rather than with the HTTP library's chain of causes.
+    pub fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        if e.is_connect() {
+            let cause = error_causes(&e);
+            if cause.contains("certificate") || cause.contains("tls") || cause.contains("TLS") {
+                return anyhow::anyhow!("cannot connect to {} securely: {cause}", self.base);
+            }
+            anyhow::anyhow!("no node answers at {} — is it running?", self.base)
+        } else if e.is_timeout() {
+            anyhow::anyhow!("the node at {} did not answer in time", self.base)
+        } else {
+            anyhow::anyhow!(
+                "the connection to {} failed: {}",
+                self.base,
+                error_causes(&e)
+            )
+        }
+    }
+
+    /// Sends a request and checks its status: an error names the node's error code and message.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let msg = body["error"]["message"].as_str().unwrap_or("(no message)");
+        let code = body["error"]["code"].as_str().unwrap_or("error");
+        bail!("{status} {code}: {msg}")
+    }
+
     async fn answer(
         &self,
         what: &str,
         resp: reqwest::Result<reqwest::Response>,
     ) -> anyhow::Result<Value> {
-        let resp = resp.with_context(|| format!("cannot reach {} ({what})", self.base))?;
+        let resp = resp.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let body: Value = resp
             .json()

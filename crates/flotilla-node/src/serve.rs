@@ -161,7 +161,7 @@ pub async fn run(
             };
             let (head_tx, _) = watch::channel(head);
             let (jobs_tx, jobs_rx) = mpsc::channel::<WriteJob>(4096);
-            let writer_interrupt = db.interrupt_handle();
+            let writer_interrupt = Arc::new(Mutex::new(db.interrupt_handle()));
             let recent = Arc::new(RecentRecords::default());
             let followers_file = dir.join("followers.json");
             let state = LeaderState {
@@ -179,7 +179,7 @@ pub async fn run(
                 followers_saving: Mutex::new(()),
                 feed_pins: Default::default(),
                 trims: Default::default(),
-                writer_interrupt,
+                writer_interrupt: writer_interrupt.clone(),
             };
             writer_thread = Some(leader::spawn_writer(
                 leader::WriterParts {
@@ -192,6 +192,8 @@ pub async fn run(
                     counters: counters.clone(),
                     fatal: fatal_tx.clone(),
                     trims: state.trims.clone(),
+                    settings: settings.clone(),
+                    interrupt: writer_interrupt,
                 },
                 jobs_rx,
             ));
@@ -361,7 +363,10 @@ pub async fn run(
     // graceful shutdown does not wait for them.
     node.readers.interrupt_all();
     if let Some(l) = node.leader() {
-        l.writer_interrupt.interrupt();
+        l.writer_interrupt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .interrupt();
     }
     if let Some(t) = follower_task {
         t.abort();

@@ -20,6 +20,7 @@ fn status_of(name: &str) -> u16 {
         "FORBIDDEN" => 403,
         "NOT_FOUND" => 404,
         "METHOD_NOT_ALLOWED" => 405,
+        "CONFLICT" => 409,
         "GONE" => 410,
         "PAYLOAD_TOO_LARGE" => 413,
         "MISDIRECTED_REQUEST" => 421,

@@ -133,7 +133,10 @@ fn dump_rows<E>(
     // too, where it has one: fts5's rowids are what applications join on).
     let vtab_rowid = virtual_table
         && conn
-            .prepare(&format!("SELECT rowid FROM {} LIMIT 0", crate::quote_ident(table)))
+            .prepare(&format!(
+                "SELECT rowid FROM {} LIMIT 0",
+                crate::quote_ident(table)
+            ))
             .is_ok();
     let rowid_name = if (virtual_table && !vtab_rowid) || without_rowid || rowid_alias {
         None
@@ -177,8 +180,8 @@ fn dump_rows<E>(
 
 /// The shadow tables of virtual tables (their rows come back through the virtual table).
 fn shadow_tables(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'shadow'")?;
+    let mut stmt = conn
+        .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'shadow'")?;
     let rows = stmt.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -197,9 +200,7 @@ pub fn literal(v: ValueRef<'_>) -> String {
     match v {
         ValueRef::Null => "NULL".into(),
         ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) if f.is_infinite() => {
-            if f > 0.0 { "1e999" } else { "-1e999" }.into()
-        }
+        ValueRef::Real(f) if f.is_infinite() => if f > 0.0 { "1e999" } else { "-1e999" }.into(),
         // `{:?}` is the shortest text that parses back to the same f64, always with a '.' or
         // an exponent, so SQLite reads a REAL.
         ValueRef::Real(f) => format!("{f:?}"),
@@ -226,10 +227,14 @@ mod tests {
 
     fn dump(conn: &Connection) -> String {
         let mut text = String::new();
-        dump_sql(conn, |_| Ok::<(), ()>(()), |piece| {
-            text.push_str(&piece);
-            Ok(())
-        })
+        dump_sql(
+            conn,
+            |_| Ok::<(), ()>(()),
+            |piece| {
+                text.push_str(&piece);
+                Ok(())
+            },
+        )
         .unwrap()
         .unwrap();
         text
@@ -260,7 +265,10 @@ mod tests {
         )
         .unwrap();
         let text = dump(&conn);
-        assert!(!text.contains("_flotilla_secret") && !text.contains("hidden"), "{text}");
+        assert!(
+            !text.contains("_flotilla_secret") && !text.contains("hidden"),
+            "{text}"
+        );
         let copy = Connection::open_in_memory().unwrap();
         copy.execute_batch(&text).unwrap();
         for sql in [

@@ -25,6 +25,9 @@ pub enum StoreError {
     /// the client's request rolls back.
     #[error("{0}")]
     Refused(String),
+    /// A restore cannot go ahead (the backup, or the cluster's state): nothing was changed.
+    #[error("{0}")]
+    Restore(String),
 }
 
 impl StoreError {

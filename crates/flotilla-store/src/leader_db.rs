@@ -272,6 +272,34 @@ impl LeaderDb {
         &self.path
     }
 
+    /// The names of the installed pipelines.
+    pub fn pipeline_names(&self) -> Vec<String> {
+        self.pipelines.names()
+    }
+
+    /// The application's own objects in the database (not SQLite's, not Flotilla's).
+    pub fn user_objects(&self) -> Result<Vec<String>, StoreError> {
+        self.rules
+            .internal(|| crate::restore::user_objects(&self.conn))
+    }
+
+    /// Empties the WAL into the database file (a restore replaces the file next). `Err` if a
+    /// reader kept the checkpoint from finishing.
+    pub fn checkpoint_fully(&mut self) -> Result<(), StoreError> {
+        let busy: i64 = self.rules.internal(|| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        })?;
+        if busy != 0 {
+            return Err(StoreError::Restore(
+                "a reader kept the database busy: the checkpoint before the restore did not \
+                 finish; retry"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs a batch of client transactions as one SQLite transaction (group commit): each request
     /// in its own savepoint, so a failing request rolls back alone. One LSN for the batch.
     pub fn commit_batch(

@@ -127,6 +127,10 @@ impl InstalledPipelines {
     }
 
     /// The transaction that ran the trims committed.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.list.iter().map(|p| p.spec.name.clone()).collect()
+    }
+
     pub(crate) fn trims_committed(&mut self) {
         for id in std::mem::take(&mut self.trims_finished) {
             if let Some(upto) = self.pending_trims.remove(&id) {

@@ -28,6 +28,7 @@ mod pending_rows;
 mod pipeline_triggers;
 mod preupdate;
 mod replica;
+pub mod restore;
 mod returned_rows;
 mod row_capture;
 mod row_filter;

@@ -54,25 +54,26 @@ pub fn stream_database_file<E>(
 ) -> Result<Result<(), E>, StoreError> {
     let mut chunk = Vec::with_capacity(chunk_bytes);
     let mut first = true;
+    let mut emit_plain = |mut c: Vec<u8>| {
+        if std::mem::take(&mut first) && c.len() >= 20 {
+            // Bytes 18 and 19: the file format's write and read versions, 2 for WAL.
+            c[18] = 1;
+            c[19] = 1;
+        }
+        emit(c)
+    };
     let streamed = stream_pages(
         conn,
         chunk_bytes,
         |h| start(h).map(|()| Vec::new()),
         &mut chunk,
         |_| {},
-        |mut c: Vec<u8>| {
-            if std::mem::take(&mut first) && c.len() >= 20 {
-                // Bytes 18 and 19: the file format's write and read versions, 2 for WAL.
-                c[18] = 1;
-                c[19] = 1;
-            }
-            emit(c)
-        },
+        &mut emit_plain,
     )?;
     if let Err(e) = streamed {
         return Ok(Err(e));
     }
-    Ok(emit(chunk))
+    Ok(emit_plain(chunk))
 }
 
 /// The pages of one read transaction, in order, gathered in `chunk` and handed to `emit` in
@@ -117,7 +118,8 @@ fn stream_pages<E>(
         chunk.extend_from_slice(data);
         seen += 1;
         if chunk.len() >= chunk_bytes {
-            let full = std::mem::replace(chunk, Vec::with_capacity(chunk_bytes + page_size as usize));
+            let full =
+                std::mem::replace(chunk, Vec::with_capacity(chunk_bytes + page_size as usize));
             if let Err(e) = emit(full) {
                 return Ok(Err(e));
             }

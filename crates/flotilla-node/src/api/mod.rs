@@ -13,9 +13,10 @@ mod metrics;
 mod pipelines;
 mod query;
 mod replication;
+mod restore;
 mod snapshot;
-mod streamed;
 mod status;
+mod streamed;
 mod tokens;
 pub mod values;
 mod writer_job;
@@ -36,6 +37,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/snapshot", get(snapshot::snapshot))
         .route("/v1/backup", get(backup::backup))
+        .route("/v1/restore", post(restore::restore))
         .route("/v1/changes", get(changes::changes))
         .route("/v1/followers/{id}", delete(followers::remove))
         .route("/v1/pipelines", get(pipelines::list).post(pipelines::add))

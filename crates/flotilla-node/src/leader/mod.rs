@@ -4,11 +4,13 @@
 
 mod feed_pins;
 mod recent;
+mod restore;
 mod trims;
 mod writer;
 
 pub use feed_pins::{FeedPin, FeedPins};
 pub use recent::RecentRecords;
+pub use restore::{RestoreError, RestoreJob};
 pub use trims::Trims;
 pub use writer::{
     spawn_writer, ChangeError, ChangeReply, PipelineChange, TokenChange, WriteError, WriteJob,
@@ -49,8 +51,9 @@ pub struct LeaderState {
     pub feed_pins: Arc<FeedPins>,
     /// Changelog rows the pipelines delivered, for the writer to delete.
     pub trims: Arc<Trims>,
-    /// Cancels the writer's running statement when the node stops.
-    pub writer_interrupt: flotilla_store::InterruptHandle,
+    /// Cancels the writer's running statement when the node stops (a restore replaces the
+    /// connection, and its handle here).
+    pub writer_interrupt: Arc<Mutex<flotilla_store::InterruptHandle>>,
 }
 
 impl LeaderState {

@@ -43,6 +43,11 @@ impl RecentRecords {
         }
     }
 
+    /// Forgets everything (a restore started a new history).
+    pub fn clear(&self) {
+        *self.lock() = Inner::default();
+    }
+
     /// Records `from..` that are still in memory, at most `max_records`, stopping after the one
     /// that reaches `max_bytes`; `None` if `from` is older than the cache (read the log instead).
     pub fn from(&self, from: u64, max_records: usize, max_bytes: usize) -> Option<Vec<Bytes>> {

@@ -34,6 +34,8 @@ pub enum WriteJob {
         change: TokenChange,
         reply: oneshot::Sender<ChangeReply>,
     },
+    /// Replacing the database with a restored one (a new history at the next position).
+    Restore(super::restore::RestoreJob),
 }
 
 /// The answer to an internal change: the position of its commit, or why there is none.
@@ -89,13 +91,17 @@ pub struct WriterParts {
     pub fatal: crate::fatal::FatalSender,
     /// Changelog rows the pipelines delivered, to delete inside the next commit.
     pub trims: Arc<super::Trims>,
+    /// How the writer connection is opened again (after a restore).
+    pub settings: flotilla_store::DbSettings,
+    /// Cancels the writer connection's running statement (a restore replaces it).
+    pub interrupt: Arc<std::sync::Mutex<flotilla_store::InterruptHandle>>,
 }
 
 /// What the writer needs to make a commit durable and visible.
-struct Publisher {
-    log: Arc<Log>,
-    head: watch::Sender<Head>,
-    recent: Arc<RecentRecords>,
+pub(super) struct Publisher {
+    pub(super) log: Arc<Log>,
+    pub(super) head: watch::Sender<Head>,
+    pub(super) recent: Arc<RecentRecords>,
     counters: Arc<Counters>,
 }
 
@@ -141,6 +147,8 @@ pub fn spawn_writer(
                 counters,
                 fatal,
                 trims,
+                settings,
+                interrupt,
             } = parts;
             let publisher = Publisher {
                 log,
@@ -165,6 +173,22 @@ pub fn spawn_writer(
                         let result = result.map_err(ChangeError::from);
                         if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
+                        }
+                        continue;
+                    }
+                    WriteJob::Restore(job) => {
+                        let ctx = super::restore::RestoreContext {
+                            publisher: &publisher,
+                            settings: &settings,
+                            epoch,
+                            origin: &origin,
+                            interrupt: &interrupt,
+                        };
+                        match super::restore::run(db, job, &ctx) {
+                            Ok(next) => db = next,
+                            Err(why) => {
+                                return fatal.report(crate::fatal::Fatal::Durability(why));
+                            }
                         }
                         continue;
                     }

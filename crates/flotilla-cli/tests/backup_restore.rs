@@ -1,0 +1,323 @@
+//! Backup and restore on real nodes through the CLI: a backup SQLite opens, a SQL dump that
+//! loads, restores into a fresh cluster whose followers then match the leader page for page,
+//! restore to a position, and the refusals.
+
+mod common;
+
+use common::*;
+use flotilla_client::Client;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+
+/// Runs the CLI; (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(exe())
+        .args(args)
+        .output()
+        .expect("run flotilla");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn insert_rows(c: &Client, from: u64, to: u64) -> String {
+    let mut pos = String::new();
+    for chunk in (from..to).collect::<Vec<_>>().chunks(250) {
+        let statements: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                json!({"sql": "INSERT INTO t(id, v, b) VALUES (?, ?, ?)",
+                       "params": [i, format!("row {i}"), {"base64": "AAEC"}]})
+            })
+            .collect();
+        pos = exec(c, json!(statements)).await["position"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    }
+    pos
+}
+
+fn count(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backups_open_in_sqlite_and_restore_into_a_fresh_cluster_page_for_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", None).await;
+    let ac = Client::new(&a.url);
+    commit_one(
+        &ac,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)",
+    )
+    .await;
+    commit_one(&ac, "CREATE INDEX t_v ON t(v)").await;
+    commit_one(&ac, "CREATE VIEW odd AS SELECT * FROM t WHERE id % 2 = 1").await;
+    insert_rows(&ac, 0, 1000).await;
+
+    // A SQLite file: sqlite's own checks pass, it holds the rows, and it is not in WAL mode
+    // (so it opens anywhere, read-only too).
+    let file = dir.path().join("a.db");
+    let (ok, out, err) = cli(&[
+        "backup",
+        "--node",
+        &a.url,
+        "--quiet",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("at position 1/"), "{out}");
+    {
+        let conn = rusqlite::Connection::open_with_flags(
+            &file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_ne!(mode, "wal");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM odd", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 500);
+    }
+    assert_eq!(count(&file), 1000);
+
+    // A SQL dump loads into a plain SQLite with the same rows.
+    let dump = dir.path().join("a.sql");
+    let (ok, _, err) = cli(&[
+        "backup",
+        "--node",
+        &a.url,
+        "--quiet",
+        "--format",
+        "sql",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&dump).unwrap();
+    assert!(
+        !text.contains("_flotilla"),
+        "Flotilla's own tables stay out of a dump"
+    );
+    let loaded = rusqlite::Connection::open_in_memory().unwrap();
+    loaded.execute_batch(&text).unwrap();
+    let sum = |c: &rusqlite::Connection| -> (i64, String) {
+        c.query_row(
+            "SELECT count(*), group_concat(v, ',') FROM (SELECT v FROM t ORDER BY id)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        sum(&loaded),
+        sum(&rusqlite::Connection::open(&file).unwrap())
+    );
+
+    // Restore into a fresh cluster that has a follower already: it follows the restore.
+    let b = start(dir.path(), "b", None).await;
+    let bf = start(dir.path(), "bf", Some(&b.url)).await;
+    let bc = Client::new(&b.url);
+    let (ok, out, err) = cli(&[
+        "restore",
+        "--node",
+        &b.url,
+        "--quiet",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("continues at position"), "{out}");
+    assert_eq!(rows(&bc, "SELECT count(*) FROM t").await, json!([[1000]]));
+    assert_identical(&b, &bf).await;
+    // Writes go on after it, and reach the follower.
+    insert_rows(&bc, 1000, 1010).await;
+    assert_identical(&b, &bf).await;
+
+    // Not empty now: refused without --replace, with the reason.
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--node",
+        &b.url,
+        "--quiet",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("restore_refused") && err.contains("--replace"),
+        "{err}"
+    );
+    assert_eq!(rows(&bc, "SELECT count(*) FROM t").await, json!([[1010]]));
+    // The dump replaces it.
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--node",
+        &b.url,
+        "--quiet",
+        "--replace",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(rows(&bc, "SELECT count(*) FROM t").await, json!([[1000]]));
+    assert_eq!(rows(&bc, "SELECT count(*) FROM odd").await, json!([[500]]));
+    assert_identical(&b, &bf).await;
+
+    // A follower does not take restores.
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--node",
+        &bf.url,
+        "--quiet",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("not_leader"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_rolls_forward_through_the_log_to_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", None).await;
+    let af = start(dir.path(), "af", Some(&a.url)).await;
+    let ac = Client::new(&a.url);
+    commit_one(
+        &ac,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)",
+    )
+    .await;
+    insert_rows(&ac, 0, 500).await;
+    let file = dir.path().join("a.db");
+    let (ok, _, err) = cli(&[
+        "backup",
+        "--node",
+        &a.url,
+        "--quiet",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let middle = insert_rows(&ac, 500, 750).await;
+    insert_rows(&ac, 750, 1000).await;
+    commit_one(&ac, "DROP TABLE t").await;
+
+    // Back to the moment after row 749, before the table was dropped.
+    let (ok, out, err) = cli(&[
+        "restore",
+        "--node",
+        &a.url,
+        "--quiet",
+        "--replace",
+        "--to",
+        &middle,
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("rolled forward to {middle}")),
+        "{out}"
+    );
+    assert_eq!(
+        rows(&ac, "SELECT count(*), max(id) FROM t").await,
+        json!([[750, 749]])
+    );
+    assert_identical(&a, &af).await;
+
+    // Beyond the newest commit, or with a dump: refused, nothing changed.
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--node",
+        &a.url,
+        "--quiet",
+        "--replace",
+        "--to",
+        "1/999999",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("bad_position"), "{err}");
+    let dump = dir.path().join("a.sql");
+    assert!(
+        cli(&[
+            "backup",
+            "--node",
+            &a.url,
+            "--quiet",
+            "--format",
+            "sql",
+            dump.to_str().unwrap()
+        ])
+        .0
+    );
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--node",
+        &a.url,
+        "--quiet",
+        "--replace",
+        "--to",
+        &middle,
+        dump.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("needs a Flotilla backup"), "{err}");
+    assert_eq!(rows(&ac, "SELECT count(*) FROM t").await, json!([[750]]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_is_not_a_backup_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", None).await;
+    let ac = Client::new(&a.url);
+    commit_one(&ac, "CREATE TABLE t(x)").await;
+    let before = position(&ac).await;
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "do not read").unwrap();
+    for (body, expected) in [
+        (Vec::new(), "the body is empty"),
+        (vec![0xff, 0xfe, 0x00, 0x80], "neither a SQLite database"),
+        (b"CREATE TABLE (".to_vec(), "does not load"),
+        (
+            format!(
+                "ATTACH '{}' AS s; CREATE TABLE x AS SELECT 1;",
+                secret.display()
+            )
+            .into_bytes(),
+            "does not load",
+        ),
+        (
+            format!("VACUUM INTO '{}';", dir.path().join("copy.db").display()).into_bytes(),
+            "does not load",
+        ),
+        (b"PRAGMA journal_mode = OFF;".to_vec(), "does not load"),
+        (
+            b"SQLite format 3\0 but then nothing".to_vec(),
+            "not an intact SQLite database",
+        ),
+    ] {
+        let (status, answer) = raw(
+            &a.url,
+            "POST",
+            "/v1/restore?replace=true",
+            Some("application/octet-stream"),
+            body,
+        )
+        .await;
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{answer}");
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+    assert!(!dir.path().join("copy.db").exists());
+    assert_eq!(position(&ac).await, before, "nothing was restored");
+    assert_eq!(rows(&ac, "SELECT count(*) FROM t").await, json!([[0]]));
+    let (status, answer) = raw(&a.url, "POST", "/v1/restore?into=x", None, b"x".to_vec()).await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, _) = raw(&a.url, "GET", "/v1/backup?format=tar", None, Vec::new()).await;
+    assert_eq!(status, 400);
+}

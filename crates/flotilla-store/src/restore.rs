@@ -1,0 +1,229 @@
+//! Restore: a leader's database replaced, as a whole, by a backup (a SQLite file or a SQL
+//! dump), optionally rolled forward through the log to a later position.
+//!
+//! A restore starts a new history at the next position: the new database is built beside the
+//! live one (`build`), given the live database's own Flotilla tables (tokens, idempotency keys,
+//! its meta row, moved to the next position), made durable, and renamed into place. The rename
+//! is the commit point: a crash before it leaves the old database, after it the new one, and
+//! the leader's start-up restarts the log after the new position (the log does not hold it).
+//! Followers and change-feed readers behind that position find the log no longer holds it and
+//! start again from a snapshot.
+
+use crate::follower_db::apply_pages;
+use crate::{quote_ident, read_meta, Meta, StoreError, INTERNAL_PREFIX};
+use flotilla_types::{Chain, ContentDigest, Epoch, LogRecord, Position};
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+
+/// The first bytes of every SQLite database file.
+pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+fn restore_error(message: impl Into<String>) -> StoreError {
+    StoreError::Restore(message.into())
+}
+
+/// What a backup file held, as found while building from it.
+#[derive(Debug, Clone)]
+pub struct BackupInfo {
+    /// Set when the file is a Flotilla backup: its cluster and position.
+    pub flotilla: Option<Meta>,
+    pub page_size: u32,
+}
+
+/// Checks an uploaded SQLite file (moved to `build`) and reads what it is.
+pub fn open_sqlite_backup(build: &Path) -> Result<BackupInfo, StoreError> {
+    let damaged = |e: rusqlite::Error| {
+        restore_error(format!(
+            "the file is not an intact SQLite database: {}",
+            crate::sql_error_message(&e)
+        ))
+    };
+    let conn =
+        Connection::open_with_flags(build, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(damaged)?;
+    let ok: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(damaged)?;
+    if ok != "ok" {
+        return Err(restore_error(format!(
+            "the file is not an intact SQLite database (quick_check: {ok})"
+        )));
+    }
+    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let flotilla = read_meta(&conn).ok().flatten();
+    Ok(BackupInfo {
+        flotilla,
+        page_size,
+    })
+}
+
+/// Builds a database at `build` from a SQL dump, on a connection that can reach nothing but
+/// that file: no ATTACH (so neither `VACUUM INTO`), no extensions, no pragmas beyond the
+/// harmless ones a dump uses.
+pub fn build_from_sql(sql: &str, build: &Path, page_size: u32) -> Result<(), StoreError> {
+    let mut conn = Connection::open(build)?;
+    conn.execute_batch(&format!("PRAGMA page_size = {page_size}; VACUUM;"))?;
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+    conn.authorizer(Some(|ctx: rusqlite::hooks::AuthContext<'_>| {
+        use rusqlite::hooks::{AuthAction, Authorization};
+        match ctx.action {
+            AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+            AuthAction::Pragma {
+                pragma_name,
+                pragma_value: Some(_),
+            } if ![
+                "foreign_keys",
+                "user_version",
+                "application_id",
+                "defer_foreign_keys",
+            ]
+            .iter()
+            .any(|p| pragma_name.eq_ignore_ascii_case(p)) =>
+            {
+                Authorization::Deny
+            }
+            _ => Authorization::Allow,
+        }
+    }))?;
+    conn.execute_batch(sql).map_err(|e| {
+        restore_error(format!(
+            "the SQL dump does not load: {}",
+            crate::sql_error_message(&e)
+        ))
+    })?;
+    if !conn.is_autocommit() {
+        conn.execute_batch("COMMIT")?;
+    }
+    Ok(())
+}
+
+/// Brings a Flotilla backup at `build` forward through `records` (the log's records after its
+/// position, in order, up to the target). Every record must continue the backup's history.
+pub fn roll_forward(build: &Path, records: &[LogRecord]) -> Result<Meta, StoreError> {
+    let mut conn = Connection::open(build)?;
+    let meta = read_meta(&conn)?
+        .ok_or_else(|| restore_error("the backup holds no Flotilla position to roll forward"))?;
+    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    apply_pages(&mut conn, &meta, page_size, records)
+}
+
+/// The application's own objects in a database (not SQLite's, not Flotilla's).
+pub fn user_objects(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_schema WHERE substr(lower(name), 1, 7) != 'sqlite_' \
+         AND substr(lower(name), 1, length(?1)) != ?1 ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map([INTERNAL_PREFIX], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Makes `build` the next state of the live database at `live`: drops whatever Flotilla tables
+/// the backup carried, copies the live ones (tokens, idempotency keys, meta), moves the meta
+/// row to `next` with `chain`, switches the file to WAL and makes it durable. The live database
+/// must not be written meanwhile (the caller is its one writer).
+pub fn prepare_restore(
+    build: &Path,
+    live: &Path,
+    next: Position,
+    chain: Chain,
+    digest: ContentDigest,
+    now_us: u64,
+) -> Result<(), StoreError> {
+    let conn = Connection::open(build)?;
+    // The backup's own Flotilla objects (its tokens, its pipelines' triggers) go.
+    let internal: Vec<(String, String)> = {
+        let mut stmt = conn.prepare(
+            "SELECT type, name FROM sqlite_schema WHERE substr(lower(name), 1, length(?1)) = ?1 \
+             AND type IN ('table', 'trigger', 'view') ORDER BY type = 'table'",
+        )?;
+        let rows = stmt.query_map([INTERNAL_PREFIX], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let tx = conn.unchecked_transaction()?;
+    for (kind, name) in &internal {
+        tx.execute_batch(&format!(
+            "DROP {} IF EXISTS {}",
+            kind.to_ascii_uppercase(),
+            quote_ident(name)
+        ))?;
+    }
+    tx.commit()?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS live",
+        [format!("file:{}?mode=ro", live.display())],
+    )
+    .or_else(|_| conn.execute("ATTACH DATABASE ?1 AS live", [live.to_string_lossy()]))?;
+    let tx = conn.unchecked_transaction()?;
+    let objects: Vec<(String, String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT type, name, sql FROM live.sqlite_schema WHERE sql IS NOT NULL \
+             AND substr(lower(name), 1, length(?1)) = ?1 ORDER BY type != 'table', rowid",
+        )?;
+        let rows = stmt.query_map([INTERNAL_PREFIX], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (kind, name, sql) in &objects {
+        tx.execute_batch(sql)?;
+        if kind == "table" {
+            let q = quote_ident(name);
+            tx.execute_batch(&format!("INSERT INTO main.{q} SELECT * FROM live.{q}"))?;
+        }
+    }
+    let changed = tx.execute(
+        "UPDATE _flotilla_meta SET epoch = ?1, lsn = ?2, chain = ?3, digest = ?4, \
+         commit_time_us = ?5, rows = NULL WHERE id = 1",
+        rusqlite::params![
+            next.epoch.0 as i64,
+            next.lsn.0 as i64,
+            chain.0 as i64,
+            digest.0 as i64,
+            now_us as i64
+        ],
+    )?;
+    if changed != 1 {
+        return Err(restore_error("the live database has no meta row"));
+    }
+    tx.commit()?;
+    conn.execute_batch("DETACH DATABASE live")?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(restore_error(format!(
+            "the restored database would not switch to WAL (it is {mode})"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL")?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    drop(conn);
+    std::fs::File::open(build)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::io(build, e))?;
+    Ok(())
+}
+
+/// Renames `build` over `live` (whose connections are all closed) and makes the rename durable.
+pub fn swap_in(build: &Path, live: &Path) -> Result<(), StoreError> {
+    for suffix in ["-wal", "-shm"] {
+        for base in [build, live] {
+            let mut p = base.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&p, e)),
+            }
+        }
+    }
+    std::fs::rename(build, live).map_err(|e| StoreError::io(live, e))?;
+    if let Some(dir) = live.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// The digest a restore's new position is chained with: of the words and the position, so
+/// two restores never look alike.
+pub fn restore_digest(next: Position, epoch: Epoch, now_us: u64) -> ContentDigest {
+    ContentDigest::of(format!("restore {next} {epoch:?} {now_us}").as_bytes())
+}

@@ -76,11 +76,20 @@ fn bar(total: Option<u64>, quiet: bool, what: &str) -> ProgressBar {
 }
 
 pub async fn backup(a: BackupArgs) -> anyhow::Result<()> {
-    let client = Client::new(&a.node).unlimited();
-    let req = client.request(
-        reqwest::Method::GET,
-        &format!("/v1/backup?format={}", a.format),
-    );
+    let client = Client::new(&a.node);
+    println!("{}", download(&client, &a.format, &a.file, a.quiet).await?);
+    Ok(())
+}
+
+/// Writes a backup of `client`'s node to `file`; what was done, in a sentence.
+pub async fn download(
+    client: &Client,
+    format: &str,
+    file: &Path,
+    quiet: bool,
+) -> anyhow::Result<String> {
+    let client = client.unlimited();
+    let req = client.request(reqwest::Method::GET, &format!("/v1/backup?format={format}"));
     let resp = client.send(req).await.context("the backup did not start")?;
     let position = resp
         .headers()
@@ -88,9 +97,9 @@ pub async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("?")
         .to_string();
-    let progress = bar(resp.content_length(), a.quiet, "backup");
-    let partial = partial_path(&a.file);
-    let mut file = std::fs::File::create(&partial)
+    let progress = bar(resp.content_length(), quiet, "backup");
+    let partial = partial_path(file);
+    let mut out = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
     let mut stream = resp.bytes_stream();
     let mut written = 0u64;
@@ -102,12 +111,12 @@ pub async fn backup(a: BackupArgs) -> anyhow::Result<()> {
                     client.unreachable(e)
                 )
             })?;
-            file.write_all(&chunk)
+            out.write_all(&chunk)
                 .with_context(|| format!("cannot write {}", partial.display()))?;
             written += chunk.len() as u64;
             progress.set_position(written);
         }
-        file.sync_all()
+        out.sync_all()
             .with_context(|| format!("cannot flush {}", partial.display()))?;
         Ok(())
     }
@@ -117,29 +126,43 @@ pub async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
-    std::fs::rename(&partial, &a.file)
+    std::fs::rename(&partial, file)
         .with_context(|| format!("cannot rename {} into place", partial.display()))?;
-    println!(
+    Ok(format!(
         "backed up {} at position {position} to {} ({})",
         client.url(),
-        a.file.display(),
+        file.display(),
         human_bytes(written)
-    );
-    Ok(())
+    ))
 }
 
 pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
-    let client = Client::new(&a.node).unlimited();
-    let size = std::fs::metadata(&a.file)
-        .with_context(|| format!("cannot read {}", a.file.display()))?
+    let client = Client::new(&a.node);
+    let done = upload(&client, &a.file, a.replace, a.to.as_deref(), a.quiet).await?;
+    println!("{done}");
+    println!("followers reload it from a snapshot by themselves");
+    Ok(())
+}
+
+/// Restores `path` into `client`'s cluster (its leader); what was done, in a sentence.
+pub async fn upload(
+    client: &Client,
+    path: &Path,
+    replace: bool,
+    to: Option<&str>,
+    quiet: bool,
+) -> anyhow::Result<String> {
+    let client = client.unlimited();
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
         .len();
     if size == 0 {
-        bail!("{} is empty", a.file.display());
+        bail!("{} is empty", path.display());
     }
-    let progress = bar(Some(size), a.quiet, "upload");
-    let file = tokio::fs::File::open(&a.file)
+    let progress = bar(Some(size), quiet, "upload");
+    let file = tokio::fs::File::open(path)
         .await
-        .with_context(|| format!("cannot open {}", a.file.display()))?;
+        .with_context(|| format!("cannot open {}", path.display()))?;
     let shown = progress.clone();
     let chunks = futures_util::stream::unfold(file, |mut f| async move {
         use tokio::io::AsyncReadExt;
@@ -161,9 +184,9 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let mut query = vec![("replace", a.replace.to_string())];
-    if let Some(to) = &a.to {
-        query.push(("to", to.clone()));
+    let mut query = vec![("replace", replace.to_string())];
+    if let Some(to) = to {
+        query.push(("to", to.to_string()));
     }
     let req = client
         .request(reqwest::Method::POST, "/v1/restore")
@@ -179,10 +202,10 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         .await
         .context("the node's answer is not JSON")?;
     let objects = answer["objects"].as_array().map_or(0, Vec::len);
-    println!(
+    Ok(format!(
         "restored {} ({}, {}) into {}: {objects} tables, views, indexes and triggers; the \
          cluster continues at position {}{}",
-        a.file.display(),
+        path.display(),
         answer["format"].as_str().unwrap_or("?"),
         human_bytes(size),
         client.url(),
@@ -191,9 +214,7 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
             Some(to) => format!(" (rolled forward to {to})"),
             None => String::new(),
         }
-    );
-    println!("followers reload it from a snapshot by themselves");
-    Ok(())
+    ))
 }
 
 fn partial_path(file: &Path) -> PathBuf {

@@ -8,6 +8,7 @@ mod demo_trigger;
 mod log_tool;
 mod pipeline;
 mod serve;
+mod shell;
 mod sql;
 mod status;
 mod token;
@@ -37,8 +38,12 @@ struct Cli {
 enum Command {
     /// Run a node: a leader, or with --follow a follower of a leader.
     Serve(Box<serve::ServeArgs>),
-    /// Run SQL on a node: writes go to /v1/execute, reads to /v1/query.
+    /// Run SQL on a node: reads there, writes on its leader; statements given together run as
+    /// one transaction.
     Sql(sql::SqlArgs),
+    /// An interactive SQL shell (history, multi-line input, .help for its dot-commands), or a
+    /// script runner with -f or standard input.
+    Shell(shell::ShellArgs),
     /// Show a node and, on a leader, its followers with their lag.
     Status(status::StatusArgs),
     /// Manage a leader's followers.
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
             Command::Token(c) => token::run(c).await,
             Command::Cert(c) => cert::run(c),
             Command::Sql(a) => sql::run(a).await,
+            Command::Shell(a) => shell::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,
             Command::Changes(a) => changes::run(a).await,

@@ -138,6 +138,47 @@ fn show(v: &Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pipelines as a table with a header (`pipeline list`, `status`).
+pub fn list_table(list: &[Value]) -> String {
+    let headers: Vec<String> = [
+        "pipeline",
+        "state",
+        "source",
+        "into",
+        "target",
+        "delivered",
+        "backlog",
+        "oldest",
+    ]
+    .iter()
+    .map(|h| h.to_string())
+    .collect();
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|v| {
+            vec![
+                text(&v["name"]),
+                text(&v["state"]),
+                text(&v["source"]),
+                text(&v["into"]),
+                text(&v["target"]),
+                text(&v["delivered_rows"]),
+                text(&v["backlog_rows"]),
+                v["oldest_change_age_ms"]
+                    .as_u64()
+                    .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    crate::shell::render::table(&headers, &rows)
+}
+
 fn line(v: &Value) -> String {
     let age = v["oldest_change_age_ms"]
         .as_u64()
@@ -183,9 +224,13 @@ pub async fn run(c: PipelineCommand) -> anyhow::Result<()> {
             let list = v["pipelines"].as_array().cloned().unwrap_or_default();
             if list.is_empty() {
                 println!("no pipelines (add one with `flotilla pipeline add`)");
+                return Ok(());
             }
-            for p in list {
-                show(&p, false)?;
+            print!("{}", list_table(&list));
+            for p in &list {
+                if let Some(e) = p["last_error"].as_str() {
+                    println!("{}: last error: {e}", p["name"].as_str().unwrap_or("?"));
+                }
             }
             Ok(())
         }

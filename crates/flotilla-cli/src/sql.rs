@@ -1,115 +1,65 @@
+//! `flotilla sql`: run SQL on a node, from the command line, a file or standard input. Reads
+//! run on the node; writes go to its leader (following a 421); statements given together run
+//! as one transaction.
+
+use crate::shell::render::Mode;
+use crate::shell::session::Session;
+use anyhow::Context;
 use clap::Args;
 use flotilla_client::Client;
-use serde_json::{json, Value};
+use std::path::PathBuf;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  flotilla sql --node 127.0.0.1:4790 \"CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)\"
+  flotilla sql --node 127.0.0.1:4790 \"INSERT INTO notes(body) VALUES ('a'); INSERT INTO notes(body) VALUES ('b')\"
+  flotilla sql --node 127.0.0.1:4791 \"SELECT * FROM notes\" --mode csv
+  flotilla sql --node 127.0.0.1:4790 -f schema.sql          # one transaction
+  flotilla sql --node 127.0.0.1:4790 --one-by-one < import.sql")]
 pub struct SqlArgs {
-    /// The node's URL.
+    /// The node's URL (host:port means http://host:port).
     #[arg(long, default_value = "http://127.0.0.1:4790")]
     node: String,
-    /// Print the node's JSON answer instead of a table.
+    /// Print the node's JSON answers instead of tables.
     #[arg(long)]
     json: bool,
     /// For reads: wait until the node has applied this position (EPOCH/LSN).
     #[arg(long)]
     min_position: Option<String>,
-    /// The SQL statement.
-    sql: String,
+    /// Run the statements in FILE ("-": standard input, also the default without SQL).
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "sql"
+    )]
+    file: Option<PathBuf>,
+    /// Run each statement as its own transaction.
+    #[arg(long)]
+    one_by_one: bool,
+    /// How rows are shown.
+    #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "line"])]
+    mode: String,
+    /// SQL: one statement, or several separated by ';' (run as one transaction).
+    sql: Option<String>,
 }
 
-/// A read-only statement goes to /v1/query; the node refuses writes there with
-/// `not_read_only`, and then the statement is sent to /v1/execute.
 pub async fn run(a: SqlArgs) -> anyhow::Result<()> {
-    let client = Client::new(&a.node);
-    let mut q = json!({ "sql": a.sql });
+    let mut session = Session::new(Client::new(&a.node));
+    session.raw_json = a.json;
+    session.one_by_one = a.one_by_one;
+    session.mode = Mode::parse(&a.mode).unwrap_or(Mode::Table);
     if let Some(p) = &a.min_position {
-        q["min_position"] = json!(p);
+        p.parse::<flotilla_types::Position>()
+            .map_err(|e| anyhow::anyhow!("--min-position {p:?}: {e}"))?;
+        session.position = Some(p.clone());
     }
-    let answer = match client.post("/v1/query", &q).await {
-        Ok(v) => v,
-        Err(e) if e.to_string().contains("not_read_only") => {
-            client
-                .post("/v1/execute", &json!({ "statements": [{ "sql": a.sql }] }))
-                .await?
+    let text = match (&a.sql, &a.file) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(p)) if p.as_os_str() != "-" => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
         }
-        Err(e) => return Err(e),
+        (None, _) => crate::shell::read_stdin()?,
     };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-    } else if let Some(cols) = answer["columns"].as_array() {
-        let headers: Vec<String> = cols
-            .iter()
-            .map(|c| c.as_str().unwrap_or("").to_string())
-            .collect();
-        let rows: Vec<Vec<String>> = answer["rows"]
-            .as_array()
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| {
-                        r.as_array()
-                            .map(|vs| vs.iter().map(cell).collect())
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        print!("{}", table(&headers, &rows));
-        println!(
-            "({} rows at position {})",
-            rows.len(),
-            answer["position"].as_str().unwrap_or("?")
-        );
-    } else {
-        let results = answer["results"].as_array().cloned().unwrap_or_default();
-        for r in results {
-            println!(
-                "rows affected: {}, last insert rowid: {}",
-                r["rows_affected"], r["last_insert_rowid"]
-            );
-        }
-        println!(
-            "committed at position {}",
-            answer["position"].as_str().unwrap_or("?")
-        );
-    }
-    Ok(())
-}
-
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "NULL".into(),
-        Value::String(s) => s.clone(),
-        Value::Object(o) if o.contains_key("base64") => {
-            format!("<blob {}>", o["base64"].as_str().unwrap_or(""))
-        }
-        other => other.to_string(),
-    }
-}
-
-/// A plain-text table with aligned columns.
-pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(c.chars().count());
-            }
-        }
-    }
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
-            .collect();
-        format!("{}\n", parts.join("  ").trim_end())
-    };
-    let mut out = line(headers);
-    out.push_str(&line(
-        &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
-    ));
-    for r in rows {
-        out.push_str(&line(r));
-    }
-    out
+    crate::shell::run_script(&mut session, &text).await
 }

@@ -1,4 +1,4 @@
-use crate::sql::table;
+use crate::shell::render::table;
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
 
@@ -30,12 +30,21 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
+    print!("{}", describe(&s));
+    Ok(())
+}
+
+/// A node's status as text: the node, its leader or its followers, and its pipelines.
+pub fn describe(s: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let text = |k: &str| {
         s[k].as_str()
             .map(str::to_string)
             .unwrap_or_else(|| s[k].to_string())
     };
-    println!(
+    let _ = writeln!(
+        out,
         "node {} ({}, {}) at position {}  cluster {}  epoch {}",
         text("id"),
         text("role"),
@@ -45,20 +54,22 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         text("epoch")
     );
     if s["role"] == "follower" {
-        println!(
+        let _ = writeln!(
+            out,
             "leader {}  leader position {}  behind by {} transactions",
             text("leader"),
             text("leader_position"),
             s["lag_transactions"]
         );
         if let Some(b) = s.get("bootstrap") {
-            println!(
+            let _ = writeln!(
+                out,
                 "bootstrapping: {:.1}%",
                 b["percent"].as_f64().unwrap_or(0.0)
             );
         }
         if let Some(e) = s["error"].as_str() {
-            println!("last error: {e}");
+            let _ = writeln!(out, "last error: {e}");
         }
     }
     if let Some(followers) = s["followers"].as_array() {
@@ -99,12 +110,18 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
             })
             .collect();
         if rows.is_empty() {
-            println!("no followers");
+            out.push_str("no followers\n");
         } else {
-            print!("{}", table(&headers, &rows));
+            out.push_str(&table(&headers, &rows));
         }
     }
-    Ok(())
+    if let Some(pipelines) = s["pipelines"].as_array() {
+        if !pipelines.is_empty() {
+            out.push('\n');
+            out.push_str(&crate::pipeline::list_table(pipelines));
+        }
+    }
+    out
 }
 
 pub async fn follower(c: FollowerCommand) -> anyhow::Result<()> {

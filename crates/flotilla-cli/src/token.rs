@@ -2,7 +2,7 @@
 //! `FLOTILLA_TOKEN`; a leader's first start with authentication on writes one to
 //! `<data>/admin.token`).
 
-use crate::sql::table;
+use crate::shell::render::table;
 use clap::Subcommand;
 use flotilla_client::Client;
 use serde_json::{json, Value};

@@ -59,11 +59,7 @@ pub(crate) fn run_client_statement(
         Some(_) => Some(internal_names(conn, rules).map_err(sql_failure)?),
         None => None,
     };
-    let columns: Vec<String> = stmt
-        .column_names()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
     let mut returned = (!columns.is_empty()).then(|| ReturnedRows {
         columns,
         rows: Vec::new(),

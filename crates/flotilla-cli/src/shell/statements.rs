@@ -1,0 +1,92 @@
+//! Cutting typed or scripted text into whole SQL statements, the way SQLite itself decides a
+//! statement is complete (`sqlite3_complete`: semicolons in strings, comments and trigger
+//! bodies do not end one).
+
+use std::ffi::CString;
+
+/// Whether `sql` ends with a complete statement.
+pub fn is_complete(sql: &str) -> bool {
+    let Ok(c) = CString::new(sql) else {
+        // A NUL byte: nothing SQLite would parse further; let the node say what is wrong.
+        return true;
+    };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; sqlite3_complete only
+    // reads it and keeps no pointer.
+    unsafe { rusqlite::ffi::sqlite3_complete(c.as_ptr()) != 0 }
+}
+
+/// The complete statements at the start of `text`, and what is left (an unfinished
+/// statement, or only blanks). Each statement keeps its own text without the final `;`.
+pub fn split(text: &str) -> (Vec<String>, String) {
+    let mut statements = Vec::new();
+    let mut start = 0;
+    for (i, _) in text.match_indices(';') {
+        let candidate = &text[start..=i];
+        if is_complete(candidate) {
+            let body = candidate[..candidate.len() - 1].trim();
+            if !only_comments(body) {
+                statements.push(body.to_string());
+            }
+            start = i + 1;
+        }
+    }
+    (statements, text[start..].to_string())
+}
+
+/// Whether `sql` holds nothing but blanks and comments.
+pub fn only_comments(sql: &str) -> bool {
+    without_leading_comments(sql).is_empty()
+}
+
+/// The statement from its first keyword on (blanks and comments before it left out).
+pub fn without_leading_comments(sql: &str) -> &str {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            return rest;
+        }
+    }
+}
+
+/// The first keyword of a statement, upper-cased (after blanks and comments).
+pub fn first_keyword(sql: &str) -> String {
+    without_leading_comments(sql)
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_end_where_sqlite_says() {
+        let (s, rest) = split("SELECT 1; SELECT ';' ; INSERT INTO t VALUES (1); SELECT");
+        assert_eq!(
+            s,
+            vec!["SELECT 1", "SELECT ';'", "INSERT INTO t VALUES (1)"]
+        );
+        assert_eq!(rest.trim(), "SELECT");
+        let trigger = "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET x = 1; END;";
+        assert_eq!(split(trigger).0, vec![trigger.trim_end_matches(';')]);
+        let (s, rest) = split("CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET x = 1;");
+        assert!(s.is_empty() && !rest.is_empty());
+        assert_eq!(split("-- just a comment;\n; ;").0, Vec::<String>::new());
+        assert_eq!(
+            split("SELECT 1 -- it; ends\n;").0,
+            vec!["SELECT 1 -- it; ends"]
+        );
+    }
+
+    #[test]
+    fn the_first_keyword_skips_comments() {
+        assert_eq!(first_keyword("  /* x */ -- y\n select 1"), "SELECT");
+        assert_eq!(first_keyword("with x as (select 1) insert"), "WITH");
+    }
+}

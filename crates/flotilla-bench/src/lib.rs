@@ -23,6 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  flotilla bench commit --compare postgres --report docs/bench/commit
+  flotilla bench lag --runs 3
+  flotilla bench backup --compare postgres      # backup and restore MiB/s")]
 pub struct BenchArgs {
     /// What to measure: `all` (throughput, lag, catch-up, bootstrap, logical), `commit`
     /// (throughput and latency at 1, 4 and 16 clients with 0, 1 and 2 followers) or `pipeline`

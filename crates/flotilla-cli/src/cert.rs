@@ -9,6 +9,8 @@ use std::path::PathBuf;
 pub enum CertCommand {
     /// Make ca.pem (and ca.key) and node.pem / node.key, valid for localhost, 127.0.0.1, ::1
     /// and every --host.
+    #[command(after_help = "Examples:
+  flotilla cert init --out ./certs --host 127.0.0.1 --host localhost")]
     Init {
         /// Where to write the files (created if missing; existing files are not overwritten).
         #[arg(long)]

@@ -5,6 +5,10 @@ use anyhow::{bail, Context};
 use std::io::Write;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  flotilla changes --node 127.0.0.1:4790                      # follow from the oldest kept
+  flotilla changes --node 127.0.0.1:4790 --from 1/42 --tables notes,orders
+  flotilla changes --node 127.0.0.1:4790 --no-follow > changes.ndjson")]
 pub struct ChangesArgs {
     /// The leader's URL.
     #[arg(long, default_value = "http://127.0.0.1:4790")]
@@ -22,7 +26,8 @@ pub struct ChangesArgs {
 }
 
 pub async fn run(a: ChangesArgs) -> anyhow::Result<()> {
-    let mut url = reqwest::Url::parse(&format!("{}/v1/changes", a.node.trim_end_matches('/')))
+    let base = flotilla_client::node_url(&a.node);
+    let mut url = reqwest::Url::parse(&format!("{base}/v1/changes"))
         .with_context(|| format!("--node {:?} is not a URL", a.node))?;
     {
         let mut q = url.query_pairs_mut();
@@ -34,21 +39,14 @@ pub async fn run(a: ChangesArgs) -> anyhow::Result<()> {
         }
         q.append_pair("follow", if a.no_follow { "false" } else { "true" });
     }
-    let client = flotilla_client::Client::new(&a.node);
+    // No time limit on the whole request: the feed follows for as long as the user wants.
+    let client = flotilla_client::Client::new(&a.node).unlimited();
     let mut resp = client
-        .request(
+        .send(client.request(
             reqwest::Method::GET,
             &format!("/v1/changes?{}", url.query().unwrap_or("")),
-        )
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {}", a.node))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let msg = body["error"]["message"].as_str().unwrap_or("(no message)");
-        bail!("{url}: {status}: {msg}");
-    }
+        ))
+        .await?;
     let mut out = std::io::stdout().lock();
     let mut partial: Vec<u8> = Vec::new();
     while let Some(chunk) = resp.chunk().await.context("change feed interrupted")? {

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  flotilla demo                 # a leader and three followers, checked identical
+  flotilla demo trigger         # a pipeline into a PostgreSQL it starts")]
 pub struct DemoArgs {
     /// `cluster` (a leader, physical and logical followers, the change feed) or `trigger`
     /// (a pipeline into a PostgreSQL the demo starts).

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 pub enum LogCommand {
     /// Scan every log segment of a node's data directory and report the first damage; changes
     /// nothing (safe while the node runs).
+    #[command(after_help = "Examples:
+  flotilla log check --data ./data/leader     # the node must be stopped")]
     Check {
         /// The node's data directory.
         #[arg(long)]
@@ -17,6 +19,8 @@ pub enum LogCommand {
     /// Cut the log at its first damage: the damaged segment is truncated there and later
     /// segments are removed. The node must be stopped. On a leader the database keeps every
     /// commit; followers behind the cut bootstrap from a snapshot.
+    #[command(after_help = "Examples:
+  flotilla log repair --data ./data/leader         # describes the cut\n  flotilla log repair --data ./data/leader --yes   # makes it")]
     Repair {
         /// The node's data directory.
         #[arg(long)]

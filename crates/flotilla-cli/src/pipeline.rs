@@ -11,16 +11,30 @@ use serde_json::Value;
 pub enum PipelineCommand {
     /// Add a pipeline: Flotilla installs triggers on the source table and delivers each change
     /// (filtered, reshaped) to the target, starting with the rows already there.
+    #[command(after_help = "Examples:
+  flotilla pipeline add --node 127.0.0.1:4790 big-orders --source orders --where 'total > 100' \\
+      --rename total=amount --into big_orders --target postgres://app:secret@127.0.0.1:5432/shop
+  flotilla pipeline add --node 127.0.0.1:4790 audit --source notes --target file:./data/audit.ndjson")]
     Add(Box<AddArgs>),
     /// List the pipelines with their state and backlog.
+    #[command(after_help = "Examples:
+  flotilla pipeline list --node 127.0.0.1:4790")]
     List(NodeArg),
     /// One pipeline in detail.
+    #[command(after_help = "Examples:
+  flotilla pipeline status --node 127.0.0.1:4790 big-orders")]
     Status(NamedArgs),
     /// Stop delivering (changes keep being captured).
+    #[command(after_help = "Examples:
+  flotilla pipeline pause --node 127.0.0.1:4790 big-orders")]
     Pause(NamedArgs),
     /// Deliver again, from where delivery stopped.
+    #[command(after_help = "Examples:
+  flotilla pipeline resume --node 127.0.0.1:4790 big-orders")]
     Resume(NamedArgs),
     /// Remove a pipeline: its triggers and undelivered changes are dropped.
+    #[command(after_help = "Examples:
+  flotilla pipeline remove --node 127.0.0.1:4790 big-orders")]
     Remove(NamedArgs),
 }
 
@@ -138,6 +152,29 @@ fn show(v: &Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Everything the node says about one pipeline, one field a line.
+fn detail(v: &Value) -> String {
+    let Some(fields) = v.as_object() else {
+        return format!("{v}\n");
+    };
+    let width = fields.keys().map(|k| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, value) in fields {
+        let shown = match value {
+            Value::Null => continue,
+            Value::String(s) => s.clone(),
+            Value::Array(a) if a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{:<width$}  {shown}\n", k.replace('_', " ")));
+    }
+    out
+}
+
 /// Pipelines as a table with a header (`pipeline list`, `status`).
 pub fn list_table(list: &[Value]) -> String {
     let headers: Vec<String> = [
@@ -238,7 +275,11 @@ pub async fn run(c: PipelineCommand) -> anyhow::Result<()> {
             let v = Client::new(&a.node.node)
                 .get(&format!("/v1/pipelines/{}", a.name))
                 .await?;
-            show(&v, a.node.json)
+            if a.node.json {
+                return show(&v, true);
+            }
+            print!("{}", detail(&v));
+            Ok(())
         }
         PipelineCommand::Pause(a) => {
             let v = Client::new(&a.node.node)

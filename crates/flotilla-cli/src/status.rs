@@ -3,6 +3,9 @@ use clap::{Args, Subcommand};
 use flotilla_client::Client;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  flotilla status --node 127.0.0.1:4790          # the leader, its followers and pipelines
+  flotilla status --node 127.0.0.1:4791 --json   # a follower, as JSON")]
 pub struct StatusArgs {
     /// The node's URL.
     #[arg(long, default_value = "http://127.0.0.1:4790")]
@@ -15,6 +18,8 @@ pub struct StatusArgs {
 #[derive(Subcommand)]
 pub enum FollowerCommand {
     /// Forget a follower that is gone for good: it no longer holds the leader's log back.
+    #[command(after_help = "Examples:
+  flotilla follower remove --node 127.0.0.1:4790 f3")]
     Remove {
         /// The leader's URL.
         #[arg(long, default_value = "http://127.0.0.1:4790")]

@@ -10,6 +10,9 @@ use serde_json::{json, Value};
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Make a token; its secret is printed once.
+    #[command(after_help = "Examples:
+  flotilla token create --node 127.0.0.1:4790 --role read --name dashboards
+  flotilla token create --node 127.0.0.1:4790 --role replicate      # for a follower")]
     Create {
         /// The leader's URL.
         #[arg(long, default_value = "http://127.0.0.1:4790")]
@@ -25,6 +28,8 @@ pub enum TokenCommand {
         json: bool,
     },
     /// List the tokens (ids, names, roles; never secrets).
+    #[command(after_help = "Examples:
+  flotilla token list --node 127.0.0.1:4790")]
     List {
         /// Any node's URL.
         #[arg(long, default_value = "http://127.0.0.1:4790")]
@@ -33,6 +38,8 @@ pub enum TokenCommand {
         json: bool,
     },
     /// Revoke a token: from now on it authenticates nobody, on every node.
+    #[command(after_help = "Examples:
+  flotilla token revoke --node 127.0.0.1:4790 ID     # an id from token list")]
     Revoke {
         /// The leader's URL.
         #[arg(long, default_value = "http://127.0.0.1:4790")]

@@ -181,7 +181,8 @@ impl Client {
         if !status.is_success() {
             let msg = body["error"]["message"].as_str().unwrap_or("(no message)");
             let code = body["error"]["code"].as_str().unwrap_or("error");
-            bail!("{what}: {status} {code}: {msg}");
+            // The node's words; the endpoint is the client's business, not the user's.
+            bail!("{status} {code}: {msg}");
         }
         Ok(body)
     }

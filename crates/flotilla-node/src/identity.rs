@@ -70,6 +70,15 @@ impl IdentityStore {
         Ok(())
     }
 
+    /// Writes the identity if the data directory has none yet: the node has started, and the
+    /// directory is its from now on.
+    pub fn pin(&self) -> Result<(), IdentityError> {
+        if path(&self.dir).exists() {
+            return Ok(());
+        }
+        save(&self.dir, &self.lock())
+    }
+
     /// Records the cluster id adopted from a leader; refuses another one.
     pub fn adopt_cluster(&self, cluster_id: &str) -> Result<(), IdentityError> {
         let mut ident = self.lock();
@@ -116,7 +125,9 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join("node.toml")
 }
 
-/// Loads the identity, or creates it for a new node.
+/// Loads the identity, or makes one for a new node. A new one is not written here: the node
+/// saves it once it has started (a first start that fails, on a port in use say, leaves no id
+/// behind to refuse the next start's `--id`).
 pub fn load_or_create(dir: &Path, id: &str) -> Result<Identity, IdentityError> {
     let p = path(dir);
     let io = |source| IdentityError::Io {
@@ -146,16 +157,14 @@ pub fn load_or_create(dir: &Path, id: &str) -> Result<Identity, IdentityError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(io)?;
-            let ident = Identity {
+            Ok(Identity {
                 format_version: IDENTITY_FORMAT_VERSION,
                 id: id.to_string(),
                 cluster_id: None,
                 epoch: 0,
                 incarnation: None,
                 leader_incarnation: None,
-            };
-            save(dir, &ident)?;
-            Ok(ident)
+            })
         }
         Err(e) => Err(io(e)),
     }

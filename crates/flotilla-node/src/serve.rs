@@ -316,8 +316,10 @@ pub async fn run(
     };
 
     let app = crate::api::router(node.clone());
+    // Started: from here on the directory belongs to this id.
+    node.identity.pin()?;
     std::fs::write(dir.join("http.addr"), &url).ok();
-    tracing::info!(id = %config.id, role = node.role.name(), %url, "node started");
+    tracing::info!(id = %config.id, role = %node.role.name(), %url, "node started");
     println!("flotilla: node {} listening on {url}", config.id);
     if let Some(tx) = ready {
         let _ = tx.send(url.clone());

@@ -707,6 +707,9 @@ impl LeaderDb {
 pub fn sql_error_message(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        // Without the statement and offset rusqlite adds: the statement may be Flotilla's own
+        // wrapping of what the user wrote.
+        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
         rusqlite::Error::MultipleStatement => {
             "one statement per entry: split multiple statements into separate entries of \"statements\""
                 .into()
@@ -722,4 +725,34 @@ fn capture_failure(what: &str, e: StoreError) -> ClientError {
         StoreError::Refused(message) => (message, FailureKind::Refused),
         e => (format!("cannot capture {what}: {e}"), FailureKind::Sql),
     }
+}
+
+/// Why a user's SQL expression (a row predicate) fails inside a statement Flotilla wrapped
+/// around it: SQLite's message, and where in the user's text (never Flotilla's statement or an
+/// offset into it); `columns` are named when a column is unknown.
+pub fn expression_problem(e: &rusqlite::Error, expression: &str, columns: &[String]) -> String {
+    let mut out = match e {
+        rusqlite::Error::MultipleStatement => return "it is not one SQL expression".to_string(),
+        rusqlite::Error::SqlInputError {
+            msg, sql, offset, ..
+        } => {
+            let wrapped = format!("({expression})");
+            match sql.find(&wrapped) {
+                Some(start) => {
+                    let at = (*offset as usize).saturating_sub(start + 1);
+                    if at >= expression.len() {
+                        format!("{msg} (the expression ends too early)")
+                    } else {
+                        format!("{msg} (at character {} of the expression)", at + 1)
+                    }
+                }
+                None => msg.clone(),
+            }
+        }
+        e => sql_error_message(e),
+    };
+    if out.starts_with("no such column") && !columns.is_empty() {
+        out.push_str(&format!("; the columns are {}", columns.join(", ")));
+    }
+    out
 }

@@ -398,10 +398,6 @@ pub(crate) fn initial_copy(
 /// Compiles what the triggers will run, against the real table, so that a predicate or
 /// computed column that does not compile is refused when the pipeline is added, naming it.
 fn check_compiles(conn: &Connection, plan: &TriggerPlan) -> Result<(), PipelineError> {
-    let why = |e: &rusqlite::Error| match e {
-        rusqlite::Error::MultipleStatement => "it is not one SQL expression".to_string(),
-        e => crate::sql_error_message(e),
-    };
     let cols: Vec<String> = plan.source_columns.iter().map(|c| quote(c)).collect();
     let from = format!(
         "(SELECT {} FROM {}) AS r",
@@ -412,19 +408,21 @@ fn check_compiles(conn: &Connection, plan: &TriggerPlan) -> Result<(), PipelineE
         conn.prepare(&format!("SELECT 1 FROM {from} WHERE ({p})"))
             .map_err(|e| {
                 PipelineError::Invalid(format!(
-                    "the row predicate {p:?} does not compile: {}",
-                    why(&e)
+                    "the row predicate {p:?} does not work on table {}: {}",
+                    plan.source,
+                    crate::expression_problem(&e, p, &plan.source_columns)
                 ))
             })?;
     }
     for o in plan.output.iter().filter(|o| o.value_sql.starts_with('(')) {
         conn.prepare(&format!("SELECT {} FROM {from}", o.value_sql))
             .map_err(|e| {
+                let expr = &o.value_sql[1..o.value_sql.len() - 1];
                 PipelineError::Invalid(format!(
-                    "computed column {} = {} does not compile: {}",
+                    "computed column {} = {expr} does not work on table {}: {}",
                     o.target_name,
-                    &o.value_sql[1..o.value_sql.len() - 1],
-                    why(&e)
+                    plan.source,
+                    crate::expression_problem(&e, expr, &plan.source_columns)
                 ))
             })?;
     }

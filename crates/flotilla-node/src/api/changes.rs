@@ -2,7 +2,7 @@
 //! newline-delimited JSON, one line per transaction, in commit order; resumable from any
 //! retained position (at-least-once: a consumer de-duplicates by position).
 
-use super::execute::not_leader;
+use super::execute::leader_only;
 use super::ApiError;
 use crate::node::Node;
 use axum::body::Body;
@@ -204,7 +204,7 @@ pub async fn changes(
         )
     })?;
     let Some(leader) = node.leader() else {
-        return Err(not_leader(&node));
+        return Err(leader_only(&node, "its change feed is served by"));
     };
     let follow = match q.follow.as_deref() {
         None | Some("true") | Some("1") => true,

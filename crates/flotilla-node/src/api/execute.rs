@@ -18,13 +18,17 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub fn not_leader(node: &Node) -> ApiError {
+    leader_only(node, "does not take writes; send them to")
+}
+
+/// 421 for what only the leader does: `what` says what, in words that lead to the leader's
+/// URL ("the change feed is served by").
+pub fn leader_only(node: &Node, what: &str) -> ApiError {
     let leader = node.leader_url().unwrap_or_default().to_string();
     ApiError::new(
         StatusCode::MISDIRECTED_REQUEST,
         "not_leader",
-        format!(
-            "this node is a follower and does not take writes; send them to the leader at {leader}"
-        ),
+        format!("this node is a follower and {what} the leader at {leader}"),
     )
     .with("leader", leader)
 }

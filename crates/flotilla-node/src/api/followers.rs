@@ -1,7 +1,7 @@
 //! `DELETE /v1/followers/{id}`: forget a follower that is gone for good, so it no longer holds
 //! the log back.
 
-use super::execute::not_leader;
+use super::execute::leader_only;
 use super::ApiError;
 use crate::node::Node;
 use axum::extract::{Path, State};
@@ -15,7 +15,7 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(leader) = node.leader() else {
-        return Err(not_leader(&node));
+        return Err(leader_only(&node, "followers are managed on"));
     };
     if !leader.tracker().remove(&id) {
         return Err(ApiError::new(

@@ -2,7 +2,7 @@
 //! commands call these). Only a leader runs pipelines; followers answer 421 with its URL.
 
 use super::body::json_body;
-use super::execute::not_leader;
+use super::execute::leader_only;
 use super::ApiError;
 use crate::leader::{PipelineChange, WriteJob};
 use crate::node::Node;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 fn pipelines(node: &Node) -> Result<&Pipelines, ApiError> {
     node.pipelines()
         .map(|p| &**p)
-        .ok_or_else(|| not_leader(node))
+        .ok_or_else(|| leader_only(node, "pipelines run on"))
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -82,7 +82,7 @@ pub async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let leader = node.leader().ok_or_else(|| not_leader(&node))?;
+    let leader = node.leader().ok_or_else(|| leader_only(&node, "pipelines are managed on"))?;
     let (spec, _): (PipelineSpec, _) =
         json_body(&headers, body, node.config.max_body_bytes).await?;
     spec.check()

@@ -130,7 +130,7 @@ pub async fn serve_session(
                 }
                 LeaderCommand::Close { reason } => {
                     tracing::info!(
-                        follower = session.follower_id().unwrap_or("?"),
+                        follower = %session.follower_id().unwrap_or("?"),
                         "replication session closed: {reason}"
                     );
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;

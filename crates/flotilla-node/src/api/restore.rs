@@ -82,7 +82,7 @@ pub async fn restore(
         )
     })?;
     let Some(leader) = node.leader().cloned() else {
-        return Err(super::execute::not_leader(&node));
+        return Err(super::execute::leader_only(&node, "restores go to"));
     };
     let to: Option<Position> = match &params.to {
         None => None,

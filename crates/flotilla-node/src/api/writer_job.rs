@@ -1,7 +1,7 @@
 //! Handing an internal change (a pipeline, a token) to the leader's writer and waiting for the
 //! commit that makes it.
 
-use super::execute::not_leader;
+use super::execute::leader_only;
 use super::ApiError;
 use crate::leader::{ChangeError, ChangeReply, WriteJob};
 use crate::node::Node;
@@ -17,7 +17,7 @@ pub async fn run(
     node: &Node,
     job: impl FnOnce(Reply) -> WriteJob,
 ) -> Result<Result<Position, ChangeError>, ApiError> {
-    let leader = node.leader().ok_or_else(|| not_leader(node))?;
+    let leader = node.leader().ok_or_else(|| leader_only(node, "such changes are made on"))?;
     let unavailable = || {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -158,9 +158,11 @@ pub(super) fn build_into(
                 if predicate.is_empty() {
                     StoreError::from(e)
                 } else {
+                    let p = filter.predicates.get(name).map(String::as_str).unwrap_or("");
+                    let columns: Vec<String> = keep.iter().map(|(n, _)| n.clone()).collect();
                     bad(format!(
-                        "the predicate for {name:?} does not work on its columns: {}",
-                        crate::sql_error_message(&e)
+                        "--where {name}: the predicate {p:?} does not work on table {name}: {}",
+                        crate::expression_problem(&e, p, &columns)
                     ))
                 }
             })?;

@@ -203,12 +203,13 @@ pub async fn upload(
         .context("the node's answer is not JSON")?;
     let objects = answer["objects"].as_array().map_or(0, Vec::len);
     Ok(format!(
-        "restored {} ({}, {}) into {}: {objects} tables, views, indexes and triggers; the \
-         cluster continues at position {}{}",
+        "restored {} ({}, {}) into {}: {objects} schema object{} (tables, views, indexes, \
+         triggers); the cluster continues at position {}{}",
         path.display(),
         answer["format"].as_str().unwrap_or("?"),
         human_bytes(size),
         client.url(),
+        if objects == 1 { "" } else { "s" },
         answer["position"].as_str().unwrap_or("?"),
         match answer["rolled_forward_to"].as_str() {
             Some(to) => format!(" (rolled forward to {to})"),

@@ -229,6 +229,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let leader_rows = lc.post("/v1/query", &json!({ "sql": check_sql })).await?["rows"].clone();
     let leader_digest = page_digest(&leader.db_path())?;
     let mut diverged = Vec::new();
+    println!(
+        "   (each node: row count, sum of k, total length of v, then its page count and a digest \
+         of every page)"
+    );
     for f in [&f1, &f2, &f3] {
         let c = Client::new(&f.url);
         wait_for(&c, &final_pos, Duration::from_secs(60)).await?;
@@ -241,10 +245,13 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             .clone();
         let digest = page_digest(&f.db_path())?;
         let same = rows == leader_rows && digest == leader_digest;
+        let r = &rows[0];
         println!(
-            "   {:<10} at {final_pos}: rows {}  pages {} digest {:016x}  {}",
+            "   {:<10} at {final_pos}: {} rows, sum(k) {}, length(v) {}  pages {} digest {:016x}  {}",
             f.id,
-            rows,
+            r[0],
+            r[1],
+            r[2],
             digest.0,
             digest.1,
             if same { "identical" } else { "DIFFERENT" }
@@ -268,8 +275,13 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         .await?["rows"]
         .clone();
     println!(
-        "   {:<10} at {final_pos}: rows {got}, the leader's rows WHERE {predicate}: {expected}  {}",
+        "   {:<10} at {final_pos}: {} rows, sum(k) {}; the leader's rows WHERE {predicate}: {} \
+         rows, sum(k) {}  {}",
         fl.id,
+        got[0][0],
+        got[0][1],
+        expected[0][0],
+        expected[0][1],
         if got == expected {
             "identical"
         } else {

@@ -61,6 +61,12 @@ pub async fn run(
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     private_data_dir(&dir, new_dir)?;
+    if config.follow.is_none() {
+        // Where file pipelines may write by default (`[pipeline-targets] allow`).
+        let exports = dir.join("exports");
+        std::fs::create_dir_all(&exports)
+            .with_context(|| format!("cannot create {}", exports.display()))?;
+    }
     // Held until the node stops: a second process on this directory refuses to start.
     let _lock = crate::data_lock::DataDirLock::acquire(
         &dir,

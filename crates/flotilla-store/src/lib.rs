@@ -44,7 +44,8 @@ pub use connection_state::connection_state;
 pub use error::StoreError;
 pub use follower_db::FollowerDb;
 pub use leader_db::{
-    expression_problem, sql_error_message, CommitOutcome, LeaderDb, RequestOutcome, StatementResult, TxnRequest,
+    expression_problem, sql_error_message, CommitOutcome, LeaderDb, RequestOutcome,
+    StatementResult, TxnRequest,
 };
 pub use leader_pipelines::{read_pipelines, StoredPipeline};
 pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};

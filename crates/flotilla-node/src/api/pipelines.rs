@@ -82,7 +82,9 @@ pub async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let leader = node.leader().ok_or_else(|| leader_only(&node, "pipelines are managed on"))?;
+    let leader = node
+        .leader()
+        .ok_or_else(|| leader_only(&node, "pipelines are managed on"))?;
     let (spec, _): (PipelineSpec, _) =
         json_body(&headers, body, node.config.max_body_bytes).await?;
     spec.check()

@@ -17,7 +17,9 @@ pub async fn run(
     node: &Node,
     job: impl FnOnce(Reply) -> WriteJob,
 ) -> Result<Result<Position, ChangeError>, ApiError> {
-    let leader = node.leader().ok_or_else(|| leader_only(node, "such changes are made on"))?;
+    let leader = node
+        .leader()
+        .ok_or_else(|| leader_only(node, "such changes are made on"))?;
     let unavailable = || {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -158,7 +158,11 @@ pub(super) fn build_into(
                 if predicate.is_empty() {
                     StoreError::from(e)
                 } else {
-                    let p = filter.predicates.get(name).map(String::as_str).unwrap_or("");
+                    let p = filter
+                        .predicates
+                        .get(name)
+                        .map(String::as_str)
+                        .unwrap_or("");
                     let columns: Vec<String> = keep.iter().map(|(n, _)| n.clone()).collect();
                     bad(format!(
                         "--where {name}: the predicate {p:?} does not work on table {name}: {}",

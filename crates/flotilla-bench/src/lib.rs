@@ -2,6 +2,7 @@
 //! (fsync latency, bare SQLite commit rate) measured in the same run. Figures are medians over
 //! repeated runs with [min..max]; compare ratios, not absolute numbers (shared machines are noisy).
 
+mod backup;
 mod commit;
 mod floors;
 mod lag;
@@ -39,7 +40,9 @@ pub struct BenchArgs {
     /// vs tokens vs tokens over TLS).
     /// `memory` measures peak resident memory: a follower catching up a 2 GiB backlog, and a
     /// leader committing while a follower has stopped reading.
-    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory"])]
+    /// `backup` measures backup and restore of a 1 GiB database (with --compare postgres,
+    /// pg_dump and pg_restore of the same rows) and the shell's start-up (psql's).
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
     /// print its figures beside Flotilla's, with the ratio (every scenario but `all` and
@@ -554,6 +557,9 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if matches!(a.scenario.as_str(), "catchup" | "bootstrap" | "logical") {
         return run_versus(a).await;
     }
+    if a.scenario == "backup" {
+        return run_backup(a).await;
+    }
     if a.scenario == "lag" {
         return run_lag(a).await;
     }
@@ -805,6 +811,30 @@ async fn run_pipeline(a: BenchArgs) -> anyhow::Result<()> {
          (docs/performance.md): backlog delivery / that = {:.2}.",
         r.figures[5].median() / 103_000.0
     );
+    Ok(())
+}
+
+async fn run_backup(a: BenchArgs) -> anyhow::Result<()> {
+    let (mib, runs) = if a.quick { (16, a.runs.unwrap_or(1)) } else { (1024, a.runs.unwrap_or(1)) };
+    let exe = this_exe()?;
+    let tmp = scratch_dir()?;
+    let progress = |msg: &str| say(&a, msg);
+    let (pairs, own) =
+        backup::run(&exe, tmp.path(), mib, runs, a.compare.is_some(), &progress).await?;
+    done_saying();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&versus::json("backup", &pairs, &own))?
+        );
+    } else {
+        versus::print(
+            &format!("flotilla bench backup, {runs} run(s) each (median [min..max])"),
+            &pairs,
+            &own,
+        );
+        println!("(for the start-up time in ms, lower is better: a ratio below 1 favours Flotilla)");
+    }
     Ok(())
 }
 

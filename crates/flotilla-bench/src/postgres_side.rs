@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const TABLE: &str = "CREATE TABLE t(id bigserial PRIMARY KEY, k bigint, v text)";
 
 /// `txns` transactions of `rows` rows of about 100 bytes each, from `clients` connections.
-async fn fill(pg: &PgServer, txns: u64, rows: u64, clients: u64) -> anyhow::Result<()> {
+pub(crate) async fn fill(pg: &PgServer, txns: u64, rows: u64, clients: u64) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for w in 0..clients {
         let c = pg.connect().await?;

@@ -211,7 +211,9 @@ async fn the_feed_replayed_into_an_empty_database_rebuilds_the_leaders_tables() 
     }
     let (status, lines) = feed(&leader.url, "follow=false").await;
     assert_eq!(status, 200);
-    assert!(lines.len() > 200);
+    // Requests that changed nothing (a DELETE of a missing row) took no position: fewer
+    // transactions than requests.
+    assert!(lines.len() > 100, "{}", lines.len());
     let db = rusqlite::Connection::open_in_memory().unwrap();
     for l in &lines {
         replay(&db, l);

@@ -129,6 +129,16 @@ impl PgServer {
         command(&self.bin, program, self.owner)
     }
 
+    /// One of PostgreSQL's programs (`pg_dump`, `psql`, …), run as the user the server runs as,
+    /// with `-h 127.0.0.1 -p PORT -U postgres` to be added by the caller.
+    pub fn tool(&self, program: &str) -> Command {
+        self.command(program)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `host=127.0.0.1 port=... user=postgres dbname=postgres`.
     pub fn conninfo(&self) -> String {
         format!(

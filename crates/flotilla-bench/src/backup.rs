@@ -58,7 +58,10 @@ pub async fn run(
     for run in 0..runs {
         let dir = root.join(format!("backup{run}"));
         std::fs::create_dir_all(&dir)?;
-        progress(&format!("run {}/{runs}: filling a {mib} MiB Flotilla database", run + 1));
+        progress(&format!(
+            "run {}/{runs}: filling a {mib} MiB Flotilla database",
+            run + 1
+        ));
         let (leader, lc) = leader_with_schema(exe, &dir, "leader").await?;
         // About 1 MiB per transaction of 10,000 100-byte rows.
         fill(&lc, mib, 10_000, 2).await?;
@@ -95,16 +98,29 @@ pub async fn run(
         let _ = std::fs::remove_dir_all(&dir);
 
         if compare {
-            progress(&format!("run {}/{runs}: PostgreSQL pg_dump / pg_restore", run + 1));
+            progress(&format!(
+                "run {}/{runs}: PostgreSQL pg_dump / pg_restore",
+                run + 1
+            ));
             let (dump_rate, restore_rate, psql_ms) = postgres(mib).await?;
-            pairs[0].postgres.as_mut().expect("compare").values.push(dump_rate);
+            pairs[0]
+                .postgres
+                .as_mut()
+                .expect("compare")
+                .values
+                .push(dump_rate);
             pairs[1]
                 .postgres
                 .as_mut()
                 .expect("compare")
                 .values
                 .push(restore_rate);
-            pairs[2].postgres.as_mut().expect("compare").values.push(psql_ms);
+            pairs[2]
+                .postgres
+                .as_mut()
+                .expect("compare")
+                .values
+                .push(psql_ms);
         }
     }
     Ok((pairs, own))
@@ -160,7 +176,8 @@ async fn upload(c: &Client, file: &Path, replace: bool) -> anyhow::Result<f64> {
 
 /// SQLite's online backup of `from` into `to`, made durable: MiB/s.
 fn sqlite_backup_api(from: &Path, to: &Path) -> anyhow::Result<f64> {
-    let src = rusqlite::Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let src =
+        rusqlite::Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut dst = rusqlite::Connection::open(to)?;
     let t = Instant::now();
     {
@@ -257,7 +274,13 @@ async fn postgres(mib: u64) -> anyhow::Result<(f64, f64, f64)> {
         let out = pg
             .tool("psql")
             .args(conn)
-            .args(["-X", "-q", "-c", "SELECT count(*) FROM t WHERE id = 1", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-c",
+                "SELECT count(*) FROM t WHERE id = 1",
+                "postgres",
+            ])
             .stdout(Stdio::null())
             .status()?;
         anyhow::ensure!(out.success(), "psql failed");

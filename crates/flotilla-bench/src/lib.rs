@@ -815,7 +815,11 @@ async fn run_pipeline(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_backup(a: BenchArgs) -> anyhow::Result<()> {
-    let (mib, runs) = if a.quick { (16, a.runs.unwrap_or(1)) } else { (1024, a.runs.unwrap_or(1)) };
+    let (mib, runs) = if a.quick {
+        (16, a.runs.unwrap_or(1))
+    } else {
+        (1024, a.runs.unwrap_or(1))
+    };
     let exe = this_exe()?;
     let tmp = scratch_dir()?;
     let progress = |msg: &str| say(&a, msg);
@@ -833,7 +837,9 @@ async fn run_backup(a: BenchArgs) -> anyhow::Result<()> {
             &pairs,
             &own,
         );
-        println!("(for the start-up time in ms, lower is better: a ratio below 1 favours Flotilla)");
+        println!(
+            "(for the start-up time in ms, lower is better: a ratio below 1 favours Flotilla)"
+        );
     }
     Ok(())
 }

@@ -342,7 +342,7 @@ async fn bad_pipelines_are_refused_at_add_naming_what_is_wrong() {
             vec![
                 "p", "--source", "t", "--into", "t_ok", "--where", "a >", "--target", &url,
             ],
-            "does not compile",
+            "the row predicate \"a >\" does not work on table t: near \")\": syntax error (the expression ends too early)",
         ),
         (
             vec!["p", "--source", "nope", "--target", &url],

@@ -491,7 +491,7 @@ async fn tls_end_to_end_and_the_wrong_ca_is_refused() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("cannot reach"),
+        !out.status.success() && err.contains("cannot connect to") && err.contains("securely"),
         "{err}"
     );
     // A follower with the wrong CA never gets a byte.

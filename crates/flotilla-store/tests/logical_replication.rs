@@ -256,7 +256,7 @@ fn a_filter_naming_what_the_leader_lacks_is_refused_at_build() {
             vec![],
             vec![],
             vec!["t: no_such_col > 1"],
-            "predicate for \"t\"",
+            "the predicate \"no_such_col > 1\" does not work on table t: no such column: no_such_col (at character 1 of the expression); the columns are id, v, n",
         ),
     ] {
         let s = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();

@@ -234,7 +234,7 @@ fn bad_pipelines_are_refused_naming_what_is_wrong() {
                 predicate: Some("a >".into()),
                 ..spec("x", "t")
             },
-            "the row predicate \"a >\" does not compile",
+            "the row predicate \"a >\" does not work on table t: near \")\": syntax error (the expression ends too early)",
         ),
         (
             PipelineSpec {
@@ -258,7 +258,7 @@ fn bad_pipelines_are_refused_naming_what_is_wrong() {
                 }],
                 ..spec("x", "t")
             },
-            "computed column c = nofunc(a) does not compile: no such function: nofunc",
+            "computed column c = nofunc(a) does not work on table t: no such function: nofunc (at character 1 of the expression)",
         ),
         (
             PipelineSpec {

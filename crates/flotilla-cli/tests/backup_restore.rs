@@ -321,3 +321,177 @@ async fn what_is_not_a_backup_is_refused_and_changes_nothing() {
     let (status, _) = raw(&a.url, "GET", "/v1/backup?format=tar", None, Vec::new()).await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_replicas_could_not_reproduce_is_refused_at_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", None).await;
+    let ac = Client::new(&a.url);
+    let before = position(&ac).await;
+    for (dump, expected) in [
+        (
+            "CREATE TABLE np(k TEXT PRIMARY KEY, v); INSERT INTO np VALUES (NULL, 1), ('a', 2);",
+            "table \"np\" has 1 row(s) whose primary key holds NULL",
+        ),
+        (
+            "CREATE TABLE rc(rowid, oid, _rowid_); INSERT INTO rc VALUES (1, 2, 3);",
+            "columns named rowid, oid and _rowid_",
+        ),
+        (
+            "CREATE TABLE ok(x);\nINSERT INTO ok VALUES (1);\nINSERT INTO missing VALUES (2);",
+            "line 3 (INSERT INTO missing VALUES (2)): no such table: missing",
+        ),
+        (
+            "ATTACH 'x.db' AS x;",
+            "line 1 (ATTACH 'x.db' AS x): not allowed in a restore",
+        ),
+    ] {
+        let (status, answer) = raw(
+            &a.url,
+            "POST",
+            "/v1/restore",
+            None,
+            dump.as_bytes().to_vec(),
+        )
+        .await;
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{answer}");
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+    // A UTF-16 database file.
+    let utf16 = dir.path().join("utf16.db");
+    {
+        let c = rusqlite::Connection::open(&utf16).unwrap();
+        c.execute_batch(
+            "PRAGMA encoding = 'UTF-16le'; CREATE TABLE t(x); INSERT INTO t VALUES ('é');",
+        )
+        .unwrap();
+    }
+    let (status, answer) = raw(
+        &a.url,
+        "POST",
+        "/v1/restore",
+        None,
+        std::fs::read(&utf16).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-16le"),
+        "{answer}"
+    );
+    assert_eq!(position(&ac).await, before, "nothing was restored");
+
+    // A sqlite3-style dump in one transaction, and rows with rowids of their own, load.
+    let dump = "PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\nCREATE TABLE p(x, y);\n\
+                INSERT INTO p(rowid, x, y) VALUES(7, 'a;b', NULL);\nCOMMIT;\n";
+    let (status, answer) = raw(
+        &a.url,
+        "POST",
+        "/v1/restore",
+        None,
+        dump.as_bytes().to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        rows(&ac, "SELECT rowid, x, y FROM p").await,
+        json!([[7, "a;b", null]])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leftovers_of_an_interrupted_restore_never_reach_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", None).await;
+    let ac = Client::new(&a.url);
+    // A hot rollback journal of some other database, as a restore killed mid-build leaves.
+    let other = dir.path().join("other.db");
+    let journal = {
+        let c = rusqlite::Connection::open(&other).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode = DELETE; CREATE TABLE big(x); \
+             INSERT INTO big WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200) SELECT zeroblob(1000) FROM s;",
+        )
+        .unwrap();
+        c.execute_batch("BEGIN; DELETE FROM big; UPDATE big SET x = 1;")
+            .unwrap();
+        let copy = std::fs::read(format!("{}-journal", other.display())).unwrap();
+        c.execute_batch("ROLLBACK").unwrap();
+        copy
+    };
+    assert!(journal.len() > 1000);
+    let restore_dir = a.dir.join("restore");
+    std::fs::create_dir_all(&restore_dir).unwrap();
+    std::fs::write(restore_dir.join("build.sqlite-journal"), &journal).unwrap();
+    std::fs::write(restore_dir.join("upload"), b"stale").unwrap();
+
+    let good = dir.path().join("good.db");
+    {
+        let c = rusqlite::Connection::open(&good).unwrap();
+        c.execute_batch("CREATE TABLE z(id INTEGER PRIMARY KEY, v); INSERT INTO z(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 500) SELECT i FROM s;")
+            .unwrap();
+    }
+    let (status, answer) = raw(
+        &a.url,
+        "POST",
+        "/v1/restore",
+        None,
+        std::fs::read(&good).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(rows(&ac, "SELECT count(*) FROM z").await, json!([[500]]));
+    assert!(!restore_dir.join("build.sqlite-journal").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logical_followers_backup_is_not_rolled_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", None).await;
+    let ac = Client::new(&a.url);
+    commit_one(
+        &ac,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)",
+    )
+    .await;
+    insert_rows(&ac, 0, 100).await;
+    let lf = flotilla_testkit::cluster::LocalNode::start(
+        &exe(),
+        dir.path(),
+        "lf",
+        Some(&a.url),
+        &["--log", "logical"],
+    )
+    .await
+    .unwrap();
+    wait_for(&Client::new(&lf.url), &position(&ac).await).await;
+    let file = dir.path().join("lf.db");
+    let (ok, _, err) = cli(&[
+        "backup",
+        "--node",
+        &lf.url,
+        "--quiet",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let to = insert_rows(&ac, 100, 200).await;
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--node",
+        &a.url,
+        "--quiet",
+        "--replace",
+        "--to",
+        &to,
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("taken from a logical follower"),
+        "{err}"
+    );
+    assert_eq!(rows(&ac, "SELECT count(*) FROM t").await, json!([[200]]));
+}

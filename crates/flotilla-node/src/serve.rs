@@ -61,6 +61,8 @@ pub async fn run(
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     private_data_dir(&dir, new_dir)?;
+    // A restore interrupted by a crash left its upload and half-built database: never used.
+    let _ = std::fs::remove_dir_all(dir.join("restore"));
     if config.follow.is_none() {
         // Where file pipelines may write by default (`[pipeline-targets] allow`).
         let exports = dir.join("exports");

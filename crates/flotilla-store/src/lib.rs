@@ -35,6 +35,7 @@ mod row_filter;
 mod row_replica;
 mod rules;
 pub mod snapshot;
+pub mod sql_text;
 mod statement_guard;
 mod txn_size;
 mod wal_flush;

@@ -56,9 +56,62 @@ pub fn open_sqlite_backup(build: &Path) -> Result<BackupInfo, StoreError> {
     })
 }
 
+/// Checks that a built database holds nothing the leader would have refused to write, so that
+/// replicas can reproduce it: UTF-8 text, no table whose rows have no name left for their rowid,
+/// no row whose primary key holds NULL (replicas and pipelines find rows by key).
+pub fn check_restorable(build: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(build, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let encoding: String = conn.query_row("PRAGMA encoding", [], |r| r.get(0))?;
+    if encoding != "UTF-8" {
+        return Err(restore_error(format!(
+            "the database's text encoding is {encoding}; Flotilla's are UTF-8: convert it first \
+             (sqlite3 old.db .dump | sqlite3 new.db, in a UTF-8 locale)"
+        )));
+    }
+    let tables: Vec<String> = {
+        let mut stmt = conn.prepare(
+            "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
+             AND substr(lower(name), 1, 7) != 'sqlite_' \
+             AND substr(lower(name), 1, length(?1)) != ?1",
+        )?;
+        let rows = stmt.query_map([INTERNAL_PREFIX], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for table in &tables {
+        if let Some(problem) = crate::row_capture::rowid_name_problem(&conn, table)? {
+            return Err(restore_error(problem));
+        }
+        let keys = crate::row_capture::table_xinfo_all(&conn, table)?;
+        let pk: Vec<&(String, i64, String, i64)> = keys.iter().filter(|c| c.1 > 0).collect();
+        let rowid_alias = pk.len() == 1 && pk[0].2.eq_ignore_ascii_case("INTEGER");
+        if pk.is_empty() || rowid_alias {
+            continue;
+        }
+        let test = pk
+            .iter()
+            .map(|c| format!("{} IS NULL", quote_ident(&c.0)))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let nulls: i64 = conn.query_row(
+            &format!("SELECT count(*) FROM {} WHERE {test}", quote_ident(table)),
+            [],
+            |r| r.get(0),
+        )?;
+        if nulls > 0 {
+            return Err(restore_error(format!(
+                "table {table:?} has {nulls} row(s) whose primary key holds NULL: replicas find \
+                 rows by key and could not tell them apart; give them keys (or declare the key \
+                 NOT NULL) before restoring"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds a database at `build` from a SQL dump, on a connection that can reach nothing but
 /// that file: no ATTACH (so neither `VACUUM INTO`), no extensions, no pragmas beyond the
-/// harmless ones a dump uses.
+/// harmless ones a dump uses. Statements run one at a time; a failure names the statement's
+/// line and text.
 pub fn build_from_sql(sql: &str, build: &Path, page_size: u32) -> Result<(), StoreError> {
     let mut conn = Connection::open(build)?;
     conn.execute_batch(&format!("PRAGMA page_size = {page_size}; VACUUM;"))?;
@@ -84,12 +137,34 @@ pub fn build_from_sql(sql: &str, build: &Path, page_size: u32) -> Result<(), Sto
             _ => Authorization::Allow,
         }
     }))?;
-    conn.execute_batch(sql).map_err(|e| {
-        restore_error(format!(
-            "the SQL dump does not load: {}",
-            crate::sql_error_message(&e)
-        ))
+    let rest = crate::sql_text::for_each_statement(sql, |statement, line| {
+        conn.execute_batch(statement).map_err(|e| {
+            let shown: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+            let shown = match shown.char_indices().nth(80) {
+                Some((cut, _)) => format!("{}…", &shown[..cut]),
+                None => shown,
+            };
+            let why = match crate::sql_error_message(&e).as_str() {
+                "not authorized" | "authorization denied" => {
+                    "not allowed in a restore (ATTACH, VACUUM and pragmas other than \
+                     foreign_keys, user_version, application_id and writable_schema are refused)"
+                        .to_string()
+                }
+                other => other.to_string(),
+            };
+            restore_error(format!(
+                "the SQL dump does not load: line {line} ({shown}): {why}"
+            ))
+        })
     })?;
+    if !crate::sql_text::only_comments(rest) {
+        conn.execute_batch(rest).map_err(|e| {
+            restore_error(format!(
+                "the SQL dump does not load: its last statement: {}",
+                crate::sql_error_message(&e)
+            ))
+        })?;
+    }
     if !conn.is_autocommit() {
         conn.execute_batch("COMMIT")?;
     }
@@ -102,8 +177,37 @@ pub fn roll_forward(build: &Path, records: &[LogRecord]) -> Result<Meta, StoreEr
     let mut conn = Connection::open(build)?;
     let meta = read_meta(&conn)?
         .ok_or_else(|| restore_error("the backup holds no Flotilla position to roll forward"))?;
+    if is_logical_replica(&conn)? {
+        return Err(restore_error(
+            "the backup was taken from a logical follower, whose file has its own page layout: \
+             the log's page images only fit a backup of the leader or a physical follower",
+        ));
+    }
     let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     apply_pages(&mut conn, &meta, page_size, records)
+}
+
+/// Whether the database is a logical follower's (its pages are not the leader's).
+pub fn is_logical_replica(conn: &Connection) -> Result<bool, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_replica'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// A full `PRAGMA integrity_check` (after a roll-forward, whose pages came from the log).
+pub fn check_integrity(build: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(build, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let ok: String = conn.query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))?;
+    if ok != "ok" {
+        return Err(restore_error(format!(
+            "the rolled-forward database is not intact ({ok}): is the backup a copy of this \
+             cluster's leader?"
+        )));
+    }
+    Ok(())
 }
 
 /// The application's own objects in a database (not SQLite's, not Flotilla's).

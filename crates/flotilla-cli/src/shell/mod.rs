@@ -4,7 +4,6 @@
 mod dot;
 pub mod render;
 pub mod session;
-pub mod statements;
 
 use anyhow::Context;
 use clap::Args;
@@ -72,7 +71,7 @@ pub async fn run_script(session: &mut Session, text: &str) -> anyhow::Result<()>
     let mut pending: Vec<String> = Vec::new();
     let mut buffer = String::new();
     for (n, line) in text.lines().enumerate() {
-        if statements::only_comments(&buffer) && line.trim_start().starts_with('.') {
+        if flotilla_store::sql_text::only_comments(&buffer) && line.trim_start().starts_with('.') {
             session.run(&std::mem::take(&mut pending), &mut out).await?;
             buffer.clear();
             match dot::run(session, line.trim(), &mut out)
@@ -87,12 +86,12 @@ pub async fn run_script(session: &mut Session, text: &str) -> anyhow::Result<()>
         }
         buffer.push_str(line);
         buffer.push('\n');
-        let (complete, rest) = statements::split(&buffer);
+        let (complete, rest) = flotilla_store::sql_text::split(&buffer);
         pending.extend(complete);
         buffer = rest;
     }
     // A last statement without its ';' runs too.
-    if !statements::only_comments(&buffer) {
+    if !flotilla_store::sql_text::only_comments(&buffer) {
         pending.push(buffer.trim().to_string());
     }
     session.run(&pending, &mut out).await?;
@@ -169,9 +168,9 @@ async fn interactive(session: &mut Session) -> anyhow::Result<()> {
         }
         buffer.push_str(&line);
         buffer.push('\n');
-        let (complete, rest) = statements::split(&buffer);
+        let (complete, rest) = flotilla_store::sql_text::split(&buffer);
         if complete.is_empty() {
-            if statements::only_comments(&buffer) {
+            if flotilla_store::sql_text::only_comments(&buffer) {
                 buffer.clear();
             }
             continue;

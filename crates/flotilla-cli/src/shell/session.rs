@@ -3,8 +3,8 @@
 //! the user's own writes.
 
 use super::render::{self, Mode};
-use super::statements::first_keyword;
 use flotilla_client::Client;
+use flotilla_store::sql_text::first_keyword;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Instant;
@@ -256,7 +256,7 @@ fn name_statement(e: anyhow::Error, statements: &[String]) -> anyhow::Error {
     let Some(sql) = statements.get(i as usize) else {
         return e;
     };
-    let short: String = super::statements::without_leading_comments(sql)
+    let short: String = flotilla_store::sql_text::without_leading_comments(sql)
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");

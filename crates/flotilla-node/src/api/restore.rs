@@ -102,10 +102,10 @@ pub async fn restore(
     std::fs::create_dir_all(&dir).map_err(internal)?;
     let upload = dir.join("upload");
     let build = dir.join("build.sqlite");
+    // Whatever an interrupted restore left (a half-built file, its journal) goes first: none
+    // of it may end up in this one.
+    drop(TempFiles(vec![upload.clone(), build.clone()]));
     let _temp = TempFiles(vec![upload.clone(), build.clone()]);
-    for p in [&upload, &build] {
-        let _ = std::fs::remove_file(p);
-    }
     let received = receive(body, &upload).await?;
     let page_size: u32 = {
         let conn = flotilla_store::open_reader(&node.db_path).map_err(internal)?;
@@ -122,6 +122,18 @@ pub async fn restore(
     let backup_position = info.flotilla.as_ref().map(|m| m.position);
     if let Some(to) = to {
         roll_forward(&leader, &build, &info, to).await?;
+        let path = build.clone();
+        tokio::task::spawn_blocking(move || restore::check_integrity(&path))
+            .await
+            .map_err(internal)?
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    {
+        let path = build.clone();
+        tokio::task::spawn_blocking(move || restore::check_restorable(&path))
+            .await
+            .map_err(internal)?
+            .map_err(|e| bad(e.to_string()))?;
     }
     // Queries let go of the database; the writer swaps it.
     node.readers.close().await;

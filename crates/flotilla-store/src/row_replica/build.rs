@@ -248,9 +248,11 @@ fn carry_local_tables(conn: &Connection, previous: &Path) -> Result<(), StoreErr
             |r| r.get(0),
         )?;
         if clash {
-            return Err(StoreError::Mismatch(format!(
+            // Not fatal: the follower keeps serving its database, where the table can be
+            // renamed or dropped, and tries again.
+            return Err(StoreError::Refused(format!(
                 "the follower's own table {name:?} has the name of a table of the leader: \
-                 rename or drop it on this follower first"
+                 rename or drop it on this follower, and the next bootstrap goes on"
             )));
         }
         let objects: Vec<String> = tx

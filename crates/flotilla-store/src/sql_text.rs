@@ -1,6 +1,7 @@
 //! Cutting typed or scripted text into whole SQL statements, the way SQLite itself decides a
 //! statement is complete (`sqlite3_complete`: semicolons in strings, comments and trigger
-//! bodies do not end one).
+//! bodies do not end one). The shell cuts what is typed; a restore cuts a SQL dump, so that
+//! each statement is prepared on its own (linear in the dump's size) and a failure names it.
 
 use std::ffi::CString;
 
@@ -19,18 +20,39 @@ pub fn is_complete(sql: &str) -> bool {
 /// statement, or only blanks). Each statement keeps its own text without the final `;`.
 pub fn split(text: &str) -> (Vec<String>, String) {
     let mut statements = Vec::new();
+    let rest = for_each_statement(text, |s, _| {
+        statements.push(s.to_string());
+        Ok::<(), ()>(())
+    })
+    .unwrap_or_default();
+    (statements, rest.to_string())
+}
+
+/// Calls `f` with each complete statement of `text` (without its `;`, comment-only ones left
+/// out) and its line number; returns what is left after the last one. Stops at `f`'s first
+/// error.
+pub fn for_each_statement<'a, E>(
+    text: &'a str,
+    mut f: impl FnMut(&'a str, usize) -> Result<(), E>,
+) -> Result<&'a str, E> {
     let mut start = 0;
+    let mut line = 1;
+    let mut counted_to = 0;
+    // A candidate is checked from its own start only: each check reads one statement's text.
     for (i, _) in text.match_indices(';') {
         let candidate = &text[start..=i];
         if is_complete(candidate) {
             let body = candidate[..candidate.len() - 1].trim();
             if !only_comments(body) {
-                statements.push(body.to_string());
+                let lead = candidate.len() - candidate.trim_start().len();
+                line += text[counted_to..start + lead].matches('\n').count();
+                counted_to = start + lead;
+                f(body, line)?;
             }
             start = i + 1;
         }
     }
-    (statements, text[start..].to_string())
+    Ok(&text[start..])
 }
 
 /// Whether `sql` holds nothing but blanks and comments.

@@ -197,7 +197,17 @@ pub async fn upload(
     let answer = client.send(req).await;
     progress.finish_and_clear();
     let answer: serde_json::Value = answer
-        .context("nothing was restored")?
+        .map_err(|e| {
+            // The node's own refusal means nothing changed; a lost connection does not tell.
+            if e.to_string().starts_with(char::is_numeric) {
+                e.context("nothing was restored")
+            } else {
+                e.context(
+                    "the restore's answer was lost: `flotilla status` shows whether it took \
+                     place (a new position)",
+                )
+            }
+        })?
         .json()
         .await
         .context("the node's answer is not JSON")?;

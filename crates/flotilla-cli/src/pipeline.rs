@@ -14,7 +14,8 @@ pub enum PipelineCommand {
     #[command(after_help = "Examples:
   flotilla pipeline add --node 127.0.0.1:4790 big-orders --source orders --where 'total > 100' \\
       --rename total=amount --into big_orders --target postgres://app:secret@127.0.0.1:5432/shop
-  flotilla pipeline add --node 127.0.0.1:4790 audit --source notes --target file:./data/audit.ndjson")]
+  flotilla pipeline add --node 127.0.0.1:4790 audit --source notes \\
+      --target file:$PWD/data/leader/exports/audit.ndjson   # absolute, under the leader's exports/")]
     Add(Box<AddArgs>),
     /// List the pipelines with their state and backlog.
     #[command(after_help = "Examples:

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 #[command(after_help = "Examples:
   flotilla serve --id leader --data ./data/leader --listen 127.0.0.1:4790
   flotilla serve --id f1 --data ./data/f1 --listen 127.0.0.1:4791 --follow http://127.0.0.1:4790
-  flotilla serve --id f2 --data ./data/f2 --listen 127.0.0.1:4792 --follow 127.0.0.1:4790 --log logical --where 'notes: body LIKE \\'h%\\''
+  flotilla serve --id f2 --data ./data/f2 --listen 127.0.0.1:4792 --follow 127.0.0.1:4790 \\
+      --log logical --where \"notes: body LIKE 'h%'\"
   flotilla serve --config node.toml          # every setting from a file (see config.example.toml)")]
 pub struct ServeArgs {
     /// Read settings from this TOML file (see config.example.toml); flags override it.

@@ -130,9 +130,17 @@ async fn a_script_runs_as_one_transaction_or_one_by_one() {
     let tables = rows(&lc, "SELECT count(*) FROM sqlite_schema WHERE name = 'a'").await;
     assert_eq!(tables, json!([[0]]));
 
-    // One by one: what ran before the failure stays.
-    let (ok, _, err) = with_stdin(&["sql", "--node", &leader.url, "--one-by-one"], script);
+    // One by one: what ran before the failure stays, and the error says which one failed.
+    let (ok, _, err) = with_stdin(
+        &["sql", "--node", &leader.url, "--one-by-one"],
+        &format!("{script}SELECT 'never';\n"),
+    );
     assert!(!ok, "{err}");
+    assert!(
+        err.contains("statement 3 of 4: (INSERT INTO nope VALUES (2))")
+            && err.contains("the 1 statement(s) after it did not run"),
+        "{err}"
+    );
     assert_eq!(rows(&lc, "SELECT x FROM a").await, json!([[1]]));
 
     // A file with dot-commands, .read of another, and a last statement without ';'.
@@ -173,6 +181,23 @@ async fn a_script_runs_as_one_transaction_or_one_by_one() {
         json!([{"total": 6}]),
         "read on the follower after the writes"
     );
+
+    // A logical follower takes writes to its own tables from the shell.
+    let logical = flotilla_testkit::cluster::LocalNode::start(
+        &exe(),
+        dir.path(),
+        "lf",
+        Some(&leader.url),
+        &["--log", "logical"],
+    )
+    .await
+    .unwrap();
+    let (ok, out, err) = with_stdin(
+        &["sql", "--node", &logical.url, "--mode", "csv"],
+        "CREATE TABLE mine(x); INSERT INTO mine VALUES (41) RETURNING x + 1 AS y;",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "y\n42\n");
 
     // A node that does not answer is named as such.
     let (ok, _, err) = with_stdin(&["sql", "--node", "127.0.0.1:9"], "SELECT 1;");

@@ -504,6 +504,14 @@ impl ConfigFile {
 }
 
 fn validate_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
+    // `host:port` means http://host:port, as everywhere a node is named.
+    let full;
+    let url = if url.contains("://") {
+        url
+    } else {
+        full = format!("http://{url}");
+        &full
+    };
     let trimmed = url.trim_end_matches('/');
     let ok = trimmed
         .strip_prefix("http://")
@@ -575,6 +583,16 @@ mod tests {
         };
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("follow") && err.contains("http://"), "{err}");
+        let short = ConfigFile {
+            id: Some("a".into()),
+            data: Some("d".into()),
+            follow: Some("127.0.0.1:4790".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            short.validate().unwrap().follow.as_deref(),
+            Some("http://127.0.0.1:4790")
+        );
         let bad = ConfigFile {
             id: Some("a b".into()),
             data: Some("d".into()),

@@ -18,11 +18,12 @@ pub const HELP: &str = "\
 .read FILE                run the statements in FILE
 .restore FILE [--replace] load a backup (SQLite file or SQL dump) into the cluster
 .schema [TABLE]           the CREATE statements (of TABLE)
-.tables                   the tables and views
+.tables [PATTERN]         the tables and views (names LIKE PATTERN)
 .timer on|off             show how long each statement takes
 
 SQL ends with ';' and may span lines. Statements entered together run as one transaction
-(start the shell with --one-by-one to run them separately). Reads run on the node you chose;
+(start the shell with --one-by-one to run them separately); in a script, a dot-command ends
+one transaction and the statements after it make the next. Reads run on the node you chose;
 writes go to the leader, and later reads wait until this node has them.
 NULL is shown as NULL, the text 'NULL' in quotes.";
 
@@ -56,9 +57,13 @@ pub async fn run(session: &mut Session, line: &str, out: &mut dyn Write) -> anyh
         ".help" => writeln!(out, "{HELP}")?,
         ".quit" | ".exit" => return Ok(Flow::Quit),
         ".tables" => {
+            let like = match args.first() {
+                Some(p) => format!("AND name LIKE {}", quoted(p)),
+                None => String::new(),
+            };
             let sql = format!(
                 "SELECT name, type FROM sqlite_schema WHERE type IN ('table', 'view') AND {OWN} \
-                 ORDER BY name"
+                 {like} ORDER BY name"
             );
             session.query(&sql, out).await?;
         }
@@ -69,7 +74,7 @@ pub async fn run(session: &mut Session, line: &str, out: &mut dyn Write) -> anyh
             };
             let sql = format!(
                 "SELECT sql || ';' AS sql FROM sqlite_schema WHERE sql IS NOT NULL AND {OWN} \
-                 {filter} ORDER BY tbl_name, type DESC, name"
+                 {filter} ORDER BY rowid"
             );
             let answer = Session::call(
                 &session.node,
@@ -111,7 +116,7 @@ pub async fn run(session: &mut Session, line: &str, out: &mut dyn Write) -> anyh
             eprintln!("timing is {}", if session.timer { "on" } else { "off" });
         }
         ".mode" => {
-            let m = one_arg("table|json|csv|line")?;
+            let m = one_arg("table|json|csv|line")?.to_ascii_lowercase();
             session.mode = Mode::parse(&m)
                 .ok_or_else(|| anyhow::anyhow!("unknown mode {m:?}: table, json, csv or line"))?;
             eprintln!("rows shown as {m}");

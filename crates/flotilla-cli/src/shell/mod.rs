@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 #[derive(Args)]
 #[command(after_help = "Examples:
   flotilla shell --node 127.0.0.1:4791                 # reads here, writes go to the leader
-  flotilla shell --node 127.0.0.1:4790 -f schema.sql   # a script, as one transaction
+  flotilla shell --node 127.0.0.1:4790 -f schema.sql   # one transaction (dot-commands split it)
   flotilla shell --node 127.0.0.1:4790 --one-by-one < import.sql
   echo 'SELECT count(*) FROM notes;' | flotilla shell --node 127.0.0.1:4790 --mode csv
 

@@ -38,6 +38,9 @@ pub struct Session {
     pub one_by_one: bool,
     /// Print the node's JSON answers as they are.
     pub raw_json: bool,
+    /// The chosen node is a logical follower (it takes writes to its own tables, without
+    /// idempotency keys); learnt at the first write.
+    logical_follower: Option<bool>,
 }
 
 /// Whether a statement is probably a read (it is tried on `/v1/query` first; a node that finds
@@ -60,6 +63,7 @@ impl Session {
             timer: false,
             one_by_one: false,
             raw_json: false,
+            logical_follower: None,
         }
     }
 
@@ -114,8 +118,23 @@ impl Session {
             return Ok(());
         }
         if self.one_by_one || statements.iter().all(|s| looks_read_only(s)) {
-            for s in statements {
-                self.run_one(s, out).await?;
+            let n = statements.len();
+            for (i, s) in statements.iter().enumerate() {
+                if let Err(e) = self.run_one(s, out).await {
+                    if n == 1 {
+                        return Err(e);
+                    }
+                    let left = n - i - 1;
+                    return Err(anyhow::anyhow!(
+                        "statement {} of {n}: {e:#}{}",
+                        i + 1,
+                        if left > 0 {
+                            format!("; the {left} statement(s) after it did not run")
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
             }
             return Ok(());
         }
@@ -150,18 +169,44 @@ impl Session {
         self.show_rows(&answer, out)
     }
 
+    /// Sends a write, again (with the same idempotency key, so it applies once) while its
+    /// outcome is unknown: a lost answer, a leader that stopped mid-request.
+    async fn call_write(client: &Client, body: &Value) -> anyhow::Result<Value> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::call(client, "/v1/execute", body).await {
+                Err(e) if attempt < WRITE_ATTEMPTS && outcome_unknown(&e) => {
+                    eprintln!("-- {e:#}; trying again with the same idempotency key");
+                    tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// One transaction of `statements` on the leader.
     pub async fn execute(
         &mut self,
         statements: &[String],
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
-        let body = json!({
+        let started = Instant::now();
+        if self.leader.is_none() && self.logical_follower.is_none() {
+            let status = self.node.get("/v1/status").await?;
+            self.logical_follower =
+                Some(status["role"] == "follower" && status["log"] == "logical");
+        }
+        let target = self.leader.as_ref().unwrap_or(&self.node);
+        let mut body = json!({
             "statements": statements.iter().map(|s| json!({ "sql": s })).collect::<Vec<_>>(),
         });
-        let started = Instant::now();
-        let target = self.leader.as_ref().unwrap_or(&self.node);
-        let answer = match Self::call(target, "/v1/execute", &body)
+        // A key of its own: a retry after a lost answer is never applied twice. A logical
+        // follower's own tables take writes without one (it has no leader's memory of keys).
+        if self.leader.is_some() || self.logical_follower != Some(true) {
+            body["idempotency_key"] = json!(format!("shell-{:032x}", rand::random::<u128>()));
+        }
+        let answer = match Self::call_write(target, &body)
             .await
             .map_err(|e| name_statement(e, statements))
         {
@@ -177,7 +222,8 @@ impl Session {
                 };
                 // A follower: writes go to the leader it named, from now on.
                 let client = Client::new(&leader);
-                let answer = Self::call(&client, "/v1/execute", &body)
+                body["idempotency_key"] = json!(format!("shell-{:032x}", rand::random::<u128>()));
+                let answer = Self::call_write(&client, &body)
                     .await
                     .map_err(|e| name_statement(e, statements))?;
                 self.leader = Some(client);
@@ -269,10 +315,28 @@ fn name_statement(e: anyhow::Error, statements: &[String]) -> anyhow::Error {
         .message
         .strip_prefix(&format!("statement {i}: "))
         .unwrap_or(&f.message);
+    if statements.len() == 1 {
+        return anyhow::anyhow!("({short}): {message} ({})", f.code);
+    }
     anyhow::anyhow!(
         "statement {} of {} ({short}): {message} ({})",
         i + 1,
         statements.len(),
         f.code
     )
+}
+
+/// Attempts of one write whose outcome stays unknown.
+const WRITE_ATTEMPTS: u64 = 3;
+
+/// Whether a write's outcome is unknown (it may have committed): retried with its key.
+fn outcome_unknown(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<Failure>() {
+        Some(f) => matches!(f.code.as_str(), "outcome_unknown" | "unavailable"),
+        // The request failed on the way: sent or not, the key makes a retry safe.
+        None => {
+            e.to_string().contains("did not answer in time")
+                || e.to_string().contains("the connection to")
+        }
+    }
 }

@@ -182,7 +182,8 @@ fn sqlite_backup_api(from: &Path, to: &Path) -> anyhow::Result<f64> {
     let t = Instant::now();
     {
         let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
-        backup.run_to_completion(-1, std::time::Duration::ZERO, None)?;
+        // Large steps, no pause between them: as fast as the API copies.
+        backup.run_to_completion(1 << 16, std::time::Duration::ZERO, None)?;
     }
     drop(dst);
     std::fs::File::open(to)?.sync_all()?;

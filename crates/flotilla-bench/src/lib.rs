@@ -841,6 +841,14 @@ async fn run_backup(a: BenchArgs) -> anyhow::Result<()> {
             "(for the start-up time in ms, lower is better: a ratio below 1 favours Flotilla)"
         );
     }
+    if let Some(dir) = &a.report {
+        let written = report::write_versus(dir, "backup", &pairs, &own)?;
+        if !a.json {
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+        }
+    }
     Ok(())
 }
 

@@ -108,8 +108,8 @@ fn quick_lag_comparison_with_postgres_reports_both_and_a_cdf() {
 }
 
 #[test]
-fn quick_catchup_bootstrap_and_logical_comparisons_report_both_systems() {
-    for scenario in ["catchup", "bootstrap", "logical"] {
+fn quick_catchup_bootstrap_logical_and_backup_comparisons_report_both_systems() {
+    for scenario in ["catchup", "bootstrap", "logical", "backup"] {
         let report = tempfile::tempdir().unwrap();
         let v = bench(&[scenario, "--compare", "postgres"], Some(report.path()));
         assert_eq!(v["scenario"], scenario);

@@ -49,6 +49,7 @@ pub(crate) fn run_client_statement(
         .map_err(|why| (why, FailureKind::Sql))?;
     let readonly = stmt.readonly();
     let before = conn.total_changes();
+    let rowid_before = conn.last_insert_rowid();
     let has_select = rules.take_saw_select();
     let schema_change = rules.take_schema_change();
     let created_from_select =
@@ -120,7 +121,13 @@ pub(crate) fn run_client_statement(
     Ok(Ran {
         result: StatementResult {
             rows_affected: if changed { conn.changes() } else { 0 },
-            last_insert_rowid: conn.last_insert_rowid(),
+            // The writer connection is shared by every client: a value this statement did not
+            // set would be another client's.
+            last_insert_rowid: if changed && conn.last_insert_rowid() != rowid_before {
+                conn.last_insert_rowid()
+            } else {
+                0
+            },
             returned,
         },
         schema_change,

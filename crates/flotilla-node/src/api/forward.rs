@@ -21,6 +21,7 @@ pub async fn to_leader(
     timeout_ms: u64,
 ) -> Result<Response, ApiError> {
     let leader = node.leader_url().unwrap_or_default().to_string();
+    let started = std::time::Instant::now();
     let mut req = node
         .peers
         .http
@@ -66,7 +67,8 @@ pub async fn to_leader(
     let mut applied_here = false;
     if let Some(position) = position {
         let mut rx = node.position.subscribe();
-        let wait = Duration::from_millis(timeout_ms);
+        // Within the request's time limit: the leader's answer counts against it too.
+        let wait = Duration::from_millis(timeout_ms).saturating_sub(started.elapsed());
         applied_here = matches!(
             tokio::time::timeout(wait, rx.wait_for(|p| *p >= position)).await,
             Ok(Ok(_))

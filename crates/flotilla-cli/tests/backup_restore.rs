@@ -334,6 +334,10 @@ async fn what_replicas_could_not_reproduce_is_refused_at_restore() {
             "table \"np\" has 1 row(s) whose primary key holds NULL",
         ),
         (
+            "CREATE TABLE d(a INTEGER PRIMARY KEY DESC, b); INSERT INTO d VALUES (NULL, 1);",
+            "table \"d\" has 1 row(s) whose primary key holds NULL",
+        ),
+        (
             "CREATE TABLE rc(rowid, oid, _rowid_); INSERT INTO rc VALUES (1, 2, 3);",
             "columns named rowid, oid and _rowid_",
         ),

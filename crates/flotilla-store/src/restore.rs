@@ -83,8 +83,9 @@ pub fn check_restorable(build: &Path) -> Result<(), StoreError> {
         }
         let keys = crate::row_capture::table_xinfo_all(&conn, table)?;
         let pk: Vec<&(String, i64, String, i64)> = keys.iter().filter(|c| c.1 > 0).collect();
-        let rowid_alias = pk.len() == 1 && pk[0].2.eq_ignore_ascii_case("INTEGER");
-        if pk.is_empty() || rowid_alias {
+        // A rowid alias never reads as NULL, so every key is checked (an `INTEGER PRIMARY KEY
+        // DESC` is no alias and may hold NULL).
+        if pk.is_empty() {
             continue;
         }
         let test = pk

@@ -649,8 +649,14 @@ fn nullable_key(conn: &Connection, table: &str) -> Result<Vec<usize>, StoreError
         .collect::<rusqlite::Result<_>>()?;
     let keys: Vec<usize> = (0..cols.len()).filter(|&i| cols[i].0 > 0).collect();
     if let [only] = keys[..] {
-        if cols[only].1.eq_ignore_ascii_case("integer") {
-            return Ok(Vec::new()); // the rowid itself
+        // The rowid itself: an INTEGER PRIMARY KEY with no index of its own. Declared
+        // `INTEGER PRIMARY KEY DESC` it is not (a quirk SQLite keeps): an ordinary column with
+        // a key index, which may hold NULL.
+        let key_index: i64 = conn
+            .prepare_cached("SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'")?
+            .query_row([table], |r| r.get(0))?;
+        if cols[only].1.eq_ignore_ascii_case("integer") && key_index == 0 {
+            return Ok(Vec::new());
         }
     }
     Ok(keys.into_iter().filter(|&i| !cols[i].2).collect())

@@ -335,6 +335,14 @@ const EDGE_VALUES: &[(&str, Expect)] = &[
     ("INSERT INTO nn VALUES (NULL, 1)", Fails),
     ("CREATE TABLE ip(id INTEGER PRIMARY KEY, v)", Commits),
     ("INSERT INTO ip VALUES (NULL, 1), (NULL, 2)", Commits),
+    // `INTEGER PRIMARY KEY DESC` is not the rowid (a quirk SQLite keeps): it may hold NULL, so
+    // it is refused like any other key (found by an outside probe: a logical follower diverged).
+    ("CREATE TABLE ipd(id INTEGER PRIMARY KEY DESC, v)", Commits),
+    ("INSERT INTO ipd VALUES (NULL, 1)", Refused("NULL")),
+    ("INSERT INTO ipd VALUES (5, 1)", Commits),
+    ("UPDATE ipd SET id = NULL", Refused("NULL")),
+    ("CREATE TABLE ipa(id INTEGER PRIMARY KEY ASC, v)", Commits),
+    ("INSERT INTO ipa VALUES (NULL, 1)", Commits),
 ];
 
 /// The leader, a physical follower and a logical replica, all bootstrapped after [`SETUP`].

@@ -140,7 +140,10 @@ pub fn build_from_sql(sql: &str, build: &Path, page_size: u32) -> Result<(), Sto
     }))?;
     let rest = crate::sql_text::for_each_statement(sql, |statement, line| {
         conn.execute_batch(statement).map_err(|e| {
-            let shown: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+            let shown: String = crate::sql_text::without_leading_comments(statement)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             let shown = match shown.char_indices().nth(80) {
                 Some((cut, _)) => format!("{}…", &shown[..cut]),
                 None => shown,

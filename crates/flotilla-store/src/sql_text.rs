@@ -44,9 +44,11 @@ pub fn for_each_statement<'a, E>(
         if is_complete(candidate) {
             let body = candidate[..candidate.len() - 1].trim();
             if !only_comments(body) {
-                let lead = candidate.len() - candidate.trim_start().len();
-                line += text[counted_to..start + lead].matches('\n').count();
-                counted_to = start + lead;
+                // The line of its first keyword (comments before it are not the statement).
+                let keyword_at =
+                    without_leading_comments(body).as_ptr() as usize - text.as_ptr() as usize;
+                line += text[counted_to..keyword_at].matches('\n').count();
+                counted_to = keyword_at;
                 f(body, line)?;
             }
             start = i + 1;
@@ -104,6 +106,29 @@ mod tests {
             split("SELECT 1 -- it; ends\n;").0,
             vec!["SELECT 1 -- it; ends"]
         );
+    }
+
+    #[test]
+    fn statements_are_numbered_by_the_line_of_their_first_keyword() {
+        let mut seen = Vec::new();
+        let rest = for_each_statement(
+            "CREATE TABLE a(x);\n\n-- a comment\nINSERT INTO a VALUES (1);\nSELECT 1; SELECT\n 2;\nSELE",
+            |s, line| {
+                seen.push((without_leading_comments(s).to_string(), line));
+                Ok::<(), ()>(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                ("CREATE TABLE a(x)".to_string(), 1),
+                ("INSERT INTO a VALUES (1)".to_string(), 4),
+                ("SELECT 1".to_string(), 5),
+                ("SELECT\n 2".to_string(), 5),
+            ]
+        );
+        assert_eq!(rest.trim(), "SELE");
     }
 
     #[test]

@@ -432,6 +432,17 @@ fn a_logical_follower_takes_writes_to_its_own_tables_only_and_keeps_them_across_
             .unwrap(),
         LocalOutcome::Committed(_)
     ));
+    // A local table renamed stays local (writable) under its new name, and can be dropped
+    // (found by an outside probe: the old name stayed in the local set).
+    for sql in [
+        "CREATE TABLE ren(x)",
+        "ALTER TABLE ren RENAME TO ren2",
+        "INSERT INTO ren2 VALUES (1)",
+        "DROP TABLE ren2",
+    ] {
+        let out = replica.execute_local(&s(&[sql]), 0).unwrap();
+        assert!(matches!(out, LocalOutcome::Committed(_)), "{sql}: {out:?}");
+    }
     // A failed request leaves nothing, and its new table is not writable afterwards.
     let out = replica
         .execute_local(

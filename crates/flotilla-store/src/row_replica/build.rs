@@ -243,7 +243,8 @@ fn carry_local_tables(conn: &Connection, previous: &Path) -> Result<(), StoreErr
     let tx = conn.unchecked_transaction()?;
     for name in &names {
         let clash: bool = tx.query_row(
-            "SELECT count(*) FROM main.sqlite_schema WHERE name = ?1",
+            // SQLite's names are case-insensitive: `Loc` clashes with `loc`.
+            "SELECT count(*) FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
             [name],
             |r| r.get(0),
         )?;

@@ -71,6 +71,15 @@ impl RowReplica {
             } else {
                 None
             };
+            // The tables before an ALTER TABLE, to follow a rename of a local table.
+            let tables_before = if crate::leader_pipelines::next_keyword(sql)
+                .0
+                .eq_ignore_ascii_case("alter")
+            {
+                Some(self.rules.internal(|| table_names(tx))?)
+            } else {
+                None
+            };
             match run_client_statement(tx, &self.rules, &self.guard, sql, params) {
                 Ok(ran) => {
                     match ran.schema_change {
@@ -107,6 +116,31 @@ impl RowReplica {
                                     kind: crate::FailureKind::Refused,
                                     misdirected: false,
                                 });
+                            }
+                        }
+                        // A local table renamed stays local under its new name.
+                        Some((DdlKind::AlterTable, t))
+                            if self
+                                .local
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .contains(&t) =>
+                        {
+                            let after = self.rules.internal(|| table_names(tx))?;
+                            let before = tables_before.unwrap_or_default();
+                            let new: Vec<&String> =
+                                after.iter().filter(|n| !before.contains(n)).collect();
+                            if let ([renamed], false) = (new.as_slice(), after.contains(&t)) {
+                                self.rules.internal(|| {
+                                    tx.execute(
+                                        "UPDATE _flotilla_local SET name = ?2 WHERE name = ?1",
+                                        [&t, *renamed],
+                                    )
+                                })?;
+                                let mut local =
+                                    self.local.lock().unwrap_or_else(|p| p.into_inner());
+                                local.remove(&t);
+                                local.insert((*renamed).clone());
                             }
                         }
                         Some((DdlKind::DropTable, t)) => {
@@ -155,6 +189,12 @@ fn creates_index(sql: &str) -> bool {
         second
     };
     first.eq_ignore_ascii_case("create") && third.eq_ignore_ascii_case("index")
+}
+
+fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached("SELECT name FROM sqlite_schema WHERE type = 'table'")?
+        .query_map([], |r| r.get(0))?
+        .collect()
 }
 
 fn index_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {

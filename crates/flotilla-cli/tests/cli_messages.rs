@@ -79,6 +79,11 @@ async fn first_day_messages_say_what_is_wrong_in_the_users_terms() {
         "{err}"
     );
 
+    // https:// to a node serving http says so.
+    let (ok, _, err) = cli(&["sql", "--node", &format!("https://{host_port}"), "SELECT 1"]);
+    assert!(!ok);
+    assert!(err.contains("does not speak TLS: use http://"), "{err}");
+
     // The change feed on a follower is about the feed.
     let f_host = follower.url.trim_start_matches("http://").to_string();
     let (ok, _, err) = cli(&["changes", "--node", &f_host, "--no-follow"]);

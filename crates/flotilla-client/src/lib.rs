@@ -139,10 +139,26 @@ impl Client {
     pub fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
         if e.is_connect() {
             let cause = error_causes(&e);
-            if cause.contains("certificate") || cause.contains("tls") || cause.contains("TLS") {
+            let lower = cause.to_ascii_lowercase();
+            if lower.contains("certificate") || lower.contains("tls") {
                 return anyhow::anyhow!("cannot connect to {} securely: {cause}", self.base);
             }
-            anyhow::anyhow!("no node answers at {} — is it running?", self.base)
+            if self.base.starts_with("https://")
+                && (lower.contains("corrupt message") || lower.contains("invalidcontenttype"))
+            {
+                return anyhow::anyhow!(
+                    "the node at {} does not speak TLS: use http://{}",
+                    self.base,
+                    self.base.trim_start_matches("https://")
+                );
+            }
+            if lower.contains("dns") {
+                return anyhow::anyhow!("cannot find the host of {}: {cause}", self.base);
+            }
+            if lower.contains("refused") || lower.contains("no route") {
+                return anyhow::anyhow!("no node answers at {} — is it running?", self.base);
+            }
+            anyhow::anyhow!("cannot connect to {}: {cause}", self.base)
         } else if e.is_timeout() {
             anyhow::anyhow!("the node at {} did not answer in time", self.base)
         } else {

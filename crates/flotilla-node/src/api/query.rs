@@ -57,6 +57,14 @@ pub async fn query(
     }
     let mut lease = match tokio::time::timeout_at(deadline, node.readers.lease()).await {
         Ok(Ok(l)) => l,
+        // A leader closes its readers only while a restore puts the new database in place.
+        Ok(Err(ReaderError::Unavailable)) if node.leader().is_some() => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "a restore is putting the new database in place; retry shortly",
+            ))
+        }
         Ok(Err(ReaderError::Unavailable)) => return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "bootstrapping",

@@ -141,7 +141,7 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
     match keyring.check(header, needed).await {
         Ok(_) => next.run(req).await,
         // A follower still bootstrapping has no database, so no tokens to check against yet.
-        Err(Denied::Unknown) if !node.readers.is_open() => ApiError::new(
+        Err(Denied::Unknown) if !node.readers.is_open() && node.leader().is_none() => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "bootstrapping",
             "this node has no database yet (it is bootstrapping from a snapshot), so it cannot \

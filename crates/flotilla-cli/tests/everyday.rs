@@ -113,6 +113,9 @@ async fn a_request_that_changes_nothing_takes_no_position() {
         "INSERT OR IGNORE INTO t(v) VALUES ('a')",
         "INSERT INTO t(v) VALUES ('a') ON CONFLICT DO NOTHING",
         "  -- a comment first\n  UPDATE t SET v = v WHERE 0",
+        "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT UNIQUE)",
+        "DROP TABLE IF EXISTS never_made",
+        "DROP INDEX IF EXISTS never_made_either",
     ] {
         let answer = exec(&c, json!([{ "sql": sql }])).await;
         assert_eq!(answer["position"], json!(p0), "{sql}");
@@ -122,6 +125,13 @@ async fn a_request_that_changes_nothing_takes_no_position() {
     // Statements that change pages without counting rows do take a position.
     let p1 = commit_one(&c, "REINDEX t").await;
     assert_ne!(p1, p0);
+    // A schema statement that does something takes one too, IF NOT EXISTS or not.
+    let p2 = commit_one(&c, "CREATE INDEX IF NOT EXISTS t_v2 ON t(v)").await;
+    assert_ne!(p2, p1);
+    let again = commit_one(&c, "CREATE INDEX IF NOT EXISTS t_v2 ON t(v)").await;
+    assert_eq!(again, p2, "nothing to do the second time");
+    let p1 = commit_one(&c, "DROP INDEX IF EXISTS t_v2").await;
+    assert_ne!(p1, p2);
     // So does a request with an idempotency key: the key is kept.
     let keyed = c
         .post(

@@ -52,8 +52,23 @@ pub(crate) fn run_client_statement(
     let rowid_before = conn.last_insert_rowid();
     let has_select = rules.take_saw_select();
     let schema_change = rules.take_schema_change();
-    let created_from_select =
-        has_select && matches!(schema_change, Some((DdlKind::CreateTable, _)));
+    // A schema statement may find nothing to do (`CREATE TABLE IF NOT EXISTS` of a table that
+    // exists, `DROP … IF EXISTS` of none): SQLite's schema cookie says whether it changed
+    // anything. Pragmas set header values, not the schema: they count as changes.
+    // (A `DROP … IF EXISTS` of nothing is not even shown to the authorizer.)
+    let creates_or_drops = matches!(
+        crate::sql_text::first_keyword(sql).as_str(),
+        "CREATE" | "DROP"
+    );
+    let cookie_before = match &schema_change {
+        Some((kind, _)) if *kind != DdlKind::SetPragma => {
+            Some(schema_cookie(conn, rules).map_err(sql_failure)?)
+        }
+        None if creates_or_drops && !readonly => {
+            Some(schema_cookie(conn, rules).map_err(sql_failure)?)
+        }
+        _ => None,
+    };
     // The authorizer sees the table an ALTER TABLE renames, not its new name: a rename into
     // Flotilla's own names is caught by counting them around the statement.
     let internal_before = match &schema_change {
@@ -116,8 +131,16 @@ pub(crate) fn run_client_statement(
             ));
         }
     }
+    let schema_noop = match cookie_before {
+        Some(v) => schema_cookie(conn, rules).map_err(sql_failure)? == v,
+        None => false,
+    };
+    let schema_change = if schema_noop { None } else { schema_change };
+    let created_from_select =
+        has_select && matches!(schema_change, Some((DdlKind::CreateTable, _)));
     let changed = !readonly && conn.total_changes() != before;
-    let wrote = schema_change.is_some() || changed || (!readonly && !plain_dml(sql));
+    let wrote =
+        schema_change.is_some() || changed || (!readonly && !schema_noop && !plain_dml(sql));
     Ok(Ran {
         result: StatementResult {
             rows_affected: if changed { conn.changes() } else { 0 },
@@ -159,6 +182,11 @@ fn plain_dml(sql: &str) -> bool {
         word.as_str(),
         "SELECT" | "VALUES" | "WITH" | "INSERT" | "REPLACE" | "UPDATE" | "DELETE"
     )
+}
+
+/// SQLite's schema cookie: it moves with every change of the schema.
+fn schema_cookie(conn: &Connection, rules: &StatementRules) -> rusqlite::Result<i64> {
+    rules.internal(|| conn.query_row("PRAGMA main.schema_version", [], |r| r.get(0)))
 }
 
 /// How many schema objects carry Flotilla's internal prefix (any case, as SQLite compares names).

@@ -126,6 +126,44 @@ pub async fn run(
     Ok((pairs, own))
 }
 
+/// `flotilla bench backup`: runs it, prints or writes the figures.
+pub async fn run_scenario(a: super::BenchArgs) -> anyhow::Result<()> {
+    let (mib, runs) = if a.quick {
+        (16, a.runs.unwrap_or(1))
+    } else {
+        (1024, a.runs.unwrap_or(1))
+    };
+    let exe = flotilla_testkit::cluster::this_exe()?;
+    let tmp = super::scratch_dir()?;
+    let progress = |msg: &str| super::say(&a, msg);
+    let (pairs, own) = run(&exe, tmp.path(), mib, runs, a.compare.is_some(), &progress).await?;
+    super::done_saying();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&super::versus::json("backup", &pairs, &own))?
+        );
+    } else {
+        super::versus::print(
+            &format!("flotilla bench backup, {runs} run(s) each (median [min..max])"),
+            &pairs,
+            &own,
+        );
+        println!(
+            "(for the start-up time in ms, lower is better: a ratio below 1 favours Flotilla)"
+        );
+    }
+    if let Some(dir) = &a.report {
+        let written = super::report::write_versus(dir, "backup", &pairs, &own)?;
+        if !a.json {
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn database_bytes(c: &Client) -> anyhow::Result<f64> {
     let size = c
         .post(

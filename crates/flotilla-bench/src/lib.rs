@@ -558,7 +558,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         return run_versus(a).await;
     }
     if a.scenario == "backup" {
-        return run_backup(a).await;
+        return backup::run_scenario(a).await;
     }
     if a.scenario == "lag" {
         return run_lag(a).await;
@@ -811,44 +811,6 @@ async fn run_pipeline(a: BenchArgs) -> anyhow::Result<()> {
          (docs/performance.md): backlog delivery / that = {:.2}.",
         r.figures[5].median() / 103_000.0
     );
-    Ok(())
-}
-
-async fn run_backup(a: BenchArgs) -> anyhow::Result<()> {
-    let (mib, runs) = if a.quick {
-        (16, a.runs.unwrap_or(1))
-    } else {
-        (1024, a.runs.unwrap_or(1))
-    };
-    let exe = this_exe()?;
-    let tmp = scratch_dir()?;
-    let progress = |msg: &str| say(&a, msg);
-    let (pairs, own) =
-        backup::run(&exe, tmp.path(), mib, runs, a.compare.is_some(), &progress).await?;
-    done_saying();
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&versus::json("backup", &pairs, &own))?
-        );
-    } else {
-        versus::print(
-            &format!("flotilla bench backup, {runs} run(s) each (median [min..max])"),
-            &pairs,
-            &own,
-        );
-        println!(
-            "(for the start-up time in ms, lower is better: a ratio below 1 favours Flotilla)"
-        );
-    }
-    if let Some(dir) = &a.report {
-        let written = report::write_versus(dir, "backup", &pairs, &own)?;
-        if !a.json {
-            for p in written {
-                println!("wrote {}", p.display());
-            }
-        }
-    }
     Ok(())
 }
 

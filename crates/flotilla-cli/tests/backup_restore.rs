@@ -8,20 +8,6 @@ use common::*;
 use flotilla_client::Client;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
-
-/// Runs the CLI; (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(exe())
-        .args(args)
-        .output()
-        .expect("run flotilla");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn insert_rows(c: &Client, from: u64, to: u64) -> String {
     let mut pos = String::new();

@@ -6,18 +6,6 @@ use common::*;
 use flotilla_client::Client;
 use std::process::Command;
 
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(exe())
-        .args(args)
-        .output()
-        .expect("run flotilla");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn every_command_has_examples_in_its_help() {
     for command in [

@@ -56,17 +56,18 @@ pub(crate) fn run_client_statement(
     // exists, `DROP … IF EXISTS` of none): SQLite's schema cookie says whether it changed
     // anything. Pragmas set header values, not the schema: they count as changes.
     // (A `DROP … IF EXISTS` of nothing is not even shown to the authorizer.)
-    let creates_or_drops = matches!(
-        crate::sql_text::first_keyword(sql).as_str(),
-        "CREATE" | "DROP"
-    );
+    // The first keyword, read once and only for a statement that may write.
+    let keyword = if readonly {
+        String::new()
+    } else {
+        crate::sql_text::first_keyword(sql)
+    };
+    let creates_or_drops = matches!(keyword.as_str(), "CREATE" | "DROP");
     let cookie_before = match &schema_change {
         Some((kind, _)) if *kind != DdlKind::SetPragma => {
             Some(schema_cookie(conn, rules).map_err(sql_failure)?)
         }
-        None if creates_or_drops && !readonly => {
-            Some(schema_cookie(conn, rules).map_err(sql_failure)?)
-        }
+        None if creates_or_drops => Some(schema_cookie(conn, rules).map_err(sql_failure)?),
         _ => None,
     };
     // The authorizer sees the table an ALTER TABLE renames, not its new name: a rename into
@@ -140,7 +141,7 @@ pub(crate) fn run_client_statement(
         has_select && matches!(schema_change, Some((DdlKind::CreateTable, _)));
     let changed = !readonly && conn.total_changes() != before;
     let wrote =
-        schema_change.is_some() || changed || (!readonly && !schema_noop && !plain_dml(sql));
+        schema_change.is_some() || changed || (!readonly && !schema_noop && !plain_dml(&keyword));
     Ok(Ran {
         result: StatementResult {
             rows_affected: if changed { conn.changes() } else { 0 },
@@ -159,27 +160,11 @@ pub(crate) fn run_client_statement(
     })
 }
 
-/// Whether the statement's first keyword makes it a query or a plain INSERT, UPDATE or DELETE:
+/// Whether a statement's first keyword makes it a query or a plain INSERT, UPDATE or DELETE:
 /// statements whose every change SQLite counts in `total_changes`.
-fn plain_dml(sql: &str) -> bool {
-    let mut rest = sql.trim_start();
-    // Comments before the first keyword.
-    loop {
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
-        } else {
-            break;
-        }
-    }
-    let word: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase();
+fn plain_dml(keyword: &str) -> bool {
     matches!(
-        word.as_str(),
+        keyword,
         "SELECT" | "VALUES" | "WITH" | "INSERT" | "REPLACE" | "UPDATE" | "DELETE"
     )
 }

@@ -11,6 +11,19 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flotilla"))
 }
 
+/// Runs `flotilla ARGS` to its end: (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(exe())
+        .args(args)
+        .output()
+        .expect("run flotilla");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub async fn start(root: &Path, id: &str, follow: Option<&str>) -> LocalNode {
     LocalNode::start(&exe(), root, id, follow, &[])
         .await

@@ -74,6 +74,13 @@ pub struct ServeArgs {
     /// own "forward" overrides it).
     #[arg(long)]
     forward_writes: bool,
+    /// Leader: the durability of writes that name none: async (default: durable in the
+    /// leader's log) or semi-sync (also durable on --semi-sync-replicas physical followers).
+    #[arg(long)]
+    durability: Option<String>,
+    /// Leader: how many physical followers must hold a semi-sync write durably [default: 1].
+    #[arg(long, value_name = "N")]
+    semi_sync_replicas: Option<usize>,
 }
 
 /// `tls_ca`: the global `--tls-ca`, the CA the nodes this one connects to are verified against.
@@ -122,6 +129,12 @@ pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
     }
     if a.forward_writes {
         file.api.forward_writes = Some(true);
+    }
+    if a.durability.is_some() {
+        file.durability.default = a.durability.clone();
+    }
+    if a.semi_sync_replicas.is_some() {
+        file.durability.semi_sync_replicas = a.semi_sync_replicas;
     }
     if a.log_fsync.is_some() {
         file.log.fsync = a.log_fsync.clone();

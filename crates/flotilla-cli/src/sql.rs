@@ -40,6 +40,9 @@ pub struct SqlArgs {
     /// How rows are shown.
     #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "line"])]
     mode: String,
+    /// Writes wait for this durability: async, semi-sync or quorum [default: the leader's].
+    #[arg(long, value_parser = ["async", "semi-sync", "quorum"])]
+    durability: Option<String>,
     /// SQL: one statement, or several separated by ';' (run as one transaction).
     sql: Option<String>,
 }
@@ -49,6 +52,7 @@ pub async fn run(a: SqlArgs) -> anyhow::Result<()> {
     session.raw_json = a.json;
     session.one_by_one = a.one_by_one;
     session.mode = Mode::parse(&a.mode).unwrap_or(Mode::Table);
+    session.durability = a.durability.as_deref().map(|d| d.parse()).transpose()?;
     if let Some(p) = &a.min_position {
         p.parse::<flotilla_types::Position>()
             .map_err(|e| anyhow::anyhow!("--min-position {p:?}: {e}"))?;

@@ -181,6 +181,30 @@ impl FollowerTracker {
         self.followers.values().map(|f| f.durable.lsn.0 + 1).min()
     }
 
+    /// The newest position that at least `copies` followers hold durably as complete copies:
+    /// physical followers only (a logical follower may filter; it cannot take over). Position
+    /// zero when fewer than `copies` physical followers are known; `copies == 0` asks for
+    /// nothing, so every position qualifies.
+    ///
+    /// A follower that disconnected still counts with what it reported durable: that copy is on
+    /// its disk whether or not it is connected now.
+    pub fn durable_on(&self, copies: usize) -> Position {
+        if copies == 0 {
+            return Position {
+                epoch: flotilla_types::Epoch(u64::MAX),
+                lsn: Lsn(u64::MAX),
+            };
+        }
+        let mut durable: Vec<Position> = self
+            .followers
+            .values()
+            .filter(|f| f.log_kind == LogKind::Physical)
+            .map(|f| f.durable)
+            .collect();
+        durable.sort_unstable_by(|a, b| b.cmp(a));
+        durable.get(copies - 1).copied().unwrap_or(Position::ZERO)
+    }
+
     /// Transactions the follower has yet to apply.
     pub fn lag_transactions(f: &FollowerProgress, head: Lsn) -> u64 {
         head.0.saturating_sub(f.applied.lsn.0)
@@ -255,5 +279,34 @@ mod tests {
             Err(AckRefused::NotCurrent)
         );
         assert_eq!(t.needed_from(), None);
+    }
+    #[test]
+    fn durable_on_counts_physical_copies_only() {
+        let mut t = FollowerTracker::default();
+        assert_eq!(t.durable_on(1), Position::ZERO);
+        assert!(t.durable_on(0) >= Position::new(9, 9));
+        let a = t.session_opened("a", "u", LogKind::Physical, Position::new(1, 5), 0);
+        let b = t.session_opened("b", "u", LogKind::Physical, Position::new(1, 2), 0);
+        let l = t.session_opened("l", "u", LogKind::Logical, Position::new(1, 50), 0);
+        t.acked("l", l, Lsn(90), [Position::new(1, 90); 3], 1)
+            .unwrap();
+        assert_eq!(t.durable_on(1), Position::new(1, 5));
+        assert_eq!(t.durable_on(2), Position::new(1, 2));
+        assert_eq!(
+            t.durable_on(3),
+            Position::ZERO,
+            "the logical follower is no copy"
+        );
+        // Received and applied are not durable.
+        let mut p = [Position::new(1, 9); 3];
+        p[1] = Position::new(1, 7);
+        t.acked("b", b, Lsn(9), p, 2).unwrap();
+        assert_eq!(t.durable_on(1), Position::new(1, 7));
+        assert_eq!(t.durable_on(2), Position::new(1, 5));
+        // A disconnected follower's durable copy still counts; a removed one's does not.
+        t.session_closed("a", a);
+        assert_eq!(t.durable_on(2), Position::new(1, 5));
+        t.remove("a");
+        assert_eq!(t.durable_on(2), Position::ZERO);
     }
 }

@@ -52,6 +52,9 @@ pub struct ConfigFile {
     pub api: ApiSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// How many copies a write waits for before it is acknowledged.
+    #[serde(default)]
+    pub durability: DurabilitySection,
     #[serde(default)]
     pub tls: TlsSection,
     /// Where pipelines may deliver.
@@ -149,6 +152,88 @@ pub struct ApiSection {
     pub ready_max_lag_ms: Option<u64>,
 }
 
+/// `[durability]`: the copies a write waits for, and what happens when too few answer.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DurabilitySection {
+    /// A write request's durability when it names none: "async", "semi-sync" or "quorum".
+    pub default: Option<String>,
+    /// `semi-sync`: replicas (besides the leader) that must hold the transaction durably.
+    pub semi_sync_replicas: Option<usize>,
+    /// When too few replicas answer: "wait" (until they do) or "error" (after `timeout-ms`).
+    pub too_few_replicas: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// What a write does when too few replicas hold it durably.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooFewReplicas {
+    /// Keep waiting (the client's own timeout, or the replicas' return, ends the wait).
+    Wait,
+    /// Answer 503 `not_replicated` after the timeout; the transaction stays committed on the
+    /// leader, and a retry with its idempotency key waits again.
+    Error,
+}
+
+/// Validated `[durability]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurabilitySettings {
+    pub default: flotilla_types::Durability,
+    pub semi_sync_replicas: usize,
+    pub too_few_replicas: TooFewReplicas,
+    pub timeout_ms: u64,
+}
+
+impl DurabilitySection {
+    fn validate(&self) -> Result<DurabilitySettings, ConfigError> {
+        let default = match &self.default {
+            None => flotilla_types::Durability::Async,
+            Some(d) => d
+                .parse()
+                .map_err(|e: flotilla_types::DurabilityParseError| {
+                    invalid("durability.default", e.to_string())
+                })?,
+        };
+        if default == flotilla_types::Durability::Quorum {
+            return Err(invalid(
+                "durability.default",
+                "\"quorum\" needs a cluster of voters, which this version does not run yet; use \
+                 \"semi-sync\" to wait for followers",
+            ));
+        }
+        let semi_sync_replicas = self.semi_sync_replicas.unwrap_or(1);
+        if !(1..=16).contains(&semi_sync_replicas) {
+            return Err(invalid(
+                "durability.semi-sync-replicas",
+                "must be between 1 and 16",
+            ));
+        }
+        let too_few_replicas = match self.too_few_replicas.as_deref() {
+            None | Some("wait") => TooFewReplicas::Wait,
+            Some("error") => TooFewReplicas::Error,
+            Some(other) => {
+                return Err(invalid(
+                    "durability.too-few-replicas",
+                    format!("{other:?}: expected \"wait\" or \"error\""),
+                ))
+            }
+        };
+        let timeout_ms = self.timeout_ms.unwrap_or(10_000);
+        if !(10..=3_600_000).contains(&timeout_ms) {
+            return Err(invalid(
+                "durability.timeout-ms",
+                "must be between 10 and 3600000 (one hour)",
+            ));
+        }
+        Ok(DurabilitySettings {
+            default,
+            semi_sync_replicas,
+            too_few_replicas,
+            timeout_ms,
+        })
+    }
+}
+
 /// `[pipeline-targets] allow = [...]`: the destinations pipelines may deliver to.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -234,6 +319,8 @@ pub struct NodeConfig {
     pub forward_writes: bool,
     /// A follower is ready (`/readyz`) while at most this far behind.
     pub ready_max_lag_ms: u64,
+    /// The copies a write waits for.
+    pub durability: DurabilitySettings,
     /// The log a follower consumes.
     pub log_kind: LogKind,
     /// A logical follower's publication filter (empty: everything).
@@ -454,6 +541,7 @@ impl ConfigFile {
                 "must be between 1 and 86400000 (one day)",
             ));
         }
+        let durability = self.durability.validate()?;
         let write_timeout_ms = self.limits.write_timeout_ms.unwrap_or(10_000);
         let query_timeout_ms = self.limits.query_timeout_ms.unwrap_or(30_000);
         let snapshot_stall_timeout_ms = self.limits.snapshot_stall_timeout_ms.unwrap_or(60_000);
@@ -493,6 +581,7 @@ impl ConfigFile {
             max_result_bytes: max_result_mib << 20,
             forward_writes: self.api.forward_writes.unwrap_or(false),
             ready_max_lag_ms,
+            durability,
             log_kind,
             filter,
             conflict_policy,
@@ -603,6 +692,39 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("invalid setting id"));
+    }
+
+    #[test]
+    fn durability_settings_are_checked() {
+        let load = |section: &str| {
+            toml::from_str::<ConfigFile>(&format!(
+                "id = \"a\"\ndata = \"d\"\n[durability]\n{section}"
+            ))
+            .unwrap()
+            .validate()
+        };
+        let d =
+            load("default = \"semi-sync\"\nsemi-sync-replicas = 2\ntoo-few-replicas = \"error\"")
+                .unwrap()
+                .durability;
+        assert_eq!(d.default, flotilla_types::Durability::SemiSync);
+        assert_eq!(
+            (d.semi_sync_replicas, d.too_few_replicas, d.timeout_ms),
+            (2, TooFewReplicas::Error, 10_000)
+        );
+        for (section, named) in [
+            ("default = \"sync\"", "unknown durability \"sync\""),
+            ("default = \"quorum\"", "needs a cluster of voters"),
+            ("semi-sync-replicas = 0", "durability.semi-sync-replicas"),
+            (
+                "too-few-replicas = \"degrade\"",
+                "\"degrade\": expected \"wait\" or \"error\"",
+            ),
+            ("timeout-ms = 1", "durability.timeout-ms"),
+        ] {
+            let err = load(section).unwrap_err().to_string();
+            assert!(err.contains(named), "{section}: {err}");
+        }
     }
 
     #[test]

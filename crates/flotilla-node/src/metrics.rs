@@ -12,6 +12,9 @@ pub struct Counters {
     pub query_requests: AtomicU64,
     pub bootstraps: AtomicU64,
     pub shipped_bytes: AtomicU64,
+    /// Writes that waited for semi-sync copies, and those answered `not_replicated`.
+    pub semi_sync_waits: AtomicU64,
+    pub semi_sync_timeouts: AtomicU64,
     /// Changes a logical follower found not to fit its data (see the conflict policy).
     pub apply_conflicts: std::sync::Arc<AtomicU64>,
     pub apply_lag: LagHistogram,

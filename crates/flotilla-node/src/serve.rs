@@ -188,6 +188,7 @@ pub async fn run(
                 feed_pins: Default::default(),
                 trims: Default::default(),
                 writer_interrupt: writer_interrupt.clone(),
+                replicated: Default::default(),
             };
             writer_thread = Some(leader::spawn_writer(
                 leader::WriterParts {

@@ -7,6 +7,7 @@
 
 mod access;
 mod chain;
+mod durability;
 mod ids;
 mod pipeline;
 mod position;
@@ -15,6 +16,7 @@ mod rows;
 
 pub use access::{AccessRole, AccessRoleParseError};
 pub use chain::{Chain, ContentDigest};
+pub use durability::{Durability, DurabilityParseError};
 pub use ids::{ClusterId, IdError, NodeId};
 pub use pipeline::{
     split_assignment, Computed, InvalidPipeline, PipelineSpec, PipelineTarget, Rename,

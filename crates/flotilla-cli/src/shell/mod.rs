@@ -36,12 +36,16 @@ pub struct ShellArgs {
     /// How rows are shown.
     #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "line"])]
     pub mode: String,
+    /// Writes wait for this durability: async, semi-sync or quorum [default: the leader's].
+    #[arg(long, value_parser = ["async", "semi-sync", "quorum"])]
+    pub durability: Option<String>,
 }
 
 pub async fn run(a: ShellArgs) -> anyhow::Result<()> {
     let mut session = Session::new(Client::new(&a.node));
     session.one_by_one = a.one_by_one;
     session.mode = Mode::parse(&a.mode).unwrap_or(Mode::Table);
+    session.durability = a.durability.as_deref().map(|d| d.parse()).transpose()?;
     let script = match &a.file {
         Some(p) if p.as_os_str() == "-" => Some(read_stdin()?),
         Some(p) => Some(

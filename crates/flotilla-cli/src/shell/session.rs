@@ -41,6 +41,8 @@ pub struct Session {
     /// The chosen node is a logical follower (it takes writes to its own tables, without
     /// idempotency keys); learnt at the first write.
     logical_follower: Option<bool>,
+    /// The durability writes ask for (`None`: the leader's default).
+    pub durability: Option<flotilla_types::Durability>,
 }
 
 /// Whether a statement is probably a read (it is tried on `/v1/query` first; a node that finds
@@ -64,6 +66,7 @@ impl Session {
             one_by_one: false,
             raw_json: false,
             logical_follower: None,
+            durability: None,
         }
     }
 
@@ -201,6 +204,9 @@ impl Session {
         let mut body = json!({
             "statements": statements.iter().map(|s| json!({ "sql": s })).collect::<Vec<_>>(),
         });
+        if let Some(d) = self.durability {
+            body["durability"] = json!(d.as_str());
+        }
         // A key of its own: a retry after a lost answer is never applied twice. A logical
         // follower's own tables take writes without one (it has no leader's memory of keys).
         if self.leader.is_some() || self.logical_follower != Some(true) {

@@ -37,6 +37,9 @@ struct ExecuteBody {
     /// On a follower: send the request to the leader instead of answering 421.
     #[serde(default)]
     forward: Option<bool>,
+    /// The copies to wait for (`None`: the node's `durability.default`).
+    #[serde(default)]
+    durability: Option<flotilla_types::Durability>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +63,8 @@ pub struct ExecuteRequest {
     pub associative: bool,
     /// What the client asked about forwarding from a follower (`None`: the node's setting).
     pub forward: Option<bool>,
+    /// The copies to wait for (`None`: the node's default).
+    pub durability: Option<flotilla_types::Durability>,
 }
 
 /// A statement's `"params"`: a list binds by position, an object by name.
@@ -131,6 +136,7 @@ pub fn decode_execute(raw: &[u8], node_limit_ms: u64) -> Result<ExecuteRequest, 
         timeout_ms,
         associative: req.associative,
         forward: req.forward,
+        durability: req.durability,
     })
 }
 

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_store::{FailureKind, LocalOutcome, RequestOutcome, TxnRequest};
-use flotilla_types::ContentDigest;
+use flotilla_types::{ContentDigest, Durability};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -48,6 +48,14 @@ pub async fn execute(
         associative: req.associative,
     };
     let (statements, timeout_ms) = (req.statements, req.timeout_ms);
+    let durability = req.durability.unwrap_or(node.config.durability.default);
+    if durability == Durability::Quorum {
+        return Err(ApiError::bad_request(
+            "durability_unavailable",
+            "\"quorum\" durability needs a cluster of voters, which this version does not run \
+             yet; \"semi-sync\" waits for physical followers",
+        ));
+    }
     let Some(leader) = node.leader() else {
         let Some(follower) = node.follower() else {
             return Err(not_leader(&node));
@@ -94,11 +102,34 @@ pub async fn execute(
     let reply = reply_rx.await.map_err(|_| unavailable())?;
     match reply {
         Ok((RequestOutcome::Committed(results), position))
-        | Ok((RequestOutcome::Duplicate { results, position }, _)) => Ok(Json(json!({
-            "position": position.to_string(),
-            "results": shape.statement_results(&results),
-        }))
-        .into_response()),
+        | Ok((RequestOutcome::Duplicate { results, position }, _)) => {
+            // A retry of an acknowledged request waits again too: its first answer may have
+            // been a timeout.
+            if durability == Durability::SemiSync {
+                Counters::add(&node.counters.semi_sync_waits, 1);
+                let settings = &node.config.durability;
+                if let Err(e) = leader
+                    .wait_replicated(position, settings, &node.shutdown)
+                    .await
+                {
+                    if matches!(e, crate::leader::NotReplicated::TooFew { .. }) {
+                        Counters::add(&node.counters.semi_sync_timeouts, 1);
+                    }
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_replicated",
+                        e.to_string(),
+                    )
+                    .with("position", position.to_string()));
+                }
+            }
+            Ok(Json(json!({
+                "position": position.to_string(),
+                "durability": durability.as_str(),
+                "results": shape.statement_results(&results),
+            }))
+            .into_response())
+        }
         Ok((
             RequestOutcome::Failed {
                 statement,

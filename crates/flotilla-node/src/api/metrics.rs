@@ -167,6 +167,16 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Bytes of replication messages sent to followers",
             Counters::get(&c.shipped_bytes),
         );
+        m.counter(
+            "flotilla_semi_sync_waits",
+            "Writes acknowledged only once enough followers held them durably (semi-sync)",
+            Counters::get(&c.semi_sync_waits),
+        );
+        m.counter(
+            "flotilla_semi_sync_timeouts",
+            "Semi-sync writes answered not_replicated: too few followers within the timeout",
+            Counters::get(&c.semi_sync_timeouts),
+        );
         let followers: Vec<_> = leader.tracker().all().cloned().collect();
         let (mut lag_tx, mut lag_bytes, mut lag_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut applied, mut connected) = (Vec::new(), Vec::new());

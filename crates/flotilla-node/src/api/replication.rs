@@ -181,14 +181,22 @@ fn step(
     ev: LeaderEvent,
 ) -> Vec<LeaderCommand> {
     let first_retained = Lsn(leader.log.first_lsn());
-    let mut tracker = leader.tracker();
-    let mut ctx = LeaderContext {
-        tracker: &mut tracker,
-        head: head.position,
-        head_chain: head.chain,
-        first_retained,
-        now_ms: mono_ms(),
-        wall_ms: wall_ms(),
+    let progress = matches!(ev, LeaderEvent::Received(_));
+    let commands = {
+        let mut tracker = leader.tracker();
+        let mut ctx = LeaderContext {
+            tracker: &mut tracker,
+            head: head.position,
+            head_chain: head.chain,
+            first_retained,
+            now_ms: mono_ms(),
+            wall_ms: wall_ms(),
+        };
+        session.handle(&mut ctx, ev)
     };
-    session.handle(&mut ctx, ev)
+    // A hello or an ack may have moved a follower's durable position: semi-sync writes look.
+    if progress {
+        leader.replicated.notify();
+    }
+    commands
 }

@@ -110,6 +110,18 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             out["role"] = json!("leader");
             out["state"] = json!("leading");
             out["followers"] = json!(followers);
+            let d = &node.config.durability;
+            out["durability"] = json!({
+                "default": d.default.as_str(),
+                "semi_sync_replicas": d.semi_sync_replicas,
+                "too_few_replicas": match d.too_few_replicas {
+                    crate::config::TooFewReplicas::Wait => "wait",
+                    crate::config::TooFewReplicas::Error => "error",
+                },
+                "timeout_ms": d.timeout_ms,
+                // The newest position that many physical followers hold durably.
+                "semi_sync_position": leader.tracker().durable_on(d.semi_sync_replicas).min(position).to_string(),
+            });
             out["log"] = json!({
                 "first_lsn": stats.first_lsn,
                 "last_lsn": stats.last_lsn,

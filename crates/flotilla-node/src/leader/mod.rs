@@ -4,12 +4,14 @@
 
 mod feed_pins;
 mod recent;
+mod replicated;
 mod restore;
 mod trims;
 mod writer;
 
 pub use feed_pins::{FeedPin, FeedPins};
 pub use recent::RecentRecords;
+pub use replicated::{NotReplicated, Replicated};
 pub use restore::{RestoreError, RestoreJob};
 pub use trims::Trims;
 pub use writer::{
@@ -54,6 +56,8 @@ pub struct LeaderState {
     /// Cancels the writer's running statement when the node stops (a restore replaces the
     /// connection, and its handle here).
     pub writer_interrupt: Arc<Mutex<flotilla_store::InterruptHandle>>,
+    /// Wakes semi-sync writes when a follower reports progress.
+    pub replicated: Replicated,
 }
 
 impl LeaderState {

@@ -1,9 +1,14 @@
 //! `flotilla bench commit [--compare postgres]`: leader commit throughput and latency at 1, 4
-//! and 16 clients with 0, 1 and 2 followers; with `--compare postgres`, the same workload
-//! against a PostgreSQL primary with 0, 1 and 2 asynchronous streaming standbys, in the same
-//! run, with the ratio. Same row shape, same concurrency, same durability meaning: a Flotilla
-//! commit is answered once flushed locally (its log fsynced; followers asynchronous), a
-//! PostgreSQL one with `synchronous_commit = on` and asynchronous standbys.
+//! and 16 clients with 0, 1 and 2 followers, for each durability; with `--compare postgres`,
+//! the same workload against a PostgreSQL primary with 0, 1 and 2 streaming standbys, in the
+//! same run, with the ratio. Same row shape, same concurrency, same durability meaning:
+//! - `async`: a Flotilla commit is answered once flushed locally (its log fsynced; followers
+//!   asynchronous), a PostgreSQL one with `synchronous_commit = local` (= `on` without
+//!   synchronous standbys);
+//! - `semi-sync`: Flotilla waits until one physical follower applied and flushed it;
+//!   PostgreSQL runs `synchronous_standby_names = '*'` with `synchronous_commit = on` (one
+//!   standby flushed it) and, in a column of its own, `remote_apply` (one standby applied it,
+//!   which is what a Flotilla follower has done before it reports).
 
 use super::{bare_sqlite_tps, fsync_probe_us, leader_with_schema, Figure};
 use crate::floors::loopback_rtt_us;
@@ -19,9 +24,15 @@ use std::time::{Duration, Instant};
 
 pub const CLIENTS: [usize; 3] = [1, 4, 16];
 pub const FOLLOWERS: [usize; 3] = [0, 1, 2];
+/// Durabilities measured (with followers only, for all but `async`); PostgreSQL's
+/// `remote_apply` is measured beside its `semi-sync` (`synchronous_commit = on`).
+pub const ASYNC: &str = "async";
+pub const SEMI_SYNC: &str = "semi-sync";
+pub const REMOTE_APPLY: &str = "remote-apply";
 
 /// One cell of the matrix, over the runs.
 pub(crate) struct Cell {
+    pub durability: &'static str,
     pub followers: usize,
     pub clients: usize,
     pub tps: Figure,
@@ -30,10 +41,12 @@ pub(crate) struct Cell {
 }
 
 impl Cell {
-    fn new(system: &str, followers: usize, clients: usize) -> Cell {
-        let name =
-            |what: &str| format!("{system} {what}, {clients} clients, {followers} followers");
+    fn new(system: &str, durability: &'static str, followers: usize, clients: usize) -> Cell {
+        let name = |what: &str| {
+            format!("{system} {durability} {what}, {clients} clients, {followers} followers")
+        };
         Cell {
+            durability,
             followers,
             clients,
             tps: Figure::new(&name("commits"), "txn/s"),
@@ -118,13 +131,24 @@ async fn flotilla_matrix(
         for f in &fs {
             super::wait_for(&Client::new(&f.url), &super::position(&lc).await?).await?;
         }
-        for clients in CLIENTS {
-            let client = Arc::new(Client::new(&leader.url));
-            let res = drive_inserts(client, clients, secs).await;
-            cell(cells, followers, clients).record(res);
+        for durability in durabilities(followers, false) {
+            for clients in CLIENTS {
+                let client = Arc::new(Client::new(&leader.url));
+                let res = drive_inserts(client, clients, secs, durability).await;
+                cell(cells, durability, followers, clients).record(res);
+            }
         }
     }
     Ok(())
+}
+
+/// What is measured with `followers` followers (PostgreSQL: also `remote_apply`).
+fn durabilities(followers: usize, postgres: bool) -> Vec<&'static str> {
+    match (followers, postgres) {
+        (0, _) => vec![ASYNC],
+        (_, false) => vec![ASYNC, SEMI_SYNC],
+        (_, true) => vec![ASYNC, SEMI_SYNC, REMOTE_APPLY],
+    }
 }
 
 /// `clients` tasks inserting one 100-byte row per transaction through `client` for `secs`:
@@ -133,13 +157,15 @@ pub(crate) async fn drive_inserts(
     client: Arc<Client>,
     clients: usize,
     secs: f64,
+    durability: &'static str,
 ) -> (f64, Vec<f64>) {
     let v = "v".repeat(100);
     drive(clients, secs, move |c, i| {
         let (client, v) = (client.clone(), v.clone());
         async move {
             let k = ((c as i64) << 40) + i as i64;
-            let body = json!({ "statements": [{ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [k, v] }] });
+            let body = json!({ "statements": [{ "sql": "INSERT INTO t(k, v) VALUES (?1, ?2)", "params": [k, v] }],
+                               "durability": durability });
             client.post("/v1/execute", &body).await.is_ok()
         }
     })
@@ -155,10 +181,17 @@ async fn postgres_matrix(
     for followers in FOLLOWERS {
         progress(&format!("PostgreSQL, primary with {followers} standbys"));
         let root = pg_root()?;
+        // With standbys, one of them is synchronous; each connection then says how long its
+        // commits wait (`local` is asynchronous, as `on` is without synchronous standbys).
+        let sync_names = if followers > 0 { "'*'" } else { "''" };
         let primary = PgServer::primary(
             &bin,
             &root.path().join("primary"),
-            &[("synchronous_commit", "on"), ("max_connections", "100")],
+            &[
+                ("synchronous_commit", "on"),
+                ("synchronous_standby_names", sync_names),
+                ("max_connections", "100"),
+            ],
         )?;
         let mut standbys = Vec::new();
         for f in 0..followers {
@@ -169,10 +202,20 @@ async fn postgres_matrix(
             .await?
             .batch_execute("CREATE TABLE t(id bigserial PRIMARY KEY, k bigint, v text)")
             .await?;
-        for clients in CLIENTS {
+        for (durability, clients) in durabilities(followers, true)
+            .into_iter()
+            .flat_map(|d| CLIENTS.map(|c| (d, c)))
+        {
+            let setting = match durability {
+                ASYNC => "local",
+                SEMI_SYNC => "on",
+                _ => "remote_apply",
+            };
             let mut conns = Vec::new();
             for _ in 0..clients {
                 let c = primary.connect().await?;
+                c.batch_execute(&format!("SET synchronous_commit = {setting}"))
+                    .await?;
                 let stmt = c.prepare("INSERT INTO t(k, v) VALUES ($1, $2)").await?;
                 conns.push(Arc::new((c, stmt)));
             }
@@ -187,26 +230,43 @@ async fn postgres_matrix(
                 }
             })
             .await;
-            cell(cells, followers, clients).record(res);
+            cell(cells, durability, followers, clients).record(res);
         }
         drop(standbys);
     }
     Ok(())
 }
 
-fn cell(cells: &mut [Cell], followers: usize, clients: usize) -> &mut Cell {
+fn cell<'a>(
+    cells: &'a mut [Cell],
+    durability: &str,
+    followers: usize,
+    clients: usize,
+) -> &'a mut Cell {
     cells
         .iter_mut()
-        .find(|c| c.followers == followers && c.clients == clients)
+        .find(|c| c.durability == durability && c.followers == followers && c.clients == clients)
         .expect("a cell for every combination")
 }
 
-fn matrix(system: &str) -> Vec<Cell> {
-    FOLLOWERS
-        .iter()
-        .flat_map(|f| CLIENTS.iter().map(move |c| (*f, *c)))
-        .map(|(f, c)| Cell::new(system, f, c))
-        .collect()
+/// The cells measured, in the order they are shown: by durability, then followers, then clients.
+fn matrix(system: &str, postgres: bool) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for d in [ASYNC, SEMI_SYNC, REMOTE_APPLY] {
+        for f in FOLLOWERS {
+            if durabilities(f, postgres).contains(&d) {
+                cells.extend(CLIENTS.map(|c| Cell::new(system, d, f, c)));
+            }
+        }
+    }
+    cells
+}
+
+/// The cell of `cells` measured like `c` (same durability, followers, clients).
+pub(crate) fn same<'a>(cells: &'a [Cell], c: &Cell, durability: &str) -> Option<&'a Cell> {
+    cells.iter().find(|x| {
+        x.durability == durability && x.followers == c.followers && x.clients == c.clients
+    })
 }
 
 pub async fn run(
@@ -223,8 +283,8 @@ pub async fn run(
             "txn/s",
         ),
         loopback_us: Figure::new("TCP loopback round trip, 64 B, p50", "µs"),
-        flotilla: matrix("Flotilla"),
-        postgres: compare_postgres.then(|| Ok(matrix("PostgreSQL"))),
+        flotilla: matrix("Flotilla", false),
+        postgres: compare_postgres.then(|| Ok(matrix("PostgreSQL", true))),
     };
     for run in 0..runs {
         progress(&format!("run {}/{runs}: floors", run + 1));
@@ -252,7 +312,7 @@ impl CommitResults {
         let cells = |cs: &[Cell]| -> Vec<Value> {
             cs.iter()
                 .map(|c| {
-                    json!({ "followers": c.followers, "clients": c.clients,
+                    json!({ "durability": c.durability, "followers": c.followers, "clients": c.clients,
                             "tps": c.tps.json(), "p50_ms": c.p50_ms.json(), "p99_ms": c.p99_ms.json() })
                 })
                 .collect()
@@ -293,12 +353,16 @@ impl CommitResults {
             Some(Ok(c)) => Some(c),
             _ => None,
         };
-        print!("  {:>9} {:>7}  {:>30}", "followers", "clients", "Flotilla");
+        print!(
+            "  {:>10} {:>9} {:>7}  {:>30}",
+            "durability", "followers", "clients", "Flotilla"
+        );
         if pg.is_some() {
             print!("  {:>30}  {:>6}", "PostgreSQL", "ratio");
+            print!("  {:>30}  {:>6}", "PostgreSQL remote_apply", "ratio");
         }
         println!();
-        for (i, c) in self.flotilla.iter().enumerate() {
+        for c in &self.flotilla {
             let show = |c: &Cell| {
                 format!(
                     "{:>7.0} [{:.0}..{:.0}] {:.2}/{:.2}",
@@ -309,21 +373,34 @@ impl CommitResults {
                     c.p99_ms.median()
                 )
             };
-            print!("  {:>9} {:>7}  {:>30}", c.followers, c.clients, show(c));
+            print!(
+                "  {:>10} {:>9} {:>7}  {:>30}",
+                c.durability,
+                c.followers,
+                c.clients,
+                show(c)
+            );
             if let Some(pg) = pg {
-                let p = &pg[i];
-                print!(
-                    "  {:>30}  {:>6.2}",
-                    show(p),
-                    c.tps.median() / p.tps.median()
-                );
+                for d in [c.durability, REMOTE_APPLY] {
+                    if let Some(p) =
+                        same(pg, c, d).filter(|_| d != REMOTE_APPLY || c.durability == SEMI_SYNC)
+                    {
+                        print!(
+                            "  {:>30}  {:>6.2}",
+                            show(p),
+                            c.tps.median() / p.tps.median()
+                        );
+                    }
+                }
             }
             println!();
         }
         match &self.postgres {
             Some(Err(e)) => println!("\nPostgreSQL: not measured: {e}"),
             Some(Ok(_)) => println!(
-                "\nratio = Flotilla / PostgreSQL (synchronous_commit=on, asynchronous standbys), same run, same machine."
+                "\nratio = Flotilla / PostgreSQL, same run, same machine. async: synchronous_commit=local \
+                 (asynchronous standbys); semi-sync: one synchronous standby (synchronous_standby_names='*'), \
+                 synchronous_commit=on, and beside it remote_apply."
             ),
             None => {}
         }

@@ -2,7 +2,9 @@
 //! Plots are drawn with `plotters` into bitmaps; the text uses DejaVu Sans, bundled in
 //! `assets/` (with its licence) so that no system font is needed.
 
-use super::commit::{Cell, CommitResults, CLIENTS, FOLLOWERS};
+use super::commit::{
+    same, Cell, CommitResults, ASYNC, CLIENTS, FOLLOWERS, REMOTE_APPLY, SEMI_SYNC,
+};
 use anyhow::Context;
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -93,37 +95,41 @@ const POSTGRES_COLORS: [RGBColor; 3] = [
     RGBColor(239, 154, 154),
 ];
 
+/// One series per follower count, of the cells of one durability (counts without such cells
+/// are left out).
 fn by_followers(
     cells: &[Cell],
+    durability: &str,
     system: &str,
     colors: [RGBColor; 3],
     dashed: bool,
     y: impl Fn(&Cell) -> f64,
 ) -> Vec<Series> {
+    let replicas = if system.starts_with("PostgreSQL") {
+        "standbys"
+    } else {
+        "followers"
+    };
     FOLLOWERS
         .iter()
         .enumerate()
         .map(|(i, f)| Series {
-            label: format!(
-                "{system}, {f} {}",
-                if system == "PostgreSQL" {
-                    "standbys"
-                } else {
-                    "followers"
-                }
-            ),
+            label: format!("{system}, {f} {replicas}"),
             points: CLIENTS
                 .iter()
                 .filter_map(|c| {
                     cells
                         .iter()
-                        .find(|x| x.followers == *f && x.clients == *c)
+                        .find(|x| {
+                            x.durability == durability && x.followers == *f && x.clients == *c
+                        })
                         .map(|x| (*c as f64, y(x)))
                 })
                 .collect(),
             color: colors[i],
             dashed,
         })
+        .filter(|s| !s.points.is_empty())
         .collect()
 }
 
@@ -134,19 +140,61 @@ pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::pa
         Some(Ok(c)) => Some(c),
         _ => None,
     };
-    let mut tp = by_followers(&r.flotilla, "Flotilla", FLOTILLA_COLORS, false, |c| {
-        c.tps.median()
-    });
-    let mut p99 = by_followers(&r.flotilla, "Flotilla", FLOTILLA_COLORS, false, |c| {
-        c.p99_ms.median()
-    });
+    let tps = |c: &Cell| c.tps.median();
+    let mut tp = by_followers(&r.flotilla, ASYNC, "Flotilla", FLOTILLA_COLORS, false, tps);
+    let mut p99 = by_followers(
+        &r.flotilla,
+        ASYNC,
+        "Flotilla",
+        FLOTILLA_COLORS,
+        false,
+        |c| c.p99_ms.median(),
+    );
+    let mut semi = by_followers(
+        &r.flotilla,
+        SEMI_SYNC,
+        "Flotilla semi-sync",
+        FLOTILLA_COLORS,
+        false,
+        tps,
+    );
     if let Some(pg) = pg {
-        tp.extend(by_followers(pg, "PostgreSQL", POSTGRES_COLORS, true, |c| {
-            c.tps.median()
-        }));
-        p99.extend(by_followers(pg, "PostgreSQL", POSTGRES_COLORS, true, |c| {
-            c.p99_ms.median()
-        }));
+        tp.extend(by_followers(
+            pg,
+            ASYNC,
+            "PostgreSQL",
+            POSTGRES_COLORS,
+            true,
+            tps,
+        ));
+        p99.extend(by_followers(
+            pg,
+            ASYNC,
+            "PostgreSQL",
+            POSTGRES_COLORS,
+            true,
+            |c| c.p99_ms.median(),
+        ));
+        semi.extend(by_followers(
+            pg,
+            SEMI_SYNC,
+            "PostgreSQL sync on",
+            POSTGRES_COLORS,
+            true,
+            tps,
+        ));
+        semi.extend(by_followers(
+            pg,
+            REMOTE_APPLY,
+            "PostgreSQL remote_apply",
+            [
+                RGBColor(120, 120, 120),
+                RGBColor(80, 80, 80),
+                RGBColor(40, 40, 40),
+            ],
+            true,
+            tps,
+        ));
     }
     let tp_png = dir.join("commit-throughput.png");
     line_plot(
@@ -165,15 +213,27 @@ pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::pa
         &p99,
     )?;
 
+    let semi_png = dir.join("commit-semi-sync-throughput.png");
+    line_plot(
+        &semi_png,
+        "Semi-sync commit throughput vs clients (median)",
+        "concurrent clients",
+        "transactions/s",
+        &semi,
+    )?;
+
     let mut md = String::new();
     let _ = writeln!(md, "# Flotilla benchmark: commit\n");
     let _ = writeln!(
         md,
         "One 100-byte row per transaction (`t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)`), clients \
-         sending back to back; each figure is the median of {} run(s) with [min..max]. Flotilla \
-         answers a commit once its log record is flushed (followers asynchronous); PostgreSQL runs \
-         with `synchronous_commit = on` and asynchronous streaming standbys. Both on this machine, \
-         in the same run.\n",
+         sending back to back; each figure is the median of {} run(s) with [min..max]. `async`: \
+         Flotilla answers a commit once its log record is flushed (followers asynchronous); \
+         PostgreSQL runs `synchronous_commit = local` (asynchronous standbys). `semi-sync`: \
+         Flotilla answers once one physical follower applied and flushed the transaction; \
+         PostgreSQL has one synchronous standby (`synchronous_standby_names = '*'`) and runs \
+         `synchronous_commit = on` (the standby flushed it) and, in the last column, \
+         `remote_apply` (the standby applied it). Both on this machine, in the same run.\n",
         r.fsync_us.values.len()
     );
     let _ = writeln!(md, "## Floors of this machine (same run)\n");
@@ -197,17 +257,18 @@ pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::pa
     let _ = writeln!(md, "\nDisk regime: **{regime}**.\n");
     let _ = writeln!(md, "## Throughput and latency\n");
     if pg.is_some() {
-        let _ = writeln!(md, "| followers | clients | Flotilla txn/s | p50 / p99 ms | PostgreSQL txn/s | p50 / p99 ms | ratio |\n| --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(md, "| durability | followers | clients | Flotilla txn/s | p50 / p99 ms | PostgreSQL txn/s | p50 / p99 ms | ratio | PostgreSQL remote_apply txn/s | ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     } else {
         let _ = writeln!(
             md,
-            "| followers | clients | Flotilla txn/s | p50 / p99 ms |\n| --- | --- | --- | --- |"
+            "| durability | followers | clients | Flotilla txn/s | p50 / p99 ms |\n| --- | --- | --- | --- | --- |"
         );
     }
-    for (i, c) in r.flotilla.iter().enumerate() {
+    for c in &r.flotilla {
         let _ = write!(
             md,
-            "| {} | {} | {:.0} [{:.0}..{:.0}] | {:.2} / {:.2} |",
+            "| {} | {} | {} | {:.0} [{:.0}..{:.0}] | {:.2} / {:.2} |",
+            c.durability,
             c.followers,
             c.clients,
             c.tps.median(),
@@ -216,8 +277,7 @@ pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::pa
             c.p50_ms.median(),
             c.p99_ms.median()
         );
-        if let Some(pg) = pg {
-            let p = &pg[i];
+        if let Some(p) = pg.and_then(|pg| same(pg, c, c.durability)) {
             let _ = write!(
                 md,
                 " {:.0} [{:.0}..{:.0}] | {:.2} / {:.2} | {:.2} |",
@@ -228,6 +288,22 @@ pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::pa
                 p.p99_ms.median(),
                 c.tps.median() / p.tps.median()
             );
+            match pg
+                .and_then(|pg| same(pg, c, REMOTE_APPLY))
+                .filter(|_| c.durability == SEMI_SYNC)
+            {
+                Some(ra) => {
+                    let _ = write!(
+                        md,
+                        " {:.0} [{:.0}..{:.0}] | {:.2} |",
+                        ra.tps.median(),
+                        ra.tps.min(),
+                        ra.tps.max(),
+                        c.tps.median() / ra.tps.median()
+                    );
+                }
+                None => md.push_str(" | |"),
+            }
         }
         md.push('\n');
     }
@@ -236,11 +312,12 @@ pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::pa
     }
     let _ = writeln!(
         md,
-        "\n![throughput](commit-throughput.png)\n\n![latency p99](commit-latency-p99.png)"
+        "\n![throughput](commit-throughput.png)\n\n![latency p99](commit-latency-p99.png)\n\n\
+         ![semi-sync throughput](commit-semi-sync-throughput.png)"
     );
     let md_path = dir.join("report.md");
     std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
-    Ok(vec![md_path, tp_png, lat_png])
+    Ok(vec![md_path, tp_png, lat_png, semi_png])
 }
 
 /// Writes `report.md` and `lag-cdf.png` for the lag scenario into `dir`.

@@ -108,7 +108,8 @@ pub(crate) async fn run(
             for clients in CLIENTS {
                 let client = Arc::new(Client::with(&node.url, creds.clone()));
                 let cpu_before = node.cpu_time();
-                let (tps, mut lat) = drive_inserts(client, clients, secs).await;
+                let (tps, mut lat) =
+                    drive_inserts(client, clients, secs, super::commit::ASYNC).await;
                 let cpu = node
                     .cpu_time()
                     .zip(cpu_before)

@@ -39,12 +39,18 @@ fn quick_bench_reports_every_figure() {
 fn quick_commit_comparison_with_postgres_reports_both_systems() {
     let report = tempfile::tempdir().unwrap();
     let v = bench(&["commit", "--compare", "postgres"], Some(report.path()));
-    for system in ["flotilla", "postgres"] {
+    // 1, 4, 16 clients × (async with 0, 1, 2 followers, semi-sync with 1, 2, and for
+    // PostgreSQL remote_apply with 1, 2).
+    for (system, n) in [("flotilla", 15), ("postgres", 21)] {
         let cells = v[system]
             .as_array()
             .unwrap_or_else(|| panic!("{system}: {v}"));
-        // 0, 1, 2 followers × 1, 4, 16 clients.
-        assert_eq!(cells.len(), 9, "{system}");
+        assert_eq!(cells.len(), n, "{system}");
+        let semi = cells
+            .iter()
+            .filter(|c| c["durability"] == "semi-sync")
+            .count();
+        assert_eq!(semi, 6, "{system}");
         for c in cells {
             let tps = c["tps"]["median"].as_f64().unwrap();
             assert!(tps.is_finite() && tps > 0.0, "{system}: {c}");
@@ -57,7 +63,11 @@ fn quick_commit_comparison_with_postgres_reports_both_systems() {
         md.contains("PostgreSQL") && md.contains("| ratio |"),
         "{md}"
     );
-    for png in ["commit-throughput.png", "commit-latency-p99.png"] {
+    for png in [
+        "commit-throughput.png",
+        "commit-latency-p99.png",
+        "commit-semi-sync-throughput.png",
+    ] {
         let bytes = std::fs::read(report.path().join(png)).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is not a PNG");
         assert!(md.contains(png));

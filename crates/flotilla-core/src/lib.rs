@@ -10,10 +10,12 @@
 //! - [`FollowerTracker`]: the leader's view of its followers (progress, lag, what the log must
 //!   retain for them).
 //! - [`retention`]: which log segments may be deleted.
+//! - [`consensus`]: Raft among a cluster's voters (raft-rs), with per-request durability.
 
 #![forbid(unsafe_code)]
 
 mod backoff;
+pub mod consensus;
 pub mod follower_list;
 mod follower_session;
 mod follower_tracker;

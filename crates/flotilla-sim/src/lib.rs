@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 mod network;
 mod replica;
 mod world;
@@ -38,9 +39,13 @@ pub const INJECTABLE_BUGS: &[&str] = &[
     "ignore-window",
 ];
 
+/// Bugs of a cluster member's host that `--cluster --inject-bug` can switch on.
+pub const INJECTABLE_CLUSTER_BUGS: &[&str] =
+    &["forget-vote", "ack-quorum-on-persist", "read-past-commit"];
+
 /// A bug name the simulator does not know.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown bug {0:?}; known: {known}", known = INJECTABLE_BUGS.join(", "))]
+#[error("unknown bug {0:?}; known: {known}, and with --cluster {cluster}", known = INJECTABLE_BUGS.join(", "), cluster = INJECTABLE_CLUSTER_BUGS.join(", "))]
 pub struct UnknownBug(pub String);
 
 /// Switches a deliberate bug on (or all off with `None`). The switches exist only in builds with
@@ -50,7 +55,15 @@ pub fn inject_bug(name: Option<&str>) -> Result<(), UnknownBug> {
     flotilla_store::injected_bugs::APPLY_OUT_OF_ORDER.store(false, Ordering::Relaxed);
     flotilla_core::injected_bugs::ACK_BEFORE_FSYNC.store(false, Ordering::Relaxed);
     flotilla_core::injected_bugs::IGNORE_WINDOW.store(false, Ordering::Relaxed);
+    cluster::FORGET_VOTE.store(false, Ordering::Relaxed);
+    cluster::ACK_QUORUM_ON_PERSIST.store(false, Ordering::Relaxed);
+    cluster::READ_PAST_COMMIT.store(false, Ordering::Relaxed);
     match name {
+        Some("forget-vote") => cluster::FORGET_VOTE.store(true, Ordering::Relaxed),
+        Some("ack-quorum-on-persist") => {
+            cluster::ACK_QUORUM_ON_PERSIST.store(true, Ordering::Relaxed)
+        }
+        Some("read-past-commit") => cluster::READ_PAST_COMMIT.store(true, Ordering::Relaxed),
         None => {}
         Some("skip-checksum") => {
             flotilla_wire::injected_bugs::SKIP_CHECKSUM.store(true, Ordering::Relaxed)

@@ -25,6 +25,9 @@ struct Args {
     /// campaign must fail.
     #[arg(long)]
     inject_bug: Option<String>,
+    /// Simulate a cluster of voters (failover) instead of a leader with followers.
+    #[arg(long)]
+    cluster: bool,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,30 @@ fn main() -> ExitCode {
         Some(s) => vec![s],
         None => (a.start..a.start + a.seeds).collect(),
     };
+    if a.cluster {
+        let (mut passed, mut failed) = (0u64, 0u64);
+        let mut totals = flotilla_sim::cluster::ClusterReport::default();
+        for seed in seeds {
+            match flotilla_sim::cluster::run_cluster_seed(seed, a.trace) {
+                Ok(r) => {
+                    passed += 1;
+                    totals.add(&r);
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("seed {seed} FAILED: {e:#}");
+                    println!("  replay: cargo sim --cluster --replay {seed} --trace");
+                }
+            }
+        }
+        println!("{totals}");
+        println!("{passed} passed, {failed} failed");
+        return if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut totals = flotilla_sim::Report::default();
     for seed in seeds {

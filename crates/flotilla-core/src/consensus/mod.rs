@@ -27,6 +27,9 @@
 //! first (its outcome is then unknown to this node).
 
 pub mod envelope;
+mod epochs;
+
+pub use epochs::EpochHistory;
 
 use bytes::Bytes;
 use flotilla_types::{Durability, Epoch, Lsn, Position};
@@ -37,6 +40,49 @@ use raft::eraftpb::{
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage};
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// raft-rs's in-memory storage, plus the epoch history that snapshots carry.
+struct Store {
+    mem: MemStorage,
+    epochs: Mutex<EpochHistory>,
+}
+
+impl Store {
+    fn epochs(&self) -> std::sync::MutexGuard<'_, EpochHistory> {
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Storage for Store {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.mem.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut snap = self.mem.snapshot(request_index, to)?;
+        let last = Lsn(self.mem.last_index()?);
+        snap.data = self.epochs().encode(last).into();
+        Ok(snap)
+    }
+}
 
 /// Timers (in ticks of the host) and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +133,9 @@ pub struct Recovered {
     pub entries: Vec<LogEntry>,
     /// The last entry the state machine (the database) holds.
     pub applied: u64,
+    /// The epoch history as last persisted (`Persist { epochs }`); empty: derived from
+    /// `entries` (enough for a log that was never cut by a snapshot).
+    pub epochs: Vec<(u64, u64)>,
 }
 
 impl Recovered {
@@ -198,8 +247,6 @@ pub enum ConsensusEvent {
     Received(Vec<u8>),
     /// The host applied every entry through this LSN to its database.
     Applied(Lsn),
-    /// The host installed a snapshot at this position (after `InstallSnapshot`).
-    SnapshotInstalled(Position),
     /// A peer could not be reached (its connection failed): raft probes it gently.
     Unreachable(u64),
     /// Hand leadership to this member once it holds everything (switchover).
@@ -222,9 +269,11 @@ pub enum ConsensusCommand {
     Persist {
         entries: Vec<LogEntry>,
         hard_state: Option<(u64, u64, u64)>,
+        /// The epoch history, when it changed (`(epoch, first lsn)`).
+        epochs: Option<Vec<(u64, u64)>>,
     },
-    /// Replace the database with a copy from the leader at or after `at`, then report
-    /// `SnapshotInstalled`; the log restarts after it.
+    /// Replace the database with a copy of a member's at exactly `at` (committed there), before
+    /// performing any later command; the log restarts after it. Counts as applied.
     InstallSnapshot {
         at: Position,
         voters: Vec<u64>,
@@ -288,7 +337,7 @@ pub struct MemberProgress {
 pub struct Consensus {
     config: ConsensusConfig,
     cluster_id: String,
-    raw: RawNode<MemStorage>,
+    raw: RawNode<Store>,
     role: Role,
     leader: u64,
     epoch: u64,
@@ -296,6 +345,10 @@ pub struct Consensus {
     waiting: Vec<Waiting>,
     /// Reads waiting for the leader's confirmation, by tag.
     reads: BTreeMap<u64, ()>,
+    /// Members sent a snapshot since the last ready. A snapshot message is only metadata (the
+    /// receiver copies the database itself), so it counts as delivered once sent: raft then
+    /// probes that member again instead of waiting for ever on a lost message.
+    snapshots_sent: Vec<u64>,
 }
 
 impl std::fmt::Debug for Consensus {
@@ -321,6 +374,10 @@ impl Consensus {
         state: Recovered,
     ) -> Result<Consensus, StartError> {
         let storage = MemStorage::new();
+        let mut epochs = EpochHistory::from_starts(state.epochs.clone());
+        for e in &state.entries {
+            epochs.note(e.epoch.0, e.lsn.0);
+        }
         {
             let mut core = storage.wl();
             let conf = ConfState::from((state.voters.clone(), state.learners.clone()));
@@ -374,8 +431,12 @@ impl Consensus {
             .validate()
             .map_err(|e| StartError(e.to_string()))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let store = Store {
+            mem: storage,
+            epochs: Mutex::new(epochs),
+        };
         let raw =
-            RawNode::new(&raft_config, storage, &logger).map_err(|e| StartError(e.to_string()))?;
+            RawNode::new(&raft_config, store, &logger).map_err(|e| StartError(e.to_string()))?;
         let epoch = raw.raft.term;
         Ok(Consensus {
             config,
@@ -387,6 +448,7 @@ impl Consensus {
             applied,
             waiting: Vec::new(),
             reads: BTreeMap::new(),
+            snapshots_sent: Vec::new(),
         })
     }
 
@@ -558,11 +620,6 @@ impl Consensus {
                     self.compact();
                 }
             }
-            ConsensusEvent::SnapshotInstalled(at) => {
-                if at.lsn.0 > self.applied {
-                    self.applied = at.lsn.0;
-                }
-            }
             ConsensusEvent::Unreachable(id) => self.raw.report_unreachable(id),
             ConsensusEvent::TransferLeadership(id) => self.raw.transfer_leader(id),
             ConsensusEvent::Campaign => {
@@ -603,7 +660,7 @@ impl Consensus {
     /// Keeps `tail_entries` applied entries for peers that are behind.
     fn compact(&mut self) {
         let keep_from = self.applied.saturating_sub(self.config.tail_entries) + 1;
-        let store = self.raw.mut_store();
+        let store = &self.raw.store().mem;
         let first = store.first_index().unwrap_or(0);
         if keep_from > first {
             let _ = store.wl().compact(keep_from);
@@ -644,8 +701,13 @@ impl Consensus {
             }
             // A leader's appends may leave before its own fsync (raft thesis 10.2.1).
             self.send(rd.take_messages(), out);
+            let mut snapshot_at = None;
+            let mut epochs_changed = false;
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
+                snapshot_at = Some(snap.get_metadata().index);
+                self.replaced_by_snapshot(&snap, out);
+                epochs_changed = true;
                 let meta = snap.get_metadata();
                 let cs = meta.get_conf_state();
                 out.push(ConsensusCommand::InstallSnapshot {
@@ -653,16 +715,17 @@ impl Consensus {
                     voters: cs.voters.clone(),
                     learners: cs.learners.clone(),
                 });
-                let _ = self.raw.mut_store().wl().apply_snapshot(snap);
+                let _ = self.raw.mut_store().mem.wl().apply_snapshot(snap);
             }
             self.apply(rd.take_committed_entries(), out);
             let entries = rd.take_entries();
             if let Some(first) = entries.first() {
-                let store = self.raw.mut_store();
-                let last = store.last_index().unwrap_or(0);
+                let store = self.raw.store();
+                let last = store.mem.last_index().unwrap_or(0);
                 if first.index <= last {
                     let lo = first.index;
                     let discarded: Vec<LogEntry> = store
+                        .mem
                         .entries(lo, last + 1, None, raft::GetEntriesContext::empty(false))
                         .map(|es| es.iter().map(LogEntry::from_raft).collect())
                         .unwrap_or_default();
@@ -670,17 +733,25 @@ impl Consensus {
                         from: Lsn(lo),
                         discarded,
                     });
+                    store.epochs().truncate_from(lo);
                 }
-                let _ = store.wl().append(&entries);
+                let _ = store.mem.wl().append(&entries);
+                let mut epochs = store.epochs();
+                let before = epochs.starts().len();
+                for e in &entries {
+                    epochs.note(e.term, e.index);
+                }
+                epochs_changed |= epochs.starts().len() != before || first.index <= last;
             }
             let hard_state = rd.hs().map(|hs| (hs.term, hs.vote, hs.commit));
             if let Some(hs) = rd.hs() {
-                self.raw.mut_store().wl().set_hardstate(hs.clone());
+                self.raw.mut_store().mem.wl().set_hardstate(hs.clone());
             }
-            if !entries.is_empty() || hard_state.is_some() {
+            if !entries.is_empty() || hard_state.is_some() || epochs_changed {
                 out.push(ConsensusCommand::Persist {
                     entries: entries.iter().map(LogEntry::from_raft).collect(),
                     hard_state,
+                    epochs: epochs_changed.then(|| self.raw.store().epochs().starts().to_vec()),
                 });
             }
             if let Some(last) = entries.last() {
@@ -704,15 +775,24 @@ impl Consensus {
                 }
             }
             let mut light = self.raw.advance_append(rd);
+            if let Some(index) = snapshot_at {
+                // The host installs the snapshot before anything later: it is applied.
+                self.raw.advance_apply_to(index);
+                self.applied = self.applied.max(index);
+            }
             if let Some(commit) = light.commit_index() {
-                self.raw.mut_store().wl().mut_hard_state().commit = commit;
+                self.raw.mut_store().mem.wl().mut_hard_state().commit = commit;
                 out.push(ConsensusCommand::Persist {
                     entries: Vec::new(),
                     hard_state: Some((self.raw.raft.term, self.raw.raft.vote, commit)),
+                    epochs: None,
                 });
             }
             self.send(light.take_messages(), out);
             self.apply(light.take_committed_entries(), out);
+            for to in std::mem::take(&mut self.snapshots_sent) {
+                self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+            }
         }
         self.ack(out);
         if self.role != Role::Leader && !self.reads.is_empty() && self.leader == 0 {
@@ -725,8 +805,56 @@ impl Consensus {
         }
     }
 
-    fn send(&self, messages: Vec<Message>, out: &mut Vec<ConsensusCommand>) {
+    /// A snapshot replaces this member's log: the entries it held beyond its commit that the
+    /// sender's history does not hold were divergent; they are handed over (`Truncate`) to be
+    /// saved aside. The member takes the sender's epoch history up to the snapshot.
+    fn replaced_by_snapshot(&mut self, snap: &Snapshot, out: &mut Vec<ConsensusCommand>) {
+        let index = snap.get_metadata().index;
+        let theirs = EpochHistory::decode(&snap.data);
+        let store = self.raw.store();
+        // raft already took the snapshot's index as committed; what this member knew committed
+        // is what it persisted last.
+        let commit = store.mem.rl().hard_state().commit;
+        let last = store.mem.last_index().unwrap_or(0);
+        let first = store.mem.first_index().unwrap_or(1).max(commit + 1);
+        if first <= last {
+            let held: Vec<LogEntry> = store
+                .mem
+                .entries(first, last + 1, None, raft::GetEntriesContext::empty(false))
+                .map(|es| es.iter().map(LogEntry::from_raft).collect())
+                .unwrap_or_default();
+            let discarded = held
+                .into_iter()
+                .filter(|e| match &theirs {
+                    Some((h, their_last)) => !h.holds(e.position(), *their_last),
+                    // No history from the sender (a peer's garbage): keep everything reported.
+                    None => true,
+                })
+                .collect();
+            out.push(ConsensusCommand::Truncate {
+                from: Lsn(first),
+                discarded,
+            });
+        }
+        let mut mine = match theirs {
+            Some((h, _)) => h,
+            None => EpochHistory::default(),
+        };
+        mine.truncate_from(index + 1);
+        mine.note(snap.get_metadata().term, index);
+        *store.epochs() = mine;
+    }
+
+    /// The epoch history of this member's log.
+    pub fn epoch_history(&self) -> EpochHistory {
+        self.raw.store().epochs().clone()
+    }
+
+    fn send(&mut self, messages: Vec<Message>, out: &mut Vec<ConsensusCommand>) {
         for m in messages {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                self.snapshots_sent.push(m.to);
+            }
             out.push(ConsensusCommand::Send {
                 to: m.to,
                 bytes: envelope::encode(&self.cluster_id, &m),
@@ -748,7 +876,7 @@ impl Consensus {
                     continue;
                 };
                 if let Ok(cs) = self.raw.apply_conf_change(&cc) {
-                    self.raw.mut_store().wl().set_conf_state(cs.clone());
+                    self.raw.mut_store().mem.wl().set_conf_state(cs.clone());
                     out.push(ConsensusCommand::Apply(std::mem::take(&mut batch)));
                     out.push(ConsensusCommand::Membership {
                         voters: cs.voters.clone(),

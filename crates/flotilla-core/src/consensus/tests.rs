@@ -298,6 +298,7 @@ fn a_member_restarts_from_what_it_persisted() {
         base: (0, 0),
         entries: t.log[2].clone(),
         applied: m.applied().0,
+        epochs: Vec::new(),
     };
     let (fi, li) = ((f - 1) as usize, (l - 1) as usize);
     let restarted = Consensus::new(config(f), "c", state).unwrap();

@@ -345,6 +345,54 @@ impl Log {
         Ok(victims.len())
     }
 
+    /// Cuts every record from `from` on (a cluster member's entries that its leader's log
+    /// replaces), durably: the files are shortened or removed and flushed before this returns.
+    /// Cutting at or before the first retained record empties the log, which continues after
+    /// `from - 1`. Cutting past the last record does nothing.
+    pub fn truncate_from(&self, from: u64) -> Result<(), LogError> {
+        let first = self.first_lsn();
+        if from <= first {
+            return self.reset(from.saturating_sub(1));
+        }
+        let mut st = self.lock();
+        if from > st.last_lsn() {
+            return Ok(());
+        }
+        // Whole segments after the cut go (newest first, so that a crash midway leaves a
+        // contiguous log), then the segment holding `from` is shortened.
+        while st
+            .segments
+            .last()
+            .is_some_and(|s| s.first_lsn >= from && st.segments.len() > 1)
+        {
+            let seg = st.segments.pop().expect("checked");
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                st.poisoned = Some(format!("cutting the log at {from}: {e}"));
+                return Err(LogError::io(&seg.path, e));
+            }
+        }
+        let active = st.segments.last_mut().expect("never empty");
+        let keep = (from - active.first_lsn) as usize;
+        if keep < active.offsets.len() {
+            let end = active.offsets[keep];
+            let cut = active
+                .file
+                .set_len(end)
+                .and_then(|_| active.file.sync_all());
+            if let Err(e) = cut {
+                return Err(self.poison(&mut st, e));
+            }
+            active.offsets.truncate(keep);
+            active.end = end;
+        }
+        let dir_synced = std::fs::File::open(&self.dir).and_then(|d| d.sync_all());
+        if let Err(e) = dir_synced {
+            return Err(self.poison(&mut st, e));
+        }
+        st.durable_lsn = st.durable_lsn.min(from - 1);
+        Ok(())
+    }
+
     /// Empties the log so that it continues after `start_after` (a replica that was rebuilt
     /// from a snapshot starts a new history there).
     pub fn reset(&self, start_after: u64) -> Result<(), LogError> {
@@ -707,5 +755,35 @@ mod tests {
         drop(log);
         let log = Log::open(dir.path(), small(), 0).unwrap();
         assert_eq!(log.stats().last_lsn, 101);
+    }
+    #[test]
+    fn truncation_cuts_records_durably_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = synced(dir.path(), small(), 12);
+        let segments_before = log.segments().len();
+        assert!(segments_before >= 3, "{segments_before}");
+        // Past the end: nothing happens.
+        log.truncate_from(13).unwrap();
+        assert_eq!(log.stats().last_lsn, 12);
+        log.truncate_from(5).unwrap();
+        assert_eq!(log.stats().last_lsn, 4);
+        assert_eq!(log.stats().durable_lsn, 4);
+        assert!(log.segments().len() < segments_before);
+        assert!(log.read(5, 10, usize::MAX).unwrap().is_empty());
+        // New records continue at the cut, with other content, and survive a reopen.
+        log.append(&rec(5, 9)).unwrap();
+        log.append(&rec(6, 9)).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), small(), 0).unwrap();
+        assert_eq!(log.stats().last_lsn, 6);
+        let five = log.read(5, 1, usize::MAX).unwrap();
+        assert_eq!(five[0].as_ref(), rec(5, 9).as_slice());
+        // Cutting at the first record empties the log; it continues from there.
+        log.truncate_from(1).unwrap();
+        assert_eq!(log.stats().last_lsn, 0);
+        log.append(&rec(1, 3)).unwrap();
+        log.sync().unwrap();
+        assert_eq!(log.stats().last_lsn, 1);
     }
 }

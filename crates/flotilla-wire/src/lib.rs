@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod consensus_record;
 mod cursor;
 mod error;
 #[cfg(test)]
@@ -17,6 +18,10 @@ mod record;
 mod rows;
 mod snapshot;
 
+pub use consensus_record::{
+    decode_consensus_record, encode_consensus_record, is_consensus_record, ConsensusKind,
+    ConsensusRecord, CONSENSUS_RECORD_VERSION,
+};
 pub use cursor::{Cursor, Out};
 pub use error::DecodeError;
 pub use message::{
@@ -24,8 +29,8 @@ pub use message::{
     PROTOCOL_VERSION,
 };
 pub use record::{
-    decode_record, decode_record_rows, encode_record, encode_record_with_rows, encoded_record_len,
-    project_record, RECORD_FORMAT_VERSION,
+    check_record_crc, decode_record, decode_record_rows, encode_record, encode_record_with_rows,
+    encoded_record_len, project_record, RECORD_FORMAT_VERSION,
 };
 pub use rows::{
     decode_rows, encode_rows, split_values, value_bytes, RowsMark, RowsWriter, ROWS_FORMAT_VERSION,

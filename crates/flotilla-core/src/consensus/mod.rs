@@ -28,6 +28,7 @@
 
 pub mod envelope;
 mod epochs;
+pub mod log_records;
 
 pub use epochs::EpochHistory;
 

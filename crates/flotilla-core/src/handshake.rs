@@ -113,6 +113,26 @@ pub fn check_link(claim: &FollowerClaim, lsn: Lsn, next: Option<&LogRecord>) -> 
     }
 }
 
+/// Completes [`Decision::CheckLink`] when the record after the follower's position is one of
+/// Raft's own entries: it carries the chain of the transaction before it, which the follower
+/// must hold.
+pub fn check_link_consensus(claim: &FollowerClaim, chain_before: Chain) -> Decision {
+    if chain_before == claim.chain {
+        Decision::Accept {
+            start_after: claim.position.lsn,
+        }
+    } else {
+        Decision::Refuse {
+            code: RefusalCode::Diverged,
+            message: format!(
+                "the follower's history at {} is not the leader's (checksum chain {} where the \
+                 leader's is {chain_before})",
+                claim.position, claim.chain
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,9 @@
 //! - After `Close` the session is over: later events are ignored and produce nothing.
 
 use crate::follower_tracker::{AckRefused, FollowerTracker, SessionId};
-use crate::handshake::{check_link, decide, Decision, FollowerClaim, LeaderView};
+use crate::handshake::{
+    check_link, check_link_consensus, decide, Decision, FollowerClaim, LeaderView,
+};
 use bytes::Bytes;
 use flotilla_types::{Chain, Epoch, LogKind, Lsn, NodeId, Position};
 use flotilla_wire::{project_record, FollowerMessage, LeaderMessage, RefusalCode};
@@ -157,8 +159,11 @@ struct Stream {
     follower_id: String,
     log_kind: LogKind,
     session: SessionId,
-    /// The next LSN to ship.
+    /// The next LSN to read.
     next: Lsn,
+    /// The last record sent (the next LSN to read may be past it: Raft's own entries are read
+    /// and not sent).
+    last_shipped: Lsn,
     /// A `ReadLog` is outstanding.
     reading: bool,
     /// Sent batches not yet applied by the follower: (last LSN, records, bytes).
@@ -325,7 +330,7 @@ impl LeaderSession {
                     ..
                 },
             ) => {
-                let sent = Lsn(s.next.0 - 1);
+                let sent = s.last_shipped;
                 let (id, session) = (s.follower_id.clone(), s.session);
                 match ctx.tracker.acked(
                     &id,
@@ -412,6 +417,7 @@ impl LeaderSession {
             log_kind: hello.log_kind,
             session,
             next: start_after.next(),
+            last_shipped: start_after,
             reading: false,
             in_flight: VecDeque::new(),
             in_flight_records: 0,
@@ -439,10 +445,20 @@ impl LeaderSession {
                     Err(ReadFailure::Unavailable(_)) => Vec::new(),
                     Ok(r) => r,
                 };
-                let next = records
-                    .first()
-                    .and_then(|r| flotilla_wire::decode_record(r).ok());
-                let decision = check_link(&hello.claim, lsn, next.as_ref());
+                // Raft's own entries (a cluster's) are no transactions: one right after the
+                // follower's position carries the chain it must hold.
+                let decision = match records.first() {
+                    Some(r) if flotilla_wire::is_consensus_record(r) => {
+                        match flotilla_wire::decode_consensus_record(r) {
+                            Ok(c) => check_link_consensus(&hello.claim, c.chain),
+                            Err(_) => check_link(&hello.claim, lsn, None),
+                        }
+                    }
+                    first => {
+                        let next = first.and_then(|r| flotilla_wire::decode_record(r).ok());
+                        check_link(&hello.claim, lsn, next.as_ref())
+                    }
+                };
                 self.decided(ctx, hello, decision, out);
             }
             Phase::Streaming(s) if s.reading && s.next == from => {
@@ -474,6 +490,21 @@ impl LeaderSession {
                     );
                 }
                 let n = records.len() as u64;
+                s.next = Lsn(s.next.0 + n);
+                // Raft's own entries are not shipped: the records around them link by the
+                // checksum chain across the gap in LSNs.
+                let records: Vec<Bytes> = records
+                    .into_iter()
+                    .filter(|r| !flotilla_wire::is_consensus_record(r))
+                    .collect();
+                let Some(last) = records.last() else {
+                    return;
+                };
+                let last = Lsn(u64::from_le_bytes(
+                    last.get(10..18)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or([0; 8]),
+                ));
                 // A physical follower gets the batch as one unit, less the page images a later
                 // record of it rewrites; a logical one gets the records without their pages.
                 let msg = if s.log_kind == LogKind::Physical {
@@ -492,9 +523,10 @@ impl LeaderSession {
                         return self.refuse(ctx, RefusalCode::NeedSnapshot, reason, out);
                     }
                 };
-                s.next = Lsn(s.next.0 + n);
+                let n = records.len() as u64;
                 let bytes = msg.len() as u64;
-                s.in_flight.push_back((Lsn(s.next.0 - 1), n, bytes));
+                s.last_shipped = last;
+                s.in_flight.push_back((last, n, bytes));
                 s.in_flight_records += n;
                 s.in_flight_bytes += bytes;
                 s.last_sent_ms = ctx.now_ms;
@@ -531,7 +563,7 @@ impl LeaderSession {
                     // lost on the way).
                     let last_sent = Position {
                         epoch: ctx.head.epoch,
-                        lsn: Lsn(s.next.0 - 1),
+                        lsn: s.last_shipped,
                     };
                     s.last_sent_ms = now;
                     out.push(LeaderCommand::Send(

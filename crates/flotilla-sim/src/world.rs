@@ -265,10 +265,33 @@ impl World {
         if group > 1 {
             self.report.grouped_requests += group;
         }
-        let out = self
+        if self.rng.random_bool(0.03) {
+            // A Raft entry as a cluster member's log holds one (an epoch start): no
+            // transaction; followers are not sent it, and the next commit links across it.
+            let c = flotilla_wire::ConsensusRecord {
+                epoch: Epoch(1),
+                lsn: Lsn(self.leader.log.stats().last_lsn + 1),
+                chain: self.leader.db.meta().chain,
+                kind: flotilla_wire::ConsensusKind::EpochStart,
+                data: Vec::new(),
+                context: Vec::new(),
+            };
+            self.leader
+                .log
+                .append(&flotilla_wire::encode_consensus_record(&c))?;
+            self.report.consensus_records += 1;
+        }
+        let lsn = Lsn(self
             .leader
-            .db
-            .commit_batch(&requests, Epoch(1), &origin(), self.now * 1000)?;
+            .log
+            .stats()
+            .last_lsn
+            .max(self.leader.db.meta().position.lsn.0)
+            + 1);
+        let out =
+            self.leader
+                .db
+                .commit_batch_at(&requests, Epoch(1), lsn, &origin(), self.now * 1000)?;
         let Some(rec) = out.record else { return Ok(()) };
         self.leader
             .history
@@ -335,10 +358,20 @@ impl World {
             "acknowledged lsn {} lost: the leader restarted at {head}",
             self.leader.acked
         );
+        // The log may end in Raft entries after the database's last transaction, never in a
+        // transaction the database lacks.
+        let last = self.leader.log.stats().last_lsn;
         ensure!(
-            self.leader.log.stats().last_lsn == head,
-            "log and database disagree after recovery"
+            last >= head,
+            "the log ends at {last}, before the database's {head}"
         );
+        if last > head {
+            let tail = self.leader.log.read(head + 1, usize::MAX, usize::MAX)?;
+            ensure!(
+                tail.iter().all(|r| flotilla_wire::is_consensus_record(r)),
+                "log and database disagree after recovery: the log holds transactions after {head}"
+            );
+        }
         ensure!(
             digest_of(&self.leader.path)? == self.leader.history[&head],
             "the recovered leader's database differs from its history at lsn {head}"

@@ -148,12 +148,14 @@ pub(crate) fn apply_pages(
     Ok(meta)
 }
 
-/// Checks that `records` continue the history a replica at `meta` holds: contiguous LSNs, each
-/// record's checksum chain linking to the one before. Shared by every kind of replica.
+/// Checks that `records` continue the history a replica at `meta` holds: increasing LSNs, each
+/// record's checksum chain linking to the one before. LSNs may skip Raft's own entries (a
+/// cluster's, which are no transactions): the chain covers each record's LSN, so it still proves
+/// that nothing was left out. Shared by every kind of replica.
 pub(crate) fn check_follows(meta: &Meta, records: &[LogRecord]) -> Result<(), StoreError> {
     let mut prev = (meta.position.lsn, meta.chain);
     for r in records {
-        if r.lsn != prev.0.next() {
+        if r.lsn <= prev.0 {
             return Err(StoreError::Apply(format!(
                 "record {} does not follow lsn {}",
                 r.position(),
@@ -172,4 +174,54 @@ pub(crate) fn check_follows(meta: &Meta, records: &[LogRecord]) -> Result<(), St
         prev = (r.lsn, r.chain);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_types::{Chain, ContentDigest, Epoch, Lsn, NodeId, Position};
+
+    fn meta(lsn: u64, chain: Chain) -> Meta {
+        Meta {
+            cluster_id: "c".into(),
+            position: Position::new(1, lsn),
+            chain,
+            digest: ContentDigest(0),
+            commit_time_us: 0,
+        }
+    }
+
+    fn record(epoch: u64, lsn: u64, after: Chain) -> LogRecord {
+        let digest = ContentDigest(lsn * 31);
+        LogRecord {
+            epoch: Epoch(epoch),
+            lsn: Lsn(lsn),
+            chain: after.next(Epoch(epoch), Lsn(lsn), digest),
+            digest,
+            commit_time_us: 0,
+            origin: NodeId::new("n").unwrap(),
+            pages: None,
+            rows: None,
+        }
+    }
+
+    /// Raft's own entries leave gaps in LSNs that followers are not sent: a record across a gap
+    /// is taken when its chain links; one that does not link, or goes back, is refused.
+    #[test]
+    fn records_may_skip_lsns_but_must_link() {
+        let m = meta(10, Chain(77));
+        let across = record(2, 13, Chain(77));
+        let then = record(2, 14, across.chain);
+        assert!(check_follows(&m, &[across.clone(), then]).is_ok());
+        let forged = record(2, 13, Chain(78));
+        let err = check_follows(&m, &[forged]).unwrap_err().to_string();
+        assert!(err.contains("does not continue"), "{err}");
+        let back = record(1, 10, Chain(77));
+        let err = check_follows(&m, &[back]).unwrap_err().to_string();
+        assert!(err.contains("does not follow"), "{err}");
+        let err = check_follows(&m, &[across.clone(), across])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not follow"), "{err}");
+    }
 }

@@ -310,6 +310,26 @@ impl LeaderDb {
         now_us: u64,
     ) -> Result<CommitOutcome, StoreError> {
         let lsn = self.meta.position.lsn.next();
+        self.commit_batch_at(requests, epoch, lsn, origin, now_us)
+    }
+
+    /// [`LeaderDb::commit_batch`] at a given LSN, beyond the database's position: in a
+    /// cluster, Raft's own entries take the LSNs between (the record's chain links to this
+    /// database's last transaction across them).
+    pub fn commit_batch_at(
+        &mut self,
+        requests: &[TxnRequest],
+        epoch: Epoch,
+        lsn: Lsn,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<CommitOutcome, StoreError> {
+        if lsn <= self.meta.position.lsn {
+            return Err(StoreError::Apply(format!(
+                "a commit at lsn {lsn} would not follow this database's position {}",
+                self.meta.position
+            )));
+        }
         let rules = self.rules.clone();
         rules.internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))?;
         self.capture.begin();

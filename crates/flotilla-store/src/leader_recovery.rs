@@ -80,9 +80,12 @@ pub fn recover_leader(
             if raw.is_empty() {
                 return Err(RecoveryError::Missing(next));
             }
+            let n = raw.len() as u64;
+            // Raft's own entries (a cluster's) hold no transaction to complete.
             let records = raw
                 .iter()
                 .enumerate()
+                .filter(|(_, r)| !flotilla_wire::is_consensus_record(r))
                 .map(|(i, r)| {
                     flotilla_wire::decode_record(r).map_err(|source| RecoveryError::Decode {
                         lsn: next + i as u64,
@@ -90,7 +93,6 @@ pub fn recover_leader(
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let n = records.len() as u64;
             db.complete_from_log(&records)
                 .map_err(|source| RecoveryError::Completing {
                     upto: next + n - 1,

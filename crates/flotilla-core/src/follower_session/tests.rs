@@ -335,13 +335,26 @@ fn the_answer_of_a_flush_from_before_a_bootstrap_is_ignored() {
     );
 }
 
+/// A gap in LSNs is Raft's own entries (a cluster's), which followers are not sent: the session
+/// takes the record and the apply checks its chain. A record that goes back is an error.
 #[test]
-fn a_gap_in_records_is_a_protocol_error_and_reconnects_later() {
+fn a_record_that_does_not_move_forward_is_a_protocol_error_and_reconnects_later() {
+    let mut gap = streaming_at(3);
+    let cmds = gap.handle(
+        3,
+        1000,
+        FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(0))])),
+    );
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, FollowerCommand::Apply { .. })),
+        "{cmds:?}"
+    );
     let mut s = streaming_at(3);
     let cmds = s.handle(
         3,
         1000,
-        FollowerEvent::Received(LeaderMessage::Records(vec![rec(6, Chain(0))])),
+        FollowerEvent::Received(LeaderMessage::Records(vec![rec(3, Chain(0))])),
     );
     assert_eq!(cmds, vec![FollowerCommand::Disconnect]);
     assert_eq!(s.phase(), FollowerPhase::WaitingToRetry);

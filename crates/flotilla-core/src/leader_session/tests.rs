@@ -609,3 +609,88 @@ fn an_empty_read_below_the_head_ends_the_session() {
     assert!(closes(&cmds), "{cmds:?}");
     assert!(!l.tracker.has_session("f1"));
 }
+
+/// A history in which Raft's own entries sit at LSNs 5 and 6 (an epoch start and a membership
+/// change), as a cluster member's log holds them: transactions 1..=4 and 7..=n.
+fn history_with_consensus(n: u64) -> Vec<(Chain, Bytes)> {
+    let mut chain = Chain(0);
+    (1..=n)
+        .map(|lsn| {
+            if lsn == 5 || lsn == 6 {
+                let c = flotilla_wire::ConsensusRecord {
+                    epoch: Epoch(1),
+                    lsn: Lsn(lsn),
+                    chain,
+                    kind: if lsn == 5 {
+                        flotilla_wire::ConsensusKind::EpochStart
+                    } else {
+                        flotilla_wire::ConsensusKind::Membership
+                    },
+                    data: vec![],
+                    context: vec![],
+                };
+                return (
+                    chain,
+                    Bytes::from(flotilla_wire::encode_consensus_record(&c)),
+                );
+            }
+            let r = crate::test_records::record(lsn, chain);
+            chain = r.chain;
+            (chain, Bytes::from(flotilla_wire::encode_record(&r)))
+        })
+        .collect()
+}
+
+/// Raft's own entries are read and not shipped: the follower gets the transactions around them
+/// (linked by the chain across the gap), heartbeats name the last record shipped, the window is
+/// released by acks of that record, and a follower right before such an entry is checked
+/// against the chain it carries.
+#[test]
+fn raft_entries_in_the_log_are_skipped_and_the_gap_is_linked() {
+    for kind in [LogKind::Physical, LogKind::Logical] {
+        let mut l = Leader::new(10);
+        l.log = history_with_consensus(10);
+        let mut s = LeaderSession::new(ShippingConfig::default(), identity(), 0);
+        let mut cmds = l.handle(&mut s, hello_from("f1", kind, 4, l.chain_at(4)));
+        let (from, n, b) = read_of(&cmds).expect("a link check");
+        assert_eq!(from, Lsn(5));
+        cmds = l.handle(&mut s, l.read(from, n, b));
+        assert!(
+            matches!(sent(&cmds).first(), Some(LeaderMessage::Welcome { .. })),
+            "{cmds:?}"
+        );
+        let mut shipped: Vec<u64> = Vec::new();
+        for _ in 0..10 {
+            for m in sent(&cmds) {
+                if let LeaderMessage::Records(r) = m {
+                    shipped.extend(r.iter().map(|r| r.lsn.0));
+                }
+            }
+            let Some((from, n, b)) = read_of(&cmds) else {
+                break;
+            };
+            cmds = l.handle(&mut s, l.read(from, n, b));
+        }
+        assert_eq!(shipped, vec![7, 8, 9, 10], "{kind}");
+        // Heartbeats name the last record shipped; an ack of it empties the window.
+        assert_eq!(s.in_flight().0, 4);
+        l.now_ms += 5_000;
+        let cmds = l.handle(&mut s, LeaderEvent::Tick);
+        assert!(
+            sent(&cmds)
+                .iter()
+                .any(|m| matches!(m, LeaderMessage::Heartbeat { head, .. } if head.lsn == Lsn(10))),
+            "{cmds:?}"
+        );
+        l.handle(&mut s, ack(10));
+        assert_eq!(s.in_flight(), (0, 0));
+    }
+    // A follower whose history differs right before a Raft entry is refused.
+    let mut l = Leader::new(10);
+    l.log = history_with_consensus(10);
+    let mut s = LeaderSession::new(ShippingConfig::default(), identity(), 0);
+    let cmds = l.handle(&mut s, hello_from("f2", LogKind::Physical, 4, Chain(12345)));
+    let (from, n, b) = read_of(&cmds).unwrap();
+    let cmds = l.handle(&mut s, l.read(from, n, b));
+    assert_eq!(refusal(&cmds), Some(RefusalCode::Diverged));
+}

@@ -320,6 +320,11 @@ async fn stream_changes(
             };
             let mut out = Vec::with_capacity(batch.len() * 256);
             for raw in &batch {
+                // Raft's own entries (a cluster's) change no data: stepped over.
+                if flotilla_wire::is_consensus_record(raw) {
+                    next = next.next();
+                    continue;
+                }
                 let record = match flotilla_wire::decode_record_rows(raw) {
                     Ok(r) if r.rows.is_some() => r,
                     Ok(r) => {

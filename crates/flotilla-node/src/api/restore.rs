@@ -294,12 +294,14 @@ async fn roll_forward(
         if raw.is_empty() {
             return Err(internal(format!("the log returned no record {next}")));
         }
+        let n = raw.len() as u64;
+        // Raft's own entries (a cluster's) change no data.
         let records = raw
             .iter()
+            .filter(|r| !flotilla_wire::is_consensus_record(r))
             .map(|r| flotilla_wire::decode_record(r))
             .collect::<Result<Vec<_>, _>>()
             .map_err(internal)?;
-        let n = records.len() as u64;
         let path = build.to_path_buf();
         tokio::task::spawn_blocking(move || restore::roll_forward(&path, &records))
             .await

@@ -38,6 +38,8 @@ pub struct Report {
     pub grouped_requests: u64,
     /// Log segments deleted by retention.
     pub segments_removed: u64,
+    /// Raft entries (a cluster's epoch starts) in the leader's log, which followers skip.
+    pub consensus_records: u64,
     /// The most records a follower held waiting to be applied (bounded by the window).
     pub peak_pending: u64,
     /// Events of earlier connections that follower sessions ignored.
@@ -72,6 +74,7 @@ impl Report {
         self.token_reads_waiting += r.token_reads_waiting;
         self.grouped_requests += r.grouped_requests;
         self.segments_removed += r.segments_removed;
+        self.consensus_records += r.consensus_records;
         self.peak_pending = self.peak_pending.max(r.peak_pending);
         self.stale_events += r.stale_events;
         self.batches_extended += r.batches_extended;
@@ -87,7 +90,7 @@ impl std::fmt::Display for Report {
              {} leader crashes ({} power losses, {} torn appends), {} log records damaged at \
              rest, {} disk-full episodes, {} clock jumps, {} bootstraps, {} reads with a position \
              token ({} waiting), {} requests in group commits, {} log segments removed by \
-             retention, at most {} records pending on a follower, {} stale connection events ignored, {} \
+             retention, {} Raft entries skipped in the log, at most {} records pending on a follower, {} stale connection events ignored, {} \
              apply batches extended to the end of their message, {} follower flushes, {:.0} \
              simulated s",
             self.commits,
@@ -111,6 +114,7 @@ impl std::fmt::Display for Report {
             self.token_reads_waiting,
             self.grouped_requests,
             self.segments_removed,
+            self.consensus_records,
             self.peak_pending,
             self.stale_events,
             self.batches_extended,

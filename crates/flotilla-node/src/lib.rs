@@ -12,6 +12,7 @@
 pub mod api;
 mod api_error;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod data_lock;
 mod fatal;

@@ -38,7 +38,9 @@ impl Role {
 
 pub struct Node {
     pub config: NodeConfig,
-    pub role: Role,
+    /// What this node is now. A cluster member's role changes with elections: read it once per
+    /// request (`role()`), and use what was read.
+    pub role: arc_swap::ArcSwap<Role>,
     /// How clients and other nodes reach this node.
     pub url: String,
     pub db_path: PathBuf,
@@ -55,34 +57,39 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn leader_url(&self) -> Option<&str> {
-        match &self.role {
-            Role::Leader { .. } => Some(&self.url),
-            Role::Follower { leader_url, .. } => Some(leader_url),
+    /// The role as it is now.
+    pub fn role(&self) -> Arc<Role> {
+        self.role.load_full()
+    }
+
+    pub fn leader_url(&self) -> Option<String> {
+        match &**self.role.load() {
+            Role::Leader { .. } => Some(self.url.clone()),
+            Role::Follower { leader_url, .. } => Some(leader_url.clone()),
         }
     }
 
     /// The leader's state, on a leader.
-    pub fn leader(&self) -> Option<&Arc<LeaderState>> {
-        match &self.role {
-            Role::Leader { state, .. } => Some(state),
+    pub fn leader(&self) -> Option<Arc<LeaderState>> {
+        match &**self.role.load() {
+            Role::Leader { state, .. } => Some(state.clone()),
             Role::Follower { .. } => None,
         }
     }
 
     /// The pipelines' workers, on a leader.
-    pub fn pipelines(&self) -> Option<&Arc<crate::pipeline::Pipelines>> {
-        match &self.role {
-            Role::Leader { pipelines, .. } => Some(pipelines),
+    pub fn pipelines(&self) -> Option<Arc<crate::pipeline::Pipelines>> {
+        match &**self.role.load() {
+            Role::Leader { pipelines, .. } => Some(pipelines.clone()),
             Role::Follower { .. } => None,
         }
     }
 
     /// The follower's state, on a follower.
-    pub fn follower(&self) -> Option<&Arc<FollowerShared>> {
-        match &self.role {
+    pub fn follower(&self) -> Option<Arc<FollowerShared>> {
+        match &**self.role.load() {
             Role::Leader { .. } => None,
-            Role::Follower { state, .. } => Some(state),
+            Role::Follower { state, .. } => Some(state.clone()),
         }
     }
 }

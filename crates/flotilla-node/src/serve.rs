@@ -256,7 +256,7 @@ pub async fn run(
     let (position_tx, _) = watch::channel(position);
     let node = Arc::new(Node {
         config: config.clone(),
-        role,
+        role: arc_swap::ArcSwap::from_pointee(role),
         url: url.clone(),
         db_path,
         identity: Arc::new(crate::identity::IdentityStore::new(&dir, ident)),
@@ -299,7 +299,7 @@ pub async fn run(
             }));
         }
     }
-    let follower_task = match &node.role {
+    let follower_task = match &*node.role() {
         Role::Follower { leader_url, state } => Some(tokio::spawn(crate::follower::drive(
             Arc::new(crate::follower::FollowerHost {
                 id: config.id.as_str().to_string(),
@@ -328,7 +328,7 @@ pub async fn run(
     // Started: from here on the directory belongs to this id.
     node.identity.pin()?;
     std::fs::write(dir.join("http.addr"), &url).ok();
-    tracing::info!(id = %config.id, role = %node.role.name(), %url, "node started");
+    tracing::info!(id = %config.id, role = %node.role().name(), %url, "node started");
     println!("flotilla: node {} listening on {url}", config.id);
     if let Some(tx) = ready {
         let _ = tx.send(url.clone());

@@ -74,7 +74,7 @@ pub async fn execute(
             }
             return Err(not_leader(&node));
         }
-        return match execute_local(&node, follower, statements, timeout_ms, shape).await {
+        return match execute_local(&node, &follower, statements, timeout_ms, shape).await {
             Err(e) if forward && e.code == "not_leader" => {
                 super::forward::to_leader(&node, &headers, raw, timeout_ms).await
             }

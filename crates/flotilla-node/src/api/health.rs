@@ -40,7 +40,7 @@ fn readiness(node: &Node) -> Result<Value, String> {
     if node.shutdown.is_cancelled() {
         return not_ready("the node is stopping".into());
     }
-    match &node.role {
+    match &*node.role() {
         Role::Leader { .. } => Ok(json!({"ready": true, "role": "leader"})),
         Role::Follower { state, .. } => {
             let s = state.status();

@@ -71,7 +71,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut m = Scrape(Registry::default());
     let c = &node.counters;
     let pos = *node.position.borrow();
-    let role = node.role.name();
+    let role = node.role().name();
     m.gauges(
         "flotilla_info",
         "Node identity",
@@ -181,7 +181,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         let (mut lag_tx, mut lag_bytes, mut lag_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut applied, mut connected) = (Vec::new(), Vec::new());
         for f in &followers {
-            let lag = crate::api::status::follower_lag(leader, f);
+            let lag = crate::api::status::follower_lag(&leader, f);
             let l = labels(&[("follower", f.id.as_str())]);
             lag_tx.push((l.clone(), lag.transactions));
             lag_bytes.push((l.clone(), lag.bytes));

@@ -17,9 +17,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The pipelines' workers: on a leader only.
-fn pipelines(node: &Node) -> Result<&Pipelines, ApiError> {
+fn pipelines(node: &Node) -> Result<Arc<Pipelines>, ApiError> {
     node.pipelines()
-        .map(|p| &**p)
         .ok_or_else(|| leader_only(node, "pipelines run on"))
 }
 

@@ -89,7 +89,7 @@ pub async fn serve_session(
         let ev = LeaderEvent::Revoked {
             reason: denied.to_string(),
         };
-        commands.extend(step(leader, &mut session, head, ev));
+        commands.extend(step(&leader, &mut session, head, ev));
     }
     loop {
         while let Some(cmd) = commands.pop_front() {
@@ -139,7 +139,7 @@ pub async fn serve_session(
                 }
             };
             if let Some(ev) = answer {
-                commands.extend(step(leader, &mut session, head, ev));
+                commands.extend(step(&leader, &mut session, head, ev));
             }
         }
         let ev = tokio::select! {
@@ -169,7 +169,7 @@ pub async fn serve_session(
                 reason: "the leader is stopping".into(),
             },
         };
-        commands.extend(step(leader, &mut session, head, ev));
+        commands.extend(step(&leader, &mut session, head, ev));
     }
 }
 

@@ -81,7 +81,7 @@ pub async fn restore(
             ),
         )
     })?;
-    let Some(leader) = node.leader().cloned() else {
+    let Some(leader) = node.leader() else {
         return Err(super::execute::leader_only(&node, "restores go to"));
     };
     let to: Option<Position> = match &params.to {

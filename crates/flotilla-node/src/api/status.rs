@@ -80,7 +80,7 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
         "position": position.to_string(),
         "leader": node.leader_url(),
     });
-    match &node.role {
+    match &*node.role() {
         Role::Leader {
             state: leader,
             pipelines,

@@ -1,0 +1,5 @@
+//! Cluster membership and consensus on a node (issue 14, being built: see the failover section
+//! of docs/architecture.md). The consensus machine is `flotilla_core::consensus`; this module
+//! is its host.
+
+pub mod state;

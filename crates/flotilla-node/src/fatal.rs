@@ -20,6 +20,10 @@ pub enum Fatal {
     /// not fit the leader's schema).
     #[error("{0}")]
     Bootstrap(String),
+    /// A cluster member could not persist its consensus state (its log, its epoch and vote):
+    /// going on could break promises made to its peers.
+    #[error("consensus: {0}")]
+    Consensus(String),
 }
 
 /// Where components report fatal errors. Bounded: the first report stops the node; if more

@@ -15,7 +15,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod data_lock;
-mod fatal;
+pub mod fatal;
 pub mod follower;
 pub mod identity;
 pub mod leader;

@@ -2,4 +2,6 @@
 //! of docs/architecture.md). The consensus machine is `flotilla_core::consensus`; this module
 //! is its host.
 
+pub mod driver;
 pub mod state;
+pub mod transport;

@@ -6,11 +6,12 @@ mod bootstrap;
 mod driver;
 mod flush;
 mod replica;
-mod transport;
+pub(crate) mod transport;
 
 pub use driver::drive;
 use flotilla_store::{Replica, ReplicaSettings};
 pub use replica::replica_settings;
+pub use transport::Credentials;
 
 use crate::auth::Keyring;
 use crate::identity::IdentityStore;

@@ -1,0 +1,400 @@
+//! The consensus task: the one owner of a member's `Consensus` machine. It hands the machine
+//! timer ticks, messages from peers and reports, and performs the commands it answers with, in
+//! order: sends go to the peer links, entries and truncations to the Flotilla log (fsynced
+//! before anything after them), the hard state to `cluster.json` (fsynced when the epoch or the
+//! vote changed; the commit index alone is written lazily — a member that restarts with an
+//! older one learns the newer from its leader).
+//!
+//! Not built yet (see docs/architecture.md): applying committed transactions to the database,
+//! the leader's writer proposing through here, divergent transactions saved aside.
+
+use super::state::ClusterFile;
+use super::transport::{spawn_link, Link};
+use crate::follower::transport::Credentials;
+use flotilla_core::consensus::log_records::{entry_of_record, record_of_entry};
+use flotilla_core::consensus::{
+    Consensus, ConsensusCommand, ConsensusConfig, ConsensusEvent, LogEntry, MemberProgress,
+    Recovered, Role,
+};
+use flotilla_log::Log;
+use flotilla_types::{Chain, Epoch, Lsn};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The consensus timer. Elections start after 10 to 20 ticks without a leader (1 to 2 s).
+pub const TICK: Duration = Duration::from_millis(100);
+const INBOUND_QUEUE: usize = 4096;
+
+/// What the member's status shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub role: Role,
+    pub epoch: Epoch,
+    pub leader: Option<u64>,
+    pub commit: Lsn,
+    pub last: Lsn,
+    pub applied: Lsn,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// On the leader: each other member's durable position.
+    pub progress: Vec<MemberProgress>,
+    /// Messages refused (another cluster, garbage), with the last reason.
+    pub refused: u64,
+    pub last_refusal: Option<String>,
+}
+
+/// The handle the rest of the node holds.
+pub struct ClusterHandle {
+    pub cluster_id: String,
+    pub member_id: u64,
+    /// Members as last persisted (names and URLs).
+    pub file: Mutex<ClusterFile>,
+    /// Envelopes from peers.
+    pub inbound: mpsc::Sender<Vec<u8>>,
+    pub status: watch::Receiver<ClusterStatus>,
+}
+
+impl ClusterHandle {
+    pub fn file(&self) -> ClusterFile {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the cluster's log: {0}")]
+    Log(#[from] flotilla_log::LogError),
+    #[error("the cluster's log holds a damaged entry: {0}")]
+    Entry(#[from] flotilla_core::consensus::log_records::EntryRecordError),
+    #[error(transparent)]
+    Consensus(#[from] flotilla_core::consensus::StartError),
+}
+
+/// Rebuilds the member's Raft state from `cluster.json` and its log.
+fn recover(file: &ClusterFile, log: &Log) -> Result<(Recovered, Chain), StartError> {
+    let last = log.stats().last_lsn;
+    let mut entries = Vec::new();
+    let mut chain = Chain(0);
+    let mut next = file.base_lsn + 1;
+    while next <= last {
+        let batch = log.read(next, 10_000, 64 << 20)?;
+        if batch.is_empty() {
+            break;
+        }
+        for raw in &batch {
+            let (entry, after) = entry_of_record(raw)?;
+            chain = after;
+            entries.push(entry);
+        }
+        next += batch.len() as u64;
+    }
+    let recovered = Recovered {
+        term: file.term,
+        vote: file.vote,
+        commit: file.commit,
+        voters: file.voters.clone(),
+        learners: file.learners.clone(),
+        base: (file.base_lsn, file.base_epoch),
+        entries,
+        // The database is not driven from here yet: what is committed counts as applied.
+        applied: file.commit,
+        epochs: file.epochs.clone(),
+    };
+    Ok((recovered, chain))
+}
+
+pub struct DriverParts {
+    pub dir: PathBuf,
+    pub file: ClusterFile,
+    pub log: Arc<Log>,
+    pub credentials: Credentials,
+    pub config: ConsensusConfig,
+    pub shutdown: CancellationToken,
+    pub fatal: crate::fatal::FatalSender,
+}
+
+/// Starts the consensus task.
+pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
+    let (recovered, last_chain) = recover(&parts.file, &parts.log)?;
+    let machine = Consensus::new(parts.config.clone(), &parts.file.cluster_id, recovered)?;
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (unreachable_tx, unreachable_rx) = mpsc::channel(256);
+    let links: BTreeMap<u64, Link> = parts
+        .file
+        .members
+        .iter()
+        .filter(|(id, _)| **id != parts.file.member_id)
+        .map(|(id, m)| {
+            let link = spawn_link(
+                *id,
+                &m.url,
+                parts.credentials.clone(),
+                unreachable_tx.clone(),
+                parts.shutdown.clone(),
+            );
+            (*id, link)
+        })
+        .collect();
+    let (status_tx, status_rx) = watch::channel(status_of(&machine, 0, None));
+    let handle = Arc::new(ClusterHandle {
+        cluster_id: parts.file.cluster_id.clone(),
+        member_id: parts.file.member_id,
+        file: Mutex::new(parts.file.clone()),
+        inbound: inbound_tx,
+        status: status_rx,
+    });
+    let driver = Driver {
+        machine,
+        dir: parts.dir,
+        file: parts.file,
+        dirty: false,
+        log: parts.log,
+        links,
+        last_chain,
+        status: status_tx,
+        handle: handle.clone(),
+        refused: 0,
+        last_refusal: None,
+        fatal: parts.fatal,
+    };
+    tokio::spawn(driver.run(inbound_rx, unreachable_rx, parts.shutdown));
+    Ok(handle)
+}
+
+fn status_of(m: &Consensus, refused: u64, last_refusal: Option<String>) -> ClusterStatus {
+    ClusterStatus {
+        role: m.role(),
+        epoch: m.epoch(),
+        leader: m.leader(),
+        commit: m.commit(),
+        last: m.last().lsn,
+        applied: m.applied(),
+        voters: m.voters(),
+        learners: m.learners(),
+        progress: m.progress(),
+        refused,
+        last_refusal,
+    }
+}
+
+struct Driver {
+    machine: Consensus,
+    dir: PathBuf,
+    file: ClusterFile,
+    /// `file` holds a newer commit index than `cluster.json`.
+    dirty: bool,
+    log: Arc<Log>,
+    links: BTreeMap<u64, Link>,
+    /// The chain of the last transaction in the log.
+    last_chain: Chain,
+    status: watch::Sender<ClusterStatus>,
+    handle: Arc<ClusterHandle>,
+    refused: u64,
+    last_refusal: Option<String>,
+    fatal: crate::fatal::FatalSender,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Vec<u8>>,
+        mut unreachable: mpsc::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lazy_save = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let event = tokio::select! {
+                _ = tick.tick() => ConsensusEvent::Tick,
+                Some(bytes) = inbound.recv() => ConsensusEvent::Received(bytes),
+                Some(id) = unreachable.recv() => ConsensusEvent::Unreachable(id),
+                _ = lazy_save.tick() => {
+                    if self.dirty {
+                        self.save();
+                    }
+                    continue;
+                }
+                _ = shutdown.cancelled() => {
+                    if self.dirty {
+                        self.save();
+                    }
+                    return;
+                }
+            };
+            let commands = self.machine.handle(event);
+            if let Err(e) = self.perform(commands) {
+                self.fatal.report(crate::fatal::Fatal::Consensus(e));
+                return;
+            }
+            let status = status_of(&self.machine, self.refused, self.last_refusal.clone());
+            self.status.send_if_modified(|s| {
+                let changed = *s != status;
+                *s = status;
+                changed
+            });
+        }
+    }
+
+    fn save(&mut self) {
+        match self.file.save(&self.dir) {
+            Ok(()) => {
+                self.dirty = false;
+                *self.handle.file.lock().unwrap_or_else(|p| p.into_inner()) = self.file.clone();
+            }
+            Err(e) => {
+                // The commit index only: the next save tries again.
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Performs commands in order. `Err`: a failure after which this member cannot go on
+    /// safely (its log or hard state is not what it told its peers); the node stops.
+    fn perform(&mut self, commands: Vec<ConsensusCommand>) -> Result<(), String> {
+        let mut queue: std::collections::VecDeque<ConsensusCommand> = commands.into();
+        while let Some(c) = queue.pop_front() {
+            match c {
+                ConsensusCommand::Send { to, bytes } => {
+                    if let Some(link) = self.links.get(&to) {
+                        link.send(bytes);
+                    }
+                }
+                ConsensusCommand::Truncate { from, discarded } => {
+                    if !discarded.is_empty() {
+                        tracing::warn!(
+                            "{} entries from lsn {from} on were replaced by the leader's",
+                            discarded.len()
+                        );
+                    }
+                    tokio::task::block_in_place(|| self.log.truncate_from(from.0))
+                        .map_err(|e| format!("cutting the log at {from}: {e}"))?;
+                    self.last_chain = self.chain_before(from)?;
+                }
+                ConsensusCommand::Persist {
+                    entries,
+                    hard_state,
+                    epochs,
+                } => self.persist(&entries, hard_state, epochs)?,
+                ConsensusCommand::InstallSnapshot { at, .. } => {
+                    tokio::task::block_in_place(|| self.log.reset(at.lsn.0))
+                        .map_err(|e| format!("restarting the log after {at}: {e}"))?;
+                    self.file.base_lsn = at.lsn.0;
+                    self.file.base_epoch = at.epoch.0;
+                    self.file.commit = self.file.commit.max(at.lsn.0);
+                    self.dirty = true;
+                }
+                ConsensusCommand::Apply(entries) => {
+                    // The database is not driven from here yet (see the module doc): the
+                    // entries count as applied.
+                    if let Some(last) = entries.last() {
+                        queue.extend(self.machine.handle(ConsensusEvent::Applied(last.lsn)));
+                    }
+                }
+                ConsensusCommand::Membership { voters, learners } => {
+                    self.file.voters = voters;
+                    self.file.learners = learners;
+                    self.file
+                        .save(&self.dir)
+                        .map_err(|e| format!("saving the membership: {e}"))?;
+                    self.dirty = false;
+                }
+                ConsensusCommand::RoleChanged {
+                    role,
+                    epoch,
+                    leader,
+                } => {
+                    tracing::info!(
+                        "consensus: {} in epoch {epoch}; the leader is {}",
+                        role.as_str(),
+                        leader.map_or("unknown".into(), |l| format!("member {l}"))
+                    );
+                }
+                ConsensusCommand::Refused { reason } => {
+                    self.refused += 1;
+                    if self.last_refusal.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!("consensus message refused: {reason}");
+                    }
+                    self.last_refusal = Some(reason);
+                }
+                ConsensusCommand::Acked(_)
+                | ConsensusCommand::Abandoned { .. }
+                | ConsensusCommand::ReadReady { .. }
+                | ConsensusCommand::ReadFailed { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(
+        &mut self,
+        entries: &[LogEntry],
+        hard_state: Option<(u64, u64, u64)>,
+        epochs: Option<Vec<(u64, u64)>>,
+    ) -> Result<(), String> {
+        if !entries.is_empty() {
+            let mut chain = self.last_chain;
+            let log = self.log.clone();
+            let mut records = Vec::with_capacity(entries.len());
+            for e in entries {
+                let (record, after) =
+                    record_of_entry(e, chain).map_err(|e| format!("an entry to persist: {e}"))?;
+                chain = after;
+                records.push(record);
+            }
+            tokio::task::block_in_place(|| {
+                for r in &records {
+                    log.append(r)?;
+                }
+                log.sync()
+            })
+            .map_err(|e| format!("persisting entries: {e}"))?;
+            self.last_chain = chain;
+        }
+        let mut must_sync = false;
+        if let Some((term, vote, commit)) = hard_state {
+            must_sync |= (term, vote) != (self.file.term, self.file.vote);
+            self.file.term = term;
+            self.file.vote = vote;
+            self.file.commit = self.file.commit.max(commit);
+            self.dirty = true;
+        }
+        if let Some(epochs) = epochs {
+            must_sync |= epochs != self.file.epochs;
+            self.file.epochs = epochs;
+            self.dirty = true;
+        }
+        if must_sync {
+            tokio::task::block_in_place(|| self.file.save(&self.dir))
+                .map_err(|e| format!("saving the hard state: {e}"))?;
+            self.dirty = false;
+            *self.handle.file.lock().unwrap_or_else(|p| p.into_inner()) = self.file.clone();
+        }
+        Ok(())
+    }
+
+    /// The chain of the last transaction before `lsn` (after a truncation): every record
+    /// carries the chain as of itself (a consensus record, its transaction's before it).
+    fn chain_before(&self, lsn: Lsn) -> Result<Chain, String> {
+        if lsn.0 <= self.file.base_lsn + 1 {
+            // The base's chain is its database's; until the database is driven from here,
+            // entries carry no transactions and the chain stays at zero.
+            return Ok(Chain(0));
+        }
+        let at = lsn.0 - 1;
+        let raw = self
+            .log
+            .read(at, 1, usize::MAX)
+            .map_err(|e| format!("reading lsn {at}: {e}"))?;
+        match raw.first() {
+            Some(raw) => entry_of_record(raw)
+                .map(|(_, chain)| chain)
+                .map_err(|e| e.to_string()),
+            None => Ok(Chain(0)),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Cluster members over real loopback sockets and real files: the consensus task, its peer
+//! links and `/v1/raft`, `cluster.json` and the log. Three members elect a leader; when the
+//! leader stops, the others elect a new one in a newer epoch; the old leader, restarted from its
+//! data directory, rejoins as a follower of the new epoch; a member of another cluster is
+//! refused.
+
+use flotilla_core::consensus::{ConsensusConfig, Role};
+use flotilla_log::{Log, LogConfig};
+use flotilla_node::cluster::driver::{self, ClusterHandle, ClusterStatus, DriverParts};
+use flotilla_node::cluster::state::{ClusterFile, Member, CLUSTER_FORMAT_VERSION};
+use flotilla_node::cluster::transport::bare_router;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    handle: Arc<ClusterHandle>,
+    stop: CancellationToken,
+    _fatal: tokio::sync::mpsc::Receiver<flotilla_node::fatal::Fatal>,
+}
+
+fn file(cluster: &str, me: u64, urls: &[String]) -> ClusterFile {
+    let members: BTreeMap<u64, Member> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            (
+                i as u64 + 1,
+                Member {
+                    name: format!("n{}", i + 1),
+                    url: u.clone(),
+                },
+            )
+        })
+        .collect();
+    ClusterFile {
+        format_version: CLUSTER_FORMAT_VERSION,
+        cluster_id: cluster.into(),
+        member_id: me,
+        voters: members.keys().copied().collect(),
+        members,
+        learners: vec![],
+        term: 0,
+        vote: 0,
+        commit: 0,
+        epochs: vec![],
+        base_lsn: 0,
+        base_epoch: 0,
+    }
+}
+
+/// Starts member `me` from `dir` (its `cluster.json` if there is one, else `fresh`), serving on
+/// `listener`.
+async fn start(dir: &Path, fresh: ClusterFile, listener: std::net::TcpListener) -> Running {
+    let f = ClusterFile::load(dir).unwrap().unwrap_or(fresh);
+    f.save(dir).unwrap();
+    let log = Arc::new(Log::open(&dir.join("log"), LogConfig::default(), 0).unwrap());
+    let stop = CancellationToken::new();
+    let (fatal_tx, fatal_rx) = flotilla_node::fatal::channel();
+    let handle = driver::start(DriverParts {
+        dir: dir.to_path_buf(),
+        config: ConsensusConfig::new(f.member_id),
+        file: f,
+        log,
+        credentials: flotilla_node::follower::Credentials {
+            tls: None,
+            token: None,
+        },
+        shutdown: stop.clone(),
+        fatal: fatal_tx,
+    })
+    .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let app = bare_router(handle.inbound.clone());
+    let s = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await
+    });
+    Running {
+        handle,
+        stop,
+        _fatal: fatal_rx,
+    }
+}
+
+fn status(r: &Running) -> ClusterStatus {
+    r.handle.status.borrow().clone()
+}
+
+/// Waits (bounded) until exactly one of `members` leads and every one of them follows it in
+/// its epoch; returns (leader's member id, epoch).
+async fn agreed_leader(members: &[&Running]) -> (u64, u64) {
+    let started = Instant::now();
+    loop {
+        let s: Vec<ClusterStatus> = members.iter().map(|r| status(r)).collect();
+        let leaders: Vec<&ClusterStatus> = s.iter().filter(|s| s.role == Role::Leader).collect();
+        if let [l] = leaders[..] {
+            let id = members
+                .iter()
+                .zip(&s)
+                .find(|(_, s)| s.role == Role::Leader)
+                .map(|(r, _)| r.handle.member_id)
+                .unwrap();
+            if s.iter().all(|x| x.leader == Some(id) && x.epoch == l.epoch) {
+                return (id, l.epoch.0);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no agreed leader in 30 s: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_elect_fail_over_rejoin_and_refuse_strangers() {
+    let root = tempfile::tempdir().unwrap();
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let mut running: Vec<Option<Running>> = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        std::fs::create_dir_all(&dirs[i]).unwrap();
+        running.push(Some(
+            start(&dirs[i], file("c-test", i as u64 + 1, &urls), l).await,
+        ));
+    }
+    let all: Vec<&Running> = running.iter().flatten().collect();
+    let (first, epoch1) = agreed_leader(&all).await;
+    assert!(epoch1 >= 1);
+
+    // The leader stops. The other two elect one of themselves, in a newer epoch.
+    let old = running[first as usize - 1].take().unwrap();
+    old.stop.cancel();
+    let rest: Vec<&Running> = running.iter().flatten().collect();
+    let (second, epoch2) = agreed_leader(&rest).await;
+    assert_ne!(second, first);
+    assert!(epoch2 > epoch1, "epoch {epoch2} after {epoch1}");
+    // Its epoch and vote reached cluster.json before it said anything that depends on them.
+    let saved = ClusterFile::load(&dirs[second as usize - 1])
+        .unwrap()
+        .unwrap();
+    assert!(saved.term >= epoch2, "{saved:?}");
+
+    // The old leader comes back from its data directory: it follows the new leader, in the
+    // new epoch, and no election is needed for that.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listener =
+        std::net::TcpListener::bind(urls[first as usize - 1].trim_start_matches("http://"))
+            .unwrap();
+    running[first as usize - 1] = Some(
+        start(
+            &dirs[first as usize - 1],
+            file("c-test", first, &urls),
+            listener,
+        )
+        .await,
+    );
+    let all: Vec<&Running> = running.iter().flatten().collect();
+    let (third, epoch3) = agreed_leader(&all).await;
+    assert_eq!((third, epoch3), (second, epoch2));
+
+    // A member of another cluster, naming one of ours among its peers: its messages are
+    // refused and change nothing here.
+    let stranger_dir = root.path().join("stranger");
+    std::fs::create_dir_all(&stranger_dir).unwrap();
+    let sl = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut stranger_urls = vec![format!("http://{}", sl.local_addr().unwrap())];
+    stranger_urls.push(urls[second as usize - 1].clone());
+    let stranger = start(&stranger_dir, file("c-other", 1, &stranger_urls), sl).await;
+    let target = running[second as usize - 1].as_ref().unwrap();
+    let started = Instant::now();
+    while status(target).refused == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reason = status(target).last_refusal.unwrap();
+    assert!(reason.contains("c-other"), "{reason}");
+    let all: Vec<&Running> = running.iter().flatten().collect();
+    assert_eq!(agreed_leader(&all).await, (second, epoch2));
+    stranger.stop.cancel();
+    for r in running.iter().flatten() {
+        r.stop.cancel();
+    }
+}

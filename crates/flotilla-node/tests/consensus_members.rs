@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Running {
     handle: Arc<ClusterHandle>,
+    log: Arc<Log>,
     stop: CancellationToken,
     _fatal: tokio::sync::mpsc::Receiver<flotilla_node::fatal::Fatal>,
 }
@@ -63,7 +64,7 @@ async fn start(dir: &Path, fresh: ClusterFile, listener: std::net::TcpListener) 
         dir: dir.to_path_buf(),
         config: ConsensusConfig::new(f.member_id),
         file: f,
-        log,
+        log: log.clone(),
         credentials: flotilla_node::follower::Credentials {
             tls: None,
             token: None,
@@ -83,6 +84,7 @@ async fn start(dir: &Path, fresh: ClusterFile, listener: std::net::TcpListener) 
     });
     Running {
         handle,
+        log,
         stop,
         _fatal: fatal_rx,
     }
@@ -193,6 +195,140 @@ async fn members_elect_fail_over_rejoin_and_refuse_strangers() {
     let all: Vec<&Running> = running.iter().flatten().collect();
     assert_eq!(agreed_leader(&all).await, (second, epoch2));
     stranger.stop.cancel();
+    for r in running.iter().flatten() {
+        r.stop.cancel();
+    }
+}
+
+fn record(at: flotilla_types::Position, n: u64) -> bytes::Bytes {
+    use flotilla_types::*;
+    bytes::Bytes::from(flotilla_wire::encode_record(&LogRecord {
+        epoch: at.epoch,
+        lsn: at.lsn,
+        chain: Chain(n),
+        digest: ContentDigest(n),
+        commit_time_us: n,
+        origin: NodeId::new("n1").unwrap(),
+        pages: None,
+        rows: Some(Default::default()),
+    }))
+}
+
+async fn propose(
+    r: &Running,
+    at: flotilla_types::Position,
+    bytes: bytes::Bytes,
+    durability: flotilla_types::Durability,
+) -> Result<(), driver::Unacknowledged> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    r.handle
+        .proposals
+        .send(driver::Proposal {
+            at,
+            record: bytes,
+            waiters: vec![(durability, tx)],
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("an answer")
+        .unwrap()
+}
+
+/// Transactions proposed on the leader are acknowledged per durability, land in every member's
+/// log at their position, byte for byte, and are in the log of the leader elected after.
+#[tokio::test(flavor = "multi_thread")]
+async fn proposals_are_acknowledged_and_replicated_to_every_log() {
+    use flotilla_types::{Durability, Epoch, Lsn, Position};
+    let root = tempfile::tempdir().unwrap();
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let mut running: Vec<Option<Running>> = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let dir = root.path().join(format!("n{}", i + 1));
+        std::fs::create_dir_all(&dir).unwrap();
+        running.push(Some(start(&dir, file("c-p", i as u64 + 1, &urls), l).await));
+    }
+    let all: Vec<&Running> = running.iter().flatten().collect();
+    let (leader, epoch) = agreed_leader(&all).await;
+    let l = running[leader as usize - 1].as_ref().unwrap();
+    let follower = running
+        .iter()
+        .flatten()
+        .find(|r| r.handle.member_id != leader)
+        .unwrap();
+
+    // Not on a follower, and only at the next position.
+    let next = |r: &Running| {
+        let s = status(r);
+        Position {
+            epoch: Epoch(epoch),
+            lsn: Lsn(s.last.0 + 1),
+        }
+    };
+    let at = next(follower);
+    let e = propose(follower, at, record(at, 0), Durability::Async)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, driver::Unacknowledged::NotProposed(_)), "{e}");
+    let at = next(l);
+    let skipped = Position {
+        epoch: at.epoch,
+        lsn: Lsn(at.lsn.0 + 1),
+    };
+    let e = propose(l, skipped, record(skipped, 0), Durability::Async)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("next position"), "{e}");
+
+    // The writer counts positions itself (the status is published after the answers).
+    let mut at = next(l);
+    let mut written = Vec::new();
+    for n in 1..=30u64 {
+        if n > 1 {
+            at.lsn = at.lsn.next();
+        }
+        let bytes = record(at, n);
+        let durability =
+            [Durability::Async, Durability::SemiSync, Durability::Quorum][n as usize % 3];
+        propose(l, at, bytes.clone(), durability).await.unwrap();
+        written.push((at, bytes));
+    }
+    // Every member's log holds them, byte for byte (async ones arrive a moment later).
+    for r in running.iter().flatten() {
+        let started = Instant::now();
+        loop {
+            let last = written.last().unwrap().0.lsn.0;
+            if r.log.stats().durable_lsn >= last {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "member {} behind",
+                r.handle.member_id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (at, bytes) in &written {
+            let got = r.log.read(at.lsn.0, 1, usize::MAX).unwrap();
+            assert_eq!(got[0], *bytes, "member {} at {at}", r.handle.member_id);
+        }
+    }
+    // The leader stops; the next one holds every acknowledged transaction.
+    running[leader as usize - 1].take().unwrap().stop.cancel();
+    let rest: Vec<&Running> = running.iter().flatten().collect();
+    let (second, epoch2) = agreed_leader(&rest).await;
+    assert!(epoch2 > epoch);
+    let s = running[second as usize - 1].as_ref().unwrap();
+    for (at, bytes) in &written {
+        assert_eq!(s.log.read(at.lsn.0, 1, usize::MAX).unwrap()[0], *bytes);
+    }
     for r in running.iter().flatten() {
         r.stop.cancel();
     }

@@ -11,6 +11,7 @@
 use super::state::ClusterFile;
 use super::transport::{spawn_link, Link};
 use crate::follower::transport::Credentials;
+use bytes::Bytes;
 use flotilla_core::consensus::log_records::{entry_of_record, record_of_entry};
 use flotilla_core::consensus::{
     Consensus, ConsensusCommand, ConsensusConfig, ConsensusEvent, LogEntry, MemberProgress,
@@ -18,7 +19,8 @@ use flotilla_core::consensus::{
 };
 use flotilla_log::Log;
 use flotilla_types::{Chain, Epoch, Lsn};
-use std::collections::BTreeMap;
+use flotilla_types::{Durability, Position};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +49,30 @@ pub struct ClusterStatus {
     pub last_refusal: Option<String>,
 }
 
+/// A transaction the leader's writer executed at `at`, to replicate; each waiter is answered
+/// once the durability it asked for holds, or told why it will not be.
+pub struct Proposal {
+    pub at: Position,
+    pub record: Bytes,
+    pub waiters: Vec<(
+        Durability,
+        tokio::sync::oneshot::Sender<Result<(), Unacknowledged>>,
+    )>,
+}
+
+/// Why a proposal's request was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unacknowledged {
+    /// Refused before anything was replicated (this member does not lead, or the position was
+    /// not the next one): the transaction is not part of the history.
+    #[error("not proposed: {0}")]
+    NotProposed(String),
+    /// This member stopped leading before the durability held: the transaction may or may not
+    /// survive (the new leader decides).
+    #[error("the leader changed before the write was replicated: {0}")]
+    LeadershipLost(String),
+}
+
 /// The handle the rest of the node holds.
 pub struct ClusterHandle {
     pub cluster_id: String,
@@ -55,6 +81,8 @@ pub struct ClusterHandle {
     pub file: Mutex<ClusterFile>,
     /// Envelopes from peers.
     pub inbound: mpsc::Sender<Vec<u8>>,
+    /// Transactions from the leader's writer.
+    pub proposals: mpsc::Sender<Proposal>,
     pub status: watch::Receiver<ClusterStatus>,
 }
 
@@ -122,6 +150,7 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
     let (recovered, last_chain) = recover(&parts.file, &parts.log)?;
     let machine = Consensus::new(parts.config.clone(), &parts.file.cluster_id, recovered)?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (proposals_tx, proposals_rx) = mpsc::channel(1024);
     let (unreachable_tx, unreachable_rx) = mpsc::channel(256);
     let links: BTreeMap<u64, Link> = parts
         .file
@@ -145,6 +174,7 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         member_id: parts.file.member_id,
         file: Mutex::new(parts.file.clone()),
         inbound: inbound_tx,
+        proposals: proposals_tx,
         status: status_rx,
     });
     let driver = Driver {
@@ -160,8 +190,10 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         refused: 0,
         last_refusal: None,
         fatal: parts.fatal,
+        waiting: HashMap::new(),
+        next_tag: 0,
     };
-    tokio::spawn(driver.run(inbound_rx, unreachable_rx, parts.shutdown));
+    tokio::spawn(driver.run(inbound_rx, proposals_rx, unreachable_rx, parts.shutdown));
     Ok(handle)
 }
 
@@ -196,12 +228,16 @@ struct Driver {
     refused: u64,
     last_refusal: Option<String>,
     fatal: crate::fatal::FatalSender,
+    /// Requests waiting for their durability, by tag.
+    waiting: HashMap<u64, tokio::sync::oneshot::Sender<Result<(), Unacknowledged>>>,
+    next_tag: u64,
 }
 
 impl Driver {
     async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Vec<u8>>,
+        mut proposals: mpsc::Receiver<Proposal>,
         mut unreachable: mpsc::Receiver<u64>,
         shutdown: CancellationToken,
     ) {
@@ -210,6 +246,15 @@ impl Driver {
         let mut lazy_save = tokio::time::interval(Duration::from_secs(1));
         loop {
             let event = tokio::select! {
+                Some(p) = proposals.recv() => {
+                    let commands = self.propose(p);
+                    if let Err(e) = self.perform(commands) {
+                        self.fatal.report(crate::fatal::Fatal::Consensus(e));
+                        return;
+                    }
+                    self.publish_status();
+                    continue;
+                }
                 _ = tick.tick() => ConsensusEvent::Tick,
                 Some(bytes) = inbound.recv() => ConsensusEvent::Received(bytes),
                 Some(id) = unreachable.recv() => ConsensusEvent::Unreachable(id),
@@ -231,13 +276,38 @@ impl Driver {
                 self.fatal.report(crate::fatal::Fatal::Consensus(e));
                 return;
             }
-            let status = status_of(&self.machine, self.refused, self.last_refusal.clone());
-            self.status.send_if_modified(|s| {
-                let changed = *s != status;
-                *s = status;
-                changed
-            });
+            self.publish_status();
         }
+    }
+
+    fn publish_status(&mut self) {
+        let status = status_of(&self.machine, self.refused, self.last_refusal.clone());
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+
+    /// Hands a proposal to the machine; its waiters wait under fresh tags.
+    fn propose(&mut self, p: Proposal) -> Vec<ConsensusCommand> {
+        let mut tags = Vec::with_capacity(p.waiters.len());
+        let mut replies = Vec::with_capacity(p.waiters.len());
+        for (durability, reply) in p.waiters {
+            self.next_tag += 1;
+            tags.push((self.next_tag, durability));
+            replies.push((self.next_tag, reply));
+        }
+        let mut out = Vec::new();
+        match self.machine.propose(p.at, p.record, &tags, &mut out) {
+            Ok(()) => self.waiting.extend(replies),
+            Err(e) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(Unacknowledged::NotProposed(e.to_string())));
+                }
+            }
+        }
+        out
     }
 
     fn save(&mut self) {
@@ -321,10 +391,21 @@ impl Driver {
                     }
                     self.last_refusal = Some(reason);
                 }
-                ConsensusCommand::Acked(_)
-                | ConsensusCommand::Abandoned { .. }
-                | ConsensusCommand::ReadReady { .. }
-                | ConsensusCommand::ReadFailed { .. } => {}
+                ConsensusCommand::Acked(tags) => {
+                    for tag in tags {
+                        if let Some(reply) = self.waiting.remove(&tag) {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+                ConsensusCommand::Abandoned { tags, reason } => {
+                    for tag in tags {
+                        if let Some(reply) = self.waiting.remove(&tag) {
+                            let _ = reply.send(Err(Unacknowledged::LeadershipLost(reason.clone())));
+                        }
+                    }
+                }
+                ConsensusCommand::ReadReady { .. } | ConsensusCommand::ReadFailed { .. } => {}
             }
         }
         Ok(())

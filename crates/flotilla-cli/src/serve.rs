@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// Follow this leader (http://HOST:PORT); without it the node is a leader.
     #[arg(long)]
     follow: Option<String>,
+    /// Be a voter of a cluster that elects its leader: every voter, NAME=HOST:PORT, this node
+    /// among them (the same list on each; see docs/failover.md).
+    #[arg(long, value_name = "N1=HOST:PORT,N2=…", value_delimiter = ',')]
+    cluster: Vec<String>,
     /// The URL other nodes and clients use for this node [default: http://<listen>].
     #[arg(long)]
     advertise_url: Option<String>,
@@ -103,6 +107,9 @@ pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
         replication_token,
         page_size
     );
+    if !a.cluster.is_empty() {
+        file.cluster = Some(a.cluster.clone());
+    }
     if a.auth {
         file.auth = Some(true);
     }

@@ -40,6 +40,9 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     pub follow: Option<String>,
     pub advertise_url: Option<String>,
+    /// The voters of a new cluster, `NAME=URL` each (this node's id among them). Each starts
+    /// with the same list; after the first start the data directory remembers it.
+    pub cluster: Option<Vec<String>>,
     pub synchronous: Option<String>,
     /// Require API tokens. Default: on when the node listens on a non-loopback address.
     pub auth: Option<bool>,
@@ -291,6 +294,9 @@ pub struct NodeConfig {
     pub follow: Option<String>,
     /// The URL other nodes and clients use to reach this node (default: from `listen`).
     pub advertise_url: Option<String>,
+    /// The voters of a cluster (name, URL), in the order given: a cluster member elects its
+    /// leader with them instead of following a fixed one.
+    pub cluster: Option<Vec<(NodeId, String)>>,
     /// Whether requests must carry a token.
     pub auth: bool,
     /// A follower's token for its leader.
@@ -350,6 +356,40 @@ impl ConfigFile {
                 format!("{listen_text:?} is not HOST:PORT with a numeric IP, e.g. 127.0.0.1:4790"),
             )
         })?;
+        let cluster = match &self.cluster {
+            None => None,
+            Some(list) => {
+                let mut members: Vec<(NodeId, String)> = Vec::new();
+                for item in list {
+                    let (name, url) = item.split_once('=').ok_or_else(|| {
+                        invalid(
+                            "cluster",
+                            format!("{item:?}: expected NAME=URL (n1=10.0.0.1:4790)"),
+                        )
+                    })?;
+                    let name = NodeId::new(name.trim())
+                        .map_err(|e| invalid("cluster", format!("{item:?}: {e}")))?;
+                    let url = validate_url("cluster", url.trim())?;
+                    if members.iter().any(|(n, _)| *n == name) {
+                        return Err(invalid("cluster", format!("{name} is named twice")));
+                    }
+                    members.push((name, url));
+                }
+                if !members.iter().any(|(n, _)| *n == id) {
+                    return Err(invalid(
+                        "cluster",
+                        format!("this node ({id}) is not among the members given"),
+                    ));
+                }
+                if self.follow.is_some() {
+                    return Err(invalid(
+                        "cluster",
+                        "a cluster member elects its leader: give --cluster or --follow, not both",
+                    ));
+                }
+                Some(members)
+            }
+        };
         let follow = match self.follow {
             Some(url) => Some(validate_url("follow", &url)?),
             None => None,
@@ -563,6 +603,7 @@ impl ConfigFile {
             listen,
             follow,
             advertise_url,
+            cluster,
             auth,
             replication_token: self.replication_token,
             tls_cert_key,

@@ -54,6 +54,8 @@ pub struct Node {
     pub keyring: Option<Arc<crate::auth::Keyring>>,
     /// How this node reaches other nodes (TLS roots, its replication token).
     pub peers: Arc<crate::peer::Peers>,
+    /// On a cluster member: its consensus task.
+    pub cluster: Option<Arc<crate::cluster::driver::ClusterHandle>>,
 }
 
 impl Node {

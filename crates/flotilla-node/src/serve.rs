@@ -106,7 +106,39 @@ pub async fn run(
     let (fatal_tx, mut fatal_rx) = crate::fatal::channel();
 
     let mut writer_thread = None;
+    // A cluster member: its consensus state, and its database as a replica until it leads.
+    let cluster_file = match &config.cluster {
+        Some(members) => {
+            let file = crate::cluster::setup::cluster_file(&dir, members, &config.id)?;
+            match &ident.cluster_id {
+                Some(c) if *c != file.cluster_id => anyhow::bail!(
+                    "this data directory belongs to cluster {c}, not to the cluster of the \
+                     members given ({})",
+                    file.cluster_id
+                ),
+                _ => {}
+            }
+            ident.cluster_id = Some(file.cluster_id.clone());
+            identity::save(&dir, &ident)?;
+            Some(file)
+        }
+        None => None,
+    };
     let (role, position) = match &config.follow {
+        _ if cluster_file.is_some() => {
+            let db = flotilla_store::Replica::open(
+                &db_path,
+                &crate::follower::replica_settings(&config, counters.apply_conflicts.clone()),
+            )?;
+            let position = db.as_ref().map(|d| d.meta().position).unwrap_or_default();
+            (
+                Role::Follower {
+                    leader_url: String::new(),
+                    state: Arc::new(FollowerShared::new(db)),
+                },
+                position,
+            )
+        }
         None => {
             // The database knows its own position; an empty log continues from there.
             let (mut db, created) = LeaderDb::open(&db_path, &settings, random_cluster_id)
@@ -203,6 +235,7 @@ pub async fn run(
                     trims: state.trims.clone(),
                     settings: settings.clone(),
                     interrupt: writer_interrupt,
+                    cluster: None,
                 },
                 jobs_rx,
             ));
@@ -254,6 +287,39 @@ pub async fn run(
     let max_value = config.max_result_bytes.max(config.max_transaction_bytes) as usize;
     let readers = ReaderPool::new(db_path.clone(), config.readers, have_db, max_value);
     let (position_tx, _) = watch::channel(position);
+    let mut cluster_parts = None;
+    let cluster = match cluster_file {
+        Some(file) => {
+            let log = Arc::new(Log::open(
+                &dir.join("log"),
+                LogConfig {
+                    segment_bytes: config.segment_bytes,
+                    fsync: config.log_fsync,
+                },
+                file.base_lsn,
+            )?);
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            let mut consensus = flotilla_core::consensus::ConsensusConfig::new(file.member_id);
+            consensus.semi_sync_replicas = config.durability.semi_sync_replicas;
+            let handle = crate::cluster::driver::start(crate::cluster::driver::DriverParts {
+                dir: dir.clone(),
+                file,
+                log: log.clone(),
+                credentials: crate::follower::Credentials {
+                    tls: peers.tls.clone(),
+                    token: peers.token.clone(),
+                },
+                config: consensus,
+                shutdown: shutdown.clone(),
+                fatal: fatal_tx.clone(),
+                events: Some(events_tx),
+                db_lsn: position.lsn.0,
+            })?;
+            cluster_parts = Some((log, events_rx));
+            Some(handle)
+        }
+        None => None,
+    };
     let node = Arc::new(Node {
         config: config.clone(),
         role: arc_swap::ArcSwap::from_pointee(role),
@@ -266,6 +332,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         keyring,
         peers: Arc::new(peers),
+        cluster,
     });
     crate::auth::first_admin_token(&node).await?;
     if let Some(leader) = node.leader() {
@@ -299,7 +366,44 @@ pub async fn run(
             }));
         }
     }
+    let follower_host = || {
+        Arc::new(crate::follower::FollowerHost {
+            id: config.id.as_str().to_string(),
+            url: node.url.clone(),
+            db_path: node.db_path.clone(),
+            replica: crate::follower::replica_settings(
+                &config,
+                node.counters.apply_conflicts.clone(),
+            ),
+            identity: node.identity.clone(),
+            readers: node.readers.clone(),
+            position: node.position.clone(),
+            counters: node.counters.clone(),
+            peers: node.peers.clone(),
+            keyring: node.keyring.clone(),
+            shutdown: node.shutdown.clone(),
+        })
+    };
+    if let (Some(handle), Some((log, events))) = (&node.cluster, cluster_parts) {
+        let Role::Follower { state, .. } = &*node.role() else {
+            unreachable!("a cluster member starts as a follower")
+        };
+        tokio::spawn(crate::cluster::member::run(
+            crate::cluster::member::MemberHost {
+                node: node.clone(),
+                follower: follower_host(),
+                shared: state.clone(),
+                handle: handle.clone(),
+                log,
+                settings: settings.clone(),
+                fatal: fatal_tx.clone(),
+                dir: dir.clone(),
+            },
+            events,
+        ));
+    }
     let follower_task = match &*node.role() {
+        _ if node.cluster.is_some() => None,
         Role::Follower { leader_url, state } => Some(tokio::spawn(crate::follower::drive(
             Arc::new(crate::follower::FollowerHost {
                 id: config.id.as_str().to_string(),

@@ -71,6 +71,8 @@ async fn start(dir: &Path, fresh: ClusterFile, listener: std::net::TcpListener) 
         },
         shutdown: stop.clone(),
         fatal: fatal_tx,
+        events: None,
+        db_lsn: 0,
     })
     .unwrap();
     listener.set_nonblocking(true).unwrap();

@@ -182,6 +182,13 @@ impl LeaderDb {
     /// Also positions the WAL tail after the last commit. `Err(Mismatch)` if the WAL no longer
     /// holds them (another program checkpointed it): the caller then restarts the log after the
     /// database's position.
+    /// Starts capturing after the commits the WAL holds now: a database that was a replica
+    /// until this writer opened it (a cluster member that now leads) holds commits that are
+    /// already in the log.
+    pub fn capture_from_here(&mut self) -> Result<(), StoreError> {
+        self.wal.capture_all().map(|_| ())
+    }
+
     pub fn uncaptured(
         &mut self,
         log_last: Lsn,

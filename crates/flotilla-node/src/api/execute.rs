@@ -49,11 +49,12 @@ pub async fn execute(
     };
     let (statements, timeout_ms) = (req.statements, req.timeout_ms);
     let durability = req.durability.unwrap_or(node.config.durability.default);
-    if durability == Durability::Quorum {
+    let clustered = node.config.cluster.is_some();
+    if durability == Durability::Quorum && !clustered {
         return Err(ApiError::bad_request(
             "durability_unavailable",
-            "\"quorum\" durability needs a cluster of voters, which this version does not run \
-             yet; \"semi-sync\" waits for physical followers",
+            "\"quorum\" durability needs a cluster of voters (flotilla serve --cluster); this \
+             node leads alone: \"semi-sync\" waits for physical followers",
         ));
     }
     let Some(leader) = node.leader() else {
@@ -83,6 +84,7 @@ pub async fn execute(
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     let job = WriteJob::Request {
+        durability,
         request: TxnRequest {
             statements,
             idempotency_key: req.idempotency_key,
@@ -105,7 +107,8 @@ pub async fn execute(
         | Ok((RequestOutcome::Duplicate { results, position }, _)) => {
             // A retry of an acknowledged request waits again too: its first answer may have
             // been a timeout.
-            if durability == Durability::SemiSync {
+            // A cluster's leader answers once the consensus acknowledged the durability.
+            if durability == Durability::SemiSync && !clustered {
                 Counters::add(&node.counters.semi_sync_waits, 1);
                 let settings = &node.config.durability;
                 if let Err(e) = leader

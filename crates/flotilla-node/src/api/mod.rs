@@ -50,6 +50,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/replication", get(replication))
+        .route("/v1/raft", get(raft))
+        .route("/v1/cluster", get(status::cluster))
         .route("/metrics", get(metrics::metrics))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -73,6 +75,27 @@ pub fn router(node: Arc<Node>) -> Router {
             node,
             crate::auth::layer,
         ))
+}
+
+/// A cluster member's consensus messages from a peer (see `cluster::transport`).
+async fn raft(
+    State(node): State<Arc<Node>>,
+    ws: WebSocketUpgrade,
+) -> Result<axum::response::Response, ApiError> {
+    let Some(cluster) = node.cluster.clone() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "this node is not a cluster member (flotilla serve --cluster)",
+        ));
+    };
+    Ok(ws
+        .max_message_size(crate::cluster::transport::MAX_RAFT_MESSAGE_BYTES)
+        .max_frame_size(crate::cluster::transport::MAX_RAFT_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            crate::cluster::transport::serve_inbound(cluster.inbound.clone(), socket)
+        })
+        .into_response())
 }
 
 async fn replication(

@@ -31,6 +31,26 @@ pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
             "could not start the snapshot",
         )
     })?;
+    // A cluster's leader may hold transactions not committed yet: a snapshot is only given
+    // once the consensus committed everything it holds (never a state a failover drops).
+    if node.cluster.is_some() {
+        let mut position = node.position.subscribe();
+        let committed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            position.wait_for(|p| *p >= header.position),
+        )
+        .await;
+        if !matches!(committed, Ok(Ok(_))) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!(
+                    "the snapshot at {} is not committed by the cluster yet; retry",
+                    header.position
+                ),
+            ));
+        }
+    }
     Ok((
         [
             (

@@ -160,7 +160,59 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             }
         }
     }
+    if let Some(c) = &node.cluster {
+        out["cluster"] = cluster_json(c);
+    }
     Json(out)
+}
+
+/// A cluster member's view of the consensus: its role and epoch, the leader, the commit index
+/// and, on the leader, how far each member holds the log.
+fn cluster_json(c: &crate::cluster::driver::ClusterHandle) -> Value {
+    let s = c.status.borrow().clone();
+    let file = c.file();
+    let name = |id: u64| file.members.get(&id).map(|m| m.name.clone());
+    let url = |id: u64| file.members.get(&id).map(|m| m.url.clone());
+    let members: Vec<Value> = file
+        .members
+        .iter()
+        .map(|(id, m)| {
+            let progress = s.progress.iter().find(|p| p.id == *id);
+            json!({
+                "member_id": id,
+                "id": m.name,
+                "url": m.url,
+                "voter": s.voters.contains(id),
+                "matched_lsn": progress.map(|p| p.matched.0),
+            })
+        })
+        .collect();
+    json!({
+        "cluster_id": c.cluster_id,
+        "member_id": c.member_id,
+        "role": s.role.as_str(),
+        "epoch": s.epoch.0,
+        "leader": s.leader.and_then(name),
+        "leader_url": s.leader.and_then(url),
+        "commit_lsn": s.commit.0,
+        "last_lsn": s.last.0,
+        "applied_lsn": s.applied.0,
+        "members": members,
+        "refused_messages": s.refused,
+        "last_refusal": s.last_refusal,
+    })
+}
+
+/// `GET /v1/cluster`: the consensus view of a cluster member.
+pub async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::ApiError> {
+    match &node.cluster {
+        Some(c) => Ok(Json(cluster_json(c))),
+        None => Err(super::ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "this node is not a cluster member (flotilla serve --cluster)",
+        )),
+    }
 }
 
 #[cfg(test)]

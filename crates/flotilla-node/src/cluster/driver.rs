@@ -73,6 +73,23 @@ pub enum Unacknowledged {
     LeadershipLost(String),
 }
 
+/// What the consensus task tells the member's database host, in order.
+#[derive(Debug)]
+pub enum MemberEvent {
+    /// Committed entries to apply; report the last with `ClusterHandle::applied`.
+    Apply(Vec<LogEntry>),
+    /// This member's role, its epoch and the leader it knows of.
+    Role {
+        role: Role,
+        epoch: Epoch,
+        leader: Option<u64>,
+    },
+    /// Replace the database with a copy of the leader's at or after this position.
+    InstallSnapshot(Position),
+    /// Entries the log dropped (the new leader's replace them).
+    Discarded(Vec<LogEntry>),
+}
+
 /// The handle the rest of the node holds.
 pub struct ClusterHandle {
     pub cluster_id: String,
@@ -83,6 +100,8 @@ pub struct ClusterHandle {
     pub inbound: mpsc::Sender<Vec<u8>>,
     /// Transactions from the leader's writer.
     pub proposals: mpsc::Sender<Proposal>,
+    /// The database host's reports: applied through this LSN.
+    pub applied: mpsc::UnboundedSender<Lsn>,
     pub status: watch::Receiver<ClusterStatus>,
 }
 
@@ -143,14 +162,23 @@ pub struct DriverParts {
     pub config: ConsensusConfig,
     pub shutdown: CancellationToken,
     pub fatal: crate::fatal::FatalSender,
+    /// The member's database host; `None`: entries count as applied once committed (the
+    /// consensus alone, in tests).
+    pub events: Option<mpsc::UnboundedSender<MemberEvent>>,
+    /// What the database holds (its last transaction's LSN): entries up to it count as applied.
+    pub db_lsn: u64,
 }
 
 /// Starts the consensus task.
 pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
-    let (recovered, last_chain) = recover(&parts.file, &parts.log)?;
+    let (mut recovered, last_chain) = recover(&parts.file, &parts.log)?;
+    if parts.events.is_some() {
+        recovered.applied = parts.db_lsn.min(recovered.commit).max(parts.file.base_lsn);
+    }
     let machine = Consensus::new(parts.config.clone(), &parts.file.cluster_id, recovered)?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let (proposals_tx, proposals_rx) = mpsc::channel(1024);
+    let (applied_tx, applied_rx) = mpsc::unbounded_channel();
     let (unreachable_tx, unreachable_rx) = mpsc::channel(256);
     let links: BTreeMap<u64, Link> = parts
         .file
@@ -175,6 +203,7 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         file: Mutex::new(parts.file.clone()),
         inbound: inbound_tx,
         proposals: proposals_tx,
+        applied: applied_tx,
         status: status_rx,
     });
     let driver = Driver {
@@ -192,8 +221,15 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         fatal: parts.fatal,
         waiting: HashMap::new(),
         next_tag: 0,
+        events: parts.events,
     };
-    tokio::spawn(driver.run(inbound_rx, proposals_rx, unreachable_rx, parts.shutdown));
+    tokio::spawn(driver.run(
+        inbound_rx,
+        proposals_rx,
+        unreachable_rx,
+        applied_rx,
+        parts.shutdown,
+    ));
     Ok(handle)
 }
 
@@ -231,6 +267,7 @@ struct Driver {
     /// Requests waiting for their durability, by tag.
     waiting: HashMap<u64, tokio::sync::oneshot::Sender<Result<(), Unacknowledged>>>,
     next_tag: u64,
+    events: Option<mpsc::UnboundedSender<MemberEvent>>,
 }
 
 impl Driver {
@@ -239,6 +276,7 @@ impl Driver {
         mut inbound: mpsc::Receiver<Vec<u8>>,
         mut proposals: mpsc::Receiver<Proposal>,
         mut unreachable: mpsc::Receiver<u64>,
+        mut applied: mpsc::UnboundedReceiver<Lsn>,
         shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(TICK);
@@ -258,6 +296,7 @@ impl Driver {
                 _ = tick.tick() => ConsensusEvent::Tick,
                 Some(bytes) = inbound.recv() => ConsensusEvent::Received(bytes),
                 Some(id) = unreachable.recv() => ConsensusEvent::Unreachable(id),
+                Some(lsn) = applied.recv() => ConsensusEvent::Applied(lsn),
                 _ = lazy_save.tick() => {
                     if self.dirty {
                         self.save();
@@ -341,6 +380,9 @@ impl Driver {
                             discarded.len()
                         );
                     }
+                    if let Some(events) = &self.events {
+                        let _ = events.send(MemberEvent::Discarded(discarded));
+                    }
                     tokio::task::block_in_place(|| self.log.truncate_from(from.0))
                         .map_err(|e| format!("cutting the log at {from}: {e}"))?;
                     self.last_chain = self.chain_before(from)?;
@@ -357,14 +399,21 @@ impl Driver {
                     self.file.base_epoch = at.epoch.0;
                     self.file.commit = self.file.commit.max(at.lsn.0);
                     self.dirty = true;
-                }
-                ConsensusCommand::Apply(entries) => {
-                    // The database is not driven from here yet (see the module doc): the
-                    // entries count as applied.
-                    if let Some(last) = entries.last() {
-                        queue.extend(self.machine.handle(ConsensusEvent::Applied(last.lsn)));
+                    if let Some(events) = &self.events {
+                        let _ = events.send(MemberEvent::InstallSnapshot(at));
                     }
                 }
+                ConsensusCommand::Apply(entries) => match &self.events {
+                    Some(events) => {
+                        let _ = events.send(MemberEvent::Apply(entries));
+                    }
+                    // No database: committed entries count as applied.
+                    None => {
+                        if let Some(last) = entries.last() {
+                            queue.extend(self.machine.handle(ConsensusEvent::Applied(last.lsn)));
+                        }
+                    }
+                },
                 ConsensusCommand::Membership { voters, learners } => {
                     self.file.voters = voters;
                     self.file.learners = learners;
@@ -383,6 +432,13 @@ impl Driver {
                         role.as_str(),
                         leader.map_or("unknown".into(), |l| format!("member {l}"))
                     );
+                    if let Some(events) = &self.events {
+                        let _ = events.send(MemberEvent::Role {
+                            role,
+                            epoch,
+                            leader,
+                        });
+                    }
                 }
                 ConsensusCommand::Refused { reason } => {
                     self.refused += 1;

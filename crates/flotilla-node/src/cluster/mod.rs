@@ -3,5 +3,7 @@
 //! is its host.
 
 pub mod driver;
+pub mod member;
+pub mod setup;
 pub mod state;
 pub mod transport;

@@ -2,7 +2,7 @@
 //! leader, an apply thread owning the database's write connection, and snapshot bootstrap.
 
 pub(crate) mod apply;
-mod bootstrap;
+pub(crate) mod bootstrap;
 mod driver;
 mod flush;
 mod replica;

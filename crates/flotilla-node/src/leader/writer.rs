@@ -22,8 +22,13 @@ pub enum WriteJob {
     /// A client transaction (committed in a group with others).
     Request {
         request: TxnRequest,
+        /// On a cluster's leader, the answer waits for it (a single leader answers once its
+        /// log holds the record; semi-sync waits in the handler).
+        durability: flotilla_types::Durability,
         reply: oneshot::Sender<WriteReply>,
     },
+    /// The leader stops leading: the writer ends (and closes the database).
+    Stop,
     /// Adding, removing or pausing a pipeline: an internal commit of its own.
     Pipeline {
         change: PipelineChange,
@@ -53,6 +58,9 @@ pub enum ChangeError {
     /// change took effect is known after its restart.
     #[error("the node stopped before the change was durable: {0}")]
     Indeterminate(String),
+    /// Not available on this node (a cluster's leader does not take such changes yet).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +103,23 @@ pub struct WriterParts {
     pub settings: flotilla_store::DbSettings,
     /// Cancels the writer connection's running statement (a restore replaces it).
     pub interrupt: Arc<std::sync::Mutex<flotilla_store::InterruptHandle>>,
+    /// On a cluster's leader: where records go instead of the log (the consensus task
+    /// persists and replicates them).
+    pub cluster: Option<ClusterWriter>,
 }
+
+/// How a cluster's leader publishes: each commit at the next position the consensus machine
+/// gives (the writer is the only proposer while it leads, so it counts them itself), proposed
+/// instead of appended; each request is answered once its durability holds.
+pub struct ClusterWriter {
+    pub proposals: mpsc::Sender<crate::cluster::driver::Proposal>,
+    pub next: flotilla_types::Lsn,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Why a cluster's leader does not take token, pipeline or restore changes yet.
+const NOT_IN_CLUSTER: &str =
+    "a cluster's leader does not take token, pipeline or restore changes yet (see docs/failover.md)";
 
 /// What the writer needs to make a commit durable and visible.
 pub(super) struct Publisher {
@@ -149,6 +173,7 @@ pub fn spawn_writer(
                 trims,
                 settings,
                 interrupt,
+                mut cluster,
             } = parts;
             let publisher = Publisher {
                 log,
@@ -160,8 +185,27 @@ pub fn spawn_writer(
             // gathering a group, and requests a group had no room for (size limit).
             let mut waiting: VecDeque<WriteJob> = VecDeque::new();
             while let Some(first) = waiting.pop_front().or_else(|| jobs.blocking_recv()) {
-                let (request, reply) = match first {
-                    WriteJob::Request { request, reply } => (request, reply),
+                let (request, durability, reply) = match first {
+                    WriteJob::Request {
+                        request,
+                        durability,
+                        reply,
+                    } => (request, durability, reply),
+                    WriteJob::Stop => return,
+                    WriteJob::Token { reply, .. } if cluster.is_some() => {
+                        let _ = reply.send(Err(ChangeError::Unavailable(NOT_IN_CLUSTER.into())));
+                        continue;
+                    }
+                    WriteJob::Pipeline { reply, .. } if cluster.is_some() => {
+                        let _ = reply.send(Err(ChangeError::Unavailable(NOT_IN_CLUSTER.into())));
+                        continue;
+                    }
+                    WriteJob::Restore(job) if cluster.is_some() => {
+                        let _ = job
+                            .reply
+                            .send(Err(super::RestoreError::Refused(NOT_IN_CLUSTER.into())));
+                        continue;
+                    }
                     WriteJob::Token { change, reply } => {
                         let now = wall_us();
                         let result = match &change {
@@ -201,14 +245,18 @@ pub fn spawn_writer(
                         continue;
                     }
                 };
-                let mut group = vec![(request, reply)];
+                let mut group = vec![(request, durability, reply)];
                 while group.len() < MAX_GROUP {
                     let next = match waiting.pop_front() {
                         Some(job) => Some(job),
                         None => jobs.try_recv().ok(),
                     };
                     match next {
-                        Some(WriteJob::Request { request, reply }) => group.push((request, reply)),
+                        Some(WriteJob::Request {
+                            request,
+                            durability,
+                            reply,
+                        }) => group.push((request, durability, reply)),
                         Some(other) => {
                             waiting.push_front(other);
                             break;
@@ -221,7 +269,11 @@ pub fn spawn_writer(
                 }
                 let requests: Vec<TxnRequest> = group.iter().map(|j| j.0.clone()).collect();
                 let now = wall_us();
-                let outcome = match db.commit_batch(&requests, epoch, &origin, now) {
+                let committed = match &cluster {
+                    Some(c) => db.commit_batch_at(&requests, epoch, c.next, &origin, now),
+                    None => db.commit_batch(&requests, epoch, &origin, now),
+                };
+                let outcome = match committed {
                     Ok(o) => o,
                     Err(e) if matches!(e, flotilla_store::StoreError::Capture(_)) => {
                         return stop(group, &fatal, format!("{e}"));
@@ -229,22 +281,33 @@ pub fn spawn_writer(
                     Err(e) => {
                         // SQLite refused the commit (disk full, IO error): rolled back.
                         let msg = e.to_string();
-                        for (_, reply) in group {
+                        for (_, _, reply) in group {
                             let _ = reply.send(Err(WriteError::Failed(msg.clone())));
                         }
                         continue;
                     }
                 };
+                if let Some(c) = &mut cluster {
+                    let retries = propose(c, &db, &counters, group, outcome);
+                    for job in retries.into_iter().rev() {
+                        waiting.push_front(job);
+                    }
+                    continue;
+                }
                 let position = match publisher.publish(&outcome) {
                     Ok(Some(p)) => p,
                     Ok(None) => db.meta().position,
                     Err(e) => return stop(group, &fatal, durability_lost(&e)),
                 };
                 let mut retries = Vec::new();
-                for ((request, reply), out) in group.into_iter().zip(outcome.outcomes) {
+                for ((request, durability, reply), out) in group.into_iter().zip(outcome.outcomes) {
                     let pos = match &out {
                         RequestOutcome::Retry => {
-                            retries.push(WriteJob::Request { request, reply });
+                            retries.push(WriteJob::Request {
+                                request,
+                                durability,
+                                reply,
+                            });
                             continue;
                         }
                         RequestOutcome::Duplicate { position, .. } => *position,
@@ -268,7 +331,100 @@ pub fn spawn_writer(
         .expect("spawn writer thread")
 }
 
-type Group = Vec<(TxnRequest, oneshot::Sender<WriteReply>)>;
+type Group = Vec<(
+    TxnRequest,
+    flotilla_types::Durability,
+    oneshot::Sender<WriteReply>,
+)>;
+
+/// A cluster leader's group after its SQLite commit: the record goes to the consensus task, and
+/// each request is answered once the durability it asked for holds (or as an unknown outcome
+/// if the leadership is lost first). Returns the requests to run again (no room in the group).
+fn propose(
+    c: &mut ClusterWriter,
+    db: &LeaderDb,
+    counters: &Counters,
+    group: Group,
+    outcome: CommitOutcome,
+) -> Vec<WriteJob> {
+    use crate::cluster::driver::{Proposal, Unacknowledged};
+    let mut retries = Vec::new();
+    let Some(record) = &outcome.record else {
+        // Nothing changed: nothing to replicate.
+        let at = db.meta().position;
+        for ((request, durability, reply), out) in group.into_iter().zip(outcome.outcomes) {
+            match out {
+                RequestOutcome::Retry => retries.push(WriteJob::Request {
+                    request,
+                    durability,
+                    reply,
+                }),
+                RequestOutcome::Duplicate { position, .. } => {
+                    let _ = reply.send(Ok((out, position)));
+                }
+                out => {
+                    let _ = reply.send(Ok((out, at)));
+                }
+            }
+        }
+        return retries;
+    };
+    c.next = record.lsn.next();
+    let position = record.position();
+    let encoded = bytes::Bytes::from(flotilla_wire::encode_record_with_rows(
+        record,
+        Some(&outcome.encoded_rows),
+    ));
+    let mut waiters = Vec::new();
+    let mut answers = Vec::new();
+    for ((request, durability, reply), out) in group.into_iter().zip(outcome.outcomes) {
+        let pos = match &out {
+            RequestOutcome::Retry => {
+                retries.push(WriteJob::Request {
+                    request,
+                    durability,
+                    reply,
+                });
+                continue;
+            }
+            RequestOutcome::Failed { .. } => {
+                let _ = reply.send(Ok((out, position)));
+                continue;
+            }
+            RequestOutcome::Duplicate { position, .. } => *position,
+            RequestOutcome::Committed(_) => {
+                Counters::add(&counters.committed_requests, 1);
+                position
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        waiters.push((durability, tx));
+        answers.push((rx, reply, out, pos));
+    }
+    Counters::add(&counters.commits, 1);
+    let proposal = Proposal {
+        at: position,
+        record: encoded,
+        waiters,
+    };
+    let sent = c.proposals.blocking_send(proposal).is_ok();
+    c.runtime.spawn(async move {
+        for (rx, reply, out, pos) in answers {
+            let answer = match (sent, rx.await) {
+                (true, Ok(Ok(()))) => Ok((out, pos)),
+                (_, Ok(Err(Unacknowledged::NotProposed(why)))) => Err(WriteError::Indeterminate(
+                    format!("the transaction was executed but not replicated ({why})"),
+                )),
+                (_, Ok(Err(e))) => Err(WriteError::Indeterminate(e.to_string())),
+                _ => Err(WriteError::Indeterminate(
+                    "the consensus task stopped".into(),
+                )),
+            };
+            let _ = reply.send(answer);
+        }
+    });
+    retries
+}
 
 /// Publishes an internal commit (pipeline, token) and answers its requester. `Err`: the record
 /// could not be made durable; the node must stop.
@@ -298,7 +454,7 @@ fn durability_lost(e: &LogError) -> String {
 }
 
 fn stop(group: Group, fatal: &crate::fatal::FatalSender, reason: String) {
-    for (_, reply) in group {
+    for (_, _, reply) in group {
         let _ = reply.send(Err(WriteError::Indeterminate(reason.clone())));
     }
     fatal.report(crate::fatal::Fatal::Durability(reason));

@@ -44,6 +44,28 @@ impl LocalNode {
         Ok(node)
     }
 
+    /// Starts a node listening on `listen` (a port picked beforehand: cluster members name
+    /// each other's URLs when they start).
+    pub async fn start_on(
+        exe: &Path,
+        root: &Path,
+        id: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<LocalNode> {
+        let mut node = LocalNode {
+            exe: exe.to_path_buf(),
+            id: id.to_string(),
+            dir: root.join(id),
+            url: String::new(),
+            follow: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        node.spawn(listen).await?;
+        Ok(node)
+    }
+
     async fn spawn(&mut self, listen: &str) -> anyhow::Result<()> {
         let addr_file = self.dir.join("http.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -153,6 +175,17 @@ impl LocalNode {
     pub fn db_path(&self) -> PathBuf {
         self.dir.join("db.sqlite")
     }
+}
+
+/// `n` loopback ports free now (bound, then released): for processes that must know each
+/// other's addresses before they start.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
 }
 
 /// (page count, digest) of a node's database as a read-only connection sees it now.

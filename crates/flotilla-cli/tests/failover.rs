@@ -1,0 +1,248 @@
+//! Failover on real processes: three `flotilla serve --cluster` members on loopback. Writers
+//! with idempotency keys write in `semi-sync` and `quorum` modes while the leader is SIGKILLed
+//! again and again; each round a new leader takes writes, and the killed member comes back as a
+//! follower. A history checker goes over every operation (acknowledged, failed, unknown): every
+//! acknowledged write is on every member exactly once, an unknown one at most once, and nothing
+//! else is. `FLOTILLA_FAILOVER_ROUNDS` sets the rounds (default 3; `docs/testing.md` runs 50).
+
+mod common;
+
+use common::*;
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{free_ports, LocalNode};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    members: Vec<LocalNode>,
+    urls: Vec<String>,
+}
+
+impl Cluster {
+    async fn start(root: &std::path::Path) -> Cluster {
+        let ports = free_ports(3);
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let list = (0..3)
+            .map(|i| format!("n{}=127.0.0.1:{}", i + 1, ports[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            let listen = format!("127.0.0.1:{p}");
+            members.push(
+                LocalNode::start_on(
+                    &exe(),
+                    root,
+                    &format!("n{}", i + 1),
+                    &listen,
+                    &["--cluster", &list],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("starting n{}: {e:#}", i + 1)),
+            );
+        }
+        Cluster { members, urls }
+    }
+
+    /// The member every running member agrees leads (bounded wait).
+    async fn leader(&self, up: &[usize]) -> usize {
+        let started = Instant::now();
+        loop {
+            let mut seen = BTreeSet::new();
+            let mut leader = None;
+            for &i in up {
+                match Client::new(&self.urls[i]).get("/v1/cluster").await {
+                    Ok(c) => {
+                        seen.insert(c["leader_url"].as_str().unwrap_or("").to_string());
+                        if c["role"] == "leader" {
+                            leader = Some(i);
+                        }
+                    }
+                    Err(_) => {
+                        seen.insert(String::new());
+                    }
+                }
+            }
+            if let Some(l) = leader {
+                if seen.len() == 1 && seen.contains(&self.urls[l]) {
+                    return l;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no agreed leader among {up:?} in 30 s: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Acked,
+    Failed,
+    Unknown,
+}
+
+/// One write of row `k`, with its idempotency key, sent to whoever leads (following a 421),
+/// retried with the same key while the outcome is unknown (bounded).
+async fn write(urls: &[String], k: u64, durability: &str) -> Outcome {
+    let body = json!({
+        "statements": [{"sql": "INSERT INTO t(k) VALUES (?1)", "params": [k]}],
+        "idempotency_key": format!("w{k}"),
+        "durability": durability,
+        "timeout_ms": 2000,
+    });
+    let mut outcome = Outcome::Failed;
+    for attempt in 0..40 {
+        let url = &urls[attempt % urls.len()];
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/v1/execute"))
+            .json(&body)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let Ok(resp) = resp else {
+            // Not sent, or sent and not answered: the outcome is unknown until a keyed retry.
+            outcome = Outcome::Unknown;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        match (status, v["error"]["code"].as_str()) {
+            (200, _) => return Outcome::Acked,
+            (421, _) => continue,
+            (_, Some("outcome_unknown" | "unavailable" | "not_replicated")) => {
+                outcome = Outcome::Unknown
+            }
+            (_, Some(code)) => panic!("write {k}: {status} {code}: {v}"),
+            _ => outcome = Outcome::Unknown,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    outcome
+}
+
+/// The rows `k` a member holds, with how many times each.
+async fn rows_on(url: &str, min_position: &str) -> BTreeMap<u64, u64> {
+    let v = Client::new(url)
+        .post(
+            "/v1/query",
+            &json!({"sql": "SELECT k, count(*) FROM t GROUP BY k", "min_position": min_position,
+                    "timeout_ms": 30000}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading {url}: {e:#}"));
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_the_leader_again_and_again_loses_no_acknowledged_write() {
+    let rounds: usize = std::env::var("FLOTILLA_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path()).await;
+    let all = [0usize, 1, 2];
+    let first = c.leader(&all).await;
+    let created = Client::new(&c.urls[first])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"}],
+                    "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created["durability"], "quorum");
+
+    let mut history: BTreeMap<u64, Outcome> = BTreeMap::new();
+    let mut k = 0u64;
+    let mut failover_ms = Vec::new();
+    for round in 0..rounds {
+        let leader = c.leader(&all).await;
+        // Writers run while the leader is killed.
+        let urls = c.urls.clone();
+        let start_k = k;
+        let writers = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut handles = Vec::new();
+            for w in 0..4u64 {
+                let urls = urls.clone();
+                handles.push(tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    for i in 0..15u64 {
+                        let key = start_k + w * 15 + i + 1;
+                        let d = if key % 2 == 0 { "quorum" } else { "semi-sync" };
+                        mine.push((key, write(&urls, key, d).await));
+                    }
+                    mine
+                }));
+            }
+            for h in handles {
+                out.extend(h.await.unwrap());
+            }
+            out
+        });
+        tokio::time::sleep(Duration::from_millis(150 + 100 * round as u64)).await;
+        let killed_at = Instant::now();
+        c.members[leader].kill().await;
+        let up: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+        let next = c.leader(&up).await;
+        assert_ne!(next, leader);
+        failover_ms.push(killed_at.elapsed().as_millis());
+        for (key, outcome) in writers.await.unwrap() {
+            history.insert(key, outcome);
+        }
+        k = start_k + 60;
+        // The killed member comes back and follows.
+        c.members[leader].restart().await.unwrap();
+    }
+    let leader = c.leader(&all).await;
+    // A last write through the final leader: every member must hold everything before it.
+    let last = Client::new(&c.urls[leader])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t(k) VALUES (0)"}], "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    let pos = last["position"].as_str().unwrap().to_string();
+    let acked = history.values().filter(|o| **o == Outcome::Acked).count();
+    assert!(
+        acked > rounds * 20,
+        "too few writes acknowledged: {history:?}"
+    );
+    for url in &c.urls {
+        let rows = rows_on(url, &pos).await;
+        for (key, outcome) in &history {
+            let n = rows.get(key).copied().unwrap_or(0);
+            match outcome {
+                Outcome::Acked => {
+                    assert_eq!(n, 1, "{url}: acknowledged write {key} held {n} times")
+                }
+                Outcome::Unknown => assert!(n <= 1, "{url}: write {key} held {n} times"),
+                Outcome::Failed => assert_eq!(n, 0, "{url}: failed write {key} is there"),
+            }
+        }
+        let extra: Vec<&u64> = rows
+            .keys()
+            .filter(|r| **r != 0 && !history.contains_key(r))
+            .collect();
+        assert!(extra.is_empty(), "{url}: rows nobody wrote: {extra:?}");
+    }
+    eprintln!(
+        "{rounds} failovers ({acked} of {} writes acknowledged); leader agreed again after {failover_ms:?} ms",
+        history.len()
+    );
+}

@@ -183,7 +183,11 @@ async fn sigkill_the_leader_again_and_again_loses_no_acknowledged_write() {
                     let mut mine = Vec::new();
                     for i in 0..15u64 {
                         let key = start_k + w * 15 + i + 1;
-                        let d = if key.is_multiple_of(2) { "quorum" } else { "semi-sync" };
+                        let d = if key.is_multiple_of(2) {
+                            "quorum"
+                        } else {
+                            "semi-sync"
+                        };
                         mine.push((key, write(&urls, key, d).await));
                     }
                     mine

@@ -188,7 +188,7 @@ pub struct DurabilitySettings {
 }
 
 impl DurabilitySection {
-    fn validate(&self) -> Result<DurabilitySettings, ConfigError> {
+    fn validate(&self, clustered: bool) -> Result<DurabilitySettings, ConfigError> {
         let default = match &self.default {
             None => flotilla_types::Durability::Async,
             Some(d) => d
@@ -197,11 +197,12 @@ impl DurabilitySection {
                     invalid("durability.default", e.to_string())
                 })?,
         };
-        if default == flotilla_types::Durability::Quorum {
+
+        if default == flotilla_types::Durability::Quorum && !clustered {
             return Err(invalid(
                 "durability.default",
-                "\"quorum\" needs a cluster of voters, which this version does not run yet; use \
-                 \"semi-sync\" to wait for followers",
+                "\"quorum\" needs a cluster of voters (--cluster); a single leader waits for \
+                 followers with \"semi-sync\"",
             ));
         }
         let semi_sync_replicas = self.semi_sync_replicas.unwrap_or(1);
@@ -385,6 +386,12 @@ impl ConfigFile {
                     return Err(invalid(
                         "cluster",
                         "a cluster member elects its leader: give --cluster or --follow, not both",
+                    ));
+                }
+                if self.log.kind.as_deref() == Some("logical") {
+                    return Err(invalid(
+                        "cluster",
+                        "a cluster member holds a physical copy (it may lead): drop log = \"logical\"",
                     ));
                 }
                 Some(members)
@@ -581,7 +588,7 @@ impl ConfigFile {
                 "must be between 1 and 86400000 (one day)",
             ));
         }
-        let durability = self.durability.validate()?;
+        let durability = self.durability.validate(self.cluster.is_some())?;
         let write_timeout_ms = self.limits.write_timeout_ms.unwrap_or(10_000);
         let query_timeout_ms = self.limits.query_timeout_ms.unwrap_or(30_000);
         let snapshot_stall_timeout_ms = self.limits.snapshot_stall_timeout_ms.unwrap_or(60_000);
@@ -755,7 +762,10 @@ mod tests {
         );
         for (section, named) in [
             ("default = \"sync\"", "unknown durability \"sync\""),
-            ("default = \"quorum\"", "needs a cluster of voters"),
+            (
+                "default = \"quorum\"",
+                "needs a cluster of voters (--cluster)",
+            ),
             ("semi-sync-replicas = 0", "durability.semi-sync-replicas"),
             (
                 "too-few-replicas = \"degrade\"",

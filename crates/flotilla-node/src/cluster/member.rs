@@ -185,6 +185,23 @@ impl Member {
 
     /// Applies committed transactions to the replica.
     async fn apply(&mut self, entries: &[LogEntry]) {
+        // The entry at the database's own position must be the transaction it holds: a member
+        // that executed a transaction as leader and crashed before its log held it has one the
+        // history may not (then the history has something else, or nothing, there).
+        if let Some(e) = entries.iter().find(|e| e.lsn == self.db_position.lsn) {
+            let holds = e.kind == EntryKind::Normal
+                && !e.data.is_empty()
+                && e.epoch == self.db_position.epoch
+                && record_chain(&e.data) == Some(self.db_chain());
+            if !holds && self.db_position.lsn.0 > 0 {
+                tracing::warn!(
+                    "this database holds a transaction at {} that the cluster's history does not: \
+                     it is replaced by the leader's",
+                    self.db_position
+                );
+                self.diverged = true;
+            }
+        }
         let transactions = entries.iter().any(|e| {
             e.kind == EntryKind::Normal && !e.data.is_empty() && e.lsn > self.db_position.lsn
         });
@@ -243,6 +260,16 @@ impl Member {
                 self.diverged = true;
             }
         }
+    }
+
+    /// The chain the database's meta row holds.
+    fn db_chain(&self) -> flotilla_types::Chain {
+        self.replica
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|d| d.meta().chain)
+            .unwrap_or_default()
     }
 
     fn replica_missing(&self) -> bool {
@@ -436,6 +463,13 @@ impl Member {
             ),
         }
     }
+}
+
+/// The chain in an encoded transaction record's header.
+fn record_chain(data: &[u8]) -> Option<flotilla_types::Chain> {
+    data.get(18..26)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| flotilla_types::Chain(u64::from_le_bytes(b)))
 }
 
 /// On the leader: committed entries move the head (learners, change feeds and readers see up

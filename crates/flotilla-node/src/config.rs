@@ -408,6 +408,14 @@ impl ConfigFile {
         // Loopback only: reachable from this machine alone, so it may stay open (the demo's
         // one command). Anything else requires tokens unless switched off explicitly.
         let auth = self.auth.unwrap_or(!listen.ip().is_loopback());
+        if auth && cluster.is_some() {
+            // A cluster's leader does not take token changes yet, so it could never make any.
+            return Err(invalid(
+                "cluster",
+                "authentication on a cluster is not built yet: run its members on loopback or a \
+                 private network with auth = false (see docs/failover.md)",
+            ));
+        }
         let tls_cert_key = match (self.tls.cert, self.tls.key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -776,6 +784,46 @@ mod tests {
             let err = load(section).unwrap_err().to_string();
             assert!(err.contains(named), "{section}: {err}");
         }
+    }
+
+    #[test]
+    fn cluster_members_are_checked() {
+        let load = |extra: &str| {
+            toml::from_str::<ConfigFile>(&format!("id = \"n1\"\ndata = \"d\"\n{extra}"))
+                .unwrap()
+                .validate()
+        };
+        let ok = load("cluster = [\"n1=127.0.0.1:1\", \"n2=http://127.0.0.1:2\"]").unwrap();
+        let members = ok.cluster.unwrap();
+        assert_eq!(members[0].1, "http://127.0.0.1:1");
+        assert_eq!(members[1].0.as_str(), "n2");
+        assert_eq!(ok.durability.default, flotilla_types::Durability::Async);
+        for (extra, named) in [
+            ("cluster = [\"n2=127.0.0.1:2\"]", "not among the members"),
+            ("cluster = [\"n1\"]", "expected NAME=URL"),
+            (
+                "cluster = [\"n1=127.0.0.1:1\", \"n1=127.0.0.1:2\"]",
+                "named twice",
+            ),
+            (
+                "cluster = [\"n1=127.0.0.1:1\"]\nfollow = \"127.0.0.1:9\"",
+                "not both",
+            ),
+            (
+                "cluster = [\"n1=127.0.0.1:1\"]\nauth = true",
+                "authentication on a cluster",
+            ),
+            (
+                "cluster = [\"n1=127.0.0.1:1\"]\nlog = \"logical\"",
+                "physical copy",
+            ),
+        ] {
+            let err = load(extra).unwrap_err().to_string();
+            assert!(err.contains(named), "{extra}: {err}");
+        }
+        // A cluster may make quorum its default; a single leader may not.
+        let q = load("cluster = [\"n1=127.0.0.1:1\"]\n[durability]\ndefault = \"quorum\"").unwrap();
+        assert_eq!(q.durability.default, flotilla_types::Durability::Quorum);
     }
 
     #[test]

@@ -91,10 +91,35 @@ pub async fn query(
     // hand-off to the blocking pool and back (two thread wake-ups: 191 -> 112 µs per query on
     // this 2-core VM). `run` checks that the runtime is multi-threaded, which this needs.
     let shape = super::values::RowShape { associative };
-    tokio::task::block_in_place(move || {
+    let answer = tokio::task::block_in_place(move || {
         run(lease.reader(), &req.sql, &params, run_ms, max_bytes, shape)
-    })
-    .map(Json)
+    })?;
+    // A cluster's leader executes transactions before the cluster commits them: an answer is
+    // given only once every transaction its snapshot saw is committed (a failover could drop
+    // the others). On other members nothing uncommitted is ever applied.
+    if node.cluster.is_some() {
+        let seen: Option<flotilla_types::Position> =
+            answer["position"].as_str().and_then(|p| p.parse().ok());
+        if let Some(seen) = seen {
+            let mut rx = node.position.subscribe();
+            let committed = tokio::time::timeout_at(
+                deadline.max(tokio::time::Instant::now() + Duration::from_secs(5)),
+                rx.wait_for(|p| *p >= seen),
+            )
+            .await;
+            if !matches!(committed, Ok(Ok(_))) {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!(
+                        "the read saw transactions up to {seen} that the cluster has not \
+                         committed (the leader may be changing); retry"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Json(answer))
 }
 
 fn run(

@@ -3,6 +3,7 @@
 mod backup;
 mod cert;
 mod changes;
+mod cluster;
 mod demo;
 mod demo_trigger;
 mod log_tool;
@@ -49,6 +50,9 @@ enum Command {
     /// Manage a leader's followers.
     #[command(subcommand)]
     Follower(status::FollowerCommand),
+    /// A cluster that elects its leader (`serve --cluster`): its members and who leads.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Copy a node's database to a file: SQLite (opens with sqlite3) or a SQL dump.
     Backup(backup::BackupArgs),
     /// Load a backup (a SQLite file or a SQL dump) into a cluster, replicated to every follower.
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             Command::Shell(a) => shell::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,
+            Command::Cluster(c) => cluster::run(c).await,
             Command::Changes(a) => changes::run(a).await,
             Command::Backup(a) => backup::backup(a).await,
             Command::Restore(a) => backup::restore(a).await,

@@ -245,6 +245,16 @@ async fn sigkill_the_leader_again_and_again_loses_no_acknowledged_write() {
             .collect();
         assert!(extra.is_empty(), "{url}: rows nobody wrote: {extra:?}");
     }
+    // `flotilla cluster status` on any member names the same leader and every member.
+    let name = format!("n{}", leader + 1);
+    for url in &c.urls {
+        let (ok, out, err) = cli(&["cluster", "status", "--node", url]);
+        assert!(ok, "{err}");
+        assert!(out.contains(&format!("leader {name},")), "{out}");
+        for n in ["n1", "n2", "n3"] {
+            assert!(out.lines().any(|l| l.starts_with(n)), "{out}");
+        }
+    }
     eprintln!(
         "{rounds} failovers ({acked} of {} writes acknowledged); leader agreed again after {failover_ms:?} ms",
         history.len()

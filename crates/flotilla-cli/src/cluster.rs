@@ -1,0 +1,87 @@
+//! `flotilla cluster status`: a cluster's members as one of them sees them (docs/failover.md).
+
+use crate::shell::render::table;
+use clap::Subcommand;
+use flotilla_client::Client;
+use serde_json::Value;
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Show the members of a cluster (`flotilla serve --cluster`), the leader and its epoch, and
+    /// on the leader how far each member holds the log.
+    #[command(after_help = "Examples:
+  flotilla cluster status --node 127.0.0.1:4791
+  flotilla cluster status --node 127.0.0.1:4792 --json")]
+    Status {
+        /// Any member's URL (the leader's shows each member's progress).
+        #[arg(long, default_value = "http://127.0.0.1:4790")]
+        node: String,
+        /// Print the member's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(c: ClusterCommand) -> anyhow::Result<()> {
+    match c {
+        ClusterCommand::Status { node, json } => {
+            let v = Client::new(&node).get("/v1/cluster").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", describe(&v));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The cluster as text: who leads in which epoch, then one row per member.
+pub fn describe(v: &Value) -> String {
+    let text = |x: &Value| match x {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let me = v["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["member_id"] == v["member_id"]))
+        .map(|m| text(&m["id"]))
+        .unwrap_or_else(|| text(&v["member_id"]));
+    let mut out = format!(
+        "cluster {}: epoch {}, leader {}, committed through lsn {} (asked {me}, a {})\n",
+        text(&v["cluster_id"]),
+        text(&v["epoch"]),
+        text(&v["leader"]),
+        text(&v["commit_lsn"]),
+        text(&v["role"]),
+    );
+    let leader = v["leader"].as_str().unwrap_or("");
+    let rows: Vec<Vec<String>> = v["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    let id = text(&m["id"]);
+                    let role = if id == leader {
+                        "leader"
+                    } else if m["voter"] == true {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
+                    // The leader knows how far each member holds the log; its own is its last.
+                    let holds = if m["member_id"] == v["member_id"] {
+                        text(&v["last_lsn"])
+                    } else {
+                        text(&m["matched_lsn"])
+                    };
+                    vec![id, text(&m["url"]), role.to_string(), holds]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let headers = ["member", "url", "role", "holds through lsn"].map(str::to_string);
+    out.push_str(&table(&headers, &rows));
+    out
+}

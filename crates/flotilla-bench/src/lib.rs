@@ -4,6 +4,7 @@
 
 mod backup;
 mod commit;
+mod failover;
 mod floors;
 mod lag;
 mod memory;
@@ -42,7 +43,9 @@ pub struct BenchArgs {
     /// leader committing while a follower has stopped reading.
     /// `backup` measures backup and restore of a 1 GiB database (with --compare postgres,
     /// pg_dump and pg_restore of the same rows) and the shell's start-up (psql's).
-    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup"])]
+    /// `failover` runs a three-member cluster: commits per durability, failover time over
+    /// --runs SIGKILLs of the leader, and throughput across a failover.
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup", "failover"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
     /// print its figures beside Flotilla's, with the ratio (every scenario but `all` and
@@ -559,6 +562,12 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.scenario == "backup" {
         return backup::run_scenario(a).await;
+    }
+    if a.scenario == "failover" {
+        if a.compare.is_some() {
+            anyhow::bail!("bench failover has no --compare yet");
+        }
+        return failover::run_scenario(a).await;
     }
     if a.scenario == "lag" {
         return run_lag(a).await;

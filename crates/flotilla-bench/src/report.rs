@@ -133,6 +133,40 @@ fn by_followers(
         .collect()
 }
 
+/// A plot of throughput (per second) over time (ms): the failover report's.
+pub fn throughput_over_time(path: &Path, title: &str, points: &[(f64, f64)]) -> anyhow::Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x_min = points.iter().map(|p| p.0).fold(0.0, f64::min);
+    let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_min..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms from the SIGKILL of the leader")
+        .y_desc("writes acknowledged per second")
+        .label_style(("sans-serif", 16))
+        .draw()?;
+    let color = FLOTILLA_COLORS[0];
+    chart.draw_series(LineSeries::new(
+        points.to_vec(),
+        ShapeStyle::from(&color).stroke_width(3),
+    ))?;
+    chart.draw_series(LineSeries::new(
+        vec![(0.0, 0.0), (0.0, y_max)],
+        ShapeStyle::from(&POSTGRES_COLORS[0]).stroke_width(1),
+    ))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Writes `report.md`, `commit-throughput.png` and `commit-latency-p99.png` into `dir`.
 pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

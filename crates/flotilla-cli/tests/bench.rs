@@ -140,3 +140,26 @@ fn quick_catchup_bootstrap_logical_and_backup_comparisons_report_both_systems() 
         assert!(md.contains("PostgreSQL"), "{md}");
     }
 }
+
+#[test]
+fn quick_failover_bench_measures_every_durability_and_each_failover() {
+    let report = tempfile::tempdir().unwrap();
+    let v = bench(&["failover", "--runs", "2"], Some(report.path()));
+    let commit = v["commit"].as_array().unwrap();
+    // async, semi-sync, quorum × 1, 4, 16 clients.
+    assert_eq!(commit.len(), 9, "{v}");
+    for c in commit {
+        assert!(c["tps"]["median"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let runs = v["failover_ms"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{v}");
+    assert!(runs.iter().all(|r| r.as_f64().unwrap() > 0.0), "{v}");
+    assert!(!v["timeline"].as_array().unwrap().is_empty());
+    let png = std::fs::read(report.path().join("failover-throughput.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("p50") && md.contains("failover-throughput.png"),
+        "{md}"
+    );
+}

@@ -68,7 +68,12 @@ impl Cluster {
                 }
             }
             if let Some(l) = leader {
-                if seen.len() == 1 && seen.contains(&self.urls[l]) {
+                // Agreed, and the leader's database is open for writes.
+                let writable = Client::new(&self.urls[l])
+                    .get("/v1/status")
+                    .await
+                    .is_ok_and(|s| s["role"] == "leader");
+                if seen.len() == 1 && seen.contains(&self.urls[l]) && writable {
                     return l;
                 }
             }

@@ -25,6 +25,16 @@ pub fn not_leader(node: &Node) -> ApiError {
 /// URL ("the change feed is served by").
 pub fn leader_only(node: &Node, what: &str) -> ApiError {
     let leader = node.leader_url().unwrap_or_default().to_string();
+    if leader.is_empty() {
+        // A cluster member that knows no leader yet (an election, or the new leader opening
+        // its database): there is nowhere to send the client, only a moment to wait.
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the cluster has no leader taking requests yet (an election is under way); retry \
+             shortly",
+        );
+    }
     ApiError::new(
         StatusCode::MISDIRECTED_REQUEST,
         "not_leader",

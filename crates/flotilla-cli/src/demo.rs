@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 #[derive(Args)]
 #[command(after_help = "Examples:
   flotilla demo                 # a leader and three followers, checked identical
+  flotilla demo failover        # a cluster of three voters: SIGKILL the leader, nothing lost
   flotilla demo trigger         # a pipeline into a PostgreSQL it starts")]
 pub struct DemoArgs {
-    /// `cluster` (a leader, physical and logical followers, the change feed) or `trigger`
-    /// (a pipeline into a PostgreSQL the demo starts).
-    #[arg(default_value = "cluster", value_parser = ["cluster", "trigger"])]
+    /// `cluster` (a leader, physical and logical followers, the change feed), `failover` (three
+    /// voters; the leader SIGKILLed, then cut off) or `trigger` (a pipeline into a PostgreSQL the
+    /// demo starts).
+    #[arg(default_value = "cluster", value_parser = ["cluster", "failover", "trigger"])]
     kind: String,
     /// A shortened run (a few seconds per step), as the test suite uses.
     #[arg(long)]
@@ -141,6 +143,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         r = async {
             if a.kind == "trigger" {
                 crate::demo_trigger::run(a.quick, a.keep).await
+            } else if a.kind == "failover" {
+                crate::demo_failover::run(a.quick, a.keep).await
             } else {
                 demo(a).await
             }

@@ -5,6 +5,7 @@ mod cert;
 mod changes;
 mod cluster;
 mod demo;
+mod demo_failover;
 mod demo_trigger;
 mod log_tool;
 mod pipeline;

@@ -38,3 +38,28 @@ fn quick_trigger_demo_delivers_the_projection_into_postgres() {
     assert!(stdout.contains("PostgreSQL holds exactly the"), "{stdout}");
     assert!(stdout.contains("--target postgres://"), "{stdout}");
 }
+
+#[test]
+fn quick_failover_demo_loses_no_acknowledged_write() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["demo", "failover", "--quick"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every member holds every acknowledged write once; the cut-off leader acknowledged nothing.
+    assert_eq!(
+        stdout.matches("acknowledged writes is there, once").count(),
+        3,
+        "{stdout}"
+    );
+    assert!(stdout.contains("was not acknowledged"), "{stdout}");
+    assert!(
+        stdout.contains("No acknowledged write was lost"),
+        "{stdout}"
+    );
+}

@@ -306,6 +306,10 @@ pub enum ConsensusCommand {
     Refused { reason: String },
 }
 
+/// A transaction to propose: its position, its record, and the requests (tag, durability) it
+/// answers.
+pub type Proposed = (Position, Bytes, Vec<(u64, Durability)>);
+
 /// Why a proposal was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
@@ -540,6 +544,32 @@ impl Consensus {
         tags: &[(u64, Durability)],
         out: &mut Vec<ConsensusCommand>,
     ) -> Result<(), ProposeError> {
+        let r = self.propose_one(at, record, tags);
+        self.drain(out);
+        r
+    }
+
+    /// Several proposals, in order, handed out together: one `Persist` (one fsync) and one
+    /// round of messages for all of them. Each proposal's result, in order.
+    pub fn propose_batch(
+        &mut self,
+        proposals: Vec<Proposed>,
+        out: &mut Vec<ConsensusCommand>,
+    ) -> Vec<Result<(), ProposeError>> {
+        let results = proposals
+            .into_iter()
+            .map(|(at, record, tags)| self.propose_one(at, record, &tags))
+            .collect();
+        self.drain(out);
+        results
+    }
+
+    fn propose_one(
+        &mut self,
+        at: Position,
+        record: Bytes,
+        tags: &[(u64, Durability)],
+    ) -> Result<(), ProposeError> {
         if self.raw.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader(),
@@ -566,7 +596,6 @@ impl Consensus {
                 durability,
                 persisted: false,
             }));
-        self.drain(out);
         Ok(())
     }
 

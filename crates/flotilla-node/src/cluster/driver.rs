@@ -285,7 +285,15 @@ impl Driver {
         loop {
             let event = tokio::select! {
                 Some(p) = proposals.recv() => {
-                    let commands = self.propose(p);
+                    // Everything the writer queued meanwhile goes in the same ready: one fsync.
+                    let mut batch = vec![p];
+                    while batch.len() < 256 {
+                        match proposals.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    let commands = self.propose(batch);
                     if let Err(e) = self.perform(commands) {
                         self.fatal.report(crate::fatal::Fatal::Consensus(e));
                         return;
@@ -328,21 +336,30 @@ impl Driver {
         });
     }
 
-    /// Hands a proposal to the machine; its waiters wait under fresh tags.
-    fn propose(&mut self, p: Proposal) -> Vec<ConsensusCommand> {
-        let mut tags = Vec::with_capacity(p.waiters.len());
-        let mut replies = Vec::with_capacity(p.waiters.len());
-        for (durability, reply) in p.waiters {
-            self.next_tag += 1;
-            tags.push((self.next_tag, durability));
-            replies.push((self.next_tag, reply));
+    /// Hands proposals to the machine together; their waiters wait under fresh tags.
+    fn propose(&mut self, batch: Vec<Proposal>) -> Vec<ConsensusCommand> {
+        let mut proposals = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            let mut tags = Vec::with_capacity(p.waiters.len());
+            let mut mine = Vec::with_capacity(p.waiters.len());
+            for (durability, reply) in p.waiters {
+                self.next_tag += 1;
+                tags.push((self.next_tag, durability));
+                mine.push((self.next_tag, reply));
+            }
+            proposals.push((p.at, p.record, tags));
+            replies.push(mine);
         }
         let mut out = Vec::new();
-        match self.machine.propose(p.at, p.record, &tags, &mut out) {
-            Ok(()) => self.waiting.extend(replies),
-            Err(e) => {
-                for (_, reply) in replies {
-                    let _ = reply.send(Err(Unacknowledged::NotProposed(e.to_string())));
+        let results = self.machine.propose_batch(proposals, &mut out);
+        for (result, mine) in results.into_iter().zip(replies) {
+            match result {
+                Ok(()) => self.waiting.extend(mine),
+                Err(e) => {
+                    for (_, reply) in mine {
+                        let _ = reply.send(Err(Unacknowledged::NotProposed(e.to_string())));
+                    }
                 }
             }
         }

@@ -90,6 +90,14 @@ pub enum MemberEvent {
     Discarded(Vec<LogEntry>),
 }
 
+/// What an operator (or the member itself) asks of the consensus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Hand the leadership to this member once it holds everything (raft's leadership
+    /// transfer: the leader stops taking proposals, the target catches up, then campaigns).
+    Transfer(u64),
+}
+
 /// The handle the rest of the node holds.
 pub struct ClusterHandle {
     pub cluster_id: String,
@@ -102,6 +110,7 @@ pub struct ClusterHandle {
     pub proposals: mpsc::Sender<Proposal>,
     /// The database host's reports: applied through this LSN.
     pub applied: mpsc::UnboundedSender<Lsn>,
+    pub control: mpsc::UnboundedSender<Control>,
     pub status: watch::Receiver<ClusterStatus>,
 }
 
@@ -179,6 +188,7 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let (proposals_tx, proposals_rx) = mpsc::channel(1024);
     let (applied_tx, applied_rx) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (unreachable_tx, unreachable_rx) = mpsc::channel(256);
     let links: BTreeMap<u64, Link> = parts
         .file
@@ -204,6 +214,7 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         inbound: inbound_tx,
         proposals: proposals_tx,
         applied: applied_tx,
+        control: control_tx,
         status: status_rx,
     });
     let driver = Driver {
@@ -228,6 +239,7 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         proposals_rx,
         unreachable_rx,
         applied_rx,
+        control_rx,
         parts.shutdown,
     ));
     Ok(handle)
@@ -277,6 +289,7 @@ impl Driver {
         mut proposals: mpsc::Receiver<Proposal>,
         mut unreachable: mpsc::Receiver<u64>,
         mut applied: mpsc::UnboundedReceiver<Lsn>,
+        mut control: mpsc::UnboundedReceiver<Control>,
         shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(TICK);
@@ -305,6 +318,9 @@ impl Driver {
                 Some(bytes) = inbound.recv() => ConsensusEvent::Received(bytes),
                 Some(id) = unreachable.recv() => ConsensusEvent::Unreachable(id),
                 Some(lsn) = applied.recv() => ConsensusEvent::Applied(lsn),
+                Some(c) = control.recv() => match c {
+                    Control::Transfer(id) => ConsensusEvent::TransferLeadership(id),
+                },
                 _ = lazy_save.tick() => {
                     if self.dirty {
                         self.save();

@@ -314,16 +314,31 @@ impl Member {
     }
 
     async fn start_leading(&mut self, epoch: Epoch, next: Lsn) -> Result<(), String> {
-        if self.diverged || self.replica_missing() {
-            // A member that must first copy someone's database cannot lead with its own.
-            if self.replica_missing()
-                && self.db_position == Position::ZERO
-                && !self.host.follower.db_path.exists()
-            {
-                // A new cluster: the first leader creates the database.
-            } else {
-                return Err("elected with a database that does not hold the history".into());
+        let new_cluster = self.replica_missing()
+            && self.db_position == Position::ZERO
+            && !self.host.follower.db_path.exists();
+        if (self.diverged || self.replica_missing()) && !new_cluster {
+            // Its log is complete, but its database must first be copied from someone else's:
+            // it hands the leadership to the member that holds the most, and follows.
+            let status = self.host.handle.status.borrow().clone();
+            let to = status
+                .progress
+                .iter()
+                .filter(|p| p.voter)
+                .max_by_key(|p| p.matched)
+                .map(|p| p.id);
+            tracing::warn!(
+                "elected in epoch {epoch} with a database that does not hold the history: \
+                 handing the leadership to member {to:?}"
+            );
+            if let Some(to) = to {
+                let _ = self
+                    .host
+                    .handle
+                    .control
+                    .send(super::driver::Control::Transfer(to));
             }
+            return Ok(());
         }
         // The replica lets go of the file; the writer opens it.
         let (tx, rx) = oneshot::channel();

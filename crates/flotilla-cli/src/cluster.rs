@@ -22,6 +22,43 @@ pub enum ClusterCommand {
     },
 }
 
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  flotilla promote --node 127.0.0.1:4792      # n2 takes over; the old leader follows it")]
+pub struct PromoteArgs {
+    /// The member to lead (host:port means http://host:port). The current leader stops taking
+    /// writes, lets it catch up, and hands over; nothing acknowledged is lost.
+    #[arg(long)]
+    node: String,
+}
+
+/// `flotilla promote`: asks the leader (found through the member named) to hand over.
+pub async fn promote(a: PromoteArgs) -> anyhow::Result<()> {
+    let target = Client::new(&a.node);
+    let view = target.get("/v1/cluster").await?;
+    let name = view["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["member_id"] == view["member_id"]))
+        .and_then(|m| m["id"].as_str())
+        .ok_or_else(|| anyhow::anyhow!("{} did not say which member it is", a.node))?
+        .to_string();
+    let Some(leader) = view["leader_url"].as_str().filter(|u| !u.is_empty()) else {
+        anyhow::bail!("the cluster has no leader right now (an election is under way); try again");
+    };
+    let answer = Client::new(leader)
+        .post(
+            "/v1/cluster/promote",
+            &serde_json::json!({ "member": name }),
+        )
+        .await?;
+    println!(
+        "{} leads the cluster (epoch {})",
+        answer["leader"].as_str().unwrap_or(&name),
+        answer["epoch"]
+    );
+    Ok(())
+}
+
 pub async fn run(c: ClusterCommand) -> anyhow::Result<()> {
     match c {
         ClusterCommand::Status { node, json } => {

@@ -54,6 +54,8 @@ enum Command {
     /// A cluster that elects its leader (`serve --cluster`): its members and who leads.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Hand a cluster's leadership to a member (switchover, with nothing lost).
+    Promote(cluster::PromoteArgs),
     /// Copy a node's database to a file: SQLite (opens with sqlite3) or a SQL dump.
     Backup(backup::BackupArgs),
     /// Load a backup (a SQLite file or a SQL dump) into a cluster, replicated to every follower.
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
             Command::Status(a) => status::run(a).await,
             Command::Follower(c) => status::follower(c).await,
             Command::Cluster(c) => cluster::run(c).await,
+            Command::Promote(a) => cluster::promote(a).await,
             Command::Changes(a) => changes::run(a).await,
             Command::Backup(a) => backup::backup(a).await,
             Command::Restore(a) => backup::restore(a).await,

@@ -358,3 +358,76 @@ async fn the_leader_never_answers_a_read_with_what_the_cluster_has_not_committed
     let rows = rows_on(&c.urls[l2], &pos).await;
     assert_eq!(rows.get(&2), Some(&1), "{rows:?}");
 }
+
+/// `flotilla promote` hands the leadership to another member while writers write: each
+/// handover completes, and no acknowledged write is lost or doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_hands_over_without_losing_an_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path()).await;
+    let all = [0usize, 1, 2];
+    let l = c.leader(&all).await;
+    Client::new(&c.urls[l])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"}],
+                    "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    let urls = c.urls.clone();
+    let writer = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for k in 1..=80u64 {
+            out.push((k, write(&urls, k, "quorum").await));
+        }
+        out
+    });
+    let mut leader = l;
+    for step in 1..=2usize {
+        let to = (leader + step) % 3;
+        let (ok, out, err) = cli(&["promote", "--node", &c.urls[to]]);
+        assert!(ok, "promote to n{}: {err}", to + 1);
+        assert!(out.contains(&format!("n{} leads", to + 1)), "{out}");
+        leader = c.leader(&all).await;
+        assert_eq!(leader, to);
+    }
+    // Promoting a name that is no member is refused, naming the members.
+    let (status, body) = raw(
+        &c.urls[leader],
+        "POST",
+        "/v1/cluster/promote",
+        Some("application/json"),
+        br#"{"member": "n9"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("n1, n2, n3"),
+        "{body}"
+    );
+    let history: BTreeMap<u64, Outcome> = writer.await.unwrap().into_iter().collect();
+    let last = Client::new(&c.urls[leader])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t(k) VALUES (0)"}], "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    let pos = last["position"].as_str().unwrap().to_string();
+    for url in &c.urls {
+        let rows = rows_on(url, &pos).await;
+        for (key, outcome) in &history {
+            let n = rows.get(key).copied().unwrap_or(0);
+            match outcome {
+                Outcome::Acked => {
+                    assert_eq!(n, 1, "{url}: acknowledged write {key} held {n} times")
+                }
+                _ => assert!(n <= 1, "{url}: write {key} held {n} times"),
+            }
+        }
+    }
+}

@@ -52,6 +52,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/replication", get(replication))
         .route("/v1/raft", get(raft))
         .route("/v1/cluster", get(status::cluster))
+        .route("/v1/cluster/promote", post(status::promote))
         .route("/metrics", get(metrics::metrics))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

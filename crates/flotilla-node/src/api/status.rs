@@ -203,6 +203,80 @@ fn cluster_json(c: &crate::cluster::driver::ClusterHandle) -> Value {
     })
 }
 
+/// `POST /v1/cluster/promote` `{"member": "n2"}` on the leader: hands the leadership to that
+/// member once it holds everything (the leader stops taking writes meanwhile), and answers when
+/// it leads (or why not, within 10 s).
+pub async fn promote(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<Value>, super::ApiError> {
+    use axum::http::StatusCode;
+    let Some(c) = node.cluster.clone() else {
+        return Err(super::ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this node is not a cluster member (flotilla serve --cluster)",
+        ));
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Promote {
+        member: String,
+    }
+    let raw = super::body::json_bytes(&headers, body, 64 << 10).await?;
+    let req: Promote = super::decode::decode_json(&raw)?;
+    let file = c.file();
+    let Some(to) = file.member_named(&req.member) else {
+        let names: Vec<&str> = file.members.values().map(|m| m.name.as_str()).collect();
+        return Err(super::ApiError::bad_request(
+            "bad_request",
+            format!(
+                "no member is named {:?}; the members are {}",
+                req.member,
+                names.join(", ")
+            ),
+        ));
+    };
+    let status = c.status.borrow().clone();
+    if status.leader == Some(to) {
+        return Ok(Json(json!({"leader": req.member, "epoch": status.epoch.0})));
+    }
+    if status.role != flotilla_core::consensus::Role::Leader {
+        return Err(super::execute::leader_only(
+            &node,
+            "hands the leadership over through",
+        ));
+    }
+    if !status.voters.contains(&to) {
+        return Err(super::ApiError::bad_request(
+            "bad_request",
+            format!("{} is not a voter: only a voter can lead", req.member),
+        ));
+    }
+    let _ = c
+        .control
+        .send(crate::cluster::driver::Control::Transfer(to));
+    let mut rx = c.status.clone();
+    let led = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rx.wait_for(|s| s.leader == Some(to)),
+    )
+    .await;
+    match led {
+        Ok(Ok(s)) => Ok(Json(json!({"leader": req.member, "epoch": s.epoch.0}))),
+        _ => Err(super::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "{} did not take over within 10 s: it is down or too far behind (see flotilla \
+                 cluster status); the leadership stays where it is",
+                req.member
+            ),
+        )),
+    }
+}
+
 /// `GET /v1/cluster`: the consensus view of a cluster member.
 pub async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::ApiError> {
     match &node.cluster {

@@ -30,8 +30,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(exe: &Path, root: &Path) -> anyhow::Result<Cluster> {
+    async fn start(exe: &Path, root: &Path, election_timeout_ms: u64) -> anyhow::Result<Cluster> {
         let ports = free_ports(3);
+        let timeout = election_timeout_ms.to_string();
         let list = (0..3)
             .map(|i| format!("n{}=127.0.0.1:{}", i + 1, ports[i]))
             .collect::<Vec<_>>()
@@ -45,7 +46,7 @@ impl Cluster {
                     root,
                     &format!("n{}", i + 1),
                     &listen,
-                    &["--cluster", &list],
+                    &["--cluster", &list, "--election-timeout-ms", &timeout],
                 )
                 .await?,
             );
@@ -139,11 +140,22 @@ fn writers(
         .collect()
 }
 
+/// The shortest election timeout docs/failover.md calls safe on one machine or a LAN.
+pub const SHORT_TIMEOUT_MS: u64 = 300;
+
 pub struct FailoverResults {
     commit: Vec<(&'static str, usize, Figure, Figure, Figure)>,
     failover_ms: Vec<f64>,
+    /// The same with `--election-timeout-ms` [`SHORT_TIMEOUT_MS`].
+    short_failover_ms: Vec<f64>,
     /// (ms from the kill, acknowledged writes in that 100 ms) of the first round.
     timeline: Vec<(f64, f64)>,
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
 }
 
 pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
@@ -155,7 +167,7 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
     let tmp = scratch_dir()?;
     let exe = this_exe()?;
     say(&a, "starting a cluster of three members");
-    let mut c = Cluster::start(&exe, tmp.path()).await?;
+    let mut c = Cluster::start(&exe, &tmp.path().join("default"), 1000).await?;
     let l = c.leader(&[0, 1, 2]).await?;
     Client::new(&c.urls[l])
         .post(
@@ -184,11 +196,55 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
             commit.push((d, clients, tps, p50, p99));
         }
     }
+    let (failover_ms, timeline) = failovers(&a, &mut c, runs, "").await?;
+    drop(c);
+    say(&a, &format!("a cluster with --election-timeout-ms {SHORT_TIMEOUT_MS}"));
+    let mut short = Cluster::start(&exe, &tmp.path().join("short"), SHORT_TIMEOUT_MS).await?;
+    let l = short.leader(&[0, 1, 2]).await?;
+    Client::new(&short.urls[l])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)"}],
+                    "durability": "quorum"}),
+        )
+        .await
+        .context("creating the table")?;
+    let (short_failover_ms, _) = failovers(&a, &mut short, runs, " (short timeout)").await?;
+    super::done_saying();
+    let r = FailoverResults {
+        commit,
+        failover_ms,
+        short_failover_ms,
+        timeline,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r.json())?);
+    } else {
+        r.print();
+    }
+    if let Some(dir) = &a.report {
+        for p in r.write_report(dir)? {
+            if !a.json {
+                println!("wrote {}", p.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `runs` rounds: writers on, the leader SIGKILLed, the time to the first write a new leader
+/// acknowledges; the first round's throughput over time.
+async fn failovers(
+    a: &BenchArgs,
+    c: &mut Cluster,
+    runs: usize,
+    what: &str,
+) -> anyhow::Result<(Vec<f64>, Vec<(f64, f64)>)> {
     let mut failover_ms = Vec::new();
     let mut timeline = Vec::new();
     let seq = Arc::new(AtomicU64::new(1_000_000));
     for run in 0..runs {
-        say(&a, &format!("failover {}/{runs}", run + 1));
+        say(a, &format!("failover {}/{runs}{what}", run + 1));
         let all = [0usize, 1, 2];
         let leader = c.leader(&all).await?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -247,32 +303,12 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
         c.members[leader].restart().await?;
         c.leader(&all).await?;
     }
-    super::done_saying();
-    let r = FailoverResults {
-        commit,
-        failover_ms,
-        timeline,
-    };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r.json())?);
-    } else {
-        r.print();
-    }
-    if let Some(dir) = &a.report {
-        for p in r.write_report(dir)? {
-            if !a.json {
-                println!("wrote {}", p.display());
-            }
-        }
-    }
-    Ok(())
+    Ok((failover_ms, timeline))
 }
 
 impl FailoverResults {
     fn sorted(&self) -> Vec<f64> {
-        let mut v = self.failover_ms.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v
+        sorted(&self.failover_ms)
     }
 
     pub fn json(&self) -> Value {
@@ -284,6 +320,10 @@ impl FailoverResults {
             })).collect::<Vec<_>>(),
             "failover_ms": {"runs": self.failover_ms, "p50": percentile(&v, 0.5), "p99": percentile(&v, 0.99),
                             "max": v.last().copied().unwrap_or(f64::NAN)},
+            "short_timeout_ms": SHORT_TIMEOUT_MS,
+            "short_failover_ms": {"runs": self.short_failover_ms,
+                                  "p50": percentile(&sorted(&self.short_failover_ms), 0.5),
+                                  "p99": percentile(&sorted(&self.short_failover_ms), 0.99)},
             "timeline": self.timeline.iter().map(|(t, n)| json!([t, n])).collect::<Vec<_>>(),
         })
     }
@@ -305,15 +345,20 @@ impl FailoverResults {
                 p99.median()
             );
         }
-        let v = self.sorted();
-        println!(
-            "\nFailover (leader SIGKILLed -> first write acknowledged by the new leader), {} runs: \
-             p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            v.len(),
-            percentile(&v, 0.5),
-            percentile(&v, 0.99),
-            v.last().copied().unwrap_or(f64::NAN)
-        );
+        for (label, runs) in [
+            ("election timeout 1000 ms (default)".to_string(), &self.failover_ms),
+            (format!("election timeout {SHORT_TIMEOUT_MS} ms"), &self.short_failover_ms),
+        ] {
+            let v = sorted(runs);
+            println!(
+                "\nFailover (leader SIGKILLed -> first write acknowledged by the new leader), \
+                 {label}, {} runs: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                v.len(),
+                percentile(&v, 0.5),
+                percentile(&v, 0.99),
+                v.last().copied().unwrap_or(f64::NAN)
+            );
+        }
     }
 
     fn write_report(&self, dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
@@ -346,13 +391,17 @@ impl FailoverResults {
             md,
             "\n## Failover\n\nFour writers send `quorum` inserts with idempotency keys to whoever \
              leads; the leader is SIGKILLed; the time until a new leader acknowledges a write. \
-             {} runs: **p50 {:.0} ms, p99 {:.0} ms**, max {:.0} ms (runs: {:?}).\n\n\
+             {} runs: **p50 {:.0} ms, p99 {:.0} ms**, max {:.0} ms (runs: {:?}). With \
+             `--election-timeout-ms {SHORT_TIMEOUT_MS}`: p50 {:.0} ms, p99 {:.0} ms (runs: {:?}).\n\n\
              ![throughput over time](failover-throughput.png)",
             v.len(),
             percentile(&v, 0.5),
             percentile(&v, 0.99),
             v.last().copied().unwrap_or(f64::NAN),
-            self.failover_ms.iter().map(|x| x.round() as u64).collect::<Vec<_>>()
+            self.failover_ms.iter().map(|x| x.round() as u64).collect::<Vec<_>>(),
+            percentile(&sorted(&self.short_failover_ms), 0.5),
+            percentile(&sorted(&self.short_failover_ms), 0.99),
+            self.short_failover_ms.iter().map(|x| x.round() as u64).collect::<Vec<_>>()
         );
         let md_path = dir.join("report.md");
         std::fs::write(&md_path, md)?;

@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// among them (the same list on each; see docs/failover.md).
     #[arg(long, value_name = "N1=HOST:PORT,N2=…", value_delimiter = ',')]
     cluster: Vec<String>,
+    /// Cluster member: start an election after this long without a leader (to twice as long,
+    /// at random) [default: 1000].
+    #[arg(long, value_name = "MS")]
+    election_timeout_ms: Option<u64>,
     /// The URL other nodes and clients use for this node [default: http://<listen>].
     #[arg(long)]
     advertise_url: Option<String>,
@@ -109,6 +113,9 @@ pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
     );
     if !a.cluster.is_empty() {
         file.cluster = Some(a.cluster.clone());
+    }
+    if a.election_timeout_ms.is_some() {
+        file.election_timeout_ms = a.election_timeout_ms;
     }
     if a.auth {
         file.auth = Some(true);

@@ -43,6 +43,9 @@ pub struct ConfigFile {
     /// The voters of a new cluster, `NAME=URL` each (this node's id among them). Each starts
     /// with the same list; after the first start the data directory remembers it.
     pub cluster: Option<Vec<String>>,
+    /// A cluster member starts an election after this long without a leader (to twice as
+    /// long, at random). Default 1000.
+    pub election_timeout_ms: Option<u64>,
     pub synchronous: Option<String>,
     /// Require API tokens. Default: on when the node listens on a non-loopback address.
     pub auth: Option<bool>,
@@ -298,6 +301,7 @@ pub struct NodeConfig {
     /// The voters of a cluster (name, URL), in the order given: a cluster member elects its
     /// leader with them instead of following a fixed one.
     pub cluster: Option<Vec<(NodeId, String)>>,
+    pub election_timeout_ms: u64,
     /// Whether requests must carry a token.
     pub auth: bool,
     /// A follower's token for its leader.
@@ -397,6 +401,19 @@ impl ConfigFile {
                 Some(members)
             }
         };
+        let election_timeout_ms = self.election_timeout_ms.unwrap_or(1000);
+        if !(100..=60_000).contains(&election_timeout_ms) {
+            return Err(invalid(
+                "election-timeout-ms",
+                "must be between 100 and 60000 (see docs/failover.md for what is safe)",
+            ));
+        }
+        if self.election_timeout_ms.is_some() && cluster.is_none() {
+            return Err(invalid(
+                "election-timeout-ms",
+                "only a cluster member holds elections (--cluster)",
+            ));
+        }
         let follow = match self.follow {
             Some(url) => Some(validate_url("follow", &url)?),
             None => None,
@@ -619,6 +636,7 @@ impl ConfigFile {
             follow,
             advertise_url,
             cluster,
+            election_timeout_ms,
             auth,
             replication_token: self.replication_token,
             tls_cert_key,

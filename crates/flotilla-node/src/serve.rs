@@ -301,6 +301,9 @@ pub async fn run(
             let (events_tx, events_rx) = mpsc::unbounded_channel();
             let mut consensus = flotilla_core::consensus::ConsensusConfig::new(file.member_id);
             consensus.semi_sync_replicas = config.durability.semi_sync_replicas;
+            consensus.election_ticks = crate::cluster::driver::TICKS_PER_ELECTION;
+            consensus.election_ticks_max = 2 * crate::cluster::driver::TICKS_PER_ELECTION;
+            consensus.heartbeat_ticks = 2;
             let handle = crate::cluster::driver::start(crate::cluster::driver::DriverParts {
                 dir: dir.clone(),
                 file,
@@ -310,6 +313,7 @@ pub async fn run(
                     token: peers.token.clone(),
                 },
                 config: consensus,
+                election_timeout_ms: config.election_timeout_ms,
                 shutdown: shutdown.clone(),
                 fatal: fatal_tx.clone(),
                 events: Some(events_tx),

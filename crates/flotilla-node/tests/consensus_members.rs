@@ -63,6 +63,7 @@ async fn start(dir: &Path, fresh: ClusterFile, listener: std::net::TcpListener) 
     let handle = driver::start(DriverParts {
         dir: dir.to_path_buf(),
         config: ConsensusConfig::new(f.member_id),
+        election_timeout_ms: 1000,
         file: f,
         log: log.clone(),
         credentials: flotilla_node::follower::Credentials {

@@ -27,8 +27,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// The consensus timer. Elections start after 10 to 20 ticks without a leader (1 to 2 s).
-pub const TICK: Duration = Duration::from_millis(100);
+/// Ticks per election timeout: the consensus timer ticks ten times per election timeout (so
+/// elections start after 10 to 20 ticks without a leader), heartbeats every 2 ticks.
+pub const TICKS_PER_ELECTION: usize = 10;
 const INBOUND_QUEUE: usize = 4096;
 
 /// What the member's status shows.
@@ -169,6 +170,9 @@ pub struct DriverParts {
     pub log: Arc<Log>,
     pub credentials: Credentials,
     pub config: ConsensusConfig,
+    /// The election timeout (ms): a follower that hears no leader for this long (to twice as
+    /// long, at random) starts an election.
+    pub election_timeout_ms: u64,
     pub shutdown: CancellationToken,
     pub fatal: crate::fatal::FatalSender,
     /// The member's database host; `None`: entries count as applied once committed (the
@@ -234,14 +238,15 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         next_tag: 0,
         events: parts.events,
     };
-    tokio::spawn(driver.run(
-        inbound_rx,
-        proposals_rx,
-        unreachable_rx,
-        applied_rx,
-        control_rx,
-        parts.shutdown,
-    ));
+    let tick = Duration::from_millis((parts.election_timeout_ms / TICKS_PER_ELECTION as u64).max(1));
+    let inputs = Inputs {
+        inbound: inbound_rx,
+        proposals: proposals_rx,
+        unreachable: unreachable_rx,
+        applied: applied_rx,
+        control: control_rx,
+    };
+    tokio::spawn(driver.run(tick, inputs, parts.shutdown));
     Ok(handle)
 }
 
@@ -259,6 +264,15 @@ fn status_of(m: &Consensus, refused: u64, last_refusal: Option<String>) -> Clust
         refused,
         last_refusal,
     }
+}
+
+/// What the consensus task listens to, besides its timer.
+struct Inputs {
+    inbound: mpsc::Receiver<Vec<u8>>,
+    proposals: mpsc::Receiver<Proposal>,
+    unreachable: mpsc::Receiver<u64>,
+    applied: mpsc::UnboundedReceiver<Lsn>,
+    control: mpsc::UnboundedReceiver<Control>,
 }
 
 struct Driver {
@@ -283,16 +297,15 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Vec<u8>>,
-        mut proposals: mpsc::Receiver<Proposal>,
-        mut unreachable: mpsc::Receiver<u64>,
-        mut applied: mpsc::UnboundedReceiver<Lsn>,
-        mut control: mpsc::UnboundedReceiver<Control>,
-        shutdown: CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(TICK);
+    async fn run(mut self, tick_every: Duration, inputs: Inputs, shutdown: CancellationToken) {
+        let Inputs {
+            mut inbound,
+            mut proposals,
+            mut unreachable,
+            mut applied,
+            mut control,
+        } = inputs;
+        let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lazy_save = tokio::time::interval(Duration::from_secs(1));
         loop {

@@ -198,7 +198,10 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
     }
     let (failover_ms, timeline) = failovers(&a, &mut c, runs, "").await?;
     drop(c);
-    say(&a, &format!("a cluster with --election-timeout-ms {SHORT_TIMEOUT_MS}"));
+    say(
+        &a,
+        &format!("a cluster with --election-timeout-ms {SHORT_TIMEOUT_MS}"),
+    );
     let mut short = Cluster::start(&exe, &tmp.path().join("short"), SHORT_TIMEOUT_MS).await?;
     let l = short.leader(&[0, 1, 2]).await?;
     Client::new(&short.urls[l])
@@ -346,8 +349,14 @@ impl FailoverResults {
             );
         }
         for (label, runs) in [
-            ("election timeout 1000 ms (default)".to_string(), &self.failover_ms),
-            (format!("election timeout {SHORT_TIMEOUT_MS} ms"), &self.short_failover_ms),
+            (
+                "election timeout 1000 ms (default)".to_string(),
+                &self.failover_ms,
+            ),
+            (
+                format!("election timeout {SHORT_TIMEOUT_MS} ms"),
+                &self.short_failover_ms,
+            ),
         ] {
             let v = sorted(runs);
             println!(

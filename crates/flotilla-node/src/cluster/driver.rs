@@ -238,7 +238,8 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         next_tag: 0,
         events: parts.events,
     };
-    let tick = Duration::from_millis((parts.election_timeout_ms / TICKS_PER_ELECTION as u64).max(1));
+    let tick =
+        Duration::from_millis((parts.election_timeout_ms / TICKS_PER_ELECTION as u64).max(1));
     let inputs = Inputs {
         inbound: inbound_rx,
         proposals: proposals_rx,

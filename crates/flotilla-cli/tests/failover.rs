@@ -392,6 +392,30 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
         leader = c.leader(&all).await;
         assert_eq!(leader, to);
     }
+    // A member that is down does not take over: the answer says so, and the leadership stays.
+    let down = (leader + 1) % 3;
+    let down_url = c.urls[down].clone();
+    let mut c = c;
+    c.members[down].kill().await;
+    let (status, body) = raw(
+        &c.urls[leader],
+        "POST",
+        "/v1/cluster/promote",
+        Some("application/json"),
+        serde_json::to_vec(&json!({"member": format!("n{}", down + 1)})).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not take over"),
+        "{body}"
+    );
+    c.members[down].restart().await.unwrap();
+    let _ = down_url;
+    leader = c.leader(&all).await;
     // Promoting a name that is no member is refused, naming the members.
     let (status, body) = raw(
         &c.urls[leader],

@@ -270,7 +270,7 @@ pub async fn promote(
             "unavailable",
             format!(
                 "{} did not take over within 10 s: it is down or too far behind (see flotilla \
-                 cluster status); the leadership stays where it is",
+                 cluster status)",
                 req.member
             ),
         )),

@@ -89,6 +89,9 @@ pub enum MemberEvent {
     InstallSnapshot(Position),
     /// Entries the log dropped (the new leader's replace them).
     Discarded(Vec<LogEntry>),
+    /// A transaction the writer executed was not proposed (a leadership transfer under way,
+    /// or the leadership lost): the database holds what the log does not.
+    NotProposed,
 }
 
 /// What an operator (or the member itself) asks of the consensus.
@@ -383,14 +386,21 @@ impl Driver {
         }
         let mut out = Vec::new();
         let results = self.machine.propose_batch(proposals, &mut out);
+        let mut refused = false;
         for (result, mine) in results.into_iter().zip(replies) {
             match result {
                 Ok(()) => self.waiting.extend(mine),
                 Err(e) => {
+                    refused = true;
                     for (_, reply) in mine {
                         let _ = reply.send(Err(Unacknowledged::NotProposed(e.to_string())));
                     }
                 }
+            }
+        }
+        if refused {
+            if let Some(events) = &self.events {
+                let _ = events.send(MemberEvent::NotProposed);
             }
         }
         out

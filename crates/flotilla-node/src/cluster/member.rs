@@ -153,6 +153,20 @@ impl Member {
                     }
                 }
             }
+            MemberEvent::NotProposed => {
+                if self.leading.is_some() {
+                    // The database holds a transaction the log does not: this member cannot go
+                    // on leading with it. It stops, hands the leadership on, and copies the
+                    // new leader's database.
+                    tracing::warn!(
+                        "a transaction executed here was not replicated (the leadership is \
+                         moving): this member stops leading and copies the new leader's database"
+                    );
+                    self.stop_leading().await;
+                    self.diverged = true;
+                    self.hand_over();
+                }
+            }
             MemberEvent::InstallSnapshot(at) => {
                 tracing::info!("the leader sends a snapshot at {at}: installing its database");
                 self.bootstrap().await;
@@ -320,24 +334,11 @@ impl Member {
         if (self.diverged || self.replica_missing()) && !new_cluster {
             // Its log is complete, but its database must first be copied from someone else's:
             // it hands the leadership to the member that holds the most, and follows.
-            let status = self.host.handle.status.borrow().clone();
-            let to = status
-                .progress
-                .iter()
-                .filter(|p| p.voter)
-                .max_by_key(|p| p.matched)
-                .map(|p| p.id);
             tracing::warn!(
                 "elected in epoch {epoch} with a database that does not hold the history: \
-                 handing the leadership to member {to:?}"
+                 handing the leadership on"
             );
-            if let Some(to) = to {
-                let _ = self
-                    .host
-                    .handle
-                    .control
-                    .send(super::driver::Control::Transfer(to));
-            }
+            self.hand_over();
             return Ok(());
         }
         // The replica lets go of the file; the writer opens it.
@@ -416,6 +417,28 @@ impl Member {
         tracing::info!("this member leads epoch {epoch}; writes start at lsn {next}");
         self.leading = Some(Leading { state, writer });
         Ok(())
+    }
+
+    /// Asks the consensus to hand the leadership to the voter that holds the most (when this
+    /// member still leads it).
+    fn hand_over(&self) {
+        let status = self.host.handle.status.borrow().clone();
+        if status.role != ConsensusRole::Leader {
+            return;
+        }
+        let to = status
+            .progress
+            .iter()
+            .filter(|p| p.voter)
+            .max_by_key(|p| p.matched)
+            .map(|p| p.id);
+        if let Some(to) = to {
+            let _ = self
+                .host
+                .handle
+                .control
+                .send(super::driver::Control::Transfer(to));
+        }
     }
 
     async fn stop_leading(&mut self) {

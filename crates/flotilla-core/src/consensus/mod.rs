@@ -337,6 +337,8 @@ pub struct MemberProgress {
     pub voter: bool,
     /// The highest LSN the member holds durably (its log matches the leader's through it).
     pub matched: Lsn,
+    /// The leader heard from it within the last election timeout.
+    pub active: bool,
 }
 
 pub struct Consensus {
@@ -520,6 +522,7 @@ impl Consensus {
                 id: *id,
                 voter: voters.contains(*id),
                 matched: Lsn(p.matched),
+                active: p.recent_active,
             })
             .collect();
         out.sort_unstable_by_key(|p| p.id);

@@ -88,9 +88,19 @@ pub async fn run(host: MemberHost, mut events: mpsc::UnboundedReceiver<MemberEve
         diverged: false,
     };
     m.host.shared.update(|s| s.phase = "electing");
+    let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let event = tokio::select! {
             Some(e) = events.recv() => e,
+            _ = check.tick() => {
+                // Elected, but not leading with its database (it must copy someone's): the
+                // hand-over is asked again until another member leads.
+                let status = m.host.handle.status.borrow().clone();
+                if status.role == ConsensusRole::Leader && m.leading.is_none() && m.pending_epoch.is_none() {
+                    m.hand_over();
+                }
+                continue;
+            }
             _ = m.host.node.shutdown.cancelled() => {
                 m.stop_leading().await;
                 return;
@@ -429,7 +439,7 @@ impl Member {
         let to = status
             .progress
             .iter()
-            .filter(|p| p.voter)
+            .filter(|p| p.voter && p.active)
             .max_by_key(|p| p.matched)
             .map(|p| p.id);
         if let Some(to) = to {

@@ -77,6 +77,10 @@ pub fn describe(s: &serde_json::Value) -> String {
             let _ = writeln!(out, "last error: {e}");
         }
     }
+    if s["cluster"].is_object() {
+        // A cluster member: the consensus view (as `flotilla cluster status` shows it).
+        out.push_str(&crate::cluster::describe(&s["cluster"]));
+    }
     if let Some(followers) = s["followers"].as_array() {
         let headers: Vec<String> = [
             "follower",
@@ -114,7 +118,7 @@ pub fn describe(s: &serde_json::Value) -> String {
                 .collect()
             })
             .collect();
-        if rows.is_empty() {
+        if rows.is_empty() && !s["cluster"].is_object() {
             out.push_str("no followers\n");
         } else {
             out.push_str(&table(&headers, &rows));

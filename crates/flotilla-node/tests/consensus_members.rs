@@ -336,3 +336,148 @@ async fn proposals_are_acknowledged_and_replicated_to_every_log() {
         r.stop.cancel();
     }
 }
+
+/// Members delete the log segments their databases applied and the consensus no longer keeps
+/// in memory, saving the new base first; a member restarted from such a directory recovers
+/// from its base and goes on taking part.
+#[tokio::test(flavor = "multi_thread")]
+async fn applied_log_segments_are_deleted_and_a_restart_starts_from_the_base() {
+    use flotilla_types::{Durability, Epoch, Lsn, Position};
+    let root = tempfile::tempdir().unwrap();
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let small = |dir: &Path, fresh: ClusterFile, listener: std::net::TcpListener| {
+        let dir = dir.to_path_buf();
+        async move {
+            let f = ClusterFile::load(&dir).unwrap().unwrap_or(fresh);
+            f.save(&dir).unwrap();
+            let log = Arc::new(
+                Log::open(
+                    &dir.join("log"),
+                    LogConfig {
+                        segment_bytes: 4096,
+                        ..LogConfig::default()
+                    },
+                    f.base_lsn,
+                )
+                .unwrap(),
+            );
+            let stop = CancellationToken::new();
+            let (fatal_tx, fatal_rx) = flotilla_node::fatal::channel();
+            let handle = driver::start(DriverParts {
+                dir: dir.clone(),
+                config: ConsensusConfig {
+                    tail_entries: 20,
+                    ..ConsensusConfig::new(f.member_id)
+                },
+                election_timeout_ms: 1000,
+                file: f,
+                log: log.clone(),
+                credentials: flotilla_node::follower::Credentials {
+                    tls: None,
+                    token: None,
+                },
+                shutdown: stop.clone(),
+                fatal: fatal_tx,
+                events: None,
+                db_lsn: 0,
+            })
+            .unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = bare_router(handle.inbound.clone());
+            let s = stop.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { s.cancelled().await })
+                    .await
+            });
+            Running {
+                handle,
+                log,
+                stop,
+                _fatal: fatal_rx,
+            }
+        }
+    };
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let mut running: Vec<Option<Running>> = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        std::fs::create_dir_all(&dirs[i]).unwrap();
+        running.push(Some(
+            small(&dirs[i], file("c-r", i as u64 + 1, &urls), l).await,
+        ));
+    }
+    let all: Vec<&Running> = running.iter().flatten().collect();
+    let (leader, epoch) = agreed_leader(&all).await;
+    let l = running[leader as usize - 1].as_ref().unwrap();
+    let mut at = Position {
+        epoch: Epoch(epoch),
+        lsn: Lsn(status(l).last.0 + 1),
+    };
+    for n in 1..=200u64 {
+        propose(l, at, record(at, n), Durability::Quorum)
+            .await
+            .unwrap();
+        at.lsn = at.lsn.next();
+    }
+    // Retention runs every second: segments go, the base moves, on every member.
+    let started = Instant::now();
+    loop {
+        let moved = dirs.iter().all(|d| {
+            ClusterFile::load(d)
+                .unwrap()
+                .is_some_and(|f| f.base_lsn > 100)
+        });
+        if moved {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no member deleted its applied log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in running.iter().flatten() {
+        let base = ClusterFile::load(&dirs[r.handle.member_id as usize - 1])
+            .unwrap()
+            .unwrap()
+            .base_lsn;
+        assert!(
+            r.log.first_lsn() > 1 && r.log.first_lsn() <= base + 1,
+            "member {}",
+            r.handle.member_id
+        );
+    }
+    // A follower restarts from its base and takes part again.
+    let f = (1..=3u64).find(|&i| i != leader).unwrap();
+    let fi = f as usize - 1;
+    running[fi].take().unwrap().stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = std::net::TcpListener::bind(urls[fi].trim_start_matches("http://")).unwrap();
+    running[fi] = Some(small(&dirs[fi], file("c-r", f, &urls), listener).await);
+    let l = running[leader as usize - 1].as_ref().unwrap();
+    for n in 201..=220u64 {
+        propose(l, at, record(at, n), Durability::Quorum)
+            .await
+            .unwrap();
+        at.lsn = at.lsn.next();
+    }
+    let back = running[fi].as_ref().unwrap();
+    let started = Instant::now();
+    while back.log.stats().durable_lsn < at.lsn.0 - 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the restarted member did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in running.iter().flatten() {
+        r.stop.cancel();
+    }
+}

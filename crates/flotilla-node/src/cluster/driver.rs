@@ -240,6 +240,7 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         waiting: HashMap::new(),
         next_tag: 0,
         events: parts.events,
+        tail_entries: parts.config.tail_entries,
     };
     let tick =
         Duration::from_millis((parts.election_timeout_ms / TICKS_PER_ELECTION as u64).max(1));
@@ -298,6 +299,8 @@ struct Driver {
     waiting: HashMap<u64, tokio::sync::oneshot::Sender<Result<(), Unacknowledged>>>,
     next_tag: u64,
     events: Option<mpsc::UnboundedSender<MemberEvent>>,
+    /// Applied entries the log keeps (as the machine keeps them in memory).
+    tail_entries: u64,
 }
 
 impl Driver {
@@ -341,6 +344,9 @@ impl Driver {
                 _ = lazy_save.tick() => {
                     if self.dirty {
                         self.save();
+                    }
+                    if let Err(e) = self.retain() {
+                        tracing::warn!("log retention: {e}");
                     }
                     continue;
                 }
@@ -404,6 +410,40 @@ impl Driver {
             }
         }
         out
+    }
+
+    /// Deletes the log segments that only hold entries the database has applied and that the
+    /// consensus keeps in memory no longer (a peer that needs them gets a snapshot). The new
+    /// base is saved in `cluster.json` before any file goes, so a restart never looks for a
+    /// deleted entry.
+    fn retain(&mut self) -> Result<(), String> {
+        let applied = self.machine.applied().0;
+        let keep_from = applied.saturating_sub(self.tail_entries) + 1;
+        let segments = self.log.segments();
+        // Whole segments before `keep_from`, never the active one.
+        let removable = segments
+            .iter()
+            .take(segments.len().saturating_sub(1))
+            .take_while(|s| s.last_lsn < keep_from)
+            .count();
+        if removable == 0 {
+            return Ok(());
+        }
+        let new_first = segments[removable].first_lsn;
+        let base = new_first - 1;
+        if base <= self.file.base_lsn {
+            return Ok(());
+        }
+        self.file.base_lsn = base;
+        self.file.base_epoch = self.machine.epoch_history().epoch_at(base);
+        tokio::task::block_in_place(|| self.file.save(&self.dir))
+            .map_err(|e| format!("saving the log's new base: {e}"))?;
+        self.dirty = false;
+        *self.handle.file.lock().unwrap_or_else(|p| p.into_inner()) = self.file.clone();
+        let removed = tokio::task::block_in_place(|| self.log.remove_before(new_first))
+            .map_err(|e| e.to_string())?;
+        tracing::debug!("log retention removed {removed} segments before lsn {new_first}");
+        Ok(())
     }
 
     fn save(&mut self) {

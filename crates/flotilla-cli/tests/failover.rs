@@ -21,6 +21,10 @@ struct Cluster {
 
 impl Cluster {
     async fn start(root: &std::path::Path) -> Cluster {
+        Cluster::start_with(root, &[]).await
+    }
+
+    async fn start_with(root: &std::path::Path, extra: &[&str]) -> Cluster {
         let ports = free_ports(3);
         let urls: Vec<String> = ports
             .iter()
@@ -33,16 +37,12 @@ impl Cluster {
         let mut members = Vec::new();
         for (i, p) in ports.iter().enumerate() {
             let listen = format!("127.0.0.1:{p}");
+            let mut args = vec!["--cluster", list.as_str()];
+            args.extend_from_slice(extra);
             members.push(
-                LocalNode::start_on(
-                    &exe(),
-                    root,
-                    &format!("n{}", i + 1),
-                    &listen,
-                    &["--cluster", &list],
-                )
-                .await
-                .unwrap_or_else(|e| panic!("starting n{}: {e:#}", i + 1)),
+                LocalNode::start_on(&exe(), root, &format!("n{}", i + 1), &listen, &args)
+                    .await
+                    .unwrap_or_else(|e| panic!("starting n{}: {e:#}", i + 1)),
             );
         }
         Cluster { members, urls }
@@ -453,5 +453,94 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
                 _ => assert!(n <= 1, "{url}: write {key} held {n} times"),
             }
         }
+    }
+}
+
+/// `semi-sync` asking for two other members, with one of the two others down: the write is
+/// answered `not_replicated` after `timeout-ms` (as configured), a keyed retry is not answered
+/// 200 either while the copies are missing, and once the member is back the retry succeeds at
+/// the first position.
+#[tokio::test(flavor = "multi_thread")]
+async fn semi_sync_on_a_cluster_never_answers_with_fewer_copies_than_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("durability.toml");
+    std::fs::write(
+        &config,
+        "[durability]\nsemi-sync-replicas = 2\ntoo-few-replicas = \"error\"\ntimeout-ms = 1500\n",
+    )
+    .unwrap();
+    let mut c = Cluster::start_with(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    let all = [0usize, 1, 2];
+    let l = c.leader(&all).await;
+    Client::new(&c.urls[l])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"}],
+                    "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    let d = status(&Client::new(&c.urls[l])).await;
+    assert_eq!(d["durability"]["semi_sync_replicas"], 2, "{d}");
+    let down = (l + 1) % 3;
+    c.members[down].kill().await;
+    let body = serde_json::to_vec(&json!({
+        "statements": [{"sql": "INSERT INTO t(k) VALUES (7)"}],
+        "idempotency_key": "k7", "durability": "semi-sync"}))
+    .unwrap();
+    let started = Instant::now();
+    let (status, answer) = raw(
+        &c.urls[l],
+        "POST",
+        "/v1/execute",
+        Some("application/json"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("not_replicated")),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let (status, answer) = raw(
+        &c.urls[l],
+        "POST",
+        "/v1/execute",
+        Some("application/json"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        status, 503,
+        "a retry was acknowledged without the copies: {answer}"
+    );
+    c.members[down].restart().await.unwrap();
+    let mut ok = None;
+    for _ in 0..40 {
+        let (status, answer) = raw(
+            &c.urls[l],
+            "POST",
+            "/v1/execute",
+            Some("application/json"),
+            body.clone(),
+        )
+        .await;
+        if status == 200 {
+            ok = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let answer = ok.expect("acknowledged once the member is back");
+    assert_eq!(answer["durability"], "semi-sync");
+    let pos = answer["position"].as_str().unwrap().to_string();
+    for url in &c.urls {
+        let rows = rows_on(url, &pos).await;
+        assert_eq!(rows.get(&7), Some(&1), "{url}: {rows:?}");
     }
 }

@@ -614,6 +614,19 @@ impl ConfigFile {
             ));
         }
         let durability = self.durability.validate(self.cluster.is_some())?;
+        if let (Some(members), Some(_)) = (&self.cluster, self.durability.semi_sync_replicas) {
+            if durability.semi_sync_replicas + 1 > members.len() {
+                return Err(invalid(
+                    "durability.semi-sync-replicas",
+                    format!(
+                        "{} other members can never hold a write in a cluster of {}: at most {}",
+                        durability.semi_sync_replicas,
+                        members.len(),
+                        members.len().saturating_sub(1)
+                    ),
+                ));
+            }
+        }
         let write_timeout_ms = self.limits.write_timeout_ms.unwrap_or(10_000);
         let query_timeout_ms = self.limits.query_timeout_ms.unwrap_or(30_000);
         let snapshot_stall_timeout_ms = self.limits.snapshot_stall_timeout_ms.unwrap_or(60_000);

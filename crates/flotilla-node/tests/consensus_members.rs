@@ -228,7 +228,7 @@ async fn propose(
         .proposals
         .send(driver::Proposal {
             at,
-            record: bytes,
+            record: Some(bytes),
             waiters: vec![(durability, tx)],
         })
         .await

@@ -602,6 +602,32 @@ impl Consensus {
         Ok(())
     }
 
+    /// On the leader: answers `tag` (with `Acked`) once the entry at `lsn`, already proposed,
+    /// has `durability` — a retried request whose transaction committed earlier waits for the
+    /// copies it asked for like the first time.
+    pub fn watch(
+        &mut self,
+        tag: u64,
+        lsn: Lsn,
+        durability: Durability,
+        out: &mut Vec<ConsensusCommand>,
+    ) -> Result<(), ProposeError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        self.waiting.push(Waiting {
+            tag,
+            epoch: Epoch(self.raw.raft.term),
+            lsn,
+            durability,
+            persisted: lsn.0 <= self.raw.raft.raft_log.persisted,
+        });
+        self.ack(out);
+        Ok(())
+    }
+
     /// Proposes a membership change (on the leader); `context` describes the member (the
     /// host's: its name and URL), kept with the entry.
     pub fn change_membership(

@@ -31,8 +31,8 @@ pub fn leader_only(node: &Node, what: &str) -> ApiError {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "the cluster has no leader taking requests yet (an election is under way); retry \
-             shortly",
+            "the cluster has no leader taking requests (an election is under way, or no \
+             majority of its members is reachable; see flotilla cluster status); retry shortly",
         );
     }
     ApiError::new(
@@ -111,7 +111,37 @@ pub async fn execute(
         )
     };
     leader.writer.send(job).await.map_err(|_| unavailable())?;
-    let reply = reply_rx.await.map_err(|_| unavailable())?;
+    let settings = &node.config.durability;
+    let bounded = clustered
+        && durability != Durability::Async
+        && settings.too_few_replicas == crate::config::TooFewReplicas::Error;
+    let reply = if bounded {
+        // A cluster's leader answers once its consensus acknowledged the durability; too few
+        // members within the timeout is an answer too, as configured.
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(settings.timeout_ms),
+            reply_rx,
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|_| unavailable())?,
+            Err(_) => {
+                Counters::add(&node.counters.semi_sync_timeouts, 1);
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_replicated",
+                    format!(
+                        "too few members held the write within {} ms for {durability} \
+                         durability: it may still be committed; retry with the same \
+                         idempotency key to wait again",
+                        settings.timeout_ms
+                    ),
+                ));
+            }
+        }
+    } else {
+        reply_rx.await.map_err(|_| unavailable())?
+    };
     match reply {
         Ok((RequestOutcome::Committed(results), position))
         | Ok((RequestOutcome::Duplicate { results, position }, _)) => {

@@ -21,6 +21,10 @@ pub async fn to_leader(
     timeout_ms: u64,
 ) -> Result<Response, ApiError> {
     let leader = node.leader_url().unwrap_or_default().to_string();
+    if leader.is_empty() {
+        // A cluster member that knows no leader: nothing is sent.
+        return Err(super::execute::leader_only(node, "forwards writes to"));
+    }
     let started = std::time::Instant::now();
     let mut req = node
         .peers

@@ -40,6 +40,17 @@ fn readiness(node: &Node) -> Result<Value, String> {
     if node.shutdown.is_cancelled() {
         return not_ready("the node is stopping".into());
     }
+    if let Some(c) = &node.cluster {
+        let s = c.status.borrow().clone();
+        if s.leader.is_none() {
+            return not_ready(format!(
+                "this cluster member knows no leader (it is a {} in epoch {}): no majority of \
+                 the members is reachable, or an election is under way",
+                s.role.as_str(),
+                s.epoch
+            ));
+        }
+    }
     match &*node.role() {
         Role::Leader { .. } => Ok(json!({"ready": true, "role": "leader"})),
         Role::Follower { state, .. } => {

@@ -54,7 +54,9 @@ pub struct ClusterStatus {
 /// once the durability it asked for holds, or told why it will not be.
 pub struct Proposal {
     pub at: Position,
-    pub record: Bytes,
+    /// `None`: nothing to propose; the waiters wait for the entry at `at` (a retried request
+    /// whose transaction was proposed before).
+    pub record: Option<Bytes>,
     pub waiters: Vec<(
         Durability,
         tokio::sync::oneshot::Sender<Result<(), Unacknowledged>>,
@@ -379,7 +381,25 @@ impl Driver {
     fn propose(&mut self, batch: Vec<Proposal>) -> Vec<ConsensusCommand> {
         let mut proposals = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
+        let mut out = Vec::new();
         for p in batch {
+            let Some(record) = p.record else {
+                for (durability, reply) in p.waiters {
+                    self.next_tag += 1;
+                    match self
+                        .machine
+                        .watch(self.next_tag, p.at.lsn, durability, &mut out)
+                    {
+                        Ok(()) => {
+                            self.waiting.insert(self.next_tag, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(Unacknowledged::LeadershipLost(e.to_string())));
+                        }
+                    }
+                }
+                continue;
+            };
             let mut tags = Vec::with_capacity(p.waiters.len());
             let mut mine = Vec::with_capacity(p.waiters.len());
             for (durability, reply) in p.waiters {
@@ -387,10 +407,9 @@ impl Driver {
                 tags.push((self.next_tag, durability));
                 mine.push((self.next_tag, reply));
             }
-            proposals.push((p.at, p.record, tags));
+            proposals.push((p.at, record, tags));
             replies.push(mine);
         }
-        let mut out = Vec::new();
         let results = self.machine.propose_batch(proposals, &mut out);
         let mut refused = false;
         for (result, mine) in results.into_iter().zip(replies) {

@@ -134,6 +134,9 @@ impl Member {
                 self.leader = leader;
                 if role == ConsensusRole::Leader {
                     self.pending_epoch = Some(epoch);
+                    if self.leading.is_none() {
+                        self.show_follower();
+                    }
                 } else {
                     self.pending_epoch = None;
                     if self.leading.is_some() {
@@ -194,7 +197,13 @@ impl Member {
     }
 
     fn show_follower(&self) {
-        let url = self.leader_url().unwrap_or_default();
+        // While this member still leads the consensus but not the database (handing over), it
+        // names no leader: clients wait ("retry shortly") instead of being sent back here.
+        let url = if self.leader == Some(self.host.handle.member_id) {
+            String::new()
+        } else {
+            self.leader_url().unwrap_or_default()
+        };
         let current = self.host.node.role();
         if let Role::Follower { leader_url, .. } = &*current {
             if *leader_url == url {
@@ -207,8 +216,23 @@ impl Member {
         }));
     }
 
-    /// Applies committed transactions to the replica.
+    /// Applies committed transactions to the replica; the database's position then counts as
+    /// committed (readers see it) once the committed entries reach it.
     async fn apply(&mut self, entries: &[LogEntry]) {
+        self.apply_committed(entries).await;
+        let committed = entries.last().map_or(Lsn(0), |e| e.lsn);
+        if !self.diverged && committed >= self.db_position.lsn {
+            self.host.node.position.send_if_modified(|p| {
+                let moved = *p < self.db_position;
+                if moved {
+                    *p = self.db_position;
+                }
+                moved
+            });
+        }
+    }
+
+    async fn apply_committed(&mut self, entries: &[LogEntry]) {
         // The entry at the database's own position must be the transaction it holds: a member
         // that executed a transaction as leader and crashed before its log held it has one the
         // history may not (then the history has something else, or nothing, there).
@@ -235,6 +259,11 @@ impl Member {
         }
         if self.diverged || self.replica_missing() {
             self.bootstrap().await;
+            if self.diverged || self.replica_missing() {
+                // No leader to copy from yet (this member still leads the consensus while it
+                // hands over): the next batch tries again.
+                return;
+            }
         }
         let mut records = Vec::new();
         for e in entries {
@@ -271,6 +300,9 @@ impl Member {
             Ok((position, _)) => {
                 self.db_position = position;
                 self.host.node.position.send_replace(position);
+                let counters = &self.host.node.counters;
+                crate::metrics::Counters::add(&counters.applied_transactions, records.len() as u64);
+                crate::metrics::Counters::add(&counters.apply_batches, 1);
                 self.host.shared.update(|s| {
                     s.phase = "streaming";
                     s.received = position;
@@ -306,6 +338,9 @@ impl Member {
     /// Replaces the database with a snapshot of the leader's (bounded tries; the next apply
     /// tries again).
     async fn bootstrap(&mut self) {
+        if self.leader == Some(self.host.handle.member_id) {
+            return;
+        }
         let Some(url) = self.leader_url() else {
             return;
         };

@@ -350,7 +350,8 @@ fn propose(
     use crate::cluster::driver::{Proposal, Unacknowledged};
     let mut retries = Vec::new();
     let Some(record) = &outcome.record else {
-        // Nothing changed: nothing to replicate.
+        // Nothing changed: nothing to replicate. A retried request waits for the durability it
+        // asked for on the transaction it committed before.
         let at = db.meta().position;
         for ((request, durability, reply), out) in group.into_iter().zip(outcome.outcomes) {
             match out {
@@ -360,7 +361,25 @@ fn propose(
                     reply,
                 }),
                 RequestOutcome::Duplicate { position, .. } => {
-                    let _ = reply.send(Ok((out, position)));
+                    let (tx, rx) = oneshot::channel();
+                    let sent = c
+                        .proposals
+                        .blocking_send(Proposal {
+                            at: position,
+                            record: None,
+                            waiters: vec![(durability, tx)],
+                        })
+                        .is_ok();
+                    c.runtime.spawn(async move {
+                        let answer = match (sent, rx.await) {
+                            (true, Ok(Ok(()))) => Ok((out, position)),
+                            (_, Ok(Err(e))) => Err(WriteError::Indeterminate(e.to_string())),
+                            _ => Err(WriteError::Indeterminate(
+                                "the consensus task stopped".into(),
+                            )),
+                        };
+                        let _ = reply.send(answer);
+                    });
                 }
                 out => {
                     let _ = reply.send(Ok((out, at)));
@@ -404,7 +423,7 @@ fn propose(
     Counters::add(&counters.commits, 1);
     let proposal = Proposal {
         at: position,
-        record: encoded,
+        record: Some(encoded),
         waiters,
     };
     let sent = c.proposals.blocking_send(proposal).is_ok();

@@ -83,7 +83,8 @@ pub struct ServeArgs {
     #[arg(long)]
     forward_writes: bool,
     /// Leader: the durability of writes that name none: async (default: durable in the
-    /// leader's log) or semi-sync (also durable on --semi-sync-replicas physical followers).
+    /// leader's log), semi-sync (also durable on --semi-sync-replicas physical followers; in a
+    /// cluster, on a majority and that many other members) or, in a cluster, quorum.
     #[arg(long)]
     durability: Option<String>,
     /// Leader: how many physical followers must hold a semi-sync write durably [default: 1].

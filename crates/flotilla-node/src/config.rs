@@ -378,6 +378,12 @@ impl ConfigFile {
                     if members.iter().any(|(n, _)| *n == name) {
                         return Err(invalid("cluster", format!("{name} is named twice")));
                     }
+                    if let Some((other, _)) = members.iter().find(|(_, u)| *u == url) {
+                        return Err(invalid(
+                            "cluster",
+                            format!("{name} and {other} have the same address {url}"),
+                        ));
+                    }
                     members.push((name, url));
                 }
                 if !members.iter().any(|(n, _)| *n == id) {

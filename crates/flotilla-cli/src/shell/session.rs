@@ -200,7 +200,6 @@ impl Session {
             self.logical_follower =
                 Some(status["role"] == "follower" && status["log"] == "logical");
         }
-        let target = self.leader.as_ref().unwrap_or(&self.node);
         let mut body = json!({
             "statements": statements.iter().map(|s| json!({ "sql": s })).collect::<Vec<_>>(),
         });
@@ -212,30 +211,55 @@ impl Session {
         if self.leader.is_some() || self.logical_follower != Some(true) {
             body["idempotency_key"] = json!(format!("shell-{:032x}", rand::random::<u128>()));
         }
-        let answer = match Self::call_write(target, &body)
-            .await
-            .map_err(|e| name_statement(e, statements))
-        {
-            Err(e) => {
-                let leader = e
-                    .downcast_ref::<Failure>()
-                    .filter(|f| f.code == "not_leader" && self.leader.is_none())
-                    .and_then(|f| f.body["error"]["leader"].as_str())
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string);
-                let Some(leader) = leader else {
-                    return Err(e);
-                };
-                // A follower: writes go to the leader it named, from now on.
-                let client = Client::new(&leader);
-                body["idempotency_key"] = json!(format!("shell-{:032x}", rand::random::<u128>()));
-                let answer = Self::call_write(&client, &body)
-                    .await
-                    .map_err(|e| name_statement(e, statements))?;
-                self.leader = Some(client);
-                answer
+        // Bounded: a 421 is followed to the leader it names; a remembered leader that is gone
+        // (a failover) is forgotten and the chosen node asked again; a cluster electing its
+        // leader is waited for.
+        let mut said_gone = false;
+        let answer = loop {
+            let target = self.leader.as_ref().unwrap_or(&self.node);
+            let e = match Self::call_write(target, &body).await {
+                Ok(a) => break a,
+                Err(e) => e,
+            };
+            if started.elapsed() >= FIND_LEADER_FOR {
+                return Err(name_statement(e, statements));
             }
-            Ok(a) => a,
+            let named = e
+                .downcast_ref::<Failure>()
+                .filter(|f| f.code == "not_leader")
+                .and_then(|f| f.body["error"]["leader"].as_str())
+                .filter(|l| !l.is_empty())
+                .map(str::to_string);
+            if let Some(leader) = named {
+                // Writes go to the leader it named, from now on.
+                if body.get("idempotency_key").is_none() {
+                    body["idempotency_key"] =
+                        json!(format!("shell-{:032x}", rand::random::<u128>()));
+                }
+                self.leader = Some(Client::new(&leader));
+                continue;
+            }
+            let gone = e.to_string().contains("no node answers at");
+            if self.leader.is_some() && gone {
+                if !said_gone {
+                    eprintln!(
+                        "-- the leader is gone ({e:#}); waiting for {} to name the next",
+                        self.node.url()
+                    );
+                    said_gone = true;
+                }
+                self.leader = None;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                continue;
+            }
+            let electing = e
+                .downcast_ref::<Failure>()
+                .is_some_and(|f| f.code == "unavailable");
+            if electing {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            return Err(name_statement(e, statements));
         };
         self.timed(started);
         self.note_position(answer["position"].as_str());
@@ -334,6 +358,8 @@ fn name_statement(e: anyhow::Error, statements: &[String]) -> anyhow::Error {
 
 /// Attempts of one write whose outcome stays unknown.
 const WRITE_ATTEMPTS: u64 = 3;
+/// How long one write keeps finding its leader (421s followed, a failover waited out).
+const FIND_LEADER_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Whether a write's outcome is unknown (it may have committed): retried with its key.
 fn outcome_unknown(e: &anyhow::Error) -> bool {

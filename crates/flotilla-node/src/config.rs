@@ -700,6 +700,9 @@ fn validate_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
         .or_else(|| trimmed.strip_prefix("https://"))
         .is_some_and(|rest| !rest.is_empty() && !rest.contains(' '));
     if ok {
+        // Also what a URL parser refuses: a port beyond 65535, a malformed host.
+        reqwest::Url::parse(trimmed)
+            .map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
         Ok(trimmed.to_string())
     } else {
         Err(invalid(

@@ -76,7 +76,12 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
         "id": node.config.id.as_str(),
         "url": node.url,
         "cluster_id": identity.cluster_id,
-        "epoch": identity.epoch.max(position.epoch.0),
+        // A cluster member's epoch is the consensus's (a new epoch starts before its first
+        // transaction).
+        "epoch": match &node.cluster {
+            Some(c) => c.status.borrow().epoch.0,
+            None => identity.epoch.max(position.epoch.0),
+        },
         "position": position.to_string(),
         "leader": node.leader_url(),
     });

@@ -701,8 +701,7 @@ fn validate_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
         .is_some_and(|rest| !rest.is_empty() && !rest.contains(' '));
     if ok {
         // Also what a URL parser refuses: a port beyond 65535, a malformed host.
-        reqwest::Url::parse(trimmed)
-            .map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
+        reqwest::Url::parse(trimmed).map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
         Ok(trimmed.to_string())
     } else {
         Err(invalid(

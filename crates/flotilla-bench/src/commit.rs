@@ -406,3 +406,50 @@ impl CommitResults {
         }
     }
 }
+
+/// `flotilla bench commit`: runs, prints, and writes the report.
+pub(crate) async fn run_scenario(a: super::BenchArgs) -> anyhow::Result<()> {
+    let (runs, secs) = if a.quick {
+        (a.runs.unwrap_or(1), 1.0)
+    } else {
+        (a.runs.unwrap_or(3), 5.0)
+    };
+    let tmp = super::scratch_dir()?;
+    let bar = (!a.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let steps =
+            runs as u64 * (1 + FOLLOWERS.len() as u64 * if a.compare.is_some() { 2 } else { 1 });
+        let b = indicatif::ProgressBar::new(steps);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .expect("template"),
+        );
+        b
+    });
+    let progress = |msg: &str| {
+        if let Some(b) = &bar {
+            b.inc(1);
+            b.set_message(msg.to_string());
+        } else if !a.json {
+            eprintln!("  … {msg}");
+        }
+    };
+    let results = run(tmp.path(), runs, secs, a.compare.is_some(), &progress).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results.json())?);
+    } else {
+        results.print();
+    }
+    if let Some(dir) = &a.report {
+        let written = super::report::write_commit(dir, &results)?;
+        if !a.json {
+            println!();
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+        }
+    }
+    Ok(())
+}

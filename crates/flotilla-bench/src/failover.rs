@@ -13,7 +13,7 @@ use super::{percentile, say, scratch_dir, BenchArgs, Figure};
 use crate::commit::drive_inserts;
 use anyhow::Context;
 use flotilla_client::Client;
-use flotilla_testkit::cluster::{free_ports, this_exe, LocalNode};
+use flotilla_testkit::cluster::{start_voters, this_exe, LocalNode};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,26 +31,8 @@ struct Cluster {
 
 impl Cluster {
     async fn start(exe: &Path, root: &Path, election_timeout_ms: u64) -> anyhow::Result<Cluster> {
-        let ports = free_ports(3);
         let timeout = election_timeout_ms.to_string();
-        let list = (0..3)
-            .map(|i| format!("n{}=127.0.0.1:{}", i + 1, ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut members = Vec::new();
-        for (i, p) in ports.iter().enumerate() {
-            let listen = format!("127.0.0.1:{p}");
-            members.push(
-                LocalNode::start_on(
-                    exe,
-                    root,
-                    &format!("n{}", i + 1),
-                    &listen,
-                    &["--cluster", &list, "--election-timeout-ms", &timeout],
-                )
-                .await?,
-            );
-        }
+        let members = start_voters(exe, root, 3, &["--election-timeout-ms", &timeout]).await?;
         let urls = members.iter().map(|m| m.url.clone()).collect();
         Ok(Cluster { members, urls })
     }

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context};
 use flotilla_client::Client;
-use flotilla_testkit::cluster::{free_ports, LocalNode};
+use flotilla_testkit::cluster::{start_voters, LocalNode};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,28 +84,15 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
     println!(
         "\n1. Starting three voters of a cluster (flotilla serve --cluster) on loopback ports"
     );
-    let ports = free_ports(3);
-    let list = (0..3)
-        .map(|i| format!("n{}=127.0.0.1:{}", i + 1, ports[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members = Vec::new();
-    for (i, p) in ports.iter().enumerate() {
-        let listen = format!("127.0.0.1:{p}");
-        members.push(
-            LocalNode::start_on(
-                &exe,
-                &root,
-                &format!("n{}", i + 1),
-                &listen,
-                &["--cluster", &list],
-            )
-            .await?,
-        );
-    }
+    let mut members = start_voters(&exe, &root, 3, &[]).await?;
     let urls: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
     let all = [0usize, 1, 2];
     let first = leader(&urls, &all, Duration::from_secs(30)).await?;
+    let list = members
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.url.trim_start_matches("http://")))
+        .collect::<Vec<_>>()
+        .join(",");
     println!("   --cluster {list}");
     println!("   elected: n{} leads epoch 1", first + 1);
     Client::new(&urls[first])

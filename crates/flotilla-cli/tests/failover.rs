@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use flotilla_client::Client;
-use flotilla_testkit::cluster::{free_ports, LocalNode};
+use flotilla_testkit::cluster::{start_voters, LocalNode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -25,26 +25,10 @@ impl Cluster {
     }
 
     async fn start_with(root: &std::path::Path, extra: &[&str]) -> Cluster {
-        let ports = free_ports(3);
-        let urls: Vec<String> = ports
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect();
-        let list = (0..3)
-            .map(|i| format!("n{}=127.0.0.1:{}", i + 1, ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut members = Vec::new();
-        for (i, p) in ports.iter().enumerate() {
-            let listen = format!("127.0.0.1:{p}");
-            let mut args = vec!["--cluster", list.as_str()];
-            args.extend_from_slice(extra);
-            members.push(
-                LocalNode::start_on(&exe(), root, &format!("n{}", i + 1), &listen, &args)
-                    .await
-                    .unwrap_or_else(|e| panic!("starting n{}: {e:#}", i + 1)),
-            );
-        }
+        let members = start_voters(&exe(), root, 3, extra)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let urls = members.iter().map(|m| m.url.clone()).collect();
         Cluster { members, urls }
     }
 

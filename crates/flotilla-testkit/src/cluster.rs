@@ -188,6 +188,36 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// `n` voters of a new cluster (`serve --cluster`) named n1, n2, … on free loopback ports,
+/// each started with the whole list and `extra`.
+pub async fn start_voters(
+    exe: &Path,
+    root: &Path,
+    n: usize,
+    extra: &[&str],
+) -> anyhow::Result<Vec<LocalNode>> {
+    let ports = free_ports(n);
+    let list = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("n{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members = Vec::with_capacity(n);
+    for (i, p) in ports.iter().enumerate() {
+        let mut args = vec!["--cluster", list.as_str()];
+        args.extend_from_slice(extra);
+        let listen = format!("127.0.0.1:{p}");
+        let id = format!("n{}", i + 1);
+        members.push(
+            LocalNode::start_on(exe, root, &id, &listen, &args)
+                .await
+                .with_context(|| format!("starting {id}"))?,
+        );
+    }
+    Ok(members)
+}
+
 /// (page count, digest) of a node's database as a read-only connection sees it now.
 pub fn page_digest(db: &Path) -> anyhow::Result<(u32, u64)> {
     let conn = flotilla_store::open_reader(db)?;

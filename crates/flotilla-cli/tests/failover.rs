@@ -482,7 +482,6 @@ async fn semi_sync_on_a_cluster_never_answers_with_fewer_copies_than_asked() {
         "statements": [{"sql": "INSERT INTO t(k) VALUES (7)"}],
         "idempotency_key": "k7", "durability": "semi-sync"}))
     .unwrap();
-    let started = Instant::now();
     let (status, answer) = raw(
         &c.urls[l],
         "POST",
@@ -495,11 +494,6 @@ async fn semi_sync_on_a_cluster_never_answers_with_fewer_copies_than_asked() {
         (status, answer["error"]["code"].as_str()),
         (503, Some("not_replicated")),
         "{answer}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "answered after {:?}",
-        started.elapsed()
     );
     let (status, answer) = raw(
         &c.urls[l],

@@ -409,22 +409,7 @@ pub async fn run(
     let follower_task = match &*node.role() {
         _ if node.cluster.is_some() => None,
         Role::Follower { leader_url, state } => Some(tokio::spawn(crate::follower::drive(
-            Arc::new(crate::follower::FollowerHost {
-                id: config.id.as_str().to_string(),
-                url: node.url.clone(),
-                db_path: node.db_path.clone(),
-                replica: crate::follower::replica_settings(
-                    &config,
-                    node.counters.apply_conflicts.clone(),
-                ),
-                identity: node.identity.clone(),
-                readers: node.readers.clone(),
-                position: node.position.clone(),
-                counters: node.counters.clone(),
-                peers: node.peers.clone(),
-                keyring: node.keyring.clone(),
-                shutdown: node.shutdown.clone(),
-            }),
+            follower_host(),
             state.clone(),
             leader_url.clone(),
             fatal_tx.clone(),

@@ -1,7 +1,8 @@
-//! `flotilla demo failover`: three voters of a cluster on this machine; semi-sync writes from
-//! clients; the leader SIGKILLed; a new leader elected; every acknowledged write checked on
-//! every member; the old leader back as a follower; then the leader cut off from the others
-//! (they are frozen with SIGSTOP), which cannot get a write acknowledged.
+//! `flotilla demo failover`: three voters of a cluster on this machine and a learner (a
+//! non-voting follower); semi-sync writes from clients; the leader SIGKILLed; a new leader
+//! elected; every acknowledged write checked on every member and the learner (which found the
+//! new leader by itself); the old leader back as a follower; then the leader cut off from the
+//! others (they are frozen with SIGSTOP), which cannot get a write acknowledged.
 
 use anyhow::{bail, Context};
 use flotilla_client::Client;
@@ -103,6 +104,13 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
         )
         .await
         .context("creating the table")?;
+    // A learner: a follower that does not vote, started with the URL of the member that leads
+    // now; when it is gone, the learner asks the others who leads and follows the new leader.
+    let learner = LocalNode::start(&exe, &root, "learner", Some(&urls[first]), &[]).await?;
+    println!(
+        "   a learner (flotilla serve --follow {}) reads its copy",
+        urls[first]
+    );
 
     println!("\n2. Four clients write semi-sync (a majority holds each write before its answer)");
     let stop = Arc::new(AtomicBool::new(false));
@@ -179,7 +187,13 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
         .await?;
     let at = sync["position"].as_str().unwrap_or_default().to_string();
     let want: BTreeSet<u64> = acked.iter().map(|(k, _, _)| *k).collect();
-    for (i, url) in urls.iter().enumerate() {
+    let mut copies: Vec<(String, String)> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (format!("n{}", i + 1), u.clone()))
+        .collect();
+    copies.push(("the learner".into(), learner.url.clone()));
+    for (name, url) in &copies {
         let v = Client::new(url)
             .post(
                 "/v1/query",
@@ -192,17 +206,18 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
         let twice = rows.iter().filter(|r| r[1].as_u64() != Some(1)).count();
         let missing = want.difference(&held).count();
         if missing > 0 || twice > 0 {
-            bail!(
-                "n{}: {missing} acknowledged writes missing, {twice} held twice",
-                i + 1
-            );
+            bail!("{name}: {missing} acknowledged writes missing, {twice} held twice");
         }
         println!(
-            "   n{}: every one of the {} acknowledged writes is there, once",
-            i + 1,
+            "   {name}: every one of the {} acknowledged writes is there, once",
             want.len()
         );
     }
+    let following = Client::new(&learner.url).get("/v1/status").await?;
+    println!(
+        "   the learner follows {} by itself",
+        following["leader"].as_str().unwrap_or("?")
+    );
 
     println!("\n5. The leader cut off from the others (they are frozen): no write is acknowledged");
     let l = leader(&urls, &all, Duration::from_secs(30)).await?;
@@ -253,6 +268,7 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
         println!("(kept {})", kept.display());
     }
     drop(members);
+    drop(learner);
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 //! again and again; each round a new leader takes writes, and the killed member comes back as a
 //! follower. A history checker goes over every operation (acknowledged, failed, unknown): every
 //! acknowledged write is on every member exactly once, an unknown one at most once, and nothing
-//! else is. `FLOTILLA_FAILOVER_ROUNDS` sets the rounds (default 3; `docs/testing.md` runs 50).
+//! else is — on the members and on two learners (a physical and a logical follower) that find
+//! each new leader by themselves. `FLOTILLA_FAILOVER_ROUNDS` sets the rounds (default 3;
+//! `docs/testing.md` runs 50).
 
 mod common;
 
@@ -154,6 +156,18 @@ async fn sigkill_the_leader_again_and_again_loses_no_acknowledged_write() {
         .await
         .unwrap();
     assert_eq!(created["durability"], "quorum");
+    // Learners: a physical and a logical follower, each started with one member's URL (the
+    // first one is killed in round 0). They find whoever leads, round after round.
+    let mut learners = Vec::new();
+    for (id, via, extra) in [
+        ("p1", 0usize, &[][..]),
+        ("g1", 1, &["--log", "logical"][..]),
+    ] {
+        let l = LocalNode::start(&exe(), dir.path(), id, Some(&c.urls[via]), extra)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        learners.push(l);
+    }
 
     let mut history: BTreeMap<u64, Outcome> = BTreeMap::new();
     let mut k = 0u64;
@@ -226,7 +240,8 @@ async fn sigkill_the_leader_again_and_again_loses_no_acknowledged_write() {
         acked > rounds * 20,
         "too few writes acknowledged: {history:?}"
     );
-    for url in &c.urls {
+    let learner_urls: Vec<String> = learners.iter().map(|l| l.url.clone()).collect();
+    for url in c.urls.iter().chain(&learner_urls) {
         let rows = rows_on(url, &pos).await;
         for (key, outcome) in &history {
             let n = rows.get(key).copied().unwrap_or(0);
@@ -243,6 +258,11 @@ async fn sigkill_the_leader_again_and_again_loses_no_acknowledged_write() {
             .filter(|r| **r != 0 && !history.contains_key(r))
             .collect();
         assert!(extra.is_empty(), "{url}: rows nobody wrote: {extra:?}");
+    }
+    // Each learner streams from the final leader, which it found by itself.
+    for url in &learner_urls {
+        let status = Client::new(url).get("/v1/status").await.unwrap();
+        assert_eq!(status["leader"], c.urls[leader].as_str(), "{url}: {status}");
     }
     // `flotilla cluster status` on any member names the same leader and every member.
     let name = format!("n{}", leader + 1);

@@ -67,7 +67,12 @@ impl Node {
     pub fn leader_url(&self) -> Option<String> {
         match &**self.role.load() {
             Role::Leader { .. } => Some(self.url.clone()),
-            Role::Follower { leader_url, .. } => Some(leader_url.clone()),
+            Role::Follower { leader_url, state } => Some(
+                state
+                    .status()
+                    .leader_url
+                    .unwrap_or_else(|| leader_url.clone()),
+            ),
         }
     }
 

@@ -424,7 +424,9 @@ impl Member {
                 &followers_file,
             ))),
             cluster_id: meta.cluster_id.clone(),
-            incarnation: format!("{}-e{}", self.host.handle.cluster_id, epoch.0),
+            // One incarnation per cluster, not per epoch: its leaders ship only committed
+            // transactions, so learners follow each of them without a new bootstrap.
+            incarnation: format!("cluster-{}", self.host.handle.cluster_id),
             epoch,
             followers_file,
             followers_saving: Mutex::new(()),

@@ -3,6 +3,7 @@
 use super::apply;
 use super::bootstrap::{bootstrap, BootstrapError};
 use super::flush;
+use super::leader_finder::LeaderFinder;
 use super::transport::{self, Connection, Tagged};
 use super::{FollowerHost, FollowerShared};
 use crate::fatal::{Fatal, FatalSender};
@@ -40,6 +41,7 @@ pub async fn drive(
     let replica: apply::SharedReplica = std::sync::Arc::new(std::sync::Mutex::new(initial));
     let apply_tx = apply::spawn(node.db_path.clone(), node.replica.clone(), replica.clone());
     *shared.apply.lock().unwrap_or_else(|p| p.into_inner()) = Some(apply_tx.clone());
+    let finder = Arc::new(LeaderFinder::new(&leader_url, node.peers.clone()));
     let mut config = FollowerConfig::new(&node.id, &node.url);
     config.log_kind = node.replica.kind;
     let mut session = FollowerSession::new(config, local, node.identity.cluster_id())
@@ -62,8 +64,10 @@ pub async fn drive(
                         tls: node.peers.tls.clone(),
                         token: node.peers.token.clone(),
                     };
+                    // The cluster (if any) is asked who leads now: at the start (the node
+                    // given may not lead), and after a session ended (the leader may be gone).
                     conn = Some(transport::connect(
-                        &leader_url,
+                        finder.clone(),
                         credentials,
                         generation,
                         ev_tx.clone(),
@@ -151,7 +155,7 @@ pub async fn drive(
                     let (n, state, url, a, events, fatal) = (
                         node.clone(),
                         shared.clone(),
-                        leader_url.clone(),
+                        finder.current(),
                         apply_tx.clone(),
                         ev_tx.clone(),
                         fatal.clone(),
@@ -183,6 +187,8 @@ pub async fn drive(
             s.leader_head = session.leader_head();
             s.received = session.received();
             s.durable = session.durable();
+            let following = finder.current();
+            s.leader_url = (following != leader_url).then_some(following);
             let caught_up = s.phase == "streaming" && *node.position.borrow() >= s.leader_head;
             s.behind_since_ms = match (caught_up, s.behind_since_ms) {
                 (true, _) => None,

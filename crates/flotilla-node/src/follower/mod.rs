@@ -5,6 +5,7 @@ pub(crate) mod apply;
 pub(crate) mod bootstrap;
 mod driver;
 mod flush;
+pub(crate) mod leader_finder;
 mod replica;
 pub(crate) mod transport;
 
@@ -57,6 +58,9 @@ pub struct FollowerStatus {
     /// Since when (monotonic ms) this follower has not been streaming with everything its
     /// leader announced applied; `None` while it is. `/readyz` measures lag by it.
     pub behind_since_ms: Option<u64>,
+    /// The node it streams from, once it differs from the one it was started with (a learner
+    /// of a cluster follows whichever member leads).
+    pub leader_url: Option<String>,
 }
 
 /// Why a logical follower's own transaction did not run.

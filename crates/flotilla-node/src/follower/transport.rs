@@ -2,9 +2,11 @@
 //! Incoming messages are decoded here and handed to the driver as events, tagged with the
 //! connection's generation so that events of an old connection are ignored.
 
+use super::leader_finder::LeaderFinder;
 use flotilla_core::FollowerEvent;
 use flotilla_wire::LeaderMessage;
 use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -54,21 +56,25 @@ pub fn refused_by_leader(ws_url: &str, status: u16) -> String {
     }
 }
 
+/// Connects to the node that leads, as `finder` finds it first (on a cluster, the node given
+/// may not lead, and after a session ended the leader may have changed).
 pub fn connect(
-    leader_url: &str,
+    finder: Arc<LeaderFinder>,
     credentials: Credentials,
     generation: u64,
     events: mpsc::Sender<Tagged>,
 ) -> Connection {
-    let ws_url = match leader_url.strip_prefix("https://") {
-        Some(rest) => format!("wss://{rest}/v1/replication"),
-        None => format!(
-            "ws://{}/v1/replication",
-            leader_url.trim_start_matches("http://")
-        ),
-    };
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
     let task = tokio::spawn(async move {
+        finder.refresh().await;
+        let leader_url = finder.current();
+        let ws_url = match leader_url.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}/v1/replication"),
+            None => format!(
+                "ws://{}/v1/replication",
+                leader_url.trim_start_matches("http://")
+            ),
+        };
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(flotilla_wire::MAX_MESSAGE_BYTES);
         config.max_frame_size = Some(flotilla_wire::MAX_MESSAGE_BYTES);

@@ -389,6 +389,11 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
         )
         .await
         .unwrap();
+    // A learner started on the first leader: after each handover (the old leader lives on and
+    // steps down) it streams from the new one.
+    let learner = LocalNode::start(&exe(), dir.path(), "p1", Some(&c.urls[l]), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let urls = c.urls.clone();
     let writer = tokio::spawn(async move {
         let mut out = Vec::new();
@@ -456,7 +461,7 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
         .await
         .unwrap();
     let pos = last["position"].as_str().unwrap().to_string();
-    for url in &c.urls {
+    for url in c.urls.iter().chain([&learner.url]) {
         let rows = rows_on(url, &pos).await;
         for (key, outcome) in &history {
             let n = rows.get(key).copied().unwrap_or(0);
@@ -468,6 +473,8 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
             }
         }
     }
+    let status = Client::new(&learner.url).get("/v1/status").await.unwrap();
+    assert_eq!(status["leader"], c.urls[leader].as_str(), "{status}");
 }
 
 /// `semi-sync` asking for two other members, with one of the two others down: the write is
@@ -551,4 +558,96 @@ async fn semi_sync_on_a_cluster_never_answers_with_fewer_copies_than_asked() {
         let rows = rows_on(url, &pos).await;
         assert_eq!(rows.get(&7), Some(&1), "{url}: {rows:?}");
     }
+}
+
+/// A query on `url` with extra request fields: the status and the answer.
+async fn query(url: &str, extra: Value) -> (u16, Value) {
+    let mut body = json!({"sql": "SELECT count(*), coalesce(max(k), 0) FROM t"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/query"))
+        .json(&body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("query on {url}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Read guarantees on a cluster: a linearizable read on any member sees every write that was
+/// acknowledged (quorum) before it began, though followers apply asynchronously; a leader cut
+/// off from the others cannot confirm it still leads, and refuses linearizable reads instead
+/// of answering from what may be a deposed leader's copy; `max_lag_ms` refuses a member or a
+/// learner that has been without a leader for longer; a learner sends linearizable reads to
+/// the leader (421).
+#[tokio::test(flavor = "multi_thread")]
+async fn linearizable_and_bounded_staleness_reads_on_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path()).await;
+    let all = [0usize, 1, 2];
+    let l = c.leader(&all).await;
+    let lc = Client::new(&c.urls[l]);
+    lc.post(
+        "/v1/execute",
+        &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"}],
+                "durability": "quorum"}),
+    )
+    .await
+    .unwrap();
+    let learner = LocalNode::start(&exe(), dir.path(), "p1", Some(&c.urls[l]), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for k in 1..=15u64 {
+        lc.post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t(k) VALUES (?1)", "params": [k]}],
+                    "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+        for url in &c.urls {
+            let (status, v) = query(url, json!({"consistency": "linearizable"})).await;
+            assert_eq!(status, 200, "{url}: {v}");
+            assert_eq!(v["rows"][0][1], k, "{url} missed write {k}: {v}");
+        }
+    }
+    let (status, v) = query(&learner.url, json!({"consistency": "linearizable"})).await;
+    assert_eq!(status, 421, "{v}");
+    assert_eq!(v["error"]["leader"], c.urls[l].as_str(), "{v}");
+    for url in c.urls.iter().chain([&learner.url]) {
+        let (status, v) = query(url, json!({"max_lag_ms": 5000, "min_position": "0/0"})).await;
+        assert_eq!(status, 200, "{url} is current: {v}");
+    }
+
+    // The leader cut off from the others (both killed).
+    let others: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
+    for &o in &others {
+        c.members[o].kill().await;
+    }
+    let (status, v) = query(
+        &c.urls[l],
+        json!({"consistency": "linearizable", "timeout_ms": 3000}),
+    )
+    .await;
+    assert_eq!(status, 503, "a leader without a majority answered: {v}");
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    // A local read is still served: it makes no promise about freshness.
+    assert_eq!(query(&c.urls[l], json!({})).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for url in [&c.urls[l], &learner.url] {
+        let (status, v) = query(url, json!({"max_lag_ms": 1000})).await;
+        assert_eq!(status, 503, "{url}, leaderless for seconds, answered: {v}");
+        assert_eq!(v["error"]["code"], "too_stale", "{v}");
+        assert!(v["error"]["lag_ms"].as_u64().unwrap() > 1000, "{v}");
+    }
+
+    for &o in &others {
+        c.members[o].restart().await.unwrap();
+    }
+    let l = c.leader(&all).await;
+    let (status, v) = query(&c.urls[l], json!({"consistency": "linearizable"})).await;
+    assert_eq!((status, &v["rows"][0][1]), (200, &json!(15)), "{v}");
 }

@@ -84,6 +84,12 @@ impl Node {
         }
     }
 
+    /// Whether this node still leads with `state` (a cluster member that stepped down, or led
+    /// again since, holds another or none): sessions and feeds opened on it end when not.
+    pub fn still_leads(&self, state: &Arc<LeaderState>) -> bool {
+        self.leader().is_some_and(|now| Arc::ptr_eq(&now, state))
+    }
+
     /// The pipelines' workers, on a leader.
     pub fn pipelines(&self) -> Option<Arc<crate::pipeline::Pipelines>> {
         match &**self.role.load() {

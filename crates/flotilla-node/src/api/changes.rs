@@ -353,8 +353,23 @@ async fn stream_changes(
         }
         tokio::select! {
             changed = head_rx.changed() => if changed.is_err() { return },
-            // Notices a consumer that went away while nothing is committed.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => if tx.is_closed() { return },
+            // Notices a consumer that went away while nothing is committed, and a leader that
+            // stepped down (a cluster's): its head moves no more.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if tx.is_closed() {
+                    return;
+                }
+                if !node.still_leads(&leader) {
+                    let why = format!(
+                        "the feed ends: this node no longer leads; resume from={} at the \
+                         leader ({})",
+                        head_rx.borrow().position,
+                        node.leader_url().unwrap_or_else(|| "being elected".into())
+                    );
+                    let _ = tx.send(Ok(error_line(&why))).await;
+                    return;
+                }
+            }
             _ = node.shutdown.cancelled() => return,
         }
         // A revoked token ends the feed it opened.

@@ -152,6 +152,21 @@ struct QueryBody {
     timeout_ms: Option<u64>,
     #[serde(default)]
     associative: bool,
+    #[serde(default)]
+    consistency: Option<String>,
+    #[serde(default)]
+    max_lag_ms: Option<u64>,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// What this node holds (after `min_position`, if given).
+    #[default]
+    Local,
+    /// Everything any client was told was committed before the read began: the cluster
+    /// confirms its leader still leads (Raft's ReadIndex), and this member applies that far.
+    Linearizable,
 }
 
 /// A `POST /v1/query` request, checked.
@@ -162,6 +177,9 @@ pub struct QueryRequest {
     /// Rows as objects keyed by column name instead of lists.
     pub associative: bool,
     pub min_position: Option<Position>,
+    pub consistency: Consistency,
+    /// Refuse the read on a replica that may be further behind its leader than this.
+    pub max_lag_ms: Option<u64>,
     /// How long to wait for the position and a reader.
     pub wait_ms: u64,
     /// How long the statement may run.
@@ -181,8 +199,20 @@ pub fn decode_query(raw: &[u8], node_limit_ms: u64) -> Result<QueryRequest, ApiE
                 })?,
         ),
     };
+    let consistency = match req.consistency.as_deref() {
+        None | Some("local") => Consistency::Local,
+        Some("linearizable") => Consistency::Linearizable,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                format!("consistency: {other:?} is not one of \"local\", \"linearizable\""),
+            ))
+        }
+    };
     Ok(QueryRequest {
         run_ms: request_timeout_ms(req.timeout_ms, node_limit_ms)?,
+        consistency,
+        max_lag_ms: req.max_lag_ms,
         wait_ms: req.timeout_ms.unwrap_or(5_000).min(600_000),
         sql: req.sql,
         params,
@@ -267,5 +297,20 @@ mod tests {
         assert_eq!(q.min_position, Some(Position::new(1, 5)));
         assert_eq!((q.wait_ms, q.run_ms), (20, 20));
         assert!(decode_query(br#"{"sql": "x", "timeout_ms": 0}"#, 1000).is_err());
+        let q = decode_query(
+            br#"{"sql": "SELECT 1", "consistency": "linearizable", "max_lag_ms": 250}"#,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            (q.consistency, q.max_lag_ms),
+            (Consistency::Linearizable, Some(250))
+        );
+        let e = decode_query(br#"{"sql": "SELECT 1", "consistency": "strong"}"#, 1000).unwrap_err();
+        assert!(
+            e.message.contains("\"strong\" is not one of"),
+            "{}",
+            e.message
+        );
     }
 }

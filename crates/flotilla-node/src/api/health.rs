@@ -55,9 +55,7 @@ fn readiness(node: &Node) -> Result<Value, String> {
         Role::Leader { .. } => Ok(json!({"ready": true, "role": "leader"})),
         Role::Follower { state, .. } => {
             let s = state.status();
-            let lag_ms = s
-                .behind_since_ms
-                .map_or(0, |since| mono_ms().saturating_sub(since));
+            let lag_ms = lag_ms(node);
             let max = node.config.ready_max_lag_ms;
             if s.phase == "bootstrapping" || s.phase == "starting" {
                 return not_ready(format!("the follower is {}", s.phase.replace('_', " ")));
@@ -80,4 +78,18 @@ fn readiness(node: &Node) -> Result<Value, String> {
             Ok(json!({"ready": true, "role": "follower", "lag_ms": lag_ms}))
         }
     }
+}
+
+/// For how long this node may have been behind its leader (ms): 0 on a leader; on a follower,
+/// how long it has not been streaming with everything its leader announced applied; on a
+/// cluster member, how long it has known no leader or not applied all its leader committed.
+pub fn lag_ms(node: &Node) -> u64 {
+    // On a cluster member the consensus knows best (a leader that lost its majority steps
+    // down there first).
+    let since = match (&node.cluster, &*node.role()) {
+        (Some(c), _) => c.status.borrow().behind_since_ms,
+        (None, Role::Leader { .. }) => None,
+        (None, Role::Follower { state, .. }) => state.status().behind_since_ms,
+    };
+    since.map_or(0, |since| mono_ms().saturating_sub(since))
 }

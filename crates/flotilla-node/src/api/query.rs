@@ -1,6 +1,7 @@
 //! `POST /v1/query`: a read on a snapshot, optionally after a position (read-your-writes).
 
 use super::body::json_bytes;
+use super::decode::Consistency;
 use super::values::to_json;
 use super::ApiError;
 use crate::metrics::Counters;
@@ -29,6 +30,29 @@ pub async fn query(
     let (params, run_ms, associative) = (req.params, req.run_ms, req.associative);
     let timeout = Duration::from_millis(req.wait_ms);
     let deadline = tokio::time::Instant::now() + timeout;
+    if let Some(max) = req.max_lag_ms {
+        let lag = super::health::lag_ms(&node);
+        if lag > max {
+            let leader = node.leader_url().filter(|l| *l != node.url);
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_stale",
+                format!(
+                    "this replica may be {lag} ms behind its leader, more than max_lag_ms \
+                     ({max}): read from the leader{}",
+                    leader
+                        .as_deref()
+                        .map(|l| format!(" ({l})"))
+                        .unwrap_or_default()
+                ),
+            )
+            .with("lag_ms", lag)
+            .with("leader", leader));
+        }
+    }
+    if req.consistency == Consistency::Linearizable {
+        linearizable_point(&node, deadline).await?;
+    }
     if let Some(min) = req.min_position {
         // Every position a client was given is at or before the leader's newest commit: one
         // beyond it was never acknowledged, and waiting for it would only time out.
@@ -120,6 +144,59 @@ pub async fn query(
         }
     }
     Ok(Json(answer))
+}
+
+/// Waits until this node's database holds everything committed before now, as a linearizable
+/// read needs. On a cluster member: Raft's ReadIndex (the leader confirms with a majority that
+/// it still leads and names its commit index; this member applies that far). A single leader
+/// is the only node that commits, so what it holds is current; a follower outside a cluster
+/// cannot know it is, and sends the reader to its leader (421).
+async fn linearizable_point(
+    node: &Arc<Node>,
+    deadline: tokio::time::Instant,
+) -> Result<(), ApiError> {
+    let Some(c) = &node.cluster else {
+        return match node.leader() {
+            Some(_) => Ok(()),
+            None => Err(super::execute::leader_only(
+                node,
+                "serves linearizable reads through",
+            )),
+        };
+    };
+    let unavailable = |why: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("a linearizable read could not be confirmed: {why}; retry"),
+        )
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    c.control
+        .send(crate::cluster::driver::Control::ReadIndex(tx))
+        .map_err(|_| unavailable("the consensus task stopped".into()))?;
+    let index = match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(Ok(lsn))) => lsn,
+        Ok(Ok(Err(why))) => return Err(unavailable(why)),
+        Ok(Err(_)) => return Err(unavailable("the consensus task stopped".into())),
+        Err(_) => {
+            return Err(unavailable(
+                "no majority of the members confirmed the leader in time".into(),
+            ))
+        }
+    };
+    let mut status = c.status.clone();
+    let applied = tokio::time::timeout_at(deadline, status.wait_for(|s| s.applied >= index))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    match applied {
+        true => Ok(()),
+        false => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "position_not_reached",
+            format!("this member did not apply through the read index {index} in time"),
+        )),
+    }
 }
 
 fn run(

@@ -162,6 +162,11 @@ pub async fn serve_session(
                 Err(_) => LeaderEvent::Closed { reason: "the leader is stopping".into() },
             },
             _ = tick.tick() => match credential.still_allowed(&node).await {
+                // A cluster member that stepped down ships no more: its follower finds the
+                // new leader (it would otherwise wait here for commits that never come).
+                Ok(()) if !node.still_leads(&leader) => LeaderEvent::Closed {
+                    reason: "this node no longer leads".into(),
+                },
                 Ok(()) => LeaderEvent::Tick,
                 Err(denied) => LeaderEvent::Revoked { reason: denied.to_string() },
             },

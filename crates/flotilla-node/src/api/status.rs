@@ -202,6 +202,9 @@ fn cluster_json(c: &crate::cluster::driver::ClusterHandle) -> Value {
         "commit_lsn": s.commit.0,
         "last_lsn": s.last.0,
         "applied_lsn": s.applied.0,
+        // For how long this member may have been behind (0 while it knows a leader and has
+        // applied all it committed): what `max_lag_ms` on a read compares with.
+        "lag_ms": s.behind_since_ms.map_or(0, |since| crate::time::mono_ms().saturating_sub(since)),
         "members": members,
         "refused_messages": s.refused,
         "last_refusal": s.last_refusal,

@@ -48,6 +48,11 @@ pub struct ClusterStatus {
     /// Messages refused (another cluster, garbage), with the last reason.
     pub refused: u64,
     pub last_refusal: Option<String>,
+    /// Since when (monotonic ms) this member has not known itself current: it knew no leader,
+    /// or had not applied everything its leader said was committed. `None` while it is (and
+    /// always on the leader). A member that lost its leader notices within an election
+    /// timeout, when it stops expecting the leader's heartbeats.
+    pub behind_since_ms: Option<u64>,
 }
 
 /// A transaction the leader's writer executed at `at`, to replicate; each waiter is answered
@@ -97,11 +102,14 @@ pub enum MemberEvent {
 }
 
 /// What an operator (or the member itself) asks of the consensus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Control {
     /// Hand the leadership to this member once it holds everything (raft's leadership
     /// transfer: the leader stops taking proposals, the target catches up, then campaigns).
     Transfer(u64),
+    /// A linearizable read: answered with the LSN this member must apply through before it
+    /// reads (the leader's commit index once a majority confirmed it still leads), or why not.
+    ReadIndex(tokio::sync::oneshot::Sender<Result<Lsn, String>>),
 }
 
 /// The handle the rest of the node holds.
@@ -240,6 +248,7 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         last_refusal: None,
         fatal: parts.fatal,
         waiting: HashMap::new(),
+        reads: HashMap::new(),
         next_tag: 0,
         events: parts.events,
         tail_entries: parts.config.tail_entries,
@@ -270,6 +279,7 @@ fn status_of(m: &Consensus, refused: u64, last_refusal: Option<String>) -> Clust
         progress: m.progress(),
         refused,
         last_refusal,
+        behind_since_ms: None,
     }
 }
 
@@ -299,6 +309,8 @@ struct Driver {
     fatal: crate::fatal::FatalSender,
     /// Requests waiting for their durability, by tag.
     waiting: HashMap<u64, tokio::sync::oneshot::Sender<Result<(), Unacknowledged>>>,
+    /// Linearizable reads waiting for their read index, by tag (from the same counter).
+    reads: HashMap<u64, tokio::sync::oneshot::Sender<Result<Lsn, String>>>,
     next_tag: u64,
     events: Option<mpsc::UnboundedSender<MemberEvent>>,
     /// Applied entries the log keeps (as the machine keeps them in memory).
@@ -342,6 +354,14 @@ impl Driver {
                 Some(lsn) = applied.recv() => ConsensusEvent::Applied(lsn),
                 Some(c) = control.recv() => match c {
                     Control::Transfer(id) => ConsensusEvent::TransferLeadership(id),
+                    Control::ReadIndex(reply) => {
+                        // Reads whose asker gave up are forgotten (a confirmation the
+                        // machine dropped, say a message to the leader lost, never comes).
+                        self.reads.retain(|_, r| !r.is_closed());
+                        self.next_tag += 1;
+                        self.reads.insert(self.next_tag, reply);
+                        ConsensusEvent::ReadIndex { tag: self.next_tag }
+                    }
                 },
                 _ = lazy_save.tick() => {
                     if self.dirty {
@@ -369,7 +389,13 @@ impl Driver {
     }
 
     fn publish_status(&mut self) {
-        let status = status_of(&self.machine, self.refused, self.last_refusal.clone());
+        let mut status = status_of(&self.machine, self.refused, self.last_refusal.clone());
+        let current = status.role == Role::Leader
+            || (status.leader.is_some() && status.applied >= status.commit);
+        status.behind_since_ms = match (current, self.status.borrow().behind_since_ms) {
+            (true, _) => None,
+            (false, since) => Some(since.unwrap_or_else(crate::time::mono_ms)),
+        };
         self.status.send_if_modified(|s| {
             let changed = *s != status;
             *s = status;
@@ -577,7 +603,16 @@ impl Driver {
                         }
                     }
                 }
-                ConsensusCommand::ReadReady { .. } | ConsensusCommand::ReadFailed { .. } => {}
+                ConsensusCommand::ReadReady { tag, lsn } => {
+                    if let Some(reply) = self.reads.remove(&tag) {
+                        let _ = reply.send(Ok(lsn));
+                    }
+                }
+                ConsensusCommand::ReadFailed { tag, reason } => {
+                    if let Some(reply) = self.reads.remove(&tag) {
+                        let _ = reply.send(Err(reason));
+                    }
+                }
             }
         }
         Ok(())

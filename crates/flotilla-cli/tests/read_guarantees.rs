@@ -1,0 +1,68 @@
+//! Read guarantees with a single leader and a follower: `max_lag_ms` refuses a follower that
+//! has been cut off from its leader for longer (naming the leader), while a plain read is still
+//! served; a linearizable read is the leader's (a follower answers 421 with its URL).
+//! (Linearizable reads on a cluster's members are tested in `failover.rs`.)
+
+mod common;
+
+use common::*;
+use flotilla_client::Client;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn query(url: &str, extra: Value) -> (u16, Value) {
+    let mut body = json!({"sql": "SELECT count(*) FROM t"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/query"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_too_far_behind_refuses_a_bounded_staleness_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start(dir.path(), "l", None).await;
+    let follower = start(dir.path(), "f", Some(&leader.url)).await;
+    let lc = Client::new(&leader.url);
+    commit_one(&lc, "CREATE TABLE t(x)").await;
+    let pos = commit_one(&lc, "INSERT INTO t VALUES (1)").await;
+    wait_for(&Client::new(&follower.url), &pos).await;
+
+    let (status, v) = query(&follower.url, json!({"max_lag_ms": 2000})).await;
+    assert_eq!((status, &v["rows"][0][0]), (200, &json!(1)), "{v}");
+    let (status, v) = query(&leader.url, json!({"consistency": "linearizable"})).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = query(&follower.url, json!({"consistency": "linearizable"})).await;
+    assert_eq!(status, 421, "{v}");
+    assert_eq!(v["error"]["leader"], leader.url.as_str(), "{v}");
+    let (status, v) = query(&follower.url, json!({"consistency": "eventual"})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{v}"
+    );
+
+    leader.kill().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, v) = query(&follower.url, json!({"max_lag_ms": 500})).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "too_stale", "{v}");
+    assert_eq!(v["error"]["leader"], leader.url.as_str(), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_lag_ms (500)"),
+        "{v}"
+    );
+    // Without a bound, the follower serves what it has.
+    let (status, v) = query(&follower.url, json!({})).await;
+    assert_eq!((status, &v["rows"][0][0]), (200, &json!(1)), "{v}");
+}

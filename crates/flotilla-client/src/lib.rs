@@ -2,6 +2,10 @@
 //! presents a token (`--token` / `FLOTILLA_TOKEN`) and verifies `https://` nodes against a CA
 //! certificate (`--tls-ca` / `FLOTILLA_TLS_CA`).
 
+mod session;
+
+pub use session::Session;
+
 use anyhow::{bail, Context};
 use serde_json::Value;
 use std::path::Path;
@@ -81,6 +85,7 @@ fn error_causes(e: &dyn std::error::Error) -> String {
     out
 }
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -119,6 +124,15 @@ impl Client {
                 ..defaults()
             },
         )
+    }
+
+    /// A client of another node with this one's credentials and connection pool.
+    pub fn at(&self, node: &str) -> Client {
+        Client {
+            http: self.http.clone(),
+            base: node_url(node),
+            token: self.token.clone(),
+        }
     }
 
     pub fn url(&self) -> &str {

@@ -1,4 +1,5 @@
-//! `flotilla cluster status`: a cluster's members as one of them sees them (docs/failover.md).
+//! `flotilla cluster status | add-voter | remove`: a cluster's members as one of them sees
+//! them, and membership changes through its leader (docs/failover.md).
 
 use crate::shell::render::table;
 use clap::Subcommand;
@@ -20,6 +21,69 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a learner a voter, once it has caught up. A node joins as a learner with
+    /// `flotilla serve --id NAME --join HOST:PORT` (any member).
+    #[command(after_help = "Examples:
+  flotilla serve --id n4 --data data/n4 --listen 127.0.0.1:4794 --join 127.0.0.1:4791
+  flotilla cluster add-voter --node 127.0.0.1:4791 --member n4")]
+    AddVoter {
+        /// Any member's URL (the request goes to the leader).
+        #[arg(long, default_value = "http://127.0.0.1:4790")]
+        node: String,
+        /// The learner's name (its --id).
+        #[arg(long)]
+        member: String,
+    },
+    /// Remove a member (a voter or a learner) from the cluster. The leader cannot be removed:
+    /// hand over first (flotilla promote).
+    #[command(after_help = "Examples:
+  flotilla cluster remove --node 127.0.0.1:4791 --member n3")]
+    Remove {
+        /// Any member's URL (the request goes to the leader).
+        #[arg(long, default_value = "http://127.0.0.1:4790")]
+        node: String,
+        /// The member's name (its --id).
+        #[arg(long)]
+        member: String,
+    },
+}
+
+/// The leader of the cluster `node` is a member of.
+async fn leader_of(node: &str) -> anyhow::Result<Client> {
+    let view = Client::new(node).get("/v1/cluster").await?;
+    match view["leader_url"].as_str().filter(|u| !u.is_empty()) {
+        Some(leader) => Ok(Client::new(leader)),
+        None => anyhow::bail!(
+            "the cluster has no leader right now (an election is under way); try again"
+        ),
+    }
+}
+
+/// One line per member of a membership answer.
+fn print_membership(v: &Value) {
+    let ids = |key: &str| -> Vec<u64> {
+        v[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default()
+    };
+    let (voters, learners) = (ids("voters"), ids("learners"));
+    for m in v["members"].as_array().into_iter().flatten() {
+        let id = m["member_id"].as_u64().unwrap_or(0);
+        let role = if voters.contains(&id) {
+            "voter"
+        } else if learners.contains(&id) {
+            "learner"
+        } else {
+            "-"
+        };
+        println!(
+            "{:<8}{:<8}{}",
+            m["name"].as_str().unwrap_or("?"),
+            role,
+            m["url"].as_str().unwrap_or("?")
+        );
+    }
 }
 
 #[derive(clap::Args)]
@@ -68,6 +132,27 @@ pub async fn run(c: ClusterCommand) -> anyhow::Result<()> {
             } else {
                 print!("{}", describe(&v));
             }
+            Ok(())
+        }
+        ClusterCommand::AddVoter { node, member } => {
+            let leader = leader_of(&node).await?;
+            let v = leader
+                .post(
+                    "/v1/cluster/members",
+                    &serde_json::json!({ "member": member, "voter": true }),
+                )
+                .await?;
+            println!("{member} is a voter");
+            print_membership(&v);
+            Ok(())
+        }
+        ClusterCommand::Remove { node, member } => {
+            let leader = leader_of(&node).await?;
+            let v = leader
+                .delete(&format!("/v1/cluster/members/{member}"))
+                .await?;
+            println!("{member} left the cluster");
+            print_membership(&v);
             Ok(())
         }
     }

@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// among them (the same list on each; see docs/failover.md).
     #[arg(long, value_name = "N1=HOST:PORT,N2=…", value_delimiter = ',')]
     cluster: Vec<String>,
+    /// Join an existing cluster through any member (HOST:PORT): this node is added as a
+    /// learner, copies the data, and can then be made a voter (flotilla cluster add-voter).
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
     /// Cluster member: start an election after this long without a leader (to twice as long,
     /// at random) [default: 1000].
     #[arg(long, value_name = "MS")]
@@ -114,6 +118,9 @@ pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
     );
     if !a.cluster.is_empty() {
         file.cluster = Some(a.cluster.clone());
+    }
+    if a.join.is_some() {
+        file.join = a.join.clone();
     }
     if a.election_timeout_ms.is_some() {
         file.election_timeout_ms = a.election_timeout_ms;

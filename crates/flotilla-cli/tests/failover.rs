@@ -560,6 +560,29 @@ async fn semi_sync_on_a_cluster_never_answers_with_fewer_copies_than_asked() {
     }
 }
 
+/// The URL of the leader every one of `urls` names (bounded wait).
+async fn agreed_leader<'a>(urls: impl Iterator<Item = &'a String> + Clone) -> String {
+    let started = Instant::now();
+    loop {
+        let mut seen = BTreeSet::new();
+        for url in urls.clone() {
+            let named = match Client::new(url).get("/v1/cluster").await {
+                Ok(v) => v["leader_url"].as_str().unwrap_or("").to_string(),
+                Err(_) => String::new(),
+            };
+            seen.insert(named);
+        }
+        if seen.len() == 1 && !seen.contains("") {
+            return seen.into_iter().next().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no agreed leader in 30 s: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A query on `url` with extra request fields: the status and the answer.
 async fn query(url: &str, extra: Value) -> (u16, Value) {
     let mut body = json!({"sql": "SELECT count(*), coalesce(max(k), 0) FROM t"});
@@ -650,4 +673,210 @@ async fn linearizable_and_bounded_staleness_reads_on_a_cluster() {
     let l = c.leader(&all).await;
     let (status, v) = query(&c.urls[l], json!({"consistency": "linearizable"})).await;
     assert_eq!((status, &v["rows"][0][1]), (200, &json!(15)), "{v}");
+}
+
+/// Membership changes on real processes: a fourth node joins through a member that does not
+/// lead (`serve --join`, the request follows the 421 to the leader), copies the data as a
+/// learner, becomes a voter (`cluster add-voter`), and counts: after a voter is removed and
+/// the leader killed, the new voter helps elect a leader and commit. Refused with clear errors:
+/// removing the leader, removing a voter when the voters left could not commit, a new member
+/// as a voter straight away, a URL taken by another member.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_joins_becomes_a_voter_and_a_voter_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path()).await;
+    let all = [0usize, 1, 2];
+    let l = c.leader(&all).await;
+    let lc = Client::new(&c.urls[l]);
+    lc.post(
+        "/v1/execute",
+        &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"},
+                               {"sql": "INSERT INTO t(k) VALUES (1), (2), (3)"}],
+                "durability": "quorum"}),
+    )
+    .await
+    .unwrap();
+    let via = (l + 1) % 3;
+    let n4 = LocalNode::start(&exe(), dir.path(), "n4", None, &["--join", &c.urls[via]])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let w = lc
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t(k) VALUES (4)"}], "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    let pos = w["position"].as_str().unwrap().to_string();
+    assert_eq!(
+        rows_on(&n4.url, &pos).await.len(),
+        4,
+        "the learner copied the data"
+    );
+    let view = lc.get("/v1/cluster").await.unwrap();
+    let n4_entry = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "n4")
+        .unwrap_or_else(|| panic!("n4 is not listed: {view}"))
+        .clone();
+    assert_eq!(n4_entry["voter"], false, "{view}");
+    assert_eq!(n4_entry["url"], n4.url.as_str(), "{view}");
+
+    // Bad requests, each refused with what is wrong.
+    for (body, status, says) in [
+        (
+            json!({"member": "n9", "url": "127.0.0.1:1", "voter": true}),
+            400,
+            "learner first",
+        ),
+        (
+            json!({"member": "n9", "url": n4.url}),
+            409,
+            "URL of member n4",
+        ),
+        (json!({"member": "n9"}), 400, "needs its URL"),
+        (
+            json!({"member": "bad name!", "url": "127.0.0.1:1"}),
+            400,
+            "member",
+        ),
+    ] {
+        let (got, v) = raw(
+            &c.urls[l],
+            "POST",
+            "/v1/cluster/members",
+            Some("application/json"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        assert_eq!(got, status, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{body}: {v}"
+        );
+    }
+    // With one of the three voters down, removing another would leave two voters of which
+    // one answers: refused, and the leader keeps leading.
+    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
+    c.members[a].kill().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let b_name = format!("n{}", b + 1);
+    let (status, v) = raw(
+        &c.urls[l],
+        "DELETE",
+        &format!("/v1/cluster/members/{b_name}"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "no_majority_left", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only 1 answer"),
+        "{v}"
+    );
+    c.members[a].restart().await.unwrap();
+    let l = c.leader(&all).await;
+    let (ok, out, err) = cli(&[
+        "cluster",
+        "add-voter",
+        "--node",
+        &c.urls[via],
+        "--member",
+        "n4",
+    ]);
+    assert!(ok, "add-voter: {err}");
+    assert!(out.contains("n4 is a voter"), "{out}");
+    let view = lc.get("/v1/cluster").await.unwrap();
+    assert!(
+        view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "n4" && m["voter"] == true),
+        "{view}"
+    );
+
+    // The leader cannot be removed; nor a voter when the voters left could not commit.
+    let leader_name = format!("n{}", l + 1);
+    let (ok, _, err) = cli(&[
+        "cluster",
+        "remove",
+        "--node",
+        &c.urls[l],
+        "--member",
+        &leader_name,
+    ]);
+    assert!(!ok && err.contains("leads the cluster"), "{err}");
+    // Four voters now: any of them may lead (n4 too).
+    let leader_url = agreed_leader(c.urls.iter().chain([&n4.url])).await;
+    // Remove a voter that does not lead, then kill one more of the first three (the leader,
+    // if it is one of them): the two voters left, n4 among them, elect a leader and commit.
+    let gone = (0..3).find(|&i| c.urls[i] != leader_url).unwrap();
+    let gone_name = format!("n{}", gone + 1);
+    let (ok, out, err) = cli(&[
+        "cluster",
+        "remove",
+        "--node",
+        &leader_url,
+        "--member",
+        &gone_name,
+    ]);
+    assert!(ok, "remove: {err}");
+    assert!(out.contains(&format!("{gone_name} left")), "{out}");
+    let view = Client::new(&leader_url).get("/v1/cluster").await.unwrap();
+    assert!(
+        !view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == gone_name.as_str()),
+        "{view}"
+    );
+    c.members[gone].kill().await;
+    let victim = (0..3)
+        .filter(|&i| i != gone)
+        .find(|&i| c.urls[i] == leader_url)
+        .unwrap_or_else(|| (0..3).find(|&i| i != gone).unwrap());
+    c.members[victim].kill().await;
+    let survivor = (0..3).find(|&i| i != gone && i != victim).unwrap();
+    let started = Instant::now();
+    let answer = loop {
+        let mut done = None;
+        for url in [&c.urls[survivor], &n4.url] {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/execute"))
+                .json(
+                    &json!({"statements": [{"sql": "INSERT INTO t(k) VALUES (5)"}],
+                              "durability": "quorum", "idempotency_key": "after-removal"}),
+                )
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if let Ok(r) = r {
+                if r.status().as_u16() == 200 {
+                    done = Some(r.json::<Value>().await.unwrap());
+                    break;
+                }
+            }
+        }
+        if let Some(v) = done {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the voters left (n{} and n4) did not commit within 30 s",
+            survivor + 1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let pos = answer["position"].as_str().unwrap();
+    for url in [&c.urls[survivor], &n4.url] {
+        assert_eq!(rows_on(url, pos).await.len(), 5, "{url}");
+    }
 }

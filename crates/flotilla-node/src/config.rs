@@ -43,6 +43,9 @@ pub struct ConfigFile {
     /// The voters of a new cluster, `NAME=URL` each (this node's id among them). Each starts
     /// with the same list; after the first start the data directory remembers it.
     pub cluster: Option<Vec<String>>,
+    /// Join an existing cluster as a learner through any of its members (the first start
+    /// only: the data directory remembers the cluster).
+    pub join: Option<String>,
     /// A cluster member starts an election after this long without a leader (to twice as
     /// long, at random). Default 1000.
     pub election_timeout_ms: Option<u64>,
@@ -301,6 +304,9 @@ pub struct NodeConfig {
     /// The voters of a cluster (name, URL), in the order given: a cluster member elects its
     /// leader with them instead of following a fixed one.
     pub cluster: Option<Vec<(NodeId, String)>>,
+    /// A member of the cluster to join through (a node with no `cluster.json` yet asks to be
+    /// added as a learner; later starts ignore it).
+    pub join: Option<String>,
     pub election_timeout_ms: u64,
     /// Whether requests must carry a token.
     pub auth: bool,
@@ -407,6 +413,26 @@ impl ConfigFile {
                 Some(members)
             }
         };
+        let join = match &self.join {
+            None => None,
+            Some(url) => {
+                let url = validate_url("join", url.trim())?;
+                let clash = if cluster.is_some() {
+                    Some("--cluster (which starts a new cluster)")
+                } else if self.follow.is_some() {
+                    Some("--follow (a follower outside the cluster)")
+                } else if self.log.kind.as_deref() == Some("logical") {
+                    Some("log = \"logical\" (a member holds a physical copy)")
+                } else {
+                    None
+                };
+                if let Some(other) = clash {
+                    return Err(invalid("join", format!("--join cannot go with {other}")));
+                }
+                Some(url)
+            }
+        };
+        let clustered = cluster.is_some() || join.is_some();
         let election_timeout_ms = self.election_timeout_ms.unwrap_or(1000);
         if !(100..=60_000).contains(&election_timeout_ms) {
             return Err(invalid(
@@ -414,7 +440,7 @@ impl ConfigFile {
                 "must be between 100 and 60000 (see docs/failover.md for what is safe)",
             ));
         }
-        if self.election_timeout_ms.is_some() && cluster.is_none() {
+        if self.election_timeout_ms.is_some() && !clustered {
             return Err(invalid(
                 "election-timeout-ms",
                 "only a cluster member holds elections (--cluster)",
@@ -431,7 +457,7 @@ impl ConfigFile {
         // Loopback only: reachable from this machine alone, so it may stay open (the demo's
         // one command). Anything else requires tokens unless switched off explicitly.
         let auth = self.auth.unwrap_or(!listen.ip().is_loopback());
-        if auth && cluster.is_some() {
+        if auth && clustered {
             // A cluster's leader does not take token changes yet, so it could never make any.
             return Err(invalid(
                 "cluster",
@@ -619,7 +645,9 @@ impl ConfigFile {
                 "must be between 1 and 86400000 (one day)",
             ));
         }
-        let durability = self.durability.validate(self.cluster.is_some())?;
+        let durability = self
+            .durability
+            .validate(self.cluster.is_some() || self.join.is_some())?;
         if let (Some(members), Some(_)) = (&self.cluster, self.durability.semi_sync_replicas) {
             if durability.semi_sync_replicas + 1 > members.len() {
                 return Err(invalid(
@@ -655,6 +683,7 @@ impl ConfigFile {
             follow,
             advertise_url,
             cluster,
+            join,
             election_timeout_ms,
             auth,
             replication_token: self.replication_token,
@@ -685,7 +714,7 @@ impl ConfigFile {
     }
 }
 
-fn validate_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
+pub(crate) fn validate_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
     // `host:port` means http://host:port, as everywhere a node is named.
     let full;
     let url = if url.contains("://") {

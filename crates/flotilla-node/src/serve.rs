@@ -107,9 +107,18 @@ pub async fn run(
 
     let mut writer_thread = None;
     // A cluster member: its consensus state, and its database as a replica until it leads.
-    let cluster_file = match &config.cluster {
-        Some(members) => {
-            let file = crate::cluster::setup::cluster_file(&dir, members, &config.id)?;
+    let cluster_file = match (&config.cluster, &config.join) {
+        (None, None) => None,
+        (members, via) => {
+            let file = match (members, via) {
+                (Some(members), _) => {
+                    crate::cluster::setup::cluster_file(&dir, members, &config.id)?
+                }
+                (None, Some(via)) => {
+                    crate::cluster::setup::joined(&dir, via, &config.id, &url, &peers).await?
+                }
+                (None, None) => unreachable!("matched above"),
+            };
             match &ident.cluster_id {
                 Some(c) if *c != file.cluster_id => anyhow::bail!(
                     "this data directory belongs to cluster {c}, not to the cluster of the \
@@ -122,7 +131,6 @@ pub async fn run(
             identity::save(&dir, &ident)?;
             Some(file)
         }
-        None => None,
     };
     let (role, position) = match &config.follow {
         _ if cluster_file.is_some() => {

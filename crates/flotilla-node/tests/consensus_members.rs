@@ -49,6 +49,7 @@ fn file(cluster: &str, me: u64, urls: &[String]) -> ClusterFile {
         epochs: vec![],
         base_lsn: 0,
         base_epoch: 0,
+        highest_member_id: 0,
     }
 }
 
@@ -229,6 +230,7 @@ async fn propose(
         .send(driver::Proposal {
             at,
             record: Some(bytes),
+            membership: None,
             waiters: vec![(durability, tx)],
         })
         .await

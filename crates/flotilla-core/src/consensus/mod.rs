@@ -233,7 +233,7 @@ impl Role {
 }
 
 /// A membership change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberChange {
     AddVoter(u64),
     AddLearner(u64),
@@ -282,10 +282,14 @@ pub enum ConsensusCommand {
     },
     /// Committed entries to apply, in order.
     Apply(Vec<LogEntry>),
-    /// The membership after a committed change: persist it with the hard state.
+    /// The membership after a committed change: persist it with the hard state. `change` is
+    /// the change applied, with the context its proposer gave (the host's description of the
+    /// member concerned).
     Membership {
         voters: Vec<u64>,
         learners: Vec<u64>,
+        change: MemberChange,
+        context: Bytes,
     },
     /// This member's role or its view of the leader changed.
     RoleChanged {
@@ -934,12 +938,19 @@ impl Consensus {
                 let Ok(cc) = ConfChangeV2::parse_from_bytes(&e.data) else {
                     continue;
                 };
-                if let Ok(cs) = self.raw.apply_conf_change(&cc) {
+                let change = cc.changes.first().map(|c| match c.get_change_type() {
+                    ConfChangeType::AddNode => MemberChange::AddVoter(c.node_id),
+                    ConfChangeType::AddLearnerNode => MemberChange::AddLearner(c.node_id),
+                    ConfChangeType::RemoveNode => MemberChange::Remove(c.node_id),
+                });
+                if let (Ok(cs), Some(change)) = (self.raw.apply_conf_change(&cc), change) {
                     self.raw.mut_store().mem.wl().set_conf_state(cs.clone());
                     out.push(ConsensusCommand::Apply(std::mem::take(&mut batch)));
                     out.push(ConsensusCommand::Membership {
                         voters: cs.voters.clone(),
                         learners: cs.learners.clone(),
+                        change,
+                        context: e.context.clone(),
                     });
                 }
             }

@@ -9,6 +9,7 @@ mod execute;
 mod followers;
 mod forward;
 mod health;
+mod membership;
 mod metrics;
 mod pipelines;
 mod query;
@@ -53,6 +54,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/raft", get(raft))
         .route("/v1/cluster", get(status::cluster))
         .route("/v1/cluster/promote", post(status::promote))
+        .route("/v1/cluster/members", post(membership::add))
+        .route("/v1/cluster/members/{name}", delete(membership::remove))
         .route("/metrics", get(metrics::metrics))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

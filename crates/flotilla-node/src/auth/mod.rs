@@ -114,7 +114,8 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
         || path.starts_with("/v1/followers")
         || path == "/v1/backup"
         || path == "/v1/restore"
-        || path == "/v1/cluster/promote";
+        || path == "/v1/cluster/promote"
+        || path.starts_with("/v1/cluster/members");
     match path {
         "/v1/execute" => AccessRole::Write,
         "/v1/replication" | "/v1/snapshot" | "/v1/raft" => AccessRole::Replicate,

@@ -14,8 +14,8 @@ use crate::follower::transport::Credentials;
 use bytes::Bytes;
 use flotilla_core::consensus::log_records::{entry_of_record, record_of_entry};
 use flotilla_core::consensus::{
-    Consensus, ConsensusCommand, ConsensusConfig, ConsensusEvent, LogEntry, MemberProgress,
-    Recovered, Role,
+    Consensus, ConsensusCommand, ConsensusConfig, ConsensusEvent, LogEntry, MemberChange,
+    MemberProgress, Recovered, Role,
 };
 use flotilla_log::Log;
 use flotilla_types::{Chain, Epoch, Lsn};
@@ -62,6 +62,8 @@ pub struct Proposal {
     /// `None`: nothing to propose; the waiters wait for the entry at `at` (a retried request
     /// whose transaction was proposed before).
     pub record: Option<Bytes>,
+    /// A membership change at `at` instead of a transaction (`record` is then `None`).
+    pub membership: Option<MembershipProposal>,
     pub waiters: Vec<(
         Durability,
         tokio::sync::oneshot::Sender<Result<(), Unacknowledged>>,
@@ -110,6 +112,24 @@ pub enum Control {
     /// A linearizable read: answered with the LSN this member must apply through before it
     /// reads (the leader's commit index once a majority confirmed it still leads), or why not.
     ReadIndex(tokio::sync::oneshot::Sender<Result<Lsn, String>>),
+}
+
+/// A membership change the leader's writer proposes at the position it counts for it (the
+/// change takes an LSN, as a transaction does): answered once proposed, with its LSN (it
+/// takes effect once committed), or why not.
+pub struct MembershipProposal {
+    pub change: MemberChange,
+    pub member: MemberContext,
+    pub proposed: tokio::sync::oneshot::Sender<Result<Lsn, String>>,
+}
+
+/// The member a membership change concerns, as its entry carries it (JSON): every member
+/// learns the name and URL of a member added, from the log itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberContext {
+    pub member_id: u64,
+    pub name: String,
+    pub url: String,
 }
 
 /// The handle the rest of the node holds.
@@ -252,6 +272,11 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         next_tag: 0,
         events: parts.events,
         tail_entries: parts.config.tail_entries,
+        link_parts: (
+            parts.credentials.clone(),
+            unreachable_tx.clone(),
+            parts.shutdown.clone(),
+        ),
     };
     let tick =
         Duration::from_millis((parts.election_timeout_ms / TICKS_PER_ELECTION as u64).max(1));
@@ -315,6 +340,8 @@ struct Driver {
     events: Option<mpsc::UnboundedSender<MemberEvent>>,
     /// Applied entries the log keeps (as the machine keeps them in memory).
     tail_entries: u64,
+    /// What a link to a member added later needs.
+    link_parts: (Credentials, mpsc::Sender<u64>, CancellationToken),
 }
 
 impl Driver {
@@ -403,19 +430,59 @@ impl Driver {
         });
     }
 
-    /// Hands proposals to the machine together; their waiters wait under fresh tags.
+    /// Hands proposals to the machine, in order: transactions together, a membership change
+    /// at its place among them.
     fn propose(&mut self, batch: Vec<Proposal>) -> Vec<ConsensusCommand> {
+        let mut out = Vec::new();
+        let mut records = Vec::with_capacity(batch.len());
+        for mut p in batch {
+            match p.membership.take() {
+                Some(m) => {
+                    self.propose_records(std::mem::take(&mut records), &mut out);
+                    self.propose_membership(p.at, m, &mut out);
+                }
+                None => records.push(p),
+            }
+        }
+        self.propose_records(records, &mut out);
+        out
+    }
+
+    /// A membership change, proposed only at the position the writer counted for it (so that
+    /// its transactions after it keep their positions).
+    fn propose_membership(
+        &mut self,
+        at: Position,
+        m: MembershipProposal,
+        out: &mut Vec<ConsensusCommand>,
+    ) {
+        let next = self.machine.next_position();
+        let result = if next != at {
+            Err(format!(
+                "the change is for {at} but the next position is {next} (the leadership changed)"
+            ))
+        } else {
+            let context =
+                Bytes::from(serde_json::to_vec(&m.member).expect("a member context is JSON"));
+            self.machine
+                .change_membership(&m.change, context, out)
+                .map_err(|e| e.to_string())
+        };
+        let _ = m.proposed.send(result);
+    }
+
+    /// Hands transactions to the machine together; their waiters wait under fresh tags.
+    fn propose_records(&mut self, batch: Vec<Proposal>, out: &mut Vec<ConsensusCommand>) {
+        if batch.is_empty() {
+            return;
+        }
         let mut proposals = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
-        let mut out = Vec::new();
         for p in batch {
             let Some(record) = p.record else {
                 for (durability, reply) in p.waiters {
                     self.next_tag += 1;
-                    match self
-                        .machine
-                        .watch(self.next_tag, p.at.lsn, durability, &mut out)
-                    {
+                    match self.machine.watch(self.next_tag, p.at.lsn, durability, out) {
                         Ok(()) => {
                             self.waiting.insert(self.next_tag, reply);
                         }
@@ -436,7 +503,7 @@ impl Driver {
             proposals.push((p.at, record, tags));
             replies.push(mine);
         }
-        let results = self.machine.propose_batch(proposals, &mut out);
+        let results = self.machine.propose_batch(proposals, out);
         let mut refused = false;
         for (result, mine) in results.into_iter().zip(replies) {
             match result {
@@ -454,7 +521,6 @@ impl Driver {
                 let _ = events.send(MemberEvent::NotProposed);
             }
         }
-        out
     }
 
     /// Deletes the log segments that only hold entries the database has applied and that the
@@ -489,6 +555,62 @@ impl Driver {
             .map_err(|e| e.to_string())?;
         tracing::debug!("log retention removed {removed} segments before lsn {new_first}");
         Ok(())
+    }
+
+    /// A committed membership change: a member added gets its entry in the member list (name
+    /// and URL, from the change's context) and a link; a member removed loses both.
+    fn membership_changed(&mut self, change: MemberChange, context: &[u8]) {
+        match change {
+            MemberChange::AddVoter(id) | MemberChange::AddLearner(id) => {
+                let member: Option<MemberContext> = serde_json::from_slice(context).ok();
+                let Some(member) = member.filter(|m| m.member_id == id) else {
+                    if !self.file.members.contains_key(&id) {
+                        tracing::warn!("member {id} was added without a name and URL: unreachable");
+                    }
+                    return;
+                };
+                tracing::info!(
+                    "membership: {} ({}) is a {}",
+                    member.name,
+                    member.url,
+                    if matches!(change, MemberChange::AddVoter(_)) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                );
+                self.file.highest_member_id = self.file.highest_member_id.max(id);
+                let url_changed = self
+                    .file
+                    .members
+                    .get(&id)
+                    .is_none_or(|m| m.url != member.url);
+                self.file.members.insert(
+                    id,
+                    super::state::Member {
+                        name: member.name,
+                        url: member.url.clone(),
+                    },
+                );
+                if id != self.file.member_id && url_changed {
+                    let (credentials, unreachable, shutdown) = self.link_parts.clone();
+                    let link = spawn_link(id, &member.url, credentials, unreachable, shutdown);
+                    self.links.insert(id, link);
+                }
+            }
+            MemberChange::Remove(id) => {
+                let name = self.file.members.remove(&id).map(|m| m.name);
+                self.links.remove(&id);
+                if id == self.file.member_id {
+                    tracing::warn!(
+                        "this member was removed from the cluster: it takes no part in it any \
+                         more (its data directory can be deleted, or started afresh elsewhere)"
+                    );
+                } else {
+                    tracing::info!("membership: {} left", name.unwrap_or(id.to_string()));
+                }
+            }
+        }
     }
 
     fn save(&mut self) {
@@ -556,13 +678,20 @@ impl Driver {
                         }
                     }
                 },
-                ConsensusCommand::Membership { voters, learners } => {
+                ConsensusCommand::Membership {
+                    voters,
+                    learners,
+                    change,
+                    context,
+                } => {
                     self.file.voters = voters;
                     self.file.learners = learners;
+                    self.membership_changed(change, &context);
                     self.file
                         .save(&self.dir)
                         .map_err(|e| format!("saving the membership: {e}"))?;
                     self.dirty = false;
+                    *self.handle.file.lock().unwrap_or_else(|p| p.into_inner()) = self.file.clone();
                 }
                 ConsensusCommand::RoleChanged {
                     role,

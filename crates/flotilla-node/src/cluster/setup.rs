@@ -83,8 +83,127 @@ pub fn cluster_file(
         epochs: Vec::new(),
         base_lsn: 0,
         base_epoch: 0,
+        highest_member_id: 0,
     };
     file.save(dir)?;
     tracing::info!(cluster_id = %file.cluster_id, member = member_id, "joined a new cluster");
+    Ok(file)
+}
+
+/// The `cluster.json` of a node that joins an existing cluster through `via` (any member):
+/// the one in the data directory if it joined before; otherwise it asks the leader to add it
+/// as a learner (`POST /v1/cluster/members`, following a 421 to the leader, waiting out an
+/// election) and keeps what the answer says of the cluster.
+pub async fn joined(
+    dir: &Path,
+    via: &str,
+    me: &NodeId,
+    my_url: &str,
+    peers: &crate::peer::Peers,
+) -> anyhow::Result<ClusterFile> {
+    if let Some(f) = ClusterFile::load(dir)? {
+        let mine = f.members.get(&f.member_id).map(|m| m.name.as_str());
+        if mine != Some(me.as_str()) {
+            anyhow::bail!(
+                "this data directory is member {} ({}) of its cluster, not {me}",
+                f.member_id,
+                mine.unwrap_or("?")
+            );
+        }
+        tracing::info!("this data directory is a member already: --join {via} is not needed");
+        return Ok(f);
+    }
+    let body = serde_json::json!({"member": me.as_str(), "url": my_url, "voter": false});
+    let mut target = via.to_string();
+    let mut last_error = String::new();
+    let answer = 'asking: {
+        for _ in 0..60 {
+            let sent = peers
+                .authorized(peers.http.post(format!("{target}/v1/cluster/members")))
+                .json(&body)
+                .timeout(std::time::Duration::from_secs(15))
+                .send()
+                .await;
+            match sent {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+                    let code = v["error"]["code"].as_str().unwrap_or("");
+                    match (status, v["error"]["leader"].as_str()) {
+                        (200, _) => break 'asking v,
+                        (421, Some(leader)) => {
+                            target = leader.to_string();
+                            continue;
+                        }
+                        (503, _) => last_error = format!("{target}: {status} {code}"),
+                        _ => anyhow::bail!(
+                            "{target} refused to add {me} to its cluster: {status} {code}: {}",
+                            v["error"]["message"].as_str().unwrap_or("(no message)")
+                        ),
+                    }
+                }
+                Err(e) => last_error = format!("{target}: {}", crate::peer::error_chain(&e)),
+            }
+            // An election, or the member named is down: ask again, through the first one.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            target = via.to_string();
+        }
+        anyhow::bail!("could not join the cluster through {via} within 30 s: {last_error}");
+    };
+    let bad =
+        |what: &str| anyhow::anyhow!("the cluster's answer to the join has no {what}: {answer}");
+    let ids = |key: &str| -> Vec<u64> {
+        answer[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let mut members = std::collections::BTreeMap::new();
+    for m in answer["members"].as_array().ok_or_else(|| bad("members"))? {
+        let (Some(id), Some(name), Some(url)) = (
+            m["member_id"].as_u64(),
+            m["name"].as_str(),
+            m["url"].as_str(),
+        ) else {
+            return Err(bad("well-formed member"));
+        };
+        members.insert(
+            id,
+            Member {
+                name: name.to_string(),
+                url: url.to_string(),
+            },
+        );
+    }
+    let member_id = answer["member_id"]
+        .as_u64()
+        .ok_or_else(|| bad("member_id"))?;
+    if members.get(&member_id).map(|m| m.name.as_str()) != Some(me.as_str()) {
+        return Err(bad(&format!("entry for {me}")));
+    }
+    let file = ClusterFile {
+        format_version: CLUSTER_FORMAT_VERSION,
+        cluster_id: answer["cluster_id"]
+            .as_str()
+            .ok_or_else(|| bad("cluster_id"))?
+            .to_string(),
+        member_id,
+        highest_member_id: members.keys().copied().max().unwrap_or(0),
+        members,
+        voters: ids("voters"),
+        learners: ids("learners"),
+        term: 0,
+        vote: 0,
+        commit: 0,
+        epochs: Vec::new(),
+        base_lsn: 0,
+        base_epoch: 0,
+    };
+    file.save(dir)?;
+    tracing::info!(
+        cluster_id = %file.cluster_id,
+        member = member_id,
+        "joined the cluster as a learner (flotilla cluster add-voter makes it a voter)"
+    );
     Ok(file)
 }

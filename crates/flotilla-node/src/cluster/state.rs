@@ -38,6 +38,9 @@ pub struct ClusterFile {
     /// The position the log starts after (a snapshot's; `(0, 0)` for a new cluster).
     pub base_lsn: u64,
     pub base_epoch: u64,
+    /// The highest member id the cluster ever gave (a removed member's is never given again).
+    #[serde(default)]
+    pub highest_member_id: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,19 @@ pub enum ClusterFileError {
 }
 
 impl ClusterFile {
+    /// The id the next member added gets.
+    pub fn next_member_id(&self) -> u64 {
+        let known = self
+            .members
+            .keys()
+            .chain(&self.voters)
+            .chain(&self.learners)
+            .copied()
+            .max()
+            .unwrap_or(0);
+        known.max(self.highest_member_id) + 1
+    }
+
     pub fn path(dir: &Path) -> PathBuf {
         dir.join(CLUSTER_FILE)
     }
@@ -136,6 +152,7 @@ mod tests {
             epochs: vec![(1, 1), (7, 80)],
             base_lsn: 0,
             base_epoch: 0,
+            highest_member_id: 0,
         }
     }
 

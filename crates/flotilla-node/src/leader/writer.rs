@@ -41,6 +41,13 @@ pub enum WriteJob {
     },
     /// Replacing the database with a restored one (a new history at the next position).
     Restore(super::restore::RestoreJob),
+    /// On a cluster's leader: a membership change, proposed at the next position between
+    /// transactions (it takes an LSN of its own). Answered once proposed, with its LSN.
+    Membership {
+        change: flotilla_core::consensus::MemberChange,
+        member: crate::cluster::driver::MemberContext,
+        reply: oneshot::Sender<Result<flotilla_types::Lsn, String>>,
+    },
 }
 
 /// The answer to an internal change: the position of its commit, or why there is none.
@@ -192,6 +199,19 @@ pub fn spawn_writer(
                         reply,
                     } => (request, durability, reply),
                     WriteJob::Stop => return,
+                    WriteJob::Membership {
+                        change,
+                        member,
+                        reply,
+                    } => {
+                        match &mut cluster {
+                            Some(c) => propose_membership(c, epoch, change, member, reply),
+                            None => {
+                                let _ = reply.send(Err("this node is not a cluster member".into()));
+                            }
+                        }
+                        continue;
+                    }
                     WriteJob::Token { reply, .. } if cluster.is_some() => {
                         let _ = reply.send(Err(ChangeError::Unavailable(NOT_IN_CLUSTER.into())));
                         continue;
@@ -367,6 +387,7 @@ fn propose(
                         .blocking_send(Proposal {
                             at: position,
                             record: None,
+                            membership: None,
                             waiters: vec![(durability, tx)],
                         })
                         .is_ok();
@@ -424,6 +445,7 @@ fn propose(
     let proposal = Proposal {
         at: position,
         record: Some(encoded),
+        membership: None,
         waiters,
     };
     let sent = c.proposals.blocking_send(proposal).is_ok();
@@ -443,6 +465,41 @@ fn propose(
         }
     });
     retries
+}
+
+/// Proposes a membership change at the writer's next position and waits (briefly: the
+/// consensus task's turn) until it is proposed, so that the next transaction's position is
+/// known: one after it.
+fn propose_membership(
+    c: &mut ClusterWriter,
+    epoch: Epoch,
+    change: flotilla_core::consensus::MemberChange,
+    member: crate::cluster::driver::MemberContext,
+    reply: oneshot::Sender<Result<flotilla_types::Lsn, String>>,
+) {
+    use crate::cluster::driver::{MembershipProposal, Proposal};
+    let (tx, rx) = oneshot::channel();
+    let proposal = Proposal {
+        at: Position { epoch, lsn: c.next },
+        record: None,
+        membership: Some(MembershipProposal {
+            change,
+            member,
+            proposed: tx,
+        }),
+        waiters: Vec::new(),
+    };
+    if c.proposals.blocking_send(proposal).is_err() {
+        let _ = reply.send(Err("the consensus task stopped".into()));
+        return;
+    }
+    let answer = rx
+        .blocking_recv()
+        .unwrap_or_else(|_| Err("the consensus task stopped".into()));
+    if let Ok(lsn) = answer {
+        c.next = lsn.next();
+    }
+    let _ = reply.send(answer);
 }
 
 /// Publishes an internal commit (pipeline, token) and answers its requester. `Err`: the record

@@ -51,12 +51,14 @@ fn quick_failover_demo_loses_no_acknowledged_write() {
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Every member holds every acknowledged write once; the cut-off leader acknowledged nothing.
+    // Every member and the learner hold every acknowledged write once; the learner found the
+    // new leader; the cut-off leader acknowledged nothing.
     assert_eq!(
         stdout.matches("acknowledged writes is there, once").count(),
-        3,
+        4,
         "{stdout}"
     );
+    assert!(stdout.contains("the learner follows http://"), "{stdout}");
     assert!(stdout.contains("was not acknowledged"), "{stdout}");
     assert!(
         stdout.contains("No acknowledged write was lost"),

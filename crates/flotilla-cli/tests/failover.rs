@@ -394,14 +394,22 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
     let learner = LocalNode::start(&exe(), dir.path(), "p1", Some(&c.urls[l]), &[])
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let urls = c.urls.clone();
-    let writer = tokio::spawn(async move {
-        let mut out = Vec::new();
-        for k in 1..=80u64 {
-            out.push((k, write(&urls, k, "quorum").await));
-        }
-        out
-    });
+    // Four writers, so that transactions are in flight at each handover.
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let urls = c.urls.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 1..=40u64 {
+                    let k = w * 1000 + i;
+                    out.push((k, write(&urls, k, "quorum").await));
+                }
+                out
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let copies_before = bootstraps(&c.urls).await;
     let mut leader = l;
     for step in 1..=2usize {
         let to = (leader + step) % 3;
@@ -410,6 +418,12 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
         assert!(out.contains(&format!("n{} leads", to + 1)), "{out}");
         leader = c.leader(&all).await;
         assert_eq!(leader, to);
+    }
+    // The writer paused before each handover: no old leader was left with a transaction the
+    // new one lacks, so none had to copy a database (nor saved divergent transactions).
+    assert_eq!(bootstraps(&c.urls).await, copies_before, "a switchover copied a database");
+    for m in &c.members {
+        assert!(!m.dir.join("divergent.ndjson").exists(), "{}", m.id);
     }
     // A member that is down does not take over: the answer says so, and the leadership stays.
     let down = (leader + 1) % 3;
@@ -452,7 +466,10 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
             .contains("n1, n2, n3"),
         "{body}"
     );
-    let history: BTreeMap<u64, Outcome> = writer.await.unwrap().into_iter().collect();
+    let mut history: BTreeMap<u64, Outcome> = BTreeMap::new();
+    for w in writers {
+        history.extend(w.await.unwrap());
+    }
     let last = Client::new(&c.urls[leader])
         .post(
             "/v1/execute",
@@ -558,6 +575,27 @@ async fn semi_sync_on_a_cluster_never_answers_with_fewer_copies_than_asked() {
         let rows = rows_on(url, &pos).await;
         assert_eq!(rows.get(&7), Some(&1), "{url}: {rows:?}");
     }
+}
+
+/// How many databases each member copied (`flotilla_bootstraps_total`; counted since the
+/// process started).
+async fn bootstraps(urls: &[String]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for url in urls {
+        let text = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // Shown by a member while it follows; a leader copies nothing.
+        let n = text
+            .lines()
+            .find_map(|l| l.strip_prefix("flotilla_bootstraps_total "))
+            .unwrap_or("0");
+        out.push(n.trim().parse().unwrap());
+    }
+    out
 }
 
 /// The URL of the leader every one of `urls` names (bounded wait).

@@ -229,6 +229,7 @@ pub async fn run(
                 trims: Default::default(),
                 writer_interrupt: writer_interrupt.clone(),
                 replicated: Default::default(),
+                gate: Default::default(),
             };
             writer_thread = Some(leader::spawn_writer(
                 leader::WriterParts {
@@ -244,6 +245,7 @@ pub async fn run(
                     settings: settings.clone(),
                     interrupt: writer_interrupt,
                     cluster: None,
+                    gate: state.gate.clone(),
                 },
                 jobs_rx,
             ));

@@ -262,6 +262,10 @@ pub async fn promote(
             format!("{} is not a voter: only a voter can lead", req.member),
         ));
     }
+    // The writer pauses first, once everything it executed is proposed (and taken by the
+    // consensus): nothing executed here is then missing from the history the target takes
+    // over, and the old leader follows it without copying a database.
+    let paused = pause_writer(&node, &c).await;
     let _ = c
         .control
         .send(crate::cluster::driver::Control::Transfer(to));
@@ -271,6 +275,14 @@ pub async fn promote(
         rx.wait_for(|s| s.leader == Some(to)),
     )
     .await;
+    if let Some(gate) = paused {
+        match &led {
+            // The member steps down and closes the gate itself; closing it here first keeps
+            // the writer from executing anything in between.
+            Ok(Ok(_)) => gate.close(),
+            _ => gate.open(),
+        }
+    }
     match led {
         Ok(Ok(s)) => Ok(Json(json!({"leader": req.member, "epoch": s.epoch.0}))),
         _ => Err(super::ApiError::new(
@@ -283,6 +295,32 @@ pub async fn promote(
             ),
         )),
     }
+}
+
+/// Parks the leader's writer and waits until the consensus holds its last proposal; the gate
+/// to open (or close) afterwards. `None`: no writer to pause (it was not parked in time).
+async fn pause_writer(
+    node: &Node,
+    c: &crate::cluster::driver::ClusterHandle,
+) -> Option<Arc<crate::leader::WriterGate>> {
+    let leader = node.leader()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    leader.gate.request_pause();
+    let job = crate::leader::WriteJob::Pause { parked: tx };
+    if leader.writer.send(job).await.is_err() {
+        leader.gate.open();
+        return None;
+    }
+    let wait = std::time::Duration::from_secs(5);
+    let last = match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(lsn)) => lsn,
+        // The writer did not park in time (a long transaction): hand over anyway; the gate
+        // opens again after the attempt.
+        _ => return Some(leader.gate.clone()),
+    };
+    let mut status = c.status.clone();
+    let _ = tokio::time::timeout(wait, status.wait_for(|s| s.last >= last)).await;
+    Some(leader.gate.clone())
 }
 
 /// `GET /v1/cluster`: the consensus view of a cluster member.

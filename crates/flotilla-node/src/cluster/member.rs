@@ -434,6 +434,7 @@ impl Member {
             trims: Default::default(),
             writer_interrupt: interrupt.clone(),
             replicated: Default::default(),
+            gate: Default::default(),
         });
         let writer = leader::spawn_writer(
             leader::WriterParts {
@@ -453,6 +454,7 @@ impl Member {
                     next,
                     runtime: tokio::runtime::Handle::current(),
                 }),
+                gate: state.gate.clone(),
             },
             jobs_rx,
         );
@@ -493,6 +495,8 @@ impl Member {
             return;
         };
         self.show_follower();
+        // Requests still queued are not executed: they were never part of any history.
+        l.state.gate.close();
         l.state
             .writer_interrupt
             .lock()

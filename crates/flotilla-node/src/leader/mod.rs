@@ -3,6 +3,7 @@
 //! are served by `api/replication.rs` (a host of `flotilla_core::LeaderSession`).
 
 mod feed_pins;
+mod gate;
 mod recent;
 mod replicated;
 mod restore;
@@ -10,6 +11,7 @@ mod trims;
 mod writer;
 
 pub use feed_pins::{FeedPin, FeedPins};
+pub use gate::WriterGate;
 pub use recent::RecentRecords;
 pub use replicated::{NotReplicated, Replicated};
 pub use restore::{RestoreError, RestoreJob};
@@ -58,6 +60,8 @@ pub struct LeaderState {
     pub writer_interrupt: Arc<Mutex<flotilla_store::InterruptHandle>>,
     /// Wakes semi-sync writes when a follower reports progress.
     pub replicated: Replicated,
+    /// Pauses the writer for a leadership transfer; closed when a cluster's leader steps down.
+    pub gate: Arc<WriterGate>,
 }
 
 impl LeaderState {

@@ -41,6 +41,13 @@ pub enum WriteJob {
     },
     /// Replacing the database with a restored one (a new history at the next position).
     Restore(super::restore::RestoreJob),
+    /// A cluster's leader hands over: everything queued before this job is executed and
+    /// proposed, then the writer waits at the gate until it opens again or closes. `parked`
+    /// says so, with the LSN of the last proposal (the transfer waits for the consensus to
+    /// hold it).
+    Pause {
+        parked: oneshot::Sender<flotilla_types::Lsn>,
+    },
     /// On a cluster's leader: a membership change, proposed at the next position between
     /// transactions (it takes an LSN of its own). Answered once proposed, with its LSN.
     Membership {
@@ -113,6 +120,7 @@ pub struct WriterParts {
     /// On a cluster's leader: where records go instead of the log (the consensus task
     /// persists and replicates them).
     pub cluster: Option<ClusterWriter>,
+    pub gate: Arc<super::WriterGate>,
 }
 
 /// How a cluster's leader publishes: each commit at the next position the consensus machine
@@ -181,6 +189,7 @@ pub fn spawn_writer(
                 settings,
                 interrupt,
                 mut cluster,
+                gate,
             } = parts;
             let publisher = Publisher {
                 log,
@@ -192,6 +201,11 @@ pub fn spawn_writer(
             // gathering a group, and requests a group had no room for (size limit).
             let mut waiting: VecDeque<WriteJob> = VecDeque::new();
             while let Some(first) = waiting.pop_front().or_else(|| jobs.blocking_recv()) {
+                if gate.is_closed() {
+                    // Stepped down: what is queued was never executed; dropping the replies
+                    // answers "retry" (the next leader executes them once, by their keys).
+                    return;
+                }
                 let (request, durability, reply) = match first {
                     WriteJob::Request {
                         request,
@@ -199,6 +213,16 @@ pub fn spawn_writer(
                         reply,
                     } => (request, durability, reply),
                     WriteJob::Stop => return,
+                    WriteJob::Pause { parked } => {
+                        let last = cluster.as_ref().map_or(flotilla_types::Lsn(0), |c| {
+                            flotilla_types::Lsn(c.next.0.saturating_sub(1))
+                        });
+                        let _ = parked.send(last);
+                        if !gate.park() {
+                            return;
+                        }
+                        continue;
+                    }
                     WriteJob::Membership {
                         change,
                         member,

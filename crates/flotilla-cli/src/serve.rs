@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// A follower's token (role replicate) for its leader.
     #[arg(long, env = "FLOTILLA_REPLICATION_TOKEN", hide_env_values = true)]
     replication_token: Option<String>,
+    /// Cluster member with authentication on: the secret all members share and present to
+    /// each other (at least 32 characters; `openssl rand -hex 32` makes one).
+    #[arg(long, env = "FLOTILLA_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Serve HTTPS with this certificate (PEM; `flotilla cert init` makes one for a test cluster).
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -114,6 +118,7 @@ pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
         synchronous,
         conflict_policy,
         replication_token,
+        cluster_secret,
         page_size
     );
     if !a.cluster.is_empty() {

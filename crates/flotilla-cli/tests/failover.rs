@@ -421,7 +421,11 @@ async fn promote_hands_over_without_losing_an_acknowledged_write() {
     }
     // The writer paused before each handover: no old leader was left with a transaction the
     // new one lacks, so none had to copy a database (nor saved divergent transactions).
-    assert_eq!(bootstraps(&c.urls).await, copies_before, "a switchover copied a database");
+    assert_eq!(
+        bootstraps(&c.urls).await,
+        copies_before,
+        "a switchover copied a database"
+    );
     for m in &c.members {
         assert!(!m.dir.join("divergent.ndjson").exists(), "{}", m.id);
     }
@@ -917,4 +921,74 @@ async fn a_node_joins_becomes_a_voter_and_a_voter_is_removed() {
     for url in [&c.urls[survivor], &n4.url] {
         assert_eq!(rows_on(url, pos).await.len(), 5, "{url}");
     }
+}
+
+/// A trigger pipeline on a cluster delivers from whichever member leads: it is made on the
+/// leader (a change that replicates like any other), and across a SIGKILL of the leader every
+/// committed row reaches the file target exactly once, in order (the cursor lives in the
+/// target, and every leader of the cluster is the same incarnation to it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_goes_on_from_the_new_leader_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let config = dir.path().join("members.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline-targets]\nallow = [\"file:{}\"]\n",
+            shared.display()
+        ),
+    )
+    .unwrap();
+    let mut c = Cluster::start_with(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    let all = [0usize, 1, 2];
+    let l = c.leader(&all).await;
+    let lc = Client::new(&c.urls[l]);
+    let quorum = |sql: String| json!({"statements": [{"sql": sql}], "durability": "quorum"});
+    lc.post(
+        "/v1/execute",
+        &quorum("CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL)".into()),
+    )
+    .await
+    .unwrap();
+    let out = shared.join("orders.ndjson");
+    lc.post(
+        "/v1/pipelines",
+        &json!({"name": "p1", "source": "orders", "target": format!("file:{}", out.display())}),
+    )
+    .await
+    .unwrap();
+    for id in 1..=20 {
+        lc.post(
+            "/v1/execute",
+            &quorum(format!("INSERT INTO orders VALUES ({id}, 1)")),
+        )
+        .await
+        .unwrap();
+    }
+    pipeline_drained(&lc, "p1").await;
+    c.members[l].kill().await;
+    let up: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
+    let next = c.leader(&up).await;
+    let nc = Client::new(&c.urls[next]);
+    for id in 21..=40 {
+        nc.post(
+            "/v1/execute",
+            &quorum(format!("INSERT INTO orders VALUES ({id}, 1)")),
+        )
+        .await
+        .unwrap();
+    }
+    pipeline_drained(&nc, "p1").await;
+    let ids: Vec<i64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["row"]["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, (1..=40).collect::<Vec<i64>>());
 }

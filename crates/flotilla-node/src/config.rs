@@ -54,6 +54,9 @@ pub struct ConfigFile {
     pub auth: Option<bool>,
     /// A follower's token (role replicate) for its leader.
     pub replication_token: Option<String>,
+    /// The secret a cluster's members share when authentication is on: they present it to
+    /// each other (consensus messages, copies of the database, joining).
+    pub cluster_secret: Option<String>,
     /// `log = "logical"`, or a `[log]` section (which may hold `kind = "logical"`).
     #[serde(default)]
     pub log: LogSection,
@@ -312,6 +315,8 @@ pub struct NodeConfig {
     pub auth: bool,
     /// A follower's token for its leader.
     pub replication_token: Option<String>,
+    /// The members' shared secret (a cluster with authentication on).
+    pub cluster_secret: Option<String>,
     /// Serve HTTPS with this certificate chain and key (PEM files).
     pub tls_cert_key: Option<(PathBuf, PathBuf)>,
     /// Verify the nodes this node connects to against this CA certificate (PEM).
@@ -457,13 +462,29 @@ impl ConfigFile {
         // Loopback only: reachable from this machine alone, so it may stay open (the demo's
         // one command). Anything else requires tokens unless switched off explicitly.
         let auth = self.auth.unwrap_or(!listen.ip().is_loopback());
-        if auth && clustered {
-            // A cluster's leader does not take token changes yet, so it could never make any.
-            return Err(invalid(
-                "cluster",
-                "authentication on a cluster is not built yet: run its members on loopback or a \
-                 private network with auth = false (see docs/failover.md)",
-            ));
+        match &self.cluster_secret {
+            Some(_) if !clustered => {
+                return Err(invalid(
+                    "cluster-secret",
+                    "only a cluster's members share a secret: give --cluster or --join too",
+                ))
+            }
+            Some(s) if s.trim().len() < 32 || s.trim() != s => {
+                return Err(invalid(
+                    "cluster-secret",
+                    "must be at least 32 characters without spaces around (`openssl rand -hex \
+                     32` makes one)",
+                ))
+            }
+            None if auth && clustered => {
+                return Err(invalid(
+                    "cluster-secret",
+                    "authentication is on: a cluster's members need a secret they share and \
+                     present to each other (--cluster-secret or FLOTILLA_CLUSTER_SECRET, the \
+                     same on every member; see docs/failover.md)",
+                ))
+            }
+            _ => {}
         }
         let tls_cert_key = match (self.tls.cert, self.tls.key) {
             (Some(c), Some(k)) => Some((c, k)),
@@ -687,6 +708,7 @@ impl ConfigFile {
             election_timeout_ms,
             auth,
             replication_token: self.replication_token,
+            cluster_secret: self.cluster_secret,
             tls_cert_key,
             tls_ca: self.tls.ca,
             synchronous,
@@ -879,7 +901,20 @@ mod tests {
             ),
             (
                 "cluster = [\"n1=127.0.0.1:1\"]\nauth = true",
-                "authentication on a cluster",
+                "need a secret they share",
+            ),
+            (
+                "cluster = [\"n1=127.0.0.1:1\"]\ncluster-secret = \"short\"",
+                "at least 32 characters",
+            ),
+            (
+                "cluster-secret = \"0123456789abcdef0123456789abcdef\"",
+                "give --cluster or --join",
+            ),
+            ("join = \"127.0.0.1:99999\"", "join"),
+            (
+                "join = \"127.0.0.1:1\"\nfollow = \"127.0.0.1:2\"",
+                "cannot go with --follow",
             ),
             (
                 "cluster = [\"n1=127.0.0.1:1\"]\nlog = \"logical\"",
@@ -889,6 +924,11 @@ mod tests {
             let err = load(extra).unwrap_err().to_string();
             assert!(err.contains(named), "{extra}: {err}");
         }
+        let secret = "cluster = [\"n1=127.0.0.1:1\"]\nauth = true\n\
+                      cluster-secret = \"0123456789abcdef0123456789abcdef\"";
+        assert!(load(secret).unwrap().auth);
+        let joining = load("join = \"127.0.0.1:4791\"\nelection-timeout-ms = 300").unwrap();
+        assert_eq!(joining.join.as_deref(), Some("http://127.0.0.1:4791"));
         // A cluster may make quorum its default; a single leader may not.
         let q = load("cluster = [\"n1=127.0.0.1:1\"]\n[durability]\ndefault = \"quorum\"").unwrap();
         assert_eq!(q.durability.default, flotilla_types::Durability::Quorum);

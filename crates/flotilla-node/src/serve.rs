@@ -83,8 +83,13 @@ pub async fn run(
         Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
         None => None,
     };
-    let peers =
-        crate::peer::Peers::new(config.tls_ca.as_deref(), config.replication_token.clone())?;
+    // A cluster member presents the members' shared secret to the others; a follower its
+    // replication token to its leader.
+    let peer_token = config
+        .cluster_secret
+        .clone()
+        .or_else(|| config.replication_token.clone());
+    let peers = crate::peer::Peers::new(config.tls_ca.as_deref(), peer_token)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     if bound.ip().is_unspecified() && config.advertise_url.is_none() {
         tracing::warn!(

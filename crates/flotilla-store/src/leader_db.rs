@@ -96,9 +96,19 @@ pub struct LeaderDb {
     /// A statement of the open transaction's kept requests may have changed the database (see
     /// `Ran::wrote`): a group in which none did is rolled back and takes no position.
     wrote: bool,
+    /// The LSN the next internal commit (a token, a pipeline change) takes instead of the one
+    /// after the database's position: a cluster's leader counts positions with Raft's own
+    /// entries among them.
+    pub(crate) internal_lsn: Option<Lsn>,
 }
 
 impl LeaderDb {
+    /// Makes the next internal commit take `lsn` (beyond the database's position; see
+    /// [`LeaderDb::commit_batch_at`]).
+    pub fn next_internal_at(&mut self, lsn: Lsn) {
+        self.internal_lsn = Some(lsn);
+    }
+
     /// Opens (or creates, with a new cluster id from `new_cluster_id`) the leader's database.
     /// Returns it and whether it was created. Call [`LeaderDb::uncaptured`] next, before taking
     /// writes.
@@ -172,6 +182,7 @@ impl LeaderDb {
                 guard,
                 size,
                 wrote: false,
+                internal_lsn: None,
             },
             created,
         ))

@@ -419,7 +419,12 @@ impl LeaderDb {
     where
         E: From<StoreError> + From<InternalTooLarge>,
     {
-        let lsn = self.meta().position.lsn.next();
+        let next = self.meta().position.lsn.next();
+        let lsn = self
+            .internal_lsn
+            .take()
+            .filter(|l| *l >= next)
+            .unwrap_or(next);
         let rules = self.rules.clone();
         rules
             .internal(|| self.conn.execute_batch("BEGIN IMMEDIATE"))

@@ -125,6 +125,25 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
     }
 }
 
+/// Whether the request carries this cluster's shared secret (`Bearer <secret>`). Compared as
+/// digests, so the time taken says nothing about how much of it matched.
+fn presents_cluster_secret(node: &Node, header: Option<&str>) -> bool {
+    let (Some(secret), Some(given)) = (&node.config.cluster_secret, header) else {
+        return false;
+    };
+    let given = given.strip_prefix("Bearer ").unwrap_or("");
+    hash_secret(given) == hash_secret(secret)
+}
+
+/// What one member asks of another, which the members' secret allows (and nothing else: the
+/// API's roles are for tokens): consensus messages, a copy of the database, replication, and
+/// joining the cluster.
+fn member_business(method: &Method, path: &str) -> bool {
+    matches!(path, "/v1/raft" | "/v1/snapshot" | "/v1/replication")
+        || (method == Method::POST && path == "/v1/cluster/members")
+        || (method == Method::GET && path == "/v1/cluster")
+}
+
 /// Lets a request in if authentication is off, or if its token allows what it asks.
 pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let Some(keyring) = &node.keyring else {
@@ -140,7 +159,15 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match keyring.check(header, needed).await {
+    if presents_cluster_secret(&node, header) && member_business(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let mut checked = keyring.check(header, needed).await;
+    if matches!(checked, Err(Denied::Forbidden { .. })) && req.uri().path() == "/v1/cluster" {
+        // A learner (a follower's replicate token) asks the cluster who leads.
+        checked = keyring.check(header, AccessRole::Replicate).await;
+    }
+    match checked {
         Ok(_) => next.run(req).await,
         // A follower still bootstrapping has no database, so no tokens to check against yet.
         Err(Denied::Unknown) if !node.readers.is_open() && node.leader().is_none() => ApiError::new(
@@ -172,6 +199,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_members_secret_opens_only_what_members_ask_of_each_other() {
+        for (method, path, allowed) in [
+            (Method::GET, "/v1/raft", true),
+            (Method::GET, "/v1/snapshot", true),
+            (Method::GET, "/v1/replication", true),
+            (Method::POST, "/v1/cluster/members", true),
+            (Method::GET, "/v1/cluster", true),
+            (Method::DELETE, "/v1/cluster/members/n2", false),
+            (Method::POST, "/v1/cluster/promote", false),
+            (Method::POST, "/v1/execute", false),
+            (Method::POST, "/v1/query", false),
+            (Method::POST, "/v1/tokens", false),
+            (Method::GET, "/v1/backup", false),
+        ] {
+            assert_eq!(member_business(&method, path), allowed, "{method} {path}");
+        }
+    }
+
+    #[test]
     fn every_endpoint_needs_the_role_its_action_does() {
         use AccessRole::*;
         for (method, path, role) in [
@@ -194,6 +240,11 @@ mod tests {
             (Method::DELETE, "/v1/pipelines/p", Admin),
             (Method::POST, "/v1/pipelines/p/pause", Admin),
             (Method::GET, "/v1/nope", Read),
+            (Method::GET, "/v1/cluster", Read),
+            (Method::POST, "/v1/cluster/promote", Admin),
+            (Method::POST, "/v1/cluster/members", Admin),
+            (Method::DELETE, "/v1/cluster/members/n2", Admin),
+            (Method::GET, "/v1/raft", Replicate),
         ] {
             assert_eq!(required_role(&method, path), role, "{method} {path}");
         }

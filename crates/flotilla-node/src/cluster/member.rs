@@ -44,6 +44,9 @@ pub struct MemberHost {
 struct Leading {
     state: Arc<LeaderState>,
     writer: std::thread::JoinHandle<()>,
+    /// Stops the pipelines' delivery workers when this member steps down (the next leader
+    /// runs them, from the cursors their targets keep).
+    pipelines_stop: tokio_util::sync::CancellationToken,
 }
 
 struct Member {
@@ -459,12 +462,36 @@ impl Member {
             jobs_rx,
         );
         node.position.send_replace(meta.position);
+        let pipelines: Arc<crate::pipeline::Pipelines> = Default::default();
         node.role.store(Arc::new(Role::Leader {
             state: state.clone(),
-            pipelines: Default::default(),
+            pipelines: pipelines.clone(),
+        }));
+        let pipelines_stop = node.shutdown.child_token();
+        tokio::spawn(crate::pipeline::manage(crate::pipeline::PipelineHost {
+            leader: state.clone(),
+            pipelines,
+            readers: node.readers.clone(),
+            counters: node.counters.clone(),
+            declared: Arc::new(node.config.pipelines.clone()),
+            allow: Arc::new(node.config.pipeline_allow.clone()),
+            http: node.peers.http.clone(),
+            shutdown: pipelines_stop.clone(),
         }));
         tracing::info!("this member leads epoch {epoch}; writes start at lsn {next}");
-        self.leading = Some(Leading { state, writer });
+        // With authentication on, a new cluster's first leader makes the first admin token
+        // (it replicates to every member, as all tokens do).
+        let n = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::auth::first_admin_token(&n).await {
+                tracing::warn!("{e:#}");
+            }
+        });
+        self.leading = Some(Leading {
+            state,
+            writer,
+            pipelines_stop,
+        });
         Ok(())
     }
 
@@ -497,6 +524,7 @@ impl Member {
         self.show_follower();
         // Requests still queued are not executed: they were never part of any history.
         l.state.gate.close();
+        l.pipelines_stop.cancel();
         l.state
             .writer_interrupt
             .lock()

@@ -132,9 +132,9 @@ pub struct ClusterWriter {
     pub runtime: tokio::runtime::Handle,
 }
 
-/// Why a cluster's leader does not take token, pipeline or restore changes yet.
-const NOT_IN_CLUSTER: &str =
-    "a cluster's leader does not take token, pipeline or restore changes yet (see docs/failover.md)";
+/// Why a cluster's leader does not take a restore.
+const NOT_IN_CLUSTER: &str = "a cluster's leader does not take a restore yet: restore a single \
+     leader, and start the cluster's members from its data (see docs/failover.md)";
 
 /// What the writer needs to make a commit durable and visible.
 pub(super) struct Publisher {
@@ -236,14 +236,6 @@ pub fn spawn_writer(
                         }
                         continue;
                     }
-                    WriteJob::Token { reply, .. } if cluster.is_some() => {
-                        let _ = reply.send(Err(ChangeError::Unavailable(NOT_IN_CLUSTER.into())));
-                        continue;
-                    }
-                    WriteJob::Pipeline { reply, .. } if cluster.is_some() => {
-                        let _ = reply.send(Err(ChangeError::Unavailable(NOT_IN_CLUSTER.into())));
-                        continue;
-                    }
                     WriteJob::Restore(job) if cluster.is_some() => {
                         let _ = job
                             .reply
@@ -251,6 +243,9 @@ pub fn spawn_writer(
                         continue;
                     }
                     WriteJob::Token { change, reply } => {
+                        if let Some(c) = &cluster {
+                            db.next_internal_at(c.next);
+                        }
                         let now = wall_us();
                         let result = match &change {
                             TokenChange::Add(t) => db.add_token(t, epoch, &origin, now),
@@ -259,6 +254,10 @@ pub fn spawn_writer(
                             }
                         };
                         let result = result.map_err(ChangeError::from);
+                        if let Some(c) = &mut cluster {
+                            internal_commit_proposed(c, &db, result, reply);
+                            continue;
+                        }
                         if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
@@ -281,8 +280,15 @@ pub fn spawn_writer(
                         continue;
                     }
                     WriteJob::Pipeline { change, reply } => {
+                        if let Some(c) = &cluster {
+                            db.next_internal_at(c.next);
+                        }
                         let result = pipeline_change(&mut db, &change, epoch, &origin)
                             .map_err(ChangeError::from);
+                        if let Some(c) = &mut cluster {
+                            internal_commit_proposed(c, &db, result, reply);
+                            continue;
+                        }
                         if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
@@ -524,6 +530,53 @@ fn propose_membership(
         c.next = lsn.next();
     }
     let _ = reply.send(answer);
+}
+
+/// On a cluster's leader: proposes an internal commit (pipeline, token) and answers its
+/// requester once a majority holds it (a change every member must have before it is relied
+/// on: a token that a member not holding it would refuse).
+fn internal_commit_proposed(
+    c: &mut ClusterWriter,
+    db: &LeaderDb,
+    result: Result<CommitOutcome, ChangeError>,
+    reply: oneshot::Sender<ChangeReply>,
+) {
+    use crate::cluster::driver::Proposal;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    let Some(record) = &outcome.record else {
+        let _ = reply.send(Ok(db.meta().position));
+        return;
+    };
+    c.next = record.lsn.next();
+    let position = record.position();
+    let encoded = bytes::Bytes::from(flotilla_wire::encode_record_with_rows(
+        record,
+        Some(&outcome.encoded_rows),
+    ));
+    let (tx, rx) = oneshot::channel();
+    let proposal = Proposal {
+        at: position,
+        record: Some(encoded),
+        membership: None,
+        waiters: vec![(flotilla_types::Durability::Quorum, tx)],
+    };
+    let sent = c.proposals.blocking_send(proposal).is_ok();
+    c.runtime.spawn(async move {
+        let answer = match (sent, rx.await) {
+            (true, Ok(Ok(()))) => Ok(position),
+            (_, Ok(Err(e))) => Err(ChangeError::Indeterminate(e.to_string())),
+            _ => Err(ChangeError::Indeterminate(
+                "the consensus task stopped".into(),
+            )),
+        };
+        let _ = reply.send(answer);
+    });
 }
 
 /// Publishes an internal commit (pipeline, token) and answers its requester. `Err`: the record

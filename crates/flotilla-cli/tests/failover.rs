@@ -679,6 +679,21 @@ async fn linearizable_and_bounded_staleness_reads_on_a_cluster() {
             assert_eq!(v["rows"][0][1], k, "{url} missed write {k}: {v}");
         }
     }
+    // The consensus in metrics: the leader's role, and how far each other member holds the log.
+    let metrics = reqwest::get(format!("{}/metrics", c.urls[l]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "flotilla_cluster_role{role=\"leader\"} 1",
+        "flotilla_cluster_has_leader 1",
+        "flotilla_cluster_lag_ms 0",
+        "flotilla_cluster_member_matched_lsn{member=",
+    ] {
+        assert!(metrics.contains(line), "no {line} in {metrics}");
+    }
     let (status, v) = query(&learner.url, json!({"consistency": "linearizable"})).await;
     assert_eq!(status, 421, "{v}");
     assert_eq!(v["error"]["leader"], c.urls[l].as_str(), "{v}");
@@ -880,6 +895,34 @@ async fn a_node_joins_becomes_a_voter_and_a_voter_is_removed() {
             .any(|m| m["id"] == gone_name.as_str()),
         "{view}"
     );
+    // Each member acts on the change once it applied it: wait until every voter left did
+    // (with the old membership, two of four voters could elect no one).
+    let started = Instant::now();
+    for url in c
+        .urls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != gone)
+        .map(|(_, u)| u)
+        .chain([&n4.url])
+    {
+        loop {
+            let v = Client::new(url).get("/v1/cluster").await.unwrap();
+            let listed = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == gone_name.as_str());
+            if !listed {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{url} still lists {gone_name}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     c.members[gone].kill().await;
     let victim = (0..3)
         .filter(|&i| i != gone)
@@ -888,6 +931,7 @@ async fn a_node_joins_becomes_a_voter_and_a_voter_is_removed() {
     c.members[victim].kill().await;
     let survivor = (0..3).find(|&i| i != gone && i != victim).unwrap();
     let started = Instant::now();
+    let mut last = String::new();
     let answer = loop {
         let mut done = None;
         for url in [&c.urls[survivor], &n4.url] {
@@ -900,21 +944,39 @@ async fn a_node_joins_becomes_a_voter_and_a_voter_is_removed() {
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
-            if let Ok(r) = r {
-                if r.status().as_u16() == 200 {
+            match r {
+                Ok(r) if r.status().as_u16() == 200 => {
                     done = Some(r.json::<Value>().await.unwrap());
                     break;
                 }
+                Ok(r) => {
+                    last = format!(
+                        "{url}: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )
+                }
+                Err(e) => last = format!("{url}: {e}"),
             }
         }
         if let Some(v) = done {
             break v;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the voters left (n{} and n4) did not commit within 30 s",
-            survivor + 1
-        );
+        if started.elapsed() > Duration::from_secs(30) {
+            let tail = |name: &str| {
+                let log = std::fs::read_to_string(dir.path().join(format!("{name}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            };
+            panic!(
+                "the voters left (n{} and n4) did not commit within 30 s (last answer: {last})\n--- n{}:\n{}\n--- n4:\n{}",
+                survivor + 1,
+                survivor + 1,
+                tail(&format!("n{}", survivor + 1)),
+                tail("n4")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let pos = answer["position"].as_str().unwrap();

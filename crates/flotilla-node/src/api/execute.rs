@@ -59,7 +59,7 @@ pub async fn execute(
     };
     let (statements, timeout_ms) = (req.statements, req.timeout_ms);
     let durability = req.durability.unwrap_or(node.config.durability.default);
-    let clustered = node.config.cluster.is_some();
+    let clustered = node.cluster.is_some();
     if durability == Durability::Quorum && !clustered {
         return Err(ApiError::bad_request(
             "durability_unavailable",

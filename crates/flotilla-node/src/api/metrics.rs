@@ -90,6 +90,63 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "LSN of the newest visible transaction",
         pos.lsn.0,
     );
+    if let Some(cluster) = &node.cluster {
+        let st = cluster.status.borrow().clone();
+        m.gauges(
+            "flotilla_cluster_role",
+            "This member's role in the consensus (1 for the role it has)",
+            vec![(labels(&[("role", st.role.as_str())]), 1)],
+        );
+        m.gauge(
+            "flotilla_cluster_epoch",
+            "The consensus's epoch (term)",
+            st.epoch.0,
+        );
+        m.gauge(
+            "flotilla_cluster_commit_lsn",
+            "The newest LSN a majority holds, as far as this member knows",
+            st.commit.0,
+        );
+        m.gauge(
+            "flotilla_cluster_applied_lsn",
+            "The newest LSN this member applied",
+            st.applied.0,
+        );
+        m.gauge(
+            "flotilla_cluster_has_leader",
+            "1 while this member knows a leader",
+            u64::from(st.leader.is_some()),
+        );
+        m.gauge(
+            "flotilla_cluster_lag_ms",
+            "For how long this member may have been behind (what max_lag_ms compares with)",
+            super::health::lag_ms(&node),
+        );
+        if !st.progress.is_empty() {
+            let file = cluster.file();
+            let matched = st
+                .progress
+                .iter()
+                .map(|p| {
+                    let name = file
+                        .members
+                        .get(&p.id)
+                        .map_or(p.id.to_string(), |m| m.name.clone());
+                    (labels(&[("member", &name)]), p.matched.0)
+                })
+                .collect();
+            m.gauges(
+                "flotilla_cluster_member_matched_lsn",
+                "On the leader: how far each other member holds the log",
+                matched,
+            );
+        }
+        m.counter(
+            "flotilla_cluster_refused_messages",
+            "Consensus messages refused (another cluster, garbage)",
+            st.refused,
+        );
+    }
     m.counter(
         "flotilla_execute_requests",
         "POST /v1/execute requests",

@@ -19,6 +19,8 @@ pub struct LocalNode {
     pub url: String,
     follow: Option<String>,
     extra: Vec<String>,
+    /// The group id the process runs with (a firewall rule can then match what it sends).
+    gid: Option<u32>,
     child: Option<Child>,
 }
 
@@ -38,6 +40,7 @@ impl LocalNode {
             url: String::new(),
             follow: follow.map(str::to_string),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            gid: None,
             child: None,
         };
         node.spawn("127.0.0.1:0").await?;
@@ -53,6 +56,19 @@ impl LocalNode {
         listen: &str,
         extra: &[&str],
     ) -> anyhow::Result<LocalNode> {
+        LocalNode::start_on_as(exe, root, id, listen, extra, None).await
+    }
+
+    /// [`LocalNode::start_on`] with the process in group `gid` (needs root): what it sends can
+    /// then be told apart by a firewall (`iptables -m owner --gid-owner`), also on loopback.
+    pub async fn start_on_as(
+        exe: &Path,
+        root: &Path,
+        id: &str,
+        listen: &str,
+        extra: &[&str],
+        gid: Option<u32>,
+    ) -> anyhow::Result<LocalNode> {
         let mut node = LocalNode {
             exe: exe.to_path_buf(),
             id: id.to_string(),
@@ -60,6 +76,7 @@ impl LocalNode {
             url: String::new(),
             follow: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            gid,
             child: None,
         };
         node.spawn(listen).await?;
@@ -89,6 +106,9 @@ impl LocalNode {
             .kill_on_drop(true);
         if let Some(f) = &self.follow {
             cmd.arg("--follow").arg(f);
+        }
+        if let Some(g) = self.gid {
+            cmd.gid(g);
         }
         let mut child = cmd.spawn().context("cannot start a node process")?;
         let started = Instant::now();

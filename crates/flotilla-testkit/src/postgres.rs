@@ -79,7 +79,7 @@ const INSTALL_HINT: &str = "PostgreSQL's server programs (initdb, pg_ctl, pg_bas
      found: install them (Debian/Ubuntu: apt-get install postgresql; they go to \
      /usr/lib/postgresql/<version>/bin) or point FLOTILLA_PG_BIN at their directory";
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // /proc/self belongs to the process's effective user.
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)

@@ -56,6 +56,17 @@ impl EpochHistory {
         position.lsn <= last && self.epoch_at(position.lsn.0) == position.epoch.0
     }
 
+    /// The committed epoch start that rules `position` out of the history, if one does: an
+    /// epoch after `position`'s began at or before its LSN, within `commit`. (A member that
+    /// has not seen the newer epochs yet rules out nothing; uncommitted starts rule out
+    /// nothing, as they may still be cut.)
+    pub fn superseding(&self, position: Position, commit: Lsn) -> Option<(u64, u64)> {
+        self.starts
+            .iter()
+            .copied()
+            .find(|&(e, s)| e > position.epoch.0 && s <= position.lsn.0 && s <= commit.0)
+    }
+
     pub fn encode(&self, last: Lsn) -> Vec<u8> {
         let mut out = Vec::with_capacity(13 + 16 * self.starts.len());
         out.push(VERSION);
@@ -104,6 +115,22 @@ impl EpochHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_a_later_epoch_began_before_is_ruled_out_once_that_start_is_committed() {
+        let h = EpochHistory::from_starts(vec![(1, 1), (2, 100), (4, 180)]);
+        let p = |e, l| Position::new(e, l);
+        // Epoch 1 ended at 99: 1/99 may be in the history, 1/100 and 1/500 are not.
+        assert_eq!(h.superseding(p(1, 99), Lsn(200)), None);
+        assert_eq!(h.superseding(p(1, 100), Lsn(200)), Some((2, 100)));
+        assert_eq!(h.superseding(p(1, 500), Lsn(200)), Some((2, 100)));
+        assert_eq!(h.superseding(p(2, 179), Lsn(200)), None);
+        assert_eq!(h.superseding(p(3, 185), Lsn(200)), Some((4, 180)));
+        // Not committed yet: the start may still be cut, so it rules nothing out.
+        assert_eq!(h.superseding(p(3, 185), Lsn(179)), None);
+        // Newer than anything this member knows: nothing to say.
+        assert_eq!(h.superseding(p(9, 1_000), Lsn(200)), None);
+    }
 
     #[test]
     fn tells_which_positions_a_history_holds() {

@@ -53,6 +53,24 @@ pub async fn query(
     if req.consistency == Consistency::Linearizable {
         linearizable_point(&node, deadline).await?;
     }
+    if let (Some(min), Some(c)) = (req.min_position, &node.cluster) {
+        let history = flotilla_core::consensus::EpochHistory::from_starts(c.file().epochs);
+        let commit = c.status.borrow().commit;
+        if let Some((epoch, start)) = history.superseding(min, commit) {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "position_lost",
+                format!(
+                    "min_position {min} is not in the cluster's history: epoch {epoch} began at \
+                     lsn {start}, so nothing was committed at {min}. A write answered with it \
+                     was `async` and a failover dropped it (the member that led epoch {} saved \
+                     it to divergent.ndjson): write it again, or read without it",
+                    min.epoch
+                ),
+            )
+            .with("epoch_start", format!("{epoch}/{start}")));
+        }
+    }
     if let Some(min) = req.min_position {
         // Every position a client was given is at or before the leader's newest commit: one
         // beyond it was never acknowledged, and waiting for it would only time out.

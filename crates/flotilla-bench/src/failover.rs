@@ -10,7 +10,7 @@
 //!   with `--report DIR`.
 
 use super::{percentile, say, scratch_dir, BenchArgs, Figure};
-use crate::commit::drive_inserts;
+use crate::commit::{drive, drive_inserts};
 use anyhow::Context;
 use flotilla_client::Client;
 use flotilla_testkit::cluster::{start_voters, this_exe, LocalNode};
@@ -23,6 +23,16 @@ use std::time::{Duration, Instant};
 const CLIENTS: [usize; 3] = [1, 4, 16];
 const DURABILITIES: [&str; 3] = ["async", "semi-sync", "quorum"];
 const BUCKET_MS: u64 = 100;
+/// Clients of the read matrix.
+const READ_CLIENTS: usize = 4;
+/// The reads measured on the same cluster: (where, label, extra request fields).
+const READS: [(&str, &str, &str); 5] = [
+    ("leader", "local", "{}"),
+    ("leader", "linearizable", r#"{"consistency": "linearizable"}"#),
+    ("follower", "local", "{}"),
+    ("follower", "max_lag_ms 1000", r#"{"max_lag_ms": 1000}"#),
+    ("follower", "linearizable", r#"{"consistency": "linearizable"}"#),
+];
 
 struct Cluster {
     members: Vec<LocalNode>,
@@ -127,6 +137,8 @@ pub const SHORT_TIMEOUT_MS: u64 = 300;
 
 pub struct FailoverResults {
     commit: Vec<(&'static str, usize, Figure, Figure, Figure)>,
+    /// Point reads by guarantee: (where, label, reads/s, p50 ms, p99 ms).
+    reads: Vec<(&'static str, &'static str, f64, f64, f64)>,
     failover_ms: Vec<f64>,
     /// The same with `--election-timeout-ms` [`SHORT_TIMEOUT_MS`].
     short_failover_ms: Vec<f64>,
@@ -178,6 +190,31 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
             commit.push((d, clients, tps, p50, p99));
         }
     }
+    say(&a, "reads by guarantee");
+    let follower = (l + 1) % 3;
+    let mut reads = Vec::new();
+    for (at, label, extra) in READS {
+        let url = if at == "leader" { &c.urls[l] } else { &c.urls[follower] };
+        let client = Arc::new(Client::new(url));
+        let extra: Value = serde_json::from_str(extra).expect("valid JSON");
+        let (qps, mut lat) = drive(READ_CLIENTS, secs, move |_, i| {
+            let (client, mut body) = (client.clone(), extra.clone());
+            async move {
+                body["sql"] = json!("SELECT k FROM t WHERE id = ?1");
+                body["params"] = json!([1 + i % 1000]);
+                client.post("/v1/query", &body).await.is_ok()
+            }
+        })
+        .await;
+        lat.sort_by(|a, b| a.total_cmp(b));
+        reads.push((
+            at,
+            label,
+            qps,
+            percentile(&lat, 0.5) / 1000.0,
+            percentile(&lat, 0.99) / 1000.0,
+        ));
+    }
     let (failover_ms, timeline) = failovers(&a, &mut c, runs, "").await?;
     drop(c);
     say(
@@ -198,6 +235,7 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
     super::done_saying();
     let r = FailoverResults {
         commit,
+        reads,
         failover_ms,
         short_failover_ms,
         timeline,
@@ -303,6 +341,10 @@ impl FailoverResults {
             "commit": self.commit.iter().map(|(d, c, tps, p50, p99)| json!({
                 "durability": d, "clients": c, "tps": tps.json(), "p50_ms": p50.json(), "p99_ms": p99.json(),
             })).collect::<Vec<_>>(),
+            "reads": self.reads.iter().map(|(at, label, qps, p50, p99)| json!({
+                "at": at, "guarantee": label, "clients": READ_CLIENTS, "reads_per_s": qps,
+                "p50_ms": p50, "p99_ms": p99,
+            })).collect::<Vec<_>>(),
             "failover_ms": {"runs": self.failover_ms, "p50": percentile(&v, 0.5), "p99": percentile(&v, 0.99),
                             "max": v.last().copied().unwrap_or(f64::NAN)},
             "short_timeout_ms": SHORT_TIMEOUT_MS,
@@ -328,6 +370,21 @@ impl FailoverResults {
                 tps.median(),
                 p50.median(),
                 p99.median()
+            );
+        }
+        println!(
+            "\nPoint reads, {READ_CLIENTS} clients (reads/s; latency p50/p99 ms; x = of a local \
+             read on the same node):\n"
+        );
+        for (at, label, qps, p50, p99) in &self.reads {
+            let base = self
+                .reads
+                .iter()
+                .find(|r| r.0 == *at && r.1 == "local")
+                .map_or(f64::NAN, |r| r.2);
+            println!(
+                "  {at:>8} {label:>16}  {qps:>8.0}  {p50:>6.2}/{p99:<6.2}  {:.2}x",
+                qps / base
             );
         }
         for (label, runs) in [
@@ -376,6 +433,14 @@ impl FailoverResults {
                 p50.median(),
                 p99.median()
             );
+        }
+        let _ = writeln!(
+            md,
+            "\n## Point reads by guarantee ({READ_CLIENTS} clients)\n\n| node | guarantee | reads/s | \
+             p50 / p99 ms |\n| --- | --- | --- | --- |"
+        );
+        for (at, label, qps, p50, p99) in &self.reads {
+            let _ = writeln!(md, "| {at} | {label} | {qps:.0} | {p50:.2} / {p99:.2} |");
         }
         let _ =
             writeln!(

@@ -148,6 +148,12 @@ fn quick_failover_bench_measures_every_durability_and_each_failover() {
     let commit = v["commit"].as_array().unwrap();
     // async, semi-sync, quorum × 1, 4, 16 clients.
     assert_eq!(commit.len(), 9, "{v}");
+    // Every read guarantee was served (a linearizable read that never confirmed would not be).
+    let reads = v["reads"].as_array().unwrap();
+    assert_eq!(reads.len(), 5, "{v}");
+    for r in reads {
+        assert!(r["reads_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
     for c in commit {
         assert!(c["tps"]["median"].as_f64().unwrap() > 0.0, "{c}");
     }

@@ -1054,3 +1054,63 @@ async fn a_pipeline_goes_on_from_the_new_leader_exactly_once() {
         .collect();
     assert_eq!(ids, (1..=40).collect::<Vec<i64>>());
 }
+
+/// Found by the outside probe: members that had not yet copied the first leader's database
+/// when the whole cluster was SIGKILLed could be elected after the restart and start an empty
+/// database, dropping an acknowledged quorum write everywhere. A member without a database now
+/// makes one only while the history holds no transaction; otherwise it hands over and copies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_never_copied_the_database_does_not_start_the_history_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path()).await;
+    let all = [0usize, 1, 2];
+    let l = c.leader(&all).await;
+    let first = Client::new(&c.urls[l])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"},
+                                   {"sql": "INSERT INTO t(k) VALUES (42)"}],
+                    "durability": "quorum", "idempotency_key": "first"}),
+        )
+        .await
+        .unwrap();
+    let others: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
+    for &o in &others {
+        c.members[o].kill().await;
+    }
+    c.members[l].kill().await;
+    for &o in &others {
+        c.members[o].restart().await.unwrap();
+    }
+    // Whether or not they copied the database before the kill, they may lead only with it:
+    // either one leads with the row, or they wait for the old leader.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    c.members[l].restart().await.unwrap();
+    let leader = c.leader(&all).await;
+    let again = write(&c.urls, 7, "quorum").await;
+    assert_eq!(again, Outcome::Acked);
+    // The keyed retry answers the first outcome: the same position.
+    let retried = Client::new(&c.urls[leader])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"},
+                                   {"sql": "INSERT INTO t(k) VALUES (42)"}],
+                    "durability": "quorum", "idempotency_key": "first"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(retried["position"], first["position"], "{retried}");
+    let last = Client::new(&c.urls[leader])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t(k) VALUES (0)"}], "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    let pos = last["position"].as_str().unwrap().to_string();
+    for url in &c.urls {
+        let rows = rows_on(url, &pos).await;
+        assert_eq!(rows.get(&42), Some(&1), "{url} lost the acknowledged write: {rows:?}");
+        assert_eq!(rows.get(&7), Some(&1), "{url}: {rows:?}");
+    }
+}

@@ -375,10 +375,40 @@ impl Member {
         }
     }
 
+    /// Whether the cluster's history holds a transaction (or a snapshot, which stands for
+    /// some): then a database can only be copied, never made anew. Called when this member
+    /// starts leading, so every entry in its log is committed.
+    fn history_has_transactions(&self) -> Result<bool, String> {
+        if self.host.handle.file().base_lsn > 0 {
+            return Ok(true);
+        }
+        let stats = self.host.log.stats();
+        let mut from = stats.first_lsn.max(1);
+        while from <= stats.last_lsn {
+            let batch = self
+                .host
+                .log
+                .read(from, 1_000, 16 << 20)
+                .map_err(|e| format!("reading the log: {e}"))?;
+            if batch.is_empty() {
+                break;
+            }
+            if batch.iter().any(|r| !flotilla_wire::is_consensus_record(r)) {
+                return Ok(true);
+            }
+            from += batch.len() as u64;
+        }
+        Ok(false)
+    }
+
     async fn start_leading(&mut self, epoch: Epoch, next: Lsn) -> Result<(), String> {
+        // A database is made anew only for a cluster whose history holds no transaction yet:
+        // a member elected without one (killed before its first copy) must not start an empty
+        // history over the committed one — it hands over and copies instead.
         let new_cluster = self.replica_missing()
             && self.db_position == Position::ZERO
-            && !self.host.follower.db_path.exists();
+            && !self.host.follower.db_path.exists()
+            && !tokio::task::block_in_place(|| self.history_has_transactions())?;
         if (self.diverged || self.replica_missing()) && !new_cluster {
             // Its log is complete, but its database must first be copied from someone else's:
             // it hands the leadership to the member that holds the most, and follows.

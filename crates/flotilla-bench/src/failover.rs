@@ -28,10 +28,18 @@ const READ_CLIENTS: usize = 4;
 /// The reads measured on the same cluster: (where, label, extra request fields).
 const READS: [(&str, &str, &str); 5] = [
     ("leader", "local", "{}"),
-    ("leader", "linearizable", r#"{"consistency": "linearizable"}"#),
+    (
+        "leader",
+        "linearizable",
+        r#"{"consistency": "linearizable"}"#,
+    ),
     ("follower", "local", "{}"),
     ("follower", "max_lag_ms 1000", r#"{"max_lag_ms": 1000}"#),
-    ("follower", "linearizable", r#"{"consistency": "linearizable"}"#),
+    (
+        "follower",
+        "linearizable",
+        r#"{"consistency": "linearizable"}"#,
+    ),
 ];
 
 struct Cluster {
@@ -194,7 +202,11 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
     let follower = (l + 1) % 3;
     let mut reads = Vec::new();
     for (at, label, extra) in READS {
-        let url = if at == "leader" { &c.urls[l] } else { &c.urls[follower] };
+        let url = if at == "leader" {
+            &c.urls[l]
+        } else {
+            &c.urls[follower]
+        };
         let client = Arc::new(Client::new(url));
         let extra: Value = serde_json::from_str(extra).expect("valid JSON");
         let (qps, mut lat) = drive(READ_CLIENTS, secs, move |_, i| {

@@ -799,6 +799,12 @@ async fn a_node_joins_becomes_a_voter_and_a_voter_is_removed() {
             400,
             "member",
         ),
+        // Joining again under a member's name (a node that lost its data, say) is refused.
+        (
+            json!({"member": "n4", "url": n4.url}),
+            409,
+            "member already",
+        ),
     ] {
         let (got, v) = raw(
             &c.urls[l],
@@ -839,6 +845,28 @@ async fn a_node_joins_becomes_a_voter_and_a_voter_is_removed() {
     );
     c.members[a].restart().await.unwrap();
     let l = c.leader(&all).await;
+    // A learner that does not answer cannot become a voter (it would count toward majorities
+    // it cannot help make); it is removed again.
+    let ghost = format!("127.0.0.1:{}", flotilla_testkit::cluster::free_ports(1)[0]);
+    lc.post(
+        "/v1/cluster/members",
+        &json!({"member": "ghost", "url": ghost}),
+    )
+    .await
+    .unwrap();
+    let (ok, _, err) = cli(&[
+        "cluster",
+        "add-voter",
+        "--node",
+        &c.urls[l],
+        "--member",
+        "ghost",
+    ]);
+    assert!(!ok && err.contains("holds the log through lsn 0"), "{err}");
+    let (ok, _, err) = cli(&[
+        "cluster", "remove", "--node", &c.urls[l], "--member", "ghost",
+    ]);
+    assert!(ok, "{err}");
     let (ok, out, err) = cli(&[
         "cluster",
         "add-voter",
@@ -922,6 +950,19 @@ async fn a_node_joins_becomes_a_voter_and_a_voter_is_removed() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    // The removed member hears from no leader any more: it says how stale it may be.
+    let started = Instant::now();
+    loop {
+        let (status, v) = query(&c.urls[gone], json!({"max_lag_ms": 500})).await;
+        if status == 503 && v["error"]["code"] == "too_stale" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the removed member still claims to be current: {status} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     c.members[gone].kill().await;
     let victim = (0..3)
@@ -1110,7 +1151,11 @@ async fn a_member_that_never_copied_the_database_does_not_start_the_history_over
     let pos = last["position"].as_str().unwrap().to_string();
     for url in &c.urls {
         let rows = rows_on(url, &pos).await;
-        assert_eq!(rows.get(&42), Some(&1), "{url} lost the acknowledged write: {rows:?}");
+        assert_eq!(
+            rows.get(&42),
+            Some(&1),
+            "{url} lost the acknowledged write: {rows:?}"
+        );
         assert_eq!(rows.get(&7), Some(&1), "{url}: {rows:?}");
     }
 }

@@ -50,6 +50,30 @@ async fn a_follower_too_far_behind_refuses_a_bounded_staleness_read() {
         "{v}"
     );
 
+    // A leader that falls silent (frozen: its connection stays open) counts as lag once it
+    // is silent beyond its heartbeat interval, long before the session gives up on it.
+    signal(&leader, libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, v) = query(&follower.url, json!({"max_lag_ms": 500})).await;
+    signal(&leader, libc::SIGCONT);
+    assert_eq!(
+        status, 503,
+        "a follower of a frozen leader claimed to be current: {v}"
+    );
+    assert_eq!(v["error"]["code"], "too_stale", "{v}");
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _) = query(&follower.url, json!({"max_lag_ms": 500})).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still too stale after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     leader.kill().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, v) = query(&follower.url, json!({"max_lag_ms": 500})).await;

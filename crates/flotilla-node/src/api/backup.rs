@@ -47,6 +47,8 @@ pub async fn backup(
                 )
             })?;
             let h = head_rx.await.map_err(|_| not_started())?;
+            // Nothing leaves before the cluster committed what the snapshot holds.
+            super::query::wait_committed(&node, h.position, commit_deadline(), "backup").await?;
             let name = format!("flotilla-{cluster_short}-{}.db", file_position(&h.position));
             Ok((
                 [
@@ -78,6 +80,7 @@ pub async fn backup(
                 )
             })?;
             let position = head_rx.await.map_err(|_| not_started())?;
+            super::query::wait_committed(&node, position, commit_deadline(), "backup").await?;
             let name = format!("flotilla-{cluster_short}-{}.sql", file_position(&position));
             Ok((
                 [
@@ -97,6 +100,11 @@ pub async fn backup(
             format!("format {other:?} is not one of sqlite (a database file) or sql (a dump)"),
         )),
     }
+}
+
+/// How long a backup on a cluster's leader waits for the commit of what its snapshot holds.
+fn commit_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(10)
 }
 
 /// A position as it may appear in a file name (`1-42`).

@@ -80,16 +80,35 @@ fn readiness(node: &Node) -> Result<Value, String> {
     }
 }
 
+/// A follower's leader sends something at least this often (a heartbeat while idle, every
+/// second, checked five times a second), plus a margin: silence beyond it counts as lag.
+const LEADER_SILENCE_ALLOWED_MS: u64 = 1_500;
+
 /// For how long this node may have been behind its leader (ms): 0 on a leader; on a follower,
-/// how long it has not been streaming with everything its leader announced applied; on a
-/// cluster member, how long it has known no leader or not applied all its leader committed.
+/// how long it has not been streaming with everything its leader announced applied, or its
+/// leader has been silent beyond its heartbeat interval; on a cluster member, how long it has
+/// known no leader or not applied all its leader committed.
 pub fn lag_ms(node: &Node) -> u64 {
+    let now = mono_ms();
     // On a cluster member the consensus knows best (a leader that lost its majority steps
     // down there first).
-    let since = match (&node.cluster, &*node.role()) {
-        (Some(c), _) => c.status.borrow().behind_since_ms,
-        (None, Role::Leader { .. }) => None,
-        (None, Role::Follower { state, .. }) => state.status().behind_since_ms,
-    };
-    since.map_or(0, |since| mono_ms().saturating_sub(since))
+    match (&node.cluster, &*node.role()) {
+        (Some(c), _) => c
+            .status
+            .borrow()
+            .behind_since_ms
+            .map_or(0, |since| now.saturating_sub(since)),
+        (None, Role::Leader { .. }) => 0,
+        (None, Role::Follower { state, .. }) => {
+            let s = state.status();
+            let behind = s
+                .behind_since_ms
+                .map_or(0, |since| now.saturating_sub(since));
+            let silent = s.heard_ms.map_or(0, |heard| {
+                now.saturating_sub(heard)
+                    .saturating_sub(LEADER_SILENCE_ALLOWED_MS)
+            });
+            behind.max(silent)
+        }
+    }
 }

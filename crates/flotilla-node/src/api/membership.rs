@@ -128,8 +128,23 @@ pub async fn add(
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let c = leading(&node)?;
+    let by_member = node.keyring.is_some()
+        && crate::auth::presents_cluster_secret(
+            &node,
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        );
     let raw = super::body::json_bytes(&headers, body, 64 << 10).await?;
     let req: AddMember = super::decode::decode_json(&raw)?;
+    if by_member && req.voter {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the members' secret lets a node join as a learner only: making a voter needs an \
+             admin token (flotilla cluster add-voter --token …)",
+        ));
+    }
     let name = flotilla_types::NodeId::new(&req.member)
         .map_err(|e| ApiError::bad_request("bad_request", format!("member: {e}")))?
         .as_str()
@@ -155,29 +170,40 @@ pub async fn add(
             ));
         }
         let voter = status.voters.contains(&id);
-        if voter || !req.voter {
-            if req.voter == voter {
-                return Ok(Json(membership(&c, id)));
-            }
+        if !req.voter {
+            // A node asking to join under a member's name: that member is running or lost
+            // its data (a fresh log where the cluster counts on one would stop it).
             return Err(conflict(
                 "member_exists",
-                format!("{name} is a voter; to make it a learner, remove it and let it join again"),
+                format!(
+                    "{name} is a member already ({}): start it with its own data directory; \
+                     if that is lost, remove it first (flotilla cluster remove --member {name}) \
+                     and let it join again",
+                    if voter { "a voter" } else { "a learner" }
+                ),
             ));
         }
-        // A learner becomes a voter once it holds (nearly) everything: a voter that is far
-        // behind would count toward a majority it cannot help make.
-        let matched = status
-            .progress
-            .iter()
-            .find(|p| p.id == id)
-            .map_or(0, |p| p.matched.0);
-        if matched + CAUGHT_UP_ENTRIES < status.commit.0 {
+        if voter {
+            return Ok(Json(membership(&c, id)));
+        }
+        // A learner becomes a voter once it answers and holds (nearly) everything: a voter
+        // that is far behind, or not there at all, would count toward a majority it cannot
+        // help make (enough of them and the cluster could elect no one).
+        let progress = status.progress.iter().find(|p| p.id == id);
+        let matched = progress.map_or(0, |p| p.matched.0);
+        let answers = progress.is_some_and(|p| p.active);
+        if !answers || matched == 0 || matched + CAUGHT_UP_ENTRIES < status.commit.0 {
             return Err(conflict(
                 "not_caught_up",
                 format!(
-                    "{name} holds the log through lsn {matched} of {}: wait until it has caught \
-                     up (flotilla cluster status), then try again",
-                    status.commit.0
+                    "{name} holds the log through lsn {matched} of {}{}: wait until it has \
+                     caught up (flotilla cluster status), then try again",
+                    status.commit.0,
+                    if answers {
+                        ""
+                    } else {
+                        ", and does not answer the leader"
+                    },
                 ),
             ));
         }
@@ -282,6 +308,21 @@ pub async fn remove(
                 ),
             ));
         }
+    }
+    // `semi-sync` writes need that many other members: a removal that leaves fewer would
+    // make every such write wait for ever.
+    let wanted = node.config.durability.semi_sync_replicas;
+    let left = status.voters.len() + status.learners.len() - 1;
+    if wanted + 1 > left {
+        return Err(conflict(
+            "too_few_members",
+            format!(
+                "removing {name} would leave {left} members, and semi-sync writes need {} \
+                 (this one and durability.semi-sync-replicas = {wanted} others): add a member \
+                 first, or lower semi-sync-replicas",
+                wanted + 1
+            ),
+        ));
     }
     let member = MemberContext {
         member_id: id,

@@ -139,29 +139,41 @@ pub async fn query(
     // A cluster's leader executes transactions before the cluster commits them: an answer is
     // given only once every transaction its snapshot saw is committed (a failover could drop
     // the others). On other members nothing uncommitted is ever applied.
-    if node.cluster.is_some() {
-        let seen: Option<flotilla_types::Position> =
-            answer["position"].as_str().and_then(|p| p.parse().ok());
-        if let Some(seen) = seen {
-            let mut rx = node.position.subscribe();
-            let committed = tokio::time::timeout_at(
-                deadline.max(tokio::time::Instant::now() + Duration::from_secs(5)),
-                rx.wait_for(|p| *p >= seen),
-            )
-            .await;
-            if !matches!(committed, Ok(Ok(_))) {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    format!(
-                        "the read saw transactions up to {seen} that the cluster has not \
-                         committed (the leader may be changing); retry"
-                    ),
-                ));
-            }
-        }
+    let seen: Option<flotilla_types::Position> =
+        answer["position"].as_str().and_then(|p| p.parse().ok());
+    if let Some(seen) = seen {
+        wait_committed(&node, seen, deadline, "read").await?;
     }
     Ok(Json(answer))
+}
+
+/// On a cluster member: waits (until `deadline`) until the cluster committed everything up to
+/// `seen`, the position of a snapshot something was read from. A cluster's leader executes
+/// transactions before the cluster commits them, so its snapshots may hold some a failover
+/// could drop: nothing read from such a snapshot is given out before then. Elsewhere nothing
+/// uncommitted is ever applied, and this returns at once.
+pub(crate) async fn wait_committed(
+    node: &Node,
+    seen: flotilla_types::Position,
+    deadline: tokio::time::Instant,
+    what: &str,
+) -> Result<(), ApiError> {
+    if node.cluster.is_none() {
+        return Ok(());
+    }
+    let mut rx = node.position.subscribe();
+    let committed = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= seen)).await;
+    if matches!(committed, Ok(Ok(_))) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!(
+            "the {what} saw transactions up to {seen} that the cluster has not committed (the \
+             leader may be changing, or cannot reach a majority); retry"
+        ),
+    ))
 }
 
 /// Waits until this node's database holds everything committed before now, as a linearizable

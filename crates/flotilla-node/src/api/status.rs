@@ -206,6 +206,8 @@ fn cluster_json(c: &crate::cluster::driver::ClusterHandle) -> Value {
         // applied all it committed): what `max_lag_ms` on a read compares with.
         "lag_ms": s.behind_since_ms.map_or(0, |since| crate::time::mono_ms().saturating_sub(since)),
         "members": members,
+        // No longer among the voters or learners: it takes no part in the cluster any more.
+        "removed": !s.voters.contains(&c.member_id) && !s.learners.contains(&c.member_id),
         "refused_messages": s.refused,
         "last_refusal": s.last_refusal,
     })

@@ -127,7 +127,7 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
 
 /// Whether the request carries this cluster's shared secret (`Bearer <secret>`). Compared as
 /// digests, so the time taken says nothing about how much of it matched.
-fn presents_cluster_secret(node: &Node, header: Option<&str>) -> bool {
+pub(crate) fn presents_cluster_secret(node: &Node, header: Option<&str>) -> bool {
     let (Some(secret), Some(given)) = (&node.config.cluster_secret, header) else {
         return false;
     };

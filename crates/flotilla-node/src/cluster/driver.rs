@@ -287,7 +287,35 @@ pub fn start(parts: DriverParts) -> Result<Arc<ClusterHandle>, StartError> {
         applied: applied_rx,
         control: control_rx,
     };
-    tokio::spawn(driver.run(tick, inputs, parts.shutdown));
+    let fatal = driver.fatal.clone();
+    let task = tokio::spawn(driver.run(tick, inputs, parts.shutdown));
+    // A panic in the consensus (raft refuses a state it cannot be in) stops the node, rather
+    // than leaving it up without a consensus.
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            if e.is_panic() {
+                let what = e
+                    .into_panic()
+                    .downcast::<String>()
+                    .map(|s| *s)
+                    .unwrap_or_else(|p| {
+                        p.downcast::<&str>()
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|_| "(no message)".into())
+                    });
+                let hint = if what.contains("out of range") {
+                    " — this member's log is shorter than what the cluster says it holds: its \
+                     data directory was lost or replaced. Remove it (flotilla cluster remove) \
+                     and let it join again with an empty data directory"
+                } else {
+                    ""
+                };
+                fatal.report(crate::fatal::Fatal::Consensus(format!(
+                    "the consensus task failed: {what}{hint}"
+                )));
+            }
+        }
+    });
     Ok(handle)
 }
 
@@ -417,8 +445,12 @@ impl Driver {
 
     fn publish_status(&mut self) {
         let mut status = status_of(&self.machine, self.refused, self.last_refusal.clone());
-        let current = status.role == Role::Leader
-            || (status.leader.is_some() && status.applied >= status.commit);
+        // A member removed from the cluster hears from no leader any more (it may not know).
+        let me = self.file.member_id;
+        let member = status.voters.contains(&me) || status.learners.contains(&me);
+        let current = member
+            && (status.role == Role::Leader
+                || (status.leader.is_some() && status.applied >= status.commit));
         status.behind_since_ms = match (current, self.status.borrow().behind_since_ms) {
             (true, _) => None,
             (false, since) => Some(since.unwrap_or_else(crate::time::mono_ms)),

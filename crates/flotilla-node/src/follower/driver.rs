@@ -205,6 +205,11 @@ pub async fn drive(
         };
         let jitter: u16 = rand::random_range(0..=1000);
         if tag != LOCAL {
+            if matches!(event, FollowerEvent::Received(_))
+                && conn.as_ref().is_some_and(|c| c.generation == tag)
+            {
+                shared.update(|s| s.heard_ms = Some(mono_ms()));
+            }
             // The transport's events: the session ignores those of an earlier connection.
             if let FollowerEvent::ConnectionLost { reason } = &event {
                 if conn.as_ref().is_some_and(|c| c.generation == tag) {

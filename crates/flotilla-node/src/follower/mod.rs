@@ -61,6 +61,9 @@ pub struct FollowerStatus {
     /// The node it streams from, once it differs from the one it was started with (a learner
     /// of a cluster follows whichever member leads).
     pub leader_url: Option<String>,
+    /// When (monotonic ms) the leader last sent anything (records or a heartbeat): a leader
+    /// that falls silent (frozen, cut off) counts as lag before the session gives up on it.
+    pub heard_ms: Option<u64>,
 }
 
 /// Why a logical follower's own transaction did not run.

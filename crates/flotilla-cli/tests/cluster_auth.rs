@@ -1,8 +1,8 @@
 //! Authentication on a cluster: the members share a secret (`--cluster-secret`) that they
 //! present to each other and that opens nothing else; the first leader makes the first admin
 //! token, which replicates like every token, so it works on whichever member leads after a
-//! failover; a learner follows the cluster with a replicate token; a node with another secret
-//! cannot join.
+//! failover; a learner follows the cluster with a replicate token; a node with another secret,
+//! or without `--auth`, cannot join.
 
 mod common;
 
@@ -109,6 +109,15 @@ async fn a_cluster_with_authentication_keeps_its_tokens_across_a_failover() {
         "the members' secret opened the API"
     );
 
+    // The secret lets a node join as a learner, not make voters.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/cluster/members", urls[l]))
+        .bearer_auth(SECRET)
+        .json(&json!({"member": "n2", "voter": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "the members' secret made a voter");
     write(&urls[l], &admin, "CREATE TABLE t(x)").await;
     write(&urls[l], &admin, "INSERT INTO t VALUES (1)").await;
     let replicate = Client::with_token(&urls[l], &admin)
@@ -165,5 +174,20 @@ async fn a_cluster_with_authentication_keeps_its_tokens_across_a_failover() {
     .await;
     assert!(wrong.is_err(), "a node with another secret joined");
     let log = std::fs::read_to_string(dir.path().join("n4.log")).unwrap();
-    assert!(log.contains("401"), "{log}");
+    assert!(log.contains("refused this node's cluster secret"), "{log}");
+    // The right secret, without --auth: it would serve the data to anyone, so it is refused.
+    let open = LocalNode::start(
+        &exe(),
+        dir.path(),
+        "n5",
+        None,
+        &["--join", &urls[next], "--cluster-secret", SECRET],
+    )
+    .await;
+    assert!(
+        open.is_err(),
+        "a node without --auth joined a cluster with authentication"
+    );
+    let log = std::fs::read_to_string(dir.path().join("n5.log")).unwrap();
+    assert!(log.contains("requires API tokens"), "{log}");
 }

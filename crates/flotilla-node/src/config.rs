@@ -372,6 +372,13 @@ impl ConfigFile {
                 format!("{listen_text:?} is not HOST:PORT with a numeric IP, e.g. 127.0.0.1:4790"),
             )
         })?;
+        if self.cluster.is_some() && self.join.is_some() {
+            return Err(invalid(
+                "join",
+                "--join cannot go with --cluster: --cluster starts a new cluster, --join joins a \
+                 running one",
+            ));
+        }
         let cluster = match &self.cluster {
             None => None,
             Some(list) => {
@@ -385,7 +392,7 @@ impl ConfigFile {
                     })?;
                     let name = NodeId::new(name.trim())
                         .map_err(|e| invalid("cluster", format!("{item:?}: {e}")))?;
-                    let url = validate_url("cluster", url.trim())?;
+                    let url = member_url("cluster", url.trim())?;
                     if members.iter().any(|(n, _)| *n == name) {
                         return Err(invalid("cluster", format!("{name} is named twice")));
                     }
@@ -397,10 +404,36 @@ impl ConfigFile {
                     }
                     members.push((name, url));
                 }
-                if !members.iter().any(|(n, _)| *n == id) {
+                let Some((_, own)) = members.iter().find(|(n, _)| *n == id) else {
                     return Err(invalid(
                         "cluster",
                         format!("this node ({id}) is not among the members given"),
+                    ));
+                };
+                // The others dial this node at its URL in the list: it must be where it
+                // listens (or the URL it advertises).
+                let reachable = match &self.advertise_url {
+                    Some(adv) => validate_url("advertise-url", adv)? == *own,
+                    None => reqwest::Url::parse(own).is_ok_and(|u| {
+                        u.port_or_known_default() == Some(listen.port())
+                            && (listen.ip().is_unspecified()
+                                || u.host_str().is_some_and(|h| {
+                                    h.trim_matches(['[', ']']) == listen.ip().to_string()
+                                }))
+                    }),
+                };
+                if !reachable && listen.port() != 0 {
+                    return Err(invalid(
+                        "cluster",
+                        format!(
+                            "this node ({id}) is listed at {own}, but listens on {listen}{}: the \
+                             others would dial the wrong address (give --advertise-url {own} if \
+                             that address reaches this node)",
+                            self.advertise_url
+                                .as_deref()
+                                .map(|a| format!(" and advertises {a}"))
+                                .unwrap_or_default()
+                        ),
                     ));
                 }
                 if self.follow.is_some() {
@@ -736,6 +769,26 @@ impl ConfigFile {
     }
 }
 
+/// A cluster member's URL: `http(s)://host:port` and nothing more (no credentials, path or
+/// query: members dial each other's endpoints under it, and it is shown in status).
+pub(crate) fn member_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
+    let url = validate_url(key, url)?;
+    let parsed = reqwest::Url::parse(&url).map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
+    if !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.path() != "/"
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || parsed.port_or_known_default().is_none()
+    {
+        return Err(invalid(
+            key,
+            format!("{url:?}: a member's URL is http(s)://HOST:PORT, without credentials, path or query"),
+        ));
+    }
+    Ok(url)
+}
+
 pub(crate) fn validate_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
     // `host:port` means http://host:port, as everywhere a node is named.
     let full;
@@ -879,9 +932,11 @@ mod tests {
     #[test]
     fn cluster_members_are_checked() {
         let load = |extra: &str| {
-            toml::from_str::<ConfigFile>(&format!("id = \"n1\"\ndata = \"d\"\n{extra}"))
-                .unwrap()
-                .validate()
+            toml::from_str::<ConfigFile>(&format!(
+                "id = \"n1\"\ndata = \"d\"\nlisten = \"127.0.0.1:1\"\n{extra}"
+            ))
+            .unwrap()
+            .validate()
         };
         let ok = load("cluster = [\"n1=127.0.0.1:1\", \"n2=http://127.0.0.1:2\"]").unwrap();
         let members = ok.cluster.unwrap();
@@ -912,6 +967,18 @@ mod tests {
                 "give --cluster or --join",
             ),
             ("join = \"127.0.0.1:99999\"", "join"),
+            (
+                "cluster = [\"n1=127.0.0.1:2\"]",
+                "listed at http://127.0.0.1:2, but listens on 127.0.0.1:1",
+            ),
+            (
+                "cluster = [\"n1=127.0.0.1:1\", \"n2=http://u:p@127.0.0.1:2/x\"]",
+                "without credentials, path or query",
+            ),
+            (
+                "cluster = [\"n1=127.0.0.1:1\"]\njoin = \"127.0.0.1:2\"",
+                "cannot go with --cluster",
+            ),
             (
                 "join = \"127.0.0.1:1\"\nfollow = \"127.0.0.1:2\"",
                 "cannot go with --follow",

@@ -120,7 +120,8 @@ pub async fn run(
                     crate::cluster::setup::cluster_file(&dir, members, &config.id)?
                 }
                 (None, Some(via)) => {
-                    crate::cluster::setup::joined(&dir, via, &config.id, &url, &peers).await?
+                    crate::cluster::setup::joined(&dir, via, &config.id, &url, &peers, config.auth)
+                        .await?
                 }
                 (None, None) => unreachable!("matched above"),
             };

@@ -50,6 +50,18 @@ pub(crate) fn run_client_statement(
     let readonly = stmt.readonly();
     let before = conn.total_changes();
     let rowid_before = conn.last_insert_rowid();
+    // Whether this statement inserts shows only if the connection's rowid starts from a value
+    // no insert leaves (0): an insert of the same rowid as the last one (into another table)
+    // would otherwise look like no insert. Not for a statement that reads the value itself.
+    let probe_rowid = !sql.to_ascii_lowercase().contains("last_insert_rowid");
+    // Restores the previous value unless the statement inserted (also when it fails).
+    let _restore = probe_rowid.then(|| {
+        set_last_insert_rowid(conn, 0);
+        RestoreRowid {
+            conn,
+            rowid: rowid_before,
+        }
+    });
     let has_select = rules.take_saw_select();
     let schema_change = rules.take_schema_change();
     // A schema statement may find nothing to do (`CREATE TABLE IF NOT EXISTS` of a table that
@@ -147,10 +159,12 @@ pub(crate) fn run_client_statement(
             rows_affected: if changed { conn.changes() } else { 0 },
             // The writer connection is shared by every client: a value this statement did not
             // set would be another client's.
-            last_insert_rowid: if changed && conn.last_insert_rowid() != rowid_before {
-                conn.last_insert_rowid()
-            } else {
-                0
+            last_insert_rowid: match (changed, probe_rowid) {
+                (true, true) => conn.last_insert_rowid(),
+                (true, false) if conn.last_insert_rowid() != rowid_before => {
+                    conn.last_insert_rowid()
+                }
+                _ => 0,
             },
             returned,
         },
@@ -182,4 +196,26 @@ fn internal_names(conn: &Connection, rules: &StatementRules) -> rusqlite::Result
         )?
         .query_row([INTERNAL_PREFIX], |r| r.get(0))
     })
+}
+
+/// Puts the connection's last insert rowid back when a statement inserted nothing, so that
+/// the next statement's `last_insert_rowid()` is the one before.
+struct RestoreRowid<'c> {
+    conn: &'c rusqlite::Connection,
+    rowid: i64,
+}
+
+impl Drop for RestoreRowid<'_> {
+    fn drop(&mut self) {
+        if self.conn.last_insert_rowid() == 0 {
+            set_last_insert_rowid(self.conn, self.rowid);
+        }
+    }
+}
+
+/// Sets the connection's last insert rowid (what `last_insert_rowid()` answers).
+fn set_last_insert_rowid(conn: &rusqlite::Connection, rowid: i64) {
+    // SAFETY: the handle of a connection this thread holds (`&Connection`: no other thread
+    // uses it meanwhile); the call only stores an integer in it.
+    unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(conn.handle(), rowid) }
 }

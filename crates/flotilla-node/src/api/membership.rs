@@ -36,6 +36,9 @@ struct AddMember {
     url: Option<String>,
     #[serde(default)]
     voter: bool,
+    /// Whether the joining node requires API tokens (sent by `flotilla serve --join`).
+    #[serde(default)]
+    auth: Option<bool>,
 }
 
 fn conflict(code: &'static str, message: String) -> ApiError {
@@ -60,8 +63,9 @@ fn leading(node: &Node) -> Result<Arc<ClusterHandle>, ApiError> {
     Ok(c)
 }
 
-/// What a member (a joining one, say) needs to know of the cluster.
-fn membership(c: &ClusterHandle, member_id: u64) -> Value {
+/// What a member (a joining one, say) needs to know of the cluster, and whether it requires
+/// tokens (a member joining without `--auth` would open the cluster's data to anyone).
+fn membership(node: &Node, c: &ClusterHandle, member_id: u64) -> Value {
     let file = c.file();
     let members: Vec<Value> = file
         .members
@@ -74,6 +78,7 @@ fn membership(c: &ClusterHandle, member_id: u64) -> Value {
         "members": members,
         "voters": file.voters,
         "learners": file.learners,
+        "auth": node.config.auth,
     })
 }
 
@@ -137,6 +142,13 @@ pub async fn add(
         );
     let raw = super::body::json_bytes(&headers, body, 64 << 10).await?;
     let req: AddMember = super::decode::decode_json(&raw)?;
+    if node.config.auth && req.auth == Some(false) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "this cluster requires API tokens (its members run with --auth): start the joining \
+             node with --auth too, or it would serve the cluster's data to anyone",
+        ));
+    }
     if by_member && req.voter {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -151,7 +163,7 @@ pub async fn add(
         .to_string();
     let url = match &req.url {
         Some(u) => Some(
-            crate::config::validate_url("url", u)
+            crate::config::member_url("url", u)
                 .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?,
         ),
         None => None,
@@ -184,7 +196,7 @@ pub async fn add(
             ));
         }
         if voter {
-            return Ok(Json(membership(&c, id)));
+            return Ok(Json(membership(&node, &c, id)));
         }
         // A learner becomes a voter once it answers and holds (nearly) everything: a voter
         // that is far behind, or not there at all, would count toward a majority it cannot
@@ -216,7 +228,7 @@ pub async fn add(
             s.voters.contains(&id)
         })
         .await?;
-        return Ok(Json(membership(&c, id)));
+        return Ok(Json(membership(&node, &c, id)));
     }
     if req.voter {
         return Err(ApiError::bad_request(
@@ -250,7 +262,7 @@ pub async fn add(
         s.learners.contains(&id)
     })
     .await?;
-    Ok(Json(membership(&c, id)))
+    Ok(Json(membership(&node, &c, id)))
 }
 
 pub async fn remove(
@@ -333,5 +345,5 @@ pub async fn remove(
         !s.voters.contains(&id) && !s.learners.contains(&id)
     })
     .await?;
-    Ok(Json(membership(&c, id)))
+    Ok(Json(membership(&node, &c, id)))
 }

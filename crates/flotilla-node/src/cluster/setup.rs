@@ -100,6 +100,7 @@ pub async fn joined(
     me: &NodeId,
     my_url: &str,
     peers: &crate::peer::Peers,
+    auth: bool,
 ) -> anyhow::Result<ClusterFile> {
     if let Some(f) = ClusterFile::load(dir)? {
         let mine = f.members.get(&f.member_id).map(|m| m.name.as_str());
@@ -113,7 +114,10 @@ pub async fn joined(
         tracing::info!("this data directory is a member already: --join {via} is not needed");
         return Ok(f);
     }
-    let body = serde_json::json!({"member": me.as_str(), "url": my_url, "voter": false});
+    // Whether this node requires tokens: a cluster that does refuses a member that does not
+    // (it would serve the cluster's data to anyone).
+    let body = serde_json::json!({"member": me.as_str(), "url": my_url, "voter": false,
+                                  "auth": auth});
     let mut target = via.to_string();
     let mut last_error = String::new();
     let answer = 'asking: {
@@ -135,6 +139,10 @@ pub async fn joined(
                             target = leader.to_string();
                             continue;
                         }
+                        (401, _) => anyhow::bail!(
+                            "{target} refused this node's cluster secret (401): give the \
+                             members' --cluster-secret (FLOTILLA_CLUSTER_SECRET)"
+                        ),
                         (503, _) => last_error = format!("{target}: {status} {code}"),
                         _ => anyhow::bail!(
                             "{target} refused to add {me} to its cluster: {status} {code}: {}",

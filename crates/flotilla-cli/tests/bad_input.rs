@@ -143,6 +143,18 @@ async fn malformed_requests_are_400_with_a_message() {
         (status, v["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
+    // The WebSocket endpoints, asked without an upgrade, answer the API's JSON error too.
+    for path in ["/v1/replication", "/v1/raft"] {
+        let (status, v) = raw(u, "GET", path, None, vec![]).await;
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("WebSocket endpoint"),
+            "{path}: {v}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

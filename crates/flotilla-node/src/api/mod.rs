@@ -82,10 +82,23 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// A cluster member's consensus messages from a peer (see `cluster::transport`).
+/// A WebSocket endpoint reached without a WebSocket upgrade: the API's JSON error, naming
+/// what is missing (axum's own rejection is plain text).
+fn not_a_websocket(
+    what: &str,
+    e: axum::extract::ws::rejection::WebSocketUpgradeRejection,
+) -> ApiError {
+    ApiError::bad_request(
+        "bad_request",
+        format!("{what} is a WebSocket endpoint: {}", e.body_text()),
+    )
+}
+
 async fn raft(
     State(node): State<Arc<Node>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<axum::response::Response, ApiError> {
+    let ws = ws.map_err(|e| not_a_websocket("/v1/raft", e))?;
     let Some(cluster) = node.cluster.clone() else {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
@@ -105,10 +118,13 @@ async fn raft(
 async fn replication(
     State(node): State<Arc<Node>>,
     headers: axum::http::HeaderMap,
-    ws: WebSocketUpgrade,
-) -> impl IntoResponse {
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let ws = ws.map_err(|e| not_a_websocket("/v1/replication", e))?;
     let credential = crate::auth::Credential::of(&headers, flotilla_types::AccessRole::Replicate);
-    ws.max_message_size(flotilla_wire::MAX_FOLLOWER_MESSAGE_BYTES)
+    Ok(ws
+        .max_message_size(flotilla_wire::MAX_FOLLOWER_MESSAGE_BYTES)
         .max_frame_size(flotilla_wire::MAX_FOLLOWER_MESSAGE_BYTES)
         .on_upgrade(move |socket| replication::serve_session(node, socket, credential))
+        .into_response())
 }

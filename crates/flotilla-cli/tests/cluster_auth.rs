@@ -141,6 +141,23 @@ async fn a_cluster_with_authentication_keeps_its_tokens_across_a_failover() {
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
 
+    // A member restarted without --auth is refused: it would serve the data to anyone.
+    let other = (l + 2) % 3;
+    members[other].kill().await;
+    let listen = urls[other].trim_start_matches("http://").to_string();
+    let open = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        &format!("n{}", other + 1),
+        &listen,
+        &["--cluster-secret", SECRET],
+    )
+    .await;
+    assert!(open.is_err(), "a member restarted without --auth");
+    let log = std::fs::read_to_string(dir.path().join(format!("n{}.log", other + 1))).unwrap();
+    assert!(log.contains("requires API tokens"), "{log}");
+    members[other].restart().await.unwrap();
+
     // The leader is killed: the admin token works on the next one.
     members[l].kill().await;
     let next = leader(&urls, Some(l)).await;

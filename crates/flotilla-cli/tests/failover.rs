@@ -1159,3 +1159,78 @@ async fn a_member_that_never_copied_the_database_does_not_start_the_history_over
         assert_eq!(rows.get(&7), Some(&1), "{url}: {rows:?}");
     }
 }
+
+/// Found by the second outside probe: a member restarted without `--cluster` ran as a single
+/// leader beside the cluster (and later served a diverged copy), and a member that lost its data
+/// directory could vote and elect a leader without an acknowledged write. A data directory that
+/// is a member stays one whatever the flags; a member with an empty log votes for no candidate
+/// whose log holds entries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_restarted_wrongly_neither_forks_nor_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path()).await;
+    let all = [0usize, 1, 2];
+    let l = c.leader(&all).await;
+    let quorum = |sql: &str| json!({"statements": [{"sql": sql}], "durability": "quorum"});
+    Client::new(&c.urls[l])
+        .post(
+            "/v1/execute",
+            &quorum("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"),
+        )
+        .await
+        .unwrap();
+    // Restarted without --cluster: still a member (a follower), not a second leader.
+    let (a, b) = ((l + 1) % 3, (l + 2) % 3);
+    c.members[a].kill().await;
+    let listen = c.urls[a].trim_start_matches("http://").to_string();
+    let mut bare = LocalNode::start_on(&exe(), dir.path(), &format!("n{}", a + 1), &listen, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let v = Client::new(&bare.url).get("/v1/cluster").await.unwrap();
+    assert_ne!(v["role"], "leader", "{v}");
+    let (status, v) = raw(
+        &bare.url,
+        "POST",
+        "/v1/execute",
+        Some("application/json"),
+        serde_json::to_vec(&json!({"statements": [{"sql": "INSERT INTO t(k) VALUES (-1)"}]}))
+            .unwrap(),
+    )
+    .await;
+    // A follower: 421 to the leader, or 503 while it learns who leads; never the write.
+    assert!(
+        matches!(status, 421 | 503),
+        "a member restarted without --cluster took a write: {status} {v}"
+    );
+    bare.kill().await;
+    drop(bare);
+    c.members[a].restart().await.unwrap();
+    c.leader(&all).await;
+
+    // B down; a quorum write held by the leader and A; then the leader and A down, A's data
+    // directory lost, A back empty, B back: A must not help B (which lacks the write) lead.
+    c.members[b].kill().await;
+    let w = write(&c.urls, 42, "quorum").await;
+    assert_eq!(w, Outcome::Acked);
+    c.members[l].kill().await;
+    c.members[a].kill().await;
+    std::fs::remove_dir_all(&c.members[a].dir).unwrap();
+    c.members[a].restart().await.unwrap();
+    c.members[b].restart().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    c.members[l].restart().await.unwrap();
+    let leader = c.leader(&all).await;
+    let last = Client::new(&c.urls[leader])
+        .post("/v1/execute", &quorum("INSERT INTO t(k) VALUES (0)"))
+        .await
+        .unwrap();
+    let pos = last["position"].as_str().unwrap().to_string();
+    for url in &c.urls {
+        let rows = rows_on(url, &pos).await;
+        assert_eq!(
+            rows.get(&42),
+            Some(&1),
+            "{url} lost the acknowledged write: {rows:?}"
+        );
+    }
+}

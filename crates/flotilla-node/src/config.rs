@@ -422,7 +422,16 @@ impl ConfigFile {
                                 }))
                     }),
                 };
-                if !reachable && listen.port() != 0 {
+                if listen.port() == 0 {
+                    return Err(invalid(
+                        "cluster",
+                        format!(
+                            "this node ({id}) listens on a port the system picks (:0), but the \
+                             others dial it at {own}: listen on that port"
+                        ),
+                    ));
+                }
+                if !reachable {
                     return Err(invalid(
                         "cluster",
                         format!(
@@ -454,7 +463,7 @@ impl ConfigFile {
         let join = match &self.join {
             None => None,
             Some(url) => {
-                let url = validate_url("join", url.trim())?;
+                let url = member_url("join", url.trim())?;
                 let clash = if cluster.is_some() {
                     Some("--cluster (which starts a new cluster)")
                 } else if self.follow.is_some() {
@@ -478,12 +487,7 @@ impl ConfigFile {
                 "must be between 100 and 60000 (see docs/failover.md for what is safe)",
             ));
         }
-        if self.election_timeout_ms.is_some() && !clustered {
-            return Err(invalid(
-                "election-timeout-ms",
-                "only a cluster member holds elections (--cluster)",
-            ));
-        }
+
         let follow = match self.follow {
             Some(url) => Some(validate_url("follow", &url)?),
             None => None,
@@ -495,13 +499,9 @@ impl ConfigFile {
         // Loopback only: reachable from this machine alone, so it may stay open (the demo's
         // one command). Anything else requires tokens unless switched off explicitly.
         let auth = self.auth.unwrap_or(!listen.ip().is_loopback());
+        // (A secret without --cluster or --join is checked at start: the data directory may be
+        // a member's already.)
         match &self.cluster_secret {
-            Some(_) if !clustered => {
-                return Err(invalid(
-                    "cluster-secret",
-                    "only a cluster's members share a secret: give --cluster or --join too",
-                ))
-            }
             Some(s) if s.trim().len() < 32 || s.trim() != s => {
                 return Err(invalid(
                     "cluster-secret",
@@ -961,10 +961,6 @@ mod tests {
             (
                 "cluster = [\"n1=127.0.0.1:1\"]\ncluster-secret = \"short\"",
                 "at least 32 characters",
-            ),
-            (
-                "cluster-secret = \"0123456789abcdef0123456789abcdef\"",
-                "give --cluster or --join",
             ),
             ("join = \"127.0.0.1:99999\"", "join"),
             (

@@ -112,12 +112,41 @@ pub async fn run(
 
     let mut writer_thread = None;
     // A cluster member: its consensus state, and its database as a replica until it leads.
+    // A data directory that is a cluster member stays one, whatever the flags of this start:
+    // started as a single leader it would take writes of its own beside the cluster's.
+    let remembered = if config.cluster.is_none() && config.join.is_none() {
+        crate::cluster::state::ClusterFile::load(&dir)?
+    } else {
+        None
+    };
+    if let Some(f) = &remembered {
+        let mine = f.members.get(&f.member_id).map(|m| m.name.as_str());
+        if mine != Some(config.id.as_str()) {
+            anyhow::bail!(
+                "this data directory is member {} ({}) of its cluster, not {}",
+                f.member_id,
+                mine.unwrap_or("?"),
+                config.id
+            );
+        }
+        if config.follow.is_some() {
+            anyhow::bail!(
+                "this data directory is a member of cluster {}: it cannot follow another node \
+                 (start it without --follow, or give --follow an empty data directory)",
+                f.cluster_id
+            );
+        }
+        tracing::info!(
+            cluster_id = %f.cluster_id,
+            "this data directory is a cluster member: it runs as one"
+        );
+    }
     let cluster_file = match (&config.cluster, &config.join) {
-        (None, None) => None,
+        (None, None) => remembered,
         (members, via) => {
             let file = match (members, via) {
                 (Some(members), _) => {
-                    crate::cluster::setup::cluster_file(&dir, members, &config.id)?
+                    crate::cluster::setup::cluster_file(&dir, members, &config.id, config.auth)?
                 }
                 (None, Some(via)) => {
                     crate::cluster::setup::joined(&dir, via, &config.id, &url, &peers, config.auth)
@@ -138,6 +167,24 @@ pub async fn run(
             Some(file)
         }
     };
+    match &cluster_file {
+        // A cluster whose members required tokens keeps requiring them: a member started
+        // without --auth would serve the cluster's data (and mint tokens) to anyone.
+        Some(f) if f.auth && !config.auth => anyhow::bail!(
+            "cluster {} requires API tokens (its members run with --auth): start this member \
+             with --auth too",
+            f.cluster_id
+        ),
+        Some(_) if config.auth && config.cluster_secret.is_none() => anyhow::bail!(
+            "authentication is on: a cluster's members need the secret they share \
+             (--cluster-secret or FLOTILLA_CLUSTER_SECRET; see docs/failover.md)"
+        ),
+        None if config.cluster_secret.is_some() => anyhow::bail!(
+            "--cluster-secret: only a cluster's members share a secret, and this node is none \
+             (give --cluster or --join)"
+        ),
+        _ => {}
+    }
     let (role, position) = match &config.follow {
         _ if cluster_file.is_some() => {
             let db = flotilla_store::Replica::open(

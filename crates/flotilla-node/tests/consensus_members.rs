@@ -50,6 +50,7 @@ fn file(cluster: &str, me: u64, urls: &[String]) -> ClusterFile {
         base_lsn: 0,
         base_epoch: 0,
         highest_member_id: 0,
+        auth: false,
     }
 }
 

@@ -713,6 +713,18 @@ impl Consensus {
             });
             return;
         }
+        // A member with an empty log does not vote for a candidate whose log holds entries:
+        // it cannot tell a new member from one that lost its data directory, and a voter that
+        // forgot what it acknowledged could elect a leader without an acknowledged write. It
+        // votes again once a leader gave it the log (a new cluster's first election, between
+        // empty logs, is unaffected).
+        use raft::eraftpb::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        let asks_vote = matches!(m.get_msg_type(), MsgRequestVote | MsgRequestPreVote);
+        let empty = self.raw.raft.raft_log.last_index() == 0;
+        if asks_vote && empty && (m.index > 0 || m.log_term > 0) {
+            // Not a refusal of a bad message: a vote not granted (the candidate asks again).
+            return;
+        }
         if let Err(e) = self.raw.step(m) {
             out.push(ConsensusCommand::Refused {
                 reason: e.to_string(),

@@ -26,8 +26,14 @@ pub fn cluster_file(
     dir: &Path,
     members: &[(NodeId, String)],
     me: &NodeId,
+    auth: bool,
 ) -> anyhow::Result<ClusterFile> {
-    if let Some(f) = ClusterFile::load(dir)? {
+    if let Some(mut f) = ClusterFile::load(dir)? {
+        if auth && !f.auth {
+            // Tokens required from now on: a later start without --auth is refused.
+            f.auth = true;
+            f.save(dir)?;
+        }
         let mine = f.members.get(&f.member_id).map(|m| m.name.as_str());
         if mine != Some(me.as_str()) {
             anyhow::bail!(
@@ -84,6 +90,7 @@ pub fn cluster_file(
         base_lsn: 0,
         base_epoch: 0,
         highest_member_id: 0,
+        auth,
     };
     file.save(dir)?;
     tracing::info!(cluster_id = %file.cluster_id, member = member_id, "joined a new cluster");
@@ -197,6 +204,7 @@ pub async fn joined(
             .to_string(),
         member_id,
         highest_member_id: members.keys().copied().max().unwrap_or(0),
+        auth: auth || answer["auth"] == true,
         members,
         voters: ids("voters"),
         learners: ids("learners"),

@@ -41,6 +41,9 @@ pub struct ClusterFile {
     /// The highest member id the cluster ever gave (a removed member's is never given again).
     #[serde(default)]
     pub highest_member_id: u64,
+    /// The cluster requires API tokens: a member started without `--auth` is refused.
+    #[serde(default)]
+    pub auth: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +156,7 @@ mod tests {
             base_lsn: 0,
             base_epoch: 0,
             highest_member_id: 0,
+            auth: false,
         }
     }
 

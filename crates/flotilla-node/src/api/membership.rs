@@ -324,7 +324,19 @@ pub async fn remove(
     // `semi-sync` writes need that many other members: a removal that leaves fewer would
     // make every such write wait for ever.
     let wanted = node.config.durability.semi_sync_replicas;
-    let left = status.voters.len() + status.learners.len() - 1;
+    // Learners count only once they hold something (one where nothing answers never will).
+    let holding_learners = status
+        .learners
+        .iter()
+        .filter(|l| **l != id)
+        .filter(|id| {
+            status
+                .progress
+                .iter()
+                .any(|p| p.id == **id && p.matched.0 > 0)
+        })
+        .count();
+    let left = status.voters.iter().filter(|v| **v != id).count() + holding_learners;
     if wanted + 1 > left {
         return Err(conflict(
             "too_few_members",

@@ -1234,3 +1234,43 @@ async fn a_member_restarted_wrongly_neither_forks_nor_forgets() {
         );
     }
 }
+
+/// A learner whose leader is frozen (SIGSTOP: its connections stay open, it answers nothing)
+/// finds the new leader by itself and streams its writes while the old one is still frozen.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_learner_leaves_a_frozen_leader_for_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path()).await;
+    let all = [0usize, 1, 2];
+    let l = c.leader(&all).await;
+    Client::new(&c.urls[l])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"}],
+                    "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    let learner = LocalNode::start(&exe(), dir.path(), "p1", Some(&c.urls[l]), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let pid = c.members[l].pid().unwrap() as libc::pid_t;
+    // SAFETY: kill(2) on a child process this test started and still owns.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let others: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
+    let next = c.leader(&others).await;
+    let w = Client::new(&c.urls[next])
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t(k) VALUES (7)"}], "durability": "quorum"}),
+        )
+        .await
+        .unwrap();
+    let pos = w["position"].as_str().unwrap().to_string();
+    let rows = rows_on(&learner.url, &pos).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(rows.get(&7), Some(&1), "{rows:?}");
+    let status = Client::new(&learner.url).get("/v1/status").await.unwrap();
+    assert_eq!(status["leader"], c.urls[next].as_str(), "{status}");
+}

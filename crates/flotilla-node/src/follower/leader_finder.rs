@@ -53,52 +53,57 @@ impl LeaderFinder {
         self.known().current.clone()
     }
 
-    /// Asks the nodes this follower knows which one leads (the current one first, then the
-    /// configured one, then the members last listed) and re-points to the leader the first
-    /// answer names. Returns the new URL when it changed. A node that is not a cluster member,
-    /// or none that answers, leaves the URL as it is.
+    /// Asks the nodes this follower knows which one leads (the current one, the configured
+    /// one, the members last listed; all at once) and re-points to the leader named in the
+    /// newest epoch: a member that has not noticed an election yet names the old leader, in an
+    /// older epoch. Returns the new URL when it changed. Nodes that are not cluster members,
+    /// or none that answers, leave the URL as it is.
     pub async fn refresh(&self) -> Option<String> {
-        let (current, mut candidates) = {
+        let mut candidates = {
             let k = self.known();
-            (k.current.clone(), k.members.clone())
+            let mut c = vec![k.current.clone(), self.configured.clone()];
+            c.extend(k.members.iter().cloned());
+            c
         };
-        candidates.retain(|u| *u != current && *u != self.configured);
-        candidates.insert(0, self.configured.clone());
-        if current != self.configured {
-            candidates.insert(0, current.clone());
-        }
-        for url in candidates {
-            let Some(view) = self.ask(&url).await else {
+        candidates.sort();
+        candidates.dedup();
+        let views =
+            futures_util::future::join_all(candidates.iter().map(|url| self.ask(url))).await;
+        let mut best: Option<(u64, String)> = None;
+        let mut members = Vec::new();
+        for view in views.into_iter().flatten() {
+            if members.is_empty() {
+                members = view["members"]
+                    .as_array()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|m| m["url"].as_str())
+                            .take(MAX_MEMBERS)
+                            .map(|u| u.trim_end_matches('/').to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+            // A member that knows no leader (an election is under way) says nothing of use.
+            let Some(leader) = view["leader_url"].as_str() else {
                 continue;
             };
-            let members: Vec<String> = view["members"]
-                .as_array()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|m| m["url"].as_str())
-                        .take(MAX_MEMBERS)
-                        .map(|u| u.trim_end_matches('/').to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let leader = view["leader_url"]
-                .as_str()
-                .map(|u| u.trim_end_matches('/').to_string());
-            let mut k = self.known();
-            if !members.is_empty() {
-                k.members = members;
+            let epoch = view["epoch"].as_u64().unwrap_or(0);
+            if best.as_ref().is_none_or(|(e, _)| epoch > *e) {
+                best = Some((epoch, leader.trim_end_matches('/').to_string()));
             }
-            // A member that knows no leader (an election is under way) says nothing of use:
-            // the next member may know.
-            let Some(leader) = leader else { continue };
-            if leader == k.current {
-                return None;
-            }
-            tracing::info!("the cluster's leader is now {leader}: following it");
-            k.current = leader.clone();
-            return Some(leader);
         }
-        None
+        let mut k = self.known();
+        if !members.is_empty() {
+            k.members = members;
+        }
+        let (_, leader) = best?;
+        if leader == k.current {
+            return None;
+        }
+        tracing::info!("the cluster's leader is now {leader}: following it");
+        k.current = leader.clone();
+        Some(leader)
     }
 
     /// `GET {url}/v1/cluster`, or `None` when the node is down, slow, or not a cluster member.

@@ -8,15 +8,18 @@
 mod access;
 mod chain;
 mod durability;
+mod hlc;
 mod ids;
 mod pipeline;
 mod position;
 mod record;
 mod rows;
+mod version_vector;
 
 pub use access::{AccessRole, AccessRoleParseError};
 pub use chain::{Chain, ContentDigest};
 pub use durability::{Durability, DurabilityParseError};
+pub use hlc::{Hlc, HlcDrift};
 pub use ids::{ClusterId, IdError, NodeId};
 pub use pipeline::{
     split_assignment, Computed, InvalidPipeline, PipelineSpec, PipelineTarget, Rename,
@@ -27,3 +30,4 @@ pub use record::{LogKind, LogKindParseError, LogRecord, Page, PagePayload};
 pub use rows::{
     rowid_alias, DdlKind, RowChange, RowItem, RowOp, RowPayload, SchemaChange, SqlValue, TableShape,
 };
+pub use version_vector::{OriginName, VersionVector};

@@ -208,6 +208,7 @@ mod tests {
                 pages: vec![],
             }),
             rows: None,
+            exchange: None,
         };
         let linked = Chain(1).next(Epoch(1), Lsn(61), flotilla_types::ContentDigest(5));
         assert_eq!(

@@ -26,5 +26,6 @@ pub(crate) fn record(lsn: u64, prev: Chain) -> LogRecord {
             tables: vec![],
             items: vec![],
         }),
+        exchange: None,
     }
 }

@@ -441,6 +441,7 @@ mod tests {
                 }],
             }),
             rows: None,
+            exchange: None,
         })
     }
 

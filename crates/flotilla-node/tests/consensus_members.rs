@@ -216,6 +216,7 @@ fn record(at: flotilla_types::Position, n: u64) -> bytes::Bytes {
         origin: NodeId::new("n1").unwrap(),
         pages: None,
         rows: Some(Default::default()),
+        exchange: None,
     }))
 }
 

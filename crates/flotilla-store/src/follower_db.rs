@@ -202,6 +202,7 @@ mod tests {
             origin: NodeId::new("n").unwrap(),
             pages: None,
             rows: None,
+            exchange: None,
         }
     }
 

@@ -242,6 +242,7 @@ impl LeaderDb {
                 origin: origin.clone(),
                 pages: Some(in_wal[in_wal.len() - 1].clone()),
                 rows: None,
+                exchange: None,
             },
             rows,
         )])
@@ -491,6 +492,7 @@ impl LeaderDb {
                 origin: origin.clone(),
                 pages: Some(pages),
                 rows: None,
+                exchange: None,
             }),
             encoded_rows,
         })

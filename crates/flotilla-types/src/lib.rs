@@ -8,6 +8,7 @@
 mod access;
 mod chain;
 mod durability;
+mod exchange_stamp;
 mod hlc;
 mod ids;
 mod pipeline;
@@ -19,6 +20,7 @@ mod version_vector;
 pub use access::{AccessRole, AccessRoleParseError};
 pub use chain::{Chain, ContentDigest};
 pub use durability::{Durability, DurabilityParseError};
+pub use exchange_stamp::{CounterBase, ExchangeStamp};
 pub use hlc::{Hlc, HlcDrift};
 pub use ids::{ClusterId, IdError, NodeId};
 pub use pipeline::{

@@ -1,4 +1,4 @@
-use crate::{Chain, ContentDigest, Epoch, Lsn, NodeId, Position, RowPayload};
+use crate::{Chain, ContentDigest, Epoch, ExchangeStamp, Lsn, NodeId, Position, RowPayload};
 use std::fmt;
 use std::str::FromStr;
 
@@ -38,6 +38,8 @@ pub struct LogRecord {
     /// transaction captured since the logical log exists; absent in what is shipped to a
     /// physical follower.
     pub rows: Option<RowPayload>,
+    /// Present on a multi-leader node: what other data centres need to merge the transaction.
+    pub exchange: Option<ExchangeStamp>,
 }
 
 impl LogRecord {

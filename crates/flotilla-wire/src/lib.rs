@@ -8,6 +8,7 @@
 mod consensus_record;
 mod cursor;
 mod error;
+mod exchange;
 #[cfg(test)]
 mod fixtures;
 #[cfg(feature = "sim-bugs")]
@@ -24,6 +25,7 @@ pub use consensus_record::{
 };
 pub use cursor::{Cursor, Out};
 pub use error::DecodeError;
+pub use exchange::{decode_exchange, encode_exchange, EXCHANGE_FORMAT_VERSION};
 pub use message::{
     FollowerMessage, LeaderMessage, RefusalCode, MAX_FOLLOWER_MESSAGE_BYTES, MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,

@@ -1,10 +1,11 @@
 //! Record layout, version 2 (little-endian), followed by a CRC32 of all preceding bytes:
 //!
 //! ```text
-//! u8  format version (2)     u8  sections present (bit 0: pages, bit 1: rows)
+//! u8  format version (2)     u8  sections present (bit 0: pages, bit 1: rows, bit 2: exchange)
 //! u64 epoch  u64 lsn  u64 chain  u64 content digest  u64 commit_time_us
 //! u16 origin length, origin (UTF-8 node id)
 //! if rows:  u32 length, the row changes (see `rows.rs`)
+//! if exchange: u32 length, the exchange stamp (see `exchange.rs`; multi-leader nodes)
 //! if pages: u32 page_size  u32 db_size_pages  u32 page count
 //!           page count × (u32 pgno, page_size bytes)
 //! u32 crc32
@@ -14,7 +15,7 @@
 //! with a payload kind byte (1 = pages) in place of the sections byte; it is still read.
 
 use crate::cursor::unseal;
-use crate::{decode_rows, encode_rows, Cursor, DecodeError, Out};
+use crate::{decode_exchange, decode_rows, encode_exchange, encode_rows, Cursor, DecodeError, Out};
 use flotilla_types::{
     Chain, ContentDigest, Epoch, LogKind, LogRecord, Lsn, NodeId, Page, PagePayload,
 };
@@ -22,6 +23,7 @@ use flotilla_types::{
 pub const RECORD_FORMAT_VERSION: u8 = 2;
 pub(crate) const SECTION_PAGES: u8 = 1;
 pub(crate) const SECTION_ROWS: u8 = 2;
+pub(crate) const SECTION_EXCHANGE: u8 = 4;
 const HEADER_LEN: usize = 2 + 5 * 8 + 2;
 pub(crate) const WHAT: &str = "log record";
 
@@ -38,8 +40,14 @@ pub fn encoded_record_len(r: &LogRecord) -> usize {
 /// the leader encodes it once for its meta row and its log.
 pub fn encode_record_with_rows(r: &LogRecord, rows: Option<&[u8]>) -> Vec<u8> {
     let mut out = Out::with_capacity(encoded_record_len(r) + rows.map_or(0, |b| 4 + b.len()));
+    let exchange = r.exchange.as_ref().map(encode_exchange);
     let sections = if r.pages.is_some() { SECTION_PAGES } else { 0 }
-        | if rows.is_some() { SECTION_ROWS } else { 0 };
+        | if rows.is_some() { SECTION_ROWS } else { 0 }
+        | if exchange.is_some() {
+            SECTION_EXCHANGE
+        } else {
+            0
+        };
     out.u8(RECORD_FORMAT_VERSION)
         .u8(sections)
         .u64(r.epoch.0)
@@ -50,6 +58,9 @@ pub fn encode_record_with_rows(r: &LogRecord, rows: Option<&[u8]>) -> Vec<u8> {
         .str16(r.origin.as_str());
     if let Some(rows) = rows {
         out.bytes32(rows);
+    }
+    if let Some(exchange) = &exchange {
+        out.bytes32(exchange);
     }
     if let Some(p) = &r.pages {
         out.u32(p.page_size)
@@ -102,6 +113,14 @@ fn decode(bytes: &[u8], with_pages: bool) -> Result<LogRecord, DecodeError> {
     } else {
         None
     };
+    let exchange = if sections & SECTION_EXCHANGE != 0 {
+        Some(
+            decode_exchange(c.bytes32()?)
+                .map_err(|e| DecodeError::invalid(WHAT, format!("lsn {lsn}: {e}")))?,
+        )
+    } else {
+        None
+    };
     let pages = if sections & SECTION_PAGES != 0 && with_pages {
         Some(decode_pages(&mut c)?)
     } else {
@@ -119,6 +138,7 @@ fn decode(bytes: &[u8], with_pages: bool) -> Result<LogRecord, DecodeError> {
         origin,
         pages,
         rows,
+        exchange,
     })
 }
 
@@ -137,7 +157,7 @@ pub(crate) fn read_sections(c: &mut Cursor) -> Result<u8, DecodeError> {
         },
         2 => {
             let s = c.u8()?;
-            if s & !(SECTION_PAGES | SECTION_ROWS) != 0 {
+            if s & !(SECTION_PAGES | SECTION_ROWS | SECTION_EXCHANGE) != 0 {
                 return Err(DecodeError::invalid(
                     WHAT,
                     format!("unknown sections {s:#x}"),
@@ -233,9 +253,18 @@ pub fn project_record(bytes: &[u8], kind: LogKind) -> Result<Vec<u8>, DecodeErro
     }
     let rows = c.bytes32()?;
     let header_len = body.len() - c.remaining() - rows.len() - 4;
-    let mut out = Out::with_capacity(header_len + 8 + rows.len());
+    let exchange = if sections & SECTION_EXCHANGE != 0 {
+        Some(c.bytes32()?)
+    } else {
+        None
+    };
+    let mut out =
+        Out::with_capacity(header_len + 12 + rows.len() + exchange.map_or(0, <[u8]>::len));
     out.raw(&body[..header_len]).bytes32(rows);
-    out.0[1] = SECTION_ROWS;
+    if let Some(exchange) = exchange {
+        out.bytes32(exchange);
+    }
+    out.0[1] = SECTION_ROWS | (sections & SECTION_EXCHANGE);
     Ok(out.seal())
 }
 
@@ -264,6 +293,7 @@ pub(crate) mod tests {
                     })
                     .collect(),
             }),
+            exchange: None,
         }
     }
 
@@ -275,6 +305,16 @@ pub(crate) mod tests {
         let mut bare = r.clone();
         bare.rows = None;
         assert_eq!(encode_record(&bare).len(), encoded_record_len(&bare));
+    }
+
+    #[test]
+    fn the_exchange_stamp_round_trips_and_survives_the_logical_projection() {
+        let mut r = sample(7, &[1, 2]);
+        r.exchange = Some(crate::exchange::tests::sample());
+        let full = encode_record(&r);
+        assert_eq!(decode_record(&full).unwrap(), r);
+        let back = decode_record(&project_record(&full, LogKind::Logical).unwrap()).unwrap();
+        assert_eq!((back.pages, back.exchange), (None, r.exchange));
     }
 
     #[test]

@@ -221,7 +221,7 @@ fn skip_value(c: &mut Cursor) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn value(out: &mut Out, v: &SqlValue) {
+pub(crate) fn value(out: &mut Out, v: &SqlValue) {
     match v {
         SqlValue::Null => {
             out.u8(0);
@@ -244,7 +244,7 @@ fn value(out: &mut Out, v: &SqlValue) {
     }
 }
 
-fn read_value(c: &mut Cursor) -> Result<SqlValue, DecodeError> {
+pub(crate) fn read_value(c: &mut Cursor) -> Result<SqlValue, DecodeError> {
     Ok(match c.u8()? {
         0 => SqlValue::Null,
         1 => SqlValue::Integer(c.ivar()?),

@@ -137,6 +137,7 @@ mod tests {
             origin: NodeId::new("n1").unwrap(),
             pages: None,
             rows: Some(Default::default()),
+            exchange: None,
         }))
     }
 

@@ -28,6 +28,7 @@ mod cell;
 mod conflict;
 mod policy;
 mod row;
+mod state_codec;
 mod value_order;
 mod version;
 
@@ -35,6 +36,7 @@ pub use cell::{Cell, Entry};
 pub use conflict::{conflict_id, Conflict, ConflictSide, Winner};
 pub use policy::{ColumnPolicy, DeleteRule, PolicyError, TablePolicies};
 pub use row::{merge_remote, write_local, LocalWrite, MergeError, Merged, RemoteChange, RowState};
+pub use state_codec::{decode_state, encode_key, encode_state, STATE_FORMAT_VERSION};
 pub use value_order::{compare_values, counter_add, counter_delta};
 pub use version::Version;
 

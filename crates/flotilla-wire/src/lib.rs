@@ -35,6 +35,7 @@ pub use record::{
     encoded_record_len, project_record, RECORD_FORMAT_VERSION,
 };
 pub use rows::{
-    decode_rows, encode_rows, split_values, value_bytes, RowsMark, RowsWriter, ROWS_FORMAT_VERSION,
+    decode_rows, decode_value, encode_rows, encode_value, split_values, value_bytes, RowsMark,
+    RowsWriter, ROWS_FORMAT_VERSION,
 };
 pub use snapshot::{SnapshotHeader, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC};

@@ -221,6 +221,16 @@ fn skip_value(c: &mut Cursor) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Encodes one value as the row format lays it out.
+pub fn encode_value(out: &mut Out, v: &SqlValue) {
+    value(out, v)
+}
+
+/// Decodes one value written by [`encode_value`].
+pub fn decode_value(c: &mut Cursor) -> Result<SqlValue, DecodeError> {
+    read_value(c)
+}
+
 pub(crate) fn value(out: &mut Out, v: &SqlValue) {
     match v {
         SqlValue::Null => {

@@ -100,6 +100,10 @@ pub struct LeaderDb {
     /// after the database's position: a cluster's leader counts positions with Raft's own
     /// entries among them.
     pub(crate) internal_lsn: Option<Lsn>,
+    /// Set on a multi-leader node (see [`LeaderDb::enable_multi_leader`]).
+    pub(crate) multi_leader: Option<crate::multi_leader::MultiLeader>,
+    /// The exchange stamp the commit being finished carries (set just before it).
+    pub(crate) pending_exchange: Option<flotilla_types::ExchangeStamp>,
 }
 
 impl LeaderDb {
@@ -183,6 +187,8 @@ impl LeaderDb {
                 size,
                 wrote: false,
                 internal_lsn: None,
+                multi_leader: None,
+                pending_exchange: None,
             },
             created,
         ))
@@ -413,6 +419,15 @@ impl LeaderDb {
                 encoded_rows: Vec::new(),
             });
         }
+        let stamped = self.stamp_local(&encoded_rows, lsn, now_us);
+        match stamped {
+            Ok(stamp) => self.pending_exchange = stamp,
+            Err(e) => {
+                self.capture.forget_shapes();
+                let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
+                return Err(e);
+            }
+        }
         let out =
             self.finish_commit(lsn, epoch, origin, now_us, &digests, encoded_rows, outcomes)?;
         self.pipelines.trims_committed();
@@ -432,6 +447,7 @@ impl LeaderDb {
         outcomes: Vec<RequestOutcome>,
     ) -> Result<CommitOutcome, StoreError> {
         let rules = self.rules.clone();
+        let exchange = self.pending_exchange.take();
         let inline = encoded_rows.len() <= pending_rows::INLINE_MAX_BYTES;
         if !inline {
             if let Err(e) = pending_rows::write(&self.path, lsn, &encoded_rows) {
@@ -492,7 +508,7 @@ impl LeaderDb {
                 origin: origin.clone(),
                 pages: Some(pages),
                 rows: None,
-                exchange: None,
+                exchange,
             }),
             encoded_rows,
         })

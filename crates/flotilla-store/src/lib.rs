@@ -22,6 +22,7 @@ mod leader_pipelines;
 mod leader_recovery;
 mod leader_tokens;
 mod meta;
+mod multi_leader;
 mod open;
 mod params;
 mod pending_rows;
@@ -52,6 +53,9 @@ pub use leader_pipelines::{read_pipelines, StoredPipeline};
 pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};
 pub use leader_tokens::{read_tokens, StoredToken, TokenError, TOKENS_TABLE};
 pub use meta::{read_meta, Meta, META_TABLE};
+pub use multi_leader::{
+    MergeApplyError, MergeOutcome, MultiLeader, CONFLICTS_TABLE, POLICIES_TABLE,
+};
 pub use open::{
     open_reader, DbSettings, Synchronous, DEFAULT_MAX_TRANSACTION_BYTES,
     MAX_TRANSACTION_BYTES_LIMIT,

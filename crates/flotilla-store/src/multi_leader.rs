@@ -1,0 +1,873 @@
+//! Multi-leader replication in the leader's database: the merge state of every row, the version
+//! vector, the hybrid logical clock, the conflicts table, and the two kinds of commit that use
+//! them — a local transaction (stamped for other data centres) and a transaction merged in from
+//! another data centre (one local transaction, conflicts recorded in it).
+//!
+//! Everything here is written in the same SQLite transaction as the rows it concerns, so the
+//! data, its merge state and the version vector never disagree, whatever crash comes.
+
+use crate::leader_db::{CommitOutcome, LeaderDb};
+use crate::StoreError;
+use flotilla_merge::{
+    conflict_id, decode_state, encode_key, encode_state, merge_remote, write_local, ColumnPolicy,
+    Conflict, CustomResolver, DeleteRule, RemoteChange, RowState, TablePolicies, Version,
+};
+use flotilla_types::{
+    CounterBase, DdlKind, Epoch, ExchangeStamp, Hlc, Lsn, NodeId, OriginName, RowItem, RowOp,
+    RowPayload, SchemaChange, SqlValue, TableShape, VersionVector,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+
+/// The table every conflict lands in, on every node (user-visible, queryable with SQL).
+pub const CONFLICTS_TABLE: &str = "flotilla_conflicts";
+/// Conflict policies per table and column; replicated between data centres like data.
+pub const POLICIES_TABLE: &str = "flotilla_policies";
+
+const CREATE_INTERNAL: &str = "
+CREATE TABLE IF NOT EXISTS _flotilla_ml_origin (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    dc TEXT NOT NULL,
+    hlc INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _flotilla_ml_vv (origin TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _flotilla_ml_rows (
+    tbl TEXT NOT NULL,
+    key BLOB NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _flotilla_ml_links (peer TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+const CREATE_CONFLICTS: &str = "CREATE TABLE flotilla_conflicts (
+    id TEXT PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    col TEXT,
+    local_value ANY,
+    local_origin TEXT NOT NULL,
+    local_lsn INTEGER NOT NULL,
+    local_hlc TEXT NOT NULL,
+    remote_value ANY,
+    remote_origin TEXT NOT NULL,
+    remote_lsn INTEGER NOT NULL,
+    remote_hlc TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    winner TEXT NOT NULL,
+    value ANY,
+    resolved INTEGER NOT NULL,
+    resolved_by TEXT
+)";
+
+const CREATE_POLICIES: &str = "CREATE TABLE flotilla_policies (
+    tbl TEXT NOT NULL,
+    col TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    expression TEXT,
+    PRIMARY KEY (tbl, col)
+)";
+
+/// Errors of a merge that the caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeApplyError {
+    /// The transaction depends on changes not applied here yet: apply those first.
+    #[error("waits for {0}")]
+    NotReady(String),
+    /// The origin's clock is too far ahead of this node's.
+    #[error("{origin}'s timestamp is refused: {drift}")]
+    Drift {
+        origin: OriginName,
+        drift: flotilla_types::HlcDrift,
+    },
+    /// The change cannot be merged here (schema differs, malformed): nothing was applied.
+    #[error("{0}")]
+    Unfit(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<crate::leader_pipelines::InternalTooLarge> for MergeApplyError {
+    fn from(e: crate::leader_pipelines::InternalTooLarge) -> Self {
+        MergeApplyError::Unfit(e.0)
+    }
+}
+
+impl From<rusqlite::Error> for MergeApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        MergeApplyError::Store(StoreError::from(e))
+    }
+}
+
+/// What a merged transaction did.
+#[derive(Debug)]
+pub enum MergeOutcome {
+    /// Applied as one local commit.
+    Committed {
+        commit: Box<CommitOutcome>,
+        conflicts: usize,
+    },
+    /// Applied here before (its origin position is in the version vector): nothing done.
+    Duplicate,
+}
+
+/// The multi-leader state of a leader's database: its data centre and clock.
+#[derive(Debug, Clone)]
+pub struct MultiLeader {
+    pub dc: OriginName,
+    pub hlc: Hlc,
+    /// A remote timestamp further ahead of this node's clock is refused.
+    pub max_drift_ms: u64,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Whether changes to this table stay on the node (Flotilla's own, and the conflicts table).
+fn local_only(table: &str) -> bool {
+    let t = table.to_ascii_lowercase();
+    t.starts_with(crate::INTERNAL_PREFIX) || t == CONFLICTS_TABLE
+}
+
+fn to_sql(v: &SqlValue) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(*i),
+        SqlValue::Real(f) => Value::Real(*f),
+        SqlValue::Text(s) => Value::Text(s.clone()),
+        SqlValue::TextBytes(b) => Value::Text(String::from_utf8_lossy(b).into_owned()),
+        SqlValue::Blob(b) => Value::Blob(b.clone()),
+    }
+}
+
+fn from_sql(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => SqlValue::Text(s.to_string()),
+            Err(_) => SqlValue::TextBytes(t.to_vec()),
+        },
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
+
+/// A key as users read it in the conflicts table: its values as a JSON array.
+fn key_json(values: &[&SqlValue]) -> String {
+    let items: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            SqlValue::Null => "null".to_string(),
+            SqlValue::Integer(i) => i.to_string(),
+            SqlValue::Real(f) => format!("{f}"),
+            SqlValue::Text(s) => format!("{s:?}"),
+            SqlValue::TextBytes(b) => format!("{:?}", String::from_utf8_lossy(b)),
+            SqlValue::Blob(b) => format!(
+                "\"x'{}'\"",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ),
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Evaluates `custom` expressions in SQLite: `SELECT (expr) FROM (SELECT ?1 AS local, ?2 AS remote)`.
+struct SqlResolver<'c>(&'c Connection);
+
+impl CustomResolver for SqlResolver<'_> {
+    fn resolve(
+        &mut self,
+        expr: &str,
+        local: &SqlValue,
+        remote: &SqlValue,
+    ) -> Result<SqlValue, String> {
+        let sql = format!("SELECT ({expr}) FROM (SELECT ?1 AS local, ?2 AS remote)");
+        self.0
+            .query_row(&sql, params![to_sql(local), to_sql(remote)], |r| {
+                Ok(from_sql(r.get_ref(0)?))
+            })
+            .map_err(|e| format!("{expr}: {e}"))
+    }
+}
+
+/// The policies of `table` as stored (columns without one: `lww`).
+pub(crate) fn table_policies(
+    conn: &Connection,
+    shape: &TableShape,
+) -> Result<TablePolicies, StoreError> {
+    let mut p = TablePolicies::lww(shape.columns.len());
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT col, policy, expression FROM {POLICIES_TABLE} WHERE tbl = ?1"
+    ))?;
+    let rows = stmt.query_map([&shape.name], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (col, policy, expression) = row?;
+        if col.is_empty() {
+            p.delete = DeleteRule::parse(&policy).unwrap_or_default();
+            continue;
+        }
+        if let Some(i) = shape
+            .columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(&col))
+        {
+            p.columns[i] = ColumnPolicy::parse(&policy, expression.as_deref()).unwrap_or_default();
+        }
+    }
+    Ok(p)
+}
+
+fn load_vv(conn: &Connection) -> Result<VersionVector, StoreError> {
+    let mut vv = VersionVector::new();
+    let mut stmt = conn.prepare_cached("SELECT origin, lsn FROM _flotilla_ml_vv")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (o, l) = row?;
+        let o = OriginName::new(&o).map_err(|e| StoreError::Mismatch(e.to_string()))?;
+        vv.advance(&o, Lsn(l as u64));
+    }
+    Ok(vv)
+}
+
+fn load_state(conn: &Connection, table: &str, key: &[u8]) -> Result<Option<RowState>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT state FROM _flotilla_ml_rows WHERE tbl = ?1 AND key = ?2")?
+        .query_row(params![table, key], |r| r.get(0))
+        .optional()?;
+    bytes
+        .map(|b| {
+            decode_state(&b)
+                .map_err(|e| StoreError::Mismatch(format!("merge state of a row of {table}: {e}")))
+        })
+        .transpose()
+}
+
+fn save_state(
+    conn: &Connection,
+    table: &str,
+    key: &[u8],
+    state: &RowState,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO _flotilla_ml_rows (tbl, key, state) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![table, key, encode_state(state)])?;
+    Ok(())
+}
+
+/// The key values of a change's row and the key as stored.
+fn row_key<'a>(
+    shape: &TableShape,
+    image: &'a [SqlValue],
+) -> Result<(Vec<&'a SqlValue>, Vec<u8>), StoreError> {
+    if shape.keyed_by_rowid() {
+        return Err(StoreError::Refused(format!(
+            "table {} has no PRIMARY KEY: on a multi-leader node every table needs one, and not \
+             an INTEGER one that two data centres would both count up (use a text key such as \
+             id TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16))))",
+            shape.name
+        )));
+    }
+    let values: Vec<&SqlValue> = shape.key.iter().map(|k| &image[*k as usize]).collect();
+    let key = encode_key(values.iter().copied());
+    Ok((values, key))
+}
+
+/// Marks the open conflicts of a column resolved when a write saw both sides of them.
+fn resolve_seen(
+    conn: &Connection,
+    table: &str,
+    key_json: &str,
+    column: &str,
+    by: &Version,
+    deps: Option<&VersionVector>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, local_origin, local_lsn, remote_origin, remote_lsn FROM {CONFLICTS_TABLE} \
+         WHERE tbl = ?1 AND row_key = ?2 AND col = ?3 AND resolved = 0"
+    ))?;
+    let open: Vec<(String, String, i64, String, i64)> = stmt
+        .query_map(params![table, key_json, column], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (id, lo, ll, ro, rl) in open {
+        let seen = |o: &str, l: i64| {
+            deps.is_none_or(|d| OriginName::new(o).is_ok_and(|o| d.covers(&o, Lsn(l as u64))))
+        };
+        if seen(&lo, ll) && seen(&ro, rl) {
+            conn.prepare_cached(&format!(
+                "UPDATE {CONFLICTS_TABLE} SET resolved = 1, resolved_by = ?2 WHERE id = ?1"
+            ))?
+            .execute(params![id, by.to_string()])?;
+        }
+    }
+    Ok(())
+}
+
+impl LeaderDb {
+    /// Makes this database a multi-leader one of data centre `dc` (creating its tables in a
+    /// commit of its own the first time, returned for the log). A database of another data
+    /// centre is refused.
+    pub fn enable_multi_leader(
+        &mut self,
+        dc: &OriginName,
+        max_drift_ms: u64,
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<Option<CommitOutcome>, StoreError> {
+        let rules = self.rules.clone();
+        let known: Option<(String, i64)> = rules.internal(|| {
+            let exists: bool = self.conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_ml_origin'",
+                [],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )?;
+            if !exists {
+                return Ok::<_, rusqlite::Error>(None);
+            }
+            self.conn
+                .query_row("SELECT dc, hlc FROM _flotilla_ml_origin", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+        })?;
+        if let Some((known_dc, hlc)) = known {
+            if known_dc != dc.as_str() {
+                return Err(StoreError::Mismatch(format!(
+                    "this database is data centre {known_dc}'s, not {dc}'s: start with --dc {known_dc}, or from an empty data directory"
+                )));
+            }
+            self.multi_leader = Some(MultiLeader {
+                dc: dc.clone(),
+                hlc: Hlc(hlc as u64),
+                max_drift_ms,
+            });
+            return Ok(None);
+        }
+        let now_ms = now_us / 1000;
+        let dc_name = dc.to_string();
+        let (_, out) = self
+            .internal_commit::<_, MergeApplyError>(
+                "enable multi-leader",
+                epoch,
+                origin,
+                now_us,
+                |db, _| {
+                    db.conn.execute_batch(CREATE_INTERNAL)?;
+                    db.conn.execute(
+                        "INSERT INTO _flotilla_ml_origin (id, dc, hlc) VALUES (1, ?1, ?2)",
+                        params![dc_name, Hlc::ZERO.tick(now_ms).0 as i64],
+                    )?;
+                    for (table, sql) in [
+                        (CONFLICTS_TABLE, CREATE_CONFLICTS),
+                        (POLICIES_TABLE, CREATE_POLICIES),
+                    ] {
+                        db.conn.execute_batch(sql)?;
+                        db.capture.schema_changed(SchemaChange {
+                            kind: DdlKind::CreateTable,
+                            table: table.to_string(),
+                            sql: sql.to_string(),
+                        });
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
+        self.multi_leader = Some(MultiLeader {
+            dc: dc.clone(),
+            hlc: Hlc::ZERO.tick(now_ms),
+            max_drift_ms,
+        });
+        Ok(Some(out))
+    }
+
+    pub fn multi_leader(&self) -> Option<&MultiLeader> {
+        self.multi_leader.as_ref()
+    }
+
+    /// This replica's version vector.
+    pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
+        self.rules.internal(|| load_vv(&self.conn))
+    }
+
+    /// How far this node has read `peer`'s log (0: not yet).
+    pub fn link_position(&self, peer: &OriginName) -> Result<Lsn, StoreError> {
+        let l: Option<i64> = self.rules.internal(|| {
+            self.conn
+                .query_row(
+                    "SELECT lsn FROM _flotilla_ml_links WHERE peer = ?1",
+                    [peer.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+        })?;
+        Ok(Lsn(l.unwrap_or(0) as u64))
+    }
+
+    /// Records the merge state of a local transaction's row changes (in the open transaction,
+    /// before its commit) and returns its stamp for other data centres. `None` on a node that
+    /// is not multi-leader, or a transaction that changed no replicated row.
+    pub(crate) fn stamp_local(
+        &mut self,
+        encoded_rows: &[u8],
+        lsn: Lsn,
+        now_us: u64,
+    ) -> Result<Option<flotilla_types::ExchangeStamp>, StoreError> {
+        let Some(ml) = self.multi_leader.clone() else {
+            return Ok(None);
+        };
+        let payload = flotilla_wire::decode_rows(encoded_rows)
+            .map_err(|e| StoreError::Capture(format!("the transaction's own row changes: {e}")))?;
+        let replicated = payload.items.iter().any(|i| match i {
+            RowItem::Change(c) => !local_only(&payload.shape(c).name),
+            RowItem::Schema(s) => !local_only(&s.table),
+        });
+        if !replicated {
+            return Ok(None);
+        }
+        let hlc = ml.hlc.tick(now_us / 1000);
+        let version = Version {
+            hlc,
+            origin: ml.dc.clone(),
+            lsn,
+        };
+        let conn = &self.conn;
+        let stamp = self
+            .rules
+            .internal(|| -> Result<ExchangeStamp, StoreError> {
+                let deps = load_vv(conn)?;
+                let mut counter_bases = Vec::new();
+                let mut policies: HashMap<String, TablePolicies> = HashMap::new();
+                for (item, it) in payload.items.iter().enumerate() {
+                    let RowItem::Change(c) = it else { continue };
+                    let shape = payload.shape(c);
+                    if local_only(&shape.name) {
+                        continue;
+                    }
+                    let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
+                    let (key_values, key) = row_key(shape, image)?;
+                    if !policies.contains_key(&shape.name) {
+                        policies.insert(shape.name.clone(), table_policies(conn, shape)?);
+                    }
+                    let p = &policies[&shape.name];
+                    let state = load_state(conn, &shape.name, &key)?;
+                    let w = write_local(
+                        state,
+                        c.op,
+                        c.before.as_deref(),
+                        c.after.as_deref(),
+                        &version,
+                        p,
+                    );
+                    for (column, value) in w.counter_bases {
+                        counter_bases.push(CounterBase {
+                            item: item as u32,
+                            column: column as u16,
+                            value,
+                        });
+                    }
+                    save_state(conn, &shape.name, &key, &w.state)?;
+                    // A write made here saw every open conflict of the columns it wrote.
+                    if c.op != RowOp::Delete {
+                        let kj = key_json(&key_values);
+                        for (i, col) in shape.columns.iter().enumerate() {
+                            let changed = c
+                                .before
+                                .as_ref()
+                                .is_none_or(|b| b[i] != c.after.as_ref().expect("after")[i]);
+                            if changed {
+                                resolve_seen(conn, &shape.name, &kj, col, &version, None)?;
+                            }
+                        }
+                    }
+                }
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
+                )?
+                .execute(params![ml.dc.as_str(), lsn.0 as i64])?;
+                conn.prepare_cached("UPDATE _flotilla_ml_origin SET hlc = ?1")?
+                    .execute([hlc.0 as i64])?;
+                Ok(ExchangeStamp {
+                    origin: ml.dc.clone(),
+                    origin_lsn: lsn,
+                    hlc,
+                    deps,
+                    counter_bases,
+                    original: None,
+                })
+            })?;
+        if let Some(m) = self.multi_leader.as_mut() {
+            m.hlc = hlc;
+        }
+        Ok(Some(stamp))
+    }
+}
+
+/// SQL to read, write and delete a table's rows by key.
+struct TableSql {
+    select: String,
+    upsert: String,
+    delete: String,
+}
+
+impl TableSql {
+    fn new(shape: &TableShape) -> TableSql {
+        let t = quote(&shape.name);
+        let cols: Vec<String> = shape.columns.iter().map(|c| quote(c)).collect();
+        let keys: Vec<usize> = shape.key.iter().map(|k| *k as usize).collect();
+        let key_where = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} IS ?{}", cols[*k], i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let placeholders = (1..=cols.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sets: Vec<String> = (0..cols.len())
+            .filter(|i| !keys.contains(i))
+            .map(|i| format!("{c} = excluded.{c}", c = cols[i]))
+            .collect();
+        let key_cols = keys
+            .iter()
+            .map(|k| cols[*k].clone())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let on_conflict = if sets.is_empty() {
+            format!("ON CONFLICT ({key_cols}) DO NOTHING")
+        } else {
+            format!("ON CONFLICT ({key_cols}) DO UPDATE SET {}", sets.join(", "))
+        };
+        TableSql {
+            select: format!("SELECT {} FROM {t} WHERE {key_where}", cols.join(", ")),
+            upsert: format!(
+                "INSERT INTO {t} ({}) VALUES ({placeholders}) {on_conflict}",
+                cols.join(", ")
+            ),
+            delete: format!("DELETE FROM {t} WHERE {key_where}"),
+        }
+    }
+}
+
+/// Runs a schema change that came from another data centre. Creating what exists already in
+/// the same form is a no-op (two data centres may create the same table); anything else
+/// that does not fit is refused, the whole transaction with it.
+fn apply_remote_schema(db: &mut LeaderDb, s: &SchemaChange) -> Result<(), MergeApplyError> {
+    if local_only(&s.table) {
+        return Ok(());
+    }
+    match s.kind {
+        DdlKind::CreateTable | DdlKind::CreateIndex => {
+            let name = create_target(&s.sql).unwrap_or_else(|| s.table.clone());
+            let existing: Option<String> = db
+                .conn
+                .query_row(
+                    "SELECT sql FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match existing {
+                Some(sql) if normalise(&sql) == normalise(&s.sql) => return Ok(()),
+                Some(sql) => {
+                    return Err(MergeApplyError::Unfit(format!(
+                        "{name} exists here in another form ({sql}) than the one that arrived ({})",
+                        s.sql
+                    )))
+                }
+                None => {}
+            }
+        }
+        DdlKind::AlterTable => {}
+        other => {
+            return Err(MergeApplyError::Unfit(format!(
+                "a {} ({}) cannot be merged between data centres",
+                other.as_str(),
+                s.sql
+            )))
+        }
+    }
+    match db.conn.execute_batch(&s.sql) {
+        Ok(()) => {}
+        // The same column added on both sides.
+        Err(e)
+            if s.kind == DdlKind::AlterTable && e.to_string().contains("duplicate column name") =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(MergeApplyError::Unfit(format!("{}: {e}", s.sql))),
+    }
+    db.capture.forget_shapes();
+    db.capture.schema_changed(s.clone());
+    Ok(())
+}
+
+fn normalise(sql: &str) -> String {
+    sql.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase()
+}
+
+/// The name a `CREATE TABLE` / `CREATE INDEX` statement creates.
+fn create_target(sql: &str) -> Option<String> {
+    let words: Vec<&str> = sql
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut i = words
+        .iter()
+        .position(|w| w.eq_ignore_ascii_case("table") || w.eq_ignore_ascii_case("index"))?
+        + 1;
+    if words.get(i).is_some_and(|w| w.eq_ignore_ascii_case("if")) {
+        i += 3;
+    }
+    let name = words.get(i)?;
+    let name = name.rsplit('.').next().unwrap_or(name);
+    Some(
+        name.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']')
+            .to_string(),
+    )
+}
+
+impl LeaderDb {
+    /// Merges a transaction from another data centre (`changes`, stamped `stamp`, read at
+    /// `peer_lsn` of `peer`'s log) as one local commit: the rows it changes here, their merge
+    /// state, the conflicts it met, the version vector and the link position, all together.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_merge(
+        &mut self,
+        stamp: &ExchangeStamp,
+        changes: &RowPayload,
+        peer: &OriginName,
+        peer_lsn: Lsn,
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<MergeOutcome, MergeApplyError> {
+        let Some(ml) = self.multi_leader.clone() else {
+            return Err(MergeApplyError::Unfit(
+                "this node is not a multi-leader one (no --dc)".into(),
+            ));
+        };
+        if stamp.origin == ml.dc {
+            return Ok(MergeOutcome::Duplicate);
+        }
+        let vv = self.version_vector()?;
+        if vv.covers(&stamp.origin, stamp.origin_lsn) {
+            return Ok(MergeOutcome::Duplicate);
+        }
+        if !vv.dominates(&stamp.deps) {
+            let missing: Vec<String> = vv
+                .missing(&stamp.deps)
+                .map(|(o, l)| format!("{o} up to {l}"))
+                .collect();
+            return Err(MergeApplyError::NotReady(missing.join(", ")));
+        }
+        let hlc = ml
+            .hlc
+            .receive(stamp.hlc, now_us / 1000, ml.max_drift_ms)
+            .map_err(|drift| MergeApplyError::Drift {
+                origin: stamp.origin.clone(),
+                drift,
+            })?;
+        let version = Version {
+            hlc: stamp.hlc,
+            origin: stamp.origin.clone(),
+            lsn: stamp.origin_lsn,
+        };
+        let what = format!("merge {}/{}", stamp.origin, stamp.origin_lsn);
+        let (conflicts, out) =
+            self.internal_commit::<_, MergeApplyError>(&what, epoch, origin, now_us, |db, _| {
+                let mut conflicts = 0;
+                let mut policies: HashMap<String, TablePolicies> = HashMap::new();
+                for (item, it) in changes.items.iter().enumerate() {
+                    match it {
+                        RowItem::Schema(s) => apply_remote_schema(db, s)?,
+                        RowItem::Change(c) => {
+                            let shape = changes.shape(c);
+                            if local_only(&shape.name) {
+                                continue;
+                            }
+                            if !policies.contains_key(&shape.name) {
+                                policies
+                                    .insert(shape.name.clone(), table_policies(&db.conn, shape)?);
+                            }
+                            let bases: Vec<(usize, SqlValue)> = stamp
+                                .counter_bases
+                                .iter()
+                                .filter(|b| b.item as usize == item)
+                                .map(|b| (b.column as usize, b.value.clone()))
+                                .collect();
+                            conflicts += merge_change(
+                                db,
+                                shape,
+                                c,
+                                &bases,
+                                &version,
+                                &stamp.deps,
+                                &policies[&shape.name],
+                            )?;
+                        }
+                    }
+                }
+                db.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![stamp.origin.as_str(), stamp.origin_lsn.0 as i64])?;
+                db.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO _flotilla_ml_links (peer, lsn) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![peer.as_str(), peer_lsn.0 as i64])?;
+                db.conn
+                    .prepare_cached("UPDATE _flotilla_ml_origin SET hlc = ?1")?
+                    .execute([hlc.0 as i64])?;
+                let mut passed_on = stamp.clone();
+                passed_on.original = Some(changes.clone());
+                db.pending_exchange = Some(passed_on);
+                Ok(conflicts)
+            })?;
+        if let Some(m) = self.multi_leader.as_mut() {
+            m.hlc = hlc;
+        }
+        Ok(MergeOutcome::Committed {
+            commit: Box::new(out),
+            conflicts,
+        })
+    }
+}
+
+/// Merges one row change into the table, its merge state and the conflicts table. Returns the
+/// number of conflicts recorded.
+#[allow(clippy::too_many_arguments)]
+fn merge_change(
+    db: &mut LeaderDb,
+    shape: &TableShape,
+    c: &flotilla_types::RowChange,
+    counter_bases: &[(usize, SqlValue)],
+    version: &Version,
+    deps: &VersionVector,
+    policies: &TablePolicies,
+) -> Result<usize, MergeApplyError> {
+    let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
+    let (key_values, key) =
+        row_key(shape, image).map_err(|e| MergeApplyError::Unfit(e.to_string()))?;
+    let sql = TableSql::new(shape);
+    let key_params: Vec<rusqlite::types::Value> = key_values.iter().map(|v| to_sql(v)).collect();
+    let here: Option<Vec<SqlValue>> = db
+        .conn
+        .prepare_cached(&sql.select)
+        .map_err(|e| {
+            MergeApplyError::Unfit(format!(
+                "table {} does not fit the change here: {e}",
+                shape.name
+            ))
+        })?
+        .query_row(rusqlite::params_from_iter(key_params.iter()), |r| {
+            (0..shape.columns.len())
+                .map(|i| Ok(from_sql(r.get_ref(i)?)))
+                .collect()
+        })
+        .optional()?;
+    let state = match load_state(&db.conn, &shape.name, &key)? {
+        Some(s) => Some(s),
+        // A row that was here before the table had merge state.
+        None => here.as_deref().map(RowState::settled),
+    };
+    let rule = policies.delete;
+    let merged = merge_remote(
+        state,
+        RemoteChange {
+            op: c.op,
+            before: c.before.as_deref(),
+            after: c.after.as_deref(),
+            counter_bases,
+        },
+        version,
+        deps,
+        policies,
+        &mut SqlResolver(&db.conn),
+    )
+    .map_err(|e| MergeApplyError::Unfit(format!("{} in {}: {e}", c.op.as_str(), shape.name)))?;
+    let now_alive = merged.state.alive(rule);
+    let values = merged.state.values();
+    if now_alive && here.as_ref() != Some(&values) {
+        let args: Vec<rusqlite::types::Value> = values.iter().map(to_sql).collect();
+        db.conn
+            .prepare_cached(&sql.upsert)?
+            .execute(rusqlite::params_from_iter(args.iter()))?;
+    } else if !now_alive && here.is_some() {
+        db.conn
+            .prepare_cached(&sql.delete)?
+            .execute(rusqlite::params_from_iter(key_params.iter()))?;
+    }
+    db.capture.statement_done(&db.conn)?;
+    save_state(&db.conn, &shape.name, &key, &merged.state)?;
+    let kj = key_json(&key_values);
+    for conflict in &merged.conflicts {
+        record_conflict(&db.conn, shape, &key, &kj, conflict)?;
+    }
+    if !merged.conflicts.is_empty() {
+        db.capture.statement_done(&db.conn)?;
+    }
+    if let (Some(before), Some(after)) = (c.before.as_deref(), c.after.as_deref()) {
+        for (i, col) in shape.columns.iter().enumerate() {
+            if before[i] != after[i] {
+                resolve_seen(&db.conn, &shape.name, &kj, col, version, Some(deps))?;
+            }
+        }
+        db.capture.statement_done(&db.conn)?;
+    }
+    Ok(merged.conflicts.len())
+}
+
+fn record_conflict(
+    conn: &Connection,
+    shape: &TableShape,
+    key: &[u8],
+    key_json: &str,
+    c: &Conflict,
+) -> Result<(), StoreError> {
+    let col = c.column.map(|i| shape.columns[i].as_str());
+    let id = conflict_id(&shape.name, key, col, &c.local.version, &c.remote.version);
+    let v = |x: &Option<SqlValue>| x.as_ref().map_or(rusqlite::types::Value::Null, to_sql);
+    conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {CONFLICTS_TABLE} (id, tbl, row_key, col, local_value, local_origin, \
+         local_lsn, local_hlc, remote_value, remote_origin, remote_lsn, remote_hlc, policy, winner, \
+         value, resolved) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+    ))?
+    .execute(params![
+        id,
+        shape.name,
+        key_json,
+        col,
+        v(&c.local.value),
+        c.local.version.origin.as_str(),
+        c.local.version.lsn.0 as i64,
+        c.local.version.hlc.to_string(),
+        v(&c.remote.value),
+        c.remote.version.origin.as_str(),
+        c.remote.version.lsn.0 as i64,
+        c.remote.version.hlc.to_string(),
+        c.policy,
+        c.winner.name(),
+        v(&c.value),
+        !c.open,
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! Two data-centre leaders in one process exchange their transactions through the merge
+//! commit: both converge, conflicts are recorded on both sides under the same id, counters
+//! add up, a delete racing an update follows the table's rule, schema changes travel.
+
+mod common;
+
+use flotilla_store::*;
+use flotilla_types::{Epoch, ExchangeStamp, Lsn, NodeId, OriginName, RowPayload};
+use rusqlite::Connection;
+use std::path::PathBuf;
+
+struct Dc {
+    name: OriginName,
+    db: LeaderDb,
+    path: PathBuf,
+    node: NodeId,
+    now_us: u64,
+    /// Its transactions, as another data centre receives them.
+    out: Vec<(Lsn, ExchangeStamp, RowPayload)>,
+}
+
+impl Dc {
+    fn open(dir: &std::path::Path, name: &str) -> Dc {
+        let path = dir.join(format!("{name}.db"));
+        let (mut db, _) =
+            LeaderDb::open(&path, &DbSettings::default(), || "ab".repeat(16)).unwrap();
+        let node = NodeId::new(&format!("{name}-1")).unwrap();
+        db.uncaptured(Lsn(0), &node).unwrap();
+        let dc = OriginName::new(name).unwrap();
+        let enabled = db
+            .enable_multi_leader(&dc, 60_000, Epoch(1), &node, 1_000_000)
+            .unwrap();
+        assert!(enabled.is_some(), "the first enable makes the tables");
+        Dc {
+            name: dc,
+            db,
+            path,
+            node,
+            now_us: 2_000_000,
+            out: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.now_us += 1_000;
+        self.now_us
+    }
+
+    fn sql(&mut self, statements: &[&str]) {
+        let req = common::req(&statements.iter().map(|s| (*s, vec![])).collect::<Vec<_>>());
+        let now = self.tick();
+        let out = self
+            .db
+            .commit_batch(&[req], Epoch(1), &self.node, now)
+            .unwrap();
+        match &out.outcomes[0] {
+            RequestOutcome::Committed(_) => {}
+            other => panic!("{statements:?}: {other:?}"),
+        }
+        self.keep(&out);
+    }
+
+    fn keep(&mut self, out: &CommitOutcome) {
+        let rec = out.record.as_ref().expect("committed");
+        let stamp = rec.exchange.clone().expect("stamped");
+        let rows = stamp
+            .original
+            .clone()
+            .unwrap_or_else(|| flotilla_wire::decode_rows(&out.encoded_rows).unwrap());
+        self.out.push((rec.lsn, stamp, rows));
+    }
+
+    /// Merges everything `from` committed that this one has not merged yet.
+    fn pull(&mut self, from: &Dc) -> usize {
+        let mut conflicts = 0;
+        let start = self.db.link_position(&from.name).unwrap();
+        for (lsn, stamp, rows) in from.out.iter().filter(|(l, _, _)| *l > start) {
+            let now = self.tick();
+            match self
+                .db
+                .commit_merge(stamp, rows, &from.name, *lsn, Epoch(1), &self.node, now)
+                .unwrap()
+            {
+                MergeOutcome::Committed {
+                    conflicts: n,
+                    commit,
+                } => {
+                    conflicts += n;
+                    let rec = commit.record.as_ref().unwrap();
+                    assert_eq!(
+                        rec.exchange.as_ref().unwrap().origin,
+                        from.name,
+                        "passed on with its origin"
+                    );
+                }
+                MergeOutcome::Duplicate => {}
+            }
+        }
+        conflicts
+    }
+
+    fn read(&self, sql: &str) -> Vec<String> {
+        let c = Connection::open(&self.path).unwrap();
+        let mut s = c.prepare(sql).unwrap();
+        let n = s.column_count();
+        s.query_map([], |r| {
+            Ok((0..n)
+                .map(|i| match r.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Text(t) => {
+                        format!("Text({:?})", String::from_utf8_lossy(t))
+                    }
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+}
+
+#[test]
+fn two_data_centres_converge_and_record_their_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+
+    eu.sql(&[
+        "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER NOT NULL DEFAULT 0)",
+    ]);
+    eu.sql(&["INSERT INTO flotilla_policies VALUES ('items', 'qty', 'counter', NULL)"]);
+    eu.sql(&["INSERT INTO items VALUES ('a', 'apple', 10), ('b', 'pear', 1)"]);
+    assert_eq!(us.pull(&eu), 0);
+    assert_eq!(
+        eu.read("SELECT * FROM items ORDER BY id"),
+        us.read("SELECT * FROM items ORDER BY id")
+    );
+
+    // Concurrently: both rename `a` and add to its quantity; eu deletes `b` while us renames it.
+    eu.sql(&[
+        "UPDATE items SET name = 'green apple', qty = qty + 5 WHERE id = 'a'",
+        "DELETE FROM items WHERE id = 'b'",
+    ]);
+    us.sql(&[
+        "UPDATE items SET name = 'red apple', qty = qty + 2 WHERE id = 'a'",
+        "UPDATE items SET name = 'nashi' WHERE id = 'b'",
+    ]);
+    us.sql(&["INSERT INTO items VALUES ('c', 'cherry', 3)"]);
+    let at_us = us.pull(&eu);
+    let at_eu = eu.pull(&us);
+    assert!(
+        at_us >= 3 && at_eu >= 3,
+        "name, qty and the row of b: {at_us} {at_eu}"
+    );
+
+    let items = "SELECT id, name, qty FROM items ORDER BY id";
+    assert_eq!(eu.read(items), us.read(items), "converged");
+    let rows = eu.read(items);
+    // us wrote later (its clock is ahead by its extra commit), so its name wins; 10 + 5 + 2.
+    assert_eq!(
+        rows[0], "Text(\"a\")|Text(\"red apple\")|Integer(17)",
+        "{rows:?}"
+    );
+    assert!(
+        !rows.iter().any(|r| r.contains("\"b\"")),
+        "delete wins by default: {rows:?}"
+    );
+    assert!(rows.iter().any(|r| r.contains("cherry")));
+
+    // Every conflict is a row, with the same id on both sides.
+    let q = "SELECT id, tbl, row_key, coalesce(col, '(row)'), policy, resolved FROM flotilla_conflicts ORDER BY id";
+    let (ce, cu) = (eu.read(q), us.read(q));
+    assert_eq!(ce, cu, "the same conflicts under the same ids");
+    assert!(ce.iter().any(|r| r.contains("\"counter\"")), "{ce:?}");
+    assert!(
+        ce.iter()
+            .any(|r| r.contains("\"(row)\"") && r.contains("delete-wins")),
+        "{ce:?}"
+    );
+
+    // A merged transaction is not merged twice.
+    assert_eq!(us.pull(&eu), 0);
+    let before = us.read(items);
+    let (lsn, stamp, rows) = eu.out.last().cloned().unwrap();
+    let now = us.tick();
+    assert!(matches!(
+        us.db
+            .commit_merge(&stamp, &rows, &eu.name, lsn, Epoch(1), &us.node, now)
+            .unwrap(),
+        MergeOutcome::Duplicate
+    ));
+    assert_eq!(us.read(items), before);
+}
+
+#[test]
+fn schema_changes_travel_and_unfit_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&["CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)"]);
+    eu.sql(&["INSERT INTO notes VALUES ('n1', 'hello')"]);
+    us.pull(&eu);
+    eu.sql(&["ALTER TABLE notes ADD COLUMN stars INTEGER NOT NULL DEFAULT 0"]);
+    eu.sql(&["UPDATE notes SET stars = 3"]);
+    us.pull(&eu);
+    assert_eq!(
+        us.read("SELECT id, body, stars FROM notes"),
+        vec!["Text(\"n1\")|Text(\"hello\")|Integer(3)"]
+    );
+
+    // A table without a primary key cannot take writes on a multi-leader node.
+    eu.sql(&["CREATE TABLE loose (x)"]);
+    let req = common::req(&[("INSERT INTO loose VALUES (1)", vec![])]);
+    let err = eu
+        .db
+        .commit_batch(&[req], Epoch(1), &eu.node.clone(), 9_000_000)
+        .unwrap_err();
+    assert!(err.to_string().contains("PRIMARY KEY"), "{err}");
+
+    // Reopening as another data centre is refused.
+    drop(us);
+    let (mut db, _) = LeaderDb::open(
+        &dir.path().join("us.db"),
+        &DbSettings::default(),
+        || unreachable!(),
+    )
+    .unwrap();
+    let node = NodeId::new("x").unwrap();
+    db.uncaptured(Lsn(0), &node).ok();
+    let err = db
+        .enable_multi_leader(&OriginName::new("asia").unwrap(), 1000, Epoch(1), &node, 1)
+        .unwrap_err();
+    assert!(err.to_string().contains("data centre us"), "{err}");
+}

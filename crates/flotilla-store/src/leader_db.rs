@@ -238,6 +238,9 @@ impl LeaderDb {
                 ))
             })?,
         };
+        let exchange = self
+            .rules
+            .internal(|| crate::multi_leader::read_last_stamp(&self.conn, meta.position.lsn))?;
         Ok(vec![(
             LogRecord {
                 epoch: meta.position.epoch,
@@ -248,7 +251,7 @@ impl LeaderDb {
                 origin: origin.clone(),
                 pages: Some(in_wal[in_wal.len() - 1].clone()),
                 rows: None,
-                exchange: None,
+                exchange,
             },
             rows,
         )])

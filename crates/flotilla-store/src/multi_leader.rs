@@ -28,7 +28,10 @@ const CREATE_INTERNAL: &str = "
 CREATE TABLE IF NOT EXISTS _flotilla_ml_origin (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     dc TEXT NOT NULL,
-    hlc INTEGER NOT NULL
+    hlc INTEGER NOT NULL,
+    -- The newest commit's stamp: re-attached to the commit if a crash keeps it from the log.
+    last_lsn INTEGER NOT NULL DEFAULT 0,
+    last_stamp BLOB
 );
 CREATE TABLE IF NOT EXISTS _flotilla_ml_vv (origin TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _flotilla_ml_rows (
@@ -225,6 +228,50 @@ pub(crate) fn table_policies(
         }
     }
     Ok(p)
+}
+
+/// Keeps the commit's stamp (and the clock) beside it, in the same transaction.
+fn remember_stamp(
+    conn: &Connection,
+    lsn: Lsn,
+    hlc: Hlc,
+    stamp: &ExchangeStamp,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE _flotilla_ml_origin SET hlc = ?1, last_lsn = ?2, last_stamp = ?3")?
+        .execute(params![
+            hlc.0 as i64,
+            lsn.0 as i64,
+            flotilla_wire::encode_exchange(stamp)
+        ])?;
+    Ok(())
+}
+
+/// The stamp of the commit at `lsn`, if it was the newest stamped one (crash recovery).
+pub(crate) fn read_last_stamp(
+    conn: &Connection,
+    lsn: Lsn,
+) -> Result<Option<ExchangeStamp>, StoreError> {
+    let exists: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_ml_origin'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(None);
+    }
+    let found: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT last_stamp FROM _flotilla_ml_origin WHERE last_lsn = ?1 AND last_stamp IS NOT NULL",
+            [lsn.0 as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    found
+        .map(|b| {
+            flotilla_wire::decode_exchange(&b)
+                .map_err(|e| StoreError::Mismatch(format!("the stamp of lsn {lsn}: {e}")))
+        })
+        .transpose()
 }
 
 fn load_vv(conn: &Connection) -> Result<VersionVector, StoreError> {
@@ -497,16 +544,16 @@ impl LeaderDb {
                     "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
                 )?
                 .execute(params![ml.dc.as_str(), lsn.0 as i64])?;
-                conn.prepare_cached("UPDATE _flotilla_ml_origin SET hlc = ?1")?
-                    .execute([hlc.0 as i64])?;
-                Ok(ExchangeStamp {
+                let stamp = ExchangeStamp {
                     origin: ml.dc.clone(),
                     origin_lsn: lsn,
                     hlc,
                     deps,
                     counter_bases,
                     original: None,
-                })
+                };
+                remember_stamp(conn, lsn, hlc, &stamp)?;
+                Ok(stamp)
             })?;
         if let Some(m) = self.multi_leader.as_mut() {
             m.hlc = hlc;
@@ -691,7 +738,7 @@ impl LeaderDb {
         };
         let what = format!("merge {}/{}", stamp.origin, stamp.origin_lsn);
         let (conflicts, out) =
-            self.internal_commit::<_, MergeApplyError>(&what, epoch, origin, now_us, |db, _| {
+            self.internal_commit::<_, MergeApplyError>(&what, epoch, origin, now_us, |db, lsn| {
                 let mut conflicts = 0;
                 let mut policies: HashMap<String, TablePolicies> = HashMap::new();
                 for (item, it) in changes.items.iter().enumerate() {
@@ -734,11 +781,9 @@ impl LeaderDb {
                         "INSERT OR REPLACE INTO _flotilla_ml_links (peer, lsn) VALUES (?1, ?2)",
                     )?
                     .execute(params![peer.as_str(), peer_lsn.0 as i64])?;
-                db.conn
-                    .prepare_cached("UPDATE _flotilla_ml_origin SET hlc = ?1")?
-                    .execute([hlc.0 as i64])?;
                 let mut passed_on = stamp.clone();
                 passed_on.original = Some(changes.clone());
+                remember_stamp(&db.conn, lsn, hlc, &passed_on)?;
                 db.pending_exchange = Some(passed_on);
                 Ok(conflicts)
             })?;

@@ -191,6 +191,29 @@ fn two_data_centres_converge_and_record_their_conflicts() {
         MergeOutcome::Duplicate
     ));
     assert_eq!(us.read(items), before);
+
+    // A crash between the commit and its log append: the commit is re-created from the
+    // database with its stamp, so other data centres still get it.
+    let path = us.path.clone();
+    let last = us.db.meta().position.lsn;
+    // A crash: the writer's connection is never closed (closing would checkpoint the WAL).
+    std::mem::forget(us);
+    let (mut db, _) = LeaderDb::open(&path, &DbSettings::default(), || unreachable!()).unwrap();
+    let records = db
+        .uncaptured(Lsn(last.0 - 1), &NodeId::new("us-1").unwrap())
+        .unwrap();
+    let rec = &records.last().expect("re-created").0;
+    assert_eq!(rec.lsn, last);
+    let stamp = rec
+        .exchange
+        .as_ref()
+        .expect("the re-created commit keeps its stamp");
+    assert_eq!(
+        stamp.origin,
+        OriginName::new("eu").unwrap(),
+        "the last commit merged eu's"
+    );
+    assert!(stamp.original.is_some());
 }
 
 #[test]

@@ -33,6 +33,21 @@ pub struct ServeArgs {
     /// learner, copies the data, and can then be made a voter (flotilla cluster add-voter).
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
+    /// Multi-leader: this node leads data centre NAME and takes writes while the other data
+    /// centres' leaders do too (see docs/multi-leader.md).
+    #[arg(long, value_name = "NAME")]
+    dc: Option<String>,
+    /// Multi-leader: another data centre's leader to exchange changes with, NAME=HOST:PORT
+    /// (repeatable).
+    #[arg(long, value_name = "NAME=HOST:PORT")]
+    peer_dc: Vec<String>,
+    /// Multi-leader: all-to-all (default; each takes from every peer the changes made there),
+    /// star or ring (changes are passed on).
+    #[arg(long, value_name = "TOPOLOGY")]
+    exchange_topology: Option<String>,
+    /// Multi-leader: refuse changes stamped further ahead of this node's clock [default: 60000].
+    #[arg(long, value_name = "MS")]
+    max_clock_drift_ms: Option<u64>,
     /// Cluster member: start an election after this long without a leader (to twice as long,
     /// at random) [default: 1000].
     #[arg(long, value_name = "MS")]
@@ -119,8 +134,14 @@ pub async fn run(a: ServeArgs, tls_ca: Option<PathBuf>) -> anyhow::Result<()> {
         conflict_policy,
         replication_token,
         cluster_secret,
-        page_size
+        page_size,
+        dc,
+        exchange_topology,
+        max_clock_drift_ms
     );
+    if !a.peer_dc.is_empty() {
+        file.peer_dc = Some(a.peer_dc.clone());
+    }
     if !a.cluster.is_empty() {
         file.cluster = Some(a.cluster.clone());
     }

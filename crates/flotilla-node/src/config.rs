@@ -57,6 +57,19 @@ pub struct ConfigFile {
     /// The secret a cluster's members share when authentication is on: they present it to
     /// each other (consensus messages, copies of the database, joining).
     pub cluster_secret: Option<String>,
+    /// Multi-leader: this node leads data centre NAME (and takes writes while the others do
+    /// too); see docs/multi-leader.md.
+    pub dc: Option<String>,
+    /// Multi-leader: the leaders of the other data centres this one exchanges with,
+    /// `NAME=URL` each.
+    pub peer_dc: Option<Vec<String>>,
+    /// Multi-leader: `all-to-all` (default: each data centre takes from every other only the
+    /// changes made there), `star` or `ring` (changes are passed on: each takes from its
+    /// peers everything it lacks).
+    pub exchange_topology: Option<String>,
+    /// Multi-leader: a change stamped further ahead of this node's clock is refused (it would
+    /// win every later conflict). Default 60000.
+    pub max_clock_drift_ms: Option<u64>,
     /// `log = "logical"`, or a `[log]` section (which may hold `kind = "logical"`).
     #[serde(default)]
     pub log: LogSection,
@@ -354,10 +367,45 @@ pub struct NodeConfig {
     pub pipelines: Vec<flotilla_types::PipelineSpec>,
     /// Where pipelines may deliver (the config's list, or the defaults).
     pub pipeline_allow: Vec<crate::pipeline::allow::Allowed>,
+    /// Multi-leader: this node's data centre and its peers.
+    pub multi_leader: Option<MultiLeaderConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MultiLeaderConfig {
+    pub dc: flotilla_types::OriginName,
+    pub peers: Vec<(flotilla_types::OriginName, String)>,
+    pub topology: ExchangeTopology,
+    pub max_clock_drift_ms: u64,
+}
+
+/// How data centres pass changes on (see [`ConfigFile::exchange_topology`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeTopology {
+    AllToAll,
+    Star,
+    Ring,
+}
+
+impl ExchangeTopology {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeTopology::AllToAll => "all-to-all",
+            ExchangeTopology::Star => "star",
+            ExchangeTopology::Ring => "ring",
+        }
+    }
+
+    /// Whether a data centre passes on changes made elsewhere than at the peer it takes
+    /// them from.
+    pub fn forwards(self) -> bool {
+        self != ExchangeTopology::AllToAll
+    }
 }
 
 impl ConfigFile {
     pub fn validate(self) -> Result<NodeConfig, ConfigError> {
+        let multi_leader = self.multi_leader_config()?;
         let id = self
             .id
             .ok_or_else(|| invalid("id", "missing: give --id or `id = ...`"))?;
@@ -730,7 +778,16 @@ impl ConfigFile {
                 return Err(invalid(key, "must be between 10 and 3600000 (one hour)"));
             }
         }
+        if multi_leader.is_some() && (cluster.is_some() || join.is_some() || follow.is_some()) {
+            return Err(invalid(
+                "dc",
+                "a data centre's leader (--dc) runs as a single leader in this version: it \
+                 cannot also be a cluster member (--cluster, --join) or a follower (--follow); \
+                 its followers follow it as usual",
+            ));
+        }
         Ok(NodeConfig {
+            multi_leader,
             id,
             data_dir,
             listen,
@@ -771,6 +828,69 @@ impl ConfigFile {
 
 /// A cluster member's URL: `http(s)://host:port` and nothing more (no credentials, path or
 /// query: members dial each other's endpoints under it, and it is shown in status).
+impl ConfigFile {
+    fn multi_leader_config(&self) -> Result<Option<MultiLeaderConfig>, ConfigError> {
+        let Some(dc) = &self.dc else {
+            if self.peer_dc.is_some() || self.exchange_topology.is_some() {
+                return Err(invalid(
+                    "peer-dc",
+                    "peer data centres are only exchanged with by a data centre's leader: give \
+                     this node's own data centre with --dc NAME",
+                ));
+            }
+            return Ok(None);
+        };
+        let dc = flotilla_types::OriginName::new(dc).map_err(|e| invalid("dc", e.to_string()))?;
+        let mut peers: Vec<(flotilla_types::OriginName, String)> = Vec::new();
+        for item in self.peer_dc.iter().flatten() {
+            let (name, url) = item.split_once('=').ok_or_else(|| {
+                invalid(
+                    "peer-dc",
+                    format!("{item:?}: expected NAME=URL (us=10.0.1.1:4790)"),
+                )
+            })?;
+            let name = flotilla_types::OriginName::new(name.trim())
+                .map_err(|e| invalid("peer-dc", format!("{item:?}: {e}")))?;
+            if name == dc {
+                return Err(invalid(
+                    "peer-dc",
+                    format!(
+                        "{name} is this node's own data centre (--dc {dc}): a peer is another one"
+                    ),
+                ));
+            }
+            if peers.iter().any(|(n, _)| *n == name) {
+                return Err(invalid("peer-dc", format!("{name} is named twice")));
+            }
+            peers.push((name, member_url("peer-dc", url.trim())?));
+        }
+        let topology = match self.exchange_topology.as_deref() {
+            None | Some("all-to-all") => ExchangeTopology::AllToAll,
+            Some("star") => ExchangeTopology::Star,
+            Some("ring") => ExchangeTopology::Ring,
+            Some(other) => {
+                return Err(invalid(
+                    "exchange-topology",
+                    format!("{other:?}: use all-to-all, star or ring"),
+                ))
+            }
+        };
+        let max_clock_drift_ms = self.max_clock_drift_ms.unwrap_or(60_000);
+        if !(10..=86_400_000).contains(&max_clock_drift_ms) {
+            return Err(invalid(
+                "max-clock-drift-ms",
+                "must be between 10 and 86400000 (a day)",
+            ));
+        }
+        Ok(Some(MultiLeaderConfig {
+            dc,
+            peers,
+            topology,
+            max_clock_drift_ms,
+        }))
+    }
+}
+
 pub(crate) fn member_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
     let url = validate_url(key, url)?;
     let parsed = reqwest::Url::parse(&url).map_err(|e| invalid(key, format!("{url:?}: {e}")))?;

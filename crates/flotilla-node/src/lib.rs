@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod data_lock;
+pub mod exchange;
 pub mod fatal;
 pub mod follower;
 pub mod identity;

@@ -15,6 +15,9 @@ pub struct Counters {
     /// Writes that waited for semi-sync copies, and those answered `not_replicated`.
     pub semi_sync_waits: AtomicU64,
     pub semi_sync_timeouts: AtomicU64,
+    /// Multi-leader: transactions merged in from other data centres, and the conflicts met.
+    pub merged_transactions: AtomicU64,
+    pub merge_conflicts: AtomicU64,
     /// Changes a logical follower found not to fit its data (see the conflict policy).
     pub apply_conflicts: std::sync::Arc<AtomicU64>,
     pub apply_lag: LagHistogram,

@@ -56,6 +56,8 @@ pub struct Node {
     pub peers: Arc<crate::peer::Peers>,
     /// On a cluster member: its consensus task.
     pub cluster: Option<Arc<crate::cluster::driver::ClusterHandle>>,
+    /// Multi-leader: the links to the peer data centres.
+    pub exchange: Arc<crate::exchange::Exchange>,
 }
 
 impl Node {

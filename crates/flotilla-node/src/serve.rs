@@ -44,6 +44,28 @@ fn random_cluster_id() -> String {
     flotilla_types::ClusterId::from_random(rand::random()).to_string()
 }
 
+/// The cluster id of the first peer data centre that answers (`None`: none does).
+async fn peers_cluster_id(
+    peers: &crate::peer::Peers,
+    ml: &crate::config::MultiLeaderConfig,
+) -> Option<String> {
+    for (name, url) in &ml.peers {
+        let req = peers
+            .authorized(peers.http.get(format!("{url}/v1/status")))
+            .timeout(std::time::Duration::from_secs(5));
+        let answer = match req.send().await {
+            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+            _ => None,
+        };
+        if let Some(id) = answer.as_ref().and_then(|v| v["cluster_id"].as_str()) {
+            tracing::info!("data centre {name} belongs to cluster {id}: joining it");
+            return Some(id.to_string());
+        }
+    }
+    tracing::info!("no peer data centre answered: this one starts a new cluster");
+    None
+}
+
 /// Runs a node until Ctrl-C / SIGTERM or a fatal error. `ready` receives the bound URL. Needs a
 /// multi-threaded tokio runtime (it refuses to start on another).
 pub async fn run(
@@ -201,8 +223,15 @@ pub async fn run(
             )
         }
         None => {
+            // A new data centre joins its peers' cluster: it takes their cluster id (the first
+            // data centre makes one).
+            let adopted = match &config.multi_leader {
+                Some(ml) if !db_path.exists() => peers_cluster_id(&peers, ml).await,
+                _ => None,
+            };
+            let new_cluster_id = move || adopted.unwrap_or_else(random_cluster_id);
             // The database knows its own position; an empty log continues from there.
-            let (mut db, created) = LeaderDb::open(&db_path, &settings, random_cluster_id)
+            let (mut db, created) = LeaderDb::open(&db_path, &settings, new_cluster_id)
                 .with_context(|| format!("cannot open the database {}", db_path.display()))?;
             let meta = db.meta().clone();
             let log_dir = dir.join("log");
@@ -299,6 +328,10 @@ pub async fn run(
                     interrupt: writer_interrupt,
                     cluster: None,
                     gate: state.gate.clone(),
+                    multi_leader: config
+                        .multi_leader
+                        .as_ref()
+                        .map(|m| (m.dc.clone(), m.max_clock_drift_ms)),
                 },
                 jobs_rx,
             ));
@@ -400,6 +433,14 @@ pub async fn run(
         keyring,
         peers: Arc::new(peers),
         cluster,
+        exchange: Arc::new(crate::exchange::Exchange {
+            links: config
+                .multi_leader
+                .iter()
+                .flat_map(|m| m.peers.iter())
+                .map(|(name, url)| Arc::new(crate::exchange::Link::new(name.clone(), url.clone())))
+                .collect(),
+        }),
     });
     crate::auth::first_admin_token(&node).await?;
     if let Some(leader) = node.leader() {
@@ -420,6 +461,16 @@ pub async fn run(
             },
             shutdown.clone(),
         ));
+        if let Some(ml) = &config.multi_leader {
+            for link in &node.exchange.links {
+                tokio::spawn(crate::exchange::drive(
+                    node.clone(),
+                    link.clone(),
+                    ml.dc.clone(),
+                    ml.topology.forwards(),
+                ));
+            }
+        }
         if let Some(pipelines) = node.pipelines() {
             tokio::spawn(crate::pipeline::manage(crate::pipeline::PipelineHost {
                 leader: leader.clone(),

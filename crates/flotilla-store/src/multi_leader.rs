@@ -40,7 +40,12 @@ CREATE TABLE IF NOT EXISTS _flotilla_ml_rows (
     state BLOB NOT NULL,
     PRIMARY KEY (tbl, key)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _flotilla_ml_links (peer TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _flotilla_ml_links (
+    peer TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    lsn INTEGER NOT NULL,
+    chain INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 const CREATE_CONFLICTS: &str = "CREATE TABLE flotilla_conflicts (
@@ -228,6 +233,54 @@ pub(crate) fn table_policies(
         }
     }
     Ok(p)
+}
+
+/// How far this node has read `peer`'s log, and the chain there (what a replication session
+/// to the peer starts from); the start of a log when it has read nothing yet (or the table is
+/// not there yet).
+pub fn link_position(
+    conn: &Connection,
+    peer: &OriginName,
+) -> Result<(flotilla_types::Position, flotilla_types::Chain), StoreError> {
+    let exists: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_ml_links'",
+        [],
+        |r| r.get(0),
+    )?;
+    let found: Option<(i64, i64, i64)> = if exists == 0 {
+        None
+    } else {
+        conn.query_row(
+            "SELECT epoch, lsn, chain FROM _flotilla_ml_links WHERE peer = ?1",
+            [peer.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?
+    };
+    Ok(match found {
+        Some((e, l, c)) => (
+            flotilla_types::Position::new(e as u64, l as u64),
+            flotilla_types::Chain(c as u64),
+        ),
+        None => (
+            flotilla_types::Position::new(1, 0),
+            flotilla_types::Chain::default(),
+        ),
+    })
+}
+
+/// A multi-leader database's version vector, read on any connection (empty before the
+/// multi-leader tables exist).
+pub fn read_version_vector(conn: &Connection) -> Result<VersionVector, StoreError> {
+    let exists: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_ml_vv'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(VersionVector::new());
+    }
+    load_vv(conn)
 }
 
 /// Keeps the commit's stamp (and the clock) beside it, in the same transaction.
@@ -451,16 +504,11 @@ impl LeaderDb {
 
     /// How far this node has read `peer`'s log (0: not yet).
     pub fn link_position(&self, peer: &OriginName) -> Result<Lsn, StoreError> {
-        let l: Option<i64> = self.rules.internal(|| {
-            self.conn
-                .query_row(
-                    "SELECT lsn FROM _flotilla_ml_links WHERE peer = ?1",
-                    [peer.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-        })?;
-        Ok(Lsn(l.unwrap_or(0) as u64))
+        Ok(self
+            .rules
+            .internal(|| link_position(&self.conn, peer))?
+            .0
+            .lsn)
     }
 
     /// Records the merge state of a local transaction's row changes (in the open transaction,
@@ -692,7 +740,7 @@ fn create_target(sql: &str) -> Option<String> {
 
 impl LeaderDb {
     /// Merges a transaction from another data centre (`changes`, stamped `stamp`, read at
-    /// `peer_lsn` of `peer`'s log) as one local commit: the rows it changes here, their merge
+    /// position and chain `peer_at` of `peer`'s log) as one local commit: the rows it changes here, their merge
     /// state, the conflicts it met, the version vector and the link position, all together.
     #[allow(clippy::too_many_arguments)]
     pub fn commit_merge(
@@ -700,7 +748,7 @@ impl LeaderDb {
         stamp: &ExchangeStamp,
         changes: &RowPayload,
         peer: &OriginName,
-        peer_lsn: Lsn,
+        peer_at: (flotilla_types::Position, flotilla_types::Chain),
         epoch: Epoch,
         origin: &NodeId,
         now_us: u64,
@@ -778,9 +826,15 @@ impl LeaderDb {
                     .execute(params![stamp.origin.as_str(), stamp.origin_lsn.0 as i64])?;
                 db.conn
                     .prepare_cached(
-                        "INSERT OR REPLACE INTO _flotilla_ml_links (peer, lsn) VALUES (?1, ?2)",
+                        "INSERT OR REPLACE INTO _flotilla_ml_links (peer, epoch, lsn, chain) \
+                         VALUES (?1, ?2, ?3, ?4)",
                     )?
-                    .execute(params![peer.as_str(), peer_lsn.0 as i64])?;
+                    .execute(params![
+                        peer.as_str(),
+                        peer_at.0.epoch.0 as i64,
+                        peer_at.0.lsn.0 as i64,
+                        peer_at.1 .0 as i64
+                    ])?;
                 let mut passed_on = stamp.clone();
                 passed_on.original = Some(changes.clone());
                 remember_stamp(&db.conn, lsn, hlc, &passed_on)?;

@@ -5,7 +5,7 @@
 mod common;
 
 use flotilla_store::*;
-use flotilla_types::{Epoch, ExchangeStamp, Lsn, NodeId, OriginName, RowPayload};
+use flotilla_types::{Chain, Epoch, ExchangeStamp, Lsn, NodeId, OriginName, Position, RowPayload};
 use rusqlite::Connection;
 use std::path::PathBuf;
 
@@ -16,7 +16,7 @@ struct Dc {
     node: NodeId,
     now_us: u64,
     /// Its transactions, as another data centre receives them.
-    out: Vec<(Lsn, ExchangeStamp, RowPayload)>,
+    out: Vec<(Lsn, ExchangeStamp, RowPayload, Chain)>,
 }
 
 impl Dc {
@@ -67,18 +67,25 @@ impl Dc {
             .original
             .clone()
             .unwrap_or_else(|| flotilla_wire::decode_rows(&out.encoded_rows).unwrap());
-        self.out.push((rec.lsn, stamp, rows));
+        self.out.push((rec.lsn, stamp, rows, rec.chain));
     }
 
     /// Merges everything `from` committed that this one has not merged yet.
     fn pull(&mut self, from: &Dc) -> usize {
         let mut conflicts = 0;
         let start = self.db.link_position(&from.name).unwrap();
-        for (lsn, stamp, rows) in from.out.iter().filter(|(l, _, _)| *l > start) {
+        for (lsn, stamp, rows, chain) in from.out.iter().filter(|(l, _, _, _)| *l > start) {
             let now = self.tick();
+            let at = (
+                Position {
+                    epoch: Epoch(1),
+                    lsn: *lsn,
+                },
+                *chain,
+            );
             match self
                 .db
-                .commit_merge(stamp, rows, &from.name, *lsn, Epoch(1), &self.node, now)
+                .commit_merge(stamp, rows, &from.name, at, Epoch(1), &self.node, now)
                 .unwrap()
             {
                 MergeOutcome::Committed {
@@ -182,11 +189,18 @@ fn two_data_centres_converge_and_record_their_conflicts() {
     // A merged transaction is not merged twice.
     assert_eq!(us.pull(&eu), 0);
     let before = us.read(items);
-    let (lsn, stamp, rows) = eu.out.last().cloned().unwrap();
+    let (lsn, stamp, rows, chain) = eu.out.last().cloned().unwrap();
     let now = us.tick();
+    let at = (
+        Position {
+            epoch: Epoch(1),
+            lsn,
+        },
+        chain,
+    );
     assert!(matches!(
         us.db
-            .commit_merge(&stamp, &rows, &eu.name, lsn, Epoch(1), &us.node, now)
+            .commit_merge(&stamp, &rows, &eu.name, at, Epoch(1), &us.node, now)
             .unwrap(),
         MergeOutcome::Duplicate
     ));

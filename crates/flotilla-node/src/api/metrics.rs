@@ -199,6 +199,16 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Client transactions committed",
             Counters::get(&c.committed_requests),
         );
+        m.counter(
+            "flotilla_merged_transactions",
+            "Multi-leader: transactions from other data centres merged here",
+            Counters::get(&c.merged_transactions),
+        );
+        m.counter(
+            "flotilla_merge_conflicts",
+            "Multi-leader: conflicts met while merging (each is a row of flotilla_conflicts)",
+            Counters::get(&c.merge_conflicts),
+        );
         m.gauge(
             "flotilla_log_bytes",
             "Bytes in the replication log",

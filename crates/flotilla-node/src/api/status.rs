@@ -64,6 +64,56 @@ fn follower_state(f: &FollowerProgress, lag: &Lag, now_ms: u64) -> &'static str 
     }
 }
 
+/// A data centre's leader: its version vector and each link to a peer data centre.
+async fn multi_leader_json(node: &Arc<Node>, ml: &crate::config::MultiLeaderConfig) -> Value {
+    let vv = match node.readers.lease().await {
+        Ok(mut lease) => tokio::task::spawn_blocking(move || {
+            let r = lease.reader();
+            let rules = r.rules.clone();
+            rules.internal(|| flotilla_store::read_version_vector(&r.conn))
+        })
+        .await
+        .ok()
+        .and_then(|r| r.ok()),
+        Err(_) => None,
+    };
+    let now_ms = crate::time::mono_ms();
+    let peers: Vec<Value> = node
+        .exchange
+        .links
+        .iter()
+        .map(|l| {
+            let v = l.view();
+            // Up: the peer's leader was heard from lately (it sends heartbeats).
+            let up = v.phase == "streaming"
+                && v.heard_ms.is_some_and(|h| now_ms.saturating_sub(h) < 3_000);
+            json!({
+                "dc": l.peer.as_str(),
+                "url": l.url,
+                "link": if up { "up" } else { "down" },
+                "phase": v.phase,
+                "read_through": v.read_through,
+                "peer_head": v.peer_head,
+                "lag_transactions": v.peer_head.saturating_sub(v.read_through),
+                // Commit at the peer to merge here, for the newest merged transaction.
+                "last_merge_lag_ms": v.last_merge_lag_ms,
+                "merged": v.merged,
+                "passed": v.passed,
+                "error": v.last_error,
+            })
+        })
+        .collect();
+    json!({
+        "dc": ml.dc.as_str(),
+        "topology": ml.topology.as_str(),
+        "max_clock_drift_ms": ml.max_clock_drift_ms,
+        "version_vector": vv.map(|vv| vv.iter().map(|(o, l)| (o.to_string(), json!(l.0))).collect::<serde_json::Map<_, _>>()),
+        "peers": peers,
+        "merged_transactions": crate::metrics::Counters::get(&node.counters.merged_transactions),
+        "conflicts": crate::metrics::Counters::get(&node.counters.merge_conflicts),
+    })
+}
+
 pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
     // On a leader, the durable head itself: the visible position follows it through a task, and
     // a client that was just answered must see its commit here.
@@ -138,6 +188,9 @@ pub async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
                 statuses.push(crate::pipeline::status_json(&node.readers, &w).await);
             }
             out["pipelines"] = json!(statuses);
+            if let Some(ml) = &node.config.multi_leader {
+                out["multi_leader"] = multi_leader_json(&node, ml).await;
+            }
         }
         Role::Follower { state, .. } => {
             let s = state.status();

@@ -488,6 +488,7 @@ impl Member {
                     runtime: tokio::runtime::Handle::current(),
                 }),
                 gate: state.gate.clone(),
+                multi_leader: None,
             },
             jobs_rx,
         );

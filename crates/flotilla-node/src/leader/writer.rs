@@ -55,6 +55,22 @@ pub enum WriteJob {
         member: crate::cluster::driver::MemberContext,
         reply: oneshot::Sender<Result<flotilla_types::Lsn, String>>,
     },
+    /// A transaction from another data centre, merged as one commit of its own (a duplicate
+    /// is answered with the current position and commits nothing).
+    Merge {
+        job: Box<MergeJob>,
+        reply: oneshot::Sender<ChangeReply>,
+    },
+}
+
+/// What [`WriteJob::Merge`] merges: a transaction read at `peer_at` (its position and chain)
+/// of `peer`'s log.
+#[derive(Debug)]
+pub struct MergeJob {
+    pub stamp: flotilla_types::ExchangeStamp,
+    pub changes: flotilla_types::RowPayload,
+    pub peer: flotilla_types::OriginName,
+    pub peer_at: (Position, flotilla_types::Chain),
 }
 
 /// The answer to an internal change: the position of its commit, or why there is none.
@@ -75,6 +91,9 @@ pub enum ChangeError {
     /// Not available on this node (a cluster's leader does not take such changes yet).
     #[error("{0}")]
     Unavailable(String),
+    /// A transaction from another data centre was not merged: nothing was committed.
+    #[error(transparent)]
+    Merge(#[from] flotilla_store::MergeApplyError),
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +140,8 @@ pub struct WriterParts {
     /// persists and replicates them).
     pub cluster: Option<ClusterWriter>,
     pub gate: Arc<super::WriterGate>,
+    /// This node's data centre (multi-leader) and the clock drift it accepts from others.
+    pub multi_leader: Option<(flotilla_types::OriginName, u64)>,
 }
 
 /// How a cluster's leader publishes: each commit at the next position the consensus machine
@@ -190,6 +211,7 @@ pub fn spawn_writer(
                 interrupt,
                 mut cluster,
                 gate,
+                multi_leader,
             } = parts;
             let publisher = Publisher {
                 log,
@@ -197,6 +219,22 @@ pub fn spawn_writer(
                 recent,
                 counters: counters.clone(),
             };
+            if let Some((dc, max_drift_ms)) = &multi_leader {
+                // The first time, this makes the multi-leader tables in a commit of its own.
+                let enabled = db
+                    .enable_multi_leader(dc, *max_drift_ms, epoch, &origin, wall_us())
+                    .map_err(|e| e.to_string())
+                    .and_then(|out| match out {
+                        Some(out) => publisher
+                            .publish(&out)
+                            .map(|_| ())
+                            .map_err(|e| durability_lost(&e)),
+                        None => Ok(()),
+                    });
+                if let Err(why) = enabled {
+                    return stop(Vec::new(), &fatal, format!("multi-leader: {why}"));
+                }
+            }
             // Jobs that wait for the next turn, before anything new: a pipeline job met while
             // gathering a group, and requests a group had no room for (size limit).
             let mut waiting: VecDeque<WriteJob> = VecDeque::new();
@@ -276,6 +314,45 @@ pub fn spawn_writer(
                             Err(why) => {
                                 return fatal.report(crate::fatal::Fatal::Durability(why));
                             }
+                        }
+                        continue;
+                    }
+                    WriteJob::Merge { job, reply } => {
+                        if let Some(c) = &cluster {
+                            db.next_internal_at(c.next);
+                        }
+                        let merged = db.commit_merge(
+                            &job.stamp,
+                            &job.changes,
+                            &job.peer,
+                            job.peer_at,
+                            epoch,
+                            &origin,
+                            wall_us(),
+                        );
+                        let result = match merged {
+                            Ok(flotilla_store::MergeOutcome::Committed { commit, conflicts }) => {
+                                Counters::add(&counters.merged_transactions, 1);
+                                Counters::add(&counters.merge_conflicts, conflicts as u64);
+                                Ok(*commit)
+                            }
+                            Ok(flotilla_store::MergeOutcome::Duplicate) => {
+                                let _ = reply.send(Ok(db.meta().position));
+                                continue;
+                            }
+                            Err(flotilla_store::MergeApplyError::Store(e))
+                                if matches!(e, flotilla_store::StoreError::Capture(_)) =>
+                            {
+                                return stop(Vec::new(), &fatal, e.to_string());
+                            }
+                            Err(e) => Err(ChangeError::from(e)),
+                        };
+                        if let Some(c) = &mut cluster {
+                            internal_commit_proposed(c, &db, result, reply);
+                            continue;
+                        }
+                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
                     }

@@ -1,0 +1,244 @@
+//! One link to a peer data centre: performs the commands of a `FollowerSession` whose
+//! "apply" is a merge through this node's writer.
+
+use super::Link;
+use crate::follower::leader_finder::LeaderFinder;
+use crate::follower::transport::{self, Connection, Tagged};
+use crate::leader::{ChangeError, WriteJob};
+use crate::node::Node;
+use crate::time::mono_ms;
+use flotilla_core::{FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession};
+use flotilla_types::{LogKind, LogRecord, OriginName};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Events of the timer carry tag 0; the transport's carry their connection's number.
+const LOCAL: u64 = 0;
+const EVENT_QUEUE: usize = 256;
+/// How long a transaction waits for the changes it depends on to arrive over other links
+/// before the batch is given up (and asked for again after a pause).
+const WAIT_FOR_DEPENDENCIES_MS: u64 = 3_000;
+
+/// Runs the link until the node stops. `forwards`: take from the peer changes made elsewhere
+/// too (star and ring topologies); otherwise only those made at the peer.
+pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forwards: bool) {
+    let Some(leader) = node.leader() else { return };
+    let writer = leader.writer.clone();
+    let cluster_id = leader.cluster_id.clone();
+    let db_path = node.db_path.clone();
+    let peer = link.peer.clone();
+    let local = tokio::task::spawn_blocking(move || {
+        let conn = flotilla_store::open_reader(&db_path)?;
+        flotilla_store::link_position(&conn, &peer)
+    })
+    .await;
+    let local = match local {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            link.update(|v| {
+                v.phase = "stopped";
+                v.last_error = Some(format!("cannot read where the link stopped: {e}"));
+            });
+            return;
+        }
+        Err(_) => return,
+    };
+    link.update(|v| v.read_through = local.0.lsn.0);
+    let finder = Arc::new(LeaderFinder::new(&link.url, node.peers.clone()));
+    let mut config = FollowerConfig::new(&format!("dc-{own_dc}"), &node.url);
+    config.log_kind = LogKind::Logical;
+    let mut session = FollowerSession::new(config, Some(local), Some(cluster_id));
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
+    let mut conn: Option<Connection> = None;
+    let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        while let Some(cmd) = cmds.pop_front() {
+            match cmd {
+                FollowerCommand::Connect => {
+                    let credentials = transport::Credentials {
+                        tls: node.peers.tls.clone(),
+                        token: node.peers.token.clone(),
+                    };
+                    conn = Some(transport::connect(
+                        finder.clone(),
+                        credentials,
+                        session.connection(),
+                        ev_tx.clone(),
+                    ));
+                }
+                FollowerCommand::Send(msg) => {
+                    if let Some(c) = &conn {
+                        let _ = c.outgoing.try_send(msg.encode());
+                    }
+                }
+                FollowerCommand::Disconnect => conn = None,
+                // The peer's incarnation is only kept in memory: the chain check at every
+                // handshake is what tells a peer that started another history.
+                FollowerCommand::RememberLeader { .. } => {}
+                FollowerCommand::Apply(records) => {
+                    let event =
+                        merge_batch(&node, &writer, &link, &own_dc, forwards, &records).await;
+                    cmds.extend(session.handle(mono_ms(), rand::random_range(0..=1000), event));
+                }
+                // A merge is durable once the writer answers (its commit is in this node's
+                // log): nothing more to flush.
+                FollowerCommand::Flush { seq, .. } => {
+                    cmds.extend(session.handle(
+                        mono_ms(),
+                        rand::random_range(0..=1000),
+                        FollowerEvent::Flushed { seq },
+                    ));
+                }
+                FollowerCommand::Bootstrap => {
+                    conn = None;
+                    let reason = format!(
+                        "{}'s log no longer holds the transactions after position {} that this \
+                         data centre has not merged (its retention dropped them): a data centre \
+                         cannot start a link from a copy in this version",
+                        link.peer,
+                        session.applied().map(|p| p.lsn.0).unwrap_or(0)
+                    );
+                    cmds.extend(session.handle(
+                        mono_ms(),
+                        rand::random_range(0..=1000),
+                        FollowerEvent::BootstrapFailed { reason },
+                    ));
+                }
+            }
+        }
+        link.update(|v| {
+            v.phase = session.phase().as_str();
+            v.last_error = session.last_error().map(str::to_string);
+            v.peer_head = session.leader_head().lsn.0;
+            if let Some(p) = session.applied() {
+                v.read_through = p.lsn.0;
+            }
+        });
+        let (tag, event) = tokio::select! {
+            Some(tagged) = ev_rx.recv() => tagged,
+            _ = tick.tick() => (LOCAL, FollowerEvent::Tick),
+            _ = node.shutdown.cancelled() => return,
+        };
+        let jitter: u16 = rand::random_range(0..=1000);
+        if tag != LOCAL {
+            if matches!(event, FollowerEvent::Received(_)) {
+                link.update(|v| v.heard_ms = Some(mono_ms()));
+            }
+            if let FollowerEvent::ConnectionLost { reason } = &event {
+                if conn.as_ref().is_some_and(|c| c.generation == tag) {
+                    tracing::info!(peer = %link.peer, "data centre link lost: {reason}");
+                    conn = None;
+                }
+            }
+            cmds.extend(session.handle_connection_event(mono_ms(), jitter, tag, event));
+            continue;
+        }
+        cmds.extend(session.handle(mono_ms(), jitter, event));
+    }
+}
+
+/// Merges a batch of the peer's records, in order; `Applied` at its last record, or
+/// `ApplyFailed` (the session asks for the batch again after a pause; what was merged is not
+/// merged twice).
+async fn merge_batch(
+    node: &Node,
+    writer: &mpsc::Sender<WriteJob>,
+    link: &Link,
+    own_dc: &OriginName,
+    forwards: bool,
+    records: &[LogRecord],
+) -> FollowerEvent {
+    for r in records {
+        let Some(stamp) = &r.exchange else {
+            link.update(|v| v.passed += 1);
+            continue;
+        };
+        let made_elsewhere = stamp.origin != link.peer;
+        if stamp.origin == *own_dc || (made_elsewhere && !forwards) {
+            link.update(|v| v.passed += 1);
+            continue;
+        }
+        let Some(changes) = stamp.original.clone().or_else(|| r.rows.clone()) else {
+            return FollowerEvent::ApplyFailed {
+                reason: format!("{}'s record {} has no row changes", link.peer, r.lsn),
+                disk_full: false,
+            };
+        };
+        let job = crate::leader::MergeJob {
+            stamp: stamp.clone(),
+            changes,
+            peer: link.peer.clone(),
+            peer_at: (r.position(), r.chain),
+        };
+        let started = mono_ms();
+        let mut job = Some(Box::new(job));
+        loop {
+            let (tx, rx) = oneshot::channel();
+            let sent = writer
+                .send(WriteJob::Merge {
+                    job: job.take().expect("one job per attempt"),
+                    reply: tx,
+                })
+                .await;
+            if sent.is_err() {
+                return stopped();
+            }
+            match rx.await {
+                Ok(Ok(_)) => {
+                    link.update(|v| {
+                        v.merged += 1;
+                        v.last_merge_lag_ms =
+                            Some(crate::time::wall_us().saturating_sub(r.commit_time_us) / 1000);
+                    });
+                    break;
+                }
+                Ok(Err(ChangeError::Merge(flotilla_store::MergeApplyError::NotReady(why))))
+                    if mono_ms().saturating_sub(started) < WAIT_FOR_DEPENDENCIES_MS =>
+                {
+                    tracing::debug!(peer = %link.peer, "transaction {} {why}", stamp.origin_lsn);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = node.shutdown.cancelled() => return stopped(),
+                    }
+                    job = Some(Box::new(crate::leader::MergeJob {
+                        stamp: stamp.clone(),
+                        changes: stamp
+                            .original
+                            .clone()
+                            .or_else(|| r.rows.clone())
+                            .expect("checked"),
+                        peer: link.peer.clone(),
+                        peer_at: (r.position(), r.chain),
+                    }));
+                }
+                Ok(Err(e)) => {
+                    return FollowerEvent::ApplyFailed {
+                        reason: format!(
+                            "transaction {} of {} (read at {} of {}'s log): {e}",
+                            stamp.origin_lsn, stamp.origin, r.lsn, link.peer
+                        ),
+                        disk_full: false,
+                    }
+                }
+                Err(_) => return stopped(),
+            }
+        }
+    }
+    match records.last() {
+        Some(last) => FollowerEvent::Applied {
+            position: last.position(),
+            chain: last.chain,
+        },
+        None => stopped(),
+    }
+}
+
+fn stopped() -> FollowerEvent {
+    FollowerEvent::ApplyFailed {
+        reason: "this node's writer stopped".into(),
+        disk_full: false,
+    }
+}

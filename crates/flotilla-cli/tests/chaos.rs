@@ -16,51 +16,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-/// A TCP proxy that can cut every connection through it and refuse new ones for a while.
-struct Proxy {
-    url: String,
-    cut: watch::Sender<u64>,
-    blocked: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (cut, _) = watch::channel(0u64);
-        let blocked = Arc::new(AtomicBool::new(false));
-        let (cut_tx, blocked2) = (cut.clone(), blocked.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut down, _)) = listener.accept().await else {
-                    return;
-                };
-                if blocked2.load(Ordering::Relaxed) {
-                    continue; // dropped: the peer sees the connection reset
-                }
-                let target = target.clone();
-                let mut cut_rx = cut_tx.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut up) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                        _ = cut_rx.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy { url, cut, blocked }
-    }
-
-    fn cut_all(&self) {
-        self.cut.send_modify(|n| *n += 1);
-    }
-}
+use flotilla_testkit::proxy::Proxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_keeps_every_acknowledged_write_and_converges() {
@@ -84,8 +41,8 @@ async fn chaos_keeps_every_acknowledged_write_and_converges() {
     .await;
     let target = leader.url.trim_start_matches("http://").to_string();
     let proxies = [
-        Proxy::start(target.clone()).await,
-        Proxy::start(target).await,
+        Proxy::start(target.clone()).await.unwrap(),
+        Proxy::start(target).await.unwrap(),
     ];
     let mut followers = vec![
         start(dir.path(), "f0", Some(&proxies[0].url)).await,
@@ -147,10 +104,10 @@ async fn chaos_keeps_every_acknowledged_write_and_converges() {
             }
             _ => {
                 let p = rng.below(2) as usize;
-                proxies[p].blocked.store(true, Ordering::Relaxed);
+                proxies[p].block(true);
                 proxies[p].cut_all();
                 tokio::time::sleep(Duration::from_millis(200 + rng.below(1500))).await;
-                proxies[p].blocked.store(false, Ordering::Relaxed);
+                proxies[p].block(false);
                 actions.push(format!("partition link {p}"));
             }
         }

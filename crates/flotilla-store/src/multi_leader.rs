@@ -365,6 +365,35 @@ fn save_state(
     Ok(())
 }
 
+/// Why a table cannot be a multi-leader table (`None`: it can): it needs a declared primary
+/// key that two data centres do not both count up — not the rowid, nor an INTEGER PRIMARY KEY
+/// (an alias of the rowid, which SQLite numbers max + 1 in each data centre alike).
+fn key_problem(conn: &Connection, table: &str) -> Result<Option<String>, StoreError> {
+    let keys: Vec<(String, String)> = conn
+        .prepare_cached("SELECT name, type FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let without_rowid: bool = conn
+        .prepare_cached("SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'")?
+        .query_row([table], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some_and(|wr| wr != 0);
+    let advice = "use a key no other data centre makes, such as id TEXT PRIMARY KEY DEFAULT \
+                  (lower(hex(randomblob(16)))), or a key that includes the data centre";
+    Ok(match keys.as_slice() {
+        [] => Some(format!(
+            "table {table} has no PRIMARY KEY: on a multi-leader node every table needs one \
+             ({advice})"
+        )),
+        [(name, ty)] if !without_rowid && ty.eq_ignore_ascii_case("INTEGER") => Some(format!(
+            "table {table}'s key {name} is an INTEGER PRIMARY KEY, which SQLite numbers the same \
+             way in every data centre: two data centres would make different rows with the same \
+             key ({advice})"
+        )),
+        _ => None,
+    })
+}
+
 /// The key values of a change's row and the key as stored.
 fn row_key<'a>(
     shape: &TableShape,
@@ -545,7 +574,18 @@ impl LeaderDb {
                 let deps = load_vv(conn)?;
                 let mut counter_bases = Vec::new();
                 let mut policies: HashMap<String, TablePolicies> = HashMap::new();
+                let mut checked: std::collections::HashSet<String> = Default::default();
                 for (item, it) in payload.items.iter().enumerate() {
+                    let table = match it {
+                        RowItem::Change(c) => &payload.shape(c).name,
+                        RowItem::Schema(s) if s.kind == DdlKind::CreateTable => &s.table,
+                        RowItem::Schema(_) => continue,
+                    };
+                    if !local_only(table) && checked.insert(table.clone()) {
+                        if let Some(why) = key_problem(conn, table)? {
+                            return Err(StoreError::Refused(why));
+                        }
+                    }
                     let RowItem::Change(c) = it else { continue };
                     let shape = payload.shape(c);
                     if local_only(&shape.name) {

@@ -246,14 +246,32 @@ fn schema_changes_travel_and_unfit_ones_are_refused() {
         vec!["Text(\"n1\")|Text(\"hello\")|Integer(3)"]
     );
 
-    // A table without a primary key cannot take writes on a multi-leader node.
-    eu.sql(&["CREATE TABLE loose (x)"]);
-    let req = common::req(&[("INSERT INTO loose VALUES (1)", vec![])]);
-    let err = eu
-        .db
-        .commit_batch(&[req], Epoch(1), &eu.node.clone(), 9_000_000)
-        .unwrap_err();
-    assert!(err.to_string().contains("PRIMARY KEY"), "{err}");
+    // A table without a primary key, or with an INTEGER one (the rowid, counted up alike in
+    // every data centre), cannot be made on a multi-leader node; a composite or WITHOUT ROWID
+    // one can.
+    for (sql, why) in [
+        ("CREATE TABLE loose (x)", "no PRIMARY KEY"),
+        (
+            "CREATE TABLE counted (id INTEGER PRIMARY KEY, x)",
+            "INTEGER PRIMARY KEY",
+        ),
+        (
+            "CREATE TABLE counted2 (id integer primary key autoincrement, x)",
+            "INTEGER PRIMARY KEY",
+        ),
+    ] {
+        let req = common::req(&[(sql, vec![])]);
+        match eu
+            .db
+            .commit_batch(&[req], Epoch(1), &eu.node.clone(), 9_000_000)
+        {
+            Err(err) => assert!(err.to_string().contains(why), "{sql}: {err}"),
+            Ok(_) => panic!("{sql} was taken"),
+        }
+    }
+    eu.sql(&["CREATE TABLE pairs (dc TEXT, n INTEGER, PRIMARY KEY (dc, n))"]);
+    eu.sql(&["CREATE TABLE w (id INTEGER PRIMARY KEY, x) WITHOUT ROWID"]);
+    eu.sql(&["CREATE TABLE bigints (id BIGINT PRIMARY KEY, x)"]);
 
     // Reopening as another data centre is refused.
     drop(us);

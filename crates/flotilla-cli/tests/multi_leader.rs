@@ -1,0 +1,342 @@
+//! Multi-leader on real processes: three data centres (eu, us, asia), each a leader with
+//! `--dc`, exchanging over TCP proxies (so that a partition needs no privileges), and a
+//! follower of eu. Concurrent conflicting writes, a counter column, a delete racing an update,
+//! asia cut off and writing on its own, healing: every data centre and the follower converge
+//! to the same rows, every conflict is recorded under the same id everywhere, and the counter
+//! holds exactly the sum of every increment.
+
+mod common;
+
+use common::*;
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{free_ports, LocalNode};
+use flotilla_testkit::proxy::Proxy;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const DCS: [&str; 3] = ["eu", "us", "asia"];
+
+struct Deployment {
+    leaders: Vec<LocalNode>,
+    /// `proxies[from][to]`: how data centre `from` reaches `to`.
+    proxies: Vec<Vec<Option<Proxy>>>,
+}
+
+impl Deployment {
+    async fn start(root: &std::path::Path) -> Deployment {
+        let ports = free_ports(3);
+        let mut proxies: Vec<Vec<Option<Proxy>>> = Vec::new();
+        for from in 0..3 {
+            let mut row = Vec::new();
+            for (to, port) in ports.iter().enumerate() {
+                row.push(if from == to {
+                    None
+                } else {
+                    Some(Proxy::start(format!("127.0.0.1:{port}")).await.unwrap())
+                });
+            }
+            proxies.push(row);
+        }
+        let mut leaders = Vec::new();
+        // eu first: it makes the cluster; the others take its cluster id.
+        for (i, dc) in DCS.iter().enumerate() {
+            let mut args: Vec<String> = vec!["--dc".into(), dc.to_string()];
+            for (j, other) in DCS.iter().enumerate() {
+                if let Some(p) = &proxies[i][j] {
+                    args.push("--peer-dc".into());
+                    args.push(format!("{other}={}", p.url));
+                }
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let listen = format!("127.0.0.1:{}", ports[i]);
+            let node = LocalNode::start_on(&exe(), root, dc, &listen, &args)
+                .await
+                .unwrap_or_else(|e| panic!("starting {dc}: {e:#}"));
+            leaders.push(node);
+        }
+        Deployment { leaders, proxies }
+    }
+
+    fn client(&self, i: usize) -> Client {
+        Client::new(&self.leaders[i].url)
+    }
+
+    /// Cuts every link (`true`) or heals them all.
+    fn split_all(&self, cut: bool) {
+        for i in 0..3 {
+            self.isolate(i, cut);
+        }
+    }
+
+    /// Cuts data centre `i` off from the others, both ways.
+    fn isolate(&self, i: usize, cut: bool) {
+        for (from, row) in self.proxies.iter().enumerate() {
+            for (to, p) in row.iter().enumerate() {
+                if let Some(p) = p.as_ref().filter(|_| from == i || to == i) {
+                    if cut {
+                        p.partition();
+                    } else {
+                        p.heal();
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn write(c: &Client, sql: &str) {
+    exec(c, json!([{ "sql": sql }])).await;
+}
+
+/// Waits (bounded) until every client answers `sql` the same, and every data centre's links
+/// have read everything; returns the agreed rows.
+async fn converged(clients: &[Client], sql: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let mut answers = Vec::new();
+        for c in clients {
+            // A data centre that has not got the table yet answers an error: not yet.
+            answers.push(match c.post("/v1/query", &json!({ "sql": sql })).await {
+                Ok(v) => v["rows"].clone(),
+                Err(e) => json!(format!("{e:#}")),
+            });
+        }
+        let agree = answers.windows(2).all(|w| w[0] == w[1]);
+        let mut caught_up = true;
+        for c in clients {
+            let s = status(c).await;
+            if let Some(peers) = s["multi_leader"]["peers"].as_array() {
+                caught_up &= peers
+                    .iter()
+                    .all(|p| p["lag_transactions"] == 0 && p["link"] == "up");
+            }
+        }
+        if agree && caught_up {
+            return answers.remove(0);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no convergence within 30 s: {answers:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_data_centres_converge_through_conflicts_and_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Deployment::start(dir.path()).await;
+    let (eu, us, asia) = (d.client(0), d.client(1), d.client(2));
+    let follower = start(dir.path(), "eu-follower", Some(&d.leaders[0].url)).await;
+    let fc = Client::new(&follower.url);
+
+    // One cluster: the data centres took eu's cluster id.
+    let eu_status = status(&eu).await;
+    for c in [&us, &asia] {
+        assert_eq!(status(c).await["cluster_id"], eu_status["cluster_id"]);
+    }
+
+    write(
+        &eu,
+        "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER NOT NULL DEFAULT 0)",
+    )
+    .await;
+    write(
+        &eu,
+        "INSERT INTO flotilla_policies VALUES ('items', 'qty', 'counter', NULL)",
+    )
+    .await;
+    write(
+        &eu,
+        "INSERT INTO items VALUES ('a', 'apple', 100), ('b', 'pear', 1)",
+    )
+    .await;
+    let all = [eu.clone(), us.clone(), asia.clone()];
+    let items = "SELECT id, name, qty FROM items ORDER BY id";
+    converged(&all, items).await;
+
+    // Concurrently in each data centre (none hears of the others' writes until the links are
+    // back): renames and increments of `a`; eu deletes `b` while us renames it.
+    d.split_all(true);
+    let mut increments = 0i64;
+    let mut tasks = Vec::new();
+    for (i, c) in all.iter().enumerate() {
+        let c = c.clone();
+        let name = format!("apple-{}", DCS[i]);
+        tasks.push(tokio::spawn(async move {
+            write(
+                &c,
+                &format!(
+                    "UPDATE items SET name = '{name}', qty = qty + {} WHERE id = 'a'",
+                    i + 1
+                ),
+            )
+            .await;
+        }));
+        increments += i as i64 + 1;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::join!(
+        write(&eu, "DELETE FROM items WHERE id = 'b'"),
+        write(&us, "UPDATE items SET name = 'nashi' WHERE id = 'b'")
+    );
+    d.split_all(false);
+    let rows1 = converged(&all, items).await;
+    assert_eq!(
+        rows1[0][2],
+        json!(100 + increments),
+        "counter: every increment counted once: {rows1}"
+    );
+    assert!(
+        !rows1.as_array().unwrap().iter().any(|r| r[0] == "b"),
+        "delete wins: {rows1}"
+    );
+
+    // asia cut off: both sides keep taking writes.
+    d.isolate(2, true);
+    write(&asia, "INSERT INTO items VALUES ('c', 'cherry', 5)").await;
+    write(
+        &asia,
+        "UPDATE items SET qty = qty + 10, name = 'asia apple' WHERE id = 'a'",
+    )
+    .await;
+    write(&eu, "UPDATE items SET qty = qty + 20 WHERE id = 'a'").await;
+    write(&us, "INSERT INTO items VALUES ('d', 'date', 7)").await;
+    increments += 30;
+    let s = status(&asia).await;
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let s2 = status(&asia).await;
+    assert!(
+        s2["multi_leader"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["link"] == "down"),
+        "asia's links show down while cut off: {s} {s2}"
+    );
+    d.isolate(2, false);
+
+    let final_rows = converged(&all, items).await;
+    assert_eq!(final_rows[0][2], json!(100 + increments), "{final_rows}");
+    let ids: Vec<&str> = final_rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["a", "c", "d"]);
+
+    // The follower of eu has what eu has, merged changes included.
+    let want = rows(&eu, items).await;
+    let started = Instant::now();
+    while rows(&fc, items).await != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the follower lags"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every conflict is a row, under the same ids in every data centre.
+    let q = "SELECT id, tbl, row_key, coalesce(col, '(row)'), policy, value FROM flotilla_conflicts ORDER BY id";
+    let conflicts = rows(&eu, q).await;
+    assert!(conflicts.as_array().unwrap().len() >= 3, "{conflicts}");
+    let by_id = "SELECT id FROM flotilla_conflicts ORDER BY id";
+    let eu_ids = rows(&eu, by_id).await;
+    for c in [&us, &asia] {
+        let theirs = rows(c, by_id).await;
+        // Three-way conflicts pair up differently by arrival order; two-way ones match.
+        let common = theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| eu_ids.as_array().unwrap().contains(r))
+            .count();
+        assert!(common >= 2, "shared conflict ids: eu {eu_ids} vs {theirs}");
+    }
+    assert!(
+        conflicts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r[3] == "(row)" && r[4] == "delete-wins"),
+        "{conflicts}"
+    );
+    // The follower shows the conflicts too.
+    assert_eq!(rows(&fc, by_id).await, eu_ids);
+
+    // Status names each peer's link and the version vector.
+    let s = status(&eu).await;
+    let vv = &s["multi_leader"]["version_vector"];
+    for dc in DCS {
+        assert!(vv[dc].as_u64().unwrap() > 0, "{s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_multi_leader_settings_are_refused_with_their_reason() {
+    let (ok, _, err) = cli(&[
+        "serve",
+        "--id",
+        "x",
+        "--data",
+        "/tmp/nowhere-x",
+        "--peer-dc",
+        "us=127.0.0.1:1",
+    ]);
+    assert!(!ok && err.contains("--dc"), "{err}");
+    let (ok, _, err) = cli(&[
+        "serve",
+        "--id",
+        "x",
+        "--data",
+        "/tmp/nowhere-x",
+        "--dc",
+        "eu",
+        "--peer-dc",
+        "eu=127.0.0.1:1",
+    ]);
+    assert!(!ok && err.contains("own data centre"), "{err}");
+    let (ok, _, err) = cli(&[
+        "serve",
+        "--id",
+        "x",
+        "--data",
+        "/tmp/nowhere-x",
+        "--dc",
+        "eu",
+        "--exchange-topology",
+        "mesh",
+    ]);
+    assert!(!ok && err.contains("all-to-all, star or ring"), "{err}");
+    let (ok, _, err) = cli(&[
+        "serve",
+        "--id",
+        "x",
+        "--data",
+        "/tmp/nowhere-x",
+        "--dc",
+        "eu",
+        "--follow",
+        "127.0.0.1:1",
+    ]);
+    assert!(!ok && err.contains("single leader"), "{err}");
+
+    // A table without a primary key cannot take writes on a data centre's leader.
+    let dir = tempfile::tempdir().unwrap();
+    let node = LocalNode::start(&exe(), dir.path(), "solo", None, &["--dc", "eu"])
+        .await
+        .unwrap();
+    let c = Client::new(&node.url);
+    write(&c, "CREATE TABLE loose (x)").await;
+    let err = c
+        .post(
+            "/v1/execute",
+            &json!({ "statements": [{ "sql": "INSERT INTO loose VALUES (1)" }] }),
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("PRIMARY KEY"), "{err:#}");
+}

@@ -324,19 +324,32 @@ async fn bad_multi_leader_settings_are_refused_with_their_reason() {
     ]);
     assert!(!ok && err.contains("single leader"), "{err}");
 
-    // A table without a primary key cannot take writes on a data centre's leader.
+    // A table without a primary key, or with an INTEGER one, cannot be made on a data
+    // centre's leader: the statement is refused with the reason (400), nothing else fails.
     let dir = tempfile::tempdir().unwrap();
     let node = LocalNode::start(&exe(), dir.path(), "solo", None, &["--dc", "eu"])
         .await
         .unwrap();
     let c = Client::new(&node.url);
-    write(&c, "CREATE TABLE loose (x)").await;
-    let err = c
-        .post(
-            "/v1/execute",
-            &json!({ "statements": [{ "sql": "INSERT INTO loose VALUES (1)" }] }),
-        )
-        .await
-        .unwrap_err();
-    assert!(format!("{err:#}").contains("PRIMARY KEY"), "{err:#}");
+    for (sql, why) in [
+        ("CREATE TABLE loose (x)", "no PRIMARY KEY"),
+        (
+            "CREATE TABLE n (id INTEGER PRIMARY KEY, x)",
+            "INTEGER PRIMARY KEY",
+        ),
+    ] {
+        let err = c
+            .post("/v1/execute", &json!({ "statements": [{ "sql": sql }] }))
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(why) && text.contains("400"), "{sql}: {text}");
+    }
+    write(
+        &c,
+        "CREATE TABLE fine (id TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))), x)",
+    )
+    .await;
+    write(&c, "INSERT INTO fine (x) VALUES (1)").await;
+    assert_eq!(rows(&c, "SELECT count(*) FROM fine").await, json!([[1]]));
 }

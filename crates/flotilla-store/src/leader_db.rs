@@ -655,6 +655,15 @@ impl LeaderDb {
         if self.capture.overflowed() && ran.schema_change.is_none() {
             return Err((self.guard.too_large_message(), FailureKind::TooLarge));
         }
+        if let (Some((kind, table)), Some(_)) = (&ran.schema_change, &self.multi_leader) {
+            let rules = self.rules.clone();
+            let problem = rules
+                .internal(|| crate::multi_leader::ddl_problem(&self.conn, *kind, table, sql))
+                .map_err(|e| (e.to_string(), FailureKind::Sql))?;
+            if let Some(problem) = problem {
+                return Err((problem, FailureKind::Refused));
+            }
+        }
         if let Some((DdlKind::CreateTable | DdlKind::AlterTable, table)) = &ran.schema_change {
             let rules = self.rules.clone();
             let problem = rules

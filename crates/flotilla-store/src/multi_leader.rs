@@ -394,6 +394,50 @@ fn key_problem(conn: &Connection, table: &str) -> Result<Option<String>, StoreEr
     })
 }
 
+/// Why a schema change cannot be made on a multi-leader node (`None`: it can). What the other
+/// data centres could not merge in order is refused where it is made, not left to diverge.
+pub(crate) fn ddl_problem(
+    conn: &Connection,
+    kind: DdlKind,
+    table: &str,
+    sql: &str,
+) -> Result<Option<String>, StoreError> {
+    if local_only(table) {
+        return Ok(None);
+    }
+    let words: Vec<String> = crate::sql_text::without_leading_comments(sql)
+        .split_whitespace()
+        .take(6)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let why = match kind {
+        DdlKind::CreateTable => return key_problem(conn, table),
+        DdlKind::CreateIndex | DdlKind::CreateView | DdlKind::DropView | DdlKind::SetPragma => {
+            return Ok(None)
+        }
+        DdlKind::AlterTable if words.get(3).is_some_and(|w| w == "add") => return Ok(None),
+        DdlKind::AlterTable => {
+            "only ADD COLUMN changes a table on a multi-leader node: a renamed \
+                                or dropped column would meet rows still written the old way in \
+                                other data centres"
+        }
+        DdlKind::DropTable => {
+            "a table cannot be dropped on a multi-leader node: other data \
+                               centres may still be writing to it (delete its rows instead)"
+        }
+        DdlKind::DropIndex => "an index cannot be dropped on a multi-leader node yet",
+        DdlKind::CreateTrigger | DdlKind::DropTrigger => {
+            "triggers are not allowed on a \
+            multi-leader node: a trigger would run again in every data centre as the changes it \
+            made are merged there"
+        }
+        DdlKind::CreateVirtualTable | DdlKind::DropVirtualTable => {
+            "virtual tables are not replicated between data centres"
+        }
+    };
+    Ok(Some(why.to_string()))
+}
+
 /// The key values of a change's row and the key as stored.
 fn row_key<'a>(
     shape: &TableShape,
@@ -726,7 +770,27 @@ fn apply_remote_schema(db: &mut LeaderDb, s: &SchemaChange) -> Result<(), MergeA
                 None => {}
             }
         }
-        DdlKind::AlterTable => {}
+        DdlKind::AlterTable | DdlKind::SetPragma => {}
+        DdlKind::CreateView => {
+            let exists: i64 = db.conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'view' AND name = ?1 COLLATE NOCASE",
+                [&s.table],
+                |r| r.get(0),
+            )?;
+            if exists > 0 {
+                return Ok(());
+            }
+        }
+        DdlKind::DropView => {
+            let exists: i64 = db.conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'view' AND name = ?1 COLLATE NOCASE",
+                [&s.table],
+                |r| r.get(0),
+            )?;
+            if exists == 0 {
+                return Ok(());
+            }
+        }
         other => {
             return Err(MergeApplyError::Unfit(format!(
                 "a {} ({}) cannot be merged between data centres",

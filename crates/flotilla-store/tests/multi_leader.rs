@@ -230,6 +230,23 @@ fn two_data_centres_converge_and_record_their_conflicts() {
     assert!(stamp.original.is_some());
 }
 
+/// The statement fails alone (its request), refused with `why`.
+fn refused(dc: &mut Dc, sql: &str, why: &str) {
+    let req = common::req(&[(sql, vec![])]);
+    let node = dc.node.clone();
+    let out = dc
+        .db
+        .commit_batch(&[req], Epoch(1), &node, 9_000_000)
+        .unwrap();
+    match &out.outcomes[0] {
+        RequestOutcome::Failed { message, kind, .. } => {
+            assert!(message.contains(why), "{sql}: {message}");
+            assert_eq!(*kind, FailureKind::Refused, "{sql}");
+        }
+        _ => panic!("{sql} was taken"),
+    }
+}
+
 #[test]
 fn schema_changes_travel_and_unfit_ones_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,14 +277,21 @@ fn schema_changes_travel_and_unfit_ones_are_refused() {
             "INTEGER PRIMARY KEY",
         ),
     ] {
-        let req = common::req(&[(sql, vec![])]);
-        match eu
-            .db
-            .commit_batch(&[req], Epoch(1), &eu.node.clone(), 9_000_000)
-        {
-            Err(err) => assert!(err.to_string().contains(why), "{sql}: {err}"),
-            Ok(_) => panic!("{sql} was taken"),
-        }
+        refused(&mut eu, sql, why);
+    }
+    for (sql, why) in [
+        ("DROP TABLE notes", "cannot be dropped"),
+        (
+            "ALTER TABLE notes RENAME COLUMN body TO text",
+            "only ADD COLUMN",
+        ),
+        ("ALTER TABLE notes DROP COLUMN stars", "only ADD COLUMN"),
+        (
+            "CREATE TRIGGER t AFTER INSERT ON notes BEGIN SELECT 1; END",
+            "triggers",
+        ),
+    ] {
+        refused(&mut eu, sql, why);
     }
     eu.sql(&["CREATE TABLE pairs (dc TEXT, n INTEGER, PRIMARY KEY (dc, n))"]);
     eu.sql(&["CREATE TABLE w (id INTEGER PRIMARY KEY, x) WITHOUT ROWID"]);

@@ -4,6 +4,7 @@ mod backup;
 mod cert;
 mod changes;
 mod cluster;
+mod conflicts;
 mod demo;
 mod demo_failover;
 mod demo_trigger;
@@ -66,6 +67,9 @@ enum Command {
     /// Flotilla or a file.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// Multi-leader conflicts: list them, set policies, resolve one.
+    #[command(subcommand)]
+    Conflicts(conflicts::ConflictsCommand),
     /// API tokens: make, list and revoke them (admin role).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve::run(*a, cli.tls_ca.clone()).await,
             Command::Token(c) => token::run(c).await,
+            Command::Conflicts(c) => conflicts::run(c).await,
             Command::Cert(c) => cert::run(c),
             Command::Sql(a) => sql::run(a).await,
             Command::Shell(a) => shell::run(a).await,

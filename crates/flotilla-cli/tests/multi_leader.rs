@@ -136,23 +136,44 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
         assert_eq!(status(c).await["cluster_id"], eu_status["cluster_id"]);
     }
 
+    write(&eu, "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER NOT NULL DEFAULT 0, note TEXT)").await;
+    let eu_url = d.leaders[0].url.clone();
+    for (column, policy) in [("qty", "counter"), ("note", "keep-both")] {
+        let (ok, out, err) = cli(&[
+            "conflicts",
+            "policy",
+            "--node",
+            &eu_url,
+            "--table",
+            "items",
+            "--column",
+            column,
+            "--policy",
+            policy,
+        ]);
+        assert!(ok, "{out} {err}");
+    }
+    // A policy that does not fit is refused when given.
+    let (ok, _, err) = cli(&[
+        "conflicts",
+        "policy",
+        "--node",
+        &eu_url,
+        "--table",
+        "items",
+        "--column",
+        "name",
+        "--policy",
+        "counter",
+    ]);
+    assert!(!ok && err.contains("counter adds numbers"), "{err}");
+    let items = "SELECT id, name, qty FROM items ORDER BY id";
     write(
         &eu,
-        "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER NOT NULL DEFAULT 0)",
-    )
-    .await;
-    write(
-        &eu,
-        "INSERT INTO flotilla_policies VALUES ('items', 'qty', 'counter', NULL)",
-    )
-    .await;
-    write(
-        &eu,
-        "INSERT INTO items VALUES ('a', 'apple', 100), ('b', 'pear', 1)",
+        "INSERT INTO items (id, name, qty) VALUES ('a', 'apple', 100), ('b', 'pear', 1)",
     )
     .await;
     let all = [eu.clone(), us.clone(), asia.clone()];
-    let items = "SELECT id, name, qty FROM items ORDER BY id";
     converged(&all, items).await;
 
     // Concurrently in each data centre (none hears of the others' writes until the links are
@@ -167,7 +188,7 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
             write(
                 &c,
                 &format!(
-                    "UPDATE items SET name = '{name}', qty = qty + {} WHERE id = 'a'",
+                    "UPDATE items SET name = '{name}', qty = qty + {}, note = 'by {name}' WHERE id = 'a'",
                     i + 1
                 ),
             )
@@ -196,14 +217,22 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
 
     // asia cut off: both sides keep taking writes.
     d.isolate(2, true);
-    write(&asia, "INSERT INTO items VALUES ('c', 'cherry', 5)").await;
+    write(
+        &asia,
+        "INSERT INTO items (id, name, qty) VALUES ('c', 'cherry', 5)",
+    )
+    .await;
     write(
         &asia,
         "UPDATE items SET qty = qty + 10, name = 'asia apple' WHERE id = 'a'",
     )
     .await;
     write(&eu, "UPDATE items SET qty = qty + 20 WHERE id = 'a'").await;
-    write(&us, "INSERT INTO items VALUES ('d', 'date', 7)").await;
+    write(
+        &us,
+        "INSERT INTO items (id, name, qty) VALUES ('d', 'date', 7)",
+    )
+    .await;
     increments += 30;
     let s = status(&asia).await;
     tokio::time::sleep(Duration::from_millis(3_500)).await;
@@ -227,6 +256,43 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
         .map(|r| r[0].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["a", "c", "d"]);
+
+    // keep-both: the note's conflicts stay open until someone writes the value to keep; the
+    // write travels and every data centre marks them resolved.
+    let open_q =
+        "SELECT id FROM flotilla_conflicts WHERE col = 'note' AND resolved = 0 ORDER BY id";
+    let open = rows(&eu, open_q).await;
+    let first = open[0][0]
+        .as_str()
+        .expect("an open keep-both conflict")
+        .to_string();
+    let (ok, out, err) = cli(&["conflicts", "list", "--node", &eu_url, "--open"]);
+    assert!(
+        ok && out.contains(&first) && out.contains("keep-both"),
+        "{out} {err}"
+    );
+    let (ok, out, err) = cli(&[
+        "conflicts",
+        "resolve",
+        "--node",
+        &eu_url,
+        &first,
+        "--keep",
+        "remote",
+    ]);
+    assert!(ok, "{out} {err}");
+    converged(&all, "SELECT id, note FROM items ORDER BY id").await;
+    let started = Instant::now();
+    for c in &all {
+        while !rows(c, open_q).await.as_array().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "still open: {}",
+                rows(c, open_q).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // The follower of eu has what eu has, merged changes included.
     let want = rows(&eu, items).await;

@@ -231,6 +231,15 @@ impl Client {
         self.answer(path, r).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let r = self
+            .request(reqwest::Method::PUT, path)
+            .json(body)
+            .send()
+            .await;
+        self.answer(path, r).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         let r = self.request(reqwest::Method::DELETE, path).send().await;
         self.answer(path, r).await

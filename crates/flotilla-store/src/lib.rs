@@ -54,7 +54,7 @@ pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};
 pub use leader_tokens::{read_tokens, StoredToken, TokenError, TOKENS_TABLE};
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use multi_leader::{
-    link_position, read_version_vector, MergeApplyError, MergeOutcome, MultiLeader,
+    link_position, read_version_vector, MergeApplyError, MergeOutcome, MultiLeader, SetPolicyError,
     CONFLICTS_TABLE, POLICIES_TABLE,
 };
 pub use open::{

@@ -306,6 +306,12 @@ fn is_secret_table(table: &str) -> bool {
         .any(|t| table.eq_ignore_ascii_case(t))
 }
 
+/// The user-visible tables of multi-leader replication (reserved names on every node).
+fn multi_leader_table(name: &str) -> bool {
+    name.eq_ignore_ascii_case(crate::multi_leader::CONFLICTS_TABLE)
+        || name.eq_ignore_ascii_case(crate::multi_leader::POLICIES_TABLE)
+}
+
 fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
     let internal_table = |t: &str| t.to_ascii_lowercase().starts_with(INTERNAL_PREFIX);
     // What Flotilla's own triggers (trigger-based replication) do when a client statement
@@ -340,6 +346,22 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
                  secrets included (use dbstat for page statistics)"
                     .into(),
             )
+        }
+        // Multi-leader: the policies are checked against their table when set (`flotilla
+        // conflicts policy`), and the conflicts are each node's own record.
+        AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name }
+        | AuthAction::CreateTable { table_name, .. }
+        | AuthAction::DropTable { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. }
+            if multi_leader_table(table_name) =>
+        {
+            Some(format!(
+                "{table_name} is Flotilla's multi-leader bookkeeping: set policies with `flotilla \
+                 conflicts policy` (PUT /v1/conflicts/policies), resolve a conflict by writing \
+                 the value you want to its row (or `flotilla conflicts resolve`)"
+            ))
         }
         AuthAction::CreateView { view_name } if internal_table(view_name) => Some(format!(
             "names starting with {INTERNAL_PREFIX} are Flotilla's own: choose another for view \

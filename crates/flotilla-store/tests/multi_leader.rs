@@ -136,7 +136,20 @@ fn two_data_centres_converge_and_record_their_conflicts() {
     eu.sql(&[
         "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER NOT NULL DEFAULT 0)",
     ]);
-    eu.sql(&["INSERT INTO flotilla_policies VALUES ('items', 'qty', 'counter', NULL)"]);
+    let node = eu.node.clone();
+    let out = eu
+        .db
+        .set_policy(
+            "items",
+            Some("qty"),
+            "counter",
+            None,
+            Epoch(1),
+            &node,
+            1_500_000,
+        )
+        .unwrap();
+    eu.keep(&out);
     eu.sql(&["INSERT INTO items VALUES ('a', 'apple', 10), ('b', 'pear', 1)"]);
     assert_eq!(us.pull(&eu), 0);
     assert_eq!(
@@ -245,6 +258,63 @@ fn refused(dc: &mut Dc, sql: &str, why: &str) {
         }
         _ => panic!("{sql} was taken"),
     }
+}
+
+#[test]
+fn policies_are_checked_when_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    eu.sql(&["CREATE TABLE t (id TEXT PRIMARY KEY, name TEXT, n INTEGER, r REAL)"]);
+    let node = eu.node.clone();
+    let mut set = |col: Option<&str>, policy: &str, expr: Option<&str>| {
+        eu.db
+            .set_policy("t", col, policy, expr, Epoch(1), &node, 3_000_000)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for (col, policy, expr, why) in [
+        (
+            Some("nope"),
+            "lww",
+            None,
+            "has no column nope (its columns: id, name, n, r)",
+        ),
+        (Some("name"), "counter", None, "counter adds numbers"),
+        (Some("id"), "max", None, "primary key"),
+        (Some("name"), "newest", None, "unknown policy"),
+        (Some("name"), "custom", None, "needs an expression"),
+        (Some("name"), "custom", Some("local +"), "does not compile"),
+        (
+            Some("name"),
+            "custom",
+            Some("(SELECT hash FROM _flotilla_tokens)"),
+            "does not compile",
+        ),
+        (None, "lww", None, "delete rule"),
+    ] {
+        let err = set(col, policy, expr).unwrap_err();
+        assert!(err.contains(why), "{col:?} {policy}: {err}");
+    }
+    set(Some("N"), "counter", None).unwrap();
+    set(Some("r"), "max", None).unwrap();
+    set(Some("name"), "custom", Some("local || '+' || remote")).unwrap();
+    set(None, "update-wins", None).unwrap();
+    assert_eq!(
+        eu.read("SELECT col, policy FROM flotilla_policies ORDER BY col"),
+        vec![
+            "Text(\"\")|Text(\"update-wins\")",
+            "Text(\"n\")|Text(\"counter\")",
+            "Text(\"name\")|Text(\"custom\")",
+            "Text(\"r\")|Text(\"max\")",
+        ]
+    );
+    // Clients cannot write the policies (or the conflicts) with SQL.
+    refused(
+        &mut eu,
+        "INSERT INTO flotilla_policies VALUES ('t', 'name', 'lww', NULL)",
+        "flotilla conflicts policy",
+    );
+    refused(&mut eu, "DELETE FROM flotilla_conflicts", "bookkeeping");
 }
 
 #[test]

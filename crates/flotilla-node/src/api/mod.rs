@@ -3,6 +3,7 @@
 mod backup;
 mod body;
 pub mod changes;
+mod conflicts;
 pub mod decode;
 
 mod execute;
@@ -27,7 +28,7 @@ pub use crate::api_error::ApiError;
 use crate::node::Node;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use std::sync::Arc;
 
@@ -48,6 +49,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/pipelines/{name}/pause", post(pipelines::pause))
         .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
+        .route("/v1/conflicts/policies", put(conflicts::set_policy))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/replication", get(replication))

@@ -114,6 +114,7 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
         || path.starts_with("/v1/followers")
         || path == "/v1/backup"
         || path == "/v1/restore"
+        || path == "/v1/conflicts/policies"
         || path == "/v1/cluster/promote"
         || path.starts_with("/v1/cluster/members");
     match path {

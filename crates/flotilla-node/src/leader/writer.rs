@@ -61,6 +61,19 @@ pub enum WriteJob {
         job: Box<MergeJob>,
         reply: oneshot::Sender<ChangeReply>,
     },
+    /// Setting a table's or column's conflict policy (multi-leader): a commit of its own.
+    Policy {
+        change: PolicyChange,
+        reply: oneshot::Sender<ChangeReply>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyChange {
+    pub table: String,
+    pub column: Option<String>,
+    pub policy: String,
+    pub expression: Option<String>,
 }
 
 /// What [`WriteJob::Merge`] merges: a transaction read at `peer_at` (its position and chain)
@@ -94,6 +107,9 @@ pub enum ChangeError {
     /// A transaction from another data centre was not merged: nothing was committed.
     #[error(transparent)]
     Merge(#[from] flotilla_store::MergeApplyError),
+    /// A conflict policy was refused: nothing was committed.
+    #[error(transparent)]
+    Policy(#[from] flotilla_store::SetPolicyError),
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +330,30 @@ pub fn spawn_writer(
                             Err(why) => {
                                 return fatal.report(crate::fatal::Fatal::Durability(why));
                             }
+                        }
+                        continue;
+                    }
+                    WriteJob::Policy { change, reply } => {
+                        if let Some(c) = &cluster {
+                            db.next_internal_at(c.next);
+                        }
+                        let result = db
+                            .set_policy(
+                                &change.table,
+                                change.column.as_deref(),
+                                &change.policy,
+                                change.expression.as_deref(),
+                                epoch,
+                                &origin,
+                                wall_us(),
+                            )
+                            .map_err(ChangeError::from);
+                        if let Some(c) = &mut cluster {
+                            internal_commit_proposed(c, &db, result, reply);
+                            continue;
+                        }
+                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
                     }

@@ -223,7 +223,11 @@ async fn resolve(
         .collect();
     params.extend(key);
     let where_clause = clause.join(" AND ");
-    let set = format!("UPDATE {} SET {} = ?1 WHERE {where_clause}", q(&table), q(&column));
+    let set = format!(
+        "UPDATE {} SET {} = ?1 WHERE {where_clause}",
+        q(&table),
+        q(&column)
+    );
     // A write of the value a column already shows changes nothing, so it would not count as a
     // write of the column (nor resolve the conflict): the column is then cleared first, in the
     // same transaction.
@@ -238,7 +242,10 @@ async fn resolve(
             }),
         )
         .await?;
-    let shown = current["rows"].as_array().and_then(|r| r.first()).map(|r| r[0].clone());
+    let shown = current["rows"]
+        .as_array()
+        .and_then(|r| r.first())
+        .map(|r| r[0].clone());
     let mut statements = Vec::new();
     if shown.as_ref() == Some(&params[0]) {
         let mut cleared = params.clone();

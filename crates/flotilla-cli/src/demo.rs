@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 #[command(after_help = "Examples:
   flotilla demo                 # a leader and three followers, checked identical
   flotilla demo failover        # a cluster of three voters: SIGKILL the leader, nothing lost
-  flotilla demo trigger         # a pipeline into a PostgreSQL it starts")]
+  flotilla demo trigger         # a pipeline into a PostgreSQL it starts
+  flotilla demo multi-dc        # three data centres, conflicts, a partition, convergence")]
 pub struct DemoArgs {
     /// `cluster` (a leader, physical and logical followers, the change feed), `failover` (three
-    /// voters; the leader SIGKILLed, then cut off) or `trigger` (a pipeline into a PostgreSQL the
-    /// demo starts).
-    #[arg(default_value = "cluster", value_parser = ["cluster", "failover", "trigger"])]
+    /// voters; the leader SIGKILLed, then cut off), `trigger` (a pipeline into a PostgreSQL the
+    /// demo starts) or `multi-dc` (three data centres' leaders exchanging and merging).
+    #[arg(default_value = "cluster", value_parser = ["cluster", "failover", "trigger", "multi-dc"])]
     kind: String,
     /// A shortened run (a few seconds per step), as the test suite uses.
     #[arg(long)]
@@ -145,6 +146,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
                 crate::demo_trigger::run(a.quick, a.keep).await
             } else if a.kind == "failover" {
                 crate::demo_failover::run(a.quick, a.keep).await
+            } else if a.kind == "multi-dc" {
+                crate::demo_multi_dc::run(a.quick, a.keep).await
             } else {
                 demo(a).await
             }

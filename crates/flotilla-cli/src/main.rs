@@ -7,6 +7,7 @@ mod cluster;
 mod conflicts;
 mod demo;
 mod demo_failover;
+mod demo_multi_dc;
 mod demo_trigger;
 mod log_tool;
 mod pipeline;

@@ -65,3 +65,23 @@ fn quick_failover_demo_loses_no_acknowledged_write() {
         "{stdout}"
     );
 }
+
+#[test]
+fn quick_multi_dc_demo_converges_and_shows_the_conflicts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["demo", "multi-dc", "--quick"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("[check]").count(), 4, "{stdout}");
+    assert!(
+        stdout.contains("All 3 data centres and their followers converged"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("keep-both"), "{stdout}");
+}

@@ -49,6 +49,9 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
     let finder = Arc::new(LeaderFinder::new(&link.url, node.peers.clone()));
     let mut config = FollowerConfig::new(&format!("dc-{own_dc}"), &node.url);
     config.log_kind = LogKind::Logical;
+    // A link back after a cut should take up again within a second: a data centre catching up
+    // on another's writes matters more than a reconnect attempt a second to a peer that is down.
+    config.backoff.max_ms = 1_000;
     let mut session = FollowerSession::new(config, Some(local), Some(cluster_id));
     let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
     let mut conn: Option<Connection> = None;

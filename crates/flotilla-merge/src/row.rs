@@ -20,6 +20,9 @@ use flotilla_types::{RowOp, SqlValue, VersionVector};
 pub struct RowState {
     pub live: Vec<Version>,
     pub dead: Vec<Version>,
+    /// The earliest insert of the row (the same everywhere once the inserts are): who keeps
+    /// a unique value two data centres gave two rows. `Version::zero()` for a settled row.
+    pub created: Option<Version>,
     /// One per column, in the table's column order.
     pub cells: Vec<Cell>,
 }
@@ -30,6 +33,7 @@ impl RowState {
         RowState {
             live: vec![Version::zero()],
             dead: Vec::new(),
+            created: Some(Version::zero()),
             cells: values.iter().cloned().map(Cell::settled).collect(),
         }
     }
@@ -38,6 +42,7 @@ impl RowState {
         RowState {
             live: Vec::new(),
             dead: Vec::new(),
+            created: None,
             cells: (0..width).map(|_| Cell::empty()).collect(),
         }
     }
@@ -57,6 +62,12 @@ impl RowState {
         while self.cells.len() < defaults.len() {
             let d = defaults[self.cells.len()].clone();
             self.cells.push(Cell::settled(d));
+        }
+    }
+
+    fn note_insert(&mut self, version: &Version) {
+        if self.created.as_ref().is_none_or(|c| version < c) {
+            self.created = Some(version.clone());
         }
     }
 
@@ -116,6 +127,9 @@ pub fn write_local(
     match op {
         RowOp::Insert | RowOp::Update => {
             let after = after.unwrap_or(&[]);
+            if op == RowOp::Insert {
+                state.note_insert(version);
+            }
             // Everything here was seen by a local write.
             state.live = vec![version.clone()];
             state.dead.clear();
@@ -228,6 +242,9 @@ pub fn merge_remote(
     state.widen(image);
     let mut conflicts = Vec::new();
 
+    if change.op == RowOp::Insert {
+        state.note_insert(version);
+    }
     // Existence first: a conflict between a delete and an update is about the row.
     let rule = policies.delete;
     if let Some(unseen) = state.existence_write(alive_op, version, deps) {

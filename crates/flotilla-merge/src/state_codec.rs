@@ -3,6 +3,7 @@
 //! ```text
 //! u8 version (1)
 //! varint live count, versions; varint dead count, versions
+//! u8 0 (no insert seen) | 1 followed by the earliest insert's version
 //! varint cell count, per cell: value, varint entry count, per entry: version, value
 //! version: u64 hlc, string origin, varint lsn
 //! ```
@@ -39,6 +40,15 @@ pub fn encode_state(s: &RowState) -> Vec<u8> {
             version(&mut out, v);
         }
     }
+    match &s.created {
+        None => {
+            out.u8(0);
+        }
+        Some(v) => {
+            out.u8(1);
+            version(&mut out, v);
+        }
+    }
     out.uvar(s.cells.len() as u64);
     for cell in &s.cells {
         encode_value(&mut out, &cell.value);
@@ -68,6 +78,16 @@ pub fn decode_state(bytes: &[u8]) -> Result<RowState, DecodeError> {
             set.push(read_version(&mut c)?);
         }
     }
+    let created = match c.u8()? {
+        0 => None,
+        1 => Some(read_version(&mut c)?),
+        other => {
+            return Err(DecodeError::invalid(
+                WHAT,
+                format!("created marker {other}"),
+            ))
+        }
+    };
     let n = c.count(2)?;
     let mut cells = Vec::with_capacity(n);
     for _ in 0..n {
@@ -84,7 +104,12 @@ pub fn decode_state(bytes: &[u8]) -> Result<RowState, DecodeError> {
     }
     c.finish()?;
     let [live, dead] = sets;
-    Ok(RowState { live, dead, cells })
+    Ok(RowState {
+        live,
+        dead,
+        created,
+        cells,
+    })
 }
 
 /// A row's key as stored: its primary-key values in key order.

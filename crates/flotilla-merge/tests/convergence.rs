@@ -268,10 +268,10 @@ fn run(replica_count: usize, actions: &[Action], rule: DeleteRule) {
     for r in &replicas {
         assert!(r.delivered.iter().all(|d| *d), "{} got everything", r.name);
     }
-    let view = |r: &Replica| -> BTreeMap<u8, (bool, Vec<SqlValue>)> {
+    let view = |r: &Replica| -> BTreeMap<u8, (bool, Vec<SqlValue>, Option<Version>)> {
         r.rows
             .iter()
-            .map(|(k, s)| (*k, (s.alive(rule), s.values())))
+            .map(|(k, s)| (*k, (s.alive(rule), s.values(), s.created.clone())))
             .collect()
     };
     let first = view(&replicas[0]);
@@ -279,7 +279,7 @@ fn run(replica_count: usize, actions: &[Action], rule: DeleteRule) {
         assert_eq!(view(r), first, "{} and {} differ", r.name, replicas[0].name);
     }
     // Counters: every increment counted exactly once.
-    for (key, (_, values)) in &first {
+    for (key, (_, values, _)) in &first {
         let want = increments.get(key).copied().unwrap_or(0);
         assert_eq!(values[3], SqlValue::Integer(want), "counter of key {key}");
     }

@@ -413,8 +413,8 @@ impl LeaderDb {
         // A group that changed nothing (reads, writes that matched no row) takes no position:
         // its requests are answered with the position their statements saw.
         let changed_nothing = !self.wrote && self.capture.bytes() == 0;
-        let encoded_rows = self.capture.finish();
         if digests.is_empty() || changed_nothing {
+            self.capture.finish();
             rules.internal(|| self.conn.execute_batch("ROLLBACK"))?;
             return Ok(CommitOutcome {
                 outcomes,
@@ -422,15 +422,14 @@ impl LeaderDb {
                 encoded_rows: Vec::new(),
             });
         }
-        let stamped = self.stamp_local(&encoded_rows, lsn, now_us);
-        match stamped {
-            Ok(stamp) => self.pending_exchange = stamp,
+        let encoded_rows = match self.stamp_and_finish(lsn, now_us) {
+            Ok(rows) => rows,
             Err(e) => {
                 self.capture.forget_shapes();
                 let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
                 return Err(e);
             }
-        }
+        };
         let out =
             self.finish_commit(lsn, epoch, origin, now_us, &digests, encoded_rows, outcomes)?;
         self.pipelines.trims_committed();

@@ -450,19 +450,20 @@ impl LeaderDb {
         };
         match ran {
             Ok(v) => {
-                let rows = self.capture.finish();
                 // On a multi-leader node an internal change of replicated rows (a policy) is
                 // stamped for other data centres like a client's; a merge brought its own stamp.
-                if self.pending_exchange.is_none() {
-                    match self.stamp_local(&rows, lsn, now_us) {
-                        Ok(stamp) => self.pending_exchange = stamp,
+                let rows = if self.pending_exchange.is_none() {
+                    match rules.internal(|| self.stamp_and_finish(lsn, now_us)) {
+                        Ok(rows) => rows,
                         Err(e) => {
                             self.capture.forget_shapes();
                             let _ = rules.internal(|| self.conn.execute_batch("ROLLBACK"));
                             return Err(E::from(e));
                         }
                     }
-                }
+                } else {
+                    self.capture.finish()
+                };
                 let out = self.finish_commit(
                     lsn,
                     epoch,

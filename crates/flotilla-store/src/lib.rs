@@ -39,6 +39,7 @@ pub mod snapshot;
 pub mod sql_text;
 mod statement_guard;
 mod txn_size;
+mod unique_clash;
 mod wal_flush;
 mod wal_tail;
 

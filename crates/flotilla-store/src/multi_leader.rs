@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS _flotilla_ml_rows (
     state BLOB NOT NULL,
     PRIMARY KEY (tbl, key)
 ) WITHOUT ROWID;
+-- Rows alive in their merge state but kept out of their table: another row holds a unique
+-- value they claim (see unique_clash.rs).
+CREATE TABLE IF NOT EXISTS _flotilla_ml_shadowed (
+    tbl TEXT NOT NULL,
+    key BLOB NOT NULL,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _flotilla_ml_links (
     peer TEXT PRIMARY KEY,
     epoch INTEGER NOT NULL,
@@ -149,7 +156,7 @@ pub struct MultiLeader {
     pub max_drift_ms: u64,
 }
 
-fn quote(ident: &str) -> String {
+pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
@@ -159,7 +166,7 @@ fn local_only(table: &str) -> bool {
     t.starts_with(crate::INTERNAL_PREFIX) || t == CONFLICTS_TABLE
 }
 
-fn to_sql(v: &SqlValue) -> rusqlite::types::Value {
+pub(crate) fn to_sql(v: &SqlValue) -> rusqlite::types::Value {
     use rusqlite::types::Value;
     match v {
         SqlValue::Null => Value::Null,
@@ -171,7 +178,7 @@ fn to_sql(v: &SqlValue) -> rusqlite::types::Value {
     }
 }
 
-fn from_sql(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
+pub(crate) fn from_sql(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
     use rusqlite::types::ValueRef;
     match v {
         ValueRef::Null => SqlValue::Null,
@@ -186,7 +193,7 @@ fn from_sql(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
 }
 
 /// A key as users read it in the conflicts table: its values as a JSON array.
-fn key_json(values: &[&SqlValue]) -> String {
+pub(crate) fn key_json(values: &[&SqlValue]) -> String {
     let items: Vec<String> = values
         .iter()
         .map(|v| match v {
@@ -360,7 +367,11 @@ fn load_vv(conn: &Connection) -> Result<VersionVector, StoreError> {
     Ok(vv)
 }
 
-fn load_state(conn: &Connection, table: &str, key: &[u8]) -> Result<Option<RowState>, StoreError> {
+pub(crate) fn load_state(
+    conn: &Connection,
+    table: &str,
+    key: &[u8],
+) -> Result<Option<RowState>, StoreError> {
     let bytes: Option<Vec<u8>> = conn
         .prepare_cached("SELECT state FROM _flotilla_ml_rows WHERE tbl = ?1 AND key = ?2")?
         .query_row(params![table, key], |r| r.get(0))
@@ -605,6 +616,37 @@ impl LeaderDb {
             .lsn)
     }
 
+    /// Ends the open transaction's capture: on a multi-leader node, first records the merge
+    /// state of its row changes and sets its stamp (`pending_exchange`). What that adds to
+    /// the transaction (rows a unique clash had hidden, shown again; conflicts resolved) is
+    /// captured for this data centre's followers, while the stamp keeps the changes as the
+    /// client made them: other data centres derive the rest themselves.
+    pub(crate) fn stamp_and_finish(
+        &mut self,
+        lsn: Lsn,
+        now_us: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        if self.multi_leader.is_none() {
+            return Ok(self.capture.finish());
+        }
+        let made = self.capture.peek();
+        let stamp = self.stamp_local(&made, lsn, now_us)?;
+        let rows = self.capture.finish();
+        let stamp = match stamp {
+            Some(mut s) if rows != made => {
+                s.original = Some(flotilla_wire::decode_rows(&made).map_err(|e| {
+                    StoreError::Capture(format!("the transaction's own row changes: {e}"))
+                })?);
+                self.rules
+                    .internal(|| remember_stamp(&self.conn, lsn, s.hlc, &s))?;
+                Some(s)
+            }
+            other => other,
+        };
+        self.pending_exchange = stamp;
+        Ok(rows)
+    }
+
     /// Records the merge state of a local transaction's row changes (in the open transaction,
     /// before its commit) and returns its stamp for other data centres. `None` on a node that
     /// is not multi-leader, or a transaction that changed no replicated row.
@@ -711,6 +753,11 @@ impl LeaderDb {
         if let Some(m) = self.multi_leader.as_mut() {
             m.hlc = hlc;
         }
+        // The conflicts it resolved reach this data centre's followers.
+        let rules = self.rules.clone();
+        rules.internal(|| self.capture.statement_done(&self.conn))?;
+        // A delete, or a changed unique value, may free a value a shadowed row claims.
+        rules.internal(|| reconsider_shadowed(self, &payload))?;
         Ok(Some(stamp))
     }
 }
@@ -960,6 +1007,7 @@ impl LeaderDb {
                         peer_at.0.lsn.0 as i64,
                         peer_at.1 .0 as i64
                     ])?;
+                reconsider_shadowed(db, changes)?;
                 let mut passed_on = stamp.clone();
                 passed_on.original = Some(changes.clone());
                 remember_stamp(&db.conn, lsn, hlc, &passed_on)?;
@@ -974,6 +1022,25 @@ impl LeaderDb {
             conflicts,
         })
     }
+}
+
+/// Shows again the shadowed rows of the tables a transaction changed whose unique values are
+/// free now (a delete, or a changed value, let them go).
+fn reconsider_shadowed(db: &mut LeaderDb, changes: &RowPayload) -> Result<(), StoreError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for it in &changes.items {
+        let RowItem::Change(c) = it else { continue };
+        let shape = changes.shape(c);
+        if local_only(&shape.name) || seen.contains(&shape.name.as_str()) {
+            continue;
+        }
+        seen.push(&shape.name);
+        if crate::unique_clash::has_shadowed(&db.conn, &shape.name)? {
+            let upsert = TableSql::new(shape).upsert;
+            crate::unique_clash::reconsider(db, shape, &upsert)?;
+        }
+    }
+    Ok(())
 }
 
 /// Merges one row change into the table, its merge state and the conflicts table. Returns the
@@ -1031,14 +1098,15 @@ fn merge_change(
     let now_alive = merged.state.alive(rule);
     let values = merged.state.values();
     if now_alive && here.as_ref() != Some(&values) {
-        let args: Vec<rusqlite::types::Value> = values.iter().map(to_sql).collect();
-        db.conn
-            .prepare_cached(&sql.upsert)?
-            .execute(rusqlite::params_from_iter(args.iter()))?;
-    } else if !now_alive && here.is_some() {
-        db.conn
-            .prepare_cached(&sql.delete)?
-            .execute(rusqlite::params_from_iter(key_params.iter()))?;
+        // A unique value another row holds may keep it out (see unique_clash.rs).
+        crate::unique_clash::place(db, shape, &sql.upsert, &merged.state, here.is_some())?;
+    } else if !now_alive {
+        if here.is_some() {
+            db.conn
+                .prepare_cached(&sql.delete)?
+                .execute(rusqlite::params_from_iter(key_params.iter()))?;
+        }
+        crate::unique_clash::forget(&db.conn, &shape.name, &key)?;
     }
     db.capture.statement_done(&db.conn)?;
     save_state(&db.conn, &shape.name, &key, &merged.state)?;

@@ -452,6 +452,11 @@ impl RowCapture {
         self.statement_done(conn)
     }
 
+    /// The transaction's capture so far, encoded (capture goes on).
+    pub(crate) fn peek(&self) -> Vec<u8> {
+        self.lock().payload.encoded()
+    }
+
     /// The transaction's capture, encoded; capture stays off until the next
     /// [`RowCapture::begin`].
     pub(crate) fn finish(&self) -> Vec<u8> {

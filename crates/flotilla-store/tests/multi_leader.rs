@@ -382,3 +382,53 @@ fn schema_changes_travel_and_unfit_ones_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("data centre us"), "{err}");
 }
+
+#[test]
+fn a_unique_value_two_data_centres_gave_two_rows_goes_to_the_first_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&["CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT)"]);
+    us.pull(&eu);
+    // Concurrently: eu's ann first (its clock is behind us's), then us's ann2 with the same email.
+    eu.sql(&["INSERT INTO users VALUES ('u1', 'ann@example.com', 'Ann (eu)')"]);
+    us.now_us = eu.now_us + 10_000;
+    us.sql(&["INSERT INTO users VALUES ('u2', 'ann@example.com', 'Ann (us)')"]);
+    us.pull(&eu);
+    eu.pull(&us);
+    let q = "SELECT id, email, name FROM users ORDER BY id";
+    assert_eq!(eu.read(q), us.read(q));
+    assert_eq!(
+        eu.read(q),
+        vec!["Text(\"u1\")|Text(\"ann@example.com\")|Text(\"Ann (eu)\")"]
+    );
+    let c = "SELECT id, col, winner FROM flotilla_conflicts WHERE col LIKE 'unique%'";
+    assert_eq!(eu.read(c).len(), 1, "{:?}", eu.read(c));
+    let ids = |d: &Dc| d.read("SELECT id FROM flotilla_conflicts WHERE col LIKE 'unique%'");
+    assert_eq!(ids(&eu), ids(&us), "the same conflict id on both sides");
+
+    // The winner lets the email go: the shadowed row comes back, on both sides.
+    eu.sql(&["UPDATE users SET email = 'ann@new.example' WHERE id = 'u1'"]);
+    us.pull(&eu);
+    assert_eq!(eu.read(q), us.read(q));
+    assert_eq!(eu.read(q).len(), 2, "{:?}", eu.read(q));
+    // Both rows take the same new email at once: the first-inserted row keeps it again.
+    eu.sql(&["UPDATE users SET email = 'x@example.com' WHERE id = 'u1'"]);
+    us.sql(&["UPDATE users SET email = 'x@example.com' WHERE id = 'u2'"]);
+    eu.pull(&us);
+    us.pull(&eu);
+    assert_eq!(eu.read(q), us.read(q));
+    assert_eq!(
+        eu.read(q),
+        vec!["Text(\"u1\")|Text(\"x@example.com\")|Text(\"Ann (eu)\")"]
+    );
+    // The winner is deleted: the hidden row takes the value back, on both sides (a hidden row
+    // is not in its table, so nobody can change it meanwhile).
+    eu.sql(&["DELETE FROM users WHERE id = 'u1'"]);
+    us.pull(&eu);
+    assert_eq!(eu.read(q), us.read(q));
+    assert_eq!(
+        eu.read(q),
+        vec!["Text(\"u2\")|Text(\"x@example.com\")|Text(\"Ann (us)\")"]
+    );
+}

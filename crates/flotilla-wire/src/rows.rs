@@ -138,6 +138,11 @@ impl RowsWriter {
     }
 
     pub fn finish(self) -> Vec<u8> {
+        self.encoded()
+    }
+
+    /// The payload so far, encoded, leaving the writer as it is.
+    pub fn encoded(&self) -> Vec<u8> {
         let mut out = Out::with_capacity(64 + self.items.0.len());
         out.u8(ROWS_FORMAT_VERSION);
         encode_tables(&mut out, &self.tables);

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod multi_dc;
 mod network;
 mod replica;
 mod world;
@@ -43,9 +44,12 @@ pub const INJECTABLE_BUGS: &[&str] = &[
 pub const INJECTABLE_CLUSTER_BUGS: &[&str] =
     &["forget-vote", "ack-quorum-on-persist", "read-past-commit"];
 
+/// Bugs of multi-leader merging that `--multi-dc --inject-bug` can switch on.
+pub const INJECTABLE_MULTI_DC_BUGS: &[&str] = &["merge-ignores-dependencies"];
+
 /// A bug name the simulator does not know.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown bug {0:?}; known: {known}, and with --cluster {cluster}", known = INJECTABLE_BUGS.join(", "), cluster = INJECTABLE_CLUSTER_BUGS.join(", "))]
+#[error("unknown bug {0:?}; known: {known}, with --cluster {cluster}, with --multi-dc {multi}", known = INJECTABLE_BUGS.join(", "), cluster = INJECTABLE_CLUSTER_BUGS.join(", "), multi = INJECTABLE_MULTI_DC_BUGS.join(", "))]
 pub struct UnknownBug(pub String);
 
 /// Switches a deliberate bug on (or all off with `None`). The switches exist only in builds with
@@ -58,7 +62,11 @@ pub fn inject_bug(name: Option<&str>) -> Result<(), UnknownBug> {
     cluster::FORGET_VOTE.store(false, Ordering::Relaxed);
     cluster::ACK_QUORUM_ON_PERSIST.store(false, Ordering::Relaxed);
     cluster::READ_PAST_COMMIT.store(false, Ordering::Relaxed);
+    flotilla_store::injected_bugs::MERGE_IGNORES_DEPENDENCIES.store(false, Ordering::Relaxed);
     match name {
+        Some("merge-ignores-dependencies") => {
+            flotilla_store::injected_bugs::MERGE_IGNORES_DEPENDENCIES.store(true, Ordering::Relaxed)
+        }
         Some("forget-vote") => cluster::FORGET_VOTE.store(true, Ordering::Relaxed),
         Some("ack-quorum-on-persist") => {
             cluster::ACK_QUORUM_ON_PERSIST.store(true, Ordering::Relaxed)

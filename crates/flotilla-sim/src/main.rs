@@ -28,6 +28,9 @@ struct Args {
     /// Simulate a cluster of voters (failover) instead of a leader with followers.
     #[arg(long)]
     cluster: bool,
+    /// Simulate multi-leader data centres exchanging and merging.
+    #[arg(long)]
+    multi_dc: bool,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,30 @@ fn main() -> ExitCode {
         Some(s) => vec![s],
         None => (a.start..a.start + a.seeds).collect(),
     };
+    if a.multi_dc {
+        let (mut passed, mut failed) = (0u64, 0u64);
+        let mut totals = flotilla_sim::multi_dc::MultiDcReport::default();
+        for seed in seeds {
+            match flotilla_sim::multi_dc::run_multi_dc_seed(seed, a.trace) {
+                Ok(r) => {
+                    passed += 1;
+                    totals.add(&r);
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("seed {seed} FAILED: {e:#}");
+                    println!("  replay: cargo sim --multi-dc --replay {seed} --trace");
+                }
+            }
+        }
+        println!("{totals}");
+        println!("{passed} passed, {failed} failed");
+        return if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     if a.cluster {
         let (mut passed, mut failed) = (0u64, 0u64);
         let mut totals = flotilla_sim::cluster::ClusterReport::default();

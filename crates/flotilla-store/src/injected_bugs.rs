@@ -5,3 +5,6 @@ use std::sync::atomic::AtomicBool;
 
 /// Apply takes a batch's records newest first, so the oldest image of a page wins.
 pub static APPLY_OUT_OF_ORDER: AtomicBool = AtomicBool::new(false);
+
+/// A data centre merges a transaction without waiting for the ones it depends on.
+pub static MERGE_IGNORES_DEPENDENCIES: AtomicBool = AtomicBool::new(false);

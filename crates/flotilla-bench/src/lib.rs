@@ -8,6 +8,7 @@ mod failover;
 mod floors;
 mod lag;
 mod memory;
+mod multi_leader;
 mod pipeline;
 mod postgres_side;
 mod report;
@@ -45,7 +46,9 @@ pub struct BenchArgs {
     /// pg_dump and pg_restore of the same rows) and the shell's start-up (psql's).
     /// `failover` runs a three-member cluster: commits per durability, failover time over
     /// --runs SIGKILLs of the leader, and throughput across a failover.
-    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup", "failover"])]
+    /// `multi-leader` runs data centres' leaders: merge rate (with and without conflicts),
+    /// exchange lag under load, leader throughput with two peers, convergence after a partition.
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup", "failover", "multi-leader"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
     /// print its figures beside Flotilla's, with the ratio (every scenario but `all` and
@@ -563,6 +566,9 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.scenario == "backup" {
         return backup::run_scenario(a).await;
     }
+    if a.scenario == "multi-leader" {
+        return multi_leader::run_scenario(a).await;
+    }
     if a.scenario == "failover" {
         if a.compare.is_some() {
             anyhow::bail!("bench failover has no --compare yet");
@@ -761,7 +767,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_figures(title: &str, figures: &[Figure]) {
+pub(crate) fn print_figures(title: &str, figures: &[Figure]) {
     println!("\n{title}\n");
     let w = figures.iter().map(|f| f.name.len()).max().unwrap_or(10);
     for f in figures {

@@ -762,6 +762,24 @@ impl LeaderDb {
     }
 }
 
+/// What merging into one table needs, worked out once per transaction.
+struct TablePlan {
+    sql: TableSql,
+    policies: TablePolicies,
+    /// The table has unique indexes besides its key (clashes are possible).
+    unique: bool,
+}
+
+impl TablePlan {
+    fn new(conn: &Connection, shape: &TableShape) -> Result<TablePlan, StoreError> {
+        Ok(TablePlan {
+            sql: TableSql::new(shape),
+            policies: table_policies(conn, shape)?,
+            unique: crate::unique_clash::has_unique_indexes(conn, shape)?,
+        })
+    }
+}
+
 /// SQL to read, write and delete a table's rows by key.
 struct TableSql {
     select: String,
@@ -965,18 +983,21 @@ impl LeaderDb {
         let (conflicts, out) =
             self.internal_commit::<_, MergeApplyError>(&what, epoch, origin, now_us, |db, lsn| {
                 let mut conflicts = 0;
-                let mut policies: HashMap<String, TablePolicies> = HashMap::new();
+                // Per table (and schema: a schema change in the transaction starts afresh).
+                let mut plans: HashMap<String, TablePlan> = HashMap::new();
                 for (item, it) in changes.items.iter().enumerate() {
                     match it {
-                        RowItem::Schema(s) => apply_remote_schema(db, s)?,
+                        RowItem::Schema(s) => {
+                            plans.clear();
+                            apply_remote_schema(db, s)?
+                        }
                         RowItem::Change(c) => {
                             let shape = changes.shape(c);
                             if local_only(&shape.name) {
                                 continue;
                             }
-                            if !policies.contains_key(&shape.name) {
-                                policies
-                                    .insert(shape.name.clone(), table_policies(&db.conn, shape)?);
+                            if !plans.contains_key(&shape.name) {
+                                plans.insert(shape.name.clone(), TablePlan::new(&db.conn, shape)?);
                             }
                             let bases: Vec<(usize, SqlValue)> = stamp
                                 .counter_bases
@@ -991,7 +1012,7 @@ impl LeaderDb {
                                 &bases,
                                 &version,
                                 &stamp.deps,
-                                &policies[&shape.name],
+                                &plans[&shape.name],
                             )?;
                         }
                     }
@@ -1058,12 +1079,12 @@ fn merge_change(
     counter_bases: &[(usize, SqlValue)],
     version: &Version,
     deps: &VersionVector,
-    policies: &TablePolicies,
+    plan: &TablePlan,
 ) -> Result<usize, MergeApplyError> {
+    let (sql, policies) = (&plan.sql, &plan.policies);
     let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
     let (key_values, key) =
         row_key(shape, image).map_err(|e| MergeApplyError::Unfit(e.to_string()))?;
-    let sql = TableSql::new(shape);
     let key_params: Vec<rusqlite::types::Value> = key_values.iter().map(|v| to_sql(v)).collect();
     let here: Option<Vec<SqlValue>> = db
         .conn
@@ -1103,8 +1124,15 @@ fn merge_change(
     let now_alive = merged.state.alive(rule);
     let values = merged.state.values();
     if now_alive && here.as_ref() != Some(&values) {
-        // A unique value another row holds may keep it out (see unique_clash.rs).
-        crate::unique_clash::place(db, shape, &sql.upsert, &merged.state, here.is_some())?;
+        if plan.unique {
+            // A unique value another row holds may keep it out (see unique_clash.rs).
+            crate::unique_clash::place(db, shape, &sql.upsert, &merged.state, here.is_some())?;
+        } else {
+            let args: Vec<rusqlite::types::Value> = values.iter().map(to_sql).collect();
+            db.conn
+                .prepare_cached(&sql.upsert)?
+                .execute(rusqlite::params_from_iter(args.iter()))?;
+        }
     } else if !now_alive {
         if here.is_some() {
             db.conn

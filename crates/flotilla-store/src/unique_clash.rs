@@ -48,6 +48,14 @@ fn unique_indexes(conn: &Connection, shape: &TableShape) -> Result<Vec<UniqueInd
     Ok(out)
 }
 
+/// Whether the table has a unique index besides its key.
+pub(crate) fn has_unique_indexes(
+    conn: &Connection,
+    shape: &TableShape,
+) -> Result<bool, StoreError> {
+    Ok(!unique_indexes(conn, shape)?.is_empty())
+}
+
 /// Whether row `a` keeps a unique value against row `b`.
 fn wins(a: &RowState, a_key: &[u8], b: &RowState, b_key: &[u8]) -> bool {
     let rank = |s: &RowState| s.created.clone();

@@ -143,9 +143,9 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
     }
 }
 
-/// Merges a batch of the peer's records, in order; `Applied` at its last record, or
-/// `ApplyFailed` (the session asks for the batch again after a pause; what was merged is not
-/// merged twice).
+/// Merges a batch of the peer's records, in order, as one writer job (each its own commit,
+/// the log synced once); `Applied` at its last record, or `ApplyFailed` (the session asks for
+/// the batch again after a pause; what was merged is not merged twice).
 async fn merge_batch(
     node: &Node,
     writer: &mpsc::Sender<WriteJob>,
@@ -154,14 +154,16 @@ async fn merge_batch(
     forwards: bool,
     records: &[LogRecord],
 ) -> FollowerEvent {
+    let mut jobs = Vec::new();
+    let mut passed = 0u64;
     for r in records {
         let Some(stamp) = &r.exchange else {
-            link.update(|v| v.passed += 1);
+            passed += 1;
             continue;
         };
         let made_elsewhere = stamp.origin != link.peer;
         if stamp.origin == *own_dc || (made_elsewhere && !forwards) {
-            link.update(|v| v.passed += 1);
+            passed += 1;
             continue;
         }
         let Some(changes) = stamp.original.clone().or_else(|| r.rows.clone()) else {
@@ -170,63 +172,71 @@ async fn merge_batch(
                 disk_full: false,
             };
         };
-        let job = crate::leader::MergeJob {
+        jobs.push(crate::leader::MergeJob {
             stamp: stamp.clone(),
             changes,
             peer: link.peer.clone(),
             peer_at: (r.position(), r.chain),
+        });
+    }
+    link.update(|v| v.passed += passed);
+    let started = mono_ms();
+    while !jobs.is_empty() {
+        let (tx, rx) = oneshot::channel();
+        let batch = std::mem::take(&mut jobs);
+        if writer
+            .send(WriteJob::Merge {
+                jobs: batch,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
+            return stopped();
+        }
+        let Ok((merged, result, rest)) = rx.await else {
+            return stopped();
         };
-        let started = mono_ms();
-        let mut job = Some(Box::new(job));
-        loop {
-            let (tx, rx) = oneshot::channel();
-            let sent = writer
-                .send(WriteJob::Merge {
-                    job: job.take().expect("one job per attempt"),
-                    reply: tx,
-                })
-                .await;
-            if sent.is_err() {
-                return stopped();
+        jobs = rest;
+        link.update(|v| {
+            v.merged += merged as u64;
+            if merged > 0 {
+                v.last_merge_lag_ms = records
+                    .iter()
+                    .rev()
+                    .find(|r| r.exchange.is_some())
+                    .map(|r| crate::time::wall_us().saturating_sub(r.commit_time_us) / 1000);
             }
-            match rx.await {
-                Ok(Ok(_)) => {
-                    link.update(|v| {
-                        v.merged += 1;
-                        v.last_merge_lag_ms =
-                            Some(crate::time::wall_us().saturating_sub(r.commit_time_us) / 1000);
-                    });
-                    break;
+        });
+        match result {
+            Ok(()) => break,
+            Err(ChangeError::Merge(flotilla_store::MergeApplyError::NotReady(why)))
+                if mono_ms().saturating_sub(started) < WAIT_FOR_DEPENDENCIES_MS =>
+            {
+                tracing::debug!(peer = %link.peer, "a transaction {why}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = node.shutdown.cancelled() => return stopped(),
                 }
-                Ok(Err(ChangeError::Merge(flotilla_store::MergeApplyError::NotReady(why))))
-                    if mono_ms().saturating_sub(started) < WAIT_FOR_DEPENDENCIES_MS =>
-                {
-                    tracing::debug!(peer = %link.peer, "transaction {} {why}", stamp.origin_lsn);
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                        _ = node.shutdown.cancelled() => return stopped(),
-                    }
-                    job = Some(Box::new(crate::leader::MergeJob {
-                        stamp: stamp.clone(),
-                        changes: stamp
-                            .original
-                            .clone()
-                            .or_else(|| r.rows.clone())
-                            .expect("checked"),
-                        peer: link.peer.clone(),
-                        peer_at: (r.position(), r.chain),
-                    }));
-                }
-                Ok(Err(e)) => {
-                    return FollowerEvent::ApplyFailed {
-                        reason: format!(
-                            "transaction {} of {} (read at {} of {}'s log): {e}",
-                            stamp.origin_lsn, stamp.origin, r.lsn, link.peer
+            }
+            Err(e) => {
+                let at = jobs.first().map(|j| {
+                    (
+                        j.stamp.origin.to_string(),
+                        j.stamp.origin_lsn,
+                        j.peer_at.0.lsn,
+                    )
+                });
+                return FollowerEvent::ApplyFailed {
+                    reason: match at {
+                        Some((o, l, read)) => format!(
+                            "transaction {l} of {o} (read at {read} of {}'s log): {e}",
+                            link.peer
                         ),
-                        disk_full: false,
-                    }
-                }
-                Err(_) => return stopped(),
+                        None => e.to_string(),
+                    },
+                    disk_full: false,
+                };
             }
         }
     }

@@ -58,8 +58,8 @@ pub enum WriteJob {
     /// A transaction from another data centre, merged as one commit of its own (a duplicate
     /// is answered with the current position and commits nothing).
     Merge {
-        job: Box<MergeJob>,
-        reply: oneshot::Sender<ChangeReply>,
+        jobs: Vec<MergeJob>,
+        reply: oneshot::Sender<MergeReply>,
     },
     /// Setting a table's or column's conflict policy (multi-leader): a commit of its own.
     Policy {
@@ -75,6 +75,11 @@ pub struct PolicyChange {
     pub policy: String,
     pub expression: Option<String>,
 }
+
+/// How many of a [`WriteJob::Merge`]'s transactions were merged (or found merged before), in
+/// order, why the next was not (`Err`), and the jobs not merged (to send again). Those merged
+/// are durable in the log.
+pub type MergeReply = (usize, Result<(), ChangeError>, Vec<MergeJob>);
 
 /// What [`WriteJob::Merge`] merges: a transaction read at `peer_at` (its position and chain)
 /// of `peer`'s log.
@@ -181,7 +186,58 @@ pub(super) struct Publisher {
     counters: Arc<Counters>,
 }
 
+/// What the head needs of a record appended but not yet published.
+struct LogRecordHead {
+    position: Position,
+    chain: flotilla_types::Chain,
+    commit_time_us: u64,
+}
+
 impl Publisher {
+    /// Appends a commit's record to the log without flushing it (see
+    /// [`Publisher::sync_published`]).
+    fn append(
+        &self,
+        outcome: &CommitOutcome,
+    ) -> Result<Option<(LogRecordHead, bytes::Bytes)>, LogError> {
+        let Some(record) = &outcome.record else {
+            return Ok(None);
+        };
+        let encoded = bytes::Bytes::from(flotilla_wire::encode_record_with_rows(
+            record,
+            Some(&outcome.encoded_rows),
+        ));
+        self.log.append(&encoded)?;
+        Ok(Some((
+            LogRecordHead {
+                position: record.position(),
+                chain: record.chain,
+                commit_time_us: record.commit_time_us,
+            },
+            encoded,
+        )))
+    }
+
+    /// Flushes the log once for commits appended with [`Publisher::append`], then publishes
+    /// them (the recent records, the head) in order.
+    fn sync_published(&self, appended: Vec<(LogRecordHead, bytes::Bytes)>) -> Result<(), LogError> {
+        if appended.is_empty() {
+            return Ok(());
+        }
+        self.log.sync()?;
+        for (head, encoded) in appended {
+            self.recent
+                .push(head.position.lsn.0, head.commit_time_us, encoded);
+            Counters::add(&self.counters.commits, 1);
+            self.head.send_replace(Head {
+                position: head.position,
+                chain: head.chain,
+                commit_time_us: head.commit_time_us,
+            });
+        }
+        Ok(())
+    }
+
     /// Appends the commit's record to the log, flushes it, and publishes the new head. `Err`:
     /// the record is committed in SQLite but not durable in the log; the node must stop (at
     /// restart the commit is recaptured from the WAL).
@@ -357,43 +413,78 @@ pub fn spawn_writer(
                         }
                         continue;
                     }
-                    WriteJob::Merge { job, reply } => {
-                        if let Some(c) = &cluster {
-                            db.next_internal_at(c.next);
+                    WriteJob::Merge { jobs, reply } => {
+                        // Each transaction its own commit (and log record); the log is synced
+                        // once for the batch, before any answer.
+                        let mut merged = 0usize;
+                        let mut outcomes = Vec::new();
+                        let mut failure = None;
+                        for job in &jobs {
+                            if let Some(c) = &cluster {
+                                db.next_internal_at(c.next);
+                            }
+                            match db.commit_merge(
+                                &job.stamp,
+                                &job.changes,
+                                &job.peer,
+                                job.peer_at,
+                                epoch,
+                                &origin,
+                                wall_us(),
+                            ) {
+                                Ok(flotilla_store::MergeOutcome::Committed {
+                                    commit,
+                                    conflicts,
+                                }) => {
+                                    Counters::add(&counters.merged_transactions, 1);
+                                    Counters::add(&counters.merge_conflicts, conflicts as u64);
+                                    if let Some(c) = &mut cluster {
+                                        let (tx, _rx) = oneshot::channel();
+                                        internal_commit_proposed(c, &db, Ok(*commit), tx);
+                                    } else {
+                                        match publisher.append(&commit) {
+                                            Ok(Some(a)) => outcomes.push(a),
+                                            Ok(None) => {}
+                                            Err(e) => {
+                                                let _ = reply.send((
+                                                    merged,
+                                                    Err(ChangeError::Indeterminate(
+                                                        durability_lost(&e),
+                                                    )),
+                                                    Vec::new(),
+                                                ));
+                                                return stop(
+                                                    Vec::new(),
+                                                    &fatal,
+                                                    durability_lost(&e),
+                                                );
+                                            }
+                                        }
+                                    }
+                                }
+                                Ok(flotilla_store::MergeOutcome::Duplicate) => {}
+                                Err(flotilla_store::MergeApplyError::Store(e))
+                                    if matches!(e, flotilla_store::StoreError::Capture(_)) =>
+                                {
+                                    return stop(Vec::new(), &fatal, e.to_string());
+                                }
+                                Err(e) => {
+                                    failure = Some(ChangeError::from(e));
+                                    break;
+                                }
+                            }
+                            merged += 1;
                         }
-                        let merged = db.commit_merge(
-                            &job.stamp,
-                            &job.changes,
-                            &job.peer,
-                            job.peer_at,
-                            epoch,
-                            &origin,
-                            wall_us(),
-                        );
-                        let result = match merged {
-                            Ok(flotilla_store::MergeOutcome::Committed { commit, conflicts }) => {
-                                Counters::add(&counters.merged_transactions, 1);
-                                Counters::add(&counters.merge_conflicts, conflicts as u64);
-                                Ok(*commit)
-                            }
-                            Ok(flotilla_store::MergeOutcome::Duplicate) => {
-                                let _ = reply.send(Ok(db.meta().position));
-                                continue;
-                            }
-                            Err(flotilla_store::MergeApplyError::Store(e))
-                                if matches!(e, flotilla_store::StoreError::Capture(_)) =>
-                            {
-                                return stop(Vec::new(), &fatal, e.to_string());
-                            }
-                            Err(e) => Err(ChangeError::from(e)),
-                        };
-                        if let Some(c) = &mut cluster {
-                            internal_commit_proposed(c, &db, result, reply);
-                            continue;
-                        }
-                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                        if let Err(e) = publisher.sync_published(outcomes) {
+                            let _ = reply.send((
+                                merged,
+                                Err(ChangeError::Indeterminate(durability_lost(&e))),
+                                Vec::new(),
+                            ));
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
+                        let rest: Vec<MergeJob> = jobs.into_iter().skip(merged).collect();
+                        let _ = reply.send((merged, failure.map_or(Ok(()), Err), rest));
                         continue;
                     }
                     WriteJob::Pipeline { change, reply } => {

@@ -1,0 +1,388 @@
+//! `flotilla bench multi-leader`: data centres' leaders (`serve --dc`) on this machine, their
+//! links through TCP proxies the bench can cut.
+//!
+//! - Merge rate: `us` merges a backlog of `eu`'s row changes (transactions of 1,000 inserted
+//!   rows) once its link comes up — with no conflicts, and with 10% of the rows written in `us`
+//!   too beforehand (each a conflict). Row changes merged per second, from the link coming up
+//!   to `us` holding everything.
+//! - Exchange lag under load: writers in both data centres (about 500 transactions a second
+//!   each); probes written in `eu` and polled for in `us`: from `eu`'s answer to the row
+//!   visible in `us`, p50 and p99.
+//! - Leader throughput with two peer data centres reading its log ÷ alone (4 clients).
+//! - Convergence after a partition: `eu` and `us` cut apart, N conflicting updates on each
+//!   side, healed: the time until both hold the same rows.
+
+use super::{percentile, say, scratch_dir, BenchArgs, Figure};
+use crate::commit::drive;
+use anyhow::{bail, Context};
+use flotilla_client::Client;
+use flotilla_testkit::cluster::{free_ports, this_exe, LocalNode};
+use flotilla_testkit::proxy::Proxy;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Sizes {
+    runs: usize,
+    secs: f64,
+    backlog_rows: u64,
+    partition_updates: u64,
+}
+
+/// Two (or three) data centres with proxies in between.
+struct Dcs {
+    nodes: Vec<LocalNode>,
+    /// `proxies[from][to]`.
+    proxies: Vec<Vec<Option<Proxy>>>,
+}
+
+impl Dcs {
+    async fn start(exe: &Path, root: &Path, names: &[&str]) -> anyhow::Result<Dcs> {
+        let ports = free_ports(names.len());
+        let mut proxies = Vec::new();
+        for from in 0..names.len() {
+            let mut row = Vec::new();
+            for (to, port) in ports.iter().enumerate() {
+                row.push(if from == to {
+                    None
+                } else {
+                    Some(Proxy::start(format!("127.0.0.1:{port}")).await?)
+                });
+            }
+            proxies.push(row);
+        }
+        let mut nodes = Vec::new();
+        for (i, dc) in names.iter().enumerate() {
+            let mut args: Vec<String> = vec!["--dc".into(), dc.to_string()];
+            for (j, other) in names.iter().enumerate() {
+                if let Some(p) = &proxies[i][j] {
+                    args.push("--peer-dc".into());
+                    args.push(format!("{other}={}", p.url));
+                }
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(
+                LocalNode::start_on(exe, root, dc, &format!("127.0.0.1:{}", ports[i]), &args)
+                    .await?,
+            );
+        }
+        Ok(Dcs { nodes, proxies })
+    }
+
+    fn client(&self, i: usize) -> Client {
+        Client::new(&self.nodes[i].url)
+    }
+
+    fn link(&self, from: usize, to: usize, up: bool) {
+        if let Some(p) = &self.proxies[from][to] {
+            if up {
+                p.heal();
+            } else {
+                p.partition();
+            }
+        }
+    }
+}
+
+async fn exec(c: &Client, statements: Value) -> anyhow::Result<Value> {
+    c.post("/v1/execute", &json!({ "statements": statements }))
+        .await
+}
+
+/// The version vector entry of `origin` on a node.
+async fn vv(c: &Client, origin: &str) -> anyhow::Result<u64> {
+    Ok(
+        c.get("/v1/status").await?["multi_leader"]["version_vector"][origin]
+            .as_u64()
+            .unwrap_or(0),
+    )
+}
+
+/// Waits until `c` has merged `origin` up to `target` (bounded).
+async fn caught_up(
+    c: &Client,
+    origin: &str,
+    target: u64,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while vv(c, origin).await? < target {
+        if started.elapsed() > within {
+            bail!(
+                "{} did not merge {origin} up to {target} within {within:?}",
+                c.url()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(started.elapsed())
+}
+
+const TABLE: &str = "CREATE TABLE t (id TEXT PRIMARY KEY, v INTEGER NOT NULL, s TEXT)";
+
+/// One merge-rate run: `eu` writes the backlog while `us` is cut off; then the link comes up.
+async fn merge_rate(
+    exe: &Path,
+    root: &Path,
+    rows: u64,
+    conflict_share: f64,
+) -> anyhow::Result<f64> {
+    let d = Dcs::start(exe, root, &["eu", "us"]).await?;
+    let (eu, us) = (d.client(0), d.client(1));
+    exec(&eu, json!([{ "sql": TABLE }])).await?;
+    caught_up(&us, "eu", vv(&eu, "eu").await?, Duration::from_secs(30)).await?;
+    d.link(1, 0, false);
+    let per_txn = 1000u64;
+    let s = "x".repeat(50);
+    for t in 0..rows / per_txn {
+        let values: Vec<String> = (0..per_txn)
+            .map(|i| format!("('k{}', {}, '{s}')", t * per_txn + i, i))
+            .collect();
+        exec(
+            &eu,
+            json!([{ "sql": format!("INSERT INTO t (id, v, s) VALUES {}", values.join(", ")) }]),
+        )
+        .await?;
+    }
+    // The conflicting share, written in `us` meanwhile: the same keys, other values.
+    let conflicting = (rows as f64 * conflict_share) as u64;
+    let mut k = 0;
+    while k < conflicting {
+        let n = per_txn.min(conflicting - k);
+        let values: Vec<String> = (0..n)
+            .map(|i| format!("('k{}', -1, 'us')", (k + i) * 10))
+            .collect();
+        exec(
+            &us,
+            json!([{ "sql": format!("INSERT INTO t (id, v, s) VALUES {}", values.join(", ")) }]),
+        )
+        .await?;
+        k += n;
+    }
+    let target = vv(&eu, "eu").await?;
+    let started = Instant::now();
+    d.link(1, 0, true);
+    caught_up(&us, "eu", target, Duration::from_secs(600)).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let merged = rows as f64;
+    Ok(merged / secs)
+}
+
+/// Exchange lag under load: probes written in `eu`, polled for in `us`.
+async fn exchange_lag(exe: &Path, root: &Path, secs: f64) -> anyhow::Result<Vec<f64>> {
+    let d = Dcs::start(exe, root, &["eu", "us"]).await?;
+    let (eu, us) = (Arc::new(d.client(0)), Arc::new(d.client(1)));
+    exec(&eu, json!([{ "sql": TABLE }])).await?;
+    caught_up(&us, "eu", vv(&eu, "eu").await?, Duration::from_secs(30)).await?;
+    // Background load: two writers in each data centre, each about 250 transactions a
+    // second (a steady load, well under what the machine can commit: lag at saturation would
+    // measure the queue, not the exchange).
+    let load = {
+        let (eu, us) = (eu.clone(), us.clone());
+        tokio::spawn(async move {
+            drive(4, secs, move |c, i| {
+                let target = if c % 2 == 0 { eu.clone() } else { us.clone() };
+                async move {
+                    let body = json!([{ "sql": "INSERT INTO t (id, v) VALUES (?1, ?2)", "params": [format!("load-{c}-{i}"), i] }]);
+                    let ok = exec(&target, body).await.is_ok();
+                    tokio::time::sleep(Duration::from_millis(4)).await;
+                    ok
+                }
+            })
+            .await
+        })
+    };
+    let mut lags = Vec::new();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs_f64() < secs {
+        n += 1;
+        let key = format!("probe-{n}");
+        exec(
+            &eu,
+            json!([{ "sql": "INSERT INTO t (id, v) VALUES (?1, 0)", "params": [key] }]),
+        )
+        .await?;
+        let acked = Instant::now();
+        loop {
+            let r = us
+                .post(
+                    "/v1/query",
+                    &json!({ "sql": "SELECT 1 FROM t WHERE id = ?1", "params": [key] }),
+                )
+                .await?;
+            if r["rows"].as_array().is_some_and(|r| !r.is_empty()) {
+                break;
+            }
+            if acked.elapsed() > Duration::from_secs(10) {
+                bail!("probe {key} did not reach us within 10 s");
+            }
+        }
+        lags.push(acked.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = load.await;
+    lags.sort_by(|a, b| a.total_cmp(b));
+    Ok(lags)
+}
+
+/// Commit throughput at `eu` (4 clients): alone, and with two peer data centres reading it.
+async fn throughput(exe: &Path, root: &Path, secs: f64, peers: bool) -> anyhow::Result<f64> {
+    let names: &[&str] = if peers {
+        &["eu", "us", "asia"]
+    } else {
+        &["eu"]
+    };
+    let d = Dcs::start(exe, root, names).await?;
+    let eu = Arc::new(d.client(0));
+    exec(&eu, json!([{ "sql": TABLE }])).await?;
+    let (tps, _) = drive(4, secs, move |c, i| {
+        let eu = eu.clone();
+        async move {
+            let body = json!([{ "sql": "INSERT INTO t (id, v) VALUES (?1, ?2)", "params": [format!("{c}-{i}"), i] }]);
+            exec(&eu, body).await.is_ok()
+        }
+    })
+    .await;
+    Ok(tps)
+}
+
+/// Convergence after a partition with `n` conflicting updates on each side.
+async fn convergence(exe: &Path, root: &Path, n: u64) -> anyhow::Result<f64> {
+    let d = Dcs::start(exe, root, &["eu", "us"]).await?;
+    let (eu, us) = (d.client(0), d.client(1));
+    exec(&eu, json!([{ "sql": TABLE }])).await?;
+    let values: Vec<String> = (0..n).map(|i| format!("('c{i}', 0, '')")).collect();
+    exec(
+        &eu,
+        json!([{ "sql": format!("INSERT INTO t (id, v, s) VALUES {}", values.join(", ")) }]),
+    )
+    .await?;
+    caught_up(&us, "eu", vv(&eu, "eu").await?, Duration::from_secs(60)).await?;
+    for (a, b) in [(0, 1), (1, 0)] {
+        d.link(a, b, false);
+    }
+    for i in 0..n {
+        for (c, who) in [(&eu, "eu"), (&us, "us")] {
+            exec(c, json!([{ "sql": "UPDATE t SET s = ?1, v = v + 1 WHERE id = ?2", "params": [format!("{who}-{i}"), format!("c{i}")] }])).await?;
+        }
+    }
+    let (te, tu) = (vv(&eu, "eu").await?, vv(&us, "us").await?);
+    let started = Instant::now();
+    for (a, b) in [(0, 1), (1, 0)] {
+        d.link(a, b, true);
+    }
+    caught_up(&us, "eu", te, Duration::from_secs(300)).await?;
+    caught_up(&eu, "us", tu, Duration::from_secs(300)).await?;
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    let q = "SELECT id, v, s FROM t ORDER BY id";
+    let (a, b) = (
+        eu.post("/v1/query", &json!({ "sql": q })).await?["rows"].clone(),
+        us.post("/v1/query", &json!({ "sql": q })).await?["rows"].clone(),
+    );
+    if a != b {
+        bail!("eu and us differ after the partition healed");
+    }
+    Ok(took)
+}
+
+pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
+    if a.compare.is_some() {
+        bail!("bench multi-leader has no --compare yet (PostgreSQL's two-way logical replication is to come)");
+    }
+    let s = if a.quick {
+        Sizes {
+            runs: a.runs.unwrap_or(1),
+            secs: 1.0,
+            backlog_rows: 20_000,
+            partition_updates: 100,
+        }
+    } else {
+        Sizes {
+            runs: a.runs.unwrap_or(3),
+            secs: 5.0,
+            backlog_rows: 200_000,
+            partition_updates: 1_000,
+        }
+    };
+    let tmp = scratch_dir()?;
+    let exe = this_exe()?;
+    let mut figures = Vec::new();
+    let mut fig = |name: &str, unit: &'static str| {
+        figures.push(Figure::new(name, unit));
+        figures.len() - 1
+    };
+    let (m0, m10, lag50, lag99, alone, with, ratio, conv) = (
+        fig("merge rate, no conflicts", "rows/s"),
+        fig("merge rate, 10% conflicting", "rows/s"),
+        fig("exchange lag under load p50", "ms"),
+        fig("exchange lag under load p99", "ms"),
+        fig("leader commits, alone (4 clients)", "txn/s"),
+        fig("leader commits, two peers reading", "txn/s"),
+        fig("with two peers / alone", "x"),
+        fig(
+            &format!(
+                "converge after a partition, {} conflicting updates a side",
+                s.partition_updates
+            ),
+            "ms",
+        ),
+    );
+    for run in 0..s.runs {
+        let dir = |what: &str| tmp.path().join(format!("{what}-{run}"));
+        say(
+            &a,
+            &format!("run {}/{}: merge rate, no conflicts", run + 1, s.runs),
+        );
+        figures[m0].values.push(
+            merge_rate(&exe, &dir("m0"), s.backlog_rows, 0.0)
+                .await
+                .context("merge rate")?,
+        );
+        say(
+            &a,
+            &format!("run {}/{}: merge rate, 10% conflicting", run + 1, s.runs),
+        );
+        figures[m10].values.push(
+            merge_rate(&exe, &dir("m10"), s.backlog_rows, 0.1)
+                .await
+                .context("merge rate with conflicts")?,
+        );
+        say(
+            &a,
+            &format!("run {}/{}: exchange lag under load", run + 1, s.runs),
+        );
+        let lags = exchange_lag(&exe, &dir("lag"), s.secs)
+            .await
+            .context("exchange lag")?;
+        figures[lag50].values.push(percentile(&lags, 0.5));
+        figures[lag99].values.push(percentile(&lags, 0.99));
+        say(
+            &a,
+            &format!("run {}/{}: leader throughput", run + 1, s.runs),
+        );
+        let t_alone = throughput(&exe, &dir("alone"), s.secs, false).await?;
+        let t_with = throughput(&exe, &dir("with"), s.secs, true).await?;
+        figures[alone].values.push(t_alone);
+        figures[with].values.push(t_with);
+        figures[ratio].values.push(t_with / t_alone);
+        say(
+            &a,
+            &format!("run {}/{}: convergence after a partition", run + 1, s.runs),
+        );
+        figures[conv].values.push(
+            convergence(&exe, &dir("conv"), s.partition_updates)
+                .await
+                .context("convergence")?,
+        );
+    }
+    super::done_saying();
+    if a.json {
+        let out: Vec<Value> = figures.iter().map(Figure::json).collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        super::print_figures("multi-leader (median of runs [min..max])", &figures);
+    }
+    Ok(())
+}

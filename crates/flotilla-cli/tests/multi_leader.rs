@@ -419,3 +419,49 @@ async fn bad_multi_leader_settings_are_refused_with_their_reason() {
     write(&c, "INSERT INTO fine (x) VALUES (1)").await;
     assert_eq!(rows(&c, "SELECT count(*) FROM fine").await, json!([[1]]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_not_the_data_centre_named_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let asia = LocalNode::start(&exe(), dir.path(), "asia", None, &["--dc", "asia"])
+        .await
+        .unwrap();
+    let plain = LocalNode::start(&exe(), dir.path(), "plain", None, &[])
+        .await
+        .unwrap();
+    let us_peer = format!("us={}", asia.url);
+    let ap_peer = format!("ap={}", plain.url);
+    let eu = LocalNode::start(
+        &exe(),
+        dir.path(),
+        "eu",
+        None,
+        &["--dc", "eu", "--peer-dc", &us_peer, "--peer-dc", &ap_peer],
+    )
+    .await
+    .unwrap();
+    let c = Client::new(&eu.url);
+    let s = wait_status(&c, "both links refused", |s| {
+        s["multi_leader"]["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["phase"] == "refused"))
+    })
+    .await;
+    let peers = s["multi_leader"]["peers"].as_array().unwrap();
+    let err = |dc: &str| {
+        peers.iter().find(|p| p["dc"] == dc).unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        err("us").contains("is data centre asia, not us"),
+        "{}",
+        err("us")
+    );
+    assert!(
+        err("ap").contains("not a data centre's leader"),
+        "{}",
+        err("ap")
+    );
+}

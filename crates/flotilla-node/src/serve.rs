@@ -51,13 +51,17 @@ async fn peers_cluster_id(
 ) -> Option<String> {
     for (name, url) in &ml.peers {
         let req = peers
-            .authorized(peers.http.get(format!("{url}/v1/status")))
+            .authorized(peers.http.get(format!("{url}/v1/dc")))
             .timeout(std::time::Duration::from_secs(5));
         let answer = match req.send().await {
             Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
             _ => None,
         };
-        if let Some(id) = answer.as_ref().and_then(|v| v["cluster_id"].as_str()) {
+        let id = answer
+            .as_ref()
+            .and_then(|v| v["cluster_id"].as_str())
+            .and_then(|id| flotilla_types::ClusterId::parse(id).ok());
+        if let Some(id) = id {
             tracing::info!("data centre {name} belongs to cluster {id}: joining it");
             return Some(id.to_string());
         }

@@ -948,10 +948,20 @@ impl LeaderDb {
                 "this node is not a multi-leader one (no --dc)".into(),
             ));
         };
+        let vv = self.version_vector()?;
         if stamp.origin == ml.dc {
+            // This data centre's own transaction, come back round a ring or star: merged
+            // already. One beyond what it made was made by another node that calls itself
+            // this data centre.
+            if !vv.covers(&ml.dc, stamp.origin_lsn) {
+                return Err(MergeApplyError::Unfit(format!(
+                    "a transaction stamped by data centre {} at {} arrived from {peer}, but this \
+                     node is {} and made nothing there: another node calls itself {}",
+                    stamp.origin, stamp.origin_lsn, ml.dc, ml.dc
+                )));
+            }
             return Ok(MergeOutcome::Duplicate);
         }
-        let vv = self.version_vector()?;
         if vv.covers(&stamp.origin, stamp.origin_lsn) {
             return Ok(MergeOutcome::Duplicate);
         }

@@ -432,3 +432,69 @@ fn a_unique_value_two_data_centres_gave_two_rows_goes_to_the_first_insert() {
         vec!["Text(\"u2\")|Text(\"x@example.com\")|Text(\"Ann (us)\")"]
     );
 }
+
+#[test]
+fn a_clock_far_ahead_and_an_impostor_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&["CREATE TABLE t (id TEXT PRIMARY KEY, v INTEGER)"]);
+    us.pull(&eu);
+    // eu's clock runs two minutes ahead of us's bound (60 s).
+    eu.now_us += 120_000_000;
+    eu.sql(&["INSERT INTO t VALUES ('a', 1)"]);
+    let (lsn, stamp, rows, chain) = eu.out.last().cloned().unwrap();
+    let at = (
+        Position {
+            epoch: Epoch(1),
+            lsn,
+        },
+        chain,
+    );
+    let node = us.node.clone();
+    let err = us
+        .db
+        .commit_merge(&stamp, &rows, &eu.name, at, Epoch(1), &node, us.now_us)
+        .unwrap_err();
+    assert!(matches!(err, MergeApplyError::Drift { .. }), "{err}");
+    assert!(
+        err.to_string().contains("ahead of this node's clock"),
+        "{err}"
+    );
+    // Nothing of it was applied.
+    assert!(us.read("SELECT * FROM t").is_empty());
+    // Once the clocks agree it merges.
+    us.now_us = eu.now_us;
+    us.pull(&eu);
+    assert_eq!(us.read("SELECT id FROM t").len(), 1);
+
+    // Another node calling itself us: its transaction comes to us and is refused.
+    let mut fake = Dc::open(dir.path(), "us-fake");
+    let mut forged = fake_stamp(&mut fake, "us");
+    forged.0.origin_lsn = Lsn(999);
+    let node = us.node.clone();
+    let err = us
+        .db
+        .commit_merge(
+            &forged.0,
+            &forged.1,
+            &eu.name,
+            at,
+            Epoch(1),
+            &node,
+            us.now_us,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("another node calls itself us"),
+        "{err}"
+    );
+}
+
+/// A transaction of `dc`'s, stamped as if made by data centre `as_dc`.
+fn fake_stamp(dc: &mut Dc, as_dc: &str) -> (ExchangeStamp, RowPayload) {
+    dc.sql(&["CREATE TABLE t (id TEXT PRIMARY KEY, v INTEGER)"]);
+    let (_, mut stamp, rows, _) = dc.out.last().cloned().unwrap();
+    stamp.origin = OriginName::new(as_dc).unwrap();
+    (stamp, rows)
+}

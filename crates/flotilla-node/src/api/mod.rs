@@ -37,6 +37,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/execute", post(execute::execute))
         .route("/v1/query", post(query::query))
         .route("/v1/status", get(status::status))
+        .route("/v1/dc", get(status::dc))
         .route("/v1/snapshot", get(snapshot::snapshot))
         .route("/v1/backup", get(backup::backup))
         .route("/v1/restore", post(restore::restore))

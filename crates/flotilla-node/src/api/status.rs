@@ -390,6 +390,28 @@ pub async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, super
     }
 }
 
+/// `GET /v1/dc`: which data centre this node leads, and its cluster (what a peer data centre's
+/// link checks before it merges anything; the replicate role may ask).
+pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::ApiError> {
+    let identity = node.identity.get();
+    match &node.config.multi_leader {
+        Some(ml) if node.leader().is_some() => Ok(Json(json!({
+            "dc": ml.dc.as_str(),
+            "cluster_id": identity.cluster_id,
+        }))),
+        Some(_) => Err(super::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_leading",
+            "this node is a data centre's node but does not lead it now",
+        )),
+        None => Err(super::ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_multi_leader",
+            "this node is not a data centre's leader (started without --dc)",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,7 +119,7 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
         || path.starts_with("/v1/cluster/members");
     match path {
         "/v1/execute" => AccessRole::Write,
-        "/v1/replication" | "/v1/snapshot" | "/v1/raft" => AccessRole::Replicate,
+        "/v1/replication" | "/v1/snapshot" | "/v1/raft" | "/v1/dc" => AccessRole::Replicate,
         _ if admin_area => AccessRole::Admin,
         _ if path.starts_with("/v1/pipelines") && method != Method::GET => AccessRole::Admin,
         _ => AccessRole::Read,

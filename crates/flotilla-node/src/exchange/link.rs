@@ -47,6 +47,23 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
     };
     link.update(|v| v.read_through = local.0.lsn.0);
     let finder = Arc::new(LeaderFinder::new(&link.url, node.peers.clone()));
+    // The peer must be the data centre it is configured as: merging a node that is another
+    // data centre (or this one) under the wrong name would mix up their histories.
+    loop {
+        match peer_identity(&node, &finder, &link.peer, &own_dc).await {
+            Ok(()) => break,
+            Err(why) => {
+                link.update(|v| {
+                    v.phase = "refused";
+                    v.last_error = Some(why.clone());
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = node.shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
     let mut config = FollowerConfig::new(&format!("dc-{own_dc}"), &node.url);
     config.log_kind = LogKind::Logical;
     // A link back after a cut should take up again within a second: a data centre catching up
@@ -141,6 +158,56 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
         }
         cmds.extend(session.handle(mono_ms(), jitter, event));
     }
+}
+
+/// Asks the peer (its leader) which data centre it is.
+async fn peer_identity(
+    node: &Node,
+    finder: &LeaderFinder,
+    peer: &OriginName,
+    own_dc: &OriginName,
+) -> Result<(), String> {
+    finder.refresh().await;
+    let url = finder.current();
+    let req = node
+        .peers
+        .authorized(node.peers.http.get(format!("{url}/v1/dc")))
+        .timeout(Duration::from_secs(5));
+    let answer: serde_json::Value = match req.send().await {
+        Ok(r) if r.status().as_u16() == 404 => {
+            return Err(format!(
+                "the node at {url} is not a data centre's leader (started without --dc): it \
+                 cannot be peer data centre {peer}"
+            ))
+        }
+        Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string())?,
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+            return Err(crate::follower::transport::refused_by_leader(
+                &url,
+                r.status().as_u16(),
+            ))
+        }
+        Ok(r) => return Err(format!("the peer at {url} answered {}", r.status())),
+        Err(e) => {
+            return Err(format!(
+                "no node answers at {url}: {}",
+                crate::peer::error_chain(&e)
+            ))
+        }
+    };
+    let theirs = answer["dc"].as_str().unwrap_or("");
+    if theirs == own_dc.as_str() {
+        return Err(format!(
+            "the node at {url} says it is data centre {theirs}, which is this node's own: two \
+             nodes cannot be the same data centre"
+        ));
+    }
+    if theirs != peer.as_str() {
+        return Err(format!(
+            "the node at {url} is data centre {theirs}, not {peer} as --peer-dc says"
+        ));
+    }
+    Ok(())
 }
 
 /// Merges a batch of the peer's records, in order, as one writer job (each its own commit,

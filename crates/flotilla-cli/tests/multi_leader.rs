@@ -465,3 +465,114 @@ async fn a_peer_that_is_not_the_data_centre_named_is_refused_with_the_reason() {
         err("ap")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_centres_with_authentication_share_their_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let (eu_url, us_url) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let to_us = format!("us={us_url}");
+    let to_eu = format!("eu={eu_url}");
+    // eu first, alone: it makes the cluster and its admin token.
+    let mut eu = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        "eu",
+        &eu_url,
+        &["--dc", "eu", "--auth", "--peer-dc", &to_us],
+    )
+    .await
+    .unwrap();
+    let admin = std::fs::read_to_string(eu.dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let ec = Client::with_token(&eu.url, &admin);
+    let made = ec
+        .post(
+            "/v1/tokens",
+            &json!({ "role": "replicate", "name": "links" }),
+        )
+        .await
+        .unwrap();
+    let links = made["token"].as_str().unwrap().to_string();
+    // us joins with the replication token; eu starts again with it.
+    let us = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        "us",
+        &us_url,
+        &[
+            "--dc",
+            "us",
+            "--auth",
+            "--peer-dc",
+            &to_eu,
+            "--replication-token",
+            &links,
+        ],
+    )
+    .await
+    .unwrap();
+    eu.kill().await;
+    let eu2 = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        "eu",
+        &eu_url,
+        &[
+            "--dc",
+            "eu",
+            "--auth",
+            "--peer-dc",
+            &to_us,
+            "--replication-token",
+            &links,
+        ],
+    )
+    .await
+    .unwrap();
+    let ec = Client::with_token(&eu2.url, &admin);
+    write(&ec, "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)").await;
+    write(&ec, "INSERT INTO notes VALUES ('n1', 'from eu')").await;
+    // eu's admin token works in us: tokens travel like data.
+    let uc = Client::with_token(&us.url, &admin);
+    let started = Instant::now();
+    loop {
+        if let Ok(v) = uc
+            .post("/v1/query", &json!({ "sql": "SELECT body FROM notes" }))
+            .await
+        {
+            if v["rows"] == json!([["from eu"]]) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "eu's write and token did not reach us"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And us's writes reach eu.
+    exec(
+        &uc,
+        json!([{ "sql": "INSERT INTO notes VALUES ('n2', 'from us')" }]),
+    )
+    .await;
+    let started = Instant::now();
+    while rows(&ec, "SELECT count(*) FROM notes").await != json!([[2]]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "us's write did not reach eu"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without a token, nothing.
+    assert!(Client::new(&us.url)
+        .post("/v1/query", &json!({ "sql": "SELECT 1" }))
+        .await
+        .is_err());
+}

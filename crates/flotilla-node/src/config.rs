@@ -589,10 +589,11 @@ impl ConfigFile {
             }
         }
         if let Some(t) = &self.replication_token {
-            if follow.is_none() {
+            if follow.is_none() && multi_leader.is_none() {
                 return Err(invalid(
                     "replication-token",
-                    "a follower's token for its leader: give --follow too",
+                    "a follower's token for its leader (or a data centre's for its peers): give \
+                     --follow or --dc too",
                 ));
             }
             if !t.starts_with("flt_") || t.trim() != t {

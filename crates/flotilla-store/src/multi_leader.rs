@@ -161,9 +161,11 @@ pub(crate) fn quote(ident: &str) -> String {
 }
 
 /// Whether changes to this table stay on the node (Flotilla's own, and the conflicts table).
+/// API tokens are the one internal table data centres exchange: a token made in one data
+/// centre (a replication token for the links, an application's) works in every one.
 fn local_only(table: &str) -> bool {
     let t = table.to_ascii_lowercase();
-    t.starts_with(crate::INTERNAL_PREFIX) || t == CONFLICTS_TABLE
+    (t.starts_with(crate::INTERNAL_PREFIX) && t != crate::TOKENS_TABLE) || t == CONFLICTS_TABLE
 }
 
 pub(crate) fn to_sql(v: &SqlValue) -> rusqlite::types::Value {
@@ -1007,6 +1009,11 @@ impl LeaderDb {
                                 continue;
                             }
                             if !plans.contains_key(&shape.name) {
+                                if shape.name.eq_ignore_ascii_case(crate::TOKENS_TABLE) {
+                                    // Made by a data centre's first token, not as a schema
+                                    // change: each data centre makes it when it needs it.
+                                    db.conn.execute_batch(crate::leader_tokens::CREATE_TOKENS)?;
+                                }
                                 plans.insert(shape.name.clone(), TablePlan::new(&db.conn, shape)?);
                             }
                             let bases: Vec<(usize, SqlValue)> = stamp

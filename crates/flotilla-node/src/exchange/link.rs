@@ -265,6 +265,12 @@ async fn merge_batch(
             return stopped();
         };
         jobs = rest;
+        if merged > 0 {
+            // Tokens made in other data centres arrive with their transactions.
+            if let Some(k) = &node.keyring {
+                k.invalidate();
+            }
+        }
         link.update(|v| {
             v.merged += merged as u64;
             if merged > 0 {

@@ -490,6 +490,17 @@ fn row_key<'a>(
     Ok((values, key))
 }
 
+/// Whether a table has open conflicts (most never do: checked once per transaction).
+fn has_open_conflicts(conn: &Connection, table: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT 1 FROM {CONFLICTS_TABLE} WHERE tbl = ?1 AND resolved = 0 LIMIT 1"
+        ))?
+        .query_row([table], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Marks the open conflicts of a column resolved when a write saw both sides of them.
 fn resolve_seen(
     conn: &Connection,
@@ -684,6 +695,7 @@ impl LeaderDb {
                 let mut counter_bases = Vec::new();
                 let mut policies: HashMap<String, TablePolicies> = HashMap::new();
                 let mut checked: std::collections::HashSet<String> = Default::default();
+                let mut open_tables: HashMap<String, bool> = HashMap::new();
                 for (item, it) in payload.items.iter().enumerate() {
                     let table = match it {
                         RowItem::Change(c) => &payload.shape(c).name,
@@ -724,7 +736,15 @@ impl LeaderDb {
                     }
                     save_state(conn, &shape.name, &key, &w.state)?;
                     // A write made here saw every open conflict of the columns it wrote.
-                    if c.op != RowOp::Delete {
+                    let open = match open_tables.get(&shape.name) {
+                        Some(o) => *o,
+                        None => {
+                            let o = has_open_conflicts(conn, &shape.name)?;
+                            open_tables.insert(shape.name.clone(), o);
+                            o
+                        }
+                    };
+                    if c.op != RowOp::Delete && open {
                         let kj = key_json(&key_values);
                         for (i, col) in shape.columns.iter().enumerate() {
                             let changed = c
@@ -770,6 +790,8 @@ struct TablePlan {
     policies: TablePolicies,
     /// The table has unique indexes besides its key (clashes are possible).
     unique: bool,
+    /// The table has open (keep-both) conflicts a write may resolve.
+    open_conflicts: bool,
 }
 
 impl TablePlan {
@@ -778,6 +800,7 @@ impl TablePlan {
             sql: TableSql::new(shape),
             policies: table_policies(conn, shape)?,
             unique: crate::unique_clash::has_unique_indexes(conn, shape)?,
+            open_conflicts: has_open_conflicts(conn, &shape.name)?,
         })
     }
 }
@@ -1001,6 +1024,7 @@ impl LeaderDb {
                     match it {
                         RowItem::Schema(s) => {
                             plans.clear();
+                            db.capture.statement_done(&db.conn)?;
                             apply_remote_schema(db, s)?
                         }
                         RowItem::Change(c) => {
@@ -1050,6 +1074,7 @@ impl LeaderDb {
                         peer_at.0.lsn.0 as i64,
                         peer_at.1 .0 as i64
                     ])?;
+                db.capture.statement_done(&db.conn)?;
                 reconsider_shadowed(db, changes)?;
                 let mut passed_on = stamp.clone();
                 passed_on.original = Some(changes.clone());
@@ -1103,25 +1128,39 @@ fn merge_change(
     let (key_values, key) =
         row_key(shape, image).map_err(|e| MergeApplyError::Unfit(e.to_string()))?;
     let key_params: Vec<rusqlite::types::Value> = key_values.iter().map(|v| to_sql(v)).collect();
-    let here: Option<Vec<SqlValue>> = db
-        .conn
-        .prepare_cached(&sql.select)
-        .map_err(|e| {
-            MergeApplyError::Unfit(format!(
-                "table {} does not fit the change here: {e}",
-                shape.name
-            ))
-        })?
-        .query_row(rusqlite::params_from_iter(key_params.iter()), |r| {
-            (0..shape.columns.len())
-                .map(|i| Ok(from_sql(r.get_ref(i)?)))
-                .collect()
-        })
-        .optional()?;
-    let state = match load_state(&db.conn, &shape.name, &key)? {
-        Some(s) => Some(s),
-        // A row that was here before the table had merge state.
-        None => here.as_deref().map(RowState::settled),
+    let read_here = |db: &LeaderDb| -> Result<Option<Vec<SqlValue>>, MergeApplyError> {
+        Ok(db
+            .conn
+            .prepare_cached(&sql.select)
+            .map_err(|e| {
+                MergeApplyError::Unfit(format!(
+                    "table {} does not fit the change here: {e}",
+                    shape.name
+                ))
+            })?
+            .query_row(rusqlite::params_from_iter(key_params.iter()), |r| {
+                (0..shape.columns.len())
+                    .map(|i| Ok(from_sql(r.get_ref(i)?)))
+                    .collect()
+            })
+            .optional()?)
+    };
+    let stored = load_state(&db.conn, &shape.name, &key)?;
+    // What the table holds for the row: its merge state says so (an existing row's values are
+    // the state's), unless a unique clash may keep it out, or it predates the merge state.
+    let (state, here) = match stored {
+        Some(s) if !plan.unique && s.cells.len() == shape.columns.len() => {
+            let here = s.alive(policies.delete).then(|| s.values());
+            (Some(s), here)
+        }
+        Some(s) => {
+            let here = read_here(db)?;
+            (Some(s), here)
+        }
+        None => {
+            let here = read_here(db)?;
+            (here.as_deref().map(RowState::settled), here)
+        }
     };
     let rule = policies.delete;
     let merged = merge_remote(
@@ -1158,22 +1197,19 @@ fn merge_change(
         }
         crate::unique_clash::forget(&db.conn, &shape.name, &key)?;
     }
-    db.capture.statement_done(&db.conn)?;
+    // (The capture takes these writes in at the end of the transaction's changes: see
+    // `commit_merge`.)
     save_state(&db.conn, &shape.name, &key, &merged.state)?;
     let kj = key_json(&key_values);
     for conflict in &merged.conflicts {
         record_conflict(&db.conn, shape, &key, &kj, conflict)?;
     }
-    if !merged.conflicts.is_empty() {
-        db.capture.statement_done(&db.conn)?;
-    }
-    if let (Some(before), Some(after)) = (c.before.as_deref(), c.after.as_deref()) {
+    if let (Some(before), Some(after), true) = (c.before.as_deref(), c.after.as_deref(), plan.open_conflicts) {
         for (i, col) in shape.columns.iter().enumerate() {
             if before[i] != after[i] {
                 resolve_seen(&db.conn, &shape.name, &kj, col, version, Some(deps))?;
             }
         }
-        db.capture.statement_done(&db.conn)?;
     }
     Ok(merged.conflicts.len())
 }

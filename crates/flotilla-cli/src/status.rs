@@ -130,6 +130,70 @@ pub fn describe(s: &serde_json::Value) -> String {
             out.push_str(&crate::pipeline::list_table(pipelines));
         }
     }
+    let ml = &s["multi_leader"];
+    if ml.is_object() {
+        let vv: Vec<String> = ml["version_vector"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\ndata centre {} ({}): merged {} transactions, {} conflicts; version vector {}",
+            ml["dc"].as_str().unwrap_or("?"),
+            ml["topology"].as_str().unwrap_or("?"),
+            ml["merged_transactions"],
+            ml["conflicts"],
+            if vv.is_empty() {
+                "-".to_string()
+            } else {
+                vv.join(", ")
+            }
+        );
+        let headers: Vec<String> = [
+            "peer",
+            "url",
+            "link",
+            "read through",
+            "behind",
+            "last merge lag ms",
+            "error",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+        let cell = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(x) => x.clone(),
+            other => other.to_string(),
+        };
+        let rows: Vec<Vec<String>> = ml["peers"]
+            .as_array()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .map(|p| {
+                        [
+                            "dc",
+                            "url",
+                            "link",
+                            "read_through",
+                            "lag_transactions",
+                            "last_merge_lag_ms",
+                            "error",
+                        ]
+                        .iter()
+                        .map(|k| cell(&p[*k]))
+                        .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rows.is_empty() {
+            out.push_str("no peer data centres (--peer-dc)\n");
+        } else {
+            out.push_str(&table(&headers, &rows));
+        }
+    }
     out
 }
 

@@ -1204,7 +1204,9 @@ fn merge_change(
     for conflict in &merged.conflicts {
         record_conflict(&db.conn, shape, &key, &kj, conflict)?;
     }
-    if let (Some(before), Some(after), true) = (c.before.as_deref(), c.after.as_deref(), plan.open_conflicts) {
+    if let (Some(before), Some(after), true) =
+        (c.before.as_deref(), c.after.as_deref(), plan.open_conflicts)
+    {
         for (i, col) in shape.columns.iter().enumerate() {
             if before[i] != after[i] {
                 resolve_seen(&db.conn, &shape.name, &kj, col, version, Some(deps))?;

@@ -189,10 +189,13 @@ async fn peer_identity(
         }
         Ok(r) => return Err(format!("the peer at {url} answered {}", r.status())),
         Err(e) => {
-            return Err(format!(
-                "no node answers at {url}: {}",
-                crate::peer::error_chain(&e)
-            ))
+            let chain = crate::peer::error_chain(&e);
+            let tls = chain.contains("certificate") || chain.to_ascii_lowercase().contains("tls");
+            return Err(if (e.is_connect() || e.is_timeout()) && !tls {
+                format!("no node answers at {url} — is it running?")
+            } else {
+                format!("{url}: {chain}")
+            });
         }
     };
     let theirs = answer["dc"].as_str().unwrap_or("");

@@ -165,7 +165,9 @@ pub(crate) fn quote(ident: &str) -> String {
 /// centre (a replication token for the links, an application's) works in every one.
 fn local_only(table: &str) -> bool {
     let t = table.to_ascii_lowercase();
-    (t.starts_with(crate::INTERNAL_PREFIX) && t != crate::TOKENS_TABLE) || t == CONFLICTS_TABLE
+    (t.starts_with(crate::INTERNAL_PREFIX) && t != crate::TOKENS_TABLE)
+        || t == CONFLICTS_TABLE
+        || t.starts_with("sqlite_")
 }
 
 pub(crate) fn to_sql(v: &SqlValue) -> rusqlite::types::Value {
@@ -428,6 +430,87 @@ fn key_problem(conn: &Connection, table: &str) -> Result<Option<String>, StoreEr
     })
 }
 
+/// Why a table (its columns and constraints) cannot be merged between data centres: a merge
+/// combines rows no single data centre wrote together, so a constraint between columns or rows
+/// could refuse it after both sides accepted their halves, and stop the exchange for good.
+fn table_problem(conn: &Connection, table: &str) -> Result<Option<String>, StoreError> {
+    let virtual_generated: Option<String> = conn
+        .prepare_cached("SELECT name FROM pragma_table_xinfo(?1) WHERE hidden = 2 LIMIT 1")?
+        .query_row([table], |r| r.get(0))
+        .optional()?;
+    if let Some(c) = virtual_generated {
+        return Ok(Some(format!(
+            "column {c} of {table} is a VIRTUAL generated column, which cannot be replicated row \
+             by row: declare it STORED"
+        )));
+    }
+    let references: Option<String> = conn
+        .prepare_cached("SELECT \"table\" FROM pragma_foreign_key_list(?1) LIMIT 1")?
+        .query_row([table], |r| r.get(0))
+        .optional()?;
+    if let Some(parent) = references {
+        return Ok(Some(format!(
+            "{table} has a foreign key (to {parent}): on a multi-leader node a row and the row it \
+             refers to can be deleted and inserted in two data centres at once, and the merge \
+             could then neither keep nor refuse them alike everywhere; keep the reference as a \
+             plain column"
+        )));
+    }
+    let sql: Option<String> = conn
+        .prepare_cached("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
+        .query_row([table], |r| r.get(0))
+        .optional()?;
+    if sql.is_some_and(|s| has_check(&s)) {
+        return Ok(Some(format!(
+            "{table} has a CHECK constraint: on a multi-leader node two data centres' writes that \
+             each pass it can merge into a row that does not (two decrements of a counter), and \
+             the merge could not be refused alike everywhere; check in the application instead"
+        )));
+    }
+    Ok(None)
+}
+
+/// Whether a CREATE TABLE statement has a CHECK constraint (outside quotes and comments).
+fn has_check(sql: &str) -> bool {
+    let mut words = String::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                for d in chars.by_ref() {
+                    if d == c {
+                        break;
+                    }
+                }
+                words.push(' ');
+            }
+            '[' => {
+                for d in chars.by_ref() {
+                    if d == ']' {
+                        break;
+                    }
+                }
+                words.push(' ');
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '(' | ')' | ',' => {
+                words.push(' ');
+                words.push(c);
+                words.push(' ');
+            }
+            c => words.push(c.to_ascii_lowercase()),
+        }
+    }
+    let tokens: Vec<&str> = words.split_whitespace().collect();
+    tokens.windows(2).any(|w| w[0] == "check" && w[1] == "(")
+}
+
 /// Why a schema change cannot be made on a multi-leader node (`None`: it can). What the other
 /// data centres could not merge in order is refused where it is made, not left to diverge.
 pub(crate) fn ddl_problem(
@@ -445,11 +528,25 @@ pub(crate) fn ddl_problem(
         .map(str::to_ascii_lowercase)
         .collect();
     let why = match kind {
-        DdlKind::CreateTable => return key_problem(conn, table),
+        DdlKind::CreateTable => {
+            if let Some(why) = key_problem(conn, table)? {
+                return Ok(Some(why));
+            }
+            return table_problem(conn, table);
+        }
         DdlKind::CreateIndex | DdlKind::CreateView | DdlKind::DropView | DdlKind::SetPragma => {
             return Ok(None)
         }
-        DdlKind::AlterTable if words.get(3).is_some_and(|w| w == "add") => return Ok(None),
+        DdlKind::AlterTable if words.get(3).is_some_and(|w| w == "add") => {
+            return table_problem(conn, table)
+        }
+        DdlKind::AlterTable
+            if words.get(3).is_some_and(|w| w == "rename")
+                && words.get(4).is_some_and(|w| w == "to") =>
+        {
+            "a table cannot be renamed on a multi-leader node: other data centres may still be \
+             writing to it under its name"
+        }
         DdlKind::AlterTable => {
             "only ADD COLUMN changes a table on a multi-leader node: a renamed \
                                 or dropped column would meet rows still written the old way in \
@@ -1348,11 +1445,25 @@ fn check_policy(
         .check_column_type(name, declared_type)
         .map_err(|e| SetPolicyError::Invalid(e.to_string()))?;
     if let Some(expr) = parsed.expression() {
-        let sql = format!("SELECT ({expr}) FROM (SELECT NULL AS local, NULL AS remote)");
-        if let Err(e) = conn.prepare(&sql) {
+        // Every data centre must compute the same value from the same two: the expression
+        // may use `local`, `remote` and deterministic functions only — no tables, no
+        // random(). SQLite holds a generated column's expression to exactly that, on a
+        // scratch database that has no tables to read.
+        let scratch = Connection::open_in_memory()?;
+        let probe = format!("CREATE TABLE probe (local ANY, remote ANY, merged ANY AS ({expr}))");
+        let single = !expr.contains(';') && crate::sql_text::is_complete(&format!("{probe};"));
+        if let Err(e) = single
+            .then(|| scratch.execute_batch(&probe))
+            .unwrap_or_else(|| Err(rusqlite::Error::InvalidQuery))
+        {
+            let why = match e {
+                rusqlite::Error::InvalidQuery => "it is not one expression".to_string(),
+                e => crate::leader_db::sql_error_message(&e),
+            };
             return invalid(format!(
-                "the expression {expr:?} does not compile: {} (it is SQL over `local` and `remote`)",
-                crate::leader_db::sql_error_message(&e)
+                "the expression {expr:?} does not compile: {why} (it is SQL over `local` and \
+                 `remote`, with deterministic functions only: every data centre must compute \
+                 the same value)"
             ));
         }
     }

@@ -350,6 +350,23 @@ fn schema_changes_travel_and_unfit_ones_are_refused() {
         refused(&mut eu, sql, why);
     }
     for (sql, why) in [
+        (
+            "CREATE TABLE c1 (id TEXT PRIMARY KEY, v INTEGER CHECK (v >= 0))",
+            "CHECK constraint",
+        ),
+        (
+            "CREATE TABLE c2 (id TEXT PRIMARY KEY, v INTEGER, CHECK(v > 0))",
+            "CHECK constraint",
+        ),
+        (
+            "CREATE TABLE f1 (id TEXT PRIMARY KEY, n TEXT REFERENCES notes(id))",
+            "foreign key",
+        ),
+        (
+            "CREATE TABLE g1 (id TEXT PRIMARY KEY, a INTEGER, b AS (a + 1) VIRTUAL)",
+            "VIRTUAL generated",
+        ),
+        ("ALTER TABLE notes RENAME TO notes2", "cannot be renamed"),
         ("DROP TABLE notes", "cannot be dropped"),
         (
             "ALTER TABLE notes RENAME COLUMN body TO text",
@@ -364,6 +381,21 @@ fn schema_changes_travel_and_unfit_ones_are_refused() {
         refused(&mut eu, sql, why);
     }
     eu.sql(&["CREATE TABLE pairs (dc TEXT, n INTEGER, PRIMARY KEY (dc, n))"]);
+    eu.sql(&["CREATE TABLE quoted (id TEXT PRIMARY KEY, \"check (x)\" TEXT DEFAULT 'check(1)')"]);
+    eu.sql(&["CREATE TABLE g2 (id TEXT PRIMARY KEY, a INTEGER, b AS (a + 1) STORED)"]);
+    // ANALYZE writes SQLite's own statistics: each node's own, taken, not exchanged.
+    let node = eu.node.clone();
+    let out = eu
+        .db
+        .commit_batch(
+            &[common::req(&[("ANALYZE", vec![])])],
+            Epoch(1),
+            &node,
+            8_000_000,
+        )
+        .unwrap();
+    assert!(matches!(out.outcomes[0], RequestOutcome::Committed(_)));
+    assert!(out.record.as_ref().is_none_or(|r| r.exchange.is_none()));
     eu.sql(&["CREATE TABLE w (id INTEGER PRIMARY KEY, x) WITHOUT ROWID"]);
     eu.sql(&["CREATE TABLE bigints (id BIGINT PRIMARY KEY, x)"]);
 

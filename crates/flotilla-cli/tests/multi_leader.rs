@@ -576,3 +576,105 @@ async fn data_centres_with_authentication_share_their_tokens() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_data_centre_goes_on_after_its_peer_trimmed_what_it_passed_by() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small log segments, so that the peer trims its log soon after this data centre read it.
+    let config = dir.path().join("small-segments.toml");
+    std::fs::write(&config, "[log]\nsegment-mib = 1\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let ports = free_ports(2);
+    let (eu_url, us_url) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let (to_us, to_eu) = (format!("us={us_url}"), format!("eu={eu_url}"));
+    let eu_args = ["--config", &config, "--dc", "eu", "--peer-dc", &to_us];
+    let mut eu = LocalNode::start_on(&exe(), dir.path(), "eu", &eu_url, &eu_args)
+        .await
+        .unwrap();
+    let us = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        "us",
+        &us_url,
+        &["--config", &config, "--dc", "us", "--peer-dc", &to_eu],
+    )
+    .await
+    .unwrap();
+    let (ec, uc) = (Client::new(&eu.url), Client::new(&us.url));
+    write(&ec, "CREATE TABLE t (id TEXT PRIMARY KEY, pad TEXT)").await;
+    let started = Instant::now();
+    while c_rows(&uc, "SELECT count(*) FROM sqlite_schema WHERE name = 't'").await != json!([[1]]) {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write(&uc, "INSERT INTO t VALUES ('us-1', 'x')").await;
+    // eu's big transactions come back to it in us's log, where eu's link passes them by.
+    for i in 0..40 {
+        exec(&ec, json!([{ "sql": "INSERT INTO t VALUES (?1, hex(randomblob(100000)))", "params": [format!("eu-{i}")] }])).await;
+    }
+    let s = wait_status(&uc, "us trims its log", |s| {
+        s["log"]["first_lsn"].as_u64().unwrap_or(0) > 20
+    })
+    .await;
+    let trimmed_to = s["log"]["first_lsn"].clone();
+    eu.kill().await;
+    let eu = LocalNode::start_on(&exe(), dir.path(), "eu", &eu_url, &eu_args)
+        .await
+        .unwrap();
+    let ec = Client::new(&eu.url);
+    write(&uc, "INSERT INTO t VALUES ('us-2', 'after eu restarted')").await;
+    let started = Instant::now();
+    loop {
+        if c_rows(&ec, "SELECT count(*) FROM t WHERE id = 'us-2'").await == json!([[1]]) {
+            break;
+        }
+        let st = status(&ec).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "us's write after eu restarted did not arrive (us's log starts at {trimmed_to}): {}",
+            st["multi_leader"]["peers"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Its database remembers that it is eu's: started without --dc, or as another data centre,
+    // it is refused before it listens.
+    let mut eu = eu;
+    eu.kill().await;
+    let data = eu.dir.to_str().unwrap().to_string();
+    let (ok, _, err) = cli(&[
+        "serve",
+        "--id",
+        "eu",
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok && err.contains("start it with --dc eu"), "{err}");
+    let (ok, _, err) = cli(&[
+        "serve",
+        "--id",
+        "eu",
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--dc",
+        "asia",
+    ]);
+    assert!(
+        !ok && err.contains("is data centre eu's, not asia's"),
+        "{err}"
+    );
+}
+
+async fn c_rows(c: &Client, sql: &str) -> Value {
+    match c.post("/v1/query", &json!({ "sql": sql })).await {
+        Ok(v) => v["rows"].clone(),
+        Err(e) => json!(format!("{e:#}")),
+    }
+}

@@ -263,6 +263,28 @@ pub async fn run(
                     db.meta().position.lsn
                 );
             }
+            // A data centre's database runs as that data centre only: without --dc its writes
+            // would never be stamped, and so never reach the other data centres.
+            match (db.data_centre()?, &config.multi_leader) {
+                (Some(dc), None) => anyhow::bail!(
+                    "this database is data centre {dc}'s (multi-leader): start it with --dc {dc} \
+                     and its --peer-dc peers; without them its writes would not reach the other \
+                     data centres"
+                ),
+                (Some(dc), Some(ml)) if dc != ml.dc.as_str() => anyhow::bail!(
+                    "this database is data centre {dc}'s, not {}'s: start it with --dc {dc}, or \
+                     give --dc {} an empty data directory",
+                    ml.dc,
+                    ml.dc
+                ),
+                (None, Some(ml)) if db.meta().position.lsn.0 > 0 => anyhow::bail!(
+                    "this database was not a data centre's: --dc {} needs an empty data \
+                     directory (a database that already holds transactions cannot become a \
+                     data centre: the others would never get what it holds)",
+                    ml.dc
+                ),
+                _ => {}
+            }
             let meta = db.meta().clone();
             match &ident.cluster_id {
                 Some(c) if *c != meta.cluster_id => anyhow::bail!(

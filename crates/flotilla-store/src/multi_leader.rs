@@ -708,6 +708,25 @@ impl LeaderDb {
         Ok(Some(out))
     }
 
+    /// The data centre this database belongs to, if it is a multi-leader one (read before
+    /// [`LeaderDb::enable_multi_leader`], to refuse a start with the wrong `--dc` or none).
+    pub fn data_centre(&self) -> Result<Option<String>, StoreError> {
+        self.rules.internal(|| {
+            let exists: i64 = self.conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_ml_origin'",
+                [],
+                |r| r.get(0),
+            )?;
+            if exists == 0 {
+                return Ok(None);
+            }
+            Ok(self
+                .conn
+                .query_row("SELECT dc FROM _flotilla_ml_origin", [], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
     pub fn multi_leader(&self) -> Option<&MultiLeader> {
         self.multi_leader.as_ref()
     }

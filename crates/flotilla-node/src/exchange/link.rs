@@ -8,7 +8,7 @@ use crate::leader::{ChangeError, WriteJob};
 use crate::node::Node;
 use crate::time::mono_ms;
 use flotilla_core::{FollowerCommand, FollowerConfig, FollowerEvent, FollowerSession};
-use flotilla_types::{LogKind, LogRecord, OriginName};
+use flotilla_types::{Chain, LogKind, LogRecord, OriginName, Position};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +34,18 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
         flotilla_store::link_position(&conn, &peer)
     })
     .await;
+    let link_file = node
+        .db_path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(format!("dc-link-{}.json", link.peer));
     let local = match local {
-        Ok(Ok(l)) => l,
+        // Where it merged last (in the database), or, further, what it passed by since and
+        // made durable here (the peer's log may be trimmed up to there).
+        Ok(Ok(l)) => match read_link_file(&link_file) {
+            Some(f) if f.0.lsn > l.0.lsn => f,
+            _ => l,
+        },
         Ok(Err(e)) => {
             link.update(|v| {
                 v.phase = "stopped";
@@ -74,6 +84,8 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
     let mut conn: Option<Connection> = None;
     let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // The chains of the last positions applied (a `Flush` names one of them).
+    let mut applied_chains: VecDeque<(Position, Chain)> = VecDeque::new();
     loop {
         while let Some(cmd) = cmds.pop_front() {
             match cmd {
@@ -101,11 +113,42 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
                 FollowerCommand::Apply(records) => {
                     let event =
                         merge_batch(&node, &writer, &link, &own_dc, forwards, &records).await;
+                    if let FollowerEvent::Applied { position, chain } = &event {
+                        applied_chains.push_back((*position, *chain));
+                        if applied_chains.len() > 64 {
+                            applied_chains.pop_front();
+                        }
+                    }
                     cmds.extend(session.handle(mono_ms(), rand::random_range(0..=1000), event));
                 }
-                // A merge is durable once the writer answers (its commit is in this node's
-                // log): nothing more to flush.
-                FollowerCommand::Flush { seq, .. } => {
+                // The merges are durable once the writer answers (their commits are in this
+                // node's log); what the link passed by becomes durable when its position is
+                // written here — only then does the peer hear it (its retention follows this).
+                FollowerCommand::Flush { seq, through } => {
+                    let chain = applied_chains
+                        .iter()
+                        .find(|(p, _)| *p == through)
+                        .map(|(_, c)| *c);
+                    if let Some(chain) = chain {
+                        let path = link_file.clone();
+                        let written = tokio::task::spawn_blocking(move || {
+                            write_link_file(&path, through, chain)
+                        })
+                        .await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            let why = match written {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "the task stopped".into(),
+                            };
+                            link.update(|v| {
+                                v.last_error = Some(format!(
+                                    "cannot save the link's position in {}: {why}",
+                                    link_file.display()
+                                ))
+                            });
+                            continue;
+                        }
+                    }
                     cmds.extend(session.handle(
                         mono_ms(),
                         rand::random_range(0..=1000),
@@ -158,6 +201,29 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
         }
         cmds.extend(session.handle(mono_ms(), jitter, event));
     }
+}
+
+/// The link file: `{"version": 1, "epoch", "lsn", "chain"}`, the position of the peer's log
+/// this data centre has read through durably.
+fn write_link_file(path: &std::path::Path, at: Position, chain: Chain) -> std::io::Result<()> {
+    let body = serde_json::json!({
+        "version": 1,
+        "epoch": at.epoch.0,
+        "lsn": at.lsn.0,
+        "chain": chain.0,
+    });
+    flotilla_store::atomic_file::write_atomically(path, body.to_string().as_bytes())
+}
+
+fn read_link_file(path: &std::path::Path) -> Option<(Position, Chain)> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if v["version"] != 1 {
+        return None;
+    }
+    Some((
+        Position::new(v["epoch"].as_u64()?, v["lsn"].as_u64()?),
+        Chain(v["chain"].as_u64()?),
+    ))
 }
 
 /// Asks the peer (its leader) which data centre it is.

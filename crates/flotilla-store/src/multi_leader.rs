@@ -1471,10 +1471,12 @@ fn check_policy(
         let scratch = Connection::open_in_memory()?;
         let probe = format!("CREATE TABLE probe (local ANY, remote ANY, merged ANY AS ({expr}))");
         let single = !expr.contains(';') && crate::sql_text::is_complete(&format!("{probe};"));
-        if let Err(e) = single
-            .then(|| scratch.execute_batch(&probe))
-            .unwrap_or_else(|| Err(rusqlite::Error::InvalidQuery))
-        {
+        let compiled = if single {
+            scratch.execute_batch(&probe)
+        } else {
+            Err(rusqlite::Error::InvalidQuery)
+        };
+        if let Err(e) = compiled {
             let why = match e {
                 rusqlite::Error::InvalidQuery => "it is not one expression".to_string(),
                 e => crate::leader_db::sql_error_message(&e),

@@ -902,6 +902,10 @@ impl LeaderDb {
 
 /// What merging into one table needs, worked out once per transaction.
 struct TablePlan {
+    /// The table as it is here (the change's shape, plus columns added here since).
+    shape: TableShape,
+    /// The defaults of the columns the change's shape lacks.
+    pad: Vec<SqlValue>,
     sql: TableSql,
     policies: TablePolicies,
     /// The table has unique indexes besides its key (clashes are possible).
@@ -911,12 +915,43 @@ struct TablePlan {
 }
 
 impl TablePlan {
-    fn new(conn: &Connection, shape: &TableShape) -> Result<TablePlan, StoreError> {
+    fn new(conn: &Connection, remote: &TableShape) -> Result<TablePlan, MergeApplyError> {
+        let here: Vec<(String, Option<String>)> = conn
+            .prepare_cached("SELECT name, dflt_value FROM pragma_table_xinfo(?1) WHERE hidden = 0 ORDER BY cid")?
+            .query_map([&remote.name], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let names: Vec<&str> = here.iter().map(|(n, _)| n.as_str()).collect();
+        let prefix = remote.columns.len() <= here.len()
+            && remote.columns.iter().zip(&names).all(|(a, b)| a.eq_ignore_ascii_case(b));
+        if !prefix {
+            return Err(MergeApplyError::Unfit(format!(
+                "a change of {} names the columns {} but the table here has {}",
+                remote.name,
+                remote.columns.join(", "),
+                names.join(", ")
+            )));
+        }
+        let mut pad = Vec::new();
+        for (_, default) in &here[remote.columns.len()..] {
+            pad.push(match default {
+                None => SqlValue::Null,
+                Some(expr) => conn
+                    .query_row(&format!("SELECT {expr}"), [], |r| Ok(from_sql(r.get_ref(0)?)))
+                    .map_err(|e| MergeApplyError::Unfit(format!("the default {expr} of a column of {}: {e}", remote.name)))?,
+            });
+        }
+        let shape = TableShape {
+            name: remote.name.clone(),
+            columns: here.iter().map(|(n, _)| n.clone()).collect(),
+            key: remote.key.clone(),
+        };
         Ok(TablePlan {
-            sql: TableSql::new(shape),
-            policies: table_policies(conn, shape)?,
-            unique: crate::unique_clash::has_unique_indexes(conn, shape)?,
+            sql: TableSql::new(&shape),
+            policies: table_policies(conn, &shape)?,
+            unique: crate::unique_clash::has_unique_indexes(conn, &shape)?,
             open_conflicts: has_open_conflicts(conn, &shape.name)?,
+            shape,
+            pad,
         })
     }
 }
@@ -1220,8 +1255,9 @@ fn reconsider_shadowed(db: &mut LeaderDb, changes: &RowPayload) -> Result<(), St
         }
         seen.push(&shape.name);
         if crate::unique_clash::has_shadowed(&db.conn, &shape.name)? {
-            let upsert = TableSql::new(shape).upsert;
-            crate::unique_clash::reconsider(db, shape, &upsert)?;
+            // The table as it is here (columns may have been added since the change).
+            let plan = TablePlan::new(&db.conn, shape).map_err(|e| StoreError::Apply(e.to_string()))?;
+            crate::unique_clash::reconsider(db, &plan.shape, &plan.sql.upsert)?;
         }
     }
     Ok(())
@@ -1232,14 +1268,35 @@ fn reconsider_shadowed(db: &mut LeaderDb, changes: &RowPayload) -> Result<(), St
 #[allow(clippy::too_many_arguments)]
 fn merge_change(
     db: &mut LeaderDb,
-    shape: &TableShape,
+    _remote_shape: &TableShape,
     c: &flotilla_types::RowChange,
     counter_bases: &[(usize, SqlValue)],
     version: &Version,
     deps: &VersionVector,
     plan: &TablePlan,
 ) -> Result<usize, MergeApplyError> {
-    let (sql, policies) = (&plan.sql, &plan.policies);
+    let (sql, policies, shape) = (&plan.sql, &plan.policies, &plan.shape);
+    // A change made before a column was added there (the ADD COLUMN arrived here first): the
+    // new columns hold their default in that data centre's row too, and this change did not
+    // write them.
+    let padded;
+    let c = if plan.pad.is_empty() {
+        c
+    } else {
+        let pad = |v: &Option<Vec<SqlValue>>| {
+            v.as_ref().map(|v| {
+                let mut v = v.clone();
+                v.extend(plan.pad.iter().cloned());
+                v
+            })
+        };
+        padded = flotilla_types::RowChange {
+            before: pad(&c.before),
+            after: pad(&c.after),
+            ..c.clone()
+        };
+        &padded
+    };
     let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
     let (key_values, key) =
         row_key(shape, image).map_err(|e| MergeApplyError::Unfit(e.to_string()))?;

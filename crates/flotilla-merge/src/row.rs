@@ -285,6 +285,14 @@ pub fn merge_remote(
                 let delta = counter_delta(base, Some(value));
                 let cell = &mut state.cells[i];
                 let before_value = cell.value.clone();
+                // Who wrote what this replica showed: the concurrent write whose value it is
+                // (with max, min or custom not necessarily the latest one).
+                let shown_by: Option<Version> = cell
+                    .entries
+                    .iter()
+                    .rev()
+                    .find(|e| e.value == before_value && !e.version.seen_by(deps, version))
+                    .map(|e| e.version.clone());
                 let met = cell
                     .write_remote(
                         Entry {
@@ -297,7 +305,10 @@ pub fn merge_remote(
                         resolver,
                     )
                     .map_err(MergeError::Custom)?;
-                if let Some(met) = met {
+                if let Some(mut met) = met {
+                    if let Some(v) = shown_by {
+                        met.version = v;
+                    }
                     let after = cell.value.clone();
                     let (is_local, is_remote) = (after == before_value, after == *value);
                     let winner = match (is_local, is_remote) {

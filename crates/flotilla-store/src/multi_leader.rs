@@ -917,12 +917,18 @@ struct TablePlan {
 impl TablePlan {
     fn new(conn: &Connection, remote: &TableShape) -> Result<TablePlan, MergeApplyError> {
         let here: Vec<(String, Option<String>)> = conn
-            .prepare_cached("SELECT name, dflt_value FROM pragma_table_xinfo(?1) WHERE hidden = 0 ORDER BY cid")?
+            .prepare_cached(
+                "SELECT name, dflt_value FROM pragma_table_xinfo(?1) WHERE hidden = 0 ORDER BY cid",
+            )?
             .query_map([&remote.name], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let names: Vec<&str> = here.iter().map(|(n, _)| n.as_str()).collect();
         let prefix = remote.columns.len() <= here.len()
-            && remote.columns.iter().zip(&names).all(|(a, b)| a.eq_ignore_ascii_case(b));
+            && remote
+                .columns
+                .iter()
+                .zip(&names)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b));
         if !prefix {
             return Err(MergeApplyError::Unfit(format!(
                 "a change of {} names the columns {} but the table here has {}",
@@ -936,8 +942,15 @@ impl TablePlan {
             pad.push(match default {
                 None => SqlValue::Null,
                 Some(expr) => conn
-                    .query_row(&format!("SELECT {expr}"), [], |r| Ok(from_sql(r.get_ref(0)?)))
-                    .map_err(|e| MergeApplyError::Unfit(format!("the default {expr} of a column of {}: {e}", remote.name)))?,
+                    .query_row(&format!("SELECT {expr}"), [], |r| {
+                        Ok(from_sql(r.get_ref(0)?))
+                    })
+                    .map_err(|e| {
+                        MergeApplyError::Unfit(format!(
+                            "the default {expr} of a column of {}: {e}",
+                            remote.name
+                        ))
+                    })?,
             });
         }
         let shape = TableShape {
@@ -1256,7 +1269,8 @@ fn reconsider_shadowed(db: &mut LeaderDb, changes: &RowPayload) -> Result<(), St
         seen.push(&shape.name);
         if crate::unique_clash::has_shadowed(&db.conn, &shape.name)? {
             // The table as it is here (columns may have been added since the change).
-            let plan = TablePlan::new(&db.conn, shape).map_err(|e| StoreError::Apply(e.to_string()))?;
+            let plan =
+                TablePlan::new(&db.conn, shape).map_err(|e| StoreError::Apply(e.to_string()))?;
             crate::unique_clash::reconsider(db, &plan.shape, &plan.sql.upsert)?;
         }
     }
@@ -1374,7 +1388,13 @@ fn merge_change(
     // `commit_merge`.)
     save_state(&db.conn, &shape.name, &key, &merged.state)?;
     let kj = key_json(&key_values);
-    for conflict in &merged.conflicts {
+    // A key column is the row's identity: two inserts of one key are writes of the same row,
+    // and only its other columns can conflict.
+    for conflict in merged
+        .conflicts
+        .iter()
+        .filter(|c| c.column.is_none_or(|i| !shape.key.contains(&(i as u16))))
+    {
         record_conflict(&db.conn, shape, &key, &kj, conflict)?;
     }
     if let (Some(before), Some(after), true) =
@@ -1386,7 +1406,11 @@ fn merge_change(
             }
         }
     }
-    Ok(merged.conflicts.len())
+    Ok(merged
+        .conflicts
+        .iter()
+        .filter(|c| c.column.is_none_or(|i| !shape.key.contains(&(i as u16))))
+        .count())
 }
 
 fn record_conflict(

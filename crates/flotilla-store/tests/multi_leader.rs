@@ -536,11 +536,20 @@ fn a_column_added_in_one_data_centre_while_another_writes_the_table() {
     let dir = tempfile::tempdir().unwrap();
     let mut eu = Dc::open(dir.path(), "eu");
     let mut us = Dc::open(dir.path(), "us");
-    eu.sql(&["CREATE TABLE k (id TEXT PRIMARY KEY, note TEXT, n INTEGER)", "INSERT INTO k VALUES ('r', 'start', 0)"]);
+    eu.sql(&[
+        "CREATE TABLE k (id TEXT PRIMARY KEY, note TEXT, n INTEGER)",
+        "INSERT INTO k VALUES ('r', 'start', 0)",
+    ]);
     us.pull(&eu);
     // Apart: eu adds a column and fills it; us changes the row and adds one, the old way.
-    eu.sql(&["ALTER TABLE k ADD COLUMN extra TEXT DEFAULT 'dflt'", "UPDATE k SET extra = 'eu-extra'"]);
-    us.sql(&["UPDATE k SET note = 'us-note'", "INSERT INTO k (id, note, n) VALUES ('s', 'us row', 1)"]);
+    eu.sql(&[
+        "ALTER TABLE k ADD COLUMN extra TEXT DEFAULT 'dflt'",
+        "UPDATE k SET extra = 'eu-extra'",
+    ]);
+    us.sql(&[
+        "UPDATE k SET note = 'us-note'",
+        "INSERT INTO k (id, note, n) VALUES ('s', 'us row', 1)",
+    ]);
     eu.pull(&us);
     us.pull(&eu);
     let q = "SELECT id, note, n, extra FROM k ORDER BY id";

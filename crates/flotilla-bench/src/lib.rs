@@ -141,6 +141,18 @@ impl Figure {
             .cloned()
             .fold(f64::NEG_INFINITY, f64::max)
     }
+    /// `| name | median unit | min | max |`
+    pub(crate) fn markdown_row(&self) -> String {
+        format!(
+            "| {} | {:.2} {} | {:.2} | {:.2} |\n",
+            self.name,
+            self.median(),
+            self.unit,
+            self.min(),
+            self.max()
+        )
+    }
+
     pub(crate) fn json(&self) -> Value {
         json!({ "name": self.name, "unit": self.unit, "median": self.median(),
                 "min": self.min(), "max": self.max(), "runs": self.values })

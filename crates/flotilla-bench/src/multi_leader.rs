@@ -259,8 +259,12 @@ async fn throughput(exe: &Path, root: &Path, secs: f64, peers: bool) -> anyhow::
     Ok(tps)
 }
 
-/// Convergence after a partition with `n` conflicting updates on each side.
-async fn convergence(exe: &Path, root: &Path, n: u64) -> anyhow::Result<f64> {
+/// A curve: (ms since the heal, % merged), per data centre.
+type Curves = Vec<(String, Vec<(f64, f64)>)>;
+
+/// Convergence after a partition with `n` conflicting updates on each side: the time, and the
+/// share of the other side's transactions each has merged over time.
+async fn convergence(exe: &Path, root: &Path, n: u64) -> anyhow::Result<(f64, Curves)> {
     let d = Dcs::start(exe, root, &["eu", "us"]).await?;
     let (eu, us) = (d.client(0), d.client(1));
     exec(&eu, json!([{ "sql": TABLE }])).await?;
@@ -280,12 +284,28 @@ async fn convergence(exe: &Path, root: &Path, n: u64) -> anyhow::Result<f64> {
         }
     }
     let (te, tu) = (vv(&eu, "eu").await?, vv(&us, "us").await?);
+    let (se, su) = (vv(&us, "eu").await?, vv(&eu, "us").await?);
     let started = Instant::now();
     for (a, b) in [(0, 1), (1, 0)] {
         d.link(a, b, true);
     }
-    caught_up(&us, "eu", te, Duration::from_secs(300)).await?;
-    caught_up(&eu, "us", tu, Duration::from_secs(300)).await?;
+    let (mut at_us, mut at_eu) = (Vec::new(), Vec::new());
+    let share = |now: u64, from: u64, to: u64| {
+        100.0 * (now.saturating_sub(from)) as f64 / (to.saturating_sub(from)).max(1) as f64
+    };
+    loop {
+        let (u, e) = (vv(&us, "eu").await?, vv(&eu, "us").await?);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        at_us.push((ms, share(u, se, te)));
+        at_eu.push((ms, share(e, su, tu)));
+        if u >= te && e >= tu {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("eu and us did not converge within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let took = started.elapsed().as_secs_f64() * 1000.0;
     let q = "SELECT id, v, s FROM t ORDER BY id";
     let (a, b) = (
@@ -295,7 +315,13 @@ async fn convergence(exe: &Path, root: &Path, n: u64) -> anyhow::Result<f64> {
     if a != b {
         bail!("eu and us differ after the partition healed");
     }
-    Ok(took)
+    Ok((
+        took,
+        vec![
+            ("us merging eu's".into(), at_us),
+            ("eu merging us's".into(), at_eu),
+        ],
+    ))
 }
 
 pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
@@ -324,6 +350,7 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
         figures.push(Figure::new(name, unit));
         figures.len() - 1
     };
+    let mut curves: Curves = Vec::new();
     let (m0, m10, lag50, lag99, alone, with, ratio, conv) = (
         fig("merge rate, no conflicts", "rows/s"),
         fig("merge rate, 10% conflicting", "rows/s"),
@@ -382,11 +409,13 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
             &a,
             &format!("run {}/{}: convergence after a partition", run + 1, s.runs),
         );
-        figures[conv].values.push(
-            convergence(&exe, &dir("conv"), s.partition_updates)
-                .await
-                .context("convergence")?,
-        );
+        let (took, c) = convergence(&exe, &dir("conv"), s.partition_updates)
+            .await
+            .context("convergence")?;
+        figures[conv].values.push(took);
+        if curves.is_empty() {
+            curves = c;
+        }
     }
     super::done_saying();
     if a.json {
@@ -394,6 +423,30 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         super::print_figures("multi-leader (median of runs [min..max])", &figures);
+    }
+    if let Some(dir) = &a.report {
+        std::fs::create_dir_all(dir)?;
+        let png = dir.join("multi-leader-convergence.png");
+        crate::report::convergence(
+            &png,
+            &format!(
+                "Converging after a partition: {} conflicting updates on each side",
+                s.partition_updates
+            ),
+            &curves,
+        )?;
+        let mut md = String::from(
+            "# flotilla bench multi-leader\n\n| figure | median | min | max |\n| --- | --- | --- | --- |\n",
+        );
+        for f in &figures {
+            md.push_str(&f.markdown_row());
+        }
+        md.push_str("\n![convergence](multi-leader-convergence.png)\n");
+        let report = dir.join("report.md");
+        std::fs::write(&report, md)?;
+        if !a.json {
+            println!("wrote {}\nwrote {}", report.display(), png.display());
+        }
     }
     Ok(())
 }

@@ -167,6 +167,53 @@ pub fn throughput_over_time(path: &Path, title: &str, points: &[(f64, f64)]) -> 
     Ok(())
 }
 
+/// Convergence after a partition healed: per data centre, the share (%) of the other side's
+/// transactions merged over ms since the links came back.
+pub fn convergence(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..x_max, 0.0..105.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms since the partition healed")
+        .y_desc("% of the other side's transactions merged")
+        .label_style(("sans-serif", 16))
+        .draw()?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = FLOTILLA_COLORS[i % FLOTILLA_COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.clone(),
+                ShapeStyle::from(&color).stroke_width(3),
+            ))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .draw()?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Writes `report.md`, `commit-throughput.png` and `commit-latency-p99.png` into `dir`.
 pub fn write_commit(dir: &Path, r: &CommitResults) -> anyhow::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

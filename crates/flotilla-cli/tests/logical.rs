@@ -59,7 +59,14 @@ async fn physical_and_logical_followers_of_one_leader_end_with_the_right_rows() 
     .await;
     let physical = start(dir.path(), "phys", Some(&leader.url)).await;
     let all = logical(dir.path(), "all", &leader.url, &["--page-size", "8192"]).await;
-    // The flag reaches the replica's own file (its header says its page size).
+    // The flag reaches the replica's own file (its header says its page size), once the
+    // follower has bootstrapped (it listens before its first copy is in).
+    wait_status(
+        &Client::new(&all.url),
+        "the logical follower streams",
+        |s| s["state"] == "streaming",
+    )
+    .await;
     let header = std::fs::read(all.dir.join("db.sqlite")).unwrap();
     assert_eq!(u16::from_be_bytes([header[16], header[17]]), 8192);
     let mut big = logical(

@@ -129,31 +129,34 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
                         .iter()
                         .find(|(p, _)| *p == through)
                         .map(|(_, c)| *c);
-                    if let Some(chain) = chain {
-                        let path = link_file.clone();
-                        let written = tokio::task::spawn_blocking(move || {
-                            write_link_file(&path, through, chain)
-                        })
-                        .await;
-                        if !matches!(written, Ok(Ok(()))) {
-                            let why = match written {
-                                Ok(Err(e)) => e.to_string(),
-                                _ => "the task stopped".into(),
-                            };
-                            link.update(|v| {
-                                v.last_error = Some(format!(
-                                    "cannot save the link's position in {}: {why}",
-                                    link_file.display()
-                                ))
-                            });
-                            continue;
+                    // Beside the next batch's merges (the session allows one flush in flight):
+                    // its answer comes back as an event.
+                    let (path, events, view) = (link_file.clone(), ev_tx.clone(), link.clone());
+                    tokio::spawn(async move {
+                        if let Some(chain) = chain {
+                            let target = path.clone();
+                            let written = tokio::task::spawn_blocking(move || {
+                                write_link_file(&target, through, chain)
+                            })
+                            .await;
+                            if !matches!(written, Ok(Ok(()))) {
+                                let why = match written {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => "the task stopped".into(),
+                                };
+                                // Not durable: the peer keeps its log from the last position
+                                // that was (no flush is answered any more).
+                                view.update(|v| {
+                                    v.last_error = Some(format!(
+                                        "cannot save the link's position in {}: {why}",
+                                        path.display()
+                                    ))
+                                });
+                                return;
+                            }
                         }
-                    }
-                    cmds.extend(session.handle(
-                        mono_ms(),
-                        rand::random_range(0..=1000),
-                        FollowerEvent::Flushed { seq },
-                    ));
+                        let _ = events.send((LOCAL, FollowerEvent::Flushed { seq })).await;
+                    });
                 }
                 FollowerCommand::Bootstrap => {
                     conn = None;

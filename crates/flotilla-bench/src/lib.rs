@@ -47,7 +47,8 @@ pub struct BenchArgs {
     /// `failover` runs a three-member cluster: commits per durability, failover time over
     /// --runs SIGKILLs of the leader, and throughput across a failover.
     /// `multi-leader` runs data centres' leaders: merge rate (with and without conflicts),
-    /// exchange lag under load, leader throughput with two peers, convergence after a partition.
+    /// exchange lag under load, leader throughput with two peers, convergence after a partition
+    /// (with --compare postgres: PostgreSQL 15's logical apply of the same rows).
     #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup", "failover", "multi-leader"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and

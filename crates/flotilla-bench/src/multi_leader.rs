@@ -325,9 +325,11 @@ async fn convergence(exe: &Path, root: &Path, n: u64) -> anyhow::Result<(f64, Cu
 }
 
 pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
-    if a.compare.is_some() {
-        bail!("bench multi-leader has no --compare yet (PostgreSQL's two-way logical replication is to come)");
-    }
+    // PostgreSQL 16's two-way logical replication (`origin = none`) is what this compares
+    // with best; Debian 12 installs PostgreSQL 15, so the comparison is its one-way logical
+    // apply of the same rows (a subscription catching up), which a two-way set-up would run
+    // on each side too.
+    let compare = a.compare.is_some();
     let s = if a.quick {
         Sizes {
             runs: a.runs.unwrap_or(1),
@@ -351,6 +353,7 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
         figures.len() - 1
     };
     let mut curves: Curves = Vec::new();
+    let mut pg_apply = Figure::new("PostgreSQL 15 logical apply, same rows (one-way)", "rows/s");
     let (m0, m10, lag50, lag99, alone, with, ratio, conv) = (
         fig("merge rate, no conflicts", "rows/s"),
         fig("merge rate, 10% conflicting", "rows/s"),
@@ -378,6 +381,21 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
                 .await
                 .context("merge rate")?,
         );
+        if compare {
+            say(
+                &a,
+                &format!(
+                    "run {}/{}: PostgreSQL's logical apply of the same rows",
+                    run + 1,
+                    s.runs
+                ),
+            );
+            pg_apply.values.push(
+                crate::postgres_side::logical_catchup(s.backlog_rows / 1000, 1000)
+                    .await
+                    .context("PostgreSQL's logical apply")?,
+            );
+        }
         say(
             &a,
             &format!("run {}/{}: merge rate, 10% conflicting", run + 1, s.runs),
@@ -418,6 +436,16 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     super::done_saying();
+    if compare {
+        let ratio = figures[m0].median() / pg_apply.median();
+        let mut r = Figure::new(
+            "merge rate (no conflicts) / PostgreSQL's logical apply",
+            "x",
+        );
+        r.values.push(ratio);
+        figures.push(pg_apply);
+        figures.push(r);
+    }
     if a.json {
         let out: Vec<Value> = figures.iter().map(Figure::json).collect();
         println!("{}", serde_json::to_string_pretty(&out)?);

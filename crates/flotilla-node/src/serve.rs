@@ -57,6 +57,17 @@ async fn peers_cluster_id(
             Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
             _ => None,
         };
+        // A peer that is not the data centre named is no one to join (its link is refused
+        // too, with the reason).
+        if answer
+            .as_ref()
+            .is_some_and(|v| v["dc"].as_str() != Some(name.as_str()))
+        {
+            tracing::warn!(
+                "the node at {url} is not data centre {name}: not taking its cluster id"
+            );
+            continue;
+        }
         let id = answer
             .as_ref()
             .and_then(|v| v["cluster_id"].as_str())
@@ -233,6 +244,7 @@ pub async fn run(
                 Some(ml) if !db_path.exists() => peers_cluster_id(&peers, ml).await,
                 _ => None,
             };
+            let joined_peers = adopted.is_some();
             let new_cluster_id = move || adopted.unwrap_or_else(random_cluster_id);
             // The database knows its own position; an empty log continues from there.
             let (mut db, created) = LeaderDb::open(&db_path, &settings, new_cluster_id)
@@ -307,7 +319,9 @@ pub async fn run(
             }
             identity::save(&dir, &ident)?;
             let incarnation = ident.incarnation.clone().expect("set above");
-            if created {
+            if created && joined_peers {
+                tracing::info!(cluster_id = %meta.cluster_id, "created this data centre's database in its peers' cluster");
+            } else if created {
                 tracing::info!(cluster_id = %meta.cluster_id, "created a new cluster");
             }
             let head = Head {

@@ -177,7 +177,7 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
         }
         link.update(|v| {
             v.phase = session.phase().as_str();
-            v.last_error = session.last_error().map(str::to_string);
+            v.last_error = session.last_error().map(|e| in_link_terms(e, &link.peer));
             v.peer_head = session.leader_head().lsn.0;
             if let Some(p) = session.applied() {
                 v.read_through = p.lsn.0;
@@ -227,6 +227,20 @@ fn read_link_file(path: &std::path::Path) -> Option<(Position, Chain)> {
         Position::new(v["epoch"].as_u64()?, v["lsn"].as_u64()?),
         Chain(v["chain"].as_u64()?),
     ))
+}
+
+/// The replication session's words are a follower's; a link's user reads them as a data
+/// centre's.
+fn in_link_terms(error: &str, peer: &OriginName) -> String {
+    if error.contains("belongs to cluster") {
+        format!(
+            "peer data centre {peer} is of another cluster (data centres of one deployment share \
+             their cluster: start a new data centre with an empty data directory and its peers \
+             running): {error}"
+        )
+    } else {
+        error.to_string()
+    }
 }
 
 /// Asks the peer (its leader) which data centre it is.

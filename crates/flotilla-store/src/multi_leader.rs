@@ -1036,6 +1036,32 @@ fn apply_remote_schema(db: &mut LeaderDb, s: &SchemaChange) -> Result<(), MergeA
                 .optional()?;
             match existing {
                 Some(sql) if normalise(&sql) == normalise(&s.sql) => return Ok(()),
+                // Two data centres made an index of one name in two forms at once: an index
+                // that is not unique changes no row, so each keeps its own, and the clash is
+                // recorded (a unique one, or a table, could not be merged alike everywhere).
+                Some(sql)
+                    if s.kind == DdlKind::CreateIndex
+                        && !is_unique_index(&sql)
+                        && !is_unique_index(&s.sql) =>
+                {
+                    let id = conflict_id(
+                        &s.table,
+                        name.as_bytes(),
+                        Some("index"),
+                        &Version::zero(),
+                        &Version::zero(),
+                    );
+                    db.conn.execute(
+                        &format!(
+                            "INSERT OR IGNORE INTO {CONFLICTS_TABLE} (id, tbl, row_key, col, local_value, \
+                             local_origin, local_lsn, local_hlc, remote_value, remote_origin, remote_lsn, \
+                             remote_hlc, policy, winner, value, resolved) VALUES (?1, ?2, '[]', ?3, ?4, \
+                             '', 0, '', ?5, '', 0, '', 'keep-each-index', 'local', ?4, 1)"
+                        ),
+                        params![id, s.table, format!("index {name}"), sql, s.sql],
+                    )?;
+                    return Ok(());
+                }
                 Some(sql) => {
                     return Err(MergeApplyError::Unfit(format!(
                         "{name} exists here in another form ({sql}) than the one that arrived ({})",
@@ -1087,6 +1113,15 @@ fn apply_remote_schema(db: &mut LeaderDb, s: &SchemaChange) -> Result<(), MergeA
     db.capture.forget_shapes();
     db.capture.schema_changed(s.clone());
     Ok(())
+}
+
+fn is_unique_index(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(2)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    words.get(1).is_some_and(|w| w == "unique")
 }
 
 fn normalise(sql: &str) -> String {

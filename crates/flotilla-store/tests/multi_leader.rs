@@ -562,3 +562,28 @@ fn a_column_added_in_one_data_centre_while_another_writes_the_table() {
         ]
     );
 }
+
+#[test]
+fn an_index_made_in_two_forms_at_once_keeps_each_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&["CREATE TABLE k (id TEXT PRIMARY KEY, note TEXT)"]);
+    us.pull(&eu);
+    eu.sql(&[
+        "CREATE INDEX k_note ON k(note)",
+        "INSERT INTO k VALUES ('a', 'x')",
+    ]);
+    us.sql(&[
+        "CREATE INDEX k_note ON k(note DESC)",
+        "INSERT INTO k VALUES ('b', 'y')",
+    ]);
+    us.pull(&eu);
+    eu.pull(&us);
+    let q = "SELECT id, note FROM k ORDER BY id";
+    assert_eq!(eu.read(q), us.read(q));
+    assert_eq!(eu.read(q).len(), 2);
+    let c = "SELECT id, policy FROM flotilla_conflicts WHERE col = 'index k_note'";
+    assert_eq!(eu.read(c).len(), 1);
+    assert_eq!(eu.read(c), us.read(c));
+}

@@ -16,8 +16,8 @@ use super::{percentile, say, scratch_dir, BenchArgs, Figure};
 use crate::commit::drive;
 use anyhow::{bail, Context};
 use flotilla_client::Client;
-use flotilla_testkit::cluster::{free_ports, this_exe, LocalNode};
-use flotilla_testkit::proxy::Proxy;
+use flotilla_testkit::cluster::this_exe;
+use flotilla_testkit::data_centres::DataCentres;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
@@ -30,58 +30,20 @@ struct Sizes {
     partition_updates: u64,
 }
 
-/// Two (or three) data centres with proxies in between.
-struct Dcs {
-    nodes: Vec<LocalNode>,
-    /// `proxies[from][to]`.
-    proxies: Vec<Vec<Option<Proxy>>>,
-}
+/// Data centres with proxies in between (see `flotilla_testkit::data_centres`).
+struct Dcs(DataCentres);
 
 impl Dcs {
     async fn start(exe: &Path, root: &Path, names: &[&str]) -> anyhow::Result<Dcs> {
-        let ports = free_ports(names.len());
-        let mut proxies = Vec::new();
-        for from in 0..names.len() {
-            let mut row = Vec::new();
-            for (to, port) in ports.iter().enumerate() {
-                row.push(if from == to {
-                    None
-                } else {
-                    Some(Proxy::start(format!("127.0.0.1:{port}")).await?)
-                });
-            }
-            proxies.push(row);
-        }
-        let mut nodes = Vec::new();
-        for (i, dc) in names.iter().enumerate() {
-            let mut args: Vec<String> = vec!["--dc".into(), dc.to_string()];
-            for (j, other) in names.iter().enumerate() {
-                if let Some(p) = &proxies[i][j] {
-                    args.push("--peer-dc".into());
-                    args.push(format!("{other}={}", p.url));
-                }
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            nodes.push(
-                LocalNode::start_on(exe, root, dc, &format!("127.0.0.1:{}", ports[i]), &args)
-                    .await?,
-            );
-        }
-        Ok(Dcs { nodes, proxies })
+        Ok(Dcs(DataCentres::start(exe, root, names, &[]).await?))
     }
 
     fn client(&self, i: usize) -> Client {
-        Client::new(&self.nodes[i].url)
+        Client::new(&self.0.leaders[i].url)
     }
 
     fn link(&self, from: usize, to: usize, up: bool) {
-        if let Some(p) = &self.proxies[from][to] {
-            if up {
-                p.heal();
-            } else {
-                p.partition();
-            }
-        }
+        self.0.link(from, to, up)
     }
 }
 

@@ -6,35 +6,12 @@
 
 use anyhow::{bail, Context};
 use flotilla_client::Client;
-use flotilla_testkit::cluster::{free_ports, LocalNode};
-use flotilla_testkit::proxy::Proxy;
+use flotilla_testkit::cluster::LocalNode;
+use flotilla_testkit::data_centres::DataCentres;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const DCS: [&str; 3] = ["eu", "us", "asia"];
-
-struct Links {
-    /// `proxies[from][to]`: how data centre `from` reaches `to`.
-    proxies: Vec<Vec<Option<Proxy>>>,
-}
-
-impl Links {
-    /// Cuts (or heals) every link that touches data centre `dc` (`None`: every link).
-    fn cut(&self, dc: Option<usize>, cut: bool) {
-        for (from, row) in self.proxies.iter().enumerate() {
-            for (to, p) in row.iter().enumerate() {
-                let touches = dc.is_none_or(|d| from == d || to == d);
-                if let Some(p) = p.as_ref().filter(|_| touches) {
-                    if cut {
-                        p.partition();
-                    } else {
-                        p.heal();
-                    }
-                }
-            }
-        }
-    }
-}
 
 async fn exec(c: &Client, sql: &str) -> anyhow::Result<Value> {
     c.post("/v1/execute", &json!({ "statements": [{ "sql": sql }] }))
@@ -104,39 +81,15 @@ pub async fn run(quick: bool, keep: bool) -> anyhow::Result<()> {
         "\n1. Three data centres, each a leader (flotilla serve --dc) and a follower; the links"
     );
     println!("   between data centres go through proxies the demo can cut");
-    let ports = free_ports(3);
-    let mut proxies = Vec::new();
-    for from in 0..3 {
-        let mut row = Vec::new();
-        for (to, port) in ports.iter().enumerate() {
-            row.push(if from == to {
-                None
-            } else {
-                Some(Proxy::start(format!("127.0.0.1:{port}")).await?)
-            });
-        }
-        proxies.push(row);
-    }
-    let links = Links { proxies };
-    let mut nodes: Vec<LocalNode> = Vec::new();
+    let links = DataCentres::start(&exe, &root, &DCS, &[]).await?;
     for (i, dc) in DCS.iter().enumerate() {
-        let mut args: Vec<String> = vec!["--dc".into(), dc.to_string()];
-        for (j, other) in DCS.iter().enumerate() {
-            if let Some(p) = &links.proxies[i][j] {
-                args.push("--peer-dc".into());
-                args.push(format!("{other}={}", p.url));
-            }
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node =
-            LocalNode::start_on(&exe, &root, dc, &format!("127.0.0.1:{}", ports[i]), &args).await?;
         println!(
-            "   {dc:<5} leader   {}  --dc {}",
-            node.url,
-            args[1..].join(" ")
+            "   {dc:<5} leader   {}  --dc {dc} {}",
+            links.leaders[i].url,
+            links.peer_args(&DCS, i).join(" ")
         );
-        nodes.push(node);
     }
+    let nodes = &links.leaders;
     let mut followers = Vec::new();
     for (i, dc) in DCS.iter().enumerate() {
         let f = LocalNode::start(

@@ -10,78 +10,21 @@ mod common;
 use common::*;
 use flotilla_client::Client;
 use flotilla_testkit::cluster::{free_ports, LocalNode};
-use flotilla_testkit::proxy::Proxy;
+use flotilla_testkit::data_centres::DataCentres;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const DCS: [&str; 3] = ["eu", "us", "asia"];
 
-struct Deployment {
-    leaders: Vec<LocalNode>,
-    /// `proxies[from][to]`: how data centre `from` reaches `to`.
-    proxies: Vec<Vec<Option<Proxy>>>,
+/// Three data centres, eu first (it makes the cluster; the others take its cluster id).
+async fn deployment(root: &std::path::Path) -> DataCentres {
+    DataCentres::start(&exe(), root, &DCS, &[])
+        .await
+        .unwrap_or_else(|e| panic!("starting the data centres: {e:#}"))
 }
 
-impl Deployment {
-    async fn start(root: &std::path::Path) -> Deployment {
-        let ports = free_ports(3);
-        let mut proxies: Vec<Vec<Option<Proxy>>> = Vec::new();
-        for from in 0..3 {
-            let mut row = Vec::new();
-            for (to, port) in ports.iter().enumerate() {
-                row.push(if from == to {
-                    None
-                } else {
-                    Some(Proxy::start(format!("127.0.0.1:{port}")).await.unwrap())
-                });
-            }
-            proxies.push(row);
-        }
-        let mut leaders = Vec::new();
-        // eu first: it makes the cluster; the others take its cluster id.
-        for (i, dc) in DCS.iter().enumerate() {
-            let mut args: Vec<String> = vec!["--dc".into(), dc.to_string()];
-            for (j, other) in DCS.iter().enumerate() {
-                if let Some(p) = &proxies[i][j] {
-                    args.push("--peer-dc".into());
-                    args.push(format!("{other}={}", p.url));
-                }
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let listen = format!("127.0.0.1:{}", ports[i]);
-            let node = LocalNode::start_on(&exe(), root, dc, &listen, &args)
-                .await
-                .unwrap_or_else(|e| panic!("starting {dc}: {e:#}"));
-            leaders.push(node);
-        }
-        Deployment { leaders, proxies }
-    }
-
-    fn client(&self, i: usize) -> Client {
-        Client::new(&self.leaders[i].url)
-    }
-
-    /// Cuts every link (`true`) or heals them all.
-    fn split_all(&self, cut: bool) {
-        for i in 0..3 {
-            self.isolate(i, cut);
-        }
-    }
-
-    /// Cuts data centre `i` off from the others, both ways.
-    fn isolate(&self, i: usize, cut: bool) {
-        for (from, row) in self.proxies.iter().enumerate() {
-            for (to, p) in row.iter().enumerate() {
-                if let Some(p) = p.as_ref().filter(|_| from == i || to == i) {
-                    if cut {
-                        p.partition();
-                    } else {
-                        p.heal();
-                    }
-                }
-            }
-        }
-    }
+fn client(d: &DataCentres, i: usize) -> Client {
+    Client::new(&d.leaders[i].url)
 }
 
 async fn write(c: &Client, sql: &str) {
@@ -125,8 +68,8 @@ async fn converged(clients: &[Client], sql: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_data_centres_converge_through_conflicts_and_a_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let d = Deployment::start(dir.path()).await;
-    let (eu, us, asia) = (d.client(0), d.client(1), d.client(2));
+    let d = deployment(dir.path()).await;
+    let (eu, us, asia) = (client(&d, 0), client(&d, 1), client(&d, 2));
     let follower = start(dir.path(), "eu-follower", Some(&d.leaders[0].url)).await;
     let fc = Client::new(&follower.url);
 
@@ -178,7 +121,7 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
 
     // Concurrently in each data centre (none hears of the others' writes until the links are
     // back): renames and increments of `a`; eu deletes `b` while us renames it.
-    d.split_all(true);
+    d.cut(None, true);
     let mut increments = 0i64;
     let mut tasks = Vec::new();
     for (i, c) in all.iter().enumerate() {
@@ -203,7 +146,7 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
         write(&eu, "DELETE FROM items WHERE id = 'b'"),
         write(&us, "UPDATE items SET name = 'nashi' WHERE id = 'b'")
     );
-    d.split_all(false);
+    d.cut(None, false);
     let rows1 = converged(&all, items).await;
     assert_eq!(
         rows1[0][2],
@@ -216,7 +159,7 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
     );
 
     // asia cut off: both sides keep taking writes.
-    d.isolate(2, true);
+    d.cut(Some(2), true);
     write(
         &asia,
         "INSERT INTO items (id, name, qty) VALUES ('c', 'cherry', 5)",
@@ -245,7 +188,7 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
             .all(|p| p["link"] == "down"),
         "asia's links show down while cut off: {s} {s2}"
     );
-    d.isolate(2, false);
+    d.cut(Some(2), false);
 
     let final_rows = converged(&all, items).await;
     assert_eq!(final_rows[0][2], json!(100 + increments), "{final_rows}");

@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod data_centres;
 pub mod firewall;
 pub mod postgres;
 pub mod proxy;

@@ -44,65 +44,36 @@ fn main() -> ExitCode {
         None => (a.start..a.start + a.seeds).collect(),
     };
     if a.multi_dc {
-        let (mut passed, mut failed) = (0u64, 0u64);
-        let mut totals = flotilla_sim::multi_dc::MultiDcReport::default();
-        for seed in seeds {
-            match flotilla_sim::multi_dc::run_multi_dc_seed(seed, a.trace) {
-                Ok(r) => {
-                    passed += 1;
-                    totals.add(&r);
-                }
-                Err(e) => {
-                    failed += 1;
-                    println!("seed {seed} FAILED: {e:#}");
-                    println!("  replay: cargo sim --multi-dc --replay {seed} --trace");
-                }
-            }
-        }
-        println!("{totals}");
-        println!("{passed} passed, {failed} failed");
-        return if failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return campaign(&seeds, "--multi-dc ", |seed| {
+            flotilla_sim::multi_dc::run_multi_dc_seed(seed, a.trace)
+        });
     }
     if a.cluster {
-        let (mut passed, mut failed) = (0u64, 0u64);
-        let mut totals = flotilla_sim::cluster::ClusterReport::default();
-        for seed in seeds {
-            match flotilla_sim::cluster::run_cluster_seed(seed, a.trace) {
-                Ok(r) => {
-                    passed += 1;
-                    totals.add(&r);
-                }
-                Err(e) => {
-                    failed += 1;
-                    println!("seed {seed} FAILED: {e:#}");
-                    println!("  replay: cargo sim --cluster --replay {seed} --trace");
-                }
-            }
-        }
-        println!("{totals}");
-        println!("{passed} passed, {failed} failed");
-        return if failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return campaign(&seeds, "--cluster ", |seed| {
+            flotilla_sim::cluster::run_cluster_seed(seed, a.trace)
+        });
     }
+    campaign(&seeds, "", |seed| flotilla_sim::run_seed(seed, a.trace))
+}
+
+/// Runs every seed, prints each failure with the command that replays it, then the totals.
+fn campaign<R: Default + std::fmt::Display + Totals>(
+    seeds: &[u64],
+    mode: &str,
+    run: impl Fn(u64) -> anyhow::Result<R>,
+) -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
-    let mut totals = flotilla_sim::Report::default();
-    for seed in seeds {
-        match flotilla_sim::run_seed(seed, a.trace) {
+    let mut totals = R::default();
+    for &seed in seeds {
+        match run(seed) {
             Ok(r) => {
                 passed += 1;
-                totals.add(&r);
+                totals.add_run(&r);
             }
             Err(e) => {
                 failed += 1;
                 println!("seed {seed} FAILED: {e:#}");
-                println!("  replay: cargo sim --replay {seed} --trace");
+                println!("  replay: cargo sim {mode}--replay {seed} --trace");
             }
         }
     }
@@ -112,5 +83,28 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// A report that sums over seeds.
+trait Totals {
+    fn add_run(&mut self, other: &Self);
+}
+
+impl Totals for flotilla_sim::Report {
+    fn add_run(&mut self, o: &Self) {
+        self.add(o)
+    }
+}
+
+impl Totals for flotilla_sim::cluster::ClusterReport {
+    fn add_run(&mut self, o: &Self) {
+        self.add(o)
+    }
+}
+
+impl Totals for flotilla_sim::multi_dc::MultiDcReport {
+    fn add_run(&mut self, o: &Self) {
+        self.add(o)
     }
 }

@@ -36,6 +36,7 @@ mod row_filter;
 mod row_replica;
 mod rules;
 pub mod snapshot;
+mod sql_arg;
 pub mod sql_text;
 mod statement_guard;
 mod txn_size;

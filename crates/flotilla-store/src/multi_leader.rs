@@ -7,6 +7,7 @@
 //! data, its merge state and the version vector never disagree, whatever crash comes.
 
 use crate::leader_db::{CommitOutcome, LeaderDb};
+use crate::sql_arg::SqlArg;
 use crate::StoreError;
 use flotilla_merge::{
     conflict_id, decode_state, encode_key, encode_state, merge_remote, write_local, ColumnPolicy,
@@ -156,9 +157,7 @@ pub struct MultiLeader {
     pub max_drift_ms: u64,
 }
 
-pub(crate) fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
+pub(crate) use crate::pipeline_triggers::quote;
 
 /// Whether changes to this table stay on the node (Flotilla's own, and the conflicts table).
 /// API tokens are the one internal table data centres exchange: a token made in one data
@@ -168,18 +167,6 @@ fn local_only(table: &str) -> bool {
     (t.starts_with(crate::INTERNAL_PREFIX) && t != crate::TOKENS_TABLE)
         || t == CONFLICTS_TABLE
         || t.starts_with("sqlite_")
-}
-
-pub(crate) fn to_sql(v: &SqlValue) -> rusqlite::types::Value {
-    use rusqlite::types::Value;
-    match v {
-        SqlValue::Null => Value::Null,
-        SqlValue::Integer(i) => Value::Integer(*i),
-        SqlValue::Real(f) => Value::Real(*f),
-        SqlValue::Text(s) => Value::Text(s.clone()),
-        SqlValue::TextBytes(b) => Value::Text(String::from_utf8_lossy(b).into_owned()),
-        SqlValue::Blob(b) => Value::Blob(b.clone()),
-    }
 }
 
 pub(crate) fn from_sql(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
@@ -227,7 +214,7 @@ impl CustomResolver for SqlResolver<'_> {
     ) -> Result<SqlValue, String> {
         let sql = format!("SELECT ({expr}) FROM (SELECT ?1 AS local, ?2 AS remote)");
         self.0
-            .query_row(&sql, params![to_sql(local), to_sql(remote)], |r| {
+            .query_row(&sql, params![SqlArg(local), SqlArg(remote)], |r| {
                 Ok(from_sql(r.get_ref(0)?))
             })
             .map_err(|e| format!("{expr}: {e}"))
@@ -1349,7 +1336,7 @@ fn merge_change(
     let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
     let (key_values, key) =
         row_key(shape, image).map_err(|e| MergeApplyError::Unfit(e.to_string()))?;
-    let key_params: Vec<rusqlite::types::Value> = key_values.iter().map(|v| to_sql(v)).collect();
+    let key_params: Vec<SqlArg> = key_values.iter().map(|v| SqlArg(v)).collect();
     let read_here = |db: &LeaderDb| -> Result<Option<Vec<SqlValue>>, MergeApplyError> {
         Ok(db
             .conn
@@ -1406,7 +1393,7 @@ fn merge_change(
             // A unique value another row holds may keep it out (see unique_clash.rs).
             crate::unique_clash::place(db, shape, &sql.upsert, &merged.state, here.is_some())?;
         } else {
-            let args: Vec<rusqlite::types::Value> = values.iter().map(to_sql).collect();
+            let args: Vec<SqlArg> = values.iter().map(SqlArg).collect();
             db.conn
                 .prepare_cached(&sql.upsert)?
                 .execute(rusqlite::params_from_iter(args.iter()))?;
@@ -1457,7 +1444,10 @@ fn record_conflict(
 ) -> Result<(), StoreError> {
     let col = c.column.map(|i| shape.columns[i].as_str());
     let id = conflict_id(&shape.name, key, col, &c.local.version, &c.remote.version);
-    let v = |x: &Option<SqlValue>| x.as_ref().map_or(rusqlite::types::Value::Null, to_sql);
+    const NULL: SqlValue = SqlValue::Null;
+    fn v(x: &Option<SqlValue>) -> SqlArg<'_> {
+        SqlArg(x.as_ref().unwrap_or(&NULL))
+    }
     conn.prepare_cached(&format!(
         "INSERT OR IGNORE INTO {CONFLICTS_TABLE} (id, tbl, row_key, col, local_value, local_origin, \
          local_lsn, local_hlc, remote_value, remote_origin, remote_lsn, remote_hlc, policy, winner, \

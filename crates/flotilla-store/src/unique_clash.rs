@@ -9,7 +9,8 @@
 //! alike, so every data centre shows the same rows.
 
 use crate::leader_db::LeaderDb;
-use crate::multi_leader::{from_sql, load_state, quote, to_sql, CONFLICTS_TABLE};
+use crate::multi_leader::{from_sql, load_state, quote, CONFLICTS_TABLE};
+use crate::sql_arg::SqlArg;
 use crate::StoreError;
 use flotilla_merge::{conflict_id, encode_key, RowState, Version};
 use flotilla_types::{SqlValue, TableShape};
@@ -112,9 +113,8 @@ fn clashing(
             cond.join(" AND "),
             key_where(shape, idx.columns.len() + 1)
         );
-        let mut args: Vec<rusqlite::types::Value> =
-            idx.columns.iter().map(|c| to_sql(&values[*c])).collect();
-        args.extend(own.iter().map(|v| to_sql(v)));
+        let mut args: Vec<SqlArg> = idx.columns.iter().map(|c| SqlArg(&values[*c])).collect();
+        args.extend(own.iter().map(|v| SqlArg(v)));
         let found: Vec<Vec<SqlValue>> = conn
             .prepare_cached(&sql)?
             .query_map(rusqlite::params_from_iter(args.iter()), |r| {
@@ -218,7 +218,7 @@ pub(crate) fn place(
                 true,
             )?;
             if in_table {
-                let args: Vec<rusqlite::types::Value> = own.iter().map(|v| to_sql(v)).collect();
+                let args: Vec<SqlArg> = own.iter().map(|v| SqlArg(v)).collect();
                 db.conn
                     .prepare_cached(&format!(
                         "DELETE FROM {} WHERE {}",
@@ -243,7 +243,7 @@ pub(crate) fn place(
             (&own_key, &own),
             false,
         )?;
-        let args: Vec<rusqlite::types::Value> = k.iter().map(to_sql).collect();
+        let args: Vec<SqlArg> = k.iter().map(SqlArg).collect();
         db.conn
             .prepare_cached(&format!(
                 "DELETE FROM {} WHERE {}",
@@ -253,7 +253,7 @@ pub(crate) fn place(
             .execute(rusqlite::params_from_iter(args.iter()))?;
         shadow(&db.conn, &shape.name, k_key, true)?;
     }
-    let args: Vec<rusqlite::types::Value> = values.iter().map(to_sql).collect();
+    let args: Vec<SqlArg> = values.iter().map(SqlArg).collect();
     db.conn
         .prepare_cached(upsert)?
         .execute(rusqlite::params_from_iter(args.iter()))?;

@@ -13,11 +13,12 @@ use crate::meta::read_meta_row;
 use crate::open::configure;
 use crate::row_filter::RowFilter;
 use crate::rules::LocalTables;
+use crate::sql_arg::SqlArg;
 use crate::{read_meta, DbSettings, Meta, StatementResult, StatementRules, StoreError};
 use flotilla_types::{rowid_alias, DdlKind, LogRecord, RowChange, RowItem, SqlValue, TableShape};
 use rusqlite::config::DbConfig;
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,21 +56,6 @@ CREATE TABLE IF NOT EXISTS _flotilla_replica (
     log_kind TEXT NOT NULL,
     filter TEXT NOT NULL
 );";
-
-struct SqlArg<'a>(&'a SqlValue);
-
-impl ToSql for SqlArg<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self.0 {
-            SqlValue::Null => ValueRef::Null,
-            SqlValue::Integer(i) => ValueRef::Integer(*i),
-            SqlValue::Real(f) => ValueRef::Real(*f),
-            SqlValue::Text(s) => ValueRef::Text(s.as_bytes()),
-            SqlValue::Blob(b) => ValueRef::Blob(b),
-            SqlValue::TextBytes(b) => ValueRef::Text(b),
-        }))
-    }
-}
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))

@@ -1,0 +1,594 @@
+//! Merging a transaction from another data centre: one local commit, its rows merged under the
+//! table's policies, its schema changes replayed, its conflicts recorded.
+
+use super::*;
+
+/// What merging into one table needs, worked out once per transaction.
+struct TablePlan {
+    /// The table as it is here (the change's shape, plus columns added here since).
+    shape: TableShape,
+    /// The defaults of the columns the change's shape lacks.
+    pad: Vec<SqlValue>,
+    sql: TableSql,
+    policies: TablePolicies,
+    /// The table has unique indexes besides its key (clashes are possible).
+    unique: bool,
+    /// The table has open (keep-both) conflicts a write may resolve.
+    open_conflicts: bool,
+}
+
+impl TablePlan {
+    fn new(conn: &Connection, remote: &TableShape) -> Result<TablePlan, MergeApplyError> {
+        let here: Vec<(String, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT name, dflt_value FROM pragma_table_xinfo(?1) WHERE hidden = 0 ORDER BY cid",
+            )?
+            .query_map([&remote.name], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let names: Vec<&str> = here.iter().map(|(n, _)| n.as_str()).collect();
+        let prefix = remote.columns.len() <= here.len()
+            && remote
+                .columns
+                .iter()
+                .zip(&names)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b));
+        if !prefix {
+            return Err(MergeApplyError::Unfit(format!(
+                "a change of {} names the columns {} but the table here has {}",
+                remote.name,
+                remote.columns.join(", "),
+                names.join(", ")
+            )));
+        }
+        let mut pad = Vec::new();
+        for (_, default) in &here[remote.columns.len()..] {
+            pad.push(match default {
+                None => SqlValue::Null,
+                Some(expr) => conn
+                    .query_row(&format!("SELECT {expr}"), [], |r| {
+                        Ok(from_sql(r.get_ref(0)?))
+                    })
+                    .map_err(|e| {
+                        MergeApplyError::Unfit(format!(
+                            "the default {expr} of a column of {}: {e}",
+                            remote.name
+                        ))
+                    })?,
+            });
+        }
+        let shape = TableShape {
+            name: remote.name.clone(),
+            columns: here.iter().map(|(n, _)| n.clone()).collect(),
+            key: remote.key.clone(),
+        };
+        Ok(TablePlan {
+            sql: TableSql::new(&shape),
+            policies: table_policies(conn, &shape)?,
+            unique: crate::unique_clash::has_unique_indexes(conn, &shape)?,
+            open_conflicts: has_open_conflicts(conn, &shape.name)?,
+            shape,
+            pad,
+        })
+    }
+}
+
+/// SQL to read, write and delete a table's rows by key.
+struct TableSql {
+    select: String,
+    upsert: String,
+    delete: String,
+}
+
+impl TableSql {
+    fn new(shape: &TableShape) -> TableSql {
+        let t = quote(&shape.name);
+        let cols: Vec<String> = shape.columns.iter().map(|c| quote(c)).collect();
+        let keys: Vec<usize> = shape.key.iter().map(|k| *k as usize).collect();
+        let key_where = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} IS ?{}", cols[*k], i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let placeholders = (1..=cols.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sets: Vec<String> = (0..cols.len())
+            .filter(|i| !keys.contains(i))
+            .map(|i| format!("{c} = excluded.{c}", c = cols[i]))
+            .collect();
+        let key_cols = keys
+            .iter()
+            .map(|k| cols[*k].clone())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let on_conflict = if sets.is_empty() {
+            format!("ON CONFLICT ({key_cols}) DO NOTHING")
+        } else {
+            format!("ON CONFLICT ({key_cols}) DO UPDATE SET {}", sets.join(", "))
+        };
+        TableSql {
+            select: format!("SELECT {} FROM {t} WHERE {key_where}", cols.join(", ")),
+            upsert: format!(
+                "INSERT INTO {t} ({}) VALUES ({placeholders}) {on_conflict}",
+                cols.join(", ")
+            ),
+            delete: format!("DELETE FROM {t} WHERE {key_where}"),
+        }
+    }
+}
+
+/// Runs a schema change that came from another data centre. Creating what exists already in
+/// the same form is a no-op (two data centres may create the same table); anything else
+/// that does not fit is refused, the whole transaction with it.
+fn apply_remote_schema(db: &mut LeaderDb, s: &SchemaChange) -> Result<(), MergeApplyError> {
+    if local_only(&s.table) {
+        return Ok(());
+    }
+    match s.kind {
+        DdlKind::CreateTable | DdlKind::CreateIndex => {
+            let name = create_target(&s.sql).unwrap_or_else(|| s.table.clone());
+            let existing: Option<String> = db
+                .conn
+                .query_row(
+                    "SELECT sql FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match existing {
+                Some(sql) if normalise(&sql) == normalise(&s.sql) => return Ok(()),
+                // Two data centres made an index of one name in two forms at once: an index
+                // that is not unique changes no row, so each keeps its own, and the clash is
+                // recorded (a unique one, or a table, could not be merged alike everywhere).
+                Some(sql)
+                    if s.kind == DdlKind::CreateIndex
+                        && !is_unique_index(&sql)
+                        && !is_unique_index(&s.sql) =>
+                {
+                    let id = conflict_id(
+                        &s.table,
+                        name.as_bytes(),
+                        Some("index"),
+                        &Version::zero(),
+                        &Version::zero(),
+                    );
+                    db.conn.execute(
+                        &format!(
+                            "INSERT OR IGNORE INTO {CONFLICTS_TABLE} (id, tbl, row_key, col, local_value, \
+                             local_origin, local_lsn, local_hlc, remote_value, remote_origin, remote_lsn, \
+                             remote_hlc, policy, winner, value, resolved) VALUES (?1, ?2, '[]', ?3, ?4, \
+                             '', 0, '', ?5, '', 0, '', 'keep-each-index', 'local', ?4, 1)"
+                        ),
+                        params![id, s.table, format!("index {name}"), sql, s.sql],
+                    )?;
+                    return Ok(());
+                }
+                Some(sql) => {
+                    return Err(MergeApplyError::Unfit(format!(
+                        "{name} exists here in another form ({sql}) than the one that arrived ({})",
+                        s.sql
+                    )))
+                }
+                None => {}
+            }
+        }
+        DdlKind::AlterTable | DdlKind::SetPragma => {}
+        DdlKind::CreateView => {
+            let exists: i64 = db.conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'view' AND name = ?1 COLLATE NOCASE",
+                [&s.table],
+                |r| r.get(0),
+            )?;
+            if exists > 0 {
+                return Ok(());
+            }
+        }
+        DdlKind::DropView => {
+            let exists: i64 = db.conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'view' AND name = ?1 COLLATE NOCASE",
+                [&s.table],
+                |r| r.get(0),
+            )?;
+            if exists == 0 {
+                return Ok(());
+            }
+        }
+        other => {
+            return Err(MergeApplyError::Unfit(format!(
+                "a {} ({}) cannot be merged between data centres",
+                other.as_str(),
+                s.sql
+            )))
+        }
+    }
+    match db.conn.execute_batch(&s.sql) {
+        Ok(()) => {}
+        // The same column added on both sides.
+        Err(e)
+            if s.kind == DdlKind::AlterTable && e.to_string().contains("duplicate column name") =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(MergeApplyError::Unfit(format!("{}: {e}", s.sql))),
+    }
+    db.capture.forget_shapes();
+    db.capture.schema_changed(s.clone());
+    Ok(())
+}
+
+fn is_unique_index(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(2)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    words.get(1).is_some_and(|w| w == "unique")
+}
+
+fn normalise(sql: &str) -> String {
+    sql.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase()
+}
+
+/// The name a `CREATE TABLE` / `CREATE INDEX` statement creates.
+fn create_target(sql: &str) -> Option<String> {
+    let words: Vec<&str> = sql
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut i = words
+        .iter()
+        .position(|w| w.eq_ignore_ascii_case("table") || w.eq_ignore_ascii_case("index"))?
+        + 1;
+    if words.get(i).is_some_and(|w| w.eq_ignore_ascii_case("if")) {
+        i += 3;
+    }
+    let name = words.get(i)?;
+    let name = name.rsplit('.').next().unwrap_or(name);
+    Some(
+        name.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']')
+            .to_string(),
+    )
+}
+
+impl LeaderDb {
+    /// Merges a transaction from another data centre (`changes`, stamped `stamp`, read at
+    /// position and chain `peer_at` of `peer`'s log) as one local commit: the rows it changes here, their merge
+    /// state, the conflicts it met, the version vector and the link position, all together.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_merge(
+        &mut self,
+        stamp: &ExchangeStamp,
+        changes: &RowPayload,
+        peer: &OriginName,
+        peer_at: (flotilla_types::Position, flotilla_types::Chain),
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<MergeOutcome, MergeApplyError> {
+        let Some(ml) = self.multi_leader.clone() else {
+            return Err(MergeApplyError::Unfit(
+                "this node is not a multi-leader one (no --dc)".into(),
+            ));
+        };
+        let vv = self.version_vector()?;
+        if stamp.origin == ml.dc {
+            // This data centre's own transaction, come back round a ring or star: merged
+            // already. One beyond what it made was made by another node that calls itself
+            // this data centre.
+            if !vv.covers(&ml.dc, stamp.origin_lsn) {
+                return Err(MergeApplyError::Unfit(format!(
+                    "a transaction stamped by data centre {} at {} arrived from {peer}, but this \
+                     node is {} and made nothing there: another node calls itself {}",
+                    stamp.origin, stamp.origin_lsn, ml.dc, ml.dc
+                )));
+            }
+            return Ok(MergeOutcome::Duplicate);
+        }
+        if vv.covers(&stamp.origin, stamp.origin_lsn) {
+            return Ok(MergeOutcome::Duplicate);
+        }
+        #[cfg(feature = "sim-bugs")]
+        let ignore_deps = crate::injected_bugs::MERGE_IGNORES_DEPENDENCIES
+            .load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(feature = "sim-bugs"))]
+        let ignore_deps = false;
+        if !vv.dominates(&stamp.deps) && !ignore_deps {
+            let missing: Vec<String> = vv
+                .missing(&stamp.deps)
+                .map(|(o, l)| format!("{o} up to {l}"))
+                .collect();
+            return Err(MergeApplyError::NotReady(missing.join(", ")));
+        }
+        let hlc = ml
+            .hlc
+            .receive(stamp.hlc, now_us / 1000, ml.max_drift_ms)
+            .map_err(|drift| MergeApplyError::Drift {
+                origin: stamp.origin.clone(),
+                drift,
+            })?;
+        let version = Version {
+            hlc: stamp.hlc,
+            origin: stamp.origin.clone(),
+            lsn: stamp.origin_lsn,
+        };
+        let what = format!("merge {}/{}", stamp.origin, stamp.origin_lsn);
+        let (conflicts, out) =
+            self.internal_commit::<_, MergeApplyError>(&what, epoch, origin, now_us, |db, lsn| {
+                let mut conflicts = 0;
+                // Per table (and schema: a schema change in the transaction starts afresh).
+                let mut plans: HashMap<String, TablePlan> = HashMap::new();
+                for (item, it) in changes.items.iter().enumerate() {
+                    match it {
+                        RowItem::Schema(s) => {
+                            plans.clear();
+                            db.capture.statement_done(&db.conn)?;
+                            apply_remote_schema(db, s)?
+                        }
+                        RowItem::Change(c) => {
+                            let shape = changes.shape(c);
+                            if local_only(&shape.name) {
+                                continue;
+                            }
+                            if !plans.contains_key(&shape.name) {
+                                if shape.name.eq_ignore_ascii_case(crate::TOKENS_TABLE) {
+                                    // Made by a data centre's first token, not as a schema
+                                    // change: each data centre makes it when it needs it.
+                                    db.conn.execute_batch(crate::leader_tokens::CREATE_TOKENS)?;
+                                }
+                                plans.insert(shape.name.clone(), TablePlan::new(&db.conn, shape)?);
+                            }
+                            let bases: Vec<(usize, SqlValue)> = stamp
+                                .counter_bases
+                                .iter()
+                                .filter(|b| b.item as usize == item)
+                                .map(|b| (b.column as usize, b.value.clone()))
+                                .collect();
+                            conflicts += merge_change(
+                                db,
+                                shape,
+                                c,
+                                &bases,
+                                &version,
+                                &stamp.deps,
+                                &plans[&shape.name],
+                            )?;
+                        }
+                    }
+                }
+                db.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![stamp.origin.as_str(), stamp.origin_lsn.0 as i64])?;
+                db.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO _flotilla_ml_links (peer, epoch, lsn, chain) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        peer.as_str(),
+                        peer_at.0.epoch.0 as i64,
+                        peer_at.0.lsn.0 as i64,
+                        peer_at.1 .0 as i64
+                    ])?;
+                db.capture.statement_done(&db.conn)?;
+                reconsider_shadowed(db, changes)?;
+                let mut passed_on = stamp.clone();
+                passed_on.original = Some(changes.clone());
+                remember_stamp(&db.conn, lsn, hlc, &passed_on)?;
+                db.pending_exchange = Some(passed_on);
+                Ok(conflicts)
+            })?;
+        if let Some(m) = self.multi_leader.as_mut() {
+            m.hlc = hlc;
+        }
+        Ok(MergeOutcome::Committed {
+            commit: Box::new(out),
+            conflicts,
+        })
+    }
+}
+
+/// Shows again the shadowed rows of the tables a transaction changed whose unique values are
+/// free now (a delete, or a changed value, let them go).
+pub(super) fn reconsider_shadowed(
+    db: &mut LeaderDb,
+    changes: &RowPayload,
+) -> Result<(), StoreError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for it in &changes.items {
+        let RowItem::Change(c) = it else { continue };
+        let shape = changes.shape(c);
+        if local_only(&shape.name) || seen.contains(&shape.name.as_str()) {
+            continue;
+        }
+        seen.push(&shape.name);
+        if crate::unique_clash::has_shadowed(&db.conn, &shape.name)? {
+            // The table as it is here (columns may have been added since the change).
+            let plan =
+                TablePlan::new(&db.conn, shape).map_err(|e| StoreError::Apply(e.to_string()))?;
+            crate::unique_clash::reconsider(db, &plan.shape, &plan.sql.upsert)?;
+        }
+    }
+    Ok(())
+}
+
+/// Merges one row change into the table, its merge state and the conflicts table. Returns the
+/// number of conflicts recorded.
+#[allow(clippy::too_many_arguments)]
+fn merge_change(
+    db: &mut LeaderDb,
+    _remote_shape: &TableShape,
+    c: &flotilla_types::RowChange,
+    counter_bases: &[(usize, SqlValue)],
+    version: &Version,
+    deps: &VersionVector,
+    plan: &TablePlan,
+) -> Result<usize, MergeApplyError> {
+    let (sql, policies, shape) = (&plan.sql, &plan.policies, &plan.shape);
+    // A change made before a column was added there (the ADD COLUMN arrived here first): the
+    // new columns hold their default in that data centre's row too, and this change did not
+    // write them.
+    let padded;
+    let c = if plan.pad.is_empty() {
+        c
+    } else {
+        let pad = |v: &Option<Vec<SqlValue>>| {
+            v.as_ref().map(|v| {
+                let mut v = v.clone();
+                v.extend(plan.pad.iter().cloned());
+                v
+            })
+        };
+        padded = flotilla_types::RowChange {
+            before: pad(&c.before),
+            after: pad(&c.after),
+            ..c.clone()
+        };
+        &padded
+    };
+    let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
+    let (key_values, key) =
+        row_key(shape, image).map_err(|e| MergeApplyError::Unfit(e.to_string()))?;
+    let key_params: Vec<SqlArg> = key_values.iter().map(|v| SqlArg(v)).collect();
+    let read_here = |db: &LeaderDb| -> Result<Option<Vec<SqlValue>>, MergeApplyError> {
+        Ok(db
+            .conn
+            .prepare_cached(&sql.select)
+            .map_err(|e| {
+                MergeApplyError::Unfit(format!(
+                    "table {} does not fit the change here: {e}",
+                    shape.name
+                ))
+            })?
+            .query_row(rusqlite::params_from_iter(key_params.iter()), |r| {
+                (0..shape.columns.len())
+                    .map(|i| Ok(from_sql(r.get_ref(i)?)))
+                    .collect()
+            })
+            .optional()?)
+    };
+    let stored = load_state(&db.conn, &shape.name, &key)?;
+    // What the table holds for the row: its merge state says so (an existing row's values are
+    // the state's), unless a unique clash may keep it out, or it predates the merge state.
+    let (state, here) = match stored {
+        Some(s) if !plan.unique && s.cells.len() == shape.columns.len() => {
+            let here = s.alive(policies.delete).then(|| s.values());
+            (Some(s), here)
+        }
+        Some(s) => {
+            let here = read_here(db)?;
+            (Some(s), here)
+        }
+        None => {
+            let here = read_here(db)?;
+            (here.as_deref().map(RowState::settled), here)
+        }
+    };
+    let rule = policies.delete;
+    let merged = merge_remote(
+        state,
+        RemoteChange {
+            op: c.op,
+            before: c.before.as_deref(),
+            after: c.after.as_deref(),
+            counter_bases,
+        },
+        version,
+        deps,
+        policies,
+        &mut SqlResolver(&db.conn),
+    )
+    .map_err(|e| MergeApplyError::Unfit(format!("{} in {}: {e}", c.op.as_str(), shape.name)))?;
+    let now_alive = merged.state.alive(rule);
+    let values = merged.state.values();
+    if now_alive && here.as_ref() != Some(&values) {
+        if plan.unique {
+            // A unique value another row holds may keep it out (see unique_clash.rs).
+            crate::unique_clash::place(db, shape, &sql.upsert, &merged.state, here.is_some())?;
+        } else {
+            let args: Vec<SqlArg> = values.iter().map(SqlArg).collect();
+            db.conn
+                .prepare_cached(&sql.upsert)?
+                .execute(rusqlite::params_from_iter(args.iter()))?;
+        }
+    } else if !now_alive {
+        if here.is_some() {
+            db.conn
+                .prepare_cached(&sql.delete)?
+                .execute(rusqlite::params_from_iter(key_params.iter()))?;
+        }
+        crate::unique_clash::forget(&db.conn, &shape.name, &key)?;
+    }
+    // (The capture takes these writes in at the end of the transaction's changes: see
+    // `commit_merge`.)
+    save_state(&db.conn, &shape.name, &key, &merged.state)?;
+    let kj = key_json(&key_values);
+    // A key column is the row's identity: two inserts of one key are writes of the same row,
+    // and only its other columns can conflict.
+    for conflict in merged
+        .conflicts
+        .iter()
+        .filter(|c| c.column.is_none_or(|i| !shape.key.contains(&(i as u16))))
+    {
+        record_conflict(&db.conn, shape, &key, &kj, conflict)?;
+    }
+    if let (Some(before), Some(after), true) =
+        (c.before.as_deref(), c.after.as_deref(), plan.open_conflicts)
+    {
+        for (i, col) in shape.columns.iter().enumerate() {
+            if before[i] != after[i] {
+                resolve_seen(&db.conn, &shape.name, &kj, col, version, Some(deps))?;
+            }
+        }
+    }
+    Ok(merged
+        .conflicts
+        .iter()
+        .filter(|c| c.column.is_none_or(|i| !shape.key.contains(&(i as u16))))
+        .count())
+}
+
+fn record_conflict(
+    conn: &Connection,
+    shape: &TableShape,
+    key: &[u8],
+    key_json: &str,
+    c: &Conflict,
+) -> Result<(), StoreError> {
+    let col = c.column.map(|i| shape.columns[i].as_str());
+    let id = conflict_id(&shape.name, key, col, &c.local.version, &c.remote.version);
+    const NULL: SqlValue = SqlValue::Null;
+    fn v(x: &Option<SqlValue>) -> SqlArg<'_> {
+        SqlArg(x.as_ref().unwrap_or(&NULL))
+    }
+    conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {CONFLICTS_TABLE} (id, tbl, row_key, col, local_value, local_origin, \
+         local_lsn, local_hlc, remote_value, remote_origin, remote_lsn, remote_hlc, policy, winner, \
+         value, resolved) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+    ))?
+    .execute(params![
+        id,
+        shape.name,
+        key_json,
+        col,
+        v(&c.local.value),
+        c.local.version.origin.as_str(),
+        c.local.version.lsn.0 as i64,
+        c.local.version.hlc.to_string(),
+        v(&c.remote.value),
+        c.remote.version.origin.as_str(),
+        c.remote.version.lsn.0 as i64,
+        c.remote.version.hlc.to_string(),
+        c.policy,
+        c.winner.name(),
+        v(&c.value),
+        !c.open,
+    ])?;
+    Ok(())
+}

@@ -279,9 +279,9 @@ pub(crate) fn reconsider(
         .prepare_cached("SELECT key FROM _flotilla_ml_shadowed WHERE tbl = ?1")?
         .query_map([&shape.name], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    let rule = crate::multi_leader::table_policies(&db.conn, shape)?.delete;
     for key in keys {
         let state = load_state(&db.conn, &shape.name, &key)?;
-        let rule = crate::multi_leader::table_policies(&db.conn, shape)?.delete;
         match state {
             Some(s) if s.alive(rule) && s.cells.len() == shape.columns.len() => {
                 place(db, shape, upsert, &s, false)?;

@@ -17,12 +17,15 @@ use flotilla_types::{SqlValue, TableShape};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// A unique index other than the primary key: its name and columns (indexes into the shape).
-struct UniqueIndex {
+pub(crate) struct UniqueIndex {
     name: String,
     columns: Vec<usize>,
 }
 
-fn unique_indexes(conn: &Connection, shape: &TableShape) -> Result<Vec<UniqueIndex>, StoreError> {
+pub(crate) fn unique_indexes(
+    conn: &Connection,
+    shape: &TableShape,
+) -> Result<Vec<UniqueIndex>, StoreError> {
     let names: Vec<String> = conn
         .prepare_cached("SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND origin <> 'pk' AND partial = 0")?
         .query_map([&shape.name], |r| r.get(0))?
@@ -47,14 +50,6 @@ fn unique_indexes(conn: &Connection, shape: &TableShape) -> Result<Vec<UniqueInd
         out.push(UniqueIndex { name, columns });
     }
     Ok(out)
-}
-
-/// Whether the table has a unique index besides its key.
-pub(crate) fn has_unique_indexes(
-    conn: &Connection,
-    shape: &TableShape,
-) -> Result<bool, StoreError> {
-    Ok(!unique_indexes(conn, shape)?.is_empty())
 }
 
 /// Whether row `a` keeps a unique value against row `b`.
@@ -86,11 +81,12 @@ fn key_where(shape: &TableShape, first: usize) -> String {
 fn clashing(
     conn: &Connection,
     shape: &TableShape,
+    indexes: &[UniqueIndex],
     values: &[SqlValue],
 ) -> Result<Vec<(String, Vec<SqlValue>)>, StoreError> {
     let own = key_values(shape, values);
     let mut out: Vec<(String, Vec<SqlValue>)> = Vec::new();
-    for idx in unique_indexes(conn, shape)? {
+    for idx in indexes {
         // NULLs never clash in a unique index.
         if idx.columns.iter().any(|c| values[*c] == SqlValue::Null) {
             continue;
@@ -194,6 +190,7 @@ fn record(
 pub(crate) fn place(
     db: &mut LeaderDb,
     shape: &TableShape,
+    indexes: &[UniqueIndex],
     upsert: &str,
     state: &RowState,
     in_table: bool,
@@ -201,7 +198,7 @@ pub(crate) fn place(
     let values = state.values();
     let own = key_values(shape, &values);
     let own_key = encode_key(own.iter().copied());
-    let clashes = clashing(&db.conn, shape, &values)?;
+    let clashes = clashing(&db.conn, shape, indexes, &values)?;
     let mut beaten = Vec::new();
     for (index, k) in &clashes {
         let k_key = encode_key(k.iter());
@@ -280,11 +277,12 @@ pub(crate) fn reconsider(
         .query_map([&shape.name], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let rule = crate::multi_leader::table_policies(&db.conn, shape)?.delete;
+    let indexes = unique_indexes(&db.conn, shape)?;
     for key in keys {
         let state = load_state(&db.conn, &shape.name, &key)?;
         match state {
             Some(s) if s.alive(rule) && s.cells.len() == shape.columns.len() => {
-                place(db, shape, upsert, &s, false)?;
+                place(db, shape, &indexes, upsert, &s, false)?;
             }
             _ => forget(&db.conn, &shape.name, &key)?,
         }

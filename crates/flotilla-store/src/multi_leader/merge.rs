@@ -11,8 +11,8 @@ struct TablePlan {
     pad: Vec<SqlValue>,
     sql: TableSql,
     policies: TablePolicies,
-    /// The table has unique indexes besides its key (clashes are possible).
-    unique: bool,
+    /// The table's unique indexes besides its key (where clashes are possible).
+    unique: Vec<crate::unique_clash::UniqueIndex>,
     /// The table has open (keep-both) conflicts a write may resolve.
     open_conflicts: bool,
 }
@@ -64,7 +64,7 @@ impl TablePlan {
         Ok(TablePlan {
             sql: TableSql::new(&shape),
             policies: table_policies(conn, &shape)?,
-            unique: crate::unique_clash::has_unique_indexes(conn, &shape)?,
+            unique: crate::unique_clash::unique_indexes(conn, &shape)?,
             open_conflicts: has_open_conflicts(conn, &shape.name)?,
             shape,
             pad,
@@ -477,7 +477,7 @@ fn merge_change(
     // What the table holds for the row: its merge state says so (an existing row's values are
     // the state's), unless a unique clash may keep it out, or it predates the merge state.
     let (state, here) = match stored {
-        Some(s) if !plan.unique && s.cells.len() == shape.columns.len() => {
+        Some(s) if plan.unique.is_empty() && s.cells.len() == shape.columns.len() => {
             let here = s.alive(policies.delete).then(|| s.values());
             (Some(s), here)
         }
@@ -508,9 +508,16 @@ fn merge_change(
     let now_alive = merged.state.alive(rule);
     let values = merged.state.values();
     if now_alive && here.as_ref() != Some(&values) {
-        if plan.unique {
+        if !plan.unique.is_empty() {
             // A unique value another row holds may keep it out (see unique_clash.rs).
-            crate::unique_clash::place(db, shape, &sql.upsert, &merged.state, here.is_some())?;
+            crate::unique_clash::place(
+                db,
+                shape,
+                &plan.unique,
+                &sql.upsert,
+                &merged.state,
+                here.is_some(),
+            )?;
         } else {
             let args: Vec<SqlArg> = values.iter().map(SqlArg).collect();
             db.conn

@@ -1,6 +1,9 @@
 //! Node settings: one struct, read from TOML (kebab-case keys, unknown keys refused), overridden
 //! by flags, then validated. `config.example.toml` at the repository root shows every key.
 
+mod multi_leader;
+pub use multi_leader::{ExchangeTopology, MultiLeaderConfig};
+
 use flotilla_log::FsyncPolicy;
 use flotilla_store::{ConflictPolicy, RowFilter, Synchronous};
 use flotilla_types::{LogKind, NodeId};
@@ -369,38 +372,6 @@ pub struct NodeConfig {
     pub pipeline_allow: Vec<crate::pipeline::allow::Allowed>,
     /// Multi-leader: this node's data centre and its peers.
     pub multi_leader: Option<MultiLeaderConfig>,
-}
-
-#[derive(Debug, Clone)]
-pub struct MultiLeaderConfig {
-    pub dc: flotilla_types::OriginName,
-    pub peers: Vec<(flotilla_types::OriginName, String)>,
-    pub topology: ExchangeTopology,
-    pub max_clock_drift_ms: u64,
-}
-
-/// How data centres pass changes on (see [`ConfigFile::exchange_topology`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExchangeTopology {
-    AllToAll,
-    Star,
-    Ring,
-}
-
-impl ExchangeTopology {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExchangeTopology::AllToAll => "all-to-all",
-            ExchangeTopology::Star => "star",
-            ExchangeTopology::Ring => "ring",
-        }
-    }
-
-    /// Whether a data centre passes on changes made elsewhere than at the peer it takes
-    /// them from.
-    pub fn forwards(self) -> bool {
-        self != ExchangeTopology::AllToAll
-    }
 }
 
 impl ConfigFile {
@@ -829,69 +800,6 @@ impl ConfigFile {
 
 /// A cluster member's URL: `http(s)://host:port` and nothing more (no credentials, path or
 /// query: members dial each other's endpoints under it, and it is shown in status).
-impl ConfigFile {
-    fn multi_leader_config(&self) -> Result<Option<MultiLeaderConfig>, ConfigError> {
-        let Some(dc) = &self.dc else {
-            if self.peer_dc.is_some() || self.exchange_topology.is_some() {
-                return Err(invalid(
-                    "peer-dc",
-                    "peer data centres are only exchanged with by a data centre's leader: give \
-                     this node's own data centre with --dc NAME",
-                ));
-            }
-            return Ok(None);
-        };
-        let dc = flotilla_types::OriginName::new(dc).map_err(|e| invalid("dc", e.to_string()))?;
-        let mut peers: Vec<(flotilla_types::OriginName, String)> = Vec::new();
-        for item in self.peer_dc.iter().flatten() {
-            let (name, url) = item.split_once('=').ok_or_else(|| {
-                invalid(
-                    "peer-dc",
-                    format!("{item:?}: expected NAME=URL (us=10.0.1.1:4790)"),
-                )
-            })?;
-            let name = flotilla_types::OriginName::new(name.trim())
-                .map_err(|e| invalid("peer-dc", format!("{item:?}: {e}")))?;
-            if name == dc {
-                return Err(invalid(
-                    "peer-dc",
-                    format!(
-                        "{name} is this node's own data centre (--dc {dc}): a peer is another one"
-                    ),
-                ));
-            }
-            if peers.iter().any(|(n, _)| *n == name) {
-                return Err(invalid("peer-dc", format!("{name} is named twice")));
-            }
-            peers.push((name, member_url("peer-dc", url.trim())?));
-        }
-        let topology = match self.exchange_topology.as_deref() {
-            None | Some("all-to-all") => ExchangeTopology::AllToAll,
-            Some("star") => ExchangeTopology::Star,
-            Some("ring") => ExchangeTopology::Ring,
-            Some(other) => {
-                return Err(invalid(
-                    "exchange-topology",
-                    format!("{other:?}: use all-to-all, star or ring"),
-                ))
-            }
-        };
-        let max_clock_drift_ms = self.max_clock_drift_ms.unwrap_or(60_000);
-        if !(10..=86_400_000).contains(&max_clock_drift_ms) {
-            return Err(invalid(
-                "max-clock-drift-ms",
-                "must be between 10 and 86400000 (a day)",
-            ));
-        }
-        Ok(Some(MultiLeaderConfig {
-            dc,
-            peers,
-            topology,
-            max_clock_drift_ms,
-        }))
-    }
-}
-
 pub(crate) fn member_url(key: &'static str, url: &str) -> Result<String, ConfigError> {
     let url = validate_url(key, url)?;
     let parsed = reqwest::Url::parse(&url).map_err(|e| invalid(key, format!("{url:?}: {e}")))?;

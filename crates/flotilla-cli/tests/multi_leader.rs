@@ -331,7 +331,7 @@ async fn bad_multi_leader_settings_are_refused_with_their_reason() {
         "--follow",
         "127.0.0.1:1",
     ]);
-    assert!(!ok && err.contains("single leader"), "{err}");
+    assert!(!ok && err.contains("cannot also follow"), "{err}");
 
     // A table without a primary key, or with an INTEGER one, cannot be made on a data
     // centre's leader: the statement is refused with the reason (400), nothing else fails.
@@ -407,6 +407,27 @@ async fn a_peer_that_is_not_the_data_centre_named_is_refused_with_the_reason() {
         "{}",
         err("ap")
     );
+
+    // asia is a data centre of its own deployment (it started alone): eu, restarted with it as
+    // a peer, refuses to exchange with it.
+    let mut eu = eu;
+    eu.kill().await;
+    let asia_peer = format!("asia={}", asia.url);
+    let eu = LocalNode::start(
+        &exe(),
+        dir.path(),
+        "eu",
+        None,
+        &["--dc", "eu", "--peer-dc", &asia_peer],
+    )
+    .await
+    .unwrap();
+    let s = wait_status(&Client::new(&eu.url), "the link to asia refused", |s| {
+        s["multi_leader"]["peers"][0]["phase"] == "refused"
+    })
+    .await;
+    let why = s["multi_leader"]["peers"][0]["error"].to_string();
+    assert!(why.contains("of another deployment"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,5 +640,121 @@ async fn c_rows(c: &Client, sql: &str) -> Value {
     match c.post("/v1/query", &json!({ "sql": sql })).await {
         Ok(v) => v["rows"].clone(),
         Err(e) => json!(format!("{e:#}")),
+    }
+}
+
+/// The member of a cluster that leads it and takes writes (bounded wait).
+async fn cluster_leader(members: &[LocalNode], up: &[usize]) -> usize {
+    let started = Instant::now();
+    loop {
+        for &i in up {
+            let c = Client::new(&members[i].url);
+            let leads = c
+                .get("/v1/cluster")
+                .await
+                .is_ok_and(|v| v["role"] == "leader");
+            // …and its data centre is ready (its multi-leader tables made).
+            if leads && c.get("/v1/dc").await.is_ok() {
+                return i;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no member of the cluster leads within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A data centre whose leader is a failover cluster: eu is three voters (`--cluster` with
+/// `--dc eu`), us a single leader. They exchange; eu's leader is SIGKILLed; another member of
+/// eu takes over the leadership, and the exchange with it — what us wrote meanwhile arrives, what
+/// eu's new leader writes reaches us, a conflict made across the failover is recorded once, and
+/// both data centres (and eu's remaining member) end with the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_centre_that_is_a_failover_cluster_goes_on_exchanging_after_its_leader_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let us_port = free_ports(1)[0];
+    let us_url = format!("127.0.0.1:{us_port}");
+    let to_us = format!("us={us_url}");
+    let mut eu = flotilla_testkit::cluster::start_voters(
+        &exe(),
+        dir.path(),
+        3,
+        &["--dc", "eu", "--peer-dc", &to_us],
+    )
+    .await
+    .unwrap();
+    let first = cluster_leader(&eu, &[0, 1, 2]).await;
+    // us names any member of eu: its link finds the one that leads.
+    let to_eu = format!("eu={}", eu[(first + 1) % 3].url);
+    let us = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        "us",
+        &us_url,
+        &["--dc", "us", "--peer-dc", &to_eu],
+    )
+    .await
+    .unwrap();
+    let uc = Client::new(&us.url);
+    let ec = Client::new(&eu[first].url);
+    // us joined eu's deployment (not eu's cluster: eu's members agree on a cluster id of their
+    // own).
+    let (eu_dc, us_dc) = (
+        ec.get("/v1/dc").await.unwrap(),
+        uc.get("/v1/dc").await.unwrap(),
+    );
+    assert_eq!(eu_dc["deployment"], us_dc["deployment"], "{eu_dc} {us_dc}");
+    assert_ne!(eu_dc["cluster_id"], us_dc["cluster_id"], "{eu_dc} {us_dc}");
+
+    write(&ec, "CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)").await;
+    write(&ec, "INSERT INTO t VALUES ('a', 'eu-1'), ('b', 'eu-1')").await;
+    let started = Instant::now();
+    while c_rows(&uc, "SELECT count(*) FROM t").await != json!([[2]]) {
+        let s = status(&uc).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "eu's rows did not reach us: {}",
+            s["multi_leader"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write(&uc, "INSERT INTO t VALUES ('c', 'us-1')").await;
+    converged(&[ec.clone(), uc.clone()], "SELECT * FROM t ORDER BY id").await;
+
+    // eu's leader dies; us writes on, and updates a row eu's next leader updates too.
+    eu[first].kill().await;
+    write(&uc, "INSERT INTO t VALUES ('d', 'us-2')").await;
+    let up: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let second = cluster_leader(&eu, &up).await;
+    assert_ne!(second, first);
+    let ec = Client::new(&eu[second].url);
+    write(&ec, "UPDATE t SET v = 'eu-2' WHERE id = 'a'").await;
+    write(&uc, "UPDATE t SET v = 'us-3' WHERE id = 'a'").await;
+    write(&ec, "INSERT INTO t VALUES ('e', 'eu-after-failover')").await;
+    let agreed = converged(&[ec.clone(), uc.clone()], "SELECT * FROM t ORDER BY id").await;
+    let ids: Vec<&str> = agreed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c", "d", "e"], "{agreed}");
+    // The concurrent updates of 'a' are one conflict, the same on both sides.
+    let sql = "SELECT id, tbl, col, value FROM flotilla_conflicts WHERE tbl = 't'";
+    let conflicts = converged(&[ec.clone(), uc.clone()], sql).await;
+    assert_eq!(conflicts.as_array().unwrap().len(), 1, "{conflicts}");
+    // eu's other member holds what its leader merged.
+    let other = (0..3).find(|&i| i != first && i != second).unwrap();
+    let oc = Client::new(&eu[other].url);
+    let started = Instant::now();
+    while c_rows(&oc, "SELECT * FROM t ORDER BY id").await != agreed {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "eu's remaining member did not converge: {}",
+            c_rows(&oc, "SELECT * FROM t ORDER BY id").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -750,12 +750,14 @@ impl ConfigFile {
                 return Err(invalid(key, "must be between 10 and 3600000 (one hour)"));
             }
         }
-        if multi_leader.is_some() && (cluster.is_some() || join.is_some() || follow.is_some()) {
+        // A data centre is a single leader or a cluster of voters (every member given the same
+        // --dc): its followers follow whichever member leads it.
+        if multi_leader.is_some() && follow.is_some() {
             return Err(invalid(
                 "dc",
-                "a data centre's leader (--dc) runs as a single leader in this version: it \
-                 cannot also be a cluster member (--cluster, --join) or a follower (--follow); \
-                 its followers follow it as usual",
+                "a data centre's node (--dc) leads it, alone or as a member of its cluster \
+                 (--cluster, --join): it cannot also follow another node (--follow); the data \
+                 centre's followers follow it without --dc",
             ));
         }
         Ok(NodeConfig {

@@ -44,43 +44,6 @@ fn random_cluster_id() -> String {
     flotilla_types::ClusterId::from_random(rand::random()).to_string()
 }
 
-/// The cluster id of the first peer data centre that answers (`None`: none does).
-async fn peers_cluster_id(
-    peers: &crate::peer::Peers,
-    ml: &crate::config::MultiLeaderConfig,
-) -> Option<String> {
-    for (name, url) in &ml.peers {
-        let req = peers
-            .authorized(peers.http.get(format!("{url}/v1/dc")))
-            .timeout(std::time::Duration::from_secs(5));
-        let answer = match req.send().await {
-            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
-            _ => None,
-        };
-        // A peer that is not the data centre named is no one to join (its link is refused
-        // too, with the reason).
-        if answer
-            .as_ref()
-            .is_some_and(|v| v["dc"].as_str() != Some(name.as_str()))
-        {
-            tracing::warn!(
-                "the node at {url} is not data centre {name}: not taking its cluster id"
-            );
-            continue;
-        }
-        let id = answer
-            .as_ref()
-            .and_then(|v| v["cluster_id"].as_str())
-            .and_then(|id| flotilla_types::ClusterId::parse(id).ok());
-        if let Some(id) = id {
-            tracing::info!("data centre {name} belongs to cluster {id}: joining it");
-            return Some(id.to_string());
-        }
-    }
-    tracing::info!("no peer data centre answered: this one starts a new cluster");
-    None
-}
-
 /// Runs a node until Ctrl-C / SIGTERM or a fatal error. `ready` receives the bound URL. Needs a
 /// multi-threaded tokio runtime (it refuses to start on another).
 pub async fn run(
@@ -126,7 +89,10 @@ pub async fn run(
         .cluster_secret
         .clone()
         .or_else(|| config.replication_token.clone());
-    let peers = crate::peer::Peers::new(config.tls_ca.as_deref(), peer_token)?;
+    let peers = Arc::new(crate::peer::Peers::new(
+        config.tls_ca.as_deref(),
+        peer_token,
+    )?);
     let scheme = if tls.is_some() { "https" } else { "http" };
     if bound.ip().is_unspecified() && config.advertise_url.is_none() {
         tracing::warn!(
@@ -238,10 +204,12 @@ pub async fn run(
             )
         }
         None => {
-            // A new data centre joins its peers' cluster: it takes their cluster id (the first
-            // data centre makes one).
+            // A new data centre joins its peers' deployment: a single leader takes its id as
+            // its cluster id (the first data centre makes one).
             let adopted = match &config.multi_leader {
-                Some(ml) if !db_path.exists() => peers_cluster_id(&peers, ml).await,
+                Some(ml) if !db_path.exists() => {
+                    crate::exchange::peers_deployment(&peers, ml).await
+                }
                 _ => None,
             };
             let joined_peers = adopted.is_some();
@@ -368,10 +336,15 @@ pub async fn run(
                     interrupt: writer_interrupt,
                     cluster: None,
                     gate: state.gate.clone(),
+                    // A single leader's deployment is its cluster (taken from its peers).
                     multi_leader: config
                         .multi_leader
                         .as_ref()
-                        .map(|m| (m.dc.clone(), m.max_clock_drift_ms)),
+                        .map(|m| leader::DataCentreParts {
+                            dc: m.dc.clone(),
+                            deployment: meta.cluster_id.clone(),
+                            max_clock_drift_ms: m.max_clock_drift_ms,
+                        }),
                 },
                 jobs_rx,
             ));
@@ -471,7 +444,7 @@ pub async fn run(
         counters,
         shutdown: shutdown.clone(),
         keyring,
-        peers: Arc::new(peers),
+        peers: peers.clone(),
         cluster,
         exchange: Arc::new(crate::exchange::Exchange {
             links: config
@@ -508,6 +481,7 @@ pub async fn run(
                     link.clone(),
                     ml.dc.clone(),
                     ml.topology.forwards(),
+                    shutdown.clone(),
                 ));
             }
         }

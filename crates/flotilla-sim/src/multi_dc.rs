@@ -176,7 +176,7 @@ pub fn run_multi_dc_seed(seed: u64, trace: bool) -> anyhow::Result<MultiDcReport
         db.uncaptured(Lsn(0), &node)?;
         let now_us = 1_000_000_000 + rng.random_range(0..5_000_000);
         let mut log = Vec::new();
-        if let Some(out) = db.enable_multi_leader(&name, 60_000, Epoch(1), &node, now_us)? {
+        if let Some(out) = db.enable_multi_leader(&name, "sim", 60_000, Epoch(1), &node, now_us)? {
             log.push(record_of(&out)?);
         }
         dcs.push(Dc {
@@ -472,7 +472,7 @@ fn crash(
     }
     if dc
         .db
-        .enable_multi_leader(&dc.name, 60_000, Epoch(1), &dc.node, dc.now_us)?
+        .enable_multi_leader(&dc.name, "sim", 60_000, Epoch(1), &dc.node, dc.now_us)?
         .is_some()
     {
         bail!(

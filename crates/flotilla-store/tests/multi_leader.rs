@@ -28,7 +28,7 @@ impl Dc {
         db.uncaptured(Lsn(0), &node).unwrap();
         let dc = OriginName::new(name).unwrap();
         let enabled = db
-            .enable_multi_leader(&dc, 60_000, Epoch(1), &node, 1_000_000)
+            .enable_multi_leader(&dc, "test", 60_000, Epoch(1), &node, 1_000_000)
             .unwrap();
         assert!(enabled.is_some(), "the first enable makes the tables");
         Dc {
@@ -410,7 +410,14 @@ fn schema_changes_travel_and_unfit_ones_are_refused() {
     let node = NodeId::new("x").unwrap();
     db.uncaptured(Lsn(0), &node).ok();
     let err = db
-        .enable_multi_leader(&OriginName::new("asia").unwrap(), 1000, Epoch(1), &node, 1)
+        .enable_multi_leader(
+            &OriginName::new("asia").unwrap(),
+            "test",
+            1000,
+            Epoch(1),
+            &node,
+            1,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("data centre us"), "{err}");
 }

@@ -395,10 +395,14 @@ pub async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, super
 pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::ApiError> {
     let identity = node.identity.get();
     match &node.config.multi_leader {
-        Some(ml) if node.leader().is_some() => Ok(Json(json!({
-            "dc": ml.dc.as_str(),
-            "cluster_id": identity.cluster_id,
-        }))),
+        Some(ml) if node.leader().is_some() => {
+            let deployment = read_deployment(&node).await?;
+            Ok(Json(json!({
+                "dc": ml.dc.as_str(),
+                "deployment": deployment,
+                "cluster_id": identity.cluster_id,
+            })))
+        }
         Some(_) => Err(super::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "not_leading",
@@ -408,6 +412,34 @@ pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::Api
             axum::http::StatusCode::NOT_FOUND,
             "not_multi_leader",
             "this node is not a data centre's leader (started without --dc)",
+        )),
+    }
+}
+
+/// The deployment this data centre's database belongs to (until the writer has made the
+/// multi-leader tables: not ready).
+async fn read_deployment(node: &Node) -> Result<String, super::ApiError> {
+    let path = node.db_path.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        flotilla_store::read_data_centre(&flotilla_store::open_reader(&path)?)
+    })
+    .await;
+    match read {
+        Ok(Ok(Some((_, deployment)))) => Ok(deployment),
+        Ok(Ok(None)) => Err(super::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_leading",
+            "this data centre's leader is starting: ask again",
+        )),
+        Ok(Err(e)) => Err(super::ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("reading the data centre's deployment: {e}"),
+        )),
+        Err(_) => Err(super::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_leading",
+            "the node is stopping",
         )),
     }
 }

@@ -44,8 +44,9 @@ pub struct MemberHost {
 struct Leading {
     state: Arc<LeaderState>,
     writer: std::thread::JoinHandle<()>,
-    /// Stops the pipelines' delivery workers when this member steps down (the next leader
-    /// runs them, from the cursors their targets keep).
+    /// Stops the pipelines' delivery workers and the links to peer data centres when this
+    /// member steps down (the next leader runs them, from the cursors their targets keep and
+    /// the link positions the database keeps).
     pipelines_stop: tokio_util::sync::CancellationToken,
 }
 
@@ -437,6 +438,18 @@ impl Member {
         let mut db = db;
         tokio::task::block_in_place(|| db.capture_from_here())
             .map_err(|e| format!("reading the database's WAL to lead: {e}"))?;
+        let multi_leader = match &node.config.multi_leader {
+            Some(ml) => {
+                let known = tokio::task::block_in_place(|| db.data_centre())
+                    .map_err(|e| format!("reading the database's data centre: {e}"))?;
+                let holds_transactions = db.meta().position.lsn.0 > 0;
+                Some(
+                    self.data_centre_parts(known, holds_transactions, ml)
+                        .await?,
+                )
+            }
+            None => None,
+        };
         let meta = db.meta().clone();
         let head = Head {
             position: meta.position,
@@ -488,7 +501,7 @@ impl Member {
                     runtime: tokio::runtime::Handle::current(),
                 }),
                 gate: state.gate.clone(),
-                multi_leader: None,
+                multi_leader,
             },
             jobs_rx,
         );
@@ -509,6 +522,18 @@ impl Member {
             http: node.peers.http.clone(),
             shutdown: pipelines_stop.clone(),
         }));
+        // A data centre's leader exchanges with its peers; the links stop when it steps down.
+        if let Some(ml) = &node.config.multi_leader {
+            for link in &node.exchange.links {
+                tokio::spawn(crate::exchange::drive(
+                    node.clone(),
+                    link.clone(),
+                    ml.dc.clone(),
+                    ml.topology.forwards(),
+                    pipelines_stop.clone(),
+                ));
+            }
+        }
         tracing::info!("this member leads epoch {epoch}; writes start at lsn {next}");
         // With authentication on, a new cluster's first leader makes the first admin token
         // (it replicates to every member, as all tokens do).
@@ -524,6 +549,44 @@ impl Member {
             pipelines_stop,
         });
         Ok(())
+    }
+
+    /// What the writer of a data centre's leader needs: its data centre and, the first time
+    /// (no multi-leader tables yet), the deployment it joins — its peers', or a new one.
+    async fn data_centre_parts(
+        &self,
+        known: Option<String>,
+        holds_transactions: bool,
+        ml: &crate::config::MultiLeaderConfig,
+    ) -> Result<leader::DataCentreParts, String> {
+        let deployment = match known {
+            Some(dc) if dc != ml.dc.as_str() => {
+                return Err(format!(
+                    "this cluster's database is data centre {dc}'s, not {}'s: start its members \
+                     with --dc {dc}",
+                    ml.dc
+                ))
+            }
+            // Kept in the database: the id given here is not used.
+            Some(_) => String::new(),
+            None if holds_transactions => {
+                return Err(format!(
+                    "this cluster's database was not a data centre's: --dc {} needs a new \
+                     cluster (a database that already holds transactions cannot become a data \
+                     centre: the others would never get what it holds)",
+                    ml.dc
+                ))
+            }
+            None => match crate::exchange::peers_deployment(&self.host.node.peers, ml).await {
+                Some(d) => d,
+                None => crate::exchange::new_deployment(),
+            },
+        };
+        Ok(leader::DataCentreParts {
+            dc: ml.dc.clone(),
+            deployment,
+            max_clock_drift_ms: ml.max_clock_drift_ms,
+        })
     }
 
     /// Asks the consensus to hand the leadership to the voter that holds the most (when this

@@ -21,14 +21,49 @@ const EVENT_QUEUE: usize = 256;
 /// before the batch is given up (and asked for again after a pause).
 const WAIT_FOR_DEPENDENCIES_MS: u64 = 3_000;
 
-/// Runs the link until the node stops. `forwards`: take from the peer changes made elsewhere
-/// too (star and ring topologies); otherwise only those made at the peer.
-pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forwards: bool) {
+/// Runs the link until `stop` (the node stops, or stops leading its data centre). `forwards`:
+/// take from the peer changes made elsewhere too (star and ring topologies); otherwise only
+/// those made at the peer.
+pub async fn drive(
+    node: Arc<Node>,
+    link: Arc<Link>,
+    own_dc: OriginName,
+    forwards: bool,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let Some(leader) = node.leader() else { return };
     let writer = leader.writer.clone();
-    let cluster_id = leader.cluster_id.clone();
+    link.update(|v| {
+        v.phase = "connecting";
+        v.last_error = None;
+    });
     let db_path = node.db_path.clone();
     let peer = link.peer.clone();
+    // The writer makes the multi-leader tables when it starts: until then there is no
+    // deployment to check the peer against.
+    let mut deployment = None;
+    for _ in 0..100 {
+        let path = db_path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            flotilla_store::read_data_centre(&flotilla_store::open_reader(&path)?)
+        })
+        .await;
+        if let Ok(Ok(Some((_, d)))) = read {
+            deployment = Some(d);
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+    let Some(deployment) = deployment else {
+        link.update(|v| {
+            v.phase = "stopped";
+            v.last_error = Some("this data centre's multi-leader tables were not made".into());
+        });
+        return;
+    };
     let local = tokio::task::spawn_blocking(move || {
         let conn = flotilla_store::open_reader(&db_path)?;
         flotilla_store::link_position(&conn, &peer)
@@ -59,9 +94,9 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
     let finder = Arc::new(LeaderFinder::new(&link.url, node.peers.clone()));
     // The peer must be the data centre it is configured as: merging a node that is another
     // data centre (or this one) under the wrong name would mix up their histories.
-    loop {
-        match peer_identity(&node, &finder, &link.peer, &own_dc).await {
-            Ok(()) => break,
+    let peer_cluster = loop {
+        match peer_identity(&node, &finder, &link.peer, &own_dc, &deployment).await {
+            Ok(cluster) => break cluster,
             Err(why) => {
                 link.update(|v| {
                     v.phase = "refused";
@@ -69,17 +104,20 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
                 });
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = node.shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         }
-    }
+    };
     let mut config = FollowerConfig::new(&format!("dc-{own_dc}"), &node.url);
     config.log_kind = LogKind::Logical;
     // A link back after a cut should take up again within a second: a data centre catching up
     // on another's writes matters more than a reconnect attempt a second to a peer that is down.
     config.backoff.max_ms = 1_000;
-    let mut session = FollowerSession::new(config, Some(local), Some(cluster_id));
+    // The peer's cluster is its own (a data centre may be a failover cluster, whose members
+    // share a cluster id): the session is of the peer's cluster; the deployment, checked
+    // above, is what the data centres share.
+    let mut session = FollowerSession::new(config, Some(local), Some(peer_cluster));
     let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
     let mut conn: Option<Connection> = None;
     let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
@@ -186,7 +224,7 @@ pub async fn drive(node: Arc<Node>, link: Arc<Link>, own_dc: OriginName, forward
         let (tag, event) = tokio::select! {
             Some(tagged) = ev_rx.recv() => tagged,
             _ = tick.tick() => (LOCAL, FollowerEvent::Tick),
-            _ = node.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let jitter: u16 = rand::random_range(0..=1000);
         if tag != LOCAL {
@@ -249,7 +287,8 @@ async fn peer_identity(
     finder: &LeaderFinder,
     peer: &OriginName,
     own_dc: &OriginName,
-) -> Result<(), String> {
+    deployment: &str,
+) -> Result<String, String> {
     finder.refresh().await;
     let url = finder.current();
     let req = node
@@ -293,7 +332,19 @@ async fn peer_identity(
             "the node at {url} is data centre {theirs}, not {peer} as --peer-dc says"
         ));
     }
-    Ok(())
+    let their_deployment = answer["deployment"].as_str().unwrap_or("");
+    if their_deployment != deployment {
+        return Err(format!(
+            "peer data centre {peer} at {url} is of another deployment ({their_deployment}, this \
+             data centre's is {deployment}): data centres exchange only within their deployment \
+             (start a new data centre with an empty data directory while its peers run, and it \
+             joins theirs)"
+        ));
+    }
+    match answer["cluster_id"].as_str() {
+        Some(c) if !c.is_empty() => Ok(c.to_string()),
+        _ => Err(format!("the node at {url} did not say its cluster id")),
+    }
 }
 
 /// Merges a batch of the peer's records, in order, as one writer job (each its own commit,

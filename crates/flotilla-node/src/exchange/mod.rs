@@ -8,11 +8,13 @@
 //! other follower session (flow control, retention pins, heartbeats); a link does not count
 //! as a copy for semi-sync writes (it is a logical session).
 
+mod deployment;
 mod link;
 
 use flotilla_types::{Lsn, OriginName};
 use std::sync::Mutex;
 
+pub use deployment::{new_deployment, peers_deployment};
 pub use link::drive;
 
 /// What one link shows in the status.

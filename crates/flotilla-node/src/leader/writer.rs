@@ -161,8 +161,18 @@ pub struct WriterParts {
     /// persists and replicates them).
     pub cluster: Option<ClusterWriter>,
     pub gate: Arc<super::WriterGate>,
-    /// This node's data centre (multi-leader) and the clock drift it accepts from others.
-    pub multi_leader: Option<(flotilla_types::OriginName, u64)>,
+    /// This node's data centre (multi-leader).
+    pub multi_leader: Option<DataCentreParts>,
+}
+
+/// What a data centre's writer needs to enable multi-leader (the first time: it makes the
+/// tables in a commit of its own).
+pub struct DataCentreParts {
+    pub dc: flotilla_types::OriginName,
+    /// The deployment a new data centre's database joins (kept from then on).
+    pub deployment: String,
+    /// The clock drift it accepts from other data centres.
+    pub max_clock_drift_ms: u64,
 }
 
 /// How a cluster's leader publishes: each commit at the next position the consensus machine
@@ -291,17 +301,32 @@ pub fn spawn_writer(
                 recent,
                 counters: counters.clone(),
             };
-            if let Some((dc, max_drift_ms)) = &multi_leader {
+            if let Some(ml) = &multi_leader {
                 // The first time, this makes the multi-leader tables in a commit of its own.
+                if let Some(c) = &cluster {
+                    db.next_internal_at(c.next);
+                }
                 let enabled = db
-                    .enable_multi_leader(dc, *max_drift_ms, epoch, &origin, wall_us())
+                    .enable_multi_leader(
+                        &ml.dc,
+                        &ml.deployment,
+                        ml.max_clock_drift_ms,
+                        epoch,
+                        &origin,
+                        wall_us(),
+                    )
                     .map_err(|e| e.to_string())
-                    .and_then(|out| match out {
-                        Some(out) => publisher
+                    .and_then(|out| match (out, &mut cluster) {
+                        (Some(out), Some(c)) => {
+                            let (tx, _) = oneshot::channel();
+                            internal_commit_proposed(c, &db, Ok(out), tx);
+                            Ok(())
+                        }
+                        (Some(out), None) => publisher
                             .publish(&out)
                             .map(|_| ())
                             .map_err(|e| durability_lost(&e)),
-                        None => Ok(()),
+                        (None, _) => Ok(()),
                     });
                 if let Err(why) = enabled {
                     return stop(Vec::new(), &fatal, format!("multi-leader: {why}"));
@@ -418,6 +443,7 @@ pub fn spawn_writer(
                         // once for the batch, before any answer.
                         let mut merged = 0usize;
                         let mut outcomes = Vec::new();
+                        let mut proposed = Vec::new();
                         let mut failure = None;
                         for job in &jobs {
                             if let Some(c) = &cluster {
@@ -439,8 +465,9 @@ pub fn spawn_writer(
                                     Counters::add(&counters.merged_transactions, 1);
                                     Counters::add(&counters.merge_conflicts, conflicts as u64);
                                     if let Some(c) = &mut cluster {
-                                        let (tx, _rx) = oneshot::channel();
+                                        let (tx, rx) = oneshot::channel();
                                         internal_commit_proposed(c, &db, Ok(*commit), tx);
+                                        proposed.push(rx);
                                     } else {
                                         match publisher.append(&commit) {
                                             Ok(Some(a)) => outcomes.push(a),
@@ -474,6 +501,27 @@ pub fn spawn_writer(
                                 }
                             }
                             merged += 1;
+                        }
+                        if let Some(c) = &cluster {
+                            // On a cluster's leader the merges hold once a majority has them:
+                            // only then does the link go on (and tell the peer it has them).
+                            let rest: Vec<MergeJob> = jobs.into_iter().skip(merged).collect();
+                            c.runtime.spawn(async move {
+                                let mut result = failure.map_or(Ok(()), Err);
+                                for rx in proposed {
+                                    let held = rx.await.unwrap_or_else(|_| {
+                                        Err(ChangeError::Indeterminate(
+                                            "the consensus task stopped".into(),
+                                        ))
+                                    });
+                                    if let Err(e) = held {
+                                        result = Err(e);
+                                        break;
+                                    }
+                                }
+                                let _ = reply.send((merged, result, rest));
+                            });
+                            continue;
                         }
                         if let Err(e) = publisher.sync_published(outcomes) {
                             let _ = reply.send((

@@ -37,6 +37,9 @@ const CREATE_INTERNAL: &str = "
 CREATE TABLE IF NOT EXISTS _flotilla_ml_origin (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     dc TEXT NOT NULL,
+    -- The deployment the data centres exchanging with this one share (a data centre's own
+    -- cluster id may differ: each may be a failover cluster of its own).
+    deployment TEXT NOT NULL,
     hlc INTEGER NOT NULL,
     -- The newest commit's stamp: re-attached to the commit if a crash keeps it from the log.
     last_lsn INTEGER NOT NULL DEFAULT 0,
@@ -310,6 +313,24 @@ pub fn read_version_vector(conn: &Connection) -> Result<VersionVector, StoreErro
     load_vv(conn)
 }
 
+/// The data centre a multi-leader database belongs to and its deployment (`None`: not a
+/// multi-leader database, or not enabled yet).
+pub fn read_data_centre(conn: &Connection) -> Result<Option<(String, String)>, StoreError> {
+    let exists: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_ml_origin'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row("SELECT dc, deployment FROM _flotilla_ml_origin", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?)
+}
+
 /// Keeps the commit's stamp (and the clock) beside it, in the same transaction.
 fn remember_stamp(
     conn: &Connection,
@@ -464,6 +485,7 @@ impl LeaderDb {
     pub fn enable_multi_leader(
         &mut self,
         dc: &OriginName,
+        deployment: &str,
         max_drift_ms: u64,
         epoch: Epoch,
         origin: &NodeId,
@@ -500,6 +522,7 @@ impl LeaderDb {
         }
         let now_ms = now_us / 1000;
         let dc_name = dc.to_string();
+        let deployment = deployment.to_string();
         let (_, out) = self
             .internal_commit::<_, MergeApplyError>(
                 "enable multi-leader",
@@ -509,8 +532,9 @@ impl LeaderDb {
                 |db, _| {
                     db.conn.execute_batch(CREATE_INTERNAL)?;
                     db.conn.execute(
-                        "INSERT INTO _flotilla_ml_origin (id, dc, hlc) VALUES (1, ?1, ?2)",
-                        params![dc_name, Hlc::ZERO.tick(now_ms).0 as i64],
+                        "INSERT INTO _flotilla_ml_origin (id, dc, deployment, hlc) \
+                         VALUES (1, ?1, ?2, ?3)",
+                        params![dc_name, deployment, Hlc::ZERO.tick(now_ms).0 as i64],
                     )?;
                     for (table, sql) in [
                         (CONFLICTS_TABLE, CREATE_CONFLICTS),
@@ -538,20 +562,9 @@ impl LeaderDb {
     /// The data centre this database belongs to, if it is a multi-leader one (read before
     /// [`LeaderDb::enable_multi_leader`], to refuse a start with the wrong `--dc` or none).
     pub fn data_centre(&self) -> Result<Option<String>, StoreError> {
-        self.rules.internal(|| {
-            let exists: i64 = self.conn.query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_ml_origin'",
-                [],
-                |r| r.get(0),
-            )?;
-            if exists == 0 {
-                return Ok(None);
-            }
-            Ok(self
-                .conn
-                .query_row("SELECT dc FROM _flotilla_ml_origin", [], |r| r.get(0))
-                .optional()?)
-        })
+        self.rules
+            .internal(|| read_data_centre(&self.conn))
+            .map(|d| d.map(|(dc, _)| dc))
     }
 
     pub fn multi_leader(&self) -> Option<&MultiLeader> {

@@ -533,6 +533,11 @@ pub fn spawn_writer(
                         }
                         let rest: Vec<MergeJob> = jobs.into_iter().skip(merged).collect();
                         let _ = reply.send((merged, failure.map_or(Ok(()), Err), rest));
+                        // A data centre that only merges (a backlog after a partition) keeps
+                        // its WAL short too: the log holds what the merges wrote.
+                        if let Err(e) = db.maybe_checkpoint() {
+                            tracing::warn!("checkpoint failed (will retry): {e}");
+                        }
                         continue;
                     }
                     WriteJob::Pipeline { change, reply } => {

@@ -87,6 +87,11 @@ const CREATE_CONFLICTS: &str = "CREATE TABLE flotilla_conflicts (
     resolved_by TEXT
 )";
 
+/// The open conflicts of a row and column: what a write that resolves them looks up (most
+/// conflicts are resolved at once, and stay out of it).
+const CREATE_OPEN_CONFLICTS_INDEX: &str = "CREATE INDEX flotilla_conflicts_open ON \
+    flotilla_conflicts (tbl, row_key, col) WHERE resolved = 0";
+
 const CREATE_POLICIES: &str = "CREATE TABLE flotilla_policies (
     tbl TEXT NOT NULL,
     col TEXT NOT NULL,
@@ -536,13 +541,18 @@ impl LeaderDb {
                          VALUES (1, ?1, ?2, ?3)",
                         params![dc_name, deployment, Hlc::ZERO.tick(now_ms).0 as i64],
                     )?;
-                    for (table, sql) in [
-                        (CONFLICTS_TABLE, CREATE_CONFLICTS),
-                        (POLICIES_TABLE, CREATE_POLICIES),
+                    for (kind, table, sql) in [
+                        (DdlKind::CreateTable, CONFLICTS_TABLE, CREATE_CONFLICTS),
+                        (
+                            DdlKind::CreateIndex,
+                            CONFLICTS_TABLE,
+                            CREATE_OPEN_CONFLICTS_INDEX,
+                        ),
+                        (DdlKind::CreateTable, POLICIES_TABLE, CREATE_POLICIES),
                     ] {
                         db.conn.execute_batch(sql)?;
                         db.capture.schema_changed(SchemaChange {
-                            kind: DdlKind::CreateTable,
+                            kind,
                             table: table.to_string(),
                             sql: sql.to_string(),
                         });

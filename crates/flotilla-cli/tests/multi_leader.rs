@@ -758,3 +758,87 @@ async fn a_data_centre_that_is_a_failover_cluster_goes_on_exchanging_after_its_l
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A data centre added to a deployment whose log no longer holds its past (retention trimmed
+/// it): the new data centre starts from a copy of a peer's database and reads its log from
+/// the copy's position on — every row, its merge state and the recorded conflicts are there,
+/// and the two go on exchanging both ways. A data centre whose data directory was lost cannot
+/// come back under its old name (its new transactions would be taken for its old ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_centre_added_later_starts_from_a_copy_of_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small-segments.toml");
+    std::fs::write(&config, "[log]\nsegment-mib = 1\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let ports = free_ports(2);
+    let (eu_url, asia_url) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let (to_asia, to_eu) = (format!("asia={asia_url}"), format!("eu={eu_url}"));
+    let eu = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        "eu",
+        &eu_url,
+        &["--config", &config, "--dc", "eu", "--peer-dc", &to_asia],
+    )
+    .await
+    .unwrap();
+    let ec = Client::new(&eu.url);
+    write(&ec, "CREATE TABLE t (id TEXT PRIMARY KEY, pad TEXT)").await;
+    write(&ec, "CREATE UNIQUE INDEX t_pad ON t (pad)").await;
+    for i in 0..30 {
+        exec(&ec, json!([{ "sql": "INSERT INTO t VALUES (?1, hex(randomblob(100000)))", "params": [format!("eu-{i}")] }])).await;
+    }
+    // Nothing holds eu's log back: it trims what no one needs.
+    wait_status(&ec, "eu trims its log", |s| {
+        s["log"]["first_lsn"].as_u64().unwrap_or(0) > 5
+    })
+    .await;
+    let asia_args = ["--config", &config, "--dc", "asia", "--peer-dc", &to_eu];
+    let mut asia = LocalNode::start_on(&exe(), dir.path(), "asia", &asia_url, &asia_args)
+        .await
+        .unwrap();
+    let ac = Client::new(&asia.url);
+    write(&ec, "INSERT INTO t VALUES ('eu-after', 'a')").await;
+    write(&ac, "INSERT INTO t VALUES ('asia-1', 'b')").await;
+    let agreed = converged(
+        &[ec.clone(), ac.clone()],
+        "SELECT id, length(pad) FROM t ORDER BY id",
+    )
+    .await;
+    assert_eq!(agreed.as_array().unwrap().len(), 32, "{agreed}");
+    // Same deployment, and asia is a data centre of its own (not a second eu).
+    let (e, a) = (
+        ec.get("/v1/dc").await.unwrap(),
+        ac.get("/v1/dc").await.unwrap(),
+    );
+    assert_eq!(e["deployment"], a["deployment"]);
+    assert_eq!(a["dc"], "asia");
+
+    // asia's data directory is lost; started again under its old name, it is refused.
+    asia.kill().await;
+    std::fs::remove_dir_all(&asia.dir).unwrap();
+    let data = asia.dir.to_str().unwrap().to_string();
+    let (ok, _, err) = cli(&[
+        "serve",
+        "--id",
+        "asia",
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        &config,
+        "--dc",
+        "asia",
+        "--peer-dc",
+        &to_eu,
+    ]);
+    assert!(!ok && err.contains("comes back under a new name"), "{err}");
+    assert!(
+        !std::path::Path::new(&data).join("db.sqlite").exists(),
+        "the refused copy was left behind"
+    );
+}

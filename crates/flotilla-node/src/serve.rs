@@ -204,11 +204,12 @@ pub async fn run(
             )
         }
         None => {
-            // A new data centre joins its peers' deployment: a single leader takes its id as
-            // its cluster id (the first data centre makes one).
+            // A new data centre joins its peers' deployment, from a copy of one's database; a
+            // single leader takes the deployment's id as its cluster id (the first data centre
+            // makes one).
             let adopted = match &config.multi_leader {
                 Some(ml) if !db_path.exists() => {
-                    crate::exchange::peers_deployment(&peers, ml).await
+                    crate::exchange::copy_from_peer(&peers, ml, &db_path).await?
                 }
                 _ => None,
             };

@@ -56,8 +56,8 @@ pub use leader_recovery::{recover_leader, LeaderRecovery, RecoveryError};
 pub use leader_tokens::{read_tokens, StoredToken, TokenError, TOKENS_TABLE};
 pub use meta::{read_meta, Meta, META_TABLE};
 pub use multi_leader::{
-    link_position, read_data_centre, read_version_vector, MergeApplyError, MergeOutcome,
-    MultiLeader, SetPolicyError, CONFLICTS_TABLE, POLICIES_TABLE,
+    adopt_data_centre_copy, link_position, read_data_centre, read_version_vector, MergeApplyError,
+    MergeOutcome, MultiLeader, SetPolicyError, CONFLICTS_TABLE, POLICIES_TABLE,
 };
 pub use open::{
     open_reader, DbSettings, Synchronous, DEFAULT_MAX_TRANSACTION_BYTES,

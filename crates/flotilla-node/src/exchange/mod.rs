@@ -14,7 +14,7 @@ mod link;
 use flotilla_types::{Lsn, OriginName};
 use std::sync::Mutex;
 
-pub use deployment::{new_deployment, peers_deployment};
+pub use deployment::{copy_from_peer, new_deployment, peers_deployment};
 pub use link::drive;
 
 /// What one link shows in the status.

@@ -6,10 +6,12 @@
 //! Everything here is written in the same SQLite transaction as the rows it concerns, so the
 //! data, its merge state and the version vector never disagree, whatever crash comes.
 
+mod copy;
 mod merge;
 mod policies;
 mod schema_rules;
 
+pub use copy::adopt_data_centre_copy;
 use merge::reconsider_shadowed;
 pub(crate) use schema_rules::ddl_problem;
 use schema_rules::key_problem;

@@ -47,6 +47,20 @@ Examples:
         #[arg(long)]
         expression: Option<String>,
     },
+    /// Delete the resolved conflicts older than a time from this data centre's table (open
+    /// ones stay). Each data centre keeps its own table: prune each.
+    #[command(after_help = "Examples:
+  flotilla conflicts prune --node 127.0.0.1:4801 --older-than 30d
+  flotilla conflicts prune --node 127.0.0.1:4801 --older-than 12h")]
+    Prune {
+        /// A data centre leader's URL.
+        #[arg(long, default_value = "http://127.0.0.1:4790")]
+        node: String,
+        /// How old a resolved conflict must be to go: a number with s, m, h or d (0s: every
+        /// resolved conflict).
+        #[arg(long, value_parser = parse_age_ms)]
+        older_than: u64,
+    },
     /// Resolve a conflict by writing the value to keep: the write travels to every data centre,
     /// and each marks the conflict resolved when it merges it.
     #[command(after_help = "Examples:
@@ -145,6 +159,19 @@ pub async fn run(cmd: ConflictsCommand) -> anyhow::Result<()> {
             keep,
             value,
         } => resolve(&node, &id, keep.as_deref(), value.as_deref()).await?,
+        ConflictsCommand::Prune { node, older_than } => {
+            let v = Client::new(&node)
+                .post(
+                    "/v1/conflicts/prune",
+                    &json!({ "older_than_ms": older_than }),
+                )
+                .await?;
+            println!(
+                "pruned {} resolved conflicts (position {})",
+                v["pruned"],
+                v["position"].as_str().unwrap_or("?")
+            );
+        }
     }
     Ok(())
 }
@@ -272,4 +299,34 @@ async fn resolve(
         v["position"].as_str().unwrap_or("?")
     );
     Ok(())
+}
+
+/// `30d`, `12h`, `15m`, `90s` → milliseconds.
+fn parse_age_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d (30d)"))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: expected a number with s, m, h or d (30d)")),
+    };
+    n.checked_mul(ms).ok_or_else(|| format!("{s:?}: too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ages_read_with_their_unit() {
+        assert_eq!(super::parse_age_ms("30d"), Ok(30 * 86_400_000));
+        assert_eq!(super::parse_age_ms("0s"), Ok(0));
+        assert_eq!(super::parse_age_ms("15m"), Ok(900_000));
+        for bad in ["30", "d", "3w", "-1d", "99999999999999999999d"] {
+            assert!(super::parse_age_ms(bad).is_err(), "{bad}");
+        }
+    }
 }

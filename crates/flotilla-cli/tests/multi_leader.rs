@@ -275,12 +275,51 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
     );
     // The follower shows the conflicts too.
     assert_eq!(rows(&fc, by_id).await, eu_ids);
+    // It followed every commit (stamped ones included) with its one first copy.
+    let metrics = reqwest::get(format!("{}/metrics", follower.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flotilla_bootstraps_total 1\n"),
+        "eu's physical follower copied eu's database again:\n{metrics}"
+    );
 
     // Status names each peer's link and the version vector.
     let s = status(&eu).await;
     let vv = &s["multi_leader"]["version_vector"];
     for dc in DCS {
         assert!(vv[dc].as_u64().unwrap() > 0, "{s}");
+    }
+
+    // eu prunes its resolved conflicts (all older than 0 s); its follower sees them go, and the
+    // other data centres keep theirs.
+    let resolved = "SELECT count(*) FROM flotilla_conflicts WHERE resolved = 1";
+    let before = rows(&eu, resolved).await;
+    assert_ne!(before, json!([[0]]));
+    let (ok, out, err) = cli(&[
+        "conflicts",
+        "prune",
+        "--node",
+        &d.leaders[0].url,
+        "--older-than",
+        "0s",
+    ]);
+    assert!(
+        ok && out.contains(&format!("pruned {}", before[0][0])),
+        "{out}{err}"
+    );
+    assert_eq!(rows(&eu, resolved).await, json!([[0]]));
+    assert_ne!(rows(&us, resolved).await, json!([[0]]));
+    let started = Instant::now();
+    while rows(&fc, resolved).await != json!([[0]]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "eu's follower kept them"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -199,6 +199,51 @@ fn two_data_centres_converge_and_record_their_conflicts() {
         "{ce:?}"
     );
 
+    // Pruning: no conflict is older than the clocks' first second; every resolved one is older
+    // than the end of time. Open ones stay (a keep-both conflict on the name of `c`).
+    let node = eu.node.clone();
+    let out = eu
+        .db
+        .set_policy(
+            "items",
+            Some("name"),
+            "keep-both",
+            None,
+            Epoch(1),
+            &node,
+            9_000_000,
+        )
+        .unwrap();
+    eu.keep(&out);
+    us.pull(&eu);
+    eu.sql(&["UPDATE items SET name = 'eu' WHERE id = 'c'"]);
+    us.sql(&["UPDATE items SET name = 'us' WHERE id = 'c'"]);
+    eu.pull(&us);
+    let count = |dc: &Dc, resolved: i64| {
+        dc.read(&format!(
+            "SELECT count(*) FROM flotilla_conflicts WHERE resolved = {resolved}"
+        ))[0]
+            .clone()
+    };
+    let (resolved, open) = (count(&eu, 1), count(&eu, 0));
+    assert_eq!(open, "Integer(1)", "the keep-both conflict is open");
+    assert!(eu
+        .db
+        .prune_conflicts(1_000, Epoch(1), &node, 10_000_000)
+        .unwrap()
+        .is_none());
+    assert_eq!(count(&eu, 1), resolved);
+    let (n, out) = eu
+        .db
+        .prune_conflicts(u64::MAX, Epoch(1), &node, 10_000_000)
+        .unwrap()
+        .expect("resolved conflicts to prune");
+    assert_eq!(format!("Integer({n})"), resolved);
+    assert!(out.record.is_some(), "a commit of its own");
+    assert_eq!(count(&eu, 1), "Integer(0)");
+    assert_eq!(count(&eu, 0), open, "open conflicts stay");
+    us.pull(&eu);
+
     // A merged transaction is not merged twice.
     assert_eq!(us.pull(&eu), 0);
     let before = us.read(items);

@@ -16,7 +16,9 @@
 //! follower does not read them.
 
 use crate::cursor::unseal;
-use crate::record::{page_slices, read_sections, SECTION_PAGES, SECTION_ROWS, WHAT};
+use crate::record::{
+    page_slices, read_sections, SECTION_EXCHANGE, SECTION_PAGES, SECTION_ROWS, WHAT,
+};
 use crate::{Cursor, DecodeError, Out, RECORD_FORMAT_VERSION};
 use std::collections::HashSet;
 
@@ -42,8 +44,12 @@ fn view(bytes: &[u8]) -> Result<PhysicalView<'_>, DecodeError> {
     let lsn = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
     let origin = c.str16(64)?;
     let header = &body[2..2 + 40 + 2 + origin.len()];
-    if sections & SECTION_ROWS != 0 {
-        c.bytes32()?;
+    // The sections before the pages, in their order: the row changes, then a multi-leader
+    // stamp (a physical follower reads neither).
+    for section in [SECTION_ROWS, SECTION_EXCHANGE] {
+        if sections & section != 0 {
+            c.bytes32()?;
+        }
     }
     if sections & SECTION_PAGES == 0 {
         return Err(DecodeError::invalid(
@@ -198,6 +204,19 @@ pub(crate) mod tests {
             );
             assert_eq!(g.rows, None, "a physical follower does not get row changes");
         }
+    }
+
+    /// A multi-leader data centre's records carry a stamp between their row changes and their
+    /// pages: its physical followers get the pages all the same.
+    #[test]
+    fn a_stamped_record_ships_its_pages() {
+        let mut stamped = with_byte(sample(5, &[1, 2]), 10);
+        stamped.exchange = Some(crate::exchange::tests::sample());
+        let records = vec![stamped, with_byte(sample(6, &[2]), 20)];
+        let got = unit(&records);
+        assert_eq!(page_numbers(&got), vec![vec![1], vec![2]]);
+        assert_eq!(applied(&got), applied(&records));
+        assert!(got.iter().all(|r| r.exchange.is_none() && r.rows.is_none()));
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/pipelines/{name}/pause", post(pipelines::pause))
         .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
         .route("/v1/conflicts/policies", put(conflicts::set_policy))
+        .route("/v1/conflicts/prune", post(conflicts::prune))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/replication", get(replication))

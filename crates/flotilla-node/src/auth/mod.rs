@@ -115,6 +115,7 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
         || path == "/v1/backup"
         || path == "/v1/restore"
         || path == "/v1/conflicts/policies"
+        || path == "/v1/conflicts/prune"
         || path == "/v1/cluster/promote"
         || path.starts_with("/v1/cluster/members");
     match path {

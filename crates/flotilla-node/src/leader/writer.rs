@@ -66,6 +66,13 @@ pub enum WriteJob {
         change: PolicyChange,
         reply: oneshot::Sender<ChangeReply>,
     },
+    /// Deleting the resolved conflicts stamped before `before_ms` (multi-leader): a commit of
+    /// its own; `pruned` hears how many (before `reply` hears the commit's position).
+    PruneConflicts {
+        before_ms: u64,
+        pruned: oneshot::Sender<usize>,
+        reply: oneshot::Sender<ChangeReply>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -429,6 +436,36 @@ pub fn spawn_writer(
                                 wall_us(),
                             )
                             .map_err(ChangeError::from);
+                        if let Some(c) = &mut cluster {
+                            internal_commit_proposed(c, &db, result, reply);
+                            continue;
+                        }
+                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, durability_lost(&e));
+                        }
+                        continue;
+                    }
+                    WriteJob::PruneConflicts {
+                        before_ms,
+                        pruned,
+                        reply,
+                    } => {
+                        if let Some(c) = &cluster {
+                            db.next_internal_at(c.next);
+                        }
+                        let result = match db.prune_conflicts(before_ms, epoch, &origin, wall_us())
+                        {
+                            Ok(None) => {
+                                let _ = pruned.send(0);
+                                let _ = reply.send(Ok(db.meta().position));
+                                continue;
+                            }
+                            Ok(Some((n, out))) => {
+                                let _ = pruned.send(n);
+                                Ok(out)
+                            }
+                            Err(e) => Err(ChangeError::Merge(e.into())),
+                        };
                         if let Some(c) = &mut cluster {
                             internal_commit_proposed(c, &db, result, reply);
                             continue;

@@ -9,6 +9,7 @@
 mod copy;
 mod merge;
 mod policies;
+mod prune;
 mod schema_rules;
 
 pub use copy::adopt_data_centre_copy;

@@ -639,3 +639,52 @@ fn an_index_made_in_two_forms_at_once_keeps_each_and_is_recorded() {
     assert_eq!(eu.read(c).len(), 1);
     assert_eq!(eu.read(c), us.read(c));
 }
+
+/// An update that changes a row's key moves the row: the other data centres delete it under
+/// its old key and make it under the new one (a composite key and a WITHOUT ROWID table too),
+/// also while another data centre updates the row under its old key at the same time.
+#[test]
+fn an_update_of_the_key_moves_the_row_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&[
+        "CREATE TABLE p (id TEXT PRIMARY KEY, v TEXT)",
+        "CREATE TABLE w (a TEXT, b INTEGER, v TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID",
+    ]);
+    eu.sql(&[
+        "INSERT INTO p VALUES ('old', 'v'), ('keep', 'k')",
+        "INSERT INTO w VALUES ('a', 1, 'x'), ('a', 2, 'y')",
+    ]);
+    us.pull(&eu);
+    eu.sql(&[
+        "UPDATE p SET id = 'new' WHERE id = 'old'",
+        "UPDATE w SET b = b + 10 WHERE a = 'a'",
+    ]);
+    us.pull(&eu);
+    for q in [
+        "SELECT * FROM p ORDER BY id",
+        "SELECT * FROM w ORDER BY a, b",
+    ] {
+        assert_eq!(eu.read(q), us.read(q), "{q}");
+    }
+    assert_eq!(us.read("SELECT id FROM p ORDER BY id").len(), 2);
+    assert_eq!(
+        us.read("SELECT b FROM w ORDER BY b"),
+        ["Integer(11)", "Integer(12)"]
+    );
+
+    // Concurrently: eu moves `keep` to `moved`, us updates `keep` where it was.
+    eu.sql(&["UPDATE p SET id = 'moved' WHERE id = 'keep'"]);
+    us.sql(&["UPDATE p SET v = 'us' WHERE id = 'keep'"]);
+    us.pull(&eu);
+    eu.pull(&us);
+    let q = "SELECT * FROM p ORDER BY id";
+    assert_eq!(eu.read(q), us.read(q), "converged");
+    let rows = eu.read(q);
+    assert!(rows.iter().any(|r| r.contains("moved")), "{rows:?}");
+    assert!(
+        !rows.iter().any(|r| r.contains("\"keep\"")),
+        "the move deletes the old key, and a delete wins by default: {rows:?}"
+    );
+}

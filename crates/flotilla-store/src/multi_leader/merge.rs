@@ -348,15 +348,21 @@ impl LeaderDb {
                                 .filter(|b| b.item as usize == item)
                                 .map(|b| (b.column as usize, b.value.clone()))
                                 .collect();
-                            conflicts += merge_change(
-                                db,
-                                shape,
-                                c,
-                                &bases,
-                                &version,
-                                &stamp.deps,
-                                &plans[&shape.name],
-                            )?;
+                            for part in by_key(shape, c) {
+                                // A key's change is a new row: the counter bases of the
+                                // update do not apply to it (its origin gave none).
+                                let bases: &[(usize, SqlValue)] =
+                                    if part.op == c.op { &bases } else { &[] };
+                                conflicts += merge_change(
+                                    db,
+                                    shape,
+                                    &part,
+                                    bases,
+                                    &version,
+                                    &stamp.deps,
+                                    &plans[&shape.name],
+                                )?;
+                            }
                         }
                     }
                 }

@@ -443,6 +443,41 @@ fn row_key<'a>(
     Ok((values, key))
 }
 
+/// A row change as the merge rules see it: an update that changes the row's key is the
+/// delete of the row under its old key and the insert of one under its new key (the merge
+/// state is kept per key); any other change is itself. Each data centre splits alike.
+pub(crate) fn by_key<'a>(
+    shape: &TableShape,
+    c: &'a flotilla_types::RowChange,
+) -> Vec<std::borrow::Cow<'a, flotilla_types::RowChange>> {
+    use std::borrow::Cow;
+    let (Some(before), Some(after)) = (&c.before, &c.after) else {
+        return vec![Cow::Borrowed(c)];
+    };
+    let moved = c.op == RowOp::Update
+        && shape.key.iter().any(|k| {
+            let k = *k as usize;
+            before.get(k) != after.get(k)
+        });
+    if !moved {
+        return vec![Cow::Borrowed(c)];
+    }
+    vec![
+        Cow::Owned(flotilla_types::RowChange {
+            op: RowOp::Delete,
+            after: None,
+            new_rowid: 0,
+            ..c.clone()
+        }),
+        Cow::Owned(flotilla_types::RowChange {
+            op: RowOp::Insert,
+            before: None,
+            old_rowid: 0,
+            ..c.clone()
+        }),
+    ]
+}
+
 /// Whether a table has open conflicts (most never do: checked once per transaction).
 fn has_open_conflicts(conn: &Connection, table: &str) -> Result<bool, StoreError> {
     Ok(conn
@@ -657,90 +692,92 @@ impl LeaderDb {
             lsn,
         };
         let conn = &self.conn;
-        let stamp = self
-            .rules
-            .internal(|| -> Result<ExchangeStamp, StoreError> {
-                let deps = load_vv(conn)?;
-                let mut counter_bases = Vec::new();
-                let mut policies: HashMap<String, TablePolicies> = HashMap::new();
-                let mut checked: std::collections::HashSet<String> = Default::default();
-                let mut open_tables: HashMap<String, bool> = HashMap::new();
-                for (item, it) in payload.items.iter().enumerate() {
-                    let table = match it {
-                        RowItem::Change(c) => &payload.shape(c).name,
-                        RowItem::Schema(s) if s.kind == DdlKind::CreateTable => &s.table,
-                        RowItem::Schema(_) => continue,
-                    };
-                    if !local_only(table) && checked.insert(table.clone()) {
-                        if let Some(why) = key_problem(conn, table)? {
-                            return Err(StoreError::Refused(why));
+        let stamp =
+            self.rules
+                .internal(|| -> Result<ExchangeStamp, StoreError> {
+                    let deps = load_vv(conn)?;
+                    let mut counter_bases = Vec::new();
+                    let mut policies: HashMap<String, TablePolicies> = HashMap::new();
+                    let mut checked: std::collections::HashSet<String> = Default::default();
+                    let mut open_tables: HashMap<String, bool> = HashMap::new();
+                    for (item, it) in payload.items.iter().enumerate() {
+                        let table = match it {
+                            RowItem::Change(c) => &payload.shape(c).name,
+                            RowItem::Schema(s) if s.kind == DdlKind::CreateTable => &s.table,
+                            RowItem::Schema(_) => continue,
+                        };
+                        if !local_only(table) && checked.insert(table.clone()) {
+                            if let Some(why) = key_problem(conn, table)? {
+                                return Err(StoreError::Refused(why));
+                            }
                         }
-                    }
-                    let RowItem::Change(c) = it else { continue };
-                    let shape = payload.shape(c);
-                    if local_only(&shape.name) {
-                        continue;
-                    }
-                    let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
-                    let (key_values, key) = row_key(shape, image)?;
-                    if !policies.contains_key(&shape.name) {
-                        policies.insert(shape.name.clone(), table_policies(conn, shape)?);
-                    }
-                    let p = &policies[&shape.name];
-                    let state = load_state(conn, &shape.name, &key)?;
-                    let w = write_local(
-                        state,
-                        c.op,
-                        c.before.as_deref(),
-                        c.after.as_deref(),
-                        &version,
-                        p,
-                    );
-                    for (column, value) in w.counter_bases {
-                        counter_bases.push(CounterBase {
-                            item: item as u32,
-                            column: column as u16,
-                            value,
-                        });
-                    }
-                    save_state(conn, &shape.name, &key, &w.state)?;
-                    // A write made here saw every open conflict of the columns it wrote.
-                    let open = match open_tables.get(&shape.name) {
-                        Some(o) => *o,
-                        None => {
-                            let o = has_open_conflicts(conn, &shape.name)?;
-                            open_tables.insert(shape.name.clone(), o);
-                            o
+                        let RowItem::Change(whole) = it else { continue };
+                        let shape = payload.shape(whole);
+                        if local_only(&shape.name) {
+                            continue;
                         }
-                    };
-                    if c.op != RowOp::Delete && open {
-                        let kj = key_json(&key_values);
-                        for (i, col) in shape.columns.iter().enumerate() {
-                            let changed = c
-                                .before
-                                .as_ref()
-                                .is_none_or(|b| b[i] != c.after.as_ref().expect("after")[i]);
-                            if changed {
-                                resolve_seen(conn, &shape.name, &kj, col, &version, None)?;
+                        for c in by_key(shape, whole) {
+                            let c = c.as_ref();
+                            let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
+                            let (key_values, key) = row_key(shape, image)?;
+                            if !policies.contains_key(&shape.name) {
+                                policies.insert(shape.name.clone(), table_policies(conn, shape)?);
+                            }
+                            let p = &policies[&shape.name];
+                            let state = load_state(conn, &shape.name, &key)?;
+                            let w = write_local(
+                                state,
+                                c.op,
+                                c.before.as_deref(),
+                                c.after.as_deref(),
+                                &version,
+                                p,
+                            );
+                            for (column, value) in w.counter_bases {
+                                counter_bases.push(CounterBase {
+                                    item: item as u32,
+                                    column: column as u16,
+                                    value,
+                                });
+                            }
+                            save_state(conn, &shape.name, &key, &w.state)?;
+                            // A write made here saw every open conflict of the columns it wrote.
+                            let open = match open_tables.get(&shape.name) {
+                                Some(o) => *o,
+                                None => {
+                                    let o = has_open_conflicts(conn, &shape.name)?;
+                                    open_tables.insert(shape.name.clone(), o);
+                                    o
+                                }
+                            };
+                            if c.op != RowOp::Delete && open {
+                                let kj = key_json(&key_values);
+                                for (i, col) in shape.columns.iter().enumerate() {
+                                    let changed = c.before.as_ref().is_none_or(|b| {
+                                        b[i] != c.after.as_ref().expect("after")[i]
+                                    });
+                                    if changed {
+                                        resolve_seen(conn, &shape.name, &kj, col, &version, None)?;
+                                    }
+                                }
                             }
                         }
                     }
-                }
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
-                )?
-                .execute(params![ml.dc.as_str(), lsn.0 as i64])?;
-                let stamp = ExchangeStamp {
-                    origin: ml.dc.clone(),
-                    origin_lsn: lsn,
-                    hlc,
-                    deps,
-                    counter_bases,
-                    original: None,
-                };
-                remember_stamp(conn, lsn, hlc, &stamp)?;
-                Ok(stamp)
-            })?;
+                    conn.prepare_cached(
+                        "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![ml.dc.as_str(), lsn.0 as i64])?;
+                    let stamp = ExchangeStamp {
+                        origin: ml.dc.clone(),
+                        origin_lsn: lsn,
+                        hlc,
+                        deps,
+                        counter_bases,
+                        original: None,
+                    };
+                    remember_stamp(conn, lsn, hlc, &stamp)?;
+                    Ok(stamp)
+                })?;
         if let Some(m) = self.multi_leader.as_mut() {
             m.hlc = hlc;
         }

@@ -688,3 +688,36 @@ fn an_update_of_the_key_moves_the_row_everywhere() {
         "the move deletes the old key, and a delete wins by default: {rows:?}"
     );
 }
+
+/// Two data centres each add a column at once: the columns stand in another order in each,
+/// and the changes of each still merge in the other, column by name.
+#[test]
+fn columns_added_in_two_data_centres_at_once_merge_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&["CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)"]);
+    eu.sql(&["INSERT INTO t VALUES ('old', 'o')"]);
+    us.pull(&eu);
+    eu.sql(&["ALTER TABLE t ADD COLUMN a TEXT DEFAULT 'a0'"]);
+    eu.sql(&["INSERT INTO t (id, v, a) VALUES ('eu', 'e', 'a1')"]);
+    us.sql(&["ALTER TABLE t ADD COLUMN b INTEGER DEFAULT 7"]);
+    us.sql(&["INSERT INTO t (id, v, b) VALUES ('us', 'u', 8)"]);
+    us.sql(&["UPDATE t SET b = 9 WHERE id = 'old'"]);
+    us.pull(&eu);
+    eu.pull(&us);
+    let q = "SELECT id, v, a, b FROM t ORDER BY id";
+    assert_eq!(eu.read(q), us.read(q), "converged");
+    assert_eq!(
+        eu.read(q),
+        [
+            "Text(\"eu\")|Text(\"e\")|Text(\"a1\")|Integer(7)",
+            "Text(\"old\")|Text(\"o\")|Text(\"a0\")|Integer(9)",
+            "Text(\"us\")|Text(\"u\")|Text(\"a0\")|Integer(8)",
+        ]
+    );
+    // And later changes go on flowing both ways.
+    eu.sql(&["UPDATE t SET a = 'a2', b = 10 WHERE id = 'us'"]);
+    us.pull(&eu);
+    assert_eq!(eu.read(q), us.read(q));
+}

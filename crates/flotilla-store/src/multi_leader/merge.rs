@@ -5,16 +5,26 @@ use super::*;
 
 /// What merging into one table needs, worked out once per transaction.
 struct TablePlan {
-    /// The table as it is here (the change's shape, plus columns added here since).
+    /// The table as it is here (its columns in their order here, the key's among them).
     shape: TableShape,
-    /// The defaults of the columns the change's shape lacks.
-    pad: Vec<SqlValue>,
+    /// Where each column here takes its value from in a change: `None` when the change's
+    /// columns are the table's, in order (the usual case); otherwise per column here, the
+    /// change's column of that name, or the column's default (a column added here since, or
+    /// in another order: two data centres each added a column at once).
+    layout: Option<Vec<Source>>,
+    /// For each column of the change, its index here.
+    here_of: Vec<usize>,
     sql: TableSql,
     policies: TablePolicies,
     /// The table's unique indexes besides its key (where clashes are possible).
     unique: Vec<crate::unique_clash::UniqueIndex>,
     /// The table has open (keep-both) conflicts a write may resolve.
     open_conflicts: bool,
+}
+
+enum Source {
+    Change(usize),
+    Default(SqlValue),
 }
 
 impl TablePlan {
@@ -26,40 +36,54 @@ impl TablePlan {
             .query_map([&remote.name], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let names: Vec<&str> = here.iter().map(|(n, _)| n.as_str()).collect();
-        let prefix = remote.columns.len() <= here.len()
-            && remote
-                .columns
-                .iter()
-                .zip(&names)
-                .all(|(a, b)| a.eq_ignore_ascii_case(b));
-        if !prefix {
-            return Err(MergeApplyError::Unfit(format!(
-                "a change of {} names the columns {} but the table here has {}",
-                remote.name,
-                remote.columns.join(", "),
-                names.join(", ")
-            )));
+        let mut here_of = Vec::with_capacity(remote.columns.len());
+        for column in &remote.columns {
+            match names.iter().position(|n| n.eq_ignore_ascii_case(column)) {
+                Some(i) => here_of.push(i),
+                None => {
+                    return Err(MergeApplyError::Unfit(format!(
+                        "a change of {} names the columns {} but the table here has {}",
+                        remote.name,
+                        remote.columns.join(", "),
+                        names.join(", ")
+                    )))
+                }
+            }
         }
-        let mut pad = Vec::new();
-        for (_, default) in &here[remote.columns.len()..] {
-            pad.push(match default {
-                None => SqlValue::Null,
-                Some(expr) => conn
-                    .query_row(&format!("SELECT {expr}"), [], |r| {
-                        Ok(from_sql(r.get_ref(0)?))
-                    })
-                    .map_err(|e| {
-                        MergeApplyError::Unfit(format!(
-                            "the default {expr} of a column of {}: {e}",
-                            remote.name
-                        ))
-                    })?,
-            });
-        }
+        let in_order =
+            here_of.len() == here.len() && here_of.iter().enumerate().all(|(a, b)| a == *b);
+        let layout = if in_order {
+            None
+        } else {
+            let mut layout = Vec::with_capacity(here.len());
+            for (i, (_, default)) in here.iter().enumerate() {
+                layout.push(match here_of.iter().position(|h| *h == i) {
+                    Some(from) => Source::Change(from),
+                    None => Source::Default(match default {
+                        None => SqlValue::Null,
+                        Some(expr) => conn
+                            .query_row(&format!("SELECT {expr}"), [], |r| {
+                                Ok(from_sql(r.get_ref(0)?))
+                            })
+                            .map_err(|e| {
+                                MergeApplyError::Unfit(format!(
+                                    "the default {expr} of a column of {}: {e}",
+                                    remote.name
+                                ))
+                            })?,
+                    }),
+                });
+            }
+            Some(layout)
+        };
         let shape = TableShape {
             name: remote.name.clone(),
             columns: here.iter().map(|(n, _)| n.clone()).collect(),
-            key: remote.key.clone(),
+            key: remote
+                .key
+                .iter()
+                .map(|k| here_of[*k as usize] as u16)
+                .collect(),
         };
         Ok(TablePlan {
             sql: TableSql::new(&shape),
@@ -67,8 +91,23 @@ impl TablePlan {
             unique: crate::unique_clash::unique_indexes(conn, &shape)?,
             open_conflicts: has_open_conflicts(conn, &shape.name)?,
             shape,
-            pad,
+            layout,
+            here_of,
         })
+    }
+
+    /// A change's values in the columns here.
+    fn values_here(&self, values: &[SqlValue]) -> Vec<SqlValue> {
+        match &self.layout {
+            None => values.to_vec(),
+            Some(layout) => layout
+                .iter()
+                .map(|s| match s {
+                    Source::Change(i) => values.get(*i).cloned().unwrap_or(SqlValue::Null),
+                    Source::Default(d) => d.clone(),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -342,11 +381,15 @@ impl LeaderDb {
                                 }
                                 plans.insert(shape.name.clone(), TablePlan::new(&db.conn, shape)?);
                             }
+                            let plan = &plans[&shape.name];
                             let bases: Vec<(usize, SqlValue)> = stamp
                                 .counter_bases
                                 .iter()
                                 .filter(|b| b.item as usize == item)
-                                .map(|b| (b.column as usize, b.value.clone()))
+                                .filter_map(|b| {
+                                    let here = *plan.here_of.get(b.column as usize)?;
+                                    Some((here, b.value.clone()))
+                                })
                                 .collect();
                             for part in by_key(shape, c) {
                                 // A key's change is a new row: the counter bases of the
@@ -360,7 +403,7 @@ impl LeaderDb {
                                     bases,
                                     &version,
                                     &stamp.deps,
-                                    &plans[&shape.name],
+                                    plan,
                                 )?;
                             }
                         }
@@ -439,24 +482,17 @@ fn merge_change(
     let (sql, policies, shape) = (&plan.sql, &plan.policies, &plan.shape);
     // A change made before a column was added there (the ADD COLUMN arrived here first): the
     // new columns hold their default in that data centre's row too, and this change did not
-    // write them.
-    let padded;
-    let c = if plan.pad.is_empty() {
+    // write them. Columns added in two data centres at once stand in another order here.
+    let placed;
+    let c = if plan.layout.is_none() {
         c
     } else {
-        let pad = |v: &Option<Vec<SqlValue>>| {
-            v.as_ref().map(|v| {
-                let mut v = v.clone();
-                v.extend(plan.pad.iter().cloned());
-                v
-            })
-        };
-        padded = flotilla_types::RowChange {
-            before: pad(&c.before),
-            after: pad(&c.after),
+        placed = flotilla_types::RowChange {
+            before: c.before.as_deref().map(|v| plan.values_here(v)),
+            after: c.after.as_deref().map(|v| plan.values_here(v)),
             ..c.clone()
         };
-        &padded
+        &placed
     };
     let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
     let (key_values, key) =

@@ -721,3 +721,46 @@ fn columns_added_in_two_data_centres_at_once_merge_by_name() {
     us.pull(&eu);
     assert_eq!(eu.read(q), us.read(q));
 }
+
+/// The same column added in two data centres at once: alike, nothing happens; in two forms
+/// (another default), the merge is refused with both forms named — the rows that predate the
+/// column would hold a different value in each.
+#[test]
+fn the_same_column_added_in_two_forms_at_once_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&["CREATE TABLE t (id TEXT PRIMARY KEY)"]);
+    eu.sql(&["INSERT INTO t VALUES ('old')"]);
+    us.pull(&eu);
+    eu.sql(&["ALTER TABLE t ADD COLUMN same INTEGER DEFAULT 1"]);
+    us.sql(&["ALTER TABLE t ADD COLUMN same integer default 1"]);
+    us.pull(&eu);
+    eu.sql(&["ALTER TABLE t ADD COLUMN q INTEGER DEFAULT 1"]);
+    us.sql(&["ALTER TABLE t ADD COLUMN q INTEGER DEFAULT 2"]);
+    let (lsn, stamp, rows, chain) = eu.out.last().cloned().unwrap();
+    let now = us.tick();
+    let at = (
+        Position {
+            epoch: Epoch(1),
+            lsn,
+        },
+        chain,
+    );
+    let err = us
+        .db
+        .commit_merge(&stamp, &rows, &eu.name, at, Epoch(1), &us.node, now)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("added in two forms")
+            && err.contains("DEFAULT 2")
+            && err.contains("DEFAULT 1"),
+        "{err}"
+    );
+    assert_eq!(
+        us.read("SELECT q FROM t"),
+        ["Integer(2)"],
+        "nothing applied"
+    );
+}

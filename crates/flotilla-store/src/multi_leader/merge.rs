@@ -244,17 +244,79 @@ fn apply_remote_schema(db: &mut LeaderDb, s: &SchemaChange) -> Result<(), MergeA
     }
     match db.conn.execute_batch(&s.sql) {
         Ok(()) => {}
-        // The same column added on both sides.
+        // The same column added on both sides: alike, nothing to do; in two forms, the rows
+        // that predate it would hold different values in each (refused, both forms named).
         Err(e)
             if s.kind == DdlKind::AlterTable && e.to_string().contains("duplicate column name") =>
         {
-            return Ok(())
+            return column_added_alike(&db.conn, &s.table, &s.sql);
         }
         Err(e) => return Err(MergeApplyError::Unfit(format!("{}: {e}", s.sql))),
     }
     db.capture.forget_shapes();
     db.capture.schema_changed(s.clone());
     Ok(())
+}
+
+/// Whether the column an `ALTER TABLE … ADD COLUMN` from another data centre adds, and which
+/// this table has already, is declared here as it is there (type, NOT NULL, default).
+fn column_added_alike(conn: &Connection, table: &str, sql: &str) -> Result<(), MergeApplyError> {
+    type Declared = (String, String, bool, Option<String>);
+    let declared = |conn: &Connection, name: Option<&str>| -> rusqlite::Result<Option<Declared>> {
+        conn.query_row(
+            "SELECT name, upper(type), \"notnull\", dflt_value FROM pragma_table_xinfo(?1) \
+             WHERE (?2 IS NULL AND cid = (SELECT max(cid) FROM pragma_table_xinfo(?1))) \
+             OR name = ?2 COLLATE NOCASE",
+            rusqlite::params![table, name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+    };
+    // The column as the other data centre declared it: added to an empty table of the name.
+    let there = Connection::open_in_memory()
+        .and_then(|probe| {
+            probe.execute_batch(&format!(
+                "CREATE TABLE {} (_flotilla_probe); {sql}",
+                crate::pipeline_triggers::quote(table)
+            ))?;
+            declared(&probe, None)
+        })
+        .map_err(|e| MergeApplyError::Unfit(format!("{sql}: {e}")))?;
+    let Some(there) = there else {
+        return Err(MergeApplyError::Unfit(format!("{sql}: added no column")));
+    };
+    let here = declared(conn, Some(&there.0))?;
+    let show = |d: &Declared| {
+        format!(
+            "{} {}{}{}",
+            d.0,
+            d.1,
+            if d.2 { " NOT NULL" } else { "" },
+            d.3.as_deref()
+                .map(|v| format!(" DEFAULT {v}"))
+                .unwrap_or_default()
+        )
+    };
+    match here {
+        Some(h)
+            if (h.1.as_str(), h.2, h.3.as_deref())
+                == (there.1.as_str(), there.2, there.3.as_deref()) =>
+        {
+            Ok(())
+        }
+        Some(h) => Err(MergeApplyError::Unfit(format!(
+            "column {} of {table} was added in two forms at once: `{}` here, `{}` there — the \
+             rows that predate it would hold different values in each data centre; add a \
+             column in one data centre only (see docs/multi-leader.md, schema changes)",
+            there.0,
+            show(&h),
+            show(&there)
+        ))),
+        None => Err(MergeApplyError::Unfit(format!(
+            "{sql}: SQLite says the column exists, but {table} has no column {}",
+            there.0
+        ))),
+    }
 }
 
 fn is_unique_index(sql: &str) -> bool {

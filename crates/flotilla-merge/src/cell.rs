@@ -107,10 +107,17 @@ fn resolve(
         // Ties go to the later version (entries ascend, so `>=` / `<=` keeps the last).
         ColumnPolicy::Max => pick(entries, Ordering::Greater),
         ColumnPolicy::Min => pick(entries, Ordering::Less),
+        // An expression that fails on these values (an error, not a result: `json()` of text
+        // that is not JSON) leaves the latest write, as `lww` would: the same in every data
+        // centre, since the expression is deterministic — rather than a merge that can never
+        // complete, holding back everything after it.
         ColumnPolicy::Custom(expr) => {
             let mut acc = entries[0].value.clone();
             for e in &entries[1..] {
-                acc = resolver.resolve(expr, &acc, &e.value)?;
+                match resolver.resolve(expr, &acc, &e.value) {
+                    Ok(v) => acc = v,
+                    Err(_) => return Ok(latest.value.clone()),
+                }
             }
             acc
         }

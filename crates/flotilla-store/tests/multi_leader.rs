@@ -764,3 +764,44 @@ fn the_same_column_added_in_two_forms_at_once_is_refused() {
         "nothing applied"
     );
 }
+
+/// A custom expression that fails on the values it meets (an error, not a result) leaves the
+/// latest write, as lww would, in every data centre: the merge completes instead of holding
+/// back everything after it.
+#[test]
+fn a_custom_expression_that_fails_on_the_values_leaves_the_latest_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&["CREATE TABLE p (id TEXT PRIMARY KEY, cu TEXT)"]);
+    let node = eu.node.clone();
+    let out = eu
+        .db
+        .set_policy(
+            "p",
+            Some("cu"),
+            "custom",
+            Some("json(local) || json(remote)"),
+            Epoch(1),
+            &node,
+            1_500_000,
+        )
+        .unwrap();
+    eu.keep(&out);
+    eu.sql(&["INSERT INTO p VALUES ('r', '1')"]);
+    us.pull(&eu);
+    eu.sql(&["UPDATE p SET cu = 'not json eu' WHERE id = 'r'"]);
+    us.sql(&["UPDATE p SET cu = 'not json us' WHERE id = 'r'"]);
+    us.pull(&eu);
+    eu.pull(&us);
+    let q = "SELECT cu FROM p";
+    assert_eq!(eu.read(q), us.read(q), "converged");
+    assert_eq!(eu.read(q), ["Text(\"not json us\")"], "the later write");
+    // Values the expression takes still combine.
+    eu.sql(&["UPDATE p SET cu = '[1]' WHERE id = 'r'"]);
+    us.sql(&["UPDATE p SET cu = '[2]' WHERE id = 'r'"]);
+    us.pull(&eu);
+    eu.pull(&us);
+    assert_eq!(eu.read(q), us.read(q));
+    assert_eq!(eu.read(q), ["Text(\"[1][2]\")"]);
+}

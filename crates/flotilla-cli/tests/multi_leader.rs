@@ -796,6 +796,26 @@ async fn a_data_centre_that_is_a_failover_cluster_goes_on_exchanging_after_its_l
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A member restarted without --dc, or with another, is refused: leading, it would not
+    // stamp its writes for us.
+    eu[other].kill().await;
+    let data = eu[other].dir.to_str().unwrap().to_string();
+    let id = eu[other].id.clone();
+    for extra in [&[][..], &["--dc", "asia"][..]] {
+        let mut args = vec![
+            "serve",
+            "--id",
+            &id,
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = cli(&args);
+        assert!(!ok && err.contains("with --dc eu"), "{extra:?}: {err}");
+    }
 }
 
 /// A data centre added to a deployment whose log no longer holds its past (retention trimmed

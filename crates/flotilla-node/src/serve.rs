@@ -144,16 +144,29 @@ pub async fn run(
             "this data directory is a cluster member: it runs as one"
         );
     }
+    let dc = config.multi_leader.as_ref().map(|m| m.dc.to_string());
     let cluster_file = match (&config.cluster, &config.join) {
         (None, None) => remembered,
         (members, via) => {
             let file = match (members, via) {
-                (Some(members), _) => {
-                    crate::cluster::setup::cluster_file(&dir, members, &config.id, config.auth)?
-                }
+                (Some(members), _) => crate::cluster::setup::cluster_file(
+                    &dir,
+                    members,
+                    &config.id,
+                    config.auth,
+                    dc.as_deref(),
+                )?,
                 (None, Some(via)) => {
-                    crate::cluster::setup::joined(&dir, via, &config.id, &url, &peers, config.auth)
-                        .await?
+                    crate::cluster::setup::joined(
+                        &dir,
+                        via,
+                        &config.id,
+                        &url,
+                        &peers,
+                        config.auth,
+                        dc.as_deref(),
+                    )
+                    .await?
                 }
                 (None, None) => unreachable!("matched above"),
             };
@@ -170,6 +183,25 @@ pub async fn run(
             Some(file)
         }
     };
+    // A data centre's members all name it: one that led with another (or none) would not
+    // stamp its writes for the other data centres.
+    if let Some(f) = &cluster_file {
+        match (&f.dc, &dc) {
+            (Some(theirs), Some(mine)) if theirs != mine => anyhow::bail!(
+                "this data directory is a member of data centre {theirs}'s cluster: start it \
+                 with --dc {theirs}, not {mine}"
+            ),
+            (Some(theirs), None) => anyhow::bail!(
+                "this data directory is a member of data centre {theirs}'s cluster \
+                 (multi-leader): start it with --dc {theirs} and its --peer-dc peers"
+            ),
+            (None, Some(mine)) => anyhow::bail!(
+                "this data directory is a member of a cluster that leads no data centre: \
+                 --dc {mine} needs a new cluster (every member started with it)"
+            ),
+            _ => {}
+        }
+    }
     match &cluster_file {
         // A cluster whose members required tokens keeps requiring them: a member started
         // without --auth would serve the cluster's data (and mint tokens) to anyone.

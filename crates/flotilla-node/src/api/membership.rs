@@ -79,6 +79,7 @@ fn membership(node: &Node, c: &ClusterHandle, member_id: u64) -> Value {
         "voters": file.voters,
         "learners": file.learners,
         "auth": node.config.auth,
+        "dc": node.config.multi_leader.as_ref().map(|m| m.dc.as_str()),
     })
 }
 

@@ -438,6 +438,18 @@ impl Member {
         let mut db = db;
         tokio::task::block_in_place(|| db.capture_from_here())
             .map_err(|e| format!("reading the database's WAL to lead: {e}"))?;
+        if node.config.multi_leader.is_none() {
+            // (Members are checked when they start: this holds even so.)
+            if let Some(dc) = tokio::task::block_in_place(|| db.data_centre())
+                .map_err(|e| format!("reading the database's data centre: {e}"))?
+            {
+                return Err(format!(
+                    "this cluster's database is data centre {dc}'s: a member started without \
+                     --dc {dc} cannot lead it (its writes would never reach the other data \
+                     centres)"
+                ));
+            }
+        }
         let multi_leader = match &node.config.multi_leader {
             Some(ml) => {
                 let known = tokio::task::block_in_place(|| db.data_centre())

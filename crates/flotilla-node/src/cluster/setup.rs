@@ -8,9 +8,16 @@ use std::path::Path;
 /// The cluster id of a new cluster: derived from its members (names and URLs, in order), so
 /// that members started with the same list agree, and a member started with another list is
 /// of another cluster (its messages are refused).
-pub fn cluster_id_of(members: &[(NodeId, String)]) -> String {
+pub fn cluster_id_of(members: &[(NodeId, String)], dc: Option<&str>) -> String {
     let mut h = sha2::Sha256::new();
     use sha2::Digest;
+    // A data centre's members agree on it too: one started with another --dc is of another
+    // cluster (its messages are refused) instead of leading with the wrong data centre.
+    if let Some(dc) = dc {
+        h.update(b"dc=");
+        h.update(dc.as_bytes());
+        h.update(b";");
+    }
     for (name, url) in members {
         h.update(name.as_str().as_bytes());
         h.update(b"=");
@@ -27,6 +34,7 @@ pub fn cluster_file(
     members: &[(NodeId, String)],
     me: &NodeId,
     auth: bool,
+    dc: Option<&str>,
 ) -> anyhow::Result<ClusterFile> {
     if let Some(mut f) = ClusterFile::load(dir)? {
         if auth && !f.auth {
@@ -66,7 +74,7 @@ pub fn cluster_file(
         .ok_or_else(|| anyhow::anyhow!("this node ({me}) is not among the members given"))?;
     let file = ClusterFile {
         format_version: CLUSTER_FORMAT_VERSION,
-        cluster_id: cluster_id_of(members),
+        cluster_id: cluster_id_of(members, dc),
         member_id,
         members: members
             .iter()
@@ -91,6 +99,7 @@ pub fn cluster_file(
         base_epoch: 0,
         highest_member_id: 0,
         auth,
+        dc: dc.map(str::to_string),
     };
     file.save(dir)?;
     tracing::info!(cluster_id = %file.cluster_id, member = member_id, "joined a new cluster");
@@ -108,6 +117,7 @@ pub async fn joined(
     my_url: &str,
     peers: &crate::peer::Peers,
     auth: bool,
+    dc: Option<&str>,
 ) -> anyhow::Result<ClusterFile> {
     if let Some(f) = ClusterFile::load(dir)? {
         let mine = f.members.get(&f.member_id).map(|m| m.name.as_str());
@@ -190,6 +200,15 @@ pub async fn joined(
             },
         );
     }
+    let theirs = answer["dc"].as_str();
+    if theirs != dc {
+        anyhow::bail!(
+            "the cluster at {via} leads {}, and this node was started {}: a data centre's \
+             members all name it with --dc",
+            theirs.map_or("no data centre".into(), |d| format!("data centre {d}")),
+            dc.map_or("without --dc".into(), |d| format!("with --dc {d}"))
+        );
+    }
     let member_id = answer["member_id"]
         .as_u64()
         .ok_or_else(|| bad("member_id"))?;
@@ -214,6 +233,7 @@ pub async fn joined(
         epochs: Vec::new(),
         base_lsn: 0,
         base_epoch: 0,
+        dc: dc.map(str::to_string),
     };
     file.save(dir)?;
     tracing::info!(
@@ -222,4 +242,25 @@ pub async fn joined(
         "joined the cluster as a learner (flotilla cluster add-voter makes it a voter)"
     );
     Ok(file)
+}
+
+#[cfg(test)]
+mod dc_tests {
+    use super::cluster_id_of;
+    use flotilla_types::NodeId;
+
+    /// Members of a data centre agree on their cluster only with the same --dc: one started
+    /// with another is of another cluster (refused), not a member that would lead it wrongly.
+    #[test]
+    fn the_data_centre_is_part_of_a_new_clusters_id() {
+        let members: Vec<(NodeId, String)> = ["a", "b", "c"]
+            .iter()
+            .map(|n| (NodeId::new(n).unwrap(), format!("http://{n}:1")))
+            .collect();
+        let plain = cluster_id_of(&members, None);
+        let eu = cluster_id_of(&members, Some("eu"));
+        assert_ne!(plain, eu);
+        assert_ne!(eu, cluster_id_of(&members, Some("us")));
+        assert_eq!(eu, cluster_id_of(&members, Some("eu")));
+    }
 }

@@ -44,6 +44,10 @@ pub struct ClusterFile {
     /// The cluster requires API tokens: a member started without `--auth` is refused.
     #[serde(default)]
     pub auth: bool,
+    /// The data centre the cluster leads (multi-leader, `--dc`): a member started with
+    /// another `--dc`, or none, is refused (it would lead without stamping its writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dc: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +147,7 @@ mod tests {
             );
         }
         ClusterFile {
+            dc: None,
             format_version: CLUSTER_FORMAT_VERSION,
             cluster_id: "c1".into(),
             member_id: 2,

@@ -51,6 +51,7 @@ fn file(cluster: &str, me: u64, urls: &[String]) -> ClusterFile {
         base_epoch: 0,
         highest_member_id: 0,
         auth: false,
+        dc: None,
     }
 }
 

@@ -173,6 +173,13 @@ fn two_data_centres_converge_and_record_their_conflicts() {
         at_us >= 3 && at_eu >= 3,
         "name, qty and the row of b: {at_us} {at_eu}"
     );
+    // What the merges count is what the tables hold (the metric of merged conflicts).
+    for (dc, n) in [(&eu, at_eu), (&us, at_us)] {
+        assert_eq!(
+            dc.read("SELECT count(*) FROM flotilla_conflicts"),
+            [format!("Integer({n})")]
+        );
+    }
 
     let items = "SELECT id, name, qty FROM items ORDER BY id";
     assert_eq!(eu.read(items), us.read(items), "converged");

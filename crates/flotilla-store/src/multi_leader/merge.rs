@@ -641,13 +641,17 @@ fn merge_change(
     save_state(&db.conn, &shape.name, &key, &merged.state)?;
     let kj = key_json(&key_values);
     // A key column is the row's identity: two inserts of one key are writes of the same row,
-    // and only its other columns can conflict.
+    // and only its other columns can conflict. Counted: the conflicts recorded now (one met
+    // again — the same two writes — is recorded once).
+    let mut recorded = 0;
     for conflict in merged
         .conflicts
         .iter()
         .filter(|c| c.column.is_none_or(|i| !shape.key.contains(&(i as u16))))
     {
-        record_conflict(&db.conn, shape, &key, &kj, conflict)?;
+        if record_conflict(&db.conn, shape, &key, &kj, conflict)? {
+            recorded += 1;
+        }
     }
     if let (Some(before), Some(after), true) =
         (c.before.as_deref(), c.after.as_deref(), plan.open_conflicts)
@@ -658,11 +662,7 @@ fn merge_change(
             }
         }
     }
-    Ok(merged
-        .conflicts
-        .iter()
-        .filter(|c| c.column.is_none_or(|i| !shape.key.contains(&(i as u16))))
-        .count())
+    Ok(recorded)
 }
 
 fn record_conflict(
@@ -671,14 +671,14 @@ fn record_conflict(
     key: &[u8],
     key_json: &str,
     c: &Conflict,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let col = c.column.map(|i| shape.columns[i].as_str());
     let id = conflict_id(&shape.name, key, col, &c.local.version, &c.remote.version);
     const NULL: SqlValue = SqlValue::Null;
     fn v(x: &Option<SqlValue>) -> SqlArg<'_> {
         SqlArg(x.as_ref().unwrap_or(&NULL))
     }
-    conn.prepare_cached(&format!(
+    let inserted = conn.prepare_cached(&format!(
         "INSERT OR IGNORE INTO {CONFLICTS_TABLE} (id, tbl, row_key, col, local_value, local_origin, \
          local_lsn, local_hlc, remote_value, remote_origin, remote_lsn, remote_hlc, policy, winner, \
          value, resolved) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
@@ -701,5 +701,5 @@ fn record_conflict(
         v(&c.value),
         !c.open,
     ])?;
-    Ok(())
+    Ok(inserted > 0)
 }

@@ -306,10 +306,19 @@ pub fn merge_remote(
                     )
                     .map_err(MergeError::Custom)?;
                 if let Some(mut met) = met {
+                    let after = cell.value.clone();
+                    // Two writes of the same value (both left a column NULL, say) are no
+                    // conflict: nothing to choose between, in any data centre. (Increments of
+                    // a counter always add up: each is a change.)
+                    if *policy != ColumnPolicy::Counter
+                        && met.value == *value
+                        && after == before_value
+                    {
+                        continue;
+                    }
                     if let Some(v) = shown_by {
                         met.version = v;
                     }
-                    let after = cell.value.clone();
                     let (is_local, is_remote) = (after == before_value, after == *value);
                     let winner = match (is_local, is_remote) {
                         (true, true) if met.version > *version => Winner::Local,

@@ -812,3 +812,35 @@ fn a_custom_expression_that_fails_on_the_values_leaves_the_latest_write() {
     assert_eq!(eu.read(q), us.read(q));
     assert_eq!(eu.read(q), ["Text(\"[1][2]\")"]);
 }
+
+/// Two data centres writing the same value at once (both left a column NULL, say) is no
+/// conflict: nothing to choose, nothing recorded (under keep-both, nothing left open).
+#[test]
+fn the_same_value_written_at_once_is_no_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&["CREATE TABLE t (id TEXT PRIMARY KEY, a TEXT, b TEXT)"]);
+    let node = eu.node.clone();
+    let out = eu
+        .db
+        .set_policy(
+            "t",
+            Some("a"),
+            "keep-both",
+            None,
+            Epoch(1),
+            &node,
+            1_500_000,
+        )
+        .unwrap();
+    eu.keep(&out);
+    us.pull(&eu);
+    eu.sql(&["INSERT INTO t (id, b) VALUES ('k', 'eu')"]);
+    us.sql(&["INSERT INTO t (id, b) VALUES ('k', 'us')"]);
+    us.pull(&eu);
+    eu.pull(&us);
+    let q = "SELECT coalesce(col, '(row)') FROM flotilla_conflicts";
+    assert_eq!(eu.read(q), ["Text(\"b\")"], "only b differs");
+    assert_eq!(us.read(q), eu.read(q));
+}

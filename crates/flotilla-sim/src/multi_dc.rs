@@ -237,7 +237,7 @@ pub fn run_multi_dc_seed(seed: u64, trace: bool) -> anyhow::Result<MultiDcReport
                 let key = format!("k{}", rng.random_range(0..6));
                 let mut sql = Vec::new();
                 for _ in 0..rng.random_range(1..=3) {
-                    sql.push(match rng.random_range(0..7) {
+                    sql.push(match rng.random_range(0..8) {
                         0 => format!(
                             "INSERT INTO t (id, name, email) VALUES ('{key}', 'n{step}', 'e{}') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
                             rng.random_range(0..4)
@@ -245,6 +245,11 @@ pub fn run_multi_dc_seed(seed: u64, trace: bool) -> anyhow::Result<MultiDcReport
                         1 => format!("UPDATE t SET name = 'n{step}-{i}' WHERE id = '{key}'"),
                         2 => format!("UPDATE t SET email = 'e{}' WHERE id = '{key}'", rng.random_range(0..4)),
                         3 => format!("DELETE FROM t WHERE id = '{key}'"),
+                        // A row moved to another key (the merge deletes the old one).
+                        4 => format!(
+                            "UPDATE OR IGNORE t SET id = 'k{}' WHERE id = '{key}'",
+                            rng.random_range(0..6)
+                        ),
                         _ => {
                             let d = rng.random_range(-3..=5);
                             format!("UPDATE t SET n = n + {d} WHERE id = 'ctr'")

@@ -91,7 +91,14 @@ pub async fn copy_from_peer(
     db_path: &Path,
 ) -> anyhow::Result<Option<String>> {
     let Some(peer) = first_peer(peers, ml).await else {
-        tracing::info!("no peer data centre answered: this data centre starts a new deployment");
+        if !ml.peers.is_empty() {
+            // Two data centres started at once would each start one, and never exchange.
+            tracing::warn!(
+                "no peer data centre answered: this data centre starts a NEW deployment, which \
+                 the data centres of another never exchange with — start the others after this \
+                 one (with empty data directories, they join it)"
+            );
+        }
         return Ok(None);
     };
     tracing::info!(

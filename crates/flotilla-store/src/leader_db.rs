@@ -557,7 +557,28 @@ impl LeaderDb {
             Ok(results)
         });
         self.guard.end_request();
-        let limit = self.guard.max_bytes();
+        // A data centre's transaction is merged elsewhere with its row changes twice (as
+        // merged there, and as made here, for the data centres it passes them on to): it may
+        // be half as large, so that every merge of it fits the same limit.
+        let data_centre = self.multi_leader.is_some();
+        let limit = if data_centre {
+            self.guard.max_bytes() / 2
+        } else {
+            self.guard.max_bytes()
+        };
+        let too_large = || {
+            if data_centre {
+                format!(
+                    "the transaction is too large for a data centre: its replication log record \
+                     would exceed {} MiB, half of limits.max-transaction-mib ({} MiB), which its \
+                     merge in the other data centres needs; split it into smaller transactions",
+                    limit >> 20,
+                    self.guard.max_bytes() >> 20
+                )
+            } else {
+                self.guard.too_large_message()
+            }
+        };
         let failure = match ran {
             Err((statement, (message, kind))) => Err(RequestRun::Done(RequestOutcome::Failed {
                 statement,
@@ -567,7 +588,7 @@ impl LeaderDb {
             Ok(_) if self.size.measure(limit) > limit => Err(if alone {
                 RequestRun::Done(RequestOutcome::Failed {
                     statement: req.statements.len() - 1,
-                    message: self.guard.too_large_message(),
+                    message: too_large(),
                     kind: FailureKind::TooLarge,
                 })
             } else {

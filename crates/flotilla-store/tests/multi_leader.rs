@@ -21,9 +21,12 @@ struct Dc {
 
 impl Dc {
     fn open(dir: &std::path::Path, name: &str) -> Dc {
+        Dc::open_with(dir, name, &DbSettings::default())
+    }
+
+    fn open_with(dir: &std::path::Path, name: &str, settings: &DbSettings) -> Dc {
         let path = dir.join(format!("{name}.db"));
-        let (mut db, _) =
-            LeaderDb::open(&path, &DbSettings::default(), || "ab".repeat(16)).unwrap();
+        let (mut db, _) = LeaderDb::open(&path, settings, || "ab".repeat(16)).unwrap();
         let node = NodeId::new(&format!("{name}-1")).unwrap();
         db.uncaptured(Lsn(0), &node).unwrap();
         let dc = OriginName::new(name).unwrap();
@@ -843,4 +846,38 @@ fn the_same_value_written_at_once_is_no_conflict() {
     let q = "SELECT coalesce(col, '(row)') FROM flotilla_conflicts";
     assert_eq!(eu.read(q), ["Text(\"b\")"], "only b differs");
     assert_eq!(us.read(q), eu.read(q));
+}
+
+/// A data centre's transaction may be half the record limit: merged in another data centre,
+/// its record carries its row changes twice — and then it fits there, under the same limit.
+#[test]
+fn a_data_centres_transaction_is_held_to_what_its_merge_elsewhere_can_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = DbSettings {
+        max_transaction_bytes: 2 << 20,
+        ..DbSettings::default()
+    };
+    let mut eu = Dc::open_with(dir.path(), "eu", &settings);
+    let mut us = Dc::open_with(dir.path(), "us", &settings);
+    eu.sql(&["CREATE TABLE t (id TEXT PRIMARY KEY, pad TEXT)"]);
+    let insert = |n: usize| {
+        format!(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) \
+             INSERT INTO t SELECT 'r' || i || '-' || {n}, hex(randomblob(200)) FROM s"
+        )
+    };
+    // About 1.5 MiB of records: under the limit, over half of it.
+    let req = common::req(&[(insert(2500).as_str(), vec![])]);
+    let now = eu.tick();
+    let out = eu.db.commit_batch(&[req], Epoch(1), &eu.node, now).unwrap();
+    match &out.outcomes[0] {
+        RequestOutcome::Failed { message, .. } => {
+            assert!(message.contains("too large for a data centre"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Just under half: taken, and merged in us under the same limit.
+    eu.sql(&[&insert(800)]);
+    us.pull(&eu);
+    assert_eq!(us.read("SELECT count(*) FROM t"), ["Integer(800)"]);
 }

@@ -1243,7 +1243,7 @@ async fn a_learner_leaves_a_frozen_leader_for_the_new_one() {
     let c = Cluster::start(dir.path()).await;
     let all = [0usize, 1, 2];
     let l = c.leader(&all).await;
-    Client::new(&c.urls[l])
+    let created = Client::new(&c.urls[l])
         .post(
             "/v1/execute",
             &json!({"statements": [{"sql": "CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER)"}],
@@ -1254,6 +1254,8 @@ async fn a_learner_leaves_a_frozen_leader_for_the_new_one() {
     let learner = LocalNode::start(&exe(), dir.path(), "p1", Some(&c.urls[l]), &[])
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    // The learner follows the leader (its first copy done) before the leader freezes.
+    rows_on(&learner.url, created["position"].as_str().unwrap()).await;
     let pid = c.members[l].pid().unwrap() as libc::pid_t;
     // SAFETY: kill(2) on a child process this test started and still owns.
     unsafe { libc::kill(pid, libc::SIGSTOP) };

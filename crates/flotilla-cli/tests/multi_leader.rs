@@ -901,3 +901,64 @@ async fn a_data_centre_added_later_starts_from_a_copy_of_a_peer() {
         "the refused copy was left behind"
     );
 }
+
+/// A data centre copied from one peer reads another peer's log from where the copied one had
+/// merged it; that log may have dropped those records meanwhile (they were the copied
+/// peer's own, passed by). The link takes up where the log starts, since nothing it dropped
+/// is missing here (an outside probe found the link stopped for good instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_takes_up_a_link_whose_position_the_peer_log_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small-segments.toml");
+    std::fs::write(&config, "[log]\nsegment-mib = 1\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let ports = free_ports(3);
+    let urls: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let (to_eu, to_us) = (format!("eu={}", urls[0]), format!("us={}", urls[1]));
+    let eu_args = ["--config", &config, "--dc", "eu", "--peer-dc", &to_us];
+    let eu = LocalNode::start_on(&exe(), dir.path(), "eu", &urls[0], &eu_args)
+        .await
+        .unwrap();
+    let ec = Client::new(&eu.url);
+    write(&ec, "CREATE TABLE t (id TEXT PRIMARY KEY, pad TEXT)").await;
+    let us_args = ["--config", &config, "--dc", "us", "--peer-dc", &to_eu];
+    let us = LocalNode::start_on(&exe(), dir.path(), "us", &urls[1], &us_args)
+        .await
+        .unwrap();
+    let uc = Client::new(&us.url);
+    write(&uc, "INSERT INTO t VALUES ('us-1', 'x')").await;
+    converged(&[ec.clone(), uc.clone()], "SELECT id FROM t ORDER BY id").await;
+    // Only eu writes now: us's log fills with eu's transactions (which eu's link passes by)
+    // and drops its start, us's own transaction with it.
+    for i in 0..30 {
+        exec(&ec, json!([{ "sql": "INSERT INTO t VALUES (?1, hex(randomblob(100000)))", "params": [format!("eu-{i}")] }])).await;
+    }
+    wait_status(&uc, "us trims its log", |s| {
+        s["log"]["first_lsn"].as_u64().unwrap_or(0) > 5
+    })
+    .await;
+    let asia_args = [
+        "--config",
+        &config,
+        "--dc",
+        "asia",
+        "--peer-dc",
+        &to_eu,
+        "--peer-dc",
+        &to_us,
+    ];
+    let asia = LocalNode::start_on(&exe(), dir.path(), "asia", &urls[2], &asia_args)
+        .await
+        .unwrap();
+    let ac = Client::new(&asia.url);
+    write(&uc, "INSERT INTO t VALUES ('us-after', 'y')").await;
+    let agreed = converged(
+        &[ec.clone(), uc.clone(), ac.clone()],
+        "SELECT id, length(pad) FROM t ORDER BY id",
+    )
+    .await;
+    assert_eq!(agreed.as_array().unwrap().len(), 32, "{agreed}");
+    let status = ac.get("/v1/status").await.unwrap();
+    let peers = status["multi_leader"]["peers"].to_string();
+    assert!(!peers.contains("bootstrap failed"), "{peers}");
+}

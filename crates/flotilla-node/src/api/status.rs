@@ -397,11 +397,18 @@ pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::Api
     match &node.config.multi_leader {
         Some(ml) if node.leader().is_some() => {
             let deployment = read_deployment(&node).await?;
-            Ok(Json(json!({
+            let mut answer = json!({
                 "dc": ml.dc.as_str(),
                 "deployment": deployment,
                 "cluster_id": identity.cluster_id,
-            })))
+            });
+            // Where a peer's link can take up when this log no longer holds its position.
+            if let Some(leader) = node.leader() {
+                if let Ok(Some(start)) = log_start(&node, &leader).await {
+                    answer["log_start"] = start;
+                }
+            }
+            Ok(Json(answer))
         }
         Some(_) => Err(super::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -414,6 +421,47 @@ pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::Api
             "this node is not a data centre's leader (started without --dc)",
         )),
     }
+}
+
+/// The first transaction this data centre's log still holds (its position and chain: a link
+/// may claim it as its own) and, read after it, the version vector: a peer whose position the
+/// log no longer holds may take up there if it lacks nothing the log dropped (see
+/// `exchange/link.rs`). `None` when the log holds no transaction.
+async fn log_start(node: &Node, leader: &Arc<LeaderState>) -> Result<Option<Value>, String> {
+    let log = leader.log.clone();
+    let path = node.db_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut from = log.first_lsn();
+        // Raft's own entries are no transactions; a few at most come first.
+        for _ in 0..64 {
+            let records = log.read(from, 16, 1 << 20).map_err(|e| e.to_string())?;
+            if records.is_empty() {
+                return Ok(None);
+            }
+            for bytes in &records {
+                from += 1;
+                if flotilla_wire::is_consensus_record(bytes) {
+                    continue;
+                }
+                let r = flotilla_wire::decode_record(bytes).map_err(|e| e.to_string())?;
+                let conn = flotilla_store::open_reader(&path).map_err(|e| e.to_string())?;
+                let vv = flotilla_store::read_version_vector(&conn).map_err(|e| e.to_string())?;
+                let vv: serde_json::Map<String, Value> = vv
+                    .iter()
+                    .map(|(o, l)| (o.as_str().to_string(), json!(l.0)))
+                    .collect();
+                return Ok(Some(json!({
+                    "epoch": r.epoch.0,
+                    "lsn": r.lsn.0,
+                    "chain": r.chain.0,
+                    "vv": vv,
+                })));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// The deployment this data centre's database belongs to (until the writer has made the

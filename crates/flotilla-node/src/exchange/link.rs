@@ -117,7 +117,7 @@ pub async fn drive(
     // The peer's cluster is its own (a data centre may be a failover cluster, whose members
     // share a cluster id): the session is of the peer's cluster; the deployment, checked
     // above, is what the data centres share.
-    let mut session = FollowerSession::new(config, Some(local), Some(peer_cluster));
+    let mut session = FollowerSession::new(config, Some(local), Some(peer_cluster.clone()));
     let (ev_tx, mut ev_rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
     let mut conn: Option<Connection> = None;
     let mut cmds: VecDeque<FollowerCommand> = session.start(mono_ms()).into();
@@ -198,18 +198,50 @@ pub async fn drive(
                 }
                 FollowerCommand::Bootstrap => {
                     conn = None;
-                    let reason = format!(
-                        "{}'s log no longer holds the transactions after position {} that this \
-                         data centre has not merged (its retention dropped them): a data centre \
-                         cannot start a link from a copy in this version",
-                        link.peer,
-                        session.applied().map(|p| p.lsn.0).unwrap_or(0)
-                    );
-                    cmds.extend(session.handle(
-                        mono_ms(),
-                        rand::random_range(0..=1000),
-                        FollowerEvent::BootstrapFailed { reason },
-                    ));
+                    // The peer's log no longer holds this link's position (a new leader of
+                    // this data centre took up from the database, whose position lags what the
+                    // old leader had read; or this data centre is a copy): take up at the
+                    // log's first transaction if what the log dropped holds nothing this data
+                    // centre lacks.
+                    let event = match take_up_at_log_start(
+                        &node, &finder, &link.peer, &own_dc, forwards,
+                    )
+                    .await
+                    {
+                        Ok((position, chain)) => {
+                            let path = link_file.clone();
+                            let written = tokio::task::spawn_blocking(move || {
+                                write_link_file(&path, position, chain)
+                            })
+                            .await;
+                            match written {
+                                Ok(Ok(())) => {
+                                    tracing::warn!(
+                                        peer = %link.peer,
+                                        "the peer's log no longer holds this link's position; \
+                                         it lacks nothing the log dropped: taking up at {position}"
+                                    );
+                                    applied_chains.clear();
+                                    FollowerEvent::BootstrapFinished {
+                                        position,
+                                        chain,
+                                        cluster_id: peer_cluster.clone(),
+                                    }
+                                }
+                                Ok(Err(e)) => FollowerEvent::BootstrapFailed {
+                                    reason: format!(
+                                        "cannot save the link's position in {}: {e}",
+                                        link_file.display()
+                                    ),
+                                },
+                                Err(_) => FollowerEvent::BootstrapFailed {
+                                    reason: "the task stopped".into(),
+                                },
+                            }
+                        }
+                        Err(reason) => FollowerEvent::BootstrapFailed { reason },
+                    };
+                    cmds.extend(session.handle(mono_ms(), rand::random_range(0..=1000), event));
                 }
             }
         }
@@ -345,6 +377,91 @@ async fn peer_identity(
         Some(c) if !c.is_empty() => Ok(c.to_string()),
         _ => Err(format!("the node at {url} did not say its cluster id")),
     }
+}
+
+/// Where a link whose position the peer's log no longer holds can take up: the log's first
+/// transaction (claimed as read), provided the transactions the log dropped hold nothing this
+/// data centre lacks. Of the peer's own transactions that is certain when its newest one is
+/// there or earlier and merged here; a later one of its own carries the one before it among
+/// its dependencies, so a gap makes the merge wait with the gap named instead of skipping it.
+/// A link that forwards (star, ring) takes other data centres' transactions too: it takes up
+/// only once it has everything the peer has of theirs (until then it asks again).
+async fn take_up_at_log_start(
+    node: &Node,
+    finder: &LeaderFinder,
+    peer: &OriginName,
+    own_dc: &OriginName,
+    forwards: bool,
+) -> Result<(Position, Chain), String> {
+    let gone = |detail: String| {
+        format!(
+            "{peer}'s log no longer holds transactions this data centre has not merged \
+             ({detail}): start this data centre again from a copy (an empty data directory \
+             while its peers run)"
+        )
+    };
+    finder.refresh().await;
+    let url = finder.current();
+    let req = node
+        .peers
+        .authorized(node.peers.http.get(format!("{url}/v1/dc")))
+        .timeout(Duration::from_secs(10));
+    let answer: serde_json::Value = match req.send().await {
+        Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string())?,
+        Ok(r) => return Err(format!("asking {url} where its log starts: {}", r.status())),
+        Err(e) => return Err(format!("asking {url} where its log starts: {e}")),
+    };
+    let start = &answer["log_start"];
+    let (Some(epoch), Some(lsn), Some(chain)) = (
+        start["epoch"].as_u64(),
+        start["lsn"].as_u64(),
+        start["chain"].as_u64(),
+    ) else {
+        return Err(gone(format!(
+            "{url} did not say where its log starts (an older version, or an empty log)"
+        )));
+    };
+    let theirs: Vec<(String, u64)> = start["vv"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(o, l)| Some((o.clone(), l.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let path = node.db_path.clone();
+    let ours = tokio::task::spawn_blocking(move || {
+        flotilla_store::read_version_vector(&flotilla_store::open_reader(&path)?)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("reading this data centre's version vector: {e}"))?;
+    for (origin, their_lsn) in theirs {
+        let Ok(o) = OriginName::new(&origin) else {
+            continue;
+        };
+        let have = ours.get(&o).0;
+        if o == *own_dc || have >= their_lsn {
+            continue;
+        }
+        if o == *peer {
+            // Its newest transaction is still in the log: the merges check the rest.
+            if their_lsn > lsn {
+                continue;
+            }
+            return Err(gone(format!(
+                "its own transactions after {have} through {their_lsn}; its log starts at {lsn}"
+            )));
+        }
+        if forwards {
+            return Err(format!(
+                "{peer}'s log no longer holds this link's position; taking up where it starts \
+                 ({lsn}) waits until this data centre has {origin}'s transactions through \
+                 {their_lsn} as {peer} has (it has {have})"
+            ));
+        }
+    }
+    Ok((Position::new(epoch, lsn), Chain(chain)))
 }
 
 /// Merges a batch of the peer's records, in order, as one writer job (each its own commit,

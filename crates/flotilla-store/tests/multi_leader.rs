@@ -401,6 +401,20 @@ fn schema_changes_travel_and_unfit_ones_are_refused() {
             "CREATE TABLE counted2 (id integer primary key autoincrement, x)",
             "INTEGER PRIMARY KEY",
         ),
+        // 'Key' and 'KEY' are one row to SQLite, two to the merge state (a probe found data
+        // centres ending with different rows).
+        (
+            "CREATE TABLE nocase (id TEXT PRIMARY KEY COLLATE NOCASE, v)",
+            "COLLATE NOCASE",
+        ),
+        (
+            "CREATE TABLE rtrim (a TEXT, b TEXT COLLATE RTRIM, v, PRIMARY KEY (a, b)) WITHOUT ROWID",
+            "COLLATE RTRIM",
+        ),
+        (
+            "CREATE TABLE nocase2 (id TEXT, v, PRIMARY KEY (id COLLATE nocase))",
+            "key column id",
+        ),
     ] {
         refused(&mut eu, sql, why);
     }
@@ -436,6 +450,9 @@ fn schema_changes_travel_and_unfit_ones_are_refused() {
         refused(&mut eu, sql, why);
     }
     eu.sql(&["CREATE TABLE pairs (dc TEXT, n INTEGER, PRIMARY KEY (dc, n))"]);
+    eu.sql(&[
+        "CREATE TABLE binary_key (id TEXT PRIMARY KEY COLLATE BINARY, v TEXT COLLATE NOCASE)",
+    ]);
     eu.sql(&["CREATE TABLE quoted (id TEXT PRIMARY KEY, \"check (x)\" TEXT DEFAULT 'check(1)')"]);
     eu.sql(&["CREATE TABLE g2 (id TEXT PRIMARY KEY, a INTEGER, b AS (a + 1) STORED)"]);
     // ANALYZE writes SQLite's own statistics: each node's own, taken, not exchanged.

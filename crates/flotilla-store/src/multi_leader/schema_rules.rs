@@ -28,8 +28,30 @@ pub(super) fn key_problem(conn: &Connection, table: &str) -> Result<Option<Strin
              way in every data centre: two data centres would make different rows with the same \
              key ({advice})"
         )),
-        _ => None,
+        _ => key_collation_problem(conn, table)?,
     })
+}
+
+/// A key column compared by another collation than BINARY (`COLLATE NOCASE`, `RTRIM`): SQLite
+/// takes 'Key' and 'KEY' for one row, the merge state (which keeps keys as bytes) for two, so
+/// data centres that wrote both would end with different rows.
+fn key_collation_problem(conn: &Connection, table: &str) -> Result<Option<String>, StoreError> {
+    let collated: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT x.name, x.coll FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x \
+             WHERE l.origin = 'pk' AND x.key = 1 AND x.coll IS NOT NULL \
+             AND upper(x.coll) <> 'BINARY' LIMIT 1",
+        )?
+        .query_row([table], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(collated.map(|(column, coll)| {
+        format!(
+            "table {table}'s key column {column} is compared with COLLATE {coll}: keys that \
+             collation takes for one (such as 'Key' and 'KEY') would be different rows to the \
+             merge, and data centres would end with different rows; drop the COLLATE from the \
+             key (store the key already normalised, e.g. lower())"
+        )
+    }))
 }
 
 /// Why a table (its columns and constraints) cannot be merged between data centres: a merge

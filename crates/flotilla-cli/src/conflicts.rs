@@ -66,6 +66,7 @@ Examples:
     #[command(after_help = "Examples:
   flotilla conflicts resolve --node 127.0.0.1:4801 ID --keep remote
   flotilla conflicts resolve --node 127.0.0.1:4801 ID --value '\"green apple\"'   # a JSON value")]
+    #[command(group(clap::ArgGroup::new("choice").required(true).args(["keep", "value"])))]
     Resolve {
         /// A data centre leader's URL.
         #[arg(long, default_value = "http://127.0.0.1:4790")]
@@ -73,7 +74,7 @@ Examples:
         /// The conflict's id (`flotilla conflicts list`).
         id: String,
         /// Keep this side's value: local (what this node had) or remote (what arrived).
-        #[arg(long, conflicts_with = "value", required_unless_present = "value")]
+        #[arg(long)]
         keep: Option<String>,
         /// Keep this value instead (JSON: a string in quotes, a number, null).
         #[arg(long)]

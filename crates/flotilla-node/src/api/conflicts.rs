@@ -60,7 +60,9 @@ pub async fn prune(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let (req, _): (PruneRequest, _) = json_body(&headers, body, node.config.max_body_bytes).await?;
-    if node.config.multi_leader.is_none() {
+    // A follower has no --dc of its own but holds its data centre's conflicts: it is told
+    // to ask its leader (by the writer job), as for every write.
+    if node.config.multi_leader.is_none() && node.leader().is_some() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_multi_leader",

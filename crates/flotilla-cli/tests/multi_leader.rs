@@ -880,21 +880,24 @@ async fn a_data_centre_added_later_starts_from_a_copy_of_a_peer() {
     asia.kill().await;
     std::fs::remove_dir_all(&asia.dir).unwrap();
     let data = asia.dir.to_str().unwrap().to_string();
-    let (ok, _, err) = cli(&[
-        "serve",
-        "--id",
-        "asia",
-        "--data",
-        &data,
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        &config,
-        "--dc",
-        "asia",
-        "--peer-dc",
-        &to_eu,
-    ]);
+    let (ok, _, err) = cli_bounded(
+        &[
+            "serve",
+            "--id",
+            "asia",
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &config,
+            "--dc",
+            "asia",
+            "--peer-dc",
+            &to_eu,
+        ],
+        Duration::from_secs(60),
+    );
     assert!(!ok && err.contains("comes back under a new name"), "{err}");
     assert!(
         !std::path::Path::new(&data).join("db.sqlite").exists(),
@@ -961,4 +964,68 @@ async fn a_copy_takes_up_a_link_whose_position_the_peer_log_dropped() {
     let status = ac.get("/v1/status").await.unwrap();
     let peers = status["multi_leader"]["peers"].to_string();
     assert!(!peers.contains("bootstrap failed"), "{peers}");
+}
+
+/// A data centre that never wrote leaves no transaction in its peers' databases; started again
+/// under its name after its data directory was lost, it is refused all the same: its peers
+/// have read its log (an outside probe found its later writes never reached them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_centre_that_never_wrote_cannot_come_back_under_its_old_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let urls: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let (to_eu, to_asia) = (format!("eu={}", urls[0]), format!("asia={}", urls[1]));
+    let eu = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        "eu",
+        &urls[0],
+        &["--dc", "eu", "--peer-dc", &to_asia],
+    )
+    .await
+    .unwrap();
+    let ec = Client::new(&eu.url);
+    write(&ec, "CREATE TABLE t (id TEXT PRIMARY KEY)").await;
+    let mut asia = LocalNode::start_on(
+        &exe(),
+        dir.path(),
+        "asia",
+        &urls[1],
+        &["--dc", "asia", "--peer-dc", &to_eu],
+    )
+    .await
+    .unwrap();
+    // asia merges eu's write; eu's link reads asia's log past it.
+    write(&ec, "INSERT INTO t VALUES ('eu-1')").await;
+    wait_status(&ec, "eu reads asia's log", |s| {
+        s["multi_leader"]["peers"][0]["read_through"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    asia.kill().await;
+    std::fs::remove_dir_all(&asia.dir).unwrap();
+    let data = asia.dir.to_str().unwrap().to_string();
+    let (ok, _, err) = cli_bounded(
+        &[
+            "serve",
+            "--id",
+            "asia",
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--dc",
+            "asia",
+            "--peer-dc",
+            &to_eu,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        !ok && err.contains("existed before") && err.contains("comes back under a new name"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&data).join("db.sqlite").exists());
 }

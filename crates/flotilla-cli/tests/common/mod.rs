@@ -24,6 +24,38 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `flotilla ARGS` expected to end by itself (a `serve` that must be refused): as
+/// [`cli`], but one still running after `limit` is killed and reported as such, so that a
+/// refusal that regressed fails the test instead of hanging it.
+pub fn cli_bounded(args: &[&str], limit: Duration) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = std::process::Command::new(exe())
+        .args(args)
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("run flotilla");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut err = read(&err_path);
+    if status.is_none() {
+        err.push_str(&format!("\n(still running after {limit:?}: killed)"));
+    }
+    (status.is_some_and(|s| s.success()), read(&out_path), err)
+}
+
 pub async fn start(root: &Path, id: &str, follow: Option<&str>) -> LocalNode {
     LocalNode::start(&exe(), root, id, follow, &[])
         .await

@@ -402,6 +402,18 @@ pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::Api
                 "deployment": deployment,
                 "cluster_id": identity.cluster_id,
             });
+            // The data centres this one has read from: a new data centre under one of these
+            // names is one whose data directory was lost (see exchange/deployment.rs).
+            let heard_from: serde_json::Map<String, Value> = node
+                .exchange
+                .links
+                .iter()
+                .filter_map(|l| {
+                    let read = l.view().read_through;
+                    (read > 0).then(|| (l.peer.as_str().to_string(), json!(read)))
+                })
+                .collect();
+            answer["heard_from"] = Value::Object(heard_from);
             // Where a peer's link can take up when this log no longer holds its position.
             if let Some(leader) = node.leader() {
                 if let Ok(Some(start)) = log_start(&node, &leader).await {

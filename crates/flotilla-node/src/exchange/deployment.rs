@@ -24,6 +24,8 @@ struct PeerLeader {
     name: flotilla_types::OriginName,
     url: String,
     deployment: String,
+    /// How far it has read the log of each data centre it links to (`heard_from`).
+    heard_from: serde_json::Value,
 }
 
 /// The first peer data centre that answers as the data centre named (`None`: none does). A
@@ -56,6 +58,7 @@ async fn first_peer(peers: &Arc<Peers>, ml: &MultiLeaderConfig) -> Option<PeerLe
                 name: name.clone(),
                 url,
                 deployment: d.to_string(),
+                heard_from: answer["heard_from"].clone(),
             });
         }
     }
@@ -101,6 +104,17 @@ pub async fn copy_from_peer(
         }
         return Ok(None);
     };
+    // A data centre that never wrote leaves nothing in its peers' databases, but their links
+    // have read its log: one started again under its name would make transactions its peers
+    // take for ones they read already (or their links stop), so it is refused as one that wrote.
+    if let Some(read) = peer.heard_from[ml.dc.as_str()].as_u64().filter(|r| *r > 0) {
+        anyhow::bail!(
+            "data centre {} existed before in this deployment ({} has read its log up to {read}): \
+             a data centre whose data directory was lost comes back under a new name (--dc)",
+            ml.dc,
+            peer.name
+        );
+    }
     tracing::info!(
         "data centre {} belongs to deployment {}: copying its database from {}",
         peer.name,

@@ -79,6 +79,10 @@ Examples:
         /// Keep this value instead (JSON: a string in quotes, a number, null).
         #[arg(long)]
         value: Option<String>,
+        /// Write the value even when the conflict is resolved already (a later write may have
+        /// chosen another value since, which this one then replaces).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -159,7 +163,8 @@ pub async fn run(cmd: ConflictsCommand) -> anyhow::Result<()> {
             id,
             keep,
             value,
-        } => resolve(&node, &id, keep.as_deref(), value.as_deref()).await?,
+            force,
+        } => resolve(&node, &id, keep.as_deref(), value.as_deref(), force).await?,
         ConflictsCommand::Prune { node, older_than } => {
             let v = Client::new(&node)
                 .post(
@@ -192,6 +197,7 @@ async fn resolve(
     id: &str,
     keep: Option<&str>,
     value: Option<&str>,
+    force: bool,
 ) -> anyhow::Result<()> {
     let c = Client::new(node);
     let found = c
@@ -215,6 +221,12 @@ async fn resolve(
     let Some(column) = column else {
         bail!("conflict {id} is about the row (a delete racing an update); it was settled by the table's delete rule: insert or delete the row to change it");
     };
+    if row[5].as_i64() == Some(1) && !force {
+        bail!(
+            "conflict {id} is resolved already: {table}.{column} may hold a value chosen since; \
+             give --force to write this one anyway"
+        );
+    }
     let chosen = match (keep, value) {
         (Some("local"), _) => row[3].clone(),
         (Some("remote"), _) => row[4].clone(),

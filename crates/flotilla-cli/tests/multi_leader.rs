@@ -237,6 +237,23 @@ async fn three_data_centres_converge_through_conflicts_and_a_partition() {
         }
     }
 
+    // Resolving it again would overwrite whatever was chosen since: refused unless forced.
+    let again = [
+        "conflicts",
+        "resolve",
+        "--node",
+        &eu_url,
+        &first,
+        "--keep",
+        "local",
+    ];
+    let (ok, out, err) = cli(&again);
+    assert!(!ok && err.contains("resolved already"), "{out} {err}");
+    let forced: Vec<&str> = again.iter().copied().chain(["--force"]).collect();
+    let (ok, out, err) = cli(&forced);
+    assert!(ok, "{out} {err}");
+    converged(&all, "SELECT id, note FROM items ORDER BY id").await;
+
     // The follower of eu has what eu has, merged changes included.
     let want = rows(&eu, items).await;
     let started = Instant::now();

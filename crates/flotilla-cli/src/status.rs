@@ -172,7 +172,7 @@ pub fn describe(s: &serde_json::Value) -> String {
                 peers
                     .iter()
                     .map(|p| {
-                        [
+                        let mut row: Vec<String> = [
                             "dc",
                             "url",
                             "link",
@@ -183,7 +183,19 @@ pub fn describe(s: &serde_json::Value) -> String {
                         ]
                         .iter()
                         .map(|k| cell(&p[*k]))
-                        .collect()
+                        .collect();
+                        // A link that is not up says what it is doing (retrying, refused,
+                        // stopped); how far behind it is is unknown until the peer said
+                        // where its log ends.
+                        if p["link"] != "up" {
+                            if let Some(phase) = p["phase"].as_str() {
+                                row[2] = format!("down ({})", phase.replace('_', " "));
+                            }
+                        }
+                        if p["peer_head"].as_u64() == Some(0) {
+                            row[4] = "?".into();
+                        }
+                        row
                     })
                     .collect()
             })

@@ -59,20 +59,29 @@ pub async fn first_admin_token(node: &Arc<Node>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a file only its owner can read (mode 0600 from the start).
+/// Writes a file only its owner can read (mode 0600 from the start), whole or not at all: it
+/// is written beside and renamed into place, so a reader that sees the file (a script waiting
+/// for it) never reads it empty or half written.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&partial)?;
     // An older file keeps its mode when opened: make sure.
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

@@ -72,7 +72,13 @@ fn key_where(shape: &TableShape, first: usize) -> String {
         .key
         .iter()
         .enumerate()
-        .map(|(i, k)| format!("{} IS ?{}", quote(&shape.columns[*k as usize]), i + first))
+        .map(|(i, k)| {
+            format!(
+                "{} IS ?{} COLLATE BINARY",
+                quote(&shape.columns[*k as usize]),
+                i + first
+            )
+        })
         .collect::<Vec<_>>()
         .join(" AND ")
 }

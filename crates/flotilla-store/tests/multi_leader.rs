@@ -716,6 +716,42 @@ fn an_update_of_the_key_moves_the_row_everywhere() {
     );
 }
 
+/// A key column that declares a collation of its own, under a key index that compares bytes:
+/// merges find rows by the bytes of the key ('ABC' is not 'abc'), as the merge state does (an
+/// outside probe found a merged key move deleting every case variant).
+#[test]
+fn keys_compare_as_bytes_whatever_the_column_collation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = Dc::open(dir.path(), "eu");
+    let mut us = Dc::open(dir.path(), "us");
+    eu.sql(&[
+        "CREATE TABLE w (k TEXT COLLATE NOCASE, v, PRIMARY KEY (k COLLATE BINARY)) WITHOUT ROWID",
+        "CREATE TABLE r (k TEXT COLLATE NOCASE, v, PRIMARY KEY (k COLLATE BINARY))",
+    ]);
+    eu.sql(&[
+        "INSERT INTO w VALUES ('abc', 'e'), ('ABC', 'e'), ('Abc', 'e')",
+        "INSERT INTO r VALUES ('Key', 'e'), ('KEY', 'e')",
+    ]);
+    us.pull(&eu);
+    us.sql(&[
+        "UPDATE w SET k = 'zzz' WHERE k = 'ABC' COLLATE BINARY",
+        "UPDATE w SET v = 'u' WHERE k = 'abc' COLLATE BINARY",
+        "DELETE FROM r WHERE k = 'KEY' COLLATE BINARY",
+    ]);
+    eu.pull(&us);
+    for q in [
+        "SELECT k, v FROM w ORDER BY k COLLATE BINARY",
+        "SELECT k, v FROM r ORDER BY k COLLATE BINARY",
+    ] {
+        assert_eq!(eu.read(q), us.read(q), "{q}");
+    }
+    assert_eq!(
+        eu.read("SELECT k FROM w ORDER BY k COLLATE BINARY").len(),
+        3
+    );
+    assert_eq!(eu.read("SELECT k FROM r"), ["Text(\"Key\")"]);
+}
+
 /// Two data centres each add a column at once: the columns stand in another order in each,
 /// and the changes of each still merge in the other, column by name.
 #[test]

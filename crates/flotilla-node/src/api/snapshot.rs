@@ -51,6 +51,17 @@ pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
             ));
         }
     }
+    // The copy's owner reads the log after the copy's position next (a follower, or a new
+    // data centre's link): retention keeps it from there while the copy streams and for a
+    // while after, or a busy log could drop those records before they are asked for.
+    let pin = node
+        .leader()
+        .map(|l| l.feed_pins.pin(header.position.lsn.0 + 1));
+    let held = PinAfterCopy(pin);
+    let body = futures_util::StreamExt::map(body, move |chunk| {
+        let _ = &held;
+        chunk
+    });
     Ok((
         [
             (
@@ -69,4 +80,23 @@ pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// How long the log stays pinned after a copy has been sent: enough for its owner to install it
+/// and ask for what follows.
+const PIN_AFTER_COPY_MS: u64 = 120_000;
+
+/// Holds the log from a copy's position while the copy streams; released
+/// [`PIN_AFTER_COPY_MS`] after the stream ends (sent, or broken off).
+struct PinAfterCopy(Option<crate::leader::FeedPin>);
+
+impl Drop for PinAfterCopy {
+    fn drop(&mut self) {
+        if let (Some(pin), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(PIN_AFTER_COPY_MS)).await;
+                drop(pin);
+            });
+        }
+    }
 }

@@ -65,6 +65,35 @@ async fn first_peer(peers: &Arc<Peers>, ml: &MultiLeaderConfig) -> Option<PeerLe
     None
 }
 
+/// How far peer data centre `name` has read this data centre's log (`None`: not at all, or it
+/// does not answer).
+async fn heard_from(
+    peers: &Arc<Peers>,
+    ml: &MultiLeaderConfig,
+    name: &flotilla_types::OriginName,
+) -> Option<u64> {
+    let url = ml.peers.iter().find(|(n, _)| n == name)?.1.clone();
+    let finder = LeaderFinder::new(&url, peers.clone());
+    finder.refresh().await;
+    let url = finder.current();
+    let answer: serde_json::Value = peers
+        .authorized(peers.http.get(format!("{url}/v1/dc")))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status().is_success())?
+        .json()
+        .await
+        .ok()?;
+    if answer["dc"].as_str() != Some(name.as_str()) {
+        return None;
+    }
+    answer["heard_from"][ml.dc.as_str()]
+        .as_u64()
+        .filter(|r| *r > 0)
+}
+
 /// The deployment of the first peer data centre that answers (`None`: none does).
 pub async fn peers_deployment(peers: &Arc<Peers>, ml: &MultiLeaderConfig) -> Option<String> {
     match first_peer(peers, ml).await {
@@ -107,12 +136,27 @@ pub async fn copy_from_peer(
     // A data centre that never wrote leaves nothing in its peers' databases, but their links
     // have read its log: one started again under its name would make transactions its peers
     // take for ones they read already (or their links stop), so it is refused as one that wrote.
-    if let Some(read) = peer.heard_from[ml.dc.as_str()].as_u64().filter(|r| *r > 0) {
+    // Every peer that answers is asked: the one copied may have been added since.
+    let mut reader = peer
+        .heard_from
+        .get(ml.dc.as_str())
+        .and_then(|r| r.as_u64())
+        .filter(|r| *r > 0)
+        .map(|r| (peer.name.to_string(), r));
+    for (name, _) in ml.peers.iter().filter(|(n, _)| *n != peer.name) {
+        if reader.is_some() {
+            break;
+        }
+        reader = heard_from(peers, ml, name)
+            .await
+            .map(|r| (name.to_string(), r));
+    }
+    if let Some((name, read)) = reader {
         anyhow::bail!(
-            "data centre {} existed before in this deployment ({} has read its log up to {read}): \
-             a data centre whose data directory was lost comes back under a new name (--dc)",
-            ml.dc,
-            peer.name
+            "data centre {} existed before in this deployment ({name} has read its log up to \
+             {read}): a data centre whose data directory was lost comes back under a new name \
+             (--dc)",
+            ml.dc
         );
     }
     tracing::info!(

@@ -123,10 +123,12 @@ impl TableSql {
         let t = quote(&shape.name);
         let cols: Vec<String> = shape.columns.iter().map(|c| quote(c)).collect();
         let keys: Vec<usize> = shape.key.iter().map(|k| *k as usize).collect();
+        // Keys compare as bytes, as the merge state keeps them (a multi-leader table's key
+        // index is BINARY: see schema_rules.rs), whatever collation the column declares.
         let key_where = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| format!("{} IS ?{}", cols[*k], i + 1))
+            .map(|(i, k)| format!("{} IS ?{} COLLATE BINARY", cols[*k], i + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
         let placeholders = (1..=cols.len())

@@ -442,6 +442,9 @@ pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::Api
 async fn log_start(node: &Node, leader: &Arc<LeaderState>) -> Result<Option<Value>, String> {
     let log = leader.log.clone();
     let path = node.db_path.clone();
+    let Some(own) = node.config.multi_leader.as_ref().map(|ml| ml.dc.clone()) else {
+        return Ok(None);
+    };
     tokio::task::spawn_blocking(move || {
         let mut from = log.first_lsn();
         // Raft's own entries are no transactions; a few at most come first.
@@ -458,22 +461,59 @@ async fn log_start(node: &Node, leader: &Arc<LeaderState>) -> Result<Option<Valu
                 let r = flotilla_wire::decode_record(bytes).map_err(|e| e.to_string())?;
                 let conn = flotilla_store::open_reader(&path).map_err(|e| e.to_string())?;
                 let vv = flotilla_store::read_version_vector(&conn).map_err(|e| e.to_string())?;
+                let own_before = own_before(&log, &own, r.lsn.0, vv.get(&own).0)?;
                 let vv: serde_json::Map<String, Value> = vv
                     .iter()
                     .map(|(o, l)| (o.as_str().to_string(), json!(l.0)))
                     .collect();
-                return Ok(Some(json!({
+                let mut start = json!({
                     "epoch": r.epoch.0,
                     "lsn": r.lsn.0,
                     "chain": r.chain.0,
                     "vv": vv,
-                })));
+                });
+                if let Some(b) = own_before {
+                    start["own_before"] = json!(b);
+                }
+                return Ok(Some(start));
             }
         }
         Ok(None)
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// The newest transaction this data centre made at or before `start` (its log's first): the
+/// first one of its own after `start` names it among its dependencies; with none of its own
+/// after `start`, its newest (`newest_own`, read before). `None` when the scan (bounded) found
+/// neither: a peer then cannot tell whether the log dropped one it lacks.
+fn own_before(
+    log: &flotilla_log::Log,
+    own: &flotilla_types::OriginName,
+    start: u64,
+    newest_own: u64,
+) -> Result<Option<u64>, String> {
+    const SCAN_RECORDS: u64 = 20_000;
+    let mut from = start + 1;
+    while from <= start + SCAN_RECORDS {
+        let records = log.read(from, 256, 4 << 20).map_err(|e| e.to_string())?;
+        if records.is_empty() {
+            // The end of the log: nothing of its own after `start`.
+            return Ok(Some(newest_own));
+        }
+        for bytes in &records {
+            from += 1;
+            if flotilla_wire::is_consensus_record(bytes) {
+                continue;
+            }
+            let r = flotilla_wire::decode_record_rows(bytes).map_err(|e| e.to_string())?;
+            if let Some(stamp) = r.exchange.filter(|s| s.origin == *own) {
+                return Ok(Some(stamp.deps.get(own).0));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The deployment this data centre's database belongs to (until the writer has made the

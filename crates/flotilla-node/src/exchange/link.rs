@@ -445,12 +445,28 @@ async fn take_up_at_log_start(
             continue;
         }
         if o == *peer {
-            // Its newest transaction is still in the log: the merges check the rest.
-            if their_lsn > lsn {
+            // Its newest transaction is in the log: what matters is its newest one the log
+            // dropped (at or before where it starts), which the peer read off the dependencies
+            // of its first one after.
+            let dropped = if their_lsn > lsn {
+                match start["own_before"].as_u64() {
+                    Some(b) => b,
+                    None => {
+                        return Err(format!(
+                            "{peer}'s log no longer holds this link's position, and {peer} \
+                             could not tell which of its own transactions its log dropped; \
+                             asking again"
+                        ))
+                    }
+                }
+            } else {
+                their_lsn
+            };
+            if have >= dropped {
                 continue;
             }
             return Err(gone(format!(
-                "its own transactions after {have} through {their_lsn}; its log starts at {lsn}"
+                "its own transactions after {have} through {dropped}; its log starts at {lsn}"
             )));
         }
         if forwards {

@@ -278,9 +278,10 @@ impl RowReplica {
                         }
                         let slot = &mut plans[c.table as usize];
                         if slot.is_none() {
-                            *slot = Some(TablePlan::new(shape, &self.filter).map_err(|e| {
-                                StoreError::Apply(format!("record {}: {e}", r.position()))
-                            })?);
+                            *slot =
+                                Some(TablePlan::new(&tx, shape, &self.filter).map_err(|e| {
+                                    StoreError::Apply(format!("record {}: {e}", r.position()))
+                                })?);
                         }
                         let plan = slot.as_ref().expect("made above");
                         let cx = ChangeCtx {
@@ -487,7 +488,11 @@ struct TablePlan {
 }
 
 impl TablePlan {
-    fn new(shape: &TableShape, filter: &RowFilter) -> Result<TablePlan, ChangeError> {
+    fn new(
+        conn: &Connection,
+        shape: &TableShape,
+        filter: &RowFilter,
+    ) -> Result<TablePlan, ChangeError> {
         // The columns this replica keeps, as indexes into the shape.
         let kept: Vec<usize> = match filter.columns.get(&shape.name) {
             None => (0..shape.columns.len()).collect(),
@@ -533,12 +538,16 @@ impl TablePlan {
             .enumerate()
             .map(|(n, c)| format!("{c} = ?{}", n + 1))
             .collect();
+        let colls = key_collations(conn, &shape.name)?;
         let update = format!(
             "UPDATE {table} SET {} WHERE {}",
             sets.join(", "),
-            key_clause(shape, rowid, cols.len() + 1)
+            key_clause(shape, &colls, rowid, cols.len() + 1)
         );
-        let delete = format!("DELETE FROM {table} WHERE {}", key_clause(shape, rowid, 1));
+        let delete = format!(
+            "DELETE FROM {table} WHERE {}",
+            key_clause(shape, &colls, rowid, 1)
+        );
         let predicate = filter.predicates.get(&shape.name).map(|p| {
             let cols: Vec<String> = shape
                 .columns
@@ -613,9 +622,32 @@ fn apply_change(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResu
     }
 }
 
+/// The collation each key column is compared with in the table's key index (none for a
+/// rowid key): a key column may declare another collation than its key index (`k TEXT COLLATE
+/// NOCASE, PRIMARY KEY (k COLLATE BINARY)`), and a row is found by the key index's, which tells
+/// rows apart exactly as the leader did (the column's would match 'abc' and 'ABC' both).
+fn key_collations(
+    conn: &Connection,
+    table: &str,
+) -> Result<std::collections::HashMap<String, String>, ChangeError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT x.name, x.coll FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x \
+         WHERE l.origin = 'pk' AND x.key = 1 AND x.name IS NOT NULL AND x.coll IS NOT NULL",
+    )?;
+    let rows = stmt
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 /// The WHERE clause finding a row: by its rowid (under `rowid`, its name in the replica's
-/// table) or by its primary key.
-fn key_clause(shape: &TableShape, rowid: Option<&str>, first_param: usize) -> String {
+/// table) or by its primary key, compared by the key index's collations (`colls`).
+fn key_clause(
+    shape: &TableShape,
+    colls: &std::collections::HashMap<String, String>,
+    rowid: Option<&str>,
+    first_param: usize,
+) -> String {
     if let Some(alias) = rowid {
         return format!("{alias} = ?{first_param}");
     }
@@ -624,11 +656,12 @@ fn key_clause(shape: &TableShape, rowid: Option<&str>, first_param: usize) -> St
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            format!(
-                "{} IS ?{}",
-                quote(&shape.columns[*k as usize]),
-                first_param + i
-            )
+            let column = &shape.columns[*k as usize];
+            let coll = colls
+                .get(column)
+                .map(|c| format!(" COLLATE {}", quote(c)))
+                .unwrap_or_default();
+            format!("{} IS ?{}{coll}", quote(column), first_param + i)
         })
         .collect::<Vec<_>>()
         .join(" AND ")

@@ -98,8 +98,10 @@ pub async fn drive(
         match peer_identity(&node, &finder, &link.peer, &own_dc, &deployment).await {
             Ok(cluster) => break cluster,
             Err(why) => {
+                // A peer that does not answer is not refused: the link keeps trying.
+                let unreachable = why.starts_with("no node answers");
                 link.update(|v| {
-                    v.phase = "refused";
+                    v.phase = if unreachable { "connecting" } else { "refused" };
                     v.last_error = Some(why.clone());
                 });
                 tokio::select! {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 pub enum Replica {
     Physical(FollowerDb),
-    Logical(RowReplica),
+    /// Boxed: a logical replica holds far more than a physical one.
+    Logical(Box<RowReplica>),
 }
 
 /// What a replica needs to be opened or built.
@@ -62,7 +63,7 @@ impl Replica {
                 s.conflict_policy,
                 s.conflicts.clone(),
             )?
-            .map(Replica::Logical),
+            .map(|r| Replica::Logical(Box::new(r))),
         })
     }
 

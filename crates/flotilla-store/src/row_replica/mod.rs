@@ -19,6 +19,7 @@ use flotilla_types::{rowid_alias, DdlKind, LogRecord, RowChange, RowItem, SqlVal
 use rusqlite::config::DbConfig;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,6 +94,9 @@ pub struct RowReplica {
     synchronous: crate::Synchronous,
     /// The record whose conflict stopped the last apply: counted once, not at every retry.
     stopped_at: Option<flotilla_types::Position>,
+    /// Each table's key collations (see [`key_collations`]), read once per table rather than
+    /// at every record; forgotten at every schema change.
+    key_colls: HashMap<String, KeyCollations>,
 }
 
 impl RowReplica {
@@ -170,6 +174,7 @@ impl RowReplica {
             conflicts,
             synchronous: settings.synchronous,
             stopped_at: None,
+            key_colls: HashMap::new(),
         }))
     }
 
@@ -237,6 +242,11 @@ impl RowReplica {
         let applied = rules.internal(|| self.apply_records(records));
         self.conn
             .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        if applied.is_err() {
+            // What was read inside the rolled-back transaction may describe a schema that
+            // is not there.
+            self.key_colls.clear();
+        }
         applied?;
         Ok(&self.meta)
     }
@@ -260,7 +270,10 @@ impl RowReplica {
             let mut keeps: Vec<Option<bool>> = vec![None; rows.tables.len()];
             for item in &rows.items {
                 let res = match item {
-                    RowItem::Schema(s) => apply_schema(&tx, &self.filter, s),
+                    RowItem::Schema(s) => {
+                        self.key_colls.clear();
+                        apply_schema(&tx, &self.filter, s)
+                    }
                     RowItem::Change(c) => {
                         let shape = rows.shape(c);
                         let keep = match keeps[c.table as usize] {
@@ -278,10 +291,19 @@ impl RowReplica {
                         }
                         let slot = &mut plans[c.table as usize];
                         if slot.is_none() {
-                            *slot =
-                                Some(TablePlan::new(&tx, shape, &self.filter).map_err(|e| {
-                                    StoreError::Apply(format!("record {}: {e}", r.position()))
-                                })?);
+                            let in_record = |e: ChangeError| {
+                                StoreError::Apply(format!("record {}: {e}", r.position()))
+                            };
+                            let colls = match self.key_colls.get(&shape.name) {
+                                Some(c) => c,
+                                None => {
+                                    let c = key_collations(&tx, &shape.name).map_err(in_record)?;
+                                    self.key_colls.entry(shape.name.clone()).or_insert(c)
+                                }
+                            };
+                            *slot = Some(
+                                TablePlan::new(shape, colls, &self.filter).map_err(in_record)?,
+                            );
                         }
                         let plan = slot.as_ref().expect("made above");
                         let cx = ChangeCtx {
@@ -489,8 +511,8 @@ struct TablePlan {
 
 impl TablePlan {
     fn new(
-        conn: &Connection,
         shape: &TableShape,
+        colls: &KeyCollations,
         filter: &RowFilter,
     ) -> Result<TablePlan, ChangeError> {
         // The columns this replica keeps, as indexes into the shape.
@@ -538,15 +560,14 @@ impl TablePlan {
             .enumerate()
             .map(|(n, c)| format!("{c} = ?{}", n + 1))
             .collect();
-        let colls = key_collations(conn, &shape.name)?;
         let update = format!(
             "UPDATE {table} SET {} WHERE {}",
             sets.join(", "),
-            key_clause(shape, &colls, rowid, cols.len() + 1)
+            key_clause(shape, colls, rowid, cols.len() + 1)
         );
         let delete = format!(
             "DELETE FROM {table} WHERE {}",
-            key_clause(shape, &colls, rowid, 1)
+            key_clause(shape, colls, rowid, 1)
         );
         let predicate = filter.predicates.get(&shape.name).map(|p| {
             let cols: Vec<String> = shape
@@ -626,10 +647,10 @@ fn apply_change(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResu
 /// rowid key): a key column may declare another collation than its key index (`k TEXT COLLATE
 /// NOCASE, PRIMARY KEY (k COLLATE BINARY)`), and a row is found by the key index's, which tells
 /// rows apart exactly as the leader did (the column's would match 'abc' and 'ABC' both).
-fn key_collations(
-    conn: &Connection,
-    table: &str,
-) -> Result<std::collections::HashMap<String, String>, ChangeError> {
+/// Key column name → the collation its key index compares it with.
+type KeyCollations = HashMap<String, String>;
+
+fn key_collations(conn: &Connection, table: &str) -> Result<KeyCollations, ChangeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT x.name, x.coll FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x \
          WHERE l.origin = 'pk' AND x.key = 1 AND x.name IS NOT NULL AND x.coll IS NOT NULL",
@@ -644,7 +665,7 @@ fn key_collations(
 /// table) or by its primary key, compared by the key index's collations (`colls`).
 fn key_clause(
     shape: &TableShape,
-    colls: &std::collections::HashMap<String, String>,
+    colls: &KeyCollations,
     rowid: Option<&str>,
     first_param: usize,
 ) -> String {

@@ -3,7 +3,7 @@
 use crate::leader::LeaderState;
 use crate::node::{Node, Role};
 use crate::time::wall_us;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::Json;
 use flotilla_core::{FollowerProgress, FollowerTracker};
 use serde_json::{json, Value};
@@ -390,9 +390,27 @@ pub async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, super
     }
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcQuery {
+    /// Also say where the log starts (`log_start`): it reads the log, so only a link that
+    /// needs it asks.
+    #[serde(default)]
+    log_start: bool,
+}
+
 /// `GET /v1/dc`: which data centre this node leads, and its cluster (what a peer data centre's
 /// link checks before it merges anything; the replicate role may ask).
-pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::ApiError> {
+pub async fn dc(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<DcQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, super::ApiError> {
+    let Query(query) = query.map_err(|e| {
+        super::ApiError::bad_request(
+            "bad_request",
+            format!("{}; the only parameter is log_start=true", e.body_text()),
+        )
+    })?;
     let identity = node.identity.get();
     match &node.config.multi_leader {
         Some(ml) if node.leader().is_some() => {
@@ -415,7 +433,7 @@ pub async fn dc(State(node): State<Arc<Node>>) -> Result<Json<Value>, super::Api
                 .collect();
             answer["heard_from"] = Value::Object(heard_from);
             // Where a peer's link can take up when this log no longer holds its position.
-            if let Some(leader) = node.leader() {
+            if let Some(leader) = node.leader().filter(|_| query.log_start) {
                 if let Ok(Some(start)) = log_start(&node, &leader).await {
                     answer["log_start"] = start;
                 }

@@ -406,7 +406,7 @@ async fn take_up_at_log_start(
     let url = finder.current();
     let req = node
         .peers
-        .authorized(node.peers.http.get(format!("{url}/v1/dc")))
+        .authorized(node.peers.http.get(format!("{url}/v1/dc?log_start=true")))
         .timeout(Duration::from_secs(10));
     let answer: serde_json::Value = match req.send().await {
         Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string())?,

@@ -24,56 +24,17 @@ struct PeerLeader {
     name: flotilla_types::OriginName,
     url: String,
     deployment: String,
-    /// How far it has read the log of each data centre it links to (`heard_from`).
-    heard_from: serde_json::Value,
 }
 
-/// The first peer data centre that answers as the data centre named (`None`: none does). A
-/// node that is not the data centre named is no one to join (its link is refused too, with
-/// the reason).
-async fn first_peer(peers: &Arc<Peers>, ml: &MultiLeaderConfig) -> Option<PeerLeader> {
-    for (name, url) in &ml.peers {
-        let finder = LeaderFinder::new(url, peers.clone());
-        finder.refresh().await;
-        let url = finder.current();
-        let req = peers
-            .authorized(peers.http.get(format!("{url}/v1/dc")))
-            .timeout(std::time::Duration::from_secs(5));
-        let answer = match req.send().await {
-            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
-            _ => None,
-        };
-        let Some(answer) = answer else { continue };
-        if answer["dc"].as_str() != Some(name.as_str()) {
-            tracing::warn!(
-                "the node at {url} is not data centre {name}: not joining its deployment"
-            );
-            continue;
-        }
-        let deployment = answer["deployment"]
-            .as_str()
-            .and_then(|id| flotilla_types::ClusterId::parse(id).ok());
-        if let Some(d) = deployment {
-            return Some(PeerLeader {
-                name: name.clone(),
-                url,
-                deployment: d.to_string(),
-                heard_from: answer["heard_from"].clone(),
-            });
-        }
-    }
-    None
-}
-
-/// How far peer data centre `name` has read this data centre's log (`None`: not at all, or it
-/// does not answer).
-async fn heard_from(
+/// Peer data centre `name`'s answer to `GET /v1/dc`, from its leader, and the leader's URL
+/// (`None`: it does not answer, or it is not the data centre named — no one to join, and its
+/// link is refused too, with the reason).
+async fn ask_dc(
     peers: &Arc<Peers>,
-    ml: &MultiLeaderConfig,
     name: &flotilla_types::OriginName,
-) -> Option<u64> {
-    let url = ml.peers.iter().find(|(n, _)| n == name)?.1.clone();
-    let finder = LeaderFinder::new(&url, peers.clone());
+    url: &str,
+) -> Option<(String, serde_json::Value)> {
+    let finder = LeaderFinder::new(url, peers.clone());
     finder.refresh().await;
     let url = finder.current();
     let answer: serde_json::Value = peers
@@ -87,11 +48,30 @@ async fn heard_from(
         .await
         .ok()?;
     if answer["dc"].as_str() != Some(name.as_str()) {
+        tracing::warn!("the node at {url} is not data centre {name}: not joining its deployment");
         return None;
     }
-    answer["heard_from"][ml.dc.as_str()]
-        .as_u64()
-        .filter(|r| *r > 0)
+    Some((url, answer))
+}
+
+/// The first peer data centre that answers as the data centre named (`None`: none does).
+async fn first_peer(peers: &Arc<Peers>, ml: &MultiLeaderConfig) -> Option<PeerLeader> {
+    for (name, url) in &ml.peers {
+        let Some((url, answer)) = ask_dc(peers, name, url).await else {
+            continue;
+        };
+        let deployment = answer["deployment"]
+            .as_str()
+            .and_then(|id| flotilla_types::ClusterId::parse(id).ok());
+        if let Some(d) = deployment {
+            return Some(PeerLeader {
+                name: name.clone(),
+                url,
+                deployment: d.to_string(),
+            });
+        }
+    }
+    None
 }
 
 /// The deployment of the first peer data centre that answers (`None`: none does).
@@ -137,27 +117,19 @@ pub async fn copy_from_peer(
     // have read its log: one started again under its name would make transactions its peers
     // take for ones they read already (or their links stop), so it is refused as one that wrote.
     // Every peer that answers is asked: the one copied may have been added since.
-    let mut reader = peer
-        .heard_from
-        .get(ml.dc.as_str())
-        .and_then(|r| r.as_u64())
-        .filter(|r| *r > 0)
-        .map(|r| (peer.name.to_string(), r));
-    for (name, _) in ml.peers.iter().filter(|(n, _)| *n != peer.name) {
-        if reader.is_some() {
-            break;
-        }
-        reader = heard_from(peers, ml, name)
+    for (name, url) in &ml.peers {
+        let read = ask_dc(peers, name, url)
             .await
-            .map(|r| (name.to_string(), r));
-    }
-    if let Some((name, read)) = reader {
-        anyhow::bail!(
-            "data centre {} existed before in this deployment ({name} has read its log up to \
-             {read}): a data centre whose data directory was lost comes back under a new name \
-             (--dc)",
-            ml.dc
-        );
+            .and_then(|(_, answer)| answer["heard_from"][ml.dc.as_str()].as_u64())
+            .filter(|r| *r > 0);
+        if let Some(read) = read {
+            anyhow::bail!(
+                "data centre {} existed before in this deployment ({name} has read its log up \
+                 to {read}): a data centre whose data directory was lost comes back under a new \
+                 name (--dc)",
+                ml.dc
+            );
+        }
     }
     tracing::info!(
         "data centre {} belongs to deployment {}: copying its database from {}",

@@ -17,6 +17,7 @@ mod error;
 mod follower_db;
 #[cfg(feature = "sim-bugs")]
 pub mod injected_bugs;
+mod key_collations;
 mod leader_db;
 mod leader_pipelines;
 mod leader_recovery;

@@ -36,15 +36,12 @@ pub(super) fn key_problem(conn: &Connection, table: &str) -> Result<Option<Strin
 /// takes 'Key' and 'KEY' for one row, the merge state (which keeps keys as bytes) for two, so
 /// data centres that wrote both would end with different rows.
 fn key_collation_problem(conn: &Connection, table: &str) -> Result<Option<String>, StoreError> {
-    let collated: Option<(String, String)> = conn
-        .prepare_cached(
-            "SELECT x.name, x.coll FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x \
-             WHERE l.origin = 'pk' AND x.key = 1 AND x.coll IS NOT NULL \
-             AND upper(x.coll) <> 'BINARY' LIMIT 1",
-        )?
-        .query_row([table], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    Ok(collated.map(|(column, coll)| {
+    let mut collated: Vec<(String, String)> = crate::key_collations::key_collations(conn, table)?
+        .into_iter()
+        .filter(|(_, coll)| !coll.eq_ignore_ascii_case("BINARY"))
+        .collect();
+    collated.sort();
+    Ok(collated.into_iter().next().map(|(column, coll)| {
         format!(
             "table {table}'s key column {column} is compared with COLLATE {coll}: keys that \
              collation takes for one (such as 'Key' and 'KEY') would be different rows to the \

@@ -9,6 +9,7 @@
 mod build;
 mod local;
 
+use crate::key_collations::{key_collations, KeyCollations};
 use crate::meta::read_meta_row;
 use crate::open::configure;
 use crate::row_filter::RowFilter;
@@ -297,7 +298,8 @@ impl RowReplica {
                             let colls = match self.key_colls.get(&shape.name) {
                                 Some(c) => c,
                                 None => {
-                                    let c = key_collations(&tx, &shape.name).map_err(in_record)?;
+                                    let c = key_collations(&tx, &shape.name)
+                                        .map_err(|e| in_record(e.into()))?;
                                     self.key_colls.entry(shape.name.clone()).or_insert(c)
                                 }
                             };
@@ -641,24 +643,6 @@ fn apply_change(cx: &ChangeCtx, c: &RowChange, conflicts: &mut u64) -> ApplyResu
         (true, false) => delete(cx, c, conflicts),
         (true, true) => update(cx, c, conflicts),
     }
-}
-
-/// The collation each key column is compared with in the table's key index (none for a
-/// rowid key): a key column may declare another collation than its key index (`k TEXT COLLATE
-/// NOCASE, PRIMARY KEY (k COLLATE BINARY)`), and a row is found by the key index's, which tells
-/// rows apart exactly as the leader did (the column's would match 'abc' and 'ABC' both).
-/// Key column name → the collation its key index compares it with.
-type KeyCollations = HashMap<String, String>;
-
-fn key_collations(conn: &Connection, table: &str) -> Result<KeyCollations, ChangeError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT x.name, x.coll FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x \
-         WHERE l.origin = 'pk' AND x.key = 1 AND x.name IS NOT NULL AND x.coll IS NOT NULL",
-    )?;
-    let rows = stmt
-        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
 }
 
 /// The WHERE clause finding a row: by its rowid (under `rowid`, its name in the replica's

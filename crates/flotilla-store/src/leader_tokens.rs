@@ -100,6 +100,39 @@ pub fn read_tokens(conn: &Connection) -> Result<Vec<StoredToken>, StoreError> {
     Ok(out)
 }
 
+/// Stores a new token in the open transaction (making the table the first time); a token id
+/// taken already is refused.
+pub(crate) fn insert_token(conn: &rusqlite::Connection, token: &StoredToken) -> Result<(), TokenError> {
+    conn.execute_batch(CREATE_TOKENS)?;
+    let taken: Option<i64> = conn
+        .query_row(
+            &format!("SELECT 1 FROM {TOKENS_TABLE} WHERE id = ?1"),
+            [&token.id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if taken.is_some() {
+        return Err(TokenError::Invalid(format!(
+            "a token with id {} exists already",
+            token.id
+        )));
+    }
+    conn.execute(
+        &format!(
+            "INSERT INTO {TOKENS_TABLE} (id, name, role, hash, created_ms, revoked_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL)"
+        ),
+        rusqlite::params![
+            token.id,
+            token.name,
+            token.role.as_str(),
+            token.hash,
+            token.created_ms as i64
+        ],
+    )?;
+    Ok(())
+}
+
 impl LeaderDb {
     /// Stores a new token, in a commit of its own (replicated like any other).
     pub fn add_token(
@@ -112,34 +145,7 @@ impl LeaderDb {
         let what = format!("add token {}", token.id);
         let ((), out) =
             self.internal_commit::<_, TokenError>(&what, epoch, origin, now_us, |db, _| {
-                db.conn.execute_batch(CREATE_TOKENS)?;
-                let taken: Option<i64> = db
-                    .conn
-                    .query_row(
-                        &format!("SELECT 1 FROM {TOKENS_TABLE} WHERE id = ?1"),
-                        [&token.id],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if taken.is_some() {
-                    return Err(TokenError::Invalid(format!(
-                        "a token with id {} exists already",
-                        token.id
-                    )));
-                }
-                db.conn.execute(
-                    &format!(
-                        "INSERT INTO {TOKENS_TABLE} (id, name, role, hash, created_ms, revoked_ms) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, NULL)"
-                    ),
-                    rusqlite::params![
-                        token.id,
-                        token.name,
-                        token.role.as_str(),
-                        token.hash,
-                        token.created_ms as i64
-                    ],
-                )?;
+                insert_token(&db.conn, token)?;
                 db.capture.statement_done(&db.conn)?;
                 Ok(())
             })?;

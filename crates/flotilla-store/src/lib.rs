@@ -12,6 +12,7 @@ pub mod atomic_file;
 pub mod changelog;
 mod client_statement;
 mod connection_state;
+pub mod devices;
 pub mod dump;
 mod error;
 mod follower_db;

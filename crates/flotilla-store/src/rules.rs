@@ -347,6 +347,21 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
                     .into(),
             )
         }
+        // Shapes are checked against their table when set, and their predicates run with
+        // Flotilla's rights: never written by a client statement.
+        AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name }
+        | AuthAction::CreateTable { table_name, .. }
+        | AuthAction::DropTable { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. }
+            if table_name.eq_ignore_ascii_case(crate::devices::SHAPES_TABLE) =>
+        {
+            Some(format!(
+                "{table_name} holds the devices' shapes: set them with `flotilla shape set` \
+                 (PUT /v1/shapes)"
+            ))
+        }
         // Multi-leader: the policies are checked against their table when set (`flotilla
         // conflicts policy`), and the conflicts are each node's own record.
         AuthAction::Insert { table_name }

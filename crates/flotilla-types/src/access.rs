@@ -9,18 +9,21 @@ pub enum AccessRole {
     Write,
     Admin,
     Replicate,
+    /// A device's token (`flotilla device add`): syncs its device's shape, nothing else.
+    Device,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}: expected read, write, admin or replicate")]
+#[error("unknown role {0:?}: expected read, write, admin, replicate or device")]
 pub struct AccessRoleParseError(pub String);
 
 impl AccessRole {
-    pub const ALL: [AccessRole; 4] = [
+    pub const ALL: [AccessRole; 5] = [
         AccessRole::Read,
         AccessRole::Write,
         AccessRole::Admin,
         AccessRole::Replicate,
+        AccessRole::Device,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -29,6 +32,7 @@ impl AccessRole {
             AccessRole::Write => "write",
             AccessRole::Admin => "admin",
             AccessRole::Replicate => "replicate",
+            AccessRole::Device => "device",
         }
     }
 
@@ -37,7 +41,11 @@ impl AccessRole {
         use AccessRole::*;
         matches!(
             (self, needed),
-            (Admin, _) | (Write, Read | Write) | (Read, Read) | (Replicate, Replicate)
+            (Admin, _)
+                | (Write, Read | Write)
+                | (Read, Read)
+                | (Replicate, Replicate)
+                | (Device, Device)
         )
     }
 }
@@ -80,7 +88,9 @@ mod tests {
                 (Admin, Write),
                 (Admin, Admin),
                 (Admin, Replicate),
+                (Admin, Device),
                 (Replicate, Replicate),
+                (Device, Device),
             ]
         );
         for r in AccessRole::ALL {

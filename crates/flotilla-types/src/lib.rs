@@ -15,6 +15,7 @@ mod pipeline;
 mod position;
 mod record;
 mod rows;
+pub mod sync_protocol;
 mod version_vector;
 
 pub use access::{AccessRole, AccessRoleParseError};

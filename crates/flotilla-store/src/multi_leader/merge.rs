@@ -373,6 +373,49 @@ impl LeaderDb {
         origin: &NodeId,
         now_us: u64,
     ) -> Result<MergeOutcome, MergeApplyError> {
+        self.merge_as_one_commit(
+            stamp,
+            changes,
+            peer,
+            Some(peer_at),
+            epoch,
+            origin,
+            now_us,
+        )
+    }
+
+    /// Merges a transaction a device pushed (checked by
+    /// [`LeaderDb::check_device_batch`]), stamped with the device's origin: as one from
+    /// another data centre, but read from no log of a peer.
+    pub fn commit_device_merge(
+        &mut self,
+        txn: &crate::devices::PreparedDeviceTxn,
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<MergeOutcome, MergeApplyError> {
+        self.merge_as_one_commit(
+            &txn.stamp,
+            &txn.changes,
+            &txn.stamp.origin,
+            None,
+            epoch,
+            origin,
+            now_us,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn merge_as_one_commit(
+        &mut self,
+        stamp: &ExchangeStamp,
+        changes: &RowPayload,
+        peer: &OriginName,
+        peer_at: Option<(flotilla_types::Position, flotilla_types::Chain)>,
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<MergeOutcome, MergeApplyError> {
         let Some(ml) = self.multi_leader.clone() else {
             return Err(MergeApplyError::Unfit(
                 "this node is not a multi-leader one (no --dc)".into(),
@@ -478,17 +521,19 @@ impl LeaderDb {
                         "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
                     )?
                     .execute(params![stamp.origin.as_str(), stamp.origin_lsn.0 as i64])?;
-                db.conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO _flotilla_ml_links (peer, epoch, lsn, chain) \
-                         VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![
-                        peer.as_str(),
-                        peer_at.0.epoch.0 as i64,
-                        peer_at.0.lsn.0 as i64,
-                        peer_at.1 .0 as i64
-                    ])?;
+                if let Some(peer_at) = peer_at {
+                    db.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO _flotilla_ml_links (peer, epoch, lsn, chain) \
+                             VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![
+                            peer.as_str(),
+                            peer_at.0.epoch.0 as i64,
+                            peer_at.0.lsn.0 as i64,
+                            peer_at.1 .0 as i64
+                        ])?;
+                }
                 db.capture.statement_done(&db.conn)?;
                 reconsider_shadowed(db, changes)?;
                 let mut passed_on = stamp.clone();

@@ -1,0 +1,348 @@
+//! What a device pulls: the whole shape (its first sync, or when its cursor or shapes are
+//! gone), or the changes of the server's log that touch it — a row entering or changed in the
+//! shape is sent whole (its shape columns), a row leaving it or deleted is sent as its key.
+
+use super::shapes::{DeviceView, ViewTable};
+use crate::multi_leader::{key_json, CONFLICTS_TABLE};
+use crate::StoreError;
+use flotilla_types::sync_protocol::{value_to_json, JsonRow, PullItem};
+use flotilla_types::{DdlKind, Hlc, Position, RowItem, RowPayload, SqlValue, VersionVector};
+use rusqlite::Connection;
+use std::collections::{HashMap, HashSet};
+
+/// The whole shape as one read transaction saw it, and where the server was then.
+#[derive(Debug)]
+pub struct ShapeSnapshot {
+    pub view: DeviceView,
+    pub position: Position,
+    pub vv: VersionVector,
+    pub hlc: Hlc,
+    pub items: Vec<PullItem>,
+}
+
+fn json_row(columns: &[String], values: &[SqlValue]) -> JsonRow {
+    columns
+        .iter()
+        .zip(values)
+        .map(|(c, v)| (c.clone(), value_to_json(v)))
+        .collect()
+}
+
+/// A row's shape columns (those the image has), by name.
+fn shaped_row(t: &ViewTable, columns: &[String], values: &[SqlValue]) -> JsonRow {
+    columns
+        .iter()
+        .zip(values)
+        .filter(|(c, _)| t.has_column(c))
+        .map(|(c, v)| (c.clone(), value_to_json(v)))
+        .collect()
+}
+
+fn key_row(t: &ViewTable, columns: &[String], values: &[SqlValue]) -> JsonRow {
+    t.key
+        .iter()
+        .filter_map(|k| {
+            let i = columns.iter().position(|c| c.eq_ignore_ascii_case(k))?;
+            Some((k.clone(), value_to_json(&values[i])))
+        })
+        .collect()
+}
+
+/// The origins of every device of `user` (their conflicts are theirs to see even once the
+/// row is gone).
+pub fn user_origins(conn: &Connection, user: &str) -> Result<HashSet<String>, StoreError> {
+    if !super::has_registry(conn)? {
+        return Ok(HashSet::new());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.origin FROM _flotilla_device_origins o JOIN _flotilla_devices d \
+         ON d.name = o.device WHERE d.user = ?1",
+    )?;
+    let out = stmt
+        .query_map([user], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(out)
+}
+
+/// A conflict's row key as the conflicts table writes it (a JSON array of the key's values),
+/// read back; `None` for a key it cannot hold exactly (a BLOB).
+fn key_from_json(text: &str) -> Option<Vec<SqlValue>> {
+    let parsed: serde_json::Value = serde_json::from_str(text).ok()?;
+    parsed
+        .as_array()?
+        .iter()
+        .map(|v| match v {
+            serde_json::Value::Null => Some(SqlValue::Null),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .map(SqlValue::Integer)
+                .or_else(|| n.as_f64().map(SqlValue::Real)),
+            serde_json::Value::String(s) if s.starts_with("x'") => None,
+            serde_json::Value::String(s) => Some(SqlValue::Text(s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a conflict (a row of the conflicts table) is for this device to see: it is on a
+/// table of the shape and either concerns a row in the shape now, or one of its sides was
+/// written by a device of the same user.
+fn conflict_visible(
+    conn: &Connection,
+    view: &DeviceView,
+    mine: &HashSet<String>,
+    columns: &[String],
+    values: &[SqlValue],
+) -> Result<bool, StoreError> {
+    let get = |name: &str| {
+        columns
+            .iter()
+            .position(|c| c == name)
+            .map(|i| &values[i])
+    };
+    let Some(SqlValue::Text(table)) = get("tbl") else {
+        return Ok(false);
+    };
+    let Some(t) = view.table(table) else {
+        return Ok(false);
+    };
+    for side in ["local_origin", "remote_origin"] {
+        if let Some(SqlValue::Text(o)) = get(side) {
+            if mine.contains(o) {
+                return Ok(true);
+            }
+        }
+    }
+    let Some(SqlValue::Text(key)) = get("row_key") else {
+        return Ok(false);
+    };
+    let Some(key) = key_from_json(key).filter(|k| k.len() == t.key.len()) else {
+        return Ok(false);
+    };
+    match view.current_row(conn, t, &key)? {
+        Some((names, vals)) => view.contains(conn, &t.table, &names, &vals),
+        None => Ok(false),
+    }
+}
+
+/// Reads the whole shape of a device in one read transaction of `conn` (a reader): each
+/// table's schema and rows in the shape, the conflicts the device may see, and the server's
+/// position, version vector and clock as of that same moment.
+pub fn shape_snapshot(
+    conn: &Connection,
+    user: &str,
+    device: &str,
+) -> Result<ShapeSnapshot, StoreError> {
+    conn.execute_batch("BEGIN")?;
+    let read = (|| {
+        let view = DeviceView::load(conn, user, device)?;
+        let meta = crate::read_meta(conn)?
+            .ok_or_else(|| StoreError::Mismatch("the database has no position yet".into()))?;
+        let vv = crate::read_version_vector(conn)?;
+        let hlc: i64 = conn
+            .query_row("SELECT hlc FROM _flotilla_ml_origin", [], |r| r.get(0))
+            .unwrap_or(0);
+        let mut items = Vec::new();
+        let mut tables: Vec<&ViewTable> = view.tables().collect();
+        tables.sort_by(|a, b| a.table.cmp(&b.table));
+        let mut in_shape: HashMap<String, HashSet<String>> = HashMap::new();
+        for t in tables {
+            let schema: Vec<(String, String)> = conn
+                .prepare_cached(
+                    "SELECT type, sql FROM sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE \
+                     AND sql IS NOT NULL AND type IN ('table', 'index') \
+                     ORDER BY type = 'index', rowid",
+                )?
+                .query_map([&t.table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (_, sql) in schema {
+                items.push(PullItem::Schema {
+                    table: t.table.clone(),
+                    sql,
+                });
+            }
+            let keys = in_shape.entry(t.table.to_ascii_lowercase()).or_default();
+            let key_at: Vec<usize> = t
+                .key
+                .iter()
+                .filter_map(|k| t.columns.iter().position(|c| c == k))
+                .collect();
+            view.rows_of(conn, t, |row| {
+                keys.insert(key_json(&key_at.iter().map(|i| &row[*i]).collect::<Vec<_>>()));
+                items.push(PullItem::Upsert {
+                    table: t.table.clone(),
+                    row: json_row(&t.columns, &row),
+                });
+                Ok(())
+            })?;
+        }
+        let has_conflicts: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
+            [CONFLICTS_TABLE],
+            |r| r.get(0),
+        )?;
+        if has_conflicts > 0 {
+            let mine = user_origins(conn, user)?;
+            let mut stmt = conn.prepare(&format!("SELECT * FROM {CONFLICTS_TABLE}"))?;
+            let names: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+            let mut rows = stmt.raw_query();
+            while let Some(r) = rows.next()? {
+                let mut vals = Vec::with_capacity(names.len());
+                for i in 0..names.len() {
+                    vals.push(crate::multi_leader::from_sql(r.get_ref(i)?));
+                }
+                let get = |n: &str| names.iter().position(|c| c == n).map(|i| &vals[i]);
+                let visible = match (get("tbl"), get("row_key")) {
+                    (Some(SqlValue::Text(t)), Some(SqlValue::Text(k))) => {
+                        in_shape
+                            .get(&t.to_ascii_lowercase())
+                            .is_some_and(|s| s.contains(k.as_str()))
+                            || (view.table(t.as_str()).is_some()
+                                && ["local_origin", "remote_origin"].iter().any(|side| {
+                                    matches!(get(side), Some(SqlValue::Text(o)) if mine.contains(o.as_str()))
+                                }))
+                    }
+                    _ => false,
+                };
+                if visible {
+                    items.push(PullItem::Conflict {
+                        row: json_row(&names, &vals),
+                    });
+                }
+            }
+        }
+        Ok(ShapeSnapshot {
+            view,
+            position: meta.position,
+            vv,
+            hlc: Hlc(hlc as u64),
+            items,
+        })
+    })();
+    let _ = conn.execute_batch("COMMIT");
+    read
+}
+
+/// What of one transaction of the server's log a device pulls, appended to `out`; returns
+/// how many row items it added.
+pub fn pull_items_of(
+    conn: &Connection,
+    view: &DeviceView,
+    mine: &HashSet<String>,
+    rows: &RowPayload,
+    out: &mut Vec<PullItem>,
+) -> Result<usize, StoreError> {
+    let mut added = 0;
+    for item in &rows.items {
+        match item {
+            RowItem::Schema(s) => {
+                let relevant = matches!(
+                    s.kind,
+                    DdlKind::CreateTable
+                        | DdlKind::AlterTable
+                        | DdlKind::CreateIndex
+                        | DdlKind::DropIndex
+                );
+                if relevant && view.table(&s.table).is_some() {
+                    out.push(PullItem::Schema {
+                        table: view.table(&s.table).expect("checked").table.clone(),
+                        sql: s.sql.clone(),
+                    });
+                }
+            }
+            RowItem::Change(c) => {
+                let shape = rows.shape(c);
+                if shape.name.eq_ignore_ascii_case(CONFLICTS_TABLE) {
+                    if let Some(after) = &c.after {
+                        if conflict_visible(conn, view, mine, &shape.columns, after)? {
+                            out.push(PullItem::Conflict {
+                                row: json_row(&shape.columns, after),
+                            });
+                            added += 1;
+                        }
+                    }
+                    continue;
+                }
+                let Some(t) = view.table(&shape.name) else {
+                    continue;
+                };
+                let inside = |image: &Option<Vec<SqlValue>>| -> Result<bool, StoreError> {
+                    match image {
+                        Some(v) => view.contains(conn, &t.table, &shape.columns, v),
+                        None => Ok(false),
+                    }
+                };
+                let was = inside(&c.before)?;
+                let is = inside(&c.after)?;
+                if was {
+                    let before = c.before.as_deref().expect("inside");
+                    let moved = match &c.after {
+                        Some(after) => shape
+                            .key
+                            .iter()
+                            .any(|k| before[*k as usize] != after[*k as usize]),
+                        None => true,
+                    };
+                    if moved || !is {
+                        out.push(PullItem::Delete {
+                            table: t.table.clone(),
+                            key: key_row(t, &shape.columns, before),
+                        });
+                        added += 1;
+                    }
+                }
+                if is {
+                    out.push(PullItem::Upsert {
+                        table: t.table.clone(),
+                        row: shaped_row(t, &shape.columns, c.after.as_deref().expect("inside")),
+                    });
+                    added += 1;
+                }
+            }
+        }
+    }
+    Ok(added)
+}
+
+/// The rows with these keys as the server holds them now, for the device that just pushed
+/// changes to them (a change the merge did not keep changes nothing in the log, yet the
+/// device must drop it): each in the shape is sent whole, any other as its key.
+pub fn current_rows(
+    conn: &Connection,
+    view: &DeviceView,
+    keys: &[(String, Vec<SqlValue>)],
+) -> Result<Vec<PullItem>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
+    let mut seen: HashSet<(String, Vec<u8>)> = HashSet::new();
+    for (table, key) in keys {
+        let Some(t) = view.table(table) else {
+            continue;
+        };
+        if key.len() != t.key.len()
+            || !seen.insert((
+                t.table.to_ascii_lowercase(),
+                flotilla_merge::encode_key(key.iter()),
+            ))
+        {
+            continue;
+        }
+        match view.current_row(conn, t, key)? {
+            Some((names, vals)) if view.contains(conn, &t.table, &names, &vals)? => {
+                out.push(PullItem::Upsert {
+                    table: t.table.clone(),
+                    row: shaped_row(t, &names, &vals),
+                });
+            }
+            _ => out.push(PullItem::Delete {
+                table: t.table.clone(),
+                key: t
+                    .key
+                    .iter()
+                    .zip(key)
+                    .map(|(k, v)| (k.clone(), value_to_json(v)))
+                    .collect(),
+            }),
+        }
+    }
+    Ok(out)
+}

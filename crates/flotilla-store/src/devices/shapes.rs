@@ -1,0 +1,497 @@
+//! Shapes: which rows of which tables a device pulls and may push. One shape per table, for
+//! every device: its columns (all when not given) and a row predicate over the table's
+//! columns with the parameters `:user` and `:device` (the device's, from its token), e.g.
+//! `owner = :user`. Kept in `flotilla_shapes`, which replicates like data.
+
+use super::DeviceError;
+use crate::leader_db::{CommitOutcome, LeaderDb};
+use crate::multi_leader::{from_sql, quote};
+use crate::sql_arg::SqlArg;
+use crate::StoreError;
+use flotilla_types::{sync_protocol::ShapeTable, Epoch, NodeId, SchemaChange, SqlValue};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+
+pub const SHAPES_TABLE: &str = "flotilla_shapes";
+
+const CREATE_SHAPES: &str = "CREATE TABLE flotilla_shapes (
+    tbl TEXT PRIMARY KEY,
+    columns TEXT,
+    predicate TEXT
+)";
+
+/// A table's shape as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub table: String,
+    /// `None`: every column.
+    pub columns: Option<Vec<String>>,
+    /// `None`: every row.
+    pub predicate: Option<String>,
+}
+
+fn has_shapes(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'flotilla_shapes'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0)
+}
+
+/// Every shape, by table name.
+pub fn read_shapes(conn: &Connection) -> Result<Vec<Shape>, StoreError> {
+    if !has_shapes(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT tbl, columns, predicate FROM flotilla_shapes ORDER BY tbl")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Shape {
+            table: r.get(0)?,
+            columns: r
+                .get::<_, Option<String>>(1)?
+                .map(|c| c.split(',').map(|s| s.trim().to_string()).collect()),
+            predicate: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The columns of a table here, with whether each is part of the key (its position in it)
+/// and whether a row may leave it out (nullable or with a default).
+struct Columns {
+    names: Vec<String>,
+    key: Vec<usize>,
+    optional: Vec<bool>,
+}
+
+fn table_columns(conn: &Connection, table: &str) -> Result<Columns, StoreError> {
+    let rows: Vec<(String, i64, bool, i64)> = conn
+        .prepare_cached(
+            "SELECT name, pk, \"notnull\" = 0 OR dflt_value IS NOT NULL, hidden \
+             FROM pragma_table_xinfo(?1) ORDER BY cid",
+        )?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let rows: Vec<_> = rows.into_iter().filter(|r| r.3 == 0).collect();
+    let mut key: Vec<(i64, usize)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.1 > 0)
+        .map(|(i, r)| (r.1, i))
+        .collect();
+    key.sort();
+    Ok(Columns {
+        names: rows.iter().map(|r| r.0.clone()).collect(),
+        key: key.into_iter().map(|(_, i)| i).collect(),
+        optional: rows.iter().map(|r| r.2).collect(),
+    })
+}
+
+/// The SQL that tells whether a row (given as parameters in `columns` order) is in the shape:
+/// the predicate over a one-row table of the same name and columns.
+fn predicate_sql(table: &str, columns: &[String], predicate: &str) -> String {
+    let cols: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("?{} AS {}", i + 1, quote(c)))
+        .collect();
+    format!(
+        "SELECT CASE WHEN ({predicate}) THEN 1 ELSE 0 END FROM (SELECT {}) AS {}",
+        cols.join(", "),
+        quote(table)
+    )
+}
+
+/// Binds `:user` and `:device` where the statement names them.
+fn bind_identity(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    user: &str,
+    device: &str,
+) -> rusqlite::Result<()> {
+    if let Some(i) = stmt.parameter_index(":user")? {
+        stmt.raw_bind_parameter(i, user)?;
+    }
+    if let Some(i) = stmt.parameter_index(":device")? {
+        stmt.raw_bind_parameter(i, device)?;
+    }
+    Ok(())
+}
+
+/// Checks a shape against the schema and returns it with names as declared.
+fn check_shape(conn: &Connection, shape: &Shape) -> Result<Shape, DeviceError> {
+    let invalid = |m: String| Err(DeviceError::Invalid(m));
+    let declared: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            [&shape.table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(table) = declared.filter(|t| {
+        let t = t.to_ascii_lowercase();
+        !t.starts_with(crate::INTERNAL_PREFIX)
+            && !t.starts_with("sqlite_")
+            && t != SHAPES_TABLE
+            && t != crate::POLICIES_TABLE
+            && t != crate::CONFLICTS_TABLE
+    }) else {
+        return invalid(format!("there is no table {} here to shape", shape.table));
+    };
+    let cols = table_columns(conn, &table)?;
+    if cols.key.is_empty() {
+        return invalid(format!(
+            "table {table} has no PRIMARY KEY: devices find rows by key"
+        ));
+    }
+    let columns = match &shape.columns {
+        None => None,
+        Some(wanted) => {
+            let mut chosen = Vec::new();
+            for w in wanted {
+                let Some(i) = cols.names.iter().position(|n| n.eq_ignore_ascii_case(w)) else {
+                    return invalid(format!(
+                        "table {table} has no column {w} (its columns: {})",
+                        cols.names.join(", ")
+                    ));
+                };
+                if !chosen.contains(&i) {
+                    chosen.push(i);
+                }
+            }
+            for k in &cols.key {
+                if !chosen.contains(k) {
+                    return invalid(format!(
+                        "a shape's columns include the key: add {} (devices find rows by it)",
+                        cols.names[*k]
+                    ));
+                }
+            }
+            for (i, optional) in cols.optional.iter().enumerate() {
+                if !chosen.contains(&i) && !optional {
+                    return invalid(format!(
+                        "column {} is NOT NULL without a default, so a row a device makes \
+                         without it could not be stored: add it to the shape's columns",
+                        cols.names[i]
+                    ));
+                }
+            }
+            chosen.sort();
+            Some(chosen.iter().map(|i| cols.names[*i].clone()).collect())
+        }
+    };
+    let predicate = match shape.predicate.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(p) => {
+            let probe = format!("SELECT 1 FROM {} WHERE ({p})", quote(&table));
+            let single = !p.contains(';') && crate::sql_text::is_complete(&format!("{probe};"));
+            let prepared = if single {
+                conn.prepare(&probe).map_err(|e| crate::sql_error_message(&e))
+            } else {
+                Err("it is not one expression".to_string())
+            };
+            let stmt = match prepared {
+                Ok(s) => s,
+                Err(why) => {
+                    return invalid(format!(
+                        "the predicate {p:?} does not compile on {table}: {why}"
+                    ))
+                }
+            };
+            for i in 1..=stmt.parameter_count() {
+                match stmt.parameter_name(i) {
+                    Some(":user") | Some(":device") => {}
+                    other => {
+                        return invalid(format!(
+                            "the predicate {p:?} has the parameter {}: a shape's parameters \
+                             are :user and :device",
+                            other.unwrap_or("?")
+                        ))
+                    }
+                }
+            }
+            Some(p.to_string())
+        }
+    };
+    Ok(Shape {
+        table,
+        columns,
+        predicate,
+    })
+}
+
+impl LeaderDb {
+    /// Sets (or replaces) the shape of a table after checking it against the schema. A commit
+    /// of its own; devices pull their whole shape again at their next sync.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_shape(
+        &mut self,
+        shape: &Shape,
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<(Shape, CommitOutcome), DeviceError> {
+        if self.multi_leader.is_none() {
+            return Err(DeviceError::Invalid(
+                "shapes are for devices, which sync with a data centre's leader: start this \
+                 node with --dc NAME"
+                    .into(),
+            ));
+        }
+        // Checked with the client rules on: a predicate may not read Flotilla's secrets.
+        let checked = check_shape(&self.conn, shape)?;
+        let what = format!("set the shape of {}", checked.table);
+        let (_, out) =
+            self.internal_commit::<_, DeviceError>(&what, epoch, origin, now_us, |db, _| {
+                if !has_shapes(&db.conn)? {
+                    db.conn.execute_batch(CREATE_SHAPES)?;
+                    db.capture.schema_changed(SchemaChange {
+                        kind: flotilla_types::DdlKind::CreateTable,
+                        table: SHAPES_TABLE.to_string(),
+                        sql: CREATE_SHAPES.to_string(),
+                    });
+                }
+                db.conn.execute(
+                    "INSERT OR REPLACE INTO flotilla_shapes (tbl, columns, predicate) \
+                     VALUES (?1, ?2, ?3)",
+                    params![
+                        checked.table,
+                        checked.columns.as_ref().map(|c| c.join(",")),
+                        checked.predicate
+                    ],
+                )?;
+                db.capture.statement_done(&db.conn)?;
+                Ok(())
+            })?;
+        Ok((checked, out))
+    }
+
+    /// Removes a table's shape: devices no longer pull or push it (their copies of its rows
+    /// go at their next sync).
+    pub fn remove_shape(
+        &mut self,
+        table: &str,
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<CommitOutcome, DeviceError> {
+        let shapes = self.rules.internal(|| read_shapes(&self.conn))?;
+        let Some(found) = shapes
+            .into_iter()
+            .find(|s| s.table.eq_ignore_ascii_case(table))
+        else {
+            return Err(DeviceError::Invalid(format!("table {table} has no shape")));
+        };
+        let what = format!("remove the shape of {}", found.table);
+        let (_, out) =
+            self.internal_commit::<_, DeviceError>(&what, epoch, origin, now_us, |db, _| {
+                db.conn
+                    .execute("DELETE FROM flotilla_shapes WHERE tbl = ?1", [&found.table])?;
+                db.capture.statement_done(&db.conn)?;
+                Ok(())
+            })?;
+        Ok(out)
+    }
+}
+
+/// A shaped table as a device sees it.
+#[derive(Debug, Clone)]
+pub struct ViewTable {
+    /// The table's name as declared.
+    pub table: String,
+    /// The columns a device pulls and may write, in the table's order.
+    pub columns: Vec<String>,
+    /// The key columns, in key order.
+    pub key: Vec<String>,
+    pub predicate: Option<String>,
+}
+
+impl ViewTable {
+    pub fn has_column(&self, c: &str) -> bool {
+        self.columns.iter().any(|n| n.eq_ignore_ascii_case(c))
+    }
+}
+
+/// One device's shapes resolved against the schema: what it may see and write.
+#[derive(Debug, Clone)]
+pub struct DeviceView {
+    pub user: String,
+    pub device: String,
+    tables: HashMap<String, ViewTable>,
+    /// A digest of the shapes and the device's parameters: when it changes, the device pulls
+    /// its whole shape again.
+    pub digest: String,
+}
+
+impl DeviceView {
+    /// Reads the shapes (tables that no longer exist are left out).
+    pub fn load(conn: &Connection, user: &str, device: &str) -> Result<DeviceView, StoreError> {
+        let mut tables = HashMap::new();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |s: &str| {
+            for b in s.bytes().chain([0u8]) {
+                hash ^= b as u64;
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        feed(user);
+        feed(device);
+        for shape in read_shapes(conn)? {
+            let cols = table_columns(conn, &shape.table)?;
+            if cols.names.is_empty() || cols.key.is_empty() {
+                continue;
+            }
+            let columns: Vec<String> = match &shape.columns {
+                None => cols.names.clone(),
+                Some(chosen) => cols
+                    .names
+                    .iter()
+                    .filter(|n| chosen.iter().any(|c| c.eq_ignore_ascii_case(n)))
+                    .cloned()
+                    .collect(),
+            };
+            feed(&shape.table);
+            for c in &columns {
+                feed(c);
+            }
+            feed(shape.predicate.as_deref().unwrap_or(""));
+            tables.insert(
+                shape.table.to_ascii_lowercase(),
+                ViewTable {
+                    key: cols.key.iter().map(|k| cols.names[*k].clone()).collect(),
+                    table: shape.table,
+                    columns,
+                    predicate: shape.predicate,
+                },
+            );
+        }
+        Ok(DeviceView {
+            user: user.to_string(),
+            device: device.to_string(),
+            tables,
+            digest: format!("{hash:016x}"),
+        })
+    }
+
+    pub fn table(&self, name: &str) -> Option<&ViewTable> {
+        self.tables.get(&name.to_ascii_lowercase())
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &ViewTable> {
+        self.tables.values()
+    }
+
+    /// The shape's tables for the protocol, by name.
+    pub fn shape_tables(&self) -> Vec<ShapeTable> {
+        let mut out: Vec<ShapeTable> = self
+            .tables
+            .values()
+            .map(|t| ShapeTable {
+                table: t.table.clone(),
+                columns: t.columns.clone(),
+                key: t.key.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.table.cmp(&b.table));
+        out
+    }
+
+    /// Whether a row of `table` (its `values` in `columns` order, as a change or the table
+    /// holds it) is in the shape. A table outside the shape holds no row of it.
+    pub fn contains(
+        &self,
+        conn: &Connection,
+        table: &str,
+        columns: &[String],
+        values: &[SqlValue],
+    ) -> Result<bool, StoreError> {
+        let Some(t) = self.table(table) else {
+            return Ok(false);
+        };
+        let Some(predicate) = &t.predicate else {
+            return Ok(true);
+        };
+        let sql = predicate_sql(&t.table, columns, predicate);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        for (i, v) in values.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 1, SqlArg(v))?;
+        }
+        bind_identity(&mut stmt, &self.user, &self.device)?;
+        let mut rows = stmt.raw_query();
+        let inside = match rows.next()? {
+            Some(r) => r.get::<_, i64>(0)? == 1,
+            None => false,
+        };
+        Ok(inside)
+    }
+
+    /// The rows of a shaped table in the shape (its shape columns), as the connection sees
+    /// them.
+    pub fn rows_of(
+        &self,
+        conn: &Connection,
+        t: &ViewTable,
+        mut each: impl FnMut(Vec<SqlValue>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let cols: Vec<String> = t.columns.iter().map(|c| quote(c)).collect();
+        let sql = format!(
+            "SELECT {} FROM {}{}",
+            cols.join(", "),
+            quote(&t.table),
+            t.predicate
+                .as_ref()
+                .map(|p| format!(" WHERE ({p})"))
+                .unwrap_or_default()
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        bind_identity(&mut stmt, &self.user, &self.device)?;
+        let mut rows = stmt.raw_query();
+        while let Some(r) = rows.next()? {
+            let mut row = Vec::with_capacity(cols.len());
+            for i in 0..cols.len() {
+                row.push(from_sql(r.get_ref(i)?));
+            }
+            each(row)?;
+        }
+        Ok(())
+    }
+
+    /// The row of a shaped table with this key, all its columns (`None`: no such row).
+    pub fn current_row(
+        &self,
+        conn: &Connection,
+        t: &ViewTable,
+        key: &[SqlValue],
+    ) -> Result<Option<(Vec<String>, Vec<SqlValue>)>, StoreError> {
+        let cols = table_columns(conn, &t.table)?;
+        let key_where: Vec<String> = t
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} IS ?{} COLLATE BINARY", quote(k), i + 1))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}",
+            cols.names
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote(&t.table),
+            key_where.join(" AND ")
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        for (i, v) in key.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 1, SqlArg(v))?;
+        }
+        let mut rows = stmt.raw_query();
+        let Some(r) = rows.next()? else {
+            return Ok(None);
+        };
+        let mut values = Vec::with_capacity(cols.names.len());
+        for i in 0..cols.names.len() {
+            values.push(from_sql(r.get_ref(i)?));
+        }
+        Ok(Some((cols.names, values)))
+    }
+}

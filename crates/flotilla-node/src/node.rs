@@ -58,6 +58,8 @@ pub struct Node {
     pub cluster: Option<Arc<crate::cluster::driver::ClusterHandle>>,
     /// Multi-leader: the links to the peer data centres.
     pub exchange: Arc<crate::exchange::Exchange>,
+    /// When each device last synced (offline devices).
+    pub device_activity: crate::api::sync::DeviceActivity,
 }
 
 impl Node {

@@ -487,6 +487,7 @@ pub async fn run(
                 .map(|(name, url)| Arc::new(crate::exchange::Link::new(name.clone(), url.clone())))
                 .collect(),
         }),
+        device_activity: Default::default(),
     });
     crate::auth::first_admin_token(&node).await?;
     if let Some(leader) = node.leader() {

@@ -5,6 +5,7 @@ mod body;
 pub mod changes;
 mod conflicts;
 pub mod decode;
+mod devices;
 
 mod execute;
 mod followers;
@@ -19,6 +20,7 @@ mod restore;
 mod snapshot;
 mod status;
 mod streamed;
+pub mod sync;
 mod tokens;
 pub mod values;
 mod writer_job;
@@ -52,6 +54,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/pipelines/{name}/resume", post(pipelines::resume))
         .route("/v1/conflicts/policies", put(conflicts::set_policy))
         .route("/v1/conflicts/prune", post(conflicts::prune))
+        .route("/v1/sync", post(sync::sync))
+        .route("/v1/devices", get(devices::list).post(devices::add))
+        .route("/v1/devices/{name}", delete(devices::revoke))
+        .route("/v1/shapes", get(devices::shapes).put(devices::set_shape))
+        .route("/v1/shapes/{table}", delete(devices::remove_shape))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/replication", get(replication))

@@ -57,6 +57,13 @@ pub async fn create(
             .map_err(|e: flotilla_types::AccessRoleParseError| {
                 ApiError::bad_request("bad_request", e.to_string())
             })?;
+    if role == AccessRole::Device {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "a device's token is made with its device: `flotilla device add NAME --user U` \
+             (POST /v1/devices)",
+        ));
+    }
     let name = req.name.unwrap_or_default();
     if name.len() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(

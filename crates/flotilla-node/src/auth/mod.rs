@@ -125,10 +125,13 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
         || path == "/v1/restore"
         || path == "/v1/conflicts/policies"
         || path == "/v1/conflicts/prune"
+        || path.starts_with("/v1/devices")
+        || path.starts_with("/v1/shapes")
         || path == "/v1/cluster/promote"
         || path.starts_with("/v1/cluster/members");
     match path {
         "/v1/execute" => AccessRole::Write,
+        "/v1/sync" => AccessRole::Device,
         "/v1/replication" | "/v1/snapshot" | "/v1/raft" | "/v1/dc" => AccessRole::Replicate,
         _ if admin_area => AccessRole::Admin,
         _ if path.starts_with("/v1/pipelines") && method != Method::GET => AccessRole::Admin,

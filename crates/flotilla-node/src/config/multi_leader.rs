@@ -47,6 +47,13 @@ impl ConfigFile {
             return Ok(None);
         };
         let dc = flotilla_types::OriginName::new(dc).map_err(|e| invalid("dc", e.to_string()))?;
+        // `<dc>--<n>` names the devices' origins a data centre gives (docs/devices.md).
+        if dc.as_str().contains("--") {
+            return Err(invalid(
+                "dc",
+                format!("{dc}: a data centre's name may not contain \"--\" (devices' origins are named <dc>--<n>)"),
+            ));
+        }
         let mut peers: Vec<(flotilla_types::OriginName, String)> = Vec::new();
         for item in self.peer_dc.iter().flatten() {
             let (name, url) = item.split_once('=').ok_or_else(|| {

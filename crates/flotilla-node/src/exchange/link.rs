@@ -500,7 +500,9 @@ async fn merge_batch(
             passed += 1;
             continue;
         };
-        let made_elsewhere = stamp.origin != link.peer;
+        // A device's transaction merged at the peer counts as made there.
+        let made_elsewhere = stamp.origin != link.peer
+            && !flotilla_store::devices::is_device_origin_of(stamp.origin.as_str(), link.peer.as_str());
         if stamp.origin == *own_dc || (made_elsewhere && !forwards) {
             passed += 1;
             continue;
@@ -515,7 +517,7 @@ async fn merge_batch(
             stamp: stamp.clone(),
             changes,
             peer: link.peer.clone(),
-            peer_at: (r.position(), r.chain),
+            peer_at: Some((r.position(), r.chain)),
         });
     }
     link.update(|v| v.passed += passed);
@@ -565,12 +567,12 @@ async fn merge_batch(
                 }
             }
             Err(e) => {
-                let at = jobs.first().map(|j| {
-                    (
+                let at = jobs.first().and_then(|j| {
+                    Some((
                         j.stamp.origin.to_string(),
                         j.stamp.origin_lsn,
-                        j.peer_at.0.lsn,
-                    )
+                        j.peer_at?.0.lsn,
+                    ))
                 });
                 return FollowerEvent::ApplyFailed {
                     reason: match at {

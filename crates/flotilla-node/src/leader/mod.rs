@@ -17,7 +17,7 @@ pub use replicated::{NotReplicated, Replicated};
 pub use restore::{RestoreError, RestoreJob};
 pub use trims::Trims;
 pub use writer::{
-    spawn_writer, ChangeError, ChangeReply, ClusterWriter, DataCentreParts, MergeJob, MergeReply,
+    spawn_writer, ChangeError, ChangeReply, ClusterWriter, DataCentreParts, DeviceChange, MergeJob, MergeReply,
     PipelineChange, PolicyChange, TokenChange, WriteError, WriteJob, WriteReply, WriterParts,
 };
 

@@ -66,6 +66,21 @@ pub enum WriteJob {
         change: PolicyChange,
         reply: oneshot::Sender<ChangeReply>,
     },
+    /// A device's push (see docs/devices.md): checked whole against the device's shape, then
+    /// merged like [`WriteJob::Merge`], each transaction a commit of its own; a refused batch
+    /// is answered `ChangeError::DeviceRefused` with nothing merged.
+    DevicePush {
+        view: Box<flotilla_store::devices::DeviceView>,
+        origin: flotilla_types::OriginName,
+        txns: Vec<flotilla_store::devices::DeviceTxn>,
+        reply: oneshot::Sender<MergeReply>,
+    },
+    /// Registering a device, giving one of its local databases an origin, setting or
+    /// removing a shape: a commit of its own.
+    Device {
+        change: DeviceChange,
+        reply: oneshot::Sender<ChangeReply>,
+    },
     /// Deleting the resolved conflicts stamped before `before_ms` (multi-leader): a commit of
     /// its own; `pruned` hears how many (before `reply` hears the commit's position).
     PruneConflicts {
@@ -73,6 +88,22 @@ pub enum WriteJob {
         pruned: oneshot::Sender<usize>,
         reply: oneshot::Sender<ChangeReply>,
     },
+}
+
+#[derive(Debug)]
+pub enum DeviceChange {
+    Add {
+        name: String,
+        user: String,
+        token: flotilla_store::StoredToken,
+    },
+    /// `given` hears the origin.
+    NewOrigin {
+        device: String,
+        given: oneshot::Sender<String>,
+    },
+    SetShape(flotilla_store::devices::Shape),
+    RemoveShape(String),
 }
 
 #[derive(Debug, Clone)]
@@ -89,13 +120,13 @@ pub struct PolicyChange {
 pub type MergeReply = (usize, Result<(), ChangeError>, Vec<MergeJob>);
 
 /// What [`WriteJob::Merge`] merges: a transaction read at `peer_at` (its position and chain)
-/// of `peer`'s log.
+/// of `peer`'s log, or (`peer_at` `None`) one a device pushed, `peer` being its origin.
 #[derive(Debug)]
 pub struct MergeJob {
     pub stamp: flotilla_types::ExchangeStamp,
     pub changes: flotilla_types::RowPayload,
     pub peer: flotilla_types::OriginName,
-    pub peer_at: (Position, flotilla_types::Chain),
+    pub peer_at: Option<(Position, flotilla_types::Chain)>,
 }
 
 /// The answer to an internal change: the position of its commit, or why there is none.
@@ -122,6 +153,15 @@ pub enum ChangeError {
     /// A conflict policy was refused: nothing was committed.
     #[error(transparent)]
     Policy(#[from] flotilla_store::SetPolicyError),
+    /// A device change was refused: nothing was committed.
+    #[error(transparent)]
+    Device(#[from] flotilla_store::devices::DeviceError),
+    /// A device's push was refused: nothing of it was merged.
+    #[error(transparent)]
+    DeviceRefused(#[from] flotilla_store::devices::DeviceRefusal),
+    /// The database could not be read.
+    #[error(transparent)]
+    Store(#[from] flotilla_store::StoreError),
 }
 
 #[derive(Debug, Clone)]
@@ -348,6 +388,37 @@ pub fn spawn_writer(
                     // answers "retry" (the next leader executes them once, by their keys).
                     return;
                 }
+                // A device's push is checked whole here, then merged like a peer's batch.
+                let first = match first {
+                    WriteJob::DevicePush {
+                        view,
+                        origin: device_origin,
+                        txns,
+                        reply,
+                    } => match db.check_device_batch(&view, &device_origin, &txns, wall_us()) {
+                        Ok(Ok(prepared)) => WriteJob::Merge {
+                            jobs: prepared
+                                .into_iter()
+                                .map(|p| MergeJob {
+                                    stamp: p.stamp,
+                                    changes: p.changes,
+                                    peer: device_origin.clone(),
+                                    peer_at: None,
+                                })
+                                .collect(),
+                            reply,
+                        },
+                        Ok(Err(refusal)) => {
+                            let _ = reply.send((0, Err(refusal.into()), Vec::new()));
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = reply.send((0, Err(e.into()), Vec::new()));
+                            continue;
+                        }
+                    },
+                    other => other,
+                };
                 let (request, durability, reply) = match first {
                     WriteJob::Request {
                         request,
@@ -355,6 +426,8 @@ pub fn spawn_writer(
                         reply,
                     } => (request, durability, reply),
                     WriteJob::Stop => return,
+                    // Turned into a merge above.
+                    WriteJob::DevicePush { .. } => continue,
                     WriteJob::Pause { parked } => {
                         let last = cluster.as_ref().map_or(flotilla_types::Lsn(0), |c| {
                             flotilla_types::Lsn(c.next.0.saturating_sub(1))
@@ -445,6 +518,38 @@ pub fn spawn_writer(
                         }
                         continue;
                     }
+                    WriteJob::Device { change, reply } => {
+                        if let Some(c) = &cluster {
+                            db.next_internal_at(c.next);
+                        }
+                        let now = wall_us();
+                        let result = match change {
+                            DeviceChange::Add { name, user, token } => {
+                                db.add_device(&name, &user, &token, epoch, &origin, now)
+                            }
+                            DeviceChange::NewOrigin { device, given } => db
+                                .new_device_origin(&device, epoch, &origin, now)
+                                .map(|(o, out)| {
+                                    let _ = given.send(o.to_string());
+                                    out
+                                }),
+                            DeviceChange::SetShape(shape) => db
+                                .set_shape(&shape, epoch, &origin, now)
+                                .map(|(_, out)| out),
+                            DeviceChange::RemoveShape(table) => {
+                                db.remove_shape(&table, epoch, &origin, now)
+                            }
+                        };
+                        let result = result.map_err(ChangeError::from);
+                        if let Some(c) = &mut cluster {
+                            internal_commit_proposed(c, &db, result, reply);
+                            continue;
+                        }
+                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, durability_lost(&e));
+                        }
+                        continue;
+                    }
                     WriteJob::PruneConflicts {
                         before_ms,
                         pruned,
@@ -486,15 +591,25 @@ pub fn spawn_writer(
                             if let Some(c) = &cluster {
                                 db.next_internal_at(c.next);
                             }
-                            match db.commit_merge(
-                                &job.stamp,
-                                &job.changes,
-                                &job.peer,
-                                job.peer_at,
-                                epoch,
-                                &origin,
-                                wall_us(),
-                            ) {
+                            let merged_one = match job.peer_at {
+                                Some(at) => db.commit_merge(
+                                    &job.stamp,
+                                    &job.changes,
+                                    &job.peer,
+                                    at,
+                                    epoch,
+                                    &origin,
+                                    wall_us(),
+                                ),
+                                None => db.commit_device_merge(
+                                    &job.stamp,
+                                    &job.changes,
+                                    epoch,
+                                    &origin,
+                                    wall_us(),
+                                ),
+                            };
+                            match merged_one {
                                 Ok(flotilla_store::MergeOutcome::Committed {
                                     commit,
                                     conflicts,

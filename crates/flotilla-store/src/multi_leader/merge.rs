@@ -389,15 +389,16 @@ impl LeaderDb {
     /// another data centre, but read from no log of a peer.
     pub fn commit_device_merge(
         &mut self,
-        txn: &crate::devices::PreparedDeviceTxn,
+        stamp: &ExchangeStamp,
+        changes: &RowPayload,
         epoch: Epoch,
         origin: &NodeId,
         now_us: u64,
     ) -> Result<MergeOutcome, MergeApplyError> {
         self.merge_as_one_commit(
-            &txn.stamp,
-            &txn.changes,
-            &txn.stamp.origin,
+            stamp,
+            changes,
+            &stamp.origin,
             None,
             epoch,
             origin,

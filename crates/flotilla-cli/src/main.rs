@@ -6,6 +6,7 @@ mod changes;
 mod cluster;
 mod conflicts;
 mod demo;
+mod device;
 mod demo_failover;
 mod demo_multi_dc;
 mod demo_trigger;
@@ -71,6 +72,12 @@ enum Command {
     /// Multi-leader conflicts: list them, set policies, resolve one.
     #[command(subcommand)]
     Conflicts(conflicts::ConflictsCommand),
+    /// Offline devices: register one (its token), list them, revoke one.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Which rows of which tables devices pull and may push.
+    #[command(subcommand)]
+    Shape(device::ShapeCommand),
     /// API tokens: make, list and revoke them (admin role).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -105,6 +112,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve::run(*a, cli.tls_ca.clone()).await,
             Command::Token(c) => token::run(c).await,
+            Command::Device(c) => device::run(c).await,
+            Command::Shape(c) => device::shape(c).await,
             Command::Conflicts(c) => conflicts::run(c).await,
             Command::Cert(c) => cert::run(c),
             Command::Sql(a) => sql::run(a).await,

@@ -1,0 +1,205 @@
+//! Applying what a device pulled, and replaying on top of it what it has not pushed yet: the
+//! device's rows are the server's plus its own pending changes (the rebase model; see
+//! docs/devices.md). Runs inside one local transaction with capture off.
+
+use crate::local_schema::quote;
+use flotilla_types::sync_protocol::{value_from_json, JsonRow, PullItem, ShapeTable};
+use flotilla_types::SqlValue;
+use rusqlite::types::Value;
+use rusqlite::Connection;
+
+/// A protocol value as SQLite takes it.
+pub fn to_sql(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(i),
+        SqlValue::Real(f) => Value::Real(f),
+        SqlValue::Text(s) => Value::Text(s),
+        // SQLite keeps text as bytes; rusqlite binds text as str only: kept as a BLOB, the
+        // nearest it can hold (such text does not come from a device's own writes).
+        SqlValue::TextBytes(b) => Value::Blob(b),
+        SqlValue::Blob(b) => Value::Blob(b),
+    }
+}
+
+fn values(row: &JsonRow) -> Result<Vec<(String, Value)>, String> {
+    row.iter()
+        .map(|(c, v)| value_from_json(v).map(|v| (c.clone(), to_sql(v))))
+        .collect()
+}
+
+fn key_of<'a>(t: &ShapeTable, row: &'a [(String, Value)]) -> Option<Vec<&'a Value>> {
+    t.key
+        .iter()
+        .map(|k| row.iter().find(|(c, _)| c == k).map(|(_, v)| v))
+        .collect()
+}
+
+fn table<'a>(tables: &'a [ShapeTable], name: &str) -> Result<&'a ShapeTable, String> {
+    tables
+        .iter()
+        .find(|t| t.table.eq_ignore_ascii_case(name))
+        .ok_or_else(|| format!("the server sent a row of {name}, which is not in the shape"))
+}
+
+/// Inserts the row, or sets the columns given of the row with its key.
+fn upsert(conn: &Connection, t: &ShapeTable, row: &[(String, Value)]) -> Result<(), String> {
+    let cols: Vec<String> = row.iter().map(|(c, _)| quote(c)).collect();
+    let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
+    let keys: Vec<String> = t.key.iter().map(|k| quote(k)).collect();
+    let sets: Vec<String> = row
+        .iter()
+        .filter(|(c, _)| !t.key.contains(c))
+        .map(|(c, _)| format!("{q} = excluded.{q}", q = quote(c)))
+        .collect();
+    let action = if sets.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", sets.join(", "))
+    };
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {action}",
+        quote(&t.table),
+        cols.join(", "),
+        marks.join(", "),
+        keys.join(", ")
+    );
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.execute(rusqlite::params_from_iter(row.iter().map(|(_, v)| v))))
+        .map(|_| ())
+        .map_err(|e| format!("writing a row of {}: {e}", t.table))
+}
+
+fn key_where(t: &ShapeTable, first: usize) -> String {
+    t.key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} IS ?{}", quote(k), first + i))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn delete(conn: &Connection, t: &ShapeTable, key: &[&Value]) -> Result<(), String> {
+    let sql = format!("DELETE FROM {} WHERE {}", quote(&t.table), key_where(t, 1));
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.execute(rusqlite::params_from_iter(key.iter())))
+        .map(|_| ())
+        .map_err(|e| format!("deleting a row of {}: {e}", t.table))
+}
+
+/// Applies pulled items in order. Schema statements for what exists already are skipped
+/// (a table the whole shape brought, created again by the log).
+pub fn apply_items(
+    conn: &Connection,
+    tables: &[ShapeTable],
+    items: &[PullItem],
+) -> Result<bool, String> {
+    let mut schema_changed = false;
+    for item in items {
+        match item {
+            PullItem::Schema { sql, .. } => {
+                schema_changed = true;
+                if let Err(e) = conn.execute_batch(sql) {
+                    let text = e.to_string();
+                    if !text.contains("already exists") && !text.contains("duplicate column") {
+                        return Err(format!("the schema change {sql:?}: {text}"));
+                    }
+                }
+            }
+            PullItem::Upsert { table: name, row } => {
+                let t = table(tables, name)?;
+                let row = values(row).map_err(|e| format!("a row of {name}: {e}"))?;
+                upsert(conn, t, &row)?;
+            }
+            PullItem::Delete { table: name, key } => {
+                let t = table(tables, name)?;
+                let key_row = values(key).map_err(|e| format!("a key of {name}: {e}"))?;
+                let Some(key) = key_of(t, &key_row) else {
+                    return Err(format!("a delete of {name} without its key"));
+                };
+                delete(conn, t, &key)?;
+            }
+            PullItem::Conflict { row } => {
+                let row = values(row).map_err(|e| format!("a conflict: {e}"))?;
+                let cols: Vec<String> = row.iter().map(|(c, _)| quote(c)).collect();
+                let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
+                conn.execute(
+                    &format!(
+                        "INSERT OR REPLACE INTO flotilla_conflicts ({}) VALUES ({})",
+                        cols.join(", "),
+                        marks.join(", ")
+                    ),
+                    rusqlite::params_from_iter(row.iter().map(|(_, v)| v)),
+                )
+                .map_err(|e| format!("storing a conflict: {e}"))?;
+            }
+        }
+    }
+    Ok(schema_changed)
+}
+
+/// A change as the outbox keeps it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OutboxChange {
+    pub table: String,
+    pub op: String,
+    #[serde(default)]
+    pub before: Option<JsonRow>,
+    #[serde(default)]
+    pub after: Option<JsonRow>,
+}
+
+/// Replays a pending change on the rows as the server sent them: an insert writes its row, an
+/// update its changed columns (of a row the server still has), a delete deletes.
+pub fn replay(conn: &Connection, tables: &[ShapeTable], c: &OutboxChange) -> Result<(), String> {
+    let Ok(t) = table(tables, &c.table) else {
+        // The table left the shape: the server will refuse the change, and say why.
+        return Ok(());
+    };
+    let before = c.before.as_ref().map(values).transpose()?;
+    let after = c.after.as_ref().map(values).transpose()?;
+    match (c.op.as_str(), before, after) {
+        ("insert", _, Some(a)) => upsert(conn, t, &a),
+        ("delete", Some(b), _) => match key_of(t, &b) {
+            Some(k) => delete(conn, t, &k),
+            None => Ok(()),
+        },
+        ("update", Some(b), Some(a)) => {
+            let (Some(old), Some(new)) = (key_of(t, &b), key_of(t, &a)) else {
+                return Ok(());
+            };
+            if old != new {
+                delete(conn, t, &old)?;
+                return upsert(conn, t, &a);
+            }
+            let changed: Vec<&(String, Value)> = a
+                .iter()
+                .filter(|(col, v)| b.iter().find(|(c2, _)| c2 == col).map(|(_, o)| o) != Some(v))
+                .collect();
+            if changed.is_empty() {
+                return Ok(());
+            }
+            let sets: Vec<String> = changed
+                .iter()
+                .enumerate()
+                .map(|(i, (col, _))| format!("{} = ?{}", quote(col), i + 1))
+                .collect();
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {}",
+                quote(&t.table),
+                sets.join(", "),
+                key_where(t, changed.len() + 1)
+            );
+            let params: Vec<&Value> = changed
+                .iter()
+                .map(|(_, v)| v)
+                .chain(old.iter().copied())
+                .collect();
+            conn.prepare_cached(&sql)
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
+                .map(|_| ())
+                .map_err(|e| format!("replaying an update of {}: {e}", t.table))
+        }
+        _ => Err(format!("an outbox change of {} is malformed", c.table)),
+    }
+}

@@ -1,0 +1,612 @@
+//! A local replica on a device — a phone, a laptop — that takes reads and writes at any time,
+//! online or not, and syncs with a Flotilla data centre when it can (docs/devices.md).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), flotilla_device::DeviceError> {
+//! let mut phone = flotilla_device::Device::open("phone.db", "http://127.0.0.1:4790", "flt_…")?;
+//! phone.sync()?; // the first sync brings the schema and the rows of the device's shape
+//! phone.execute("INSERT INTO events (id, title, owner) VALUES (?1, ?2, ?3)",
+//!               rusqlite::params!["e1", "Dentist", "ana"])?; // works offline too
+//! println!("{}", phone.status()?); // "syncing (1 change pending)"
+//! phone.sync()?;
+//! # Ok(()) }
+//! ```
+//!
+//! **No async runtime.** Everything is blocking. The crate reaches the server only through
+//! a [`Transport`] — one `POST` at a time — so an application brings its own HTTP stack, or
+//! takes [`UreqTransport`] (the default `ureq-transport` feature: blocking HTTP, HTTPS with
+//! the `tls` feature). [`BackgroundSync`] syncs on a thread of its own every so often.
+//!
+//! **The model.** Each local write is one outbox transaction (numbered 1, 2, 3… in the local
+//! database's origin, stamped with a hybrid logical clock and the server's version vector as
+//! last pulled). A sync pushes the outbox, which the server checks against the device's shape
+//! and merges with the data centre's conflict policies, and pulls what changed in the shape;
+//! the device takes the server's rows and replays what it has not pushed yet on top. Conflicts
+//! are decided on the server and pulled into the local `flotilla_conflicts` table.
+
+#![forbid(unsafe_code)]
+
+mod apply;
+mod local_schema;
+mod status;
+mod transport;
+
+pub use status::{Rejected, Status, SyncReport};
+#[cfg(feature = "ureq-transport")]
+pub use transport::UreqTransport;
+pub use transport::{Answer, Transport, Unreachable};
+
+use apply::OutboxChange;
+use flotilla_types::sync_protocol::{
+    JsonVersionVector, PullRequest, PushChange, PushTransaction, ShapeTable, SyncRequest,
+    SyncResponse, SYNC_PROTOCOL_VERSION,
+};
+use flotilla_types::Hlc;
+use rusqlite::{Connection, OptionalExtension};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Transactions pushed in one request at most (a longer outbox takes several).
+const PUSH_BATCH: usize = 500;
+/// Requests one sync makes at most (a backlog larger than this takes several syncs).
+const MAX_ROUNDS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the device is offline (switch it online to sync)")]
+    Offline,
+    #[error("the server is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the server refused the sync ({status} {code}): {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the server's answer is not one this device understands: {0}")]
+    Protocol(String),
+    /// The local database is not one this device can use (another server's, a newer format),
+    /// or what the server sent could not be applied (nothing of it was).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// A device's local database, bound to its server.
+pub struct Device {
+    conn: Connection,
+    url: String,
+    token: String,
+    transport: Box<dyn Transport>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The device's state row.
+struct State {
+    origin: Option<String>,
+    cursor: Option<String>,
+    shapes: Option<String>,
+    tables: Vec<ShapeTable>,
+    vv: JsonVersionVector,
+    deps_id: i64,
+    hlc: u64,
+    offline: bool,
+    reset_next: bool,
+}
+
+impl Device {
+    /// Opens (or creates) the local database at `path`, bound to the server at `server`
+    /// (`http://host:port`), syncing with `token` (from `flotilla device add`), over HTTP
+    /// with [`UreqTransport`].
+    #[cfg(feature = "ureq-transport")]
+    pub fn open(path: impl AsRef<Path>, server: &str, token: &str) -> Result<Device, DeviceError> {
+        Device::open_with(path, server, token, Box::new(UreqTransport::default()))
+    }
+
+    /// As [`Device::open`], with the application's own transport.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        server: &str,
+        token: &str,
+        transport: Box<dyn Transport>,
+    ) -> Result<Device, DeviceError> {
+        let server = server.trim_end_matches('/').to_string();
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        local_schema::create(&conn, &server)?;
+        let (format, bound): (i64, String) = conn.query_row(
+            "SELECT format, server FROM _flotilla_device WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if format > local_schema::LOCAL_FORMAT {
+            return Err(DeviceError::Local(format!(
+                "this local database has format {format}, newer than this build's {}",
+                local_schema::LOCAL_FORMAT
+            )));
+        }
+        if bound != server {
+            return Err(DeviceError::Local(format!(
+                "this local database syncs with {bound}, not {server}: open it with that \
+                 server, or start a new local database"
+            )));
+        }
+        Ok(Device {
+            conn,
+            url: format!("{server}/v1/sync"),
+            token: token.to_string(),
+            transport,
+        })
+    }
+
+    /// The local database, for reads (`SELECT`). A write to a table of the shape through it
+    /// is refused: write with [`Device::execute`] or [`Device::transaction`].
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Runs one statement as a local transaction of its own; returns the rows it changed.
+    pub fn execute(
+        &mut self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<usize, DeviceError> {
+        self.transaction(|tx| tx.execute(sql, params))
+    }
+
+    /// Runs `f` as one local transaction: its row changes to the shape's tables are one
+    /// transaction for the server too (all of it applied there, or none). An error from `f`
+    /// rolls it back.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, DeviceError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM _flotilla_capture", [])?;
+        tx.execute("INSERT INTO _flotilla_writing (mode) VALUES (1)", [])?;
+        let out = f(&tx)?;
+        tx.execute("DELETE FROM _flotilla_writing", [])?;
+        let captured: Vec<OutboxChange> = tx
+            .prepare("SELECT tbl, op, before, after FROM _flotilla_capture ORDER BY n")?
+            .query_map([], |r| {
+                let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+                Ok(OutboxChange {
+                    table: r.get(0)?,
+                    op: r.get(1)?,
+                    before: parse(r.get(2)?),
+                    after: parse(r.get(3)?),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        if !captured.is_empty() {
+            let (seq, hlc, deps): (i64, i64, i64) = tx.query_row(
+                "SELECT next_seq, hlc, deps_id FROM _flotilla_device WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let hlc = Hlc(hlc as u64).tick(now_ms());
+            let changes = serde_json::to_string(&captured)
+                .map_err(|e| DeviceError::Local(format!("recording the changes: {e}")))?;
+            tx.execute(
+                "INSERT INTO _flotilla_outbox (seq, hlc, deps, changes) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![seq, hlc.0 as i64, deps, changes],
+            )?;
+            tx.execute(
+                "UPDATE _flotilla_device SET next_seq = ?1, hlc = ?2 WHERE id = 1",
+                rusqlite::params![seq + 1, hlc.0 as i64],
+            )?;
+            tx.execute("DELETE FROM _flotilla_capture", [])?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Switches the device offline (no sync until it is switched back) or online.
+    pub fn set_offline(&mut self, offline: bool) -> Result<(), DeviceError> {
+        self.conn.execute(
+            "UPDATE _flotilla_device SET offline = ?1 WHERE id = 1",
+            [offline as i64],
+        )?;
+        Ok(())
+    }
+
+    fn state(&self) -> Result<State, DeviceError> {
+        let row = self.conn.query_row(
+            "SELECT origin, cursor, shapes, tables, vv, deps_id, hlc, offline, reset_next \
+             FROM _flotilla_device WHERE id = 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            },
+        )?;
+        let bad = |what: &str, e: serde_json::Error| {
+            DeviceError::Local(format!("the local database's {what} is damaged: {e}"))
+        };
+        Ok(State {
+            origin: row.0,
+            cursor: row.1,
+            shapes: row.2,
+            tables: serde_json::from_str(&row.3).map_err(|e| bad("shape", e))?,
+            vv: serde_json::from_str(&row.4).map_err(|e| bad("version vector", e))?,
+            deps_id: row.5,
+            hlc: row.6 as u64,
+            offline: row.7 != 0,
+            reset_next: row.8 != 0,
+        })
+    }
+
+    /// The outbox's first transactions (at most `limit`), with the version vectors they
+    /// depend on.
+    #[allow(clippy::type_complexity)]
+    fn outbox(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<PushTransaction>, BTreeMap<String, JsonVersionVector>), DeviceError> {
+        let rows: Vec<(i64, i64, i64, String)> = self
+            .conn
+            .prepare_cached("SELECT seq, hlc, deps, changes FROM _flotilla_outbox ORDER BY seq LIMIT ?1")?
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut push = Vec::with_capacity(rows.len());
+        let mut deps = BTreeMap::new();
+        for (seq, hlc, dep, changes) in rows {
+            let changes: Vec<OutboxChange> = serde_json::from_str(&changes).map_err(|e| {
+                DeviceError::Local(format!("outbox transaction {seq} is damaged: {e}"))
+            })?;
+            let id = dep.to_string();
+            if !deps.contains_key(&id) {
+                let vv: String = self.conn.query_row(
+                    "SELECT vv FROM _flotilla_deps WHERE id = ?1",
+                    [dep],
+                    |r| r.get(0),
+                )?;
+                let vv: JsonVersionVector = serde_json::from_str(&vv).map_err(|e| {
+                    DeviceError::Local(format!("a version vector of the outbox is damaged: {e}"))
+                })?;
+                deps.insert(id.clone(), vv);
+            }
+            push.push(PushTransaction {
+                seq: seq as u64,
+                hlc: hlc as u64,
+                deps: id,
+                changes: changes
+                    .into_iter()
+                    .map(|c| PushChange {
+                        table: c.table,
+                        op: c.op,
+                        before: c.before,
+                        after: c.after,
+                    })
+                    .collect(),
+            });
+        }
+        Ok((push, deps))
+    }
+
+    fn note_error(&self, why: &str) {
+        let _ = self.conn.execute(
+            "UPDATE _flotilla_device SET last_error = ?1 WHERE id = 1",
+            [why],
+        );
+    }
+
+    /// Pushes what the server lacks and pulls what changed, until both are done (several
+    /// requests for a large backlog). A transaction the server refuses (outside the shape) is
+    /// set aside as rejected (see [`Device::rejected`]) and its effects undone by pulling the
+    /// whole shape again; the rest goes on.
+    pub fn sync(&mut self) -> Result<SyncReport, DeviceError> {
+        let mut report = SyncReport::default();
+        for _ in 0..MAX_ROUNDS {
+            let st = self.state()?;
+            if st.offline {
+                return Err(DeviceError::Offline);
+            }
+            let (push, deps) = self.outbox(PUSH_BATCH)?;
+            let full_batch = push.len() == PUSH_BATCH;
+            let resync = st.reset_next;
+            let req = SyncRequest {
+                protocol: SYNC_PROTOCOL_VERSION,
+                origin: st.origin.clone(),
+                deps,
+                push,
+                pull: Some(PullRequest {
+                    cursor: if resync { None } else { st.cursor.clone() },
+                    shapes: if resync { None } else { st.shapes.clone() },
+                    max_changes: None,
+                }),
+            };
+            let body = serde_json::to_vec(&req)
+                .map_err(|e| DeviceError::Local(format!("encoding the request: {e}")))?;
+            report.bytes_sent += body.len();
+            let answer = match self.transport.post_json(&self.url, &self.token, body) {
+                Ok(a) => a,
+                Err(Unreachable(why)) => {
+                    self.note_error(&why);
+                    return Err(DeviceError::Unreachable(why));
+                }
+            };
+            report.bytes_received += answer.body.len();
+            if answer.status != 200 {
+                let err: serde_json::Value =
+                    serde_json::from_slice(&answer.body).unwrap_or_default();
+                let e = &err["error"];
+                let code = e["code"].as_str().unwrap_or("unknown").to_string();
+                let message = e["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).into_owned());
+                if let ("outside_shape" | "malformed", Some(seq)) = (code.as_str(), e["seq"].as_u64()) {
+                    self.reject(seq, &code, &message)?;
+                    report.rejected += 1;
+                    continue;
+                }
+                let why = format!("{} {code}: {message}", answer.status);
+                self.note_error(&why);
+                return Err(DeviceError::Refused {
+                    status: answer.status,
+                    code,
+                    message,
+                });
+            }
+            let resp: SyncResponse = serde_json::from_slice(&answer.body)
+                .map_err(|e| DeviceError::Protocol(e.to_string()))?;
+            let more = self.take(&st, &resp, &mut report)?;
+            if !more && !full_batch {
+                return Ok(report);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sets an outbox transaction aside as rejected: it stays in the outbox empty (the
+    /// server must see every number), and the whole shape is pulled next.
+    fn reject(&mut self, seq: u64, code: &str, reason: &str) -> Result<(), DeviceError> {
+        let tx = self.conn.transaction()?;
+        let changes: Option<String> = tx
+            .query_row(
+                "SELECT changes FROM _flotilla_outbox WHERE seq = ?1",
+                [seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(changes) = changes else {
+            return Err(DeviceError::Protocol(format!(
+                "the server refused transaction {seq}, which this device does not have"
+            )));
+        };
+        tx.execute(
+            "INSERT OR REPLACE INTO _flotilla_rejected (seq, code, reason, changes, at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![seq as i64, code, reason, changes, now_ms() as i64],
+        )?;
+        tx.execute(
+            "UPDATE _flotilla_outbox SET changes = '[]' WHERE seq = ?1",
+            [seq as i64],
+        )?;
+        tx.execute("UPDATE _flotilla_device SET reset_next = 1 WHERE id = 1", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Takes a sync's answer in one local transaction: forgets what the server acknowledged,
+    /// applies what was pulled, replays the rest of the outbox on top. Returns whether there
+    /// is more to pull.
+    fn take(
+        &mut self,
+        st: &State,
+        resp: &SyncResponse,
+        report: &mut SyncReport,
+    ) -> Result<bool, DeviceError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("INSERT INTO _flotilla_writing (mode) VALUES (0)", [])?;
+        let before: i64 = tx.query_row("SELECT count(*) FROM _flotilla_outbox", [], |r| r.get(0))?;
+        tx.execute(
+            "DELETE FROM _flotilla_outbox WHERE seq <= ?1",
+            [resp.acknowledged as i64],
+        )?;
+        let after: i64 = tx.query_row("SELECT count(*) FROM _flotilla_outbox", [], |r| r.get(0))?;
+        report.pushed += (before - after).max(0) as usize;
+        tx.execute(
+            "UPDATE _flotilla_device SET origin = ?1, last_sync_ms = ?2, last_error = NULL \
+             WHERE id = 1",
+            rusqlite::params![resp.origin, now_ms() as i64],
+        )?;
+        let mut more = false;
+        if let Some(p) = &resp.pull {
+            more = p.more;
+            if p.reset {
+                for t in st.tables.iter().chain(&p.tables) {
+                    tx.execute_batch(&format!(
+                        "DROP TABLE IF EXISTS {}",
+                        local_schema::quote(&t.table)
+                    ))?;
+                }
+                tx.execute("DELETE FROM flotilla_conflicts", [])?;
+                report.reset = true;
+            }
+            let schema_changed =
+                apply::apply_items(&tx, &p.tables, &p.items).map_err(DeviceError::Local)?;
+            report.pulled += p.items.len();
+            let mut vv = if p.reset { BTreeMap::new() } else { st.vv.clone() };
+            let mut vv_moved = p.reset;
+            for (o, l) in p.vv.iter().flatten() {
+                let e = vv.entry(o.clone()).or_insert(0);
+                if *l > *e {
+                    *e = *l;
+                    vv_moved = true;
+                }
+            }
+            let mut deps_id = st.deps_id;
+            let vv_text = serde_json::to_string(&vv).expect("a map serialises");
+            if vv_moved {
+                tx.execute("INSERT INTO _flotilla_deps (vv) VALUES (?1)", [&vv_text])?;
+                deps_id = tx.last_insert_rowid();
+            }
+            // Version vectors no pending transaction depends on are dropped.
+            tx.execute(
+                "DELETE FROM _flotilla_deps WHERE id <> ?1 AND id NOT IN \
+                 (SELECT deps FROM _flotilla_outbox)",
+                [deps_id],
+            )?;
+            let tables_text = serde_json::to_string(&p.tables).expect("tables serialise");
+            tx.execute(
+                "UPDATE _flotilla_device SET cursor = ?1, shapes = ?2, tables = ?3, vv = ?4, \
+                 deps_id = ?5, hlc = max(hlc, ?6), reset_next = 0 WHERE id = 1",
+                rusqlite::params![p.cursor, p.shapes, tables_text, vv_text, deps_id, p.hlc as i64],
+            )?;
+            if p.reset || schema_changed || p.tables != st.tables {
+                local_schema::install_triggers(&tx, &p.tables)?;
+            }
+            // What the server does not have yet goes back on top of its rows.
+            let pending: Vec<String> = tx
+                .prepare("SELECT changes FROM _flotilla_outbox ORDER BY seq")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for changes in pending {
+                let changes: Vec<OutboxChange> = serde_json::from_str(&changes)
+                    .map_err(|e| DeviceError::Local(format!("the outbox is damaged: {e}")))?;
+                for c in &changes {
+                    apply::replay(&tx, &p.tables, c).map_err(DeviceError::Local)?;
+                }
+            }
+        }
+        let _ = st.hlc;
+        tx.execute("DELETE FROM _flotilla_writing", [])?;
+        tx.commit()?;
+        Ok(more)
+    }
+
+    /// What the app can show: offline, syncing (n changes pending), or synced through a
+    /// position at a time.
+    pub fn status(&self) -> Result<Status, DeviceError> {
+        let (origin, cursor, last_sync_ms, last_error, offline): (
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            i64,
+        ) = self.conn.query_row(
+            "SELECT origin, cursor, last_sync_ms, last_error, offline FROM _flotilla_device \
+             WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        let pending: i64 = self.conn.query_row(
+            "SELECT count(*) FROM _flotilla_outbox WHERE changes <> '[]'",
+            [],
+            |r| r.get(0),
+        )?;
+        let rejected: i64 =
+            self.conn
+                .query_row("SELECT count(*) FROM _flotilla_rejected", [], |r| r.get(0))?;
+        Ok(Status {
+            offline: offline != 0,
+            pending: pending as usize,
+            rejected: rejected as usize,
+            origin,
+            cursor,
+            last_sync_ms: last_sync_ms.map(|v| v as u64),
+            last_error,
+        })
+    }
+
+    /// The transactions the server refused, with why (kept for the app to show).
+    pub fn rejected(&self) -> Result<Vec<Rejected>, DeviceError> {
+        let out = self
+            .conn
+            .prepare("SELECT seq, code, reason, changes, at_ms FROM _flotilla_rejected ORDER BY seq")?
+            .query_map([], |r| {
+                Ok(Rejected {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    code: r.get(1)?,
+                    reason: r.get(2)?,
+                    changes: r.get(3)?,
+                    at_ms: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(out)
+    }
+}
+
+/// Syncs a device's local database on a thread of its own, every `every`, until dropped or
+/// stopped. It opens its own connection to the file, so the application keeps using its
+/// [`Device`] meanwhile (SQLite serialises the writes).
+#[cfg(feature = "ureq-transport")]
+pub struct BackgroundSync {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(feature = "ureq-transport")]
+impl BackgroundSync {
+    pub fn start(
+        path: impl AsRef<Path>,
+        server: &str,
+        token: &str,
+        every: std::time::Duration,
+    ) -> Result<BackgroundSync, DeviceError> {
+        let mut device = Device::open(path, server, token)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("flotilla-device-sync".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Failures are in the status (last_error); the next round tries again.
+                    let _ = device.sync();
+                    let step = std::time::Duration::from_millis(50);
+                    let mut waited = std::time::Duration::ZERO;
+                    while waited < every && !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(step);
+                        waited += step;
+                    }
+                }
+            })
+            .map_err(|e| DeviceError::Local(format!("starting the sync thread: {e}")))?;
+        Ok(BackgroundSync {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(feature = "ureq-transport")]
+impl Drop for BackgroundSync {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

@@ -1,0 +1,95 @@
+//! What a device tells its application about syncing.
+
+use std::fmt;
+
+/// A device's sync status (see its `Display`: what an app shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Switched offline by the application.
+    pub offline: bool,
+    /// Local transactions the server has not acknowledged.
+    pub pending: usize,
+    /// Local transactions the server refused (see `Device::rejected`).
+    pub rejected: usize,
+    /// The origin the server gave this local database (`None` before its first sync).
+    pub origin: Option<String>,
+    /// The server position the device has its shape through.
+    pub cursor: Option<String>,
+    /// When a sync last succeeded (Unix milliseconds).
+    pub last_sync_ms: Option<u64>,
+    /// Why the last sync failed, if it did (cleared by the next that succeeds).
+    pub last_error: Option<String>,
+}
+
+impl Status {
+    /// The short state: `offline`, `syncing` or `synced`.
+    pub fn state(&self) -> &'static str {
+        if self.offline || self.last_error.is_some() {
+            "offline"
+        } else if self.pending > 0 || self.cursor.is_none() {
+            "syncing"
+        } else {
+            "synced"
+        }
+    }
+}
+
+fn changes(n: usize) -> String {
+    if n == 1 {
+        "1 change pending".into()
+    } else {
+        format!("{n} changes pending")
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.state() {
+            "offline" => {
+                write!(f, "offline ({})", changes(self.pending))?;
+                if let (false, Some(e)) = (self.offline, &self.last_error) {
+                    write!(f, ": {e}")?;
+                }
+            }
+            "syncing" => write!(f, "syncing ({})", changes(self.pending))?,
+            _ => write!(
+                f,
+                "synced through {}",
+                self.cursor.as_deref().unwrap_or("nothing yet")
+            )?,
+        }
+        if let Some(ms) = self.last_sync_ms {
+            write!(f, ", last synced at {ms} ms since the epoch")?;
+        }
+        if self.rejected > 0 {
+            write!(f, ", {} rejected by the server", self.rejected)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one `Device::sync` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Local transactions the server acknowledged.
+    pub pushed: usize,
+    /// Items pulled (rows, deletes, schema changes, conflicts).
+    pub pulled: usize,
+    /// Local transactions the server refused.
+    pub rejected: usize,
+    /// The whole shape was pulled again.
+    pub reset: bool,
+    pub bytes_sent: usize,
+    pub bytes_received: usize,
+}
+
+/// A local transaction the server refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub seq: u64,
+    pub code: String,
+    pub reason: String,
+    /// Its row changes (JSON), as they were.
+    pub changes: String,
+    pub at_ms: u64,
+}

@@ -164,8 +164,15 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             print!(
                 "{}",
                 table(
-                    &["device", "user", "token", "origins", "last sync", "position"]
-                        .map(String::from),
+                    &[
+                        "device",
+                        "user",
+                        "token",
+                        "origins",
+                        "last sync",
+                        "position"
+                    ]
+                    .map(String::from),
                     &rows
                 )
             );

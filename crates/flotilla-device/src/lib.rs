@@ -264,8 +264,12 @@ impl Device {
     ) -> Result<(Vec<PushTransaction>, BTreeMap<String, JsonVersionVector>), DeviceError> {
         let rows: Vec<(i64, i64, i64, String)> = self
             .conn
-            .prepare_cached("SELECT seq, hlc, deps, changes FROM _flotilla_outbox ORDER BY seq LIMIT ?1")?
-            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .prepare_cached(
+                "SELECT seq, hlc, deps, changes FROM _flotilla_outbox ORDER BY seq LIMIT ?1",
+            )?
+            .query_map([limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
             .collect::<Result<_, _>>()?;
         let mut push = Vec::with_capacity(rows.len());
         let mut deps = BTreeMap::new();
@@ -355,7 +359,9 @@ impl Device {
                     .as_str()
                     .map(str::to_string)
                     .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).into_owned());
-                if let ("outside_shape" | "malformed", Some(seq)) = (code.as_str(), e["seq"].as_u64()) {
+                if let ("outside_shape" | "malformed", Some(seq)) =
+                    (code.as_str(), e["seq"].as_u64())
+                {
                     self.reject(seq, &code, &message)?;
                     report.rejected += 1;
                     continue;
@@ -403,7 +409,10 @@ impl Device {
             "UPDATE _flotilla_outbox SET changes = '[]' WHERE seq = ?1",
             [seq as i64],
         )?;
-        tx.execute("UPDATE _flotilla_device SET reset_next = 1 WHERE id = 1", [])?;
+        tx.execute(
+            "UPDATE _flotilla_device SET reset_next = 1 WHERE id = 1",
+            [],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -421,7 +430,8 @@ impl Device {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("INSERT INTO _flotilla_writing (mode) VALUES (0)", [])?;
-        let before: i64 = tx.query_row("SELECT count(*) FROM _flotilla_outbox", [], |r| r.get(0))?;
+        let before: i64 =
+            tx.query_row("SELECT count(*) FROM _flotilla_outbox", [], |r| r.get(0))?;
         tx.execute(
             "DELETE FROM _flotilla_outbox WHERE seq <= ?1",
             [resp.acknowledged as i64],
@@ -449,7 +459,11 @@ impl Device {
             let schema_changed =
                 apply::apply_items(&tx, &p.tables, &p.items).map_err(DeviceError::Local)?;
             report.pulled += p.items.len();
-            let mut vv = if p.reset { BTreeMap::new() } else { st.vv.clone() };
+            let mut vv = if p.reset {
+                BTreeMap::new()
+            } else {
+                st.vv.clone()
+            };
             let mut vv_moved = p.reset;
             for (o, l) in p.vv.iter().flatten() {
                 let e = vv.entry(o.clone()).or_insert(0);
@@ -474,7 +488,14 @@ impl Device {
             tx.execute(
                 "UPDATE _flotilla_device SET cursor = ?1, shapes = ?2, tables = ?3, vv = ?4, \
                  deps_id = ?5, hlc = max(hlc, ?6), reset_next = 0 WHERE id = 1",
-                rusqlite::params![p.cursor, p.shapes, tables_text, vv_text, deps_id, p.hlc as i64],
+                rusqlite::params![
+                    p.cursor,
+                    p.shapes,
+                    tables_text,
+                    vv_text,
+                    deps_id,
+                    p.hlc as i64
+                ],
             )?;
             if p.reset || schema_changed || p.tables != st.tables {
                 local_schema::install_triggers(&tx, &p.tables)?;
@@ -536,7 +557,9 @@ impl Device {
     pub fn rejected(&self) -> Result<Vec<Rejected>, DeviceError> {
         let out = self
             .conn
-            .prepare("SELECT seq, code, reason, changes, at_ms FROM _flotilla_rejected ORDER BY seq")?
+            .prepare(
+                "SELECT seq, code, reason, changes, at_ms FROM _flotilla_rejected ORDER BY seq",
+            )?
             .query_map([], |r| {
                 Ok(Rejected {
                     seq: r.get::<_, i64>(0)? as u64,

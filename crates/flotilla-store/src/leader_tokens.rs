@@ -102,7 +102,10 @@ pub fn read_tokens(conn: &Connection) -> Result<Vec<StoredToken>, StoreError> {
 
 /// Stores a new token in the open transaction (making the table the first time); a token id
 /// taken already is refused.
-pub(crate) fn insert_token(conn: &rusqlite::Connection, token: &StoredToken) -> Result<(), TokenError> {
+pub(crate) fn insert_token(
+    conn: &rusqlite::Connection,
+    token: &StoredToken,
+) -> Result<(), TokenError> {
     conn.execute_batch(CREATE_TOKENS)?;
     let taken: Option<i64> = conn
         .query_row(

@@ -181,8 +181,7 @@ pub async fn set_shape(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (req, _): (ShapeRequest, _) =
-        json_body(&headers, body, node.config.max_body_bytes).await?;
+    let (req, _): (ShapeRequest, _) = json_body(&headers, body, node.config.max_body_bytes).await?;
     let shape = Shape {
         table: req.table,
         columns: req.columns,

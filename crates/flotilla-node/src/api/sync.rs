@@ -16,8 +16,8 @@ use axum::Json;
 use flotilla_log::LogError;
 use flotilla_store::devices::{DeviceRowChange, DeviceTxn, DeviceView};
 use flotilla_types::sync_protocol::{
-    value_from_json, JsonRow, JsonVersionVector, PullItem, PullRequest, PullResponse,
-    SyncRequest, SyncResponse, SYNC_PROTOCOL_VERSION,
+    value_from_json, JsonRow, JsonVersionVector, PullItem, PullRequest, PullResponse, SyncRequest,
+    SyncResponse, SYNC_PROTOCOL_VERSION,
 };
 use flotilla_types::{Hlc, Lsn, OriginName, Position, RowOp, SqlValue, VersionVector};
 use std::sync::Arc;
@@ -110,8 +110,7 @@ async fn identify(node: &Node, headers: &HeaderMap) -> Result<Identity, ApiError
                 ),
             ));
         };
-        let origins =
-            flotilla_store::devices::origins_of(conn, &device).map_err(store_error)?;
+        let origins = flotilla_store::devices::origins_of(conn, &device).map_err(store_error)?;
         Ok(Identity {
             device,
             user,
@@ -276,8 +275,7 @@ pub async fn sync(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<SyncResponse>, ApiError> {
-    let (req, _): (SyncRequest, _) =
-        json_body(&headers, body, node.config.max_body_bytes).await?;
+    let (req, _): (SyncRequest, _) = json_body(&headers, body, node.config.max_body_bytes).await?;
     if req.protocol != SYNC_PROTOCOL_VERSION {
         return Err(bad(
             "unsupported_protocol",
@@ -301,9 +299,7 @@ pub async fn sync(
     let who = identify(&node, &headers).await?;
     let txns = device_txns(&req)?;
     let origin = match &req.origin {
-        Some(o) if who.origins.iter().any(|g| g == o) => {
-            OriginName::new(o).map_err(internal)?
-        }
+        Some(o) if who.origins.iter().any(|g| g == o) => OriginName::new(o).map_err(internal)?,
         Some(o) => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -362,9 +358,11 @@ pub async fn sync(
         Some(p) => Some(pull(&node, &leader, view, &p, &txns).await?),
     };
     if let Some(p) = &pull {
-        node.device_activity.record(&who.device, origin.as_str(), &p.cursor);
+        node.device_activity
+            .record(&who.device, origin.as_str(), &p.cursor);
     } else {
-        node.device_activity.record(&who.device, origin.as_str(), "");
+        node.device_activity
+            .record(&who.device, origin.as_str(), "");
     }
     Ok(Json(SyncResponse {
         protocol: SYNC_PROTOCOL_VERSION,
@@ -383,20 +381,21 @@ async fn pull(
     p: &PullRequest,
     pushed: &[DeviceTxn],
 ) -> Result<PullResponse, ApiError> {
-    let max = p
-        .max_changes
-        .map_or(MAX_PULL_CHANGES, |m| (m as usize).clamp(1, MAX_PULL_CHANGES));
+    let max = p.max_changes.map_or(MAX_PULL_CHANGES, |m| {
+        (m as usize).clamp(1, MAX_PULL_CHANGES)
+    });
     let head = leader.head.borrow().position;
-    let cursor = match (&p.cursor, &p.shapes) {
-        (Some(c), Some(s)) if *s == view.digest => {
-            let at: Position = c
-                .parse()
-                .map_err(|e| bad("bad_position", format!("cursor {c:?}: {e}")))?;
-            // A cursor beyond the server's history (a restored server) starts afresh.
-            (at.lsn <= head.lsn).then_some(at)
-        }
-        _ => None,
-    };
+    let at: Option<Position> = p
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse()
+                .map_err(|e| bad("bad_position", format!("cursor {c:?}: {e}")))
+        })
+        .transpose()?;
+    // Other shapes than the device's rows were chosen by, or a cursor beyond the server's
+    // history (a restored server): the whole shape again.
+    let cursor = at.filter(|at| p.shapes.as_deref() == Some(&view.digest) && at.lsn <= head.lsn);
     let Some(from) = cursor else {
         return whole_shape(node, view).await;
     };
@@ -429,8 +428,7 @@ async fn pull(
     let digest = view.digest.clone();
     let tables = view.shape_tables();
     let (items, cursor, vv_delta, hlc, more_records) = with_reader(node, move |conn| {
-        let mine =
-            flotilla_store::devices::user_origins(conn, &view.user).map_err(store_error)?;
+        let mine = flotilla_store::devices::user_origins(conn, &view.user).map_err(store_error)?;
         let mut items: Vec<PullItem> = Vec::new();
         let mut changes = 0usize;
         let mut cursor = from;
@@ -445,8 +443,9 @@ async fn pull(
                 vv.advance(&s.origin, s.origin_lsn);
             }
             if let Some(rows) = &r.rows {
-                changes += flotilla_store::devices::pull_items_of(conn, &view, &mine, rows, &mut items)
-                    .map_err(store_error)?;
+                changes +=
+                    flotilla_store::devices::pull_items_of(conn, &view, &mine, rows, &mut items)
+                        .map_err(store_error)?;
             }
             cursor = r.position();
         }
@@ -475,8 +474,7 @@ async fn pull(
 /// The whole shape, as one read saw it.
 async fn whole_shape(node: &Arc<Node>, view: DeviceView) -> Result<PullResponse, ApiError> {
     let snap = with_reader(node, move |conn| {
-        flotilla_store::devices::shape_snapshot(conn, &view.user, &view.device)
-            .map_err(store_error)
+        flotilla_store::devices::shape_snapshot(conn, &view.user, &view.device).map_err(store_error)
     })
     .await?;
     Ok(PullResponse {

@@ -502,7 +502,10 @@ async fn merge_batch(
         };
         // A device's transaction merged at the peer counts as made there.
         let made_elsewhere = stamp.origin != link.peer
-            && !flotilla_store::devices::is_device_origin_of(stamp.origin.as_str(), link.peer.as_str());
+            && !flotilla_store::devices::is_device_origin_of(
+                stamp.origin.as_str(),
+                link.peer.as_str(),
+            );
         if stamp.origin == *own_dc || (made_elsewhere && !forwards) {
             passed += 1;
             continue;

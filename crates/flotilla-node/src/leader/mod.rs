@@ -17,8 +17,9 @@ pub use replicated::{NotReplicated, Replicated};
 pub use restore::{RestoreError, RestoreJob};
 pub use trims::Trims;
 pub use writer::{
-    spawn_writer, ChangeError, ChangeReply, ClusterWriter, DataCentreParts, DeviceChange, MergeJob, MergeReply,
-    PipelineChange, PolicyChange, TokenChange, WriteError, WriteJob, WriteReply, WriterParts,
+    spawn_writer, ChangeError, ChangeReply, ClusterWriter, DataCentreParts, DeviceChange, MergeJob,
+    MergeReply, PipelineChange, PolicyChange, TokenChange, WriteError, WriteJob, WriteReply,
+    WriterParts,
 };
 
 use flotilla_core::{FollowerTracker, ReadFailure};

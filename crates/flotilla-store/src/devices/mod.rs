@@ -92,11 +92,10 @@ pub fn read_devices(conn: &Connection) -> Result<Vec<StoredDevice>, StoreError> 
     if !has_registry(conn)? {
         return Ok(Vec::new());
     }
-    let revoked: std::collections::HashMap<String, Option<u64>> =
-        crate::read_tokens(conn)?
-            .into_iter()
-            .map(|t| (t.id, t.revoked_ms))
-            .collect();
+    let revoked: std::collections::HashMap<String, Option<u64>> = crate::read_tokens(conn)?
+        .into_iter()
+        .map(|t| (t.id, t.revoked_ms))
+        .collect();
     let mut stmt = conn
         .prepare("SELECT name, user, token_id, created_ms FROM _flotilla_devices ORDER BY name")?;
     let rows: Vec<(String, String, String, i64)> = stmt
@@ -167,9 +166,9 @@ pub fn is_device_origin_of(origin: &str, dc: &str) -> bool {
 
 /// A device name: what a node id may be (letters, digits, `-`, `_`; at most 64).
 pub fn check_device_name(name: &str) -> Result<(), String> {
-    NodeId::new(name).map(|_| ()).map_err(|_| {
-        format!("device name {name:?}: use 1 to 64 letters, digits, '-' or '_'")
-    })
+    NodeId::new(name)
+        .map(|_| ())
+        .map_err(|_| format!("device name {name:?}: use 1 to 64 letters, digits, '-' or '_'"))
 }
 
 impl LeaderDb {

@@ -94,12 +94,7 @@ fn conflict_visible(
     columns: &[String],
     values: &[SqlValue],
 ) -> Result<bool, StoreError> {
-    let get = |name: &str| {
-        columns
-            .iter()
-            .position(|c| c == name)
-            .map(|i| &values[i])
-    };
+    let get = |name: &str| columns.iter().position(|c| c == name).map(|i| &values[i]);
     let Some(SqlValue::Text(table)) = get("tbl") else {
         return Ok(false);
     };
@@ -168,7 +163,9 @@ pub fn shape_snapshot(
                 .filter_map(|k| t.columns.iter().position(|c| c == k))
                 .collect();
             view.rows_of(conn, t, |row| {
-                keys.insert(key_json(&key_at.iter().map(|i| &row[*i]).collect::<Vec<_>>()));
+                keys.insert(key_json(
+                    &key_at.iter().map(|i| &row[*i]).collect::<Vec<_>>(),
+                ));
                 items.push(PullItem::Upsert {
                     table: t.table.clone(),
                     row: json_row(&t.columns, &row),
@@ -184,7 +181,11 @@ pub fn shape_snapshot(
         if has_conflicts > 0 {
             let mine = user_origins(conn, user)?;
             let mut stmt = conn.prepare(&format!("SELECT * FROM {CONFLICTS_TABLE}"))?;
-            let names: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+            let names: Vec<String> = stmt
+                .column_names()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
             let mut rows = stmt.raw_query();
             while let Some(r) = rows.next()? {
                 let mut vals = Vec::with_capacity(names.len());

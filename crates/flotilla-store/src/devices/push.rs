@@ -218,8 +218,8 @@ impl LeaderDb {
             columns.push(declared.clone());
         }
         if let (Some(b), Some(a)) = (&c.before, &c.after) {
-            let same = b.len() == a.len()
-                && b.iter().zip(a).all(|(x, y)| x.0.eq_ignore_ascii_case(&y.0));
+            let same =
+                b.len() == a.len() && b.iter().zip(a).all(|(x, y)| x.0.eq_ignore_ascii_case(&y.0));
             if !same {
                 return Ok(Err((
                     "malformed",
@@ -261,14 +261,16 @@ impl LeaderDb {
             Some(r) => r.clone(),
             None => view.current_row(&self.conn, t, &key_vals)?,
         };
-        let describe = |vals: &[SqlValue]| crate::multi_leader::key_json(&vals.iter().collect::<Vec<_>>());
-        let judge = |names: &[String], vals: &[SqlValue]| -> Result<Result<bool, String>, StoreError> {
-            match view.contains(&self.conn, &t.table, names, vals) {
-                Ok(b) => Ok(Ok(b)),
-                Err(StoreError::Sqlite(e)) => Ok(Err(crate::sql_error_message(&e))),
-                Err(e) => Err(e),
-            }
-        };
+        let describe =
+            |vals: &[SqlValue]| crate::multi_leader::key_json(&vals.iter().collect::<Vec<_>>());
+        let judge =
+            |names: &[String], vals: &[SqlValue]| -> Result<Result<bool, String>, StoreError> {
+                match view.contains(&self.conn, &t.table, names, vals) {
+                    Ok(b) => Ok(Ok(b)),
+                    Err(StoreError::Sqlite(e)) => Ok(Err(crate::sql_error_message(&e))),
+                    Err(e) => Err(e),
+                }
+            };
         // The server's row, if it has one, must be the device's to change (an insert too: it
         // would merge into that row).
         {

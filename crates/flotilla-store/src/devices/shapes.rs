@@ -71,7 +71,9 @@ fn table_columns(conn: &Connection, table: &str) -> Result<Columns, StoreError> 
             "SELECT name, pk, \"notnull\" = 0 OR dflt_value IS NOT NULL, hidden \
              FROM pragma_table_xinfo(?1) ORDER BY cid",
         )?
-        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map([table], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
         .collect::<Result<_, _>>()?;
     let rows: Vec<_> = rows.into_iter().filter(|r| r.3 == 0).collect();
     let mut key: Vec<(i64, usize)> = rows
@@ -186,7 +188,8 @@ fn check_shape(conn: &Connection, shape: &Shape) -> Result<Shape, DeviceError> {
             let probe = format!("SELECT 1 FROM {} WHERE ({p})", quote(&table));
             let single = !p.contains(';') && crate::sql_text::is_complete(&format!("{probe};"));
             let prepared = if single {
-                conn.prepare(&probe).map_err(|e| crate::sql_error_message(&e))
+                conn.prepare(&probe)
+                    .map_err(|e| crate::sql_error_message(&e))
             } else {
                 Err("it is not one expression".to_string())
             };

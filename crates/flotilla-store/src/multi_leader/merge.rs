@@ -373,15 +373,7 @@ impl LeaderDb {
         origin: &NodeId,
         now_us: u64,
     ) -> Result<MergeOutcome, MergeApplyError> {
-        self.merge_as_one_commit(
-            stamp,
-            changes,
-            peer,
-            Some(peer_at),
-            epoch,
-            origin,
-            now_us,
-        )
+        self.merge_as_one_commit(stamp, changes, peer, Some(peer_at), epoch, origin, now_us)
     }
 
     /// Merges a transaction a device pushed (checked by
@@ -395,15 +387,7 @@ impl LeaderDb {
         origin: &NodeId,
         now_us: u64,
     ) -> Result<MergeOutcome, MergeApplyError> {
-        self.merge_as_one_commit(
-            stamp,
-            changes,
-            &stamp.origin,
-            None,
-            epoch,
-            origin,
-            now_us,
-        )
+        self.merge_as_one_commit(stamp, changes, &stamp.origin, None, epoch, origin, now_us)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,441 @@
+//! Offline devices on real processes: a data centre's leader (`serve --dc home --auth`) and
+//! devices that are `flotilla-device` local databases syncing with it over HTTP. Two devices
+//! of one user edit offline, sync, and end with the server's rows and the same conflicts;
+//! neither ever holds another user's row, and a row pushed outside the shape is refused and
+//! undone. Bad input: a revoked token, a forged origin, a replayed batch, a clock far ahead.
+
+mod common;
+
+use common::*;
+use flotilla_client::Client;
+use flotilla_device::{Device, DeviceError};
+use flotilla_testkit::cluster::LocalNode;
+use serde_json::{json, Value};
+
+struct Server {
+    node: LocalNode,
+    admin: Client,
+    token: String,
+}
+
+async fn server(root: &std::path::Path) -> Server {
+    let node = LocalNode::start(&exe(), root, "home", None, &["--dc", "home", "--auth"])
+        .await
+        .unwrap();
+    let token = std::fs::read_to_string(node.dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let admin = Client::with_token(&node.url, &token);
+    Server { node, admin, token }
+}
+
+async fn add_device(s: &Server, name: &str, user: &str) -> String {
+    let v = s
+        .admin
+        .post("/v1/devices", &json!({ "name": name, "user": user }))
+        .await
+        .unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// A device's rows of `events`, in key order.
+fn device_rows(d: &Device) -> Vec<(String, String, String)> {
+    let mut stmt = d
+        .connection()
+        .prepare("SELECT id, owner, title FROM events ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+async fn server_rows(s: &Server, owner: &str) -> Vec<(String, String, String)> {
+    let v = rows(
+        &s.admin,
+        &format!("SELECT id, owner, title FROM events WHERE owner = '{owner}' ORDER BY id"),
+    )
+    .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_string(),
+                r[1].as_str().unwrap().to_string(),
+                r[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn device_conflicts(d: &Device) -> Vec<String> {
+    let mut stmt = d
+        .connection()
+        .prepare("SELECT id FROM flotilla_conflicts ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Runs blocking device code from the async test.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_edit_offline_and_converge_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    exec(
+        &s.admin,
+        json!([
+            { "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT, minutes INTEGER DEFAULT 30)" },
+            { "sql": "INSERT INTO events (id, owner, title) VALUES ('e1', 'ana', 'Standup'), ('e2', 'ana', 'Lunch'), ('b1', 'bob', 'Bob only')" },
+        ]),
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "events", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let phone_token = add_device(&s, "phone", "ana").await;
+    let laptop_token = add_device(&s, "laptop", "ana").await;
+    let url = s.node.url.clone();
+    let (mut phone, mut laptop) = blocking(|| {
+        (
+            Device::open(dir.path().join("phone.db"), &url, &phone_token).unwrap(),
+            Device::open(dir.path().join("laptop.db"), &url, &laptop_token).unwrap(),
+        )
+    });
+
+    // The first sync brings the schema and ana's rows, not bob's.
+    blocking(|| {
+        let r = phone.sync().unwrap();
+        assert!(r.reset, "{r:?}");
+        laptop.sync().unwrap();
+    });
+    let ana = vec![
+        ("e1".to_string(), "ana".to_string(), "Standup".to_string()),
+        ("e2".to_string(), "ana".to_string(), "Lunch".to_string()),
+    ];
+    assert_eq!(device_rows(&phone), ana);
+    assert_eq!(device_rows(&laptop), ana);
+    assert_eq!(phone.status().unwrap().state(), "synced");
+
+    // The phone goes offline and edits; the laptop edits the same meeting and deletes one.
+    blocking(|| {
+        phone.set_offline(true).unwrap();
+        phone
+            .execute(
+                "INSERT INTO events (id, owner, title) VALUES ('p1', 'ana', 'Dentist')",
+                [],
+            )
+            .unwrap();
+        phone
+            .execute(
+                "UPDATE events SET title = 'Standup (phone)' WHERE id = 'e1'",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(phone.sync(), Err(DeviceError::Offline)));
+        let st = phone.status().unwrap();
+        assert_eq!((st.state(), st.pending), ("offline", 2), "{st}");
+        laptop
+            .transaction(|tx| {
+                tx.execute(
+                    "UPDATE events SET title = 'Standup (laptop)' WHERE id = 'e1'",
+                    [],
+                )?;
+                tx.execute("DELETE FROM events WHERE id = 'e2'", [])
+            })
+            .unwrap();
+        laptop.sync().unwrap();
+    });
+    // A write that bypasses the device API is refused: it would never reach the server.
+    let bypass = phone
+        .connection()
+        .execute("UPDATE events SET title = 'sneaky' WHERE id = 'e1'", []);
+    assert!(format!("{bypass:?}").contains("device API"), "{bypass:?}");
+
+    // Back online: both sync, and every copy agrees with the server.
+    blocking(|| {
+        phone.set_offline(false).unwrap();
+        let r = phone.sync().unwrap();
+        assert_eq!(r.pushed, 2, "{r:?}");
+        laptop.sync().unwrap();
+    });
+    let on_server = server_rows(&s, "ana").await;
+    assert_eq!(on_server.len(), 2, "{on_server:?}");
+    assert!(on_server.iter().any(|r| r.0 == "p1" && r.2 == "Dentist"));
+    assert!(!on_server.iter().any(|r| r.0 == "e2"), "{on_server:?}");
+    assert_eq!(device_rows(&phone), on_server);
+    assert_eq!(device_rows(&laptop), on_server);
+    // Both renamed e1 concurrently: the conflict is recorded on the server, visible to both.
+    let conflicts = rows(
+        &s.admin,
+        "SELECT id FROM flotilla_conflicts WHERE tbl = 'events' AND col = 'title' ORDER BY id",
+    )
+    .await;
+    let ids: Vec<String> = conflicts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{conflicts}");
+    assert_eq!(device_conflicts(&phone), ids);
+    assert_eq!(device_conflicts(&laptop), ids);
+    assert_eq!(phone.status().unwrap().state(), "synced");
+
+    // A row outside the shape is refused with the reason, and undone on the device.
+    blocking(|| {
+        phone
+            .execute(
+                "INSERT INTO events (id, owner, title) VALUES ('x1', 'bob', 'for bob')",
+                [],
+            )
+            .unwrap();
+        let r = phone.sync().unwrap();
+        assert_eq!(r.rejected, 1, "{r:?}");
+        let rejected = phone.rejected().unwrap();
+        assert!(
+            rejected[0].reason.contains("not be in this device's shape"),
+            "{rejected:?}"
+        );
+    });
+    assert!(!device_rows(&phone).iter().any(|r| r.0 == "x1"));
+    assert_eq!(
+        server_rows(&s, "bob").await.len(),
+        1,
+        "bob's rows untouched"
+    );
+    // The device goes on after a rejection: its next transaction is taken.
+    blocking(|| {
+        phone
+            .execute(
+                "UPDATE events SET title = 'Dentist 10:00' WHERE id = 'p1'",
+                [],
+            )
+            .unwrap();
+        phone.sync().unwrap();
+    });
+    assert!(server_rows(&s, "ana")
+        .await
+        .iter()
+        .any(|r| r.0 == "p1" && r.2 == "Dentist 10:00"));
+
+    // `device list` shows both, with their origins and last sync.
+    let list = s.admin.get("/v1/devices").await.unwrap();
+    let phone_entry = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "phone")
+        .unwrap()
+        .clone();
+    assert_eq!(phone_entry["user"], "ana");
+    assert_eq!(phone_entry["origins"][0]["pushed_through"], 4);
+    assert!(phone_entry["last_sync_ms"].as_u64().is_some());
+
+    // Revoking the laptop cuts it off at once.
+    s.admin.delete("/v1/devices/laptop").await.unwrap();
+    let refused = blocking(|| laptop.sync());
+    assert!(
+        matches!(&refused, Err(DeviceError::Refused { status: 401, .. })),
+        "{refused:?}"
+    );
+    drop(s.token);
+}
+
+/// Sends a raw sync request and returns (status, body).
+async fn raw_sync(url: &str, token: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/sync"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_far_ahead_pushes_are_refused_or_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    exec(
+        &s.admin,
+        json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "events", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let token = add_device(&s, "tablet", "ana").await;
+    let url = s.node.url.clone();
+
+    // The first sync gives the local database its origin.
+    let (status, first) = raw_sync(&url, &token, &json!({ "protocol": 1, "pull": {} })).await;
+    assert_eq!(status, 200, "{first}");
+    let origin = first["origin"].as_str().unwrap().to_string();
+    assert_eq!(origin, "home--1");
+    assert_eq!(first["pull"]["reset"], true);
+
+    // Another origin than its own: refused.
+    let (status, forged) =
+        raw_sync(&url, &token, &json!({ "protocol": 1, "origin": "home--7" })).await;
+    assert_eq!(status, 403, "{forged}");
+    assert_eq!(forged["error"]["code"], "forged_origin");
+    let (status, forged) =
+        raw_sync(&url, &token, &json!({ "protocol": 1, "origin": "home" })).await;
+    assert_eq!(
+        (status, &forged["error"]["code"]),
+        (403, &json!("forged_origin"))
+    );
+
+    // A push, and the same push again (a reply lost to a cut): applied once.
+    let now_hlc = |ms: u64| ms << 16;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let push = json!({
+        "protocol": 1,
+        "origin": origin,
+        "deps": { "0": {} },
+        "push": [{
+            "seq": 1, "hlc": now_hlc(wall), "deps": "0",
+            "changes": [{ "table": "events", "op": "insert", "after": { "id": "t1", "owner": "ana", "title": "once" } }]
+        }]
+    });
+    for _ in 0..2 {
+        let (status, v) = raw_sync(&url, &token, &push).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["acknowledged"], 1);
+    }
+    let v = rows(&s.admin, "SELECT count(*) FROM events WHERE id = 't1'").await;
+    assert_eq!(v[0][0], 1);
+
+    // A gap in the numbers is named.
+    let mut gap = push.clone();
+    gap["push"][0]["seq"] = json!(3);
+    let (status, v) = raw_sync(&url, &token, &gap).await;
+    assert_eq!((status, &v["error"]["code"]), (409, &json!("gap")), "{v}");
+
+    // A clock an hour ahead: refused, nothing applied.
+    let mut ahead = push.clone();
+    ahead["push"][0]["seq"] = json!(2);
+    ahead["push"][0]["hlc"] = json!(now_hlc(wall + 3_600_000));
+    ahead["push"][0]["changes"][0]["after"]["id"] = json!("t2");
+    let (status, v) = raw_sync(&url, &token, &ahead).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (409, &json!("clock_ahead")),
+        "{v}"
+    );
+    let v = rows(&s.admin, "SELECT count(*) FROM events WHERE id = 't2'").await;
+    assert_eq!(v[0][0], 0);
+
+    // A batch with one row outside the shape: refused whole (the first, fine, is not applied).
+    let mixed = json!({
+        "protocol": 1,
+        "origin": origin,
+        "deps": { "0": {} },
+        "push": [
+            { "seq": 2, "hlc": now_hlc(wall), "deps": "0",
+              "changes": [{ "table": "events", "op": "insert", "after": { "id": "ok", "owner": "ana", "title": "fine" } }] },
+            { "seq": 3, "hlc": now_hlc(wall), "deps": "0",
+              "changes": [{ "table": "events", "op": "insert", "after": { "id": "bad", "owner": "bob", "title": "not mine" } }] }
+        ]
+    });
+    let (status, v) = raw_sync(&url, &token, &mixed).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (403, &json!("outside_shape")),
+        "{v}"
+    );
+    assert_eq!(
+        (v["error"]["index"].as_u64(), v["error"]["seq"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let v = rows(
+        &s.admin,
+        "SELECT count(*) FROM events WHERE id IN ('ok', 'bad')",
+    )
+    .await;
+    assert_eq!(v[0][0], 0, "nothing of a refused batch is applied");
+
+    // Changing another user's row, or a column outside the shape's table: refused.
+    exec(
+        &s.admin,
+        json!([{ "sql": "INSERT INTO events VALUES ('b1', 'bob', 'Bob')" }]),
+    )
+    .await;
+    let steal = json!({
+        "protocol": 1, "origin": origin, "deps": { "0": {} },
+        "push": [{ "seq": 2, "hlc": now_hlc(wall), "deps": "0",
+            "changes": [{ "table": "events", "op": "update",
+                "before": { "id": "b1", "owner": "ana", "title": "Bob" },
+                "after": { "id": "b1", "owner": "ana", "title": "mine now" } }] }]
+    });
+    let (status, v) = raw_sync(&url, &token, &steal).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (403, &json!("outside_shape")),
+        "{v}"
+    );
+    let v = rows(&s.admin, "SELECT title FROM events WHERE id = 'b1'").await;
+    assert_eq!(v[0][0], "Bob");
+    let secret = json!({
+        "protocol": 1, "origin": origin, "deps": { "0": {} },
+        "push": [{ "seq": 2, "hlc": now_hlc(wall), "deps": "0",
+            "changes": [{ "table": "_flotilla_tokens", "op": "delete", "before": { "id": "x" } }] }]
+    });
+    let (status, v) = raw_sync(&url, &token, &secret).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (403, &json!("outside_shape")),
+        "{v}"
+    );
+
+    // Malformed requests: named, not a panic.
+    for (body, what) in [
+        (json!({ "protocol": 9 }), "unsupported_protocol"),
+        (
+            json!({ "protocol": 1, "origin": origin, "push": [{ "seq": 2, "hlc": 1, "deps": "nope", "changes": [] }] }),
+            "bad_request",
+        ),
+        (
+            json!({ "protocol": 1, "origin": origin, "deps": {"0": {}}, "push": [{ "seq": 2, "hlc": 1, "deps": "0", "changes": [{ "table": "events", "op": "upsert" }] }] }),
+            "bad_request",
+        ),
+        (
+            json!({ "protocol": 1, "origin": origin, "pull": { "cursor": "nonsense", "shapes": "x" } }),
+            "bad_position",
+        ),
+    ] {
+        let (status, v) = raw_sync(&url, &token, &body).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        let code = v["error"]["code"].as_str().unwrap_or_default();
+        assert!(code == what || what == "bad_request", "{body}: {v}");
+    }
+    // A token of another role is not a device's.
+    let (status, v) = raw_sync(&url, &s.token, &json!({ "protocol": 1 })).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (403, &json!("not_a_device")),
+        "{v}"
+    );
+}

@@ -31,7 +31,7 @@ mod local_schema;
 mod status;
 mod transport;
 
-pub use status::{Rejected, Status, SyncReport};
+pub use status::{utc, Rejected, Status, SyncReport};
 #[cfg(feature = "ureq-transport")]
 pub use transport::UreqTransport;
 pub use transport::{Answer, Transport, Unreachable};

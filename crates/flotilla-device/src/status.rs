@@ -59,13 +59,35 @@ impl fmt::Display for Status {
             )?,
         }
         if let Some(ms) = self.last_sync_ms {
-            write!(f, ", last synced at {ms} ms since the epoch")?;
+            write!(f, ", last synced {}", utc(ms))?;
         }
         if self.rejected > 0 {
             write!(f, ", {} rejected by the server", self.rejected)?;
         }
         Ok(())
     }
+}
+
+/// A Unix time in milliseconds as `2026-12-03 16:27:26 UTC`.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// What one `Device::sync` did.
@@ -92,4 +114,14 @@ pub struct Rejected {
     /// Its row changes (JSON), as they were.
     pub changes: String,
     pub at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(1_796_314_846_879), "2026-12-03 16:20:46 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
 }

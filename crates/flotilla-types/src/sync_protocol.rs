@@ -217,7 +217,7 @@ pub fn value_from_json(v: &Json) -> Result<SqlValue, String> {
 }
 
 fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err("{\"hex\"} has an odd number of digits".into());
     }
     (0..text.len())

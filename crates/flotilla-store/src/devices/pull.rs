@@ -181,11 +181,7 @@ pub fn shape_snapshot(
         if has_conflicts > 0 {
             let mine = user_origins(conn, user)?;
             let mut stmt = conn.prepare(&format!("SELECT * FROM {CONFLICTS_TABLE}"))?;
-            let names: Vec<String> = stmt
-                .column_names()
-                .into_iter()
-                .map(str::to_string)
-                .collect();
+            let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
             let mut rows = stmt.raw_query();
             while let Some(r) = rows.next()? {
                 let mut vals = Vec::with_capacity(names.len());

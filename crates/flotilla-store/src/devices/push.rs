@@ -52,7 +52,7 @@ pub struct PreparedDeviceTxn {
 }
 
 /// A full row as the server would hold it (column names and values).
-type FullRow = (Vec<String>, Vec<SqlValue>);
+type FullRow = super::shapes::NamedRow;
 
 fn named<'a>(image: &'a [(String, SqlValue)], column: &str) -> Option<&'a SqlValue> {
     image

@@ -297,6 +297,9 @@ impl LeaderDb {
     }
 }
 
+/// A row's column names and values.
+pub type NamedRow = (Vec<String>, Vec<SqlValue>);
+
 /// A shaped table as a device sees it.
 #[derive(Debug, Clone)]
 pub struct ViewTable {
@@ -465,7 +468,7 @@ impl DeviceView {
         conn: &Connection,
         t: &ViewTable,
         key: &[SqlValue],
-    ) -> Result<Option<(Vec<String>, Vec<SqlValue>)>, StoreError> {
+    ) -> Result<Option<NamedRow>, StoreError> {
         let cols = table_columns(conn, &t.table)?;
         let key_where: Vec<String> = t
             .key

@@ -45,9 +45,14 @@ async fn read<T: Send + 'static>(
     })
 }
 
-async fn device_change(node: &Node, change: DeviceChange) -> Result<String, ApiError> {
+/// `refused_code`: `invalid_device` or `invalid_shape`.
+async fn device_change(
+    node: &Node,
+    change: DeviceChange,
+    refused_code: &'static str,
+) -> Result<String, ApiError> {
     let done = super::writer_job::run(node, |reply| WriteJob::Device { change, reply }).await?;
-    let position = done.map_err(|e| super::writer_job::change_refused(e, "refused"))?;
+    let position = done.map_err(|e| super::writer_job::change_refused(e, refused_code))?;
     Ok(position.to_string())
 }
 
@@ -74,6 +79,7 @@ pub async fn add(
             user: req.user.clone(),
             token: stored.clone(),
         },
+        "invalid_device",
     )
     .await?;
     if let Some(k) = &node.keyring {
@@ -142,7 +148,7 @@ pub async fn revoke(
     };
     let change = TokenChange::Revoke(d.token_id.clone());
     let done = super::writer_job::run(&node, |reply| WriteJob::Token { change, reply }).await?;
-    let position = done.map_err(|e| super::writer_job::change_refused(e, "refused"))?;
+    let position = done.map_err(|e| super::writer_job::change_refused(e, "invalid_device"))?;
     if let Some(k) = &node.keyring {
         k.invalidate();
     }
@@ -187,7 +193,7 @@ pub async fn set_shape(
         columns: req.columns,
         predicate: req.predicate,
     };
-    let position = device_change(&node, DeviceChange::SetShape(shape)).await?;
+    let position = device_change(&node, DeviceChange::SetShape(shape), "invalid_shape").await?;
     let shapes = read(&node, flotilla_store::devices::read_shapes).await?;
     Ok(Json(json!({
         "position": position,
@@ -200,6 +206,11 @@ pub async fn remove_shape(
     State(node): State<Arc<Node>>,
     Path(table): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let position = device_change(&node, DeviceChange::RemoveShape(table.clone())).await?;
+    let position = device_change(
+        &node,
+        DeviceChange::RemoveShape(table.clone()),
+        "invalid_shape",
+    )
+    .await?;
     Ok(Json(json!({ "removed": table, "position": position })))
 }

@@ -120,10 +120,6 @@ async fn identify(node: &Node, headers: &HeaderMap) -> Result<Identity, ApiError
     .await
 }
 
-fn bad(code: &'static str, m: String) -> ApiError {
-    ApiError::bad_request(code, m)
-}
-
 fn vv_from_json(v: &JsonVersionVector) -> Result<VersionVector, String> {
     let mut out = VersionVector::new();
     for (o, l) in v {
@@ -140,9 +136,9 @@ fn vv_to_json(v: &VersionVector) -> JsonVersionVector {
 fn image(row: &JsonRow, seq: u64) -> Result<Vec<(String, SqlValue)>, ApiError> {
     row.iter()
         .map(|(c, v)| {
-            value_from_json(v)
-                .map(|v| (c.clone(), v))
-                .map_err(|e| bad("bad_request", format!("transaction {seq}, column {c}: {e}")))
+            value_from_json(v).map(|v| (c.clone(), v)).map_err(|e| {
+                ApiError::bad_request("bad_request", format!("transaction {seq}, column {c}: {e}"))
+            })
         })
         .collect()
 }
@@ -152,13 +148,13 @@ fn device_txns(req: &SyncRequest) -> Result<Vec<DeviceTxn>, ApiError> {
     let mut out = Vec::with_capacity(req.push.len());
     for t in &req.push {
         if t.seq == 0 {
-            return Err(bad(
+            return Err(ApiError::bad_request(
                 "bad_request",
-                "transaction numbers start at 1".to_string(),
+                "transaction numbers start at 1",
             ));
         }
         let deps = req.deps.get(&t.deps).ok_or_else(|| {
-            bad(
+            ApiError::bad_request(
                 "bad_request",
                 format!(
                     "transaction {} depends on {:?}, which the request's deps do not hold",
@@ -167,7 +163,7 @@ fn device_txns(req: &SyncRequest) -> Result<Vec<DeviceTxn>, ApiError> {
             )
         })?;
         let deps = vv_from_json(deps)
-            .map_err(|e| bad("bad_request", format!("deps {:?}: {e}", t.deps)))?;
+            .map_err(|e| ApiError::bad_request("bad_request", format!("deps {:?}: {e}", t.deps)))?;
         let mut changes = Vec::with_capacity(t.changes.len());
         for c in &t.changes {
             let op = match c.op.as_str() {
@@ -175,7 +171,7 @@ fn device_txns(req: &SyncRequest) -> Result<Vec<DeviceTxn>, ApiError> {
                 "update" => RowOp::Update,
                 "delete" => RowOp::Delete,
                 other => {
-                    return Err(bad(
+                    return Err(ApiError::bad_request(
                         "bad_request",
                         format!(
                             "transaction {}: op {other:?} is not insert, update or delete",
@@ -238,7 +234,7 @@ async fn new_origin(node: &Node, device: &str) -> Result<OriginName, ApiError> {
         given: given_tx,
     };
     let done = super::writer_job::run(node, |reply| WriteJob::Device { change, reply }).await?;
-    done.map_err(|e| super::writer_job::change_refused(e, "refused"))?;
+    done.map_err(|e| super::writer_job::change_refused(e, "invalid_device"))?;
     let given = given_rx.await.map_err(internal)?;
     OriginName::new(&given).map_err(internal)
 }
@@ -247,10 +243,13 @@ async fn new_origin(node: &Node, device: &str) -> Result<OriginName, ApiError> {
 fn push_refused(e: ChangeError, merged: usize) -> ApiError {
     match e {
         ChangeError::DeviceRefused(r) => {
-            let status = match r.code {
-                "outside_shape" => StatusCode::FORBIDDEN,
-                "malformed" => StatusCode::BAD_REQUEST,
-                _ => StatusCode::CONFLICT,
+            // outside_shape 403, malformed 400, gap and clock_ahead 409 (docs/api.md).
+            let status = if r.code == "outside_shape" {
+                StatusCode::FORBIDDEN
+            } else if r.code == "malformed" {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::CONFLICT
             };
             ApiError::new(status, r.code, r.to_string())
                 .with("index", r.index)
@@ -277,7 +276,7 @@ pub async fn sync(
 ) -> Result<Json<SyncResponse>, ApiError> {
     let (req, _): (SyncRequest, _) = json_body(&headers, body, node.config.max_body_bytes).await?;
     if req.protocol != SYNC_PROTOCOL_VERSION {
-        return Err(bad(
+        return Err(ApiError::bad_request(
             "unsupported_protocol",
             format!(
                 "sync protocol {} is not spoken here: this server speaks {SYNC_PROTOCOL_VERSION}",
@@ -289,11 +288,10 @@ pub async fn sync(
         return Err(leader_only(&node, "devices sync with"));
     };
     let Some(ml) = node.config.multi_leader.clone() else {
-        return Err(bad(
+        return Err(ApiError::bad_request(
             "not_a_data_centre",
             "devices sync with a data centre's leader (flotilla serve --dc NAME); this node \
-             has no data centre"
-                .into(),
+             has no data centre",
         ));
     };
     let who = identify(&node, &headers).await?;
@@ -390,7 +388,7 @@ async fn pull(
         .as_deref()
         .map(|c| {
             c.parse()
-                .map_err(|e| bad("bad_position", format!("cursor {c:?}: {e}")))
+                .map_err(|e| ApiError::bad_request("bad_position", format!("cursor {c:?}: {e}")))
         })
         .transpose()?;
     // Other shapes than the device's rows were chosen by, or a cursor beyond the server's

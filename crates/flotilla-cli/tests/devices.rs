@@ -439,3 +439,140 @@ async fn forged_replayed_and_far_ahead_pushes_are_refused_or_ignored() {
         "{v}"
     );
 }
+
+/// A transport that opens a new connection for every request (so a proxy's byte limit for
+/// "the next connection" meets exactly one request).
+struct FreshConnections;
+
+impl flotilla_device::Transport for FreshConnections {
+    fn post_json(
+        &self,
+        url: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> Result<flotilla_device::Answer, flotilla_device::Unreachable> {
+        flotilla_device::UreqTransport::default().post_json(url, token, body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_mid_push_and_mid_pull_lose_nothing_and_apply_nothing_twice() {
+    use flotilla_testkit::proxy::{ByteLimits, Proxy};
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    exec(
+        &s.admin,
+        json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "events", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let target = s.node.url.trim_start_matches("http://").to_string();
+    let proxy = Proxy::start(target).await.unwrap();
+    let phone_token = add_device(&s, "phone", "ana").await;
+    let laptop_token = add_device(&s, "laptop", "ana").await;
+    let (mut phone, mut laptop) = blocking(|| {
+        (
+            Device::open_with(
+                dir.path().join("phone.db"),
+                &proxy.url,
+                &phone_token,
+                Box::new(FreshConnections),
+            )
+            .unwrap(),
+            Device::open(dir.path().join("laptop.db"), &s.node.url, &laptop_token).unwrap(),
+        )
+    });
+    blocking(|| {
+        phone.sync().unwrap();
+        laptop.sync().unwrap();
+    });
+
+    // 50 transactions made offline, then pushes cut at various bytes, each way.
+    blocking(|| {
+        for i in 0..50 {
+            phone
+                .execute(
+                    "INSERT INTO events VALUES (?1, 'ana', ?2)",
+                    rusqlite::params![format!("p{i:02}"), format!("phone {i}")],
+                )
+                .unwrap();
+        }
+    });
+    let count = |s: &Server| {
+        let c = s.admin.clone();
+        async move {
+            rows(&c, "SELECT count(*) FROM events").await[0][0]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    let mut answer_lost = false;
+    for (up, down) in [
+        (Some(40), None),
+        (Some(400), None),
+        (Some(3_000), None),
+        (None, Some(10)),
+        (None, Some(300)),
+    ] {
+        proxy.limit_next(ByteLimits { up, down });
+        let r = blocking(|| phone.sync());
+        assert!(
+            matches!(r, Err(DeviceError::Unreachable(_))),
+            "a cut at {up:?}/{down:?} bytes: {r:?}"
+        );
+        let n = count(&s).await;
+        // A cut request applies nothing; a cut answer may come after the whole push.
+        assert!(n == 0 || n == 50, "{n} rows after a cut at {up:?}/{down:?}");
+        if up.is_some() {
+            assert_eq!(n, 0, "a request cut at {up:?} bytes applied something");
+        }
+        answer_lost |= n == 50;
+        assert_eq!(phone.status().unwrap().state(), "offline");
+    }
+    assert!(answer_lost, "no cut fell after the push was applied");
+    // The device pushes again what the server has: a no-op.
+    blocking(|| phone.sync().unwrap());
+    assert_eq!(count(&s).await, 50, "every transaction once");
+    assert_eq!(phone.status().unwrap().pending, 0);
+
+    // The laptop writes; the phone's pulls are cut mid-answer, then it resumes.
+    blocking(|| {
+        laptop
+            .transaction(|tx| {
+                for i in 0..200 {
+                    tx.execute(
+                        "INSERT INTO events VALUES (?1, 'ana', ?2)",
+                        rusqlite::params![format!("l{i:03}"), "x".repeat(100)],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        laptop.sync().unwrap();
+    });
+    let cursor_before = phone.status().unwrap().cursor;
+    for down in [100, 2_000, 20_000] {
+        proxy.limit_next(ByteLimits {
+            up: None,
+            down: Some(down),
+        });
+        let r = blocking(|| phone.sync());
+        assert!(matches!(r, Err(DeviceError::Unreachable(_))), "{r:?}");
+        assert_eq!(
+            phone.status().unwrap().cursor,
+            cursor_before,
+            "nothing half applied"
+        );
+        assert_eq!(device_rows(&phone).len(), 50);
+    }
+    blocking(|| phone.sync().unwrap());
+    let all = server_rows(&s, "ana").await;
+    assert_eq!(all.len(), 250);
+    assert_eq!(device_rows(&phone), all);
+}

@@ -263,9 +263,14 @@ pub fn pull_items_of(
                 let Some(t) = view.table(&shape.name) else {
                     continue;
                 };
+                // An image the predicate cannot judge (written before a column it reads was
+                // added) is outside the shape: the row comes back when it changes again.
                 let inside = |image: &Option<Vec<SqlValue>>| -> Result<bool, StoreError> {
                     match image {
-                        Some(v) => view.contains(conn, &t.table, &shape.columns, v),
+                        Some(v) => match view.contains(conn, &t.table, &shape.columns, v) {
+                            Err(StoreError::Sqlite(_)) => Ok(false),
+                            other => other,
+                        },
                         None => Ok(false),
                     }
                 };

@@ -14,20 +14,17 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use flotilla_log::LogError;
-use flotilla_store::devices::{DeviceRowChange, DeviceTxn, DeviceView};
+use flotilla_store::devices::{protocol, DeviceTxn, DeviceView};
 use flotilla_types::sync_protocol::{
-    value_from_json, JsonRow, JsonVersionVector, PullItem, PullRequest, PullResponse, SyncRequest,
-    SyncResponse, SYNC_PROTOCOL_VERSION,
+    PullRequest, PullResponse, SyncRequest, SyncResponse, SYNC_PROTOCOL_VERSION,
 };
-use flotilla_types::{Hlc, Lsn, OriginName, Position, RowOp, SqlValue, VersionVector};
+use flotilla_types::OriginName;
 use std::sync::Arc;
 
-/// Row changes in one pull at most (a device asks for fewer with `max_changes`); a pull ends
-/// at a transaction's end, so one large transaction may go beyond.
-pub const MAX_PULL_CHANGES: usize = 5_000;
-/// Log records read at a time while pulling.
+/// Log records read at a time while pulling, and the bytes of them one pull reads at most.
 const PULL_READ_RECORDS: usize = 1_000;
 const PULL_READ_BYTES: usize = 4 << 20;
+const PULL_MAX_BYTES: usize = 16 << 20;
 
 /// Who is syncing: the device its token was made for.
 struct Identity {
@@ -120,112 +117,6 @@ async fn identify(node: &Node, headers: &HeaderMap) -> Result<Identity, ApiError
     .await
 }
 
-fn vv_from_json(v: &JsonVersionVector) -> Result<VersionVector, String> {
-    let mut out = VersionVector::new();
-    for (o, l) in v {
-        let o = OriginName::new(o).map_err(|e| format!("origin {o:?}: {e}"))?;
-        out.advance(&o, Lsn(*l));
-    }
-    Ok(out)
-}
-
-fn vv_to_json(v: &VersionVector) -> JsonVersionVector {
-    v.iter().map(|(o, l)| (o.to_string(), l.0)).collect()
-}
-
-fn image(row: &JsonRow, seq: u64) -> Result<Vec<(String, SqlValue)>, ApiError> {
-    row.iter()
-        .map(|(c, v)| {
-            value_from_json(v).map(|v| (c.clone(), v)).map_err(|e| {
-                ApiError::bad_request("bad_request", format!("transaction {seq}, column {c}: {e}"))
-            })
-        })
-        .collect()
-}
-
-/// The pushed transactions in the store's terms, or what is malformed in them.
-fn device_txns(req: &SyncRequest) -> Result<Vec<DeviceTxn>, ApiError> {
-    let mut out = Vec::with_capacity(req.push.len());
-    for t in &req.push {
-        if t.seq == 0 {
-            return Err(ApiError::bad_request(
-                "bad_request",
-                "transaction numbers start at 1",
-            ));
-        }
-        let deps = req.deps.get(&t.deps).ok_or_else(|| {
-            ApiError::bad_request(
-                "bad_request",
-                format!(
-                    "transaction {} depends on {:?}, which the request's deps do not hold",
-                    t.seq, t.deps
-                ),
-            )
-        })?;
-        let deps = vv_from_json(deps)
-            .map_err(|e| ApiError::bad_request("bad_request", format!("deps {:?}: {e}", t.deps)))?;
-        let mut changes = Vec::with_capacity(t.changes.len());
-        for c in &t.changes {
-            let op = match c.op.as_str() {
-                "insert" => RowOp::Insert,
-                "update" => RowOp::Update,
-                "delete" => RowOp::Delete,
-                other => {
-                    return Err(ApiError::bad_request(
-                        "bad_request",
-                        format!(
-                            "transaction {}: op {other:?} is not insert, update or delete",
-                            t.seq
-                        ),
-                    ))
-                }
-            };
-            changes.push(DeviceRowChange {
-                table: c.table.clone(),
-                op,
-                before: c.before.as_ref().map(|r| image(r, t.seq)).transpose()?,
-                after: c.after.as_ref().map(|r| image(r, t.seq)).transpose()?,
-            });
-        }
-        out.push(DeviceTxn {
-            seq: t.seq,
-            hlc: Hlc(t.hlc),
-            deps,
-            changes,
-        });
-    }
-    Ok(out)
-}
-
-/// The keys of the rows a push changed (before and after a key's change), for the answer to
-/// send as the server holds them now.
-fn pushed_keys(view: &DeviceView, txns: &[DeviceTxn]) -> Vec<(String, Vec<SqlValue>)> {
-    let mut out = Vec::new();
-    for t in txns {
-        for c in &t.changes {
-            let Some(vt) = view.table(&c.table) else {
-                continue;
-            };
-            for image in [&c.before, &c.after].into_iter().flatten() {
-                let key: Option<Vec<SqlValue>> = vt
-                    .key
-                    .iter()
-                    .map(|k| {
-                        image
-                            .iter()
-                            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-                            .map(|(_, v)| v.clone())
-                    })
-                    .collect();
-                if let Some(key) = key {
-                    out.push((vt.table.clone(), key));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Gives a fresh local database of `device` its origin.
 async fn new_origin(node: &Node, device: &str) -> Result<OriginName, ApiError> {
     let (given_tx, given_rx) = tokio::sync::oneshot::channel();
@@ -295,7 +186,7 @@ pub async fn sync(
         ));
     };
     let who = identify(&node, &headers).await?;
-    let txns = device_txns(&req)?;
+    let txns = protocol::request_txns(&req).map_err(bad_request)?;
     let origin = match &req.origin {
         Some(o) if who.origins.iter().any(|g| g == o) => OriginName::new(o).map_err(internal)?,
         Some(o) => {
@@ -371,6 +262,18 @@ pub async fn sync(
     }))
 }
 
+/// The API's answer to a malformed request.
+fn bad_request(e: protocol::BadRequest) -> ApiError {
+    ApiError::bad_request(
+        if e.code == "bad_position" {
+            "bad_position"
+        } else {
+            "bad_request"
+        },
+        e.message,
+    )
+}
+
 /// What a device pulls.
 async fn pull(
     node: &Arc<Node>,
@@ -379,29 +282,17 @@ async fn pull(
     p: &PullRequest,
     pushed: &[DeviceTxn],
 ) -> Result<PullResponse, ApiError> {
-    let max = p.max_changes.map_or(MAX_PULL_CHANGES, |m| {
-        (m as usize).clamp(1, MAX_PULL_CHANGES)
-    });
+    let max = protocol::pull_limit(p);
     let head = leader.head.borrow().position;
-    let at: Option<Position> = p
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse()
-                .map_err(|e| ApiError::bad_request("bad_position", format!("cursor {c:?}: {e}")))
-        })
-        .transpose()?;
-    // Other shapes than the device's rows were chosen by, or a cursor beyond the server's
-    // history (a restored server): the whole shape again.
-    let cursor = at.filter(|at| p.shapes.as_deref() == Some(&view.digest) && at.lsn <= head.lsn);
-    let Some(from) = cursor else {
+    let Some(from) = protocol::pull_cursor(p, &view, head.lsn).map_err(bad_request)? else {
         return whole_shape(node, view).await;
     };
-    // The records after the cursor, read until `max` row changes (at a transaction's end).
+    // The records after the cursor: at least `max` of them (each has at least one row change
+    // or none), so that the pull can stop at `max` row changes.
     let mut records = Vec::new();
     let mut next = from.lsn.next();
     let mut bytes_read = 0usize;
-    while next <= head.lsn && records.len() < max && bytes_read < 16 << 20 {
+    while next <= head.lsn && records.len() < max && bytes_read < PULL_MAX_BYTES {
         let batch = match leader
             .read_records(next, PULL_READ_RECORDS, PULL_READ_BYTES)
             .await
@@ -422,69 +313,20 @@ async fn pull(
             records.push(record);
         }
     }
-    let pushed_rows = pushed_keys(&view, pushed);
-    let digest = view.digest.clone();
-    let tables = view.shape_tables();
-    let (items, cursor, vv_delta, hlc, more_records) = with_reader(node, move |conn| {
-        let mine = flotilla_store::devices::user_origins(conn, &view.user).map_err(store_error)?;
-        let mut items: Vec<PullItem> = Vec::new();
-        let mut changes = 0usize;
-        let mut cursor = from;
-        let mut vv = VersionVector::new();
-        let mut more = false;
-        for r in &records {
-            if changes >= max {
-                more = true;
-                break;
-            }
-            if let Some(s) = &r.exchange {
-                vv.advance(&s.origin, s.origin_lsn);
-            }
-            if let Some(rows) = &r.rows {
-                changes +=
-                    flotilla_store::devices::pull_items_of(conn, &view, &mine, rows, &mut items)
-                        .map_err(store_error)?;
-            }
-            cursor = r.position();
-        }
-        items.extend(
-            flotilla_store::devices::current_rows(conn, &view, &pushed_rows)
-                .map_err(store_error)?,
-        );
-        let hlc: i64 = conn
-            .query_row("SELECT hlc FROM _flotilla_ml_origin", [], |r| r.get(0))
-            .unwrap_or(0);
-        Ok((items, cursor, vv, hlc as u64, more))
+    let pushed_rows = protocol::pushed_keys(&view, pushed);
+    with_reader(node, move |conn| {
+        protocol::pull_changes(conn, &view, from, &records, max, &pushed_rows, head.lsn)
+            .map_err(store_error)
     })
-    .await?;
-    Ok(PullResponse {
-        more: more_records || cursor.lsn < head.lsn,
-        cursor: cursor.to_string(),
-        reset: false,
-        shapes: digest,
-        tables,
-        vv: (!vv_delta.is_empty()).then(|| vv_to_json(&vv_delta)),
-        hlc,
-        items,
-    })
+    .await
 }
 
 /// The whole shape, as one read saw it.
 async fn whole_shape(node: &Arc<Node>, view: DeviceView) -> Result<PullResponse, ApiError> {
-    let snap = with_reader(node, move |conn| {
-        flotilla_store::devices::shape_snapshot(conn, &view.user, &view.device).map_err(store_error)
+    with_reader(node, move |conn| {
+        protocol::pull_whole_shape(conn, &view.user, &view.device).map_err(store_error)
     })
-    .await?;
-    Ok(PullResponse {
-        cursor: snap.position.to_string(),
-        more: false,
-        reset: true,
-        shapes: snap.view.digest.clone(),
-        tables: snap.view.shape_tables(),
-        vv: Some(vv_to_json(&snap.vv)),
-        hlc: snap.hlc.0,
-        items: snap.items,
-    })
+    .await
 }
 
 /// When each device last synced, and where its cursor was then (since this node started).

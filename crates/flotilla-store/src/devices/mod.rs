@@ -8,6 +8,7 @@
 //! this data centre's own (`_flotilla_` tables, not exchanged): a device syncs with the data
 //! centre it was added at.
 
+pub mod protocol;
 mod pull;
 mod push;
 mod shapes;

@@ -1,0 +1,226 @@
+//! The sync protocol's server side in pieces without IO, shared by the node's `POST /v1/sync`
+//! and the simulator: a request's transactions in the store's terms, where a pull goes on
+//! from, and the answer a pull makes of the log records after its cursor (or of the whole
+//! shape). The host does the rest: who the device is, the writer's check and merge, reading
+//! the log.
+
+use super::pull::{current_rows, pull_items_of, shape_snapshot, user_origins};
+use super::push::{DeviceRowChange, DeviceTxn};
+use super::shapes::DeviceView;
+use crate::StoreError;
+use flotilla_types::sync_protocol::{
+    value_from_json, JsonRow, JsonVersionVector, PullItem, PullRequest, PullResponse, SyncRequest,
+};
+use flotilla_types::{Hlc, LogRecord, Lsn, OriginName, Position, RowOp, SqlValue, VersionVector};
+use rusqlite::Connection;
+
+/// Row changes in one pull at most (a device asks for fewer with `max_changes`); a pull ends
+/// at a transaction's end, so one large transaction may go beyond.
+pub const MAX_PULL_CHANGES: usize = 5_000;
+
+/// What is malformed in a request (the API's `bad_request` / `bad_position`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BadRequest {
+    /// `bad_request` or `bad_position`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn bad(message: String) -> BadRequest {
+    BadRequest {
+        code: "bad_request",
+        message,
+    }
+}
+
+pub fn vv_from_json(v: &JsonVersionVector) -> Result<VersionVector, String> {
+    let mut out = VersionVector::new();
+    for (o, l) in v {
+        let o = OriginName::new(o).map_err(|e| format!("origin {o:?}: {e}"))?;
+        out.advance(&o, Lsn(*l));
+    }
+    Ok(out)
+}
+
+pub fn vv_to_json(v: &VersionVector) -> JsonVersionVector {
+    v.iter().map(|(o, l)| (o.to_string(), l.0)).collect()
+}
+
+fn image(row: &JsonRow, seq: u64) -> Result<Vec<(String, SqlValue)>, BadRequest> {
+    row.iter()
+        .map(|(c, v)| {
+            value_from_json(v)
+                .map(|v| (c.clone(), v))
+                .map_err(|e| bad(format!("transaction {seq}, column {c}: {e}")))
+        })
+        .collect()
+}
+
+/// The pushed transactions in the store's terms, or what is malformed in them.
+pub fn request_txns(req: &SyncRequest) -> Result<Vec<DeviceTxn>, BadRequest> {
+    let mut out = Vec::with_capacity(req.push.len());
+    for t in &req.push {
+        if t.seq == 0 {
+            return Err(bad("transaction numbers start at 1".into()));
+        }
+        let deps = req.deps.get(&t.deps).ok_or_else(|| {
+            bad(format!(
+                "transaction {} depends on {:?}, which the request's deps do not hold",
+                t.seq, t.deps
+            ))
+        })?;
+        let deps = vv_from_json(deps).map_err(|e| bad(format!("deps {:?}: {e}", t.deps)))?;
+        let mut changes = Vec::with_capacity(t.changes.len());
+        for c in &t.changes {
+            let op = match c.op.as_str() {
+                "insert" => RowOp::Insert,
+                "update" => RowOp::Update,
+                "delete" => RowOp::Delete,
+                other => {
+                    return Err(bad(format!(
+                        "transaction {}: op {other:?} is not insert, update or delete",
+                        t.seq
+                    )))
+                }
+            };
+            changes.push(DeviceRowChange {
+                table: c.table.clone(),
+                op,
+                before: c.before.as_ref().map(|r| image(r, t.seq)).transpose()?,
+                after: c.after.as_ref().map(|r| image(r, t.seq)).transpose()?,
+            });
+        }
+        out.push(DeviceTxn {
+            seq: t.seq,
+            hlc: Hlc(t.hlc),
+            deps,
+            changes,
+        });
+    }
+    Ok(out)
+}
+
+/// The keys of the rows a push changed (before and after a key's change): the answer sends
+/// them as the server holds them now.
+pub fn pushed_keys(view: &DeviceView, txns: &[DeviceTxn]) -> Vec<(String, Vec<SqlValue>)> {
+    let mut out = Vec::new();
+    for t in txns {
+        for c in &t.changes {
+            let Some(vt) = view.table(&c.table) else {
+                continue;
+            };
+            for image in [&c.before, &c.after].into_iter().flatten() {
+                let key: Option<Vec<SqlValue>> = vt
+                    .key
+                    .iter()
+                    .map(|k| {
+                        image
+                            .iter()
+                            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                            .map(|(_, v)| v.clone())
+                    })
+                    .collect();
+                if let Some(key) = key {
+                    out.push((vt.table.clone(), key));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where a pull goes on from: the device's cursor, unless it has none, its rows were chosen
+/// by other shapes, or it lies beyond the server's newest commit `head` (a restored server) —
+/// then `None`, the whole shape.
+pub fn pull_cursor(
+    p: &PullRequest,
+    view: &DeviceView,
+    head: Lsn,
+) -> Result<Option<Position>, BadRequest> {
+    let at: Option<Position> = p
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse().map_err(|e| BadRequest {
+                code: "bad_position",
+                message: format!("cursor {c:?}: {e}"),
+            })
+        })
+        .transpose()?;
+    Ok(at.filter(|at| p.shapes.as_deref() == Some(&view.digest) && at.lsn <= head))
+}
+
+/// How many row changes a pull carries at most.
+pub fn pull_limit(p: &PullRequest) -> usize {
+    p.max_changes.map_or(MAX_PULL_CHANGES, |m| {
+        (m as usize).clamp(1, MAX_PULL_CHANGES)
+    })
+}
+
+/// A pull from `from`: what of `records` (the log's records after it, in order, as far as the
+/// host read) touches the device's shape, up to `max` row changes at a transaction's end, then
+/// the rows `pushed` as the server holds them now. `head`: the server's newest position (is
+/// there more?). Runs on a reader of the server's database.
+pub fn pull_changes(
+    conn: &Connection,
+    view: &DeviceView,
+    from: Position,
+    records: &[LogRecord],
+    max: usize,
+    pushed: &[(String, Vec<SqlValue>)],
+    head: Lsn,
+) -> Result<PullResponse, StoreError> {
+    let mine = user_origins(conn, &view.user)?;
+    let mut items: Vec<PullItem> = Vec::new();
+    let mut changes = 0usize;
+    let mut cursor = from;
+    let mut vv = VersionVector::new();
+    let mut stopped = false;
+    for r in records {
+        if changes >= max {
+            stopped = true;
+            break;
+        }
+        if let Some(s) = &r.exchange {
+            vv.advance(&s.origin, s.origin_lsn);
+        }
+        if let Some(rows) = &r.rows {
+            changes += pull_items_of(conn, view, &mine, rows, &mut items)?;
+        }
+        cursor = r.position();
+    }
+    items.extend(current_rows(conn, view, pushed)?);
+    let hlc: i64 = conn
+        .query_row("SELECT hlc FROM _flotilla_ml_origin", [], |r| r.get(0))
+        .unwrap_or(0);
+    Ok(PullResponse {
+        more: stopped || cursor.lsn < head,
+        cursor: cursor.to_string(),
+        reset: false,
+        shapes: view.digest.clone(),
+        tables: view.shape_tables(),
+        vv: (!vv.is_empty()).then(|| vv_to_json(&vv)),
+        hlc: hlc as u64,
+        items,
+    })
+}
+
+/// The whole shape, as one read transaction of `conn` saw it.
+pub fn pull_whole_shape(
+    conn: &Connection,
+    user: &str,
+    device: &str,
+) -> Result<PullResponse, StoreError> {
+    let snap = shape_snapshot(conn, user, device)?;
+    Ok(PullResponse {
+        cursor: snap.position.to_string(),
+        more: false,
+        reset: true,
+        shapes: snap.view.digest.clone(),
+        tables: snap.view.shape_tables(),
+        vv: Some(vv_to_json(&snap.vv)),
+        hlc: snap.hlc.0,
+        items: snap.items,
+    })
+}

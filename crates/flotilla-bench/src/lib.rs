@@ -4,6 +4,7 @@
 
 mod backup;
 mod commit;
+mod devices;
 mod failover;
 mod floors;
 mod lag;
@@ -49,7 +50,9 @@ pub struct BenchArgs {
     /// `multi-leader` runs data centres' leaders: merge rate (with and without conflicts),
     /// exchange lag under load, leader throughput with two peers, convergence after a partition
     /// (with --compare postgres: PostgreSQL 15's logical apply of the same rows).
-    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup", "failover", "multi-leader"])]
+    /// `devices` runs offline devices against a data centre: offline changes to a second
+    /// device end to end, a no-op sync, an initial sync, many devices at once.
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup", "failover", "multi-leader", "devices"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
     /// print its figures beside Flotilla's, with the ratio (every scenario but `all` and
@@ -581,6 +584,12 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.scenario == "multi-leader" {
         return multi_leader::run_scenario(a).await;
+    }
+    if a.scenario == "devices" {
+        if a.compare.is_some() {
+            anyhow::bail!("bench devices has no --compare: its figures stand beside PowerSync's published ones");
+        }
+        return devices::run_scenario(a).await;
     }
     if a.scenario == "failover" {
         if a.compare.is_some() {

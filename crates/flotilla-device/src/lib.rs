@@ -79,9 +79,14 @@ pub struct Device {
     url: String,
     token: String,
     transport: Box<dyn Transport>,
+    clock: Clock,
 }
 
-fn now_ms() -> u64 {
+/// Where a device reads the time (Unix milliseconds): the system's clock, or one the host
+/// gives (a simulator's).
+pub type Clock = Box<dyn Fn() -> u64 + Send>;
+
+fn system_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -144,7 +149,18 @@ impl Device {
             url: format!("{server}/v1/sync"),
             token: token.to_string(),
             transport,
+            clock: Box::new(system_ms),
         })
+    }
+
+    /// Reads the time from `clock` instead of the system's (for simulation).
+    pub fn with_clock(mut self, clock: Clock) -> Device {
+        self.clock = clock;
+        self
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.clock)()
     }
 
     /// The local database, for reads (`SELECT`). A write to a table of the shape through it
@@ -169,6 +185,7 @@ impl Device {
         &mut self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, DeviceError> {
+        let now = self.now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -194,7 +211,7 @@ impl Device {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
-            let hlc = Hlc(hlc as u64).tick(now_ms());
+            let hlc = Hlc(hlc as u64).tick(now);
             let changes = serde_json::to_string(&captured)
                 .map_err(|e| DeviceError::Local(format!("recording the changes: {e}")))?;
             tx.execute(
@@ -387,6 +404,7 @@ impl Device {
     /// Sets an outbox transaction aside as rejected: it stays in the outbox empty (the
     /// server must see every number), and the whole shape is pulled next.
     fn reject(&mut self, seq: u64, code: &str, reason: &str) -> Result<(), DeviceError> {
+        let now = self.now_ms();
         let tx = self.conn.transaction()?;
         let changes: Option<String> = tx
             .query_row(
@@ -403,7 +421,7 @@ impl Device {
         tx.execute(
             "INSERT OR REPLACE INTO _flotilla_rejected (seq, code, reason, changes, at_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            rusqlite::params![seq as i64, code, reason, changes, now_ms() as i64],
+            rusqlite::params![seq as i64, code, reason, changes, now as i64],
         )?;
         tx.execute(
             "UPDATE _flotilla_outbox SET changes = '[]' WHERE seq = ?1",
@@ -426,6 +444,7 @@ impl Device {
         resp: &SyncResponse,
         report: &mut SyncReport,
     ) -> Result<bool, DeviceError> {
+        let now = self.now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -441,7 +460,7 @@ impl Device {
         tx.execute(
             "UPDATE _flotilla_device SET origin = ?1, last_sync_ms = ?2, last_error = NULL \
              WHERE id = 1",
-            rusqlite::params![resp.origin, now_ms() as i64],
+            rusqlite::params![resp.origin, now as i64],
         )?;
         let mut more = false;
         if let Some(p) = &resp.pull {

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod devices;
 pub mod multi_dc;
 mod network;
 mod replica;

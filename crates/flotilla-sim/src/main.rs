@@ -31,6 +31,9 @@ struct Args {
     /// Simulate multi-leader data centres exchanging and merging.
     #[arg(long)]
     multi_dc: bool,
+    /// Simulate offline devices syncing with a data centre.
+    #[arg(long)]
+    devices: bool,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,11 @@ fn main() -> ExitCode {
         Some(s) => vec![s],
         None => (a.start..a.start + a.seeds).collect(),
     };
+    if a.devices {
+        return campaign(&seeds, "--devices ", |seed| {
+            flotilla_sim::devices::run_devices_seed(seed, a.trace)
+        });
+    }
     if a.multi_dc {
         return campaign(&seeds, "--multi-dc ", |seed| {
             flotilla_sim::multi_dc::run_multi_dc_seed(seed, a.trace)
@@ -98,6 +106,12 @@ impl Totals for flotilla_sim::Report {
 }
 
 impl Totals for flotilla_sim::cluster::ClusterReport {
+    fn add_run(&mut self, o: &Self) {
+        self.add(o)
+    }
+}
+
+impl Totals for flotilla_sim::devices::DevicesReport {
     fn add_run(&mut self, o: &Self) {
         self.add(o)
     }

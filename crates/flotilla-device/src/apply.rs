@@ -43,7 +43,7 @@ fn table<'a>(tables: &'a [ShapeTable], name: &str) -> Result<&'a ShapeTable, Str
 }
 
 /// Inserts the row, or sets the columns given of the row with its key.
-fn upsert(conn: &Connection, t: &ShapeTable, row: &[(String, Value)]) -> Result<(), String> {
+fn upsert_raw(conn: &Connection, t: &ShapeTable, row: &[(String, Value)]) -> rusqlite::Result<()> {
     let cols: Vec<String> = row.iter().map(|(c, _)| quote(c)).collect();
     let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
     let keys: Vec<String> = t.key.iter().map(|k| quote(k)).collect();
@@ -64,10 +64,67 @@ fn upsert(conn: &Connection, t: &ShapeTable, row: &[(String, Value)]) -> Result<
         marks.join(", "),
         keys.join(", ")
     );
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.execute(rusqlite::params_from_iter(row.iter().map(|(_, v)| v))))
+    conn.prepare_cached(&sql)?
+        .execute(rusqlite::params_from_iter(row.iter().map(|(_, v)| v)))
         .map(|_| ())
-        .map_err(|e| format!("writing a row of {}: {e}", t.table))
+}
+
+/// The columns of a unique index SQLite names in a constraint failure
+/// (`UNIQUE constraint failed: events.owner, events.starts`).
+fn unique_columns(e: &rusqlite::Error) -> Option<Vec<String>> {
+    let rusqlite::Error::SqliteFailure(f, Some(msg)) = e else {
+        return None;
+    };
+    if f.extended_code != rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE {
+        return None;
+    }
+    let list = msg.strip_prefix("UNIQUE constraint failed: ")?;
+    Some(
+        list.split(", ")
+            .map(|c| c.rsplit('.').next().unwrap_or(c).to_string())
+            .collect(),
+    )
+}
+
+/// Writes a row the server sent. A local row that holds one of its unique values (a change
+/// of this device's not pushed yet) gives way: it is replayed afterwards, and if it still
+/// clashes, waits unseen until the server has decided on it.
+fn upsert(conn: &Connection, t: &ShapeTable, row: &[(String, Value)]) -> Result<(), String> {
+    let failed = |e: rusqlite::Error| format!("writing a row of {}: {e}", t.table);
+    for _ in 0..8 {
+        let e = match upsert_raw(conn, t, row) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let Some(cols) = unique_columns(&e) else {
+            return Err(failed(e));
+        };
+        let values: Option<Vec<&Value>> = cols
+            .iter()
+            .map(|c| row.iter().find(|(n, _)| n == c).map(|(_, v)| v))
+            .collect();
+        let (Some(values), Some(key)) = (values, key_of(t, row)) else {
+            return Err(failed(e));
+        };
+        let same: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
+            .collect();
+        let sql = format!(
+            "DELETE FROM {} WHERE {} AND NOT ({})",
+            quote(&t.table),
+            same.join(" AND "),
+            key_where(t, cols.len() + 1)
+        );
+        let params: Vec<&Value> = values.into_iter().chain(key).collect();
+        conn.execute(&sql, rusqlite::params_from_iter(params))
+            .map_err(failed)?;
+    }
+    Err(format!(
+        "writing a row of {}: unique values clash again and again",
+        t.table
+    ))
 }
 
 fn key_where(t: &ShapeTable, first: usize) -> String {
@@ -79,12 +136,15 @@ fn key_where(t: &ShapeTable, first: usize) -> String {
         .join(" AND ")
 }
 
-fn delete(conn: &Connection, t: &ShapeTable, key: &[&Value]) -> Result<(), String> {
+fn delete_raw(conn: &Connection, t: &ShapeTable, key: &[&Value]) -> rusqlite::Result<()> {
     let sql = format!("DELETE FROM {} WHERE {}", quote(&t.table), key_where(t, 1));
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.execute(rusqlite::params_from_iter(key.iter())))
+    conn.prepare_cached(&sql)?
+        .execute(rusqlite::params_from_iter(key.iter()))
         .map(|_| ())
-        .map_err(|e| format!("deleting a row of {}: {e}", t.table))
+}
+
+fn delete(conn: &Connection, t: &ShapeTable, key: &[&Value]) -> Result<(), String> {
+    delete_raw(conn, t, key).map_err(|e| format!("deleting a row of {}: {e}", t.table))
 }
 
 /// Applies pulled items in order. Schema statements for what exists already are skipped
@@ -158,10 +218,26 @@ pub fn replay(conn: &Connection, tables: &[ShapeTable], c: &OutboxChange) -> Res
     };
     let before = c.before.as_ref().map(values).transpose()?;
     let after = c.after.as_ref().map(values).transpose()?;
+    let replayed = replay_change(conn, t, c, before, after);
+    match replayed {
+        // The server's rows leave this change no room (a unique value another row holds
+        // now): it stays in the outbox, unseen here, until the server has decided on it.
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => Ok(()),
+        other => other.map_err(|e| format!("replaying a change of {}: {e}", t.table)),
+    }
+}
+
+fn replay_change(
+    conn: &Connection,
+    t: &ShapeTable,
+    c: &OutboxChange,
+    before: Option<Vec<(String, Value)>>,
+    after: Option<Vec<(String, Value)>>,
+) -> rusqlite::Result<()> {
     match (c.op.as_str(), before, after) {
-        ("insert", _, Some(a)) => upsert(conn, t, &a),
+        ("insert", _, Some(a)) => upsert_raw(conn, t, &a),
         ("delete", Some(b), _) => match key_of(t, &b) {
-            Some(k) => delete(conn, t, &k),
+            Some(k) => delete_raw(conn, t, &k),
             None => Ok(()),
         },
         ("update", Some(b), Some(a)) => {
@@ -169,8 +245,8 @@ pub fn replay(conn: &Connection, tables: &[ShapeTable], c: &OutboxChange) -> Res
                 return Ok(());
             };
             if old != new {
-                delete(conn, t, &old)?;
-                return upsert(conn, t, &a);
+                delete_raw(conn, t, &old)?;
+                return upsert_raw(conn, t, &a);
             }
             let changed: Vec<&(String, Value)> = a
                 .iter()
@@ -195,11 +271,11 @@ pub fn replay(conn: &Connection, tables: &[ShapeTable], c: &OutboxChange) -> Res
                 .map(|(_, v)| v)
                 .chain(old.iter().copied())
                 .collect();
-            conn.prepare_cached(&sql)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
+            conn.prepare_cached(&sql)?
+                .execute(rusqlite::params_from_iter(params))
                 .map(|_| ())
-                .map_err(|e| format!("replaying an update of {}: {e}", t.table))
         }
-        _ => Err(format!("an outbox change of {} is malformed", c.table)),
+        // A change the capture never makes: nothing to replay.
+        _ => Ok(()),
     }
 }

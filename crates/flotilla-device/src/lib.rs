@@ -46,8 +46,10 @@ use rusqlite::{Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Transactions pushed in one request at most (a longer outbox takes several).
+/// Transactions pushed in one request at most, and about this many bytes of their changes (a
+/// longer outbox takes several requests; a server that finds one too large halves them).
 const PUSH_BATCH: usize = 500;
+const PUSH_BATCH_BYTES: usize = 4 << 20;
 /// Requests one sync makes at most (a backlog larger than this takes several syncs).
 const MAX_ROUNDS: usize = 10_000;
 
@@ -93,6 +95,40 @@ fn system_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The device's state row, as `conn` sees it.
+fn state_in(conn: &Connection) -> Result<State, DeviceError> {
+    let row = conn.query_row(
+        "SELECT origin, cursor, shapes, tables, vv, deps_id, offline, reset_next \
+         FROM _flotilla_device WHERE id = 1",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        },
+    )?;
+    let bad = |what: &str, e: serde_json::Error| {
+        DeviceError::Local(format!("the local database's {what} is damaged: {e}"))
+    };
+    Ok(State {
+        origin: row.0,
+        cursor: row.1,
+        shapes: row.2,
+        tables: serde_json::from_str(&row.3).map_err(|e| bad("shape", e))?,
+        vv: serde_json::from_str(&row.4).map_err(|e| bad("version vector", e))?,
+        deps_id: row.5,
+        offline: row.6 != 0,
+        reset_next: row.7 != 0,
+    })
+}
+
 /// The device's state row.
 struct State {
     origin: Option<String>,
@@ -101,7 +137,6 @@ struct State {
     tables: Vec<ShapeTable>,
     vv: JsonVersionVector,
     deps_id: i64,
-    hlc: u64,
     offline: bool,
     reset_next: bool,
 }
@@ -193,18 +228,27 @@ impl Device {
         tx.execute("INSERT INTO _flotilla_writing (mode) VALUES (1)", [])?;
         let out = f(&tx)?;
         tx.execute("DELETE FROM _flotilla_writing", [])?;
-        let captured: Vec<OutboxChange> = tx
+        let raw: Vec<(String, String, Option<String>, Option<String>)> = tx
             .prepare("SELECT tbl, op, before, after FROM _flotilla_capture ORDER BY n")?
-            .query_map([], |r| {
-                let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-                Ok(OutboxChange {
-                    table: r.get(0)?,
-                    op: r.get(1)?,
-                    before: parse(r.get(2)?),
-                    after: parse(r.get(3)?),
-                })
-            })?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
+        let parse = |s: Option<String>| -> Result<Option<_>, DeviceError> {
+            s.map(|s| {
+                serde_json::from_str(&s).map_err(|e| {
+                    DeviceError::Local(format!("a row change could not be recorded ({e}): {s}"))
+                })
+            })
+            .transpose()
+        };
+        let mut captured: Vec<OutboxChange> = Vec::with_capacity(raw.len());
+        for (table, op, before, after) in raw {
+            captured.push(OutboxChange {
+                table,
+                op,
+                before: parse(before)?,
+                after: parse(after)?,
+            });
+        }
         if !captured.is_empty() {
             let (seq, hlc, deps): (i64, i64, i64) = tx.query_row(
                 "SELECT next_seq, hlc, deps_id FROM _flotilla_device WHERE id = 1",
@@ -238,56 +282,35 @@ impl Device {
     }
 
     fn state(&self) -> Result<State, DeviceError> {
-        let row = self.conn.query_row(
-            "SELECT origin, cursor, shapes, tables, vv, deps_id, hlc, offline, reset_next \
-             FROM _flotilla_device WHERE id = 1",
-            [],
-            |r| {
-                Ok((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, i64>(8)?,
-                ))
-            },
-        )?;
-        let bad = |what: &str, e: serde_json::Error| {
-            DeviceError::Local(format!("the local database's {what} is damaged: {e}"))
-        };
-        Ok(State {
-            origin: row.0,
-            cursor: row.1,
-            shapes: row.2,
-            tables: serde_json::from_str(&row.3).map_err(|e| bad("shape", e))?,
-            vv: serde_json::from_str(&row.4).map_err(|e| bad("version vector", e))?,
-            deps_id: row.5,
-            hlc: row.6 as u64,
-            offline: row.7 != 0,
-            reset_next: row.8 != 0,
-        })
+        state_in(&self.conn)
     }
 
-    /// The outbox's first transactions (at most `limit`), with the version vectors they
-    /// depend on.
+    /// The outbox's first transactions (at most `limit`, and about `max_bytes` of changes),
+    /// with the version vectors they depend on. Images carry the shape's columns only (a
+    /// column the shape dropped since the change was made is left out).
     #[allow(clippy::type_complexity)]
     fn outbox(
         &self,
         limit: usize,
+        max_bytes: usize,
+        tables: &[ShapeTable],
     ) -> Result<(Vec<PushTransaction>, BTreeMap<String, JsonVersionVector>), DeviceError> {
-        let rows: Vec<(i64, i64, i64, String)> = self
-            .conn
-            .prepare_cached(
+        let mut rows: Vec<(i64, i64, i64, String)> = Vec::new();
+        let mut bytes = 0usize;
+        {
+            let mut stmt = self.conn.prepare_cached(
                 "SELECT seq, hlc, deps, changes FROM _flotilla_outbox ORDER BY seq LIMIT ?1",
-            )?
-            .query_map([limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
+            )?;
+            let mut q = stmt.query([limit as i64])?;
+            while let Some(r) = q.next()? {
+                let changes: String = r.get(3)?;
+                if !rows.is_empty() && bytes + changes.len() > max_bytes {
+                    break;
+                }
+                bytes += changes.len();
+                rows.push((r.get(0)?, r.get(1)?, r.get(2)?, changes));
+            }
+        }
         let mut push = Vec::with_capacity(rows.len());
         let mut deps = BTreeMap::new();
         for (seq, hlc, dep, changes) in rows {
@@ -306,6 +329,16 @@ impl Device {
                 })?;
                 deps.insert(id.clone(), vv);
             }
+            let shaped = |table: &str, img: Option<flotilla_types::sync_protocol::JsonRow>| {
+                let t = tables.iter().find(|t| t.table.eq_ignore_ascii_case(table));
+                img.map(|row| match t {
+                    Some(t) => row
+                        .into_iter()
+                        .filter(|(c, _)| t.columns.iter().any(|n| n.eq_ignore_ascii_case(c)))
+                        .collect(),
+                    None => row,
+                })
+            };
             push.push(PushTransaction {
                 seq: seq as u64,
                 hlc: hlc as u64,
@@ -313,10 +346,10 @@ impl Device {
                 changes: changes
                     .into_iter()
                     .map(|c| PushChange {
+                        before: shaped(&c.table, c.before),
+                        after: shaped(&c.table, c.after),
                         table: c.table,
                         op: c.op,
-                        before: c.before,
-                        after: c.after,
                     })
                     .collect(),
             });
@@ -324,10 +357,12 @@ impl Device {
         Ok((push, deps))
     }
 
-    fn note_error(&self, why: &str) {
+    /// Keeps why the last sync failed, and how: `unreachable` (the device counts as
+    /// offline), `refused` (the server said no) or `local` (this device could not apply it).
+    fn note_error(&self, kind: &str, why: &str) {
         let _ = self.conn.execute(
-            "UPDATE _flotilla_device SET last_error = ?1 WHERE id = 1",
-            [why],
+            "UPDATE _flotilla_device SET last_error = ?1, last_error_kind = ?2 WHERE id = 1",
+            [why, kind],
         );
     }
 
@@ -337,21 +372,26 @@ impl Device {
     /// whole shape again; the rest goes on.
     pub fn sync(&mut self) -> Result<SyncReport, DeviceError> {
         let mut report = SyncReport::default();
+        // Halved when the server finds a request too large.
+        let mut batch = PUSH_BATCH;
+        let mut batch_bytes = PUSH_BATCH_BYTES;
         for _ in 0..MAX_ROUNDS {
             let st = self.state()?;
             if st.offline {
                 return Err(DeviceError::Offline);
             }
-            let (push, deps) = self.outbox(PUSH_BATCH)?;
-            let full_batch = push.len() == PUSH_BATCH;
+            let (push, deps) = self.outbox(batch, batch_bytes, &st.tables)?;
+            let pushed_seqs: Vec<u64> = push.iter().map(|t| t.seq).collect();
+            let more_to_push = self.pending_count()? > push.len();
             let resync = st.reset_next;
+            let sent_cursor = if resync { None } else { st.cursor.clone() };
             let req = SyncRequest {
                 protocol: SYNC_PROTOCOL_VERSION,
                 origin: st.origin.clone(),
                 deps,
                 push,
                 pull: Some(PullRequest {
-                    cursor: if resync { None } else { st.cursor.clone() },
+                    cursor: sent_cursor.clone(),
                     shapes: if resync { None } else { st.shapes.clone() },
                     max_changes: None,
                 }),
@@ -362,7 +402,7 @@ impl Device {
             let answer = match self.transport.post_json(&self.url, &self.token, body) {
                 Ok(a) => a,
                 Err(Unreachable(why)) => {
-                    self.note_error(&why);
+                    self.note_error("unreachable", &why);
                     return Err(DeviceError::Unreachable(why));
                 }
             };
@@ -383,8 +423,19 @@ impl Device {
                     report.rejected += 1;
                     continue;
                 }
+                if code == "body_too_large" {
+                    if let [only] = pushed_seqs[..] {
+                        // One transaction larger than the server takes: it can never be sent.
+                        self.reject(only, "too_large", &message)?;
+                        report.rejected += 1;
+                    } else {
+                        batch = (pushed_seqs.len() / 2).max(1);
+                        batch_bytes = (batch_bytes / 2).max(1);
+                    }
+                    continue;
+                }
                 let why = format!("{} {code}: {message}", answer.status);
-                self.note_error(&why);
+                self.note_error("refused", &why);
                 return Err(DeviceError::Refused {
                     status: answer.status,
                     code,
@@ -393,12 +444,25 @@ impl Device {
             }
             let resp: SyncResponse = serde_json::from_slice(&answer.body)
                 .map_err(|e| DeviceError::Protocol(e.to_string()))?;
-            let more = self.take(&st, &resp, &mut report)?;
-            if !more && !full_batch {
+            let more = match self.take(sent_cursor.as_deref(), resync, &resp, &mut report) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.note_error("local", &e.to_string());
+                    return Err(e);
+                }
+            };
+            if !more && !more_to_push {
                 return Ok(report);
             }
         }
         Ok(report)
+    }
+
+    fn pending_count(&self) -> Result<usize, DeviceError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM _flotilla_outbox", [], |r| r.get(0))?;
+        Ok(n as usize)
     }
 
     /// Sets an outbox transaction aside as rejected: it stays in the outbox empty (the
@@ -437,10 +501,13 @@ impl Device {
 
     /// Takes a sync's answer in one local transaction: forgets what the server acknowledged,
     /// applies what was pulled, replays the rest of the outbox on top. Returns whether there
-    /// is more to pull.
+    /// is more to pull. Another sync of this database that finished meanwhile (a background
+    /// one) moved the cursor: then only the acknowledgement is taken, and the pull asked for
+    /// again.
     fn take(
         &mut self,
-        st: &State,
+        sent_cursor: Option<&str>,
+        sent_reset: bool,
         resp: &SyncResponse,
         report: &mut SyncReport,
     ) -> Result<bool, DeviceError> {
@@ -458,13 +525,21 @@ impl Device {
         let after: i64 = tx.query_row("SELECT count(*) FROM _flotilla_outbox", [], |r| r.get(0))?;
         report.pushed += (before - after).max(0) as usize;
         tx.execute(
-            "UPDATE _flotilla_device SET origin = ?1, last_sync_ms = ?2, last_error = NULL \
-             WHERE id = 1",
+            "UPDATE _flotilla_device SET origin = ?1, last_sync_ms = ?2, last_error = NULL, \
+             last_error_kind = NULL WHERE id = 1",
             rusqlite::params![resp.origin, now as i64],
         )?;
+        let (cursor_now, reset_now): (Option<String>, i64) = tx.query_row(
+            "SELECT cursor, reset_next FROM _flotilla_device WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let stale = cursor_now.as_deref() != sent_cursor && !(sent_reset && reset_now != 0);
         let mut more = false;
-        if let Some(p) = &resp.pull {
+        if let (Some(p), false) = (&resp.pull, stale) {
             more = p.more;
+            // The state as it is now, in this transaction.
+            let st = state_in(&tx)?;
             if p.reset {
                 for t in st.tables.iter().chain(&p.tables) {
                     tx.execute_batch(&format!(
@@ -519,7 +594,9 @@ impl Device {
             if p.reset || schema_changed || p.tables != st.tables {
                 local_schema::install_triggers(&tx, &p.tables)?;
             }
-            // What the server does not have yet goes back on top of its rows.
+            // What the server does not have yet goes back on top of its rows. A pending
+            // change that no longer fits them (a unique value the server gave another row) is
+            // not shown until the server has decided on it.
             let pending: Vec<String> = tx
                 .prepare("SELECT changes FROM _flotilla_outbox ORDER BY seq")?
                 .query_map([], |r| r.get(0))?
@@ -531,8 +608,9 @@ impl Device {
                     apply::replay(&tx, &p.tables, c).map_err(DeviceError::Local)?;
                 }
             }
+        } else if stale {
+            more = true;
         }
-        let _ = st.hlc;
         tx.execute("DELETE FROM _flotilla_writing", [])?;
         tx.commit()?;
         Ok(more)
@@ -540,18 +618,29 @@ impl Device {
 
     /// What the app can show: offline, syncing (n changes pending), or synced through a
     /// position at a time.
+    #[allow(clippy::type_complexity)]
     pub fn status(&self) -> Result<Status, DeviceError> {
-        let (origin, cursor, last_sync_ms, last_error, offline): (
+        let (origin, cursor, last_sync_ms, last_error, kind, offline): (
             Option<String>,
             Option<String>,
             Option<i64>,
             Option<String>,
+            Option<String>,
             i64,
         ) = self.conn.query_row(
-            "SELECT origin, cursor, last_sync_ms, last_error, offline FROM _flotilla_device \
-             WHERE id = 1",
+            "SELECT origin, cursor, last_sync_ms, last_error, last_error_kind, offline \
+             FROM _flotilla_device WHERE id = 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
         )?;
         let pending: i64 = self.conn.query_row(
             "SELECT count(*) FROM _flotilla_outbox WHERE changes <> '[]'",
@@ -568,6 +657,7 @@ impl Device {
             origin,
             cursor,
             last_sync_ms: last_sync_ms.map(|v| v as u64),
+            unreachable: kind.as_deref() == Some("unreachable"),
             last_error,
         })
     }

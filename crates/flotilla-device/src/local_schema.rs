@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS _flotilla_device (
     next_seq INTEGER NOT NULL DEFAULT 1,
     last_sync_ms INTEGER,
     last_error TEXT,
+    -- unreachable, refused or local (see Device::status).
+    last_error_kind TEXT,
     offline INTEGER NOT NULL DEFAULT 0,
     -- Pull the whole shape next (a transaction was rejected: its effects go).
     reset_next INTEGER NOT NULL DEFAULT 0
@@ -103,7 +105,8 @@ fn literal(text: &str) -> String {
 }
 
 /// A JSON object of a row's shape columns, as SQL over `NEW` or `OLD`: BLOBs as
-/// `{"hex": …}` (what SQL can write), other values as themselves.
+/// `{"hex": …}` (what SQL can write), infinite reals as `{"real": "inf"}`, other values as
+/// themselves.
 fn image_sql(row: &str, t: &ShapeTable) -> String {
     let parts: Vec<String> = t
         .columns
@@ -111,7 +114,9 @@ fn image_sql(row: &str, t: &ShapeTable) -> String {
         .map(|c| {
             let v = format!("{row}.{}", quote(c));
             format!(
-                "{}, json(CASE typeof({v}) WHEN 'blob' THEN json_object('hex', hex({v})) \
+                "{}, json(CASE WHEN typeof({v}) = 'blob' THEN json_object('hex', hex({v})) \
+                 WHEN typeof({v}) = 'real' AND abs({v}) > 1.7976931348623157e308 THEN \
+                 json_object('real', CASE WHEN {v} > 0 THEN 'inf' ELSE '-inf' END) \
                  ELSE json_quote({v}) END)",
                 literal(c)
             )

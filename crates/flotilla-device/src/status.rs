@@ -19,13 +19,19 @@ pub struct Status {
     pub last_sync_ms: Option<u64>,
     /// Why the last sync failed, if it did (cleared by the next that succeeds).
     pub last_error: Option<String>,
+    /// The last sync failed because the server could not be reached.
+    pub unreachable: bool,
 }
 
 impl Status {
-    /// The short state: `offline`, `syncing` or `synced`.
+    /// The short state: `offline` (switched off, or the server unreachable), `failing` (the
+    /// server refused the last sync, or this device could not apply it: `last_error` says
+    /// why), `syncing` (changes pending) or `synced`.
     pub fn state(&self) -> &'static str {
-        if self.offline || self.last_error.is_some() {
+        if self.offline || self.unreachable {
             "offline"
+        } else if self.last_error.is_some() {
+            "failing"
         } else if self.pending > 0 || self.cursor.is_none() {
             "syncing"
         } else {
@@ -51,6 +57,12 @@ impl fmt::Display for Status {
                     write!(f, ": {e}")?;
                 }
             }
+            "failing" => write!(
+                f,
+                "sync failing ({}): {}",
+                changes(self.pending),
+                self.last_error.as_deref().unwrap_or("")
+            )?,
             "syncing" => write!(f, "syncing ({})", changes(self.pending))?,
             _ => write!(
                 f,

@@ -266,6 +266,14 @@ impl Server {
             None => None,
             Some(p) => Some(match protocol::pull_cursor(p, &view, head)? {
                 None => protocol::pull_whole_shape(&self.reader, &user, &device)?,
+                Some(from)
+                    if !protocol::cursor_holds(
+                        from,
+                        self.log.iter().find(|r| r.lsn == from.lsn),
+                    ) =>
+                {
+                    protocol::pull_whole_shape(&self.reader, &user, &device)?
+                }
                 Some(from) => {
                     let max = protocol::pull_limit(p);
                     let records: Vec<LogRecord> = self
@@ -349,7 +357,10 @@ struct Dev {
     made: u64,
 }
 
-fn device_items(d: &Device) -> anyhow::Result<Vec<(String, String, i64, Option<String>)>> {
+/// A row of `items`: id, owner, v, note.
+type Item = (String, String, i64, Option<String>);
+
+fn device_items(d: &Device) -> anyhow::Result<Vec<Item>> {
     let conn = d.connection();
     let exists: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_schema WHERE name = 'items'",
@@ -366,10 +377,7 @@ fn device_items(d: &Device) -> anyhow::Result<Vec<(String, String, i64, Option<S
     Ok(rows)
 }
 
-fn server_items(
-    conn: &rusqlite::Connection,
-    user: &str,
-) -> anyhow::Result<Vec<(String, String, i64, Option<String>)>> {
+fn server_items(conn: &rusqlite::Connection, user: &str) -> anyhow::Result<Vec<Item>> {
     let mut s =
         conn.prepare("SELECT id, owner, v, note FROM items WHERE owner = ?1 ORDER BY id")?;
     let rows = s
@@ -492,7 +500,7 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
             0..=44 => {
                 let d = &mut devs[i];
                 let rows = device_items(&d.device)?;
-                if rows.is_empty() && !d.device.status()?.cursor.is_some() {
+                if rows.is_empty() && d.device.status()?.cursor.is_none() {
                     continue; // not synced yet: no table
                 }
                 let other = if d.user == USERS[0] {

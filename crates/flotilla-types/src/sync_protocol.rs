@@ -5,7 +5,7 @@
 //!
 //! Values travel as the API writes them: JSON null, numbers, strings; BLOBs as
 //! `{"base64": "…"}` (or `{"hex": "…"}`, what a SQLite trigger can write), text that is not
-//! UTF-8 as `{"text_base64": "…"}`.
+//! UTF-8 as `{"text_base64": "…"}`, infinite reals as `{"real": "inf"}` / `"-inf"`.
 
 use crate::SqlValue;
 use base64::Engine;
@@ -157,7 +157,19 @@ pub fn value_to_json(v: &SqlValue) -> Json {
         SqlValue::Integer(i) => Json::from(*i),
         SqlValue::Real(f) => serde_json::Number::from_f64(*f)
             .map(Json::Number)
-            .unwrap_or_else(|| Json::String(f.to_string())),
+            .unwrap_or_else(|| {
+                // JSON has no infinities: `{"real": "inf"}` (SQLite stores no NaN).
+                let mut m = Map::new();
+                let text = if f.is_nan() {
+                    "nan"
+                } else if *f > 0.0 {
+                    "inf"
+                } else {
+                    "-inf"
+                };
+                m.insert("real".into(), Json::String(text.into()));
+                Json::Object(m)
+            }),
         SqlValue::Text(s) => Json::String(s.clone()),
         SqlValue::TextBytes(b) => {
             let mut m = Map::new();
@@ -176,7 +188,11 @@ pub fn value_to_json(v: &SqlValue) -> Json {
 pub fn value_from_json(v: &Json) -> Result<SqlValue, String> {
     Ok(match v {
         Json::Null => SqlValue::Null,
-        Json::Bool(b) => SqlValue::Integer(*b as i64),
+        Json::Bool(b) => {
+            return Err(format!(
+                "{b} is not a value: SQLite has no booleans (send 1 or 0)"
+            ))
+        }
         Json::Number(n) => match n.as_i64() {
             Some(i) => SqlValue::Integer(i),
             None => SqlValue::Real(
@@ -205,6 +221,16 @@ pub fn value_from_json(v: &Json) -> Result<SqlValue, String> {
                     }
                 }
                 "hex" => SqlValue::Blob(hex_bytes(text)?),
+                "real" => SqlValue::Real(match text.as_str() {
+                    "inf" => f64::INFINITY,
+                    "-inf" => f64::NEG_INFINITY,
+                    "nan" => f64::NAN,
+                    other => {
+                        return Err(format!(
+                            "{{\"real\": {other:?}}}: expected \"inf\", \"-inf\" or \"nan\""
+                        ))
+                    }
+                }),
                 other => {
                     return Err(format!(
                         "{{\"{other}\": …}} is not a value (BLOBs are {{\"base64\": …}} or {{\"hex\": …}})"
@@ -243,6 +269,8 @@ mod tests {
             SqlValue::Text("héllo".into()),
             SqlValue::Blob(vec![0, 255, 16]),
             SqlValue::TextBytes(vec![0xff, 0x41]),
+            SqlValue::Real(f64::INFINITY),
+            SqlValue::Real(f64::NEG_INFINITY),
         ] {
             assert_eq!(value_from_json(&value_to_json(&v)).unwrap(), v);
         }
@@ -254,5 +282,7 @@ mod tests {
         assert!(value_from_json(&serde_json::json!({"hex": "0g"})).is_err());
         assert!(value_from_json(&serde_json::json!([1])).is_err());
         assert!(value_from_json(&serde_json::json!({"blob": "x"})).is_err());
+        assert!(value_from_json(&serde_json::json!(true)).is_err());
+        assert!(value_from_json(&serde_json::json!({"real": "huge"})).is_err());
     }
 }

@@ -125,9 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cli.dir.display()
             );
             println!("Ctrl-C stops it.");
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
+            s.wait();
+            Ok(())
         }
         Command::Setup {
             server,

@@ -11,6 +11,8 @@ pub struct Server {
     pub url: String,
     /// The admin token the server wrote at its first start.
     pub admin: String,
+    /// The server's thread: it ends when the node stops (Ctrl-C, SIGTERM, a fatal error).
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// The calendar's schema on the server: meetings with a random text key (a key no two
@@ -36,7 +38,7 @@ impl Server {
         }
         .validate()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("calendar-server".into())
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -82,7 +84,12 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        Ok(Server { url, admin })
+        Ok(Server { url, admin, thread })
+    }
+
+    /// Waits until the node stops (Ctrl-C or SIGTERM stop it cleanly).
+    pub fn wait(self) {
+        let _ = self.thread.join();
     }
 
     /// An admin request; the answer's JSON, or the server's error.

@@ -264,14 +264,13 @@ pub async fn sync(
 
 /// The API's answer to a malformed request.
 fn bad_request(e: protocol::BadRequest) -> ApiError {
-    ApiError::bad_request(
-        if e.code == "bad_position" {
-            "bad_position"
-        } else {
-            "bad_request"
-        },
-        e.message,
-    )
+    match (e.code, e.at) {
+        ("bad_position", _) => ApiError::bad_request("bad_position", e.message),
+        (_, Some((index, seq))) => ApiError::bad_request("malformed", e.message)
+            .with("index", index)
+            .with("seq", seq),
+        _ => ApiError::bad_request("bad_request", e.message),
+    }
 }
 
 /// What a device pulls.
@@ -287,6 +286,20 @@ async fn pull(
     let Some(from) = protocol::pull_cursor(p, &view, head.lsn).map_err(bad_request)? else {
         return whole_shape(node, view).await;
     };
+    // The record at the cursor, as the device saw it.
+    if from.lsn.0 > 0 {
+        let at = match leader.read_records(from.lsn, 1, PULL_READ_BYTES).await {
+            Ok(b) => b
+                .first()
+                .filter(|raw| !flotilla_wire::is_consensus_record(raw))
+                .and_then(|raw| flotilla_wire::decode_record_rows(raw).ok()),
+            Err(LogError::Trimmed { .. }) => None,
+            Err(e) => return Err(internal(e)),
+        };
+        if !protocol::cursor_holds(from, at.as_ref()) {
+            return whole_shape(node, view).await;
+        }
+    }
     // The records after the cursor: at least `max` of them (each has at least one row change
     // or none), so that the pull can stop at `max` row changes.
     let mut records = Vec::new();

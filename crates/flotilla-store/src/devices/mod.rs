@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS _flotilla_device_origins (
 ) WITHOUT ROWID;
 ";
 
+/// Fresh local databases one device may start (each takes an origin, an entry of every
+/// version vector for good): a bound on what a buggy or hostile device can add.
+pub const MAX_ORIGINS_PER_DEVICE: i64 = 100;
+
 /// A device change refused (nothing committed), or one that could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -246,6 +250,18 @@ impl LeaderDb {
                 db.conn.execute_batch(CREATE_REGISTRY)?;
                 // Counted over every device of the data centre: an origin names no device, so
                 // renaming or revoking one never makes two alike.
+                let mine: i64 = db.conn.query_row(
+                    "SELECT count(*) FROM _flotilla_device_origins WHERE device = ?1",
+                    [device],
+                    |r| r.get(0),
+                )?;
+                if mine >= MAX_ORIGINS_PER_DEVICE {
+                    return Err(DeviceError::Invalid(format!(
+                        "device {device} has started {mine} local databases already (each fresh \
+                         one asks for an origin at its first sync): revoke it and add it again \
+                         under a new name"
+                    )));
+                }
                 let n: i64 = db.conn.query_row(
                     "SELECT count(*) + 1 FROM _flotilla_device_origins",
                     [],

@@ -18,19 +18,31 @@ use rusqlite::Connection;
 /// at a transaction's end, so one large transaction may go beyond.
 pub const MAX_PULL_CHANGES: usize = 5_000;
 
-/// What is malformed in a request (the API's `bad_request` / `bad_position`).
+/// What is malformed in a request (the API's `bad_request`, `bad_position`, or `malformed`
+/// naming the pushed transaction, which the device then sets aside).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct BadRequest {
-    /// `bad_request` or `bad_position`.
+    /// `bad_request`, `bad_position` or `malformed`.
     pub code: &'static str,
     pub message: String,
+    /// The pushed transaction at fault: its index in the batch and its number.
+    pub at: Option<(usize, u64)>,
 }
 
 fn bad(message: String) -> BadRequest {
     BadRequest {
         code: "bad_request",
         message,
+        at: None,
+    }
+}
+
+fn malformed(index: usize, seq: u64, message: String) -> BadRequest {
+    BadRequest {
+        code: "malformed",
+        message: format!("transaction {seq} (number {index} of the batch, from 0): {message}"),
+        at: Some((index, seq)),
     }
 }
 
@@ -47,20 +59,21 @@ pub fn vv_to_json(v: &VersionVector) -> JsonVersionVector {
     v.iter().map(|(o, l)| (o.to_string(), l.0)).collect()
 }
 
-fn image(row: &JsonRow, seq: u64) -> Result<Vec<(String, SqlValue)>, BadRequest> {
+fn image(row: &JsonRow) -> Result<Vec<(String, SqlValue)>, String> {
     row.iter()
         .map(|(c, v)| {
             value_from_json(v)
                 .map(|v| (c.clone(), v))
-                .map_err(|e| bad(format!("transaction {seq}, column {c}: {e}")))
+                .map_err(|e| format!("column {c}: {e}"))
         })
         .collect()
 }
 
-/// The pushed transactions in the store's terms, or what is malformed in them.
+/// The pushed transactions in the store's terms, or what is malformed in them (a
+/// transaction at fault is named: the device sets it aside and goes on).
 pub fn request_txns(req: &SyncRequest) -> Result<Vec<DeviceTxn>, BadRequest> {
     let mut out = Vec::with_capacity(req.push.len());
-    for t in &req.push {
+    for (index, t) in req.push.iter().enumerate() {
         if t.seq == 0 {
             return Err(bad("transaction numbers start at 1".into()));
         }
@@ -78,17 +91,24 @@ pub fn request_txns(req: &SyncRequest) -> Result<Vec<DeviceTxn>, BadRequest> {
                 "update" => RowOp::Update,
                 "delete" => RowOp::Delete,
                 other => {
-                    return Err(bad(format!(
-                        "transaction {}: op {other:?} is not insert, update or delete",
-                        t.seq
-                    )))
+                    return Err(malformed(
+                        index,
+                        t.seq,
+                        format!("op {other:?} is not insert, update or delete"),
+                    ))
                 }
+            };
+            let img = |r: &Option<JsonRow>| {
+                r.as_ref()
+                    .map(image)
+                    .transpose()
+                    .map_err(|e| malformed(index, t.seq, format!("a change of {}: {e}", c.table)))
             };
             changes.push(DeviceRowChange {
                 table: c.table.clone(),
                 op,
-                before: c.before.as_ref().map(|r| image(r, t.seq)).transpose()?,
-                after: c.after.as_ref().map(|r| image(r, t.seq)).transpose()?,
+                before: img(&c.before)?,
+                after: img(&c.after)?,
             });
         }
         out.push(DeviceTxn {
@@ -145,10 +165,18 @@ pub fn pull_cursor(
             c.parse().map_err(|e| BadRequest {
                 code: "bad_position",
                 message: format!("cursor {c:?}: {e}"),
+                at: None,
             })
         })
         .transpose()?;
     Ok(at.filter(|at| p.shapes.as_deref() == Some(&view.digest) && at.lsn <= head))
+}
+
+/// Whether the server's log still holds the device's cursor as the device saw it: the record
+/// at its position has its epoch. After a failover that lost the end of the old leader's log,
+/// or with a cursor of another server, it does not: the whole shape again.
+pub fn cursor_holds(from: Position, record_at_cursor: Option<&LogRecord>) -> bool {
+    from.lsn == Lsn(0) || record_at_cursor.is_some_and(|r| r.position() == from)
 }
 
 /// How many row changes a pull carries at most.

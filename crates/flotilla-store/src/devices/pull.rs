@@ -101,6 +101,12 @@ fn conflict_visible(
     let Some(t) = view.table(table) else {
         return Ok(false);
     };
+    // A conflict on a column outside the shape holds values the device may not see.
+    if let Some(SqlValue::Text(col)) = get("col") {
+        if !t.has_column(col) {
+            return Ok(false);
+        }
+    }
     for side in ["local_origin", "remote_origin"] {
         if let Some(SqlValue::Text(o)) = get(side) {
             if mine.contains(o) {
@@ -162,7 +168,7 @@ pub fn shape_snapshot(
                 .iter()
                 .filter_map(|k| t.columns.iter().position(|c| c == k))
                 .collect();
-            view.rows_of(conn, t, |row| {
+            for row in view.rows_of(conn, t)? {
                 keys.insert(key_json(
                     &key_at.iter().map(|i| &row[*i]).collect::<Vec<_>>(),
                 ));
@@ -170,8 +176,7 @@ pub fn shape_snapshot(
                     table: t.table.clone(),
                     row: json_row(&t.columns, &row),
                 });
-                Ok(())
-            })?;
+            }
         }
         let has_conflicts: i64 = conn.query_row(
             "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
@@ -189,7 +194,13 @@ pub fn shape_snapshot(
                     vals.push(crate::multi_leader::from_sql(r.get_ref(i)?));
                 }
                 let get = |n: &str| names.iter().position(|c| c == n).map(|i| &vals[i]);
-                let visible = match (get("tbl"), get("row_key")) {
+                let column_shown = match (get("tbl"), get("col")) {
+                    (Some(SqlValue::Text(t)), Some(SqlValue::Text(c))) => {
+                        view.table(t).is_some_and(|vt| vt.has_column(c))
+                    }
+                    _ => true,
+                };
+                let visible = column_shown && match (get("tbl"), get("row_key")) {
                     (Some(SqlValue::Text(t)), Some(SqlValue::Text(k))) => {
                         in_shape
                             .get(&t.to_ascii_lowercase())

@@ -90,7 +90,8 @@ impl LeaderDb {
         now_us: u64,
     ) -> Result<Result<Vec<PreparedDeviceTxn>, DeviceRefusal>, StoreError> {
         let max_drift_ms = self.multi_leader.as_ref().map_or(0, |m| m.max_drift_ms);
-        let have = self.version_vector()?.get(origin).0;
+        let vv = self.version_vector()?;
+        let have = vv.get(origin).0;
         let mut expected = have + 1;
         let mut batch_rows: HashMap<(String, Vec<u8>), Option<FullRow>> = HashMap::new();
         let mut out = Vec::new();
@@ -142,8 +143,14 @@ impl LeaderDb {
                     ..change
                 }));
             }
-            // The device saw its own transactions before this one.
-            let mut deps = txn.deps.clone();
+            // What the device saw: the server's vector as it pulled it — never beyond what the
+            // server has (a server restored to an earlier state would otherwise wait for ever
+            // for what it lost: the transaction then counts as concurrent with those writes)
+            // — and its own transactions before this one.
+            let mut deps = VersionVector::new();
+            for (o, l) in txn.deps.iter() {
+                deps.advance(o, l.min(vv.get(o)));
+            }
             deps.advance(origin, Lsn(txn.seq - 1));
             out.push(PreparedDeviceTxn {
                 stamp: ExchangeStamp {
@@ -161,8 +168,38 @@ impl LeaderDb {
         Ok(Ok(out))
     }
 
-    /// One change: its table and columns in the shape, its rows (before and after) in the
-    /// shape. Returns the change in the merge's terms (its table's shape: the columns sent).
+    /// The row the server knows under a key: the table's row, or else the last values of a
+    /// row its merge state still holds (deleted, or hidden by a unique clash) — a device may
+    /// not bring back or take over a row that was never its own. `None`: no such row.
+    fn known_row(
+        &self,
+        view: &DeviceView,
+        t: &super::ViewTable,
+        key: &[SqlValue],
+        key_bytes: &[u8],
+        batch_rows: &HashMap<(String, Vec<u8>), Option<FullRow>>,
+    ) -> Result<Option<FullRow>, StoreError> {
+        if let Some(r) = batch_rows.get(&(t.table.to_ascii_lowercase(), key_bytes.to_vec())) {
+            return Ok(r.clone());
+        }
+        if let Some(live) = view.current_row(&self.conn, t, key)? {
+            return Ok(Some(live));
+        }
+        let Some(state) = crate::multi_leader::load_state(&self.conn, &t.table, key_bytes)? else {
+            return Ok(None);
+        };
+        let names = view.column_names(&self.conn, t)?;
+        let n = names.len().min(state.cells.len());
+        Ok(Some((
+            names[..n].to_vec(),
+            state.cells[..n].iter().map(|c| c.value.clone()).collect(),
+        )))
+    }
+
+    /// One change: its table and columns in the shape, the rows it touches (the server's
+    /// before, and after: at the key it ends under) in the shape. Returns the change in the
+    /// merge's terms, with the columns outside the shape filled in from the server's row (so
+    /// that moving a row to another key keeps them).
     #[allow(clippy::type_complexity)]
     fn check_device_change(
         &self,
@@ -196,27 +233,6 @@ impl LeaderDb {
                 )))
             }
         };
-        let image = c.after.as_ref().or(c.before.as_ref()).expect("one image");
-        let mut columns: Vec<String> = Vec::with_capacity(image.len());
-        for (name, _) in image {
-            let Some(declared) = t.columns.iter().find(|n| n.eq_ignore_ascii_case(name)) else {
-                return Ok(Err((
-                    "outside_shape",
-                    format!(
-                        "column {name} of {} is not in this device's shape (its columns: {})",
-                        t.table,
-                        t.columns.join(", ")
-                    ),
-                )));
-            };
-            if columns.iter().any(|n| n == declared) {
-                return Ok(Err((
-                    "malformed",
-                    format!("column {name} of {} is given twice", t.table),
-                )));
-            }
-            columns.push(declared.clone());
-        }
         if let (Some(b), Some(a)) = (&c.before, &c.after) {
             let same =
                 b.len() == a.len() && b.iter().zip(a).all(|(x, y)| x.0.eq_ignore_ascii_case(&y.0));
@@ -230,21 +246,52 @@ impl LeaderDb {
                 )));
             }
         }
-        let mut key = Vec::with_capacity(t.key.len());
-        for k in &t.key {
-            match columns.iter().position(|n| n.eq_ignore_ascii_case(k)) {
-                Some(i) => key.push(i as u16),
-                None => {
-                    return Ok(Err((
-                        "malformed",
-                        format!("a change of {} lacks its key column {k}", t.table),
-                    )))
+        // The columns sent: each in the shape (an update may carry one outside it unchanged,
+        // as a device that has not pulled a narrower shape yet does: it is left out).
+        let image = c.after.as_ref().or(c.before.as_ref()).expect("one image");
+        let mut kept: Vec<usize> = Vec::with_capacity(image.len());
+        let mut sent: Vec<String> = Vec::with_capacity(image.len());
+        for (i, (name, value)) in image.iter().enumerate() {
+            let Some(declared) = t.columns.iter().find(|n| n.eq_ignore_ascii_case(name)) else {
+                let unchanged = c.op == RowOp::Update
+                    && c.before.as_ref().and_then(|b| b.get(i)).map(|(_, v)| v) == Some(value);
+                if unchanged {
+                    continue;
                 }
+                return Ok(Err((
+                    "outside_shape",
+                    format!(
+                        "column {name} of {} is not in this device's shape (its columns: {})",
+                        t.table,
+                        t.columns.join(", ")
+                    ),
+                )));
+            };
+            if sent.iter().any(|n| n == declared) {
+                return Ok(Err((
+                    "malformed",
+                    format!("column {name} of {} is given twice", t.table),
+                )));
+            }
+            sent.push(declared.clone());
+            kept.push(i);
+        }
+        let only_kept = |img: &[(String, SqlValue)]| -> Vec<(String, SqlValue)> {
+            kept.iter()
+                .zip(&sent)
+                .map(|(i, name)| (name.clone(), img[*i].1.clone()))
+                .collect()
+        };
+        let before = c.before.as_deref().map(only_kept);
+        let after = c.after.as_deref().map(only_kept);
+        for k in &t.key {
+            if !sent.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                return Ok(Err((
+                    "malformed",
+                    format!("a change of {} lacks its key column {k}", t.table),
+                )));
             }
         }
-        let values = |image: &[(String, SqlValue)]| -> Vec<SqlValue> {
-            image.iter().map(|(_, v)| v.clone()).collect()
-        };
         let key_of = |image: &[(String, SqlValue)]| -> (Vec<SqlValue>, Vec<u8>) {
             let vals: Vec<SqlValue> = t
                 .key
@@ -254,13 +301,10 @@ impl LeaderDb {
             let bytes = encode_key(vals.iter());
             (vals, bytes)
         };
+        let key_image = only_kept(key_image);
         let table_key = t.table.to_ascii_lowercase();
-        let (key_vals, key_bytes) = key_of(key_image);
-        let current: Option<FullRow> = match batch_rows.get(&(table_key.clone(), key_bytes.clone()))
-        {
-            Some(r) => r.clone(),
-            None => view.current_row(&self.conn, t, &key_vals)?,
-        };
+        let (key_vals, key_bytes) = key_of(&key_image);
+        let current = self.known_row(view, t, &key_vals, &key_bytes, batch_rows)?;
         let describe =
             |vals: &[SqlValue]| crate::multi_leader::key_json(&vals.iter().collect::<Vec<_>>());
         let judge =
@@ -271,62 +315,115 @@ impl LeaderDb {
                     Err(e) => Err(e),
                 }
             };
-        // The server's row, if it has one, must be the device's to change (an insert too: it
-        // would merge into that row).
-        {
-            if let Some((names, vals)) = &current {
-                match judge(names, vals)? {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Ok(Err((
-                            "outside_shape",
-                            format!(
-                                "the row {} of {} is not in this device's shape",
-                                describe(&key_vals),
-                                t.table
-                            ),
-                        )))
-                    }
-                    Err(why) => {
-                        return Ok(Err((
-                            "outside_shape",
-                            format!("the shape of {} cannot judge the row: {why}", t.table),
-                        )))
-                    }
+        let outside = |what: String| -> Result<
+            Result<(TableShape, RowChange), (&'static str, String)>,
+            StoreError,
+        > { Ok(Err(("outside_shape", what))) };
+        // The server's row under the key, if it knows one, must be the device's to change
+        // (an insert too: it would merge into that row).
+        if let Some((names, vals)) = &current {
+            match judge(names, vals)? {
+                Ok(true) => {}
+                Ok(false) => {
+                    return outside(format!(
+                        "the row {} of {} is not in this device's shape",
+                        describe(&key_vals),
+                        t.table
+                    ))
+                }
+                Err(why) => {
+                    return outside(format!(
+                        "the shape of {} cannot judge the row {}: {why}",
+                        t.table,
+                        describe(&key_vals)
+                    ))
                 }
             }
         }
-        if let Some(after) = &c.after {
+        let mut after_key = key_bytes.clone();
+        if let Some(after) = &after {
+            let (after_vals, ak) = key_of(after);
+            after_key = ak;
+            if after_key != key_bytes {
+                // Moved to another key: the server's row there, if any, must be the device's.
+                if let Some((names, vals)) =
+                    self.known_row(view, t, &after_vals, &after_key, batch_rows)?
+                {
+                    if judge(&names, &vals)? != Ok(true) {
+                        return outside(format!(
+                            "the row {} of {} (where the change moves a row) is not in this \
+                             device's shape",
+                            describe(&after_vals),
+                            t.table
+                        ));
+                    }
+                }
+            }
             // Judged on the server's row with the device's values over it.
             let (names, vals) = overlay(current.as_ref(), after);
             match judge(&names, &vals)? {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Ok(Err((
-                        "outside_shape",
-                        format!(
-                            "the row {} of {} would not be in this device's shape after the \
-                             change",
-                            describe(&key_of(after).0),
-                            t.table
-                        ),
-                    )))
+                    return outside(format!(
+                        "the row {} of {} would not be in this device's shape after the change",
+                        describe(&after_vals),
+                        t.table
+                    ))
                 }
                 Err(why) => {
-                    return Ok(Err((
-                        "outside_shape",
-                        format!("the shape of {} cannot judge the row: {why}", t.table),
-                    )))
+                    return outside(format!(
+                        "the shape of {} cannot judge the row {}: {why}",
+                        t.table,
+                        describe(&after_vals)
+                    ))
                 }
             }
-            let (_, after_key) = key_of(after);
-            if after_key != key_bytes {
-                batch_rows.insert((table_key.clone(), key_bytes.clone()), None);
-            }
-            batch_rows.insert((table_key, after_key), Some((names, vals)));
-        } else {
-            batch_rows.insert((table_key, key_bytes), None);
         }
+        // The columns outside the shape, from the server's row: unchanged by the device (the
+        // same before and after), they are kept where the row goes.
+        let mut columns = sent.clone();
+        let mut extra: Vec<SqlValue> = Vec::new();
+        if c.op != RowOp::Insert {
+            if let Some((names, vals)) = &current {
+                for (n, v) in names.iter().zip(vals) {
+                    if !columns.iter().any(|c| c.eq_ignore_ascii_case(n)) {
+                        columns.push(n.clone());
+                        extra.push(v.clone());
+                    }
+                }
+            }
+        }
+        let full = |img: &Option<Vec<(String, SqlValue)>>| -> Option<Vec<SqlValue>> {
+            img.as_ref().map(|i| {
+                i.iter()
+                    .map(|(_, v)| v.clone())
+                    .chain(extra.iter().cloned())
+                    .collect()
+            })
+        };
+        // What the batch's later transactions see of these rows.
+        match &after {
+            Some(a) => {
+                let row = overlay(current.as_ref(), a);
+                if after_key != key_bytes {
+                    batch_rows.insert((table_key.clone(), key_bytes.clone()), None);
+                }
+                batch_rows.insert((table_key, after_key), Some(row));
+            }
+            None => {
+                batch_rows.insert((table_key, key_bytes), None);
+            }
+        }
+        let key = t
+            .key
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|n| n.eq_ignore_ascii_case(k))
+                    .expect("the key is sent") as u16
+            })
+            .collect();
         let shape = TableShape {
             name: t.table.clone(),
             columns,
@@ -337,8 +434,8 @@ impl LeaderDb {
             op: c.op,
             old_rowid: 0,
             new_rowid: 0,
-            before: c.before.as_deref().map(values),
-            after: c.after.as_deref().map(values),
+            before: full(&before),
+            after: full(&after),
         };
         Ok(Ok((shape, change)))
     }

@@ -179,7 +179,12 @@ fn check_shape(conn: &Connection, shape: &Shape) -> Result<Shape, DeviceError> {
                 }
             }
             chosen.sort();
-            Some(chosen.iter().map(|i| cols.names[*i].clone()).collect())
+            Some(
+                chosen
+                    .iter()
+                    .map(|i| cols.names[*i].clone())
+                    .collect::<Vec<String>>(),
+            )
         }
     };
     let predicate = match shape.predicate.as_deref().map(str::trim) {
@@ -201,6 +206,18 @@ fn check_shape(conn: &Connection, shape: &Shape) -> Result<Shape, DeviceError> {
                     ))
                 }
             };
+            // Judged on a device's rows, which carry the shape's columns only.
+            if let Some(chosen) = &columns {
+                let probe = predicate_sql(&table, chosen, p);
+                if let Err(e) = conn.prepare(&probe) {
+                    return invalid(format!(
+                        "the predicate {p:?} reads more than the shape's columns ({}): {}; add \
+                         the columns it reads",
+                        chosen.join(", "),
+                        crate::sql_error_message(&e)
+                    ));
+                }
+            }
             for i in 1..=stmt.parameter_count() {
                 match stmt.parameter_name(i) {
                     Some(":user") | Some(":device") => {}
@@ -432,34 +449,75 @@ impl DeviceView {
     }
 
     /// The rows of a shaped table in the shape (its shape columns), as the connection sees
-    /// them.
+    /// them. A row the predicate cannot judge (it fails on that row: malformed JSON for
+    /// `json_extract`, say) is outside the shape, as in a pull of changes.
     pub fn rows_of(
         &self,
         conn: &Connection,
         t: &ViewTable,
-        mut each: impl FnMut(Vec<SqlValue>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        match self.select_rows(conn, t, t.predicate.as_deref()) {
+            Err(StoreError::Sqlite(_)) if t.predicate.is_some() => {}
+            other => return other,
+        }
+        let all = table_columns(conn, &t.table)?.names;
+        let every = ViewTable {
+            columns: all.clone(),
+            ..t.clone()
+        };
+        let mut out = Vec::new();
+        for row in self.select_rows(conn, &every, None)? {
+            match self.contains(conn, &t.table, &all, &row) {
+                Ok(true) => out.push(
+                    all.iter()
+                        .zip(row)
+                        .filter(|(c, _)| t.has_column(c))
+                        .map(|(_, v)| v)
+                        .collect(),
+                ),
+                Ok(false) | Err(StoreError::Sqlite(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn select_rows(
+        &self,
+        conn: &Connection,
+        t: &ViewTable,
+        predicate: Option<&str>,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
         let cols: Vec<String> = t.columns.iter().map(|c| quote(c)).collect();
         let sql = format!(
             "SELECT {} FROM {}{}",
             cols.join(", "),
             quote(&t.table),
-            t.predicate
-                .as_ref()
+            predicate
                 .map(|p| format!(" WHERE ({p})"))
                 .unwrap_or_default()
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         bind_identity(&mut stmt, &self.user, &self.device)?;
         let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let mut row = Vec::with_capacity(cols.len());
             for i in 0..cols.len() {
                 row.push(from_sql(r.get_ref(i)?));
             }
-            each(row)?;
+            out.push(row);
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// The names of a shaped table's columns, in its order.
+    pub fn column_names(
+        &self,
+        conn: &Connection,
+        t: &ViewTable,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(table_columns(conn, &t.table)?.names)
     }
 
     /// The row of a shaped table with this key, all its columns (`None`: no such row).

@@ -1,0 +1,534 @@
+//! Offline devices under attack, on real processes: the ways an outside probe found to take
+//! over, revive or read another user's rows, to wipe columns outside a shape, and to wedge a
+//! device so that it never syncs again — each kept here so that it stays fixed.
+
+mod common;
+
+use common::*;
+use flotilla_client::Client;
+use flotilla_device::{Answer, Device, Transport, Unreachable, UreqTransport};
+use flotilla_testkit::cluster::LocalNode;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+
+struct Server {
+    node: LocalNode,
+    admin: Client,
+}
+
+async fn server(root: &std::path::Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--dc", "home", "--auth"];
+    args.extend_from_slice(extra);
+    let node = LocalNode::start(&exe(), root, "home", None, &args)
+        .await
+        .unwrap();
+    let token = std::fs::read_to_string(node.dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let admin = Client::with_token(&node.url, &token);
+    Server { node, admin }
+}
+
+async fn add_device(s: &Server, name: &str, user: &str) -> String {
+    s.admin
+        .post("/v1/devices", &json!({ "name": name, "user": user }))
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn sql(s: &Server, statements: &[&str]) {
+    let list: Vec<Value> = statements.iter().map(|q| json!({ "sql": q })).collect();
+    exec(&s.admin, json!(list)).await;
+}
+
+async fn raw_sync(url: &str, token: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/sync"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn now_hlc() -> u64 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64)
+        << 16
+}
+
+/// A device speaking the protocol by hand: its origin and next transaction number.
+struct RawDevice {
+    url: String,
+    token: String,
+    origin: String,
+    seq: u64,
+}
+
+impl RawDevice {
+    async fn new(s: &Server, name: &str, user: &str) -> RawDevice {
+        let token = add_device(s, name, user).await;
+        let (status, v) = raw_sync(&s.node.url, &token, &json!({ "protocol": 1 })).await;
+        assert_eq!(status, 200, "{v}");
+        RawDevice {
+            url: s.node.url.clone(),
+            token,
+            origin: v["origin"].as_str().unwrap().to_string(),
+            seq: 0,
+        }
+    }
+
+    /// Pushes one transaction of `changes`; (status, answer). The number is used up only
+    /// when the server takes it.
+    async fn push(&mut self, changes: Value) -> (u16, Value) {
+        let body = json!({
+            "protocol": 1, "origin": self.origin, "deps": { "d": {} },
+            "push": [{ "seq": self.seq + 1, "hlc": now_hlc(), "deps": "d", "changes": changes }],
+            "pull": {},
+        });
+        let (status, v) = raw_sync(&self.url, &self.token, &body).await;
+        if status == 200 {
+            self.seq += 1;
+        }
+        (status, v)
+    }
+}
+
+async fn one(s: &Server, q: &str) -> Value {
+    rows(&s.admin, q).await[0].clone()
+}
+
+/// The shape of the probe: events of one's own, without the `secret` column.
+async fn events_without_secret(s: &Server) {
+    sql(
+        s,
+        &["CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT, starts TEXT, secret TEXT)"],
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "events", "columns": ["id", "owner", "title", "starts"], "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_cannot_take_over_revive_or_read_another_users_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    events_without_secret(&s).await;
+    let mut phone = RawDevice::new(&s, "phone", "ana").await;
+    sql(
+        &s,
+        &["INSERT INTO events VALUES ('b1', 'bob', 'bob private', '2026-01-01', 'S-bob')"],
+    )
+    .await;
+
+    // Moving one's own row onto another user's key.
+    let (status, _) = phone
+        .push(json!([{ "table": "events", "op": "insert",
+            "after": { "id": "a1", "owner": "ana", "title": "ana's", "starts": "x" } }]))
+        .await;
+    assert_eq!(status, 200);
+    let (status, v) = phone
+        .push(json!([{ "table": "events", "op": "update",
+            "before": { "id": "a1", "owner": "ana", "title": "ana's", "starts": "x" },
+            "after": { "id": "b1", "owner": "ana", "title": "hijacked", "starts": "x" } }]))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (403, &json!("outside_shape")),
+        "{v}"
+    );
+    assert_eq!(
+        one(
+            &s,
+            "SELECT owner, title, secret FROM events WHERE id = 'b1'"
+        )
+        .await,
+        json!(["bob", "bob private", "S-bob"])
+    );
+
+    // Reviving another user's deleted row, under either delete rule.
+    sql(
+        &s,
+        &[
+            "INSERT INTO events VALUES ('b8', 'bob', 'bob diary', '2026-08-08', 'S8')",
+            "DELETE FROM events WHERE id = 'b8'",
+        ],
+    )
+    .await;
+    for rule in ["delete-wins", "update-wins"] {
+        s.admin
+            .put(
+                "/v1/conflicts/policies",
+                &json!({ "table": "events", "policy": rule }),
+            )
+            .await
+            .unwrap();
+        for change in [
+            json!({ "table": "events", "op": "update",
+                "before": { "id": "b8", "owner": "ana" }, "after": { "id": "b8", "owner": "ana" } }),
+            json!({ "table": "events", "op": "insert", "after": { "id": "b8", "owner": "ana" } }),
+        ] {
+            let (status, v) = phone.push(json!([change])).await;
+            assert_eq!(
+                (status, &v["error"]["code"]),
+                (403, &json!("outside_shape")),
+                "{rule}: {v}"
+            );
+        }
+        assert_eq!(
+            one(&s, "SELECT count(*) FROM events WHERE id = 'b8'").await,
+            json!([0])
+        );
+    }
+
+    // Whatever conflicts the phone pulls, none carries bob's values or a hidden column.
+    let (_, all) = raw_sync(
+        &phone.url,
+        &phone.token,
+        &json!({ "protocol": 1, "origin": phone.origin, "pull": {} }),
+    )
+    .await;
+    let text = all.to_string();
+    for leaked in ["bob private", "S-bob", "bob diary", "S8"] {
+        assert!(!text.contains(leaked), "the phone pulled {leaked:?}: {all}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_move_keeps_the_columns_outside_the_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    events_without_secret(&s).await;
+    let mut phone = RawDevice::new(&s, "phone", "ana").await;
+    sql(
+        &s,
+        &["INSERT INTO events VALUES ('a5', 'ana', 'mine', 'x', 'kept by the server')"],
+    )
+    .await;
+    let (status, v) = phone
+        .push(json!([{ "table": "events", "op": "update",
+            "before": { "id": "a5", "owner": "ana", "title": "mine", "starts": "x" },
+            "after": { "id": "a6", "owner": "ana", "title": "moved", "starts": "x" } }]))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        one(&s, "SELECT title, secret FROM events WHERE id = 'a6'").await,
+        json!(["moved", "kept by the server"])
+    );
+    // An update carrying a column outside the shape, unchanged (a device that has not pulled
+    // a narrower shape yet), is taken without it; a changed one is refused.
+    let (status, v) = phone
+        .push(json!([{ "table": "events", "op": "update",
+            "before": { "id": "a6", "owner": "ana", "title": "moved", "secret": "old" },
+            "after": { "id": "a6", "owner": "ana", "title": "retitled", "secret": "old" } }]))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = phone
+        .push(json!([{ "table": "events", "op": "update",
+            "before": { "id": "a6", "owner": "ana", "secret": "old" },
+            "after": { "id": "a6", "owner": "ana", "secret": "new" } }]))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (403, &json!("outside_shape")),
+        "{v}"
+    );
+    assert_eq!(
+        one(&s, "SELECT title, secret FROM events WHERE id = 'a6'").await,
+        json!(["retitled", "kept by the server"])
+    );
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_unique_value_does_not_wedge_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    sql(
+        &s,
+        &[
+            "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT, starts TEXT)",
+            "CREATE UNIQUE INDEX one_per_slot ON events (owner, starts)",
+        ],
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "events", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let (tp, tl) = (
+        add_device(&s, "phone", "ana").await,
+        add_device(&s, "laptop", "ana").await,
+    );
+    let url = s.node.url.clone();
+    let (mut phone, mut laptop) = blocking(|| {
+        (
+            Device::open(dir.path().join("p.db"), &url, &tp).unwrap(),
+            Device::open(dir.path().join("l.db"), &url, &tl).unwrap(),
+        )
+    });
+    blocking(|| {
+        phone.sync().unwrap();
+        laptop.sync().unwrap();
+        laptop
+            .execute(
+                "INSERT INTO events VALUES ('A', 'ana', 'laptop', '10:00')",
+                [],
+            )
+            .unwrap();
+        laptop.sync().unwrap();
+        phone
+            .execute(
+                "INSERT INTO events VALUES ('B', 'ana', 'phone', '10:00')",
+                [],
+            )
+            .unwrap();
+        // The pulled A takes the slot B holds locally: the sync still completes.
+        phone.sync().unwrap();
+        phone.sync().unwrap();
+        phone
+            .execute(
+                "INSERT INTO events VALUES ('C', 'ana', 'later', '11:00')",
+                [],
+            )
+            .unwrap();
+        phone.sync().unwrap();
+        laptop.sync().unwrap();
+    });
+    let st = phone.status().unwrap();
+    assert_eq!((st.state(), st.pending), ("synced", 0), "{st}");
+    let server_rows = rows(&s.admin, "SELECT id FROM events ORDER BY id").await;
+    let local = |d: &Device| -> Value {
+        let mut stmt = d
+            .connection()
+            .prepare("SELECT id FROM events ORDER BY id")
+            .unwrap();
+        let ids: Vec<Value> = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|r| json!([r.unwrap()]))
+            .collect();
+        json!(ids)
+    };
+    assert_eq!(local(&phone), server_rows);
+    assert_eq!(local(&laptop), server_rows);
+    assert!(server_rows.to_string().contains("\"C\""), "{server_rows}");
+}
+
+/// A transport that, once, runs another sync of the same local database while its own
+/// request is out (as a background sync and an app's own sync may overlap).
+/// What runs, once, between the server's answer and the device taking it.
+type Meanwhile = Box<dyn FnOnce() + Send>;
+
+struct Overlapping {
+    inner: UreqTransport,
+    meanwhile: Mutex<Option<Meanwhile>>,
+}
+
+impl Transport for Overlapping {
+    fn post_json(&self, url: &str, token: &str, body: Vec<u8>) -> Result<Answer, Unreachable> {
+        let answer = self.inner.post_json(url, token, body);
+        if let Some(run) = self.meanwhile.lock().unwrap().take() {
+            run();
+        }
+        answer
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_syncs_of_one_database_leave_it_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    sql(
+        &s,
+        &["CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT)"],
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "notes", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let (tp, tl) = (
+        add_device(&s, "pad", "ana").await,
+        add_device(&s, "laptop", "ana").await,
+    );
+    let url = s.node.url.clone();
+    let path = dir.path().join("pad.db");
+    blocking(|| {
+        let laptop = Arc::new(Mutex::new(
+            Device::open(dir.path().join("l.db"), &url, &tl).unwrap(),
+        ));
+        laptop.lock().unwrap().sync().unwrap();
+        let mut first = Device::open(&path, &url, &tp).unwrap();
+        first.sync().unwrap();
+        // The pad's answer arrives after the laptop wrote again and a second sync of the
+        // pad's file took that newer row: the answer is older than the file.
+        let mut other = Device::open(&path, &url, &tp).unwrap();
+        let reached = Arc::new(Mutex::new(None));
+        let (l2, r2) = (laptop.clone(), reached.clone());
+        let mut pad = Device::open_with(
+            &path,
+            &url,
+            &tp,
+            Box::new(Overlapping {
+                inner: UreqTransport::default(),
+                meanwhile: Mutex::new(Some(Box::new(move || {
+                    let mut l = l2.lock().unwrap();
+                    l.execute(
+                        "INSERT INTO notes VALUES ('n1', 'ana', 'from the laptop')",
+                        [],
+                    )
+                    .unwrap();
+                    l.sync().unwrap();
+                    other.sync().expect("the overlapping sync");
+                    *r2.lock().unwrap() = other.status().unwrap().cursor;
+                }))),
+            }),
+        )
+        .unwrap();
+        pad.execute("INSERT INTO notes VALUES ('n2', 'ana', 'from the pad')", [])
+            .unwrap();
+        pad.sync().unwrap();
+        // The older answer did not take the cursor back.
+        let lsn = |c: Option<String>| -> u64 {
+            c.and_then(|c| c.rsplit('/').next().and_then(|l| l.parse().ok()))
+                .unwrap_or(0)
+        };
+        let other_reached = lsn(reached.lock().unwrap().clone());
+        assert!(other_reached > 0);
+        assert!(
+            lsn(pad.status().unwrap().cursor) >= other_reached,
+            "the cursor went back from {other_reached} to {:?}",
+            pad.status().unwrap().cursor
+        );
+        let mut laptop = laptop.lock().unwrap();
+        pad.execute("INSERT INTO notes VALUES ('n3', 'ana', 'after')", [])
+            .unwrap();
+        pad.sync().unwrap();
+        laptop.sync().unwrap();
+        let st = pad.status().unwrap();
+        assert_eq!((st.state(), st.pending), ("synced", 0), "{st}");
+        let count = |d: &Device| -> i64 {
+            d.connection()
+                .query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!((count(&pad), count(&laptop)), (3, 3));
+    });
+    assert_eq!(one(&s, "SELECT count(*) FROM notes").await, json!([3]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_beyond_the_body_limit_goes_in_smaller_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small-bodies.toml");
+    std::fs::write(&config, "[api]\nmax-body-kib = 64\n").unwrap();
+    let s = server(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    sql(
+        &s,
+        &["CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT)"],
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "notes", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let token = add_device(&s, "pad", "ana").await;
+    let url = s.node.url.clone();
+    let (report, rejected) = blocking(|| {
+        let mut pad = Device::open(dir.path().join("pad.db"), &url, &token).unwrap();
+        pad.sync().unwrap();
+        pad.set_offline(true).unwrap();
+        for i in 0..40 {
+            pad.execute(
+                "INSERT INTO notes VALUES (?1, 'ana', ?2)",
+                rusqlite::params![format!("n{i}"), "x".repeat(10_000)],
+            )
+            .unwrap();
+        }
+        // One transaction the server can never take.
+        pad.execute(
+            "INSERT INTO notes VALUES ('huge', 'ana', ?1)",
+            [&"y".repeat(200_000)],
+        )
+        .unwrap();
+        pad.execute("INSERT INTO notes VALUES ('small', 'ana', 'after')", [])
+            .unwrap();
+        pad.set_offline(false).unwrap();
+        let r = pad.sync().unwrap();
+        (r, pad.rejected().unwrap())
+    });
+    assert_eq!((report.pushed, report.rejected), (42, 1), "{report:?}");
+    assert_eq!(rejected[0].code, "too_large", "{rejected:?}");
+    assert_eq!(one(&s, "SELECT count(*) FROM notes").await, json!([41]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_predicate_cannot_judge_does_not_break_whole_shape_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    sql(
+        &s,
+        &[
+            "CREATE TABLE docs (id TEXT PRIMARY KEY, meta TEXT)",
+            "INSERT INTO docs VALUES ('d1', '{\"owner\": \"ana\"}'), ('d2', 'not json at all'), ('d3', '{\"owner\": \"bob\"}')",
+        ],
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "docs", "where": "json_extract(meta, '$.owner') = :user" }),
+        )
+        .await
+        .unwrap();
+    let token = add_device(&s, "pad", "ana").await;
+    let (status, v) = raw_sync(&s.node.url, &token, &json!({ "protocol": 1, "pull": {} })).await;
+    assert_eq!(status, 200, "{v}");
+    let rows: Vec<&Value> = v["pull"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("upsert"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0]["row"]["id"], "d1");
+    // A shape whose predicate reads a column the shape leaves out is refused when set.
+    let refused = s
+        .admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "docs", "columns": ["id"], "where": "meta IS NOT NULL" }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("reads more than the shape's columns"),
+        "{refused:#}"
+    );
+}

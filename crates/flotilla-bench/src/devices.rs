@@ -70,13 +70,24 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
-/// (end-to-end seconds, bytes per change, no-op sync latencies in ms).
+/// What the end-to-end run measured.
+struct EndToEnd {
+    /// The server's CPU time during the first device's sync, in seconds.
+    push_server_cpu: f64,
+    /// The first device's sync (push and merge) and the second's (pull), in seconds.
+    push_secs: f64,
+    pull_secs: f64,
+    bytes_per_change: f64,
+    /// No-op sync latencies, in ms, sorted.
+    noop_ms: Vec<f64>,
+}
+
 async fn end_to_end(
     exe: &Path,
     root: &Path,
     changes: u64,
     noops: usize,
-) -> anyhow::Result<(f64, f64, Vec<f64>)> {
+) -> anyhow::Result<EndToEnd> {
     let s = server(exe, root).await?;
     let (ta, tb) = (
         add_device(&s, "phone", "ana").await?,
@@ -84,6 +95,17 @@ async fn end_to_end(
     );
     let url = s.node.url.clone();
     let dir = root.to_path_buf();
+    let pid = s.node.pid().context("the server's pid")?;
+    let server_cpu = move || -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = stat[stat.rfind(')')? + 2..].to_string();
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+            })
+            .unwrap_or(0.0)
+    };
     blocking(move || {
         let mut a = Device::open(dir.join("a.db"), &url, &ta)?;
         let mut b = Device::open(dir.join("b.db"), &url, &tb)?;
@@ -98,9 +120,13 @@ async fn end_to_end(
         }
         a.set_offline(false)?;
         let t = Instant::now();
+        let cpu0 = server_cpu();
         let ra = a.sync()?;
+        let push_secs = t.elapsed().as_secs_f64();
+        let push_server_cpu = server_cpu() - cpu0;
+        let t = Instant::now();
         let rb = b.sync()?;
-        let secs = t.elapsed().as_secs_f64();
+        let pull_secs = t.elapsed().as_secs_f64();
         ensure!(
             ra.pushed as u64 == changes,
             "pushed {} of {changes}",
@@ -122,7 +148,13 @@ async fn end_to_end(
             ensure!(r.pulled == 0 && r.pushed == 0, "a no-op sync moved {r:?}");
         }
         lat.sort_by(|x, y| x.total_cmp(y));
-        Ok((secs, bytes as f64 / changes as f64, lat))
+        Ok(EndToEnd {
+            push_server_cpu,
+            push_secs,
+            pull_secs,
+            bytes_per_change: bytes as f64 / changes as f64,
+            noop_ms: lat,
+        })
     })
     .await
 }
@@ -281,6 +313,9 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
         &format!("{} offline changes to a second device", s.changes),
         "ms",
     );
+    let mut push = Figure::new("  of which the first device's sync (push, merge)", "ms");
+    let mut pull = Figure::new("  of which the second device's sync (pull)", "ms");
+    let mut push_cpu = Figure::new("  server CPU during the first device's sync", "ms");
     let mut per_change = Figure::new("bytes on the wire per change", "B");
     let mut noop50 = Figure::new("no-op sync p50", "ms");
     let mut noop99 = Figure::new("no-op sync p99", "ms");
@@ -296,13 +331,16 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
     for run in 0..s.runs {
         let dir = |what: &str| tmp.path().join(format!("{what}-{run}"));
         say(&a, &format!("run {}/{}: end to end", run + 1, s.runs));
-        let (secs, bytes, lat) = end_to_end(&exe, &dir("e2e"), s.changes, s.noops)
+        let r = end_to_end(&exe, &dir("e2e"), s.changes, s.noops)
             .await
             .context("end to end")?;
-        e2e.values.push(secs * 1000.0);
-        per_change.values.push(bytes);
-        noop50.values.push(percentile(&lat, 0.5));
-        noop99.values.push(percentile(&lat, 0.99));
+        e2e.values.push((r.push_secs + r.pull_secs) * 1000.0);
+        push.values.push(r.push_secs * 1000.0);
+        push_cpu.values.push(r.push_server_cpu * 1000.0);
+        pull.values.push(r.pull_secs * 1000.0);
+        per_change.values.push(r.bytes_per_change);
+        noop50.values.push(percentile(&r.noop_ms, 0.5));
+        noop99.values.push(percentile(&r.noop_ms, 0.99));
         say(&a, &format!("run {}/{}: initial sync", run + 1, s.runs));
         initial.values.push(
             initial_sync(&exe, &dir("initial"), s.initial_rows)
@@ -327,7 +365,9 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
         "x",
     );
     vs.values.push(initial.median() / 27_600.0);
-    let figures = vec![e2e, per_change, noop50, noop99, initial, vs, many, memory];
+    let figures = vec![
+        e2e, push, push_cpu, pull, per_change, noop50, noop99, initial, vs, many, memory,
+    ];
     if a.json {
         let out: Vec<Value> = figures.iter().map(Figure::json).collect();
         println!("{}", serde_json::to_string_pretty(&out)?);

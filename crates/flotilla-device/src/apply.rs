@@ -7,6 +7,15 @@ use flotilla_types::sync_protocol::{value_from_json, JsonRow, PullItem, ShapeTab
 use flotilla_types::SqlValue;
 use rusqlite::types::Value;
 use rusqlite::Connection;
+use std::collections::HashSet;
+
+/// The rows a pull wrote (table, key): the pending changes of these rows are replayed on
+/// top; others still show on the device as they were.
+pub type Touched = HashSet<(String, String)>;
+
+fn touched_key(t: &ShapeTable, key: &[&Value]) -> (String, String) {
+    (t.table.to_ascii_lowercase(), format!("{key:?}"))
+}
 
 /// A protocol value as SQLite takes it.
 pub fn to_sql(v: SqlValue) -> Value {
@@ -89,7 +98,12 @@ fn unique_columns(e: &rusqlite::Error) -> Option<Vec<String>> {
 /// Writes a row the server sent. A local row that holds one of its unique values (a change
 /// of this device's not pushed yet) gives way: it is replayed afterwards, and if it still
 /// clashes, waits unseen until the server has decided on it.
-fn upsert(conn: &Connection, t: &ShapeTable, row: &[(String, Value)]) -> Result<(), String> {
+fn upsert(
+    conn: &Connection,
+    t: &ShapeTable,
+    row: &[(String, Value)],
+    touched: &mut Touched,
+) -> Result<(), String> {
     let failed = |e: rusqlite::Error| format!("writing a row of {}: {e}", t.table);
     for _ in 0..8 {
         let e = match upsert_raw(conn, t, row) {
@@ -118,6 +132,21 @@ fn upsert(conn: &Connection, t: &ShapeTable, row: &[(String, Value)]) -> Result<
             key_where(t, cols.len() + 1)
         );
         let params: Vec<&Value> = values.into_iter().chain(key).collect();
+        // The rows that give way are touched: their pending changes are replayed.
+        let keys: Vec<String> = t.key.iter().map(|k| quote(k)).collect();
+        let select = sql.replacen("DELETE", &format!("SELECT {}", keys.join(", ")), 1);
+        let gone: Vec<Vec<Value>> = conn
+            .prepare(&select)
+            .and_then(|mut st| {
+                st.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                    (0..keys.len()).map(|i| r.get::<_, Value>(i)).collect()
+                })?
+                .collect()
+            })
+            .map_err(failed)?;
+        for k in gone {
+            touched.insert(touched_key(t, &k.iter().collect::<Vec<_>>()));
+        }
         conn.execute(&sql, rusqlite::params_from_iter(params))
             .map_err(failed)?;
     }
@@ -153,6 +182,7 @@ pub fn apply_items(
     conn: &Connection,
     tables: &[ShapeTable],
     items: &[PullItem],
+    touched: &mut Touched,
 ) -> Result<bool, String> {
     let mut schema_changed = false;
     for item in items {
@@ -169,7 +199,10 @@ pub fn apply_items(
             PullItem::Upsert { table: name, row } => {
                 let t = table(tables, name)?;
                 let row = values(row).map_err(|e| format!("a row of {name}: {e}"))?;
-                upsert(conn, t, &row)?;
+                if let Some(k) = key_of(t, &row) {
+                    touched.insert(touched_key(t, &k));
+                }
+                upsert(conn, t, &row, touched)?;
             }
             PullItem::Delete { table: name, key } => {
                 let t = table(tables, name)?;
@@ -177,6 +210,7 @@ pub fn apply_items(
                 let Some(key) = key_of(t, &key_row) else {
                     return Err(format!("a delete of {name} without its key"));
                 };
+                touched.insert(touched_key(t, &key));
                 delete(conn, t, &key)?;
             }
             PullItem::Conflict { row } => {
@@ -211,13 +245,29 @@ pub struct OutboxChange {
 
 /// Replays a pending change on the rows as the server sent them: an insert writes its row, an
 /// update its changed columns (of a row the server still has), a delete deletes.
-pub fn replay(conn: &Connection, tables: &[ShapeTable], c: &OutboxChange) -> Result<(), String> {
+/// Replays a pending change if the pull touched one of its rows (`None`: every change).
+pub fn replay(
+    conn: &Connection,
+    tables: &[ShapeTable],
+    c: &OutboxChange,
+    touched: Option<&Touched>,
+) -> Result<(), String> {
     let Ok(t) = table(tables, &c.table) else {
         // The table left the shape: the server will refuse the change, and say why.
         return Ok(());
     };
     let before = c.before.as_ref().map(values).transpose()?;
     let after = c.after.as_ref().map(values).transpose()?;
+    if let Some(touched) = touched {
+        let hit = |img: &Option<Vec<(String, Value)>>| {
+            img.as_ref()
+                .and_then(|i| key_of(t, i))
+                .is_some_and(|k| touched.contains(&touched_key(t, &k)))
+        };
+        if !hit(&before) && !hit(&after) {
+            return Ok(());
+        }
+    }
     let replayed = replay_change(conn, t, c, before, after);
     match replayed {
         // The server's rows leave this change no room (a unique value another row holds

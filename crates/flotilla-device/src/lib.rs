@@ -550,8 +550,9 @@ impl Device {
                 tx.execute("DELETE FROM flotilla_conflicts", [])?;
                 report.reset = true;
             }
-            let schema_changed =
-                apply::apply_items(&tx, &p.tables, &p.items).map_err(DeviceError::Local)?;
+            let mut touched = apply::Touched::new();
+            let schema_changed = apply::apply_items(&tx, &p.tables, &p.items, &mut touched)
+                .map_err(DeviceError::Local)?;
             report.pulled += p.items.len();
             let mut vv = if p.reset {
                 BTreeMap::new()
@@ -605,7 +606,10 @@ impl Device {
                 let changes: Vec<OutboxChange> = serde_json::from_str(&changes)
                     .map_err(|e| DeviceError::Local(format!("the outbox is damaged: {e}")))?;
                 for c in &changes {
-                    apply::replay(&tx, &p.tables, c).map_err(DeviceError::Local)?;
+                    // After a whole-shape pull every pending change goes back on top; after
+                    // changes, those of the rows the pull wrote (the others still show).
+                    let only = (!p.reset).then_some(&touched);
+                    apply::replay(&tx, &p.tables, c, only).map_err(DeviceError::Local)?;
                 }
             }
         } else if stale {

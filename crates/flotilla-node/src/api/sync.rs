@@ -25,6 +25,9 @@ use std::sync::Arc;
 const PULL_READ_RECORDS: usize = 1_000;
 const PULL_READ_BYTES: usize = 4 << 20;
 const PULL_MAX_BYTES: usize = 16 << 20;
+/// Pulls of changes that read the log at once (the others wait their turn): what bounds the
+/// memory many devices syncing together take.
+static PULLS_AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Who is syncing: the device its token was made for.
 struct Identity {
@@ -300,21 +303,32 @@ async fn pull(
             return whole_shape(node, view).await;
         }
     }
-    // The records after the cursor: at least `max` of them (each has at least one row change
-    // or none), so that the pull can stop at `max` row changes.
-    let mut records = Vec::new();
+    // The records after the cursor, a batch at a time, until the pull has its row changes:
+    // one batch in memory per pull, and a bounded number of pulls reading at once.
+    let _turn = PULLS_AT_ONCE.acquire().await.map_err(internal)?;
+    let (user, mine_view) = (view.user.clone(), view.clone());
+    let mine = with_reader(node, move |conn| {
+        flotilla_store::devices::user_origins(conn, &user).map_err(store_error)
+    })
+    .await?;
+    let mine = Arc::new(mine);
+    let view = Arc::new(mine_view);
+    let mut builder = protocol::PullBuilder::new(from, max);
     let mut next = from.lsn.next();
     let mut bytes_read = 0usize;
-    while next <= head.lsn && records.len() < max && bytes_read < PULL_MAX_BYTES {
+    while next <= head.lsn && !builder.full() && bytes_read < PULL_MAX_BYTES {
         let batch = match leader
             .read_records(next, PULL_READ_RECORDS, PULL_READ_BYTES)
             .await
         {
             Ok(b) if !b.is_empty() => b,
             Ok(_) => break,
-            Err(LogError::Trimmed { .. }) => return whole_shape(node, view).await,
+            Err(LogError::Trimmed { .. }) => {
+                return whole_shape(node, Arc::unwrap_or_clone(view)).await
+            }
             Err(e) => return Err(internal(e)),
         };
+        let mut records = Vec::with_capacity(batch.len());
         for raw in batch {
             next = next.next();
             bytes_read += raw.len();
@@ -325,10 +339,17 @@ async fn pull(
             next = record.lsn.next();
             records.push(record);
         }
+        let (v, m) = (view.clone(), mine.clone());
+        builder = with_reader(node, move |conn| {
+            builder.add(conn, &v, &m, &records).map_err(store_error)?;
+            Ok(builder)
+        })
+        .await?;
     }
     let pushed_rows = protocol::pushed_keys(&view, pushed);
     with_reader(node, move |conn| {
-        protocol::pull_changes(conn, &view, from, &records, max, &pushed_rows, head.lsn)
+        builder
+            .finish(conn, &view, &pushed_rows, head.lsn)
             .map_err(store_error)
     })
     .await

@@ -186,10 +186,89 @@ pub fn pull_limit(p: &PullRequest) -> usize {
     })
 }
 
-/// A pull from `from`: what of `records` (the log's records after it, in order, as far as the
-/// host read) touches the device's shape, up to `max` row changes at a transaction's end, then
-/// the rows `pushed` as the server holds them now. `head`: the server's newest position (is
-/// there more?). Runs on a reader of the server's database.
+/// A pull of changes from the device's cursor, built a batch of log records at a time (so a
+/// pull holds one batch in memory, however far behind the device is).
+#[derive(Debug)]
+pub struct PullBuilder {
+    cursor: Position,
+    items: Vec<PullItem>,
+    changes: usize,
+    max: usize,
+    vv: VersionVector,
+    stopped: bool,
+}
+
+impl PullBuilder {
+    pub fn new(from: Position, max: usize) -> PullBuilder {
+        PullBuilder {
+            cursor: from,
+            items: Vec::new(),
+            changes: 0,
+            max,
+            vv: VersionVector::new(),
+            stopped: false,
+        }
+    }
+
+    /// Whether the pull has its `max` row changes (it ends at the end of a transaction).
+    pub fn full(&self) -> bool {
+        self.stopped || self.changes >= self.max
+    }
+
+    /// Takes the next records of the log (in order, after what it took before): what of them
+    /// touches the device's shape. `mine`: the origins of the user's devices
+    /// ([`super::user_origins`]).
+    pub fn add(
+        &mut self,
+        conn: &Connection,
+        view: &DeviceView,
+        mine: &std::collections::HashSet<String>,
+        records: &[LogRecord],
+    ) -> Result<(), StoreError> {
+        for r in records {
+            if self.changes >= self.max {
+                self.stopped = true;
+                return Ok(());
+            }
+            if let Some(s) = &r.exchange {
+                self.vv.advance(&s.origin, s.origin_lsn);
+            }
+            if let Some(rows) = &r.rows {
+                self.changes += pull_items_of(conn, view, mine, rows, &mut self.items)?;
+            }
+            self.cursor = r.position();
+        }
+        Ok(())
+    }
+
+    /// The answer: what was taken, then the rows `pushed` as the server holds them now.
+    /// `head`: the server's newest position (is there more?).
+    pub fn finish(
+        mut self,
+        conn: &Connection,
+        view: &DeviceView,
+        pushed: &[(String, Vec<SqlValue>)],
+        head: Lsn,
+    ) -> Result<PullResponse, StoreError> {
+        self.items.extend(current_rows(conn, view, pushed)?);
+        let hlc: i64 = conn
+            .query_row("SELECT hlc FROM _flotilla_ml_origin", [], |r| r.get(0))
+            .unwrap_or(0);
+        Ok(PullResponse {
+            more: self.stopped || self.cursor.lsn < head,
+            cursor: self.cursor.to_string(),
+            reset: false,
+            shapes: view.digest.clone(),
+            tables: view.shape_tables(),
+            vv: (!self.vv.is_empty()).then(|| vv_to_json(&self.vv)),
+            hlc: hlc as u64,
+            items: self.items,
+        })
+    }
+}
+
+/// A whole pull of changes from `from` over `records` (the log's records after it, as far as
+/// the host read), on a reader of the server's database: [`PullBuilder`] in one go.
 pub fn pull_changes(
     conn: &Connection,
     view: &DeviceView,
@@ -200,38 +279,9 @@ pub fn pull_changes(
     head: Lsn,
 ) -> Result<PullResponse, StoreError> {
     let mine = user_origins(conn, &view.user)?;
-    let mut items: Vec<PullItem> = Vec::new();
-    let mut changes = 0usize;
-    let mut cursor = from;
-    let mut vv = VersionVector::new();
-    let mut stopped = false;
-    for r in records {
-        if changes >= max {
-            stopped = true;
-            break;
-        }
-        if let Some(s) = &r.exchange {
-            vv.advance(&s.origin, s.origin_lsn);
-        }
-        if let Some(rows) = &r.rows {
-            changes += pull_items_of(conn, view, &mine, rows, &mut items)?;
-        }
-        cursor = r.position();
-    }
-    items.extend(current_rows(conn, view, pushed)?);
-    let hlc: i64 = conn
-        .query_row("SELECT hlc FROM _flotilla_ml_origin", [], |r| r.get(0))
-        .unwrap_or(0);
-    Ok(PullResponse {
-        more: stopped || cursor.lsn < head,
-        cursor: cursor.to_string(),
-        reset: false,
-        shapes: view.digest.clone(),
-        tables: view.shape_tables(),
-        vv: (!vv.is_empty()).then(|| vv_to_json(&vv)),
-        hlc: hlc as u64,
-        items,
-    })
+    let mut b = PullBuilder::new(from, max);
+    b.add(conn, view, &mine, records)?;
+    b.finish(conn, view, pushed, head)
 }
 
 /// The whole shape, as one read transaction of `conn` saw it.

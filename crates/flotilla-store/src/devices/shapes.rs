@@ -327,6 +327,32 @@ pub struct ViewTable {
     /// The key columns, in key order.
     pub key: Vec<String>,
     pub predicate: Option<String>,
+    /// A predicate of the form `column = :user` (or `:device`), judged without SQL: the
+    /// column and the value it must equal.
+    pub equals: Option<(String, String)>,
+}
+
+/// `column = :user` or `column = :device` (the column bare or in double quotes): the column
+/// and which parameter.
+fn simple_equality(predicate: &str) -> Option<(String, &'static str)> {
+    let (lhs, rhs) = predicate.split_once('=')?;
+    let param = match rhs.trim() {
+        ":user" => ":user",
+        ":device" => ":device",
+        _ => return None,
+    };
+    let lhs = lhs.trim();
+    let column = match lhs.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(q) if !q.contains('"') => q,
+        Some(_) => return None,
+        None => lhs,
+    };
+    let plain = !column.is_empty()
+        && column
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !column.starts_with(|c: char| c.is_ascii_digit());
+    plain.then(|| (column.to_string(), param))
 }
 
 impl ViewTable {
@@ -378,9 +404,19 @@ impl DeviceView {
                 feed(c);
             }
             feed(shape.predicate.as_deref().unwrap_or(""));
+            let equals = shape
+                .predicate
+                .as_deref()
+                .and_then(simple_equality)
+                .filter(|(c, _)| cols.names.iter().any(|n| n.eq_ignore_ascii_case(c)))
+                .map(|(c, param)| {
+                    let value = if param == ":user" { user } else { device };
+                    (c, value.to_string())
+                });
             tables.insert(
                 shape.table.to_ascii_lowercase(),
                 ViewTable {
+                    equals,
                     key: cols.key.iter().map(|k| cols.names[*k].clone()).collect(),
                     table: shape.table,
                     columns,
@@ -434,6 +470,17 @@ impl DeviceView {
         let Some(predicate) = &t.predicate else {
             return Ok(true);
         };
+        // `column = :user`: what SQLite answers for a row given as parameters (no affinity,
+        // BINARY collation) is true only for text of the same bytes.
+        if let Some((column, value)) = &t.equals {
+            if let Some(i) = columns.iter().position(|c| c.eq_ignore_ascii_case(column)) {
+                return Ok(match &values[i] {
+                    SqlValue::Text(s) => s == value,
+                    SqlValue::TextBytes(b) => b == value.as_bytes(),
+                    _ => false,
+                });
+            }
+        }
         let sql = predicate_sql(&t.table, columns, predicate);
         let mut stmt = conn.prepare_cached(&sql)?;
         for (i, v) in values.iter().enumerate() {

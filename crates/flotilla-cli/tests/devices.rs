@@ -576,3 +576,91 @@ async fn connections_cut_mid_push_and_mid_pull_lose_nothing_and_apply_nothing_tw
     assert_eq!(all.len(), 250);
     assert_eq!(device_rows(&phone), all);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_reach_devices_in_order_and_an_older_schema_still_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    exec(
+        &s.admin,
+        json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "events", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let (tp, tl) = (
+        add_device(&s, "phone", "ana").await,
+        add_device(&s, "laptop", "ana").await,
+    );
+    let url = s.node.url.clone();
+    let (mut phone, mut laptop) = blocking(|| {
+        let mut p = Device::open(dir.path().join("p.db"), &url, &tp).unwrap();
+        let mut l = Device::open(dir.path().join("l.db"), &url, &tl).unwrap();
+        p.sync().unwrap();
+        l.sync().unwrap();
+        (p, l)
+    });
+    // The laptop writes with the old schema while the server adds a column and an index.
+    blocking(|| {
+        laptop
+            .execute(
+                "INSERT INTO events VALUES ('old', 'ana', 'before the column')",
+                [],
+            )
+            .unwrap();
+    });
+    exec(
+        &s.admin,
+        json!([
+            { "sql": "ALTER TABLE events ADD COLUMN room TEXT DEFAULT 'main hall'" },
+            { "sql": "CREATE INDEX events_by_room ON events (room)" },
+            { "sql": "INSERT INTO events VALUES ('new', 'ana', 'after the column', 'room 2')" },
+        ]),
+    )
+    .await;
+    blocking(|| {
+        // Pushed with the old columns: merged with the new column's default.
+        laptop.sync().unwrap();
+        phone.sync().unwrap();
+        // The phone has the column and the index, and writes the new column.
+        let has_index: i64 = phone
+            .connection()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'events_by_room'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(has_index, 1);
+        phone
+            .execute("UPDATE events SET room = 'room 7' WHERE id = 'old'", [])
+            .unwrap();
+        phone.sync().unwrap();
+        laptop.sync().unwrap();
+    });
+    let on_server = rows(&s.admin, "SELECT id, room FROM events ORDER BY id").await;
+    assert_eq!(on_server, json!([["new", "room 2"], ["old", "room 7"]]));
+    for d in [&phone, &laptop] {
+        let mut stmt = d
+            .connection()
+            .prepare("SELECT id, room FROM events ORDER BY id")
+            .unwrap();
+        let local: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            local,
+            vec![
+                ("new".to_string(), "room 2".to_string()),
+                ("old".to_string(), "room 7".to_string())
+            ]
+        );
+    }
+}

@@ -372,15 +372,41 @@ impl Device {
     /// whole shape again; the rest goes on.
     pub fn sync(&mut self) -> Result<SyncReport, DeviceError> {
         let mut report = SyncReport::default();
-        // Halved when the server finds a request too large.
+        // Pushes are sized to what the server said it takes (until it has said, the first
+        // request pushes nothing), and halved when it finds one too large.
         let mut batch = PUSH_BATCH;
-        let mut batch_bytes = PUSH_BATCH_BYTES;
+        let mut halved_bytes = PUSH_BATCH_BYTES;
         for _ in 0..MAX_ROUNDS {
             let st = self.state()?;
             if st.offline {
                 return Err(DeviceError::Offline);
             }
-            let (push, deps) = self.outbox(batch, batch_bytes, &st.tables)?;
+            let limit: Option<i64> = self.conn.query_row(
+                "SELECT max_request_bytes FROM _flotilla_device WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )?;
+            // Room for the request's own JSON beside the changes.
+            let fits = limit.map(|l| (l as usize).saturating_mul(3) / 4);
+            let batch_bytes = fits.map_or(0, |f| f.min(halved_bytes));
+            if let Some((seq, size)) = self.first_pending_size()? {
+                if fits.is_some_and(|f| size > f) {
+                    // Larger than the server takes: it can never be sent.
+                    self.reject(
+                        seq,
+                        "too_large",
+                        &format!(
+                            "its changes take {size} bytes; the server takes requests of at most \
+                             {} bytes (api.max-body-kib)",
+                            limit.unwrap_or(0)
+                        ),
+                    )?;
+                    report.rejected += 1;
+                    continue;
+                }
+            }
+            let this_batch = if limit.is_some() { batch } else { 0 };
+            let (push, deps) = self.outbox(this_batch, batch_bytes, &st.tables)?;
             let pushed_seqs: Vec<u64> = push.iter().map(|t| t.seq).collect();
             let more_to_push = self.pending_count()? > push.len();
             let resync = st.reset_next;
@@ -430,7 +456,7 @@ impl Device {
                         report.rejected += 1;
                     } else {
                         batch = (pushed_seqs.len() / 2).max(1);
-                        batch_bytes = (batch_bytes / 2).max(1);
+                        halved_bytes = (batch_bytes / 2).max(1);
                     }
                     continue;
                 }
@@ -456,6 +482,19 @@ impl Device {
             }
         }
         Ok(report)
+    }
+
+    /// The first outbox transaction that still has changes, and their size.
+    fn first_pending_size(&self) -> Result<Option<(u64, usize)>, DeviceError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq, length(changes) FROM _flotilla_outbox WHERE changes <> '[]' \
+                 ORDER BY seq LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as usize)),
+            )
+            .optional()?)
     }
 
     fn pending_count(&self) -> Result<usize, DeviceError> {
@@ -526,8 +565,13 @@ impl Device {
         report.pushed += (before - after).max(0) as usize;
         tx.execute(
             "UPDATE _flotilla_device SET origin = ?1, last_sync_ms = ?2, last_error = NULL, \
-             last_error_kind = NULL WHERE id = 1",
-            rusqlite::params![resp.origin, now as i64],
+             last_error_kind = NULL, max_request_bytes = coalesce(?3, max_request_bytes) \
+             WHERE id = 1",
+            rusqlite::params![
+                resp.origin,
+                now as i64,
+                resp.max_request_bytes.map(|b| b as i64)
+            ],
         )?;
         let (cursor_now, reset_now): (Option<String>, i64) = tx.query_row(
             "SELECT cursor, reset_next FROM _flotilla_device WHERE id = 1",

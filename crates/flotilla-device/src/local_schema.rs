@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS _flotilla_device (
     -- unreachable, refused or local (see Device::status).
     last_error_kind TEXT,
     offline INTEGER NOT NULL DEFAULT 0,
+    -- The largest request the server said it takes.
+    max_request_bytes INTEGER,
     -- Pull the whole shape next (a transaction was rejected: its effects go).
     reset_next INTEGER NOT NULL DEFAULT 0
 );

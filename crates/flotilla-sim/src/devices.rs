@@ -294,6 +294,7 @@ impl Server {
             server: "home".into(),
             acknowledged,
             pull,
+            max_request_bytes: Some(16 << 20),
         };
         Ok(Answer {
             status: 200,

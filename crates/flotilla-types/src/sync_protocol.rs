@@ -97,6 +97,9 @@ pub struct SyncResponse {
     pub acknowledged: u64,
     #[serde(default)]
     pub pull: Option<PullResponse>,
+    /// The largest request body the server takes (a device sizes its pushes to it).
+    #[serde(default)]
+    pub max_request_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

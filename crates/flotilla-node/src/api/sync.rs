@@ -262,6 +262,7 @@ pub async fn sync(
         server: ml.dc.to_string(),
         acknowledged,
         pull,
+        max_request_bytes: Some(node.config.max_body_bytes as u64),
     }))
 }
 

@@ -188,7 +188,7 @@ impl LeaderDb {
         let Some(state) = crate::multi_leader::load_state(&self.conn, &t.table, key_bytes)? else {
             return Ok(None);
         };
-        let names = view.column_names(&self.conn, t)?;
+        let names = view.column_names(t);
         let n = names.len().min(state.cells.len());
         Ok(Some((
             names[..n].to_vec(),

@@ -330,6 +330,8 @@ pub struct ViewTable {
     /// A predicate of the form `column = :user` (or `:device`), judged without SQL: the
     /// column and the value it must equal.
     pub equals: Option<(String, String)>,
+    /// Every column of the table, in its order (as the view was loaded).
+    pub all_columns: Vec<String>,
 }
 
 /// `column = :user` or `column = :device` (the column bare or in double quotes): the column
@@ -417,6 +419,7 @@ impl DeviceView {
                 shape.table.to_ascii_lowercase(),
                 ViewTable {
                     equals,
+                    all_columns: cols.names.clone(),
                     key: cols.key.iter().map(|k| cols.names[*k].clone()).collect(),
                     table: shape.table,
                     columns,
@@ -507,7 +510,7 @@ impl DeviceView {
             Err(StoreError::Sqlite(_)) if t.predicate.is_some() => {}
             other => return other,
         }
-        let all = table_columns(conn, &t.table)?.names;
+        let all = t.all_columns.clone();
         let every = ViewTable {
             columns: all.clone(),
             ..t.clone()
@@ -559,12 +562,8 @@ impl DeviceView {
     }
 
     /// The names of a shaped table's columns, in its order.
-    pub fn column_names(
-        &self,
-        conn: &Connection,
-        t: &ViewTable,
-    ) -> Result<Vec<String>, StoreError> {
-        Ok(table_columns(conn, &t.table)?.names)
+    pub fn column_names(&self, t: &ViewTable) -> Vec<String> {
+        t.all_columns.clone()
     }
 
     /// The row of a shaped table with this key, all its columns (`None`: no such row).
@@ -574,7 +573,7 @@ impl DeviceView {
         t: &ViewTable,
         key: &[SqlValue],
     ) -> Result<Option<NamedRow>, StoreError> {
-        let cols = table_columns(conn, &t.table)?;
+        let names = &t.all_columns;
         let key_where: Vec<String> = t
             .key
             .iter()
@@ -583,7 +582,7 @@ impl DeviceView {
             .collect();
         let sql = format!(
             "SELECT {} FROM {} WHERE {}",
-            cols.names
+            names
                 .iter()
                 .map(|c| quote(c))
                 .collect::<Vec<_>>()
@@ -599,10 +598,10 @@ impl DeviceView {
         let Some(r) = rows.next()? else {
             return Ok(None);
         };
-        let mut values = Vec::with_capacity(cols.names.len());
-        for i in 0..cols.names.len() {
+        let mut values = Vec::with_capacity(names.len());
+        for i in 0..names.len() {
             values.push(from_sql(r.get_ref(i)?));
         }
-        Ok(Some((cols.names, values)))
+        Ok(Some((names.clone(), values)))
     }
 }

@@ -81,21 +81,6 @@ The predicate is SQL over the table's columns; :user and :device are the syncing
     },
 }
 
-fn ago(ms: &Value) -> String {
-    let Some(ms) = ms.as_u64() else {
-        return "never".into();
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let s = now.saturating_sub(ms) / 1000;
-    match s {
-        0..=119 => format!("{s} s ago"),
-        120..=7199 => format!("{} min ago", s / 60),
-        _ => format!("{} h ago", s / 3600),
-    }
-}
-
 pub async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
     match cmd {
         DeviceCommand::Add {
@@ -147,14 +132,14 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
                                 if d["revoked_ms"].is_null() {
                                     "valid".into()
                                 } else {
-                                    format!("revoked {}", ago(&d["revoked_ms"]))
+                                    format!("revoked {}", crate::token::when(&d["revoked_ms"]))
                                 },
                                 if origins.is_empty() {
                                     "-".into()
                                 } else {
                                     origins.join(", ")
                                 },
-                                ago(&d["last_sync_ms"]),
+                                crate::token::when(&d["last_sync_ms"]),
                                 d["cursor"].as_str().unwrap_or("-").to_string(),
                             ]
                         })

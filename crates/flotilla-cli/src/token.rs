@@ -49,8 +49,8 @@ pub enum TokenCommand {
     },
 }
 
-/// How long ago a wall-clock time (ms since the epoch) was, in words.
-fn when(ms: &Value) -> String {
+/// How long ago a wall-clock time (ms since the epoch) was, in words (`-`: never).
+pub(crate) fn when(ms: &Value) -> String {
     let Some(ms) = ms.as_u64() else {
         return "-".into();
     };

@@ -6,38 +6,10 @@
 
 mod common;
 
+use common::devices::*;
 use common::*;
-use flotilla_client::Client;
 use flotilla_device::{Device, DeviceError};
-use flotilla_testkit::cluster::LocalNode;
-use serde_json::{json, Value};
-
-struct Server {
-    node: LocalNode,
-    admin: Client,
-    token: String,
-}
-
-async fn server(root: &std::path::Path) -> Server {
-    let node = LocalNode::start(&exe(), root, "home", None, &["--dc", "home", "--auth"])
-        .await
-        .unwrap();
-    let token = std::fs::read_to_string(node.dir.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let admin = Client::with_token(&node.url, &token);
-    Server { node, admin, token }
-}
-
-async fn add_device(s: &Server, name: &str, user: &str) -> String {
-    let v = s
-        .admin
-        .post("/v1/devices", &json!({ "name": name, "user": user }))
-        .await
-        .unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
+use serde_json::json;
 
 /// A device's rows of `events`, in key order.
 fn device_rows(d: &Device) -> Vec<(String, String, String)> {
@@ -81,15 +53,10 @@ fn device_conflicts(d: &Device) -> Vec<String> {
         .unwrap()
 }
 
-/// Runs blocking device code from the async test.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_edit_offline_and_converge_through_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(dir.path()).await;
+    let s = server(dir.path(), &[]).await;
     exec(
         &s.admin,
         json!([
@@ -251,26 +218,12 @@ async fn two_devices_edit_offline_and_converge_through_the_server() {
         matches!(&refused, Err(DeviceError::Refused { status: 401, .. })),
         "{refused:?}"
     );
-    drop(s.token);
-}
-
-/// Sends a raw sync request and returns (status, body).
-async fn raw_sync(url: &str, token: &str, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/sync"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_replayed_and_far_ahead_pushes_are_refused_or_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(dir.path()).await;
+    let s = server(dir.path(), &[]).await;
     exec(
         &s.admin,
         json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),
@@ -459,7 +412,7 @@ impl flotilla_device::Transport for FreshConnections {
 async fn connections_cut_mid_push_and_mid_pull_lose_nothing_and_apply_nothing_twice() {
     use flotilla_testkit::proxy::{ByteLimits, Proxy};
     let dir = tempfile::tempdir().unwrap();
-    let s = server(dir.path()).await;
+    let s = server(dir.path(), &[]).await;
     exec(
         &s.admin,
         json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),
@@ -580,7 +533,7 @@ async fn connections_cut_mid_push_and_mid_pull_lose_nothing_and_apply_nothing_tw
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_changes_reach_devices_in_order_and_an_older_schema_still_pushes() {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(dir.path()).await;
+    let s = server(dir.path(), &[]).await;
     exec(
         &s.admin,
         json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),

@@ -4,57 +4,15 @@
 
 mod common;
 
+use common::devices::*;
 use common::*;
-use flotilla_client::Client;
 use flotilla_device::{Answer, Device, Transport, Unreachable, UreqTransport};
-use flotilla_testkit::cluster::LocalNode;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-
-struct Server {
-    node: LocalNode,
-    admin: Client,
-}
-
-async fn server(root: &std::path::Path, extra: &[&str]) -> Server {
-    let mut args = vec!["--dc", "home", "--auth"];
-    args.extend_from_slice(extra);
-    let node = LocalNode::start(&exe(), root, "home", None, &args)
-        .await
-        .unwrap();
-    let token = std::fs::read_to_string(node.dir.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let admin = Client::with_token(&node.url, &token);
-    Server { node, admin }
-}
-
-async fn add_device(s: &Server, name: &str, user: &str) -> String {
-    s.admin
-        .post("/v1/devices", &json!({ "name": name, "user": user }))
-        .await
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 async fn sql(s: &Server, statements: &[&str]) {
     let list: Vec<Value> = statements.iter().map(|q| json!({ "sql": q })).collect();
     exec(&s.admin, json!(list)).await;
-}
-
-async fn raw_sync(url: &str, token: &str, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/sync"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 fn now_hlc() -> u64 {
@@ -250,10 +208,6 @@ async fn a_key_move_keeps_the_columns_outside_the_shape() {
         one(&s, "SELECT title, secret FROM events WHERE id = 'a6'").await,
         json!(["retitled", "kept by the server"])
     );
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! Test harness: real `flotilla serve` processes on OS-chosen loopback ports.
 #![allow(dead_code)]
 
+pub mod devices;
+
 use flotilla_client::Client;
 use flotilla_testkit::cluster::{page_digest, LocalNode};
 use serde_json::{json, Value};

@@ -78,6 +78,9 @@ impl fmt::Display for DevicesReport {
 
 const SETUP: &str = "CREATE TABLE items (id TEXT PRIMARY KEY, owner TEXT NOT NULL, v INTEGER NOT NULL DEFAULT 0, note TEXT)";
 const USERS: [&str; 2] = ["u1", "u2"];
+/// The shapes a seed switches between (a narrower one, then back): devices pull their whole
+/// shape again, and pending changes outside the narrower one are refused.
+const PREDICATES: [&str; 2] = ["owner = :user", "owner = :user AND v < 60"];
 
 /// The server: a data centre's leader, its log, and what the node keeps beside (who each
 /// token is).
@@ -378,13 +381,25 @@ fn device_items(d: &Device) -> anyhow::Result<Vec<Item>> {
     Ok(rows)
 }
 
-fn server_items(conn: &rusqlite::Connection, user: &str) -> anyhow::Result<Vec<Item>> {
-    let mut s =
-        conn.prepare("SELECT id, owner, v, note FROM items WHERE owner = ?1 ORDER BY id")?;
+fn server_items(
+    conn: &rusqlite::Connection,
+    user: &str,
+    predicate: &str,
+) -> anyhow::Result<Vec<Item>> {
+    let mut s = conn.prepare(&format!(
+        "SELECT id, owner, v, note FROM items WHERE {predicate} ORDER BY id"
+    ))?;
     let rows = s
-        .query_map([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map(&[(":user", user)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// Whether a row is in the shape `predicate` gives `user`.
+fn in_shape(row: &Item, user: &str, predicate: &str) -> bool {
+    row.1 == user && (predicate == PREDICATES[0] || row.2 < 60)
 }
 
 /// Runs one seed; `Err` names the invariant that broke.
@@ -412,10 +427,11 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
         devices: HashMap::new(),
     };
     server.commit_sql(SETUP)?;
+    let mut predicate = PREDICATES[0];
     let shape = flotilla_store::devices::Shape {
         table: "items".into(),
         columns: None,
-        predicate: Some("owner = :user".into()),
+        predicate: Some(predicate.into()),
     };
     let node = server.node.clone();
     let (_, out) = server
@@ -613,8 +629,8 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
                         }
                         for row in device_items(&d.device)? {
                             ensure!(
-                                row.1 == d.user,
-                                "device {} of {} holds {row:?} after a sync",
+                                in_shape(&row, d.user, predicate),
+                                "device {} of {} holds {row:?} after a sync (shape {predicate})",
                                 d.name,
                                 d.user
                             );
@@ -658,12 +674,37 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
             _ => {
                 let mut s = server.lock().expect("server");
                 let user = USERS[rng.random_range(0..2)];
-                let sql = match rng.random_range(0..3) {
-                    0 => format!(
+                let which = rng.random_range(0..12);
+                if which == 10 {
+                    // The shape changes.
+                    predicate = if predicate == PREDICATES[0] {
+                        PREDICATES[1]
+                    } else {
+                        PREDICATES[0]
+                    };
+                    let shape = flotilla_store::devices::Shape {
+                        table: "items".into(),
+                        columns: None,
+                        predicate: Some(predicate.into()),
+                    };
+                    let (node, now) = (s.node.clone(), s.now_us);
+                    let (_, out) =
+                        s.db.set_shape(&shape, Epoch(1), &node, now)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    s.log.push(record_of(&out)?);
+                    if trace {
+                        println!("  server: the shape is now {predicate}");
+                    }
+                    continue;
+                }
+                let sql = match which {
+                    // A column added (once: again is refused, and nothing happens).
+                    11 => "ALTER TABLE items ADD COLUMN extra TEXT DEFAULT 'x'".to_string(),
+                    0..=3 => format!(
                         "INSERT INTO items (id, owner, v) VALUES ('s-{step}', '{user}', {})",
                         rng.random_range(0..100)
                     ),
-                    1 => format!(
+                    4..=6 => format!(
                         "UPDATE items SET owner = '{user}' WHERE id IN (SELECT id FROM items ORDER BY id LIMIT 1 OFFSET {})",
                         rng.random_range(0..5)
                     ),
@@ -720,7 +761,7 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
             st.pending
         );
         let held = device_items(&d.device)?;
-        let should = server_items(&s.reader, d.user)?;
+        let should = server_items(&s.reader, d.user, predicate)?;
         ensure!(
             held == should,
             "device {} of {} holds {held:?}, the server {should:?}",

@@ -186,24 +186,31 @@ async fn a_key_move_keeps_the_columns_outside_the_shape() {
         one(&s, "SELECT title, secret FROM events WHERE id = 'a6'").await,
         json!(["moved", "kept by the server"])
     );
-    // An update carrying a column outside the shape, unchanged (a device that has not pulled
-    // a narrower shape yet), is taken without it; a changed one is refused.
+    // A column outside the shape in a push (a device that has not pulled a narrower shape
+    // yet) is left out: not written, changed or not; the rest of the change is taken.
     let (status, v) = phone
         .push(json!([{ "table": "events", "op": "update",
             "before": { "id": "a6", "owner": "ana", "title": "moved", "secret": "old" },
-            "after": { "id": "a6", "owner": "ana", "title": "retitled", "secret": "old" } }]))
+            "after": { "id": "a6", "owner": "ana", "title": "retitled", "secret": "new" } }]))
         .await;
     assert_eq!(status, 200, "{v}");
+    // An insert over the row (INSERT OR REPLACE on a device) keeps it too.
     let (status, v) = phone
-        .push(json!([{ "table": "events", "op": "update",
-            "before": { "id": "a6", "owner": "ana", "secret": "old" },
-            "after": { "id": "a6", "owner": "ana", "secret": "new" } }]))
+        .push(json!([{ "table": "events", "op": "insert",
+            "after": { "id": "a6", "owner": "ana", "title": "retitled", "starts": "y" } }]))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // A NULL key is malformed (named: the device sets it aside).
+    let (status, v) = phone
+        .push(json!([{ "table": "events", "op": "insert",
+            "after": { "id": null, "owner": "ana", "title": "no key" } }]))
         .await;
     assert_eq!(
         (status, &v["error"]["code"]),
-        (403, &json!("outside_shape")),
+        (400, &json!("malformed")),
         "{v}"
     );
+    assert!(v["error"]["seq"].as_u64().is_some(), "{v}");
     assert_eq!(
         one(&s, "SELECT title, secret FROM events WHERE id = 'a6'").await,
         json!(["retitled", "kept by the server"])
@@ -485,4 +492,111 @@ async fn a_row_the_predicate_cannot_judge_does_not_break_whole_shape_pulls() {
         format!("{refused:#}").contains("reads more than the shape's columns"),
         "{refused:#}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_on_columns_outside_the_shape_and_nocase_owners_do_not_wedge_or_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    sql(
+        &s,
+        &[
+            "CREATE TABLE plan (id TEXT PRIMARY KEY, owner TEXT COLLATE NOCASE NOT NULL, title TEXT, prio INTEGER NOT NULL DEFAULT 0)",
+            "CREATE UNIQUE INDEX plan_u ON plan (owner, prio)",
+            "INSERT INTO plan VALUES ('p1', 'ana', 'one', 1), ('p2', 'ana', 'two', 2), ('P3', 'ANA', 'not hers', 3)",
+        ],
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "plan", "columns": ["id", "owner", "title"], "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let token = add_device(&s, "pad", "ana").await;
+    let url = s.node.url.clone();
+    let ids = |d: &Device| -> Vec<String> {
+        let mut stmt = d
+            .connection()
+            .prepare("SELECT id FROM plan ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut pad = blocking(|| {
+        let mut pad = Device::open(dir.path().join("pad.db"), &url, &token).unwrap();
+        pad.sync().unwrap();
+        pad
+    });
+    // Her rows, not ANA's (the shape compares as pushes and pulls of changes do).
+    assert_eq!(ids(&pad), vec!["p1", "p2"]);
+    // A unique index the device's rows could not take arrives later: the sync goes on.
+    sql(
+        &s,
+        &["CREATE UNIQUE INDEX plan_u2 ON plan (owner, title, prio)"],
+    )
+    .await;
+    blocking(|| {
+        pad.execute(
+            "INSERT INTO plan (id, owner, title) VALUES ('p4', 'ana', 'four')",
+            [],
+        )
+        .unwrap();
+        pad.sync().unwrap();
+        pad.sync().unwrap();
+        let st = pad.status().unwrap();
+        assert_eq!((st.state(), st.pending), ("synced", 0), "{st}");
+    });
+    assert_eq!(ids(&pad), vec!["p1", "p2", "p4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_was_ahead_does_not_wedge_a_device() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    sql(
+        &s,
+        &["CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT)"],
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "notes", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let token = add_device(&s, "pad", "ana").await;
+    let url = s.node.url.clone();
+    let skew_ms = Arc::new(AtomicU64::new(0));
+    let skew = skew_ms.clone();
+    let report = blocking(|| {
+        let mut pad = Device::open(dir.path().join("pad.db"), &url, &token)
+            .unwrap()
+            .with_clock(Box::new(move || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64
+                    + skew.load(Ordering::Relaxed)
+            }));
+        pad.sync().unwrap();
+        // A day ahead for one write, then the clock is set right.
+        skew_ms.store(86_400_000, Ordering::Relaxed);
+        pad.execute(
+            "INSERT INTO notes VALUES ('n1', 'ana', 'while the clock was wrong')",
+            [],
+        )
+        .unwrap();
+        skew_ms.store(0, Ordering::Relaxed);
+        pad.execute("INSERT INTO notes VALUES ('n2', 'ana', 'after')", [])
+            .unwrap();
+        pad.sync().unwrap()
+    });
+    assert_eq!(report.pushed, 2, "{report:?}");
+    assert_eq!(one(&s, "SELECT count(*) FROM notes").await, json!([2]));
 }

@@ -191,7 +191,17 @@ pub fn apply_items(
                 schema_changed = true;
                 if let Err(e) = conn.execute_batch(sql) {
                     let text = e.to_string();
-                    if !text.contains("already exists") && !text.contains("duplicate column") {
+                    // An index is this device's own business (the server holds uniqueness): one
+                    // the device's rows cannot take is left out rather than stopping the sync.
+                    let index = sql
+                        .trim_start()
+                        .get(..6)
+                        .is_some_and(|w| w.eq_ignore_ascii_case("create"))
+                        && sql.to_ascii_lowercase().contains(" index ");
+                    if !text.contains("already exists")
+                        && !text.contains("duplicate column")
+                        && !index
+                    {
                         return Err(format!("the schema change {sql:?}: {text}"));
                     }
                 }

@@ -376,6 +376,7 @@ impl Device {
         // request pushes nothing), and halved when it finds one too large.
         let mut batch = PUSH_BATCH;
         let mut halved_bytes = PUSH_BATCH_BYTES;
+        let (mut started_over, mut restamped) = (false, false);
         for _ in 0..MAX_ROUNDS {
             let st = self.state()?;
             if st.offline {
@@ -449,6 +450,21 @@ impl Device {
                     report.rejected += 1;
                     continue;
                 }
+                // The server lacks transactions this device forgot once they were acknowledged
+                // (the server was restored to an earlier state): what they did is lost with the
+                // server's state; the device starts a new origin and sends what it has.
+                if code == "gap" && !started_over {
+                    started_over = true;
+                    self.start_over()?;
+                    continue;
+                }
+                // The device's clock was ahead when it made them: stamped again from its clock
+                // now (once; a clock still ahead is the error below).
+                if code == "clock_ahead" && !restamped {
+                    restamped = true;
+                    self.restamp()?;
+                    continue;
+                }
                 if code == "body_too_large" {
                     if let [only] = pushed_seqs[..] {
                         // One transaction larger than the server takes: it can never be sent.
@@ -482,6 +498,54 @@ impl Device {
             }
         }
         Ok(report)
+    }
+
+    /// Starts a new origin: the pending transactions numbered again from 1, the whole shape
+    /// pulled next.
+    fn start_over(&mut self) -> Result<(), DeviceError> {
+        let tx = self.conn.transaction()?;
+        let seqs: Vec<i64> = tx
+            .prepare("SELECT seq FROM _flotilla_outbox ORDER BY seq")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        // Moved out of the way first: the new numbers overlap the old ones.
+        tx.execute("UPDATE _flotilla_outbox SET seq = -seq", [])?;
+        for (i, old) in seqs.iter().enumerate() {
+            tx.execute(
+                "UPDATE _flotilla_outbox SET seq = ?1 WHERE seq = ?2",
+                [i as i64 + 1, -old],
+            )?;
+        }
+        tx.execute(
+            "UPDATE _flotilla_device SET origin = NULL, next_seq = ?1, reset_next = 1 WHERE id = 1",
+            [seqs.len() as i64 + 1],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stamps the pending transactions again from the device's clock now.
+    fn restamp(&mut self) -> Result<(), DeviceError> {
+        let now = self.now_ms();
+        let tx = self.conn.transaction()?;
+        let seqs: Vec<i64> = tx
+            .prepare("SELECT seq FROM _flotilla_outbox ORDER BY seq")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut hlc = Hlc::ZERO;
+        for seq in seqs {
+            hlc = hlc.tick(now);
+            tx.execute(
+                "UPDATE _flotilla_outbox SET hlc = ?1 WHERE seq = ?2",
+                [hlc.0 as i64, seq],
+            )?;
+        }
+        tx.execute(
+            "UPDATE _flotilla_device SET hlc = ?1 WHERE id = 1",
+            [hlc.0 as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The first outbox transaction that still has changes, and their size.

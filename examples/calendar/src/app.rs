@@ -87,6 +87,11 @@ pub struct Calendar {
     pub user: String,
 }
 
+/// The first 8 characters of an id, as `list` shows it (ids made elsewhere may be any text).
+pub fn short_id(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
 /// `2026-12-01T10:00`: what a start looks like.
 fn check_start(starts: &str) -> anyhow::Result<()> {
     let b = starts.as_bytes();
@@ -271,7 +276,7 @@ impl Calendar {
                 e.starts.replace('T', " "),
                 e.minutes,
                 e.title,
-                &e.id[..e.id.len().min(8)]
+                short_id(&e.id)
             ));
         }
         Ok(out)

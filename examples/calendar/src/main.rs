@@ -156,7 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let id = c.add(title, starts, *minutes)?;
             println!(
                 "added {title} at {starts} ({minutes} min) [{}]",
-                &id[..8.min(id.len())]
+                app::short_id(&id)
             );
             println!("{}", c.device.status()?);
             Ok(())

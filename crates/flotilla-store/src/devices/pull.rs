@@ -10,6 +10,20 @@ use flotilla_types::{DdlKind, Hlc, Position, RowItem, RowPayload, SqlValue, Vers
 use rusqlite::Connection;
 use std::collections::{HashMap, HashSet};
 
+/// Whether an index of a shaped table is for devices too: one on the shape's columns only. An
+/// index on a column a device does not hold (it holds that column's default) would refuse a
+/// device's rows for a uniqueness it cannot see, or index nothing.
+fn index_for_devices(conn: &Connection, t: &ViewTable, index: &str) -> Result<bool, StoreError> {
+    let cols: Vec<Option<String>> = conn
+        .prepare_cached("SELECT name FROM pragma_index_info(?1)")?
+        .query_map([index], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(!cols.is_empty()
+        && cols
+            .iter()
+            .all(|c| c.as_deref().is_some_and(|c| t.has_column(c))))
+}
+
 /// The whole shape as one read transaction saw it, and where the server was then.
 #[derive(Debug)]
 pub struct ShapeSnapshot {
@@ -148,15 +162,18 @@ pub fn shape_snapshot(
         tables.sort_by(|a, b| a.table.cmp(&b.table));
         let mut in_shape: HashMap<String, HashSet<String>> = HashMap::new();
         for t in tables {
-            let schema: Vec<(String, String)> = conn
+            let schema: Vec<(String, String, String)> = conn
                 .prepare_cached(
-                    "SELECT type, sql FROM sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE \
+                    "SELECT type, name, sql FROM sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE \
                      AND sql IS NOT NULL AND type IN ('table', 'index') \
                      ORDER BY type = 'index', rowid",
                 )?
-                .query_map([&t.table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map([&t.table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
-            for (_, sql) in schema {
+            for (kind, name, sql) in schema {
+                if kind == "index" && !index_for_devices(conn, t, &name)? {
+                    continue;
+                }
                 items.push(PullItem::Schema {
                     table: t.table.clone(),
                     sql,
@@ -251,7 +268,15 @@ pub fn pull_items_of(
                         | DdlKind::CreateIndex
                         | DdlKind::DropIndex
                 );
-                if relevant && view.table(&s.table).is_some() {
+                let index_left_out = s.kind == DdlKind::CreateIndex
+                    && match (
+                        view.table(&s.table),
+                        crate::multi_leader::create_target(&s.sql),
+                    ) {
+                        (Some(t), Some(name)) => !index_for_devices(conn, t, &name)?,
+                        _ => false,
+                    };
+                if relevant && !index_left_out && view.table(&s.table).is_some() {
                     out.push(PullItem::Schema {
                         table: view.table(&s.table).expect("checked").table.clone(),
                         sql: s.sql.clone(),

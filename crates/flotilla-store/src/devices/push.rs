@@ -251,21 +251,12 @@ impl LeaderDb {
         let image = c.after.as_ref().or(c.before.as_ref()).expect("one image");
         let mut kept: Vec<usize> = Vec::with_capacity(image.len());
         let mut sent: Vec<String> = Vec::with_capacity(image.len());
-        for (i, (name, value)) in image.iter().enumerate() {
+        for (i, (name, _)) in image.iter().enumerate() {
+            // A column outside the shape is left out: not written (the server's value stays,
+            // and the device gets it back with the row). A device that has not pulled a
+            // narrower shape yet sends such columns.
             let Some(declared) = t.columns.iter().find(|n| n.eq_ignore_ascii_case(name)) else {
-                let unchanged = c.op == RowOp::Update
-                    && c.before.as_ref().and_then(|b| b.get(i)).map(|(_, v)| v) == Some(value);
-                if unchanged {
-                    continue;
-                }
-                return Ok(Err((
-                    "outside_shape",
-                    format!(
-                        "column {name} of {} is not in this device's shape (its columns: {})",
-                        t.table,
-                        t.columns.join(", ")
-                    ),
-                )));
+                continue;
             };
             if sent.iter().any(|n| n == declared) {
                 return Ok(Err((
@@ -304,6 +295,13 @@ impl LeaderDb {
         let key_image = only_kept(key_image);
         let table_key = t.table.to_ascii_lowercase();
         let (key_vals, key_bytes) = key_of(&key_image);
+        let null_key = |vals: &[SqlValue]| vals.iter().any(|v| matches!(v, SqlValue::Null));
+        if null_key(&key_vals) || after.as_deref().is_some_and(|a| null_key(&key_of(a).0)) {
+            return Ok(Err((
+                "malformed",
+                format!("a change of {} has a NULL in its key", t.table),
+            )));
+        }
         let current = self.known_row(view, t, &key_vals, &key_bytes, batch_rows)?;
         let describe =
             |vals: &[SqlValue]| crate::multi_leader::key_json(&vals.iter().collect::<Vec<_>>());
@@ -383,7 +381,9 @@ impl LeaderDb {
         // same before and after), they are kept where the row goes.
         let mut columns = sent.clone();
         let mut extra: Vec<SqlValue> = Vec::new();
-        if c.op != RowOp::Insert {
+        // (An insert over a row the server has — `INSERT OR REPLACE` on the device, or two
+        // devices inserting one key — keeps them too.)
+        {
             if let Some((names, vals)) = &current {
                 for (n, v) in names.iter().zip(vals) {
                     if !columns.iter().any(|c| c.eq_ignore_ascii_case(n)) {

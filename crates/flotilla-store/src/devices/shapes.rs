@@ -206,17 +206,17 @@ fn check_shape(conn: &Connection, shape: &Shape) -> Result<Shape, DeviceError> {
                     ))
                 }
             };
-            // Judged on a device's rows, which carry the shape's columns only.
-            if let Some(chosen) = &columns {
-                let probe = predicate_sql(&table, chosen, p);
-                if let Err(e) = conn.prepare(&probe) {
-                    return invalid(format!(
-                        "the predicate {p:?} reads more than the shape's columns ({}): {}; add \
-                         the columns it reads",
-                        chosen.join(", "),
-                        crate::sql_error_message(&e)
-                    ));
-                }
+            // Judged on a device's rows, which carry the shape's columns only (not the rowid,
+            // nor generated columns).
+            let chosen = columns.clone().unwrap_or_else(|| cols.names.clone());
+            let probe = predicate_sql(&table, &chosen, p);
+            if let Err(e) = conn.prepare(&probe) {
+                return invalid(format!(
+                    "the predicate {p:?} reads more than the shape's columns ({}): {}; a \
+                     predicate reads the columns a device holds",
+                    chosen.join(", "),
+                    crate::sql_error_message(&e)
+                ));
             }
             for i in 1..=stmt.parameter_count() {
                 match stmt.parameter_name(i) {
@@ -506,17 +506,28 @@ impl DeviceView {
         conn: &Connection,
         t: &ViewTable,
     ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
-        match self.select_rows(conn, t, t.predicate.as_deref()) {
-            Err(StoreError::Sqlite(_)) if t.predicate.is_some() => {}
-            other => return other,
+        if t.predicate.is_none() {
+            return self.select_rows(conn, t, None);
         }
+        // Every row is judged as a pull of changes and a push judge it ([`DeviceView::contains`]:
+        // the row's values as given, without the column's collation or affinity), so that the
+        // three agree. `column = :user` first selects by SQL (index-friendly; a column's
+        // NOCASE collation only selects more), then judges what it selected.
         let all = t.all_columns.clone();
         let every = ViewTable {
             columns: all.clone(),
             ..t.clone()
         };
+        let candidates = match &t.equals {
+            Some(_) => match self.select_rows(conn, &every, t.predicate.as_deref()) {
+                Ok(rows) => rows,
+                Err(StoreError::Sqlite(_)) => self.select_rows(conn, &every, None)?,
+                Err(e) => return Err(e),
+            },
+            None => self.select_rows(conn, &every, None)?,
+        };
         let mut out = Vec::new();
-        for row in self.select_rows(conn, &every, None)? {
+        for row in candidates {
             match self.contains(conn, &t.table, &all, &row) {
                 Ok(true) => out.push(
                     all.iter()

@@ -338,7 +338,7 @@ fn normalise(sql: &str) -> String {
 }
 
 /// The name a `CREATE TABLE` / `CREATE INDEX` statement creates.
-fn create_target(sql: &str) -> Option<String> {
+pub(crate) fn create_target(sql: &str) -> Option<String> {
     let words: Vec<&str> = sql
         .split(|c: char| c.is_whitespace() || c == '(')
         .filter(|w| !w.is_empty())

@@ -13,6 +13,7 @@ mod prune;
 mod schema_rules;
 
 pub use copy::adopt_data_centre_copy;
+pub(crate) use merge::create_target;
 use merge::reconsider_shadowed;
 pub(crate) use schema_rules::ddl_problem;
 use schema_rules::key_problem;

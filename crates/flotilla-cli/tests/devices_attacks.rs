@@ -600,3 +600,68 @@ async fn a_clock_that_was_ahead_does_not_wedge_a_device() {
     assert_eq!(report.pushed, 2, "{report:?}");
     assert_eq!(one(&s, "SELECT count(*) FROM notes").await, json!([2]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_database_restored_from_a_backup_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), &[]).await;
+    sql(
+        &s,
+        &["CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT)"],
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "notes", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let token = add_device(&s, "phone", "ana").await;
+    let url = s.node.url.clone();
+    let (phone, backup) = (dir.path().join("phone.db"), dir.path().join("backup.db"));
+    blocking(|| {
+        let mut d = Device::open(&phone, &url, &token).unwrap();
+        d.sync().unwrap();
+        d.execute(
+            "INSERT INTO notes VALUES ('n1', 'ana', 'before the backup')",
+            [],
+        )
+        .unwrap();
+        d.sync().unwrap();
+        drop(d);
+        // The backup, taken with the database closed.
+        std::fs::copy(&phone, &backup).unwrap();
+        let mut d = Device::open(&phone, &url, &token).unwrap();
+        d.execute(
+            "INSERT INTO notes VALUES ('n2', 'ana', 'after the backup')",
+            [],
+        )
+        .unwrap();
+        d.sync().unwrap();
+        drop(d);
+        // The backup comes back and makes its own next transaction, under the number n2 took.
+        std::fs::copy(&backup, &phone).unwrap();
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", phone.display()));
+        }
+        let mut d = Device::open(&phone, &url, &token).unwrap();
+        d.execute(
+            "INSERT INTO notes VALUES ('n3', 'ana', 'made on the restored copy')",
+            [],
+        )
+        .unwrap();
+        d.sync().unwrap();
+        let st = d.status().unwrap();
+        assert_eq!((st.state(), st.pending), ("synced", 0), "{st}");
+        let held: i64 = d
+            .connection()
+            .query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(held, 3);
+    });
+    assert_eq!(
+        rows(&s.admin, "SELECT id FROM notes ORDER BY id").await,
+        json!([["n1"], ["n2"], ["n3"]])
+    );
+}

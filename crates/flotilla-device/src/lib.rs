@@ -452,8 +452,10 @@ impl Device {
                 }
                 // The server lacks transactions this device forgot once they were acknowledged
                 // (the server was restored to an earlier state): what they did is lost with the
-                // server's state; the device starts a new origin and sends what it has.
-                if code == "gap" && !started_over {
+                // server's state. Or the server has other transactions under this database's
+                // numbers (it was restored from a backup, or copied). Either way the device
+                // starts a new origin and sends what it has.
+                if (code == "gap" || code == "origin_reused") && !started_over {
                     started_over = true;
                     self.start_over()?;
                     continue;
@@ -462,7 +464,8 @@ impl Device {
                 // now (once; a clock still ahead is the error below).
                 if code == "clock_ahead" && !restamped {
                     restamped = true;
-                    self.restamp()?;
+                    // From the refused one on: those before it are the server's already.
+                    self.restamp(e["seq"].as_u64().unwrap_or(0))?;
                     continue;
                 }
                 if code == "body_too_large" {
@@ -524,13 +527,15 @@ impl Device {
         Ok(())
     }
 
-    /// Stamps the pending transactions again from the device's clock now.
-    fn restamp(&mut self) -> Result<(), DeviceError> {
+    /// Stamps the pending transactions from `from_seq` on again from the device's clock now
+    /// (those before were merged already, with their clocks: stamped again, they would look
+    /// like other transactions under the same numbers).
+    fn restamp(&mut self, from_seq: u64) -> Result<(), DeviceError> {
         let now = self.now_ms();
         let tx = self.conn.transaction()?;
         let seqs: Vec<i64> = tx
-            .prepare("SELECT seq FROM _flotilla_outbox ORDER BY seq")?
-            .query_map([], |r| r.get(0))?
+            .prepare("SELECT seq FROM _flotilla_outbox WHERE seq >= ?1 ORDER BY seq")?
+            .query_map([from_seq as i64], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let mut hlc = Hlc::ZERO;
         for seq in seqs {

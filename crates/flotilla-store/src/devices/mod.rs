@@ -37,6 +37,15 @@ CREATE TABLE IF NOT EXISTS _flotilla_device_origins (
     device TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- The clock of each device transaction merged: the same number pushed again with another
+-- clock is another transaction (a local database restored from a backup, or copied, that
+-- reuses its origin), not a replay.
+CREATE TABLE IF NOT EXISTS _flotilla_device_seqs (
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hlc INTEGER NOT NULL,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
 ";
 
 /// Fresh local databases one device may start (each takes an origin, an entry of every
@@ -82,6 +91,30 @@ pub struct StoredDevice {
     pub created_ms: u64,
     pub revoked_ms: Option<u64>,
     pub origins: Vec<String>,
+}
+
+/// The clock a merged device transaction carried (`None`: not recorded).
+pub(crate) fn merged_clock(
+    conn: &Connection,
+    origin: &str,
+    seq: u64,
+) -> Result<Option<u64>, StoreError> {
+    if !has_registry(conn)? {
+        return Ok(None);
+    }
+    let exists: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = '_flotilla_device_seqs'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(None);
+    }
+    Ok(conn
+        .prepare_cached("SELECT hlc FROM _flotilla_device_seqs WHERE origin = ?1 AND seq = ?2")?
+        .query_row(params![origin, seq as i64], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|h| h as u64))
 }
 
 pub(crate) fn has_registry(conn: &Connection) -> Result<bool, StoreError> {

@@ -39,7 +39,7 @@ pub struct DeviceTxn {
 pub struct DeviceRefusal {
     pub index: usize,
     pub seq: u64,
-    /// `outside_shape`, `malformed`, `clock_ahead` or `gap`.
+    /// `outside_shape`, `malformed`, `clock_ahead`, `gap` or `origin_reused`.
     pub code: &'static str,
     pub reason: String,
 }
@@ -105,7 +105,22 @@ impl LeaderDb {
                 }))
             };
             if txn.seq < expected {
-                continue; // merged before: pushed again after a cut
+                // Merged before: pushed again after a cut — unless the number carried another
+                // transaction (another clock): a copy of the local database reuses the origin.
+                match super::merged_clock(&self.conn, origin.as_str(), txn.seq)? {
+                    Some(h) if h != txn.hlc.0 => {
+                        return refuse(
+                            "origin_reused",
+                            format!(
+                                "the server merged another transaction {} of origin {origin}: \
+                                 this local database was restored from a backup or copied; it \
+                                 starts a new origin",
+                                txn.seq
+                            ),
+                        )
+                    }
+                    _ => continue,
+                }
             }
             if txn.seq > expected {
                 return refuse(

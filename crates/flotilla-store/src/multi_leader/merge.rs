@@ -506,6 +506,20 @@ impl LeaderDb {
                         "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
                     )?
                     .execute(params![stamp.origin.as_str(), stamp.origin_lsn.0 as i64])?;
+                if peer_at.is_none() {
+                    // A device's transaction: its clock, to tell a replay from a reused number
+                    // (the table is the device registry's, made with the device's origin).
+                    db.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO _flotilla_device_seqs (origin, seq, hlc) \
+                             VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![
+                            stamp.origin.as_str(),
+                            stamp.origin_lsn.0 as i64,
+                            stamp.hlc.0 as i64
+                        ])?;
+                }
                 if let Some(peer_at) = peer_at {
                     db.conn
                         .prepare_cached(

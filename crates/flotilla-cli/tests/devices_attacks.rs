@@ -152,6 +152,28 @@ async fn a_push_cannot_take_over_revive_or_read_another_users_row() {
         );
     }
 
+    // A key of another type than its column's names another row to the merge: refused.
+    sql(
+        &s,
+        &[
+            "INSERT INTO events VALUES ('7', 'bob', 'bob seven', 'x', 'S7')",
+            "DELETE FROM events WHERE id = '7'",
+        ],
+    )
+    .await;
+    let (status, v) = phone
+        .push(json!([{ "table": "events", "op": "insert", "after": { "id": 7, "owner": "ana" } }]))
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("malformed")),
+        "{v}"
+    );
+    assert_eq!(
+        one(&s, "SELECT count(*) FROM events WHERE id = '7'").await,
+        json!([0])
+    );
+
     // Whatever conflicts the phone pulls, none carries bob's values or a hidden column.
     let (_, all) = raw_sync(
         &phone.url,

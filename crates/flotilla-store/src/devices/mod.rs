@@ -15,7 +15,7 @@ mod shapes;
 
 pub use pull::{current_rows, pull_items_of, shape_snapshot, user_origins, ShapeSnapshot};
 pub use push::{DeviceRefusal, DeviceRowChange, DeviceTxn, PreparedDeviceTxn};
-pub use shapes::{read_shapes, DeviceView, Shape, ViewTable, SHAPES_TABLE};
+pub use shapes::{read_shapes, Affinity, DeviceView, Shape, ViewTable, SHAPES_TABLE};
 
 use crate::leader_db::{CommitOutcome, LeaderDb};
 use crate::leader_tokens::{StoredToken, TokenError};

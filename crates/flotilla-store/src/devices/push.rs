@@ -317,6 +317,19 @@ impl LeaderDb {
                 format!("a change of {} has a NULL in its key", t.table),
             )));
         }
+        // A key as the table stores it (7 in a TEXT key column is stored as '7': to the merge
+        // it would be another row).
+        let typed = |vals: &[SqlValue]| vals.iter().zip(&t.key_affinity).all(|(v, a)| a.keeps(v));
+        if !typed(&key_vals) || after.as_deref().is_some_and(|a| !typed(&key_of(a).0)) {
+            return Ok(Err((
+                "malformed",
+                format!(
+                    "a change of {} has a key value of another type than its column's ({})",
+                    t.table,
+                    t.key.join(", ")
+                ),
+            )));
+        }
         let current = self.known_row(view, t, &key_vals, &key_bytes, batch_rows)?;
         let describe =
             |vals: &[SqlValue]| crate::multi_leader::key_json(&vals.iter().collect::<Vec<_>>());

@@ -63,16 +63,61 @@ struct Columns {
     names: Vec<String>,
     key: Vec<usize>,
     optional: Vec<bool>,
+    /// Each column's affinity, by SQLite's rules on its declared type.
+    affinity: Vec<Affinity>,
+}
+
+/// A column's type affinity (sqlite.org/datatype3.html, 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+impl Affinity {
+    pub fn of(declared: &str) -> Affinity {
+        let t = declared.to_ascii_uppercase();
+        if t.contains("INT") {
+            Affinity::Integer
+        } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+            Affinity::Text
+        } else if t.contains("BLOB") || t.is_empty() {
+            Affinity::Blob
+        } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+            Affinity::Real
+        } else {
+            Affinity::Numeric
+        }
+    }
+
+    /// Whether SQLite would store `v` in such a column as it is (no conversion): a key a
+    /// device sends must be, or it would name another row to the merge than to the table.
+    pub fn keeps(self, v: &SqlValue) -> bool {
+        let numeric_text = |s: &str| {
+            let s = s.trim();
+            !s.is_empty() && s.parse::<f64>().is_ok()
+        };
+        match (self, v) {
+            (Affinity::Text, SqlValue::Integer(_) | SqlValue::Real(_)) => false,
+            (Affinity::Integer | Affinity::Real | Affinity::Numeric, SqlValue::Text(s)) => {
+                !numeric_text(s)
+            }
+            _ => true,
+        }
+    }
 }
 
 fn table_columns(conn: &Connection, table: &str) -> Result<Columns, StoreError> {
-    let rows: Vec<(String, i64, bool, i64)> = conn
+    let rows: Vec<(String, i64, bool, i64, String)> = conn
         .prepare_cached(
-            "SELECT name, pk, \"notnull\" = 0 OR dflt_value IS NOT NULL, hidden \
+            "SELECT name, pk, \"notnull\" = 0 OR dflt_value IS NOT NULL, hidden, type \
              FROM pragma_table_xinfo(?1) ORDER BY cid",
         )?
         .query_map([table], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<_, _>>()?;
     let rows: Vec<_> = rows.into_iter().filter(|r| r.3 == 0).collect();
@@ -87,6 +132,7 @@ fn table_columns(conn: &Connection, table: &str) -> Result<Columns, StoreError> 
         names: rows.iter().map(|r| r.0.clone()).collect(),
         key: key.into_iter().map(|(_, i)| i).collect(),
         optional: rows.iter().map(|r| r.2).collect(),
+        affinity: rows.iter().map(|r| Affinity::of(&r.4)).collect(),
     })
 }
 
@@ -332,6 +378,8 @@ pub struct ViewTable {
     pub equals: Option<(String, String)>,
     /// Every column of the table, in its order (as the view was loaded).
     pub all_columns: Vec<String>,
+    /// The key columns' affinities, in key order.
+    pub key_affinity: Vec<Affinity>,
 }
 
 /// `column = :user` or `column = :device` (the column bare or in double quotes): the column
@@ -420,6 +468,7 @@ impl DeviceView {
                 ViewTable {
                     equals,
                     all_columns: cols.names.clone(),
+                    key_affinity: cols.key.iter().map(|k| cols.affinity[*k]).collect(),
                     key: cols.key.iter().map(|k| cols.names[*k].clone()).collect(),
                     table: shape.table,
                     columns,
@@ -614,5 +663,40 @@ impl DeviceView {
             values.push(from_sql(r.get_ref(i)?));
         }
         Ok(Some((names.clone(), values)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_equalities_and_affinities_are_read_as_sqlite_would() {
+        assert_eq!(
+            simple_equality("owner = :user"),
+            Some(("owner".to_string(), ":user"))
+        );
+        assert_eq!(
+            simple_equality(" \"my_col\"=:device "),
+            Some(("my_col".to_string(), ":device"))
+        );
+        for not_simple in [
+            "owner = :user OR 1",
+            "lower(owner) = :user",
+            "owner = 'x'",
+            "1x = :user",
+        ] {
+            assert_eq!(simple_equality(not_simple), None, "{not_simple}");
+        }
+        assert_eq!(Affinity::of("VARCHAR(20)"), Affinity::Text);
+        assert_eq!(Affinity::of("BIGINT"), Affinity::Integer);
+        assert_eq!(Affinity::of(""), Affinity::Blob);
+        assert_eq!(Affinity::of("DOUBLE"), Affinity::Real);
+        assert_eq!(Affinity::of("DECIMAL"), Affinity::Numeric);
+        assert!(!Affinity::Text.keeps(&SqlValue::Integer(7)));
+        assert!(Affinity::Text.keeps(&SqlValue::Text("7".into())));
+        assert!(!Affinity::Integer.keeps(&SqlValue::Text("7".into())));
+        assert!(Affinity::Integer.keeps(&SqlValue::Text("seven".into())));
+        assert!(Affinity::Blob.keeps(&SqlValue::Integer(7)));
     }
 }

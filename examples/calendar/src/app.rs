@@ -110,6 +110,21 @@ fn check_start(starts: &str) -> anyhow::Result<()> {
     if !ok {
         bail!("{starts:?} is not a start time like 2026-12-01T10:00");
     }
+    // A date and time that exist (SQLite's own calendar: datetime() of an impossible one is
+    // NULL, or another day).
+    let n = |r: std::ops::Range<usize>| starts[r].parse::<u32>().unwrap_or(0);
+    let (year, month, day, hour, minute) = (n(0..4), n(5..7), n(8..10), n(11..13), n(14..16));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => 0,
+    };
+    if day == 0 || day > days || hour > 23 || minute > 59 {
+        bail!("{starts:?} is not a date and time that exist");
+    }
     Ok(())
 }
 
@@ -184,6 +199,9 @@ impl Calendar {
 
     /// Finds a meeting by id or by the start of its id.
     fn resolve(&self, id: &str) -> anyhow::Result<String> {
+        if id.trim().is_empty() {
+            bail!("which meeting? give its id, or the start of it (calendar list shows them)");
+        }
         let matches: Vec<String> = self
             .list()?
             .into_iter()
@@ -207,6 +225,9 @@ impl Calendar {
         let id = self.resolve(id)?;
         if let Some(s) = starts {
             check_start(s)?;
+        }
+        if minutes.is_some_and(|m| m <= 0) {
+            bail!("a meeting lasts at least a minute");
         }
         if title.is_none() && starts.is_none() && minutes.is_none() {
             bail!("nothing to change: give --title, --starts or --minutes");

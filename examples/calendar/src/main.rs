@@ -59,7 +59,7 @@ enum Command {
     Add {
         title: String,
         starts: String,
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, allow_negative_numbers = true)]
         minutes: i64,
     },
     /// The meetings, in time order.
@@ -71,7 +71,7 @@ enum Command {
         title: Option<String>,
         #[arg(long)]
         starts: Option<String>,
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         minutes: Option<i64>,
     },
     /// Delete a meeting.

@@ -63,6 +63,23 @@ fn device_commands_explain_what_is_missing() {
         "ana",
     ]);
     assert!(ok);
+    let laptop = |args: &[&str]| {
+        let mut all = vec!["--dir", d, "--device", "laptop"];
+        all.extend_from_slice(args);
+        calendar(&all)
+    };
+    let (ok, _, err) = laptop(&["add", "X", "2026-13-45T99:99"]);
+    assert!(
+        !ok && err.contains("not a date and time that exist"),
+        "{err}"
+    );
+    let (ok, _, err) = laptop(&["add", "X", "2026-02-29T10:00"]);
+    assert!(
+        !ok && err.contains("not a date and time that exist"),
+        "{err}"
+    );
+    let (ok, _, err) = laptop(&["add", "X", "2026-12-01T10:00", "--minutes", "-5"]);
+    assert!(!ok && err.contains("at least a minute"), "{err}");
     let (ok, _, err) = calendar(&[
         "--dir",
         d,

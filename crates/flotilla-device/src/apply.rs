@@ -242,16 +242,8 @@ pub fn apply_items(
     Ok(schema_changed)
 }
 
-/// A change as the outbox keeps it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct OutboxChange {
-    pub table: String,
-    pub op: String,
-    #[serde(default)]
-    pub before: Option<JsonRow>,
-    #[serde(default)]
-    pub after: Option<JsonRow>,
-}
+/// A change as the outbox keeps it: as it is pushed.
+pub type OutboxChange = flotilla_types::sync_protocol::PushChange;
 
 /// Replays a pending change on the rows as the server sent them: an insert writes its row, an
 /// update its changed columns (of a row the server still has), a delete deletes.

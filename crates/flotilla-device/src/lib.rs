@@ -348,8 +348,7 @@ impl Device {
                     .map(|c| PushChange {
                         before: shaped(&c.table, c.before),
                         after: shaped(&c.table, c.after),
-                        table: c.table,
-                        op: c.op,
+                        ..c
                     })
                     .collect(),
             });

@@ -307,13 +307,12 @@ async fn pull(
     // The records after the cursor, a batch at a time, until the pull has its row changes:
     // one batch in memory per pull, and a bounded number of pulls reading at once.
     let _turn = PULLS_AT_ONCE.acquire().await.map_err(internal)?;
-    let (user, mine_view) = (view.user.clone(), view.clone());
+    let user = view.user.clone();
     let mine = with_reader(node, move |conn| {
         flotilla_store::devices::user_origins(conn, &user).map_err(store_error)
     })
     .await?;
-    let mine = Arc::new(mine);
-    let view = Arc::new(mine_view);
+    let (mine, view) = (Arc::new(mine), Arc::new(view));
     let mut builder = protocol::PullBuilder::new(from, max);
     let mut next = from.lsn.next();
     let mut bytes_read = 0usize;

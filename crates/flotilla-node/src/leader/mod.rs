@@ -2,6 +2,7 @@
 //! durable head, recent records, the follower tracker and list, retention. Replication sessions
 //! are served by `api/replication.rs` (a host of `flotilla_core::LeaderSession`).
 
+mod device_jobs;
 mod feed_pins;
 mod gate;
 mod recent;
@@ -10,6 +11,7 @@ mod restore;
 mod trims;
 mod writer;
 
+pub use device_jobs::DeviceChange;
 pub use feed_pins::{FeedPin, FeedPins};
 pub use gate::WriterGate;
 pub use recent::RecentRecords;
@@ -17,9 +19,8 @@ pub use replicated::{NotReplicated, Replicated};
 pub use restore::{RestoreError, RestoreJob};
 pub use trims::Trims;
 pub use writer::{
-    spawn_writer, ChangeError, ChangeReply, ClusterWriter, DataCentreParts, DeviceChange, MergeJob,
-    MergeReply, PipelineChange, PolicyChange, TokenChange, WriteError, WriteJob, WriteReply,
-    WriterParts,
+    spawn_writer, ChangeError, ChangeReply, ClusterWriter, DataCentreParts, MergeJob, MergeReply,
+    PipelineChange, PolicyChange, TokenChange, WriteError, WriteJob, WriteReply, WriterParts,
 };
 
 use flotilla_core::{FollowerTracker, ReadFailure};

@@ -78,7 +78,7 @@ pub enum WriteJob {
     /// Registering a device, giving one of its local databases an origin, setting or
     /// removing a shape: a commit of its own.
     Device {
-        change: DeviceChange,
+        change: super::device_jobs::DeviceChange,
         reply: oneshot::Sender<ChangeReply>,
     },
     /// Deleting the resolved conflicts stamped before `before_ms` (multi-leader): a commit of
@@ -88,22 +88,6 @@ pub enum WriteJob {
         pruned: oneshot::Sender<usize>,
         reply: oneshot::Sender<ChangeReply>,
     },
-}
-
-#[derive(Debug)]
-pub enum DeviceChange {
-    Add {
-        name: String,
-        user: String,
-        token: flotilla_store::StoredToken,
-    },
-    /// `given` hears the origin.
-    NewOrigin {
-        device: String,
-        given: oneshot::Sender<String>,
-    },
-    SetShape(flotilla_store::devices::Shape),
-    RemoveShape(String),
 }
 
 #[derive(Debug, Clone)]
@@ -395,28 +379,15 @@ pub fn spawn_writer(
                         origin: device_origin,
                         txns,
                         reply,
-                    } => match db.check_device_batch(&view, &device_origin, &txns, wall_us()) {
-                        Ok(Ok(prepared)) => WriteJob::Merge {
-                            jobs: prepared
-                                .into_iter()
-                                .map(|p| MergeJob {
-                                    stamp: p.stamp,
-                                    changes: p.changes,
-                                    peer: device_origin.clone(),
-                                    peer_at: None,
-                                })
-                                .collect(),
-                            reply,
-                        },
-                        Ok(Err(refusal)) => {
-                            let _ = reply.send((0, Err(refusal.into()), Vec::new()));
-                            continue;
+                    } => {
+                        match super::device_jobs::push_as_merge(&db, &view, device_origin, &txns) {
+                            Ok(jobs) => WriteJob::Merge { jobs, reply },
+                            Err(refused) => {
+                                let _ = reply.send((0, Err(refused), Vec::new()));
+                                continue;
+                            }
                         }
-                        Err(e) => {
-                            let _ = reply.send((0, Err(e.into()), Vec::new()));
-                            continue;
-                        }
-                    },
+                    }
                     other => other,
                 };
                 let (request, durability, reply) = match first {
@@ -522,25 +493,8 @@ pub fn spawn_writer(
                         if let Some(c) = &cluster {
                             db.next_internal_at(c.next);
                         }
-                        let now = wall_us();
-                        let result = match change {
-                            DeviceChange::Add { name, user, token } => {
-                                db.add_device(&name, &user, &token, epoch, &origin, now)
-                            }
-                            DeviceChange::NewOrigin { device, given } => db
-                                .new_device_origin(&device, epoch, &origin, now)
-                                .map(|(o, out)| {
-                                    let _ = given.send(o.to_string());
-                                    out
-                                }),
-                            DeviceChange::SetShape(shape) => db
-                                .set_shape(&shape, epoch, &origin, now)
-                                .map(|(_, out)| out),
-                            DeviceChange::RemoveShape(table) => {
-                                db.remove_shape(&table, epoch, &origin, now)
-                            }
-                        };
-                        let result = result.map_err(ChangeError::from);
+                        let result =
+                            super::device_jobs::change(&mut db, change, epoch, &origin, wall_us());
                         if let Some(c) = &mut cluster {
                             internal_commit_proposed(c, &db, result, reply);
                             continue;

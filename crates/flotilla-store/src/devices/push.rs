@@ -203,7 +203,7 @@ impl LeaderDb {
         let Some(state) = crate::multi_leader::load_state(&self.conn, &t.table, key_bytes)? else {
             return Ok(None);
         };
-        let names = view.column_names(t);
+        let names = &t.all_columns;
         let n = names.len().min(state.cells.len());
         Ok(Some((
             names[..n].to_vec(),
@@ -411,13 +411,11 @@ impl LeaderDb {
         let mut extra: Vec<SqlValue> = Vec::new();
         // (An insert over a row the server has — `INSERT OR REPLACE` on the device, or two
         // devices inserting one key — keeps them too.)
-        {
-            if let Some((names, vals)) = &current {
-                for (n, v) in names.iter().zip(vals) {
-                    if !columns.iter().any(|c| c.eq_ignore_ascii_case(n)) {
-                        columns.push(n.clone());
-                        extra.push(v.clone());
-                    }
+        if let Some((names, vals)) = &current {
+            for (n, v) in names.iter().zip(vals) {
+                if !columns.iter().any(|c| c.eq_ignore_ascii_case(n)) {
+                    columns.push(n.clone());
+                    extra.push(v.clone());
                 }
             }
         }

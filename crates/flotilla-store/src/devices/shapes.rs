@@ -621,11 +621,6 @@ impl DeviceView {
         Ok(out)
     }
 
-    /// The names of a shaped table's columns, in its order.
-    pub fn column_names(&self, t: &ViewTable) -> Vec<String> {
-        t.all_columns.clone()
-    }
-
     /// The row of a shaped table with this key, all its columns (`None`: no such row).
     pub fn current_row(
         &self,

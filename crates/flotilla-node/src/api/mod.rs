@@ -23,6 +23,7 @@ mod streamed;
 pub mod sync;
 mod tokens;
 pub mod values;
+pub mod web;
 mod writer_job;
 
 pub use crate::api_error::ApiError;
@@ -70,6 +71,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
+        .route("/calendar", get(web::calendar_root))
+        .route("/calendar/", get(web::calendar_index))
+        .route("/calendar/{file}", get(web::calendar_file))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -1,0 +1,134 @@
+// The calendar in two browsers (Debian's Chromium driven by playwright-core): a laptop and a
+// phone of one user, the phone taken offline, edits on both, back online; both converge and
+// show the conflict. Run by crates/flotilla-cli/tests/browser_calendar.rs, which starts the
+// server and registers the devices; by hand:
+//   FLOTILLA_URL=http://127.0.0.1:4799 LAPTOP_TOKEN=flt_… PHONE_TOKEN=flt_… CAL_USER=ana \
+//     node test/calendar.test.mjs
+// Prints one line of JSON with what both pages show at the end (the Rust test compares it
+// with the server's rows).
+
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+
+const url = process.env.FLOTILLA_URL;
+const user = process.env.CAL_USER ?? 'ana';
+const tokens = { laptop: process.env.LAPTOP_TOKEN, phone: process.env.PHONE_TOKEN };
+assert(url && tokens.laptop && tokens.phone, 'set FLOTILLA_URL, LAPTOP_TOKEN and PHONE_TOKEN');
+const STEP_MS = 30_000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--no-sandbox'],
+});
+const log = (...a) => console.error('[calendar test]', ...a);
+
+try {
+  const open = async (name) => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.on('pageerror', (e) => log(`${name} page error:`, e.message));
+    page.on('console', (m) => m.type() === 'error' && log(`${name} console:`, m.text()));
+    await page.goto(`${url}/calendar/`);
+    await page.fill('#connect-user', user);
+    await page.fill('#connect-token', tokens[name]);
+    await page.click('#connect-form button');
+    await waitState(page, 'synced');
+    const storage = await page.textContent('#storage');
+    assert.match(storage, /OPFS/, `${name}: the database is not in OPFS: ${storage}`);
+    return { context, page };
+  };
+  const waitState = (page, state) =>
+    page.waitForSelector(`#status[data-state="${state}"]`, { timeout: STEP_MS });
+  const titles = (page) => page.$$eval('#events li input.title', (els) => els.map((e) => e.value));
+  const waitTitles = async (page, want, what) => {
+    const deadline = Date.now() + STEP_MS;
+    let got;
+    while (Date.now() < deadline) {
+      got = await titles(page);
+      if (JSON.stringify(got) === JSON.stringify(want)) return;
+      await page.waitForTimeout(100);
+    }
+    assert.deepEqual(got, want, what);
+  };
+  const add = async (page, title, starts, minutes) => {
+    await page.fill('#add-title', title);
+    await page.fill('#add-starts', starts);
+    await page.fill('#add-minutes', String(minutes));
+    await page.click('#add-form button');
+    await page.waitForSelector(`#events li input.title >> nth=0`, { timeout: STEP_MS });
+  };
+  const rename = async (page, from, to) => {
+    const row = page.locator(`#events li[data-title="${from}"]`);
+    await row.locator('input.title').fill(to);
+    await row.locator('button.save').click();
+  };
+
+  const laptop = await open('laptop');
+  const phone = await open('phone');
+  log('both pages connected and synced');
+
+  await add(laptop.page, 'Dentist', '2026-12-01T10:00', 30);
+  await waitState(laptop.page, 'synced');
+  await waitTitles(phone.page, ['Dentist'], 'the phone shows the laptop\'s meeting');
+  log('a meeting made on the laptop reached the phone');
+
+  // The phone loses its network: it keeps working on its own database.
+  await phone.context.setOffline(true);
+  await rename(phone.page, 'Dentist', 'Dentist (phone)');
+  await add(phone.page, 'Flight', '2026-12-02T07:30', 120);
+  await waitTitles(phone.page, ['Dentist (phone)', 'Flight'], 'the phone edits offline');
+  await phone.page.click('#sync-now');
+  await waitState(phone.page, 'offline');
+  const offlineText = await phone.page.textContent('#status');
+  assert.match(offlineText, /2 changes pending/, `the phone counts its pending changes: ${offlineText}`);
+  log('offline on the phone:', offlineText);
+
+  // Meanwhile the laptop renames the same meeting, later.
+  await laptop.page.waitForTimeout(20);
+  await rename(laptop.page, 'Dentist', 'Dentist (laptop)');
+  await waitState(laptop.page, 'synced');
+  await waitTitles(laptop.page, ['Dentist (laptop)'], 'the laptop sees its rename');
+
+  // Back online: the phone syncs by itself and both converge.
+  await phone.context.setOffline(false);
+  await waitTitles(phone.page, ['Dentist (laptop)', 'Flight'], 'the phone converges (the later rename wins)');
+  await waitTitles(laptop.page, ['Dentist (laptop)', 'Flight'], 'the laptop converges');
+  await waitState(phone.page, 'synced');
+  log('both converged');
+
+  // Both show the conflict the server recorded.
+  const conflicts = async (page) => {
+    const deadline = Date.now() + STEP_MS;
+    let got = [];
+    while (Date.now() < deadline) {
+      got = await page.$$eval('#conflicts li', (els) => els.map((e) => e.textContent));
+      if (got.length > 0) return got;
+      await page.waitForTimeout(100);
+    }
+    return got;
+  };
+  const onPhone = await conflicts(phone.page);
+  const onLaptop = await conflicts(laptop.page);
+  assert.equal(onPhone.length, 1, `the phone shows one conflict: ${onPhone}`);
+  assert.deepEqual(onLaptop, onPhone, 'both show the same conflict');
+  assert.match(onPhone[0], /Dentist \(phone\)/);
+  assert.match(onPhone[0], /Dentist \(laptop\)/);
+  log('the conflict, on both:', onPhone[0]);
+
+  // The data is the browser's own: with the server cut off, a reload still shows it.
+  await laptop.context.route('**/v1/sync', (route) => route.abort('internetdisconnected'));
+  await laptop.page.reload();
+  await waitTitles(laptop.page, ['Dentist (laptop)', 'Flight'], 'the laptop\'s meetings survive a reload without the server');
+  await waitState(laptop.page, 'offline');
+  log('a reload without the server shows the meetings from OPFS');
+
+  console.log(
+    JSON.stringify({
+      laptop: await titles(laptop.page),
+      phone: await titles(phone.page),
+      conflict: onPhone[0],
+    }),
+  );
+} finally {
+  await browser.close();
+}

@@ -40,7 +40,7 @@ fn installed() -> bool {
 impl Firewall {
     /// A firewall for this test, with iptables installed and usable (root).
     pub fn new() -> anyhow::Result<Firewall> {
-        if !crate::postgres::is_root() {
+        if !crate::apt::is_root() {
             bail!("partition tests need root (iptables rules and process groups)");
         }
         if !installed() {

@@ -5,6 +5,8 @@
 //! ([`proxy`]). The CLI's
 //! demos, its end-to-end tests and the benchmarks share it; no server crate depends on it.
 
+pub mod apt;
+pub mod browser;
 pub mod certs;
 pub mod cluster;
 pub mod data_centres;

@@ -4,6 +4,7 @@
 //! interrupted). PostgreSQL refuses to run as root, so as root the servers run as the `postgres`
 //! user that Debian's package creates.
 
+use crate::apt::is_root;
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,57 +34,13 @@ fn find_bin() -> Option<PathBuf> {
 /// machine that has only the Rust toolchain. Concurrent callers (test binaries run in parallel)
 /// take turns on a lock file; the second finds the programs the first installed.
 pub fn find_or_install_bin() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = find_bin() {
-        return Ok(bin);
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("flotilla-postgres-install.lock"))
-        .context("opening the install lock file")?;
-    lock.lock().context("taking the install lock")?;
-    if let Some(bin) = find_bin() {
-        return Ok(bin);
-    }
-    eprintln!("flotilla: installing PostgreSQL's server programs (apt-get install postgresql)");
-    let apt = |args: &[&str]| -> anyhow::Result<()> {
-        let mut cmd = if is_root() {
-            Command::new("apt-get")
-        } else {
-            let mut c = Command::new("sudo");
-            c.args(["-n", "apt-get"]);
-            c
-        };
-        let out = cmd
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-            .with_context(|| format!("running apt-get {}; {INSTALL_HINT}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "apt-get {} failed: {}; {INSTALL_HINT}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    };
-    apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", "postgresql"])?;
-    find_bin().context(INSTALL_HINT)
+    crate::apt::find_or_install("postgresql", &["postgresql"], INSTALL_HINT, find_bin)
 }
 
 /// How to install the server programs, for the message when they are missing.
 const INSTALL_HINT: &str = "PostgreSQL's server programs (initdb, pg_ctl, pg_basebackup) were not \
      found: install them (Debian/Ubuntu: apt-get install postgresql; they go to \
      /usr/lib/postgresql/<version>/bin) or point FLOTILLA_PG_BIN at their directory";
-
-pub(crate) fn is_root() -> bool {
-    // /proc/self belongs to the process's effective user.
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 /// The uid and gid to run PostgreSQL as: `None` when not root.
 fn run_as() -> anyhow::Result<Option<(u32, u32)>> {

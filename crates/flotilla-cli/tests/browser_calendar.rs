@@ -1,0 +1,117 @@
+//! The calendar in real browsers: the page the node serves at /calendar/, its data in each
+//! browser's own SQLite (sqlite-wasm in OPFS), synced by the TypeScript device client
+//! (web/device) over /v1/sync. Debian's Chromium driven by playwright-core
+//! (web/device/test/calendar.test.mjs): two browser contexts — a laptop and a phone of one
+//! user — the phone taken offline, edits on both, back online; both converge and show the
+//! conflict; a reload with the server cut off still shows the meetings. This test starts the
+//! server (a real `flotilla serve --dc home --auth` process), registers the two devices,
+//! installs what the browser side needs when it is missing (Chromium, Node.js, the npm
+//! packages), runs the script, and checks what the pages showed against the server's rows.
+
+mod common;
+
+use common::devices::*;
+use common::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The calendar's table, as `examples/calendar` makes it.
+const SCHEMA: &str = "CREATE TABLE events (
+    id TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(8)))),
+    owner TEXT NOT NULL,
+    title TEXT NOT NULL,
+    starts TEXT NOT NULL,
+    minutes INTEGER NOT NULL DEFAULT 30
+)";
+
+fn web_device_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web/device")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
+    let (chromium, node) = blocking(|| {
+        let chromium = flotilla_testkit::browser::chromium().expect("Chromium");
+        let node = flotilla_testkit::browser::node().expect("Node.js");
+        flotilla_testkit::browser::npm_ci(&web_device_dir(), "playwright-core/package.json")
+            .expect("the npm packages of web/device");
+        (chromium, node)
+    });
+    let root = tempfile::tempdir().unwrap();
+    let s = server(root.path(), &[]).await;
+    exec(&s.admin, json!([{ "sql": SCHEMA }])).await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "events", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let laptop = add_device(&s, "laptop", "ana").await;
+    let phone = add_device(&s, "phone", "ana").await;
+    // Another user's meeting: never on ana's pages.
+    exec(
+        &s.admin,
+        json!([{ "sql": "INSERT INTO events (owner, title, starts) VALUES ('bob', 'Bob only', '2026-12-01T09:00:00')" }]),
+    )
+    .await;
+
+    let mut cmd = tokio::process::Command::new(node);
+    cmd.arg("test/calendar.test.mjs")
+        .current_dir(web_device_dir())
+        .env("FLOTILLA_URL", &s.node.url)
+        .env("LAPTOP_TOKEN", &laptop)
+        .env("PHONE_TOKEN", &phone)
+        .env("CAL_USER", "ana")
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("the browser scenario finished within 5 minutes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser scenario failed:\n{stderr}\n{stdout}"
+    );
+    let shown: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("the scenario's summary ({e}): {stdout}"));
+
+    // What both pages show is what the server holds for ana.
+    let on_server: Vec<String> = rows(
+        &s.admin,
+        "SELECT title FROM events WHERE owner = 'ana' ORDER BY starts, id",
+    )
+    .await
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|r| r[0].as_str().unwrap().to_string())
+    .collect();
+    assert_eq!(on_server, ["Dentist (laptop)", "Flight"]);
+    assert_eq!(shown["laptop"], json!(on_server));
+    assert_eq!(shown["phone"], json!(on_server));
+    // The conflict the pages showed is the server's, on the title, with both sides.
+    let conflicts = rows(
+        &s.admin,
+        "SELECT col, local_value, remote_value, value FROM flotilla_conflicts WHERE tbl = 'events'",
+    )
+    .await;
+    let conflicts = conflicts.as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let c = &conflicts[0];
+    assert_eq!(c[0], "title");
+    assert_eq!(c[3], "Dentist (laptop)");
+    let sides = [c[1].as_str().unwrap(), c[2].as_str().unwrap()];
+    assert!(
+        sides.contains(&"Dentist (phone)") && sides.contains(&"Dentist (laptop)"),
+        "{c:?}"
+    );
+    let shown_conflict = shown["conflict"].as_str().unwrap();
+    assert!(
+        shown_conflict.contains("Dentist (phone)") && shown_conflict.contains("Dentist (laptop)")
+    );
+    assert!(!stdout.contains("Bob only"));
+}

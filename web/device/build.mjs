@@ -7,9 +7,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = join(here, '../../crates/flotilla-node/assets/calendar');
+// `--out DIR` builds elsewhere (the browser test builds into a temporary directory and
+// compares: the committed assets must be what the sources build to).
+const at = process.argv.indexOf('--out');
+const out = at > 0 ? process.argv[at + 1] : join(here, '../../crates/flotilla-node/assets/calendar');
 mkdirSync(out, { recursive: true });
-const common = { bundle: true, format: 'esm', target: 'es2022', minify: true, legalComments: 'linked', logLevel: 'info' };
+const common = { bundle: true, format: 'esm', target: 'es2022', minify: true, legalComments: 'linked', logLevel: at > 0 ? 'warning' : 'info' };
 await build({ ...common, entryPoints: [join(here, 'calendar/app.ts')], outfile: join(out, 'app.js') });
 await build({ ...common, entryPoints: [join(here, 'src/worker.ts')], outfile: join(out, 'device-worker.js') });
 copyFileSync(join(here, 'calendar/index.html'), join(out, 'index.html'));

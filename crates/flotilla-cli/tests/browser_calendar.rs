@@ -38,6 +38,30 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
             .expect("the npm packages of web/device");
         (chromium, node)
     });
+    // The page the node embeds is what web/device's sources build to (a change to them
+    // without `npm run build` would test one thing and ship another).
+    let built = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&node)
+        .arg("build.mjs")
+        .arg("--out")
+        .arg(built.path())
+        .current_dir(web_device_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building the page: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../flotilla-node/assets/calendar");
+    for file in ["index.html", "app.js", "device-worker.js", "sqlite3.wasm"] {
+        assert!(
+            std::fs::read(built.path().join(file)).unwrap()
+                == std::fs::read(assets.join(file)).unwrap(),
+            "crates/flotilla-node/assets/calendar/{file} is not what web/device builds: run \
+             `npm run build` in web/device and commit the assets"
+        );
+    }
     let root = tempfile::tempdir().unwrap();
     let s = server(root.path(), &[]).await;
     exec(&s.admin, json!([{ "sql": SCHEMA }])).await;
@@ -45,6 +69,19 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         .put(
             "/v1/shapes",
             &json!({ "table": "events", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    // Values of every type, to see them cross unchanged.
+    exec(
+        &s.admin,
+        json!([{ "sql": "CREATE TABLE kinds (id TEXT PRIMARY KEY, owner TEXT NOT NULL, i INTEGER, r, b BLOB, t TEXT)" }]),
+    )
+    .await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "kinds", "where": "owner = :user" }),
         )
         .await
         .unwrap();
@@ -57,7 +94,7 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
     )
     .await;
 
-    let mut cmd = tokio::process::Command::new(node);
+    let mut cmd = tokio::process::Command::new(&node);
     cmd.arg("test/calendar.test.mjs")
         .current_dir(web_device_dir())
         .env("FLOTILLA_URL", &s.node.url)
@@ -114,4 +151,34 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         shown_conflict.contains("Dentist (phone)") && shown_conflict.contains("Dentist (laptop)")
     );
     assert!(!stdout.contains("Bob only"));
+    // The values as the server holds them: what the laptop wrote and the phone read.
+    let kinds = rows(
+        &s.admin,
+        "SELECT id, typeof(i), CAST(i AS TEXT), typeof(r), CAST(r AS TEXT), typeof(b), hex(b), \
+         typeof(t), t FROM kinds ORDER BY id",
+    )
+    .await;
+    let shown_kinds: Vec<Value> = shown["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            json!([k["id"], k["ti"], k["i"], k["tr"], k["r"], k["tb"], k["b"], k["tt"], k["t"]])
+        })
+        .collect();
+    assert_eq!(kinds, json!(shown_kinds));
+    assert_eq!(kinds[0][2], "4611686018427387905");
+    assert_eq!(kinds[1][2], "-9223372036854775808");
+    assert_eq!(kinds[1][4], "Inf");
+    // A whole REAL in a column of no type stays a REAL (JSON.parse would make it 1).
+    assert_eq!(
+        (&kinds[0][3], &kinds[0][4]),
+        (&json!("real"), &json!("1.0"))
+    );
+    assert_eq!(kinds[0][8], "żółw 🐢");
+    // The row outside the shape never reached the server.
+    assert_eq!(
+        rows(&s.admin, "SELECT count(*) FROM events WHERE id = 'sneaky'").await,
+        json!([[0]])
+    );
 }

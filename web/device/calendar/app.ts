@@ -119,6 +119,8 @@ async function start(s: Saved): Promise<void> {
     $('status').textContent = `could not open the local database: ${(e as Error).message}`;
     return;
   }
+  // For the browser's console (and the browser tests): the device client itself.
+  (window as unknown as { flotillaDevice: DeviceClient }).flotillaDevice = device;
   $('storage').textContent = device.opened?.persisted
     ? `stored in this browser (SQLite ${device.opened.sqliteVersion}, OPFS)`
     : 'not persisted: this browser gives no OPFS here, the calendar lives until the page closes';

@@ -115,6 +115,71 @@ try {
   assert.match(onPhone[0], /Dentist \(laptop\)/);
   log('the conflict, on both:', onPhone[0]);
 
+  // Values keep their types and every digit on the way (a 64-bit integer, a REAL that is
+  // whole, an infinity, a BLOB, text beyond ASCII), laptop → server → phone.
+  const kinds = (page) =>
+    page.evaluate(() =>
+      window.flotillaDevice.query(
+        "SELECT id, typeof(i) AS ti, CAST(i AS TEXT) AS i, typeof(r) AS tr, CAST(r AS TEXT) AS r, " +
+          "typeof(b) AS tb, hex(b) AS b, typeof(t) AS tt, t FROM kinds ORDER BY id",
+      ),
+    );
+  await laptop.page.evaluate(() =>
+    window.flotillaDevice.execute(
+      "INSERT INTO kinds (id, owner, i, r, b, t) VALUES " +
+        "('k1', 'ana', 4611686018427387905, 1.0, x'00ff10', 'żółw 🐢'), " +
+        "('k2', 'ana', -9223372036854775808, 1e308 * 10, x'', ''), " +
+        "('k3', 'ana', NULL, -2.5, NULL, NULL)",
+    ),
+  );
+  await laptop.page.click('#sync-now');
+  const wantKinds = await kinds(laptop.page);
+  assert.equal(wantKinds.length, 3);
+  assert.deepEqual(
+    wantKinds.map((k) => [k.ti, k.tr, k.tb, k.tt]),
+    [
+      ['integer', 'real', 'blob', 'text'],
+      ['integer', 'real', 'blob', 'text'],
+      ['null', 'real', 'null', 'null'],
+    ],
+  );
+  {
+    const deadline = Date.now() + STEP_MS;
+    let got = [];
+    while (Date.now() < deadline) {
+      got = await kinds(phone.page);
+      if (got.length === 3) break;
+      await phone.page.waitForTimeout(100);
+    }
+    assert.deepEqual(got, wantKinds, 'the phone holds the values the laptop wrote, typed alike');
+  }
+  log('values kept their types and digits laptop → server → phone');
+
+  // A row outside the shape (another user's) is refused by the server and undone here.
+  await laptop.page.evaluate(() =>
+    window.flotillaDevice.execute(
+      "INSERT INTO events (id, owner, title, starts) VALUES ('sneaky', 'bob', 'Sneaky', '2026-12-05T10:00:00')",
+    ),
+  );
+  await laptop.page.click('#sync-now');
+  {
+    const deadline = Date.now() + STEP_MS;
+    let rejected = [];
+    while (Date.now() < deadline) {
+      rejected = await laptop.page.evaluate(() => window.flotillaDevice.rejected());
+      if (rejected.length > 0) break;
+      await laptop.page.waitForTimeout(100);
+    }
+    assert.equal(rejected.length, 1, 'the laptop keeps the refused transaction');
+    assert.equal(rejected[0].code, 'outside_shape', JSON.stringify(rejected[0]));
+    const left = await laptop.page.evaluate(() =>
+      window.flotillaDevice.query("SELECT count(*) AS n FROM events WHERE id = 'sneaky'"),
+    );
+    assert.equal(left[0].n, 0, 'the refused row is undone on the laptop');
+    await laptop.page.waitForSelector('#status:has-text("1 rejected")', { timeout: STEP_MS });
+  }
+  log('a row outside the shape was refused and undone');
+
   // The data is the browser's own: with the server cut off, a reload still shows it.
   await laptop.context.route('**/v1/sync', (route) => route.abort('internetdisconnected'));
   await laptop.page.reload();
@@ -127,6 +192,7 @@ try {
       laptop: await titles(laptop.page),
       phone: await titles(phone.page),
       conflict: onPhone[0],
+      kinds: wantKinds,
     }),
   );
 } finally {

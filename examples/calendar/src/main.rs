@@ -103,7 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(&cli.dir)?;
             let s = server::Server::start(&cli.dir.join("server"), listen)?;
             s.prepare_calendar()?;
-            for name in ["phone", "laptop"] {
+            for name in ["phone", "laptop", "browser"] {
                 if app::Settings::load(&cli.dir, name).is_ok() {
                     continue;
                 }
@@ -117,12 +117,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("calendar server (data centre home) at {}", s.url);
             println!(
-                "devices phone and laptop of ana are set up in {}:",
+                "devices phone and laptop of ana are set up in {} (a terminal calendar each):",
                 cli.dir.display()
             );
             println!(
                 "  calendar --dir {} --device laptop sync",
                 cli.dir.display()
+            );
+            let browser = app::Settings::load(&cli.dir, "browser")?;
+            println!(
+                "in a browser: open {}/calendar/ and connect as ana with the device token\n  {}\n\
+                 (each browser keeps its own database; two browser profiles can share the token)",
+                s.url, browser.token
             );
             println!("Ctrl-C stops it.");
             s.wait();

@@ -119,7 +119,18 @@ export class DeviceClient {
    */
   startBackgroundSync(everyMs: number, after?: (error?: Error) => void): void {
     this.stopBackgroundSync();
-    const round = async () => {
+    this.running = true;
+    // One round at a time: the timer and the browser's `online` event both start one; a
+    // round asked for while one runs follows it at once.
+    let inFlight = false;
+    let again = false;
+    const round = async (): Promise<void> => {
+      if (inFlight) {
+        again = true;
+        return;
+      }
+      inFlight = true;
+      if (this.timer !== null) clearTimeout(this.timer);
       this.timer = null;
       let error: Error | undefined;
       try {
@@ -127,16 +138,19 @@ export class DeviceClient {
       } catch (e) {
         error = e as Error;
       }
+      inFlight = false;
       after?.(error);
-      if (this.timer === null && this.running) this.timer = setTimeout(round, everyMs);
+      if (!this.running) return;
+      if (again) {
+        again = false;
+        void round();
+      } else {
+        this.timer = setTimeout(round, everyMs);
+      }
     };
-    this.running = true;
-    this.online = () => {
-      if (this.timer !== null) clearTimeout(this.timer);
-      void round();
-    };
+    this.online = () => void round();
     addEventListener('online', this.online);
-    this.timer = setTimeout(round, 0);
+    void round();
   }
 
   private running = false;

@@ -34,8 +34,16 @@ async function open(server: string, token: string, name: string): Promise<Opened
     const pool = await sqlite3.installOpfsSAHPoolVfs({ name: 'flotilla-device' });
     db = new pool.OpfsSAHPoolDb(`/${name}.sqlite3`);
   } catch (e) {
-    // No OPFS here (not a secure context, or another tab holds the database): in memory,
-    // and the page says so.
+    // OPFS is there but the database cannot be had: another tab of this origin holds it
+    // (opfs-sahpool takes it exclusively). A database in memory instead would take edits that
+    // vanish with the tab if it closes before syncing: refused.
+    if (typeof navigator !== 'undefined' && typeof navigator.storage?.getDirectory === 'function' && isSecureContext) {
+      throw new DeviceError(
+        'local',
+        `the local database is in use (open in another tab or window of this browser?): ${e instanceof Error ? e.message : String(e)}`,
+      );
+    }
+    // No OPFS here (not a secure context): in memory, and the page says so.
     console.warn('flotilla-device: OPFS unavailable, the database is in memory:', e);
     db = new sqlite3.oo1.DB(':memory:', 'c');
     persisted = false;

@@ -29,15 +29,68 @@ fn web_device_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web/device")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
-    let (chromium, node) = blocking(|| {
+/// Chromium and Node.js (installed when missing) and web/device's npm packages.
+fn tools() -> (PathBuf, PathBuf) {
+    blocking(|| {
         let chromium = flotilla_testkit::browser::chromium().expect("Chromium");
         let node = flotilla_testkit::browser::node().expect("Node.js");
         flotilla_testkit::browser::npm_ci(&web_device_dir(), "playwright-core/package.json")
             .expect("the npm packages of web/device");
         (chromium, node)
-    });
+    })
+}
+
+/// A data centre with the calendar's table and shape, and two devices of ana (laptop, phone).
+async fn calendar_server(root: &std::path::Path) -> (Server, String, String) {
+    let s = server(root, &[]).await;
+    exec(&s.admin, json!([{ "sql": SCHEMA }])).await;
+    s.admin
+        .put(
+            "/v1/shapes",
+            &json!({ "table": "events", "where": "owner = :user" }),
+        )
+        .await
+        .unwrap();
+    let laptop = add_device(&s, "laptop", "ana").await;
+    let phone = add_device(&s, "phone", "ana").await;
+    (s, laptop, phone)
+}
+
+/// Runs a script of web/device against the server; its last line of output, as JSON.
+async fn run_script(
+    script: &str,
+    (chromium, node): &(PathBuf, PathBuf),
+    s: &Server,
+    laptop: &str,
+    phone: &str,
+    extra: &[(&str, &str)],
+) -> (Value, String) {
+    let mut cmd = tokio::process::Command::new(node);
+    cmd.arg(script)
+        .current_dir(web_device_dir())
+        .env("FLOTILLA_URL", &s.node.url)
+        .env("LAPTOP_TOKEN", laptop)
+        .env("PHONE_TOKEN", phone)
+        .env("CAL_USER", "ana")
+        .env("CHROMIUM", chromium)
+        .envs(extra.iter().copied())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
+        .await
+        .expect("the browser script finished within 10 minutes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{script} failed:\n{stderr}\n{stdout}");
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script}'s summary ({e}): {stdout}"));
+    (last, stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
+    let tools = tools();
+    let node = &tools.1;
     // The page the node embeds is what web/device's sources build to (a change to them
     // without `npm run build` would test one thing and ship another).
     let built = tempfile::tempdir().unwrap();
@@ -63,15 +116,7 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         );
     }
     let root = tempfile::tempdir().unwrap();
-    let s = server(root.path(), &[]).await;
-    exec(&s.admin, json!([{ "sql": SCHEMA }])).await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "events", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    let (s, laptop, phone) = calendar_server(root.path()).await;
     // Values of every type, to see them cross unchanged.
     exec(
         &s.admin,
@@ -85,8 +130,6 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         )
         .await
         .unwrap();
-    let laptop = add_device(&s, "laptop", "ana").await;
-    let phone = add_device(&s, "phone", "ana").await;
     // Another user's meeting: never on ana's pages.
     exec(
         &s.admin,
@@ -94,27 +137,8 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
     )
     .await;
 
-    let mut cmd = tokio::process::Command::new(&node);
-    cmd.arg("test/calendar.test.mjs")
-        .current_dir(web_device_dir())
-        .env("FLOTILLA_URL", &s.node.url)
-        .env("LAPTOP_TOKEN", &laptop)
-        .env("PHONE_TOKEN", &phone)
-        .env("CAL_USER", "ana")
-        .env("CHROMIUM", &chromium)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
-        .await
-        .expect("the browser scenario finished within 5 minutes")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser scenario failed:\n{stderr}\n{stdout}"
-    );
-    let shown: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("the scenario's summary ({e}): {stdout}"));
+    let (shown, stdout) =
+        run_script("test/calendar.test.mjs", &tools, &s, &laptop, &phone, &[]).await;
 
     // What both pages show is what the server holds for ana.
     let on_server: Vec<String> = rows(
@@ -181,4 +205,25 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         rows(&s.admin, "SELECT count(*) FROM events WHERE id = 'sneaky'").await,
         json!([[0]])
     );
+}
+
+/// The browser device client's figures (not a check: `--ignored --nocapture` prints them;
+/// CHANGES=N to change the 10,000 changes). See docs/performance.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn browser_device_figures() {
+    let tools = tools();
+    let root = tempfile::tempdir().unwrap();
+    let (s, laptop, phone) = calendar_server(root.path()).await;
+    let changes = std::env::var("CHANGES").unwrap_or_else(|_| "10000".into());
+    let (figures, _) = run_script(
+        "test/bench.mjs",
+        &tools,
+        &s,
+        &laptop,
+        &phone,
+        &[("CHANGES", &changes)],
+    )
+    .await;
+    println!("browser device figures: {figures}");
 }

@@ -113,7 +113,9 @@ async function start(s: Saved): Promise<void> {
   $('connect').hidden = true;
   $('calendar').hidden = false;
   try {
-    device = await DeviceClient.open({ token: s.token, name: `calendar-${s.token.slice(-12).replace(/[^A-Za-z0-9]/g, '')}` });
+    // One database per device token, named by the token's public id (flt_<id>_<secret>).
+    const id = /^flt_([A-Za-z0-9]+)_/.exec(s.token)?.[1] ?? 'device';
+    device = await DeviceClient.open({ token: s.token, name: `calendar-${id}` });
   } catch (e) {
     $('status').dataset.state = 'failing';
     $('status').textContent = `could not open the local database: ${(e as Error).message}`;

@@ -201,6 +201,19 @@ export function applyItems(db: Database, tables: ShapeTable[], items: PullItem[]
  * update its changed columns (of a row the server still has), a delete deletes. Only when the
  * pull touched one of its rows (`only` undefined: every change).
  */
+/** The rows (as touched keys) a pending change writes: to see, without replaying it, whether
+ * a pull touched them. */
+export function touchedKeysOf(tables: ShapeTable[], c: OutboxChange): string[] {
+  const t = tables.find((x) => x.table.toLowerCase() === c.table.toLowerCase());
+  if (!t) return [];
+  const out: string[] = [];
+  for (const img of [c.before, c.after]) {
+    const k = img ? keyOf(t, rowValues(img)) : undefined;
+    if (k) out.push(touchedKey(t, k));
+  }
+  return out;
+}
+
 export function replay(db: Database, tables: ShapeTable[], c: OutboxChange, only?: Touched): void {
   const t = tables.find((x) => x.table.toLowerCase() === c.table.toLowerCase());
   // The table left the shape: the server will refuse the change, and say why.

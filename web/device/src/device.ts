@@ -8,7 +8,7 @@
 // needs one) and sends requests from the page.
 
 import type { Database } from '@sqlite.org/sqlite-wasm';
-import { applyItems, replay, type OutboxChange, type PullItem } from './apply';
+import { applyItems, replay, touchedKeysOf, type OutboxChange, type PullItem } from './apply';
 import * as schema from './schema';
 import type { ShapeTable } from './schema';
 import { bigOf, numOf, parseJson, toJson, type Json, type JsonRow } from './values';
@@ -125,6 +125,8 @@ function utc(ms: number): string {
 export class Device {
   private readonly url: string;
   private running: Promise<SyncReport> | null = null;
+  /** Pending transactions' rows by seq, as of their text and the shape's tables (see take). */
+  private readonly outboxKeys = new Map<number, { text: string; tables: string; keys: string[] }>();
 
   private constructor(
     readonly db: Database,
@@ -548,9 +550,22 @@ export class Device {
         if (reset || schemaChanged || tablesText !== toJson(st.tables)) schema.installTriggers(db, tables);
         // What the server does not have yet goes back on top of its rows: after a whole-shape
         // pull every pending change, after changes those of the rows the pull wrote.
-        for (const text of db.selectValues('SELECT changes FROM _flotilla_outbox ORDER BY seq')) {
-          const changes = parseJson(String(text)) as unknown as OutboxChange[];
-          for (const c of changes) replay(db, tables, c, reset ? undefined : touched);
+        // The rows each pending transaction writes are kept in memory (by its text and the
+        // shape's tables), so a long outbox is not parsed again at every round of a sync.
+        for (const k of [...this.outboxKeys.keys()]) if (k <= Number(acknowledged)) this.outboxKeys.delete(k);
+        if (reset || touched.size > 0) {
+          for (const [seq, raw] of db.selectArrays('SELECT seq, changes FROM _flotilla_outbox ORDER BY seq')) {
+            const text = String(raw);
+            let known = this.outboxKeys.get(Number(seq));
+            if (!reset && (!known || known.text !== text || known.tables !== tablesText)) {
+              const changes = parseJson(text) as unknown as OutboxChange[];
+              known = { text, tables: tablesText, keys: changes.flatMap((c) => touchedKeysOf(tables, c)) };
+              this.outboxKeys.set(Number(seq), known);
+            }
+            if (!reset && !known!.keys.some((k) => touched.has(k))) continue;
+            const changes = parseJson(text) as unknown as OutboxChange[];
+            for (const c of changes) replay(db, tables, c, reset ? undefined : touched);
+          }
         }
       } else if (stale) {
         more = true;

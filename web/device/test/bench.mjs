@@ -30,6 +30,8 @@ try {
   };
   const a = await open(tokens[0]);
   const b = await open(tokens[1]);
+  // Syncs only when timed.
+  for (const x of [a, b]) await x.page.evaluate(() => window.flotillaDevice.stopBackgroundSync());
   await a.context.setOffline(true);
   // Local writes: each its own transaction through the worker.
   const local = await a.page.evaluate(async (n) => {

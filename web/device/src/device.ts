@@ -126,7 +126,7 @@ export class Device {
   private readonly url: string;
   private running: Promise<SyncReport> | null = null;
   /** Pending transactions' rows by seq, as of their text and the shape's tables (see take). */
-  private readonly outboxKeys = new Map<number, { text: string; tables: string; keys: string[] }>();
+  private readonly outboxKeys = new Map<number, { length: number; tables: string; keys: string[] }>();
 
   private constructor(
     readonly db: Database,
@@ -424,6 +424,7 @@ export class Device {
 
   /** Starts a new origin: the pending transactions numbered again from 1, the whole shape pulled next. */
   private startOver(): void {
+    this.outboxKeys.clear();
     this.inTransaction(() => {
       const seqs = this.db.selectValues('SELECT seq FROM _flotilla_outbox ORDER BY seq').map(Number);
       this.db.exec('UPDATE _flotilla_outbox SET seq = -seq');
@@ -448,6 +449,7 @@ export class Device {
   /** Sets an outbox transaction aside as rejected: it stays empty (the server must see every number), and the whole shape is pulled next. */
   private reject(seq: number, code: string, reason: string): void {
     const now = this.clock();
+    this.outboxKeys.delete(seq);
     this.inTransaction(() => {
       const changes = this.db.selectValue('SELECT changes FROM _flotilla_outbox WHERE seq = ?1', [seq]);
       if (changes === undefined) {
@@ -554,16 +556,23 @@ export class Device {
         // shape's tables), so a long outbox is not parsed again at every round of a sync.
         for (const k of [...this.outboxKeys.keys()]) if (k <= Number(acknowledged)) this.outboxKeys.delete(k);
         if (reset || touched.size > 0) {
-          for (const [seq, raw] of db.selectArrays('SELECT seq, changes FROM _flotilla_outbox ORDER BY seq')) {
-            const text = String(raw);
-            let known = this.outboxKeys.get(Number(seq));
-            if (!reset && (!known || known.text !== text || known.tables !== tablesText)) {
-              const changes = parseJson(text) as unknown as OutboxChange[];
-              known = { text, tables: tablesText, keys: changes.flatMap((c) => touchedKeysOf(tables, c)) };
-              this.outboxKeys.set(Number(seq), known);
+          const textOf = (seq: number) => String(db.selectValue('SELECT changes FROM _flotilla_outbox WHERE seq = ?1', [seq]));
+          for (const [rawSeq, rawLength] of db.selectArrays('SELECT seq, length(changes) FROM _flotilla_outbox ORDER BY seq')) {
+            const seq = Number(rawSeq);
+            let text: string | null = null;
+            if (!reset) {
+              // This device is the database's only writer (the pool holds it exclusively) and
+              // forgets an entry whenever it changes one; the length is a second check.
+              let known = this.outboxKeys.get(seq);
+              if (!known || known.length !== Number(rawLength) || known.tables !== tablesText) {
+                text = textOf(seq);
+                const changes = parseJson(text) as unknown as OutboxChange[];
+                known = { length: Number(rawLength), tables: tablesText, keys: changes.flatMap((c) => touchedKeysOf(tables, c)) };
+                this.outboxKeys.set(seq, known);
+              }
+              if (!known.keys.some((k) => touched.has(k))) continue;
             }
-            if (!reset && !known!.keys.some((k) => touched.has(k))) continue;
-            const changes = parseJson(text) as unknown as OutboxChange[];
+            const changes = parseJson(text ?? textOf(seq)) as unknown as OutboxChange[];
             for (const c of changes) replay(db, tables, c, reset ? undefined : touched);
           }
         }

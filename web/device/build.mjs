@@ -2,7 +2,8 @@
 // (crates/flotilla-node/assets/calendar), which the Rust build embeds: run `npm run build`
 // after changing anything under src/ or calendar/, and commit the output.
 import { build } from 'esbuild';
-import { copyFileSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -17,3 +18,13 @@ await build({ ...common, entryPoints: [join(here, 'calendar/app.ts')], outfile: 
 await build({ ...common, entryPoints: [join(here, 'src/worker.ts')], outfile: join(out, 'device-worker.js') });
 copyFileSync(join(here, 'calendar/index.html'), join(out, 'index.html'));
 copyFileSync(join(here, 'node_modules/@sqlite.org/sqlite-wasm/dist/sqlite3.wasm'), join(out, 'sqlite3.wasm'));
+// The service worker's cache is named by a digest of the files it keeps: a new build, a new
+// cache.
+const digest = createHash('sha256');
+for (const f of ['index.html', 'app.js', 'device-worker.js', 'sqlite3.wasm']) digest.update(readFileSync(join(out, f)));
+await build({
+  ...common,
+  entryPoints: [join(here, 'calendar/sw.ts')],
+  outfile: join(out, 'sw.js'),
+  define: { VERSION: JSON.stringify(digest.digest('hex').slice(0, 16)) },
+});

@@ -82,6 +82,8 @@ async fn run_script(
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{script} failed:\n{stderr}\n{stdout}");
+    // What the script said it did (shown with --nocapture).
+    eprintln!("{stderr}");
     let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{script}'s summary ({e}): {stdout}"));
     (last, stdout)
@@ -107,7 +109,13 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         String::from_utf8_lossy(&out.stderr)
     );
     let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../flotilla-node/assets/calendar");
-    for file in ["index.html", "app.js", "device-worker.js", "sqlite3.wasm"] {
+    for file in [
+        "index.html",
+        "app.js",
+        "device-worker.js",
+        "sw.js",
+        "sqlite3.wasm",
+    ] {
         assert!(
             std::fs::read(built.path().join(file)).unwrap()
                 == std::fs::read(assets.join(file)).unwrap(),
@@ -130,6 +138,13 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         )
         .await
         .unwrap();
+    // REALs beyond what a 64-bit integer holds, made on the server (sqlite-wasm would bind
+    // them as integers and wrap them).
+    exec(
+        &s.admin,
+        json!([{ "sql": "INSERT INTO kinds (id, owner, r) VALUES ('s1', 'ana', 1e19), ('s2', 'ana', -3.5e300)" }]),
+    )
+    .await;
     // Another user's meeting: never on ana's pages.
     exec(
         &s.admin,
@@ -200,6 +215,18 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         (&json!("real"), &json!("1.0"))
     );
     assert_eq!(kinds[0][8], "żółw 🐢");
+    let real_of = |id: &str| {
+        kinds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k[0] == id)
+            .map(|k| k[4].clone())
+    };
+    assert_eq!(real_of("s1"), Some(json!("1.0e+19")));
+    assert_eq!(real_of("s2"), Some(json!("-3.5e+300")));
+    // Bound from JavaScript as a number: a REAL, not a wrapped integer.
+    assert_eq!(real_of("k4"), Some(json!("1.0e+19")));
     // The row outside the shape never reached the server.
     assert_eq!(
         rows(&s.admin, "SELECT count(*) FROM events WHERE id = 'sneaky'").await,

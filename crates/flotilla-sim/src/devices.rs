@@ -298,6 +298,8 @@ impl Server {
             acknowledged,
             pull,
             max_request_bytes: Some(16 << 20),
+            user: Some(user.clone()),
+            device: Some(device.clone()),
         };
         Ok(Answer {
             status: 200,

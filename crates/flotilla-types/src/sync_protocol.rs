@@ -100,6 +100,12 @@ pub struct SyncResponse {
     /// The largest request body the server takes (a device sizes its pushes to it).
     #[serde(default)]
     pub max_request_bytes: Option<u64>,
+    /// The user and the device the token was made for (`flotilla device add NAME --user U`):
+    /// what `:user` and `:device` are in the device's shape.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

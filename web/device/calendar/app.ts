@@ -54,13 +54,14 @@ async function render(): Promise<void> {
     ...events.map((ev) => {
       const li = document.createElement('li');
       li.dataset.id = ev.id;
-      li.dataset.title = ev.title;
+      li.dataset.title = String(ev.title ?? '');
       const when = document.createElement('span');
       when.className = 'when';
-      when.textContent = `${ev.starts.replace('T', ' ')} · ${ev.minutes} min`;
+      // Any device of the user may have written anything into a row: shown as text, whatever it is.
+      when.textContent = `${String(ev.starts ?? '').replace('T', ' ')} · ${String(ev.minutes ?? '')} min`;
       const title = document.createElement('input');
       title.className = 'title';
-      title.value = ev.title;
+      title.value = String(ev.title ?? '');
       title.setAttribute('aria-label', 'title');
       const save = document.createElement('button');
       save.className = 'save';
@@ -71,6 +72,16 @@ async function render(): Promise<void> {
       del.textContent = 'Delete';
       del.onclick = () => act(() => device!.execute('DELETE FROM events WHERE id = ?1', [ev.id]));
       li.append(when, title, save, del);
+      return li;
+    }),
+  );
+  const rejected = await device.rejected();
+  $('rejected-section').hidden = rejected.length === 0;
+  $('rejected').replaceChildren(
+    ...rejected.map((r) => {
+      const li = document.createElement('li');
+      li.className = 'rejected';
+      li.textContent = `${new Date(r.atMs).toISOString()}: ${r.code}: ${r.reason}`;
       return li;
     }),
   );
@@ -108,14 +119,21 @@ function randomId(): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
 
+/** The local database of a device token, named by the token's public id (flt_<id>_<secret>). */
+function openDevice(token: string): Promise<DeviceClient> {
+  const id = TOKEN.exec(token)![1];
+  return DeviceClient.open({ token, name: `calendar-${id}` });
+}
+
+const TOKEN = /^flt_([0-9a-fA-F]{12})_[A-Za-z0-9_-]{20,100}$/;
+
 async function start(s: Saved): Promise<void> {
   user = s.user;
   $('connect').hidden = true;
   $('calendar').hidden = false;
+  $('who').textContent = user;
   try {
-    // One database per device token, named by the token's public id (flt_<id>_<secret>).
-    const id = /^flt_([A-Za-z0-9]+)_/.exec(s.token)?.[1] ?? 'device';
-    device = await DeviceClient.open({ token: s.token, name: `calendar-${id}` });
+    device ??= await openDevice(s.token);
   } catch (e) {
     $('status').dataset.state = 'failing';
     $('status').textContent = `could not open the local database: ${(e as Error).message}`;
@@ -130,15 +148,38 @@ async function start(s: Saved): Promise<void> {
   device.startBackgroundSync(2000, () => void render());
 }
 
+// Connecting checks the token with a first sync, which also says whose calendar it is; only
+// then is the token kept (a wrong one is never stored).
 $('connect-form').addEventListener('submit', (e) => {
   e.preventDefault();
-  const s = { user: ($('connect-user') as HTMLInputElement).value.trim(), token: ($('connect-token') as HTMLInputElement).value.trim() };
-  if (!/^flt_/.test(s.token)) {
-    $('connect-error').textContent = 'a device token starts with flt_ (from `flotilla device add`)';
+  const token = ($('connect-token') as HTMLInputElement).value.replace(/[\s\u200b-\u200d\ufeff]/g, '');
+  const say = (text: string) => ($('connect-error').textContent = text);
+  if (!TOKEN.test(token)) {
+    say('that is not a device token: one looks like flt_<id>_<secret> (from `flotilla device add NAME --user USER`)');
     return;
   }
-  localStorage.setItem(KEY, JSON.stringify(s));
-  void start(s);
+  say('connecting…');
+  void (async () => {
+    let d: DeviceClient | null = null;
+    try {
+      d = await openDevice(token);
+      const report = await d.sync();
+      if (!report.user) throw new Error('the server did not say whose device this is (an older server?)');
+      device = d;
+      const s = { user: report.user, token };
+      localStorage.setItem(KEY, JSON.stringify(s));
+      say('');
+      await start(s);
+    } catch (err) {
+      d?.close();
+      const ex = err as DeviceCallError;
+      say(
+        ex.kind === 'unreachable' || ex.kind === 'offline'
+          ? `the server could not be reached (${ex.message}): connect once while online`
+          : `not connected: ${ex.message}`,
+      );
+    }
+  })();
 });
 
 $('add-form').addEventListener('submit', (e) => {
@@ -179,6 +220,11 @@ $('disconnect').addEventListener('click', () => {
   localStorage.removeItem(KEY);
   location.reload();
 });
+
+// The page's files are kept by a service worker, so the calendar opens without a network.
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.register('./sw.js').catch((e) => console.warn('no offline page:', e));
+}
 
 const s = saved();
 if (s) void start(s);

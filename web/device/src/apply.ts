@@ -5,6 +5,7 @@
 
 import type { Database } from '@sqlite.org/sqlite-wasm';
 import { quote, type ShapeTable } from './schema';
+import { run, select } from './statement';
 import { bindOf, canonical, rowValues, toJson, type Json, type JsonRow, type SqlValue } from './values';
 
 /** One thing a pull asks the device to apply, as the protocol writes it. */
@@ -74,12 +75,12 @@ function upsertRaw(db: Database, t: ShapeTable, row: Row): void {
     .filter(([c]) => !t.key.includes(c))
     .map(([c]) => `${quote(c)} = excluded.${quote(c)}`);
   const action = sets.length === 0 ? 'DO NOTHING' : `DO UPDATE SET ${sets.join(', ')}`;
-  db.exec({
-    sql:
-      `INSERT INTO ${quote(t.table)} (${row.map(([c]) => quote(c)).join(', ')}) ` +
+  run(
+    db,
+    `INSERT INTO ${quote(t.table)} (${row.map(([c]) => quote(c)).join(', ')}) ` +
       `VALUES (${exprs.join(', ')}) ON CONFLICT (${t.key.map(quote).join(', ')}) ${action}`,
-    bind: bound as never,
-  });
+    bound,
+  );
 }
 
 /** The columns of a unique index SQLite names in a constraint failure. */
@@ -121,12 +122,9 @@ function upsert(db: Database, t: ShapeTable, row: Row, touched: Touched): void {
     const [kw, kbound] = keyWhere(t, key, cols.length + 1);
     const where = `WHERE ${same} AND NOT (${kw})`;
     const bound = [...vbound, ...kbound];
-    const gone = db.selectArrays(
-      `SELECT ${t.key.map(quote).join(', ')} FROM ${quote(t.table)} ${where}`,
-      bound as never,
-    );
+    const gone = select(db, `SELECT ${t.key.map(quote).join(', ')} FROM ${quote(t.table)} ${where}`, bound);
     for (const k of gone) touched.add(touchedKey(t, k.map(sqlOf)));
-    db.exec({ sql: `DELETE FROM ${quote(t.table)} ${where}`, bind: bound as never });
+    run(db, `DELETE FROM ${quote(t.table)} ${where}`, bound);
   }
   throw new Error(`writing a row of ${t.table}: unique values clash again and again`);
 }
@@ -143,7 +141,7 @@ export function sqlOf(v: unknown): SqlValue {
 
 function deleteRaw(db: Database, t: ShapeTable, key: SqlValue[]): void {
   const [kw, bound] = keyWhere(t, key, 1);
-  db.exec({ sql: `DELETE FROM ${quote(t.table)} WHERE ${kw}`, bind: bound as never });
+  run(db, `DELETE FROM ${quote(t.table)} WHERE ${kw}`, bound);
 }
 
 /**
@@ -185,10 +183,7 @@ export function applyItems(db: Database, tables: ShapeTable[], items: PullItem[]
         row.map(([, v]) => v),
         1,
       );
-      db.exec({
-        sql: `INSERT OR REPLACE INTO flotilla_conflicts (${row.map(([c]) => quote(c)).join(', ')}) VALUES (${exprs.join(', ')})`,
-        bind: bound as never,
-      });
+      run(db, `INSERT OR REPLACE INTO flotilla_conflicts (${row.map(([c]) => quote(c)).join(', ')}) VALUES (${exprs.join(', ')})`, bound);
     } else {
       throw new Error(`a pull item this device does not know: ${toJson(item as Json)}`);
     }
@@ -262,9 +257,9 @@ function replayChange(db: Database, t: ShapeTable, c: OutboxChange, before?: Row
       1,
     );
     const [kw, kbound] = keyWhere(t, old, changed.length + 1);
-    db.exec({
-      sql: `UPDATE ${quote(t.table)} SET ${changed.map(([col], i) => `${quote(col)} = ${exprs[i]}`).join(', ')} WHERE ${kw}`,
-      bind: [...bound, ...kbound] as never,
-    });
+    run(db, `UPDATE ${quote(t.table)} SET ${changed.map(([col], i) => `${quote(col)} = ${exprs[i]}`).join(', ')} WHERE ${kw}`, [
+      ...bound,
+      ...kbound,
+    ]);
   }
 }

@@ -11,6 +11,7 @@ import type { Database } from '@sqlite.org/sqlite-wasm';
 import { applyItems, replay, touchedKeysOf, type OutboxChange, type PullItem } from './apply';
 import * as schema from './schema';
 import type { ShapeTable } from './schema';
+import { guard, run } from './statement';
 import { bigOf, numOf, parseJson, toJson, type Json, type JsonRow } from './values';
 
 export const SYNC_PROTOCOL_VERSION = 1;
@@ -49,6 +50,9 @@ export class DeviceError extends Error {
 
 /** What one sync did. */
 export interface SyncReport {
+  /** The user and device the token was made for (what `:user`, `:device` are in the shape). */
+  user: string | null;
+  device: string | null;
   pushed: number;
   pulled: number;
   rejected: number;
@@ -152,18 +156,51 @@ export class Device {
     if (bound !== server) {
       throw new DeviceError('local', `this local database syncs with ${bound}, not ${server}: open it with that server, or start a new local database`);
     }
-    return new Device(db, server, token, transport, clock);
+    const device = new Device(db, server, token, transport, clock);
+    guard(db, () => device.internal > 0);
+    return device;
+  }
+
+  /** More than 0 while the device itself runs SQL (the guard lets it touch its own tables). */
+  private internal = 0;
+
+  private inside<T>(f: () => T): T {
+    this.internal++;
+    try {
+      return f();
+    } finally {
+      this.internal--;
+    }
   }
 
   /** Runs `f` as one local transaction: its changes to the shape's tables are one transaction for the server too. */
   transaction<T>(f: (db: Database) => T): T {
     const db = this.db;
     const now = this.clock();
-    db.exec('BEGIN IMMEDIATE');
+    this.inside(() => {
+      db.exec('BEGIN IMMEDIATE');
+      try {
+        db.exec('DELETE FROM _flotilla_capture');
+        db.exec('INSERT INTO _flotilla_writing (mode) VALUES (1)');
+      } catch (e) {
+        db.exec('ROLLBACK');
+        throw e;
+      }
+    });
+    let out: T;
     try {
-      db.exec('DELETE FROM _flotilla_capture');
-      db.exec('INSERT INTO _flotilla_writing (mode) VALUES (1)');
-      const out = f(db);
+      out = f(db);
+    } catch (e) {
+      this.inside(() => db.exec('ROLLBACK'));
+      throw e;
+    }
+    return this.inside(() => this.record(now, out));
+  }
+
+  /** Moves what the capture triggers recorded into one outbox transaction, and commits. */
+  private record<T>(now: number, out: T): T {
+    const db = this.db;
+    try {
       db.exec('DELETE FROM _flotilla_writing');
       const raw = db.selectArrays('SELECT tbl, op, before, after FROM _flotilla_capture ORDER BY n');
       if (raw.length > 0) {
@@ -195,10 +232,7 @@ export class Device {
 
   /** Runs one statement as a local transaction of its own; returns the rows it changed. */
   execute(sql: string, bind: unknown[] = []): number {
-    return this.transaction((db) => {
-      db.exec({ sql, bind: bind as never });
-      return db.changes();
-    });
+    return this.transaction((db) => runApp(db, sql, bind));
   }
 
   /** Reads rows as objects by column name. */
@@ -208,7 +242,7 @@ export class Device {
 
   /** Switches the device offline (no sync until it is switched back) or online. */
   setOffline(offline: boolean): void {
-    this.db.exec({ sql: 'UPDATE _flotilla_device SET offline = ?1 WHERE id = 1', bind: [offline ? 1 : 0] });
+    this.inside(() => this.db.exec({ sql: 'UPDATE _flotilla_device SET offline = ?1 WHERE id = 1', bind: [offline ? 1 : 0] }));
   }
 
   status(): Status {
@@ -255,7 +289,7 @@ export class Device {
 
   private noteError(kind: string, why: string): void {
     try {
-      this.db.exec({ sql: 'UPDATE _flotilla_device SET last_error = ?1, last_error_kind = ?2 WHERE id = 1', bind: [why, kind] });
+      this.inside(() => this.db.exec({ sql: 'UPDATE _flotilla_device SET last_error = ?1, last_error_kind = ?2 WHERE id = 1', bind: [why, kind] }));
     } catch {
       // The error being noted is what the caller sees.
     }
@@ -320,7 +354,7 @@ export class Device {
   }
 
   private async syncOnce(): Promise<SyncReport> {
-    const report: SyncReport = { pushed: 0, pulled: 0, rejected: 0, reset: false, bytesSent: 0, bytesReceived: 0 };
+    const report: SyncReport = { user: null, device: null, pushed: 0, pulled: 0, rejected: 0, reset: false, bytesSent: 0, bytesReceived: 0 };
     let batch = PUSH_BATCH;
     let halvedBytes = PUSH_BATCH_BYTES;
     let startedOver = false;
@@ -465,15 +499,17 @@ export class Device {
   }
 
   private inTransaction<T>(f: () => T, how = ''): T {
-    this.db.exec(`BEGIN ${how}`);
-    try {
-      const out = f();
-      this.db.exec('COMMIT');
-      return out;
-    } catch (e) {
-      this.db.exec('ROLLBACK');
-      throw e;
-    }
+    return this.inside(() => {
+      this.db.exec(`BEGIN ${how}`);
+      try {
+        const out = f();
+        this.db.exec('COMMIT');
+        return out;
+      } catch (e) {
+        this.db.exec('ROLLBACK');
+        throw e;
+      }
+    });
   }
 
   /**
@@ -488,6 +524,8 @@ export class Device {
     if (typeof resp.origin !== 'string') throw new DeviceError('protocol', 'the server answered without an origin');
     const acknowledged = bigOf(resp.acknowledged, 'acknowledged');
     const maxBytes = resp.max_request_bytes == null ? null : numOf(resp.max_request_bytes, 'max_request_bytes');
+    if (typeof resp.user === 'string') report.user = resp.user;
+    if (typeof resp.device === 'string') report.device = resp.device;
     return this.inTransaction(() => {
       db.exec('INSERT INTO _flotilla_writing (mode) VALUES (0)');
       const before = Number(db.selectValue('SELECT count(*) FROM _flotilla_outbox'));
@@ -589,4 +627,14 @@ export class Device {
 export function tick(hlc: bigint, nowMs: number): bigint {
   const wall = BigInt(Math.max(0, Math.floor(nowMs))) << COUNTER_BITS;
   return hlc + 1n > wall ? hlc + 1n : wall;
+}
+
+/**
+ * Runs an application's statement: with values, one statement bound as the device means them
+ * (statement.ts); without, as many as the text holds. The rows it changed.
+ */
+export function runApp(db: Database, sql: string, bind: unknown[]): number {
+  if (bind.length > 0) return run(db, sql, bind);
+  db.exec(sql);
+  return db.changes();
 }

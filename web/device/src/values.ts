@@ -3,6 +3,7 @@
 // every digit, and `1.0` stays a REAL where JSON.parse would make it the integer 1.
 
 import { LosslessNumber, parse, stringify } from 'lossless-json';
+import { Real } from './statement';
 
 /** A value of a row, typed as SQLite stores it. */
 export type SqlValue =
@@ -111,9 +112,8 @@ export function canonical(v: SqlValue): string {
 }
 
 /**
- * The SQL for a bound value at `?n` and what to bind: a REAL whose value is integral is cast
- * (sqlite-wasm binds a whole JS number as an INTEGER), text that is not UTF-8 goes in as
- * bytes cast to TEXT.
+ * The SQL for a bound value at `?n` and what to bind (with statement.ts's `run`): a REAL as a
+ * `Real` (bound as a double whatever its value), text that is not UTF-8 as bytes cast to TEXT.
  */
 export function bindOf(v: SqlValue, n: number): [string, unknown] {
   switch (v.t) {
@@ -122,7 +122,7 @@ export function bindOf(v: SqlValue, n: number): [string, unknown] {
     case 'int':
       return [`?${n}`, v.v >= BigInt(Number.MIN_SAFE_INTEGER) && v.v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v.v) : v.v];
     case 'real':
-      return [`CAST(?${n} AS REAL)`, v.v];
+      return [`?${n}`, new Real(v.v)];
     case 'text':
       return [`?${n}`, v.v];
     case 'textbytes':

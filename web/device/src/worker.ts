@@ -4,7 +4,8 @@
 // the database exclusively, so one tab of an origin has it open at a time).
 
 import sqlite3InitModule, { type Database } from '@sqlite.org/sqlite-wasm';
-import { Device, DeviceError, Unreachable, type Answer } from './device';
+import { Device, DeviceError, runApp, Unreachable, type Answer } from './device';
+import { useCapi } from './statement';
 import type { Call, HttpReply, HttpRequest, Opened, Reply, Statement } from './protocol';
 
 let device: Device | null = null;
@@ -28,19 +29,30 @@ async function open(server: string, token: string, name: string): Promise<Opened
   if (device) throw new DeviceError('local', 'this worker has a device open already');
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) throw new DeviceError('local', `a database name of letters, digits, '.', '_' and '-' (at most 64): ${JSON.stringify(name)}`);
   const sqlite3 = await sqlite3InitModule();
+  useCapi(sqlite3.capi);
   let db: Database;
   let persisted = true;
   try {
-    const pool = await sqlite3.installOpfsSAHPoolVfs({ name: 'flotilla-device' });
+    // A pool of its own per database (a shared one fills up: each database and its log take
+    // a file of it), kept whole if opening fails (by default a pool that fails to open is
+    // wiped — and with it the changes not synced yet).
+    const pool = await sqlite3.installOpfsSAHPoolVfs({
+      name: `flotilla-${name}`,
+      preserveOnInitFailure: true,
+    });
     db = new pool.OpfsSAHPoolDb(`/${name}.sqlite3`);
   } catch (e) {
-    // OPFS is there but the database cannot be had: another tab of this origin holds it
-    // (opfs-sahpool takes it exclusively). A database in memory instead would take edits that
-    // vanish with the tab if it closes before syncing: refused.
+    // OPFS is there but the database cannot be had. A database in memory instead would take
+    // edits that vanish with the tab if it closes before syncing: refused.
     if (typeof navigator !== 'undefined' && typeof navigator.storage?.getDirectory === 'function' && isSecureContext) {
+      const why = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+      // opfs-sahpool holds its files exclusively: another tab or window of this origin has it.
+      const inUse = e instanceof Error && (e.name === 'NoModificationAllowedError' || /Access Handles cannot be created/.test(e.message));
       throw new DeviceError(
         'local',
-        `the local database is in use (open in another tab or window of this browser?): ${e instanceof Error ? e.message : String(e)}`,
+        inUse
+          ? 'the local database is open in another tab or window of this browser: close it there (or use that one)'
+          : `the local database could not be opened from the browser's storage (${why})`,
       );
     }
     // No OPFS here (not a secure context): in memory, and the page says so.
@@ -76,10 +88,7 @@ async function call(c: Call): Promise<unknown> {
     case 'transaction':
       return need().transaction((db) => {
         let changed = 0;
-        for (const s of a[0] as Statement[]) {
-          db.exec({ sql: s.sql, bind: (s.bind ?? []) as never });
-          changed += db.changes();
-        }
+        for (const s of a[0] as Statement[]) changed += runApp(db, s.sql, s.bind ?? []);
         return changed;
       });
     case 'query':

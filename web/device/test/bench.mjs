@@ -22,7 +22,6 @@ try {
     const context = await browser.newContext();
     const page = await context.newPage();
     await page.goto(`${url}/calendar/`);
-    await page.fill('#connect-user', 'ana');
     await page.fill('#connect-token', token);
     await page.click('#connect-form button');
     await page.waitForSelector('#status[data-state="synced"]', { timeout: 60_000 });

@@ -29,10 +29,10 @@ try {
     page.on('pageerror', (e) => log(`${name} page error:`, e.message));
     page.on('console', (m) => m.type() === 'error' && log(`${name} console:`, m.text()));
     await page.goto(`${url}/calendar/`);
-    await page.fill('#connect-user', user);
     await page.fill('#connect-token', tokens[name]);
     await page.click('#connect-form button');
     await waitState(page, 'synced');
+    assert.equal(await page.textContent('#who'), user, 'the page learns whose calendar it is from the server');
     const storage = await page.textContent('#storage');
     assert.match(storage, /OPFS/, `${name}: the database is not in OPFS: ${storage}`);
     return { context, page };
@@ -62,6 +62,23 @@ try {
     await row.locator('input.title').fill(to);
     await row.locator('button.save').click();
   };
+
+  // A token that is not one, and one the server does not know: refused on the form, never kept.
+  {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(`${url}/calendar/`);
+    await page.fill('#connect-token', 'flt_garbage');
+    await page.click('#connect-form button');
+    await page.waitForSelector('#connect-error:has-text("not a device token")', { timeout: STEP_MS });
+    await page.fill('#connect-token', `flt_0123456789ab_${'x'.repeat(43)}`);
+    await page.click('#connect-form button');
+    await page.waitForSelector('#connect-error:has-text("not connected")', { timeout: STEP_MS });
+    assert.equal(await page.evaluate(() => localStorage.getItem('flotilla.calendar')), null, 'a refused token is not kept');
+    assert.equal(await page.isVisible('#calendar'), false);
+    await context.close();
+    log('bad tokens refused on the form');
+  }
 
   const laptop = await open('laptop');
   const phone = await open('phone');
@@ -132,15 +149,21 @@ try {
         "('k3', 'ana', NULL, -2.5, NULL, NULL)",
     ),
   );
+  await laptop.page.evaluate(() =>
+    window.flotillaDevice.execute("INSERT INTO kinds (id, owner, r) VALUES ('k4', 'ana', ?1)", [1e19]),
+  );
   await laptop.page.click('#sync-now');
   const wantKinds = await kinds(laptop.page);
-  assert.equal(wantKinds.length, 3);
+  assert.equal(wantKinds.length, 6);
   assert.deepEqual(
-    wantKinds.map((k) => [k.ti, k.tr, k.tb, k.tt]),
+    wantKinds.map((k) => [k.id, k.ti, k.tr, k.tb, k.tt]),
     [
-      ['integer', 'real', 'blob', 'text'],
-      ['integer', 'real', 'blob', 'text'],
-      ['null', 'real', 'null', 'null'],
+      ['k1', 'integer', 'real', 'blob', 'text'],
+      ['k2', 'integer', 'real', 'blob', 'text'],
+      ['k3', 'null', 'real', 'null', 'null'],
+      ['k4', 'null', 'real', 'null', 'null'],
+      ['s1', 'null', 'real', 'null', 'null'],
+      ['s2', 'null', 'real', 'null', 'null'],
     ],
   );
   {
@@ -148,7 +171,7 @@ try {
     let got = [];
     while (Date.now() < deadline) {
       got = await kinds(phone.page);
-      if (got.length === 3) break;
+      if (got.length === 6) break;
       await phone.page.waitForTimeout(100);
     }
     assert.deepEqual(got, wantKinds, 'the phone holds the values the laptop wrote, typed alike');
@@ -180,12 +203,15 @@ try {
   }
   log('a row outside the shape was refused and undone');
 
-  // The data is the browser's own: with the server cut off, a reload still shows it.
-  await laptop.context.route('**/v1/sync', (route) => route.abort('internetdisconnected'));
+  // The page and its data are the browser's own: with no network at all, a reload opens the
+  // calendar (the service worker keeps the page's files) and shows the meetings (OPFS).
+  await laptop.page.evaluate(() => navigator.serviceWorker.ready);
+  await laptop.page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: STEP_MS });
+  await laptop.context.setOffline(true);
   await laptop.page.reload();
-  await waitTitles(laptop.page, ['Dentist (laptop)', 'Flight'], 'the laptop\'s meetings survive a reload without the server');
+  await waitTitles(laptop.page, ['Dentist (laptop)', 'Flight'], 'the laptop\'s calendar opens offline');
   await waitState(laptop.page, 'offline');
-  log('a reload without the server shows the meetings from OPFS');
+  log('a reload with no network opens the calendar and shows the meetings');
 
   console.log(
     JSON.stringify({

@@ -263,6 +263,8 @@ pub async fn sync(
         acknowledged,
         pull,
         max_request_bytes: Some(node.config.max_body_bytes as u64),
+        user: Some(who.user.clone()),
+        device: Some(who.device.clone()),
     }))
 }
 

@@ -1,7 +1,8 @@
 //! The calendar web page (docs/devices.md, "The calendar in a browser"): static assets built
 //! from `web/device` (`npm run build` there) and embedded in the binary, so the Rust build
 //! needs no npm. The page holds no data of the server's: its meetings live in the browser's
-//! own SQLite database and reach the server through `/v1/sync` with a device token. Served
+//! own SQLite database and reach the server through `/v1/sync` with a device token; a service
+//! worker (`sw.js`) keeps the files so the page opens offline. Served
 //! to anyone (a browser's navigation carries no token), with a content security policy that
 //! lets only the page's own scripts run.
 
@@ -32,6 +33,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "device-worker.js.LEGAL.txt",
         "text/plain; charset=utf-8",
         include_bytes!("../../assets/calendar/device-worker.js.LEGAL.txt"),
+    ),
+    (
+        "sw.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/calendar/sw.js"),
     ),
     (
         "sqlite3.wasm",
@@ -93,7 +99,13 @@ mod tests {
 
     #[test]
     fn every_page_file_is_embedded_and_typed() {
-        for name in ["index.html", "app.js", "device-worker.js", "sqlite3.wasm"] {
+        for name in [
+            "index.html",
+            "app.js",
+            "device-worker.js",
+            "sw.js",
+            "sqlite3.wasm",
+        ] {
             let (_, _, bytes) = ASSETS.iter().find(|(n, _, _)| *n == name).unwrap();
             assert!(!bytes.is_empty(), "{name} is empty");
         }

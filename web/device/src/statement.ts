@@ -1,0 +1,133 @@
+// Running one statement with values bound as the device means them. sqlite-wasm binds a whole
+// JS number as an INTEGER, so a REAL such as 1e19 or 1e308 would wrap or turn to 0: REALs (and
+// whole numbers beyond 2^53, which JS holds only as doubles) are bound with
+// sqlite3_bind_double. And the guard that keeps an application's SQL off the device's own
+// tables and transactions (an authorizer; see guard()).
+
+import type { Database, PreparedStatement } from '@sqlite.org/sqlite-wasm';
+
+/** A value to bind as a REAL whatever it looks like. */
+export class Real {
+  constructor(readonly value: number) {}
+}
+
+// sqlite3.capi, given once by the host that loaded SQLite (the worker).
+type Capi = {
+  sqlite3_bind_double: (stmt: number, idx: number, v: number) => number;
+  sqlite3_errstr: (rc: number) => string;
+  sqlite3_sql: (stmt: number) => string | null;
+  sqlite3_set_authorizer: (db: number, f: ((...a: unknown[]) => number) | 0, p: number) => number;
+};
+let capi: Capi | null = null;
+
+export function useCapi(c: unknown): void {
+  capi = c as Capi;
+}
+
+function needCapi(): Capi {
+  if (!capi) throw new Error("the device was opened without SQLite's C API (call useCapi)");
+  return capi;
+}
+
+function bindAll(st: PreparedStatement, values: unknown[]): void {
+  values.forEach((v, i) => {
+    const n = i + 1;
+    const asDouble =
+      v instanceof Real ? v.value : typeof v === 'number' && Number.isInteger(v) && !Number.isSafeInteger(v) ? v : null;
+    if (asDouble !== null) {
+      const c = needCapi();
+      const rc = c.sqlite3_bind_double(st.pointer as unknown as number, n, asDouble);
+      if (rc !== 0) throw new Error(`binding parameter ${n}: ${c.sqlite3_errstr(rc)}`);
+    } else {
+      st.bind(n, v as never);
+    }
+  });
+}
+
+/** Text after the first statement of `sql` that is more than spaces, `;` and comments. */
+function tailOf(sql: string, st: PreparedStatement): string {
+  const used = needCapi().sqlite3_sql(st.pointer as unknown as number) ?? '';
+  const rest = sql.startsWith(used) ? sql.slice(used.length) : '';
+  return rest.replace(/--[^\n]*(\n|$)|\/\*[\s\S]*?\*\/|;|\s+/g, '');
+}
+
+function prepared<T>(db: Database, sql: string, values: unknown[], f: (st: PreparedStatement) => T): T {
+  const st = db.prepare(sql);
+  try {
+    if (tailOf(sql, st) !== '') {
+      throw new Error('one statement at a time when values are bound (give the others their own call)');
+    }
+    bindAll(st, values);
+    return f(st);
+  } finally {
+    st.finalize();
+  }
+}
+
+/** Runs one statement; the rows it changed. */
+export function run(db: Database, sql: string, values: unknown[] = []): number {
+  return prepared(db, sql, values, (st) => {
+    while (st.step()) {
+      // A statement that returns rows (RETURNING): they are not wanted here.
+    }
+    return db.changes();
+  });
+}
+
+/** Rows of one statement, as arrays. */
+export function select(db: Database, sql: string, values: unknown[] = []): unknown[][] {
+  return prepared(db, sql, values, (st) => {
+    const out: unknown[][] = [];
+    while (st.step()) out.push(st.get([]) as unknown[]);
+    return out;
+  });
+}
+
+const SQLITE_DENY = 1;
+const DELETE = 9;
+const DROP_TABLE = 11;
+const DROP_TRIGGER = 16;
+const INSERT = 18;
+const TRANSACTION = 22;
+const UPDATE = 23;
+const ALTER_TABLE = 26;
+const SAVEPOINT = 32;
+
+const own = (name: unknown) => typeof name === 'string' && /^(_flotilla_|flotilla_conflicts$)/i.test(name);
+
+/**
+ * Keeps the application's SQL off what the device keeps for itself: no write, drop or alter
+ * of its tables (the outbox, its state, the conflicts it pulled), no drop of the capture
+ * triggers, and no BEGIN / COMMIT / ROLLBACK / SAVEPOINT (the device runs each local write as
+ * one transaction of its own and records it for the server at commit; a COMMIT inside would
+ * end it halfway). `internal()` says when the device itself runs SQL.
+ */
+export function guard(db: Database, internal: () => boolean): void {
+  const c = needCapi();
+  const rc = c.sqlite3_set_authorizer(
+    db.pointer as unknown as number,
+    (_p: unknown, action: unknown, a1: unknown, a2: unknown, _a3: unknown, trigger: unknown) => {
+      if (internal()) return 0;
+      // The capture triggers write the device's tables for the application's writes.
+      if (typeof trigger === 'string' && /^_flotilla_capture_/.test(trigger)) return 0;
+      switch (action) {
+        case TRANSACTION:
+        case SAVEPOINT:
+          return SQLITE_DENY;
+        case INSERT:
+        case UPDATE:
+        case DELETE:
+        case DROP_TABLE:
+          return own(a1) ? SQLITE_DENY : 0;
+        case ALTER_TABLE:
+          return own(a2) ? SQLITE_DENY : 0;
+        case DROP_TRIGGER:
+          return typeof a1 === 'string' && /^_flotilla_capture_/.test(a1) ? SQLITE_DENY : 0;
+        default:
+          return 0;
+      }
+    },
+    0,
+  );
+  if (rc !== 0) throw new Error(`installing the device's guard: ${c.sqlite3_errstr(rc)}`);
+}

@@ -182,7 +182,13 @@ impl Calendar {
     pub fn list(&self) -> anyhow::Result<Vec<Event>> {
         let conn = self.device.connection();
         let mut stmt = conn
-            .prepare("SELECT id, title, starts, minutes FROM events ORDER BY starts, id")
+            // Another device of the user (the browser's page, an app's SQL) may have written any
+            // type into a column: shown as the calendar's types, not refused.
+            .prepare(
+                "SELECT CAST(id AS TEXT), coalesce(CAST(title AS TEXT), ''), \
+                 coalesce(CAST(starts AS TEXT), ''), coalesce(CAST(minutes AS INTEGER), 0) \
+                 FROM events ORDER BY starts, id",
+            )
             .map_err(no_table)?;
         let out = stmt
             .query_map([], |r| {

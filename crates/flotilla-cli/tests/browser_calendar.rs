@@ -96,7 +96,7 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
     // The page the node embeds is what web/device's sources build to (a change to them
     // without `npm run build` would test one thing and ship another).
     let built = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(&node)
+    let out = std::process::Command::new(node)
         .arg("build.mjs")
         .arg("--out")
         .arg(built.path())

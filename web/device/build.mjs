@@ -2,12 +2,15 @@
 // (crates/flotilla-node/assets/calendar), which the Rust build embeds: run `npm run build`
 // after changing anything under src/ or calendar/, and commit the output.
 import { build } from 'esbuild';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
+// esbuild does not check types: TypeScript does, first (a type error stops the build).
+execFileSync(process.execPath, [join(here, 'node_modules/typescript/bin/tsc'), '--noEmit', '-p', here], { stdio: 'inherit' });
 // `--out DIR` builds elsewhere (the browser test builds into a temporary directory and
 // compares: the committed assets must be what the sources build to).
 const at = process.argv.indexOf('--out');

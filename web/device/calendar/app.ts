@@ -50,8 +50,17 @@ async function render(): Promise<void> {
   const events = (await hasEvents())
     ? await device.query<Event>('SELECT id, title, starts, minutes FROM events WHERE owner = ?1 ORDER BY starts, id', [user])
     : [];
+  // A row whose title is being edited (changed and not saved yet) stays as it is: a sync in
+  // the background must not wipe what someone is typing.
+  const editing = new Map<string, HTMLLIElement>();
+  for (const li of Array.from(list.querySelectorAll<HTMLLIElement>('li'))) {
+    const input = li.querySelector<HTMLInputElement>('input.title');
+    if (li.dataset.id && input && input.value !== li.dataset.title) editing.set(li.dataset.id, li);
+  }
   list.replaceChildren(
     ...events.map((ev) => {
+      const kept = editing.get(String(ev.id));
+      if (kept) return kept;
       const li = document.createElement('li');
       li.dataset.id = ev.id;
       li.dataset.title = String(ev.title ?? '');
@@ -66,7 +75,11 @@ async function render(): Promise<void> {
       const save = document.createElement('button');
       save.className = 'save';
       save.textContent = 'Rename';
-      save.onclick = () => act(() => device!.execute('UPDATE events SET title = ?1 WHERE id = ?2', [title.value, ev.id]));
+      save.onclick = () => {
+        // Saved: no longer an edit in progress (the next render shows the database's title).
+        li.dataset.title = title.value;
+        void act(() => device!.execute('UPDATE events SET title = ?1 WHERE id = ?2', [title.value, ev.id]));
+      };
       const del = document.createElement('button');
       del.className = 'delete';
       del.textContent = 'Delete';

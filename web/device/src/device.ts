@@ -11,7 +11,7 @@ import type { Database } from '@sqlite.org/sqlite-wasm';
 import { applyItems, replay, touchedKeysOf, type OutboxChange, type PullItem } from './apply';
 import * as schema from './schema';
 import type { ShapeTable } from './schema';
-import { guard, run } from './statement';
+import { Guard, run } from './statement';
 import { bigOf, numOf, parseJson, toJson, type Json, type JsonRow } from './values';
 
 export const SYNC_PROTOCOL_VERSION = 1;
@@ -140,6 +140,7 @@ export class Device {
     private readonly clock: () => number,
   ) {
     this.url = `${server}/v1/sync`;
+    this.guard = new Guard(db);
   }
 
   /**
@@ -156,45 +157,27 @@ export class Device {
     if (bound !== server) {
       throw new DeviceError('local', `this local database syncs with ${bound}, not ${server}: open it with that server, or start a new local database`);
     }
-    const device = new Device(db, server, token, transport, clock);
-    guard(db, () => device.internal > 0);
-    return device;
+    return new Device(db, server, token, transport, clock);
   }
 
-  /** More than 0 while the device itself runs SQL (the guard lets it touch its own tables). */
-  private internal = 0;
-
-  private inside<T>(f: () => T): T {
-    this.internal++;
-    try {
-      return f();
-    } finally {
-      this.internal--;
-    }
-  }
+  /** On while the application's SQL runs (statement.ts). */
+  private readonly guard: Guard;
 
   /** Runs `f` as one local transaction: its changes to the shape's tables are one transaction for the server too. */
   transaction<T>(f: (db: Database) => T): T {
     const db = this.db;
     const now = this.clock();
-    this.inside(() => {
-      db.exec('BEGIN IMMEDIATE');
-      try {
-        db.exec('DELETE FROM _flotilla_capture');
-        db.exec('INSERT INTO _flotilla_writing (mode) VALUES (1)');
-      } catch (e) {
-        db.exec('ROLLBACK');
-        throw e;
-      }
-    });
+    db.exec('BEGIN IMMEDIATE');
     let out: T;
     try {
-      out = f(db);
+      db.exec('DELETE FROM _flotilla_capture');
+      db.exec('INSERT INTO _flotilla_writing (mode) VALUES (1)');
+      out = this.guard.around(() => f(db));
     } catch (e) {
-      this.inside(() => db.exec('ROLLBACK'));
+      db.exec('ROLLBACK');
       throw e;
     }
-    return this.inside(() => this.record(now, out));
+    return this.record(now, out);
   }
 
   /** Moves what the capture triggers recorded into one outbox transaction, and commits. */
@@ -237,12 +220,12 @@ export class Device {
 
   /** Reads rows as objects by column name. */
   query(sql: string, bind: unknown[] = []): Record<string, unknown>[] {
-    return this.db.selectObjects(sql, bind as never);
+    return this.guard.around(() => this.db.selectObjects(sql, bind as never));
   }
 
   /** Switches the device offline (no sync until it is switched back) or online. */
   setOffline(offline: boolean): void {
-    this.inside(() => this.db.exec({ sql: 'UPDATE _flotilla_device SET offline = ?1 WHERE id = 1', bind: [offline ? 1 : 0] }));
+    this.db.exec({ sql: 'UPDATE _flotilla_device SET offline = ?1 WHERE id = 1', bind: [offline ? 1 : 0] });
   }
 
   status(): Status {
@@ -289,7 +272,7 @@ export class Device {
 
   private noteError(kind: string, why: string): void {
     try {
-      this.inside(() => this.db.exec({ sql: 'UPDATE _flotilla_device SET last_error = ?1, last_error_kind = ?2 WHERE id = 1', bind: [why, kind] }));
+      this.db.exec({ sql: 'UPDATE _flotilla_device SET last_error = ?1, last_error_kind = ?2 WHERE id = 1', bind: [why, kind] });
     } catch {
       // The error being noted is what the caller sees.
     }
@@ -499,17 +482,15 @@ export class Device {
   }
 
   private inTransaction<T>(f: () => T, how = ''): T {
-    return this.inside(() => {
-      this.db.exec(`BEGIN ${how}`);
-      try {
-        const out = f();
-        this.db.exec('COMMIT');
-        return out;
-      } catch (e) {
-        this.db.exec('ROLLBACK');
-        throw e;
-      }
-    });
+    this.db.exec(`BEGIN ${how}`);
+    try {
+      const out = f();
+      this.db.exec('COMMIT');
+      return out;
+    } catch (e) {
+      this.db.exec('ROLLBACK');
+      throw e;
+    }
   }
 
   /**

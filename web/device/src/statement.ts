@@ -100,34 +100,46 @@ const own = (name: unknown) => typeof name === 'string' && /^(_flotilla_|flotill
  * of its tables (the outbox, its state, the conflicts it pulled), no drop of the capture
  * triggers, and no BEGIN / COMMIT / ROLLBACK / SAVEPOINT (the device runs each local write as
  * one transaction of its own and records it for the server at commit; a COMMIT inside would
- * end it halfway). `internal()` says when the device itself runs SQL.
+ * end it halfway). An authorizer, installed only while the application's SQL runs (`around`):
+ * the device's own work, a sync's thousands of statements, pays nothing for it.
  */
-export function guard(db: Database, internal: () => boolean): void {
-  const c = needCapi();
-  const rc = c.sqlite3_set_authorizer(
-    db.pointer as unknown as number,
-    (_p: unknown, action: unknown, a1: unknown, a2: unknown, _a3: unknown, trigger: unknown) => {
-      if (internal()) return 0;
-      // The capture triggers write the device's tables for the application's writes.
-      if (typeof trigger === 'string' && /^_flotilla_capture_/.test(trigger)) return 0;
-      switch (action) {
-        case TRANSACTION:
-        case SAVEPOINT:
-          return SQLITE_DENY;
-        case INSERT:
-        case UPDATE:
-        case DELETE:
-        case DROP_TABLE:
-          return own(a1) ? SQLITE_DENY : 0;
-        case ALTER_TABLE:
-          return own(a2) ? SQLITE_DENY : 0;
-        case DROP_TRIGGER:
-          return typeof a1 === 'string' && /^_flotilla_capture_/.test(a1) ? SQLITE_DENY : 0;
-        default:
-          return 0;
-      }
-    },
-    0,
-  );
-  if (rc !== 0) throw new Error(`installing the device's guard: ${c.sqlite3_errstr(rc)}`);
+export class Guard {
+  constructor(private readonly db: Database) {}
+
+  private set(on: boolean): void {
+    const c = needCapi();
+    const rc = c.sqlite3_set_authorizer(this.db.pointer as unknown as number, on ? authorize : 0, 0);
+    if (rc !== 0) throw new Error(`setting the device's guard: ${c.sqlite3_errstr(rc)}`);
+  }
+
+  /** Runs `f` (the application's SQL) with the guard on. */
+  around<T>(f: () => T): T {
+    this.set(true);
+    try {
+      return f();
+    } finally {
+      this.set(false);
+    }
+  }
+}
+
+function authorize(_p: unknown, action: unknown, a1: unknown, a2: unknown, _a3: unknown, trigger: unknown): number {
+  // The capture triggers write the device's tables for the application's writes.
+  if (typeof trigger === 'string' && /^_flotilla_capture_/.test(trigger)) return 0;
+  switch (action) {
+    case TRANSACTION:
+    case SAVEPOINT:
+      return SQLITE_DENY;
+    case INSERT:
+    case UPDATE:
+    case DELETE:
+    case DROP_TABLE:
+      return own(a1) ? SQLITE_DENY : 0;
+    case ALTER_TABLE:
+      return own(a2) ? SQLITE_DENY : 0;
+    case DROP_TRIGGER:
+      return typeof a1 === 'string' && /^_flotilla_capture_/.test(a1) ? SQLITE_DENY : 0;
+    default:
+      return 0;
+  }
 }

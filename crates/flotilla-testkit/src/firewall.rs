@@ -43,38 +43,13 @@ impl Firewall {
         if !crate::apt::is_root() {
             bail!("partition tests need root (iptables rules and process groups)");
         }
-        if !installed() {
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(std::env::temp_dir().join("flotilla-iptables-install.lock"))
-                .context("opening the install lock file")?;
-            lock.lock().context("taking the install lock")?;
-            if !installed() {
-                eprintln!("flotilla: installing iptables (apt-get install iptables)");
-                for args in [
-                    &["update", "-qq"][..],
-                    &["install", "-y", "-qq", "iptables"][..],
-                ] {
-                    let out = Command::new("apt-get")
-                        .args(args)
-                        .env("DEBIAN_FRONTEND", "noninteractive")
-                        .output()
-                        .context("running apt-get")?;
-                    if !out.status.success() {
-                        bail!(
-                            "apt-get {} failed: {}",
-                            args.join(" "),
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                    }
-                }
-            }
-            if !installed() {
-                bail!("iptables is installed but does not work here (no netfilter?)");
-            }
-        }
+        crate::apt::find_or_install(
+            "iptables",
+            &["iptables"],
+            "iptables was not found or does not work here (no netfilter?): install it \
+             (apt-get install iptables)",
+            || installed().then_some(()),
+        )?;
         Ok(Firewall {
             rules: Vec::new(),
             comment: format!("flotilla-test-{}", std::process::id()),

@@ -176,6 +176,8 @@ $('connect-form').addEventListener('submit', (e) => {
     let d: DeviceClient | null = null;
     try {
       d = await openDevice(token);
+      // Connecting is going online (the database may have been left switched offline).
+      await d.setOffline(false);
       const report = await d.sync();
       if (!report.user) throw new Error('the server did not say whose device this is (an older server?)');
       device = d;

@@ -83,22 +83,59 @@ export function select(db: Database, sql: string, values: unknown[] = []): unkno
   });
 }
 
+// The authorizer's action codes (sqlite3.h).
 const SQLITE_DENY = 1;
+const CREATE_INDEX = 1;
+const CREATE_TABLE = 2;
+const CREATE_TEMP_INDEX = 3;
+const CREATE_TEMP_TABLE = 4;
+const CREATE_TEMP_TRIGGER = 5;
+const CREATE_TEMP_VIEW = 6;
+const CREATE_TRIGGER = 7;
+const CREATE_VIEW = 8;
 const DELETE = 9;
+const DROP_INDEX = 10;
 const DROP_TABLE = 11;
+const DROP_TEMP_INDEX = 12;
+const DROP_TEMP_TABLE = 13;
+const DROP_TEMP_TRIGGER = 14;
+const DROP_TEMP_VIEW = 15;
 const DROP_TRIGGER = 16;
+const DROP_VIEW = 17;
 const INSERT = 18;
+const PRAGMA = 19;
 const TRANSACTION = 22;
 const UPDATE = 23;
 const ALTER_TABLE = 26;
 const SAVEPOINT = 32;
 
-const own = (name: unknown) => typeof name === 'string' && /^(_flotilla_|flotilla_conflicts$)/i.test(name);
+/** The device's tables and triggers, and SQLite's own (sqlite_schema). */
+const own = (name: unknown) => typeof name === 'string' && /^(_flotilla_|flotilla_conflicts$|sqlite_)/i.test(name);
+
+/** Settings the device's recording depends on: the application may read them, not set them. */
+const SETTINGS = new Set([
+  'writable_schema',
+  'query_only',
+  'journal_mode',
+  'locking_mode',
+  'synchronous',
+  'foreign_keys',
+  'defer_foreign_keys',
+  'recursive_triggers',
+  'trusted_schema',
+  'schema_version',
+  'ignore_check_constraints',
+  'legacy_alter_table',
+  'temp_store',
+  'temp_store_directory',
+]);
 
 /**
- * Keeps the application's SQL off what the device keeps for itself: no write, drop or alter
- * of its tables (the outbox, its state, the conflicts it pulled), no drop of the capture
- * triggers, and no BEGIN / COMMIT / ROLLBACK / SAVEPOINT (the device runs each local write as
+ * Keeps the application's SQL off what the device keeps for itself: no write, drop, alter,
+ * index or trigger of its tables (the outbox, its state, the conflicts it pulled) nor of
+ * sqlite_schema, no table, view or trigger under their names (a TEMP one would shadow them),
+ * no setting of the pragmas its recording depends on (writable_schema, query_only,
+ * journal_mode, foreign_keys…), and no BEGIN / COMMIT / ROLLBACK / SAVEPOINT (the device runs each local write as
  * one transaction of its own and records it for the server at commit; a COMMIT inside would
  * end it halfway). An authorizer, installed only while the application's SQL runs (`around`):
  * the device's own work, a sync's thousands of statements, pays nothing for it.
@@ -124,21 +161,42 @@ export class Guard {
 }
 
 function authorize(_p: unknown, action: unknown, a1: unknown, a2: unknown, _a3: unknown, trigger: unknown): number {
-  // The capture triggers write the device's tables for the application's writes.
+  // The capture triggers write the device's tables for the application's writes (no other
+  // trigger can bear their names: creating one is refused below).
   if (typeof trigger === 'string' && /^_flotilla_capture_/.test(trigger)) return 0;
   switch (action) {
     case TRANSACTION:
     case SAVEPOINT:
       return SQLITE_DENY;
+    // A table, view or trigger of the device's names (a TEMP one would shadow the device's
+    // table), or an index or trigger on one of its tables.
+    case CREATE_TABLE:
+    case CREATE_TEMP_TABLE:
+    case CREATE_VIEW:
+    case CREATE_TEMP_VIEW:
+    case DROP_TABLE:
+    case DROP_TEMP_TABLE:
+    case DROP_VIEW:
+    case DROP_TEMP_VIEW:
     case INSERT:
     case UPDATE:
     case DELETE:
-    case DROP_TABLE:
       return own(a1) ? SQLITE_DENY : 0;
+    case CREATE_INDEX:
+    case CREATE_TEMP_INDEX:
+    case DROP_INDEX:
+    case DROP_TEMP_INDEX:
+    case CREATE_TRIGGER:
+    case CREATE_TEMP_TRIGGER:
+    case DROP_TRIGGER:
+    case DROP_TEMP_TRIGGER:
+      return own(a1) || own(a2) ? SQLITE_DENY : 0;
     case ALTER_TABLE:
       return own(a2) ? SQLITE_DENY : 0;
-    case DROP_TRIGGER:
-      return typeof a1 === 'string' && /^_flotilla_capture_/.test(a1) ? SQLITE_DENY : 0;
+    case PRAGMA:
+      return a2 !== null && a2 !== 0 && a2 !== undefined && typeof a1 === 'string' && SETTINGS.has(a1.toLowerCase())
+        ? SQLITE_DENY
+        : 0;
     default:
       return 0;
   }

@@ -60,7 +60,9 @@ async function open(server: string, token: string, name: string): Promise<Opened
     db = new sqlite3.oo1.DB(':memory:', 'c');
     persisted = false;
   }
-  db.exec('PRAGMA foreign_keys = ON');
+  // Foreign keys are the server's to hold: a local table referring to a shape's row must not
+  // stop the device from taking the server's delete of it.
+  db.exec('PRAGMA foreign_keys = OFF');
   if (persisted) {
     // The pool holds the file exclusively anyway: WAL needs no shared memory then, and each
     // commit is one append and one flush of the log instead of a journal made, flushed and

@@ -132,6 +132,35 @@ try {
   assert.match(onPhone[0], /Dentist \(laptop\)/);
   log('the conflict, on both:', onPhone[0]);
 
+  // The application's SQL cannot reach what the device keeps for itself (each of these lost
+  // pending edits once: an outside probe's attacks).
+  for (const sql of [
+    'BEGIN',
+    'DELETE FROM _flotilla_outbox',
+    "UPDATE _flotilla_device SET cursor = 'junk'",
+    'CREATE TRIGGER _flotilla_capture_evil AFTER INSERT ON events BEGIN DELETE FROM _flotilla_outbox; END',
+    'CREATE TRIGGER swallow BEFORE INSERT ON _flotilla_outbox BEGIN SELECT RAISE(IGNORE); END',
+    'CREATE UNIQUE INDEX one_deps ON _flotilla_outbox (deps)',
+    'CREATE TEMP TABLE _flotilla_outbox (x)',
+    'CREATE TEMP VIEW _flotilla_device AS SELECT 1',
+    'PRAGMA writable_schema = ON',
+    'PRAGMA query_only = 1',
+    'DROP TRIGGER "_flotilla_capture_events_insert"',
+  ]) {
+    const refused = await laptop.page.evaluate(async (sql) => {
+      try {
+        await window.flotillaDevice.query(sql);
+        return false;
+      } catch {
+        return true;
+      }
+    }, sql);
+    assert.ok(refused, `the device's guard refuses: ${sql}`);
+  }
+  const info = await laptop.page.evaluate(() => window.flotillaDevice.query('PRAGMA table_info(events)'));
+  assert.ok(info.length >= 5, 'reading pragmas still works');
+  log('the application\'s SQL is kept off the device\'s own tables and settings');
+
   // Values keep their types and every digit on the way (a 64-bit integer, a REAL that is
   // whole, an infinity, a BLOB, text beyond ASCII), laptop → server → phone.
   const kinds = (page) =>

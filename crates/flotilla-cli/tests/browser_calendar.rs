@@ -44,13 +44,7 @@ fn tools() -> (PathBuf, PathBuf) {
 async fn calendar_server(root: &std::path::Path) -> (Server, String, String) {
     let s = server(root, &[]).await;
     exec(&s.admin, json!([{ "sql": SCHEMA }])).await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "events", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "events", "where": "owner = :user" })).await;
     let laptop = add_device(&s, "laptop", "ana").await;
     let phone = add_device(&s, "phone", "ana").await;
     (s, laptop, phone)
@@ -131,13 +125,7 @@ async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
         json!([{ "sql": "CREATE TABLE kinds (id TEXT PRIMARY KEY, owner TEXT NOT NULL, i INTEGER, r, b BLOB, t TEXT)" }]),
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "kinds", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "kinds", "where": "owner = :user" })).await;
     // REALs beyond what a 64-bit integer holds, made on the server (sqlite-wasm would bind
     // them as integers and wrap them).
     exec(

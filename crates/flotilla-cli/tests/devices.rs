@@ -65,13 +65,7 @@ async fn two_devices_edit_offline_and_converge_through_the_server() {
         ]),
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "events", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "events", "where": "owner = :user" })).await;
     let phone_token = add_device(&s, "phone", "ana").await;
     let laptop_token = add_device(&s, "laptop", "ana").await;
     let url = s.node.url.clone();
@@ -229,13 +223,7 @@ async fn forged_replayed_and_far_ahead_pushes_are_refused_or_ignored() {
         json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "events", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "events", "where": "owner = :user" })).await;
     let token = add_device(&s, "tablet", "ana").await;
     let url = s.node.url.clone();
 
@@ -418,13 +406,7 @@ async fn connections_cut_mid_push_and_mid_pull_lose_nothing_and_apply_nothing_tw
         json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "events", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "events", "where": "owner = :user" })).await;
     let target = s.node.url.trim_start_matches("http://").to_string();
     let proxy = Proxy::start(target).await.unwrap();
     let phone_token = add_device(&s, "phone", "ana").await;
@@ -539,13 +521,7 @@ async fn schema_changes_reach_devices_in_order_and_an_older_schema_still_pushes(
         json!([{ "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT)" }]),
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "events", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "events", "where": "owner = :user" })).await;
     let (tp, tl) = (
         add_device(&s, "phone", "ana").await,
         add_device(&s, "laptop", "ana").await,

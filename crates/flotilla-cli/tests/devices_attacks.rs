@@ -71,13 +71,7 @@ async fn events_without_secret(s: &Server) {
         &["CREATE TABLE events (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT, starts TEXT, secret TEXT)"],
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "events", "columns": ["id", "owner", "title", "starts"], "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(s, json!({ "table": "events", "columns": ["id", "owner", "title", "starts"], "where": "owner = :user" })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,13 +245,7 @@ async fn a_pulled_unique_value_does_not_wedge_a_device() {
         ],
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "events", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "events", "where": "owner = :user" })).await;
     let (tp, tl) = (
         add_device(&s, "phone", "ana").await,
         add_device(&s, "laptop", "ana").await,
@@ -346,13 +334,7 @@ async fn overlapping_syncs_of_one_database_leave_it_usable() {
         &["CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT)"],
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "notes", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "notes", "where": "owner = :user" })).await;
     let (tp, tl) = (
         add_device(&s, "pad", "ana").await,
         add_device(&s, "laptop", "ana").await,
@@ -434,13 +416,7 @@ async fn a_backlog_beyond_the_body_limit_goes_in_smaller_requests() {
         &["CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT)"],
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "notes", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "notes", "where": "owner = :user" })).await;
     let token = add_device(&s, "pad", "ana").await;
     let url = s.node.url.clone();
     let (report, rejected) = blocking(|| {
@@ -483,13 +459,11 @@ async fn a_row_the_predicate_cannot_judge_does_not_break_whole_shape_pulls() {
         ],
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "docs", "where": "json_extract(meta, '$.owner') = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(
+        &s,
+        json!({ "table": "docs", "where": "json_extract(meta, '$.owner') = :user" }),
+    )
+    .await;
     let token = add_device(&s, "pad", "ana").await;
     let (status, v) = raw_sync(&s.node.url, &token, &json!({ "protocol": 1, "pull": {} })).await;
     assert_eq!(status, 200, "{v}");
@@ -529,13 +503,11 @@ async fn indexes_on_columns_outside_the_shape_and_nocase_owners_do_not_wedge_or_
         ],
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "plan", "columns": ["id", "owner", "title"], "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(
+        &s,
+        json!({ "table": "plan", "columns": ["id", "owner", "title"], "where": "owner = :user" }),
+    )
+    .await;
     let token = add_device(&s, "pad", "ana").await;
     let url = s.node.url.clone();
     let ids = |d: &Device| -> Vec<String> {
@@ -585,13 +557,7 @@ async fn a_clock_that_was_ahead_does_not_wedge_a_device() {
         &["CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT)"],
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "notes", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "notes", "where": "owner = :user" })).await;
     let token = add_device(&s, "pad", "ana").await;
     let url = s.node.url.clone();
     let skew_ms = Arc::new(AtomicU64::new(0));
@@ -632,13 +598,7 @@ async fn a_local_database_restored_from_a_backup_loses_nothing() {
         &["CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT)"],
     )
     .await;
-    s.admin
-        .put(
-            "/v1/shapes",
-            &json!({ "table": "notes", "where": "owner = :user" }),
-        )
-        .await
-        .unwrap();
+    set_shape(&s, json!({ "table": "notes", "where": "owner = :user" })).await;
     let token = add_device(&s, "phone", "ana").await;
     let url = s.node.url.clone();
     let (phone, backup) = (dir.path().join("phone.db"), dir.path().join("backup.db"));

@@ -38,6 +38,14 @@ pub async fn add_device(s: &Server, name: &str, user: &str) -> String {
         .to_string()
 }
 
+/// Sets a shape (`PUT /v1/shapes`), which must be taken.
+pub async fn set_shape(s: &Server, shape: Value) {
+    s.admin
+        .put("/v1/shapes", &shape)
+        .await
+        .unwrap_or_else(|e| panic!("setting the shape {shape}: {e:#}"));
+}
+
 /// Sends a raw sync request; (status, body).
 pub async fn raw_sync(url: &str, token: &str, body: &Value) -> (u16, Value) {
     let resp = reqwest::Client::new()

@@ -134,7 +134,17 @@ async fn chaos_keeps_every_acknowledged_write_and_converges() {
         .collect();
     let lost: Vec<_> = acked.difference(&present).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let pos = position(&lc).await;
     for f in &followers {
+        // A follower that does not catch up leaves its log and the leader's behind, so the
+        // failure says why (the last run's logs are in the failure output).
+        let body = json!({ "sql": "SELECT 1", "min_position": pos, "timeout_ms": 30_000 });
+        if let Err(e) = Client::new(&f.url).post("/v1/query", &body).await {
+            dump_log(f);
+            dump_log(&leader);
+            let seen = Client::new(&f.url).get("/v1/status").await;
+            panic!("{} did not reach {pos}: {e:#}; its status: {seen:?}", f.id);
+        }
         assert_identical(&leader, f).await;
     }
     eprintln!(

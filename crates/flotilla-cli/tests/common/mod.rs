@@ -176,7 +176,7 @@ pub fn dump_log(node: &LocalNode) {
             node.id,
             text.lines()
                 .rev()
-                .take(30)
+                .take(80)
                 .collect::<Vec<_>>()
                 .into_iter()
                 .rev()

@@ -122,24 +122,9 @@ pub async fn drive(
                     };
                     let jitter: u16 = rand::random_range(0..=1000);
                     // What arrived meanwhile joins the queue first, so that the next batch
-                    // takes all of it (as when a thread applied while this task received). The
-                    // first other event stops the draining and waits its turn.
-                    for _ in 0..EVENT_QUEUE {
-                        match ev_rx.try_recv() {
-                            Ok((tag, ev @ FollowerEvent::Received(_))) if tag != LOCAL => {
-                                cmds.extend(session.handle_connection_event(
-                                    mono_ms(),
-                                    jitter,
-                                    tag,
-                                    ev,
-                                ));
-                            }
-                            Ok(other) => {
-                                held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+                    // takes all of it (as when a thread applied while this task received).
+                    for (tag, ev) in take_arrived(&mut ev_rx, &mut held) {
+                        cmds.extend(session.handle_connection_event(mono_ms(), jitter, tag, ev));
                     }
                     cmds.extend(session.handle(mono_ms(), jitter, event));
                 }
@@ -233,5 +218,89 @@ pub async fn drive(
             }
         }
         cmds.extend(session.handle(mono_ms(), jitter, event));
+    }
+}
+
+/// After an apply: takes the connection's records that arrived meanwhile, in order, up to the
+/// first other event, which is put in `held` to wait its turn (the driver handles it next).
+///
+/// Nothing is taken while an event is held: taking records from behind it would reorder them,
+/// and a second held event would replace the first. (That lost a `Flushed` answer once: the
+/// follower then waited for a flush that never ended, and never said hello again.)
+fn take_arrived(rx: &mut mpsc::Receiver<Tagged>, held: &mut Option<Tagged>) -> Vec<Tagged> {
+    let mut arrived = Vec::new();
+    if held.is_some() {
+        return arrived;
+    }
+    for _ in 0..EVENT_QUEUE {
+        match rx.try_recv() {
+            Ok((tag, ev @ FollowerEvent::Received(_))) if tag != LOCAL => arrived.push((tag, ev)),
+            Ok(other) => {
+                *held = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    arrived
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_wire::LeaderMessage;
+
+    fn heartbeat() -> FollowerEvent {
+        FollowerEvent::Received(LeaderMessage::Heartbeat {
+            head: Default::default(),
+            now_ms: 0,
+        })
+    }
+
+    fn kind(e: &Tagged) -> String {
+        match &e.1 {
+            FollowerEvent::Received(_) => format!("{}:received", e.0),
+            FollowerEvent::Flushed { seq } => format!("{}:flushed {seq}", e.0),
+            FollowerEvent::ConnectionLost { .. } => format!("{}:lost", e.0),
+            other => format!("{}:{other:?}", e.0),
+        }
+    }
+
+    /// Two applies in a row with a flush answer and a lost connection queued behind records:
+    /// every event is handled once, in the order it arrived.
+    #[tokio::test]
+    async fn events_taken_after_applies_are_neither_lost_nor_reordered() {
+        let (tx, mut rx) = mpsc::channel::<Tagged>(EVENT_QUEUE);
+        let sent = [
+            (1, heartbeat()),
+            (LOCAL, FollowerEvent::Flushed { seq: 7 }),
+            (1, heartbeat()),
+            (
+                1,
+                FollowerEvent::ConnectionLost {
+                    reason: "cut".into(),
+                },
+            ),
+            (LOCAL, FollowerEvent::Flushed { seq: 8 }),
+        ];
+        for e in sent.clone() {
+            tx.send(e).await.unwrap();
+        }
+        let mut handled = Vec::new();
+        let mut held = None;
+        // The driver: applies (each taking what arrived), then the held event, then the queue.
+        for _ in 0..10 {
+            handled.extend(take_arrived(&mut rx, &mut held));
+            handled.extend(take_arrived(&mut rx, &mut held));
+            match held.take() {
+                Some(e) => handled.push(e),
+                None => match rx.try_recv() {
+                    Ok(e) => handled.push(e),
+                    Err(_) => break,
+                },
+            }
+        }
+        let expected: Vec<String> = sent.iter().map(kind).collect();
+        assert_eq!(handled.iter().map(kind).collect::<Vec<_>>(), expected);
     }
 }

@@ -13,6 +13,7 @@ pub mod api;
 mod api_error;
 pub mod auth;
 pub mod cluster;
+pub mod collab;
 pub mod config;
 pub mod data_lock;
 pub mod exchange;

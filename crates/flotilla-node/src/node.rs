@@ -60,6 +60,8 @@ pub struct Node {
     pub exchange: Arc<crate::exchange::Exchange>,
     /// When each device last synced (offline devices).
     pub device_activity: crate::api::sync::DeviceActivity,
+    /// The collaborative documents open on this node.
+    pub collab: Arc<crate::collab::DocHub>,
 }
 
 impl Node {

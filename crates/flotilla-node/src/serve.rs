@@ -488,6 +488,7 @@ pub async fn run(
                 .collect(),
         }),
         device_activity: Default::default(),
+        collab: Default::default(),
     });
     crate::auth::first_admin_token(&node).await?;
     if let Some(leader) = node.leader() {

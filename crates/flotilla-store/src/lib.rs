@@ -11,6 +11,7 @@
 pub mod atomic_file;
 pub mod changelog;
 mod client_statement;
+pub mod collab;
 mod connection_state;
 pub mod devices;
 pub mod dump;

@@ -3,6 +3,7 @@
 mod backup;
 mod body;
 pub mod changes;
+mod collab;
 mod conflicts;
 pub mod decode;
 mod devices;
@@ -56,6 +57,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/conflicts/policies", put(conflicts::set_policy))
         .route("/v1/conflicts/prune", post(conflicts::prune))
         .route("/v1/sync", post(sync::sync))
+        .route(
+            "/v1/collab/columns",
+            get(collab::columns).post(collab::enable),
+        )
+        .route("/v1/collab/{table}/{key}/{column}", get(collab::connect))
         .route("/v1/devices", get(devices::list).post(devices::add))
         .route("/v1/devices/{name}", delete(devices::revoke))
         .route("/v1/shapes", get(devices::shapes).put(devices::set_shape))
@@ -99,7 +105,7 @@ pub fn router(node: Arc<Node>) -> Router {
 /// A cluster member's consensus messages from a peer (see `cluster::transport`).
 /// A WebSocket endpoint reached without a WebSocket upgrade: the API's JSON error, naming
 /// what is missing (axum's own rejection is plain text).
-fn not_a_websocket(
+pub(crate) fn not_a_websocket(
     what: &str,
     e: axum::extract::ws::rejection::WebSocketUpgradeRejection,
 ) -> ApiError {

@@ -116,6 +116,45 @@ impl Credential {
     }
 }
 
+/// The token a request presents: its `Authorization` header, or — for a collaborative
+/// document's WebSocket only, which a browser opens without headers — a `token` query
+/// parameter (as `Bearer TOKEN`).
+pub fn presented_token(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(h) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(h.to_string());
+    }
+    if !uri.path().starts_with("/v1/collab/") || uri.path() == "/v1/collab/columns" {
+        return None;
+    }
+    uri.query()?.split('&').find_map(|pair| {
+        let token = pair.strip_prefix("token=")?;
+        let token = percent_decode(token)?;
+        Some(format!("Bearer {token}"))
+    })
+}
+
+/// `%XX` escapes decoded (tokens are URL-safe, but a client may escape anyway); `None` when
+/// malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The role a request needs.
 pub fn required_role(method: &Method, path: &str) -> AccessRole {
     // A backup holds everything, token hashes included; a restore replaces everything.
@@ -127,6 +166,7 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
         || path == "/v1/conflicts/prune"
         || path.starts_with("/v1/devices")
         || path.starts_with("/v1/shapes")
+        || (path == "/v1/collab/columns" && method != Method::GET)
         || path == "/v1/cluster/promote"
         || path.starts_with("/v1/cluster/members");
     match path {
@@ -176,10 +216,8 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
         return next.run(req).await;
     }
     let needed = required_role(req.method(), req.uri().path());
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let presented = presented_token(req.headers(), req.uri());
+    let header = presented.as_deref();
     if presents_cluster_secret(&node, header) && member_business(req.method(), req.uri().path()) {
         return next.run(req).await;
     }

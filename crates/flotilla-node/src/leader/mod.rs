@@ -2,6 +2,7 @@
 //! durable head, recent records, the follower tracker and list, retention. Replication sessions
 //! are served by `api/replication.rs` (a host of `flotilla_core::LeaderSession`).
 
+mod collab_jobs;
 mod device_jobs;
 mod feed_pins;
 mod gate;
@@ -11,6 +12,7 @@ mod restore;
 mod trims;
 mod writer;
 
+pub use collab_jobs::CollabChange;
 pub use device_jobs::DeviceChange;
 pub use feed_pins::{FeedPin, FeedPins};
 pub use gate::WriterGate;

@@ -81,6 +81,12 @@ pub enum WriteJob {
         change: super::device_jobs::DeviceChange,
         reply: oneshot::Sender<ChangeReply>,
     },
+    /// Making a column collaborative, or storing what was merged into a document: a commit of
+    /// its own.
+    Collab {
+        change: super::collab_jobs::CollabChange,
+        reply: oneshot::Sender<ChangeReply>,
+    },
     /// Deleting the resolved conflicts stamped before `before_ms` (multi-leader): a commit of
     /// its own; `pruned` hears how many (before `reply` hears the commit's position).
     PruneConflicts {
@@ -143,6 +149,9 @@ pub enum ChangeError {
     /// A device's push was refused: nothing of it was merged.
     #[error(transparent)]
     DeviceRefused(#[from] flotilla_store::devices::DeviceRefusal),
+    /// A collaborative column or document change was refused: nothing was committed.
+    #[error(transparent)]
+    Collab(#[from] flotilla_store::collab::CollabError),
     /// The database could not be read.
     #[error(transparent)]
     Store(#[from] flotilla_store::StoreError),
@@ -495,6 +504,21 @@ pub fn spawn_writer(
                         }
                         let result =
                             super::device_jobs::change(&mut db, change, epoch, &origin, wall_us());
+                        if let Some(c) = &mut cluster {
+                            internal_commit_proposed(c, &db, result, reply);
+                            continue;
+                        }
+                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                            return stop(Vec::new(), &fatal, durability_lost(&e));
+                        }
+                        continue;
+                    }
+                    WriteJob::Collab { change, reply } => {
+                        if let Some(c) = &cluster {
+                            db.next_internal_at(c.next);
+                        }
+                        let result =
+                            super::collab_jobs::change(&mut db, change, epoch, &origin, wall_us());
                         if let Some(c) = &mut cluster {
                             internal_commit_proposed(c, &db, result, reply);
                             continue;

@@ -1,0 +1,192 @@
+//! Collaborative text (docs/collab.md): `/v1/collab/columns` makes a column collaborative and
+//! lists those that are, and `/v1/collab/TABLE/KEY/COLUMN` is a document's WebSocket, speaking
+//! the y-websocket protocol so that a stock Yjs client connects to it unchanged:
+//! `new WebsocketProvider('ws://HOST:PORT/v1/collab', 'notes/42/body', doc)`.
+
+use super::body::json_body;
+use super::execute::leader_only;
+use super::ApiError;
+use crate::collab::{DocEvent, Outgoing, OUTGOING_QUEUE};
+use crate::leader::{CollabChange, WriteJob};
+use crate::node::Node;
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use flotilla_store::collab::{CollabError, ResolvedDoc};
+use flotilla_types::AccessRole;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+
+/// The largest message an editor may send (an update, or a first sync of a big document).
+pub const MAX_COLLAB_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Messages of one editor queued for its document at most (its reader waits beyond).
+const QUEUED_PER_EDITOR: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnableRequest {
+    table: String,
+    column: String,
+}
+
+fn collab_error(e: CollabError) -> ApiError {
+    match e {
+        CollabError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+        CollabError::Invalid(m) => ApiError::bad_request("invalid_collab", m),
+        CollabError::Store(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn read<T: Send + 'static>(
+    node: &Node,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, CollabError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let path = node.db_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = flotilla_store::open_reader(&path).map_err(CollabError::Store)?;
+        f(&conn)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(collab_error)
+}
+
+/// `POST /v1/collab/columns {"table", "column"}` (admin): makes the column collaborative.
+pub async fn enable(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (req, _): (EnableRequest, _) =
+        json_body(&headers, body, node.config.max_body_bytes).await?;
+    let (enabled, column) = tokio::sync::oneshot::channel();
+    let change = CollabChange::Enable {
+        table: req.table,
+        column: req.column,
+        enabled,
+    };
+    let done = super::writer_job::run(&node, |reply| WriteJob::Collab { change, reply }).await?;
+    let position = done.map_err(|e| match e {
+        crate::leader::ChangeError::Collab(e) => collab_error(e),
+        e => super::writer_job::change_refused(e, "invalid_collab"),
+    })?;
+    let column = column
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no answer"))?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "column": column, "position": position.to_string() })),
+    ))
+}
+
+/// `GET /v1/collab/columns`: the collaborative columns.
+pub async fn columns(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+    let columns = read(&node, |c| {
+        flotilla_store::collab::read_collab_columns(c).map_err(CollabError::Store)
+    })
+    .await?;
+    Ok(Json(json!({ "columns": columns })))
+}
+
+/// `GET /v1/collab/TABLE/KEY/COLUMN` with a WebSocket upgrade: the document's editors. A
+/// token of the read role follows the document; the write role edits it too. Browsers, which
+/// cannot set headers on a WebSocket, may give the token as `?token=` (see the auth layer).
+pub async fn connect(
+    State(node): State<Arc<Node>>,
+    Path((table, key, column)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if node.leader().is_none() {
+        return Err(leader_only(&node, "documents are edited on"));
+    }
+    let doc = read(&node, move |c| {
+        flotilla_store::collab::resolve_doc(c, &table, &key, &column)
+    })
+    .await?;
+    let ws = ws.map_err(|e| super::not_a_websocket("/v1/collab/TABLE/KEY/COLUMN", e))?;
+    let can_edit = match &node.keyring {
+        None => true,
+        Some(k) => {
+            let token = crate::auth::presented_token(&headers, &uri);
+            k.check(token.as_deref(), AccessRole::Write).await.is_ok()
+        }
+    };
+    Ok(ws
+        .max_message_size(MAX_COLLAB_MESSAGE_BYTES)
+        .max_frame_size(MAX_COLLAB_MESSAGE_BYTES)
+        .on_upgrade(move |socket| serve(node, doc, can_edit, socket))
+        .into_response())
+}
+
+async fn serve(node: Arc<Node>, doc: ResolvedDoc, can_edit: bool, socket: WebSocket) {
+    let hub = node.collab.clone();
+    let conn = hub.new_conn();
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
+    let join = DocEvent::Join {
+        conn,
+        out: out_tx,
+        can_edit,
+    };
+    let to_doc = hub.join(&node, doc, join);
+    let permits = Arc::new(Semaphore::new(QUEUED_PER_EDITOR));
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            out = out_rx.recv() => match out {
+                Some(Outgoing::Binary(bytes)) => {
+                    if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Outgoing::Close { code, reason }) => {
+                    let frame = CloseFrame { code, reason: close_reason(&reason).into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+                None => break,
+            },
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                    let ev = DocEvent::Message { conn, bytes: bytes.to_vec(), permit };
+                    if to_doc.send(ev).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(_))) => {
+                    let frame = CloseFrame {
+                        code: 1003,
+                        reason: "the y-websocket protocol sends binary messages".into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    let _ = to_doc.send(DocEvent::Leave { conn });
+}
+
+/// A close frame's reason holds at most 123 bytes.
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}

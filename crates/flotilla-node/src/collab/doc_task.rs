@@ -1,0 +1,495 @@
+//! One open document's task: the y-websocket protocol with each editor (sync step 1 and 2,
+//! updates, awareness), the merged document in memory, and its group commits.
+//!
+//! Order of work for an update: decoded (a malformed one closes its connection, the document
+//! untouched), merged, relayed to every other editor at once, then stored with whatever else
+//! arrived by the next commit (at most one commit in flight per document, the next one at
+//! least [`COMMIT_INTERVAL_MS`] after the last began). An editor hears of its edit's storage
+//! no more than a stock Yjs server tells it: Yjs clients keep their edits and send what the
+//! server lacks each time they connect, so a server that stops between relay and commit loses
+//! nothing its editors still hold.
+
+use super::text_edit::text_edit;
+use super::{DocEvent, DocHub};
+use crate::leader::{ChangeError, CollabChange, WriteJob};
+use crate::node::Node;
+use flotilla_store::collab::{CollabError, DocWrite, ResolvedDoc, StoredDoc};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use yrs::encoding::read::Cursor;
+use yrs::sync::protocol::{Message, MessageReader, SyncMessage};
+use yrs::sync::Awareness;
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef, Transact};
+
+/// An editor connection's number (unique in this process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+/// What the task sends an editor's connection.
+#[derive(Debug)]
+pub enum Outgoing {
+    Binary(Vec<u8>),
+    /// Close the WebSocket with this code and reason (the connection ends).
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// Messages waiting to be written to one editor. An editor this far behind is dropped (it
+/// resyncs when it reconnects) instead of holding the document's memory or its other editors.
+pub const OUTGOING_QUEUE: usize = 8192;
+
+/// The shortest time between two commits of one document: keystrokes in between share one.
+pub const COMMIT_INTERVAL_MS: u64 = 10;
+
+/// Updates stored since the last compaction may reach the compacted state's size (at least
+/// this much) before the next compaction folds them in: storage stays within about twice the
+/// document's state.
+const COMPACT_MIN_BYTES: usize = 64 << 10;
+
+/// Presence entries (Yjs clients) one connection may announce; more are ignored.
+const MAX_PRESENCE_PER_CONN: usize = 16;
+/// The largest presence state (JSON) relayed.
+const MAX_PRESENCE_BYTES: usize = 16 << 10;
+
+/// WebSocket close codes.
+const CLOSE_BAD_DATA: u16 = 1007;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_ERROR: u16 = 1011;
+
+struct Editor {
+    out: mpsc::Sender<Outgoing>,
+    can_edit: bool,
+    presence: HashSet<yrs::block::ClientID>,
+}
+
+struct State {
+    doc: ResolvedDoc,
+    awareness: Awareness,
+    text: TextRef,
+    /// What the document's observer produced and the task has not handled yet.
+    produced: Arc<Mutex<Vec<Vec<u8>>>>,
+    editors: HashMap<ConnId, Editor>,
+    /// Merged, relayed, not yet stored.
+    pending: Vec<Vec<u8>>,
+    in_flight: bool,
+    last_commit: Instant,
+    /// Bytes stored as updates since the state was compacted, and the state's size.
+    since_compaction: usize,
+    state_bytes: usize,
+}
+
+/// Runs the document until it is idle (or fails): see the module's docs.
+pub async fn run(
+    hub: Arc<DocHub>,
+    node: Arc<Node>,
+    doc: ResolvedDoc,
+    mut rx: mpsc::UnboundedReceiver<DocEvent>,
+) {
+    let address = doc.address();
+    let mut st = match open(&node, doc).await {
+        Ok(st) => st,
+        Err(why) => {
+            tracing::warn!(document = %address, "cannot open the document: {why}");
+            return fail(&hub, &address, &mut rx, &why, None);
+        }
+    };
+    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), ChangeError>>(1);
+    loop {
+        let commit_at = st.last_commit + Duration::from_millis(COMMIT_INTERVAL_MS);
+        let want_commit = !st.pending.is_empty() && !st.in_flight;
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => st.handle(ev),
+                None => return,
+            },
+            Some(done) = done_rx.recv() => {
+                st.in_flight = false;
+                if let Err(e) = done {
+                    let why = format!("the document could not be stored: {e}");
+                    tracing::warn!(document = %address, "{why}");
+                    let code = match e {
+                        ChangeError::Collab(CollabError::NotFound(_)) => CLOSE_POLICY,
+                        _ => CLOSE_GOING_AWAY,
+                    };
+                    return fail(&hub, &address, &mut rx, &why, Some((&mut st, code)));
+                }
+            }
+            _ = tokio::time::sleep_until(commit_at), if want_commit => {
+                if let Err(why) = st.commit(&node, done_tx.clone()) {
+                    return fail(&hub, &address, &mut rx, &why, Some((&mut st, CLOSE_GOING_AWAY)));
+                }
+            }
+            _ = node.shutdown.cancelled() => {
+                // Editors reconnect to the node that leads next, with their edits.
+                st.close_all(CLOSE_GOING_AWAY, "the node is stopping");
+                return;
+            }
+        }
+        if st.editors.is_empty()
+            && st.pending.is_empty()
+            && !st.in_flight
+            && hub.leave_if_idle(&address, &mut rx)
+        {
+            return;
+        }
+    }
+}
+
+/// Ends a task that cannot go on: out of the hub first (a new editor starts afresh from what is
+/// stored), then every editor it has or was about to have is told why.
+fn fail(
+    hub: &DocHub,
+    address: &str,
+    rx: &mut mpsc::UnboundedReceiver<DocEvent>,
+    why: &str,
+    st: Option<(&mut State, u16)>,
+) {
+    hub.remove(address);
+    rx.close();
+    let code = st.as_ref().map_or(CLOSE_ERROR, |s| s.1);
+    if let Some((st, code)) = st {
+        st.close_all(code, why);
+    }
+    while let Ok(ev) = rx.try_recv() {
+        if let DocEvent::Join { out, .. } = ev {
+            let _ = out.try_send(Outgoing::Close {
+                code,
+                reason: why.to_string(),
+            });
+        }
+    }
+}
+
+/// Reads the document and builds it in memory.
+async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
+    let path = node.db_path.clone();
+    let d = doc.clone();
+    let stored: StoredDoc = tokio::task::spawn_blocking(move || {
+        let conn = flotilla_store::open_reader(&path).map_err(|e| e.to_string())?;
+        flotilla_store::collab::load_doc(&conn, &d).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let ydoc = Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    });
+    let text = ydoc.get_or_insert_text("text");
+    let produced: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let sink = produced.clone();
+    ydoc.observe_update_v1("flotilla", move |_, e| {
+        sink.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e.update.clone());
+    })
+    .map_err(|e| e.to_string())?;
+    let state_bytes = stored.state.as_ref().map_or(0, Vec::len);
+    let since_compaction = stored.updates.iter().map(Vec::len).sum();
+    let stored_nothing = stored.state.is_none() && stored.updates.is_empty();
+    {
+        let mut txn = ydoc.transact_mut();
+        for bytes in stored.state.iter().chain(stored.updates.iter()) {
+            let update = yrs::Update::decode_v1(bytes)
+                .map_err(|e| format!("a stored update of the document is damaged: {e}"))?;
+            txn.apply_update(update)
+                .map_err(|e| format!("a stored update of the document cannot be merged: {e}"))?;
+        }
+    }
+    // What was stored is not produced again.
+    produced.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    if stored_nothing && !doc.text.is_empty() {
+        // The row's text before the column became collaborative: the document's first
+        // content, written by a client number derived from the document's address, so that
+        // two nodes that start the same document from the same text make the same update.
+        let first = Doc::with_options(Options {
+            client_id: yrs::block::ClientID::new(first_content_client(&doc.address())),
+            offset_kind: OffsetKind::Utf16,
+            ..Options::default()
+        });
+        let t = first.get_or_insert_text("text");
+        t.insert(&mut first.transact_mut(), 0, &doc.text);
+        let update = first
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let decoded = yrs::Update::decode_v1(&update).map_err(|e| e.to_string())?;
+        ydoc.transact_mut()
+            .apply_update(decoded)
+            .map_err(|e| e.to_string())?;
+    } else {
+        // The row's text was changed by other means (a restore, an older build): the document
+        // takes the change as an edit.
+        let now = text.get_string(&ydoc.transact());
+        if let Some(edit) = text_edit(&now, &doc.text) {
+            let mut txn = ydoc.transact_mut();
+            if edit.delete > 0 {
+                text.remove_range(&mut txn, edit.at, edit.delete);
+            }
+            if !edit.insert.is_empty() {
+                text.insert(&mut txn, edit.at, &edit.insert);
+            }
+        }
+    }
+    let pending = std::mem::take(&mut *produced.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(State {
+        doc,
+        awareness: Awareness::new(ydoc),
+        text,
+        produced,
+        editors: HashMap::new(),
+        pending,
+        in_flight: false,
+        last_commit: Instant::now() - Duration::from_millis(COMMIT_INTERVAL_MS),
+        since_compaction,
+        state_bytes,
+    })
+}
+
+/// A Yjs client number (31 bits, as Yjs draws them) from the document's address.
+fn first_content_client(address: &str) -> u64 {
+    flotilla_types::ContentDigest::of(address.as_bytes()).0 & 0x7fff_ffff
+}
+
+fn encode(msg: Message) -> Vec<u8> {
+    msg.encode_v1()
+}
+
+impl State {
+    fn handle(&mut self, ev: DocEvent) {
+        match ev {
+            DocEvent::Join {
+                conn,
+                out,
+                can_edit,
+            } => {
+                // The server speaks first (as y-websocket's does): what it has, then who is here.
+                let sv = self.awareness.doc().transact().state_vector();
+                let _ = out.try_send(Outgoing::Binary(encode(Message::Sync(
+                    SyncMessage::SyncStep1(sv),
+                ))));
+                if let Ok(update) = self.awareness.update() {
+                    if !update.clients.is_empty() {
+                        let _ = out.try_send(Outgoing::Binary(encode(Message::Awareness(update))));
+                    }
+                }
+                self.editors.insert(
+                    conn,
+                    Editor {
+                        out,
+                        can_edit,
+                        presence: HashSet::new(),
+                    },
+                );
+            }
+            DocEvent::Message { conn, bytes, .. } => {
+                if let Err((code, why)) = self.on_message(conn, &bytes) {
+                    self.drop_editor(conn, code, &why);
+                }
+            }
+            DocEvent::Leave { conn } => {
+                if let Some(editor) = self.editors.remove(&conn) {
+                    self.forget_presence(editor.presence);
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, conn: ConnId, bytes: &[u8]) -> Result<(), (u16, String)> {
+        let Some(editor) = self.editors.get(&conn) else {
+            return Ok(());
+        };
+        let can_edit = editor.can_edit;
+        let mut decoder = DecoderV1::new(Cursor::new(bytes));
+        let messages: Vec<Message> = MessageReader::new(&mut decoder)
+            .collect::<Result<_, _>>()
+            .map_err(|e| (CLOSE_BAD_DATA, format!("malformed message: {e}")))?;
+        for msg in messages {
+            match msg {
+                Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                    let diff = self.awareness.doc().transact().encode_diff_v1(&sv);
+                    self.send(conn, encode(Message::Sync(SyncMessage::SyncStep2(diff))))?;
+                }
+                Message::Sync(SyncMessage::SyncStep2(u))
+                | Message::Sync(SyncMessage::Update(u)) => {
+                    let update = yrs::Update::decode_v1(&u)
+                        .map_err(|e| (CLOSE_BAD_DATA, format!("malformed update: {e}")))?;
+                    if !can_edit {
+                        // A reader's client answers the server's step 1 with what it has; an
+                        // empty answer is no edit.
+                        if update.state_vector().is_empty() && update.delete_set().is_empty() {
+                            continue;
+                        }
+                        let why = "this token may read the document, not edit it (its edits \
+                                   were not taken)";
+                        self.send(conn, encode(Message::Auth(Some(why.into()))))?;
+                        continue;
+                    }
+                    self.awareness
+                        .doc()
+                        .transact_mut()
+                        .apply_update(update)
+                        .map_err(|e| (CLOSE_BAD_DATA, format!("update refused: {e}")))?;
+                    self.relay_produced(conn);
+                }
+                Message::Awareness(update) => self.on_presence(conn, update),
+                Message::AwarenessQuery => {
+                    if let Ok(update) = self.awareness.update() {
+                        self.send(conn, encode(Message::Awareness(update)))?;
+                    }
+                }
+                Message::Auth(_) | Message::Custom(..) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Relays what the last merge added to everyone but `from`, and queues it for storage.
+    fn relay_produced(&mut self, from: ConnId) {
+        let produced =
+            std::mem::take(&mut *self.produced.lock().unwrap_or_else(|p| p.into_inner()));
+        for update in produced {
+            let msg = encode(Message::Sync(SyncMessage::Update(update.clone())));
+            self.broadcast(Some(from), &msg);
+            self.pending.push(update);
+        }
+    }
+
+    fn on_presence(&mut self, conn: ConnId, mut update: yrs::sync::awareness::AwarenessUpdate) {
+        let Some(editor) = self.editors.get_mut(&conn) else {
+            return;
+        };
+        update.clients.retain(|client, entry| {
+            if entry.json.len() > MAX_PRESENCE_BYTES {
+                return false;
+            }
+            if editor.presence.contains(client) {
+                return true;
+            }
+            if editor.presence.len() >= MAX_PRESENCE_PER_CONN {
+                return false;
+            }
+            editor.presence.insert(*client);
+            true
+        });
+        if update.clients.is_empty() {
+            return;
+        }
+        let msg = encode(Message::Awareness(update.clone()));
+        if self.awareness.apply_update(update).is_ok() {
+            self.broadcast(Some(conn), &msg);
+        }
+    }
+
+    /// A departed editor's presence goes, and everyone hears it.
+    fn forget_presence(&mut self, presence: HashSet<yrs::block::ClientID>) {
+        if presence.is_empty() {
+            return;
+        }
+        for client in &presence {
+            self.awareness.remove_state(*client);
+        }
+        if let Ok(update) = self.awareness.update_with_clients(presence) {
+            let msg = encode(Message::Awareness(update));
+            self.broadcast(None, &msg);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: Vec<u8>) -> Result<(), (u16, String)> {
+        match self.editors.get(&conn) {
+            Some(e) => e
+                .out
+                .try_send(Outgoing::Binary(msg))
+                .map_err(|_| (CLOSE_POLICY, "too far behind: reconnect to resync".into())),
+            None => Ok(()),
+        }
+    }
+
+    fn broadcast(&mut self, except: Option<ConnId>, msg: &[u8]) {
+        let mut behind = Vec::new();
+        for (id, e) in &self.editors {
+            if Some(*id) == except {
+                continue;
+            }
+            if e.out.try_send(Outgoing::Binary(msg.to_vec())).is_err() {
+                behind.push(*id);
+            }
+        }
+        for id in behind {
+            self.drop_editor(id, CLOSE_POLICY, "too far behind: reconnect to resync");
+        }
+    }
+
+    fn drop_editor(&mut self, conn: ConnId, code: u16, why: &str) {
+        if let Some(editor) = self.editors.remove(&conn) {
+            let _ = editor.out.try_send(Outgoing::Close {
+                code,
+                reason: why.to_string(),
+            });
+            self.forget_presence(editor.presence);
+        }
+    }
+
+    fn close_all(&mut self, code: u16, why: &str) {
+        for (_, e) in self.editors.drain() {
+            let _ = e.out.try_send(Outgoing::Close {
+                code,
+                reason: why.to_string(),
+            });
+        }
+    }
+
+    /// Starts the next group commit: everything merged since the last, the text, and (when
+    /// due) the compacted document. Its outcome arrives on `done`.
+    fn commit(
+        &mut self,
+        node: &Arc<Node>,
+        done: mpsc::Sender<Result<(), ChangeError>>,
+    ) -> Result<(), String> {
+        let Some(leader) = node.leader() else {
+            return Err("this node no longer leads: reconnect to the leader".into());
+        };
+        let update = yrs::merge_updates_v1(self.pending.iter().map(Vec::as_slice))
+            .map_err(|e| format!("cannot merge the document's updates: {e}"))?;
+        self.pending.clear();
+        let txn = self.awareness.doc().transact();
+        let text = self.text.get_string(&txn);
+        self.since_compaction += update.len();
+        let compacted = (self.since_compaction > COMPACT_MIN_BYTES.max(self.state_bytes))
+            .then(|| txn.encode_state_as_update_v1(&StateVector::default()));
+        drop(txn);
+        if let Some(state) = &compacted {
+            self.state_bytes = state.len();
+            self.since_compaction = 0;
+        }
+        self.in_flight = true;
+        self.last_commit = Instant::now();
+        let change = CollabChange::Write {
+            doc: Box::new(self.doc.clone()),
+            write: DocWrite {
+                update,
+                text,
+                compacted,
+            },
+        };
+        tokio::spawn(async move {
+            let (reply, answer) = oneshot::channel();
+            let stopping = || ChangeError::Unavailable("the leader is stopping".into());
+            let result = match leader.writer.send(WriteJob::Collab { change, reply }).await {
+                Err(_) => Err(stopping()),
+                Ok(()) => match answer.await {
+                    Err(_) => Err(stopping()),
+                    Ok(r) => r.map(|_| ()),
+                },
+            };
+            let _ = done.send(result).await;
+        });
+        Ok(())
+    }
+}

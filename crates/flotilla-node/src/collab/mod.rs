@@ -1,0 +1,113 @@
+//! Collaborative text on the leader (docs/collab.md): each open document is a task that holds
+//! it in memory (a `yrs` document), merges what its editors send, relays it to the others at
+//! once, and stores it in group commits through the writer.
+//!
+//! The hub finds a document's task or starts one. A task ends once its last editor left and
+//! everything merged is stored; it takes itself out of the hub under the hub's lock, after
+//! checking that nothing was sent to it meanwhile, so an editor who joins at that moment
+//! reaches a live task or starts a new one that reads everything stored.
+
+mod doc_task;
+mod text_edit;
+
+pub use doc_task::{ConnId, Outgoing, COMMIT_INTERVAL_MS, OUTGOING_QUEUE};
+
+use flotilla_store::collab::ResolvedDoc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// What a document's task is told.
+#[derive(Debug)]
+pub enum DocEvent {
+    /// An editor connected: its messages go to `out`. `can_edit`: its token may write.
+    Join {
+        conn: ConnId,
+        out: mpsc::Sender<Outgoing>,
+        can_edit: bool,
+    },
+    /// A binary WebSocket message of an editor. The permit bounds what one connection has
+    /// queued (its reader waits for one before it reads on): it is released once handled.
+    Message {
+        conn: ConnId,
+        bytes: Vec<u8>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// An editor disconnected.
+    Leave { conn: ConnId },
+}
+
+#[derive(Default)]
+pub struct DocHub {
+    docs: Mutex<HashMap<String, mpsc::UnboundedSender<DocEvent>>>,
+    next_conn: AtomicU64,
+}
+
+impl DocHub {
+    /// A number for a new editor connection.
+    pub fn new_conn(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Joins `doc`'s task (starting it when none runs): the sender for the editor's later
+    /// events.
+    pub fn join(
+        self: &Arc<Self>,
+        node: &Arc<crate::node::Node>,
+        doc: ResolvedDoc,
+        join: DocEvent,
+    ) -> mpsc::UnboundedSender<DocEvent> {
+        let address = doc.address();
+        let mut docs = self.docs.lock().unwrap_or_else(|p| p.into_inner());
+        let join = match docs.get(&address) {
+            Some(tx) => match tx.send(join) {
+                Ok(()) => return tx.clone(),
+                // Its task panicked (a task that ends otherwise takes itself out first).
+                Err(mpsc::error::SendError(join)) => join,
+            },
+            None => join,
+        };
+        self.start(&mut docs, node, doc, address, join)
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        docs: &mut HashMap<String, mpsc::UnboundedSender<DocEvent>>,
+        node: &Arc<crate::node::Node>,
+        doc: ResolvedDoc,
+        address: String,
+        first: DocEvent,
+    ) -> mpsc::UnboundedSender<DocEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(first);
+        docs.insert(address.clone(), tx.clone());
+        tokio::spawn(doc_task::run(self.clone(), node.clone(), doc, rx));
+        tx
+    }
+
+    /// Called by a task with nothing left to do: it leaves the hub unless something was sent to
+    /// it meanwhile (then it goes on). `true`: it left and ends.
+    fn leave_if_idle(&self, address: &str, rx: &mut mpsc::UnboundedReceiver<DocEvent>) -> bool {
+        let mut docs = self.docs.lock().unwrap_or_else(|p| p.into_inner());
+        if !rx.is_empty() {
+            return false;
+        }
+        docs.remove(address);
+        rx.close();
+        true
+    }
+
+    /// Takes a failed task out (its editors were told why).
+    fn remove(&self, address: &str) {
+        self.docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(address);
+    }
+
+    /// Documents open now.
+    pub fn open_documents(&self) -> usize {
+        self.docs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}

@@ -1,0 +1,223 @@
+//! Documents: finding one by its address, reading what is stored of it, and storing what was
+//! merged into it (with its text, in the same commit).
+
+use super::columns::collab_column;
+use super::{has_tables, CollabColumn, CollabError, DOC_FORMAT_YJS_V1};
+use crate::leader_db::{CommitOutcome, LeaderDb};
+use crate::pipeline_triggers::quote;
+use crate::StoreError;
+use flotilla_types::{Epoch, NodeId};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A document that exists: its column, its key (canonical: an INTEGER key in decimal), and the
+/// text its row holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDoc {
+    pub column: CollabColumn,
+    pub key: String,
+    pub text: String,
+}
+
+impl ResolvedDoc {
+    /// The key as the row's primary key compares (an INTEGER key as a number).
+    fn key_value(&self) -> Value {
+        match self.key.parse::<i64>() {
+            Ok(i) if self.column.integer_key => Value::Integer(i),
+            _ => Value::Text(self.key.clone()),
+        }
+    }
+
+    /// `table/key/column`, as the document's address says it.
+    pub fn address(&self) -> String {
+        format!("{}/{}/{}", self.column.table, self.key, self.column.column)
+    }
+}
+
+/// What is stored of a document: its compacted state (none before the first compaction) and
+/// the updates merged since, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredDoc {
+    pub state: Option<Vec<u8>>,
+    pub updates: Vec<Vec<u8>>,
+}
+
+impl StoredDoc {
+    /// Bytes stored for the document (state and updates).
+    pub fn bytes(&self) -> usize {
+        self.state.as_ref().map_or(0, Vec::len) + self.updates.iter().map(Vec::len).sum::<usize>()
+    }
+}
+
+/// What one commit stores of a document: the update merged since the last commit (all the
+/// edits in between, as one update), the text the document has now, and — when the caller
+/// compacts — the whole document as one update, which then replaces the state and every
+/// update stored before (it holds them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocWrite {
+    pub update: Vec<u8>,
+    pub text: String,
+    pub compacted: Option<Vec<u8>>,
+}
+
+/// The document at `table/key/column`, or why there is none: the column must be
+/// collaborative and the row must exist.
+pub fn resolve_doc(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    column: &str,
+) -> Result<ResolvedDoc, CollabError> {
+    let c = collab_column(conn, table, column)?;
+    let key_value = if c.integer_key {
+        match key.parse::<i64>() {
+            Ok(i) => Value::Integer(i),
+            Err(_) => {
+                return Err(CollabError::NotFound(format!(
+                    "{}'s key {} is an INTEGER: {key:?} names no row",
+                    c.table, c.key_column
+                )))
+            }
+        }
+    } else {
+        Value::Text(key.to_string())
+    };
+    let sql = format!(
+        "SELECT {} FROM main.{} WHERE {} = ?1",
+        quote(&c.column),
+        quote(&c.table),
+        quote(&c.key_column)
+    );
+    let text = conn
+        .query_row(&sql, [&key_value], |r| {
+            Ok(match r.get_ref(0)? {
+                ValueRef::Null => Ok(String::new()),
+                ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Integer(i) => Ok(i.to_string()),
+                ValueRef::Real(f) => Ok(f.to_string()),
+                ValueRef::Blob(_) => Err(()),
+            })
+        })
+        .optional()?;
+    let key = match key_value {
+        Value::Integer(i) => i.to_string(),
+        _ => key.to_string(),
+    };
+    match text {
+        None => Err(CollabError::NotFound(format!(
+            "there is no row {} = {key} in {}: a document is a row's {} (insert the row first)",
+            c.key_column, c.table, c.column
+        ))),
+        Some(Err(())) => Err(CollabError::Invalid(format!(
+            "row {key} of {} holds a BLOB in {}, not text",
+            c.table, c.column
+        ))),
+        Some(Ok(text)) => Ok(ResolvedDoc {
+            column: c,
+            key,
+            text,
+        }),
+    }
+}
+
+/// What is stored of `doc` (nothing yet for a document never edited).
+pub fn load_doc(conn: &Connection, doc: &ResolvedDoc) -> Result<StoredDoc, CollabError> {
+    if !has_tables(conn)? {
+        return Ok(StoredDoc::default());
+    }
+    let (t, c, k) = (&doc.column.table, &doc.column.column, &doc.key);
+    let state: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT format, state FROM _flotilla_collab_docs WHERE tbl = ?1 AND col = ?2 AND \
+             pk = ?3",
+            params![t, c, k],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((format, _)) = &state {
+        if *format != DOC_FORMAT_YJS_V1 {
+            return Err(CollabError::Invalid(format!(
+                "document {} is stored in format {format}, which this build does not read \
+                 (it reads format {DOC_FORMAT_YJS_V1}): upgrade this node",
+                doc.address()
+            )));
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT data FROM _flotilla_collab_updates WHERE tbl = ?1 AND col = ?2 AND pk = ?3 \
+         ORDER BY seq",
+    )?;
+    let updates = stmt
+        .query_map(params![t, c, k], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StoredDoc {
+        state: state.map(|s| s.1),
+        updates,
+    })
+}
+
+impl LeaderDb {
+    /// Stores what was merged into `doc` and sets its row's text, in one commit. Refused (and
+    /// nothing stored) when the row is gone.
+    pub fn write_collab_doc(
+        &mut self,
+        doc: &ResolvedDoc,
+        write: &DocWrite,
+        epoch: Epoch,
+        origin: &NodeId,
+        now_us: u64,
+    ) -> Result<CommitOutcome, CollabError> {
+        let what = format!("edit document {}", doc.address());
+        let (_, out) =
+            self.internal_commit::<_, CollabError>(&what, epoch, origin, now_us, |db, _| {
+                store(&db.conn, doc, write)?;
+                db.capture.statement_done(&db.conn)?;
+                let sql = format!(
+                    "UPDATE main.{} SET {} = ?1 WHERE {} = ?2",
+                    quote(&doc.column.table),
+                    quote(&doc.column.column),
+                    quote(&doc.column.key_column)
+                );
+                let changed = db
+                    .conn
+                    .execute(&sql, params![write.text, doc.key_value()])?;
+                if changed == 0 {
+                    return Err(CollabError::NotFound(format!(
+                        "row {} of {} was deleted: document {} is gone",
+                        doc.key,
+                        doc.column.table,
+                        doc.address()
+                    )));
+                }
+                db.capture.statement_done(&db.conn)?;
+                Ok(())
+            })?;
+        Ok(out)
+    }
+}
+
+fn store(conn: &Connection, doc: &ResolvedDoc, write: &DocWrite) -> Result<(), StoreError> {
+    let (t, c, k) = (&doc.column.table, &doc.column.column, &doc.key);
+    match &write.compacted {
+        Some(state) => {
+            conn.execute(
+                "INSERT OR REPLACE INTO _flotilla_collab_docs (tbl, col, pk, format, state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t, c, k, DOC_FORMAT_YJS_V1, state],
+            )?;
+            conn.execute(
+                "DELETE FROM _flotilla_collab_updates WHERE tbl = ?1 AND col = ?2 AND pk = ?3",
+                params![t, c, k],
+            )?;
+        }
+        None => {
+            conn.execute(
+                "INSERT INTO _flotilla_collab_updates (tbl, col, pk, seq, data) VALUES (?1, ?2, \
+                 ?3, (SELECT coalesce(max(seq), 0) + 1 FROM _flotilla_collab_updates WHERE tbl \
+                 = ?1 AND col = ?2 AND pk = ?3), ?4)",
+                params![t, c, k, write.update],
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -4,6 +4,7 @@ mod backup;
 mod cert;
 mod changes;
 mod cluster;
+mod collab;
 mod conflicts;
 mod demo;
 mod demo_failover;
@@ -78,6 +79,9 @@ enum Command {
     /// Which rows of which tables devices pull and may push.
     #[command(subcommand)]
     Shape(device::ShapeCommand),
+    /// Collaborative text columns: documents many people edit at once, live.
+    #[command(subcommand)]
+    Collab(collab::CollabCommand),
     /// API tokens: make, list and revoke them (admin role).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Command::Token(c) => token::run(c).await,
             Command::Device(c) => device::run(c).await,
             Command::Shape(c) => device::shape(c).await,
+            Command::Collab(c) => collab::run(c).await,
             Command::Conflicts(c) => conflicts::run(c).await,
             Command::Cert(c) => cert::run(c),
             Command::Sql(a) => sql::run(a).await,

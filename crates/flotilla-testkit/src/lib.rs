@@ -13,3 +13,4 @@ pub mod data_centres;
 pub mod firewall;
 pub mod postgres;
 pub mod proxy;
+pub mod yjs_client;

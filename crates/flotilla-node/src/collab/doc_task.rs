@@ -20,9 +20,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use yrs::encoding::read::Cursor;
-use yrs::sync::protocol::{Message, MessageReader, SyncMessage};
+use yrs::sync::protocol::{Message, SyncMessage};
 use yrs::sync::Awareness;
-use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef, Transact};
 
@@ -257,6 +257,36 @@ fn first_content_client(address: &str) -> u64 {
     flotilla_types::ContentDigest::of(address.as_bytes()).0 & 0x7fff_ffff
 }
 
+/// The y-websocket messages in one WebSocket message, every byte accounted for: a message cut
+/// short or followed by stray bytes is malformed (yrs's own reader stops quietly at a cut).
+fn decode_messages(bytes: &[u8]) -> Result<Vec<Message>, yrs::encoding::read::Error> {
+    use yrs::encoding::read::Read;
+    use yrs::sync::protocol::{MSG_AUTH, MSG_QUERY_AWARENESS, MSG_SYNC, PERMISSION_DENIED};
+    let mut cursor = Cursor::new(bytes);
+    let mut out = Vec::new();
+    while cursor.has_content() {
+        let start = cursor.next;
+        match cursor.read_var::<u8>()? {
+            MSG_SYNC => {
+                cursor.read_var::<u8>()?;
+                cursor.read_buf()?;
+            }
+            MSG_AUTH => {
+                if cursor.read_var::<u8>()? == PERMISSION_DENIED {
+                    cursor.read_string()?;
+                }
+            }
+            MSG_QUERY_AWARENESS => {}
+            // Awareness, and messages of other kinds (passed over), carry one buffer.
+            _ => {
+                cursor.read_buf()?;
+            }
+        }
+        out.push(Message::decode_v1(&bytes[start..cursor.next])?);
+    }
+    Ok(out)
+}
+
 fn encode(msg: Message) -> Vec<u8> {
     msg.encode_v1()
 }
@@ -306,9 +336,7 @@ impl State {
             return Ok(());
         };
         let can_edit = editor.can_edit;
-        let mut decoder = DecoderV1::new(Cursor::new(bytes));
-        let messages: Vec<Message> = MessageReader::new(&mut decoder)
-            .collect::<Result<_, _>>()
+        let messages = decode_messages(bytes)
             .map_err(|e| (CLOSE_BAD_DATA, format!("malformed message: {e}")))?;
         for msg in messages {
             match msg {

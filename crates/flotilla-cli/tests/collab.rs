@@ -1,0 +1,263 @@
+//! Collaborative text on real processes: `flotilla serve`, `flotilla collab enable`, and
+//! y-websocket clients (a `yrs` document each, as a stock Yjs client keeps one) editing one
+//! document at once through `/v1/collab/TABLE/KEY/COLUMN`.
+
+mod common;
+
+use common::*;
+use flotilla_client::Client;
+use flotilla_testkit::yjs_client::YjsClient;
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn ws(url: &str, doc: &str) -> String {
+    format!("{}/v1/collab/{doc}", url.replace("http://", "ws://"))
+}
+
+/// A leader with `notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT)` holding row 1
+/// ("hello") and row 'two' of a TEXT-keyed table, body made collaborative with the CLI.
+async fn leader_with_notes(
+    root: &std::path::Path,
+) -> (flotilla_testkit::cluster::LocalNode, Client) {
+    let leader = start(root, "leader", None).await;
+    let c = Client::new(&leader.url);
+    exec(
+        &c,
+        json!([
+            { "sql": "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT)" },
+            { "sql": "INSERT INTO notes VALUES (1, 'first', 'hello')" },
+            { "sql": "CREATE TABLE pages(slug TEXT PRIMARY KEY, body TEXT)" },
+            { "sql": "INSERT INTO pages VALUES ('two', NULL)" }
+        ]),
+    )
+    .await;
+    for (table, column) in [("notes", "body"), ("pages", "body")] {
+        let out = std::process::Command::new(exe())
+            .args([
+                "collab",
+                "enable",
+                "--node",
+                &leader.url,
+                "--table",
+                table,
+                "--column",
+                column,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "collab enable: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("is collaborative"));
+    }
+    (leader, c)
+}
+
+async fn sql_text(c: &Client, sql: &str) -> String {
+    rows(c, sql).await[0][0].as_str().unwrap_or("").to_string()
+}
+
+/// Polls (bounded) until the SQL value equals `want`.
+async fn wait_sql(c: &Client, sql: &str, want: &str) {
+    let mut last = String::new();
+    for _ in 0..200 {
+        last = sql_text(c, sql).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{sql} gave {last:?}, expected {want:?}");
+}
+
+#[tokio::test]
+async fn two_editors_type_at_once_converge_and_sql_reads_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, c) = leader_with_notes(dir.path()).await;
+    let url = ws(&leader.url, "notes/1/body");
+    let mut a = YjsClient::connect(&url).await.unwrap();
+    let mut b = YjsClient::connect(&url).await.unwrap();
+    // The row's text before the column became collaborative is the document's content.
+    a.wait_text(WAIT, |t| t == "hello").await.unwrap();
+    b.wait_text(WAIT, |t| t == "hello").await.unwrap();
+    // Both type at once, keystroke by keystroke, at both ends.
+    for (i, ch) in "abcdefghij".chars().enumerate() {
+        a.insert(5 + i as u32, &ch.to_string());
+        b.insert(0, &ch.to_string().to_uppercase());
+    }
+    let both = |t: &str| t.len() == 25;
+    let ta = a.wait_text(WAIT, both).await.unwrap();
+    let tb = b.wait_text(WAIT, both).await.unwrap();
+    assert_eq!(ta, tb, "the editors converge");
+    assert_eq!(ta, "JIHGFEDCBAhelloabcdefghij");
+    // Plain SQL sees the text once stored (a group commit).
+    wait_sql(&c, "SELECT body FROM notes WHERE id = 1", &ta).await;
+    // A TEXT key addresses its row; a NULL body starts empty.
+    let mut p = YjsClient::connect(&ws(&leader.url, "pages/two/body"))
+        .await
+        .unwrap();
+    p.wait_text(WAIT, |t| t.is_empty()).await.unwrap();
+    p.insert(0, "Ünïcode ✓ 😀 text");
+    wait_sql(
+        &c,
+        "SELECT body FROM pages WHERE slug = 'two'",
+        "Ünïcode ✓ 😀 text",
+    )
+    .await;
+    // A third editor arriving later gets the whole document.
+    let mut late = YjsClient::connect(&url).await.unwrap();
+    late.wait_text(WAIT, |t| t == ta).await.unwrap();
+    // The list shows both columns.
+    let listed = c.get("/v1/collab/columns").await.unwrap();
+    assert_eq!(listed["columns"].as_array().unwrap().len(), 2, "{listed}");
+}
+
+#[tokio::test]
+async fn documents_survive_a_restart_and_storage_tracks_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut leader, c) = leader_with_notes(dir.path()).await;
+    let url = ws(&leader.url, "notes/1/body");
+    let mut a = YjsClient::connect(&url).await.unwrap();
+    a.wait_text(WAIT, |t| t == "hello").await.unwrap();
+    // Many edits that leave little text: type a line, delete it, again and again.
+    let mut expected = "hello".to_string();
+    for round in 0..300 {
+        let line = format!(" line {round} of typing that is deleted again");
+        for (i, ch) in line.chars().enumerate() {
+            a.insert(5 + i as u32, &ch.to_string());
+        }
+        a.delete(5, line.chars().count() as u32 - 1);
+        expected = format!("hello{}", line.chars().last().unwrap());
+        a.delete(5, 1);
+        expected.truncate(5);
+    }
+    a.insert(5, " world");
+    expected.push_str(" world");
+    wait_sql(&c, "SELECT body FROM notes WHERE id = 1", &expected).await;
+    // Storage: the compacted state plus the updates since, not every keystroke typed.
+    let stored = rows(
+        &c,
+        "SELECT (SELECT coalesce(sum(length(state)), 0) FROM _flotilla_collab_docs) + \
+         (SELECT coalesce(sum(length(data)), 0) FROM _flotilla_collab_updates)",
+    )
+    .await;
+    let stored = stored[0][0].as_u64().unwrap();
+    let sent = a.sent_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("stored {stored} bytes after {sent} bytes of edits");
+    // Compaction folds the updates into the state once they reach 64 KiB (or the state's
+    // size): the deleted lines are not kept.
+    assert!(sent > 4 * stored, "{sent} bytes edited, {stored} stored");
+    assert!(
+        stored < 80 << 10,
+        "{stored} bytes stored for a 11-character text"
+    );
+    drop(a);
+    leader.kill().await;
+    leader.restart().await.unwrap();
+    let url = ws(&leader.url, "notes/1/body");
+    let mut again = YjsClient::connect(&url).await.unwrap();
+    again.wait_text(WAIT, |t| t == expected).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, c) = leader_with_notes(dir.path()).await;
+    // Documents that do not exist: refused before the upgrade, with the reason.
+    for (doc, want) in [
+        ("notes/999/body", "no row"),
+        ("notes/abc/body", "INTEGER"),
+        ("notes/1/title", "not a collaborative column"),
+        ("nosuch/1/body", "not a collaborative column"),
+    ] {
+        let (status, body) = raw(
+            &leader.url,
+            "GET",
+            &format!("/v1/collab/{doc}"),
+            None,
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, 404, "{doc}: {body}");
+        assert!(body.to_string().contains(want), "{doc}: {body}");
+    }
+    // Columns that cannot be collaborative.
+    for (table, column, want) in [
+        ("notes", "id", "primary key"),
+        ("notes", "nope", "no column"),
+        ("_flotilla_meta", "lsn", "own tables"),
+    ] {
+        let e = c
+            .post(
+                "/v1/collab/columns",
+                &json!({ "table": table, "column": column }),
+            )
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains(want), "{table}.{column}: {e:#}");
+    }
+    let url = ws(&leader.url, "notes/1/body");
+    let mut good = YjsClient::connect(&url).await.unwrap();
+    good.wait_text(WAIT, |t| t == "hello").await.unwrap();
+    // Garbage, a truncated update, an update with a lying length: each closes its own
+    // connection with the reason; the document and the other editor are untouched.
+    let mut valid = {
+        let d = yrs::Doc::new();
+        let t = yrs::Doc::get_or_insert_text(&d, "text");
+        yrs::Text::insert(&t, &mut yrs::Transact::transact_mut(&d), 0, "x");
+        let txn = yrs::Transact::transact(&d);
+        let state = yrs::ReadTxn::encode_state_as_update_v1(&txn, &yrs::StateVector::default());
+        drop(txn);
+        state
+    };
+    valid.truncate(valid.len() - 2);
+    let truncated_update = {
+        let mut m = vec![0u8, 2u8];
+        m.push(valid.len() as u8);
+        m.extend_from_slice(&valid);
+        m
+    };
+    for bad in [
+        vec![0xff, 0xff, 0xff, 0xff, 0xff],
+        truncated_update,
+        vec![0, 2, 200, 1, 2, 3],
+        vec![0, 9],
+    ] {
+        let bad_client = YjsClient::connect(&url).await.unwrap();
+        bad_client.send_raw(bad.clone());
+        let closed = bad_client
+            .wait_closed(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{bad:?} did not close the connection"));
+        assert_eq!(closed.code, Some(1007), "{bad:?}: {closed:?}");
+        assert!(closed.reason.contains("malformed"), "{bad:?}: {closed:?}");
+    }
+    good.insert(5, "!");
+    good.wait_text(WAIT, |t| t == "hello!").await.unwrap();
+    wait_sql(&c, "SELECT body FROM notes WHERE id = 1", "hello!").await;
+    assert!(good.closed().is_none(), "the good editor stays connected");
+    // A text message is not the protocol.
+    let (mut ws_raw, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws_raw
+        .send(tokio_tungstenite::tungstenite::Message::Text("hi".into()))
+        .await
+        .unwrap();
+    let mut close_code = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws_raw.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Close(f) = m {
+            close_code = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(close_code, Some(1003));
+    // The row deleted while its document is open: editors are told and disconnected.
+    exec(&c, json!([{ "sql": "DELETE FROM notes WHERE id = 1" }])).await;
+    good.insert(0, "?");
+    let closed = good.wait_closed(WAIT).await.expect("closed");
+    assert!(closed.reason.contains("deleted"), "{closed:?}");
+}

@@ -7,6 +7,7 @@ mod collab;
 mod conflicts;
 pub mod decode;
 mod devices;
+pub mod edit_page;
 
 mod execute;
 mod followers;
@@ -77,6 +78,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
+        .route("/favicon.ico", get(edit_page::no_icon))
+        .route("/edit/app.js", get(edit_page::app))
+        .route("/edit/{table}/{key}/{column}", get(edit_page::page))
         .route("/calendar", get(web::calendar_root))
         .route("/calendar/", get(web::calendar_index))
         .route("/calendar/{file}", get(web::calendar_file))

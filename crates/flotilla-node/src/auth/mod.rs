@@ -211,7 +211,8 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
     // The calendar page's static files: a browser's navigation carries no token, and the
     // page holds nothing of the server's (its data comes through /v1/sync, with a token).
     if matches!(*req.method(), Method::GET | Method::HEAD)
-        && crate::api::web::is_page(req.uri().path())
+        && (crate::api::web::is_page(req.uri().path())
+            || crate::api::edit_page::is_page(req.uri().path()))
     {
         return next.run(req).await;
     }

@@ -58,6 +58,9 @@ const MAX_PRESENCE_PER_CONN: usize = 16;
 /// The largest presence state (JSON) relayed.
 const MAX_PRESENCE_BYTES: usize = 16 << 10;
 
+/// What a connection whose token may not write hears (at once, and for each edit refused).
+const READ_ONLY: &str = "this token may read the document, not edit it";
+
 /// WebSocket close codes.
 const CLOSE_BAD_DATA: u16 = 1007;
 const CLOSE_POLICY: u16 = 1008;
@@ -309,6 +312,12 @@ impl State {
                         let _ = out.try_send(Outgoing::Binary(encode(Message::Awareness(update))));
                     }
                 }
+                if !can_edit {
+                    // Said at once, so an editor can show the document read-only.
+                    let _ = out.try_send(Outgoing::Binary(encode(Message::Auth(Some(
+                        READ_ONLY.into(),
+                    )))));
+                }
                 self.editors.insert(
                     conn,
                     Editor {
@@ -354,9 +363,7 @@ impl State {
                         if update.state_vector().is_empty() && update.delete_set().is_empty() {
                             continue;
                         }
-                        let why = "this token may read the document, not edit it (its edits \
-                                   were not taken)";
-                        self.send(conn, encode(Message::Auth(Some(why.into()))))?;
+                        self.send(conn, encode(Message::Auth(Some(READ_ONLY.into()))))?;
                         continue;
                     }
                     self.awareness

@@ -7,7 +7,7 @@ import { WebsocketProvider } from 'y-websocket';
 import { yCollab } from 'y-codemirror.next';
 import { EditorView, basicSetup } from 'codemirror';
 import { Compartment, EditorState } from '@codemirror/state';
-import { readAuthMessage } from 'y-protocols/auth';
+import * as decoding from 'lib0/decoding';
 
 const COLOURS = ['#30bced', '#6eeb83', '#ffbc42', '#ecd444', '#ee6352', '#9ac2c9', '#8acb88', '#1be7ff'];
 
@@ -105,14 +105,54 @@ function start(address: string, token: string | null) {
     }),
   });
   // The server says when this page may not edit (a read-only token, or another person's
-  // lock): the editor stops taking input and says why.
+  // lock) and when it may again (the lock went): the editor follows and says why.
   provider.messageHandlers[2] = (_encoder, decoder) => {
-    readAuthMessage(decoder, doc, (_doc, reason) => {
-      readOnly = reason;
-      view.dispatch({ effects: editable.reconfigure(EditorView.editable.of(false)) });
-      showStatus();
-    });
+    const denied = decoding.readVarUint(decoder) === 0;
+    readOnly = denied ? decoding.readVarString(decoder) : null;
+    view.dispatch({ effects: editable.reconfigure(EditorView.editable.of(!denied)) });
+    if (!denied) delete status.dataset.readonly;
+    showStatus();
   };
+
+  // Lock-based mode: take the document's lock (only this page edits while it holds it),
+  // renewed while held, released on the button or when the page closes.
+  const lockButton = byId<HTMLButtonElement>('lock');
+  let lock: { id: string; renew: number } | null = null;
+  const lockUrl = `/v1/collab/${address}/lock`;
+  const headers = (): Record<string, string> => ({
+    'content-type': 'application/json',
+    ...(token ? { authorization: `Bearer ${token}` } : {}),
+  });
+  const reconnect = () => { provider.disconnect(); provider.connect(); };
+  lockButton.addEventListener('click', async () => {
+    if (lock) {
+      clearInterval(lock.renew);
+      await fetch(`${lockUrl}?lock=${lock.id}`, { method: 'DELETE', headers: headers() });
+      lock = null;
+      delete provider.params.lock;
+      lockButton.textContent = 'Lock';
+      reconnect();
+      return;
+    }
+    const resp = await fetch(lockUrl, { method: 'POST', headers: headers(), body: JSON.stringify({ holder: name, seconds: 30 }) });
+    const body = await resp.json();
+    if (!resp.ok) {
+      byId('error').textContent = body?.error?.message ?? `locking failed (${resp.status})`;
+      return;
+    }
+    byId('error').textContent = '';
+    const id: string = body.lock;
+    const renew = window.setInterval(() => {
+      fetch(lockUrl, { method: 'POST', headers: headers(), body: JSON.stringify({ holder: name, seconds: 30, lock: id }) });
+    }, 10_000);
+    lock = { id, renew };
+    provider.params.lock = id;
+    lockButton.textContent = 'Unlock';
+    reconnect();
+  });
+  addEventListener('pagehide', () => {
+    if (lock) fetch(`${lockUrl}?lock=${lock.id}`, { method: 'DELETE', headers: headers(), keepalive: true });
+  });
   // For tests and the curious: the page's document, its text, provider and view.
   (window as unknown as { flotillaEditor: unknown }).flotillaEditor = { doc, text, provider, view, Y };
 }

@@ -6,7 +6,9 @@
 use super::body::json_body;
 use super::execute::leader_only;
 use super::ApiError;
-use crate::collab::{DocEvent, Outgoing, OUTGOING_QUEUE};
+use crate::collab::{
+    DocEvent, LockAction, LockRefused, LockState, Outgoing, MAX_LEASE_MS, OUTGOING_QUEUE,
+};
 use crate::leader::{CollabChange, WriteJob};
 use crate::node::Node;
 use axum::body::Body;
@@ -117,6 +119,7 @@ pub async fn connect(
     })
     .await?;
     let ws = ws.map_err(|e| super::not_a_websocket("/v1/collab/TABLE/KEY/COLUMN", e))?;
+    let lock = crate::auth::query_param(&uri, "lock");
     let can_edit = match &node.keyring {
         None => true,
         Some(k) => {
@@ -127,11 +130,17 @@ pub async fn connect(
     Ok(ws
         .max_message_size(MAX_COLLAB_MESSAGE_BYTES)
         .max_frame_size(MAX_COLLAB_MESSAGE_BYTES)
-        .on_upgrade(move |socket| serve(node, doc, can_edit, socket))
+        .on_upgrade(move |socket| serve(node, doc, can_edit, lock, socket))
         .into_response())
 }
 
-async fn serve(node: Arc<Node>, doc: ResolvedDoc, can_edit: bool, socket: WebSocket) {
+async fn serve(
+    node: Arc<Node>,
+    doc: ResolvedDoc,
+    can_edit: bool,
+    lock: Option<String>,
+    socket: WebSocket,
+) {
     let hub = node.collab.clone();
     let conn = hub.new_conn();
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
@@ -139,8 +148,9 @@ async fn serve(node: Arc<Node>, doc: ResolvedDoc, can_edit: bool, socket: WebSoc
         conn,
         out: out_tx,
         can_edit,
+        lock,
     };
-    let to_doc = hub.join(&node, doc, join);
+    let to_doc = hub.send(&node, doc, join);
     let permits = Arc::new(Semaphore::new(QUEUED_PER_EDITOR));
     let (mut sink, mut stream) = socket.split();
     loop {
@@ -180,6 +190,107 @@ async fn serve(node: Arc<Node>, doc: ResolvedDoc, can_edit: bool, socket: WebSoc
         }
     }
     let _ = to_doc.send(DocEvent::Leave { conn });
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LockRequest {
+    /// Who holds it (shown to the others).
+    holder: Option<String>,
+    /// The lease (default 30 s, at most 10 minutes).
+    seconds: Option<u64>,
+    /// To renew a lock held: its id.
+    lock: Option<String>,
+}
+
+async fn lock_action(
+    node: &Arc<Node>,
+    (table, key, column): (String, String, String),
+    action: LockAction,
+) -> Result<Option<LockState>, ApiError> {
+    if node.leader().is_none() {
+        return Err(leader_only(node, "documents are locked on"));
+    }
+    let doc = read(node, move |c| {
+        flotilla_store::collab::resolve_doc(c, &table, &key, &column)
+    })
+    .await?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    node.collab
+        .send(node, doc, DocEvent::Lock { action, reply });
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the document could not be opened; retry",
+        )
+    };
+    answer
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|e| match e {
+            LockRefused::Held { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "locked", e.to_string())
+            }
+            LockRefused::NotHeld(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_locked", e.to_string())
+            }
+        })
+}
+
+/// `POST /v1/collab/TABLE/KEY/COLUMN/lock {"holder", "seconds", "lock"}` (write role): takes
+/// the document's lock for a lease, or renews it (`lock`: its id). While it is held only
+/// editors presenting it (`?lock=ID` on their WebSocket) edit; the others read.
+pub async fn take_lock(
+    State(node): State<Arc<Node>>,
+    Path(address): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: LockRequest = if headers.get(axum::http::header::CONTENT_TYPE).is_some() {
+        json_body(&headers, body, node.config.max_body_bytes)
+            .await?
+            .0
+    } else {
+        LockRequest::default()
+    };
+    let holder = req.holder.unwrap_or_else(|| "an editor".into());
+    if holder.is_empty() || holder.len() > 100 || holder.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_lock",
+            "holder: 1 to 100 characters, no control characters",
+        ));
+    }
+    let seconds = req.seconds.unwrap_or(30);
+    if seconds == 0 || seconds * 1000 > MAX_LEASE_MS {
+        return Err(ApiError::bad_request(
+            "invalid_lock",
+            format!("seconds: from 1 to {}", MAX_LEASE_MS / 1000),
+        ));
+    }
+    let action = LockAction::Take {
+        holder,
+        lease_ms: seconds * 1000,
+        renew: req.lock,
+    };
+    let state = lock_action(&node, address, action).await?;
+    Ok(Json(json!(state)))
+}
+
+/// `DELETE /v1/collab/TABLE/KEY/COLUMN/lock?lock=ID` (write role): releases the lock.
+pub async fn release_lock(
+    State(node): State<Arc<Node>>,
+    Path(address): Path<(String, String, String)>,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, ApiError> {
+    let Some(lock) = crate::auth::query_param(&uri, "lock") else {
+        return Err(ApiError::bad_request(
+            "invalid_lock",
+            "give the lock's id: DELETE .../lock?lock=ID",
+        ));
+    };
+    lock_action(&node, address, LockAction::Release { lock }).await?;
+    Ok(Json(json!({ "released": true })))
 }
 
 /// A close frame's reason holds at most 123 bytes.

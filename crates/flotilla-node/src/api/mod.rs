@@ -63,6 +63,10 @@ pub fn router(node: Arc<Node>) -> Router {
             get(collab::columns).post(collab::enable),
         )
         .route("/v1/collab/{table}/{key}/{column}", get(collab::connect))
+        .route(
+            "/v1/collab/{table}/{key}/{column}/lock",
+            post(collab::take_lock).delete(collab::release_lock),
+        )
         .route("/v1/devices", get(devices::list).post(devices::add))
         .route("/v1/devices/{name}", delete(devices::revoke))
         .route("/v1/shapes", get(devices::shapes).put(devices::set_shape))

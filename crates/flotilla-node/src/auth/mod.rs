@@ -129,10 +129,17 @@ pub fn presented_token(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -
     if !uri.path().starts_with("/v1/collab/") || uri.path() == "/v1/collab/columns" {
         return None;
     }
+    query_param(uri, "token").map(|token| format!("Bearer {token}"))
+}
+
+/// The (URL-decoded) value of query parameter `name`, if given.
+pub fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|pair| {
-        let token = pair.strip_prefix("token=")?;
-        let token = percent_decode(token)?;
-        Some(format!("Bearer {token}"))
+        let (k, v) = pair.split_once('=')?;
+        if k != name {
+            return None;
+        }
+        percent_decode(v)
     })
 }
 
@@ -171,6 +178,7 @@ pub fn required_role(method: &Method, path: &str) -> AccessRole {
         || path.starts_with("/v1/cluster/members");
     match path {
         "/v1/execute" => AccessRole::Write,
+        _ if path.starts_with("/v1/collab/") && path.ends_with("/lock") => AccessRole::Write,
         "/v1/sync" => AccessRole::Device,
         "/v1/replication" | "/v1/snapshot" | "/v1/raft" | "/v1/dc" => AccessRole::Replicate,
         _ if admin_area => AccessRole::Admin,

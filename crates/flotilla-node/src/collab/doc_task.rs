@@ -10,7 +10,7 @@
 //! nothing its editors still hold.
 
 use super::text_edit::text_edit;
-use super::{DocEvent, DocHub};
+use super::{DocEvent, DocHub, LockAction, LockRefused, LockState};
 use crate::leader::{ChangeError, CollabChange, WriteJob};
 use crate::node::Node;
 use flotilla_store::collab::{CollabError, DocWrite, ResolvedDoc, StoredDoc};
@@ -67,10 +67,22 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_ERROR: u16 = 1011;
 
+/// The longest lease a lock may be taken for (renewing extends it).
+pub const MAX_LEASE_MS: u64 = 10 * 60 * 1000;
+
 struct Editor {
     out: mpsc::Sender<Outgoing>,
     can_edit: bool,
+    /// The lock this editor presented.
+    lock: Option<String>,
     presence: HashSet<yrs::block::ClientID>,
+}
+
+/// Lock-based mode: while a lock is held, only editors presenting it edit.
+struct Lock {
+    id: String,
+    holder: String,
+    expires: Instant,
 }
 
 struct State {
@@ -87,6 +99,7 @@ struct State {
     /// Bytes stored as updates since the state was compacted, and the state's size.
     since_compaction: usize,
     state_bytes: usize,
+    lock: Option<Lock>,
 }
 
 /// Runs the document until it is idle (or fails): see the module's docs.
@@ -108,7 +121,12 @@ pub async fn run(
     loop {
         let commit_at = st.last_commit + Duration::from_millis(COMMIT_INTERVAL_MS);
         let want_commit = !st.pending.is_empty() && !st.in_flight;
+        let lock_expires = st.lock.as_ref().map(|l| l.expires);
         tokio::select! {
+            _ = tokio::time::sleep_until(lock_expires.unwrap_or_else(Instant::now)), if lock_expires.is_some() => {
+                st.lock = None;
+                st.announce_lock();
+            }
             ev = rx.recv() => match ev {
                 Some(ev) => st.handle(ev),
                 None => return,
@@ -137,6 +155,7 @@ pub async fn run(
             }
         }
         if st.editors.is_empty()
+            && st.lock.is_none()
             && st.pending.is_empty()
             && !st.in_flight
             && hub.leave_if_idle(&address, &mut rx)
@@ -252,7 +271,13 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
         last_commit: Instant::now() - Duration::from_millis(COMMIT_INTERVAL_MS),
         since_compaction,
         state_bytes,
+        lock: None,
     })
+}
+
+/// A lock's id: 128 random bits, hex.
+fn new_lock_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// A Yjs client number (31 bits, as Yjs draws them) from the document's address.
@@ -301,6 +326,7 @@ impl State {
                 conn,
                 out,
                 can_edit,
+                lock,
             } => {
                 // The server speaks first (as y-websocket's does): what it has, then who is here.
                 let sv = self.awareness.doc().transact().state_vector();
@@ -312,20 +338,19 @@ impl State {
                         let _ = out.try_send(Outgoing::Binary(encode(Message::Awareness(update))));
                     }
                 }
-                if !can_edit {
-                    // Said at once, so an editor can show the document read-only.
-                    let _ = out.try_send(Outgoing::Binary(encode(Message::Auth(Some(
-                        READ_ONLY.into(),
-                    )))));
+                let editor = Editor {
+                    out,
+                    can_edit,
+                    lock,
+                    presence: HashSet::new(),
+                };
+                // Said at once, so an editor can show the document read-only.
+                if let Some(why) = self.refusal(&editor) {
+                    let _ = editor
+                        .out
+                        .try_send(Outgoing::Binary(encode(Message::Auth(Some(why)))));
                 }
-                self.editors.insert(
-                    conn,
-                    Editor {
-                        out,
-                        can_edit,
-                        presence: HashSet::new(),
-                    },
-                );
+                self.editors.insert(conn, editor);
             }
             DocEvent::Message { conn, bytes, .. } => {
                 if let Err((code, why)) = self.on_message(conn, &bytes) {
@@ -337,6 +362,86 @@ impl State {
                     self.forget_presence(editor.presence);
                 }
             }
+            DocEvent::Lock { action, reply } => {
+                let _ = reply.send(self.on_lock(action));
+            }
+        }
+    }
+
+    /// Why `editor`'s edits are not taken now, if they are not.
+    fn refusal(&self, editor: &Editor) -> Option<String> {
+        if !editor.can_edit {
+            return Some(READ_ONLY.into());
+        }
+        match &self.lock {
+            Some(l) if editor.lock.as_deref() != Some(l.id.as_str()) => Some(format!(
+                "the document is locked by {} (lock-based mode): it reads only until the lock \
+                 is released or expires",
+                l.holder
+            )),
+            _ => None,
+        }
+    }
+
+    fn on_lock(&mut self, action: LockAction) -> Result<Option<LockState>, LockRefused> {
+        let now = Instant::now();
+        let held = self.lock.as_ref().filter(|l| l.expires > now);
+        let result = match action {
+            LockAction::Take {
+                holder,
+                lease_ms,
+                renew,
+            } => {
+                match (held, &renew) {
+                    (Some(l), Some(id)) if *id == l.id => {}
+                    (Some(l), _) => {
+                        return Err(LockRefused::Held {
+                            holder: l.holder.clone(),
+                            left_ms: (l.expires - now).as_millis() as u64,
+                        })
+                    }
+                    (None, Some(id)) => return Err(LockRefused::NotHeld(id.clone())),
+                    (None, None) => {}
+                }
+                let lease_ms = lease_ms.clamp(1, MAX_LEASE_MS);
+                let id = renew.unwrap_or_else(new_lock_id);
+                self.lock = Some(Lock {
+                    id: id.clone(),
+                    holder: holder.clone(),
+                    expires: now + Duration::from_millis(lease_ms),
+                });
+                Some(LockState {
+                    lock: id,
+                    holder,
+                    expires_in_ms: lease_ms,
+                })
+            }
+            LockAction::Release { lock } => match held {
+                Some(l) if l.id == lock => {
+                    self.lock = None;
+                    None
+                }
+                _ => return Err(LockRefused::NotHeld(lock)),
+            },
+        };
+        self.announce_lock();
+        Ok(result)
+    }
+
+    /// Tells every editor whether it may edit now (after the lock changed hands).
+    fn announce_lock(&mut self) {
+        let mut behind = Vec::new();
+        for (id, e) in &self.editors {
+            if !e.can_edit {
+                continue;
+            }
+            let msg = Message::Auth(self.refusal(e));
+            if e.out.try_send(Outgoing::Binary(encode(msg))).is_err() {
+                behind.push(*id);
+            }
+        }
+        for id in behind {
+            self.drop_editor(id, CLOSE_POLICY, "too far behind: reconnect to resync");
         }
     }
 
@@ -344,7 +449,7 @@ impl State {
         let Some(editor) = self.editors.get(&conn) else {
             return Ok(());
         };
-        let can_edit = editor.can_edit;
+        let refusal = self.refusal(editor);
         let messages = decode_messages(bytes)
             .map_err(|e| (CLOSE_BAD_DATA, format!("malformed message: {e}")))?;
         for msg in messages {
@@ -357,13 +462,13 @@ impl State {
                 | Message::Sync(SyncMessage::Update(u)) => {
                     let update = yrs::Update::decode_v1(&u)
                         .map_err(|e| (CLOSE_BAD_DATA, format!("malformed update: {e}")))?;
-                    if !can_edit {
+                    if let Some(why) = refusal.clone() {
                         // A reader's client answers the server's step 1 with what it has; an
                         // empty answer is no edit.
                         if update.state_vector().is_empty() && update.delete_set().is_empty() {
                             continue;
                         }
-                        self.send(conn, encode(Message::Auth(Some(READ_ONLY.into()))))?;
+                        self.send(conn, encode(Message::Auth(Some(why))))?;
                         continue;
                     }
                     self.awareness

@@ -10,7 +10,7 @@
 mod doc_task;
 mod text_edit;
 
-pub use doc_task::{ConnId, Outgoing, COMMIT_INTERVAL_MS, OUTGOING_QUEUE};
+pub use doc_task::{ConnId, Outgoing, COMMIT_INTERVAL_MS, MAX_LEASE_MS, OUTGOING_QUEUE};
 
 use flotilla_store::collab::ResolvedDoc;
 use std::collections::HashMap;
@@ -26,6 +26,8 @@ pub enum DocEvent {
         conn: ConnId,
         out: mpsc::Sender<Outgoing>,
         can_edit: bool,
+        /// The lock this editor holds (`?lock=`), if any.
+        lock: Option<String>,
     },
     /// A binary WebSocket message of an editor. The permit bounds what one connection has
     /// queued (its reader waits for one before it reads on): it is released once handled.
@@ -36,6 +38,41 @@ pub enum DocEvent {
     },
     /// An editor disconnected.
     Leave { conn: ConnId },
+    /// Take, renew or release the document's lock (lock-based mode).
+    Lock {
+        action: LockAction,
+        reply: tokio::sync::oneshot::Sender<Result<Option<LockState>, LockRefused>>,
+    },
+}
+
+#[derive(Debug)]
+pub enum LockAction {
+    /// Take the lock for `lease_ms` (or renew it, giving its id).
+    Take {
+        holder: String,
+        lease_ms: u64,
+        renew: Option<String>,
+    },
+    Release {
+        lock: String,
+    },
+}
+
+/// A held lock, as its holder hears of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockState {
+    /// Presented by the holder's editors (`?lock=`) and to renew or release it.
+    pub lock: String,
+    pub holder: String,
+    pub expires_in_ms: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockRefused {
+    #[error("the document is locked by {holder} for another {left_ms} ms")]
+    Held { holder: String, left_ms: u64 },
+    #[error("no lock {0} is held on this document (it expired, or was released)")]
+    NotHeld(String),
 }
 
 #[derive(Default)]
@@ -50,9 +87,9 @@ impl DocHub {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
-    /// Joins `doc`'s task (starting it when none runs): the sender for the editor's later
+    /// Sends `doc`'s task an event (starting the task when none runs): the sender for later
     /// events.
-    pub fn join(
+    pub fn send(
         self: &Arc<Self>,
         node: &Arc<crate::node::Node>,
         doc: ResolvedDoc,

@@ -261,3 +261,99 @@ async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
     let closed = good.wait_closed(WAIT).await.expect("closed");
     assert!(closed.reason.contains("deleted"), "{closed:?}");
 }
+
+#[tokio::test]
+async fn a_lock_lets_only_its_holder_edit_until_released_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, c) = leader_with_notes(dir.path()).await;
+    let lock_path = "/v1/collab/notes/1/body/lock";
+    let url = ws(&leader.url, "notes/1/body");
+    let mut other = YjsClient::connect(&url).await.unwrap();
+    other.wait_text(WAIT, |t| t == "hello").await.unwrap();
+    // Ana takes the lock; Ben cannot take it meanwhile.
+    let taken = c
+        .post(&lock_path, &json!({ "holder": "ana", "seconds": 2 }))
+        .await
+        .unwrap();
+    let id = taken["lock"].as_str().unwrap().to_string();
+    assert_eq!(taken["holder"], "ana");
+    let e = c
+        .post(&lock_path, &json!({ "holder": "ben" }))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("locked by ana"), "{e:#}");
+    // The editor without the lock hears it is read-only, and its edit is not taken.
+    for _ in 0..200 {
+        if !other.denied.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        other
+            .denied
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|d| d.contains("locked by ana")),
+        "{:?}",
+        other.denied.lock().unwrap()
+    );
+    let mut holder = YjsClient::connect(&format!("{url}?lock={id}"))
+        .await
+        .unwrap();
+    holder.wait_text(WAIT, |t| t == "hello").await.unwrap();
+    other.insert(0, "ben: ");
+    holder.insert(5, ", from ana");
+    holder
+        .wait_text(WAIT, |t| t == "hello, from ana")
+        .await
+        .unwrap();
+    other
+        .wait_text(WAIT, |t| t.contains("hello, from ana"))
+        .await
+        .unwrap();
+    wait_sql(&c, "SELECT body FROM notes WHERE id = 1", "hello, from ana").await;
+    // Renewing needs the lock's id; a wrong id is refused.
+    let e = c
+        .post(&lock_path, &json!({ "holder": "ana", "lock": "nope" }))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("locked by ana"), "{e:#}");
+    // The lease runs out on its own: the other editor may edit again.
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let mut fresh = YjsClient::connect(&url).await.unwrap();
+    fresh
+        .wait_text(WAIT, |t| t == "hello, from ana")
+        .await
+        .unwrap();
+    fresh.insert(0, "after: ");
+    holder
+        .wait_text(WAIT, |t| t == "after: hello, from ana")
+        .await
+        .unwrap();
+    // Taken again and released by id.
+    let again = c
+        .post(&lock_path, &json!({ "holder": "ben", "seconds": 60 }))
+        .await
+        .unwrap();
+    let id2 = again["lock"].as_str().unwrap();
+    let e = c
+        .delete(&format!("{lock_path}?lock={id}"))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("no lock"), "{e:#}");
+    c.delete(&format!("{lock_path}?lock={id2}")).await.unwrap();
+    c.post(&lock_path, &json!({ "holder": "carl", "seconds": 1 }))
+        .await
+        .unwrap();
+    // Bad leases are refused by name.
+    for body in [
+        json!({ "seconds": 0 }),
+        json!({ "seconds": 100000 }),
+        json!({ "holder": "" }),
+    ] {
+        let e = c.post(&lock_path, &body).await.unwrap_err();
+        assert!(format!("{e:#}").contains("invalid_lock"), "{body}: {e:#}");
+    }
+}

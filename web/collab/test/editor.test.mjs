@@ -122,8 +122,25 @@ try {
   await typeAt(ana.page, 'end', '!');
   await until('the reader to follow', async () => (await textOf(reader.page)) === `${merged}!`);
 
+  // Lock-based mode: Ana locks; Ben's page turns read-only and his typing is not taken; Ana
+  // edits; she unlocks and Ben's page edits again.
+  await ana.page.click('#lock');
+  await ben.page.waitForSelector('#status[data-readonly]', { timeout: STEP_MS });
+  assert.match(await ben.page.textContent('#status'), /locked by Ana/);
+  await typeAt(ben.page, 'end', ' ben-while-locked');
+  await typeAt(ana.page, 'end', '#');
+  const locked = `${merged}!#`;
+  await until('Ben to see Ana\'s edit under her lock', async () => (await textOf(ben.page)) === locked);
+  assert.equal(await textOf(ana.page), locked, 'an edit made without the lock was taken');
+  await ana.page.click('#lock');
+  await ben.page.waitForFunction(() => !('readonly' in document.getElementById('status').dataset), null, { timeout: STEP_MS });
+  await typeAt(ben.page, 'end', '$');
+  const end = `${locked}$`;
+  await until('Ana to see Ben\'s edit after the unlock', async () => (await textOf(ana.page)) === end);
+  log('lock-based mode: only the holder edited');
+
   provider.destroy();
-  console.log(JSON.stringify({ text: `${merged}!`, while_offline: anaWhileBenAway }));
+  console.log(JSON.stringify({ text: end, while_offline: anaWhileBenAway }));
 } catch (e) {
   log('FAILED:', e.stack ?? e);
   process.exitCode = 1;

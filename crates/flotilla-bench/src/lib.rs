@@ -3,6 +3,7 @@
 //! repeated runs with [min..max]; compare ratios, not absolute numbers (shared machines are noisy).
 
 mod backup;
+mod collab;
 mod commit;
 mod devices;
 mod failover;
@@ -52,12 +53,15 @@ pub struct BenchArgs {
     /// (with --compare postgres: PostgreSQL 15's logical apply of the same rows).
     /// `devices` runs offline devices against a data centre: offline changes to a second
     /// device end to end, a no-op sync, an initial sync, many devices at once.
-    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup", "failover", "multi-leader", "devices"])]
+    /// `collab` sends the automerge-paper editing trace keystroke by keystroke through a
+    /// collaborative document to a second client, measures keystroke latency and 1,000 editors
+    /// across 100 documents (with --compare yjs: y-websocket's stock server on Node).
+    #[arg(default_value = "all", value_parser = ["all", "commit", "lag", "catchup", "bootstrap", "logical", "pipeline", "security", "memory", "backup", "failover", "multi-leader", "devices", "collab"])]
     scenario: String,
     /// Run the same workload against PostgreSQL (started here, from its installed programs) and
     /// print its figures beside Flotilla's, with the ratio (every scenario but `all` and
     /// `pipeline`, which always delivers into PostgreSQL).
-    #[arg(long, value_name = "SYSTEM", value_parser = ["postgres"])]
+    #[arg(long, value_name = "SYSTEM", value_parser = ["postgres", "yjs"])]
     compare: Option<String>,
     /// Also write a Markdown report into this directory, with PNG plots for `commit` (throughput
     /// and p99 vs clients) and `lag` (CDF); every scenario but `all` and `pipeline`.
@@ -584,6 +588,15 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.scenario == "multi-leader" {
         return multi_leader::run_scenario(a).await;
+    }
+    if a.scenario == "collab" {
+        if a.compare.as_deref().is_some_and(|c| c != "yjs") {
+            anyhow::bail!("bench collab compares with a stock Yjs server: --compare yjs");
+        }
+        return collab::run_scenario(a).await;
+    }
+    if a.compare.as_deref() == Some("yjs") {
+        anyhow::bail!("--compare yjs is for bench collab");
     }
     if a.scenario == "devices" {
         if a.compare.is_some() {

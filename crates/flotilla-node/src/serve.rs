@@ -592,6 +592,12 @@ pub async fn run(
     let server_shutdown = shutdown.clone();
     let server = match tls {
         None => tokio::spawn(async move {
+            // Small writes (a keystroke relayed, a replication ack) go out at once, as over
+            // TLS (NoDelayAcceptor): Nagle's algorithm would hold them for the peer's ACK.
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
                 .await

@@ -62,7 +62,7 @@ impl YjsClient {
         let request = ws_url.into_client_request()?;
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(request),
+            tokio_tungstenite::connect_async_with_config(request, None, true),
         )
         .await??;
         let text = doc.get_or_insert_text("text");

@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, Semaphore};
 /// The largest message an editor may send (an update, or a first sync of a big document).
 pub const MAX_COLLAB_MESSAGE_BYTES: usize = 16 << 20;
 
+/// Each editor connection's initial read buffer.
+const READ_BUFFER_BYTES: usize = 4 << 10;
+
 /// Messages of one editor queued for its document at most (its reader waits beyond).
 const QUEUED_PER_EDITOR: usize = 256;
 
@@ -130,6 +133,9 @@ pub async fn connect(
     Ok(ws
         .max_message_size(MAX_COLLAB_MESSAGE_BYTES)
         .max_frame_size(MAX_COLLAB_MESSAGE_BYTES)
+        // Keystrokes are small: a small read buffer per editor (the default is 128 KiB), which
+        // grows for a large message.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| serve(node, doc, can_edit, lock, socket))
         .into_response())
 }

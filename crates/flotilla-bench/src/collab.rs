@@ -230,7 +230,8 @@ struct Target {
     name: &'static str,
     base: String,
     pid: u32,
-    /// Documents 0..100 exist (rows of `docs` on Flotilla; any room on the stock server).
+    /// Documents 0..=300 exist (rows of `docs` on Flotilla; any room on the stock server):
+    /// the trace's runs take 0.., the paced runs 50.., the many editors 100...
     doc: fn(usize) -> String,
     _keep: Box<dyn std::any::Any + Send>,
 }
@@ -240,7 +241,7 @@ async fn flotilla(root: &Path) -> anyhow::Result<Target> {
     let c = Client::new(&node.url);
     let mut statements =
         vec![json!({ "sql": "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT)" })];
-    statements.push(json!({ "sql": "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 100) INSERT INTO docs(id, body) SELECT i, '' FROM n" }));
+    statements.push(json!({ "sql": "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 300) INSERT INTO docs(id, body) SELECT i, '' FROM n" }));
     c.post("/v1/execute", &json!({ "statements": statements }))
         .await?;
     c.post(
@@ -306,7 +307,7 @@ async fn many_editors(t: &Target, docs: usize, per_doc: usize) -> anyhow::Result
     let started = Instant::now();
     let mut editors = Vec::new();
     for d in 0..docs {
-        let url = format!("{}/{}", t.base, (t.doc)(d + 1));
+        let url = format!("{}/{}", t.base, (t.doc)(100 + d));
         for _ in 0..per_doc {
             let (rx, doc, task) = follower(connect(&url).await?);
             let (sink, stream) = connect(&url).await.map(|w| w.split())?;
@@ -407,12 +408,8 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
         );
         let mut memory = Figure::new(&format!("{}: memory per open document", t.name), "MiB");
         for run in 0..runs {
-            // Each run a document of its own (row 0 and rows beyond the many-editors ones).
-            let doc = if run == 0 {
-                (t.doc)(0)
-            } else {
-                (t.doc)(100 - run)
-            };
+            // Each run a document of its own.
+            let doc = (t.doc)(run);
             say(&a, &format!("{}: the trace, run {}", t.name, run + 1));
             let (ms, _, text) = through(&format!("{}/{doc}", t.base), &updates, None).await?;
             ensure!(
@@ -426,12 +423,7 @@ pub async fn run_scenario(a: BenchArgs) -> anyhow::Result<()> {
                 &a,
                 &format!("{}: paced keystrokes, run {}", t.name, run + 1),
             );
-            let paced_doc = format!("paced{run}");
-            let paced_doc = if t.name == "Flotilla" {
-                (t.doc)(99 - run - runs)
-            } else {
-                paced_doc
-            };
+            let paced_doc = (t.doc)(50 + run);
             let (_, mut lat, _) = through(
                 &format!("{}/{paced_doc}", t.base),
                 &updates[..paced],

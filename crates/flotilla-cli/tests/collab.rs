@@ -272,13 +272,13 @@ async fn a_lock_lets_only_its_holder_edit_until_released_or_expired() {
     other.wait_text(WAIT, |t| t == "hello").await.unwrap();
     // Ana takes the lock; Ben cannot take it meanwhile.
     let taken = c
-        .post(&lock_path, &json!({ "holder": "ana", "seconds": 2 }))
+        .post(lock_path, &json!({ "holder": "ana", "seconds": 2 }))
         .await
         .unwrap();
     let id = taken["lock"].as_str().unwrap().to_string();
     assert_eq!(taken["holder"], "ana");
     let e = c
-        .post(&lock_path, &json!({ "holder": "ben" }))
+        .post(lock_path, &json!({ "holder": "ben" }))
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("locked by ana"), "{e:#}");
@@ -316,7 +316,7 @@ async fn a_lock_lets_only_its_holder_edit_until_released_or_expired() {
     wait_sql(&c, "SELECT body FROM notes WHERE id = 1", "hello, from ana").await;
     // Renewing needs the lock's id; a wrong id is refused.
     let e = c
-        .post(&lock_path, &json!({ "holder": "ana", "lock": "nope" }))
+        .post(lock_path, &json!({ "holder": "ana", "lock": "nope" }))
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("locked by ana"), "{e:#}");
@@ -334,7 +334,7 @@ async fn a_lock_lets_only_its_holder_edit_until_released_or_expired() {
         .unwrap();
     // Taken again and released by id.
     let again = c
-        .post(&lock_path, &json!({ "holder": "ben", "seconds": 60 }))
+        .post(lock_path, &json!({ "holder": "ben", "seconds": 60 }))
         .await
         .unwrap();
     let id2 = again["lock"].as_str().unwrap();
@@ -344,7 +344,7 @@ async fn a_lock_lets_only_its_holder_edit_until_released_or_expired() {
         .unwrap_err();
     assert!(format!("{e:#}").contains("no lock"), "{e:#}");
     c.delete(&format!("{lock_path}?lock={id2}")).await.unwrap();
-    c.post(&lock_path, &json!({ "holder": "carl", "seconds": 1 }))
+    c.post(lock_path, &json!({ "holder": "carl", "seconds": 1 }))
         .await
         .unwrap();
     // Bad leases are refused by name.
@@ -353,7 +353,7 @@ async fn a_lock_lets_only_its_holder_edit_until_released_or_expired() {
         json!({ "seconds": 100000 }),
         json!({ "holder": "" }),
     ] {
-        let e = c.post(&lock_path, &body).await.unwrap_err();
+        let e = c.post(lock_path, &body).await.unwrap_err();
         assert!(format!("{e:#}").contains("invalid_lock"), "{body}: {e:#}");
     }
 }

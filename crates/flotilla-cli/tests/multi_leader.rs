@@ -732,7 +732,12 @@ async fn a_data_centre_that_is_a_failover_cluster_goes_on_exchanging_after_its_l
     let dir = tempfile::tempdir().unwrap();
     let us_port = free_ports(1)[0];
     let us_url = format!("127.0.0.1:{us_port}");
-    let to_us = format!("us={us_url}");
+    // eu reaches us through a proxy: cut, it holds eu's writes back from us (below, to make two
+    // updates concurrent however fast the exchange is).
+    let eu_to_us = flotilla_testkit::proxy::Proxy::start(us_url.clone())
+        .await
+        .unwrap();
+    let to_us = format!("us={}", eu_to_us.url);
     let mut eu = flotilla_testkit::cluster::start_voters(
         &exe(),
         dir.path(),
@@ -786,8 +791,11 @@ async fn a_data_centre_that_is_a_failover_cluster_goes_on_exchanging_after_its_l
     let second = cluster_leader(&eu, &up).await;
     assert_ne!(second, first);
     let ec = Client::new(&eu[second].url);
+    // Concurrent: eu's update cannot reach us before us makes its own.
+    eu_to_us.partition();
     write(&ec, "UPDATE t SET v = 'eu-2' WHERE id = 'a'").await;
     write(&uc, "UPDATE t SET v = 'us-3' WHERE id = 'a'").await;
+    eu_to_us.heal();
     write(&ec, "INSERT INTO t VALUES ('e', 'eu-after-failover')").await;
     let agreed = converged(&[ec.clone(), uc.clone()], "SELECT * FROM t ORDER BY id").await;
     let ids: Vec<&str> = agreed

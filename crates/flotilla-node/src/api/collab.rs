@@ -72,7 +72,7 @@ pub async fn enable(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let (req, _): (EnableRequest, _) =
         json_body(&headers, body, node.config.max_body_bytes).await?;
     let (enabled, column) = tokio::sync::oneshot::channel();
@@ -89,9 +89,8 @@ pub async fn enable(
     let column = column
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no answer"))?;
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "column": column, "position": position.to_string() })),
+    Ok(Json(
+        json!({ "column": column, "position": position.to_string() }),
     ))
 }
 

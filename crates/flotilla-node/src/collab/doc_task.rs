@@ -344,12 +344,10 @@ impl State {
                     lock,
                     presence: HashSet::new(),
                 };
-                // Said at once, so an editor can show the document read-only.
-                if let Some(why) = self.refusal(&editor) {
-                    let _ = editor
-                        .out
-                        .try_send(Outgoing::Binary(encode(Message::Auth(Some(why)))));
-                }
+                // Said at once, so an editor can show the document read-only — or editable again
+                // (a page refused before it reconnected with the lock it took).
+                let said = Message::Auth(self.refusal(&editor));
+                let _ = editor.out.try_send(Outgoing::Binary(encode(said)));
                 self.editors.insert(conn, editor);
             }
             DocEvent::Message { conn, bytes, .. } => {

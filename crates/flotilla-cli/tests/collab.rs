@@ -236,6 +236,43 @@ async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
         assert_eq!(closed.code, Some(1007), "{bad:?}: {closed:?}");
         assert!(closed.reason.contains("malformed"), "{bad:?}: {closed:?}");
     }
+    // A state vector claiming 500 million entries in a few bytes; presence that is not JSON;
+    // an update that would take the document past its size limit.
+    let lying_sv = {
+        let mut sv = Vec::new();
+        let mut n: u64 = 500_000_000;
+        while n >= 0x80 {
+            sv.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        sv.push(n as u8);
+        let mut m = vec![0u8, 0u8, sv.len() as u8];
+        m.extend_from_slice(&sv);
+        m
+    };
+    let bad_presence = {
+        let json = b"{bad";
+        let mut entry = vec![1u8, 42, 1, json.len() as u8];
+        entry.extend_from_slice(json);
+        let mut m = vec![1u8, entry.len() as u8];
+        m.extend_from_slice(&entry);
+        m
+    };
+    for (bad, code, want) in [
+        (lying_sv, 1007, "claims 500000000 entries"),
+        (bad_presence, 1007, "not JSON"),
+    ] {
+        let bad_client = YjsClient::connect(&url).await.unwrap();
+        bad_client.send_raw(bad.clone());
+        let closed = bad_client.wait_closed(WAIT).await.expect("closed");
+        assert_eq!(closed.code, Some(code), "{closed:?}");
+        assert!(closed.reason.contains(want), "{closed:?}");
+    }
+    let big = YjsClient::connect(&url).await.unwrap();
+    big.insert(0, &"x".repeat(9 << 20));
+    let closed = big.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert!(closed.reason.contains("limit of 8 MiB"), "{closed:?}");
     good.insert(5, "!");
     good.wait_text(WAIT, |t| t == "hello!").await.unwrap();
     wait_sql(&c, "SELECT body FROM notes WHERE id = 1", "hello!").await;

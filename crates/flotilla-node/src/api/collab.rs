@@ -7,7 +7,7 @@ use super::body::json_body;
 use super::execute::leader_only;
 use super::ApiError;
 use crate::collab::{
-    DocEvent, LockAction, LockRefused, LockState, Outgoing, MAX_LEASE_MS, OUTGOING_QUEUE,
+    editor_channel, DocEvent, LockAction, LockRefused, LockState, Outgoing, MAX_LEASE_MS,
 };
 use crate::leader::{CollabChange, WriteJob};
 use crate::node::Node;
@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 /// The largest message an editor may send (an update, or a first sync of a big document).
 pub const MAX_COLLAB_MESSAGE_BYTES: usize = 16 << 20;
@@ -148,7 +148,7 @@ async fn serve(
 ) {
     let hub = node.collab.clone();
     let conn = hub.new_conn();
-    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
+    let (out_tx, mut out_rx) = editor_channel();
     let join = DocEvent::Join {
         conn,
         out: out_tx,
@@ -160,11 +160,13 @@ async fn serve(
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
-            out = out_rx.recv() => match out {
+            out = out_rx.rx.recv() => match out {
                 Some(Outgoing::Binary(bytes)) => {
+                    let len = bytes.len();
                     if sink.send(Message::Binary(bytes.into())).await.is_err() {
                         break;
                     }
+                    out_rx.written(len);
                 }
                 Some(Outgoing::Close { code, reason }) => {
                     let frame = CloseFrame { code, reason: close_reason(&reason).into() };

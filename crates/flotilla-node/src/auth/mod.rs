@@ -126,7 +126,9 @@ pub fn presented_token(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -
     {
         return Some(h.to_string());
     }
-    if !uri.path().starts_with("/v1/collab/") || uri.path() == "/v1/collab/columns" {
+    // A document's WebSocket: /v1/collab/TABLE/KEY/COLUMN, nothing shorter or longer.
+    let path = uri.path();
+    if !path.starts_with("/v1/collab/") || path.split('/').count() != 6 {
         return None;
     }
     query_param(uri, "token").map(|token| format!("Bearer {token}"))

@@ -10,7 +10,7 @@
 //! nothing its editors still hold.
 
 use super::text_edit::text_edit;
-use super::{DocEvent, DocHub, LockAction, LockRefused, LockState};
+use super::{DocEvent, DocHub, EditorOut, LockAction, LockRefused, LockState};
 use crate::leader::{ChangeError, CollabChange, WriteJob};
 use crate::node::Node;
 use flotilla_store::collab::{CollabError, DocWrite, ResolvedDoc, StoredDoc};
@@ -41,10 +41,6 @@ pub enum Outgoing {
     },
 }
 
-/// Messages waiting to be written to one editor. An editor this far behind is dropped (it
-/// resyncs when it reconnects) instead of holding the document's memory or its other editors.
-pub const OUTGOING_QUEUE: usize = 8192;
-
 /// The shortest time between two commits of one document: keystrokes in between share one.
 pub const COMMIT_INTERVAL_MS: u64 = 10;
 
@@ -52,6 +48,10 @@ pub const COMMIT_INTERVAL_MS: u64 = 10;
 /// this much) before the next compaction folds them in: storage stays within about twice the
 /// document's state.
 const COMPACT_MIN_BYTES: usize = 64 << 10;
+
+/// A document's text and an update to it together, at most: an update that could take the
+/// document beyond is refused (its connection closed with the reason).
+pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
 
 /// Presence entries (Yjs clients) one connection may announce; more are ignored.
 const MAX_PRESENCE_PER_CONN: usize = 16;
@@ -71,7 +71,7 @@ const CLOSE_ERROR: u16 = 1011;
 pub const MAX_LEASE_MS: u64 = 10 * 60 * 1000;
 
 struct Editor {
-    out: mpsc::Sender<Outgoing>,
+    out: EditorOut,
     can_edit: bool,
     /// The lock this editor presented.
     lock: Option<String>,
@@ -138,7 +138,7 @@ pub async fn run(
                     tracing::warn!(document = %address, "{why}");
                     let code = match e {
                         ChangeError::Collab(CollabError::NotFound(_)) => CLOSE_POLICY,
-                        _ => CLOSE_GOING_AWAY,
+                        _ => CLOSE_ERROR,
                     };
                     return fail(&hub, &address, &mut rx, &why, Some((&mut st, code)));
                 }
@@ -182,10 +182,7 @@ fn fail(
     }
     while let Ok(ev) = rx.try_recv() {
         if let DocEvent::Join { out, .. } = ev {
-            let _ = out.try_send(Outgoing::Close {
-                code,
-                reason: why.to_string(),
-            });
+            out.close(code, why);
         }
     }
 }
@@ -297,7 +294,7 @@ fn decode_messages(bytes: &[u8]) -> Result<Vec<Message>, yrs::encoding::read::Er
         match cursor.read_var::<u8>()? {
             MSG_SYNC => {
                 cursor.read_var::<u8>()?;
-                cursor.read_buf()?;
+                plausible_count(cursor.read_buf()?)?;
             }
             MSG_AUTH => {
                 if cursor.read_var::<u8>()? == PERMISSION_DENIED {
@@ -307,12 +304,30 @@ fn decode_messages(bytes: &[u8]) -> Result<Vec<Message>, yrs::encoding::read::Er
             MSG_QUERY_AWARENESS => {}
             // Awareness, and messages of other kinds (passed over), carry one buffer.
             _ => {
-                cursor.read_buf()?;
+                plausible_count(cursor.read_buf()?)?;
             }
         }
         out.push(Message::decode_v1(&bytes[start..cursor.next])?);
     }
     Ok(out)
+}
+
+/// A state vector, an update and a presence update each start with a count of what follows;
+/// each of those takes a byte at least. A count beyond the buffer's length is a lie that would
+/// make the decoder reserve memory for it (a 10-byte message claiming 500 million entries).
+fn plausible_count(buf: &[u8]) -> Result<(), yrs::encoding::read::Error> {
+    use yrs::encoding::read::Read;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let count: u64 = Cursor::new(buf).read_var()?;
+    if count > buf.len() as u64 {
+        return Err(yrs::encoding::read::Error::Custom(format!(
+            "it claims {count} entries in {} bytes",
+            buf.len()
+        )));
+    }
+    Ok(())
 }
 
 fn encode(msg: Message) -> Vec<u8> {
@@ -330,12 +345,10 @@ impl State {
             } => {
                 // The server speaks first (as y-websocket's does): what it has, then who is here.
                 let sv = self.awareness.doc().transact().state_vector();
-                let _ = out.try_send(Outgoing::Binary(encode(Message::Sync(
-                    SyncMessage::SyncStep1(sv),
-                ))));
+                out.push(encode(Message::Sync(SyncMessage::SyncStep1(sv))));
                 if let Ok(update) = self.awareness.update() {
                     if !update.clients.is_empty() {
-                        let _ = out.try_send(Outgoing::Binary(encode(Message::Awareness(update))));
+                        out.push(encode(Message::Awareness(update)));
                     }
                 }
                 let editor = Editor {
@@ -347,7 +360,7 @@ impl State {
                 // Said at once, so an editor can show the document read-only — or editable again
                 // (a page refused before it reconnected with the lock it took).
                 let said = Message::Auth(self.refusal(&editor));
-                let _ = editor.out.try_send(Outgoing::Binary(encode(said)));
+                editor.out.push(encode(said));
                 self.editors.insert(conn, editor);
             }
             DocEvent::Message { conn, bytes, .. } => {
@@ -402,6 +415,8 @@ impl State {
                     (None, None) => {}
                 }
                 let lease_ms = lease_ms.clamp(1, MAX_LEASE_MS);
+                // A renewal keeps its holder's name.
+                let holder = held.map_or(holder, |l| l.holder.clone());
                 let id = renew.unwrap_or_else(new_lock_id);
                 self.lock = Some(Lock {
                     id: id.clone(),
@@ -434,7 +449,7 @@ impl State {
                 continue;
             }
             let msg = Message::Auth(self.refusal(e));
-            if e.out.try_send(Outgoing::Binary(encode(msg))).is_err() {
+            if !e.out.push(encode(msg)) {
                 behind.push(*id);
             }
         }
@@ -460,6 +475,18 @@ impl State {
                 | Message::Sync(SyncMessage::Update(u)) => {
                     let update = yrs::Update::decode_v1(&u)
                         .map_err(|e| (CLOSE_BAD_DATA, format!("malformed update: {e}")))?;
+                    // Bounded: what is stored (the text with every commit) must fit a commit,
+                    // and a resync must fit a message.
+                    let text_now = self.text.len(&self.awareness.doc().transact()) as usize;
+                    if text_now + u.len() > MAX_DOCUMENT_BYTES {
+                        return Err((
+                            CLOSE_POLICY,
+                            format!(
+                                "the update would make the document larger than its limit of {} MiB",
+                                MAX_DOCUMENT_BYTES >> 20
+                            ),
+                        ));
+                    }
                     if let Some(why) = refusal.clone() {
                         // A reader's client answers the server's step 1 with what it has; an
                         // empty answer is no edit.
@@ -476,7 +503,7 @@ impl State {
                         .map_err(|e| (CLOSE_BAD_DATA, format!("update refused: {e}")))?;
                     self.relay_produced(conn);
                 }
-                Message::Awareness(update) => self.on_presence(conn, update),
+                Message::Awareness(update) => self.on_presence(conn, update)?,
                 Message::AwarenessQuery => {
                     if let Ok(update) = self.awareness.update() {
                         self.send(conn, encode(Message::Awareness(update)))?;
@@ -499,12 +526,35 @@ impl State {
         }
     }
 
-    fn on_presence(&mut self, conn: ConnId, mut update: yrs::sync::awareness::AwarenessUpdate) {
+    fn on_presence(
+        &mut self,
+        conn: ConnId,
+        mut update: yrs::sync::awareness::AwarenessUpdate,
+    ) -> Result<(), (u16, String)> {
+        // Presence is relayed as JSON to every editor, whose clients parse it.
+        if let Some(bad) = update
+            .clients
+            .values()
+            .find(|e| serde_json::from_str::<serde_json::Value>(&e.json).is_err())
+        {
+            let start: String = bad.json.chars().take(40).collect();
+            return Err((
+                CLOSE_BAD_DATA,
+                format!("malformed presence: not JSON ({start:?}…)"),
+            ));
+        }
+        // A client number announced by another connection is that connection's.
+        let others: HashSet<yrs::block::ClientID> = self
+            .editors
+            .iter()
+            .filter(|(id, _)| **id != conn)
+            .flat_map(|(_, e)| e.presence.iter().copied())
+            .collect();
         let Some(editor) = self.editors.get_mut(&conn) else {
-            return;
+            return Ok(());
         };
         update.clients.retain(|client, entry| {
-            if entry.json.len() > MAX_PRESENCE_BYTES {
+            if entry.json.len() > MAX_PRESENCE_BYTES || others.contains(client) {
                 return false;
             }
             if editor.presence.contains(client) {
@@ -517,12 +567,13 @@ impl State {
             true
         });
         if update.clients.is_empty() {
-            return;
+            return Ok(());
         }
         let msg = encode(Message::Awareness(update.clone()));
         if self.awareness.apply_update(update).is_ok() {
             self.broadcast(Some(conn), &msg);
         }
+        Ok(())
     }
 
     /// A departed editor's presence goes, and everyone hears it.
@@ -541,10 +592,8 @@ impl State {
 
     fn send(&mut self, conn: ConnId, msg: Vec<u8>) -> Result<(), (u16, String)> {
         match self.editors.get(&conn) {
-            Some(e) => e
-                .out
-                .try_send(Outgoing::Binary(msg))
-                .map_err(|_| (CLOSE_POLICY, "too far behind: reconnect to resync".into())),
+            Some(e) if e.out.push(msg) => Ok(()),
+            Some(_) => Err((CLOSE_POLICY, "too far behind: reconnect to resync".into())),
             None => Ok(()),
         }
     }
@@ -555,7 +604,7 @@ impl State {
             if Some(*id) == except {
                 continue;
             }
-            if e.out.try_send(Outgoing::Binary(msg.to_vec())).is_err() {
+            if !e.out.push(msg.to_vec()) {
                 behind.push(*id);
             }
         }
@@ -566,20 +615,14 @@ impl State {
 
     fn drop_editor(&mut self, conn: ConnId, code: u16, why: &str) {
         if let Some(editor) = self.editors.remove(&conn) {
-            let _ = editor.out.try_send(Outgoing::Close {
-                code,
-                reason: why.to_string(),
-            });
+            editor.out.close(code, why);
             self.forget_presence(editor.presence);
         }
     }
 
     fn close_all(&mut self, code: u16, why: &str) {
         for (_, e) in self.editors.drain() {
-            let _ = e.out.try_send(Outgoing::Close {
-                code,
-                reason: why.to_string(),
-            });
+            e.out.close(code, why);
         }
     }
 

@@ -8,9 +8,11 @@
 //! reaches a live task or starts a new one that reads everything stored.
 
 mod doc_task;
+mod editor_out;
 mod text_edit;
 
-pub use doc_task::{ConnId, Outgoing, COMMIT_INTERVAL_MS, MAX_LEASE_MS, OUTGOING_QUEUE};
+pub use doc_task::{ConnId, Outgoing, COMMIT_INTERVAL_MS, MAX_LEASE_MS};
+pub use editor_out::{editor_channel, EditorIn, EditorOut, MAX_QUEUED_BYTES};
 
 use flotilla_store::collab::ResolvedDoc;
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ pub enum DocEvent {
     /// An editor connected: its messages go to `out`. `can_edit`: its token may write.
     Join {
         conn: ConnId,
-        out: mpsc::Sender<Outgoing>,
+        out: EditorOut,
         can_edit: bool,
         /// The lock this editor holds (`?lock=`), if any.
         lock: Option<String>,

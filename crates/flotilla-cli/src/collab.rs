@@ -32,6 +32,18 @@ any Yjs client: new WebsocketProvider('ws://127.0.0.1:4790/v1/collab', 'notes/42
     },
 }
 
+/// `s` as one URL path segment (names may hold spaces, slashes, any character).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn column_rows(v: &Value) -> Vec<Vec<String>> {
     v["columns"]
         .as_array()
@@ -68,9 +80,11 @@ pub async fn run(cmd: CollabCommand) -> anyhow::Result<()> {
                 c["column"].as_str().unwrap_or(&column),
             );
             println!(
-                "{t}.{col} is collaborative (at {}); open a row's document at {}/edit/{t}/KEY/{col}",
+                "{t}.{col} is collaborative (at {}); open a row's document at {}/edit/{}/KEY/{}",
                 v["position"].as_str().unwrap_or("?"),
-                node.trim_end_matches('/')
+                node.trim_end_matches('/'),
+                path_segment(t),
+                path_segment(col)
             );
         }
         CollabCommand::List { node, json } => {

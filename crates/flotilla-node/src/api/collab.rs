@@ -28,6 +28,9 @@ use tokio::sync::Semaphore;
 /// The largest message an editor may send (an update, or a first sync of a big document).
 pub const MAX_COLLAB_MESSAGE_BYTES: usize = 16 << 20;
 
+/// How long a closed connection's last messages are read while it answers the close.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Each editor connection's initial read buffer.
 const READ_BUFFER_BYTES: usize = 4 << 10;
 
@@ -171,6 +174,17 @@ async fn serve(
                 Some(Outgoing::Close { code, reason }) => {
                     let frame = CloseFrame { code, reason: close_reason(&reason).into() };
                     let _ = sink.send(Message::Close(Some(frame))).await;
+                    // The closing handshake: what the editor was still sending is read and
+                    // dropped until it answers (bounded), so the socket is not closed on unread
+                    // bytes — a reset that could lose the close frame and its reason.
+                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                        while let Some(Ok(m)) = stream.next().await {
+                            if matches!(m, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
                     break;
                 }
                 None => break,

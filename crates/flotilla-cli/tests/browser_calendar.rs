@@ -87,36 +87,18 @@ async fn run_script(
 async fn two_browsers_edit_offline_converge_and_show_the_conflict() {
     let tools = tools();
     let node = &tools.1;
-    // The page the node embeds is what web/device's sources build to (a change to them
-    // without `npm run build` would test one thing and ship another).
-    let built = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(node)
-        .arg("build.mjs")
-        .arg("--out")
-        .arg(built.path())
-        .current_dir(web_device_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building the page: {}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_assets_built(
+        node,
+        "device",
+        "calendar",
+        &[
+            "index.html",
+            "app.js",
+            "device-worker.js",
+            "sw.js",
+            "sqlite3.wasm",
+        ],
     );
-    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../flotilla-node/assets/calendar");
-    for file in [
-        "index.html",
-        "app.js",
-        "device-worker.js",
-        "sw.js",
-        "sqlite3.wasm",
-    ] {
-        assert!(
-            std::fs::read(built.path().join(file)).unwrap()
-                == std::fs::read(assets.join(file)).unwrap(),
-            "crates/flotilla-node/assets/calendar/{file} is not what web/device builds: run \
-             `npm run build` in web/device and commit the assets"
-        );
-    }
     let root = tempfile::tempdir().unwrap();
     let (s, laptop, phone) = calendar_server(root.path()).await;
     // Values of every type, to see them cross unchanged.

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::devices::blocking;
+use common::devices::{assert_assets_built, blocking};
 use common::*;
 use flotilla_client::Client;
 use serde_json::{json, Value};
@@ -42,29 +42,7 @@ async fn pages_type_at_once_go_offline_and_converge_with_a_stock_yjs_client() {
             .expect("the npm packages of web/collab");
         (chromium, node)
     });
-    // The page the node embeds is what web/collab's sources build to.
-    let built = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(&node)
-        .arg("build.mjs")
-        .arg("--out")
-        .arg(built.path())
-        .current_dir(web_collab_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building the page: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../flotilla-node/assets/edit");
-    for file in ["index.html", "app.js"] {
-        assert!(
-            std::fs::read(built.path().join(file)).unwrap()
-                == std::fs::read(assets.join(file)).unwrap(),
-            "crates/flotilla-node/assets/edit/{file} is not what web/collab builds: run `npm run \
-             build` in web/collab and commit the assets"
-        );
-    }
+    assert_assets_built(&node, "collab", "edit", &["index.html", "app.js"]);
 
     let root = tempfile::tempdir().unwrap();
     let leader = flotilla_testkit::cluster::LocalNode::start(

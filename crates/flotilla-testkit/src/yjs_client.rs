@@ -30,8 +30,6 @@ pub struct YjsClient {
     closed: Arc<Mutex<Option<Closed>>>,
     /// Permission-denied messages the server sent.
     pub denied: Arc<Mutex<Vec<String>>>,
-    /// Every update the server relayed (decoded count), for latency probes.
-    pub received_updates: Arc<std::sync::atomic::AtomicU64>,
     /// Bytes of the updates this client sent (its own edits).
     pub sent_bytes: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -71,7 +69,6 @@ impl YjsClient {
         let changed_tx = Arc::new(changed_tx);
         let closed: Arc<Mutex<Option<Closed>>> = Arc::default();
         let denied: Arc<Mutex<Vec<String>>> = Arc::default();
-        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sent_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         // Local edits go to the server as they happen (as y-websocket's provider does).
         {
@@ -94,13 +91,7 @@ impl YjsClient {
             Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1().into(),
         ))?;
         let (mut sink, mut stream) = ws.split();
-        let (d, c, dn, rc, out2) = (
-            doc.clone(),
-            closed.clone(),
-            denied.clone(),
-            received.clone(),
-            out.clone(),
-        );
+        let (d, c, dn, out2) = (doc.clone(), closed.clone(), denied.clone(), out.clone());
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -120,7 +111,6 @@ impl YjsClient {
                                     }
                                     Message::Sync(SyncMessage::SyncStep2(u))
                                     | Message::Sync(SyncMessage::Update(u)) => {
-                                        rc.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                         if let Ok(u) = yrs::Update::decode_v1(&u) {
                                             let mut txn = d.transact_mut_with("remote");
                                             let _ = txn.apply_update(u);
@@ -160,7 +150,6 @@ impl YjsClient {
             changed,
             closed,
             denied,
-            received_updates: received,
             sent_bytes,
             task,
         })

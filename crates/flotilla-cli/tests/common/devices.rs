@@ -63,3 +63,32 @@ pub async fn raw_sync(url: &str, token: &str, body: &Value) -> (u16, Value) {
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
+
+/// The page assets the node embeds (`crates/flotilla-node/assets/ASSETS`) are what the npm
+/// package `web/PACKAGE` builds (`build.mjs --out`, which type-checks first): a change to the
+/// sources without `npm run build` would test one thing and ship another.
+pub fn assert_assets_built(node: &std::path::Path, package: &str, assets: &str, files: &[&str]) {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let built = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(node)
+        .arg("build.mjs")
+        .arg("--out")
+        .arg(built.path())
+        .current_dir(manifest.join("../../web").join(package))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building web/{package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let embedded = manifest.join("../flotilla-node/assets").join(assets);
+    for file in files {
+        assert!(
+            std::fs::read(built.path().join(file)).unwrap()
+                == std::fs::read(embedded.join(file)).unwrap(),
+            "crates/flotilla-node/assets/{assets}/{file} is not what web/{package} builds: run \
+             `npm run build` in web/{package} and commit the assets"
+        );
+    }
+}

@@ -6,8 +6,8 @@
 //! security policy that lets only its own script run and connect to its own origin.
 
 use axum::extract::Path;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 
 const INDEX: &[u8] = include_bytes!("../../assets/edit/index.html");
 const APP: &[u8] = include_bytes!("../../assets/edit/app.js");
@@ -39,19 +39,7 @@ pub async fn page(Path((_table, _key, _column)): Path<(String, String, String)>)
 }
 
 fn file(bytes: &'static [u8], kind: &'static str) -> Response {
-    let mut resp = (StatusCode::OK, bytes).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    super::web::static_file(bytes, kind, CSP)
 }
 
 #[cfg(test)]

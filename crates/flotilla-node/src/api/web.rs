@@ -77,18 +77,23 @@ fn asset(name: &str) -> Response {
         )
         .into_response();
     };
-    let mut resp = (StatusCode::OK, *bytes).into_response();
+    static_file(bytes, kind, CSP)
+}
+
+/// An embedded page file, with its content security policy. The page changes with the binary:
+/// a browser asks again each time (cheap, loopback or LAN).
+pub fn static_file(bytes: &'static [u8], kind: &'static str, csp: &'static str) -> Response {
+    let mut resp = (StatusCode::OK, bytes).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    // The page changes with the binary: a browser asks again (cheap, loopback or LAN).
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }

@@ -11,8 +11,8 @@ mod doc_task;
 mod editor_out;
 mod text_edit;
 
-pub use doc_task::{ConnId, Outgoing, COMMIT_INTERVAL_MS, MAX_LEASE_MS};
-pub use editor_out::{editor_channel, EditorIn, EditorOut, MAX_QUEUED_BYTES};
+pub use doc_task::{ConnId, Outgoing, MAX_LEASE_MS};
+pub use editor_out::{editor_channel, EditorIn, EditorOut};
 
 use flotilla_store::collab::ResolvedDoc;
 use std::collections::HashMap;
@@ -143,10 +143,5 @@ impl DocHub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(address);
-    }
-
-    /// Documents open now.
-    pub fn open_documents(&self) -> usize {
-        self.docs.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }

@@ -438,9 +438,7 @@ pub fn spawn_writer(
                         continue;
                     }
                     WriteJob::Token { change, reply } => {
-                        if let Some(c) = &cluster {
-                            db.next_internal_at(c.next);
-                        }
+                        internal_at(&cluster, &mut db);
                         let now = wall_us();
                         let result = match &change {
                             TokenChange::Add(t) => db.add_token(t, epoch, &origin, now),
@@ -449,11 +447,9 @@ pub fn spawn_writer(
                             }
                         };
                         let result = result.map_err(ChangeError::from);
-                        if let Some(c) = &mut cluster {
-                            internal_commit_proposed(c, &db, result, reply);
-                            continue;
-                        }
-                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                        if let Err(e) =
+                            internal_answer(&mut cluster, &db, &publisher, result, reply)
+                        {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
@@ -475,9 +471,7 @@ pub fn spawn_writer(
                         continue;
                     }
                     WriteJob::Policy { change, reply } => {
-                        if let Some(c) = &cluster {
-                            db.next_internal_at(c.next);
-                        }
+                        internal_at(&cluster, &mut db);
                         let result = db
                             .set_policy(
                                 &change.table,
@@ -489,41 +483,31 @@ pub fn spawn_writer(
                                 wall_us(),
                             )
                             .map_err(ChangeError::from);
-                        if let Some(c) = &mut cluster {
-                            internal_commit_proposed(c, &db, result, reply);
-                            continue;
-                        }
-                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                        if let Err(e) =
+                            internal_answer(&mut cluster, &db, &publisher, result, reply)
+                        {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
                     }
                     WriteJob::Device { change, reply } => {
-                        if let Some(c) = &cluster {
-                            db.next_internal_at(c.next);
-                        }
+                        internal_at(&cluster, &mut db);
                         let result =
                             super::device_jobs::change(&mut db, change, epoch, &origin, wall_us());
-                        if let Some(c) = &mut cluster {
-                            internal_commit_proposed(c, &db, result, reply);
-                            continue;
-                        }
-                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                        if let Err(e) =
+                            internal_answer(&mut cluster, &db, &publisher, result, reply)
+                        {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
                     }
                     WriteJob::Collab { change, reply } => {
-                        if let Some(c) = &cluster {
-                            db.next_internal_at(c.next);
-                        }
+                        internal_at(&cluster, &mut db);
                         let result =
                             super::collab_jobs::change(&mut db, change, epoch, &origin, wall_us());
-                        if let Some(c) = &mut cluster {
-                            internal_commit_proposed(c, &db, result, reply);
-                            continue;
-                        }
-                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                        if let Err(e) =
+                            internal_answer(&mut cluster, &db, &publisher, result, reply)
+                        {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
@@ -533,9 +517,7 @@ pub fn spawn_writer(
                         pruned,
                         reply,
                     } => {
-                        if let Some(c) = &cluster {
-                            db.next_internal_at(c.next);
-                        }
+                        internal_at(&cluster, &mut db);
                         let result = match db.prune_conflicts(before_ms, epoch, &origin, wall_us())
                         {
                             Ok(None) => {
@@ -549,11 +531,9 @@ pub fn spawn_writer(
                             }
                             Err(e) => Err(ChangeError::Merge(e.into())),
                         };
-                        if let Some(c) = &mut cluster {
-                            internal_commit_proposed(c, &db, result, reply);
-                            continue;
-                        }
-                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                        if let Err(e) =
+                            internal_answer(&mut cluster, &db, &publisher, result, reply)
+                        {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
@@ -671,16 +651,12 @@ pub fn spawn_writer(
                         continue;
                     }
                     WriteJob::Pipeline { change, reply } => {
-                        if let Some(c) = &cluster {
-                            db.next_internal_at(c.next);
-                        }
+                        internal_at(&cluster, &mut db);
                         let result = pipeline_change(&mut db, &change, epoch, &origin)
                             .map_err(ChangeError::from);
-                        if let Some(c) = &mut cluster {
-                            internal_commit_proposed(c, &db, result, reply);
-                            continue;
-                        }
-                        if let Err(e) = internal_commit_done(&db, &publisher, result, reply) {
+                        if let Err(e) =
+                            internal_answer(&mut cluster, &db, &publisher, result, reply)
+                        {
                             return stop(Vec::new(), &fatal, durability_lost(&e));
                         }
                         continue;
@@ -926,6 +902,31 @@ fn propose_membership(
 /// On a cluster's leader: proposes an internal commit (pipeline, token) and answers its
 /// requester once a majority holds it (a change every member must have before it is relied
 /// on: a token that a member not holding it would refuse).
+/// On a cluster's leader, an internal commit takes the next position the consensus gives.
+fn internal_at(cluster: &Option<ClusterWriter>, db: &mut LeaderDb) {
+    if let Some(c) = cluster {
+        db.next_internal_at(c.next);
+    }
+}
+
+/// Publishes an internal commit and answers it: proposed on a cluster's leader (answered once
+/// held), appended to the log otherwise. `Err`: the log failed (the node must stop).
+fn internal_answer(
+    cluster: &mut Option<ClusterWriter>,
+    db: &LeaderDb,
+    publisher: &Publisher,
+    result: Result<CommitOutcome, ChangeError>,
+    reply: oneshot::Sender<ChangeReply>,
+) -> Result<(), LogError> {
+    match cluster {
+        Some(c) => {
+            internal_commit_proposed(c, db, result, reply);
+            Ok(())
+        }
+        None => internal_commit_done(db, publisher, result, reply),
+    }
+}
+
 fn internal_commit_proposed(
     c: &mut ClusterWriter,
     db: &LeaderDb,

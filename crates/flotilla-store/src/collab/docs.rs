@@ -42,13 +42,6 @@ pub struct StoredDoc {
     pub updates: Vec<Vec<u8>>,
 }
 
-impl StoredDoc {
-    /// Bytes stored for the document (state and updates).
-    pub fn bytes(&self) -> usize {
-        self.state.as_ref().map_or(0, Vec::len) + self.updates.iter().map(Vec::len).sum::<usize>()
-    }
-}
-
 /// What one commit stores of a document: the update merged since the last commit (all the
 /// edits in between, as one update), the text the document has now, and — when the caller
 /// compacts — the whole document as one update, which then replaces the state and every

@@ -394,3 +394,119 @@ async fn a_lock_lets_only_its_holder_edit_until_released_or_expired() {
         assert!(format!("{e:#}").contains("invalid_lock"), "{body}: {e:#}");
     }
 }
+
+/// Waits (bounded) until the server told `client` something containing `what`.
+async fn wait_denied(client: &YjsClient, what: &str) {
+    for _ in 0..500 {
+        if client
+            .denied
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|d| d.contains(what))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "never told {what:?}; told {:?}",
+        client.denied.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_show_documents_live_and_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, c) = leader_with_notes(dir.path()).await;
+    let physical = start(dir.path(), "physical", Some(&leader.url)).await;
+    let logical = flotilla_testkit::cluster::LocalNode::start(
+        &exe(),
+        dir.path(),
+        "logical",
+        Some(&leader.url),
+        &["--log", "logical"],
+    )
+    .await
+    .unwrap();
+    let mut editor = YjsClient::connect(&ws(&leader.url, "notes/1/body"))
+        .await
+        .unwrap();
+    editor.wait_text(WAIT, |t| t == "hello").await.unwrap();
+    editor.insert(5, " world");
+    let mut viewers = Vec::new();
+    for f in [&physical, &logical] {
+        let mut v = YjsClient::connect(&ws(&f.url, "notes/1/body"))
+            .await
+            .unwrap();
+        v.wait_text(WAIT, |t| t == "hello world")
+            .await
+            .unwrap_or_else(|t| panic!("{}: the viewer has {t:?}", f.url));
+        // A follower's viewer reads: it is told so at once, and its edits are not taken (a
+        // client keeps its refused edit: one that tried is left aside).
+        wait_denied(&v, "follower").await;
+        let tried = YjsClient::connect(&ws(&f.url, "notes/1/body"))
+            .await
+            .unwrap();
+        wait_denied(&tried, "follower").await;
+        tried.insert(0, "viewer: ");
+        viewers.push(v);
+    }
+    // Keystroke by keystroke, and through compactions (storage folds updates into the state
+    // while the followers read along): every viewer follows live.
+    let mut expected = "hello world".to_string();
+    for round in 0..200 {
+        let line = format!(" line {round} typed and mostly deleted again");
+        let at = expected.chars().count() as u32;
+        for (i, ch) in line.chars().enumerate() {
+            editor.insert(at + i as u32, &ch.to_string());
+        }
+        editor.delete(at + 1, line.chars().count() as u32 - 1);
+        expected.push(' ');
+        if round % 40 == 39 {
+            for v in &mut viewers {
+                let want = expected.clone();
+                v.wait_text(WAIT, |t| t == want).await.unwrap();
+            }
+        }
+    }
+    wait_sql(&c, "SELECT body FROM notes WHERE id = 1", &expected).await;
+    for v in &mut viewers {
+        let want = expected.clone();
+        let got = v.wait_text(WAIT, |t| t == want).await;
+        assert_eq!(got, Ok(expected.clone()));
+    }
+    // The viewers' refused edits reached neither the leader nor its editor.
+    assert_eq!(editor.text(), expected);
+    // The leader compacted meanwhile (a state was stored, the updates before it dropped, and
+    // their numbers go on) and the followers hold the same.
+    let storage = "SELECT (SELECT count(*) FROM _flotilla_collab_docs) || ' ' || \
+                   (SELECT min(seq) > 1 FROM _flotilla_collab_updates)";
+    assert_eq!(sql_text(&c, storage).await, "1 1");
+    for f in [&physical, &logical] {
+        wait_sql(&Client::new(&f.url), storage, "1 1").await;
+    }
+    // Followers store the same document (their SQL reads its text); a late viewer gets it.
+    for f in [&physical, &logical] {
+        let fc = Client::new(&f.url);
+        wait_sql(&fc, "SELECT body FROM notes WHERE id = 1", &expected).await;
+        let mut late = YjsClient::connect(&ws(&f.url, "notes/1/body"))
+            .await
+            .unwrap();
+        let want = expected.clone();
+        late.wait_text(WAIT, |t| t == want).await.unwrap();
+    }
+    // Locks are taken on the leader only.
+    let e = Client::new(&physical.url)
+        .post("/v1/collab/notes/1/body/lock", &json!({ "holder": "ana" }))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("leader"), "{e:#}");
+    // The row deleted on the leader: the followers' viewers are told the document is gone.
+    commit_one(&c, "DELETE FROM notes WHERE id = 1").await;
+    for v in &viewers {
+        let closed = v.wait_closed(WAIT).await.expect("the viewer is closed");
+        assert_eq!(closed.code, Some(1008), "{closed:?}");
+        assert!(closed.reason.contains("no row"), "{closed:?}");
+    }
+}

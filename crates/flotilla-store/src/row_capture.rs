@@ -99,8 +99,10 @@ impl RowCapture {
                 Some(prev) if &*prev.table == table => prev.table.clone(),
                 _ => {
                     let lower = table.to_ascii_lowercase();
-                    // API tokens are the one internal table every replica needs.
-                    let replicated_internal = lower == crate::TOKENS_TABLE;
+                    // API tokens, which every replica needs, and documents, which its viewers
+                    // read, are the internal tables replicated.
+                    let replicated_internal =
+                        lower == crate::TOKENS_TABLE || crate::collab::is_collab_table(&lower);
                     if (lower.starts_with(INTERNAL_PREFIX) && !replicated_internal)
                         || lower.starts_with("sqlite_")
                     {

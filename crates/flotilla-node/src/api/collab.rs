@@ -116,9 +116,8 @@ pub async fn connect(
     uri: axum::http::Uri,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    if node.leader().is_none() {
-        return Err(leader_only(&node, "documents are edited on"));
-    }
+    // A follower serves documents to read, live, as the leader stores them.
+    let leading = node.leader().is_some();
     let doc = read(&node, move |c| {
         flotilla_store::collab::resolve_doc(c, &table, &key, &column)
     })
@@ -126,6 +125,7 @@ pub async fn connect(
     let ws = ws.map_err(|e| super::not_a_websocket("/v1/collab/TABLE/KEY/COLUMN", e))?;
     let lock = crate::auth::query_param(&uri, "lock");
     let can_edit = match &node.keyring {
+        _ if !leading => false,
         None => true,
         Some(k) => {
             let token = crate::auth::presented_token(&headers, &uri);

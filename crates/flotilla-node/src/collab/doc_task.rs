@@ -8,6 +8,11 @@
 //! no more than a stock Yjs server tells it: Yjs clients keep their edits and send what the
 //! server lacks each time they connect, so a server that stops between relay and commit loses
 //! nothing its editors still hold.
+//!
+//! The task also follows what others store into the document: on a follower, every update the
+//! leader's commits bring (its viewers read along, live); on a leader, what a merge from
+//! another data centre or a device stored. It reads the updates stored after the last it has
+//! merged, merges them and relays what they add.
 
 use super::text_edit::text_edit;
 use super::{DocEvent, DocHub, EditorOut, LockAction, LockRefused, LockState};
@@ -61,6 +66,10 @@ const MAX_PRESENCE_BYTES: usize = 16 << 10;
 /// What a connection whose token may not write hears (at once, and for each edit refused).
 const READ_ONLY: &str = "this token may read the document, not edit it";
 
+/// On a follower, the shortest time between two reads of what the leader's commits stored:
+/// the commits of several documents at once share them.
+const FOLLOW_INTERVAL_MS: u64 = 20;
+
 /// WebSocket close codes.
 const CLOSE_BAD_DATA: u16 = 1007;
 const CLOSE_POLICY: u16 = 1008;
@@ -100,6 +109,29 @@ struct State {
     since_compaction: usize,
     state_bytes: usize,
     lock: Option<Lock>,
+    /// Whether this node led when the task began: a leader's task stores its editors' edits,
+    /// a follower's only follows the leader's (its editors read).
+    leading: bool,
+    /// The newest stored update merged in memory (see `StoredDoc`).
+    seen_seq: i64,
+    /// Followed from storage while a commit was in flight: that commit's text lacks it, so the
+    /// text is written again.
+    text_stale: bool,
+}
+
+/// Following what others store into the document.
+struct Follow {
+    /// Something was stored the task has not read yet.
+    wanted: bool,
+    in_flight: bool,
+    last: Instant,
+}
+
+/// What a read of the stored document found.
+enum Followed {
+    Stored(StoredDoc),
+    /// The document's row was deleted (or its column is no longer collaborative).
+    Gone(String),
 }
 
 /// Runs the document until it is idle (or fails): see the module's docs.
@@ -118,17 +150,64 @@ pub async fn run(
         }
     };
     let (done_tx, mut done_rx) = mpsc::channel::<Result<(), ChangeError>>(1);
+    let (followed_tx, mut followed_rx) = mpsc::channel::<Result<Followed, String>>(1);
+    let mut position = node.position.subscribe();
+    let mut follow = Follow {
+        wanted: false,
+        in_flight: false,
+        last: Instant::now(),
+    };
     loop {
         let commit_at = st.last_commit + Duration::from_millis(COMMIT_INTERVAL_MS);
-        let want_commit = !st.pending.is_empty() && !st.in_flight;
+        let want_commit = (!st.pending.is_empty() || st.text_stale) && !st.in_flight;
         let lock_expires = st.lock.as_ref().map(|l| l.expires);
+        let follow_at = follow.last + Duration::from_millis(FOLLOW_INTERVAL_MS);
+        let want_follow = follow.wanted && !follow.in_flight;
         tokio::select! {
+            // A follower's position moves with each commit of the leader it applies.
+            Ok(()) = position.changed(), if !st.leading => follow.wanted = true,
+            _ = tokio::time::sleep_until(follow_at), if want_follow => {
+                follow.wanted = false;
+                follow.in_flight = true;
+                follow.last = Instant::now();
+                st.read_stored(&node, followed_tx.clone());
+            }
+            Some(found) = followed_rx.recv() => {
+                follow.in_flight = false;
+                match found {
+                    Ok(Followed::Stored(stored)) => {
+                        if let Err(why) = st.merge_stored(stored) {
+                            return fail(&hub, &address, &mut rx, &why, Some((&mut st, CLOSE_ERROR)));
+                        }
+                    }
+                    Ok(Followed::Gone(why)) => {
+                        return fail(&hub, &address, &mut rx, &why, Some((&mut st, CLOSE_POLICY)));
+                    }
+                    Err(why) => {
+                        // Read again at the next position (a reader may fail while the
+                        // follower rebuilds its replica).
+                        tracing::debug!(document = %address, "cannot read the stored document: {why}");
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(lock_expires.unwrap_or_else(Instant::now)), if lock_expires.is_some() => {
                 st.lock = None;
                 st.announce_lock();
             }
             ev = rx.recv() => match ev {
-                Some(ev) => st.handle(ev),
+                Some(DocEvent::Stored) => follow.wanted = true,
+                Some(ev) => {
+                    if st.leading != node.leader().is_some() {
+                        // The node was elected, or stepped down, since the task began: its
+                        // editors reconnect to a task of the node's new role.
+                        let why = "this node's role changed: reconnect";
+                        if let DocEvent::Join { out, .. } = ev {
+                            out.close(CLOSE_GOING_AWAY, why);
+                        }
+                        return fail(&hub, &address, &mut rx, why, Some((&mut st, CLOSE_GOING_AWAY)));
+                    }
+                    st.handle(ev)
+                }
                 None => return,
             },
             Some(done) = done_rx.recv() => {
@@ -157,7 +236,9 @@ pub async fn run(
         if st.editors.is_empty()
             && st.lock.is_none()
             && st.pending.is_empty()
+            && !st.text_stale
             && !st.in_flight
+            && !follow.in_flight
             && hub.leave_if_idle(&address, &mut rx)
         {
             return;
@@ -210,6 +291,8 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
             .push(e.update.clone());
     })
     .map_err(|e| e.to_string())?;
+    let leading = node.leader().is_some();
+    let seen_seq = stored.last_seq;
     let state_bytes = stored.state.as_ref().map_or(0, Vec::len);
     let since_compaction = stored.updates.iter().map(Vec::len).sum();
     let stored_nothing = stored.state.is_none() && stored.updates.is_empty();
@@ -224,7 +307,9 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
     }
     // What was stored is not produced again.
     produced.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    if stored_nothing && !doc.text.is_empty() {
+    if !leading {
+        // A follower's task only follows: what the row holds is the leader's business.
+    } else if stored_nothing && !doc.text.is_empty() {
         // The row's text before the column became collaborative: the document's first
         // content, written by a client number derived from the document's address, so that
         // two nodes that start the same document from the same text make the same update.
@@ -269,6 +354,9 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
         since_compaction,
         state_bytes,
         lock: None,
+        leading,
+        seen_seq,
+        text_stale: false,
     })
 }
 
@@ -376,11 +464,19 @@ impl State {
             DocEvent::Lock { action, reply } => {
                 let _ = reply.send(self.on_lock(action));
             }
+            DocEvent::Stored => {}
         }
     }
 
     /// Why `editor`'s edits are not taken now, if they are not.
     fn refusal(&self, editor: &Editor) -> Option<String> {
+        if !self.leading {
+            return Some(
+                "this node is a follower: it shows the document as the leader stores it, live; \
+                 edit it on the leader"
+                    .into(),
+            );
+        }
         if !editor.can_edit {
             return Some(READ_ONLY.into());
         }
@@ -445,7 +541,7 @@ impl State {
     fn announce_lock(&mut self) {
         let mut behind = Vec::new();
         for (id, e) in &self.editors {
-            if !e.can_edit {
+            if !e.can_edit || !self.leading {
                 continue;
             }
             let msg = Message::Auth(self.refusal(e));
@@ -626,6 +722,62 @@ impl State {
         }
     }
 
+    /// Reads what was stored after the newest update merged here; the answer arrives on `found`.
+    fn read_stored(&self, node: &Arc<Node>, found: mpsc::Sender<Result<Followed, String>>) {
+        let path = node.db_path.clone();
+        let doc = self.doc.clone();
+        let seen = self.seen_seq;
+        tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || {
+                let conn = flotilla_store::open_reader(&path).map_err(|e| e.to_string())?;
+                let c = &doc.column;
+                match flotilla_store::collab::resolve_doc(&conn, &c.table, &doc.key, &c.column) {
+                    Ok(_) => {}
+                    Err(CollabError::NotFound(why)) => return Ok(Followed::Gone(why)),
+                    Err(e) => return Err(e.to_string()),
+                }
+                flotilla_store::collab::load_doc_since(&conn, &doc, Some(seen))
+                    .map(Followed::Stored)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let _ = found.send(read).await;
+        });
+    }
+
+    /// Merges what others stored into the document and relays what it adds to every editor.
+    fn merge_stored(&mut self, stored: StoredDoc) -> Result<(), String> {
+        if stored.state.is_none() && stored.updates.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut txn = self.awareness.doc().transact_mut();
+            for bytes in stored.state.iter().chain(stored.updates.iter()) {
+                let update = yrs::Update::decode_v1(bytes)
+                    .map_err(|e| format!("a stored update of the document is damaged: {e}"))?;
+                txn.apply_update(update).map_err(|e| {
+                    format!("a stored update of the document cannot be merged: {e}")
+                })?;
+            }
+        }
+        self.seen_seq = self.seen_seq.max(stored.last_seq);
+        let produced =
+            std::mem::take(&mut *self.produced.lock().unwrap_or_else(|p| p.into_inner()));
+        if produced.is_empty() {
+            return Ok(());
+        }
+        // Stored already: relayed, not stored again. A commit in flight wrote a text that
+        // lacks it: the text is written again.
+        self.text_stale |= self.leading && self.in_flight;
+        for update in produced {
+            let msg = encode(Message::Sync(SyncMessage::Update(update)));
+            self.broadcast(None, &msg);
+        }
+        Ok(())
+    }
+
     /// Starts the next group commit: everything merged since the last, the text, and (when
     /// due) the compacted document. Its outcome arrives on `done`.
     fn commit(
@@ -636,14 +788,21 @@ impl State {
         let Some(leader) = node.leader() else {
             return Err("this node no longer leads: reconnect to the leader".into());
         };
-        let update = yrs::merge_updates_v1(self.pending.iter().map(Vec::as_slice))
-            .map_err(|e| format!("cannot merge the document's updates: {e}"))?;
+        // Nothing pending: a write of the text alone (see `text_stale`).
+        let update = if self.pending.is_empty() {
+            Vec::new()
+        } else {
+            yrs::merge_updates_v1(self.pending.iter().map(Vec::as_slice))
+                .map_err(|e| format!("cannot merge the document's updates: {e}"))?
+        };
         self.pending.clear();
+        self.text_stale = false;
         let txn = self.awareness.doc().transact();
         let text = self.text.get_string(&txn);
         self.since_compaction += update.len();
-        let compacted = (self.since_compaction > COMPACT_MIN_BYTES.max(self.state_bytes))
-            .then(|| txn.encode_state_as_update_v1(&StateVector::default()));
+        let compacted = (!update.is_empty()
+            && self.since_compaction > COMPACT_MIN_BYTES.max(self.state_bytes))
+        .then(|| txn.encode_state_as_update_v1(&StateVector::default()));
         drop(txn);
         if let Some(state) = &compacted {
             self.state_bytes = state.len();

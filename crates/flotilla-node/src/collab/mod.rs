@@ -40,6 +40,9 @@ pub enum DocEvent {
     },
     /// An editor disconnected.
     Leave { conn: ConnId },
+    /// Something other than the document's task stored into it (a merge from another data
+    /// centre or a device): the task reads it, merges it and relays it.
+    Stored,
     /// Take, renew or release the document's lock (lock-based mode).
     Lock {
         action: LockAction,
@@ -135,6 +138,19 @@ impl DocHub {
         docs.remove(address);
         rx.close();
         true
+    }
+
+    /// Tells the task of the document at `address`, if one runs, that something else stored
+    /// into it.
+    pub fn stored(&self, address: &str) {
+        if let Some(tx) = self
+            .docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(address)
+        {
+            let _ = tx.send(DocEvent::Stored);
+        }
     }
 
     /// Takes a failed task out (its editors were told why).

@@ -36,10 +36,18 @@ impl ResolvedDoc {
 
 /// What is stored of a document: its compacted state (none before the first compaction) and
 /// the updates merged since, in order.
+///
+/// Updates are numbered in the order they were stored, and the numbers never go back: a
+/// compaction folds every update but the newest into the state and keeps that one (which the
+/// state also holds), so the next update takes the next number. A reader that has merged the
+/// updates up to `last_seq` reads only what follows; a gap in the numbers tells it a compaction
+/// took what it missed into the state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredDoc {
     pub state: Option<Vec<u8>>,
     pub updates: Vec<Vec<u8>>,
+    /// The number of the newest update stored (0: none).
+    pub last_seq: i64,
 }
 
 /// What one commit stores of a document: the update merged since the last commit (all the
@@ -115,10 +123,48 @@ pub fn resolve_doc(
 
 /// What is stored of `doc` (nothing yet for a document never edited).
 pub fn load_doc(conn: &Connection, doc: &ResolvedDoc) -> Result<StoredDoc, CollabError> {
+    load_doc_since(conn, doc, None)
+}
+
+/// What was stored of `doc` after update `seen` (its updates from `seen + 1` on, the state
+/// too when a compaction took some of them in); everything when `seen` is `None`.
+pub fn load_doc_since(
+    conn: &Connection,
+    doc: &ResolvedDoc,
+    seen: Option<i64>,
+) -> Result<StoredDoc, CollabError> {
     if !has_tables(conn)? {
         return Ok(StoredDoc::default());
     }
     let (t, c, k) = (&doc.column.table, &doc.column.column, &doc.key);
+    if let Some(seen) = seen {
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, data FROM _flotilla_collab_updates WHERE tbl = ?1 AND col = ?2 AND \
+             pk = ?3 AND seq > ?4 ORDER BY seq",
+        )?;
+        let newer = stmt
+            .query_map(params![t, c, k, seen], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        match newer.first() {
+            None => {
+                return Ok(StoredDoc {
+                    last_seq: seen,
+                    ..StoredDoc::default()
+                })
+            }
+            Some((first, _)) if *first == seen + 1 => {
+                return Ok(StoredDoc {
+                    state: None,
+                    last_seq: newer.last().map_or(seen, |u| u.0),
+                    updates: newer.into_iter().map(|u| u.1).collect(),
+                })
+            }
+            // A compaction took updates after `seen` into the state: read it all.
+            Some(_) => {}
+        }
+    }
     let state: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT format, state FROM _flotilla_collab_docs WHERE tbl = ?1 AND col = ?2 AND \
@@ -137,15 +183,18 @@ pub fn load_doc(conn: &Connection, doc: &ResolvedDoc) -> Result<StoredDoc, Colla
         }
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT data FROM _flotilla_collab_updates WHERE tbl = ?1 AND col = ?2 AND pk = ?3 \
+        "SELECT seq, data FROM _flotilla_collab_updates WHERE tbl = ?1 AND col = ?2 AND pk = ?3 \
          ORDER BY seq",
     )?;
     let updates = stmt
-        .query_map(params![t, c, k], |r| r.get::<_, Vec<u8>>(0))?
+        .query_map(params![t, c, k], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(StoredDoc {
         state: state.map(|s| s.1),
-        updates,
+        last_seq: updates.last().map_or(0, |u| u.0),
+        updates: updates.into_iter().map(|u| u.1).collect(),
     })
 }
 
@@ -189,28 +238,44 @@ impl LeaderDb {
     }
 }
 
-fn store(conn: &Connection, doc: &ResolvedDoc, write: &DocWrite) -> Result<(), StoreError> {
-    let (t, c, k) = (&doc.column.table, &doc.column.column, &doc.key);
-    match &write.compacted {
-        Some(state) => {
-            conn.execute(
-                "INSERT OR REPLACE INTO _flotilla_collab_docs (tbl, col, pk, format, state) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t, c, k, DOC_FORMAT_YJS_V1, state],
-            )?;
-            conn.execute(
-                "DELETE FROM _flotilla_collab_updates WHERE tbl = ?1 AND col = ?2 AND pk = ?3",
-                params![t, c, k],
-            )?;
-        }
-        None => {
-            conn.execute(
-                "INSERT INTO _flotilla_collab_updates (tbl, col, pk, seq, data) VALUES (?1, ?2, \
-                 ?3, (SELECT coalesce(max(seq), 0) + 1 FROM _flotilla_collab_updates WHERE tbl \
-                 = ?1 AND col = ?2 AND pk = ?3), ?4)",
-                params![t, c, k, write.update],
-            )?;
-        }
+/// Stores an update of a document (none when `update` is empty: a write of its text only),
+/// and a compacted state when given, which takes in every update but the newest (see
+/// [`StoredDoc`]: update numbers never go back).
+pub(crate) fn store_update(
+    conn: &Connection,
+    (t, c, k): (&str, &str, &str),
+    update: &[u8],
+    compacted: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    if !update.is_empty() {
+        conn.prepare_cached(
+            "INSERT INTO _flotilla_collab_updates (tbl, col, pk, seq, data) VALUES (?1, ?2, ?3, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM _flotilla_collab_updates WHERE tbl = ?1 AND \
+             col = ?2 AND pk = ?3), ?4)",
+        )?
+        .execute(params![t, c, k, update])?;
+    }
+    if let Some(state) = compacted {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO _flotilla_collab_docs (tbl, col, pk, format, state) VALUES \
+             (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![t, c, k, DOC_FORMAT_YJS_V1, state])?;
+        conn.prepare_cached(
+            "DELETE FROM _flotilla_collab_updates WHERE tbl = ?1 AND col = ?2 AND pk = ?3 AND \
+             seq < (SELECT max(seq) FROM _flotilla_collab_updates WHERE tbl = ?1 AND col = ?2 \
+             AND pk = ?3)",
+        )?
+        .execute(params![t, c, k])?;
     }
     Ok(())
+}
+
+fn store(conn: &Connection, doc: &ResolvedDoc, write: &DocWrite) -> Result<(), StoreError> {
+    store_update(
+        conn,
+        (&doc.column.table, &doc.column.column, &doc.key),
+        &write.update,
+        write.compacted.as_deref(),
+    )
 }

@@ -18,7 +18,7 @@ mod columns;
 mod docs;
 
 pub use columns::{read_collab_columns, CollabColumn};
-pub use docs::{load_doc, resolve_doc, DocWrite, ResolvedDoc, StoredDoc};
+pub use docs::{load_doc, load_doc_since, resolve_doc, DocWrite, ResolvedDoc, StoredDoc};
 
 use crate::leader_pipelines::InternalTooLarge;
 use crate::StoreError;
@@ -28,7 +28,20 @@ use crate::StoreError;
 /// not know is refused, never misread.
 pub const DOC_FORMAT_YJS_V1: i64 = 1;
 
-const CREATE_TABLES: &str = "
+/// Flotilla's tables that hold documents: replicated to logical followers (whose viewers read
+/// them live) like the rows they belong to.
+pub const COLLAB_TABLES: [&str; 3] = [
+    "_flotilla_collab_columns",
+    "_flotilla_collab_docs",
+    "_flotilla_collab_updates",
+];
+
+/// Whether `table` (lowercase) is one of [`COLLAB_TABLES`].
+pub(crate) fn is_collab_table(lower: &str) -> bool {
+    COLLAB_TABLES.contains(&lower)
+}
+
+pub(crate) const CREATE_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS _flotilla_collab_columns (
     tbl TEXT NOT NULL,
     col TEXT NOT NULL,

@@ -205,6 +205,20 @@ pub(super) fn build_into(
             t = crate::TOKENS_TABLE
         ))?;
     }
+    // The leader's documents, on a follower of every row and column (see `apply`).
+    tx.execute_batch(crate::collab::CREATE_TABLES)?;
+    if filter.is_empty() {
+        for t in crate::collab::COLLAB_TABLES {
+            let there: bool = tx.query_row(
+                "SELECT count(*) FROM snap.sqlite_schema WHERE type = 'table' AND name = ?1",
+                [t],
+                |r| r.get(0),
+            )?;
+            if there {
+                tx.execute_batch(&format!("INSERT INTO main.{t} SELECT * FROM snap.{t}"))?;
+            }
+        }
+    }
     // Header values the leader's clients set.
     for pragma in ["user_version", "application_id"] {
         let v: i64 = tx.query_row(&format!("PRAGMA snap.{pragma}"), [], |r| r.get(0))?;

@@ -155,8 +155,10 @@ impl RowReplica {
         }
         conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA recursive_triggers = OFF;")?;
         conn.execute_batch(CREATE_LOCAL)?;
-        // The leader's token rows arrive as changes of this table.
+        // The leader's token rows arrive as changes of this table, its documents as changes of
+        // these.
         conn.execute_batch(crate::leader_tokens::CREATE_TOKENS)?;
+        conn.execute_batch(crate::collab::CREATE_TABLES)?;
         let names: std::collections::HashSet<String> = conn
             .prepare("SELECT name FROM _flotilla_local")?
             .query_map([], |r| r.get(0))?
@@ -280,9 +282,15 @@ impl RowReplica {
                         let keep = match keeps[c.table as usize] {
                             Some(k) => k,
                             None => {
-                                // Tokens reach every logical follower, whatever its filter.
+                                // Tokens reach every logical follower, whatever its filter;
+                                // documents only a follower of every row and column (they
+                                // hold what a filter may keep out).
                                 let k = shape.name == crate::TOKENS_TABLE
-                                    || self.filter.keeps_table(&owner_table(&tx, &shape.name)?);
+                                    || if crate::collab::is_collab_table(&shape.name) {
+                                        self.filter.is_empty()
+                                    } else {
+                                        self.filter.keeps_table(&owner_table(&tx, &shape.name)?)
+                                    };
                                 keeps[c.table as usize] = Some(k);
                                 k
                             }

@@ -3,7 +3,7 @@
 //! stock y-websocket provider, built from web/collab), Debian's Chromium driven by
 //! playwright-core (web/collab/test/editor.test.mjs), and a stock Yjs client from npm in Node.
 //! Two pages type at once and converge, one goes offline and merges when back, a reader's page
-//! follows read-only. This test starts a real `flotilla serve --auth`, installs what the
+//! follows read-only, and a page on a follower shows the text live. This test starts a real `flotilla serve --auth`, installs what the
 //! browser side needs when missing (Chromium, Node.js, the npm packages), runs the script and
 //! checks the row's text in SQL against what the clients ended with.
 
@@ -76,11 +76,22 @@ async fn pages_type_at_once_go_offline_and_converge_with_a_stock_yjs_client() {
         .unwrap();
     let write = make_token(&admin, "write").await;
     let read = make_token(&admin, "read").await;
+    let replicate = make_token(&admin, "replicate").await;
+    let follower = flotilla_testkit::cluster::LocalNode::start(
+        &exe(),
+        root.path(),
+        "follower",
+        Some(&leader.url),
+        &["--auth", "--replication-token", &replicate],
+    )
+    .await
+    .unwrap();
 
     let mut cmd = tokio::process::Command::new(&node);
     cmd.arg("test/editor.test.mjs")
         .current_dir(web_collab_dir())
         .env("FLOTILLA_URL", &leader.url)
+        .env("FOLLOWER_URL", &follower.url)
         .env("DOC", "notes/1/body")
         .env("TOKEN", &write)
         .env("READ_TOKEN", &read)

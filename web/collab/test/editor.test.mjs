@@ -1,9 +1,11 @@
 // The editor page in real browsers (Debian's Chromium driven by playwright-core) and a stock
 // Yjs client in Node, on one document: two pages type at once and converge; one page goes
 // offline, both edit, it comes back and the edits merge; a stock `y-websocket` provider
-// (unmodified, from npm) edits too and everyone sees it; presence shows the other people.
+// (unmodified, from npm) edits too and everyone sees it; presence shows the other people; a
+// page on a follower shows the document live and read-only.
 // Run by crates/flotilla-cli/tests/browser_editor.rs, which starts the server; by hand:
-//   FLOTILLA_URL=http://127.0.0.1:4790 DOC=notes/1/body TOKEN=flt_… READ_TOKEN=flt_… \
+//   FLOTILLA_URL=http://127.0.0.1:4790 FOLLOWER_URL=http://127.0.0.1:4791 DOC=notes/1/body \
+//     TOKEN=flt_… READ_TOKEN=flt_… \
 //     node test/editor.test.mjs
 // Prints one line of JSON: the text every client ended with.
 
@@ -14,10 +16,12 @@ import { WebsocketProvider } from 'y-websocket';
 import WebSocket from 'ws';
 
 const url = process.env.FLOTILLA_URL;
+const followerUrl = process.env.FOLLOWER_URL;
 const docAddress = process.env.DOC ?? 'notes/1/body';
 const token = process.env.TOKEN;
 const readToken = process.env.READ_TOKEN;
-assert(url && token && readToken, 'set FLOTILLA_URL, TOKEN (write role) and READ_TOKEN');
+assert(url && followerUrl && token && readToken,
+  'set FLOTILLA_URL, FOLLOWER_URL, TOKEN (write role) and READ_TOKEN');
 const STEP_MS = 30_000;
 const log = (...a) => console.error('[editor test]', ...a);
 
@@ -42,12 +46,12 @@ const textOf = (page) => page.evaluate(() => window.flotillaEditor.text.toString
 const viewOf = (page) => page.evaluate(() => window.flotillaEditor.view.state.doc.toString());
 
 try {
-  const open = async (name, tok) => {
+  const open = async (name, tok, at = url) => {
     const context = await browser.newContext();
     const page = await context.newPage();
     page.on('pageerror', (e) => log(`${name} page error:`, e.message));
     page.on('console', (m) => m.type() === 'error' && log(`${name} console:`, m.text()));
-    await page.goto(`${url}/edit/${docAddress}?name=${name}&token=${tok}`);
+    await page.goto(`${at}/edit/${docAddress}?name=${name}&token=${tok}`);
     await page.waitForSelector('#status[data-state="connected"]', { timeout: STEP_MS });
     assert(!page.url().includes('token='), 'the token leaves the address bar');
     return { context, page };
@@ -122,6 +126,19 @@ try {
   await typeAt(ana.page, 'end', '!');
   await until('the reader to follow', async () => (await textOf(reader.page)) === `${merged}!`);
 
+  // A page on a follower (even with a write token) shows the document as the leader stores
+  // it, live, read-only: the follower says edits are made on the leader.
+  const far = await open('Far', token, followerUrl);
+  await until('the follower\'s page to show the text', async () => (await textOf(far.page)) === `${merged}!`);
+  await far.page.waitForSelector('#status[data-readonly]', { timeout: STEP_MS });
+  assert.match(await far.page.textContent('#status'), /follower/);
+  await typeAt(far.page, 'end', ' far-edit');
+  await typeAt(ana.page, 'end', '?');
+  await until('the follower\'s page to follow', async () => (await textOf(far.page)) === `${merged}!?`);
+  assert.equal(await textOf(ana.page), `${merged}!?`, 'an edit on a follower reached the leader');
+  await far.context.close();
+  log('a follower\'s page follows live, read-only');
+
   // Lock-based mode: Ana locks; Ben's page turns read-only and his typing is not taken; Ana
   // edits; she unlocks and Ben's page edits again.
   await ana.page.click('#lock');
@@ -129,7 +146,7 @@ try {
   assert.match(await ben.page.textContent('#status'), /locked by Ana/);
   await typeAt(ben.page, 'end', ' ben-while-locked');
   await typeAt(ana.page, 'end', '#');
-  const locked = `${merged}!#`;
+  const locked = `${merged}!?#`;
   await until('Ben to see Ana\'s edit under her lock', async () => (await textOf(ben.page)) === locked);
   assert.equal(await textOf(ana.page), locked, 'an edit made without the lock was taken');
   await ana.page.click('#lock');

@@ -114,6 +114,8 @@ pub async fn run(
     let (fatal_tx, mut fatal_rx) = crate::fatal::channel();
 
     let mut writer_thread = None;
+    // The open collaborative documents (the writer tells them of merges into theirs).
+    let collab: Arc<crate::collab::DocHub> = Default::default();
     // A cluster member: its consensus state, and its database as a replica until it leads.
     // A data directory that is a cluster member stays one, whatever the flags of this start:
     // started as a single leader it would take writes of its own beside the cluster's.
@@ -369,6 +371,7 @@ pub async fn run(
                     interrupt: writer_interrupt,
                     cluster: None,
                     gate: state.gate.clone(),
+                    collab: collab.clone(),
                     // A single leader's deployment is its cluster (taken from its peers).
                     multi_leader: config
                         .multi_leader
@@ -488,7 +491,7 @@ pub async fn run(
                 .collect(),
         }),
         device_activity: Default::default(),
-        collab: Default::default(),
+        collab,
     });
     crate::auth::first_admin_token(&node).await?;
     if let Some(leader) = node.leader() {

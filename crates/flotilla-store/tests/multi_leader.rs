@@ -94,6 +94,7 @@ impl Dc {
                 MergeOutcome::Committed {
                     conflicts: n,
                     commit,
+                    ..
                 } => {
                     conflicts += n;
                     let rec = commit.record.as_ref().unwrap();

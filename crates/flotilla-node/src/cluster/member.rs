@@ -514,6 +514,7 @@ impl Member {
                 }),
                 gate: state.gate.clone(),
                 multi_leader,
+                collab: node.collab.clone(),
             },
             jobs_rx,
         );

@@ -18,7 +18,7 @@ use super::text_edit::text_edit;
 use super::{DocEvent, DocHub, EditorOut, LockAction, LockRefused, LockState};
 use crate::leader::{ChangeError, CollabChange, WriteJob};
 use crate::node::Node;
-use flotilla_store::collab::{CollabError, DocWrite, ResolvedDoc, StoredDoc};
+use flotilla_store::collab::{crdt, CollabError, DocWrite, ResolvedDoc, StoredDoc};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use yrs::sync::protocol::{Message, SyncMessage};
 use yrs::sync::Awareness;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef, Transact};
+use yrs::{GetString, ReadTxn, StateVector, Text, TextRef, Transact};
 
 /// An editor connection's number (unique in this process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,10 +49,7 @@ pub enum Outgoing {
 /// The shortest time between two commits of one document: keystrokes in between share one.
 pub const COMMIT_INTERVAL_MS: u64 = 10;
 
-/// Updates stored since the last compaction may reach the compacted state's size (at least
-/// this much) before the next compaction folds them in: storage stays within about twice the
-/// document's state.
-const COMPACT_MIN_BYTES: usize = 64 << 10;
+use flotilla_store::collab::COMPACT_MIN_BYTES;
 
 /// A document's text and an update to it together, at most: an update that could take the
 /// document beyond is refused (its connection closed with the reason).
@@ -272,17 +269,21 @@ fn fail(
 async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
     let path = node.db_path.clone();
     let d = doc.clone();
-    let stored: StoredDoc = tokio::task::spawn_blocking(move || {
+    // The row's text and the stored document are read together (one read transaction): a
+    // merge from another data centre may store into both meanwhile.
+    let (doc, stored): (ResolvedDoc, StoredDoc) = tokio::task::spawn_blocking(move || {
         let conn = flotilla_store::open_reader(&path).map_err(|e| e.to_string())?;
-        flotilla_store::collab::load_doc(&conn, &d).map_err(|e| e.to_string())
+        let read = conn.unchecked_transaction().map_err(|e| e.to_string())?;
+        let c = &d.column;
+        let doc = flotilla_store::collab::resolve_doc(&read, &c.table, &d.key, &c.column)
+            .map_err(|e| e.to_string())?;
+        let stored = flotilla_store::collab::load_doc(&read, &doc).map_err(|e| e.to_string())?;
+        Ok::<_, String>((doc, stored))
     })
     .await
     .map_err(|e| e.to_string())??;
-    let ydoc = Doc::with_options(Options {
-        offset_kind: OffsetKind::Utf16,
-        ..Options::default()
-    });
-    let text = ydoc.get_or_insert_text("text");
+    let ydoc = crdt::new_doc();
+    let text = ydoc.get_or_insert_text(crdt::TEXT_NAME);
     let produced: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let sink = produced.clone();
     ydoc.observe_update_v1("flotilla", move |_, e| {
@@ -296,37 +297,14 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
     let state_bytes = stored.state.as_ref().map_or(0, Vec::len);
     let since_compaction = stored.updates.iter().map(Vec::len).sum();
     let stored_nothing = stored.state.is_none() && stored.updates.is_empty();
-    {
-        let mut txn = ydoc.transact_mut();
-        for bytes in stored.state.iter().chain(stored.updates.iter()) {
-            let update = yrs::Update::decode_v1(bytes)
-                .map_err(|e| format!("a stored update of the document is damaged: {e}"))?;
-            txn.apply_update(update)
-                .map_err(|e| format!("a stored update of the document cannot be merged: {e}"))?;
-        }
-    }
+    crdt::apply_stored(&ydoc, &stored)?;
     // What was stored is not produced again.
     produced.lock().unwrap_or_else(|p| p.into_inner()).clear();
     if !leading {
         // A follower's task only follows: what the row holds is the leader's business.
     } else if stored_nothing && !doc.text.is_empty() {
-        // The row's text before the column became collaborative: the document's first
-        // content, written by a client number derived from the document's address, so that
-        // two nodes that start the same document from the same text make the same update.
-        let first = Doc::with_options(Options {
-            client_id: yrs::block::ClientID::new(first_content_client(&doc.address())),
-            offset_kind: OffsetKind::Utf16,
-            ..Options::default()
-        });
-        let t = first.get_or_insert_text("text");
-        t.insert(&mut first.transact_mut(), 0, &doc.text);
-        let update = first
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
-        let decoded = yrs::Update::decode_v1(&update).map_err(|e| e.to_string())?;
-        ydoc.transact_mut()
-            .apply_update(decoded)
-            .map_err(|e| e.to_string())?;
+        // The row's text before the column became collaborative: the document's first content.
+        crdt::apply_updates(&ydoc, [&crdt::first_content(&doc.address(), &doc.text)])?;
     } else {
         // The row's text was changed by other means (a restore, an older build): the document
         // takes the change as an edit.
@@ -363,11 +341,6 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
 /// A lock's id: 128 random bits, hex.
 fn new_lock_id() -> String {
     format!("{:032x}", rand::random::<u128>())
-}
-
-/// A Yjs client number (31 bits, as Yjs draws them) from the document's address.
-fn first_content_client(address: &str) -> u64 {
-    flotilla_types::ContentDigest::of(address.as_bytes()).0 & 0x7fff_ffff
 }
 
 /// The y-websocket messages in one WebSocket message, every byte accounted for: a message cut
@@ -752,16 +725,7 @@ impl State {
         if stored.state.is_none() && stored.updates.is_empty() {
             return Ok(());
         }
-        {
-            let mut txn = self.awareness.doc().transact_mut();
-            for bytes in stored.state.iter().chain(stored.updates.iter()) {
-                let update = yrs::Update::decode_v1(bytes)
-                    .map_err(|e| format!("a stored update of the document is damaged: {e}"))?;
-                txn.apply_update(update).map_err(|e| {
-                    format!("a stored update of the document cannot be merged: {e}")
-                })?;
-            }
-        }
+        crdt::apply_stored(self.awareness.doc(), &stored)?;
         self.seen_seq = self.seen_seq.max(stored.last_seq);
         let produced =
             std::mem::take(&mut *self.produced.lock().unwrap_or_else(|p| p.into_inner()));

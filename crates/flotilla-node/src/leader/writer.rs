@@ -203,6 +203,8 @@ pub struct WriterParts {
     pub gate: Arc<super::WriterGate>,
     /// This node's data centre (multi-leader).
     pub multi_leader: Option<DataCentreParts>,
+    /// The open collaborative documents, told when a merge stored into theirs.
+    pub collab: Arc<crate::collab::DocHub>,
 }
 
 /// What a data centre's writer needs to enable multi-leader (the first time: it makes the
@@ -334,6 +336,7 @@ pub fn spawn_writer(
                 mut cluster,
                 gate,
                 multi_leader,
+                collab,
             } = parts;
             let publisher = Publisher {
                 log,
@@ -571,7 +574,11 @@ pub fn spawn_writer(
                                 Ok(flotilla_store::MergeOutcome::Committed {
                                     commit,
                                     conflicts,
+                                    documents,
                                 }) => {
+                                    for d in &documents {
+                                        collab.stored(d);
+                                    }
                                     Counters::add(&counters.merged_transactions, 1);
                                     Counters::add(&counters.merge_conflicts, conflicts as u64);
                                     if let Some(c) = &mut cluster {

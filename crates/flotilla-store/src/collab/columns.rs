@@ -166,15 +166,6 @@ impl LeaderDb {
         origin: &NodeId,
         now_us: u64,
     ) -> Result<(CollabColumn, CommitOutcome), CollabError> {
-        if self.multi_leader.is_some() {
-            // Each data centre's edits would reach the others as a new value of the column
-            // (a conflict, one side's text kept) instead of merging as text.
-            return Err(CollabError::Invalid(
-                "collaborative columns on a data centre (--dc) are not supported yet: edits \
-                 made in two data centres would conflict instead of merging"
-                    .into(),
-            ));
-        }
         let checked = check_column(&self.conn, table, column)?;
         let what = format!(
             "enable collaborative text {}.{}",

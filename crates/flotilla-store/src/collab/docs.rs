@@ -21,7 +21,7 @@ pub struct ResolvedDoc {
 
 impl ResolvedDoc {
     /// The key as the row's primary key compares (an INTEGER key as a number).
-    fn key_value(&self) -> Value {
+    pub(crate) fn key_value(&self) -> Value {
         match self.key.parse::<i64>() {
             Ok(i) if self.column.integer_key => Value::Integer(i),
             _ => Value::Text(self.key.clone()),

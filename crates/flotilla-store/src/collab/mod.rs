@@ -15,10 +15,13 @@
 //! gives it (an INTEGER key in decimal, a TEXT key as is).
 
 mod columns;
+pub mod crdt;
 mod docs;
+mod merge;
 
 pub use columns::{read_collab_columns, CollabColumn};
 pub use docs::{load_doc, load_doc_since, resolve_doc, DocWrite, ResolvedDoc, StoredDoc};
+pub(crate) use merge::IncomingDocs;
 
 use crate::leader_pipelines::InternalTooLarge;
 use crate::StoreError;
@@ -27,6 +30,14 @@ use crate::StoreError;
 /// clients send). A later format gets the next number; a document in a format this build does
 /// not know is refused, never misread.
 pub const DOC_FORMAT_YJS_V1: i64 = 1;
+
+/// Updates stored since the last compaction may reach the compacted state's size (at least
+/// this much) before the next compaction folds them in: storage stays within about twice the
+/// document's state.
+pub const COMPACT_MIN_BYTES: usize = 64 << 10;
+
+/// The list of collaborative columns (the same in every data centre: exchanged like data).
+pub(crate) const COLUMNS_TABLE: &str = "_flotilla_collab_columns";
 
 /// Flotilla's tables that hold documents: replicated to logical followers (whose viewers read
 /// them live) like the rows they belong to.

@@ -20,6 +20,12 @@ struct TablePlan {
     unique: Vec<crate::unique_clash::UniqueIndex>,
     /// The table has open (keep-both) conflicts a write may resolve.
     open_conflicts: bool,
+    /// The collaborative columns here (indexes): their text is the merged document's, never
+    /// another data centre's value (see `collab::IncomingDocs`).
+    collab: Vec<usize>,
+    /// Conflicts in this table are not recorded (Flotilla's list of collaborative columns:
+    /// two data centres enabling one column at once is no conflict to show).
+    quiet: bool,
 }
 
 enum Source {
@@ -85,7 +91,21 @@ impl TablePlan {
                 .map(|k| here_of[*k as usize] as u16)
                 .collect(),
         };
+        let collab = crate::collab::read_collab_columns(conn)?
+            .into_iter()
+            .filter(|c| c.table.eq_ignore_ascii_case(&shape.name))
+            .filter_map(|c| {
+                shape
+                    .columns
+                    .iter()
+                    .position(|n| n.eq_ignore_ascii_case(&c.column))
+            })
+            .collect();
         Ok(TablePlan {
+            collab,
+            quiet: shape
+                .name
+                .eq_ignore_ascii_case(crate::collab::COLUMNS_TABLE),
             sql: TableSql::new(&shape),
             policies: table_policies(conn, &shape)?,
             unique: crate::unique_clash::unique_indexes(conn, &shape)?,
@@ -448,9 +468,10 @@ impl LeaderDb {
             lsn: stamp.origin_lsn,
         };
         let what = format!("merge {}/{}", stamp.origin, stamp.origin_lsn);
-        let (conflicts, out) =
+        let ((conflicts, documents), out) =
             self.internal_commit::<_, MergeApplyError>(&what, epoch, origin, now_us, |db, lsn| {
                 let mut conflicts = 0;
+                let mut incoming = crate::collab::IncomingDocs::default();
                 // Per table (and schema: a schema change in the transaction starts afresh).
                 let mut plans: HashMap<String, TablePlan> = HashMap::new();
                 for (item, it) in changes.items.iter().enumerate() {
@@ -462,7 +483,10 @@ impl LeaderDb {
                         }
                         RowItem::Change(c) => {
                             let shape = changes.shape(c);
-                            if local_only(&shape.name) {
+                            let document = incoming
+                                .take(shape, c)
+                                .map_err(|e| MergeApplyError::Unfit(e.to_string()))?;
+                            if document || local_only(&shape.name) {
                                 continue;
                             }
                             if !plans.contains_key(&shape.name) {
@@ -470,6 +494,13 @@ impl LeaderDb {
                                     // Made by a data centre's first token, not as a schema
                                     // change: each data centre makes it when it needs it.
                                     db.conn.execute_batch(crate::leader_tokens::CREATE_TOKENS)?;
+                                }
+                                if shape
+                                    .name
+                                    .eq_ignore_ascii_case(crate::collab::COLUMNS_TABLE)
+                                {
+                                    // Likewise by its first collaborative column.
+                                    db.conn.execute_batch(crate::collab::CREATE_TABLES)?;
                                 }
                                 plans.insert(shape.name.clone(), TablePlan::new(&db.conn, shape)?);
                             }
@@ -501,6 +532,12 @@ impl LeaderDb {
                         }
                     }
                 }
+                // The documents last: their rows are in (inserted by this transaction, maybe).
+                db.capture.statement_done(&db.conn)?;
+                let documents = incoming.merge(&db.conn).map_err(|e| match e {
+                    crate::collab::CollabError::Store(e) => MergeApplyError::Store(e),
+                    e => MergeApplyError::Unfit(e.to_string()),
+                })?;
                 db.conn
                     .prepare_cached(
                         "INSERT OR REPLACE INTO _flotilla_ml_vv (origin, lsn) VALUES (?1, ?2)",
@@ -539,7 +576,7 @@ impl LeaderDb {
                 passed_on.original = Some(changes.clone());
                 remember_stamp(&db.conn, lsn, hlc, &passed_on)?;
                 db.pending_exchange = Some(passed_on);
-                Ok(conflicts)
+                Ok((conflicts, documents))
             })?;
         if let Some(m) = self.multi_leader.as_mut() {
             m.hlc = hlc;
@@ -547,6 +584,7 @@ impl LeaderDb {
         Ok(MergeOutcome::Committed {
             commit: Box::new(out),
             conflicts,
+            documents,
         })
     }
 }
@@ -601,6 +639,25 @@ fn merge_change(
             ..c.clone()
         };
         &placed
+    };
+    // A collaborative column's text there is not written here: the document merges (after
+    // the rows: see `collab::IncomingDocs`) and sets it. A new row brings its first text.
+    let masked;
+    let c = match (&c.before, &c.after) {
+        (Some(before), Some(after)) if !plan.collab.is_empty() => {
+            let mut after = after.clone();
+            for i in &plan.collab {
+                if let (Some(a), Some(b)) = (after.get_mut(*i), before.get(*i)) {
+                    *a = b.clone();
+                }
+            }
+            masked = flotilla_types::RowChange {
+                after: Some(after),
+                ..c.clone()
+            };
+            &masked
+        }
+        _ => c,
     };
     let image = c.after.as_deref().or(c.before.as_deref()).unwrap_or(&[]);
     let (key_values, key) =
@@ -693,7 +750,9 @@ fn merge_change(
     for conflict in merged
         .conflicts
         .iter()
+        .filter(|_| !plan.quiet)
         .filter(|c| c.column.is_none_or(|i| !shape.key.contains(&(i as u16))))
+        .filter(|c| c.column.is_none_or(|i| !plan.collab.contains(&i)))
     {
         if record_conflict(&db.conn, shape, &key, &kj, conflict)? {
             recorded += 1;

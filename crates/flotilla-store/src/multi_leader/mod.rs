@@ -163,6 +163,9 @@ pub enum MergeOutcome {
     Committed {
         commit: Box<CommitOutcome>,
         conflicts: usize,
+        /// The collaborative documents it changed (`table/key/column`): their open editors
+        /// are to hear of it.
+        documents: Vec<String>,
     },
     /// Applied here before (its origin position is in the version vector): nothing done.
     Duplicate,
@@ -184,7 +187,11 @@ pub(crate) use crate::pipeline_triggers::quote;
 /// centre (a replication token for the links, an application's) works in every one.
 fn local_only(table: &str) -> bool {
     let t = table.to_ascii_lowercase();
-    (t.starts_with(crate::INTERNAL_PREFIX) && t != crate::TOKENS_TABLE)
+    // Tokens and the list of collaborative columns are the same in every data centre; the
+    // documents themselves are merged as documents (see `collab::IncomingDocs`).
+    (t.starts_with(crate::INTERNAL_PREFIX)
+        && t != crate::TOKENS_TABLE
+        && t != crate::collab::COLUMNS_TABLE)
         || t == CONFLICTS_TABLE
         || t.starts_with("sqlite_")
 }
@@ -394,6 +401,43 @@ fn load_vv(conn: &Connection) -> Result<VersionVector, StoreError> {
         vv.advance(&o, Lsn(l as u64));
     }
     Ok(vv)
+}
+
+/// Sets a collaborative column's value in its row's merge state to the document's merged
+/// text (written to the row beside it), keeping the versions: the merge state holds what the
+/// table holds.
+pub(crate) fn set_cell_text(
+    conn: &Connection,
+    doc: &crate::collab::ResolvedDoc,
+    text: &str,
+) -> Result<(), StoreError> {
+    let table = &doc.column.table;
+    let key_value = match doc.key_value() {
+        rusqlite::types::Value::Integer(i) => SqlValue::Integer(i),
+        _ => SqlValue::Text(doc.key.clone()),
+    };
+    let key = encode_key(&[key_value]);
+    let Some(mut state) = load_state(conn, table, &key)? else {
+        // A row that predates the merge state: the table's values are its state.
+        return Ok(());
+    };
+    let index: Option<i64> = conn
+        .query_row(
+            "SELECT n FROM (SELECT name, row_number() OVER (ORDER BY cid) - 1 AS n FROM \
+             pragma_table_xinfo(?1) WHERE hidden = 0) WHERE name = ?2 COLLATE NOCASE",
+            params![table, doc.column.column],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(cell) = index.and_then(|i| state.cells.get_mut(i as usize)) else {
+        return Ok(());
+    };
+    let value = SqlValue::Text(text.to_string());
+    for entry in &mut cell.entries {
+        entry.value = value.clone();
+    }
+    cell.value = value;
+    save_state(conn, table, &key, &state)
 }
 
 pub(crate) fn load_state(

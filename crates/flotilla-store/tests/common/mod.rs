@@ -1,6 +1,8 @@
 //! Helpers shared by the store's integration tests.
 #![allow(dead_code)]
 
+pub mod data_centre;
+
 use flotilla_store::snapshot::{stream, SnapshotReceiver};
 use flotilla_store::{open_reader, ConflictPolicy, DbSettings, RowFilter, RowReplica, TxnRequest};
 use flotilla_types::ContentDigest;

@@ -223,6 +223,7 @@ pub fn apply_items(
                 touched.insert(touched_key(t, &key));
                 delete(conn, t, &key)?;
             }
+            PullItem::Doc(d) => crate::documents::merge(conn, tables, d)?,
             PullItem::Conflict { row } => {
                 let row = values(row).map_err(|e| format!("a conflict: {e}"))?;
                 let cols: Vec<String> = row.iter().map(|(c, _)| quote(c)).collect();

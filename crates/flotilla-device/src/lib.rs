@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod documents;
 mod local_schema;
 mod status;
 mod transport;
@@ -38,8 +39,8 @@ pub use transport::{Answer, Transport, Unreachable};
 
 use apply::OutboxChange;
 use flotilla_types::sync_protocol::{
-    JsonVersionVector, PullRequest, PushChange, PushTransaction, ShapeTable, SyncRequest,
-    SyncResponse, SYNC_PROTOCOL_VERSION,
+    DocUpdate, JsonVersionVector, PullRequest, PushChange, PushTransaction, ShapeTable,
+    SyncRequest, SyncResponse, SYNC_PROTOCOL_VERSION,
 };
 use flotilla_types::Hlc;
 use rusqlite::{Connection, OptionalExtension};
@@ -220,13 +221,65 @@ impl Device {
         &mut self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, DeviceError> {
+        self.transaction_with_docs(|tx| Ok((f(tx)?, Vec::new())))
+    }
+
+    /// Edits the document of a collaborative text column (docs/collab.md) of a row of the
+    /// shape, as one local transaction: deletes `delete` characters at `at` (both counted in
+    /// UTF-16 units, as Yjs and JavaScript count) and inserts `insert` there. The row's column
+    /// shows the new text at once; the edit merges with everyone's when the device syncs —
+    /// offline edits included, never a conflict. Returns the new text.
+    pub fn edit_text(
+        &mut self,
+        table: &str,
+        key: impl rusqlite::ToSql,
+        column: &str,
+        at: u32,
+        delete: u32,
+        insert: &str,
+    ) -> Result<String, DeviceError> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        let tables = self.state()?.tables;
+        let key: Value = match key.to_sql()? {
+            ToSqlOutput::Borrowed(ValueRef::Integer(i)) => Value::Integer(i),
+            ToSqlOutput::Borrowed(ValueRef::Text(t)) => {
+                Value::Text(String::from_utf8_lossy(t).into_owned())
+            }
+            ToSqlOutput::Owned(v @ (Value::Integer(_) | Value::Text(_))) => v,
+            _ => {
+                return Err(DeviceError::Local(
+                    "a document's key is an INTEGER or TEXT".into(),
+                ))
+            }
+        };
+        let mut failed = None;
+        let done = self.transaction_with_docs(|tx| {
+            match documents::edit(tx, &tables, (table, key, column), (at, delete, insert)) {
+                Ok((update, text)) => Ok((Some(text), vec![update])),
+                Err(e) => {
+                    failed = Some(e);
+                    Ok((None, Vec::new()))
+                }
+            }
+        })?;
+        match (done, failed) {
+            (Some(text), _) => Ok(text),
+            (None, why) => Err(DeviceError::Local(why.unwrap_or_default())),
+        }
+    }
+
+    /// [`Device::transaction`], with edits of documents made in it (`f` returns them).
+    fn transaction_with_docs<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<(T, Vec<DocUpdate>)>,
+    ) -> Result<T, DeviceError> {
         let now = self.now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM _flotilla_capture", [])?;
         tx.execute("INSERT INTO _flotilla_writing (mode) VALUES (1)", [])?;
-        let out = f(&tx)?;
+        let (out, docs) = f(&tx)?;
         tx.execute("DELETE FROM _flotilla_writing", [])?;
         let raw: Vec<(String, String, Option<String>, Option<String>)> = tx
             .prepare("SELECT tbl, op, before, after FROM _flotilla_capture ORDER BY n")?
@@ -249,7 +302,7 @@ impl Device {
                 after: parse(after)?,
             });
         }
-        if !captured.is_empty() {
+        if !captured.is_empty() || !docs.is_empty() {
             let (seq, hlc, deps): (i64, i64, i64) = tx.query_row(
                 "SELECT next_seq, hlc, deps_id FROM _flotilla_device WHERE id = 1",
                 [],
@@ -258,9 +311,12 @@ impl Device {
             let hlc = Hlc(hlc as u64).tick(now);
             let changes = serde_json::to_string(&captured)
                 .map_err(|e| DeviceError::Local(format!("recording the changes: {e}")))?;
+            let docs = serde_json::to_string(&docs)
+                .map_err(|e| DeviceError::Local(format!("recording the edits: {e}")))?;
             tx.execute(
-                "INSERT INTO _flotilla_outbox (seq, hlc, deps, changes) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![seq, hlc.0 as i64, deps, changes],
+                "INSERT INTO _flotilla_outbox (seq, hlc, deps, changes, docs) VALUES (?1, ?2, \
+                 ?3, ?4, ?5)",
+                rusqlite::params![seq, hlc.0 as i64, deps, changes, docs],
             )?;
             tx.execute(
                 "UPDATE _flotilla_device SET next_seq = ?1, hlc = ?2 WHERE id = 1",
@@ -295,28 +351,32 @@ impl Device {
         max_bytes: usize,
         tables: &[ShapeTable],
     ) -> Result<(Vec<PushTransaction>, BTreeMap<String, JsonVersionVector>), DeviceError> {
-        let mut rows: Vec<(i64, i64, i64, String)> = Vec::new();
+        let mut rows: Vec<(i64, i64, i64, String, String)> = Vec::new();
         let mut bytes = 0usize;
         {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, hlc, deps, changes FROM _flotilla_outbox ORDER BY seq LIMIT ?1",
+                "SELECT seq, hlc, deps, changes, docs FROM _flotilla_outbox ORDER BY seq LIMIT ?1",
             )?;
             let mut q = stmt.query([limit as i64])?;
             while let Some(r) = q.next()? {
                 let changes: String = r.get(3)?;
-                if !rows.is_empty() && bytes + changes.len() > max_bytes {
+                let docs: String = r.get(4)?;
+                let size = changes.len() + docs.len();
+                if !rows.is_empty() && bytes + size > max_bytes {
                     break;
                 }
-                bytes += changes.len();
-                rows.push((r.get(0)?, r.get(1)?, r.get(2)?, changes));
+                bytes += size;
+                rows.push((r.get(0)?, r.get(1)?, r.get(2)?, changes, docs));
             }
         }
         let mut push = Vec::with_capacity(rows.len());
         let mut deps = BTreeMap::new();
-        for (seq, hlc, dep, changes) in rows {
-            let changes: Vec<OutboxChange> = serde_json::from_str(&changes).map_err(|e| {
+        for (seq, hlc, dep, changes, docs) in rows {
+            let damaged = |e: serde_json::Error| {
                 DeviceError::Local(format!("outbox transaction {seq} is damaged: {e}"))
-            })?;
+            };
+            let changes: Vec<OutboxChange> = serde_json::from_str(&changes).map_err(damaged)?;
+            let docs: Vec<DocUpdate> = serde_json::from_str(&docs).map_err(damaged)?;
             let id = dep.to_string();
             if !deps.contains_key(&id) {
                 let vv: String = self.conn.query_row(
@@ -351,6 +411,7 @@ impl Device {
                         ..c
                     })
                     .collect(),
+                docs,
             });
         }
         Ok((push, deps))
@@ -420,6 +481,7 @@ impl Device {
                     cursor: sent_cursor.clone(),
                     shapes: if resync { None } else { st.shapes.clone() },
                     max_changes: None,
+                    documents: true,
                 }),
             };
             let body = serde_json::to_vec(&req)
@@ -557,8 +619,8 @@ impl Device {
         Ok(self
             .conn
             .query_row(
-                "SELECT seq, length(changes) FROM _flotilla_outbox WHERE changes <> '[]' \
-                 ORDER BY seq LIMIT 1",
+                "SELECT seq, length(changes) + length(docs) FROM _flotilla_outbox WHERE \
+                 changes <> '[]' OR docs <> '[]' ORDER BY seq LIMIT 1",
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as usize)),
             )
@@ -595,7 +657,7 @@ impl Device {
             rusqlite::params![seq as i64, code, reason, changes, now as i64],
         )?;
         tx.execute(
-            "UPDATE _flotilla_outbox SET changes = '[]' WHERE seq = ?1",
+            "UPDATE _flotilla_outbox SET changes = '[]', docs = '[]' WHERE seq = ?1",
             [seq as i64],
         )?;
         tx.execute(
@@ -660,6 +722,7 @@ impl Device {
                     ))?;
                 }
                 tx.execute("DELETE FROM flotilla_conflicts", [])?;
+                documents::forget_all(&tx)?;
                 report.reset = true;
             }
             let mut touched = apply::Touched::new();
@@ -710,20 +773,31 @@ impl Device {
             // What the server does not have yet goes back on top of its rows. A pending
             // change that no longer fits them (a unique value the server gave another row) is
             // not shown until the server has decided on it.
-            let pending: Vec<String> = tx
-                .prepare("SELECT changes FROM _flotilla_outbox ORDER BY seq")?
-                .query_map([], |r| r.get(0))?
+            let pending: Vec<(String, String)> = tx
+                .prepare("SELECT changes, docs FROM _flotilla_outbox ORDER BY seq")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            for changes in pending {
-                let changes: Vec<OutboxChange> = serde_json::from_str(&changes)
-                    .map_err(|e| DeviceError::Local(format!("the outbox is damaged: {e}")))?;
+            let damaged =
+                |e: serde_json::Error| DeviceError::Local(format!("the outbox is damaged: {e}"));
+            for (changes, docs) in pending {
+                let changes: Vec<OutboxChange> = serde_json::from_str(&changes).map_err(damaged)?;
                 for c in &changes {
                     // After a whole-shape pull every pending change goes back on top; after
                     // changes, those of the rows the pull wrote (the others still show).
                     let only = (!p.reset).then_some(&touched);
                     apply::replay(&tx, &p.tables, c, only).map_err(DeviceError::Local)?;
                 }
+                if p.reset {
+                    // The documents were the server's again: this device's pending edits go
+                    // back in (merged again elsewhere, they change nothing).
+                    let docs: Vec<DocUpdate> = serde_json::from_str(&docs).map_err(damaged)?;
+                    for d in &docs {
+                        documents::merge(&tx, &p.tables, d).map_err(DeviceError::Local)?;
+                    }
+                }
             }
+            // Each row shows its document's text (the server's lacks what is pending here).
+            documents::show_texts(&tx, &p.tables).map_err(DeviceError::Local)?;
         } else if stale {
             more = true;
         }

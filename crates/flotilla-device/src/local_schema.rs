@@ -95,7 +95,7 @@ pub fn create(conn: &Connection, server: &str) -> rusqlite::Result<()> {
         "INSERT OR IGNORE INTO _flotilla_deps (id, vv) VALUES (0, '{}')",
         [],
     )?;
-    Ok(())
+    crate::documents::create(conn)
 }
 
 pub fn quote(name: &str) -> String {

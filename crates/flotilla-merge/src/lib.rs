@@ -19,6 +19,8 @@
 //! duty). A register entry the change's dependencies cover was seen by it, and is replaced;
 //! one they do not cover is concurrent, and that is a conflict, recorded.
 //!
+//! Collaborative text documents merge too (`text_doc`: a sequence CRDT, nothing to resolve).
+//!
 //! This crate does no IO; the store keeps the states in SQLite and the simulator in memory, and
 //! both call the same functions.
 
@@ -29,6 +31,7 @@ mod conflict;
 mod policy;
 mod row;
 mod state_codec;
+pub mod text_doc;
 mod value_order;
 mod version;
 

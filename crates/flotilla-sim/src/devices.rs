@@ -268,14 +268,14 @@ impl Server {
         let pull = match &req.pull {
             None => None,
             Some(p) => Some(match protocol::pull_cursor(p, &view, head)? {
-                None => protocol::pull_whole_shape(&self.reader, &user, &device)?,
+                None => protocol::pull_whole_shape(&self.reader, &user, &device, false)?,
                 Some(from)
                     if !protocol::cursor_holds(
                         from,
                         self.log.iter().find(|r| r.lsn == from.lsn),
                     ) =>
                 {
-                    protocol::pull_whole_shape(&self.reader, &user, &device)?
+                    protocol::pull_whole_shape(&self.reader, &user, &device, false)?
                 }
                 Some(from) => {
                     let max = protocol::pull_limit(p);

@@ -52,6 +52,43 @@ pub struct PushTransaction {
     /// Which of the request's `deps` it was made on.
     pub deps: String,
     pub changes: Vec<PushChange>,
+    /// Edits of collaborative documents made in the same transaction (after its row changes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub docs: Vec<DocUpdate>,
+}
+
+/// An update of a collaborative document (docs/collab.md): the row's `column` of `table`
+/// whose key is `key`. Merged, never a conflict.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DocUpdate {
+    pub table: String,
+    /// The row's key, by column name.
+    pub key: JsonRow,
+    pub column: String,
+    /// A Yjs update (format v1), base64.
+    pub update: String,
+}
+
+impl DocUpdate {
+    pub fn new(table: &str, key: JsonRow, column: &str, update: &[u8]) -> DocUpdate {
+        DocUpdate {
+            table: table.to_string(),
+            key,
+            column: column.to_string(),
+            update: B64.encode(update),
+        }
+    }
+
+    /// The update's bytes, or why they are not base64.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        B64.decode(&self.update).map_err(|e| {
+            format!(
+                "the update of document {}.{} is not base64: {e}",
+                self.table, self.column
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +119,9 @@ pub struct PullRequest {
     /// At most this many row changes in the answer (the server's bound applies too).
     #[serde(default)]
     pub max_changes: Option<u32>,
+    /// The device keeps collaborative documents: send their updates (`PullItem::Doc`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub documents: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +179,9 @@ pub struct ShapeTable {
     /// The columns of the shape, in the table's order (the key's among them).
     pub columns: Vec<String>,
     pub key: Vec<String>,
+    /// Its collaborative text columns (docs/collab.md), to a device that keeps documents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub documents: Vec<String>,
 }
 
 /// One thing for the device to apply, in order.
@@ -155,6 +198,9 @@ pub enum PullItem {
     /// A conflict the server recorded on a row of the device's shape (a row of
     /// `flotilla_conflicts`, by column name), new or changed.
     Conflict { row: JsonRow },
+    /// Merge this update into a collaborative document of a row of the shape (sent to a
+    /// device that asked for `documents`).
+    Doc(DocUpdate),
 }
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;

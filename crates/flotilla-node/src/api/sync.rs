@@ -247,7 +247,11 @@ pub async fn sync(
     .await?;
     let pull = match req.pull {
         None => None,
-        Some(p) => Some(pull(&node, &leader, view, &p, &txns).await?),
+        Some(p) => {
+            let mut view = view;
+            view.documents = p.documents;
+            Some(pull(&node, &leader, view, &p, &txns).await?)
+        }
     };
     if let Some(p) = &pull {
         node.device_activity
@@ -360,7 +364,8 @@ async fn pull(
 /// The whole shape, as one read saw it.
 async fn whole_shape(node: &Arc<Node>, view: DeviceView) -> Result<PullResponse, ApiError> {
     with_reader(node, move |conn| {
-        protocol::pull_whole_shape(conn, &view.user, &view.device).map_err(store_error)
+        protocol::pull_whole_shape(conn, &view.user, &view.device, view.documents)
+            .map_err(store_error)
     })
     .await
 }

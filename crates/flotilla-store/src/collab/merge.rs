@@ -9,7 +9,7 @@
 
 use super::crdt;
 use super::docs::{load_doc, resolve_doc, store_update};
-use super::{CollabError, COMPACT_MIN_BYTES, DOC_FORMAT_YJS_V1};
+use super::{is_collab_table, CollabError, COMPACT_MIN_BYTES, DOC_FORMAT_YJS_V1};
 use crate::multi_leader::set_cell_text;
 use crate::pipeline_triggers::quote;
 use crate::StoreError;
@@ -18,7 +18,7 @@ use rusqlite::{params, Connection};
 use yrs::{GetString, ReadTxn, StateVector, Transact};
 
 /// A document's address: table, column and key as stored.
-type DocKey = (String, String, String);
+pub(crate) type DocKey = (String, String, String);
 
 /// The document updates a transaction brought, gathered while its rows merge (in order).
 #[derive(Debug, Default)]
@@ -28,60 +28,14 @@ pub(crate) struct IncomingDocs {
 
 impl IncomingDocs {
     /// Takes in a change of one of the document tables: `false` when `shape` is none of them.
-    /// What a change there removes (a compaction dropping updates, which its state holds) is
-    /// nothing to merge.
     pub(crate) fn take(&mut self, shape: &TableShape, c: &RowChange) -> Result<bool, StoreError> {
-        let lower = shape.name.to_ascii_lowercase();
-        let data_column = match lower.as_str() {
-            "_flotilla_collab_updates" => "data",
-            "_flotilla_collab_docs" => "state",
-            _ => return Ok(false),
+        let Some(found) = doc_row(shape, c)? else {
+            // What a change of the documents' tables removes is nothing to merge; the list of
+            // collaborative columns merges as rows do.
+            let lower = shape.name.to_ascii_lowercase();
+            return Ok(is_collab_table(&lower) && lower != super::COLUMNS_TABLE);
         };
-        let (Some(after), RowOp::Insert | RowOp::Update) = (c.after.as_deref(), c.op) else {
-            return Ok(true);
-        };
-        let at = |name: &str| -> Result<&SqlValue, StoreError> {
-            shape
-                .columns
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(name))
-                .and_then(|i| after.get(i))
-                .ok_or_else(|| {
-                    StoreError::Apply(format!(
-                        "a change of {} has no column {name} (it has {})",
-                        shape.name,
-                        shape.columns.join(", ")
-                    ))
-                })
-        };
-        let text = |name: &str| -> Result<String, StoreError> {
-            match at(name)? {
-                SqlValue::Text(t) => Ok(t.clone()),
-                other => Err(StoreError::Apply(format!(
-                    "a change of {} holds {other:?} in {name}, not text",
-                    shape.name
-                ))),
-            }
-        };
-        if data_column == "state" {
-            let format = at("format")?;
-            if *format != SqlValue::Integer(DOC_FORMAT_YJS_V1) {
-                return Err(StoreError::Apply(format!(
-                    "a document arrived in format {format:?}, which this build does not read (it \
-                     reads format {DOC_FORMAT_YJS_V1}): upgrade this node"
-                )));
-            }
-        }
-        let data = match at(data_column)? {
-            SqlValue::Blob(b) => b.clone(),
-            other => {
-                return Err(StoreError::Apply(format!(
-                    "a change of {} holds {other:?} in {data_column}, not an update",
-                    shape.name
-                )))
-            }
-        };
-        let key = (text("tbl")?, text("col")?, text("pk")?);
+        let (key, data) = found;
         match self.docs.iter_mut().find(|(k, _)| *k == key) {
             Some((_, updates)) => updates.push(data),
             None => self.docs.push((key, vec![data])),
@@ -140,7 +94,13 @@ impl IncomingDocs {
             // A document never stored here starts with its whole state (its first content
             // included), so that what is stored holds everything its text shows.
             let update = first.unwrap_or(update);
-            store_update(conn, (&table, &column, &key), &update, compacted.as_deref())?;
+            let c = &doc.column;
+            store_update(
+                conn,
+                (&c.table, &c.column, &doc.key),
+                &update,
+                compacted.as_deref(),
+            )?;
             if text != doc.text {
                 conn.execute(
                     &format!(
@@ -157,4 +117,65 @@ impl IncomingDocs {
         }
         Ok(changed)
     }
+}
+
+/// What a change of one of the document tables adds to a document: its address (table,
+/// column, key as stored) and the update (an update's data, or a compacted state, which is an
+/// update holding the whole document). `None` for other tables, and for what a change there
+/// removes (a compaction dropping updates its state holds: nothing to merge).
+pub(crate) fn doc_row(
+    shape: &TableShape,
+    c: &RowChange,
+) -> Result<Option<(DocKey, Vec<u8>)>, StoreError> {
+    let lower = shape.name.to_ascii_lowercase();
+    let data_column = match lower.as_str() {
+        "_flotilla_collab_updates" => "data",
+        "_flotilla_collab_docs" => "state",
+        _ => return Ok(None),
+    };
+    let (Some(after), RowOp::Insert | RowOp::Update) = (c.after.as_deref(), c.op) else {
+        return Ok(None);
+    };
+    let at = |name: &str| -> Result<&SqlValue, StoreError> {
+        shape
+            .columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name))
+            .and_then(|i| after.get(i))
+            .ok_or_else(|| {
+                StoreError::Apply(format!(
+                    "a change of {} has no column {name} (it has {})",
+                    shape.name,
+                    shape.columns.join(", ")
+                ))
+            })
+    };
+    let text = |name: &str| -> Result<String, StoreError> {
+        match at(name)? {
+            SqlValue::Text(t) => Ok(t.clone()),
+            other => Err(StoreError::Apply(format!(
+                "a change of {} holds {other:?} in {name}, not text",
+                shape.name
+            ))),
+        }
+    };
+    if data_column == "state" {
+        let format = at("format")?;
+        if *format != SqlValue::Integer(DOC_FORMAT_YJS_V1) {
+            return Err(StoreError::Apply(format!(
+                "a document arrived in format {format:?}, which this build does not read (it \
+                 reads format {DOC_FORMAT_YJS_V1}): upgrade this node"
+            )));
+        }
+    }
+    let data = match at(data_column)? {
+        SqlValue::Blob(b) => b.clone(),
+        other => {
+            return Err(StoreError::Apply(format!(
+                "a change of {} holds {other:?} in {data_column}, not an update",
+                shape.name
+            )))
+        }
+    };
+    Ok(Some(((text("tbl")?, text("col")?, text("pk")?), data)))
 }

@@ -21,7 +21,7 @@ mod merge;
 
 pub use columns::{read_collab_columns, CollabColumn};
 pub use docs::{load_doc, load_doc_since, resolve_doc, DocWrite, ResolvedDoc, StoredDoc};
-pub(crate) use merge::IncomingDocs;
+pub(crate) use merge::{doc_row, IncomingDocs};
 
 use crate::leader_pipelines::InternalTooLarge;
 use crate::StoreError;
@@ -50,6 +50,42 @@ pub const COLLAB_TABLES: [&str; 3] = [
 /// Whether `table` (lowercase) is one of [`COLLAB_TABLES`].
 pub(crate) fn is_collab_table(lower: &str) -> bool {
     COLLAB_TABLES.contains(&lower)
+}
+
+/// The document updates table's shape, as its rows travel in a transaction.
+pub(crate) fn updates_shape() -> flotilla_types::TableShape {
+    flotilla_types::TableShape {
+        name: "_flotilla_collab_updates".into(),
+        columns: ["tbl", "col", "pk", "seq", "data"]
+            .map(String::from)
+            .to_vec(),
+        key: vec![0, 1, 2, 3],
+    }
+}
+
+/// An update of a document as a row of [`updates_shape`] (its number is the receiver's to
+/// give).
+pub(crate) fn update_row(
+    table: &str,
+    column: &str,
+    key: &str,
+    update: &[u8],
+) -> flotilla_types::RowChange {
+    use flotilla_types::SqlValue;
+    flotilla_types::RowChange {
+        table: 0,
+        op: flotilla_types::RowOp::Insert,
+        old_rowid: 0,
+        new_rowid: 0,
+        before: None,
+        after: Some(vec![
+            SqlValue::Text(table.into()),
+            SqlValue::Text(column.into()),
+            SqlValue::Text(key.into()),
+            SqlValue::Integer(0),
+            SqlValue::Blob(update.to_vec()),
+        ]),
+    }
 }
 
 pub(crate) const CREATE_TABLES: &str = "

@@ -5,7 +5,7 @@
 //! the log.
 
 use super::pull::{current_rows, pull_items_of, shape_snapshot, user_origins};
-use super::push::{DeviceRowChange, DeviceTxn};
+use super::push::{DeviceDocUpdate, DeviceRowChange, DeviceTxn};
 use super::shapes::DeviceView;
 use crate::StoreError;
 use flotilla_types::sync_protocol::{
@@ -111,11 +111,28 @@ pub fn request_txns(req: &SyncRequest) -> Result<Vec<DeviceTxn>, BadRequest> {
                 after: img(&c.after)?,
             });
         }
+        let mut docs = Vec::with_capacity(t.docs.len());
+        for d in &t.docs {
+            let at_fault = |e: String| {
+                malformed(
+                    index,
+                    t.seq,
+                    format!("an edit of document {}.{}: {e}", d.table, d.column),
+                )
+            };
+            docs.push(DeviceDocUpdate {
+                table: d.table.clone(),
+                key: image(&d.key).map_err(at_fault)?,
+                column: d.column.clone(),
+                update: d.bytes().map_err(at_fault)?,
+            });
+        }
         out.push(DeviceTxn {
             seq: t.seq,
             hlc: Hlc(t.hlc),
             deps,
             changes,
+            docs,
         });
     }
     Ok(out)
@@ -289,8 +306,9 @@ pub fn pull_whole_shape(
     conn: &Connection,
     user: &str,
     device: &str,
+    documents: bool,
 ) -> Result<PullResponse, StoreError> {
-    let snap = shape_snapshot(conn, user, device)?;
+    let snap = shape_snapshot(conn, user, device, documents)?;
     Ok(PullResponse {
         cursor: snap.position.to_string(),
         more: false,

@@ -5,7 +5,7 @@
 use super::shapes::{DeviceView, ViewTable};
 use crate::multi_leader::{key_json, CONFLICTS_TABLE};
 use crate::StoreError;
-use flotilla_types::sync_protocol::{value_to_json, JsonRow, PullItem};
+use flotilla_types::sync_protocol::{value_from_json, value_to_json, DocUpdate, JsonRow, PullItem};
 use flotilla_types::{DdlKind, Hlc, Position, RowItem, RowPayload, SqlValue, VersionVector};
 use rusqlite::Connection;
 use std::collections::{HashMap, HashSet};
@@ -147,10 +147,17 @@ pub fn shape_snapshot(
     conn: &Connection,
     user: &str,
     device: &str,
+    documents: bool,
 ) -> Result<ShapeSnapshot, StoreError> {
     conn.execute_batch("BEGIN")?;
     let read = (|| {
-        let view = DeviceView::load(conn, user, device)?;
+        let mut view = DeviceView::load(conn, user, device)?;
+        view.documents = documents;
+        let collab = if documents {
+            crate::collab::read_collab_columns(conn)?
+        } else {
+            Vec::new()
+        };
         let meta = crate::read_meta(conn)?
             .ok_or_else(|| StoreError::Mismatch("the database has no position yet".into()))?;
         let vv = crate::read_version_vector(conn)?;
@@ -185,6 +192,10 @@ pub fn shape_snapshot(
                 .iter()
                 .filter_map(|k| t.columns.iter().position(|c| c == k))
                 .collect();
+            let documents: Vec<&crate::collab::CollabColumn> = collab
+                .iter()
+                .filter(|c| c.table.eq_ignore_ascii_case(&t.table) && t.has_column(&c.column))
+                .collect();
             for row in view.rows_of(conn, t)? {
                 keys.insert(key_json(
                     &key_at.iter().map(|i| &row[*i]).collect::<Vec<_>>(),
@@ -193,6 +204,11 @@ pub fn shape_snapshot(
                     table: t.table.clone(),
                     row: json_row(&t.columns, &row),
                 });
+                for c in &documents {
+                    if let Some(item) = whole_document(conn, t, c, &key_row(t, &t.columns, &row))? {
+                        items.push(item);
+                    }
+                }
             }
         }
         let has_conflicts: i64 = conn.query_row(
@@ -285,6 +301,15 @@ pub fn pull_items_of(
             }
             RowItem::Change(c) => {
                 let shape = rows.shape(c);
+                if let Some(((table, column, pk), update)) = crate::collab::doc_row(shape, c)? {
+                    if view.documents {
+                        if let Some(item) = doc_item(conn, view, &table, &column, &pk, &update)? {
+                            out.push(item);
+                            added += 1;
+                        }
+                    }
+                    continue;
+                }
                 if shape.name.eq_ignore_ascii_case(CONFLICTS_TABLE) {
                     if let Some(after) = &c.after {
                         if conflict_visible(conn, view, mine, &shape.columns, after)? {
@@ -340,6 +365,86 @@ pub fn pull_items_of(
         }
     }
     Ok(added)
+}
+
+/// A document of a row in the shape, all of it as one update (`None`: never edited: the
+/// device starts it from the row's text, as the server does).
+fn whole_document(
+    conn: &Connection,
+    t: &ViewTable,
+    c: &crate::collab::CollabColumn,
+    key: &JsonRow,
+) -> Result<Option<PullItem>, StoreError> {
+    let Some(key_value) = key.get(&c.key_column).and_then(|v| value_from_json(v).ok()) else {
+        return Ok(None);
+    };
+    let pk = match key_value {
+        SqlValue::Integer(i) => i.to_string(),
+        SqlValue::Text(s) => s,
+        _ => return Ok(None),
+    };
+    let doc = crate::collab::ResolvedDoc {
+        column: c.clone(),
+        key: pk,
+        text: String::new(),
+    };
+    let stored = crate::collab::load_doc(conn, &doc).map_err(|e| match e {
+        crate::collab::CollabError::Store(e) => e,
+        e => StoreError::Apply(e.to_string()),
+    })?;
+    if stored.state.is_none() && stored.updates.is_empty() {
+        return Ok(None);
+    }
+    let update = yrs::merge_updates_v1(stored.state.iter().chain(&stored.updates))
+        .map_err(|e| StoreError::Apply(format!("document {}: {e}", doc.address())))?;
+    Ok(Some(PullItem::Doc(DocUpdate::new(
+        &t.table,
+        key.clone(),
+        &c.column,
+        &update,
+    ))))
+}
+
+/// An update of a document the log holds, for a device whose shape holds the document's row
+/// now (`None` otherwise).
+fn doc_item(
+    conn: &Connection,
+    view: &DeviceView,
+    table: &str,
+    column: &str,
+    pk: &str,
+    update: &[u8],
+) -> Result<Option<PullItem>, StoreError> {
+    let Some(t) = view.table(table) else {
+        return Ok(None);
+    };
+    let Some(c) = crate::collab::read_collab_columns(conn)?
+        .into_iter()
+        .find(|c| c.table.eq_ignore_ascii_case(table) && c.column.eq_ignore_ascii_case(column))
+    else {
+        return Ok(None);
+    };
+    if !t.has_column(&c.column) || t.key.len() != 1 {
+        return Ok(None);
+    }
+    let key = if c.integer_key {
+        match pk.parse::<i64>() {
+            Ok(i) => SqlValue::Integer(i),
+            Err(_) => return Ok(None),
+        }
+    } else {
+        SqlValue::Text(pk.to_string())
+    };
+    match view.current_row(conn, t, std::slice::from_ref(&key))? {
+        Some((names, values)) if view.contains(conn, &t.table, &names, &values)? => {}
+        _ => return Ok(None),
+    }
+    let key_row: JsonRow = [(t.key[0].clone(), value_to_json(&key))]
+        .into_iter()
+        .collect();
+    Ok(Some(PullItem::Doc(DocUpdate::new(
+        &t.table, key_row, &c.column, update,
+    ))))
 }
 
 /// The rows with these keys as the server holds them now, for the device that just pushed

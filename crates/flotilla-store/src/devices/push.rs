@@ -21,6 +21,16 @@ pub struct DeviceRowChange {
     pub after: Option<Vec<(String, SqlValue)>>,
 }
 
+/// An edit of a collaborative document a device made (docs/collab.md): a Yjs update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceDocUpdate {
+    pub table: String,
+    /// The row's key by column name.
+    pub key: Vec<(String, SqlValue)>,
+    pub column: String,
+    pub update: Vec<u8>,
+}
+
 /// One transaction a device made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceTxn {
@@ -30,6 +40,8 @@ pub struct DeviceTxn {
     /// The server's version vector as the device had pulled it when it made the transaction.
     pub deps: VersionVector,
     pub changes: Vec<DeviceRowChange>,
+    /// Its edits of documents (merged after its row changes).
+    pub docs: Vec<DeviceDocUpdate>,
 }
 
 /// Why a batch was refused, naming the transaction (its index in the batch and its number):
@@ -158,6 +170,26 @@ impl LeaderDb {
                     ..change
                 }));
             }
+            // Documents travel as the document tables' rows do between data centres: the
+            // merge takes them into the documents (`collab::IncomingDocs`).
+            for d in &txn.docs {
+                let change = match self.check_device_doc(view, d, &batch_rows)? {
+                    Ok(c) => c,
+                    Err((code, reason)) => return refuse(code, reason),
+                };
+                let shape = crate::collab::updates_shape();
+                let t = match tables.iter().position(|s| *s == shape) {
+                    Some(t) => t,
+                    None => {
+                        tables.push(shape);
+                        tables.len() - 1
+                    }
+                };
+                items.push(RowItem::Change(RowChange {
+                    table: t as u32,
+                    ..change
+                }));
+            }
             // What the device saw: the server's vector as it pulled it — never beyond what the
             // server has (a server restored to an earlier state would otherwise wait for ever
             // for what it lost: the transaction then counts as concurrent with those writes)
@@ -181,6 +213,97 @@ impl LeaderDb {
             expected += 1;
         }
         Ok(Ok(out))
+    }
+
+    /// A document edit: a collaborative column in the shape, of a row in the shape (as the
+    /// batch leaves it), an update that decodes. Returns it as a row of the document updates.
+    #[allow(clippy::type_complexity)]
+    fn check_device_doc(
+        &self,
+        view: &DeviceView,
+        d: &DeviceDocUpdate,
+        batch_rows: &HashMap<(String, Vec<u8>), Option<FullRow>>,
+    ) -> Result<Result<RowChange, (&'static str, String)>, StoreError> {
+        let Some(t) = view.table(&d.table) else {
+            return Ok(Err((
+                "outside_shape",
+                format!("table {} is not in this device's shape", d.table),
+            )));
+        };
+        let Some(column) = t.columns.iter().find(|c| c.eq_ignore_ascii_case(&d.column)) else {
+            return Ok(Err((
+                "outside_shape",
+                format!(
+                    "column {} of {} is not in this device's shape",
+                    d.column, t.table
+                ),
+            )));
+        };
+        let collab = crate::collab::read_collab_columns(&self.conn)?
+            .into_iter()
+            .find(|c| {
+                c.table.eq_ignore_ascii_case(&t.table) && c.column.eq_ignore_ascii_case(column)
+            });
+        let Some(collab) = collab else {
+            return Ok(Err((
+                "malformed",
+                format!("{}.{column} is not a collaborative column", t.table),
+            )));
+        };
+        let key: Option<Vec<SqlValue>> = t.key.iter().map(|k| named(&d.key, k).cloned()).collect();
+        let Some(key) = key.filter(|k| k.len() == 1) else {
+            return Ok(Err((
+                "malformed",
+                format!(
+                    "an edit of document {}.{column} must name the row's key {}",
+                    t.table,
+                    t.key.join(", ")
+                ),
+            )));
+        };
+        let pk = match (&key[0], collab.integer_key) {
+            (SqlValue::Integer(i), true) => i.to_string(),
+            (SqlValue::Text(s), false) => s.clone(),
+            (other, _) => {
+                return Ok(Err((
+                    "malformed",
+                    format!("{other:?} is not a key of {}", t.table),
+                )))
+            }
+        };
+        let key_bytes = encode_key(key.iter());
+        let row = match batch_rows.get(&(t.table.to_ascii_lowercase(), key_bytes)) {
+            Some(r) => r.clone(),
+            None => view.current_row(&self.conn, t, &key)?,
+        };
+        let inside = match &row {
+            Some((names, values)) => view.contains(&self.conn, &t.table, names, values)?,
+            None => false,
+        };
+        if !inside {
+            return Ok(Err((
+                "outside_shape",
+                format!(
+                    "document {}/{pk}/{column}: its row is not in this device's shape",
+                    t.table
+                ),
+            )));
+        }
+        if let Err(e) = <yrs::Update as yrs::updates::decoder::Decode>::decode_v1(&d.update) {
+            return Ok(Err((
+                "malformed",
+                format!(
+                    "the edit of document {}/{pk}/{column} is not a Yjs update: {e}",
+                    t.table
+                ),
+            )));
+        }
+        Ok(Ok(crate::collab::update_row(
+            &collab.table,
+            &collab.column,
+            &pk,
+            &d.update,
+        )))
     }
 
     /// The row the server knows under a key: the table's row, or else the last values of a

@@ -380,6 +380,8 @@ pub struct ViewTable {
     pub all_columns: Vec<String>,
     /// The key columns' affinities, in key order.
     pub key_affinity: Vec<Affinity>,
+    /// The collaborative text columns among `columns` (docs/collab.md).
+    pub documents: Vec<String>,
 }
 
 /// `column = :user` or `column = :device` (the column bare or in double quotes): the column
@@ -420,6 +422,8 @@ pub struct DeviceView {
     /// A digest of the shapes and the device's parameters: when it changes, the device pulls
     /// its whole shape again.
     pub digest: String,
+    /// The device keeps collaborative documents: pulls carry their updates.
+    pub documents: bool,
 }
 
 impl DeviceView {
@@ -435,6 +439,7 @@ impl DeviceView {
         };
         feed(user);
         feed(device);
+        let collab = crate::collab::read_collab_columns(conn)?;
         for shape in read_shapes(conn)? {
             let cols = table_columns(conn, &shape.table)?;
             if cols.names.is_empty() || cols.key.is_empty() {
@@ -463,9 +468,16 @@ impl DeviceView {
                     let value = if param == ":user" { user } else { device };
                     (c, value.to_string())
                 });
+            let documents = collab
+                .iter()
+                .filter(|c| c.table.eq_ignore_ascii_case(&shape.table))
+                .filter_map(|c| columns.iter().find(|n| n.eq_ignore_ascii_case(&c.column)))
+                .cloned()
+                .collect();
             tables.insert(
                 shape.table.to_ascii_lowercase(),
                 ViewTable {
+                    documents,
                     equals,
                     all_columns: cols.names.clone(),
                     key_affinity: cols.key.iter().map(|k| cols.affinity[*k]).collect(),
@@ -481,6 +493,7 @@ impl DeviceView {
             device: device.to_string(),
             tables,
             digest: format!("{hash:016x}"),
+            documents: false,
         })
     }
 
@@ -501,6 +514,12 @@ impl DeviceView {
                 table: t.table.clone(),
                 columns: t.columns.clone(),
                 key: t.key.clone(),
+                // Said only to a device that keeps documents (others know no such field).
+                documents: if self.documents {
+                    t.documents.clone()
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         out.sort_by(|a, b| a.table.cmp(&b.table));

@@ -1,0 +1,57 @@
+//! Collaborative text documents (Yjs's model, through `yrs`): a document as every node and
+//! device builds it, merging updates into one, and a document's first content. Shared by the
+//! server (its document tasks, followers, the merge of documents from other data centres and
+//! devices) and the device crate, so that all of them build a document alike.
+//!
+//! A document merges without conflicts by construction (a sequence CRDT): unlike rows, there
+//! is nothing to resolve, only updates to merge, in any order, any number of times.
+
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Text, Transact};
+
+/// The name of the document's text (what stock Yjs clients and editor bindings use).
+pub const TEXT_NAME: &str = "text";
+
+/// A document as every Flotilla node and stock Yjs client count positions: in UTF-16 units.
+pub fn new_doc() -> Doc {
+    Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    })
+}
+
+/// Merges updates (Yjs update format v1) into `doc`: a damaged one fails, naming why.
+pub fn apply_updates<'a>(
+    doc: &Doc,
+    updates: impl IntoIterator<Item = &'a Vec<u8>>,
+) -> Result<(), String> {
+    let mut txn = doc.transact_mut();
+    for bytes in updates {
+        let update = yrs::Update::decode_v1(bytes)
+            .map_err(|e| format!("an update of the document is damaged: {e}"))?;
+        txn.apply_update(update)
+            .map_err(|e| format!("an update of the document cannot be merged: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The document's first content: the text its row held before the column became
+/// collaborative, as an update. Written by a client number derived from the document's
+/// address and that text, so that two nodes (two data centres) that start the same document
+/// from the same text make the same update (merged once), and from two texts two updates
+/// (both kept: neither node's text is lost).
+pub fn first_content(address: &str, text: &str) -> Vec<u8> {
+    let seed = [address.as_bytes(), b"\0", text.as_bytes()].concat();
+    let client = flotilla_types::ContentDigest::of(&seed).0 & 0x7fff_ffff;
+    let first = Doc::with_options(Options {
+        client_id: yrs::block::ClientID::new(client),
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    });
+    let t = first.get_or_insert_text(TEXT_NAME);
+    t.insert(&mut first.transact_mut(), 0, text);
+    let update = first
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    update
+}

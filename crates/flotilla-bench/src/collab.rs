@@ -22,7 +22,6 @@ use flotilla_client::Client;
 use flotilla_testkit::cluster::{proc_mib, this_exe, LocalNode};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as Ws;
@@ -31,70 +30,18 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, Transact};
 
-/// Where the editing traces are looked for (the repository's sibling `shared/traces`), unless
-/// `FLOTILLA_TRACES` names the folder.
-fn trace_path() -> anyhow::Result<PathBuf> {
-    let name = "sequential/automerge-paper.json.gz";
-    let mut places: Vec<PathBuf> = Vec::new();
-    if let Ok(dir) = std::env::var("FLOTILLA_TRACES") {
-        places.push(PathBuf::from(dir));
-    }
-    places.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"));
-    places.push(PathBuf::from("../shared/traces"));
-    for p in &places {
-        if p.join(name).exists() {
-            return Ok(p.join(name));
-        }
-    }
-    bail!(
-        "the automerge-paper editing trace was not found (looked in {places:?}): set \
-         FLOTILLA_TRACES to the folder holding {name}"
-    )
-}
-
-/// The trace's keystrokes as the updates a Yjs client sends (one per keystroke), and the text
-/// after the first `n` of them.
+/// The automerge-paper trace's first `n` keystrokes' updates, and the text they make (for the
+/// whole trace: checked against the trace's `endContent`).
 fn keystrokes(n: usize) -> anyhow::Result<(Vec<Vec<u8>>, String)> {
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(trace_path()?)?)
-        .read_to_string(&mut json)
-        .context("reading the trace")?;
-    let v: Value = serde_json::from_str(&json)?;
-    let doc = Doc::with_options(Options {
-        offset_kind: OffsetKind::Utf16,
-        ..Options::default()
-    });
-    let text = doc.get_or_insert_text("text");
-    let updates = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = updates.clone();
-    doc.observe_update_v1("bench", move |_: &yrs::TransactionMut, e| {
-        sink.lock().unwrap().push(e.update.clone())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut count = 0;
-    'all: for txn in v["txns"].as_array().context("no txns")? {
-        for p in txn["patches"].as_array().context("no patches")? {
-            if count == n {
-                break 'all;
-            }
-            let (pos, del) = (
-                p[0].as_u64().unwrap_or(0) as u32,
-                p[1].as_u64().unwrap_or(0) as u32,
-            );
-            let ins = p[2].as_str().unwrap_or("");
-            let mut t = doc.transact_mut();
-            if del > 0 {
-                text.remove_range(&mut t, pos, del);
-            }
-            if !ins.is_empty() {
-                text.insert(&mut t, pos, ins);
-            }
-            count += 1;
-        }
+    let path = flotilla_testkit::traces::find("sequential/automerge-paper.json.gz")?;
+    let trace = flotilla_testkit::traces::keystrokes(&path, Some(n))?;
+    if let Some(end) = &trace.end_content {
+        ensure!(
+            *end == trace.text,
+            "replaying the trace does not give its endContent"
+        );
     }
-    let end = text.get_string(&doc.transact());
-    let updates = std::mem::take(&mut *updates.lock().unwrap());
-    Ok((updates, end))
+    Ok((trace.updates, trace.text))
 }
 
 type Socket =

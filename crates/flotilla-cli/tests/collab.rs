@@ -510,3 +510,64 @@ async fn followers_show_documents_live_and_read_only() {
         assert!(closed.reason.contains("no row"), "{closed:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_editing_trace_replayed_through_the_server_gives_its_end_content() {
+    use yrs::sync::protocol::{Message, SyncMessage};
+    use yrs::updates::encoder::Encode;
+    // A blog post's whole editing history (seph-blog1, CC BY 4.0, bundled with the testkit):
+    // 137,993 keystrokes, each sent as its own update, as a Yjs client sends them.
+    let path = flotilla_testkit::traces::find("sequential/seph-blog1.json.gz").unwrap();
+    let trace =
+        tokio::task::spawn_blocking(move || flotilla_testkit::traces::keystrokes(&path, None))
+            .await
+            .unwrap()
+            .unwrap();
+    let end = trace.end_content.clone().expect("the whole trace");
+    assert_eq!(trace.text, end, "the client's own replay gives the end");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut leader, c) = leader_with_notes(dir.path()).await;
+    let url = ws(&leader.url, "pages/two/body");
+    let typist = YjsClient::connect(&url).await.unwrap();
+    let mut reader = YjsClient::connect(&url).await.unwrap();
+    reader.wait_text(WAIT, |t| t.is_empty()).await.unwrap();
+    let started = std::time::Instant::now();
+    for u in &trace.updates {
+        typist.send_raw(Message::Sync(SyncMessage::Update(u.clone())).encode_v1());
+    }
+    let got = reader
+        .wait_text(Duration::from_secs(600), |t| {
+            t.len() == end.len() && t == end
+        })
+        .await;
+    assert!(
+        got.is_ok(),
+        "the other editor did not reach the trace's end"
+    );
+    eprintln!(
+        "{} keystrokes through the server in {:?}",
+        trace.updates.len(),
+        started.elapsed()
+    );
+    // Stored: SQL reads the end, and so does an editor after a restart.
+    let mut in_sql = String::new();
+    for _ in 0..600 {
+        in_sql = sql_text(&c, "SELECT body FROM pages WHERE slug = 'two'").await;
+        if in_sql == end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        in_sql == end,
+        "SQL reads {} characters, not the end",
+        in_sql.len()
+    );
+    drop((typist, reader));
+    leader.kill().await;
+    leader.restart().await.unwrap();
+    let mut again = YjsClient::connect(&ws(&leader.url, "pages/two/body"))
+        .await
+        .unwrap();
+    assert!(again.wait_text(WAIT, |t| t == end).await.is_ok());
+}

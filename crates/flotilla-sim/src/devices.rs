@@ -18,8 +18,11 @@
 //! wrote for the other user never reaches the server; after the faults stop and every device
 //! has synced, each device holds exactly the server's rows of its user, its outbox is empty,
 //! and the server merged each of its transactions exactly once (one merge record per number,
-//! the version vector at the last number).
+//! the version vector at the last number). `items.body` is collaborative: devices and the
+//! server's editors edit its documents, and in the end every device shows the server's text,
+//! which is its document's (`device_documents.rs`).
 
+use crate::device_documents;
 use anyhow::{bail, ensure, Context};
 use flotilla_device::{Answer, Device, Transport, Unreachable};
 use flotilla_store::devices::{protocol, DeviceView};
@@ -76,7 +79,7 @@ impl fmt::Display for DevicesReport {
     }
 }
 
-const SETUP: &str = "CREATE TABLE items (id TEXT PRIMARY KEY, owner TEXT NOT NULL, v INTEGER NOT NULL DEFAULT 0, note TEXT)";
+const SETUP: &str = "CREATE TABLE items (id TEXT PRIMARY KEY, owner TEXT NOT NULL, v INTEGER NOT NULL DEFAULT 0, note TEXT, body TEXT DEFAULT 'text')";
 const USERS: [&str; 2] = ["u1", "u2"];
 /// The shapes a seed switches between (a narrower one, then back): devices pull their whole
 /// shape again, and pending changes outside the narrower one are refused.
@@ -224,7 +227,7 @@ impl Server {
                 o
             }
         };
-        let view = DeviceView::load(&self.reader, &user, &device)?;
+        let mut view = DeviceView::load(&self.reader, &user, &device)?;
         if !txns.is_empty() {
             self.now_us += 1_000;
             match self
@@ -267,29 +270,46 @@ impl Server {
         let head = self.log.last().map_or(Lsn(0), |r| r.lsn);
         let pull = match &req.pull {
             None => None,
-            Some(p) => Some(match protocol::pull_cursor(p, &view, head)? {
-                None => protocol::pull_whole_shape(&self.reader, &user, &device, false)?,
-                Some(from)
-                    if !protocol::cursor_holds(
-                        from,
-                        self.log.iter().find(|r| r.lsn == from.lsn),
-                    ) =>
-                {
-                    protocol::pull_whole_shape(&self.reader, &user, &device, false)?
-                }
-                Some(from) => {
-                    let max = protocol::pull_limit(p);
-                    let records: Vec<LogRecord> = self
-                        .log
-                        .iter()
-                        .filter(|r| r.lsn > from.lsn)
-                        .take(max.max(1) * 2)
-                        .cloned()
-                        .collect();
-                    let pushed = protocol::pushed_keys(&view, &txns);
-                    protocol::pull_changes(&self.reader, &view, from, &records, max, &pushed, head)?
-                }
-            }),
+            Some(p) => Some(
+                match protocol::pull_cursor(
+                    p,
+                    &{
+                        view.documents = p.documents;
+                        view.clone()
+                    },
+                    head,
+                )? {
+                    None => protocol::pull_whole_shape(&self.reader, &user, &device, p.documents)?,
+                    Some(from)
+                        if !protocol::cursor_holds(
+                            from,
+                            self.log.iter().find(|r| r.lsn == from.lsn),
+                        ) =>
+                    {
+                        protocol::pull_whole_shape(&self.reader, &user, &device, p.documents)?
+                    }
+                    Some(from) => {
+                        let max = protocol::pull_limit(p);
+                        let records: Vec<LogRecord> = self
+                            .log
+                            .iter()
+                            .filter(|r| r.lsn > from.lsn)
+                            .take(max.max(1) * 2)
+                            .cloned()
+                            .collect();
+                        let pushed = protocol::pushed_keys(&view, &txns);
+                        protocol::pull_changes(
+                            &self.reader,
+                            &view,
+                            from,
+                            &records,
+                            max,
+                            &pushed,
+                            head,
+                        )?
+                    }
+                },
+            ),
         };
         let resp = SyncResponse {
             protocol: SYNC_PROTOCOL_VERSION,
@@ -441,6 +461,15 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
         .set_shape(&shape, Epoch(1), &node, server.now_us)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     server.log.push(record_of(&out)?);
+    let now = server.now_us;
+    let (_, out) = server.db.enable_collab(
+        device_documents::TABLE,
+        device_documents::COLUMN,
+        Epoch(1),
+        &node,
+        now,
+    )?;
+    server.log.push(record_of(&out)?);
     let count = rng.random_range(2..=4usize);
     let mut tokens = Vec::new();
     for i in 0..count {
@@ -515,8 +544,40 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
             clock_ms.load(std::sync::atomic::Ordering::Relaxed) * 1000;
         let i = rng.random_range(0..count);
         match rng.random_range(0..100) {
+            // A device edits a document (online or not).
+            0..=9 => {
+                let d = &mut devs[i];
+                let rows = device_items(&d.device)?;
+                if rows.is_empty() {
+                    continue;
+                }
+                let id = rows[rng.random_range(0..rows.len())].0.clone();
+                let len = device_documents::device_text(&d.device, &id)?
+                    .unwrap_or_default()
+                    .encode_utf16()
+                    .count() as u32;
+                let (at, delete, insert) =
+                    device_documents::random_edit(&mut rng, len, &format!("<{}:{step}>", d.name));
+                if trace {
+                    println!(
+                        "  {} edits {id}'s text at {at}: -{delete} +{insert}",
+                        d.name
+                    );
+                }
+                d.device
+                    .edit_text(
+                        device_documents::TABLE,
+                        &id,
+                        device_documents::COLUMN,
+                        at,
+                        delete,
+                        &insert,
+                    )
+                    .with_context(|| format!("{} editing {id}", d.name))?;
+                report.device_transactions += 1;
+            }
             // A device writes (online or not).
-            0..=44 => {
+            10..=44 => {
                 let d = &mut devs[i];
                 let rows = device_items(&d.device)?;
                 if rows.is_empty() && d.device.status()?.cursor.is_none() {
@@ -676,7 +737,38 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
             _ => {
                 let mut s = server.lock().expect("server");
                 let user = USERS[rng.random_range(0..2)];
-                let which = rng.random_range(0..12);
+                let which = rng.random_range(0..14);
+                if which >= 12 {
+                    // An editor on the server edits a document.
+                    let id: Option<String> = s
+                        .reader
+                        .query_row(
+                            "SELECT id FROM items ORDER BY id LIMIT 1 OFFSET ?1",
+                            [rng.random_range(0..6)],
+                            |r| r.get(0),
+                        )
+                        .ok();
+                    let Some(id) = id else { continue };
+                    let (node, now) = (s.node.clone(), s.now_us);
+                    let s = &mut *s;
+                    let out = device_documents::server_edit(
+                        &mut s.db,
+                        &s.reader,
+                        &node,
+                        now,
+                        &id,
+                        &mut rng,
+                        &format!("<server:{step}>"),
+                    )?;
+                    if let Some(out) = out {
+                        s.log.push(record_of(&out)?);
+                        report.server_transactions += 1;
+                        if trace {
+                            println!("  server: an editor edits {id}'s text");
+                        }
+                    }
+                    continue;
+                }
                 if which == 10 {
                     // The shape changes.
                     predicate = if predicate == PREDICATES[0] {
@@ -770,6 +862,15 @@ pub fn run_devices_seed(seed: u64, trace: bool) -> anyhow::Result<DevicesReport>
             d.name,
             d.user
         );
+        for (id, ..) in &held {
+            let there = device_documents::server_text(&s.reader, id)?;
+            let here = device_documents::device_text(&d.device, id)?;
+            ensure!(
+                here == there,
+                "device {} shows {here:?} as {id}'s text, the server {there:?}",
+                d.name
+            );
+        }
         let origin = st.origin.context("a device that never synced")?;
         let next_seq: i64 =
             d.device

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+mod device_documents;
 pub mod devices;
 pub mod multi_dc;
 mod network;

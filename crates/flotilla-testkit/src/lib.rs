@@ -13,4 +13,5 @@ pub mod data_centres;
 pub mod firewall;
 pub mod postgres;
 pub mod proxy;
+pub mod traces;
 pub mod yjs_client;

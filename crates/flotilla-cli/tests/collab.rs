@@ -512,17 +512,29 @@ async fn followers_show_documents_live_and_read_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_editing_trace_replayed_through_the_server_gives_its_end_content() {
-    use yrs::sync::protocol::{Message, SyncMessage};
-    use yrs::updates::encoder::Encode;
+async fn real_editing_traces_replayed_through_the_server_give_their_end_content() {
     // A blog post's whole editing history (seph-blog1, CC BY 4.0, bundled with the testkit):
     // 137,993 keystrokes, each sent as its own update, as a Yjs client sends them.
-    let path = flotilla_testkit::traces::find("sequential/seph-blog1.json.gz").unwrap();
-    let trace =
-        tokio::task::spawn_blocking(move || flotilla_testkit::traces::keystrokes(&path, None))
-            .await
-            .unwrap()
-            .unwrap();
+    let bundled = flotilla_testkit::traces::find("sequential/seph-blog1.json.gz").unwrap();
+    replay_trace(bundled).await;
+    // The automerge paper's (259,778 keystrokes) is not bundled (no licence stated): replayed
+    // when found beside the repository (../shared/traces) or in FLOTILLA_TRACES.
+    match flotilla_testkit::traces::find("sequential/automerge-paper.json.gz") {
+        Ok(path) => replay_trace(path).await,
+        Err(e) => eprintln!("automerge-paper not replayed: {e}"),
+    }
+}
+
+async fn replay_trace(path: std::path::PathBuf) {
+    use yrs::sync::protocol::{Message, SyncMessage};
+    use yrs::updates::encoder::Encode;
+    let trace = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || flotilla_testkit::traces::keystrokes(&path, None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let end = trace.end_content.clone().expect("the whole trace");
     assert_eq!(trace.text, end, "the client's own replay gives the end");
     let dir = tempfile::tempdir().unwrap();
@@ -542,10 +554,12 @@ async fn a_real_editing_trace_replayed_through_the_server_gives_its_end_content(
         .await;
     assert!(
         got.is_ok(),
-        "the other editor did not reach the trace's end"
+        "the other editor did not reach {}'s end",
+        path.display()
     );
     eprintln!(
-        "{} keystrokes through the server in {:?}",
+        "{}: {} keystrokes through the server in {:?}",
+        path.display(),
         trace.updates.len(),
         started.elapsed()
     );

@@ -114,6 +114,34 @@ async fn two_editors_type_at_once_converge_and_sql_reads_the_text() {
     // The list shows both columns.
     let listed = c.get("/v1/collab/columns").await.unwrap();
     assert_eq!(listed["columns"].as_array().unwrap().len(), 2, "{listed}");
+    // A key compared without case: each spelling of it is the one row's one document.
+    exec(
+        &c,
+        json!([
+            { "sql": "CREATE TABLE tags(name TEXT PRIMARY KEY COLLATE NOCASE, body TEXT)" },
+            { "sql": "INSERT INTO tags VALUES ('Rust', 'r')" }
+        ]),
+    )
+    .await;
+    c.post(
+        "/v1/collab/columns",
+        &json!({ "table": "tags", "column": "body" }),
+    )
+    .await
+    .unwrap();
+    let mut upper = YjsClient::connect(&ws(&leader.url, "tags/RUST/body"))
+        .await
+        .unwrap();
+    let mut lower = YjsClient::connect(&ws(&leader.url, "tags/rust/body"))
+        .await
+        .unwrap();
+    upper.wait_text(WAIT, |t| t == "r").await.unwrap();
+    lower.wait_text(WAIT, |t| t == "r").await.unwrap();
+    upper.insert(1, "!");
+    lower.wait_text(WAIT, |t| t == "r!").await.unwrap();
+    lower.insert(0, ">");
+    upper.wait_text(WAIT, |t| t == ">r!").await.unwrap();
+    wait_sql(&c, "SELECT body FROM tags WHERE name = 'rust'", ">r!").await;
 }
 
 #[tokio::test]
@@ -268,6 +296,19 @@ async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
         assert_eq!(closed.code, Some(code), "{closed:?}");
         assert!(closed.reason.contains(want), "{closed:?}");
     }
+    // An update forged with thousands of writers, each inserting at the start (merging such
+    // inserts costs the product of their counts): refused before it is merged, by name.
+    let forged = YjsClient::connect(&url).await.unwrap();
+    forged.send_raw(forged_writers(2_000));
+    let closed = forged.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert!(
+        closed.reason.contains("2000 writers") && closed.reason.contains("64 at most"),
+        "{closed:?}"
+    );
+    // A few new writers at once (a copy kept offline through several sessions) are merged.
+    let few = YjsClient::connect(&url).await.unwrap();
+    few.send_raw(forged_writers(8));
     let big = YjsClient::connect(&url).await.unwrap();
     big.insert(0, &"x".repeat(9 << 20));
     let closed = big.wait_closed(WAIT).await.expect("closed");
@@ -277,6 +318,7 @@ async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
     good.wait_text(WAIT, |t| t == "hello!").await.unwrap();
     wait_sql(&c, "SELECT body FROM notes WHERE id = 1", "hello!").await;
     assert!(good.closed().is_none(), "the good editor stays connected");
+    assert!(few.closed().is_none(), "{:?}", few.closed());
     // A text message is not the protocol.
     let (mut ws_raw, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     use futures_util::{SinkExt, StreamExt};
@@ -297,6 +339,70 @@ async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
     good.insert(0, "?");
     let closed = good.wait_closed(WAIT).await.expect("closed");
     assert!(closed.reason.contains("deleted"), "{closed:?}");
+}
+
+/// A document near its size limit (6 MiB of text, larger than what an editor may have
+/// waiting of edits) opens for new editors, who are not dropped for keystrokes typed while
+/// they receive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_near_its_size_limit_opens_for_new_editors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_leader, c) = leader_with_notes(dir.path()).await;
+    let url = ws(&_leader.url, "notes/1/body");
+    let mut writer = YjsClient::connect(&url).await.unwrap();
+    writer.wait_text(WAIT, |t| t == "hello").await.unwrap();
+    let big = "y".repeat(6 << 20);
+    writer.insert(5, &big);
+    let len = 5 + big.len();
+    let mut stored = 0;
+    for _ in 0..400 {
+        stored = rows(&c, "SELECT length(body) FROM notes WHERE id = 1").await[0][0]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        if stored == len {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored, len, "the big text was not stored");
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        readers.push(YjsClient::connect(&url).await.unwrap());
+    }
+    for i in 0..20 {
+        writer.insert(0, &format!("{}", i % 10));
+    }
+    for r in &mut readers {
+        let got = r.wait_text(WAIT, |t| t.len() == len + 20).await;
+        assert!(
+            got.is_ok(),
+            "{:?} (text of {:?} bytes)",
+            r.closed(),
+            got.map_err(|t| t.len())
+        );
+    }
+}
+
+/// An update message of `n` writers (client ids), each inserting one character at the start
+/// of the text and deleting it.
+fn forged_writers(n: u64) -> Vec<u8> {
+    use yrs::sync::{Message, SyncMessage};
+    use yrs::updates::encoder::Encode;
+    use yrs::{ReadTxn, Text, Transact};
+    let updates: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let d = yrs::Doc::with_client_id(1_000_000 + i);
+            let t = d.get_or_insert_text("text");
+            t.insert(&mut d.transact_mut(), 0, "x");
+            t.remove_range(&mut d.transact_mut(), 0, 1);
+            let u = d
+                .transact()
+                .encode_state_as_update_v1(&yrs::StateVector::default());
+            u
+        })
+        .collect();
+    let merged = yrs::merge_updates_v1(updates.iter().map(Vec::as_slice)).unwrap();
+    Message::Sync(SyncMessage::Update(merged)).encode_v1()
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! is nothing to resolve, only updates to merge, in any order, any number of times.
 
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Text, Transact};
+use yrs::{Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, Transact};
 
 /// The name of the document's text (what stock Yjs clients and editor bindings use).
 pub const TEXT_NAME: &str = "text";
@@ -33,6 +33,13 @@ pub fn apply_updates<'a>(
             .map_err(|e| format!("an update of the document cannot be merged: {e}"))?;
     }
     Ok(())
+}
+
+/// The document's text. No transaction of `doc` may be open (it opens one).
+pub fn text_of(doc: &Doc) -> String {
+    let text = doc.get_or_insert_text(TEXT_NAME);
+    let txn = doc.transact();
+    text.get_string(&txn)
 }
 
 /// The document's first content: the text its row held before the column became

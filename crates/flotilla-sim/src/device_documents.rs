@@ -41,7 +41,7 @@ fn text_of(doc: &yrs::Doc) -> String {
 fn server_doc(
     reader: &rusqlite::Connection,
     id: &str,
-) -> anyhow::Result<Option<(yrs::Doc, collab::ResolvedDoc, bool)>> {
+) -> anyhow::Result<Option<(yrs::Doc, collab::ResolvedDoc, collab::StoredDoc)>> {
     let doc = match collab::resolve_doc(reader, TABLE, id, COLUMN) {
         Ok(d) => d,
         Err(collab::CollabError::NotFound(_)) => return Ok(None),
@@ -55,7 +55,7 @@ fn server_doc(
         crdt::apply_updates(&y, [&crdt::first_content(&doc.address(), &doc.text)])
             .map_err(anyhow::Error::msg)?;
     }
-    Ok(Some((y, doc, empty)))
+    Ok(Some((y, doc, stored)))
 }
 
 /// An editor on the server edits row `id`'s document: stored as the leader's document task
@@ -69,9 +69,10 @@ pub fn server_edit(
     rng: &mut ChaCha8Rng,
     mark: &str,
 ) -> anyhow::Result<Option<flotilla_store::CommitOutcome>> {
-    let Some((y, doc, empty)) = server_doc(reader, id)? else {
+    let Some((y, doc, stored)) = server_doc(reader, id)? else {
         return Ok(None);
     };
+    let empty = stored.state.is_none() && stored.updates.is_empty();
     let before = if empty {
         StateVector::default()
     } else {
@@ -93,14 +94,10 @@ pub fn server_edit(
         update,
         text: text_of(&y),
         compacted: None,
+        base_seq: stored.last_seq,
     };
-    Ok(Some(db.write_collab_doc(
-        &doc,
-        &write,
-        Epoch(1),
-        node,
-        now_us,
-    )?))
+    let (_, out) = db.write_collab_doc(&doc, &write, Epoch(1), node, now_us)?;
+    Ok(Some(out))
 }
 
 /// The server's row `id` holds its document's text: that text (`None`: no such row).

@@ -131,14 +131,16 @@ fn edit(dc: &mut Dc, at: u16, delete: u8, insert: &str, compact: bool) {
         update: txn.encode_diff_v1(&before),
         text: text.get_string(&txn),
         compacted: compact.then(|| txn.encode_state_as_update_v1(&StateVector::default())),
+        base_seq: stored.last_seq,
     };
     drop(txn);
     let now = dc.tick();
     let node = dc.node.clone();
-    let out = dc
+    let (written, out) = dc
         .db
         .write_collab_doc(&doc, &write, Epoch(1), &node, now)
         .unwrap();
+    assert!(written.was_current, "nothing else wrote in between");
     dc.keep(&out);
 }
 
@@ -190,6 +192,79 @@ fn run(ops: &[Op]) -> Vec<String> {
         assert_eq!(t, &texts[0], "{} differs from {}", dc.name, dcs[0].name);
     }
     texts
+}
+
+/// A document task's commit races with a merge from another data centre: the task built its
+/// commit (update, text, compaction) before the merge was stored, the writer stores it after.
+/// The row's text must be the stored document's (both edits), and the compaction — which
+/// lacks the merged edit — must not drop it. (An outside probe saw a data centre's row keep a
+/// text without the other's edit; a later open took the difference for a deletion.)
+#[test]
+fn a_commit_racing_with_a_merge_keeps_both_edits_in_the_row_and_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dcs = deployment(dir.path());
+    edit(&mut dcs[0], 0, 0, "eu ", false);
+    // us's task: what was stored, and an editor's keystrokes in memory.
+    let (y, doc, base) = stored(&dcs[1]);
+    let before = y.transact().state_vector();
+    // Never opened in us: the task starts it from the row's text (as `edit` does).
+    assert!(base.state.is_none() && base.updates.is_empty());
+    crdt::apply_updates(&y, [&crdt::first_content(&doc.address(), &doc.text)]).unwrap();
+    let text = y.get_or_insert_text(crdt::TEXT_NAME);
+    let at = text.len(&y.transact());
+    text.insert(&mut y.transact_mut(), at, " US");
+    let txn = y.transact();
+    let write = DocWrite {
+        update: txn.encode_diff_v1(&before),
+        text: text.get_string(&txn),
+        compacted: Some(txn.encode_state_as_update_v1(&StateVector::default())),
+        base_seq: base.last_seq,
+    };
+    drop(txn);
+    assert_eq!(write.text, "start US");
+    // eu's edit is merged in us meanwhile; then the task's commit reaches the writer.
+    let (a, b) = pick(&mut dcs, 1, 0);
+    assert!(a.pull_ready(b) > 0);
+    let now = dcs[1].tick();
+    let node = dcs[1].node.clone();
+    let (written, out) = dcs[1]
+        .db
+        .write_collab_doc(&doc, &write, Epoch(1), &node, now)
+        .unwrap();
+    dcs[1].keep(&out);
+    assert!(!written.was_current, "a merge was stored after the base");
+    let (y, doc, _) = stored(&dcs[1]);
+    assert_eq!(
+        text_of(&y),
+        "eu start US",
+        "the stored document lost an edit"
+    );
+    assert_eq!(
+        doc.text, "eu start US",
+        "the row's text lacks the merged edit"
+    );
+    // And everywhere, once exchanged.
+    assert_eq!(run_settled(&mut dcs), "eu start US");
+}
+
+/// Settles `dcs` and checks each holds one text, its row's: that text.
+fn run_settled(dcs: &mut [Dc]) -> String {
+    settle(dcs);
+    let texts: Vec<String> = dcs
+        .iter()
+        .map(|dc| {
+            let (y, doc, _) = stored(dc);
+            let text = text_of(&y);
+            assert_eq!(
+                doc.text, text,
+                "{}: the row's text is not its document's",
+                dc.name
+            );
+            text
+        })
+        .collect();
+    assert!(texts.iter().all(|t| t == &texts[0]), "{texts:?}");
+    texts[0].clone()
 }
 
 /// The `i`th insert's own character (CJK ideographs: none is in "start").

@@ -164,12 +164,12 @@ async fn serve(
     loop {
         tokio::select! {
             out = out_rx.rx.recv() => match out {
-                Some(Outgoing::Binary(bytes)) => {
+                Some(Outgoing::Binary { bytes, whole }) => {
                     let len = bytes.len();
                     if sink.send(Message::Binary(bytes.into())).await.is_err() {
                         break;
                     }
-                    out_rx.written(len);
+                    out_rx.written(len, whole);
                 }
                 Some(Outgoing::Close { code, reason }) => {
                     let frame = CloseFrame { code, reason: close_reason(&reason).into() };

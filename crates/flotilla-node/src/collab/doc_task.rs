@@ -18,7 +18,7 @@ use super::text_edit::text_edit;
 use super::{DocEvent, DocHub, EditorOut, LockAction, LockRefused, LockState};
 use crate::leader::{ChangeError, CollabChange, WriteJob};
 use crate::node::Node;
-use flotilla_store::collab::{crdt, CollabError, DocWrite, ResolvedDoc, StoredDoc};
+use flotilla_store::collab::{crdt, CollabError, DocWrite, DocWritten, ResolvedDoc, StoredDoc};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,12 +38,10 @@ pub struct ConnId(pub u64);
 /// What the task sends an editor's connection.
 #[derive(Debug)]
 pub enum Outgoing {
-    Binary(Vec<u8>),
+    /// `whole`: a whole document (see `EditorOut::push_whole`).
+    Binary { bytes: Vec<u8>, whole: bool },
     /// Close the WebSocket with this code and reason (the connection ends).
-    Close {
-        code: u16,
-        reason: String,
-    },
+    Close { code: u16, reason: String },
 }
 
 /// The shortest time between two commits of one document: keystrokes in between share one.
@@ -54,6 +52,17 @@ use flotilla_store::collab::COMPACT_MIN_BYTES;
 /// A document's text and an update to it together, at most: an update that could take the
 /// document beyond is refused (its connection closed with the reason).
 pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
+
+/// Writers (Yjs client ids) one editor's update may bring that the document has not seen. A
+/// Yjs client writes as one id (a new one each time a page loads); an update from a copy kept
+/// offline brings those of its own sessions. Merging concurrent inserts at one place costs
+/// the product of their counts: an update forged with 40,000 writers, each inserting at the
+/// start, took a minute of CPU to merge the second time.
+pub const MAX_NEW_WRITERS_PER_UPDATE: usize = 64;
+
+/// Updates at least this large (or bringing new writers) are merged off the runtime's worker
+/// (`block_in_place`), so that a costly merge holds up its document only, not the node.
+const LARGE_UPDATE_BYTES: usize = 16 << 10;
 
 /// Presence entries (Yjs clients) one connection may announce; more are ignored.
 const MAX_PRESENCE_PER_CONN: usize = 16;
@@ -109,11 +118,9 @@ struct State {
     /// Whether this node led when the task began: a leader's task stores its editors' edits,
     /// a follower's only follows the leader's (its editors read).
     leading: bool,
-    /// The newest stored update merged in memory (see `StoredDoc`).
+    /// Every stored update up to this number is merged in memory (see `StoredDoc`): the base
+    /// of the next commit (see `DocWrite::base_seq`).
     seen_seq: i64,
-    /// Followed from storage while a commit was in flight: that commit's text lacks it, so the
-    /// text is written again.
-    text_stale: bool,
 }
 
 /// Following what others store into the document.
@@ -146,7 +153,7 @@ pub async fn run(
             return fail(&hub, &address, &mut rx, &why, None);
         }
     };
-    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), ChangeError>>(1);
+    let (done_tx, mut done_rx) = mpsc::channel::<Result<DocWritten, ChangeError>>(1);
     let (followed_tx, mut followed_rx) = mpsc::channel::<Result<Followed, String>>(1);
     let mut position = node.position.subscribe();
     let mut follow = Follow {
@@ -156,7 +163,7 @@ pub async fn run(
     };
     loop {
         let commit_at = st.last_commit + Duration::from_millis(COMMIT_INTERVAL_MS);
-        let want_commit = (!st.pending.is_empty() || st.text_stale) && !st.in_flight;
+        let want_commit = !st.pending.is_empty() && !st.in_flight;
         let lock_expires = st.lock.as_ref().map(|l| l.expires);
         let follow_at = follow.last + Duration::from_millis(FOLLOW_INTERVAL_MS);
         let want_follow = follow.wanted && !follow.in_flight;
@@ -209,7 +216,14 @@ pub async fn run(
             },
             Some(done) = done_rx.recv() => {
                 st.in_flight = false;
-                if let Err(e) = done {
+                match done {
+                    // The commit's base was what was stored: its document holds everything
+                    // stored up to its own update.
+                    Ok(w) if w.was_current => st.seen_seq = st.seen_seq.max(w.last_seq),
+                    // Something else was stored meanwhile (its text was read from storage):
+                    // the document reads it too.
+                    Ok(_) => follow.wanted = true,
+                    Err(e) => {
                     let why = format!("the document could not be stored: {e}");
                     tracing::warn!(document = %address, "{why}");
                     let code = match e {
@@ -217,6 +231,7 @@ pub async fn run(
                         _ => CLOSE_ERROR,
                     };
                     return fail(&hub, &address, &mut rx, &why, Some((&mut st, code)));
+                    }
                 }
             }
             _ = tokio::time::sleep_until(commit_at), if want_commit => {
@@ -233,7 +248,6 @@ pub async fn run(
         if st.editors.is_empty()
             && st.lock.is_none()
             && st.pending.is_empty()
-            && !st.text_stale
             && !st.in_flight
             && !follow.in_flight
             && hub.leave_if_idle(&address, &mut rx)
@@ -334,7 +348,6 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
         lock: None,
         leading,
         seen_seq,
-        text_stale: false,
     })
 }
 
@@ -389,6 +402,29 @@ fn plausible_count(buf: &[u8]) -> Result<(), yrs::encoding::read::Error> {
         )));
     }
     Ok(())
+}
+
+/// How many writers (client ids) `update` brings, inserting or deleting, that `known` lacks.
+fn new_writers(known: &StateVector, update: &yrs::Update) -> usize {
+    let mut new: HashSet<yrs::block::ClientID> = update
+        .state_vector()
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !known.contains_client(c))
+        .collect();
+    new.extend(
+        update
+            .delete_set()
+            .client_ids()
+            .filter(|c| !known.contains_client(c)),
+    );
+    new.len()
+}
+
+/// `block_in_place` is for a multi-threaded runtime only (it panics in another).
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 fn encode(msg: Message) -> Vec<u8> {
@@ -538,7 +574,16 @@ impl State {
             match msg {
                 Message::Sync(SyncMessage::SyncStep1(sv)) => {
                     let diff = self.awareness.doc().transact().encode_diff_v1(&sv);
-                    self.send(conn, encode(Message::Sync(SyncMessage::SyncStep2(diff))))?;
+                    let msg = encode(Message::Sync(SyncMessage::SyncStep2(diff)));
+                    match self.editors.get(&conn) {
+                        Some(e) if !e.out.push_whole(msg) => {
+                            return Err((
+                                CLOSE_POLICY,
+                                "too far behind: reconnect to resync".into(),
+                            ))
+                        }
+                        _ => {}
+                    }
                 }
                 Message::Sync(SyncMessage::SyncStep2(u))
                 | Message::Sync(SyncMessage::Update(u)) => {
@@ -565,11 +610,28 @@ impl State {
                         self.send(conn, encode(Message::Auth(Some(why))))?;
                         continue;
                     }
-                    self.awareness
-                        .doc()
-                        .transact_mut()
-                        .apply_update(update)
-                        .map_err(|e| (CLOSE_BAD_DATA, format!("update refused: {e}")))?;
+                    let known = self.awareness.doc().transact().state_vector();
+                    let new_writers = new_writers(&known, &update);
+                    if new_writers > MAX_NEW_WRITERS_PER_UPDATE {
+                        return Err((
+                            CLOSE_POLICY,
+                            format!(
+                                "the update brings {new_writers} writers the document has not \
+                                 seen; an update may bring {MAX_NEW_WRITERS_PER_UPDATE} at most"
+                            ),
+                        ));
+                    }
+                    let doc = self.awareness.doc();
+                    let apply = || doc.transact_mut().apply_update(update);
+                    // A keystroke of a writer the document knows merges inline (cheap); the
+                    // rest — a large update, new writers (once per session) — off the worker.
+                    let costly = u.len() >= LARGE_UPDATE_BYTES || new_writers > 0;
+                    let applied = if costly && multi_threaded() {
+                        tokio::task::block_in_place(apply)
+                    } else {
+                        apply()
+                    };
+                    applied.map_err(|e| (CLOSE_BAD_DATA, format!("update refused: {e}")))?;
                     self.relay_produced(conn);
                 }
                 Message::Awareness(update) => self.on_presence(conn, update)?,
@@ -732,9 +794,8 @@ impl State {
         if produced.is_empty() {
             return Ok(());
         }
-        // Stored already: relayed, not stored again. A commit in flight wrote a text that
-        // lacks it: the text is written again.
-        self.text_stale |= self.leading && self.in_flight;
+        // Stored already: relayed, not stored again (a commit racing with it stored the text
+        // with it: see `DocWrite::base_seq`).
         for update in produced {
             let msg = encode(Message::Sync(SyncMessage::Update(update)));
             self.broadcast(None, &msg);
@@ -747,20 +808,14 @@ impl State {
     fn commit(
         &mut self,
         node: &Arc<Node>,
-        done: mpsc::Sender<Result<(), ChangeError>>,
+        done: mpsc::Sender<Result<DocWritten, ChangeError>>,
     ) -> Result<(), String> {
         let Some(leader) = node.leader() else {
             return Err("this node no longer leads: reconnect to the leader".into());
         };
-        // Nothing pending: a write of the text alone (see `text_stale`).
-        let update = if self.pending.is_empty() {
-            Vec::new()
-        } else {
-            yrs::merge_updates_v1(self.pending.iter().map(Vec::as_slice))
-                .map_err(|e| format!("cannot merge the document's updates: {e}"))?
-        };
+        let update = yrs::merge_updates_v1(self.pending.iter().map(Vec::as_slice))
+            .map_err(|e| format!("cannot merge the document's updates: {e}"))?;
         self.pending.clear();
-        self.text_stale = false;
         let txn = self.awareness.doc().transact();
         let text = self.text.get_string(&txn);
         self.since_compaction += update.len();
@@ -774,13 +829,16 @@ impl State {
         }
         self.in_flight = true;
         self.last_commit = Instant::now();
+        let (written_tx, written_rx) = oneshot::channel();
         let change = CollabChange::Write {
             doc: Box::new(self.doc.clone()),
             write: DocWrite {
                 update,
                 text,
                 compacted,
+                base_seq: self.seen_seq,
             },
+            written: written_tx,
         };
         tokio::spawn(async move {
             let (reply, answer) = oneshot::channel();
@@ -789,7 +847,8 @@ impl State {
                 Err(_) => Err(stopping()),
                 Ok(()) => match answer.await {
                     Err(_) => Err(stopping()),
-                    Ok(r) => r.map(|_| ()),
+                    Ok(Err(e)) => Err(e),
+                    Ok(Ok(_)) => written_rx.await.map_err(|_| stopping()),
                 },
             };
             let _ = done.send(result).await;

@@ -2,7 +2,7 @@
 //! and storing what a document's editors merged, each a commit of its own.
 
 use super::writer::ChangeError;
-use flotilla_store::collab::{CollabColumn, DocWrite, ResolvedDoc};
+use flotilla_store::collab::{CollabColumn, DocWrite, DocWritten, ResolvedDoc};
 use flotilla_store::{CommitOutcome, LeaderDb};
 use flotilla_types::{Epoch, NodeId};
 use tokio::sync::oneshot;
@@ -15,9 +15,11 @@ pub enum CollabChange {
         column: String,
         enabled: oneshot::Sender<CollabColumn>,
     },
+    /// `written` hears what was stored (before the reply hears the commit's position).
     Write {
         doc: Box<ResolvedDoc>,
         write: DocWrite,
+        written: oneshot::Sender<DocWritten>,
     },
 }
 
@@ -40,9 +42,16 @@ pub(super) fn change(
                 let _ = enabled.send(c);
                 out
             }),
-        CollabChange::Write { doc, write } => {
-            db.write_collab_doc(&doc, &write, epoch, origin, now_us)
-        }
+        CollabChange::Write {
+            doc,
+            write,
+            written,
+        } => db
+            .write_collab_doc(&doc, &write, epoch, origin, now_us)
+            .map(|(w, out)| {
+                let _ = written.send(w);
+                out
+            }),
     };
     Ok(out?)
 }

@@ -54,11 +54,28 @@ pub struct StoredDoc {
 /// edits in between, as one update), the text the document has now, and — when the caller
 /// compacts — the whole document as one update, which then replaces the state and every
 /// update stored before (it holds them).
+///
+/// `base_seq` is the number of the newest stored update the caller's document holds (with
+/// every one before it): the caller's document is what is stored up to there plus `update`.
+/// When something else was stored since (a merge from another data centre or a device, racing
+/// with this commit), `text` and `compacted` lack it: the text is then read from what is
+/// stored instead, and the compaction left for a later commit — a row's text is always its
+/// stored document's, so a row that differs was changed by other means (see `load_doc`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocWrite {
     pub update: Vec<u8>,
     pub text: String,
     pub compacted: Option<Vec<u8>>,
+    pub base_seq: i64,
+}
+
+/// What a [`DocWrite`] stored: the number of the newest stored update after it, and whether
+/// the writer's document was the stored one (nothing else stored since its `base_seq`): then
+/// it holds every stored update up to `last_seq`; else it has yet to read what was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocWritten {
+    pub last_seq: i64,
+    pub was_current: bool,
 }
 
 /// The document at `table/key/column`, or why there is none: the column must be
@@ -83,26 +100,38 @@ pub fn resolve_doc(
     } else {
         Value::Text(key.to_string())
     };
+    // The key as the row stores it: a key column with a collation (`COLLATE NOCASE`) finds
+    // the row by other spellings too, and each spelling must name the one document.
     let sql = format!(
-        "SELECT {} FROM main.{} WHERE {} = ?1",
+        "SELECT {}, {} FROM main.{} WHERE {} = ?1",
         quote(&c.column),
+        quote(&c.key_column),
         quote(&c.table),
         quote(&c.key_column)
     );
-    let text = conn
+    let found = conn
         .query_row(&sql, [&key_value], |r| {
-            Ok(match r.get_ref(0)? {
+            let text = match r.get_ref(0)? {
                 ValueRef::Null => Ok(String::new()),
                 ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
                 ValueRef::Integer(i) => Ok(i.to_string()),
                 ValueRef::Real(f) => Ok(f.to_string()),
                 ValueRef::Blob(_) => Err(()),
-            })
+            };
+            let stored_key = match r.get_ref(1)? {
+                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                _ => None,
+            };
+            Ok((text, stored_key))
         })
         .optional()?;
+    let (text, stored_key) = match found {
+        Some((text, stored_key)) => (Some(text), stored_key),
+        None => (None, None),
+    };
     let key = match key_value {
         Value::Integer(i) => i.to_string(),
-        _ => key.to_string(),
+        _ => stored_key.unwrap_or_else(|| key.to_string()),
     };
     match text {
         None => Err(CollabError::NotFound(format!(
@@ -208,11 +237,23 @@ impl LeaderDb {
         epoch: Epoch,
         origin: &NodeId,
         now_us: u64,
-    ) -> Result<CommitOutcome, CollabError> {
+    ) -> Result<(DocWritten, CommitOutcome), CollabError> {
         let what = format!("edit document {}", doc.address());
-        let (_, out) =
+        let (written, out) =
             self.internal_commit::<_, CollabError>(&what, epoch, origin, now_us, |db, _| {
-                store(&db.conn, doc, write)?;
+                let (t, c, k) = (&doc.column.table, &doc.column.column, &doc.key);
+                let was_current = latest_seq(&db.conn, (t, c, k))? == write.base_seq;
+                let compacted = write.compacted.as_deref().filter(|_| was_current);
+                store_update(&db.conn, (t, c, k), &write.update, compacted)?;
+                let last_seq = latest_seq(&db.conn, (t, c, k))?;
+                let text = if was_current {
+                    std::borrow::Cow::Borrowed(write.text.as_str())
+                } else {
+                    let ydoc = super::crdt::new_doc();
+                    super::crdt::apply_stored(&ydoc, &load_doc(&db.conn, doc)?)
+                        .map_err(CollabError::Invalid)?;
+                    std::borrow::Cow::Owned(super::crdt::text_of(&ydoc))
+                };
                 db.capture.statement_done(&db.conn)?;
                 let sql = format!(
                     "UPDATE main.{} SET {} = ?1 WHERE {} = ?2",
@@ -222,7 +263,7 @@ impl LeaderDb {
                 );
                 let changed = db
                     .conn
-                    .execute(&sql, params![write.text, doc.key_value()])?;
+                    .execute(&sql, params![text.as_ref(), doc.key_value()])?;
                 if changed == 0 {
                     return Err(CollabError::NotFound(format!(
                         "row {} of {} was deleted: document {} is gone",
@@ -232,10 +273,23 @@ impl LeaderDb {
                     )));
                 }
                 db.capture.statement_done(&db.conn)?;
-                Ok(())
+                Ok(DocWritten {
+                    last_seq,
+                    was_current,
+                })
             })?;
-        Ok(out)
+        Ok((written, out))
     }
+}
+
+/// The number of the newest update stored of a document (0: none).
+fn latest_seq(conn: &Connection, (t, c, k): (&str, &str, &str)) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT coalesce(max(seq), 0) FROM _flotilla_collab_updates WHERE tbl = ?1 AND \
+             col = ?2 AND pk = ?3",
+        )?
+        .query_row(params![t, c, k], |r| r.get(0))?)
 }
 
 /// Stores an update of a document (none when `update` is empty: a write of its text only),
@@ -269,13 +323,4 @@ pub(crate) fn store_update(
         .execute(params![t, c, k])?;
     }
     Ok(())
-}
-
-fn store(conn: &Connection, doc: &ResolvedDoc, write: &DocWrite) -> Result<(), StoreError> {
-    store_update(
-        conn,
-        (&doc.column.table, &doc.column.column, &doc.key),
-        &write.update,
-        write.compacted.as_deref(),
-    )
 }

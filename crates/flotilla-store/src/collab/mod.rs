@@ -20,7 +20,9 @@ mod docs;
 mod merge;
 
 pub use columns::{read_collab_columns, CollabColumn};
-pub use docs::{load_doc, load_doc_since, resolve_doc, DocWrite, ResolvedDoc, StoredDoc};
+pub use docs::{
+    load_doc, load_doc_since, resolve_doc, DocWrite, DocWritten, ResolvedDoc, StoredDoc,
+};
 pub(crate) use merge::{doc_row, IncomingDocs};
 
 use crate::leader_pipelines::InternalTooLarge;

@@ -926,3 +926,57 @@ async fn pipelines_refuse_their_own_cluster_and_redirects() {
     assert_eq!(tables["rows"], json!([[0]]));
     server.abort();
 }
+
+#[tokio::test]
+async fn a_revoked_token_ends_the_document_connections_it_opened() {
+    use flotilla_testkit::yjs_client::YjsClient;
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, ac, read, _) = leader_with_tokens(dir.path()).await;
+    ac.post(
+        "/v1/execute",
+        &json!({"statements": [
+            {"sql": "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"},
+            {"sql": "INSERT INTO notes VALUES (1, 'hi')"},
+        ]}),
+    )
+    .await
+    .unwrap();
+    ac.post(
+        "/v1/collab/columns",
+        &json!({ "table": "notes", "column": "body" }),
+    )
+    .await
+    .unwrap();
+    let write = make_token(&ac, "write").await;
+    let ws = |t: &str| {
+        format!(
+            "{}/v1/collab/notes/1/body?token={t}",
+            leader.url.replace("http://", "ws://")
+        )
+    };
+    let mut editor = YjsClient::connect(&ws(&write)).await.unwrap();
+    let mut viewer = YjsClient::connect(&ws(&read)).await.unwrap();
+    let wait = Duration::from_secs(20);
+    editor.wait_text(wait, |t| t == "hi").await.unwrap();
+    editor.insert(2, "!");
+    viewer.wait_text(wait, |t| t == "hi!").await.unwrap();
+    // Revoking the editor's token ends its connection (with the reason); the viewer's token
+    // still holds.
+    let id = write.split('_').nth(1).unwrap().to_string();
+    ac.delete(&format!("/v1/tokens/{id}")).await.unwrap();
+    let closed = editor
+        .wait_closed(wait)
+        .await
+        .expect("the editor stays connected");
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert!(closed.reason.contains("revoked"), "{closed:?}");
+    assert!(viewer.closed().is_none(), "{:?}", viewer.closed());
+    // And the viewer's, in turn.
+    let id = read.split('_').nth(1).unwrap().to_string();
+    ac.delete(&format!("/v1/tokens/{id}")).await.unwrap();
+    let closed = viewer
+        .wait_closed(wait)
+        .await
+        .expect("the viewer stays connected");
+    assert!(closed.reason.contains("revoked"), "{closed:?}");
+}

@@ -37,6 +37,10 @@ const READ_BUFFER_BYTES: usize = 4 << 10;
 /// Messages of one editor queued for its document at most (its reader waits beyond).
 const QUEUED_PER_EDITOR: usize = 256;
 
+/// How often an open connection's token is checked again: a token revoked (or a role
+/// lowered) ends the connections it opened within this time.
+const RECHECK_TOKEN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnableRequest {
@@ -124,13 +128,11 @@ pub async fn connect(
     .await?;
     let ws = ws.map_err(|e| super::not_a_websocket("/v1/collab/TABLE/KEY/COLUMN", e))?;
     let lock = crate::auth::query_param(&uri, "lock");
+    let token = crate::auth::presented_token(&headers, &uri);
     let can_edit = match &node.keyring {
         _ if !leading => false,
         None => true,
-        Some(k) => {
-            let token = crate::auth::presented_token(&headers, &uri);
-            k.check(token.as_deref(), AccessRole::Write).await.is_ok()
-        }
+        Some(k) => k.check(token.as_deref(), AccessRole::Write).await.is_ok(),
     };
     Ok(ws
         .max_message_size(MAX_COLLAB_MESSAGE_BYTES)
@@ -138,7 +140,7 @@ pub async fn connect(
         // Keystrokes are small: a small read buffer per editor (the default is 128 KiB), which
         // grows for a large message.
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| serve(node, doc, can_edit, lock, socket))
+        .on_upgrade(move |socket| serve(node, doc, can_edit, lock, token, socket))
         .into_response())
 }
 
@@ -147,8 +149,19 @@ async fn serve(
     doc: ResolvedDoc,
     can_edit: bool,
     lock: Option<String>,
+    token: Option<String>,
     socket: WebSocket,
 ) {
+    // What the token was checked for at the upgrade (the auth layer checked it may read).
+    let role = if can_edit {
+        AccessRole::Write
+    } else {
+        AccessRole::Read
+    };
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + RECHECK_TOKEN_EVERY,
+        RECHECK_TOKEN_EVERY,
+    );
     let hub = node.collab.clone();
     let conn = hub.new_conn();
     let (out_tx, mut out_rx) = editor_channel();
@@ -172,23 +185,19 @@ async fn serve(
                     out_rx.written(len, whole);
                 }
                 Some(Outgoing::Close { code, reason }) => {
-                    let frame = CloseFrame { code, reason: close_reason(&reason).into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    // The closing handshake: what the editor was still sending is read and
-                    // dropped until it answers (bounded), so the socket is not closed on unread
-                    // bytes — a reset that could lose the close frame and its reason.
-                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                        while let Some(Ok(m)) = stream.next().await {
-                            if matches!(m, Message::Close(_)) {
-                                break;
-                            }
-                        }
-                    })
-                    .await;
+                    close(&mut sink, &mut stream, code, &reason).await;
                     break;
                 }
                 None => break,
             },
+            _ = recheck.tick(), if node.keyring.is_some() => {
+                let Some(k) = &node.keyring else { continue };
+                if let Err(denied) = k.check(token.as_deref(), role).await {
+                    let why = format!("{denied}: this connection ends");
+                    close(&mut sink, &mut stream, 1008, &why).await;
+                    break;
+                }
+            }
             msg = stream.next() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
                     let Ok(permit) = permits.clone().acquire_owned().await else { break };
@@ -211,6 +220,30 @@ async fn serve(
         }
     }
     let _ = to_doc.send(DocEvent::Leave { conn });
+}
+
+/// Closes the WebSocket with `code` and `reason`, then the closing handshake: what the editor
+/// was still sending is read and dropped until it answers (bounded), so the socket is not
+/// closed on unread bytes — a reset that could lose the close frame and its reason.
+async fn close(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    code: u16,
+    reason: &str,
+) {
+    let frame = CloseFrame {
+        code,
+        reason: close_reason(reason).into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[derive(Deserialize, Default)]

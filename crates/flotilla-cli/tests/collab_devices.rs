@@ -197,6 +197,32 @@ async fn devices_edit_documents_offline_and_merge_with_live_editors() {
             .encode_state_as_update_v1(&yrs::StateVector::default());
         u
     };
+    // An update larger than a document may be, and one forged with many writers.
+    let too_large = {
+        use yrs::{ReadTxn, Text, Transact};
+        let d = yrs::Doc::new();
+        let txt = d.get_or_insert_text("text");
+        txt.insert(&mut d.transact_mut(), 0, &"x".repeat(9 << 20));
+        let u = d
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        u
+    };
+    let many_writers = {
+        use yrs::{ReadTxn, Text, Transact};
+        let updates: Vec<Vec<u8>> = (0..100u64)
+            .map(|i| {
+                let d = yrs::Doc::with_client_id(7_000 + i);
+                let t = d.get_or_insert_text("text");
+                t.insert(&mut d.transact_mut(), 0, "x");
+                let u = d
+                    .transact()
+                    .encode_state_as_update_v1(&yrs::StateVector::default());
+                u
+            })
+            .collect();
+        yrs::merge_updates_v1(updates.iter().map(Vec::as_slice)).unwrap()
+    };
     let b64 = |b: &[u8]| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(b)
@@ -219,6 +245,14 @@ async fn devices_edit_documents_offline_and_merge_with_live_editors() {
             json!({ "table": "notes", "key": { "id": "n1" }, "column": "owner", "update": b64(&update) }),
             "malformed",
         ),
+        (
+            json!({ "table": "notes", "key": { "id": "n1" }, "column": "body", "update": b64(&too_large) }),
+            "too_large",
+        ),
+        (
+            json!({ "table": "notes", "key": { "id": "n1" }, "column": "body", "update": b64(&many_writers) }),
+            "malformed",
+        ),
     ] {
         let body = json!({
             "protocol": 1,
@@ -226,7 +260,11 @@ async fn devices_edit_documents_offline_and_merge_with_live_editors() {
             "push": [{ "seq": 1, "hlc": 1, "deps": "d", "changes": [], "docs": [doc] }],
         });
         let (status, answer) = raw_sync(&url, &tablet, &body).await;
-        let want = if code == "outside_shape" { 403 } else { 400 };
+        let want = match code {
+            "outside_shape" => 403,
+            "too_large" => 413,
+            _ => 400,
+        };
         assert_eq!(status, want, "{doc}: {answer}");
         assert_eq!(answer["error"]["code"], code, "{doc}: {answer}");
     }

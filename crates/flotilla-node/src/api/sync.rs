@@ -137,13 +137,13 @@ async fn new_origin(node: &Node, device: &str) -> Result<OriginName, ApiError> {
 fn push_refused(e: ChangeError, merged: usize) -> ApiError {
     match e {
         ChangeError::DeviceRefused(r) => {
-            // outside_shape 403, malformed 400, gap and clock_ahead 409 (docs/api.md).
-            let status = if r.code == "outside_shape" {
-                StatusCode::FORBIDDEN
-            } else if r.code == "malformed" {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::CONFLICT
+            // outside_shape 403, malformed 400, too_large 413, gap and clock_ahead 409
+            // (docs/api.md).
+            let status = match r.code {
+                "outside_shape" => StatusCode::FORBIDDEN,
+                "malformed" => StatusCode::BAD_REQUEST,
+                "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::CONFLICT,
             };
             ApiError::new(status, r.code, r.to_string())
                 .with("index", r.index)

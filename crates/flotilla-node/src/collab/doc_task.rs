@@ -49,16 +49,7 @@ pub const COMMIT_INTERVAL_MS: u64 = 10;
 
 use flotilla_store::collab::COMPACT_MIN_BYTES;
 
-/// A document's text and an update to it together, at most: an update that could take the
-/// document beyond is refused (its connection closed with the reason).
-pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
-
-/// Writers (Yjs client ids) one editor's update may bring that the document has not seen. A
-/// Yjs client writes as one id (a new one each time a page loads); an update from a copy kept
-/// offline brings those of its own sessions. Merging concurrent inserts at one place costs
-/// the product of their counts: an update forged with 40,000 writers, each inserting at the
-/// start, took a minute of CPU to merge the second time.
-pub const MAX_NEW_WRITERS_PER_UPDATE: usize = 64;
+pub use crdt::{MAX_DOCUMENT_BYTES, MAX_NEW_WRITERS_PER_UPDATE};
 
 /// Updates at least this large (or bringing new writers) are merged off the runtime's worker
 /// (`block_in_place`), so that a costly merge holds up its document only, not the node.
@@ -404,23 +395,6 @@ fn plausible_count(buf: &[u8]) -> Result<(), yrs::encoding::read::Error> {
     Ok(())
 }
 
-/// How many writers (client ids) `update` brings, inserting or deleting, that `known` lacks.
-fn new_writers(known: &StateVector, update: &yrs::Update) -> usize {
-    let mut new: HashSet<yrs::block::ClientID> = update
-        .state_vector()
-        .iter()
-        .map(|(c, _)| *c)
-        .filter(|c| !known.contains_client(c))
-        .collect();
-    new.extend(
-        update
-            .delete_set()
-            .client_ids()
-            .filter(|c| !known.contains_client(c)),
-    );
-    new.len()
-}
-
 /// `block_in_place` is for a multi-threaded runtime only (it panics in another).
 fn multi_threaded() -> bool {
     tokio::runtime::Handle::try_current()
@@ -611,7 +585,7 @@ impl State {
                         continue;
                     }
                     let known = self.awareness.doc().transact().state_vector();
-                    let new_writers = new_writers(&known, &update);
+                    let new_writers = crdt::new_writers(&known, &update);
                     if new_writers > MAX_NEW_WRITERS_PER_UPDATE {
                         return Err((
                             CLOSE_POLICY,

@@ -51,7 +51,7 @@ pub struct DeviceTxn {
 pub struct DeviceRefusal {
     pub index: usize,
     pub seq: u64,
-    /// `outside_shape`, `malformed`, `clock_ahead`, `gap` or `origin_reused`.
+    /// `outside_shape`, `malformed`, `too_large`, `clock_ahead`, `gap` or `origin_reused`.
     pub code: &'static str,
     pub reason: String,
 }
@@ -289,11 +289,49 @@ impl LeaderDb {
                 ),
             )));
         }
-        if let Err(e) = <yrs::Update as yrs::updates::decoder::Decode>::decode_v1(&d.update) {
+        let update = match <yrs::Update as yrs::updates::decoder::Decode>::decode_v1(&d.update) {
+            Ok(u) => u,
+            Err(e) => {
+                return Ok(Err((
+                    "malformed",
+                    format!(
+                        "the edit of document {}/{pk}/{column} is not a Yjs update: {e}",
+                        t.table
+                    ),
+                )))
+            }
+        };
+        // The limits of an editor's update (docs/collab.md): a device writes as one writer.
+        use crate::collab::crdt::{MAX_DOCUMENT_BYTES, MAX_NEW_WRITERS_PER_UPDATE};
+        let text_bytes = row.as_ref().map_or(0, |(names, values)| {
+            names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(column))
+                .and_then(|i| values.get(i))
+                .map_or(0, |v| match v {
+                    SqlValue::Text(s) => s.len(),
+                    _ => 0,
+                })
+        });
+        if text_bytes + d.update.len() > MAX_DOCUMENT_BYTES {
+            return Ok(Err((
+                "too_large",
+                format!(
+                    "the edit of document {}/{pk}/{column} ({} bytes, its text {text_bytes}) \
+                     would make it larger than its limit of {} MiB",
+                    t.table,
+                    d.update.len(),
+                    MAX_DOCUMENT_BYTES >> 20
+                ),
+            )));
+        }
+        let writers = crate::collab::crdt::new_writers(&Default::default(), &update);
+        if writers > MAX_NEW_WRITERS_PER_UPDATE {
             return Ok(Err((
                 "malformed",
                 format!(
-                    "the edit of document {}/{pk}/{column} is not a Yjs update: {e}",
+                    "the edit of document {}/{pk}/{column} brings {writers} writers; an edit \
+                     may bring {MAX_NEW_WRITERS_PER_UPDATE} at most",
                     t.table
                 ),
             )));

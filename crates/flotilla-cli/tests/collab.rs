@@ -214,7 +214,16 @@ async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
         assert!(body.to_string().contains(want), "{doc}: {body}");
     }
     // Columns that cannot be collaborative.
+    exec(
+        &c,
+        json!([
+            { "sql": "CREATE TABLE files(id INTEGER PRIMARY KEY, body)" },
+            { "sql": "INSERT INTO files VALUES (1, 'text'), (7, x'00ff')" }
+        ]),
+    )
+    .await;
     for (table, column, want) in [
+        ("files", "body", "row 7 of files holds a BLOB in body"),
         ("notes", "id", "primary key"),
         ("notes", "nope", "no column"),
         ("_flotilla_meta", "lsn", "own tables"),
@@ -495,6 +504,10 @@ async fn a_lock_lets_only_its_holder_edit_until_released_or_expired() {
         json!({ "seconds": 0 }),
         json!({ "seconds": 100000 }),
         json!({ "holder": "" }),
+        json!({ "holder": "ana\u{7}" }),
+        // Shown to the others reversed ("ana" reads as something else).
+        json!({ "holder": "\u{202E}ana" }),
+        json!({ "holder": "a\u{200B}na" }),
     ] {
         let e = c.post(lock_path, &body).await.unwrap_err();
         assert!(format!("{e:#}").contains("invalid_lock"), "{body}: {e:#}");

@@ -47,22 +47,12 @@ pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
 /// inserting at the start, took a minute of CPU to merge the second time.
 pub const MAX_NEW_WRITERS_PER_UPDATE: usize = 64;
 
-/// How many writers (client numbers) `update` brings, inserting or deleting, that `known` (a
-/// document's state vector) lacks.
-pub fn new_writers(known: &StateVector, update: &yrs::Update) -> usize {
-    let mut new: std::collections::HashSet<yrs::block::ClientID> = update
-        .state_vector()
-        .iter()
-        .map(|(c, _)| *c)
-        .filter(|c| !known.contains_client(c))
-        .collect();
-    new.extend(
-        update
-            .delete_set()
-            .client_ids()
-            .filter(|c| !known.contains_client(c)),
-    );
-    new.len()
+/// The writers (client numbers) `update` holds insertions or deletions of.
+pub fn writers(update: &yrs::Update) -> std::collections::HashSet<yrs::block::ClientID> {
+    let mut all: std::collections::HashSet<yrs::block::ClientID> =
+        update.state_vector().iter().map(|(c, _)| *c).collect();
+    all.extend(update.delete_set().client_ids());
+    all
 }
 
 /// The document's text. No transaction of `doc` may be open (it opens one).

@@ -222,6 +222,14 @@ async fn serve(
     let _ = to_doc.send(DocEvent::Leave { conn });
 }
 
+/// A character that is not shown but changes what is shown around it: a control character,
+/// or a bidirectional override or isolate (U+202E would show a holder's name reversed to the
+/// others), or a zero-width one.
+fn hides_text(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// Closes the WebSocket with `code` and `reason`, then the closing handshake: what the editor
 /// was still sending is read and dropped until it answers (bounded), so the socket is not
 /// closed on unread bytes — a reset that could lose the close frame and its reason.
@@ -309,10 +317,10 @@ pub async fn take_lock(
         LockRequest::default()
     };
     let holder = req.holder.unwrap_or_else(|| "an editor".into());
-    if holder.is_empty() || holder.len() > 100 || holder.chars().any(char::is_control) {
+    if holder.is_empty() || holder.len() > 100 || holder.chars().any(hides_text) {
         return Err(ApiError::bad_request(
             "invalid_lock",
-            "holder: 1 to 100 characters, no control characters",
+            "holder: 1 to 100 characters, no control, bidirectional or zero-width characters",
         ));
     }
     let seconds = req.seconds.unwrap_or(30);

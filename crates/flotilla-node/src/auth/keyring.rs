@@ -19,7 +19,7 @@ const MISS_RELOAD_EVERY: Duration = Duration::from_millis(100);
 pub enum Denied {
     #[error("this node requires a token: send `Authorization: Bearer <token>` (flotilla commands take --token or FLOTILLA_TOKEN)")]
     Missing,
-    #[error("the Authorization header is not `Bearer flt_…`")]
+    #[error("the token is not `flt_…` (send `Authorization: Bearer flt_…`, or `?token=flt_…` on a document's WebSocket)")]
     Malformed,
     #[error("the token is not known to this node")]
     Unknown,

@@ -109,6 +109,10 @@ struct State {
     /// Whether this node led when the task began: a leader's task stores its editors' edits,
     /// a follower's only follows the leader's (its editors read).
     leading: bool,
+    /// The writers (client numbers) the document holds edits of (see
+    /// `MAX_NEW_WRITERS_PER_UPDATE`), kept rather than read from its state vector for each
+    /// keystroke (a document edited for a year has thousands).
+    known_writers: HashSet<yrs::block::ClientID>,
     /// Every stored update up to this number is merged in memory (see `StoredDoc`): the base
     /// of the next commit (see `DocWrite::base_seq`).
     seen_seq: i64,
@@ -137,6 +141,10 @@ pub async fn run(
     mut rx: mpsc::UnboundedReceiver<DocEvent>,
 ) {
     let address = doc.address();
+    // Watched before the document is read: a commit of the leader applied between the read
+    // and the watch would otherwise go unnoticed (a follower's viewer would wait for it
+    // until the next one).
+    let mut position = node.position.subscribe();
     let mut st = match open(&node, doc).await {
         Ok(st) => st,
         Err(why) => {
@@ -146,7 +154,6 @@ pub async fn run(
     };
     let (done_tx, mut done_rx) = mpsc::channel::<Result<DocWritten, ChangeError>>(1);
     let (followed_tx, mut followed_rx) = mpsc::channel::<Result<Followed, String>>(1);
-    let mut position = node.position.subscribe();
     let mut follow = Follow {
         wanted: false,
         in_flight: false,
@@ -325,6 +332,7 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
         }
     }
     let pending = std::mem::take(&mut *produced.lock().unwrap_or_else(|p| p.into_inner()));
+    let known_writers = writers_of(&ydoc);
     Ok(State {
         doc,
         awareness: Awareness::new(ydoc),
@@ -339,6 +347,7 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
         lock: None,
         leading,
         seen_seq,
+        known_writers,
     })
 }
 
@@ -393,6 +402,31 @@ fn plausible_count(buf: &[u8]) -> Result<(), yrs::encoding::read::Error> {
         )));
     }
     Ok(())
+}
+
+/// `update` (the edits merged into the document since its last commit), or the same edits
+/// as the document encodes them now — deleted text collected — when that is smaller.
+fn smaller_equivalent(txn: &yrs::Transaction, update: Vec<u8>) -> Vec<u8> {
+    let Ok(decoded) = yrs::Update::decode_v1(&update) else {
+        return update;
+    };
+    // What the document held before these edits: its state, but where the update starts.
+    let mut before = txn.state_vector();
+    for (client, clock) in decoded.state_vector_lower().iter() {
+        before.set_min(*client, *clock);
+    }
+    let now = txn.encode_diff_v1(&before);
+    if now.len() < update.len() {
+        now
+    } else {
+        update
+    }
+}
+
+/// The writers `doc` holds edits of.
+fn writers_of(doc: &yrs::Doc) -> HashSet<yrs::block::ClientID> {
+    let sv = doc.transact().state_vector();
+    sv.iter().map(|(c, _)| *c).collect()
 }
 
 /// `block_in_place` is for a multi-threaded runtime only (it panics in another).
@@ -584,8 +618,11 @@ impl State {
                         self.send(conn, encode(Message::Auth(Some(why))))?;
                         continue;
                     }
-                    let known = self.awareness.doc().transact().state_vector();
-                    let new_writers = crdt::new_writers(&known, &update);
+                    let new: Vec<_> = crdt::writers(&update)
+                        .into_iter()
+                        .filter(|c| !self.known_writers.contains(c))
+                        .collect();
+                    let new_writers = new.len();
                     if new_writers > MAX_NEW_WRITERS_PER_UPDATE {
                         return Err((
                             CLOSE_POLICY,
@@ -606,6 +643,7 @@ impl State {
                         apply()
                     };
                     applied.map_err(|e| (CLOSE_BAD_DATA, format!("update refused: {e}")))?;
+                    self.known_writers.extend(new);
                     self.relay_produced(conn);
                 }
                 Message::Awareness(update) => self.on_presence(conn, update)?,
@@ -763,6 +801,10 @@ impl State {
         }
         crdt::apply_stored(self.awareness.doc(), &stored)?;
         self.seen_seq = self.seen_seq.max(stored.last_seq);
+        if self.leading {
+            // Followers take no edits: they need not know.
+            self.known_writers = writers_of(self.awareness.doc());
+        }
         let produced =
             std::mem::take(&mut *self.produced.lock().unwrap_or_else(|p| p.into_inner()));
         if produced.is_empty() {
@@ -796,6 +838,13 @@ impl State {
         let compacted = (!update.is_empty()
             && self.since_compaction > COMPACT_MIN_BYTES.max(self.state_bytes))
         .then(|| txn.encode_state_as_update_v1(&StateVector::default()));
+        // A compaction keeps the newest update (see `StoredDoc`). The merged keystrokes of a
+        // commit that waited long carry every character typed, deleted ones too; the same
+        // edits read from the document, whose deleted text is collected, may be far smaller.
+        let update = match &compacted {
+            Some(_) => smaller_equivalent(&txn, update),
+            None => update,
+        };
         drop(txn);
         if let Some(state) = &compacted {
             self.state_bytes = state.len();

@@ -2,6 +2,7 @@
 
 use super::{has_tables, CollabError, CREATE_TABLES};
 use crate::leader_db::{CommitOutcome, LeaderDb};
+use crate::pipeline_triggers::quote;
 use crate::rules::INTERNAL_PREFIX;
 use crate::StoreError;
 use flotilla_types::{Epoch, NodeId};
@@ -167,6 +168,27 @@ impl LeaderDb {
         now_us: u64,
     ) -> Result<(CollabColumn, CommitOutcome), CollabError> {
         let checked = check_column(&self.conn, table, column)?;
+        // A document's text is text: a row holding a BLOB there could never be opened.
+        let blob_key: Option<String> = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT CAST({} AS TEXT) FROM main.{} WHERE typeof({}) = 'blob' LIMIT 1",
+                    quote(&checked.key_column),
+                    quote(&checked.table),
+                    quote(&checked.column)
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(key) = blob_key {
+            return Err(CollabError::Invalid(format!(
+                "row {key} of {} holds a BLOB in {}: a collaborative column holds text (make \
+                 it text, or NULL, first)",
+                checked.table, checked.column
+            )));
+        }
         let what = format!(
             "enable collaborative text {}.{}",
             checked.table, checked.column

@@ -265,10 +265,26 @@ impl LeaderDb {
             (SqlValue::Integer(i), true) => i.to_string(),
             (SqlValue::Text(s), false) => s.clone(),
             (other, _) => {
+                let given = match other {
+                    SqlValue::Integer(i) => format!("the integer {i}"),
+                    SqlValue::Text(s) => format!("the text {s:?}"),
+                    SqlValue::Real(f) => format!("the real {f}"),
+                    SqlValue::Null => "NULL".into(),
+                    SqlValue::TextBytes(_) => "text that is not UTF-8".into(),
+                    SqlValue::Blob(_) => "a BLOB".into(),
+                };
+                let wanted = if collab.integer_key {
+                    "an INTEGER"
+                } else {
+                    "a TEXT"
+                };
                 return Ok(Err((
                     "malformed",
-                    format!("{other:?} is not a key of {}", t.table),
-                )))
+                    format!(
+                        "document key {} = {given}: the key of {} is {wanted}",
+                        collab.key_column, t.table
+                    ),
+                )));
             }
         };
         let key_bytes = encode_key(key.iter());
@@ -325,7 +341,7 @@ impl LeaderDb {
                 ),
             )));
         }
-        let writers = crate::collab::crdt::new_writers(&Default::default(), &update);
+        let writers = crate::collab::crdt::writers(&update).len();
         if writers > MAX_NEW_WRITERS_PER_UPDATE {
             return Ok(Err((
                 "malformed",

@@ -74,6 +74,13 @@ fn follower(
         let step1 = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
         let _ = sink.send(Ws::Binary(step1.into())).await;
         while let Some(Ok(m)) = stream.next().await {
+            if let Ws::Close(Some(f)) = &m {
+                eprintln!(
+                    "the follower was closed: {} {}",
+                    u16::from(f.code),
+                    f.reason
+                );
+            }
             let Ws::Binary(b) = m else { continue };
             let Ok(msg) = Message::decode_v1(&b) else {
                 continue;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Messages waiting to be written to one editor, at most.
-pub const OUTGOING_QUEUE: usize = 8192;
+pub const OUTGOING_QUEUE: usize = 65_536;
 /// Bytes of edits and presence waiting to be written to one editor, at most. A whole
 /// document (the answer to an editor's sync step 1, up to the document's own limit) is
 /// queued on top of it: an editor receiving a large document is not dropped for the

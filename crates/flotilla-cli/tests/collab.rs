@@ -308,7 +308,7 @@ async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
     // An update forged with thousands of writers, each inserting at the start (merging such
     // inserts costs the product of their counts): refused before it is merged, by name.
     let forged = YjsClient::connect(&url).await.unwrap();
-    forged.send_raw(forged_writers(2_000));
+    forged.send_raw(forged_writers(1_000_000, 2_000));
     let closed = forged.wait_closed(WAIT).await.expect("closed");
     assert_eq!(closed.code, Some(1008), "{closed:?}");
     assert!(
@@ -317,7 +317,49 @@ async fn bad_documents_and_bad_messages_get_clear_errors_and_change_nothing() {
     );
     // A few new writers at once (a copy kept offline through several sessions) are merged.
     let few = YjsClient::connect(&url).await.unwrap();
-    few.send_raw(forged_writers(8));
+    few.send_raw(forged_writers(2_000_000, 8));
+    // Many updates of a few new writers each: a connection brings 256 at most.
+    let flood = YjsClient::connect(&url).await.unwrap();
+    for i in 0..5 {
+        flood.send_raw(forged_writers(3_000_000 + i * 1_000, 60));
+    }
+    let closed = flood.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert!(
+        closed.reason.contains("300 writers") && closed.reason.contains("256 at most"),
+        "{closed:?}"
+    );
+    // An update that depends on an edit never sent: set aside (it would wait in memory,
+    // uncounted, and come in at once with the edit it waits for), its sender told.
+    let (first, rest) = {
+        use yrs::{ReadTxn, Text, Transact};
+        let d = yrs::Doc::with_client_id(4_000_000);
+        let t = d.get_or_insert_text("text");
+        t.insert(&mut d.transact_mut(), 0, "a");
+        let sv = d.transact().state_vector();
+        let first = d
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        t.insert(&mut d.transact_mut(), 1, &"b".repeat(1000));
+        let rest = d.transact().encode_diff_v1(&sv);
+        (first, rest)
+    };
+    let update_msg = |u: Vec<u8>| {
+        use yrs::updates::encoder::Encode;
+        yrs::sync::Message::Sync(yrs::sync::SyncMessage::Update(u)).encode_v1()
+    };
+    let ahead = YjsClient::connect(&url).await.unwrap();
+    ahead.send_raw(update_msg(rest));
+    let closed = ahead.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert!(closed.reason.contains("depends on edits"), "{closed:?}");
+    // The edit it waited for, sent later, brings only itself.
+    let late = YjsClient::connect(&url).await.unwrap();
+    late.send_raw(update_msg(first));
+    good.wait_text(WAIT, |t| t.contains('a')).await.unwrap();
+    assert!(!good.text().contains('b'), "{}", good.text());
+    good.delete(good.text().find('a').unwrap() as u32, 1);
+    good.wait_text(WAIT, |t| t == "hello").await.unwrap();
     let big = YjsClient::connect(&url).await.unwrap();
     big.insert(0, &"x".repeat(9 << 20));
     let closed = big.wait_closed(WAIT).await.expect("closed");
@@ -394,13 +436,13 @@ async fn a_document_near_its_size_limit_opens_for_new_editors() {
 
 /// An update message of `n` writers (client ids), each inserting one character at the start
 /// of the text and deleting it.
-fn forged_writers(n: u64) -> Vec<u8> {
+fn forged_writers(first: u64, n: u64) -> Vec<u8> {
     use yrs::sync::{Message, SyncMessage};
     use yrs::updates::encoder::Encode;
     use yrs::{ReadTxn, Text, Transact};
     let updates: Vec<Vec<u8>> = (0..n)
         .map(|i| {
-            let d = yrs::Doc::with_client_id(1_000_000 + i);
+            let d = yrs::Doc::with_client_id(first + i);
             let t = d.get_or_insert_text("text");
             t.insert(&mut d.transact_mut(), 0, "x");
             t.remove_range(&mut d.transact_mut(), 0, 1);

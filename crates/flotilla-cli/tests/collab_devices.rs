@@ -268,5 +268,25 @@ async fn devices_edit_documents_offline_and_merge_with_live_editors() {
         assert_eq!(status, want, "{doc}: {answer}");
         assert_eq!(answer["error"]["code"], code, "{doc}: {answer}");
     }
+    // The limits hold for a push as a whole: two edits of 5 MiB of one document are 10.
+    let five_mib = |client: u64| {
+        use yrs::{ReadTxn, Text, Transact};
+        let d = yrs::Doc::with_client_id(client);
+        let txt = d.get_or_insert_text("text");
+        txt.insert(&mut d.transact_mut(), 0, &"y".repeat(5 << 20));
+        let u = d
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        u
+    };
+    let n1 = |u: &[u8]| json!({ "table": "notes", "key": { "id": "n1" }, "column": "body", "update": b64(u) });
+    let body = json!({
+        "protocol": 1,
+        "deps": { "d": {} },
+        "push": [{ "seq": 1, "hlc": 1, "deps": "d", "changes": [], "docs": [n1(&five_mib(91)), n1(&five_mib(92))] }],
+    });
+    let (status, answer) = raw_sync(&url, &tablet, &body).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_large", "{answer}");
     assert_eq!(server_body(&s, "b1").await, "secret");
 }

@@ -51,6 +51,10 @@ use flotilla_store::collab::COMPACT_MIN_BYTES;
 
 pub use crdt::{MAX_DOCUMENT_BYTES, MAX_NEW_WRITERS_PER_UPDATE};
 
+/// Writers new to the document one connection may bring in all (a flood of updates of 64 new
+/// writers each cost 56 ms of CPU per update and growing).
+pub const MAX_NEW_WRITERS_PER_CONNECTION: usize = 256;
+
 /// Updates at least this large (or bringing new writers) are merged off the runtime's worker
 /// (`block_in_place`), so that a costly merge holds up its document only, not the node.
 const LARGE_UPDATE_BYTES: usize = 16 << 10;
@@ -82,6 +86,8 @@ struct Editor {
     /// The lock this editor presented.
     lock: Option<String>,
     presence: HashSet<yrs::block::ClientID>,
+    /// Writers new to the document this connection's updates brought.
+    new_writers: usize,
 }
 
 /// Lock-based mode: while a lock is held, only editors presenting it edit.
@@ -423,6 +429,28 @@ fn smaller_equivalent(txn: &yrs::Transaction, update: Vec<u8>) -> Vec<u8> {
     }
 }
 
+/// Whether `doc` holds edits it could not merge yet (waiting for edits they depend on).
+fn dangling(doc: &yrs::Doc) -> bool {
+    let txn = doc.transact();
+    let store = txn.store();
+    store.pending_update().is_some_and(|p| !p.update.is_empty())
+        || store.pending_ds().is_some_and(|d| !d.is_empty())
+}
+
+/// Forgets the edits `doc` could not merge (see `dangling`).
+fn drop_dangling(doc: &yrs::Doc) {
+    use yrs::WriteTxn;
+    let mut txn = doc.transact_mut();
+    let store = txn.store_mut();
+    if let Some(p) = store.pending_update_mut() {
+        p.update = yrs::Update::new();
+        p.missing = StateVector::default();
+    }
+    if let Some(d) = store.pending_ds_mut() {
+        *d = yrs::IdSet::default();
+    }
+}
+
 /// The writers `doc` holds edits of.
 fn writers_of(doc: &yrs::Doc) -> HashSet<yrs::block::ClientID> {
     let sv = doc.transact().state_vector();
@@ -461,6 +489,7 @@ impl State {
                     can_edit,
                     lock,
                     presence: HashSet::new(),
+                    new_writers: 0,
                 };
                 // Said at once, so an editor can show the document read-only — or editable again
                 // (a page refused before it reconnected with the lock it took).
@@ -599,8 +628,10 @@ impl State {
                         .map_err(|e| (CLOSE_BAD_DATA, format!("malformed update: {e}")))?;
                     // Bounded: what is stored (the text with every commit) must fit a commit,
                     // and a resync must fit a message.
+                    // An update that inserts nothing (deletes, an empty answer) does not grow it.
                     let text_now = self.text.len(&self.awareness.doc().transact()) as usize;
-                    if text_now + u.len() > MAX_DOCUMENT_BYTES {
+                    let inserts = !update.state_vector().is_empty();
+                    if inserts && text_now + u.len() > MAX_DOCUMENT_BYTES {
                         return Err((
                             CLOSE_POLICY,
                             format!(
@@ -632,7 +663,22 @@ impl State {
                             ),
                         ));
                     }
+                    if let Some(e) = self.editors.get_mut(&conn) {
+                        e.new_writers += new_writers;
+                        if e.new_writers > MAX_NEW_WRITERS_PER_CONNECTION {
+                            return Err((
+                                CLOSE_POLICY,
+                                format!(
+                                    "this connection's updates brought {} writers the document \
+                                     had not seen; a connection may bring \
+                                     {MAX_NEW_WRITERS_PER_CONNECTION} at most",
+                                    e.new_writers
+                                ),
+                            ));
+                        }
+                    }
                     let doc = self.awareness.doc();
+                    let dangling_before = dangling(doc);
                     let apply = || doc.transact_mut().apply_update(update);
                     // A keystroke of a writer the document knows merges inline (cheap); the
                     // rest — a large update, new writers (once per session) — off the worker.
@@ -644,7 +690,23 @@ impl State {
                     };
                     applied.map_err(|e| (CLOSE_BAD_DATA, format!("update refused: {e}")))?;
                     self.known_writers.extend(new);
+                    // What of it the document could take is merged; what depends on edits it
+                    // lacks would wait in memory, uncounted (a few small updates sent later
+                    // could then bring megabytes in at once): set aside, and the sender told.
+                    let set_aside = !dangling_before && dangling(self.awareness.doc());
+                    if set_aside {
+                        drop_dangling(self.awareness.doc());
+                    }
                     self.relay_produced(conn);
+                    if set_aside {
+                        return Err((
+                            CLOSE_POLICY,
+                            "the update depends on edits the document does not have (a Yjs \
+                             client sends its edits in order): its rest was set aside; \
+                             reconnect to resync"
+                                .into(),
+                        ));
+                    }
                 }
                 Message::Awareness(update) => self.on_presence(conn, update)?,
                 Message::AwarenessQuery => {
@@ -829,7 +891,7 @@ impl State {
         let Some(leader) = node.leader() else {
             return Err("this node no longer leads: reconnect to the leader".into());
         };
-        let update = yrs::merge_updates_v1(self.pending.iter().map(Vec::as_slice))
+        let update = crdt::merge_updates(&self.pending)
             .map_err(|e| format!("cannot merge the document's updates: {e}"))?;
         self.pending.clear();
         let txn = self.awareness.doc().transact();

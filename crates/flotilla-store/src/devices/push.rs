@@ -63,6 +63,13 @@ pub struct PreparedDeviceTxn {
     pub changes: RowPayload,
 }
 
+/// What the edits of one document in a push add up to so far.
+#[derive(Default)]
+struct DocBudget {
+    bytes: usize,
+    writers: std::collections::HashSet<yrs::block::ClientID>,
+}
+
 /// A full row as the server would hold it (column names and values).
 type FullRow = super::shapes::NamedRow;
 
@@ -106,6 +113,9 @@ impl LeaderDb {
         let have = vv.get(origin).0;
         let mut expected = have + 1;
         let mut batch_rows: HashMap<(String, Vec<u8>), Option<FullRow>> = HashMap::new();
+        // What the batch adds to each document so far: its limits hold for the batch as a
+        // whole (two edits of 5 MiB in one push, or in two transactions of it, are 10).
+        let mut doc_budget: HashMap<(String, String, String), DocBudget> = HashMap::new();
         let mut out = Vec::new();
         for (index, txn) in txns.iter().enumerate() {
             let refuse = |code: &'static str, reason: String| {
@@ -173,7 +183,7 @@ impl LeaderDb {
             // Documents travel as the document tables' rows do between data centres: the
             // merge takes them into the documents (`collab::IncomingDocs`).
             for d in &txn.docs {
-                let change = match self.check_device_doc(view, d, &batch_rows)? {
+                let change = match self.check_device_doc(view, d, &batch_rows, &mut doc_budget)? {
                     Ok(c) => c,
                     Err((code, reason)) => return refuse(code, reason),
                 };
@@ -223,6 +233,7 @@ impl LeaderDb {
         view: &DeviceView,
         d: &DeviceDocUpdate,
         batch_rows: &HashMap<(String, Vec<u8>), Option<FullRow>>,
+        doc_budget: &mut HashMap<(String, String, String), DocBudget>,
     ) -> Result<Result<RowChange, (&'static str, String)>, StoreError> {
         let Some(t) = view.table(&d.table) else {
             return Ok(Err((
@@ -329,26 +340,35 @@ impl LeaderDb {
                     _ => 0,
                 })
         });
-        if text_bytes + d.update.len() > MAX_DOCUMENT_BYTES {
+        let budget = doc_budget
+            .entry((
+                t.table.to_ascii_lowercase(),
+                pk.clone(),
+                column.to_ascii_lowercase(),
+            ))
+            .or_default();
+        budget.bytes += d.update.len();
+        budget.writers.extend(crate::collab::crdt::writers(&update));
+        if text_bytes + budget.bytes > MAX_DOCUMENT_BYTES {
             return Ok(Err((
                 "too_large",
                 format!(
-                    "the edit of document {}/{pk}/{column} ({} bytes, its text {text_bytes}) \
-                     would make it larger than its limit of {} MiB",
+                    "the edits of document {}/{pk}/{column} in this push ({} bytes, its text \
+                     {text_bytes}) would make it larger than its limit of {} MiB",
                     t.table,
-                    d.update.len(),
+                    budget.bytes,
                     MAX_DOCUMENT_BYTES >> 20
                 ),
             )));
         }
-        let writers = crate::collab::crdt::writers(&update).len();
-        if writers > MAX_NEW_WRITERS_PER_UPDATE {
+        if budget.writers.len() > MAX_NEW_WRITERS_PER_UPDATE {
             return Ok(Err((
                 "malformed",
                 format!(
-                    "the edit of document {}/{pk}/{column} brings {writers} writers; an edit \
-                     may bring {MAX_NEW_WRITERS_PER_UPDATE} at most",
-                    t.table
+                    "the edits of document {}/{pk}/{column} in this push bring {} writers; a \
+                     push may bring {MAX_NEW_WRITERS_PER_UPDATE} at most",
+                    t.table,
+                    budget.writers.len()
                 ),
             )));
         }

@@ -676,7 +676,7 @@ async fn pipelines_deliver_only_where_allowed_and_their_secrets_stay_hidden() {
         delivered,
         "the pipeline into the other Flotilla delivered nothing"
     );
-    let secret_part = secret.split('_').nth(2).unwrap();
+    let secret_part = secret.splitn(3, '_').nth(2).unwrap();
     // Not through SQL either, however it is spelled, nor through a view.
     let reader = make_token(&ac, "read").await;
     let writer = make_token(&ac, "write").await;

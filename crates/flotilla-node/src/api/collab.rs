@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_store::collab::{CollabError, ResolvedDoc};
 use flotilla_types::AccessRole;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -36,6 +36,15 @@ const READ_BUFFER_BYTES: usize = 4 << 10;
 
 /// Messages of one editor queued for its document at most (its reader waits beyond).
 const QUEUED_PER_EDITOR: usize = 256;
+
+/// What a text message is told (closed with 1003).
+const TEXT_REFUSED: &str = "the y-websocket protocol sends binary messages";
+
+/// An editor's messages handed to its document together at most.
+const READ_BATCH: usize = 64;
+
+/// Messages to an editor written together at most (then flushed).
+const WRITE_BATCH: usize = 64;
 
 /// How often an open connection's token is checked again: a token revoked (or a role
 /// lowered) ends the connections it opened within this time.
@@ -178,11 +187,34 @@ async fn serve(
         tokio::select! {
             out = out_rx.rx.recv() => match out {
                 Some(Outgoing::Binary { bytes, whole }) => {
-                    let len = bytes.len();
-                    if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                    // What else is queued already goes in the same write (a keystroke each:
+                    // one system call for many under load, not one each).
+                    let mut written = vec![(bytes.len(), whole)];
+                    let mut then_close = None;
+                    let mut sent = sink.feed(Message::Binary(bytes.into())).await.is_ok();
+                    while sent && written.len() < WRITE_BATCH {
+                        match out_rx.rx.try_recv() {
+                            Ok(Outgoing::Binary { bytes, whole }) => {
+                                written.push((bytes.len(), whole));
+                                sent = sink.feed(Message::Binary(bytes.into())).await.is_ok();
+                            }
+                            Ok(Outgoing::Close { code, reason }) => {
+                                then_close = Some((code, reason));
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if !sent || sink.flush().await.is_err() {
                         break;
                     }
-                    out_rx.written(len, whole);
+                    for (len, whole) in written {
+                        out_rx.written(len, whole);
+                    }
+                    if let Some((code, reason)) = then_close {
+                        close(&mut sink, &mut stream, code, &reason).await;
+                        break;
+                    }
                 }
                 Some(Outgoing::Close { code, reason }) => {
                     close(&mut sink, &mut stream, code, &reason).await;
@@ -200,16 +232,47 @@ async fn serve(
             }
             msg = stream.next() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                    let ev = DocEvent::Message { conn, bytes: bytes.to_vec(), permit };
+                    let Ok(mut permit) = permits.clone().acquire_owned().await else { break };
+                    // What else has arrived already goes to the document with it (one event
+                    // for many keystrokes under load), a permit each.
+                    let mut batch = vec![bytes.to_vec()];
+                    let mut then = None;
+                    while batch.len() < READ_BATCH {
+                        let Ok(more) = permits.clone().try_acquire_owned() else { break };
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(Message::Binary(bytes)))) => {
+                                batch.push(bytes.to_vec());
+                                permit.merge(more);
+                            }
+                            Some(other) => {
+                                then = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let ev = DocEvent::Message { conn, batch, permit };
                     if to_doc.send(ev).is_err() {
                         break;
+                    }
+                    match then {
+                        None | Some(Some(Ok(Message::Binary(_)))) => {}
+                        Some(Some(Ok(Message::Text(_)))) => {
+                            let frame = CloseFrame {
+                                code: 1003,
+                                reason: TEXT_REFUSED.into(),
+                            };
+                            let _ = sink.send(Message::Close(Some(frame))).await;
+                            break;
+                        }
+                        Some(Some(Ok(_))) => {}
+                        Some(Some(Err(_)) | None) => break,
                     }
                 }
                 Some(Ok(Message::Text(_))) => {
                     let frame = CloseFrame {
                         code: 1003,
-                        reason: "the y-websocket protocol sends binary messages".into(),
+                        reason: TEXT_REFUSED.into(),
                     };
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     break;

@@ -497,9 +497,12 @@ impl State {
                 editor.out.push(encode(said));
                 self.editors.insert(conn, editor);
             }
-            DocEvent::Message { conn, bytes, .. } => {
-                if let Err((code, why)) = self.on_message(conn, &bytes) {
-                    self.drop_editor(conn, code, &why);
+            DocEvent::Message { conn, batch, .. } => {
+                for bytes in batch {
+                    if let Err((code, why)) = self.on_message(conn, &bytes) {
+                        self.drop_editor(conn, code, &why);
+                        break;
+                    }
                 }
             }
             DocEvent::Leave { conn } => {

@@ -31,11 +31,12 @@ pub enum DocEvent {
         /// The lock this editor holds (`?lock=`), if any.
         lock: Option<String>,
     },
-    /// A binary WebSocket message of an editor. The permit bounds what one connection has
-    /// queued (its reader waits for one before it reads on): it is released once handled.
+    /// Binary WebSocket messages of an editor, in order (those that had arrived together).
+    /// The permit — one per message — bounds what one connection has queued (its reader waits
+    /// for one before it reads on): it is released once they are handled.
     Message {
         conn: ConnId,
-        bytes: Vec<u8>,
+        batch: Vec<Vec<u8>>,
         permit: tokio::sync::OwnedSemaphorePermit,
     },
     /// An editor disconnected.

@@ -633,7 +633,8 @@ impl State {
                     // and a resync must fit a message.
                     // An update that inserts nothing (deletes, an empty answer) does not grow it.
                     let text_now = self.text.len(&self.awareness.doc().transact()) as usize;
-                    let inserts = !update.state_vector().is_empty();
+                    let update_sv = update.state_vector();
+                    let inserts = !update_sv.is_empty();
                     if inserts && text_now + u.len() > MAX_DOCUMENT_BYTES {
                         return Err((
                             CLOSE_POLICY,
@@ -646,14 +647,17 @@ impl State {
                     if let Some(why) = refusal.clone() {
                         // A reader's client answers the server's step 1 with what it has; an
                         // empty answer is no edit.
-                        if update.state_vector().is_empty() && update.delete_set().is_empty() {
+                        if !inserts && update.delete_set().is_empty() {
                             continue;
                         }
                         self.send(conn, encode(Message::Auth(Some(why))))?;
                         continue;
                     }
-                    let new: Vec<_> = crdt::writers(&update)
-                        .into_iter()
+                    // (Empty, so not allocated, for a keystroke of a known writer.)
+                    let new: HashSet<yrs::block::ClientID> = update_sv
+                        .iter()
+                        .map(|(c, _)| *c)
+                        .chain(update.delete_set().client_ids())
                         .filter(|c| !self.known_writers.contains(c))
                         .collect();
                     let new_writers = new.len();

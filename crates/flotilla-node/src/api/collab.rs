@@ -69,18 +69,15 @@ fn collab_error(e: CollabError) -> ApiError {
     }
 }
 
+/// Runs `f` on one of the node's pooled readers (see `collab::read_own`).
 async fn read<T: Send + 'static>(
     node: &Node,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, CollabError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let path = node.db_path.clone();
-    tokio::task::spawn_blocking(move || {
-        let conn = flotilla_store::open_reader(&path).map_err(CollabError::Store)?;
-        f(&conn)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(collab_error)
+    crate::collab::read_own(node, f)
+        .await
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why))?
+        .map_err(collab_error)
 }
 
 /// `POST /v1/collab/columns {"table", "column"}` (admin): makes the column collaborative.

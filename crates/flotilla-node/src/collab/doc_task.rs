@@ -285,12 +285,10 @@ fn fail(
 
 /// Reads the document and builds it in memory.
 async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
-    let path = node.db_path.clone();
     let d = doc.clone();
     // The row's text and the stored document are read together (one read transaction): a
     // merge from another data centre may store into both meanwhile.
-    let (doc, stored): (ResolvedDoc, StoredDoc) = tokio::task::spawn_blocking(move || {
-        let conn = flotilla_store::open_reader(&path).map_err(|e| e.to_string())?;
+    let (doc, stored): (ResolvedDoc, StoredDoc) = super::read_own(node, move |conn| {
         let read = conn.unchecked_transaction().map_err(|e| e.to_string())?;
         let c = &d.column;
         let doc = flotilla_store::collab::resolve_doc(&read, &c.table, &d.key, &c.column)
@@ -298,8 +296,7 @@ async fn open(node: &Arc<Node>, doc: ResolvedDoc) -> Result<State, String> {
         let stored = flotilla_store::collab::load_doc(&read, &doc).map_err(|e| e.to_string())?;
         Ok::<_, String>((doc, stored))
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     let ydoc = crdt::new_doc();
     let text = ydoc.get_or_insert_text(crdt::TEXT_NAME);
     let produced: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -840,24 +837,22 @@ impl State {
 
     /// Reads what was stored after the newest update merged here; the answer arrives on `found`.
     fn read_stored(&self, node: &Arc<Node>, found: mpsc::Sender<Result<Followed, String>>) {
-        let path = node.db_path.clone();
+        let node = node.clone();
         let doc = self.doc.clone();
         let seen = self.seen_seq;
         tokio::spawn(async move {
-            let read = tokio::task::spawn_blocking(move || {
-                let conn = flotilla_store::open_reader(&path).map_err(|e| e.to_string())?;
+            let read = super::read_own(&node, move |conn| {
                 let c = &doc.column;
-                match flotilla_store::collab::resolve_doc(&conn, &c.table, &doc.key, &c.column) {
+                match flotilla_store::collab::resolve_doc(conn, &c.table, &doc.key, &c.column) {
                     Ok(_) => {}
                     Err(CollabError::NotFound(why)) => return Ok(Followed::Gone(why)),
                     Err(e) => return Err(e.to_string()),
                 }
-                flotilla_store::collab::load_doc_since(&conn, &doc, Some(seen))
+                flotilla_store::collab::load_doc_since(conn, &doc, Some(seen))
                     .map(Followed::Stored)
                     .map_err(|e| e.to_string())
             })
             .await
-            .map_err(|e| e.to_string())
             .and_then(|r| r);
             let _ = found.send(read).await;
         });

@@ -162,3 +162,23 @@ impl DocHub {
             .remove(address);
     }
 }
+
+/// Runs `f` on one of the node's pooled readers, with Flotilla's own tables readable (the
+/// clients' rules do not apply), on this worker thread: `block_in_place` hands the worker's
+/// other tasks to another thread meanwhile. A connection opened for each read cost a third
+/// of an editor's join, and a follower's documents read what the leader stored every 20 ms.
+pub(crate) async fn read_own<T>(
+    node: &crate::node::Node,
+    f: impl FnOnce(&rusqlite::Connection) -> T,
+) -> Result<T, String> {
+    let mut lease = node
+        .readers
+        .lease()
+        .await
+        .map_err(|e| format!("cannot read the database right now: {e}"))?;
+    Ok(tokio::task::block_in_place(move || {
+        let reader = lease.reader();
+        let rules = reader.rules.clone();
+        rules.internal(|| f(&reader.conn))
+    }))
+}

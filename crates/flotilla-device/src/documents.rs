@@ -10,7 +10,7 @@
 
 use crate::apply::to_sql;
 use crate::local_schema::quote;
-use flotilla_merge::text_doc;
+use flotilla_merge::text_doc::{self, text_of};
 use flotilla_types::sync_protocol::{
     value_from_json, value_to_json, DocUpdate, JsonRow, ShapeTable,
 };
@@ -18,7 +18,7 @@ use flotilla_types::SqlValue;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact};
+use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 
 pub(crate) const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS _flotilla_docs (
@@ -165,12 +165,6 @@ fn save(conn: &Connection, a: &Address<'_>, doc: &Doc) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     Ok(())
-}
-
-fn text_of(doc: &Doc) -> String {
-    let t = doc.get_or_insert_text(text_doc::TEXT_NAME);
-    let s = t.get_string(&doc.transact());
-    s
 }
 
 /// An edit of a row's document on this device, inside its local transaction: deletes

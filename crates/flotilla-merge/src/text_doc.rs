@@ -74,12 +74,16 @@ pub fn merge_updates(updates: &[Vec<u8>]) -> Result<Vec<u8>, String> {
         .map_or_else(|| yrs::Update::new().encode_v1(), |u| u.encode_v1()))
 }
 
-/// The writers (client numbers) `update` holds insertions or deletions of.
-pub fn writers(update: &yrs::Update) -> std::collections::HashSet<yrs::block::ClientID> {
-    let mut all: std::collections::HashSet<yrs::block::ClientID> =
-        update.state_vector().iter().map(|(c, _)| *c).collect();
-    all.extend(update.delete_set().client_ids());
-    all
+/// The writers (client numbers) `update` holds insertions (`inserted`: its state vector) or
+/// deletions of; one may come twice.
+pub fn writers<'a>(
+    inserted: &'a StateVector,
+    update: &'a yrs::Update,
+) -> impl Iterator<Item = yrs::block::ClientID> + 'a {
+    inserted
+        .iter()
+        .map(|(c, _)| *c)
+        .chain(update.delete_set().client_ids())
 }
 
 /// The document's text. No transaction of `doc` may be open (it opens one).

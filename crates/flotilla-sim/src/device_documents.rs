@@ -8,12 +8,12 @@
 //! text as the server's, and the server's row holds its document's text.
 
 use anyhow::Context;
-use flotilla_store::collab::{self, crdt, DocWrite};
+use flotilla_store::collab::{self, crdt, crdt::text_of, DocWrite};
 use flotilla_store::LeaderDb;
 use flotilla_types::{Epoch, NodeId};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
+use yrs::{ReadTxn, StateVector, Text, Transact};
 
 /// The column whose rows hold documents.
 pub const TABLE: &str = "items";
@@ -29,12 +29,6 @@ pub fn random_edit(rng: &mut ChaCha8Rng, len: u32, mark: &str) -> (u32, u32, Str
         0
     };
     (at, delete, mark.to_string())
-}
-
-fn text_of(doc: &yrs::Doc) -> String {
-    let t = doc.get_or_insert_text(crdt::TEXT_NAME);
-    let s = t.get_string(&doc.transact());
-    s
 }
 
 /// A document as the server stores it, built as a document task opens it.

@@ -8,7 +8,7 @@
 mod common;
 
 use common::data_centre::Dc;
-use flotilla_store::collab::{self, crdt, DocWrite};
+use flotilla_store::collab::{self, crdt, crdt::text_of, DocWrite};
 use flotilla_types::Epoch;
 use proptest::prelude::*;
 use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
@@ -97,12 +97,6 @@ fn stored(dc: &Dc) -> (yrs::Doc, collab::ResolvedDoc, collab::StoredDoc) {
     let y = crdt::new_doc();
     crdt::apply_stored(&y, &stored).unwrap();
     (y, doc, stored)
-}
-
-fn text_of(y: &yrs::Doc) -> String {
-    let t = y.get_or_insert_text(crdt::TEXT_NAME);
-    let s = t.get_string(&y.transact());
-    s
 }
 
 /// An editor's keystroke in `dc`, stored as the document task stores one: the update, the

@@ -37,9 +37,6 @@ const READ_BUFFER_BYTES: usize = 4 << 10;
 /// Messages of one editor queued for its document at most (its reader waits beyond).
 const QUEUED_PER_EDITOR: usize = 256;
 
-/// What a text message is told (closed with 1003).
-const TEXT_REFUSED: &str = "the y-websocket protocol sends binary messages";
-
 /// An editor's messages handed to its document together at most.
 const READ_BATCH: usize = 64;
 
@@ -255,11 +252,7 @@ async fn serve(
                     match then {
                         None | Some(Some(Ok(Message::Binary(_)))) => {}
                         Some(Some(Ok(Message::Text(_)))) => {
-                            let frame = CloseFrame {
-                                code: 1003,
-                                reason: TEXT_REFUSED.into(),
-                            };
-                            let _ = sink.send(Message::Close(Some(frame))).await;
+                            refuse_text(&mut sink).await;
                             break;
                         }
                         Some(Some(Ok(_))) => {}
@@ -267,11 +260,7 @@ async fn serve(
                     }
                 }
                 Some(Ok(Message::Text(_))) => {
-                    let frame = CloseFrame {
-                        code: 1003,
-                        reason: TEXT_REFUSED.into(),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    refuse_text(&mut sink).await;
                     break;
                 }
                 Some(Ok(_)) => {}
@@ -288,6 +277,15 @@ async fn serve(
 fn hides_text(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A text message ends the connection: 1003 and why.
+async fn refuse_text(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>) {
+    let frame = CloseFrame {
+        code: 1003,
+        reason: "the y-websocket protocol sends binary messages".into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
 }
 
 /// Closes the WebSocket with `code` and `reason`, then the closing handshake: what the editor

@@ -228,13 +228,13 @@ pub async fn run(
                     // the document reads it too.
                     Ok(_) => follow.wanted = true,
                     Err(e) => {
-                    let why = format!("the document could not be stored: {e}");
-                    tracing::warn!(document = %address, "{why}");
-                    let code = match e {
-                        ChangeError::Collab(CollabError::NotFound(_)) => CLOSE_POLICY,
-                        _ => CLOSE_ERROR,
-                    };
-                    return fail(&hub, &address, &mut rx, &why, Some((&mut st, code)));
+                        let why = format!("the document could not be stored: {e}");
+                        tracing::warn!(document = %address, "{why}");
+                        let code = match e {
+                            ChangeError::Collab(CollabError::NotFound(_)) => CLOSE_POLICY,
+                            _ => CLOSE_ERROR,
+                        };
+                        return fail(&hub, &address, &mut rx, &why, Some((&mut st, code)));
                     }
                 }
             }
@@ -454,12 +454,6 @@ fn writers_of(doc: &yrs::Doc) -> HashSet<yrs::block::ClientID> {
     sv.iter().map(|(c, _)| *c).collect()
 }
 
-/// `block_in_place` is for a multi-threaded runtime only (it panics in another).
-fn multi_threaded() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-}
-
 fn encode(msg: Message) -> Vec<u8> {
     msg.encode_v1()
 }
@@ -651,10 +645,7 @@ impl State {
                         continue;
                     }
                     // (Empty, so not allocated, for a keystroke of a known writer.)
-                    let new: HashSet<yrs::block::ClientID> = update_sv
-                        .iter()
-                        .map(|(c, _)| *c)
-                        .chain(update.delete_set().client_ids())
+                    let new: HashSet<yrs::block::ClientID> = crdt::writers(&update_sv, &update)
                         .filter(|c| !self.known_writers.contains(c))
                         .collect();
                     let new_writers = new.len();
@@ -687,7 +678,7 @@ impl State {
                     // A keystroke of a writer the document knows merges inline (cheap); the
                     // rest — a large update, new writers (once per session) — off the worker.
                     let costly = u.len() >= LARGE_UPDATE_BYTES || new_writers > 0;
-                    let applied = if costly && multi_threaded() {
+                    let applied = if costly {
                         tokio::task::block_in_place(apply)
                     } else {
                         apply()

@@ -242,10 +242,12 @@ impl LeaderDb {
         let (written, out) =
             self.internal_commit::<_, CollabError>(&what, epoch, origin, now_us, |db, _| {
                 let (t, c, k) = (&doc.column.table, &doc.column.column, &doc.key);
-                let was_current = latest_seq(&db.conn, (t, c, k))? == write.base_seq;
+                let latest = latest_seq(&db.conn, (t, c, k))?;
+                let was_current = latest == write.base_seq;
                 let compacted = write.compacted.as_deref().filter(|_| was_current);
                 store_update(&db.conn, (t, c, k), &write.update, compacted)?;
-                let last_seq = latest_seq(&db.conn, (t, c, k))?;
+                // The update (if any) took the next number; a compaction keeps the newest.
+                let last_seq = latest + i64::from(!write.update.is_empty());
                 let text = if was_current {
                     std::borrow::Cow::Borrowed(write.text.as_str())
                 } else {

@@ -348,7 +348,10 @@ impl LeaderDb {
             ))
             .or_default();
         budget.bytes += d.update.len();
-        budget.writers.extend(crate::collab::crdt::writers(&update));
+        let inserted = update.state_vector();
+        budget
+            .writers
+            .extend(crate::collab::crdt::writers(&inserted, &update));
         if text_bytes + budget.bytes > MAX_DOCUMENT_BYTES {
             return Ok(Err((
                 "too_large",
